@@ -1,0 +1,77 @@
+"""nebula-credential: key management for credential stores.
+
+Versioned AES-256-GCM data keys wrapped by a root of trust (local key file,
+PKCS#11 HSM, AWS KMS, Azure Key Vault, Vault Transit), zero-downtime
+rotation with background re-encryption, a key lifecycle with retention, and
+a tamper-evident audit trail.
+
+    >>> import nebula_credential as nc
+    >>> km = nc.KeyManager.ephemeral()
+    >>> km.decrypt(km.encrypt(b"secret", aad=b"ctx"), aad=b"ctx")
+    b'secret'
+"""
+
+from __future__ import annotations
+
+from .audit import AuditLog
+from .config import KeyManagementConfig
+from .envelope import Envelope, credential_context
+from .exceptions import (
+    ConcurrencyError,
+    ConfigError,
+    CredentialNotFoundError,
+    DecryptionError,
+    EnvelopeFormatError,
+    KeyDestroyedError,
+    KeyNotFoundError,
+    KeyRevokedError,
+    MissingDependencyError,
+    NebulaCredentialError,
+    PolicyViolationError,
+    ProviderError,
+    ProviderPermissionError,
+    ProviderUnavailableError,
+    StoreError,
+    StoreUnavailableError,
+)
+from .keys import KeyManager, VersionedKey
+from .models import Credential, EncryptedCredential, KeyStatus, KeyVersion
+from .providers import KeyProvider
+from .reencrypt import ReencryptResult
+from .vault import Vault, open
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuditLog",
+    "ConcurrencyError",
+    "ConfigError",
+    "Credential",
+    "CredentialNotFoundError",
+    "DecryptionError",
+    "EncryptedCredential",
+    "Envelope",
+    "EnvelopeFormatError",
+    "KeyDestroyedError",
+    "KeyManagementConfig",
+    "KeyManager",
+    "KeyNotFoundError",
+    "KeyProvider",
+    "KeyRevokedError",
+    "KeyStatus",
+    "KeyVersion",
+    "MissingDependencyError",
+    "NebulaCredentialError",
+    "PolicyViolationError",
+    "ProviderError",
+    "ProviderPermissionError",
+    "ProviderUnavailableError",
+    "ReencryptResult",
+    "StoreError",
+    "StoreUnavailableError",
+    "Vault",
+    "VersionedKey",
+    "__version__",
+    "credential_context",
+    "open",
+]

@@ -1,0 +1,344 @@
+"""Frozen, validated configuration built once at the edge (TOML, env, flags).
+
+Every section is optional; defaults come from the seed (grace 24h, max key
+age 90d, auto rotation on).  A bad value raises :class:`ConfigError` naming
+the field and what is allowed.  Secrets never live here: a provider setting
+names a file or an environment variable that holds the secret.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from .durations import parse_duration
+from .exceptions import ConfigError
+
+ROTATION_STRATEGIES = ("manual", "periodic", "before-expiry", "scheduled", "usage")
+RETENTION_POLICIES = ("minimum-retention", "version-based", "until-reencrypted")
+PROVIDER_TYPES = ("local", "pkcs11", "aws-kms", "azure-keyvault", "vault-transit")
+DEFAULT_PRIORITY = ("production", "user", "development")
+#: NIST SP 800-38D: random 96-bit nonces, at most 2^32 messages per key; keep a 4x margin.
+DEFAULT_MAX_ENCRYPTIONS = 2**30
+HARD_MAX_ENCRYPTIONS = 2**32
+DEFAULT_DB_URL = "sqlite:///./nebula-credential.db"
+
+_SECRET_KEYS = ("pin", "token", "password", "secret", "client_secret", "secret_id")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str = DEFAULT_DB_URL
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    grace_period: timedelta = timedelta(hours=24)
+    max_key_age: timedelta = timedelta(days=90)
+    auto_rotation: bool = True
+    #: How long an unwrapped DEK stays cached in a process before it is unwrapped again.
+    dek_cache_ttl: timedelta = timedelta(hours=1)
+    #: How often a process re-reads key statuses (rotations/revocations by others).
+    refresh_interval: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class RotationConfig:
+    strategy: str = "periodic"
+    interval: timedelta = timedelta(days=90)
+    threshold: timedelta = timedelta(days=7)
+    cron: str = "0 2 * * SUN"
+    max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    policy: str = "minimum-retention"
+    min_retention: timedelta = timedelta(days=90)
+    max_versions: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ReencryptionConfig:
+    batch_size: int = 500
+    priority: tuple[str, ...] = DEFAULT_PRIORITY
+    workers: int = 1
+    rate_limit: float = 0.0  # rows per second, 0 = unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    type: str = "local"
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: False when the config file had no [provider] section: the store's record is used.
+    explicit: bool = False
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.settings.get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    credentials: bool = False
+    actor: str = ""
+    log: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    addr: str = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    key_age_days: float = 80
+    no_rotation_days: float = 100
+    reencryption_min_progress: float = 0.5
+    reencryption_after_days: float = 7
+    max_live_versions: int = 5
+    access_error_ratio: float = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class KeyManagementConfig:
+    """The whole configuration; build with :meth:`load` or :meth:`from_dict`."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    rotation: RotationConfig = field(default_factory=RotationConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    reencryption: ReencryptionConfig = field(default_factory=ReencryptionConfig)
+    provider: ProviderConfig = field(default_factory=ProviderConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> KeyManagementConfig:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"config file {p} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{p} is not valid TOML: {exc}") from None
+        return replace(cls.from_dict(data), source=str(p))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeyManagementConfig:
+        known = {"store", "keys", "rotation", "retention", "reencryption", "provider",
+                 "audit", "metrics", "alerts"}
+        for name, value in data.items():
+            if name not in known:
+                raise ConfigError(name, f"unknown section; allowed: {', '.join(sorted(known))}")
+            if not isinstance(value, dict):
+                raise ConfigError(name, "must be a table ([section])")
+        return cls(
+            store=_store(data.get("store", {})),
+            keys=_keys(data.get("keys", {})),
+            rotation=_rotation(data.get("rotation", {})),
+            retention=_retention(data.get("retention", {})),
+            reencryption=_reencryption(data.get("reencryption", {})),
+            provider=_provider(data.get("provider", {})),
+            audit=_audit(data.get("audit", {})),
+            metrics=_metrics(data.get("metrics", {})),
+            alerts=_alerts(data.get("alerts", {})),
+        )
+
+
+# ---- section parsers ---------------------------------------------------------
+def _check_keys(section: str, raw: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{section}.{key}", f"unknown setting; allowed: {', '.join(allowed)}")
+
+
+def _dur(section: str, raw: dict[str, Any], key: str, default: timedelta) -> timedelta:
+    return parse_duration(raw[key], f"{section}.{key}") if key in raw else default
+
+
+def _int(section: str, raw: dict[str, Any], key: str, default: int, minimum: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{section}.{key}", f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{section}.{key}", f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _num(section: str, raw: dict[str, Any], key: str, default: float, minimum: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{section}.{key}", f"must be a number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{section}.{key}", f"must be at least {minimum}, got {value}")
+    return float(value)
+
+
+def _bool(section: str, raw: dict[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{section}.{key}", f"must be true or false, got {value!r}")
+    return value
+
+
+def _choice(section: str, raw: dict[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = raw.get(key, default)
+    if value not in allowed:
+        raise ConfigError(f"{section}.{key}", f"got {value!r}; allowed: {', '.join(allowed)}")
+    return str(value)
+
+
+def _store(raw: dict[str, Any]) -> StoreConfig:
+    _check_keys("store", raw, ("url",))
+    url = raw.get("url", DEFAULT_DB_URL)
+    if not isinstance(url, str) or not url.startswith(("sqlite:", "postgresql://", "postgres://")):
+        raise ConfigError("store.url", f"expected sqlite:///path or postgresql://..., got {url!r}")
+    return StoreConfig(url=url)
+
+
+def _keys(raw: dict[str, Any]) -> KeysConfig:
+    _check_keys("keys", raw, ("grace_period", "max_key_age", "auto_rotation", "dek_cache_ttl",
+                              "refresh_interval"))
+    d = KeysConfig()
+    cfg = KeysConfig(
+        grace_period=_dur("keys", raw, "grace_period", d.grace_period),
+        max_key_age=_dur("keys", raw, "max_key_age", d.max_key_age),
+        auto_rotation=_bool("keys", raw, "auto_rotation", d.auto_rotation),
+        dek_cache_ttl=_dur("keys", raw, "dek_cache_ttl", d.dek_cache_ttl),
+        refresh_interval=_dur("keys", raw, "refresh_interval", d.refresh_interval),
+    )
+    if cfg.max_key_age <= timedelta(0):
+        raise ConfigError("keys.max_key_age", "must be greater than zero")
+    return cfg
+
+
+def validate_cron(expr: str, field: str = "rotation.cron") -> str:
+    if not isinstance(expr, str) or len(expr.split()) != 5:
+        raise ConfigError(field, f"expected a 5-field cron expression (min hour dom month dow), got {expr!r}")
+    from croniter import croniter
+
+    if not croniter.is_valid(expr):
+        raise ConfigError(field, f"invalid cron expression {expr!r}")
+    return expr
+
+
+def _rotation(raw: dict[str, Any]) -> RotationConfig:
+    _check_keys("rotation", raw, ("strategy", "interval", "threshold", "cron", "max_encryptions"))
+    d = RotationConfig()
+    cfg = RotationConfig(
+        strategy=_choice("rotation", raw, "strategy", d.strategy, ROTATION_STRATEGIES),
+        interval=_dur("rotation", raw, "interval", d.interval),
+        threshold=_dur("rotation", raw, "threshold", d.threshold),
+        cron=validate_cron(raw["cron"]) if "cron" in raw else d.cron,
+        max_encryptions=_int("rotation", raw, "max_encryptions", d.max_encryptions, 1),
+    )
+    if cfg.interval <= timedelta(0):
+        raise ConfigError("rotation.interval", "must be greater than zero")
+    if cfg.max_encryptions > HARD_MAX_ENCRYPTIONS:
+        raise ConfigError(
+            "rotation.max_encryptions",
+            f"must not exceed 2^32 ({HARD_MAX_ENCRYPTIONS}), the NIST SP 800-38D bound for AES-GCM with random nonces",
+        )
+    return cfg
+
+
+def _retention(raw: dict[str, Any]) -> RetentionConfig:
+    _check_keys("retention", raw, ("policy", "min_retention", "max_versions"))
+    d = RetentionConfig()
+    return RetentionConfig(
+        policy=_choice("retention", raw, "policy", d.policy, RETENTION_POLICIES),
+        min_retention=_dur("retention", raw, "min_retention", d.min_retention),
+        max_versions=_int("retention", raw, "max_versions", d.max_versions, 1),
+    )
+
+
+def _reencryption(raw: dict[str, Any]) -> ReencryptionConfig:
+    _check_keys("reencryption", raw, ("batch_size", "priority", "workers", "rate_limit"))
+    d = ReencryptionConfig()
+    priority = raw.get("priority", list(d.priority))
+    if not isinstance(priority, list) or not all(isinstance(s, str) and s for s in priority):
+        raise ConfigError("reencryption.priority", "must be a list of scope names")
+    return ReencryptionConfig(
+        batch_size=_int("reencryption", raw, "batch_size", d.batch_size, 1),
+        priority=tuple(priority),
+        workers=_int("reencryption", raw, "workers", d.workers, 1),
+        rate_limit=_num("reencryption", raw, "rate_limit", d.rate_limit, 0),
+    )
+
+
+def _provider(raw: dict[str, Any]) -> ProviderConfig:
+    ptype = _choice("provider", raw, "type", "local", PROVIDER_TYPES)
+    settings = {k: v for k, v in raw.items() if k != "type"}
+    for key in settings:
+        if key in _SECRET_KEYS:
+            raise ConfigError(
+                f"provider.{key}",
+                "secrets are not accepted in the config file; use "
+                f"{key}_file (a path) or {key}_env (an environment variable name)",
+            )
+    return ProviderConfig(type=ptype, settings=settings, explicit=bool(raw))
+
+
+def _audit(raw: dict[str, Any]) -> AuditConfig:
+    _check_keys("audit", raw, ("credentials", "actor", "log"))
+    actor = raw.get("actor", "")
+    if not isinstance(actor, str):
+        raise ConfigError("audit.actor", "must be a string")
+    return AuditConfig(
+        credentials=_bool("audit", raw, "credentials", False),
+        actor=actor,
+        log=_bool("audit", raw, "log", False),
+    )
+
+
+def parse_addr(addr: str, field: str = "metrics.addr") -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(field, f"expected host:port, got {addr!r}")
+    return host, int(port)
+
+
+def _metrics(raw: dict[str, Any]) -> MetricsConfig:
+    _check_keys("metrics", raw, ("addr",))
+    addr = raw.get("addr", MetricsConfig().addr)
+    if not isinstance(addr, str):
+        raise ConfigError("metrics.addr", "must be a string host:port")
+    parse_addr(addr)
+    return MetricsConfig(addr=addr)
+
+
+def _alerts(raw: dict[str, Any]) -> AlertsConfig:
+    allowed = tuple(AlertsConfig.__dataclass_fields__)
+    _check_keys("alerts", raw, allowed)
+    d = AlertsConfig()
+    return AlertsConfig(
+        key_age_days=_num("alerts", raw, "key_age_days", d.key_age_days, 0),
+        no_rotation_days=_num("alerts", raw, "no_rotation_days", d.no_rotation_days, 0),
+        reencryption_min_progress=_num("alerts", raw, "reencryption_min_progress", d.reencryption_min_progress, 0),
+        reencryption_after_days=_num("alerts", raw, "reencryption_after_days", d.reencryption_after_days, 0),
+        max_live_versions=_int("alerts", raw, "max_live_versions", d.max_live_versions, 1),
+        access_error_ratio=_num("alerts", raw, "access_error_ratio", d.access_error_ratio, 0),
+    )
+
+
+def secret_from(settings: dict[str, Any], name: str, section: str = "provider") -> str | None:
+    """Read a secret named by ``<name>_file`` or ``<name>_env``; never from the text."""
+    path = settings.get(f"{name}_file")
+    env = settings.get(f"{name}_env")
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{section}.{name}_file", f"cannot read {path}: {exc.strerror}") from None
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{section}.{name}_env", f"environment variable {env} is not set")
+        return value
+    return None

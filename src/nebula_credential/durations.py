@@ -1,0 +1,41 @@
+"""Durations as written in config files and flags: ``30s``, ``15m``, ``24h``, ``90d``."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from .exceptions import ConfigError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+
+def parse_duration(text: str | int | float | timedelta, field: str = "duration") -> timedelta:
+    """Parse a duration, naming ``field`` in the error; negatives are refused."""
+    if isinstance(text, timedelta):
+        value = text
+    elif isinstance(text, bool):
+        raise ConfigError(field, f"expected a duration like '30s', '15m', '24h' or '90d', got {text!r}")
+    elif isinstance(text, int | float):
+        value = timedelta(seconds=text)
+    elif isinstance(text, str):
+        m = _RE.match(text)
+        if not m:
+            raise ConfigError(
+                field, f"expected a duration like '30s', '15m', '24h' or '90d', got {text!r}"
+            )
+        value = timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    else:
+        raise ConfigError(field, f"expected a duration string, got {type(text).__name__}")
+    if value < timedelta(0):
+        raise ConfigError(field, f"must not be negative, got {text!r}")
+    return value
+
+
+def format_duration(td: timedelta) -> str:
+    s = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s and s % size == 0:
+            return f"{s // size}{unit}"
+    return f"{s}s"

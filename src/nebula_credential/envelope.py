@@ -1,0 +1,96 @@
+"""Envelope format v1: the binary layout of every ciphertext we produce.
+
+::
+
+    offset  size  field
+    0       2     magic b"NC"
+    2       1     format version = 1
+    3       1     algorithm id: 1 = AES-256-GCM
+    4       4     key version, uint32 big-endian
+    8       12    nonce (random, os.urandom)
+    20      n+16  ciphertext || GCM tag
+
+The AES-GCM associated data is the 20-byte header followed by the caller's
+context bytes, so an edited header or a blob moved to another context fails
+authentication.  Parsing never trusts the blob: anything that is not an
+envelope raises :class:`EnvelopeFormatError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from .exceptions import EnvelopeFormatError
+
+MAGIC = b"NC"
+FORMAT_VERSION = 1
+ALG_AES_256_GCM = 1
+PREFIX = MAGIC + bytes((FORMAT_VERSION, ALG_AES_256_GCM))
+NONCE_SIZE = 12
+TAG_SIZE = 16
+HEADER_SIZE = 20
+MIN_SIZE = HEADER_SIZE + TAG_SIZE
+MAX_KEY_VERSION = 0xFFFFFFFF
+
+_U32 = struct.Struct(">I")
+
+
+class Envelope(NamedTuple):
+    """A parsed envelope; ``header`` is the 20 bytes that go into the AAD."""
+
+    key_version: int
+    nonce: bytes
+    ciphertext: bytes  # ciphertext || tag
+    header: bytes
+
+
+def version_prefix(key_version: int) -> bytes:
+    """The 8 fixed bytes before the nonce, precomputed once per key version."""
+    if not 1 <= key_version <= MAX_KEY_VERSION:
+        raise ValueError(f"key version must be 1..{MAX_KEY_VERSION}, got {key_version}")
+    return PREFIX + _U32.pack(key_version)
+
+
+def parse(blob: bytes | bytearray | memoryview) -> Envelope:
+    """Split an envelope into its fields, refusing anything malformed."""
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise EnvelopeFormatError(f"envelope must be bytes, got {type(blob).__name__}")
+    data = bytes(blob)
+    if len(data) < MIN_SIZE:
+        raise EnvelopeFormatError(
+            f"envelope too short: {len(data)} bytes, at least {MIN_SIZE} required"
+        )
+    if data[:2] != MAGIC:
+        raise EnvelopeFormatError("not a nebula-credential envelope (bad magic)")
+    if data[2] != FORMAT_VERSION:
+        raise EnvelopeFormatError(f"unsupported envelope format version {data[2]}")
+    if data[3] != ALG_AES_256_GCM:
+        raise EnvelopeFormatError(f"unsupported algorithm id {data[3]}")
+    (key_version,) = _U32.unpack_from(data, 4)
+    if key_version == 0:
+        raise EnvelopeFormatError("envelope names key version 0, which never exists")
+    return Envelope(key_version, data[8:HEADER_SIZE], data[HEADER_SIZE:], data[:HEADER_SIZE])
+
+
+def peek_version(blob: bytes) -> int:
+    """The key version an envelope names, after full validation of the header."""
+    return parse(blob).key_version
+
+
+def _field(value: str) -> bytes:
+    raw = value.encode("utf-8")
+    return _U32.pack(len(raw)) + raw
+
+
+def credential_context(keyring: str, credential_id: str, scope: str) -> bytes:
+    """Context bytes binding a stored credential to its record.
+
+    Each field is length-prefixed so ("ab", "c") and ("a", "bc") differ.
+    """
+    return b"nc-cred\x00" + _field(keyring) + _field(credential_id) + _field(scope)
+
+
+def dek_context(keyring: str, version: int, purpose: str = "dek") -> bytes:
+    """Context bytes a provider binds a wrapped DEK to."""
+    return b"nc-wrap\x00" + _field(purpose) + _field(keyring) + _U32.pack(version)

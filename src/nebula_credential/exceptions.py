@@ -1,0 +1,121 @@
+"""One exception root, narrow subclasses named for what went wrong.
+
+Authentication failures stay opaque (``DecryptionError`` never says which
+byte or why), while facts that are public anyway -- which key version an
+envelope names, that it is revoked -- are stated plainly with the fix.
+No exception text ever carries key material or plaintext.
+"""
+
+from __future__ import annotations
+
+
+class NebulaCredentialError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(NebulaCredentialError):
+    """A configuration value is missing, malformed or out of range."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class EnvelopeFormatError(NebulaCredentialError):
+    """The blob is not an envelope this version of the library can parse."""
+
+
+class DecryptionError(NebulaCredentialError):
+    """Authentication failed: wrong key, wrong context, or tampered data."""
+
+
+class KeyNotFoundError(NebulaCredentialError):
+    """The key version (or credential) named does not exist."""
+
+
+class KeyRevokedError(NebulaCredentialError):
+    """The key version exists but may not decrypt: it is revoked."""
+
+    def __init__(self, keyring: str, version: int) -> None:
+        self.keyring = keyring
+        self.version = version
+        super().__init__(
+            f"key version {version} of keyring {keyring!r} is revoked; "
+            f"run `nebula-credential --keyring {keyring} keys reinstate {version}` "
+            "to allow decryption again"
+        )
+
+
+class KeyDestroyedError(KeyRevokedError):
+    """The key version was destroyed: its material is gone for good."""
+
+    def __init__(self, keyring: str, version: int) -> None:
+        self.keyring = keyring
+        self.version = version
+        NebulaCredentialError.__init__(
+            self,
+            f"key version {version} of keyring {keyring!r} was destroyed; credentials "
+            "under it can only be recovered from a backup taken before the destruction",
+        )
+
+
+class CredentialNotFoundError(KeyNotFoundError):
+    """No credential is stored under that id in this keyring."""
+
+
+class PolicyViolationError(NebulaCredentialError):
+    """The operation would break a lifecycle or retention rule."""
+
+
+class ConcurrencyError(NebulaCredentialError):
+    """Another writer changed the same state first; retry or re-read."""
+
+
+class StoreError(NebulaCredentialError):
+    """The credential store failed or holds data this library cannot use."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached (after bounded retries)."""
+
+
+class ProviderError(NebulaCredentialError):
+    """The key provider refused or failed an operation."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """The key provider could not be reached (after bounded retries)."""
+
+
+class ProviderPermissionError(ProviderError):
+    """The key provider denied the operation; retrying will not help."""
+
+
+class MissingDependencyError(NebulaCredentialError, ImportError):
+    """An optional backend was selected but its extra is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"the {module!r} package is required for this backend; "
+            f"install it with: pip install 'nebula-credential[{extra}]'"
+        )
+
+
+__all__ = [
+    "ConcurrencyError",
+    "ConfigError",
+    "CredentialNotFoundError",
+    "DecryptionError",
+    "EnvelopeFormatError",
+    "KeyDestroyedError",
+    "KeyNotFoundError",
+    "KeyRevokedError",
+    "MissingDependencyError",
+    "NebulaCredentialError",
+    "PolicyViolationError",
+    "ProviderError",
+    "ProviderPermissionError",
+    "ProviderUnavailableError",
+    "StoreError",
+    "StoreUnavailableError",
+]

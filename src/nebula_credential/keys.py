@@ -1,0 +1,456 @@
+"""Versioned data keys: the lifecycle state machine and the encrypt/decrypt hot path.
+
+The hot path is one AES-GCM call plus a header: the active key's 8 header
+bytes are precomputed, ciphers are cached per version, and a per-process
+encryption counter reserves counts from the store in blocks, so no
+encryption waits on a database write.  Everything else -- loading keys,
+status changes, auditing -- happens on slower paths around it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+
+from cryptography.exceptions import InvalidTag
+
+from . import envelope as env
+from .config import HARD_MAX_ENCRYPTIONS, KeyManagementConfig
+from .exceptions import (
+    ConcurrencyError,
+    DecryptionError,
+    EnvelopeFormatError,
+    KeyDestroyedError,
+    KeyNotFoundError,
+    KeyRevokedError,
+    PolicyViolationError,
+)
+from .models import KeyStatus, KeyVersion, utc_now
+from .providers.base import Aead, KeyProvider, WrapContext
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
+    from .store.base import Store, StoreTx
+
+#: Encryptions reserved from the store per round trip (one write per block).
+RESERVATION_BLOCK = 4096
+
+#: Lifecycle transitions an operator or a policy may make (rotation makes active -> valid).
+TRANSITIONS: dict[KeyStatus, frozenset[KeyStatus]] = {
+    KeyStatus.ACTIVE: frozenset({KeyStatus.VALID}),
+    KeyStatus.VALID: frozenset({KeyStatus.GRACE, KeyStatus.REVOKED, KeyStatus.DESTROYED}),
+    KeyStatus.GRACE: frozenset({KeyStatus.VALID, KeyStatus.REVOKED, KeyStatus.DESTROYED}),
+    KeyStatus.REVOKED: frozenset({KeyStatus.VALID, KeyStatus.DESTROYED}),
+    KeyStatus.DESTROYED: frozenset(),
+}
+
+
+class VersionedKey:
+    """A usable key version: its cipher and precomputed header prefix.
+
+    The cipher holds the DEK inside OpenSSL; this object never exposes it,
+    refuses pickling, and its repr names only the version and status.
+    """
+
+    __slots__ = ("_aead", "_count", "_limit", "_prefix", "loaded_at", "status", "version", "vbytes")
+
+    def __init__(self, version: int, status: KeyStatus, aead: Aead) -> None:
+        self.version = version
+        self.status = status
+        self._aead = aead
+        self._prefix = env.version_prefix(version)
+        self.vbytes = self._prefix[4:]
+        self.loaded_at = time.monotonic()
+        self._count = itertools.count()
+        self._limit = 0
+
+    def __repr__(self) -> str:
+        return f"VersionedKey(version={self.version}, status={self.status.value!r}, key=<redacted>)"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("key material cannot be pickled")
+
+
+class KeyManager:
+    """Versions, lifecycle and envelopes for one keyring.
+
+    Construct with a store and a provider (``nc.open`` does this), or use
+    :meth:`ephemeral` for an in-memory keyring with a throwaway root key.
+    ``clock`` is injectable so policies and expiry are testable without sleeping.
+    """
+
+    reservation_block: ClassVar[int] = RESERVATION_BLOCK
+
+    def __init__(
+        self,
+        store: Store,
+        provider: KeyProvider,
+        *,
+        keyring: str = "default",
+        config: KeyManagementConfig | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        audit: AuditLog | None = None,
+    ) -> None:
+        if not keyring or len(keyring) > 200:
+            raise ValueError("keyring name must be 1..200 characters")
+        self.store = store
+        self.provider = provider
+        self.keyring = keyring
+        self.config = config or KeyManagementConfig()
+        self.clock = clock
+        self.audit = audit
+        self._lock = threading.RLock()
+        self._keys: dict[bytes, VersionedKey] = {}  # by 4 big-endian version bytes
+        self._active: VersionedKey | None = None
+        self._refresh_every = self.config.keys.refresh_interval.total_seconds()
+        self._ttl = self.config.keys.dek_cache_ttl.total_seconds()
+        self._refresh_at = 0.0
+        self.on_grace_use: Callable[[int], None] | None = None
+
+    # ---- construction ----------------------------------------------------
+    @classmethod
+    def ephemeral(cls, keyring: str = "default", **kwargs: Any) -> KeyManager:
+        """An in-memory keyring (SQLite ``:memory:``, throwaway root key) with v1 active."""
+        from .providers.local import LocalKeyProvider
+        from .store import open_store
+
+        km = cls(open_store("sqlite:///:memory:"), LocalKeyProvider.ephemeral(), keyring=keyring, **kwargs)
+        km.initialize()
+        return km
+
+    def initialize(self) -> KeyVersion:
+        """Create version 1 if the keyring is empty; returns the active version."""
+        with self.store.read() as tx:
+            versions = tx.list_versions(self.keyring)
+        for kv in versions:
+            if kv.status is KeyStatus.ACTIVE:
+                return kv
+        created = self.rotate(reason="init", expected_active=None if not versions else -1)
+        if created is None:
+            return self.active_version()
+        return created
+
+    def _record(self, tx: StoreTx, action: str, version: int | None, **details: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(tx, action, keyring=self.keyring, version=version, **details)
+
+    # ---- queries -----------------------------------------------------------
+    def list(self) -> list[KeyVersion]:
+        with self.store.read() as tx:
+            return tx.list_versions(self.keyring)
+
+    def version(self, version: int) -> KeyVersion:
+        with self.store.read() as tx:
+            kv = tx.get_version(self.keyring, version)
+        if kv is None:
+            raise KeyNotFoundError(f"keyring {self.keyring!r} has no key version {version}")
+        return kv
+
+    def active_version(self) -> KeyVersion:
+        for kv in self.list():
+            if kv.status is KeyStatus.ACTIVE:
+                return kv
+        raise KeyNotFoundError(
+            f"keyring {self.keyring!r} has no active key; run `nebula-credential init`"
+        )
+
+    def credential_counts(self) -> dict[int, int]:
+        with self.store.read() as tx:
+            return tx.count_by_version(self.keyring)
+
+    # ---- key loading -------------------------------------------------------
+    def _open(self, kv: KeyVersion) -> VersionedKey:
+        if kv.wrapped_key is None:
+            raise KeyDestroyedError(self.keyring, kv.version)
+        aead = self.provider.open_dek(kv.wrapped_key, WrapContext(self.keyring, kv.version))
+        return VersionedKey(kv.version, kv.status, aead)
+
+    def _refresh(self) -> None:
+        """Re-read statuses: another process may have rotated or revoked."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._refresh_at:
+                return
+            versions = {kv.version: kv for kv in self.list()}
+            keep: dict[bytes, VersionedKey] = {}
+            for vb, key in self._keys.items():
+                kv = versions.get(key.version)
+                if kv is None or kv.status not in (KeyStatus.ACTIVE, KeyStatus.VALID):
+                    continue
+                if self._ttl and now - key.loaded_at > self._ttl:
+                    continue  # re-unwrap after the cache lifetime
+                key.status = kv.status
+                keep[vb] = key
+            self._keys = keep
+            active = self._active
+            if active is not None and (
+                active.vbytes not in keep or keep[active.vbytes].status is not KeyStatus.ACTIVE
+            ):
+                self._active = None
+            self._refresh_at = now + self._refresh_every
+
+    def current_key(self) -> VersionedKey:
+        """The active version, loaded and ready to encrypt."""
+        if time.monotonic() >= self._refresh_at:
+            self._refresh()
+        key = self._active
+        if key is not None:
+            return key
+        with self._lock:
+            if self._active is None:
+                kv = self.active_version()
+                key = self._keys.get(env.version_prefix(kv.version)[4:]) or self._open(kv)
+                key.status = KeyStatus.ACTIVE
+                self._keys = {**self._keys, key.vbytes: key}
+                self._active = key
+            return self._active
+
+    def get_key(self, version: int) -> VersionedKey:
+        """A version that may decrypt; typed errors say why one may not."""
+        vb = env.version_prefix(version)[4:]
+        key = self._keys.get(vb)
+        if key is not None:
+            return key
+        kv = self.version(version)
+        if kv.status is KeyStatus.DESTROYED:
+            raise KeyDestroyedError(self.keyring, version)
+        if kv.status is KeyStatus.REVOKED:
+            raise KeyRevokedError(self.keyring, version)
+        with self._lock:
+            key = self._keys.get(vb) or self._open(kv)
+            if kv.status is not KeyStatus.GRACE:  # grace keys are never cached: each use is audited
+                self._keys = {**self._keys, vb: key}
+            return key
+
+    # ---- hot path ----------------------------------------------------------
+    def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        """Encrypt under the active version; returns an envelope v1."""
+        key = self._active
+        if key is None or time.monotonic() >= self._refresh_at:
+            key = self.current_key()
+        if next(key._count) >= key._limit:
+            key = self._reserve(key)
+        nonce = os.urandom(12)
+        header = key._prefix + nonce
+        return header + key._aead.encrypt(nonce, plaintext, header + aad)
+
+    def decrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
+        """Decrypt an envelope with whichever version its header names."""
+        if time.monotonic() >= self._refresh_at:
+            self._refresh()
+        key = self._keys.get(blob[4:8])
+        if key is None or len(blob) < env.MIN_SIZE or blob[:4] != env.PREFIX:
+            return self._decrypt_slow(blob, aad)
+        try:
+            return key._aead.decrypt(blob[8:20], blob[20:], blob[:20] + aad)
+        except InvalidTag:
+            raise DecryptionError(
+                f"envelope failed authentication under key version {key.version} "
+                "(tampered, truncated, or bound to another credential)"
+            ) from None
+
+    def _decrypt_slow(self, blob: bytes, aad: bytes) -> bytes:
+        parsed = env.parse(blob)
+        try:
+            key = self.get_key(parsed.key_version)
+        except KeyRevokedError as exc:
+            self._refused(parsed.key_version, exc)
+            raise
+        except KeyNotFoundError:
+            raise KeyNotFoundError(
+                f"envelope names key version {parsed.key_version}, which keyring "
+                f"{self.keyring!r} does not have (wrong keyring or store?)"
+            ) from None
+        try:
+            plaintext = key._aead.decrypt(parsed.nonce, parsed.ciphertext, parsed.header + aad)
+        except InvalidTag:
+            raise DecryptionError(
+                f"envelope failed authentication under key version {key.version} "
+                "(tampered, truncated, or bound to another credential)"
+            ) from None
+        if key.status is KeyStatus.GRACE or self.version_status(key.version) is KeyStatus.GRACE:
+            self._grace_used(key.version)
+        return plaintext
+
+    def version_status(self, version: int) -> KeyStatus | None:
+        key = self._keys.get(env.version_prefix(version)[4:])
+        return key.status if key is not None else None
+
+    def _refused(self, version: int, exc: Exception) -> None:
+        if self.audit is None:
+            return
+        with self.store.transaction() as tx:
+            self._record(tx, "decrypt.refused", version, outcome_reason=type(exc).__name__)
+
+    def _grace_used(self, version: int) -> None:
+        if self.on_grace_use is not None:
+            self.on_grace_use(version)
+        if self.audit is None:
+            return
+        with self.store.transaction() as tx:
+            assert self.audit is not None
+            self.audit.record(tx, "key.grace_use", keyring=self.keyring, version=version,
+                              outcome="warning")
+
+    def re_encrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
+        """Decrypt with any live version, encrypt with the active one."""
+        plaintext = self.decrypt(blob, aad)
+        return self.encrypt(plaintext, aad)
+
+    def _reserve(self, key: VersionedKey) -> VersionedKey:
+        """Reserve a block of encryptions for ``key`` from the store (one write)."""
+        with self._lock:
+            if key is not self._active:
+                return self.current_key() if self._active is None else self._reserve(self._active)
+            block = self.reservation_block
+            with self.store.transaction() as tx:
+                kv = tx.get_version(self.keyring, key.version)
+                if kv is None or kv.status is not KeyStatus.ACTIVE:
+                    self._refresh_at = 0.0
+                    self._active = None
+                    return self._reserve(self.current_key())
+                total = tx.add_encryptions(self.keyring, key.version, block)
+            if total > HARD_MAX_ENCRYPTIONS:
+                raise PolicyViolationError(
+                    f"key version {key.version} of keyring {self.keyring!r} reached the AES-GCM "
+                    "usage bound (2^32 encryptions); run `nebula-credential keys rotate`"
+                )
+            key._limit += block
+            if total >= self.config.rotation.max_encryptions and self.config.keys.auto_rotation:
+                self.rotate(reason="usage", expected_active=key.version)
+                return self.current_key()
+            return key
+
+    # ---- rotation ------------------------------------------------------------
+    def rotate(self, reason: str = "manual", *, expected_active: int | None = None) -> KeyVersion | None:
+        """Create a new active version; the old one becomes valid.
+
+        With ``expected_active`` the rotation happens only if that version is
+        still active (``-1``: only if none is): a scheduler that lost the race
+        to another instance gets ``None`` instead of rotating twice.
+        """
+        for _ in range(8):
+            versions = self.list()
+            active = next((v for v in versions if v.status is KeyStatus.ACTIVE), None)
+            if expected_active is not None and (active.version if active else -1) != expected_active:
+                return None
+            new_version = max((v.version for v in versions), default=0) + 1
+            aead, wrapped = self.provider.generate_dek(WrapContext(self.keyring, new_version))
+            now = self.clock()
+            kv = KeyVersion(
+                keyring=self.keyring,
+                version=new_version,
+                status=KeyStatus.ACTIVE,
+                created_at=now,
+                provider=self.provider.name,
+                root_key_id=self.provider.root_key_id(),
+                wrapped_key=wrapped,
+                expires_at=now + self.config.keys.max_key_age,
+                status_changed_at=now,
+                reason=reason,
+            )
+            with self.store.transaction() as tx:
+                tx.lock_keyring(self.keyring)
+                current = tx.list_versions(self.keyring)
+                cur_active = next((v for v in current if v.status is KeyStatus.ACTIVE), None)
+                if max((v.version for v in current), default=0) != new_version - 1 or (
+                    (cur_active.version if cur_active else None) != (active.version if active else None)
+                ):
+                    if expected_active is not None:
+                        return None
+                    continue  # another rotation won the race; build on top of it
+                if cur_active is not None:
+                    tx.set_status(self.keyring, cur_active.version, KeyStatus.ACTIVE, KeyStatus.VALID, now)
+                tx.insert_version(kv)
+                self._record(
+                    tx,
+                    "key.create" if cur_active is None else "key.rotate",
+                    new_version,
+                    old_version=cur_active.version if cur_active else None,
+                    new_version=new_version,
+                    reason=reason,
+                )
+            with self._lock:
+                key = VersionedKey(new_version, KeyStatus.ACTIVE, aead)
+                old = self._active
+                if old is not None:
+                    old.status = KeyStatus.VALID
+                self._keys = {**self._keys, key.vbytes: key}
+                self._active = key
+            return kv
+        raise ConcurrencyError(f"could not rotate keyring {self.keyring!r}: too many concurrent rotations")
+
+    # ---- lifecycle -------------------------------------------------------------
+    def transition(
+        self,
+        version: int,
+        new: KeyStatus,
+        *,
+        action: str,
+        expected: KeyStatus | None = None,
+        force: bool = False,
+        **details: Any,
+    ) -> KeyVersion:
+        """Move a version along the lifecycle, checked and audited in one transaction."""
+        now = self.clock()
+        with self.store.transaction() as tx:
+            tx.lock_keyring(self.keyring)
+            kv = tx.get_version(self.keyring, version)
+            if kv is None:
+                raise KeyNotFoundError(f"keyring {self.keyring!r} has no key version {version}")
+            if expected is not None and kv.status is not expected:
+                raise ConcurrencyError(
+                    f"key version {version} is {kv.status.value}, expected {expected.value}"
+                )
+            if new not in TRANSITIONS[kv.status]:
+                hint = " (rotate first: the active version cannot be retired)" if kv.status is KeyStatus.ACTIVE else ""
+                raise PolicyViolationError(
+                    f"key version {version} is {kv.status.value}; it cannot become {new.value}{hint}"
+                )
+            refs = tx.count_by_version(self.keyring).get(version, 0)
+            if new is KeyStatus.DESTROYED and refs and not force:
+                raise PolicyViolationError(
+                    f"key version {version} is still used by {refs} credential(s); re-encrypt "
+                    "them first (`nebula-credential reencrypt`) or pass --force to destroy anyway"
+                )
+            if new is KeyStatus.GRACE and refs:
+                raise PolicyViolationError(
+                    f"key version {version} is still used by {refs} credential(s); it cannot enter grace"
+                )
+            if not tx.set_status(self.keyring, version, kv.status, new, now):
+                raise ConcurrencyError(f"key version {version} changed concurrently; retry")
+            self._record(tx, action, version, old_status=kv.status.value, new_status=new.value,
+                         credentials=refs, forced=force, **details)
+        with self._lock:
+            self._keys = {vb: k for vb, k in self._keys.items() if k.version != version}
+            self._refresh_at = 0.0
+        return replace(kv, status=new, status_changed_at=now)
+
+    def revoke(self, version: int, *, reason: str = "operator") -> KeyVersion:
+        return self.transition(version, KeyStatus.REVOKED, action="key.revoke", reason=reason)
+
+    def reinstate(self, version: int) -> KeyVersion:
+        kv = self.version(version)
+        if kv.status is KeyStatus.DESTROYED:
+            raise PolicyViolationError(f"key version {version} was destroyed and cannot be reinstated")
+        if kv.status is not KeyStatus.REVOKED:
+            raise PolicyViolationError(f"key version {version} is {kv.status.value}, not revoked")
+        return self.transition(version, KeyStatus.VALID, action="key.reinstate", expected=KeyStatus.REVOKED)
+
+    def destroy(self, version: int, *, force: bool = False, policy: str = "operator") -> KeyVersion:
+        return self.transition(version, KeyStatus.DESTROYED, action="key.destroy", force=force, policy=policy)
+
+    def key_age(self, now: datetime | None = None) -> timedelta:
+        return (now or self.clock()) - self.active_version().created_at
+
+    def __repr__(self) -> str:
+        return f"<KeyManager keyring={self.keyring!r} provider={self.provider.name!r}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("KeyManager cannot be pickled")

@@ -1,0 +1,447 @@
+"""SQL shared by the SQLite and PostgreSQL backends.
+
+Queries are written once with ``?`` placeholders; a backend that uses
+another paramstyle translates them (:meth:`SqlTx._q`).  Backend-specific
+behaviour (locking, ``SKIP LOCKED``, the audit head lock) lives in small
+overridable methods, so the logic is not written twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from ..exceptions import StoreError
+from ..models import EncryptedCredential, KeyStatus, KeyVersion, from_epoch, to_epoch
+from .base import AuditRow, StoreTx
+
+_VERSION_COLS = (
+    "keyring, version, status, wrapped_key, provider, root_key_id, created_at, expires_at, "
+    "status_changed_at, revoked_at, destroyed_at, encryptions, reason"
+)
+_CRED_COLS = "keyring, id, scope, key_version, envelope, metadata, revision, created_at, updated_at"
+_AUDIT_COLS = "seq, ts, actor, action, keyring, key_version, credential_id, outcome, details, mac"
+
+
+@lru_cache(maxsize=256)
+def _pyformat(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _version(row: Sequence[Any]) -> KeyVersion:
+    try:
+        status = KeyStatus(row[2])
+    except ValueError:
+        raise StoreError(f"key version {row[0]}/v{row[1]} has unknown status {row[2]!r}") from None
+    created = from_epoch(row[6])
+    assert created is not None
+    return KeyVersion(
+        keyring=row[0],
+        version=int(row[1]),
+        status=status,
+        wrapped_key=bytes(row[3]) if row[3] is not None else None,
+        provider=row[4],
+        root_key_id=row[5],
+        created_at=created,
+        expires_at=from_epoch(row[7]),
+        status_changed_at=from_epoch(row[8]),
+        revoked_at=from_epoch(row[9]),
+        destroyed_at=from_epoch(row[10]),
+        encryptions=int(row[11]),
+        reason=row[12],
+    )
+
+
+def _credential(row: Sequence[Any]) -> EncryptedCredential:
+    try:
+        metadata = json.loads(row[5]) if row[5] else {}
+    except ValueError:
+        raise StoreError(f"credential {row[1]!r} has corrupt metadata") from None
+    created, updated = from_epoch(row[7]), from_epoch(row[8])
+    assert created is not None and updated is not None
+    return EncryptedCredential(
+        keyring=row[0],
+        id=row[1],
+        scope=row[2],
+        key_version=int(row[3]),
+        envelope=bytes(row[4]),
+        metadata=metadata,
+        revision=int(row[6]),
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+def _audit(row: Sequence[Any]) -> AuditRow:
+    return AuditRow(
+        seq=int(row[0]),
+        ts=float(row[1]),
+        actor=row[2],
+        action=row[3],
+        keyring=row[4],
+        key_version=row[5],
+        credential_id=row[6],
+        outcome=row[7],
+        details=row[8],
+        mac=bytes(row[9]),
+    )
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class SqlTx(StoreTx):
+    """StoreTx over a DB-API connection; subclasses adapt the dialect."""
+
+    paramstyle_qmark = True
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    # ---- dialect hooks -----------------------------------------------
+    def _q(self, sql: str) -> str:
+        return sql if self.paramstyle_qmark else _pyformat(sql)
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._q(sql), params)
+
+    def _many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(self._q(sql), seq)
+
+    def _lock_suffix(self, skip_locked: bool) -> str:
+        return ""
+
+    def _lock_audit_head(self) -> None:
+        """Serialise appenders of the audit chain (SQLite: the write lock does)."""
+
+    # ---- meta ----------------------------------------------------------
+    def get_meta(self, name: str) -> str | None:
+        row = self._exec("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._exec(
+            "INSERT INTO meta (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def schema_version(self) -> int:
+        row = self._exec("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    # ---- key versions --------------------------------------------------
+    def keyrings(self) -> list[str]:
+        rows = self._exec("SELECT DISTINCT keyring FROM key_versions ORDER BY keyring").fetchall()
+        return [r[0] for r in rows]
+
+    def list_versions(self, keyring: str) -> list[KeyVersion]:
+        rows = self._exec(
+            f"SELECT {_VERSION_COLS} FROM key_versions WHERE keyring = ? ORDER BY version",
+            (keyring,),
+        ).fetchall()
+        return [_version(r) for r in rows]
+
+    def get_version(self, keyring: str, version: int) -> KeyVersion | None:
+        row = self._exec(
+            f"SELECT {_VERSION_COLS} FROM key_versions WHERE keyring = ? AND version = ?",
+            (keyring, version),
+        ).fetchone()
+        return None if row is None else _version(row)
+
+    def lock_keyring(self, keyring: str) -> None:
+        """SQLite: a write transaction already holds the database write lock."""
+
+    def insert_version(self, kv: KeyVersion) -> None:
+        self._exec(
+            f"INSERT INTO key_versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                kv.keyring,
+                kv.version,
+                str(kv.status),
+                kv.wrapped_key,
+                kv.provider,
+                kv.root_key_id,
+                to_epoch(kv.created_at),
+                to_epoch(kv.expires_at),
+                to_epoch(kv.status_changed_at),
+                to_epoch(kv.revoked_at),
+                to_epoch(kv.destroyed_at),
+                kv.encryptions,
+                kv.reason,
+            ),
+        )
+
+    def set_status(
+        self, keyring: str, version: int, expected: KeyStatus, new: KeyStatus, at: datetime
+    ) -> bool:
+        ts = to_epoch(at)
+        extra = ""
+        params: list[Any] = [str(new), ts]
+        if new is KeyStatus.REVOKED:
+            extra = ", revoked_at = ?"
+            params.append(ts)
+        elif new is KeyStatus.DESTROYED:
+            extra = ", destroyed_at = ?, wrapped_key = NULL"
+            params.append(ts)
+        elif new is KeyStatus.VALID and expected is KeyStatus.REVOKED:
+            extra = ", revoked_at = NULL"
+        params += [keyring, version, str(expected)]
+        cur = self._exec(
+            f"UPDATE key_versions SET status = ?, status_changed_at = ?{extra} "
+            "WHERE keyring = ? AND version = ? AND status = ?",
+            params,
+        )
+        return bool(cur.rowcount == 1)
+
+    def set_wrapped_key(self, keyring: str, version: int, wrapped: bytes, root_key_id: str) -> None:
+        self._exec(
+            "UPDATE key_versions SET wrapped_key = ?, root_key_id = ? "
+            "WHERE keyring = ? AND version = ? AND wrapped_key IS NOT NULL",
+            (wrapped, root_key_id, keyring, version),
+        )
+
+    def add_encryptions(self, keyring: str, version: int, count: int) -> int:
+        self._exec(
+            "UPDATE key_versions SET encryptions = encryptions + ? WHERE keyring = ? AND version = ?",
+            (count, keyring, version),
+        )
+        row = self._exec(
+            "SELECT encryptions FROM key_versions WHERE keyring = ? AND version = ?",
+            (keyring, version),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # ---- credentials ---------------------------------------------------
+    _UPSERT = (
+        f"INSERT INTO credentials ({_CRED_COLS}) VALUES (?,?,?,?,?,?,1,?,?) "
+        "ON CONFLICT (keyring, id) DO UPDATE SET scope = excluded.scope, "
+        "key_version = excluded.key_version, envelope = excluded.envelope, "
+        "metadata = excluded.metadata, revision = credentials.revision + 1, "
+        "updated_at = excluded.updated_at"
+    )
+
+    def get_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
+        row = self._exec(
+            f"SELECT {_CRED_COLS} FROM credentials WHERE keyring = ? AND id = ?",
+            (keyring, credential_id),
+        ).fetchone()
+        return None if row is None else _credential(row)
+
+    def put_credential(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+    ) -> int:
+        ts = to_epoch(now)
+        self._exec(
+            self._UPSERT,
+            (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts, ts),
+        )
+        row = self._exec(
+            "SELECT revision FROM credentials WHERE keyring = ? AND id = ?",
+            (keyring, credential_id),
+        ).fetchone()
+        return int(row[0])
+
+    def put_credentials(
+        self,
+        keyring: str,
+        rows: Sequence[tuple[str, str, int, bytes, dict[str, Any]]],
+        now: datetime,
+    ) -> None:
+        ts = to_epoch(now)
+        self._many(
+            self._UPSERT,
+            [(keyring, i, s, v, e, _json(m), ts, ts) for (i, s, v, e, m) in rows],
+        )
+
+    def delete_credential(self, keyring: str, credential_id: str) -> bool:
+        cur = self._exec(
+            "DELETE FROM credentials WHERE keyring = ? AND id = ?", (keyring, credential_id)
+        )
+        return bool(cur.rowcount == 1)
+
+    def list_credentials(
+        self,
+        keyring: str,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        after_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[EncryptedCredential]:
+        where = ["keyring = ?"]
+        params: list[Any] = [keyring]
+        if scope is not None:
+            where.append("scope = ?")
+            params.append(scope)
+        if key_version is not None:
+            where.append("key_version = ?")
+            params.append(key_version)
+        if after_id is not None:
+            where.append("id > ?")
+            params.append(after_id)
+        params.append(limit)
+        rows = self._exec(
+            f"SELECT {_CRED_COLS} FROM credentials WHERE {' AND '.join(where)} "
+            "ORDER BY id LIMIT ?",
+            params,
+        ).fetchall()
+        return [_credential(r) for r in rows]
+
+    def count_by_version(self, keyring: str) -> dict[int, int]:
+        rows = self._exec(
+            "SELECT key_version, COUNT(*) FROM credentials WHERE keyring = ? GROUP BY key_version",
+            (keyring,),
+        ).fetchall()
+        return {int(v): int(n) for v, n in rows}
+
+    def scopes_for_version(self, keyring: str, version: int) -> list[str]:
+        rows = self._exec(
+            "SELECT DISTINCT scope FROM credentials WHERE keyring = ? AND key_version = ? "
+            "ORDER BY scope",
+            (keyring, version),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def fetch_for_reencryption(
+        self,
+        keyring: str,
+        key_version: int,
+        scope: str,
+        after_id: str | None,
+        limit: int,
+        *,
+        skip_locked: bool = False,
+    ) -> list[EncryptedCredential]:
+        rows = self._exec(
+            f"SELECT {_CRED_COLS} FROM credentials WHERE keyring = ? AND key_version = ? "
+            "AND scope = ? AND id > ? ORDER BY id LIMIT ?" + self._lock_suffix(skip_locked),
+            (keyring, key_version, scope, after_id or "", limit),
+        ).fetchall()
+        return [_credential(r) for r in rows]
+
+    def cas_update_envelopes(
+        self, keyring: str, updates: Sequence[tuple[str, int, int, bytes]]
+    ) -> int:
+        changed = 0
+        sql = self._q(
+            "UPDATE credentials SET envelope = ?, key_version = ?, revision = revision + 1 "
+            "WHERE keyring = ? AND id = ? AND revision = ?"
+        )
+        for cid, expected_revision, new_version, envelope in updates:
+            cur = self._conn.execute(sql, (envelope, new_version, keyring, cid, expected_revision))
+            changed += cur.rowcount
+        return changed
+
+    # ---- leases --------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
+        ts = to_epoch(now)
+        assert ts is not None
+        cur = self._exec(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+            "expires_at = excluded.expires_at "
+            "WHERE leases.holder = excluded.holder OR leases.expires_at < ?",
+            (name, holder, ts + ttl_seconds, ts),
+        )
+        return bool(cur.rowcount == 1)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._exec("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    # ---- audit ---------------------------------------------------------
+    def audit_tail(self) -> tuple[int, bytes]:
+        self._lock_audit_head()
+        row = self._exec(
+            "SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return (0, b"") if row is None else (int(row[0]), bytes(row[1]))
+
+    def audit_append(self, row: AuditRow) -> None:
+        self._exec(
+            f"INSERT INTO audit_events ({_AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                row.seq,
+                row.ts,
+                row.actor,
+                row.action,
+                row.keyring,
+                row.key_version,
+                row.credential_id,
+                row.outcome,
+                row.details,
+                row.mac,
+            ),
+        )
+
+    def audit_rows(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
+        rows = self._exec(
+            f"SELECT {_AUDIT_COLS} FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [_audit(r) for r in rows]
+
+
+def schema_v1(blob: str, real: str) -> list[str]:
+    """Version 1 of the schema, parameterised by the dialect's type names."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS key_versions (
+            keyring TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            wrapped_key {blob},
+            provider TEXT NOT NULL,
+            root_key_id TEXT NOT NULL DEFAULT '',
+            created_at {real} NOT NULL,
+            expires_at {real},
+            status_changed_at {real},
+            revoked_at {real},
+            destroyed_at {real},
+            encryptions BIGINT NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (keyring, version),
+            CHECK (status IN ('active', 'valid', 'grace', 'revoked', 'destroyed'))
+        )""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS key_versions_one_active "
+        "ON key_versions (keyring) WHERE status = 'active'",
+        f"""CREATE TABLE IF NOT EXISTS credentials (
+            keyring TEXT NOT NULL,
+            id TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            key_version INTEGER NOT NULL,
+            envelope {blob} NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{{}}',
+            revision BIGINT NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            PRIMARY KEY (keyring, id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS credentials_by_version "
+        "ON credentials (keyring, key_version, scope, id)",
+        f"CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+        f"expires_at {real} NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS audit_events (
+            seq BIGINT PRIMARY KEY,
+            ts {real} NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            keyring TEXT,
+            key_version INTEGER,
+            credential_id TEXT,
+            outcome TEXT NOT NULL,
+            details TEXT NOT NULL,
+            mac {blob} NOT NULL
+        )""",
+    ]

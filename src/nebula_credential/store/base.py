@@ -1,0 +1,240 @@
+"""The persistence interface every store backend implements.
+
+A backend is a :class:`Store` (connections, transactions, migrations) whose
+:meth:`Store.transaction` yields a :class:`StoreTx`: every query runs inside
+one, so a change and the audit event recording it commit together.
+Compare-and-swap on ``revision`` is how concurrent writers stay safe.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..models import EncryptedCredential, KeyStatus, KeyVersion
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One stored audit event (the MAC chain is computed by the audit layer)."""
+
+    seq: int
+    ts: float
+    actor: str
+    action: str
+    keyring: str | None
+    key_version: int | None
+    credential_id: str | None
+    outcome: str
+    details: str  # canonical JSON
+    mac: bytes
+
+
+class StoreTx(ABC):
+    """Queries inside one transaction. Obtain from :meth:`Store.transaction`."""
+
+    # ---- meta ------------------------------------------------------------
+    @abstractmethod
+    def get_meta(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def set_meta(self, name: str, value: str) -> None: ...
+
+    @abstractmethod
+    def schema_version(self) -> int: ...
+
+    # ---- key versions ----------------------------------------------------
+    @abstractmethod
+    def keyrings(self) -> list[str]: ...
+
+    @abstractmethod
+    def list_versions(self, keyring: str) -> list[KeyVersion]: ...
+
+    @abstractmethod
+    def get_version(self, keyring: str, version: int) -> KeyVersion | None: ...
+
+    @abstractmethod
+    def lock_keyring(self, keyring: str) -> None:
+        """Serialise writers of one keyring's versions until the transaction ends."""
+
+    @abstractmethod
+    def insert_version(self, kv: KeyVersion) -> None: ...
+
+    @abstractmethod
+    def set_status(
+        self,
+        keyring: str,
+        version: int,
+        expected: KeyStatus,
+        new: KeyStatus,
+        at: datetime,
+    ) -> bool:
+        """Compare-and-swap the status; stamps revoked_at/destroyed_at as fitting.
+
+        Moving to DESTROYED also erases the wrapped key material.
+        """
+
+    @abstractmethod
+    def set_wrapped_key(self, keyring: str, version: int, wrapped: bytes, root_key_id: str) -> None: ...
+
+    @abstractmethod
+    def add_encryptions(self, keyring: str, version: int, count: int) -> int:
+        """Add to the per-version encryption counter; returns the new total."""
+
+    # ---- credentials -----------------------------------------------------
+    @abstractmethod
+    def get_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None: ...
+
+    @abstractmethod
+    def put_credential(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+    ) -> int:
+        """Insert or replace; returns the new revision."""
+
+    @abstractmethod
+    def put_credentials(
+        self,
+        keyring: str,
+        rows: Sequence[tuple[str, str, int, bytes, dict[str, Any]]],
+        now: datetime,
+    ) -> None:
+        """Bulk upsert of (id, scope, key_version, envelope, metadata)."""
+
+    @abstractmethod
+    def delete_credential(self, keyring: str, credential_id: str) -> bool: ...
+
+    @abstractmethod
+    def list_credentials(
+        self,
+        keyring: str,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        after_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[EncryptedCredential]:
+        """A page ordered by id; callers page with ``after_id``."""
+
+    @abstractmethod
+    def count_by_version(self, keyring: str) -> dict[int, int]: ...
+
+    @abstractmethod
+    def scopes_for_version(self, keyring: str, version: int) -> list[str]: ...
+
+    @abstractmethod
+    def fetch_for_reencryption(
+        self,
+        keyring: str,
+        key_version: int,
+        scope: str,
+        after_id: str | None,
+        limit: int,
+        *,
+        skip_locked: bool = False,
+    ) -> list[EncryptedCredential]:
+        """A page of credentials under ``key_version`` in ``scope``, ordered by id.
+
+        With ``skip_locked`` (where supported) the rows are locked for this
+        transaction and rows locked by another worker are skipped.
+        """
+
+    @abstractmethod
+    def cas_update_envelopes(
+        self,
+        keyring: str,
+        updates: Sequence[tuple[str, int, int, bytes]],
+    ) -> int:
+        """Apply (id, expected_revision, new_key_version, envelope); returns rows changed.
+
+        A row whose revision moved on since it was read is left untouched.
+        """
+
+    # ---- leases ----------------------------------------------------------
+    @abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
+        """Take or renew a named lease; an expired holder's lease is taken over."""
+
+    @abstractmethod
+    def release_lease(self, name: str, holder: str) -> None: ...
+
+    # ---- audit -----------------------------------------------------------
+    @abstractmethod
+    def audit_tail(self) -> tuple[int, bytes]:
+        """(last seq, last mac), locking the chain head for this transaction."""
+
+    @abstractmethod
+    def audit_append(self, row: AuditRow) -> None: ...
+
+    @abstractmethod
+    def audit_rows(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]: ...
+
+
+class Store(ABC):
+    """A credential store backend: SQLite (embedded) or PostgreSQL (shared)."""
+
+    scheme: str = ""
+    #: True where fetch_for_reencryption(skip_locked=True) really skips locked rows.
+    supports_skip_locked: bool = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abstractmethod
+    def transaction(self, *, write: bool = True) -> AbstractContextManager[StoreTx]:
+        """A transaction; ``write=False`` may run without taking write locks."""
+
+    @abstractmethod
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the schema version now in force."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def read(self) -> AbstractContextManager[StoreTx]:
+        return self.transaction(write=False)
+
+    def iter_credentials(
+        self,
+        keyring: str,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        page: int = 1000,
+    ) -> Iterator[EncryptedCredential]:
+        """Stream every matching credential, one page in memory at a time."""
+        after: str | None = None
+        while True:
+            with self.read() as tx:
+                rows = tx.list_credentials(
+                    keyring, scope=scope, key_version=key_version, after_id=after, limit=page
+                )
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1].id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self.url)}>"
+
+
+def redact_url(url: str) -> str:
+    """Drop a password from a database URL before it is printed."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

@@ -1,0 +1,154 @@
+"""SQLite backend: the embedded default (``sqlite:///path/to.db``), in WAL mode.
+
+One connection per thread, autocommit mode with explicit ``BEGIN IMMEDIATE``
+for write transactions, so a writer takes the database lock up front and
+two rotations can never interleave.  ``sqlite:///:memory:`` gives a private
+in-memory database (one connection shared under a lock), used by
+``KeyManager.ephemeral()``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..exceptions import StoreError, StoreUnavailableError
+from .base import SCHEMA_VERSION, Store, StoreTx
+from ._sql import SqlTx, schema_v1
+
+MIGRATIONS = [schema_v1("BLOB", "REAL")]
+
+
+def path_from_url(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") :] or ":memory:"
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        return rest or ":memory:"
+    raise StoreError(f"not a sqlite URL: {url!r} (expected sqlite:///path/to.db)")
+
+
+class SqliteTx(SqlTx):
+    paramstyle_qmark = True
+
+
+class SqliteStore(Store):
+    scheme = "sqlite"
+    supports_skip_locked = False
+
+    def __init__(self, url: str, *, busy_timeout: float = 30.0) -> None:
+        super().__init__(url)
+        self.path = path_from_url(url)
+        self._memory = self.path == ":memory:"
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._shared: sqlite3.Connection | None = None
+        self._shared_lock = threading.RLock()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        if not self._memory:
+            parent = Path(self.path).resolve().parent
+            if not parent.is_dir():
+                raise StoreUnavailableError(f"directory {parent} for the SQLite store does not exist")
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            if not self._memory:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._memory:
+            if self._shared is None:
+                self._shared = self._connect()
+            return self._shared
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[StoreTx]:
+        with self._shared_lock if self._memory else _NULL:
+            conn = self._conn()
+            if conn.in_transaction:  # nested use from the same thread: join it
+                yield SqliteTx(conn)
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailableError(f"SQLite store is busy or unavailable: {exc}") from exc
+            try:
+                yield SqliteTx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"commit failed: {exc}") from exc
+
+    def migrate(self) -> int:
+        with self.transaction() as tx:
+            conn = self._conn()
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            current = tx.schema_version()
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store schema version {current} is newer than this library "
+                    f"understands ({SCHEMA_VERSION}); upgrade nebula-credential"
+                )
+            for number, statements in enumerate(MIGRATIONS, 1):
+                if number <= current:
+                    continue
+                for stmt in statements:
+                    conn.execute(stmt)
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (number, time.time()),
+                )
+            return max(current, len(MIGRATIONS))
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+        self._shared = None
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL = _Null()

@@ -1,0 +1,297 @@
+"""The facade applications use: put/get/delete/list credentials, rotate, re-encrypt.
+
+A :class:`Vault` ties one store, one provider and one keyring together.
+Values are JSON; each is encrypted with the keyring's active version and
+bound (AAD) to its keyring, id and scope, so a ciphertext moved to another
+record fails to decrypt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .audit import AuditLog
+from .config import KeyManagementConfig, ProviderConfig
+from .envelope import credential_context
+from .exceptions import ConfigError, CredentialNotFoundError, DecryptionError, StoreError
+from .keys import KeyManager
+from .models import Credential, EncryptedCredential, utc_now
+from .providers import KeyProvider, open_provider
+from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
+from .store import Store, open_store
+
+PROVIDER_META = "provider"
+DEFAULT_SCOPE = "default"
+
+
+def _check_id(credential_id: str) -> None:
+    if not isinstance(credential_id, str) or not credential_id or len(credential_id) > 1024:
+        raise ValueError("credential id must be a non-empty string of at most 1024 characters")
+
+
+def _encode(value: Any) -> bytes:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError):
+        raise ValueError("credential value must be JSON-serialisable") from None
+
+
+class Vault:
+    """Credentials of one keyring in one store, under one root of trust."""
+
+    def __init__(
+        self,
+        store: Store,
+        provider: KeyProvider,
+        *,
+        keyring: str = "default",
+        config: KeyManagementConfig | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.config = config or KeyManagementConfig()
+        self.clock = clock
+        self.audit = audit or AuditLog(
+            store, provider, actor=self.config.audit.actor or None, clock=clock,
+            mirror_to_log=self.config.audit.log,
+        )
+        self.keys = KeyManager(
+            store, provider, keyring=keyring, config=self.config, clock=clock, audit=self.audit
+        )
+        self._audit_credentials = self.config.audit.credentials
+
+    @property
+    def keyring_name(self) -> str:
+        return self.keys.keyring
+
+    def keyring(self, name: str) -> Vault:
+        """The same store and root of trust, another keyring (one per tenant)."""
+        return Vault(self.store, self.provider, keyring=name, config=self.config,
+                     clock=self.clock, audit=self.audit)
+
+    # ---- credentials ------------------------------------------------------
+    def put(
+        self,
+        credential_id: str,
+        value: Any,
+        *,
+        scope: str = DEFAULT_SCOPE,
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """Store (or replace) a credential; returns its new revision."""
+        _check_id(credential_id)
+        kr = self.keys.keyring
+        blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
+        with self.store.transaction() as tx:
+            revision = tx.put_credential(kr, credential_id, scope, int.from_bytes(blob[4:8]), blob,
+                                         metadata or {}, self.clock())
+            if self._audit_credentials:
+                self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
+                                  version=int.from_bytes(blob[4:8]), scope=scope)
+        return revision
+
+    def put_many(
+        self,
+        items: Iterable[tuple[str, Any, str, dict[str, Any] | None]],
+        *,
+        batch_size: int = 1000,
+    ) -> int:
+        """Bulk import of (id, value, scope, metadata), one transaction per batch."""
+        kr = self.keys.keyring
+        count = 0
+        batch: list[tuple[str, str, int, bytes, dict[str, Any]]] = []
+        for credential_id, value, scope, metadata in items:
+            _check_id(credential_id)
+            blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
+            batch.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata or {}))
+            if len(batch) >= batch_size:
+                count += self._flush(batch)
+        if batch:
+            count += self._flush(batch)
+        return count
+
+    def _flush(self, batch: list[tuple[str, str, int, bytes, dict[str, Any]]]) -> int:
+        with self.store.transaction() as tx:
+            tx.put_credentials(self.keys.keyring, batch, self.clock())
+            if self._audit_credentials:
+                self.audit.record(tx, "credential.import", keyring=self.keys.keyring, count=len(batch))
+        n = len(batch)
+        batch.clear()
+        return n
+
+    def get_record(self, credential_id: str) -> Credential:
+        """The decrypted credential with its scope, key version and metadata."""
+        kr = self.keys.keyring
+        with self.store.read() as tx:
+            row = tx.get_credential(kr, credential_id)
+        if row is None:
+            raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
+        value = self.decrypt_row(row)
+        if self._audit_credentials:
+            with self.store.transaction() as tx:
+                self.audit.record(tx, "credential.read", keyring=kr, credential_id=credential_id,
+                                  version=row.key_version)
+        return Credential(row.id, row.scope, row.key_version, value, row.metadata, row.revision)
+
+    def decrypt_row(self, row: EncryptedCredential) -> Any:
+        plaintext = self.keys.decrypt(row.envelope, credential_context(row.keyring, row.id, row.scope))
+        try:
+            return json.loads(plaintext)
+        except ValueError:
+            raise DecryptionError(f"credential {row.id!r} decrypted to something that is not JSON") from None
+
+    def get(self, credential_id: str) -> Any:
+        """The decrypted value of a credential."""
+        return self.get_record(credential_id).value
+
+    def delete(self, credential_id: str) -> None:
+        kr = self.keys.keyring
+        with self.store.transaction() as tx:
+            if not tx.delete_credential(kr, credential_id):
+                raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
+            if self._audit_credentials:
+                self.audit.record(tx, "credential.delete", keyring=kr, credential_id=credential_id)
+
+    def list(self, *, scope: str | None = None, key_version: int | None = None) -> Iterator[EncryptedCredential]:
+        """Stream stored records (ciphertext and metadata only, never values)."""
+        return self.store.iter_credentials(self.keys.keyring, scope=scope, key_version=key_version)
+
+    # ---- keys and maintenance ----------------------------------------------
+    def reencrypt(
+        self,
+        *,
+        batch_size: int | None = None,
+        priority: Iterable[str] | None = None,
+        progress: Progress | None = None,
+        rate_limit: float | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> ReencryptResult:
+        """Move every credential to the active key version (one pass)."""
+        cfg = self.config.reencryption
+        return run_pass(
+            self.keys,
+            batch_size=batch_size or cfg.batch_size,
+            priority=priority if priority is not None else cfg.priority,
+            progress=progress,
+            rate_limit=cfg.rate_limit if rate_limit is None else rate_limit,
+            should_stop=should_stop,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The ``status --json`` shape (alerts are added by the alerts layer)."""
+        with self.store.read() as tx:
+            versions = tx.list_versions(self.keys.keyring)
+            counts = tx.count_by_version(self.keys.keyring)
+        active = next((v.version for v in versions if v.status.value == "active"), None)
+        total = sum(counts.values())
+        pending = total - counts.get(active, 0) if active is not None else total
+        return {
+            "keyring": self.keys.keyring,
+            "active_version": active,
+            "versions": [v.to_json(counts.get(v.version, 0)) for v in versions],
+            "reencryption": {
+                "pending": pending,
+                "total": total,
+                "progress": 1.0 if total == 0 else round((total - pending) / total, 6),
+            },
+            "alerts": [],
+        }
+
+    def pending(self) -> tuple[int, int, int]:
+        return pending_counts(self.keys)
+
+    def close(self) -> None:
+        self.provider.close()
+        self.store.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Vault keyring={self.keys.keyring!r} store={self.store!r} provider={self.provider.name!r}>"
+
+
+# ---- opening ------------------------------------------------------------------
+def _base_dir(store: Store) -> Path | None:
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and path != ":memory:":
+        return Path(path).resolve().parent
+    return None
+
+
+def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) -> tuple[KeyProvider, bool]:
+    """The provider for a store: the config's if it has one, else the store's record."""
+    with store.read() as tx:
+        recorded = tx.get_meta(PROVIDER_META)
+    if recorded is None and not create:
+        raise StoreError(
+            f"store {store!r} is not initialised; run `nebula-credential init` first"
+        )
+    pcfg = config.provider
+    if recorded is not None:
+        saved = json.loads(recorded)
+        if pcfg.explicit and pcfg.type != saved.get("type"):
+            raise ConfigError(
+                "provider.type",
+                f"this store was created with provider {saved.get('type')!r}, not {pcfg.type!r}; "
+                "use `nebula-credential provider rotate` to move between root keys",
+            )
+        if not pcfg.explicit:
+            pcfg = ProviderConfig(type=saved["type"], settings=saved.get("settings", {}), explicit=True)
+    provider = open_provider(pcfg, create=recorded is None, base_dir=_base_dir(store))
+    return provider, recorded is None
+
+
+def open(  # noqa: A001 - the documented entry point, like io.open
+    url: str | None = None,
+    *,
+    config: KeyManagementConfig | str | Path | None = None,
+    keyring: str = "default",
+    provider: KeyProvider | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    create: bool = False,
+) -> Vault:
+    """Open a credential store; with ``create=True`` initialise it if new.
+
+    The provider comes from ``provider`` if given, else the config's
+    ``[provider]`` section, else what the store recorded at init.  Opening
+    unwraps the audit key, which proves the root key belongs to this store
+    before anything is written.
+    """
+    if isinstance(config, str | Path):
+        config = KeyManagementConfig.load(config)
+    config = config or KeyManagementConfig()
+    store = open_store(url or config.store.url)
+    try:
+        new = False
+        if provider is None:
+            provider, new = _provider_for(store, config, create=create)
+        else:
+            with store.read() as tx:
+                new = tx.get_meta(PROVIDER_META) is None
+            if new and not create:
+                raise StoreError(f"store {store!r} is not initialised; run `nebula-credential init` first")
+        vault = Vault(store, provider, keyring=keyring, config=config, clock=clock)
+        if new:
+            with store.transaction() as tx:
+                if tx.get_meta(PROVIDER_META) is None:
+                    tx.set_meta(PROVIDER_META, json.dumps(
+                        {"type": provider.name, "settings": provider.stored_settings()}, sort_keys=True))
+                    vault.audit.ensure_key(tx)
+                    vault.audit.record(tx, "store.init", provider=provider.describe())
+        vault.audit.load_key()
+        if create:
+            vault.keys.initialize()
+        return vault
+    except BaseException:
+        store.close()
+        raise
