@@ -1,0 +1,56 @@
+"""Test utilities shared across the suite (no mocks of the thing under test)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+class FakeClock:
+    """An injectable clock: tests move time instead of sleeping."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
+        self.now += delta if delta is not None else timedelta(**kwargs)
+        return self.now
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("NEBULA_CREDENTIAL_DB", None)
+    env.pop("NEBULA_CREDENTIAL_CONFIG", None)
+    env.pop("NEBULA_CREDENTIAL_MASTER_KEY_FILE", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path | str, input: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (``python -m nebula_credential``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "nebula_credential", *args],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=timeout,
+    )
