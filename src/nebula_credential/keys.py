@@ -25,7 +25,6 @@ from .config import HARD_MAX_ENCRYPTIONS, KeyManagementConfig
 from .exceptions import (
     ConcurrencyError,
     DecryptionError,
-    EnvelopeFormatError,
     KeyDestroyedError,
     KeyNotFoundError,
     KeyRevokedError,
@@ -58,7 +57,7 @@ class VersionedKey:
     refuses pickling, and its repr names only the version and status.
     """
 
-    __slots__ = ("_aead", "_count", "_limit", "_prefix", "loaded_at", "status", "version", "vbytes")
+    __slots__ = ("_aead", "_count", "_limit", "_prefix", "loaded_at", "status", "vbytes", "version")
 
     def __init__(self, version: int, status: KeyStatus, aead: Aead) -> None:
         self.version = version

@@ -251,7 +251,7 @@ def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) ->
     return provider, recorded is None
 
 
-def open(  # noqa: A001 - the documented entry point, like io.open
+def open(
     url: str | None = None,
     *,
     config: KeyManagementConfig | str | Path | None = None,

@@ -60,7 +60,11 @@ def show(app: AppContext, version: int) -> None:
         "encryptions_reserved": kv.encryptions,
         "reason": kv.reason,
     }
-    emit(app, data, lambda: [console.print(f"{k:>22}: {v}") for k, v in data.items()] and None)
+    def human() -> None:
+        for k, v in data.items():
+            console.print(f"{k:>22}: {v}")
+
+    emit(app, data, human)
 
 
 @keys.command()

@@ -12,7 +12,8 @@ from .keys import versions_table
 
 
 @click.command()
-@click.option("--provider", "provider_type", type=click.Choice(PROVIDER_TYPES), help="Root of trust (default: config or local).")
+@click.option("--provider", "provider_type", type=click.Choice(PROVIDER_TYPES),
+              help="Root of trust (default: config or local).")
 @pass_app
 def init(app: AppContext, provider_type: str | None) -> None:
     """Initialise a store and its keyring (creates the root key for the local provider)."""
@@ -20,7 +21,8 @@ def init(app: AppContext, provider_type: str | None) -> None:
     if provider_type is not None and provider_type != cfg.provider.type:
         from dataclasses import replace
 
-        app._config = replace(cfg, provider=ProviderConfig(type=provider_type, settings=cfg.provider.settings, explicit=True))
+        provider = ProviderConfig(type=provider_type, settings=cfg.provider.settings, explicit=True)
+        app._config = replace(cfg, provider=provider)
     vault = app.vault(create=True)
     kv = vault.keys.active_version()
     data = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": vault.provider.describe()}

@@ -145,7 +145,7 @@ class KeyProvider(ABC):
         """Identifier of the current root key (version), never its material."""
         return ""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release sessions and connections."""
 
     # ---- template ----------------------------------------------------

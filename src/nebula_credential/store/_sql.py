@@ -396,7 +396,7 @@ class SqlTx(StoreTx):
 def schema_v1(blob: str, real: str) -> list[str]:
     """Version 1 of the schema, parameterised by the dialect's type names."""
     return [
-        f"CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS key_versions (
             keyring TEXT NOT NULL,
             version INTEGER NOT NULL,

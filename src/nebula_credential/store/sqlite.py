@@ -9,6 +9,7 @@ in-memory database (one connection shared under a lock), used by
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -17,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..exceptions import StoreError, StoreUnavailableError
-from .base import SCHEMA_VERSION, Store, StoreTx
 from ._sql import SqlTx, schema_v1
+from .base import SCHEMA_VERSION, Store, StoreTx
 
 MIGRATIONS = [schema_v1("BLOB", "REAL")]
 
@@ -135,10 +136,8 @@ class SqliteStore(Store):
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
         self._local = threading.local()
         self._shared = None
 
