@@ -19,12 +19,15 @@ from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import ConfigError, CredentialNotFoundError, DecryptionError, StoreError
 from .keys import KeyManager
+from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
 from .providers import KeyProvider, open_provider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
 from .store import Store, open_store
 
 PROVIDER_META = "provider"
+LEGACY_FALLBACKS_META = "legacy_fallbacks"
+LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
 
 
@@ -65,6 +68,7 @@ class Vault:
             store, provider, keyring=keyring, config=self.config, clock=clock, audit=self.audit
         )
         self._audit_credentials = self.config.audit.credentials
+        self._legacy: tuple[LegacyKeySet, Callable[[str], str | bytes | None]] | None = None
 
     @property
     def keyring_name(self) -> str:
@@ -131,6 +135,8 @@ class Vault:
         with self.store.read() as tx:
             row = tx.get_credential(kr, credential_id)
         if row is None:
+            if self._legacy is not None:
+                return self._read_through(credential_id)
             raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
         value = self.decrypt_row(row)
         if self._audit_credentials:
@@ -138,6 +144,37 @@ class Vault:
                 self.audit.record(tx, "credential.read", keyring=kr, credential_id=credential_id,
                                   version=row.key_version)
         return Credential(row.id, row.scope, row.key_version, value, row.metadata, row.revision)
+
+    # ---- migration window -----------------------------------------------------
+    def enable_read_through(self, keys: LegacyKeySet, lookup: Callable[[str], str | bytes | None]) -> None:
+        """Serve ids not yet adopted from the legacy store, recording each fallback.
+
+        ``lookup(id)`` returns the legacy token (or None).  Every fallback is
+        counted in the store and audited, so ``doctor`` can tell the operator
+        when the legacy key is no longer needed.
+        """
+        self._legacy = (keys, lookup)
+
+    def _read_through(self, credential_id: str) -> Credential:
+        assert self._legacy is not None
+        keys, lookup = self._legacy
+        kr = self.keys.keyring
+        token = lookup(credential_id)
+        if token is None:
+            raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r} nor in the legacy store")
+        value = decode_value(keys.decrypt(token))
+        with self.store.transaction() as tx:
+            count = int(tx.get_meta(f"{LEGACY_FALLBACKS_META}:{kr}") or 0) + 1
+            tx.set_meta(f"{LEGACY_FALLBACKS_META}:{kr}", str(count))
+            tx.set_meta(f"{LEGACY_LAST_META}:{kr}", self.clock().isoformat())
+            self.audit.record(tx, "legacy.fallback", keyring=kr, credential_id=credential_id, outcome="warning")
+        return Credential(credential_id, "legacy", 0, value, {"legacy": True}, 0)
+
+    def legacy_fallbacks(self) -> tuple[int, str | None]:
+        """(how many reads fell back to the legacy key, when the last one happened)."""
+        kr = self.keys.keyring
+        with self.store.read() as tx:
+            return int(tx.get_meta(f"{LEGACY_FALLBACKS_META}:{kr}") or 0), tx.get_meta(f"{LEGACY_LAST_META}:{kr}")
 
     def decrypt_row(self, row: EncryptedCredential) -> Any:
         plaintext = self.keys.decrypt(row.envelope, credential_context(row.keyring, row.id, row.scope))

@@ -17,6 +17,7 @@ from ..exceptions import NebulaCredentialError
 from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .credentials import delete, get, import_, list_, put
 from .keys import keys
+from .migrate import adopt, doctor
 from .ops import init, reencrypt, status
 
 
@@ -38,14 +39,14 @@ def cli(ctx: click.Context, db: str | None, config_path: str | None, keyring: st
         logging.basicConfig(level=logging.DEBUG)
 
 
-for command in (init, put, get, delete, list_, import_, keys, reencrypt, status):
+for command in (init, put, get, delete, list_, import_, keys, reencrypt, status, adopt, doctor):
     cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="nebula-credential", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="nebula-credential", standalone_mode=False)
     except click.UsageError as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         return 2
@@ -68,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0

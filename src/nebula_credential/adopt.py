@@ -1,0 +1,165 @@
+"""Adoption: move secrets from a single application key under managed keys.
+
+Each legacy token is opened with the legacy key set and stored through the
+vault, one record at a time: the plaintext exists only in memory for that
+record and is never written to disk.  A credential id already in the vault
+is skipped, so re-running adopts nothing twice and never overwrites a value
+the application has since changed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .exceptions import ConfigError, NebulaCredentialError
+from .legacy import LegacyKeySet, decode_value
+from .store.base import redact_url
+from .vault import DEFAULT_SCOPE, Vault
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyRecord:
+    id: str
+    token: str | bytes = field(repr=False)
+    scope: str = DEFAULT_SCOPE
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AdoptReport:
+    adopted: int = 0
+    skipped_existing: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "adopted" if not self.dry_run else "would_adopt": self.adopted,
+            "skipped_existing": self.skipped_existing,
+            "failed": len(self.failed),
+            "failures": [{"id": i, "reason": r} for i, r in self.failed],
+        }
+
+
+def adopt(
+    vault: Vault,
+    records: Iterable[LegacyRecord],
+    keys: LegacyKeySet,
+    *,
+    dry_run: bool = False,
+) -> AdoptReport:
+    report = AdoptReport(dry_run=dry_run)
+    kr = vault.keyring_name
+    for rec in records:
+        with vault.store.read() as tx:
+            exists = tx.get_credential(kr, rec.id) is not None
+        if exists:
+            report.skipped_existing += 1
+            continue
+        try:
+            value = decode_value(keys.decrypt(rec.token))
+        except (NebulaCredentialError, ValueError) as exc:
+            report.failed.append((rec.id, str(exc)))
+            continue
+        if not dry_run:
+            meta = dict(rec.metadata)
+            meta.setdefault("adopted", True)
+            vault.put(rec.id, value, scope=rec.scope, metadata=meta)
+        del value
+        report.adopted += 1
+    if not dry_run:
+        with vault.store.transaction() as tx:
+            vault.audit.record(
+                tx,
+                "legacy.adopt",
+                keyring=kr,
+                adopted=report.adopted,
+                skipped=report.skipped_existing,
+                failed=len(report.failed),
+            )
+    return report
+
+
+def records_from_jsonl(path: str | Path) -> Iterator[LegacyRecord]:
+    """``{"id", "scope", "token", "metadata"}`` per line, streamed."""
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise ConfigError(f"{path}:{n}", "not valid JSON") from None
+            if not isinstance(item, dict) or "id" not in item or "token" not in item:
+                raise ConfigError(f"{path}:{n}", 'expected {"id", "scope", "token", "metadata"}')
+            yield LegacyRecord(
+                id=str(item["id"]),
+                token=item["token"],
+                scope=str(item.get("scope") or DEFAULT_SCOPE),
+                metadata=item.get("metadata") or {},
+            )
+
+
+def records_from_db(url: str, query: str, *, page: int = 500) -> Iterator[LegacyRecord]:
+    """Rows of ``query`` (columns: id, token[, scope[, metadata]]) from SQLite or PostgreSQL."""
+    if url.startswith("sqlite:"):
+        from .store.sqlite import path_from_url
+
+        path = path_from_url(url)
+        if not Path(path).exists():
+            raise ConfigError("--from-db", f"no SQLite database at {path}")
+        conn: Any = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    elif url.startswith(("postgresql://", "postgres://")):
+        try:
+            import psycopg
+        except ImportError as exc:
+            from .exceptions import MissingDependencyError
+
+            raise MissingDependencyError("psycopg", "postgres") from exc
+        try:
+            conn = psycopg.connect(url)
+        except psycopg.Error as exc:
+            raise ConfigError("--from-db", f"cannot connect to {redact_url(url)}: {type(exc).__name__}") from None
+    else:
+        raise ConfigError("--from-db", "expected sqlite:///path or postgresql://...")
+    try:
+        cur = conn.cursor()
+        try:
+            cur.execute(query)
+        except Exception as exc:  # driver-specific error types; the query is the user's
+            raise ConfigError("--query", f"query failed: {exc}") from None
+        while True:
+            rows = cur.fetchmany(page)
+            if not rows:
+                return
+            for row in rows:
+                if len(row) < 2:
+                    raise ConfigError("--query", "the query must return at least (id, token)")
+                token = row[1]
+                if token is None:
+                    continue
+                scope = str(row[2]) if len(row) > 2 and row[2] else DEFAULT_SCOPE
+                meta = row[3] if len(row) > 3 and row[3] else {}
+                if isinstance(meta, str):
+                    try:
+                        meta = json.loads(meta)
+                    except ValueError:
+                        meta = {"legacy_metadata": meta}
+                yield LegacyRecord(
+                    id=str(row[0]),
+                    token=bytes(token) if isinstance(token, memoryview) else token,
+                    scope=scope,
+                    metadata=meta if isinstance(meta, dict) else {},
+                )
+    finally:
+        conn.close()

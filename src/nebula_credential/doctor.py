@@ -1,0 +1,283 @@
+"""``doctor``: find what is wrong with a store and say how to fix it.
+
+Each check explains its finding with the command to run, instead of the
+bare ``InvalidToken`` users of single-key set-ups are used to.  Checks that
+need only the database run even when the root of trust is unreachable, so
+a broken provider does not hide other problems.  Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .audit import AuditLog
+from .config import KeyManagementConfig, ProviderConfig
+from .durations import format_duration
+from .exceptions import NebulaCredentialError
+from .models import KeyStatus, utc_now
+from .providers import KeyProvider, open_provider
+from .store import SCHEMA_VERSION, Store, open_store
+from .vault import LEGACY_FALLBACKS_META, LEGACY_LAST_META, PROVIDER_META
+
+OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str
+    severity: str
+    message: str
+    fix: str = ""
+
+    @property
+    def problem(self) -> bool:
+        return self.severity in (WARNING, ERROR)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "severity": self.severity, "message": self.message, "fix": self.fix}
+
+
+def _kr_flag(keyring: str) -> str:
+    return "" if keyring == "default" else f"--keyring {keyring} "
+
+
+def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> list[Finding]:
+    out: list[Finding] = []
+    with store.read() as tx:
+        try:
+            schema = tx.schema_version()
+        except Exception:
+            schema = 0
+        if schema == 0 or tx.get_meta(PROVIDER_META) is None:
+            return [Finding("store", ERROR, f"{store!r} is not initialised", "nebula-credential init")]
+        keyrings = tx.keyrings()
+        per_ring = {kr: (tx.list_versions(kr), tx.count_by_version(kr)) for kr in keyrings}
+        legacy = {
+            kr: (tx.get_meta(f"{LEGACY_FALLBACKS_META}:{kr}"), tx.get_meta(f"{LEGACY_LAST_META}:{kr}"))
+            for kr in keyrings
+        }
+    if schema < SCHEMA_VERSION:
+        out.append(
+            Finding(
+                "schema",
+                WARNING,
+                f"schema version {schema} is older than {SCHEMA_VERSION}",
+                "run any nebula-credential command with write access to migrate",
+            )
+        )
+    elif schema > SCHEMA_VERSION:
+        out.append(
+            Finding(
+                "schema",
+                ERROR,
+                f"schema version {schema} is newer than this library ({SCHEMA_VERSION})",
+                "upgrade nebula-credential",
+            )
+        )
+    else:
+        out.append(Finding("schema", OK, f"schema version {schema} is current"))
+
+    for kr in keyrings:
+        versions, counts = per_ring[kr]
+        by_version = {kv.version: kv for kv in versions}
+        flag = _kr_flag(kr)
+        bad = False
+        for version, n in sorted(counts.items()):
+            kv = by_version.get(version)
+            if kv is None:
+                bad = True
+                out.append(
+                    Finding(
+                        "key-versions",
+                        ERROR,
+                        f"keyring {kr}: {n} credential(s) reference key version {version}, which does not exist",
+                        "restore the key_versions table from a backup of this store",
+                    )
+                )
+            elif kv.status is KeyStatus.REVOKED:
+                bad = True
+                out.append(
+                    Finding(
+                        "key-versions",
+                        ERROR,
+                        f"keyring {kr}: {n} credential(s) are under revoked key version {version}",
+                        f"nebula-credential {flag}keys reinstate {version} && nebula-credential {flag}reencrypt",
+                    )
+                )
+            elif kv.status is KeyStatus.DESTROYED:
+                bad = True
+                out.append(
+                    Finding(
+                        "key-versions",
+                        ERROR,
+                        f"keyring {kr}: {n} credential(s) are under destroyed key version {version}; "
+                        "they cannot be decrypted",
+                        "restore them from a backup taken before the destruction, or re-enter them",
+                    )
+                )
+        if not bad:
+            out.append(Finding("key-versions", OK, f"keyring {kr}: every credential's key version can decrypt"))
+
+        active = next((kv for kv in versions if kv.status is KeyStatus.ACTIVE), None)
+        if active is None:
+            out.append(
+                Finding(
+                    "active-key",
+                    ERROR,
+                    f"keyring {kr} has no active key version",
+                    f"nebula-credential {flag}keys rotate",
+                )
+            )
+            continue
+        total = sum(counts.values())
+        pending = total - counts.get(active.version, 0)
+        if pending:
+            since = now - active.created_at
+            sev = WARNING if since.total_seconds() > 86400 else INFO
+            out.append(
+                Finding(
+                    "reencryption",
+                    sev,
+                    f"keyring {kr}: {pending} of {total} credential(s) still under older versions, "
+                    f"{format_duration(since)} after v{active.version} became active",
+                    f"nebula-credential {flag}reencrypt",
+                )
+            )
+        else:
+            out.append(Finding("reencryption", OK, f"keyring {kr}: all {total} credential(s) under v{active.version}"))
+        age = now - active.created_at
+        if age > config.keys.max_key_age:
+            out.append(
+                Finding(
+                    "key-age",
+                    WARNING,
+                    f"keyring {kr}: active version {active.version} is {format_duration(age)} old, "
+                    f"past max_key_age {format_duration(config.keys.max_key_age)}",
+                    f"nebula-credential {flag}keys rotate",
+                )
+            )
+        else:
+            out.append(Finding("key-age", OK, f"keyring {kr}: active version {active.version} is within max_key_age"))
+        fallbacks, last = legacy[kr]
+        if fallbacks:
+            out.append(
+                Finding(
+                    "legacy",
+                    INFO,
+                    f"keyring {kr}: {fallbacks} read(s) fell back to the legacy key, last at {last}",
+                    "run `nebula-credential adopt` for the remaining ids; drop the legacy key once "
+                    "no fallback happens any more",
+                )
+            )
+    return out
+
+
+def _provider_config(store: Store, config: KeyManagementConfig) -> ProviderConfig:
+    if config.provider.explicit:
+        return config.provider
+    with store.read() as tx:
+        saved = json.loads(tx.get_meta(PROVIDER_META) or "{}")
+    return ProviderConfig(type=saved.get("type", "local"), settings=saved.get("settings", {}), explicit=True)
+
+
+def check_provider(store: Store, config: KeyManagementConfig) -> tuple[list[Finding], KeyProvider | None]:
+    out: list[Finding] = []
+    pcfg = _provider_config(store, config)
+    path = getattr(store, "path", None)
+    base_dir = Path(path).resolve().parent if isinstance(path, str) and path != ":memory:" else None
+    if pcfg.type == "local":
+        from .providers.local import check_key_file_permissions, key_file_path
+
+        key_path = key_file_path(pcfg.settings, base_dir)
+        if not key_path.exists():
+            out.append(
+                Finding(
+                    "key-file",
+                    ERROR,
+                    f"root key file {key_path} is missing",
+                    "restore the key file from your secret backup, or set NEBULA_CREDENTIAL_MASTER_KEY_FILE",
+                )
+            )
+            return out, None
+        try:
+            check_key_file_permissions(key_path)
+            out.append(Finding("key-file", OK, f"root key file {key_path} is private (owner only)"))
+        except NebulaCredentialError:
+            out.append(
+                Finding(
+                    "key-file",
+                    ERROR,
+                    f"root key file {key_path} is readable by group or others",
+                    f"chmod 600 {key_path}",
+                )
+            )
+            return out, None
+    try:
+        provider = open_provider(pcfg, base_dir=base_dir)
+        provider.check()
+    except NebulaCredentialError as exc:
+        out.append(
+            Finding(
+                "provider",
+                ERROR,
+                f"{pcfg.type} provider is not usable: {exc}",
+                "check the [provider] settings, credentials and network reachability",
+            )
+        )
+        return out, None
+    out.append(Finding("provider", OK, f"{pcfg.type} provider reachable; wrap/unwrap round trip succeeded"))
+    return out, provider
+
+
+def check_audit(store: Store, provider: KeyProvider) -> list[Finding]:
+    try:
+        result = AuditLog(store, provider).verify()
+    except NebulaCredentialError as exc:
+        return [
+            Finding(
+                "audit",
+                ERROR,
+                f"the root key does not open this store's audit key: {exc}",
+                "this store was created under another root key; use that key file/provider",
+            )
+        ]
+    if result.ok:
+        return [Finding("audit", OK, f"audit chain intact ({result.events} events)")]
+    return [
+        Finding(
+            "audit",
+            ERROR,
+            f"audit chain broken at event {result.first_bad_seq} of {result.events}: "
+            "an event was edited, deleted, inserted or reordered",
+            "investigate database write access; `nebula-credential audit list` around that sequence "
+            "number, and compare with a backup or the SIEM copy",
+        )
+    ]
+
+
+def run(
+    url: str, config: KeyManagementConfig | None = None, *, clock: Callable[[], datetime] = utc_now
+) -> list[Finding]:
+    """Every check; findings of severity ok/info are healthy."""
+    config = config or KeyManagementConfig()
+    try:
+        store = open_store(url, migrate=False)
+    except NebulaCredentialError as exc:
+        return [Finding("store", ERROR, f"cannot open the store: {exc}", "check --db / NEBULA_CREDENTIAL_DB")]
+    try:
+        findings = check_store(store, config, clock())
+        if any(f.check == "store" for f in findings):
+            return findings
+        provider_findings, provider = check_provider(store, config)
+        findings += provider_findings
+        if provider is not None:
+            findings += check_audit(store, provider)
+            provider.close()
+        return findings
+    finally:
+        store.close()
