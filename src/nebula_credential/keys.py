@@ -57,14 +57,13 @@ class VersionedKey:
     refuses pickling, and its repr names only the version and status.
     """
 
-    __slots__ = ("_aead", "_count", "_limit", "_prefix", "loaded_at", "status", "vbytes", "version")
+    __slots__ = ("_aead", "_count", "_limit", "_prefix", "loaded_at", "status", "version")
 
     def __init__(self, version: int, status: KeyStatus, aead: Aead) -> None:
         self.version = version
         self.status = status
         self._aead = aead
         self._prefix = env.version_prefix(version)
-        self.vbytes = self._prefix[4:]
         self.loaded_at = time.monotonic()
         self._count = itertools.count()
         self._limit = 0
@@ -105,7 +104,9 @@ class KeyManager:
         self.clock = clock
         self.audit = audit
         self._lock = threading.RLock()
-        self._keys: dict[bytes, VersionedKey] = {}  # by 4 big-endian version bytes
+        # Keyed by the 8 fixed header bytes (magic, format, algorithm, version): one
+        # slice of the envelope finds the key and validates the prefix at once.
+        self._keys: dict[bytes, VersionedKey] = {}
         self._active: VersionedKey | None = None
         self._refresh_every = self.config.keys.refresh_interval.total_seconds()
         self._ttl = self.config.keys.dek_cache_ttl.total_seconds()
@@ -189,7 +190,7 @@ class KeyManager:
             self._keys = keep
             active = self._active
             if active is not None and (
-                active.vbytes not in keep or keep[active.vbytes].status is not KeyStatus.ACTIVE
+                active._prefix not in keep or keep[active._prefix].status is not KeyStatus.ACTIVE
             ):
                 self._active = None
             self._refresh_at = now + self._refresh_every
@@ -204,15 +205,15 @@ class KeyManager:
         with self._lock:
             if self._active is None:
                 kv = self.active_version()
-                key = self._keys.get(env.version_prefix(kv.version)[4:]) or self._open(kv)
+                key = self._keys.get(env.version_prefix(kv.version)) or self._open(kv)
                 key.status = KeyStatus.ACTIVE
-                self._keys = {**self._keys, key.vbytes: key}
+                self._keys = {**self._keys, key._prefix: key}
                 self._active = key
             return self._active
 
     def get_key(self, version: int) -> VersionedKey:
         """A version that may decrypt; typed errors say why one may not."""
-        vb = env.version_prefix(version)[4:]
+        vb = env.version_prefix(version)
         key = self._keys.get(vb)
         if key is not None:
             return key
@@ -243,8 +244,8 @@ class KeyManager:
         """Decrypt an envelope with whichever version its header names."""
         if time.monotonic() >= self._refresh_at:
             self._refresh()
-        key = self._keys.get(blob[4:8])
-        if key is None or len(blob) < env.MIN_SIZE or blob[:4] != env.PREFIX:
+        key = self._keys.get(blob[:8])
+        if key is None or len(blob) < env.MIN_SIZE:
             return self._decrypt_slow(blob, aad)
         try:
             return key._aead.decrypt(blob[8:20], blob[20:], blob[:20] + aad)
@@ -278,7 +279,7 @@ class KeyManager:
         return plaintext
 
     def version_status(self, version: int) -> KeyStatus | None:
-        key = self._keys.get(env.version_prefix(version)[4:])
+        key = self._keys.get(env.version_prefix(version))
         return key.status if key is not None else None
 
     def _refused(self, version: int, exc: Exception) -> None:
@@ -380,7 +381,7 @@ class KeyManager:
                 old = self._active
                 if old is not None:
                     old.status = KeyStatus.VALID
-                self._keys = {**self._keys, key.vbytes: key}
+                self._keys = {**self._keys, key._prefix: key}
                 self._active = key
             return kv
         raise ConcurrencyError(f"could not rotate keyring {self.keyring!r}: too many concurrent rotations")
