@@ -33,11 +33,11 @@ system-deps:
 ## The whole suite: unit tests and tests against real services started by the session.
 test: $(VENV)/.test system-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
 
 typecheck: $(VENV)/.test
 	$(VENV)/bin/mypy
