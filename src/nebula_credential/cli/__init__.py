@@ -13,6 +13,7 @@ import traceback
 
 import click
 
+from .. import logredact
 from ..exceptions import NebulaCredentialError
 from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .credentials import delete, get, import_, list_, put
@@ -37,6 +38,7 @@ def cli(ctx: click.Context, db: str | None, config_path: str | None, keyring: st
     ctx.call_on_close(app.close)
     if debug:
         logging.basicConfig(level=logging.DEBUG)
+    logredact.install()
 
 
 for command in (init, put, get, delete, list_, import_, keys, reencrypt, status, adopt, doctor):
