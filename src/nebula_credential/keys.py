@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from .audit import AuditLog
     from .store.base import Store, StoreTx
 
-#: Encryptions reserved from the store per round trip (one write per block).
+#: Encryptions reserved from the store per round trip (one write per block). Blocks
+#: start small and grow, so short-lived processes do not burn the usage bound.
 RESERVATION_BLOCK = 4096
+FIRST_RESERVATION = 16
 
 #: Lifecycle transitions an operator or a policy may make (rotation makes active -> valid).
 TRANSITIONS: dict[KeyStatus, frozenset[KeyStatus]] = {
@@ -308,7 +310,7 @@ class KeyManager:
         with self._lock:
             if key is not self._active:
                 return self.current_key() if self._active is None else self._reserve(self._active)
-            block = self.reservation_block
+            block = min(self.reservation_block, max(FIRST_RESERVATION, key._limit))
             with self.store.transaction() as tx:
                 kv = tx.get_version(self.keyring, key.version)
                 if kv is None or kv.status is not KeyStatus.ACTIVE:
