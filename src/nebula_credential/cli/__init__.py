@@ -17,6 +17,7 @@ from .. import logredact
 from ..exceptions import NebulaCredentialError
 from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .credentials import delete, get, import_, list_, put
+from .demo import demo
 from .keys import keys
 from .migrate import adopt, doctor
 from .ops import init, reencrypt, status
@@ -41,7 +42,7 @@ def cli(ctx: click.Context, db: str | None, config_path: str | None, keyring: st
     logredact.install()
 
 
-for command in (init, put, get, delete, list_, import_, keys, reencrypt, status, adopt, doctor):
+for command in (init, put, get, delete, list_, import_, keys, reencrypt, status, adopt, doctor, demo):
     cli.add_command(command)
 
 
