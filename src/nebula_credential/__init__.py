@@ -36,6 +36,18 @@ from .exceptions import (
 )
 from .keys import KeyManager, VersionedKey
 from .models import Credential, EncryptedCredential, KeyStatus, KeyVersion
+from .policies import (
+    BeforeExpiryRotation,
+    KeyRetentionPolicy,
+    ManualRotation,
+    MinimumRetention,
+    PeriodicRotation,
+    RotationStrategy,
+    ScheduledRotation,
+    UntilReEncrypted,
+    UsageRotation,
+    VersionBased,
+)
 from .providers import KeyProvider
 from .reencrypt import ReencryptResult
 from .vault import Vault, open
@@ -44,6 +56,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuditLog",
+    "BeforeExpiryRotation",
     "ConcurrencyError",
     "ConfigError",
     "Credential",
@@ -57,19 +70,28 @@ __all__ = [
     "KeyManager",
     "KeyNotFoundError",
     "KeyProvider",
+    "KeyRetentionPolicy",
     "KeyRevokedError",
     "KeyStatus",
     "KeyVersion",
+    "ManualRotation",
+    "MinimumRetention",
     "MissingDependencyError",
     "NebulaCredentialError",
+    "PeriodicRotation",
     "PolicyViolationError",
     "ProviderError",
     "ProviderPermissionError",
     "ProviderUnavailableError",
     "ReencryptResult",
+    "RotationStrategy",
+    "ScheduledRotation",
     "StoreError",
     "StoreUnavailableError",
+    "UntilReEncrypted",
+    "UsageRotation",
     "Vault",
+    "VersionBased",
     "VersionedKey",
     "__version__",
     "credential_context",

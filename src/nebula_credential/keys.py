@@ -397,6 +397,7 @@ class KeyManager:
         action: str,
         expected: KeyStatus | None = None,
         force: bool = False,
+        unreferenced_only: bool = False,
         **details: Any,
     ) -> KeyVersion:
         """Move a version along the lifecycle, checked and audited in one transaction."""
@@ -421,9 +422,9 @@ class KeyManager:
                     f"key version {version} is still used by {refs} credential(s); re-encrypt "
                     "them first (`nebula-credential reencrypt`) or pass --force to destroy anyway"
                 )
-            if new is KeyStatus.GRACE and refs:
+            if (new is KeyStatus.GRACE or unreferenced_only) and refs:
                 raise PolicyViolationError(
-                    f"key version {version} is still used by {refs} credential(s); it cannot enter grace"
+                    f"key version {version} is still used by {refs} credential(s); it cannot become {new.value}"
                 )
             if not tx.set_status(self.keyring, version, kv.status, new, now):
                 raise ConcurrencyError(f"key version {version} changed concurrently; retry")

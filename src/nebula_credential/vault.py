@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .audit import AuditLog
 from .config import KeyManagementConfig, ProviderConfig
@@ -24,6 +24,9 @@ from .models import Credential, EncryptedCredential, utc_now
 from .providers import KeyProvider, open_provider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
 from .store import Store, open_store
+
+if TYPE_CHECKING:
+    from .maintenance import MaintainReport
 
 PROVIDER_META = "provider"
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
@@ -219,6 +222,12 @@ class Vault:
             rate_limit=cfg.rate_limit if rate_limit is None else rate_limit,
             should_stop=should_stop,
         )
+
+    def maintain(self, **kwargs: Any) -> MaintainReport:
+        """One scheduler pass: rotate if due, re-encrypt, advance the lifecycle, clean up."""
+        from .maintenance import maintain
+
+        return maintain(self, **kwargs)
 
     def status(self) -> dict[str, Any]:
         """The ``status --json`` shape (alerts are added by the alerts layer)."""

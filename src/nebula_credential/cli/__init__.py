@@ -19,6 +19,7 @@ from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .credentials import delete, get, import_, list_, put
 from .demo import demo
 from .keys import keys
+from .maintenance import cleanup_cmd, daemon, maintain
 from .migrate import adopt, doctor
 from .ops import init, reencrypt, status
 
@@ -42,7 +43,8 @@ def cli(ctx: click.Context, db: str | None, config_path: str | None, keyring: st
     logredact.install()
 
 
-for command in (init, put, get, delete, list_, import_, keys, reencrypt, status, adopt, doctor, demo):
+keys.add_command(cleanup_cmd)
+for command in (init, put, get, delete, list_, import_, keys, reencrypt, status, adopt, doctor, demo, maintain, daemon):
     cli.add_command(command)
 
 

@@ -1,0 +1,116 @@
+"""The daemon: ``maintain`` every interval, /healthz (and /metrics) over HTTP.
+
+SIGTERM/SIGINT set a stop flag that the re-encryption pass checks between
+batches, so shutdown finishes the batch in hand and never leaves a
+transaction half-done.  Several daemons may run against one store; the
+maintain pass coordinates through the store itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from types import FrameType
+
+from ._http import Handler, OpsServer
+from .config import parse_addr
+from .exceptions import NebulaCredentialError
+from .maintenance import MaintainReport
+from .models import utc_now
+from .vault import Vault
+
+logger = logging.getLogger("nebula_credential.daemon")
+
+
+class Daemon:
+    def __init__(
+        self,
+        vault: Vault,
+        *,
+        interval: timedelta = timedelta(seconds=60),
+        metrics_addr: str | None = "127.0.0.1:9464",
+        keyrings: list[str] | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.vault = vault
+        self.interval = interval
+        self.metrics_addr = metrics_addr
+        self.keyrings = keyrings
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.passes = 0
+        self.last_pass: datetime | None = None
+        self.last_error: str | None = None
+        self.routes: dict[str, Handler] = {"/healthz": self._healthz}
+        self.server: OpsServer | None = None
+
+    def _healthz(self) -> tuple[int, str, bytes]:
+        body = {
+            "status": "ok" if self.last_error is None else "degraded",
+            "passes": self.passes,
+            "last_pass": self.last_pass.isoformat() if self.last_pass else None,
+            "last_error": self.last_error,
+            "interval_seconds": self.interval.total_seconds(),
+        }
+        return 200, "application/json", json.dumps(body).encode()
+
+    def _targets(self) -> list[Vault]:
+        if self.keyrings is not None:
+            names = self.keyrings
+        else:
+            with self.vault.store.read() as tx:
+                names = tx.keyrings() or [self.vault.keyring_name]
+        return [self.vault if n == self.vault.keyring_name else self.vault.keyring(n) for n in names]
+
+    def run_pass(self) -> list[MaintainReport]:
+        reports = []
+        for target in self._targets():
+            if self.stop_event.is_set():
+                break
+            report = target.maintain(should_stop=self.stop_event.is_set)
+            for line in report.actions():
+                logger.info("%s", line)
+            reports.append(report)
+        self.passes += 1
+        self.last_pass = self.clock()
+        return reports
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        if signum is not None:
+            logger.info("signal %s received: finishing the current batch, then stopping", signum)
+        self.stop_event.set()
+
+    def start_http(self) -> None:
+        if self.metrics_addr:
+            host, port = parse_addr(self.metrics_addr, "--metrics-addr")
+            self.server = OpsServer(host, port, self.routes).start()
+            logger.info("serving %s on http://%s:%d", ", ".join(sorted(self.routes)), *self.server.address)
+
+    def run(self, *, install_signals: bool = True, max_passes: int | None = None) -> int:
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        self.start_http()
+        try:
+            while not self.stop_event.is_set():
+                started = time.monotonic()
+                try:
+                    self.run_pass()
+                    self.last_error = None
+                except NebulaCredentialError as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.error("maintain pass failed: %s", self.last_error)
+                if max_passes is not None and self.passes >= max_passes:
+                    break
+                wait = self.interval.total_seconds() - (time.monotonic() - started)
+                self.stop_event.wait(max(wait, 0.0))
+        finally:
+            if self.server is not None:
+                self.server.stop()
+            logger.info("daemon stopped after %d pass(es)", self.passes)
+        return 0

@@ -1,0 +1,107 @@
+"""Retention policies: when may a revoked version's material be destroyed?
+
+Retention is measured from revocation, not creation.  A policy only says
+whether it *allows* destruction; the lifecycle layer additionally refuses
+to destroy any version a stored credential still references, whatever the
+policy says.  Backups may still need old versions: ``until-reencrypted``
+alone suits a store without backups; a backed-up store wants
+``minimum-retention`` longer than the backup window.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ..config import KeyManagementConfig
+from ..durations import format_duration
+from ..exceptions import ConfigError
+from ..models import KeyStatus, KeyVersion
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionContext:
+    now: datetime
+    versions: Sequence[KeyVersion]
+    references: dict[int, int]
+
+
+class KeyRetentionPolicy(ABC):
+    """Decides whether a revoked version may be destroyed, and says why."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def allows(self, kv: KeyVersion, ctx: RetentionContext) -> str | None:
+        """The reason destruction is allowed, or None to keep the version."""
+
+
+class MinimumRetention(KeyRetentionPolicy):
+    name = "minimum-retention"
+
+    def __init__(self, min_retention: timedelta) -> None:
+        if min_retention < timedelta(0):
+            raise ConfigError("retention.min_retention", "must not be negative")
+        self.min_retention = min_retention
+
+    def allows(self, kv: KeyVersion, ctx: RetentionContext) -> str | None:
+        if kv.revoked_at is None:
+            return None
+        held = ctx.now - kv.revoked_at
+        if held >= self.min_retention:
+            return f"minimum-retention: revoked {format_duration(held)} ago (>= {format_duration(self.min_retention)})"
+        return None
+
+
+class VersionBased(KeyRetentionPolicy):
+    """Keep the newest ``max_versions`` versions that still hold material."""
+
+    name = "version-based"
+
+    def __init__(self, max_versions: int) -> None:
+        if max_versions < 1:
+            raise ConfigError("retention.max_versions", "must be at least 1")
+        self.max_versions = max_versions
+
+    def allows(self, kv: KeyVersion, ctx: RetentionContext) -> str | None:
+        kept = sorted((v.version for v in ctx.versions if v.status is not KeyStatus.DESTROYED), reverse=True)
+        if kv.version not in kept[: self.max_versions]:
+            return f"version-based: v{kv.version} is older than the newest {self.max_versions} versions"
+        return None
+
+
+class UntilReEncrypted(KeyRetentionPolicy):
+    """Destroy as soon as no stored credential references the version."""
+
+    name = "until-reencrypted"
+
+    def allows(self, kv: KeyVersion, ctx: RetentionContext) -> str | None:
+        refs = ctx.references.get(kv.version, 0)
+        if refs == 0:
+            return "until-reencrypted: no stored credential references it"
+        return None
+
+
+class CallableRetention(KeyRetentionPolicy):
+    """A Python callable ``(KeyVersion, RetentionContext) -> reason | None``."""
+
+    def __init__(self, fn: Callable[[KeyVersion, RetentionContext], str | None], name: str = "callable") -> None:
+        self.fn = fn
+        self.name = name
+
+    def allows(self, kv: KeyVersion, ctx: RetentionContext) -> str | None:
+        reason = self.fn(kv, ctx)
+        return f"{self.name}: {reason}" if reason else None
+
+
+def retention_from_config(config: KeyManagementConfig) -> KeyRetentionPolicy:
+    r = config.retention
+    if r.policy == "minimum-retention":
+        return MinimumRetention(r.min_retention)
+    if r.policy == "version-based":
+        return VersionBased(r.max_versions)
+    if r.policy == "until-reencrypted":
+        return UntilReEncrypted()
+    raise ConfigError("retention.policy", f"unknown policy {r.policy!r}")  # pragma: no cover

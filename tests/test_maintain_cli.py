@@ -1,0 +1,86 @@
+"""maintain and daemon as operators run them: separate processes, real time, signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .helpers import cli_env, free_port, run_cli
+
+FAST = '[rotation]\nstrategy = "periodic"\ninterval = "2s"\n[keys]\ngrace_period = "2s"\n'
+
+
+def _setup(tmp_path: Path, config: str) -> dict[str, str]:
+    (tmp_path / "c.toml").write_text(config)
+    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}", NEBULA_CREDENTIAL_CONFIG=str(tmp_path / "c.toml"))
+    assert run_cli("init", cwd=tmp_path, env=env).returncode == 0
+    return env
+
+
+def _versions(tmp_path: Path, env: dict[str, str]) -> dict[int, str]:
+    out = json.loads(run_cli("--json", "keys", "list", cwd=tmp_path, env=env).stdout)
+    return {v["version"]: v["status"] for v in out["versions"]}
+
+
+def test_real_time_scenario_rotates_then_carries_old_version_to_revoked(tmp_path: Path) -> None:
+    env = _setup(tmp_path, FAST)
+    assert run_cli("put", "a", "--value", '{"k": 1}', cwd=tmp_path, env=env).returncode == 0
+    time.sleep(3)
+    first = json.loads(run_cli("--json", "maintain", cwd=tmp_path, env=env).stdout)
+    assert first["rotated"] == {"old_version": 1, "new_version": 2}
+    assert _versions(tmp_path, env)[1] == "grace"
+    time.sleep(2.2)
+    run_cli("maintain", cwd=tmp_path, env=env)
+    assert _versions(tmp_path, env)[1] == "revoked"
+    assert json.loads(run_cli("--json", "get", "a", cwd=tmp_path, env=env).stdout)["value"] == {"k": 1}
+
+
+def test_two_maintain_processes_rotate_exactly_once(tmp_path: Path) -> None:
+    env = _setup(tmp_path, '[rotation]\nstrategy = "periodic"\ninterval = "1s"\n')
+    run_cli("import", "-", cwd=tmp_path, env=env,
+            input="".join(json.dumps({"id": f"c{i}", "value": i}) + "\n" for i in range(500)))
+    time.sleep(1.2)
+    cmd = [sys.executable, "-m", "nebula_credential", "--json", "maintain"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    rotated = [json.loads(o)["rotated"] for o, _ in outs]
+    assert sum(r is not None for r in rotated) == 1, rotated
+    versions = _versions(tmp_path, env)
+    assert list(versions.values()).count("active") == 1 and max(versions) == 2
+    listing = json.loads(run_cli("--json", "list", "--key-version", "2", cwd=tmp_path, env=env).stdout)
+    assert len(listing["credentials"]) == 500
+
+
+def test_daemon_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env = _setup(tmp_path, '[rotation]\nstrategy = "manual"\n')
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nebula_credential", "daemon", "--interval", "1s", "--metrics-addr", f"127.0.0.1:{port}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        body = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    body = json.loads(resp.read())
+                    if body["passes"] >= 1:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        assert body is not None and body["status"] == "ok" and body["passes"] >= 1
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "daemon stopped" in err and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
