@@ -79,6 +79,15 @@ class StoreUnavailableError(StoreError):
     """The store could not be reached (after bounded retries)."""
 
 
+class TransientStoreError(StoreUnavailableError):
+    """The connection failed and the transaction was rolled back: running it again is safe.
+
+    :meth:`Store.run` re-runs the whole transaction on this error with
+    bounded backoff; code that holds a transaction open itself sees it as
+    a :class:`StoreUnavailableError`.
+    """
+
+
 class ProviderError(NebulaCredentialError):
     """The key provider refused or failed an operation."""
 
@@ -118,4 +127,5 @@ __all__ = [
     "ProviderUnavailableError",
     "StoreError",
     "StoreUnavailableError",
+    "TransientStoreError",
 ]

@@ -8,14 +8,22 @@ Compare-and-swap on ``revision`` is how concurrent writers stay safe.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from ..exceptions import StoreUnavailableError, TransientStoreError
 from ..models import EncryptedCredential, KeyStatus, KeyVersion
+from ..providers.base import RetryPolicy
+
+T = TypeVar("T")
+
+#: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
+STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
 
 SCHEMA_VERSION = 1
 
@@ -189,8 +197,9 @@ class Store(ABC):
     #: True where fetch_for_reencryption(skip_locked=True) really skips locked rows.
     supports_skip_locked: bool = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, retry: RetryPolicy | None = None) -> None:
         self.url = url
+        self.retry = retry or STORE_RETRY
 
     @abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractContextManager[StoreTx]:
@@ -205,6 +214,29 @@ class Store(ABC):
 
     def read(self) -> AbstractContextManager[StoreTx]:
         return self.transaction(write=False)
+
+    def run(self, fn: Callable[[StoreTx], T], *, write: bool = True) -> T:
+        """Run ``fn`` in a transaction, re-running the whole transaction after a lost connection.
+
+        Only a :class:`TransientStoreError` is retried: the transaction was
+        rolled back before its COMMIT was sent, so nothing of it remains and
+        running ``fn`` again is safe (``fn`` must not have side effects
+        outside the transaction).  A connection lost during COMMIT leaves the
+        outcome unknown and is never retried.  After the bounded attempts a
+        :class:`StoreUnavailableError` names the store (password redacted).
+        """
+        delays = self.retry.delays()
+        while True:
+            try:
+                with self.transaction(write=write) as tx:
+                    return fn(tx)
+            except TransientStoreError as exc:
+                if not delays:
+                    raise StoreUnavailableError(
+                        f"store {redact_url(self.url)} unavailable after "
+                        f"{self.retry.attempts} attempts: {exc}"
+                    ) from exc
+                time.sleep(delays.pop(0))
 
     def iter_credentials(
         self,
