@@ -114,7 +114,9 @@ class PostgresCluster:
         where = "pid <> pg_backend_pid() AND backend_type = 'client backend'"
         if application_name is not None:
             where += f" AND application_name = '{application_name}'"
-        rows = self.admin(f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {where}")
+        rows = self.admin(
+            f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {where}"
+        )
         return int(str(rows[0][0]))
 
 

@@ -88,6 +88,14 @@ class TransientStoreError(StoreUnavailableError):
     """
 
 
+class CommitOutcomeUnknownError(StoreUnavailableError):
+    """The connection failed during COMMIT: the transaction may or may not have applied.
+
+    Only a transaction that can be applied twice without harm (a
+    compare-and-swap) may simply be run again; anything else must re-read.
+    """
+
+
 class ProviderError(NebulaCredentialError):
     """The key provider refused or failed an operation."""
 
@@ -111,6 +119,7 @@ class MissingDependencyError(NebulaCredentialError, ImportError):
 
 
 __all__ = [
+    "CommitOutcomeUnknownError",
     "ConcurrencyError",
     "ConfigError",
     "CredentialNotFoundError",

@@ -8,6 +8,7 @@ Compare-and-swap on ``revision`` is how concurrent writers stay safe.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -16,11 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ..exceptions import StoreUnavailableError, TransientStoreError
+from ..exceptions import CommitOutcomeUnknownError, StoreUnavailableError, TransientStoreError
 from ..models import EncryptedCredential, KeyStatus, KeyVersion
 from ..providers.base import RetryPolicy
 
 T = TypeVar("T")
+
+logger = logging.getLogger("nebula_credential.store")
 
 #: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
 STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
@@ -215,14 +218,18 @@ class Store(ABC):
     def read(self) -> AbstractContextManager[StoreTx]:
         return self.transaction(write=False)
 
-    def run(self, fn: Callable[[StoreTx], T], *, write: bool = True) -> T:
+    def run(
+        self, fn: Callable[[StoreTx], T], *, write: bool = True, idempotent: bool = False
+    ) -> T:
         """Run ``fn`` in a transaction, re-running the whole transaction after a lost connection.
 
         Only a :class:`TransientStoreError` is retried: the transaction was
         rolled back before its COMMIT was sent, so nothing of it remains and
         running ``fn`` again is safe (``fn`` must not have side effects
         outside the transaction).  A connection lost during COMMIT leaves the
-        outcome unknown and is never retried.  After the bounded attempts a
+        outcome unknown and is retried only for an ``idempotent`` ``fn`` (one
+        that may apply twice without harm, such as a compare-and-swap).
+        After the bounded attempts a
         :class:`StoreUnavailableError` names the store (password redacted).
         """
         delays = self.retry.delays()
@@ -230,13 +237,20 @@ class Store(ABC):
             try:
                 with self.transaction(write=write) as tx:
                     return fn(tx)
-            except TransientStoreError as exc:
+            except StoreUnavailableError as exc:
+                retryable = isinstance(exc, TransientStoreError) or (
+                    idempotent and isinstance(exc, CommitOutcomeUnknownError)
+                )
+                if not retryable:
+                    raise
                 if not delays:
                     raise StoreUnavailableError(
                         f"store {redact_url(self.url)} unavailable after "
                         f"{self.retry.attempts} attempts: {exc}"
                     ) from exc
-                time.sleep(delays.pop(0))
+                delay = delays.pop(0)
+                logger.warning("%s; running the transaction again in %.2fs", exc, delay)
+                time.sleep(delay)
 
     def iter_credentials(
         self,

@@ -32,10 +32,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
+    CommitOutcomeUnknownError,
     ConcurrencyError,
     MissingDependencyError,
     StoreError,
@@ -48,7 +49,6 @@ from .base import Store, StoreTx, redact_url
 
 try:
     import psycopg
-    from psycopg import errors as pg_errors
     from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError(
@@ -156,7 +156,7 @@ class PostgresStore(Store):
         url: str,
         *,
         pool_size: int = 10,
-        connect_timeout: float = 5.0,
+        connect_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(url, retry=retry)
@@ -178,7 +178,6 @@ class PostgresStore(Store):
             min_size=1,
             max_size=max(1, pool_size),
             kwargs=kwargs,
-            check=ConnectionPool.check_connection,
             timeout=connect_timeout,
             name=f"nebula-credential:{redact_url(url)}",
             open=False,
@@ -198,9 +197,16 @@ class PostgresStore(Store):
         return "timed out waiting for a free pooled connection"
 
     def _begin(self, write: bool) -> Connection:
-        """A pooled connection inside BEGIN; retried with backoff (nothing has run yet)."""
+        """A pooled connection inside BEGIN, retried with backoff (nothing has run yet).
+
+        BEGIN doubles as the liveness check: a pooled connection the server
+        dropped (restart, ``pg_terminate_backend``) fails it at once, goes
+        back to the pool to be discarded, and the next one is tried without
+        waiting; only a failure on a fresh connection costs a backoff step.
+        """
         statement = "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ"
         delays = self.retry.delays()
+        stale_budget = self._pool.max_size
         while True:
             conn: Connection | None = None
             try:
@@ -209,16 +215,22 @@ class PostgresStore(Store):
                 return conn
             except PoolClosed as exc:
                 raise _translate(exc, None, self.url) from exc
-            except (PoolTimeout, psycopg.OperationalError) as exc:
-                if conn is not None:
-                    self._pool.putconn(conn)  # broken: the pool discards it
+            except PoolTimeout:
+                # the pool already retried connecting, with backoff, for connect_timeout
+                raise StoreUnavailableError(
+                    f"cannot reach PostgreSQL store {redact_url(self.url)} within "
+                    f"{self.connect_timeout:g}s: {self._diagnose()}"
+                ) from None
+            except psycopg.OperationalError as exc:
+                assert conn is not None
+                self._pool.putconn(conn)  # closed: the pool discards it and reconnects
+                if stale_budget > 0:
+                    stale_budget -= 1
+                    continue
                 if not delays:
-                    reason = (
-                        self._diagnose() if isinstance(exc, PoolTimeout) else self._scrub(_message(exc))
-                    )
                     raise StoreUnavailableError(
-                        f"cannot reach PostgreSQL store {redact_url(self.url)} after "
-                        f"{self.retry.attempts} attempts: {reason}"
+                        f"cannot start a transaction on PostgreSQL store {redact_url(self.url)} "
+                        f"after {self.retry.attempts} attempts: {self._scrub(_message(exc))}"
                     ) from None
                 time.sleep(delays.pop(0))
 
@@ -243,7 +255,7 @@ class PostgresStore(Store):
                 conn.execute("COMMIT")
             except psycopg.Error as exc:
                 if conn.closed:
-                    raise StoreUnavailableError(
+                    raise CommitOutcomeUnknownError(
                         f"connection to {redact_url(self.url)} lost during COMMIT; whether the "
                         "transaction was applied is unknown: re-read before acting on it"
                     ) from exc
@@ -257,10 +269,8 @@ class PostgresStore(Store):
     def _rollback(conn: Connection) -> None:
         if conn.closed:
             return
-        try:
+        with suppress(psycopg.Error):  # the pool discards a connection left in a bad state
             conn.execute("ROLLBACK")
-        except psycopg.Error:
-            pass  # the pool discards a connection left in a bad state
 
     # ---- schema ------------------------------------------------------------
     def migrate(self) -> int:
