@@ -4,6 +4,8 @@ in the middle of a re-encryption pass, an unreachable server, the CLI pointed at
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -196,3 +198,19 @@ def test_cli_against_postgres(pg_url: str, tmp_path: Path) -> None:
     status = json.loads(cli("--json", "status"))
     assert status["active_version"] == 2
     assert status["reencryption"]["pending"] == 0
+
+
+def test_missing_driver_names_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from nebula_credential.store import open_store\n"
+        "from nebula_credential.exceptions import MissingDependencyError\n"
+        "try:\n"
+        "    open_store('postgresql://app@127.0.0.1:1/db')\n"
+        "except MissingDependencyError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert "nebula-credential[postgres]" in proc.stdout, proc.stderr
+    assert "'psycopg'" in proc.stdout

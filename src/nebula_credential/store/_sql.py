@@ -135,18 +135,29 @@ class SqlTx(StoreTx):
         row = self._exec("SELECT MAX(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
 
+    def _table_exists(self, name: str) -> bool:
+        row = self._exec(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
+
     def apply_migrations(self, migrations: Sequence[Sequence[str]], real: str) -> int:
         """Bring the schema up to date inside this transaction; returns the version in force.
 
         The caller holds whatever lock serialises migrators (SQLite: the
         write lock; PostgreSQL: an advisory lock), so two processes opening a
-        new database at once apply each migration exactly once.
+        new database at once apply each migration exactly once.  An
+        up-to-date schema is only read, never touched with DDL, so runtime
+        roles without CREATE rights can open the store.
         """
-        self._exec(
-            "CREATE TABLE IF NOT EXISTS schema_version "
-            f"(version INTEGER PRIMARY KEY, applied_at {real} NOT NULL)"
-        )
-        current = self.schema_version()
+        if self._table_exists("schema_version"):
+            current = self.schema_version()
+        else:
+            self._exec(
+                "CREATE TABLE schema_version "
+                f"(version INTEGER PRIMARY KEY, applied_at {real} NOT NULL)"
+            )
+            current = 0
         if current > SCHEMA_VERSION:
             raise StoreError(
                 f"store schema version {current} is newer than this library "

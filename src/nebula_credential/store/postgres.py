@@ -65,6 +65,39 @@ APPLICATION_NAME = "nebula-credential"
 _CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
 
 
+#: Least privileges per runtime role, table by table (the README prints these).
+#: Apps read and write credentials and count encryptions; the usage bound
+#: (``[rotation] max_encryptions``) can make an app rotate, hence INSERT and a
+#: status UPDATE on key_versions.  Operators and daemons additionally move
+#: versions through the lifecycle, rewrap keys and hold the leases.  Nobody
+#: but the owner may UPDATE or DELETE audit_events.  The schema owner runs
+#: migrations (``init``): CREATE on the schema.
+GRANTS: dict[str, tuple[str, ...]] = {
+    "app": (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON {schema}.schema_version, {schema}.meta TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.credentials TO {role}",
+        "GRANT SELECT, INSERT, UPDATE (encryptions, status, status_changed_at) "
+        "ON {schema}.key_versions TO {role}",
+        "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",
+    ),
+    "operator": (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON {schema}.schema_version TO {role}",
+        "GRANT SELECT, INSERT, UPDATE ON {schema}.meta TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.credentials TO {role}",
+        "GRANT SELECT, INSERT, UPDATE ON {schema}.key_versions TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases TO {role}",
+        "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",
+    ),
+}
+
+
+def grant_statements(kind: str, role: str, schema: str = "public") -> list[str]:
+    """The GRANTs a runtime role of ``kind`` ("app" or "operator") needs, as SQL."""
+    return [g.format(schema=schema, role=role) for g in GRANTS[kind]]
+
+
 def _lock_sql(name: str) -> str:
     """An advisory xact lock keyed by schema and ``name`` (a literal, never user text)."""
     return f"SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':{name}:' || ?, 0))"
@@ -125,6 +158,10 @@ class PostgresTx(SqlTx):
                 return int(cur.rowcount)
         except psycopg.Error as exc:
             raise _translate(exc, self._conn, self._url) from exc
+
+    def _table_exists(self, name: str) -> bool:
+        row = self._exec("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()
+        return bool(row[0])
 
     def _lock_suffix(self, skip_locked: bool) -> str:
         return " FOR UPDATE SKIP LOCKED" if skip_locked else ""
