@@ -145,6 +145,31 @@ def test_server_restart_during_reencryption(
     assert pg_vault.audit.verify().ok
 
 
+def test_server_restart_while_a_pass_is_running(
+    pg_vault: nc.Vault, postgres_cluster: PostgresCluster
+) -> None:
+    """The server goes down and comes back while batches are in flight (not in between)."""
+    values = _fill(pg_vault, 90)
+    pg_vault.keys.rotate()
+    first_batch = threading.Event()
+    restarter = threading.Thread(
+        target=lambda: first_batch.wait(30) and postgres_cluster.restart()
+    )
+    restarter.start()
+    try:
+        result = pg_vault.reencrypt(
+            batch_size=5, rate_limit=150, progress=lambda scope, n: first_batch.set()
+        )
+        assert result.ok and result.reencrypted == 90  # the batches were re-run
+    except StoreUnavailableError:
+        pass  # an outage longer than the retries stops the pass cleanly
+    finally:
+        restarter.join(60)
+    assert pg_vault.reencrypt(batch_size=5).ok
+    _assert_all_moved(pg_vault, values)
+    assert pg_vault.audit.verify().ok
+
+
 def test_connections_killed_repeatedly_during_reencryption(
     pg_vault: nc.Vault, postgres_cluster: PostgresCluster
 ) -> None:
