@@ -128,9 +128,8 @@ def test_two_daemons_and_a_writer_during_rotation(
                 _, cid, n = line.split()
                 last[cid] = int(n)
         assert last, "the writer never wrote"
-        for cid, value in values.items():
-            expected = {"id": cid, "write": last.get(cid, 0)}
-            assert v.get(cid) == expected
+        for cid in values:
+            assert v.get(cid) == {"id": cid, "write": last.get(cid, 0)}
         # re-encrypted once: rows the app never touched moved exactly one revision
         untouched = [r for r in v.list() if r.id not in last]
         assert len(untouched) == len(values) - len(last)
