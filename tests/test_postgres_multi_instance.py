@@ -22,6 +22,8 @@ from .helpers import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.services
+
 
 class Actor:
     """A ``tests.pg_actor`` process whose stdout lines are collected as they come."""

@@ -4,6 +4,8 @@ in the middle of a re-encryption pass, an unreachable server, the CLI pointed at
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -23,6 +25,8 @@ from .fixtures_postgres import PostgresCluster
 from .helpers import FakeClock, cli_env, free_port, run_cli
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+pytestmark = pytest.mark.services
 
 
 @pytest.fixture
@@ -86,6 +90,34 @@ def test_run_reruns_the_whole_transaction_after_a_lost_connection(pg_url: str) -
         with store.read() as tx:
             row = tx.get_credential("kr", "once")
         assert row is not None and row.revision == 1
+    finally:
+        store.close()
+
+
+def _child_writes(url_store: PostgresStore) -> None:
+    for i in range(100):
+        with url_store.transaction() as tx:
+            tx.set_meta("child", f"{os.getpid()}:{i}")
+    url_store.close()
+
+
+def test_forked_child_gets_its_own_connections(pg_url: str) -> None:
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    try:
+        with store.transaction() as tx:
+            tx.set_meta("parent", "1")  # the parent's pool now holds a live connection
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=_child_writes, args=(store,))
+        child.start()
+        for i in range(100):  # at the same time as the child: sharing a socket would garble both
+            with store.transaction() as tx:
+                tx.set_meta("parent", str(i))
+        child.join(60)
+        assert child.exitcode == 0
+        with store.read() as tx:  # the parent's sessions survived the child's use and exit
+            assert tx.get_meta("parent") == "99"
+            assert tx.get_meta("child") == f"{child.pid}:99"
     finally:
         store.close()
 

@@ -22,6 +22,8 @@ from nebula_credential.store.postgres import grant_statements
 from .fixtures_postgres import PostgresCluster
 from .helpers import FakeClock
 
+pytestmark = pytest.mark.services
+
 
 def _role_url(cluster: PostgresCluster, schema: str, kind: str) -> str:
     role = f"{kind}_{schema}"

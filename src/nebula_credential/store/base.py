@@ -9,6 +9,7 @@ Compare-and-swap on ``revision`` is how concurrent writers stay safe.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -276,8 +277,12 @@ class Store(ABC):
         return f"<{type(self).__name__} {redact_url(self.url)}>"
 
 
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|sslpassword)=)[^&]*")
+
+
 def redact_url(url: str) -> str:
-    """Drop a password from a database URL before it is printed."""
+    """Drop a password (userinfo or libpq ``password=`` parameter) before a URL is printed."""
+    url = _QUERY_SECRET.sub(r"\1***", url)
     if "://" not in url or "@" not in url:
         return url
     scheme, rest = url.split("://", 1)

@@ -29,6 +29,7 @@ outcome unknown and is reported, never retried.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -209,17 +210,36 @@ class PostgresStore(Store):
         if "connect_timeout" not in params:
             kwargs["connect_timeout"] = max(1, round(connect_timeout))
         self._kwargs = kwargs
+        self._pool_size = max(1, pool_size)
         self._local = threading.local()
-        self._pool = ConnectionPool(
-            url,
+        self._orphans: list[ConnectionPool[Any]] = []
+        self._pid = os.getpid()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ConnectionPool[Any]:
+        pool: ConnectionPool[Any] = ConnectionPool(
+            self.url,
             min_size=1,
-            max_size=max(1, pool_size),
-            kwargs=kwargs,
-            timeout=connect_timeout,
-            name=f"nebula-credential:{redact_url(url)}",
+            max_size=self._pool_size,
+            kwargs=self._kwargs,
+            timeout=self.connect_timeout,
+            name=f"nebula-credential:{redact_url(self.url)}",
             open=False,
         )
-        self._pool.open(wait=False)
+        pool.open(wait=False)
+        return pool
+
+    def _after_fork(self) -> None:
+        """A forked child (multiprocessing workers) gets its own pool.
+
+        The parent's connections are kept referenced and never closed here:
+        closing them would send a Terminate on sockets the parent still uses.
+        """
+        if os.getpid() != self._pid:
+            self._orphans.append(self._pool)
+            self._pid = os.getpid()
+            self._local = threading.local()
+            self._pool = self._new_pool()
 
     # ---- connections -----------------------------------------------------
     def _scrub(self, text: str) -> str:
@@ -241,9 +261,10 @@ class PostgresStore(Store):
         back to the pool to be discarded, and the next one is tried without
         waiting; only a failure on a fresh connection costs a backoff step.
         """
+        self._after_fork()
         statement = "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ"
         delays = self.retry.delays()
-        stale_budget = self._pool.max_size
+        stale_budget = self._pool_size
         while True:
             conn: Connection | None = None
             try:
@@ -319,4 +340,7 @@ class PostgresStore(Store):
         return self.run(apply)
 
     def close(self) -> None:
+        if os.getpid() != self._pid:  # a forked child must not close the parent's sessions
+            self._orphans.append(self._pool)
+            return
         self._pool.close()
