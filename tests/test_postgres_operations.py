@@ -271,3 +271,32 @@ def test_missing_driver_names_the_extra(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert "nebula-credential[postgres]" in proc.stdout, proc.stderr
     assert "'psycopg'" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("NEBULA_SOAK") != "1", reason="soak: set NEBULA_SOAK=1")
+def test_soak_restarts_and_kills_across_many_rotations(
+    pg_vault: nc.Vault, postgres_cluster: PostgresCluster
+) -> None:
+    values = _fill(pg_vault, 1500)
+    for round_ in range(10):
+        pg_vault.keys.rotate(reason=f"soak {round_}")
+        calls = 0
+
+        def disrupt(scope: str, n: int) -> None:
+            nonlocal calls
+            calls += 1
+            if calls % 7 == 0:
+                postgres_cluster.terminate_backends()
+            if calls == 20:
+                postgres_cluster.restart()
+
+        for _ in range(5):
+            try:
+                if pg_vault.reencrypt(batch_size=25, progress=disrupt).ok:
+                    break
+            except StoreUnavailableError:
+                continue
+        assert pg_vault.reencrypt(batch_size=100).ok
+        _assert_all_moved(pg_vault, values)
+    assert pg_vault.audit.verify().ok
