@@ -12,9 +12,9 @@ import nebula_credential as nc
 
 from .helpers import FakeClock
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.fixtures_postgres"]
 
-STORE_KINDS = ["sqlite"]
+STORE_KINDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture

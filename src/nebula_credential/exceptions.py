@@ -79,6 +79,23 @@ class StoreUnavailableError(StoreError):
     """The store could not be reached (after bounded retries)."""
 
 
+class TransientStoreError(StoreUnavailableError):
+    """The connection failed and the transaction was rolled back: running it again is safe.
+
+    :meth:`Store.run` re-runs the whole transaction on this error with
+    bounded backoff; code that holds a transaction open itself sees it as
+    a :class:`StoreUnavailableError`.
+    """
+
+
+class CommitOutcomeUnknownError(StoreUnavailableError):
+    """The connection failed during COMMIT: the transaction may or may not have applied.
+
+    Only a transaction that can be applied twice without harm (a
+    compare-and-swap) may simply be run again; anything else must re-read.
+    """
+
+
 class ProviderError(NebulaCredentialError):
     """The key provider refused or failed an operation."""
 
@@ -102,6 +119,7 @@ class MissingDependencyError(NebulaCredentialError, ImportError):
 
 
 __all__ = [
+    "CommitOutcomeUnknownError",
     "ConcurrencyError",
     "ConfigError",
     "CredentialNotFoundError",
@@ -118,4 +136,5 @@ __all__ = [
     "ProviderUnavailableError",
     "StoreError",
     "StoreUnavailableError",
+    "TransientStoreError",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .envelope import credential_context
@@ -21,6 +22,7 @@ from .models import EncryptedCredential, KeyStatus
 
 if TYPE_CHECKING:
     from .keys import KeyManager
+    from .store.base import StoreTx
 
 
 @dataclass(slots=True)
@@ -117,8 +119,11 @@ def run_pass(
             after: str | None = None
             while not should_stop():
                 batch_start = time.perf_counter()
-                with km.store.read() as tx:
-                    rows = tx.fetch_for_reencryption(km.keyring, version, scope, after, batch_size)
+                rows = km.store.run(
+                    partial(_fetch, keyring=km.keyring, version=version, scope=scope,
+                            after=after, limit=batch_size),
+                    write=False,
+                )
                 if not rows:
                     break
                 after = rows[-1].id
@@ -129,8 +134,10 @@ def run_pass(
                         updates.append((row.id, row.revision, int.from_bytes(blob[4:8]), blob))
                     except NebulaCredentialError as exc:
                         result.failures.append(Failure(row.id, row.key_version, _reason(exc)))
-                with km.store.transaction() as tx:
-                    changed = tx.cas_update_envelopes(km.keyring, updates)
+                # compare-and-swap: safe to run again whole after a lost connection
+                changed = km.store.run(
+                    partial(_cas, keyring=km.keyring, updates=updates), idempotent=True
+                )
                 result.reencrypted += changed
                 result.conflicts += len(updates) - changed
                 result.by_scope[scope] = result.by_scope.get(scope, 0) + changed
@@ -145,6 +152,16 @@ def run_pass(
                     break
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _fetch(
+    tx: StoreTx, *, keyring: str, version: int, scope: str, after: str | None, limit: int
+) -> list[EncryptedCredential]:
+    return tx.fetch_for_reencryption(keyring, version, scope, after, limit)
+
+
+def _cas(tx: StoreTx, *, keyring: str, updates: list[tuple[str, int, int, bytes]]) -> int:
+    return tx.cas_update_envelopes(keyring, updates)
 
 
 def _report_undecryptable(

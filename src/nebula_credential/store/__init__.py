@@ -24,7 +24,11 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
             "or postgresql://user@host:5432/db",
         )
     if migrate:
-        store.migrate()
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()  # a refused or failed migration must not leak the pool
+            raise
     return store
 
 

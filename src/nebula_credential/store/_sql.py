@@ -9,6 +9,7 @@ overridable methods, so the logic is not written twice.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..exceptions import StoreError
 from ..models import EncryptedCredential, KeyStatus, KeyVersion, from_epoch, to_epoch
-from .base import AuditRow, StoreTx
+from .base import SCHEMA_VERSION, AuditRow, StoreTx
 
 _VERSION_COLS = (
     "keyring, version, status, wrapped_key, provider, root_key_id, created_at, expires_at, "
@@ -133,6 +134,45 @@ class SqlTx(StoreTx):
     def schema_version(self) -> int:
         row = self._exec("SELECT MAX(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
+
+    def _table_exists(self, name: str) -> bool:
+        row = self._exec(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
+
+    def apply_migrations(self, migrations: Sequence[Sequence[str]], real: str) -> int:
+        """Bring the schema up to date inside this transaction; returns the version in force.
+
+        The caller holds whatever lock serialises migrators (SQLite: the
+        write lock; PostgreSQL: an advisory lock), so two processes opening a
+        new database at once apply each migration exactly once.  An
+        up-to-date schema is only read, never touched with DDL, so runtime
+        roles without CREATE rights can open the store.
+        """
+        if self._table_exists("schema_version"):
+            current = self.schema_version()
+        else:
+            self._exec(
+                "CREATE TABLE schema_version "
+                f"(version INTEGER PRIMARY KEY, applied_at {real} NOT NULL)"
+            )
+            current = 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema version {current} is newer than this library "
+                f"understands ({SCHEMA_VERSION}); upgrade nebula-credential"
+            )
+        for number, statements in enumerate(migrations, 1):
+            if number <= current:
+                continue
+            for stmt in statements:
+                self._exec(stmt)
+            self._exec(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (number, time.time()),
+            )
+        return max(current, len(migrations))
 
     # ---- key versions --------------------------------------------------
     def keyrings(self) -> list[str]:

@@ -8,14 +8,26 @@ Compare-and-swap on ``revision`` is how concurrent writers stay safe.
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from ..exceptions import CommitOutcomeUnknownError, StoreUnavailableError, TransientStoreError
 from ..models import EncryptedCredential, KeyStatus, KeyVersion
+from ..providers.base import RetryPolicy
+
+T = TypeVar("T")
+
+logger = logging.getLogger("nebula_credential.store")
+
+#: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
+STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
 
 SCHEMA_VERSION = 1
 
@@ -189,8 +201,9 @@ class Store(ABC):
     #: True where fetch_for_reencryption(skip_locked=True) really skips locked rows.
     supports_skip_locked: bool = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, retry: RetryPolicy | None = None) -> None:
         self.url = url
+        self.retry = retry or STORE_RETRY
 
     @abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractContextManager[StoreTx]:
@@ -205,6 +218,40 @@ class Store(ABC):
 
     def read(self) -> AbstractContextManager[StoreTx]:
         return self.transaction(write=False)
+
+    def run(
+        self, fn: Callable[[StoreTx], T], *, write: bool = True, idempotent: bool = False
+    ) -> T:
+        """Run ``fn`` in a transaction, re-running the whole transaction after a lost connection.
+
+        Only a :class:`TransientStoreError` is retried: the transaction was
+        rolled back before its COMMIT was sent, so nothing of it remains and
+        running ``fn`` again is safe (``fn`` must not have side effects
+        outside the transaction).  A connection lost during COMMIT leaves the
+        outcome unknown and is retried only for an ``idempotent`` ``fn`` (one
+        that may apply twice without harm, such as a compare-and-swap).
+        After the bounded attempts a
+        :class:`StoreUnavailableError` names the store (password redacted).
+        """
+        delays = self.retry.delays()
+        while True:
+            try:
+                with self.transaction(write=write) as tx:
+                    return fn(tx)
+            except StoreUnavailableError as exc:
+                retryable = isinstance(exc, TransientStoreError) or (
+                    idempotent and isinstance(exc, CommitOutcomeUnknownError)
+                )
+                if not retryable:
+                    raise
+                if not delays:
+                    raise StoreUnavailableError(
+                        f"store {redact_url(self.url)} unavailable after "
+                        f"{self.retry.attempts} attempts: {exc}"
+                    ) from exc
+                delay = delays.pop(0)
+                logger.warning("%s; running the transaction again in %.2fs", exc, delay)
+                time.sleep(delay)
 
     def iter_credentials(
         self,
@@ -230,8 +277,12 @@ class Store(ABC):
         return f"<{type(self).__name__} {redact_url(self.url)}>"
 
 
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|sslpassword)=)[^&]*")
+
+
 def redact_url(url: str) -> str:
-    """Drop a password from a database URL before it is printed."""
+    """Drop a password (userinfo or libpq ``password=`` parameter) before a URL is printed."""
+    url = _QUERY_SECRET.sub(r"\1***", url)
     if "://" not in url or "@" not in url:
         return url
     scheme, rest = url.split("://", 1)

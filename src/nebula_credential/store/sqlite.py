@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..exceptions import StoreError, StoreUnavailableError
 from ._sql import SqlTx, schema_v1
-from .base import SCHEMA_VERSION, Store, StoreTx
+from .base import Store, StoreTx
 
 MIGRATIONS = [schema_v1("BLOB", "REAL")]
 
@@ -110,27 +109,8 @@ class SqliteStore(Store):
 
     def migrate(self) -> int:
         with self.transaction() as tx:
-            conn = self._conn()
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version "
-                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-            )
-            current = tx.schema_version()
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store schema version {current} is newer than this library "
-                    f"understands ({SCHEMA_VERSION}); upgrade nebula-credential"
-                )
-            for number, statements in enumerate(MIGRATIONS, 1):
-                if number <= current:
-                    continue
-                for stmt in statements:
-                    conn.execute(stmt)
-                conn.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (number, time.time()),
-                )
-            return max(current, len(MIGRATIONS))
+            assert isinstance(tx, SqlTx)
+            return tx.apply_migrations(MIGRATIONS, "REAL")
 
     def close(self) -> None:
         with self._all_lock:
