@@ -85,6 +85,14 @@ class Daemon:
             logger.info("signal %s received: finishing the current batch, then stopping", signum)
         self.stop_event.set()
 
+    def enable_metrics(self) -> None:
+        """Serve /metrics (needs the ``metrics`` extra) and feed its histograms."""
+        from .metrics import MetricsExporter
+
+        exporter = MetricsExporter(self.vault)
+        exporter.attach(self.vault)
+        self.routes["/metrics"] = exporter.route
+
     def start_http(self) -> None:
         if self.metrics_addr:
             host, port = parse_addr(self.metrics_addr, "--metrics-addr")

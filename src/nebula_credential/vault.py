@@ -9,6 +9,7 @@ record fails to decrypt.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from .audit import AuditLog
 from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
-from .exceptions import ConfigError, CredentialNotFoundError, DecryptionError, StoreError
+from .exceptions import (
+    ConfigError,
+    CredentialNotFoundError,
+    DecryptionError,
+    EnvelopeFormatError,
+    NebulaCredentialError,
+    StoreError,
+)
 from .keys import KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
@@ -71,6 +79,9 @@ class Vault:
             store, provider, keyring=keyring, config=self.config, clock=clock, audit=self.audit
         )
         self._audit_credentials = self.config.audit.credentials
+        #: Called as (keyring, "encrypt"|"decrypt", seconds, ok) for each credential
+        #: operation when set (the metrics layer); None costs nothing on the hot path.
+        self.observer: Callable[[str, str, float, bool], None] | None = None
         self._legacy: tuple[LegacyKeySet, Callable[[str], str | bytes | None]] | None = None
 
     @property
@@ -79,8 +90,9 @@ class Vault:
 
     def keyring(self, name: str) -> Vault:
         """The same store and root of trust, another keyring (one per tenant)."""
-        return Vault(self.store, self.provider, keyring=name, config=self.config,
-                     clock=self.clock, audit=self.audit)
+        other = Vault(self.store, self.provider, keyring=name, config=self.config, clock=self.clock, audit=self.audit)
+        other.observer = self.observer
+        return other
 
     # ---- credentials ------------------------------------------------------
     def put(
@@ -94,7 +106,11 @@ class Vault:
         """Store (or replace) a credential; returns its new revision."""
         _check_id(credential_id)
         kr = self.keys.keyring
+        observer = self.observer
+        start = time.perf_counter() if observer is not None else 0.0
         blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
+        if observer is not None:
+            observer(kr, "encrypt", time.perf_counter() - start, True)
         with self.store.transaction() as tx:
             revision = tx.put_credential(kr, credential_id, scope, int.from_bytes(blob[4:8]), blob,
                                          metadata or {}, self.clock())
@@ -141,7 +157,24 @@ class Vault:
             if self._legacy is not None:
                 return self._read_through(credential_id)
             raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
-        value = self.decrypt_row(row)
+        observer = self.observer
+        start = time.perf_counter() if observer is not None else 0.0
+        try:
+            value = self.decrypt_row(row)
+        except (DecryptionError, EnvelopeFormatError) as exc:
+            # A failed tag on a stored row is a tamper or corruption signal: audit it.
+            with self.store.transaction() as tx:
+                self.audit.record(tx, "decrypt.failed", keyring=kr, credential_id=credential_id,
+                                  version=row.key_version, outcome="error", error=type(exc).__name__)
+            if observer is not None:
+                observer(kr, "decrypt", time.perf_counter() - start, False)
+            raise
+        except NebulaCredentialError:
+            if observer is not None:
+                observer(kr, "decrypt", time.perf_counter() - start, False)
+            raise
+        if observer is not None:
+            observer(kr, "decrypt", time.perf_counter() - start, True)
         if self._audit_credentials:
             with self.store.transaction() as tx:
                 self.audit.record(tx, "credential.read", keyring=kr, credential_id=credential_id,
@@ -230,7 +263,13 @@ class Vault:
         return maintain(self, **kwargs)
 
     def status(self) -> dict[str, Any]:
-        """The ``status --json`` shape (alerts are added by the alerts layer)."""
+        """The ``status --json`` shape, with the alert rules evaluated now."""
+        from .alerts import access_counts, evaluate
+        from .metrics import snapshot
+
+        now = self.clock()
+        errors, requests = access_counts(self, now)
+        alerts = evaluate(snapshot(self, now), self.config.alerts, errors=errors, requests=requests)
         with self.store.read() as tx:
             versions = tx.list_versions(self.keys.keyring)
             counts = tx.count_by_version(self.keys.keyring)
@@ -246,7 +285,7 @@ class Vault:
                 "total": total,
                 "progress": 1.0 if total == 0 else round((total - pending) / total, 6),
             },
-            "alerts": [],
+            "alerts": [a.to_json() for a in alerts],
         }
 
     def pending(self) -> tuple[int, int, int]:

@@ -16,6 +16,7 @@ import click
 from .. import logredact
 from ..exceptions import NebulaCredentialError
 from ._common import CONFIG_ENV, DB_ENV, AppContext
+from .audit import audit
 from .credentials import delete, get, import_, list_, put
 from .demo import demo
 from .keys import keys
@@ -44,7 +45,23 @@ def cli(ctx: click.Context, db: str | None, config_path: str | None, keyring: st
 
 
 keys.add_command(cleanup_cmd)
-for command in (init, put, get, delete, list_, import_, keys, reencrypt, status, adopt, doctor, demo, maintain, daemon):
+for command in (
+    init,
+    put,
+    get,
+    delete,
+    list_,
+    import_,
+    keys,
+    reencrypt,
+    status,
+    adopt,
+    doctor,
+    demo,
+    maintain,
+    daemon,
+    audit,
+):
     cli.add_command(command)
 
 

@@ -56,6 +56,7 @@ def daemon(app: AppContext, interval: str, metrics_addr: str | None, once: bool)
     vault = app.vault()
     d = Daemon(vault, interval=parse_duration(interval, "--interval"),
                metrics_addr=metrics_addr or app.config.metrics.addr)
+    d.enable_metrics()
     d.run(max_passes=1 if once else None)
 
 

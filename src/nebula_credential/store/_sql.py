@@ -432,6 +432,53 @@ class SqlTx(StoreTx):
         ).fetchall()
         return [_audit(r) for r in rows]
 
+    def audit_search(
+        self,
+        *,
+        limit: int = 100,
+        action: str | None = None,
+        keyring: str | None = None,
+        version: int | None = None,
+        since: float | None = None,
+    ) -> list[AuditRow]:
+        where, params = ["1 = 1"], []  # type: list[str], list[Any]
+        if action is not None:
+            if action.endswith("*"):
+                where.append("action LIKE ?")
+                params.append(action[:-1].replace("%", "") + "%")
+            else:
+                where.append("action = ?")
+                params.append(action)
+        if keyring is not None:
+            where.append("keyring = ?")
+            params.append(keyring)
+        if version is not None:
+            where.append("key_version = ?")
+            params.append(version)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        params.append(limit)
+        rows = self._exec(
+            f"SELECT {_AUDIT_COLS} FROM audit_events WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+            params,
+        ).fetchall()
+        return [_audit(r) for r in reversed(rows)]
+
+    def audit_counts(self, actions: Sequence[str], since: float | None = None) -> dict[tuple[str, str | None], int]:
+        marks = ", ".join("?" for _ in actions)
+        params: list[Any] = list(actions)
+        cond = ""
+        if since is not None:
+            cond = " AND ts >= ?"
+            params.append(since)
+        rows = self._exec(
+            f"SELECT action, keyring, COUNT(*) FROM audit_events WHERE action IN ({marks}){cond} "
+            "GROUP BY action, keyring",
+            params,
+        ).fetchall()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
 
 def schema_v1(blob: str, real: str) -> list[str]:
     """Version 1 of the schema, parameterised by the dialect's type names."""

@@ -193,6 +193,22 @@ class StoreTx(ABC):
     @abstractmethod
     def audit_rows(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]: ...
 
+    @abstractmethod
+    def audit_search(
+        self,
+        *,
+        limit: int = 100,
+        action: str | None = None,
+        keyring: str | None = None,
+        version: int | None = None,
+        since: float | None = None,
+    ) -> list[AuditRow]:
+        """The newest ``limit`` matching events, oldest first (``action`` may end in ``*``)."""
+
+    @abstractmethod
+    def audit_counts(self, actions: Sequence[str], since: float | None = None) -> dict[tuple[str, str | None], int]:
+        """Event counts by (action, keyring), optionally since an epoch time."""
+
 
 class Store(ABC):
     """A credential store backend: SQLite (embedded) or PostgreSQL (shared)."""

@@ -1,0 +1,87 @@
+"""audit list | audit verify."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+from rich.table import Table
+
+from ..audit import row_to_json
+from ..durations import parse_duration
+from ..models import from_epoch, to_epoch
+from ._common import AppContext, console, emit, emit_line, pass_app
+
+
+def _since(value: str | None, now: datetime) -> float | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        dt = now - parse_duration(value, "--since")
+    return to_epoch(dt if dt.tzinfo else dt.astimezone())
+
+
+@click.group()
+def audit() -> None:
+    """Inspect and verify the tamper-evident audit trail."""
+
+
+@audit.command(name="list")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1_000_000), help="Newest N events.")
+@click.option("--action", help="Only this action (e.g. key.rotate, or a prefix like key.*).")
+@click.option("--version", "version", type=int, help="Only events about this key version.")
+@click.option("--since", help="ISO time or a duration back from now (24h, 7d).")
+@click.option("--all-keyrings", is_flag=True, help="Events of every keyring, not just --keyring.")
+@pass_app
+def list_events(
+    app: AppContext, limit: int, action: str | None, version: int | None, since: str | None, all_keyrings: bool
+) -> None:
+    """Events, oldest first; --json streams one JSON object per line."""
+    vault = app.vault()
+    with vault.store.read() as tx:
+        rows = tx.audit_search(
+            limit=limit,
+            action=action,
+            version=version,
+            keyring=None if all_keyrings else vault.keyring_name,
+            since=_since(since, vault.clock()),
+        )
+    if app.json:
+        for r in rows:
+            emit_line(app, row_to_json(r))
+        return
+    table = Table("seq", "time", "actor", "action", "keyring", "version", "credential", "outcome", "details")
+    for r in rows:
+        ts = from_epoch(r.ts)
+        table.add_row(
+            str(r.seq),
+            ts.strftime("%Y-%m-%d %H:%M:%S") if ts else "",
+            r.actor,
+            r.action,
+            r.keyring or "",
+            "" if r.key_version is None else str(r.key_version),
+            r.credential_id or "",
+            r.outcome,
+            r.details if r.details != "{}" else "",
+        )
+    console.print(table)
+
+
+@audit.command()
+@pass_app
+def verify(app: AppContext) -> None:
+    """Walk the HMAC chain; exit 1 at the first event that does not check out."""
+    result = app.vault().audit.verify()
+    emit(
+        app,
+        result.to_json(),
+        lambda: console.print(
+            f"audit chain intact: {result.events} events"
+            if result.ok
+            else f"[bold red]audit chain BROKEN[/] at event {result.first_bad_seq} ({result.events} events read)"
+        ),
+    )
+    if not result.ok:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,213 @@
+"""Prometheus metrics, named after the seed's ``KeyMetrics``.
+
+State (versions, credentials per version, re-encryption progress, key age,
+rotations, access errors recorded in the audit trail) is read from the
+store at scrape time by a custom collector, so several daemons scraping one
+store report the same truth.  Latency histograms and request counters are
+per process: they are fed by the vault's and the provider's observer hooks,
+never from inside ``KeyManager.encrypt``/``decrypt``, whose hot path stays
+one AES-GCM call plus a header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import MissingDependencyError
+from .models import KeyStatus, to_epoch
+
+if TYPE_CHECKING:
+    from .vault import Vault
+
+#: Audit actions that count as key access errors (persisted, so every instance agrees).
+ACCESS_ERROR_ACTIONS = ("decrypt.refused", "decrypt.failed", "reencrypt.failed")
+ROTATION_ACTIONS = ("key.rotate",)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMetrics:
+    """A snapshot of one keyring's key state (the seed's ``KeyMetrics``)."""
+
+    keyring: str
+    active_version: int | None
+    active_versions: int  # versions that can still decrypt (active, valid, grace)
+    total_versions: int
+    rotation_events: int
+    current_key_age_days: float
+    credentials_per_version: dict[int, int] = field(default_factory=dict)
+    pending_reencryption: int = 0
+    total_credentials: int = 0
+    key_access_errors: int = 0
+
+    @property
+    def reencryption_progress(self) -> float:
+        if self.total_credentials == 0:
+            return 1.0
+        return (self.total_credentials - self.pending_reencryption) / self.total_credentials
+
+
+def snapshot(vault: Vault, now: datetime | None = None) -> KeyMetrics:
+    """Read one keyring's state from the store (a few small queries)."""
+    now = now or vault.clock()
+    kr = vault.keyring_name
+    with vault.store.read() as tx:
+        versions = tx.list_versions(kr)
+        counts = tx.count_by_version(kr)
+        audit = tx.audit_counts(ACCESS_ERROR_ACTIONS + ROTATION_ACTIONS)
+    active = next((v for v in versions if v.status is KeyStatus.ACTIVE), None)
+    total = sum(counts.values())
+    pending = total - counts.get(active.version, 0) if active else total
+    return KeyMetrics(
+        keyring=kr,
+        active_version=active.version if active else None,
+        active_versions=sum(1 for v in versions if v.status.can_decrypt),
+        total_versions=len(versions),
+        rotation_events=sum(n for (a, k), n in audit.items() if a in ROTATION_ACTIONS and k == kr),
+        current_key_age_days=((now - active.created_at).total_seconds() / 86400) if active else 0.0,
+        credentials_per_version=dict(counts),
+        pending_reencryption=pending,
+        total_credentials=total,
+        key_access_errors=sum(n for (a, k), n in audit.items() if a in ACCESS_ERROR_ACTIONS and k == kr),
+    )
+
+
+def keyring_vaults(vault: Vault) -> list[Vault]:
+    with vault.store.read() as tx:
+        names = tx.keyrings() or [vault.keyring_name]
+    return [vault if n == vault.keyring_name else vault.keyring(n) for n in names]
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise MissingDependencyError("prometheus_client", "metrics") from exc
+    return prometheus_client
+
+
+class MetricsExporter:
+    """A private CollectorRegistry with store-backed gauges and per-process histograms."""
+
+    def __init__(self, vaults: Sequence[Vault] | Vault) -> None:
+        pc = _prometheus()
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        self._vaults: list[Vault] = [vaults] if not isinstance(vaults, Sequence) else list(vaults)
+        self.registry = pc.CollectorRegistry(auto_describe=False)
+        buckets = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+        self.op_latency = pc.Histogram(
+            "nebula_credential_operation_seconds",
+            "Credential encrypt/decrypt latency (vault layer)",
+            ["keyring", "operation"],
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.provider_latency = pc.Histogram(
+            "nebula_credential_provider_call_seconds",
+            "Key provider call latency",
+            ["provider", "operation"],
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.requests = pc.Counter(
+            "nebula_credential_key_requests",
+            "Credential encrypt/decrypt requests in this process",
+            ["keyring", "operation"],
+            registry=self.registry,
+        )
+        self.request_errors = pc.Counter(
+            "nebula_credential_key_request_errors",
+            "Failed credential decrypts in this process",
+            ["keyring", "operation"],
+            registry=self.registry,
+        )
+        exporter = self
+
+        class _StoreCollector:
+            def collect(self) -> Iterator[Any]:
+                snaps = [snapshot(v) for v in exporter._all_vaults()]
+                active = GaugeMetricFamily(
+                    "nebula_credential_active_versions", "Key versions that can still decrypt", labels=["keyring"]
+                )
+                rot = CounterMetricFamily(
+                    "nebula_credential_rotation_events", "Rotations recorded in the audit trail", labels=["keyring"]
+                )
+                prog = GaugeMetricFamily(
+                    "nebula_credential_reencryption_progress",
+                    "Share of credentials under the active version (0..1)",
+                    labels=["keyring"],
+                )
+                age = GaugeMetricFamily(
+                    "nebula_credential_current_key_age_days", "Age of the active version in days", labels=["keyring"]
+                )
+                per = GaugeMetricFamily(
+                    "nebula_credential_credentials_per_version",
+                    "Stored credentials per key version",
+                    labels=["keyring", "version"],
+                )
+                pending = GaugeMetricFamily(
+                    "nebula_credential_reencryption_pending",
+                    "Credentials not yet under the active version",
+                    labels=["keyring"],
+                )
+                errors = CounterMetricFamily(
+                    "nebula_credential_key_access_errors",
+                    "Refused or failed decrypts recorded in the audit trail",
+                    labels=["keyring"],
+                )
+                for s in snaps:
+                    active.add_metric([s.keyring], s.active_versions)
+                    rot.add_metric([s.keyring], s.rotation_events)
+                    prog.add_metric([s.keyring], s.reencryption_progress)
+                    age.add_metric([s.keyring], s.current_key_age_days)
+                    pending.add_metric([s.keyring], s.pending_reencryption)
+                    errors.add_metric([s.keyring], s.key_access_errors)
+                    for version, n in sorted(s.credentials_per_version.items()):
+                        per.add_metric([s.keyring, str(version)], n)
+                yield from (active, rot, prog, age, per, pending, errors)
+
+        self.registry.register(_StoreCollector())
+
+    def _all_vaults(self) -> Iterable[Vault]:
+        seen: set[str] = set()
+        for v in self._vaults:
+            for target in keyring_vaults(v):
+                if target.keyring_name not in seen:
+                    seen.add(target.keyring_name)
+                    yield target
+
+    def observe_vault(self, keyring: str, operation: str, seconds: float, ok: bool) -> None:
+        self.requests.labels(keyring, operation).inc()
+        if not ok:
+            self.request_errors.labels(keyring, operation).inc()
+        self.op_latency.labels(keyring, operation).observe(seconds)
+
+    def observe_provider(self, provider: str, operation: str, seconds: float, ok: bool) -> None:
+        self.provider_latency.labels(provider, operation).observe(seconds)
+
+    def attach(self, vault: Vault) -> None:
+        """Feed this process's histograms from ``vault`` and its provider."""
+        vault.observer = self.observe_vault
+        vault.provider.observer = self.observe_provider
+
+    def render(self) -> tuple[bytes, str]:
+        pc = _prometheus()
+        return pc.generate_latest(self.registry), pc.CONTENT_TYPE_LATEST
+
+    def route(self) -> tuple[int, str, bytes]:
+        body, ctype = self.render()
+        return 200, ctype, body
+
+
+def render(vaults: Sequence[Vault] | Vault) -> tuple[bytes, str]:
+    """One-shot exposition text for ``vaults`` (every keyring of their stores)."""
+    return MetricsExporter(vaults).render()
+
+
+def epoch(dt: datetime) -> float:
+    ts = to_epoch(dt)
+    assert ts is not None
+    return ts
