@@ -18,6 +18,7 @@ from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .credentials import delete, get, import_, list_, put
 from .keys import keys
 from .ops import init, reencrypt, status
+from .provider import provider
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,7 +39,7 @@ def cli(ctx: click.Context, db: str | None, config_path: str | None, keyring: st
         logging.basicConfig(level=logging.DEBUG)
 
 
-for command in (init, put, get, delete, list_, import_, keys, reencrypt, status):
+for command in (init, put, get, delete, list_, import_, keys, reencrypt, status, provider):
     cli.add_command(command)
 
 

@@ -77,7 +77,7 @@ class AwsKmsKeyProvider(KeyProvider):
         self._settings = dict(settings or {})
         self._lock = threading.Lock()
         meta = self._api("describe", lambda: client.describe_key(KeyId=key_id))["KeyMetadata"]
-        if meta.get("KeyUsage") != "ENCRYPT_DECRYPT" or meta.get("KeySpec", "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT":
+        if meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT" or meta.get("KeySpec", "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT":
             raise ConfigError("provider.key_id", f"KMS key {key_id} is not a symmetric ENCRYPT_DECRYPT key")
         if meta.get("KeyState") not in (None, "Enabled"):
             raise ProviderError(f"KMS key {meta['Arn']} is {meta.get('KeyState')}; enable it to use it")

@@ -64,6 +64,11 @@ _REF = b"P2"
 _HEADER = 2 + 4 + 12
 _REF_LEN = 16
 _AAD_DOMAIN = b"nebula-credential pkcs11 record\x00"
+_GCM = Mechanism.AES_GCM
+#: python-pkcs11 reports a bad GCM tag as a bare GeneralError (SoftHSM's CKR_GENERAL_ERROR).
+_TAG_REFUSED: tuple[type[Exception], ...] = (
+    p11e.GeneralError, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange,
+)
 
 #: Errors after which the session (and the handles found through it) is gone.
 _SESSION_LOST: tuple[type[Exception], ...] = (
@@ -221,7 +226,12 @@ class Pkcs11KeyProvider(KeyProvider):
         except _SESSION_LOST as exc:
             raise TransientProviderError(f"token unavailable ({type(exc).__name__})") from None
         try:
-            session = token.open(user_pin=self._pin, rw=True)
+            try:
+                session = token.open(user_pin=self._pin, rw=True)
+            except p11e.UserAlreadyLoggedIn:
+                # Login state is per token per process: another provider instance
+                # (or another keyring's vault) logged in already; share it.
+                session = token.open(rw=True)
         except _PIN_REFUSED as exc:
             raise ProviderPermissionError(
                 f"login to token {self.token_label!r} refused ({type(exc).__name__}); "
@@ -251,11 +261,15 @@ class Pkcs11KeyProvider(KeyProvider):
             session = self._connect()
             try:
                 yield session
-            except _SESSION_LOST as exc:
+            except (*_SESSION_LOST, p11e.GeneralError) as exc:
+                # Outside a decryption (where it means a bad tag) SoftHSM reports a
+                # vanished token as CKR_GENERAL_ERROR: treat it as a lost session too.
                 self._drop_session()
                 raise TransientProviderError(f"PKCS#11 session lost ({type(exc).__name__})") from None
             except _PIN_REFUSED as exc:
                 raise ProviderPermissionError(f"token refused the login ({type(exc).__name__})") from None
+            except p11e.PKCS11Error as exc:
+                raise ProviderError(f"PKCS#11 operation failed ({type(exc).__name__})") from None
 
     def _find_roots(self, session: Session) -> dict[int, SecretKey]:
         prefix = f"{self.key_label}:v"
@@ -318,7 +332,7 @@ class Pkcs11KeyProvider(KeyProvider):
             try:
                 return bytearray(root.decrypt(record[_HEADER:], mechanism=Mechanism.AES_GCM,
                                               mechanism_param=GCMParams(nonce, self._aad(header, ctx), 128)))
-            except (p11e.GeneralError, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange):
+            except _TAG_REFUSED:
                 raise DecryptionError(
                     f"data key {ctx.keyring}/v{ctx.version} does not unwrap under root key "
                     f"{self.key_label}:v{version}"
@@ -354,12 +368,13 @@ class Pkcs11KeyProvider(KeyProvider):
         ref = os.urandom(_REF_LEN)
         label = self._dek_label(ctx)
         with self._token() as session:
-            self._deks[ref] = session.generate_key(
+            session.generate_key(
                 KeyType.AES, 256, id=ref, label=label, store=True,
                 capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
                 template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
                           Attribute.TOKEN: True, Attribute.PRIVATE: True},
             )
+            self._dek(ref, label)
         return HsmAead(self, ref, label), self._seal(_REF, ref, ctx)
 
     def _rotate(self) -> str:
@@ -384,24 +399,47 @@ class Pkcs11KeyProvider(KeyProvider):
                                       f"{self.token_label!r} (destroyed, or another token?)") from None
             if key.label != label:
                 raise DecryptionError(f"token object {key.label!r} is not data key {label!r}")
-            self._deks[ref] = key
-            return key
+            # Work on a session copy: SoftHSM re-checks a token object's file on
+            # every use, a session object lives in memory.  The copy inherits
+            # SENSITIVE and non-EXTRACTABLE (PKCS#11 forbids relaxing them) and
+            # vanishes with the session.
+            fast: SecretKey = key.copy({Attribute.TOKEN: False})  # type: ignore[assignment]
+            self._deks[ref] = fast
+            return fast
 
     def _gcm(self, ref: bytes, label: str, seal: bool, nonce: bytes, data: bytes,
              aad: bytes | None) -> bytes:
-        """One AES-GCM operation in the token; session loss goes through the retry template."""
+        """One AES-GCM operation in the token (the direct-mode hot path).
+
+        The common case is one locked library call on a cached handle; any
+        token failure falls back to the full path, whose session loss goes
+        through the provider's bounded retries.
+        """
+        key = self._deks.get(ref)
+        if key is not None:
+            param = GCMParams(nonce, aad or b"", 128)
+            try:
+                with self._lock:
+                    if seal:
+                        return bytes(key.encrypt(data, mechanism=_GCM, mechanism_param=param))
+                    return bytes(key.decrypt(data, mechanism=_GCM, mechanism_param=param))
+            except _TAG_REFUSED if not seal else ():
+                raise HsmTagError("envelope failed authentication in the token") from None
+            except p11e.PKCS11Error:
+                pass  # fall through to the guarded path, which maps and retries
+
         def op() -> bytes:
             with self._token():
                 key = self._dek(ref, label)
                 param = GCMParams(nonce, aad or b"", 128)
                 if seal:
-                    return bytes(key.encrypt(data, mechanism=Mechanism.AES_GCM, mechanism_param=param))
+                    return bytes(key.encrypt(data, mechanism=_GCM, mechanism_param=param))
                 try:
-                    return bytes(key.decrypt(data, mechanism=Mechanism.AES_GCM, mechanism_param=param))
-                except (p11e.GeneralError, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange):
+                    return bytes(key.decrypt(data, mechanism=_GCM, mechanism_param=param))
+                except _TAG_REFUSED:
                     raise HsmTagError("envelope failed authentication in the token") from None
 
-        try:  # fast path: no retry bookkeeping unless something goes wrong
+        try:
             return op()
         except TransientProviderError:
             return self._call("gcm", op)
