@@ -101,8 +101,10 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOFTHSM2_CONF", str(conf))
         hsm = SoftHsm(library, conf, folder, "nebula-test", pin, pin_file, "nebula-spare")
-        hsm.init_token(hsm.token_label, pin)
-        hsm.init_token(hsm.spare_token_label, pin)
+        # every token exists before the first test loads the library (which is
+        # once per process and does not see tokens created later)
+        for label in (hsm.token_label, hsm.spare_token_label):
+            hsm.init_token(label, pin)
         yield hsm
 
 

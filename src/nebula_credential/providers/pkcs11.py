@@ -223,7 +223,7 @@ class Pkcs11KeyProvider(KeyProvider):
                 raise TransientProviderError(f"token {self.token_label!r} is not present") from None
             raise ConfigError("provider.token_label", f"no PKCS#11 token labelled {self.token_label!r} "
                               f"in {self.library}") from None
-        except _SESSION_LOST as exc:
+        except (*_SESSION_LOST, p11e.GeneralError) as exc:  # SoftHSM: a token folder vanished
             raise TransientProviderError(f"token unavailable ({type(exc).__name__})") from None
         try:
             try:
