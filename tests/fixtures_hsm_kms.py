@@ -55,7 +55,7 @@ class SoftHsm:
     tokens: list[str] = field(default_factory=list)
 
     def settings(self, mode: str = "wrap", **extra: Any) -> dict[str, Any]:
-        """``[provider]`` settings for a fresh root key (a unique key label) in the session token."""
+        """``[provider]`` settings for a fresh root key (unique key label) in the session token."""
         return {
             "type": "pkcs11",
             "library": self.library,
@@ -69,13 +69,26 @@ class SoftHsm:
     def init_token(self, label: str, pin: str) -> None:
         so_pin = uuid.uuid4().hex[:8]
         proc = subprocess.run(
-            ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin,
-             "--so-pin", so_pin],
-            capture_output=True, text=True, env=dict(os.environ, SOFTHSM2_CONF=str(self.conf)),
+            [
+                "softhsm2-util",
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                pin,
+                "--so-pin",
+                so_pin,
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, SOFTHSM2_CONF=str(self.conf)),
             timeout=60,
         )
         if proc.returncode != 0:
-            pytest.fail(f"softhsm2-util --init-token failed: {proc.stderr.strip() or proc.stdout.strip()}")
+            pytest.fail(
+                f"softhsm2-util --init-token failed: {proc.stderr.strip() or proc.stdout.strip()}"
+            )
         self.tokens.append(label)
 
 
@@ -83,15 +96,20 @@ class SoftHsm:
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     """A SoftHSM2 with a fresh token folder for this session; SOFTHSM2_CONF points at it."""
     if shutil.which("softhsm2-util") is None:
-        pytest.fail("softhsm2-util not found: run scripts/ensure-system-deps.sh (Debian package softhsm2)")
+        pytest.fail(
+            "softhsm2-util not found: run scripts/ensure-system-deps.sh (Debian package softhsm2)"
+        )
     library = find_softhsm_library()
     if library is None:
-        pytest.fail("libsofthsm2.so not found: run scripts/ensure-system-deps.sh (Debian package softhsm2)")
+        pytest.fail(
+            "libsofthsm2.so not found: run scripts/ensure-system-deps.sh (Debian package softhsm2)"
+        )
     folder = tmp_path_factory.mktemp("softhsm")
     (folder / "tokens").mkdir()
     conf = folder / "softhsm2.conf"
     conf.write_text(
-        f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+        f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\n"
+        "log.level = ERROR\n"
         "slots.removable = false\n"
     )
     pin = uuid.uuid4().hex[:10]
@@ -176,8 +194,11 @@ def moto_kms(aws_test_env: None) -> Iterator[MotoKms]:
     if not binary.exists():
         pytest.fail(f"{binary} not found: install the test extra (moto[server])")
     port = free_port()
-    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for_port(port, proc)
         yield MotoKms(f"http://127.0.0.1:{port}", port)

@@ -1,4 +1,4 @@
-"""AWS KMS provider against moto (the session's moto_server, and one that is stopped and restarted)."""
+"""AWS KMS provider against moto: the session's moto_server, and one stopped and restarted."""
 
 from __future__ import annotations
 
@@ -31,7 +31,11 @@ def test_data_keys_are_bound_to_their_context(moto_kms: MotoKms) -> None:
     ctx = WrapContext("tenant-a", 3)
     aead, wrapped = p.generate_dek(ctx)
     assert p.unwrap(wrapped, ctx)  # same context: fine
-    for other in (WrapContext("tenant-b", 3), WrapContext("tenant-a", 4), WrapContext("tenant-a", 3, "x")):
+    for other in (
+        WrapContext("tenant-b", 3),
+        WrapContext("tenant-a", 4),
+        WrapContext("tenant-a", 3, "x"),
+    ):
         with pytest.raises(DecryptionError):
             p.unwrap(wrapped, other)
     nonce = b"\x00" * 12
@@ -59,13 +63,13 @@ def test_rotation_uses_rotate_on_demand_and_reencrypt(moto_kms: MotoKms) -> None
 
 
 def test_clear_errors(moto_kms: MotoKms) -> None:
-    with pytest.raises(ConfigError, match="provider.key_id"):
+    with pytest.raises(ConfigError, match=r"provider.key_id"):
         AwsKmsKeyProvider.from_config(moto_kms.settings(key_id="alias/does-not-exist"))
-    with pytest.raises(ConfigError, match="provider.key_id"):
+    with pytest.raises(ConfigError, match=r"provider.key_id"):
         AwsKmsKeyProvider.from_config({**moto_kms.settings(), "key_id": ""})
-    with pytest.raises(ConfigError, match="provider.profile"):
+    with pytest.raises(ConfigError, match=r"provider.profile"):
         AwsKmsKeyProvider.from_config(moto_kms.settings(profile="no-such-profile"))
-    with pytest.raises(ConfigError, match="provider.max_attempts"):
+    with pytest.raises(ConfigError, match=r"provider.max_attempts"):
         AwsKmsKeyProvider.from_config(moto_kms.settings(max_attempts=0))
     a = AwsKmsKeyProvider.from_config(moto_kms.settings())
     b = AwsKmsKeyProvider.from_config(moto_kms.settings())
@@ -125,7 +129,8 @@ def test_endpoint_stopped_then_restarted(restartable_moto: RestartableMoto, tmp_
     v = nc.open(url, config=cfg, create=True)
     attempts: list[str] = []
     v.provider._client.meta.events.register(  # type: ignore[attr-defined]
-        "before-send.kms", lambda request, **_: attempts.append(request.url))
+        "before-send.kms", lambda request, **_: attempts.append(request.url)
+    )
     for cid, value in values.items():
         v.put(cid, value)
     v.keys.rotate()

@@ -16,10 +16,9 @@ from nebula_credential.exceptions import (
     DecryptionError,
     ProviderError,
     ProviderPermissionError,
-    ProviderUnavailableError,
 )
 from nebula_credential.keys import KeyManager
-from nebula_credential.providers.base import RetryPolicy, WrapContext
+from nebula_credential.providers.base import WrapContext
 from nebula_credential.providers.pkcs11 import Pkcs11KeyProvider
 from nebula_credential.store import open_store
 
@@ -50,8 +49,11 @@ def test_keys_in_the_token_are_non_extractable(softhsm: SoftHsm, mode: str) -> N
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):
             root[Attribute.VALUE]
         with p._token() as session:
-            deks = [o for o in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
-                    if (o.label or "").startswith(f"{p.key_label}:dek:")]
+            deks = [
+                o
+                for o in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
+                if (o.label or "").startswith(f"{p.key_label}:dek:")
+            ]
         stored = [o for o in deks if o[Attribute.TOKEN]]
         assert len(stored) == (1 if mode == "direct" else 0)
         for dek in deks:  # the stored object and the session copy used for speed
@@ -145,7 +147,9 @@ print(json.dumps(outcome))
 """
 
 
-def test_token_removed_gives_bounded_retries_then_unavailable(softhsm: SoftHsm, tmp_path: Path) -> None:
+def test_token_removed_gives_bounded_retries_then_unavailable(
+    softhsm: SoftHsm, tmp_path: Path
+) -> None:
     """Removing the token under a running process: bounded retries, then a clear error.
 
     Runs in a child process with a token folder of its own: SoftHSM fails every
@@ -162,11 +166,31 @@ def test_token_removed_gives_bounded_retries_then_unavailable(softhsm: SoftHsm, 
     (tmp_path / "tokens").mkdir()
     conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
     env = cli_env(SOFTHSM2_CONF=str(conf))
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "removable", "--pin",
-                    softhsm.pin, "--so-pin", "so-pin-x"], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            "removable",
+            "--pin",
+            softhsm.pin,
+            "--so-pin",
+            "so-pin-x",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     settings = softhsm.settings(token_label="removable")
-    proc = subprocess.run([sys.executable, "-c", REMOVAL_SCRIPT, json.dumps(settings)],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=os.getcwd())
+    proc = subprocess.run(
+        [sys.executable, "-c", REMOVAL_SCRIPT, json.dumps(settings)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=os.getcwd(),
+    )
     assert proc.returncode == 0, proc.stderr
     outcome = json.loads(proc.stdout.strip().splitlines()[-1])
     assert outcome["error"] == "ProviderUnavailableError", outcome
@@ -186,17 +210,17 @@ def test_wrong_pin_is_a_clear_permission_error(softhsm: SoftHsm, tmp_path: Path)
 def test_missing_token_and_library_and_pin_are_config_errors(
     softhsm: SoftHsm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(ConfigError, match="no PKCS#11 token labelled 'no-such-token'"):
+    with pytest.raises(ConfigError, match="no PKCS#11 token labelled"):
         provider(softhsm.settings(token_label="no-such-token"))
-    with pytest.raises(ConfigError, match="provider.library"):
+    with pytest.raises(ConfigError, match=r"provider.library"):
         provider(softhsm.settings(library="/nonexistent/libpkcs11.so"))
     with pytest.raises(ConfigError, match="pin_file"):
         provider({k: v for k, v in softhsm.settings().items() if k != "pin_file"})
     with pytest.raises(ConfigError, match="NEBULA_TEST_NO_PIN"):
         provider({**softhsm.settings(), "pin_file": None, "pin_env": "NEBULA_TEST_NO_PIN"})
-    with pytest.raises(ConfigError, match="provider.pin"):
+    with pytest.raises(ConfigError, match=r"provider.pin"):
         KeyManagementConfig.from_dict({"provider": {"type": "pkcs11", "pin": "1234"}})
-    with pytest.raises(ConfigError, match="provider.mode"):
+    with pytest.raises(ConfigError, match=r"provider.mode"):
         provider(softhsm.settings(mode="sideways"))
     with pytest.raises(ConfigError, match="holds no root key"):
         provider(softhsm.settings(), create=False)
@@ -211,10 +235,15 @@ def test_missing_token_and_library_and_pin_are_config_errors(
 def test_store_records_settings_without_the_pin(softhsm: SoftHsm, tmp_path: Path) -> None:
     settings = softhsm.settings(mode="direct")
     url = f"sqlite:///{tmp_path / 's.db'}"
-    with nc.open(url, config=KeyManagementConfig.from_dict({"provider": settings}), create=True) as v:
+    with nc.open(
+        url, config=KeyManagementConfig.from_dict({"provider": settings}), create=True
+    ) as v:
         v.put("a", {"t": 1})
-    raw = (tmp_path / "s.db").read_bytes() + (tmp_path / "s.db-wal").read_bytes() if (
-        tmp_path / "s.db-wal").exists() else (tmp_path / "s.db").read_bytes()
+    raw = (
+        (tmp_path / "s.db").read_bytes() + (tmp_path / "s.db-wal").read_bytes()
+        if (tmp_path / "s.db-wal").exists()
+        else (tmp_path / "s.db").read_bytes()
+    )
     assert softhsm.pin.encode() not in raw
     with nc.open(url) as v:  # reopened from the store's own record: pin_file, not the PIN
         assert v.provider.name == "pkcs11" and v.get("a") == {"t": 1}

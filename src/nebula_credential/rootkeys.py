@@ -42,7 +42,9 @@ class RootRotationResult:
         }
 
 
-def rewrap_keyring(store: Store, provider: KeyProvider, keyring: str, result: RootRotationResult) -> int:
+def rewrap_keyring(
+    store: Store, provider: KeyProvider, keyring: str, result: RootRotationResult
+) -> int:
     """Rewrap every not-destroyed DEK of one keyring in one transaction."""
     root = provider.root_key_id()
     count = 0
@@ -75,9 +77,15 @@ def rotate_root_key(store: Store, provider: KeyProvider, audit: AuditLog) -> Roo
     with store.transaction() as tx:
         audit.rewrap_key(tx)
         audit.record(
-            tx, "provider.rotate", provider=provider.name, old_root_key_id=old, new_root_key_id=new,
-            rewrapped=result.rewrapped, skipped_destroyed=result.skipped_destroyed,
-            keyrings=len(keyrings), server_side_rewrap=provider.server_side_rewrap,
+            tx,
+            "provider.rotate",
+            provider=provider.name,
+            old_root_key_id=old,
+            new_root_key_id=new,
+            rewrapped=result.rewrapped,
+            skipped_destroyed=result.skipped_destroyed,
+            keyrings=len(keyrings),
+            server_side_rewrap=provider.server_side_rewrap,
         )
     return result
 

@@ -43,16 +43,32 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("boto3", "aws") from _exc
 
-_UNAVAILABLE_CODES = frozenset({
-    "ThrottlingException", "Throttling", "RequestLimitExceeded", "LimitExceededException",
-    "KMSInternalException", "DependencyTimeoutException", "ServiceUnavailable", "InternalFailure",
-})
-_DENIED_CODES = frozenset({
-    "AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
-    "InvalidSignatureException", "ExpiredTokenException", "IncompleteSignature",
-})
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "KMSInternalException",
+        "DependencyTimeoutException",
+        "ServiceUnavailable",
+        "InternalFailure",
+    }
+)
+_DENIED_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+        "IncompleteSignature",
+    }
+)
 _CIPHERTEXT_CODES = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
-_STATE_CODES = frozenset({"DisabledException", "KMSInvalidStateException", "KeyUnavailableException"})
+_STATE_CODES = frozenset(
+    {"DisabledException", "KMSInvalidStateException", "KeyUnavailableException"}
+)
 
 #: How long ``provider rotate`` waits for KMS to list the new key material.
 ROTATION_WAIT_SECONDS = 60.0
@@ -77,10 +93,17 @@ class AwsKmsKeyProvider(KeyProvider):
         self._settings = dict(settings or {})
         self._lock = threading.Lock()
         meta = self._api("describe", lambda: client.describe_key(KeyId=key_id))["KeyMetadata"]
-        if meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT" or meta.get("KeySpec", "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT":
-            raise ConfigError("provider.key_id", f"KMS key {key_id} is not a symmetric ENCRYPT_DECRYPT key")
+        if (
+            meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT"
+            or meta.get("KeySpec", "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT"
+        ):
+            raise ConfigError(
+                "provider.key_id", f"KMS key {key_id} is not a symmetric ENCRYPT_DECRYPT key"
+            )
         if meta.get("KeyState") not in (None, "Enabled"):
-            raise ProviderError(f"KMS key {meta['Arn']} is {meta.get('KeyState')}; enable it to use it")
+            raise ProviderError(
+                f"KMS key {meta['Arn']} is {meta.get('KeyState')}; enable it to use it"
+            )
         self.key_id = key_id
         self.key_arn: str = meta["Arn"]
         self._rotations = self._count_rotations()
@@ -97,33 +120,52 @@ class AwsKmsKeyProvider(KeyProvider):
             if not create:
                 raise ConfigError("provider.key_id", "set the KMS key id, ARN or alias/NAME")
             key_id = client.create_key(
-                Description="nebula-credential root key", KeyUsage="ENCRYPT_DECRYPT",
-                KeySpec="SYMMETRIC_DEFAULT", Tags=[{"TagKey": "nebula-credential", "TagValue": "root"}],
+                Description="nebula-credential root key",
+                KeyUsage="ENCRYPT_DECRYPT",
+                KeySpec="SYMMETRIC_DEFAULT",
+                Tags=[{"TagKey": "nebula-credential", "TagValue": "root"}],
             )["KeyMetadata"]["Arn"]
             stored["key_id"] = key_id
         return cls(client, str(key_id), settings=stored)
 
     @staticmethod
     def make_client(settings: dict[str, Any]) -> Any:
-        """A KMS client: ``profile`` or the default credential chain, bounded retries and timeouts."""
+        """A KMS client: ``profile`` or the default chain; bounded retries and timeouts."""
         config = Config(
-            retries={"mode": "standard", "total_max_attempts": _int(settings, "max_attempts", 4, 1, 20)},
+            retries={
+                "mode": "standard",
+                "total_max_attempts": _int(settings, "max_attempts", 4, 1, 20),
+            },
             connect_timeout=_int(settings, "connect_timeout", 5, 1, 300),
             read_timeout=_int(settings, "read_timeout", 15, 1, 300),
             user_agent_extra="nebula-credential",
         )
         try:
-            session = boto3.session.Session(profile_name=settings.get("profile"),
-                                             region_name=settings.get("region"))
+            session = boto3.session.Session(
+                profile_name=settings.get("profile"), region_name=settings.get("region")
+            )
         except ProfileNotFound:
-            raise ConfigError("provider.profile", f"AWS profile {settings.get('profile')!r} not found") from None
+            raise ConfigError(
+                "provider.profile", f"AWS profile {settings.get('profile')!r} not found"
+            ) from None
         if session.region_name is None:
-            raise ConfigError("provider.region", "set region (or AWS_REGION / the profile's region)")
-        return session.client("kms", endpoint_url=settings.get("endpoint_url") or None, config=config)
+            raise ConfigError(
+                "provider.region", "set region (or AWS_REGION / the profile's region)"
+            )
+        return session.client(
+            "kms", endpoint_url=settings.get("endpoint_url") or None, config=config
+        )
 
     def stored_settings(self) -> dict[str, Any]:
-        keep = ("key_id", "region", "endpoint_url", "profile", "max_attempts", "connect_timeout",
-                "read_timeout")
+        keep = (
+            "key_id",
+            "region",
+            "endpoint_url",
+            "profile",
+            "max_attempts",
+            "connect_timeout",
+            "read_timeout",
+        )
         out = {k: self._settings[k] for k in keep if k in self._settings}
         out["key_id"] = self.key_arn
         return out
@@ -145,47 +187,79 @@ class AwsKmsKeyProvider(KeyProvider):
         code = exc.response.get("Error", {}).get("Code", "")
         key = getattr(self, "key_arn", None) or self._settings.get("key_id")
         if code in _UNAVAILABLE_CODES:
-            raise ProviderUnavailableError(f"AWS KMS {op} failed with {code} after bounded retries") from None
+            raise ProviderUnavailableError(
+                f"AWS KMS {op} failed with {code} after bounded retries"
+            ) from None
         if code in _DENIED_CODES:
-            hint = (" (the data key may be wrapped under another KMS key: wrong key_id for this store?)"
-                    if op in ("decrypt", "reencrypt") else "")
-            raise ProviderPermissionError(f"AWS KMS denied {op} with key {key} ({code}){hint}") from None
+            hint = (
+                " (the data key may be wrapped under another KMS key: wrong key_id for this store?)"
+                if op in ("decrypt", "reencrypt")
+                else ""
+            )
+            raise ProviderPermissionError(
+                f"AWS KMS denied {op} with key {key} ({code}){hint}"
+            ) from None
         if code in _CIPHERTEXT_CODES:
-            raise DecryptionError(f"AWS KMS refused the wrapped key during {op} ({code}): wrong key or "
-                                  "encryption context") from None
+            raise DecryptionError(
+                f"AWS KMS refused the wrapped key during {op} ({code}): wrong key or "
+                "encryption context"
+            ) from None
         if code == "NotFoundException":
             raise ConfigError("provider.key_id", f"KMS key {key} not found") from None
         if code in _STATE_CODES:
-            raise ProviderError(f"KMS key {key} cannot be used ({code}); check that it is enabled") from None
+            raise ProviderError(
+                f"KMS key {key} cannot be used ({code}); check that it is enabled"
+            ) from None
         raise ProviderError(f"AWS KMS {op} failed ({code or 'unknown error'})") from None
 
     # ---- hooks -------------------------------------------------------------
     def _generate(self, ctx: WrapContext) -> tuple[SecretBytes, bytes]:
         """GenerateDataKey: KMS makes the DEK and returns it with its wrapped form."""
-        resp = self._api("generate", lambda: self._client.generate_data_key(
-            KeyId=self.key_arn, KeySpec="AES_256", EncryptionContext=ctx.as_dict()))
+        resp = self._api(
+            "generate",
+            lambda: self._client.generate_data_key(
+                KeyId=self.key_arn, KeySpec="AES_256", EncryptionContext=ctx.as_dict()
+            ),
+        )
         return SecretBytes(bytearray(resp["Plaintext"])), bytes(resp["CiphertextBlob"])
 
     def _wrap(self, dek: SecretBytes, ctx: WrapContext) -> bytes:
         """Encrypt: for keys made here (the audit key, the health probe)."""
-        resp = self._api("encrypt", lambda: self._client.encrypt(
-            KeyId=self.key_arn, Plaintext=dek.to_bytes(), EncryptionContext=ctx.as_dict()))
+        resp = self._api(
+            "encrypt",
+            lambda: self._client.encrypt(
+                KeyId=self.key_arn, Plaintext=dek.to_bytes(), EncryptionContext=ctx.as_dict()
+            ),
+        )
         return bytes(resp["CiphertextBlob"])
 
     def _unwrap(self, wrapped: bytes, ctx: WrapContext) -> SecretBytes:
         """Decrypt, naming our key: KMS refuses a blob wrapped under any other."""
-        resp = self._api("decrypt", lambda: self._client.decrypt(
-            CiphertextBlob=wrapped, KeyId=self.key_arn, EncryptionContext=ctx.as_dict()))
+        resp = self._api(
+            "decrypt",
+            lambda: self._client.decrypt(
+                CiphertextBlob=wrapped, KeyId=self.key_arn, EncryptionContext=ctx.as_dict()
+            ),
+        )
         if resp.get("KeyId") not in (None, self.key_arn):
-            raise DecryptionError("AWS KMS unwrapped the data key with another key than this store's")
+            raise DecryptionError(
+                "AWS KMS unwrapped the data key with another key than this store's"
+            )
         return SecretBytes(bytearray(resp["Plaintext"]))
 
     def _rewrap(self, wrapped: bytes, ctx: WrapContext) -> bytes:
         """ReEncrypt: the DEK moves to the current key material inside KMS."""
         context = ctx.as_dict()
-        resp = self._api("reencrypt", lambda: self._client.re_encrypt(
-            CiphertextBlob=wrapped, SourceKeyId=self.key_arn, SourceEncryptionContext=context,
-            DestinationKeyId=self.key_arn, DestinationEncryptionContext=context))
+        resp = self._api(
+            "reencrypt",
+            lambda: self._client.re_encrypt(
+                CiphertextBlob=wrapped,
+                SourceKeyId=self.key_arn,
+                SourceEncryptionContext=context,
+                DestinationKeyId=self.key_arn,
+                DestinationEncryptionContext=context,
+            ),
+        )
         return bytes(resp["CiphertextBlob"])
 
     def _rotate(self) -> str:
@@ -197,7 +271,8 @@ class AwsKmsKeyProvider(KeyProvider):
             while (now := self._count_rotations()) <= before:
                 if time.monotonic() > deadline:
                     raise ProviderUnavailableError(
-                        f"KMS did not finish rotating {self.key_arn} within {ROTATION_WAIT_SECONDS:.0f}s; "
+                        f"KMS did not finish rotating {self.key_arn} within "
+                        f"{ROTATION_WAIT_SECONDS:.0f}s; "
                         "run `nebula-credential provider rotate` again later"
                     )
                 time.sleep(1.0)
@@ -210,7 +285,9 @@ class AwsKmsKeyProvider(KeyProvider):
             kwargs: dict[str, Any] = {"KeyId": self.key_arn}
             if marker:
                 kwargs["Marker"] = marker
-            page = self._api("list-rotations", lambda kw=kwargs: self._client.list_key_rotations(**kw))
+            page = self._api(
+                "list-rotations", lambda kw=kwargs: self._client.list_key_rotations(**kw)
+            )
             count += len(page.get("Rotations", []))
             marker = page.get("NextMarker")
             if not page.get("Truncated") or not marker:

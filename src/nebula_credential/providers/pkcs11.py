@@ -27,12 +27,13 @@ Either kind opens in either mode, so switching modes affects only new DEKs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidTag
 
@@ -55,8 +56,10 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("python-pkcs11", "pkcs11") from _exc
 
-if TYPE_CHECKING:
-    from pkcs11 import Session, SecretKey
+# python-pkcs11's handle classes are loosely typed (Key vs SecretKey mixins);
+# handles are kept as ``Any`` here and never leave this module.
+Session = Any
+SecretKey = Any
 
 MODES = ("wrap", "direct")
 _RAW = b"P1"
@@ -67,7 +70,9 @@ _AAD_DOMAIN = b"nebula-credential pkcs11 record\x00"
 _GCM = Mechanism.AES_GCM
 #: python-pkcs11 reports a bad GCM tag as a bare GeneralError (SoftHSM's CKR_GENERAL_ERROR).
 _TAG_REFUSED: tuple[type[Exception], ...] = (
-    p11e.GeneralError, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange,
+    p11e.GeneralError,
+    p11e.EncryptedDataInvalid,
+    p11e.EncryptedDataLenRange,
 )
 
 #: Errors after which the session (and the handles found through it) is gone.
@@ -82,6 +87,9 @@ _SESSION_LOST: tuple[type[Exception], ...] = (
     p11e.KeyHandleInvalid,
     p11e.UserNotLoggedIn,
 )
+#: Outside a decryption (where it means a bad tag) SoftHSM reports a vanished
+#: token as CKR_GENERAL_ERROR: treat it as a lost session too.
+_GONE: tuple[type[Exception], ...] = (*_SESSION_LOST, p11e.GeneralError)
 _PIN_REFUSED: tuple[type[Exception], ...] = (
     p11e.PinIncorrect,
     p11e.PinLocked,
@@ -104,7 +112,9 @@ def load_library(path: str) -> Any:
             try:
                 lib = pkcs11.lib(path)
             except p11e.PKCS11Error as exc:
-                raise ConfigError("provider.library", f"cannot load PKCS#11 library {path}: {exc}") from None
+                raise ConfigError(
+                    "provider.library", f"cannot load PKCS#11 library {path}: {exc}"
+                ) from None
             _LIBS[path] = lib
         return lib
 
@@ -112,7 +122,7 @@ def load_library(path: str) -> Any:
 class HsmAead:
     """The AESGCM shape over a DEK object that never leaves the token."""
 
-    __slots__ = ("_provider", "_ref", "_label")
+    __slots__ = ("_label", "_provider", "_ref")
 
     def __init__(self, provider: Pkcs11KeyProvider, ref: bytes, label: str) -> None:
         self._provider = provider
@@ -190,10 +200,14 @@ class Pkcs11KeyProvider(KeyProvider):
         if not library:
             raise ConfigError("provider.library", "set the path of the PKCS#11 module (.so)")
         if not token_label:
-            raise ConfigError("provider.token_label", "set the label of the token holding the root key")
+            raise ConfigError(
+                "provider.token_label", "set the label of the token holding the root key"
+            )
         pin = secret_from(settings, "pin")
         if pin is None:
-            raise ConfigError("provider.pin_file", "set pin_file (a path) or pin_env (a variable name)")
+            raise ConfigError(
+                "provider.pin_file", "set pin_file (a path) or pin_env (a variable name)"
+            )
         return cls(
             library=str(library),
             token_label=str(token_label),
@@ -207,8 +221,12 @@ class Pkcs11KeyProvider(KeyProvider):
     def stored_settings(self) -> dict[str, Any]:
         keep = ("library", "token_label", "key_label", "mode", "pin_file", "pin_env")
         out = {k: self._settings[k] for k in keep if k in self._settings}
-        out.update(library=self.library, token_label=self.token_label, key_label=self.key_label,
-                   mode=self.mode)
+        out.update(
+            library=self.library,
+            token_label=self.token_label,
+            key_label=self.key_label,
+            mode=self.mode,
+        )
         return out
 
     # ---- session handling ----------------------------------------------------
@@ -221,9 +239,11 @@ class Pkcs11KeyProvider(KeyProvider):
         except p11e.NoSuchToken:
             if self._connected_once:  # it was there: removed, maybe coming back
                 raise TransientProviderError(f"token {self.token_label!r} is not present") from None
-            raise ConfigError("provider.token_label", f"no PKCS#11 token labelled {self.token_label!r} "
-                              f"in {self.library}") from None
-        except (*_SESSION_LOST, p11e.GeneralError) as exc:  # SoftHSM: a token folder vanished
+            raise ConfigError(
+                "provider.token_label",
+                f"no PKCS#11 token labelled {self.token_label!r} in {self.library}",
+            ) from None
+        except _GONE as exc:
             raise TransientProviderError(f"token unavailable ({type(exc).__name__})") from None
         try:
             try:
@@ -249,10 +269,8 @@ class Pkcs11KeyProvider(KeyProvider):
         session, self._session = self._session, None
         self._roots, self._deks = {}, {}
         if session is not None:
-            try:
+            with contextlib.suppress(p11e.PKCS11Error):  # already gone
                 session.close()
-            except p11e.PKCS11Error:
-                pass  # already gone
 
     @contextmanager
     def _token(self) -> Iterator[Session]:
@@ -261,13 +279,15 @@ class Pkcs11KeyProvider(KeyProvider):
             session = self._connect()
             try:
                 yield session
-            except (*_SESSION_LOST, p11e.GeneralError) as exc:
-                # Outside a decryption (where it means a bad tag) SoftHSM reports a
-                # vanished token as CKR_GENERAL_ERROR: treat it as a lost session too.
+            except _GONE as exc:
                 self._drop_session()
-                raise TransientProviderError(f"PKCS#11 session lost ({type(exc).__name__})") from None
+                raise TransientProviderError(
+                    f"PKCS#11 session lost ({type(exc).__name__})"
+                ) from None
             except _PIN_REFUSED as exc:
-                raise ProviderPermissionError(f"token refused the login ({type(exc).__name__})") from None
+                raise ProviderPermissionError(
+                    f"token refused the login ({type(exc).__name__})"
+                ) from None
             except p11e.PKCS11Error as exc:
                 raise ProviderError(f"PKCS#11 operation failed ({type(exc).__name__})") from None
 
@@ -276,18 +296,25 @@ class Pkcs11KeyProvider(KeyProvider):
         roots: dict[int, SecretKey] = {}
         for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
             label = obj.label or ""
-            if label.startswith(prefix) and label[len(prefix):].isdigit():
-                roots[int(label[len(prefix):])] = obj  # type: ignore[assignment]
+            if label.startswith(prefix) and label[len(prefix) :].isdigit():
+                roots[int(label[len(prefix) :])] = obj
         self._current = max(roots, default=0)
         return roots
 
     def _generate_root(self, version: int) -> int:
         with self._token() as session:
             key = session.generate_key(
-                KeyType.AES, 256, label=f"{self.key_label}:v{version}", store=True,
+                KeyType.AES,
+                256,
+                label=f"{self.key_label}:v{version}",
+                store=True,
                 capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-                template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-                          Attribute.TOKEN: True, Attribute.PRIVATE: True},
+                template={
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                },
             )
             self._roots[version] = key
             self._current = max(self._current, version)
@@ -309,8 +336,11 @@ class Pkcs11KeyProvider(KeyProvider):
             root = self._roots[version]
             nonce = os.urandom(12)
             header = kind + version.to_bytes(4, "big") + nonce
-            ct = root.encrypt(bytes(payload), mechanism=Mechanism.AES_GCM,
-                              mechanism_param=GCMParams(nonce, self._aad(header, ctx), 128))
+            ct = root.encrypt(
+                bytes(payload),
+                mechanism=Mechanism.AES_GCM,
+                mechanism_param=GCMParams(nonce, self._aad(header, ctx), 128),
+            )
             return header + bytes(ct)
 
     def _open_record(self, record: bytes, ctx: WrapContext, kind: bytes, size: int) -> bytearray:
@@ -330,8 +360,13 @@ class Pkcs11KeyProvider(KeyProvider):
                     "(wrong token or key_label for this store?)"
                 )
             try:
-                return bytearray(root.decrypt(record[_HEADER:], mechanism=Mechanism.AES_GCM,
-                                              mechanism_param=GCMParams(nonce, self._aad(header, ctx), 128)))
+                return bytearray(
+                    root.decrypt(
+                        record[_HEADER:],
+                        mechanism=Mechanism.AES_GCM,
+                        mechanism_param=GCMParams(nonce, self._aad(header, ctx), 128),
+                    )
+                )
             except _TAG_REFUSED:
                 raise DecryptionError(
                     f"data key {ctx.keyring}/v{ctx.version} does not unwrap under root key "
@@ -344,7 +379,9 @@ class Pkcs11KeyProvider(KeyProvider):
 
     def _unwrap(self, wrapped: bytes, ctx: WrapContext) -> SecretBytes:
         if wrapped[:2] == _REF:
-            raise ProviderError("a direct-mode data key never leaves the token; it cannot be unwrapped")
+            raise ProviderError(
+                "a direct-mode data key never leaves the token; it cannot be unwrapped"
+            )
         return SecretBytes(self._open_record(wrapped, ctx, _RAW, len(wrapped) - _HEADER - 16))
 
     def _rewrap(self, wrapped: bytes, ctx: WrapContext) -> bytes:
@@ -369,10 +406,18 @@ class Pkcs11KeyProvider(KeyProvider):
         label = self._dek_label(ctx)
         with self._token() as session:
             session.generate_key(
-                KeyType.AES, 256, id=ref, label=label, store=True,
+                KeyType.AES,
+                256,
+                id=ref,
+                label=label,
+                store=True,
                 capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-                template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-                          Attribute.TOKEN: True, Attribute.PRIVATE: True},
+                template={
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                },
             )
             self._dek(ref, label)
         return HsmAead(self, ref, label), self._seal(_REF, ref, ctx)
@@ -395,20 +440,23 @@ class Pkcs11KeyProvider(KeyProvider):
             try:
                 key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=ref)
             except p11e.NoSuchKey:
-                raise DecryptionError(f"data key object {label!r} is not in token "
-                                      f"{self.token_label!r} (destroyed, or another token?)") from None
+                raise DecryptionError(
+                    f"data key object {label!r} is not in token "
+                    f"{self.token_label!r} (destroyed, or another token?)"
+                ) from None
             if key.label != label:
                 raise DecryptionError(f"token object {key.label!r} is not data key {label!r}")
             # Work on a session copy: SoftHSM re-checks a token object's file on
             # every use, a session object lives in memory.  The copy inherits
             # SENSITIVE and non-EXTRACTABLE (PKCS#11 forbids relaxing them) and
             # vanishes with the session.
-            fast: SecretKey = key.copy({Attribute.TOKEN: False})  # type: ignore[assignment]
+            fast: SecretKey = key.copy({Attribute.TOKEN: False})
             self._deks[ref] = fast
             return fast
 
-    def _gcm(self, ref: bytes, label: str, seal: bool, nonce: bytes, data: bytes,
-             aad: bytes | None) -> bytes:
+    def _gcm(
+        self, ref: bytes, label: str, seal: bool, nonce: bytes, data: bytes, aad: bytes | None
+    ) -> bytes:
         """One AES-GCM operation in the token (the direct-mode hot path).
 
         The common case is one locked library call on a cached handle; any
@@ -423,10 +471,10 @@ class Pkcs11KeyProvider(KeyProvider):
                     if seal:
                         return bytes(key.encrypt(data, mechanism=_GCM, mechanism_param=param))
                     return bytes(key.decrypt(data, mechanism=_GCM, mechanism_param=param))
-            except _TAG_REFUSED if not seal else ():
-                raise HsmTagError("envelope failed authentication in the token") from None
-            except p11e.PKCS11Error:
-                pass  # fall through to the guarded path, which maps and retries
+            except p11e.PKCS11Error as exc:
+                if not seal and isinstance(exc, _TAG_REFUSED):
+                    raise HsmTagError("envelope failed authentication in the token") from None
+                # otherwise fall through to the guarded path, which maps and retries
 
         def op() -> bytes:
             with self._token():
@@ -467,4 +515,3 @@ class Pkcs11KeyProvider(KeyProvider):
         """The root key's token object (tests and diagnostics; its value is unreadable)."""
         with self._token():
             return self._roots[version or self.current_version]
-
