@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,20 @@ def test_data_keys_are_bound_to_their_context(moto_kms: MotoKms) -> None:
     nonce = b"\x00" * 12
     ct = aead.encrypt(nonce, b"data", b"aad")
     assert p.open_dek(wrapped, ctx).decrypt(nonce, ct, b"aad") == b"data"
+
+
+def test_debug_logs_never_show_a_data_key(
+    moto_kms: MotoKms, caplog: pytest.LogCaptureFixture
+) -> None:
+    import base64
+
+    p = AwsKmsKeyProvider.from_config(moto_kms.settings())
+    ctx = WrapContext("kr", 1)
+    with caplog.at_level(logging.DEBUG, logger="botocore"):
+        _, wrapped = p.generate_dek(ctx)
+        dek = p.unwrap(wrapped, ctx)
+    assert "redacted by nebula-credential" in caplog.text  # botocore did log the bodies
+    assert base64.b64encode(dek.to_bytes()).decode() not in caplog.text
 
 
 def test_rotation_uses_rotate_on_demand_and_reencrypt(moto_kms: MotoKms) -> None:

@@ -24,7 +24,7 @@ from nebula_credential.envelope import credential_context
 from nebula_credential.exceptions import NebulaCredentialError
 from nebula_credential.keys import KeyManager
 from nebula_credential.models import KeyStatus
-from nebula_credential.providers import open_provider
+from nebula_credential.providers import WrapContext, open_provider
 from nebula_credential.rootkeys import rotate_root_key
 
 from .helpers import FakeClock, cli_env, run_cli
@@ -83,6 +83,7 @@ def test_full_lifecycle(
         v.put("cred-0", {"token": "rewritten"}, scope="production")
         values["cred-0"] = {"token": "rewritten"}
         old_root = v.provider.root_key_id()
+        early = open_provider(cfg.provider)  # another process, started before the root rotation
         rot = rotate_root_key(v.store, v.provider, v.audit)
         assert rot.old_root_key_id == old_root and rot.new_root_key_id != old_root
         assert rot.rewrapped == 2 and rot.skipped_destroyed == 1
@@ -90,6 +91,12 @@ def test_full_lifecycle(
         versions = {kv.version: kv for kv in v.keys.list()}
         assert versions[1].status is KeyStatus.DESTROYED and versions[1].wrapped_key is None
         assert {versions[2].root_key_id, versions[3].root_key_id} == {rot.new_root_key_id}
+        # that other process still opens every DEK, now wrapped under the new root
+        for kv in versions.values():
+            if kv.wrapped_key is not None:
+                aead = early.open_dek(kv.wrapped_key, WrapContext("default", kv.version))
+                assert aead.decrypt(b"\0" * 12, aead.encrypt(b"\0" * 12, b"p", b""), b"") == b"p"
+        early.close()
         # no credential was re-encrypted by the root rotation
         assert v.keys.credential_counts() == {2: len(values) - 1, 3: 1}
         for cid, value in values.items():

@@ -20,6 +20,7 @@ mode, bounded attempts); after them the caller gets a clear
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -72,6 +73,29 @@ _STATE_CODES = frozenset(
 
 #: How long ``provider rotate`` waits for KMS to list the new key material.
 ROTATION_WAIT_SECONDS = 60.0
+
+#: botocore loggers that print request or response bodies at DEBUG.
+_BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers", "botocore.hooks", "botocore.httpsession")
+
+
+class RedactKmsBodies(logging.Filter):
+    """Keep DEK plaintext out of botocore's DEBUG logs (``--debug`` turns them on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        if "Plaintext" in message:
+            record.msg, record.args = "<KMS body redacted by nebula-credential>", ()
+        return True
+
+
+def install_log_redaction() -> None:
+    for name in _BODY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKmsBodies) for f in logger.filters):
+            logger.addFilter(RedactKmsBodies())
 
 
 def _int(settings: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -131,6 +155,7 @@ class AwsKmsKeyProvider(KeyProvider):
     @staticmethod
     def make_client(settings: dict[str, Any]) -> Any:
         """A KMS client: ``profile`` or the default chain; bounded retries and timeouts."""
+        install_log_redaction()
         config = Config(
             retries={
                 "mode": "standard",

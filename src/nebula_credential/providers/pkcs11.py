@@ -437,13 +437,22 @@ class Pkcs11KeyProvider(KeyProvider):
         if key is not None:
             return key
         with self._token() as session:
-            try:
-                key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=ref)
-            except p11e.NoSuchKey:
+            # only the stored object: session copies (ours or another instance's) share its id
+            found = list(
+                session.get_objects(
+                    {
+                        Attribute.CLASS: ObjectClass.SECRET_KEY,
+                        Attribute.ID: ref,
+                        Attribute.TOKEN: True,
+                    }
+                )
+            )
+            if len(found) != 1:
                 raise DecryptionError(
                     f"data key object {label!r} is not in token "
                     f"{self.token_label!r} (destroyed, or another token?)"
-                ) from None
+                )
+            key = found[0]
             if key.label != label:
                 raise DecryptionError(f"token object {key.label!r} is not data key {label!r}")
             # Work on a session copy: SoftHSM re-checks a token object's file on
