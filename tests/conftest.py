@@ -12,7 +12,7 @@ import nebula_credential as nc
 
 from .helpers import FakeClock
 
-pytest_plugins: list[str] = ["tests.fixtures_postgres"]
+pytest_plugins: list[str] = ["tests.fixtures_postgres", "tests.fixtures_hsm_kms"]
 
 STORE_KINDS = ["sqlite", "postgres"]
 

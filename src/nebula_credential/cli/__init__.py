@@ -23,6 +23,7 @@ from .keys import keys
 from .maintenance import cleanup_cmd, daemon, maintain
 from .migrate import adopt, doctor
 from .ops import init, reencrypt, status
+from .provider import provider
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +62,7 @@ for command in (
     maintain,
     daemon,
     audit,
+    provider,
 ):
     cli.add_command(command)
 

@@ -108,6 +108,11 @@ class LocalKeyProvider(KeyProvider):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LocalKeyProvider:
         p = Path(path)
+        return cls(cls._read_keys(p), path=p)
+
+    @staticmethod
+    def _read_keys(p: Path) -> list[SecretBytes]:
+        """Every generation in the key file, oldest first (permissions checked)."""
         if not p.exists():
             raise ConfigError(
                 "provider.key_file",
@@ -129,7 +134,7 @@ class LocalKeyProvider(KeyProvider):
             if len(material) != 32 or _key_id(material).hex().encode() != parts[1]:
                 raise ConfigError("provider.key_file", f"{p} line {n}: key is damaged (length or id mismatch)")
             keys.append(SecretBytes(material))
-        return cls(keys, path=p)
+        return keys
 
     @classmethod
     def from_config(
@@ -156,6 +161,11 @@ class LocalKeyProvider(KeyProvider):
             raise ProviderError("wrapped key is not in the local provider's format")
         kid = wrapped[2 : 2 + _ID_LEN]
         cipher = self._ciphers.get(kid)
+        if cipher is None and self._path is not None:
+            # `provider rotate` in another process appended a generation: reload once.
+            for key in self._read_keys(self._path):
+                self._add(key)
+            cipher = self._ciphers.get(kid)
         if cipher is None:
             raise DecryptionError(
                 f"data key {ctx.keyring}/v{ctx.version} was wrapped by root key {kid.hex()}, "
