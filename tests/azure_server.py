@@ -85,9 +85,15 @@ def make_tls(folder: Path) -> TlsFiles:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -192,7 +198,9 @@ class AzureKeyVaultServer:
         self.tokens[token] = frozenset(permissions)
         return token
 
-    def register_client(self, client_id: str, secret: str, permissions: Iterable[str] = ALL_OPS) -> None:
+    def register_client(
+        self, client_id: str, secret: str, permissions: Iterable[str] = ALL_OPS
+    ) -> None:
         self.clients[client_id] = (secret, frozenset(permissions))
 
     def fail_next(self, count: int, status: int = 503) -> None:
@@ -213,9 +221,11 @@ class AzureKeyVaultServer:
         versions = self.keys.get(name)
         if not versions:
             raise ApiError(
-                404, "KeyNotFound",
+                404,
+                "KeyNotFound",
                 f"A key with (name/id) {name} was not found in this key vault. If you recently "
-                "deleted this key you may be able to recover it using the correct recovery command.",
+                "deleted this key you may be able to recover it using the correct recovery "
+                "command.",
             )
         if not version:
             return versions[-1]
@@ -223,7 +233,9 @@ class AzureKeyVaultServer:
             if kv.version == version:
                 return kv
         raise ApiError(
-            404, "KeyNotFound", f"A key with (name/id) {name}/{version} was not found in this key vault."
+            404,
+            "KeyNotFound",
+            f"A key with (name/id) {name}/{version} was not found in this key vault.",
         )
 
     def _new_version(self, name: str, kty: str, key_size: int, key_ops: list[str]) -> KeyVersion:
@@ -271,13 +283,16 @@ class AzureKeyVaultServer:
             )
 
     # ---- endpoints ------------------------------------------------------------------
-    def handle(self, method: str, parts: list[str], body: dict[str, Any], perms: frozenset[str]
-               ) -> tuple[int, dict[str, Any]]:
+    def handle(
+        self, method: str, parts: list[str], body: dict[str, Any], perms: frozenset[str]
+    ) -> tuple[int, dict[str, Any]]:
         def need(op: str) -> None:
             if op not in perms:
                 raise ApiError(
-                    403, "Forbidden",
-                    f"The user, group or application does not have keys {op} permission on key vault "
+                    403,
+                    "Forbidden",
+                    f"The user, group or application does not have keys {op} permission on "
+                    "key vault "
                     f"'127.0.0.1'.",
                     "AccessDenied",
                 )
@@ -299,7 +314,9 @@ class AzureKeyVaultServer:
             if method == "POST" and rest == ["rotate"]:
                 need("rotate")
                 last = self._version(name, "")
-                return 200, self.bundle(name, self._new_version(name, last.kty, last.key_size, last.key_ops))
+                return 200, self.bundle(
+                    name, self._new_version(name, last.kty, last.key_size, last.key_ops)
+                )
             if method == "GET" and len(rest) <= 1:
                 need("get")
                 kv = self._version(name, rest[0] if rest else "")
@@ -319,7 +336,9 @@ class AzureKeyVaultServer:
                 kv = self._version(name, rest[0])
                 self._usable(kv, op)
                 if op not in kv.key_ops:
-                    raise ApiError(403, "Forbidden", f"Operation {op} is not permitted on this key.")
+                    raise ApiError(
+                        403, "Forbidden", f"Operation {op} is not permitted on this key."
+                    )
                 value = unb64url(str(body.get("value", "")))
                 out = self._keywrap(kv, op, str(body.get("alg", "")), value)
                 return 200, {"kid": f"{self.url}/keys/{name}/{kv.version}", "value": b64url(out)}
@@ -337,23 +356,32 @@ class AzureKeyVaultServer:
                     return aes_key_wrap(kv.material, value)
                 return aes_key_unwrap(kv.material, value)
         except (ValueError, InvalidUnwrap):
-            raise ApiError(400, "BadParameter", "Bad Request: the value could not be processed.") from None
+            raise ApiError(
+                400, "BadParameter", "Bad Request: the value could not be processed."
+            ) from None
         raise ApiError(400, "BadParameter", f"Algorithm {alg} is not valid for a {kv.kty} key.")
 
     def token_endpoint(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         client_id = (form.get("client_id") or [""])[0]
         secret = (form.get("client_secret") or [""])[0]
         known = self.clients.get(client_id)
-        if (form.get("grant_type") or [""])[0] != "client_credentials" or known is None \
-                or not secrets.compare_digest(known[0], secret):
+        if (
+            (form.get("grant_type") or [""])[0] != "client_credentials"
+            or known is None
+            or not secrets.compare_digest(known[0], secret)
+        ):
             return 401, {
                 "error": "invalid_client",
                 "error_description": "AADSTS7000215: Invalid client secret provided.",
                 "error_codes": [7000215],
             }
         token = self.issue_token(known[1])
-        return 200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
-                     "access_token": token}
+        return 200, {
+            "token_type": "Bearer",
+            "expires_in": 3599,
+            "ext_expires_in": 3599,
+            "access_token": token,
+        }
 
     def openid_configuration(self) -> dict[str, Any]:
         base = f"{self.url}/{self.tenant}"
@@ -383,8 +411,9 @@ def _make_handler(server: AzureKeyVaultServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def _send(self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None
-                  ) -> None:
+        def _send(
+            self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None
+        ) -> None:
             data = json.dumps(body).encode() if body is not None else b""
             self.send_response(status)
             for k, v in (headers or {}).items():
@@ -409,12 +438,23 @@ def _make_handler(server: AzureKeyVaultServer) -> type[BaseHTTPRequestHandler]:
             server.requests.append((self.command, split.path))
             status = server.take_failure()
             if status is not None:
-                self._send(status, {"error": {"code": "ServiceUnavailable",
-                                              "message": "The service is temporarily unavailable."}})
+                self._send(
+                    status,
+                    {
+                        "error": {
+                            "code": "ServiceUnavailable",
+                            "message": "The service is temporarily unavailable.",
+                        }
+                    },
+                )
                 return
             # Microsoft Entra ID endpoints (client secret credential)
             if len(parts) >= 2 and parts[0] == server.tenant:
-                if self.command == "GET" and parts[1:] == ["v2.0", ".well-known", "openid-configuration"]:
+                if self.command == "GET" and parts[1:] == [
+                    "v2.0",
+                    ".well-known",
+                    "openid-configuration",
+                ]:
                     self._send(200, server.openid_configuration())
                     return
                 if self.command == "POST" and parts[1:] == ["oauth2", "v2.0", "token"]:
@@ -431,13 +471,27 @@ def _make_handler(server: AzureKeyVaultServer) -> type[BaseHTTPRequestHandler]:
                     f'Bearer authorization="https://login.microsoftonline.com/{server.tenant}", '
                     'resource="https://vault.azure.net"'
                 )
-                self._send(401, {"error": {"code": "Unauthorized",
-                                           "message": "AKV10000: Request is missing a Bearer or PoP token."}},
-                           {"WWW-Authenticate": challenge})
+                self._send(
+                    401,
+                    {
+                        "error": {
+                            "code": "Unauthorized",
+                            "message": "AKV10000: Request is missing a Bearer or PoP token.",
+                        }
+                    },
+                    {"WWW-Authenticate": challenge},
+                )
                 return
             if "api-version" not in parse_qs(split.query):
-                self._send(400, {"error": {"code": "BadParameter",
-                                           "message": "The 'api-version' query parameter is missing."}})
+                self._send(
+                    400,
+                    {
+                        "error": {
+                            "code": "BadParameter",
+                            "message": "The 'api-version' query parameter is missing.",
+                        }
+                    },
+                )
                 return
             try:
                 body = json.loads(raw) if raw else {}

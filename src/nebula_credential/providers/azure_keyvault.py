@@ -127,9 +127,13 @@ class AzureKeyVaultProvider(KeyProvider):
     ) -> AzureKeyVaultProvider:
         for required in ("vault_url", "key_name"):
             if not settings.get(required):
-                raise ConfigError(f"provider.{required}", "required for the azure-keyvault provider")
+                raise ConfigError(
+                    f"provider.{required}", "required for the azure-keyvault provider"
+                )
         if not str(settings["vault_url"]).lower().startswith("https://"):
-            raise ConfigError("provider.vault_url", "must be an https:// URL (Key Vault refuses plain http)")
+            raise ConfigError(
+                "provider.vault_url", "must be an https:// URL (Key Vault refuses plain http)"
+            )
         key_type = str(settings.get("key_type", "RSA"))
         if key_type not in _RSA_TYPES + _AES_TYPES:
             raise ConfigError("provider.key_type", f"allowed: {', '.join(_RSA_TYPES + _AES_TYPES)}")
@@ -167,9 +171,18 @@ class AzureKeyVaultProvider(KeyProvider):
 
     def stored_settings(self) -> dict[str, Any]:
         keep = (
-            "vault_url", "key_name", "key_type", "key_size", "tenant_id", "client_id",
-            "client_secret_file", "client_secret_env", "authority", "disable_instance_discovery",
-            "connection_verify", "verify_challenge_resource",
+            "vault_url",
+            "key_name",
+            "key_type",
+            "key_size",
+            "tenant_id",
+            "client_id",
+            "client_secret_file",
+            "client_secret_env",
+            "authority",
+            "disable_instance_discovery",
+            "connection_verify",
+            "verify_challenge_resource",
         )
         return {k: self._settings[k] for k in keep if k in self._settings}
 
@@ -177,7 +190,7 @@ class AzureKeyVaultProvider(KeyProvider):
     def _api(self, op: str, fn: Any) -> Any:
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - mapped to a typed error below
+        except Exception as exc:
             self._raise(op, exc)
 
     def _raise(self, op: str, exc: Exception) -> NoReturn:
@@ -190,13 +203,15 @@ class AzureKeyVaultProvider(KeyProvider):
         if isinstance(exc, ResourceNotFoundError):
             raise ConfigError(
                 "provider.key_name",
-                f"Azure key {self.key_name!r} (or the version named) not found in {self.vault_url}; "
+                f"Azure key {self.key_name!r} (or the version named) not found in "
+                f"{self.vault_url}; "
                 "check vault_url/key_name, or run `nebula-credential init` to create it",
             ) from None
         if isinstance(exc, ServiceRequestError | ServiceResponseError):
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise ProviderError(
-                    f"TLS verification of {self.vault_url} failed during {op}; check connection_verify"
+                    f"TLS verification of {self.vault_url} failed during {op}; "
+                    "check connection_verify"
                 ) from None
             raise TransientProviderError(f"Azure Key Vault {op}: {type(exc).__name__}") from None
         if isinstance(exc, HttpResponseError):
@@ -211,16 +226,21 @@ class AzureKeyVaultProvider(KeyProvider):
                 ) from None
             if status in (401, 403):
                 raise ProviderPermissionError(
-                    f"Azure Key Vault denied {op} on {where} (HTTP {status} {code or ''}); grant the "
+                    f"Azure Key Vault denied {op} on {where} (HTTP {status} {code or ''}); "
+                    "grant the "
                     "identity get, wrapKey and unwrapKey (and rotate for `provider rotate`)"
                 ) from None
             if status == 400 and op == "unwrap":
                 raise DecryptionError(
                     f"Azure Key Vault could not unwrap the data key with {where} (wrong key?)"
                 ) from None
-            raise ProviderError(f"Azure Key Vault {op} on {where} failed: HTTP {status} {code or ''}") from None
+            raise ProviderError(
+                f"Azure Key Vault {op} on {where} failed: HTTP {status} {code or ''}"
+            ) from None
         if isinstance(exc, ValueError | NotImplementedError):
-            raise ProviderError(f"Azure Key Vault {op} on {where} failed: {type(exc).__name__}") from None
+            raise ProviderError(
+                f"Azure Key Vault {op} on {where} failed: {type(exc).__name__}"
+            ) from None
         raise exc
 
     def _load_current(self) -> None:
@@ -230,7 +250,7 @@ class AzureKeyVaultProvider(KeyProvider):
             if not self._create_missing:
                 self._raise("get-key", ResourceNotFoundError("not found"))
             key = self._api("create-key", self._create_key)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._raise("get-key", exc)
         self._use(key)
 
@@ -238,20 +258,23 @@ class AzureKeyVaultProvider(KeyProvider):
         kty = str(self._settings.get("key_type", "RSA"))
         ops = ["wrapKey", "unwrapKey"]
         if kty in _AES_TYPES:
+            # A256KW only: key_size applies to RSA keys
             return self._keys.create_oct_key(
-                self.key_name, size=int(self._settings.get("key_size", 256)), hardware_protected=True,
-                key_operations=ops,
+                self.key_name, size=256, hardware_protected=True, key_operations=ops
             )
         return self._keys.create_rsa_key(
-            self.key_name, size=int(self._settings.get("key_size", 3072)),
-            hardware_protected=kty == "RSA-HSM", key_operations=ops,
+            self.key_name,
+            size=int(self._settings.get("key_size", 3072)),
+            hardware_protected=kty == "RSA-HSM",
+            key_operations=ops,
         )
 
     def _use(self, key: KeyVaultKey) -> None:
         kty = str(getattr(key.key_type, "value", key.key_type))
         if kty not in _RSA_TYPES + _AES_TYPES:
             raise ConfigError(
-                "provider.key_name", f"Azure key {self.key_name!r} is {kty}; use an RSA or oct-HSM key"
+                "provider.key_name",
+                f"Azure key {self.key_name!r} is {kty}; use an RSA or oct-HSM key",
             )
         if key.properties.enabled is False:
             raise ProviderError(f"Azure key {key.id} is disabled; enable it to use it")
@@ -268,7 +291,7 @@ class AzureKeyVaultProvider(KeyProvider):
                 client = CryptographyClient(kid, self._credential, **self._client_kwargs)
                 # Remote operations only (see the module docstring): no GET of the key
                 # material, no local wrap with it.
-                client._initialized = True  # noqa: SLF001
+                client._initialized = True
                 self._crypto[kid] = client
             return client
 
@@ -300,13 +323,15 @@ class AzureKeyVaultProvider(KeyProvider):
         try:
             if not wrapped.startswith(_PREFIX):
                 raise ValueError
-            record = json.loads(wrapped[len(_PREFIX):])
+            record = json.loads(wrapped[len(_PREFIX) :])
             kid, alg_name, wk = str(record["kid"]), str(record["alg"]), _unb64url(record["wk"])
             alg = KeyWrapAlgorithm(alg_name)
         except (ValueError, KeyError, TypeError):
-            raise ProviderError("wrapped key is not in the azure-keyvault provider's format") from None
+            raise ProviderError(
+                "wrapped key is not in the azure-keyvault provider's format"
+            ) from None
         prefix = f"{self.vault_url}/keys/{self.key_name}/"
-        version = kid[len(prefix):]
+        version = kid[len(prefix) :]
         if not kid.startswith(prefix) or not version or "/" in version:
             raise DecryptionError(
                 f"data key was wrapped by {kid}, not by a version of {self.vault_url}/keys/"
