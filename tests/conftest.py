@@ -12,7 +12,12 @@ import nebula_credential as nc
 
 from .helpers import FakeClock
 
-pytest_plugins: list[str] = ["tests.fixtures_postgres", "tests.fixtures_hsm_kms"]
+pytest_plugins: list[str] = [
+    "tests.fixtures_postgres",
+    "tests.fixtures_hsm_kms",
+    "tests.fixtures_transit",
+    "tests.fixtures_azure",
+]
 
 STORE_KINDS = ["sqlite", "postgres"]
 

