@@ -35,6 +35,7 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .keys import KeyManager, VersionedKey
+from .metrics import KeyMetrics
 from .models import Credential, EncryptedCredential, KeyStatus, KeyVersion
 from .policies import (
     BeforeExpiryRotation,
@@ -68,6 +69,7 @@ __all__ = [
     "KeyDestroyedError",
     "KeyManagementConfig",
     "KeyManager",
+    "KeyMetrics",
     "KeyNotFoundError",
     "KeyProvider",
     "KeyRetentionPolicy",
