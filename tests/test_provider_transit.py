@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -223,7 +224,7 @@ def test_server_down_is_a_bounded_retry_then_a_clear_error(
 class FlakyProxy:
     """Forwards to OpenBao, answering the first ``failures`` requests with 503."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, ca_cert: Path) -> None:
         self.upstream = upstream
         self.failures = 0
         self.seen = 0
@@ -243,7 +244,12 @@ class FlakyProxy:
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 resp = requests.request(
-                    self.command, proxy.upstream + self.path, headers=headers, data=body, timeout=10
+                    self.command,
+                    proxy.upstream + self.path,
+                    headers=headers,
+                    data=body,
+                    timeout=10,
+                    verify=str(ca_cert),
                 )
                 self._reply(resp.status_code, resp.content)
 
@@ -268,7 +274,7 @@ class FlakyProxy:
 
 @pytest.fixture
 def flaky(openbao: OpenBao) -> Iterator[FlakyProxy]:
-    proxy = FlakyProxy(openbao.url)
+    proxy = FlakyProxy(openbao.url, openbao.ca_cert)
     yield proxy
     proxy.close()
 
@@ -289,3 +295,31 @@ def test_5xx_then_success_is_retried(openbao: OpenBao, flaky: FlakyProxy) -> Non
     with pytest.raises(ProviderUnavailableError, match="after 4 attempts"):
         p.unwrap(wrapped, ctx)
     assert flaky.seen == 4  # bounded
+
+
+def test_namespace_setting(openbao: OpenBao) -> None:
+    ns = f"team-{uuid.uuid4().hex[:8]}"
+    root = openbao.client()
+    root.adapter.post(f"/v1/sys/namespaces/{ns}")
+    openbao.client(namespace=ns).sys.enable_secrets_engine("transit", path="transit")
+    settings = openbao.settings(namespace=ns)
+    p = VaultTransitProvider.from_config(settings, create=True)
+    p.check()
+    assert p.describe()["namespace"] == ns
+    # the key lives only in that namespace
+    nested = openbao.client(namespace=ns).secrets.transit.read_key(name=settings["key_name"])
+    assert nested["data"]["derived"] is True
+    outside = {k: v for k, v in settings.items() if k != "namespace"}
+    with pytest.raises(ConfigError, match="not found"):
+        VaultTransitProvider.from_config(outside)
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_settings(openbao: OpenBao) -> None:
+    settings = openbao.settings()
+    VaultTransitProvider.from_config(settings, create=True).check()  # ca_cert given: verified
+    no_ca = {k: v for k, v in settings.items() if k != "ca_cert"}
+    with pytest.raises(ProviderError, match="TLS to Vault failed") as err:
+        VaultTransitProvider.from_config(no_ca)
+    assert not isinstance(err.value, ProviderUnavailableError)  # not retried
+    VaultTransitProvider.from_config({**no_ca, "verify": False}).check()
