@@ -12,7 +12,11 @@ import nebula_credential as nc
 
 from .helpers import FakeClock
 
-pytest_plugins: list[str] = ["tests.fixtures_hsm_kms", "tests.fixtures_transit", "tests.fixtures_azure"]
+pytest_plugins: list[str] = [
+    "tests.fixtures_hsm_kms",
+    "tests.fixtures_transit",
+    "tests.fixtures_azure",
+]
 
 STORE_KINDS = ["sqlite"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import uuid
@@ -28,7 +29,7 @@ from nebula_credential.providers.vault_transit import VaultTransitProvider, wrap
 from nebula_credential.rootkeys import rotate_root_key
 
 from .fixtures_transit import OpenBao
-from .helpers import FakeClock, free_port
+from .helpers import FakeClock, cli_env, free_port, run_cli
 
 
 def cfg(settings: dict[str, Any]) -> KeyManagementConfig:
@@ -323,3 +324,23 @@ def test_tls_settings(openbao: OpenBao) -> None:
         VaultTransitProvider.from_config(no_ca)
     assert not isinstance(err.value, ProviderUnavailableError)  # not retried
     VaultTransitProvider.from_config({**no_ca, "verify": False}).check()
+
+
+def test_cli_names_the_transit_version_and_the_fix(openbao: OpenBao, tmp_path: Path) -> None:
+    settings = openbao.settings()
+    config = tmp_path / "nebula.toml"
+    config.write_text(
+        "[provider]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    )
+    env = cli_env(
+        NEBULA_CREDENTIAL_CONFIG=str(config), NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}"
+    )
+    for args in (("init", "--provider", "vault-transit"), ("put", "github", "--value", '{"t": 1}')):
+        assert run_cli(*args, cwd=tmp_path, env=env).returncode == 0
+    openbao.client().secrets.transit.rotate_key(name=settings["key_name"])
+    _raise_min_decryption(openbao, settings["key_name"], 2)
+    proc = run_cli("provider", "check", cwd=tmp_path, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ")
+    assert "version 1, below its min_decryption_version 2" in proc.stderr
+    assert "provider rotate" in proc.stderr and openbao.root_token not in proc.stderr
