@@ -344,3 +344,18 @@ def test_cli_names_the_transit_version_and_the_fix(openbao: OpenBao, tmp_path: P
     assert proc.stderr.startswith("error: ")
     assert "version 1, below its min_decryption_version 2" in proc.stderr
     assert "provider rotate" in proc.stderr and openbao.root_token not in proc.stderr
+
+
+def test_debug_logs_carry_no_key_material(
+    openbao: OpenBao, caplog: pytest.LogCaptureFixture
+) -> None:
+    import base64
+    import logging
+
+    p = VaultTransitProvider.from_config(openbao.settings(), create=True)
+    ctx = WrapContext("kr", 1)
+    with caplog.at_level(logging.DEBUG):
+        _, wrapped = p.generate_dek(ctx)
+        dek = p.unwrap(wrapped, ctx).to_bytes()
+    assert base64.b64encode(dek).decode()[:20] not in caplog.text
+    assert openbao.root_token not in caplog.text
