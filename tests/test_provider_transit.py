@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +29,7 @@ from nebula_credential.providers.vault_transit import VaultTransitProvider, wrap
 from nebula_credential.rootkeys import rotate_root_key
 
 from .fixtures_transit import OpenBao
-from .helpers import FakeClock, free_port
+from .helpers import FakeClock, cli_env, free_port, run_cli
 
 
 def cfg(settings: dict[str, Any]) -> KeyManagementConfig:
@@ -223,7 +225,7 @@ def test_server_down_is_a_bounded_retry_then_a_clear_error(
 class FlakyProxy:
     """Forwards to OpenBao, answering the first ``failures`` requests with 503."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, ca_cert: Path) -> None:
         self.upstream = upstream
         self.failures = 0
         self.seen = 0
@@ -243,7 +245,12 @@ class FlakyProxy:
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 resp = requests.request(
-                    self.command, proxy.upstream + self.path, headers=headers, data=body, timeout=10
+                    self.command,
+                    proxy.upstream + self.path,
+                    headers=headers,
+                    data=body,
+                    timeout=10,
+                    verify=str(ca_cert),
                 )
                 self._reply(resp.status_code, resp.content)
 
@@ -268,7 +275,7 @@ class FlakyProxy:
 
 @pytest.fixture
 def flaky(openbao: OpenBao) -> Iterator[FlakyProxy]:
-    proxy = FlakyProxy(openbao.url)
+    proxy = FlakyProxy(openbao.url, openbao.ca_cert)
     yield proxy
     proxy.close()
 
@@ -289,3 +296,66 @@ def test_5xx_then_success_is_retried(openbao: OpenBao, flaky: FlakyProxy) -> Non
     with pytest.raises(ProviderUnavailableError, match="after 4 attempts"):
         p.unwrap(wrapped, ctx)
     assert flaky.seen == 4  # bounded
+
+
+def test_namespace_setting(openbao: OpenBao) -> None:
+    ns = f"team-{uuid.uuid4().hex[:8]}"
+    root = openbao.client()
+    root.adapter.post(f"/v1/sys/namespaces/{ns}")
+    openbao.client(namespace=ns).sys.enable_secrets_engine("transit", path="transit")
+    settings = openbao.settings(namespace=ns)
+    p = VaultTransitProvider.from_config(settings, create=True)
+    p.check()
+    assert p.describe()["namespace"] == ns
+    # the key lives only in that namespace
+    nested = openbao.client(namespace=ns).secrets.transit.read_key(name=settings["key_name"])
+    assert nested["data"]["derived"] is True
+    outside = {k: v for k, v in settings.items() if k != "namespace"}
+    with pytest.raises(ConfigError, match="not found"):
+        VaultTransitProvider.from_config(outside)
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_settings(openbao: OpenBao) -> None:
+    settings = openbao.settings()
+    VaultTransitProvider.from_config(settings, create=True).check()  # ca_cert given: verified
+    no_ca = {k: v for k, v in settings.items() if k != "ca_cert"}
+    with pytest.raises(ProviderError, match="TLS to Vault failed") as err:
+        VaultTransitProvider.from_config(no_ca)
+    assert not isinstance(err.value, ProviderUnavailableError)  # not retried
+    VaultTransitProvider.from_config({**no_ca, "verify": False}).check()
+
+
+def test_cli_names_the_transit_version_and_the_fix(openbao: OpenBao, tmp_path: Path) -> None:
+    settings = openbao.settings()
+    config = tmp_path / "nebula.toml"
+    config.write_text(
+        "[provider]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    )
+    env = cli_env(
+        NEBULA_CREDENTIAL_CONFIG=str(config), NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}"
+    )
+    for args in (("init", "--provider", "vault-transit"), ("put", "github", "--value", '{"t": 1}')):
+        assert run_cli(*args, cwd=tmp_path, env=env).returncode == 0
+    openbao.client().secrets.transit.rotate_key(name=settings["key_name"])
+    _raise_min_decryption(openbao, settings["key_name"], 2)
+    proc = run_cli("provider", "check", cwd=tmp_path, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ")
+    assert "version 1, below its min_decryption_version 2" in proc.stderr
+    assert "provider rotate" in proc.stderr and openbao.root_token not in proc.stderr
+
+
+def test_debug_logs_carry_no_key_material(
+    openbao: OpenBao, caplog: pytest.LogCaptureFixture
+) -> None:
+    import base64
+    import logging
+
+    p = VaultTransitProvider.from_config(openbao.settings(), create=True)
+    ctx = WrapContext("kr", 1)
+    with caplog.at_level(logging.DEBUG):
+        _, wrapped = p.generate_dek(ctx)
+        dek = p.unwrap(wrapped, ctx).to_bytes()
+    assert base64.b64encode(dek).decode()[:20] not in caplog.text
+    assert openbao.root_token not in caplog.text

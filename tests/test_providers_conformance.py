@@ -29,7 +29,14 @@ from nebula_credential.rootkeys import rotate_root_key
 
 from .helpers import FakeClock, cli_env, run_cli
 
-PROVIDER_KINDS = ["local", "pkcs11-wrap", "pkcs11-direct", "aws-kms", "vault-transit", "azure-keyvault"]
+PROVIDER_KINDS = [
+    "local",
+    "pkcs11-wrap",
+    "pkcs11-direct",
+    "aws-kms",
+    "vault-transit",
+    "azure-keyvault",
+]
 
 ProviderFactory = Callable[[], dict[str, Any]]
 

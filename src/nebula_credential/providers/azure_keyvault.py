@@ -103,8 +103,10 @@ class AzureKeyVaultProvider(KeyProvider):
         *,
         settings: dict[str, Any] | None = None,
         create: bool = False,
+        owns_credential: bool = False,
     ) -> None:
         super().__init__()
+        self._owns_credential = owns_credential
         self.vault_url = vault_url.rstrip("/")
         self.key_name = key_name
         self._credential = credential
@@ -143,6 +145,7 @@ class AzureKeyVaultProvider(KeyProvider):
             cls.make_credential(settings),
             settings=settings,
             create=create,
+            owns_credential=True,
         )
 
     @staticmethod
@@ -363,8 +366,8 @@ class AzureKeyVaultProvider(KeyProvider):
             client.close()
         self._keys.close()
         close = getattr(self._credential, "close", None)
-        if callable(close):
-            close()
+        if self._owns_credential and callable(close):
+            close()  # a credential the caller passed in is the caller's to close
 
 
 def _client_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
