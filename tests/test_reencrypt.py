@@ -19,7 +19,9 @@ SCOPES = ("development", "other", "production", "user", "zeta")
 
 def _fill(vault: nc.Vault, n: int) -> dict[str, object]:
     values: dict[str, object] = {f"c{i:05d}": {"i": i, "pad": "x" * 40} for i in range(n)}
-    vault.put_many((cid, v, SCOPES[i % len(SCOPES)], None) for i, (cid, v) in enumerate(values.items()))
+    vault.put_many(
+        (cid, v, SCOPES[i % len(SCOPES)], None) for i, (cid, v) in enumerate(values.items())
+    )
     return values
 
 
@@ -36,7 +38,7 @@ def _events(vault: nc.Vault, action: str) -> list[dict[str, object]]:
 
 
 def _corrupt(vault: nc.Vault, cid: str, *, version: int | None = None) -> bytes:
-    """Flip a ciphertext byte (or rename the key version) of one stored row, keeping its revision."""
+    """Flip a ciphertext byte (or rename the key version) of one stored row via CAS."""
     kr = vault.keyring_name
     with vault.store.transaction() as tx:
         row = tx.get_credential(kr, cid)
@@ -205,7 +207,7 @@ def test_rate_limit_paces_rows(vault: nc.Vault) -> None:
     start = time.monotonic()
     result = vault.reencrypt(batch_size=10, rate_limit=200.0)
     assert result.reencrypted == 60
-    assert time.monotonic() - start >= 0.25  # 60 rows at 200/s: at least 0.3 s minus the first batch
+    assert time.monotonic() - start >= 0.25  # 60 rows at 200 rows/s: 0.3 s
 
 
 def test_bad_arguments_are_refused(vault: nc.Vault) -> None:
@@ -227,7 +229,7 @@ def test_extra_workers_refused_on_sqlite(tmp_path: object, key_file: object) -> 
 
 def test_workers_share_the_work_without_overlap(vault: nc.Vault) -> None:
     if not vault.store.supports_skip_locked:
-        pytest.skip("parallel workers need SKIP LOCKED (PostgreSQL); SQLite refuses them (tested above)")
+        pytest.skip("parallel workers need SKIP LOCKED (PostgreSQL); SQLite refuses them")
     values = _fill(vault, 400)
     vault.keys.rotate()
     _corrupt(vault, "c00011")

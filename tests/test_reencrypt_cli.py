@@ -38,7 +38,9 @@ def db(tmp_path: Path, key_file: Path) -> Iterator[tuple[str, nc.Vault]]:
 
 def _fill(vault: nc.Vault, n: int) -> dict[str, object]:
     values: dict[str, object] = {f"c{i:05d}": {"i": i, "pad": "y" * 200} for i in range(n)}
-    vault.put_many((cid, v, SCOPES[i % len(SCOPES)], None) for i, (cid, v) in enumerate(values.items()))
+    vault.put_many(
+        (cid, v, SCOPES[i % len(SCOPES)], None) for i, (cid, v) in enumerate(values.items())
+    )
     return values
 
 
@@ -207,7 +209,8 @@ def _kill_loop(tmp_path: Path, url: str, vault: nc.Vault, *, rows: int, kills: i
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
             proc.stderr.close()
-            killed_mid_pass += first.startswith("reencrypt: ") and proc.returncode == -signal.SIGKILL
+            mid = first.startswith("reencrypt: ") and proc.returncode == -signal.SIGKILL
+            killed_mid_pass += mid
         final = _cli(url, "--json", "reencrypt", cwd=tmp_path)
     finally:
         stop.set()
@@ -232,7 +235,7 @@ def test_sigkill_loop(db: tuple[str, nc.Vault], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("NEBULA_SOAK") != "1", reason="soak run: NEBULA_SOAK=1 (make soak)")
+@pytest.mark.skipif(os.environ.get("NEBULA_SOAK") != "1", reason="soak: NEBULA_SOAK=1 (make soak)")
 def test_sigkill_soak(db: tuple[str, nc.Vault], tmp_path: Path) -> None:
     url, vault = db
     _kill_loop(tmp_path, url, vault, rows=30_000, kills=60, seed=int(time.time()))
