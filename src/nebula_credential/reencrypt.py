@@ -33,12 +33,31 @@ from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_PRIORITY
 from .envelope import credential_context
-from .exceptions import ConfigError, NebulaCredentialError
+from .exceptions import (
+    ConfigError,
+    DecryptionError,
+    EnvelopeFormatError,
+    KeyNotFoundError,
+    KeyRevokedError,
+    NebulaCredentialError,
+    ProviderPermissionError,
+)
 from .models import EncryptedCredential, KeyStatus
 
 if TYPE_CHECKING:
     from .keys import KeyManager
     from .store.base import StoreTx
+
+#: What is wrong with one row (or its key) and is reported and skipped.  Anything
+#: else -- store or provider unavailable, the usage bound -- stops the pass with
+#: its error: the committed batches stay and the next pass resumes.
+ROW_ERRORS = (
+    DecryptionError,
+    EnvelopeFormatError,
+    KeyNotFoundError,
+    KeyRevokedError,
+    ProviderPermissionError,
+)
 
 #: Update tuple for ``StoreTx.cas_update_envelopes``: (id, expected revision, version, envelope).
 Update = tuple[str, int, int, bytes]
@@ -193,7 +212,7 @@ class _Pass:
         for row in rows:
             try:
                 blob = reencrypt_row(km, row)
-            except NebulaCredentialError as exc:
+            except ROW_ERRORS as exc:
                 failures.append(Failure(row.id, row.key_version, _reason(exc)))
                 continue
             updates.append((row.id, row.revision, int.from_bytes(blob[4:8]), blob))
