@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -241,3 +241,27 @@ def test_sigkill_loop(db: tuple[str, nc.Vault], tmp_path: Path) -> None:
 def test_sigkill_soak(db: tuple[str, nc.Vault], tmp_path: Path) -> None:
     url, vault = db
     _kill_loop(tmp_path, url, vault, rows=30_000, kills=60, seed=int(time.time()))
+
+
+@pytest.mark.services
+def test_workers_on_postgresql(
+    postgres_store_url_factory: Callable[[], str], key_file: Path, tmp_path: Path
+) -> None:
+    """``--workers 3`` over SKIP LOCKED: every row moved exactly once, priority kept."""
+    url = postgres_store_url_factory()
+    with nc.open(url, create=True) as vault:
+        values = _fill(vault, 600)
+        vault.keys.rotate()
+        env = cli_env(NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(key_file))
+        proc = run_cli("--db", url, "--json", "reencrypt", "--workers", "3", "--batch-size", "20",
+                       "--progress-interval", "0", cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(proc.stdout)
+        assert (summary["workers"], summary["reencrypted"], summary["conflicts"]) == (3, 600, 0)
+        scopes = [ln.split(" scope ")[1].split()[0] for ln in proc.stderr.splitlines()
+                  if " scope " in ln]
+        assert list(dict.fromkeys(scopes)) == ["production", "user", "development", "other"]
+        assert {r.revision for r in vault.list()} == {2}  # none twice, none skipped
+        assert vault.keys.credential_counts() == {2: 600}
+        for cid, value in values.items():
+            assert vault.get(cid) == value
