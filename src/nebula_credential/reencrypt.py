@@ -1,28 +1,66 @@
 """Re-encryption: move every stored credential to the active key version.
 
-One record is re-encrypted as plainly as ``MultiFernet.rotate``: decrypt
-with the version its envelope names, encrypt with the active one.  Around
-that sit the batching (never the whole table in memory), compare-and-swap
-on the row revision (a concurrent application write always wins), scope
-priority, and failure reporting (a row that cannot be decrypted is
-reported and skipped, never rewritten).
+One record is re-encrypted as plainly as ``MultiFernet.rotate``
+(:func:`reencrypt_row`): decrypt with the version its envelope names,
+encrypt with the active one.  Around that sit:
+
+* streaming: rows are read one batch at a time by keyset paging
+  (``id > last``), never the whole table;
+* compare-and-swap on the row revision: an application write that lands
+  between our read and our write wins, and the row is left for the next
+  pass (where it usually no longer needs us: the writer used the active key);
+* priority: scopes in the configured order, then the rest alphabetically;
+* crash safety: each batch commits on its own and a finished row is simply
+  no longer stale, so a pass started after any interruption resumes where
+  the last one stopped without redoing anything;
+* failures: a row that cannot be decrypted (corrupt, revoked or missing
+  key) is reported by id and reason, audited, counted and never rewritten;
+* workers: on a store with ``SKIP LOCKED`` (PostgreSQL) each worker fetches,
+  re-encrypts and updates its batch in one transaction holding the row
+  locks, so workers in one process or on several hosts never take the same
+  row.  SQLite has one writer at a time and our AES-GCM calls hold the GIL,
+  so extra workers there would only contend: they are refused.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .config import DEFAULT_PRIORITY
 from .envelope import credential_context
-from .exceptions import NebulaCredentialError
+from .exceptions import (
+    ConfigError,
+    DecryptionError,
+    EnvelopeFormatError,
+    KeyNotFoundError,
+    KeyRevokedError,
+    NebulaCredentialError,
+    ProviderPermissionError,
+)
 from .models import EncryptedCredential, KeyStatus
 
 if TYPE_CHECKING:
     from .keys import KeyManager
     from .store.base import StoreTx
+
+#: What is wrong with one row (or its key) and is reported and skipped.  Anything
+#: else -- store or provider unavailable, the usage bound -- stops the pass with
+#: its error: the committed batches stay and the next pass resumes.
+ROW_ERRORS = (
+    DecryptionError,
+    EnvelopeFormatError,
+    KeyNotFoundError,
+    KeyRevokedError,
+    ProviderPermissionError,
+)
+
+#: Update tuple for ``StoreTx.cas_update_envelopes``: (id, expected revision, version, envelope).
+Update = tuple[str, int, int, bytes]
 
 
 @dataclass(slots=True)
@@ -43,10 +81,17 @@ class ReencryptResult:
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     by_scope: dict[str, int] = field(default_factory=dict)
+    pending_by_scope: dict[str, int] = field(default_factory=dict)
+    stopped: bool = False
+    workers: int = 1
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.reencrypted / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,20 +100,28 @@ class ReencryptResult:
             "reencrypted": self.reencrypted,
             "conflicts": self.conflicts,
             "failed": len(self.failures),
-            "failures": [{"id": f.id, "key_version": f.key_version, "reason": f.reason} for f in self.failures],
+            "failures": [
+                {"id": f.id, "key_version": f.key_version, "reason": f.reason}
+                for f in self.failures
+            ],
             "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
             "by_scope": self.by_scope,
+            "stopped": self.stopped,
+            "workers": self.workers,
         }
 
 
+_Outcome = tuple[list[EncryptedCredential], list[Update], list["Failure"], int]
+
 Progress = Callable[[str, int], None]
-"""(scope, rows handled in this batch) -> None"""
+"""(scope, rows handled in this batch) -> None; called once per batch, never concurrently."""
 
 
 def scope_order(scopes: Iterable[str], priority: Iterable[str]) -> list[str]:
     """Priority scopes first, in the given order, then the rest alphabetically."""
     present = set(scopes)
-    first = [s for s in priority if s in present]
+    first = list(dict.fromkeys(s for s in priority if s in present))
     return first + sorted(present - set(first))
 
 
@@ -86,96 +139,272 @@ def reencrypt_row(km: KeyManager, row: EncryptedCredential) -> bytes:
     return km.encrypt(km.decrypt(row.envelope, aad), aad)
 
 
+def check_workers(km: KeyManager, workers: int) -> None:
+    """Refuse parallel workers on a store that cannot hand out disjoint row locks."""
+    if workers < 1:
+        raise ConfigError("reencryption.workers", f"must be at least 1, got {workers}")
+    if workers > 1 and not km.store.supports_skip_locked:
+        raise ConfigError(
+            "reencryption.workers",
+            f"{workers} workers need a store with SELECT ... SKIP LOCKED (PostgreSQL); "
+            f"{km.store.scheme or type(km.store).__name__} allows one writer at a time, "
+            "so run with --workers 1 (a single worker already reaches most of its write speed)",
+        )
+
+
+class _Pacer:
+    """A shared rows-per-second budget: workers sleep until their batch fits it."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, rows: int, should_stop: Callable[[], bool]) -> None:
+        if not self._interval or rows <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now)
+            self._next = start + rows * self._interval
+            wait = self._next - now
+        # sleep in short slices so a stop request is honoured promptly
+        deadline = time.monotonic() + wait
+        while not should_stop():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.2))
+
+
+class _Pass:
+    """The shared state of one pass: result, cursor, pacing; safe across worker threads."""
+
+    def __init__(
+        self,
+        km: KeyManager,
+        result: ReencryptResult,
+        *,
+        batch_size: int,
+        progress: Progress | None,
+        should_stop: Callable[[], bool],
+        rate_limit: float,
+    ) -> None:
+        self.km = km
+        self.result = result
+        self.batch_size = batch_size
+        self.progress = progress
+        self.user_stop = should_stop
+        self.pacer = _Pacer(rate_limit)
+        self.lock = threading.Lock()
+        self.locked_mode = km.store.supports_skip_locked
+        self.error: BaseException | None = None
+        self.after: str | None = None  # shared keyset cursor of the current (scope, version)
+
+    def should_stop(self) -> bool:
+        return self.error is not None or self.user_stop()
+
+    # ---- one batch -----------------------------------------------------------
+    def crypt(self, rows: Sequence[EncryptedCredential]) -> tuple[list[Update], list[Failure]]:
+        km = self.km
+        updates: list[Update] = []
+        failures: list[Failure] = []
+        for row in rows:
+            try:
+                blob = reencrypt_row(km, row)
+            except ROW_ERRORS as exc:
+                failures.append(Failure(row.id, row.key_version, _reason(exc)))
+                continue
+            updates.append((row.id, row.revision, int.from_bytes(blob[4:8]), blob))
+        return updates, failures
+
+    def write(self, tx: StoreTx, updates: list[Update], failures: list[Failure]) -> int:
+        """The CAS update and the failure events, in the caller's transaction."""
+        changed = tx.cas_update_envelopes(self.km.keyring, updates) if updates else 0
+        audit = self.km.audit
+        if audit is not None:
+            for f in failures:
+                audit.record(tx, "reencrypt.failed", keyring=self.km.keyring, version=f.key_version,
+                             credential_id=f.id, outcome="error", reason=f.reason)
+        return changed
+
+    def claim(
+        self, tx: StoreTx, version: int, scope: str, start: list[str | None]
+    ) -> list[EncryptedCredential]:
+        """The next batch after the shared cursor; with row locks where the store has them.
+
+        Fetches are serialised so every worker reads from the newest cursor:
+        a row behind it was taken by someone (done, failed, or locked by a
+        worker still busy with it).  ``start`` pins the first attempt's
+        cursor, so a transaction re-run after a lost connection takes the
+        same rows again instead of skipping them.
+        """
+        with self.lock:
+            if not start:
+                start.append(self.after)
+            rows = tx.fetch_for_reencryption(self.km.keyring, version, scope, start[0],
+                                             self.batch_size, skip_locked=self.locked_mode)
+            if rows and (self.after is None or rows[-1].id > self.after):
+                self.after = rows[-1].id
+        return rows
+
+    def step(self, version: int, scope: str) -> bool:
+        """One batch; False when the (scope, version) has nothing left."""
+        store = self.km.store
+        start: list[str | None] = []
+        outcome: _Outcome
+        if self.locked_mode:
+            # fetch, crypto and CAS in one transaction holding the row locks
+            def locked(tx: StoreTx) -> _Outcome:
+                rows = self.claim(tx, version, scope, start)
+                updates, failures = self.crypt(rows)
+                return rows, updates, failures, self.write(tx, updates, failures)
+
+            outcome = store.run(locked, idempotent=True)  # a CAS may apply twice harmlessly
+        else:
+            rows = store.run(lambda tx: self.claim(tx, version, scope, start), write=False)
+            if not rows:
+                return False
+            updates, failures = self.crypt(rows)
+            changed = store.run(lambda tx: self.write(tx, updates, failures),
+                                idempotent=not failures)
+            outcome = rows, updates, failures, changed
+        rows, updates, failures, changed = outcome
+        if not rows:
+            return False
+        self.account(scope, len(rows), len(updates), changed, failures)
+        self.pacer.take(len(rows), self.should_stop)
+        return len(rows) >= self.batch_size or self.locked_mode
+
+    def account(self, scope: str, rows: int, attempted: int, changed: int,
+                failures: list[Failure]) -> None:
+        with self.lock:
+            r = self.result
+            r.reencrypted += changed
+            r.conflicts += attempted - changed
+            r.failures.extend(failures)
+            r.by_scope[scope] = r.by_scope.get(scope, 0) + changed
+            if self.progress is not None:
+                self.progress(scope, rows)
+
+    # ---- one (scope, version) ------------------------------------------------
+    def drain(self, version: int, scope: str) -> None:
+        try:
+            while not self.should_stop() and self.step(version, scope):
+                pass
+        except BaseException as exc:
+            with self.lock:
+                if self.error is None:
+                    self.error = exc
+            raise
+
+    def run_slice(self, version: int, scope: str, workers: int) -> None:
+        self.after = None
+        if workers == 1:
+            self.drain(version, scope)
+            return
+        threads = [
+            threading.Thread(target=self._quiet_drain, args=(version, scope),
+                             name=f"reencrypt-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.error is not None:
+            raise self.error
+
+    def _quiet_drain(self, version: int, scope: str) -> None:
+        with suppress(BaseException):  # kept in self.error, re-raised by run_slice
+            self.drain(version, scope)
+
+    def _write_failures(self, failures: list[Failure]) -> None:
+        self.km.store.run(lambda tx: self.write(tx, [], failures))
+
+    # ---- rows under a revoked or destroyed version ------------------------
+    def report_undecryptable(self, version: int, scope: str, status: str) -> None:
+        """Report each row once per pass, never decrypt or rewrite it."""
+        reason = f"key version {version} is {status}; reinstate it (if revoked) to re-encrypt"
+        after: str | None = None
+        while not self.should_stop():
+            with self.km.store.read() as tx:
+                rows = tx.fetch_for_reencryption(self.km.keyring, version, scope, after,
+                                                 self.batch_size)
+            if not rows:
+                return
+            failures = [Failure(r.id, version, reason) for r in rows]
+            self._write_failures(failures)
+            self.account(scope, len(rows), 0, 0, failures)
+            if len(rows) < self.batch_size:
+                return
+            after = rows[-1].id
+
+
 def run_pass(
     km: KeyManager,
     *,
     batch_size: int = 500,
-    priority: Iterable[str] = ("production", "user", "development"),
+    priority: Iterable[str] = DEFAULT_PRIORITY,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     rate_limit: float = 0.0,
+    workers: int = 1,
 ) -> ReencryptResult:
-    """One pass over every credential not under the active version."""
+    """One pass over every credential not under the active version.
+
+    Safe to run while applications read and write, safe to kill at any
+    moment, and safe to run from several processes at once (on SQLite
+    they take turns; on PostgreSQL they share the work).  Store outages
+    beyond the store's retries raise; everything committed so far stays.
+    """
+    if batch_size < 1:
+        raise ConfigError("reencryption.batch_size", f"must be at least 1, got {batch_size}")
+    check_workers(km, workers)
     start = time.perf_counter()
     active = km.current_key()
-    result = ReencryptResult(active_version=active.version)
+    result = ReencryptResult(active_version=active.version, workers=workers)
     with km.store.read() as tx:
-        counts = tx.count_by_version(km.keyring)
         versions = {kv.version: kv for kv in tx.list_versions(km.keyring)}
-    stale_versions = sorted(v for v in counts if v != active.version)
-    result.total = sum(counts[v] for v in stale_versions)
-    scopes: set[str] = set()
-    with km.store.read() as tx:
-        for v in stale_versions:
-            scopes.update(tx.scopes_for_version(km.keyring, v))
-    prio = list(priority)
-    for scope in scope_order(scopes, prio):
-        for version in stale_versions:
-            kv = versions.get(version)
-            if kv is not None and kv.status in (KeyStatus.REVOKED, KeyStatus.DESTROYED):
-                # not decryptable: report each row once, never rewrite
-                _report_undecryptable(km, version, scope, kv.status.value, result, batch_size)
-                continue
-            after: str | None = None
-            while not should_stop():
-                batch_start = time.perf_counter()
-                rows = km.store.run(
-                    partial(_fetch, keyring=km.keyring, version=version, scope=scope,
-                            after=after, limit=batch_size),
-                    write=False,
-                )
-                if not rows:
+        per_scope = tx.count_pending_by_scope(km.keyring, active.version)
+        stale_versions = sorted(v for v in tx.count_by_version(km.keyring) if v != active.version)
+    result.total = sum(per_scope.values())
+    result.pending_by_scope = dict(per_scope)
+    order = scope_order(per_scope, priority)
+    _audit(km, "reencrypt.start", active.version, pending=result.total, scopes=order,
+           batch_size=batch_size, workers=workers, rate_limit=rate_limit)
+    job = _Pass(km, result, batch_size=batch_size, progress=progress,
+                should_stop=should_stop, rate_limit=rate_limit)
+    try:
+        for scope in order:
+            for version in stale_versions:
+                if job.should_stop():
                     break
-                after = rows[-1].id
-                updates = []
-                for row in rows:
-                    try:
-                        blob = reencrypt_row(km, row)
-                        updates.append((row.id, row.revision, int.from_bytes(blob[4:8]), blob))
-                    except NebulaCredentialError as exc:
-                        result.failures.append(Failure(row.id, row.key_version, _reason(exc)))
-                # compare-and-swap: safe to run again whole after a lost connection
-                changed = km.store.run(
-                    partial(_cas, keyring=km.keyring, updates=updates), idempotent=True
-                )
-                result.reencrypted += changed
-                result.conflicts += len(updates) - changed
-                result.by_scope[scope] = result.by_scope.get(scope, 0) + changed
-                if progress is not None:
-                    progress(scope, len(rows))
-                if rate_limit > 0:
-                    wanted = len(rows) / rate_limit
-                    spent = time.perf_counter() - batch_start
-                    if wanted > spent:
-                        time.sleep(wanted - spent)
-                if len(rows) < batch_size:
-                    break
-    result.seconds = time.perf_counter() - start
+                kv = versions.get(version)
+                if kv is not None and kv.status in (KeyStatus.REVOKED, KeyStatus.DESTROYED):
+                    job.report_undecryptable(version, scope, kv.status.value)
+                else:
+                    job.run_slice(version, scope, workers)
+    finally:
+        result.stopped = job.should_stop()
+        result.seconds = time.perf_counter() - start
+        if job.error is None:
+            _audit(km, "reencrypt.finish", active.version,
+                   outcome="ok" if result.ok and not result.stopped else "warning",
+                   pending=result.total, reencrypted=result.reencrypted,
+                   conflicts=result.conflicts, failed=len(result.failures),
+                   stopped=result.stopped, seconds=round(result.seconds, 3))
     return result
 
 
-def _fetch(
-    tx: StoreTx, *, keyring: str, version: int, scope: str, after: str | None, limit: int
-) -> list[EncryptedCredential]:
-    return tx.fetch_for_reencryption(keyring, version, scope, after, limit)
-
-
-def _cas(tx: StoreTx, *, keyring: str, updates: list[tuple[str, int, int, bytes]]) -> int:
-    return tx.cas_update_envelopes(keyring, updates)
-
-
-def _report_undecryptable(
-    km: KeyManager, version: int, scope: str, status: str, result: ReencryptResult, page: int
+def _audit(
+    km: KeyManager, action: str, version: int, *, outcome: str = "ok", **details: Any
 ) -> None:
-    after: str | None = None
-    while True:
-        with km.store.read() as tx:
-            rows = tx.fetch_for_reencryption(km.keyring, version, scope, after, page)
-        for row in rows:
-            result.failures.append(Failure(row.id, version, f"key version {version} is {status}"))
-        if len(rows) < page:
-            return
-        after = rows[-1].id
+    audit = km.audit
+    if audit is None:
+        return
+    km.store.run(lambda tx: audit.record(tx, action, keyring=km.keyring, version=version,
+                                         outcome=outcome, **details))
 
 
 def _reason(exc: NebulaCredentialError) -> str:

@@ -244,8 +244,9 @@ class Vault:
         progress: Progress | None = None,
         rate_limit: float | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        workers: int | None = None,
     ) -> ReencryptResult:
-        """Move every credential to the active key version (one pass)."""
+        """Move every credential to the active key version (one pass; see ``reencrypt.run_pass``)."""
         cfg = self.config.reencryption
         return run_pass(
             self.keys,
@@ -254,6 +255,7 @@ class Vault:
             progress=progress,
             rate_limit=cfg.rate_limit if rate_limit is None else rate_limit,
             should_stop=should_stop,
+            workers=workers or cfg.workers,
         )
 
     def maintain(self, **kwargs: Any) -> MaintainReport:

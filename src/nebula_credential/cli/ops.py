@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..config import PROVIDER_TYPES, ProviderConfig
 from ..exceptions import NebulaCredentialError
+from ..reencrypt import check_workers, scope_order
 from ._common import AppContext, console, emit, err_console, is_tty, pass_app
+from ._progress import PlainProgress, rich_progress
 from .keys import versions_table
 
 
@@ -32,32 +39,75 @@ def init(app: AppContext, provider_type: str | None) -> None:
 
 
 @click.command()
-@click.option("--batch-size", type=click.IntRange(1, 100_000), help="Rows per batch (config: reencryption.batch_size).")
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Parallel workers where the store allows.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000),
+              help="Rows per batch (config: reencryption.batch_size).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Parallel workers; more than 1 needs PostgreSQL (SKIP LOCKED).")
 @click.option("--priority", help="Comma-separated scope order, e.g. production,user,development.")
-@click.option("--rate-limit", type=float, default=None, help="At most this many rows per second.")
+@click.option("--rate-limit", type=click.FloatRange(min=0), default=None,
+              help="At most this many rows per second (0: unlimited).")
+@click.option("--progress-interval", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds between plain progress lines when stderr is not a terminal.")
 @pass_app
 def reencrypt(app: AppContext, batch_size: int | None, workers: int | None, priority: str | None,
-              rate_limit: float | None) -> None:
-    """Move every credential to the active key version."""
+              rate_limit: float | None, progress_interval: float) -> None:
+    """Move every credential to the active key version (safe to interrupt and run again)."""
     vault = app.vault()
-    _, pending, _ = vault.pending()
     order = [s.strip() for s in priority.split(",") if s.strip()] if priority else None
-    if is_tty() and not app.json:
-        columns = (TextColumn("re-encrypting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=err_console) as bar:
-            task = bar.add_task("reencrypt", total=pending)
-            result = vault.reencrypt(batch_size=batch_size, priority=order, rate_limit=rate_limit,
-                                     progress=lambda scope, n: bar.advance(task, n))
-    else:
-        result = vault.reencrypt(batch_size=batch_size, priority=order, rate_limit=rate_limit)
+    check_workers(vault.keys, workers or vault.config.reencryption.workers)
+    active = vault.keys.active_version().version
+    with vault.store.read() as tx:
+        pending = tx.count_pending_by_scope(vault.keyring_name, active)
+    prio = order or vault.config.reencryption.priority
+    plan = {s: pending[s] for s in scope_order(pending, prio)}
+    stop = threading.Event()
+    options = {"batch_size": batch_size, "priority": order, "rate_limit": rate_limit,
+               "workers": workers, "should_stop": stop.is_set}
+    with _stop_on_signals(stop):
+        if is_tty() and not app.json:
+            with rich_progress(err_console, plan) as advance:
+                result = vault.reencrypt(progress=advance, **options)  # type: ignore[arg-type]
+        else:
+            plain = PlainProgress(sys.stderr, plan, interval=progress_interval)
+            result = vault.reencrypt(progress=plain, **options)  # type: ignore[arg-type]
+            plain.finish()
     emit(app, result.to_json(), lambda: console.print(
-        f"re-encrypted {result.reencrypted} of {result.total} credentials to v{result.active_version} "
-        f"in {result.seconds:.2f}s; {result.conflicts} left to concurrent writers; {len(result.failures)} failed"))
+        f"re-encrypted {result.reencrypted} of {result.total} credentials "
+        f"to v{result.active_version} in {result.seconds:.2f}s "
+        f"({result.rows_per_second:,.0f} rows/s); {result.conflicts} left to concurrent "
+        f"writers; {len(result.failures)} failed", markup=False))
+    for f in result.failures[:20]:
+        err_console.print(f"failed: {f.id} (v{f.key_version}): {f.reason}", markup=False)
+    if len(result.failures) > 20:
+        err_console.print(f"... and {len(result.failures) - 20} more (see --json or `audit list`)")
+    if result.stopped:
+        raise NebulaCredentialError(
+            f"re-encryption stopped after {result.reencrypted} credential(s); "
+            "run it again to resume")
     if not result.ok:
-        for f in result.failures[:20]:
-            err_console.print(f"failed: {f.id} (v{f.key_version}): {f.reason}", markup=False)
-        raise NebulaCredentialError(f"{len(result.failures)} credential(s) could not be re-encrypted")
+        raise NebulaCredentialError(
+            f"{len(result.failures)} credential(s) could not be re-encrypted "
+            "and were left unchanged")
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM finish the batch in flight, then stop (a second SIGINT aborts)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @click.command()

@@ -371,18 +371,29 @@ class SqlTx(StoreTx):
         ).fetchall()
         return [_credential(r) for r in rows]
 
+    def count_pending_by_scope(self, keyring: str, active_version: int) -> dict[str, int]:
+        rows = self._exec(
+            "SELECT scope, COUNT(*) FROM credentials WHERE keyring = ? AND key_version <> ? "
+            "GROUP BY scope",
+            (keyring, active_version),
+        ).fetchall()
+        return {str(s): int(n) for s, n in rows}
+
     def cas_update_envelopes(
         self, keyring: str, updates: Sequence[tuple[str, int, int, bytes]]
     ) -> int:
-        changed = 0
-        sql = self._q(
-            "UPDATE credentials SET envelope = ?, key_version = ?, revision = revision + 1 "
-            "WHERE keyring = ? AND id = ? AND revision = ?"
+        # one executemany for the batch; DB-API sums rowcount over it (sqlite3 and
+        # psycopg alike), so a row whose revision moved on counts 0
+        if not updates:
+            return 0
+        cur = self._conn.executemany(
+            self._q(
+                "UPDATE credentials SET envelope = ?, key_version = ?, revision = revision + 1 "
+                "WHERE keyring = ? AND id = ? AND revision = ?"
+            ),
+            [(env, ver, keyring, cid, rev) for cid, rev, ver, env in updates],
         )
-        for cid, expected_revision, new_version, envelope in updates:
-            cur = self._conn.execute(sql, (envelope, new_version, keyring, cid, expected_revision))
-            changed += cur.rowcount
-        return changed
+        return int(cur.rowcount)
 
     # ---- leases --------------------------------------------------------
     def acquire_lease(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:

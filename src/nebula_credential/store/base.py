@@ -147,6 +147,10 @@ class StoreTx(ABC):
     def scopes_for_version(self, keyring: str, version: int) -> list[str]: ...
 
     @abstractmethod
+    def count_pending_by_scope(self, keyring: str, active_version: int) -> dict[str, int]:
+        """Credentials not under ``active_version``, counted per scope (re-encryption plan)."""
+
+    @abstractmethod
     def fetch_for_reencryption(
         self,
         keyring: str,
