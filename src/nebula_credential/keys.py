@@ -311,7 +311,7 @@ class KeyManager:
             if key is not self._active:
                 return self.current_key() if self._active is None else self._reserve(self._active)
             block = min(self.reservation_block, max(FIRST_RESERVATION, key._limit))
-            with self.store.transaction() as tx:
+            with self.store.transaction(autonomous=True) as tx:
                 kv = tx.get_version(self.keyring, key.version)
                 if kv is None or kv.status is not KeyStatus.ACTIVE:
                     self._refresh_at = 0.0
@@ -357,7 +357,7 @@ class KeyManager:
                 status_changed_at=now,
                 reason=reason,
             )
-            with self.store.transaction() as tx:
+            with self.store.transaction(autonomous=True) as tx:
                 tx.lock_keyring(self.keyring)
                 current = tx.list_versions(self.keyring)
                 cur_active = next((v for v in current if v.status is KeyStatus.ACTIVE), None)

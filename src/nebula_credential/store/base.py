@@ -226,8 +226,15 @@ class Store(ABC):
         self.retry = retry or STORE_RETRY
 
     @abstractmethod
-    def transaction(self, *, write: bool = True) -> AbstractContextManager[StoreTx]:
-        """A transaction; ``write=False`` may run without taking write locks."""
+    def transaction(self, *, write: bool = True, autonomous: bool = False) -> AbstractContextManager[StoreTx]:
+        """A transaction; ``write=False`` may run without taking write locks.
+
+        Nested use from the same thread joins the outer transaction, unless
+        ``autonomous``: then, where the backend can (PostgreSQL), it runs on its
+        own connection and commits at once.  Short bookkeeping writes (the
+        encryption counter) use it so they never hold row locks for the length
+        of a caller's batch.  SQLite has one writer and always joins.
+        """
 
     @abstractmethod
     def migrate(self) -> int:

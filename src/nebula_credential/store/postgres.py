@@ -293,14 +293,14 @@ class PostgresStore(Store):
                 time.sleep(delays.pop(0))
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[StoreTx]:
+    def transaction(self, *, write: bool = True, autonomous: bool = False) -> Iterator[StoreTx]:
         joined: PostgresTx | None = getattr(self._local, "tx", None)
-        if joined is not None:  # nested use from the same thread joins, as on SQLite
+        if joined is not None and not autonomous:  # nested use from the same thread joins, as on SQLite
             yield joined
             return
         conn = self._begin(write)
         tx = PostgresTx(conn, self.url)
-        self._local.tx = tx
+        outer, self._local.tx = joined, tx
         try:
             try:
                 yield tx
@@ -320,7 +320,7 @@ class PostgresStore(Store):
                 self._rollback(conn)
                 raise _translate(exc, conn, self.url) from exc
         finally:
-            self._local.tx = None
+            self._local.tx = outer
             self._pool.putconn(conn)
 
     @staticmethod

@@ -85,7 +85,7 @@ class SqliteStore(Store):
         return conn
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[StoreTx]:
+    def transaction(self, *, write: bool = True, autonomous: bool = False) -> Iterator[StoreTx]:
         with self._shared_lock if self._memory else _NULL:
             conn = self._conn()
             if conn.in_transaction:  # nested use from the same thread: join it
