@@ -157,3 +157,18 @@ def test_credential_audit_and_log_mirror(tmp_path: Path, key_file: Path, caplog:
     mirrored = [json.loads(r.getMessage()) for r in caplog.records if r.name == "nebula_credential.audit"]
     assert any(m["action"] == "credential.read" and m["credential_id"] == "gh" for m in mirrored)
     assert "ghp_SECRET" not in caplog.text
+
+
+def test_cut_off_tail_detected(sqlite_vault: nc.Vault) -> None:
+    total = sqlite_vault.audit.verify().events
+    _conn(sqlite_vault).execute("DELETE FROM audit_events WHERE seq > ?", (total - 2,))
+    r = sqlite_vault.audit.verify()
+    assert not r.ok and r.first_bad_seq == total - 1
+
+
+def test_secret_like_details_are_refused(vault: nc.Vault) -> None:
+    with vault.store.transaction() as tx, pytest.raises(ValueError, match="not allowed"):
+        vault.audit.record(tx, "custom", token="abc")
+    with vault.store.transaction() as tx, pytest.raises(TypeError, match="bytes"):
+        vault.audit.record(tx, "custom", blob=b"\x00" * 32)
+    assert vault.audit.verify().ok

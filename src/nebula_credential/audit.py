@@ -6,11 +6,19 @@ root key like a DEK.  Write access to the database alone therefore cannot
 forge, edit, drop, insert or reorder events without ``verify`` noticing.
 Events are appended inside the caller's transaction, so an event exists
 exactly when the change it records was committed.
+
+A chain alone cannot show that its newest events were cut off, so each
+append also stores a MAC'd *head* (last seq and MAC) in the store's meta,
+in the same transaction: truncating the tail needs the audit key too.
+What no in-database scheme can catch is a rollback of the whole database
+(rows and head together) to an earlier copy; ship the log mirror
+(``[audit] log = true``) to a SIEM for that.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import getpass
 import hashlib
 import hmac
@@ -29,6 +37,12 @@ from .providers.base import KeyProvider, WrapContext
 from .store.base import AuditRow, Store, StoreTx
 
 AUDIT_KEY_META = "audit_key"
+AUDIT_HEAD_META = "audit_head"
+_HEAD_DOMAIN = b"nebula-credential audit head v1\x00"
+#: Detail names that would only ever carry a secret: refused outright.
+FORBIDDEN_DETAILS = frozenset(
+    {"value", "plaintext", "secret", "password", "pin", "token", "dek", "key", "key_material"}
+)
 AUDIT_KEY_CONTEXT = WrapContext("__audit__", 1, "audit")
 
 logger = logging.getLogger("nebula_credential.audit")
@@ -66,6 +80,30 @@ def _mac(key: bytes | bytearray, prev: bytes, row: AuditRow) -> bytes:
         row.credential_id, row.outcome, row.details,
     )
     return hmac.new(bytes(key), prev + body, hashlib.sha256).digest()
+
+
+def _head_tag(key: bytes | bytearray, seq: int, mac: bytes) -> str:
+    msg = _HEAD_DOMAIN + seq.to_bytes(8, "big") + mac
+    return hmac.new(bytes(key), msg, hashlib.sha256).hexdigest()
+
+
+def _detail_default(value: Any) -> Any:
+    """JSON for the few non-JSON types details carry; bytes are refused (could be key material)."""
+    if isinstance(value, bytes | bytearray | memoryview | SecretBytes):
+        raise TypeError("audit details must not contain bytes (key material or ciphertext)")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value)
+
+
+def encode_details(details: dict[str, Any]) -> str:
+    """Canonical JSON of an event's details, refusing names that could only carry a secret."""
+    for name in details:
+        if name.lower() in FORBIDDEN_DETAILS:
+            raise ValueError(f"audit detail {name!r} is not allowed: secrets never enter the audit trail")
+    return json.dumps(details, sort_keys=True, separators=(",", ":"), default=_detail_default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +178,11 @@ class AuditLog:
         seq, prev = tx.audit_tail()
         ts = to_epoch(self._clock())
         assert ts is not None
-        body = json.dumps(details, sort_keys=True, separators=(",", ":"), default=str)
+        body = encode_details(details)
         draft = AuditRow(seq + 1, ts, self.actor, action, keyring, version, credential_id, outcome, body, b"")
         row = dataclasses.replace(draft, mac=_mac(key, prev, draft))
         tx.audit_append(row)
+        tx.set_meta(AUDIT_HEAD_META, f"{row.seq}:{_head_tag(key, row.seq, row.mac)}")
         if self._mirror:
             logger.info(json.dumps(row_to_json(row), sort_keys=True))
         return row.seq
@@ -163,15 +202,27 @@ class AuditLog:
         """Walk the whole chain; report the first event that does not check out."""
         with self._store.read() as tx:
             key = bytes(self._audit_key(tx))
+            head = tx.get_meta(AUDIT_HEAD_META)
         prev = b""
         expected_seq = 1
         count = 0
+        head_seq, _, head_tag = (head or "0:").partition(":")
+        want = int(head_seq) if head_seq.isdigit() else -1
+        head_mac = b""
         for row in self.rows():
             count += 1
             if row.seq != expected_seq or not hmac.compare_digest(_mac(key, prev, row), row.mac):
                 return VerifyResult(False, count, min(row.seq, expected_seq))
+            if row.seq == want:
+                head_mac = row.mac
             prev = row.mac
             expected_seq += 1
+        if count == 0 and head is None:
+            return VerifyResult(True, 0, None)
+        if want < 0 or head is None or want > count:
+            return VerifyResult(False, count, count + 1)  # head missing/garbled, or newest events cut off
+        if want < count or not hmac.compare_digest(_head_tag(key, want, head_mac), head_tag):
+            return VerifyResult(False, count, want + 1 if want < count else want)
         return VerifyResult(True, count, None)
 
 

@@ -57,7 +57,7 @@ class Daemon:
             "last_error": self.last_error,
             "interval_seconds": self.interval.total_seconds(),
         }
-        return 200, "application/json", json.dumps(body).encode()
+        return (200 if self.last_error is None else 503), "application/json", json.dumps(body).encode()
 
     def _targets(self) -> list[Vault]:
         if self.keyrings is not None:
