@@ -7,13 +7,17 @@ Roles:
 * ``daemon``: rotates if v1 is still active (as a scheduler that found a
   rotation due would), then runs re-encryption passes until STOPFILE exists
   and nothing is pending; prints one JSON summary line.
-* ``worker``: one rate-limited re-encryption pass, printing ``batch N`` after
-  each committed batch (the test kills one of these mid-pass).
+* ``worker``: one re-encryption pass, printing ``batch N`` after each
+  committed batch.  ``NEBULA_TEST_SLOW_DECRYPT=SECONDS`` injects a delay into
+  each row's decryption, so a batch transaction (fetch ... FOR UPDATE SKIP
+  LOCKED, crypto, CAS) stays open long enough for the test to kill the
+  process in the middle of it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,7 +73,16 @@ def worker(vault: nc.Vault, stop: Path) -> None:
         batches += 1
         say(f"batch {batches}")
 
-    result = vault.reencrypt(batch_size=10, rate_limit=400, progress=progress)
+    delay = float(os.environ.get("NEBULA_TEST_SLOW_DECRYPT", "0"))
+    if delay:
+        decrypt = vault.keys.decrypt
+
+        def slow_decrypt(blob: bytes, aad: bytes = b"") -> bytes:
+            time.sleep(delay)
+            return decrypt(blob, aad)
+
+        vault.keys.decrypt = slow_decrypt  # type: ignore[method-assign]
+    result = vault.reencrypt(batch_size=10, progress=progress)
     say(json.dumps({"event": "done", "reencrypted": result.reencrypted, "ok": result.ok}))
 
 

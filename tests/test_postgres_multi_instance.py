@@ -18,6 +18,7 @@ import pytest
 import nebula_credential as nc
 from nebula_credential.models import KeyStatus
 
+from .fixtures_postgres import PostgresCluster
 from .helpers import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,26 +140,42 @@ def test_two_daemons_and_a_writer_during_rotation(
     assert sum(int(str(s["reencrypted"])) for s in summaries) >= len(untouched)
 
 
-def test_killing_one_of_two_workers_mid_pass(
-    deployment: tuple[str, dict[str, str], list[Actor]], tmp_path: Path
+def test_killing_one_of_two_workers_mid_batch(
+    deployment: tuple[str, dict[str, str], list[Actor]],
+    tmp_path: Path,
+    postgres_cluster: PostgresCluster,
 ) -> None:
     url, env, actors = deployment
-    values = _seed(url, 300)
+    values = _seed(url, 120)
     with nc.open(url) as v:
         v.keys.rotate(reason="test")
     stop = tmp_path / "stop"
-    doomed, survivor = Actor("worker", url, stop, env), Actor("worker", url, stop, env)
+    slow = {**env, "NEBULA_TEST_SLOW_DECRYPT": "0.01"}  # a batch of 10 holds its locks ~0.1 s
+    doomed = Actor("worker", url + "&application_name=doomed", stop, slow)
+    survivor = Actor("worker", url + "&application_name=survivor", stop, slow)
     actors.extend([doomed, survivor])
-    doomed.wait_for(lambda line: line.startswith("batch "))
-    doomed.proc.send_signal(signal.SIGKILL)  # mid-pass: its open transaction dies with it
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until it is inside a batch transaction
+        held = postgres_cluster.admin(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'doomed' "
+            "AND state = 'idle in transaction' AND xact_start < now() - interval '20 ms'"
+        )
+        if int(str(held[0][0])):
+            break
+        time.sleep(0.005)
+    else:
+        raise AssertionError("the doomed worker was never seen inside a batch")
+    doomed.proc.send_signal(signal.SIGKILL)  # its row locks go with its session
     doomed.proc.wait(30)
     survived = survivor.finish()
     assert survived["ok"] is True
     with nc.open(url) as v:
+        left = v.pending()[1]
         final = v.reencrypt(batch_size=50)  # the next pass finishes whatever is left
-        assert final.ok
+        assert final.ok and final.reencrypted == left
         assert v.keys.credential_counts() == {2: len(values)}
         for cid, value in values.items():
             assert v.get(cid) == value
-        assert {r.revision for r in v.list()} == {2}  # nobody re-encrypted a row twice
+        # the killed batch was rolled back, nothing applied twice: one revision per row
+        assert {r.revision for r in v.list()} == {2}
         assert v.audit.verify().ok
