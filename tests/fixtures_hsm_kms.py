@@ -38,8 +38,17 @@ def find_softhsm_library() -> str | None:
     for path in SOFTHSM_LIBRARY_CANDIDATES:
         if Path(path).is_file():
             return path
-    found = sorted(glob.glob("/usr/**/libsofthsm2.so", recursive=True))
-    return found[0] if found else None
+    # bounded patterns: a recursive walk of /usr can take minutes
+    for pattern in (
+        "/usr/lib/*/softhsm/libsofthsm2.so",
+        "/usr/lib*/softhsm/libsofthsm2.so",
+        "/usr/local/lib*/softhsm/libsofthsm2.so",
+        "/usr/lib/*/libsofthsm2.so",
+    ):
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
 
 
 @dataclass
