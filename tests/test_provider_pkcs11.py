@@ -248,3 +248,25 @@ def test_store_records_settings_without_the_pin(softhsm: SoftHsm, tmp_path: Path
     with nc.open(url) as v:  # reopened from the store's own record: pin_file, not the PIN
         assert v.provider.name == "pkcs11" and v.get("a") == {"t": 1}
         assert v.provider.describe()["mode"] == "direct"
+
+
+def test_direct_mode_destroy_erases_the_token_object(softhsm: SoftHsm) -> None:
+    p = provider(softhsm.settings(mode="direct"))
+    try:
+        km = memory_km(p)
+        blob = km.encrypt(b"x", b"ctx")
+        km.rotate()
+        km.revoke(1)
+
+        def dek_objects(version: int) -> list[object]:
+            with p._token() as session:
+                return [o for o in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
+                        if o.label == f"{p.key_label}:dek:{km.keyring}:{version}"]
+
+        assert dek_objects(1)
+        km.destroy(1)
+        assert dek_objects(1) == [] and dek_objects(2)
+        with pytest.raises(nc.KeyDestroyedError):
+            km.decrypt(blob, b"ctx")
+    finally:
+        p.close()

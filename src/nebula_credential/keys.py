@@ -28,7 +28,9 @@ from .exceptions import (
     KeyDestroyedError,
     KeyNotFoundError,
     KeyRevokedError,
+    NebulaCredentialError,
     PolicyViolationError,
+    ProviderError,
 )
 from .models import KeyStatus, KeyVersion, utc_now
 from .providers.base import Aead, KeyProvider, WrapContext
@@ -433,7 +435,17 @@ class KeyManager:
         with self._lock:
             self._keys = {vb: k for vb, k in self._keys.items() if k.version != version}
             self._refresh_at = 0.0
-        return replace(kv, status=new, status_changed_at=now)
+        if new is KeyStatus.DESTROYED and kv.wrapped_key is not None:
+            # After the commit: the decision stands even if the backend step fails.
+            try:
+                self.provider.destroy_dek(kv.wrapped_key, WrapContext(self.keyring, version))
+            except NebulaCredentialError as exc:
+                raise ProviderError(
+                    f"key version {version} is destroyed in the store, but the {self.provider.name} "
+                    f"provider could not erase its own copy ({type(exc).__name__}); remove it by hand"
+                ) from exc
+        wrapped = None if new is KeyStatus.DESTROYED else kv.wrapped_key
+        return replace(kv, status=new, status_changed_at=now, wrapped_key=wrapped)
 
     def revoke(self, version: int, *, reason: str = "operator") -> KeyVersion:
         return self.transition(version, KeyStatus.REVOKED, action="key.revoke", reason=reason)

@@ -137,6 +137,13 @@ class KeyProvider(ABC):
         with dek:
             return AESGCM(dek.buffer), wrapped
 
+    def _destroy(self, wrapped: bytes, ctx: WrapContext) -> None:  # noqa: B027 - optional hook
+        """Erase material the backend itself holds for a DEK (HSM direct mode).
+
+        Most backends hold nothing per DEK: erasing the wrapped form in the
+        store is the destruction, so the default does nothing.
+        """
+
     def describe(self) -> dict[str, Any]:
         """Non-secret facts for ``status`` and the store's provider record."""
         return {"type": self.name}
@@ -195,6 +202,10 @@ class KeyProvider(ABC):
     def rewrap(self, wrapped: bytes, ctx: WrapContext) -> bytes:
         """Re-protect a DEK under the current root key version."""
         return self._call("rewrap", lambda: self._rewrap(wrapped, ctx))
+
+    def destroy_dek(self, wrapped: bytes, ctx: WrapContext) -> None:
+        """Erase any backend-held material of a destroyed DEK."""
+        self._call("destroy", lambda: self._destroy(wrapped, ctx))
 
     def rotate_root_key(self) -> str:
         """Create a new root key version; returns its id."""

@@ -399,6 +399,15 @@ class Pkcs11KeyProvider(KeyProvider):
         self._dek(ref, label)  # fail now, not at first use, if the object is gone
         return HsmAead(self, ref, label)
 
+    def _destroy(self, wrapped: bytes, ctx: WrapContext) -> None:
+        if wrapped[:2] != _REF:
+            return  # a wrapped DEK: erasing the stored record was the destruction
+        ref = bytes(self._open_record(wrapped, ctx, _REF, _REF_LEN))
+        self._deks.pop(ref, None)
+        with self._token() as session:
+            for obj in list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: ref})):
+                obj.destroy()
+
     def _create(self, ctx: WrapContext) -> tuple[Aead, bytes]:
         if self.mode == "wrap":
             return super()._create(ctx)
