@@ -361,6 +361,9 @@ def run_pass(
     if batch_size < 1:
         raise ConfigError("reencryption.batch_size", f"must be at least 1, got {batch_size}")
     check_workers(km, workers)
+    # each worker holds a batch transaction open, and may need a short autonomous
+    # one beside it (the encryption counter); leave room for both plus the caller
+    km.store.ensure_connections(2 * workers + 2)
     start = time.perf_counter()
     active = km.current_key()
     result = ReencryptResult(active_version=active.version, workers=workers)

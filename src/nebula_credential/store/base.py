@@ -243,6 +243,9 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def ensure_connections(self, count: int) -> None:  # noqa: B027 - optional hook
+        """Make room for ``count`` concurrent transactions (a pooled backend grows its pool)."""
+
     def read(self) -> AbstractContextManager[StoreTx]:
         return self.transaction(write=False)
 

@@ -339,6 +339,11 @@ class PostgresStore(Store):
 
         return self.run(apply)
 
+    def ensure_connections(self, count: int) -> None:
+        if count > self._pool_size:
+            self._pool_size = count
+            self._pool.resize(min_size=1, max_size=count)
+
     def close(self) -> None:
         if os.getpid() != self._pid:  # a forked child must not close the parent's sessions
             self._orphans.append(self._pool)
