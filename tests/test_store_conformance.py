@@ -51,7 +51,7 @@ def test_migrations_are_idempotent(store_url: str) -> None:
             with s.read() as tx:
                 assert tx.schema_version() == SCHEMA_VERSION
                 rows = tx._exec("SELECT COUNT(*) FROM schema_version").fetchone()  # type: ignore[attr-defined]
-                assert rows[0] == 1
+                assert rows[0] == SCHEMA_VERSION  # one row per migration, none applied twice
         finally:
             s.close()
 
@@ -77,7 +77,7 @@ def test_concurrent_first_migrations_apply_once(store_url: str) -> None:
         assert errors == []
         with stores[0].read() as tx:
             assert tx.schema_version() == SCHEMA_VERSION
-            assert tx._exec("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1  # type: ignore[attr-defined]
+            assert tx._exec("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION  # type: ignore[attr-defined]
     finally:
         for s in stores:
             s.close()

@@ -8,7 +8,7 @@ Events are appended inside the caller's transaction, so an event exists
 exactly when the change it records was committed.
 
 A chain alone cannot show that its newest events were cut off, so each
-append also stores a MAC'd *head* (last seq and MAC) in the store's meta,
+append also stores a MAC'd *head* (last seq and MAC) in ``audit_head``,
 in the same transaction: truncating the tail needs the audit key too.
 What no in-database scheme can catch is a rollback of the whole database
 (rows and head together) to an earlier copy; ship the log mirror
@@ -37,7 +37,6 @@ from .providers.base import KeyProvider, WrapContext
 from .store.base import AuditRow, Store, StoreTx
 
 AUDIT_KEY_META = "audit_key"
-AUDIT_HEAD_META = "audit_head"
 _HEAD_DOMAIN = b"nebula-credential audit head v1\x00"
 #: Detail names that would only ever carry a secret: refused outright.
 FORBIDDEN_DETAILS = frozenset(
@@ -182,7 +181,7 @@ class AuditLog:
         draft = AuditRow(seq + 1, ts, self.actor, action, keyring, version, credential_id, outcome, body, b"")
         row = dataclasses.replace(draft, mac=_mac(key, prev, draft))
         tx.audit_append(row)
-        tx.set_meta(AUDIT_HEAD_META, f"{row.seq}:{_head_tag(key, row.seq, row.mac)}")
+        tx.set_audit_head(f"{row.seq}:{_head_tag(key, row.seq, row.mac)}")
         if self._mirror:
             logger.info(json.dumps(row_to_json(row), sort_keys=True))
         return row.seq
@@ -202,7 +201,7 @@ class AuditLog:
         """Walk the whole chain; report the first event that does not check out."""
         with self._store.read() as tx:
             key = bytes(self._audit_key(tx))
-            head = tx.get_meta(AUDIT_HEAD_META)
+            head = tx.get_audit_head()
         prev = b""
         expected_seq = 1
         count = 0

@@ -436,6 +436,17 @@ class SqlTx(StoreTx):
             ),
         )
 
+    def get_audit_head(self) -> str | None:
+        row = self._exec("SELECT value FROM audit_head WHERE name = 'chain'").fetchone()
+        return None if row is None else str(row[0])
+
+    def set_audit_head(self, value: str) -> None:
+        self._exec(
+            "INSERT INTO audit_head (name, value) VALUES ('chain', ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (value,),
+        )
+
     def audit_rows(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
         rows = self._exec(
             f"SELECT {_AUDIT_COLS} FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -543,3 +554,9 @@ def schema_v1(blob: str, real: str) -> list[str]:
             mac {blob} NOT NULL
         )""",
     ]
+
+
+def schema_v2() -> list[str]:
+    """Version 2: the MAC'd head of the audit chain, in a table of its own so that
+    application roles can advance it without write access to ``meta``."""
+    return ["CREATE TABLE IF NOT EXISTS audit_head (name TEXT PRIMARY KEY, value TEXT NOT NULL)"]

@@ -29,7 +29,7 @@ logger = logging.getLogger("nebula_credential.store")
 #: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
 STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +193,13 @@ class StoreTx(ABC):
 
     @abstractmethod
     def audit_append(self, row: AuditRow) -> None: ...
+
+    @abstractmethod
+    def get_audit_head(self) -> str | None:
+        """The MAC'd head of the audit chain (last seq and a tag), if any."""
+
+    @abstractmethod
+    def set_audit_head(self, value: str) -> None: ...
 
     @abstractmethod
     def audit_rows(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]: ...

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..exceptions import StoreError, StoreUnavailableError
-from ._sql import SqlTx, schema_v1
+from ._sql import SqlTx, schema_v1, schema_v2
 from .base import Store, StoreTx
 
-MIGRATIONS = [schema_v1("BLOB", "REAL")]
+MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2()]
 
 
 def path_from_url(url: str) -> str:
