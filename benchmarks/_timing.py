@@ -26,12 +26,14 @@ def loop_seconds(call: Call, args: tuple[Any, ...], n: int) -> float:
 
 def calibrate(call: Call, args: tuple[Any, ...], target_seconds: float, n_max: int) -> int:
     """An ``n`` for which one repetition takes about ``target_seconds``."""
-    n = 16
+    n = 8
     while True:
         spent = loop_seconds(call, args, n)
-        if spent >= target_seconds / 4 or n >= n_max:
+        if spent >= target_seconds / 2 or n >= n_max:
             break
         n *= 4
+    # best of three at the final size, so one stall does not shrink n
+    spent = min(spent, loop_seconds(call, args, n), loop_seconds(call, args, n))
     return max(1, min(n_max, int(n * target_seconds / max(spent, 1e-9))))
 
 
