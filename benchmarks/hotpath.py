@@ -58,8 +58,14 @@ Factory = Callable[[ExitStack, str], Contender]
 def ours(stack: ExitStack, tmp: str) -> Contender:
     km = nc.KeyManager.ephemeral()
     blob = km.encrypt(SECRET, AAD)
-    return Contender("nebula-credential KeyManager", km.encrypt, (SECRET, AAD),
-                     km.decrypt, (blob, AAD), "AES-256-GCM, envelope v1, context AAD")
+    return Contender(
+        "nebula-credential KeyManager",
+        km.encrypt,
+        (SECRET, AAD),
+        km.decrypt,
+        (blob, AAD),
+        "AES-256-GCM, envelope v1, context AAD",
+    )
 
 
 def bare(stack: ExitStack, tmp: str) -> Contender:
@@ -72,8 +78,14 @@ def bare(stack: ExitStack, tmp: str) -> Contender:
     def decrypt(blob: bytes, aad: bytes) -> bytes:
         return aead.decrypt(blob[:12], blob[12:], aad)
 
-    return Contender(BARE, encrypt, (SECRET, AAD), decrypt, (encrypt(SECRET, AAD), AAD),
-                     "nonce prepended / split off")
+    return Contender(
+        BARE,
+        encrypt,
+        (SECRET, AAD),
+        decrypt,
+        (encrypt(SECRET, AAD), AAD),
+        "nonce prepended / split off",
+    )
 
 
 def tink_aead(stack: ExitStack, tmp: str) -> Contender:
@@ -83,29 +95,53 @@ def tink_aead(stack: ExitStack, tmp: str) -> Contender:
     aead.register()
     primitive = tink.new_keyset_handle(aead.aead_key_templates.AES256_GCM).primitive(aead.Aead)
     blob = primitive.encrypt(SECRET, AAD)
-    return Contender("Google Tink AEAD AES256_GCM", primitive.encrypt, (SECRET, AAD),
-                     primitive.decrypt, (blob, AAD), "same AAD")
+    return Contender(
+        "Google Tink AEAD AES256_GCM",
+        primitive.encrypt,
+        (SECRET, AAD),
+        primitive.decrypt,
+        (blob, AAD),
+        "same AAD",
+    )
 
 
 def asherah_session(stack: ExitStack, tmp: str) -> Contender:
     import asherah
 
-    factory = asherah.SessionFactory({
-        "ServiceName": "bench", "ProductID": "bench", "Metastore": "memory", "KMS": "static",
-        "StaticMasterKeyHex": os.urandom(32).hex(), "EnableSessionCaching": True,
-    })
+    factory = asherah.SessionFactory(
+        {
+            "ServiceName": "bench",
+            "ProductID": "bench",
+            "Metastore": "memory",
+            "KMS": "static",
+            "StaticMasterKeyHex": os.urandom(32).hex(),
+            "EnableSessionCaching": True,
+        }
+    )
     stack.callback(factory.close)
     session = factory.get_session(CRED_ID)
     stack.callback(session.close)
     blob = session.encrypt_bytes(SECRET)
-    return Contender("Asherah (memory metastore, static KMS)", session.encrypt_bytes, (SECRET,),
-                     session.decrypt_bytes, (blob,), "no AAD; partition = credential id")
+    return Contender(
+        "Asherah (memory metastore, static KMS)",
+        session.encrypt_bytes,
+        (SECRET,),
+        session.decrypt_bytes,
+        (blob,),
+        "no AAD; partition = credential id",
+    )
 
 
 def multifernet(stack: ExitStack, tmp: str) -> Contender:
     mf = MultiFernet([Fernet(Fernet.generate_key()), Fernet(Fernet.generate_key())])
-    return Contender("cryptography MultiFernet (2 keys)", mf.encrypt, (SECRET,),
-                     mf.decrypt, (mf.encrypt(SECRET),), "AES-128-CBC + HMAC, no AAD")
+    return Contender(
+        "cryptography MultiFernet (2 keys)",
+        mf.encrypt,
+        (SECRET,),
+        mf.decrypt,
+        (mf.encrypt(SECRET),),
+        "AES-128-CBC + HMAC, no AAD",
+    )
 
 
 def _esdk(cached: bool) -> Factory:
@@ -121,23 +157,33 @@ def _esdk(cached: bool) -> Factory:
         from aws_encryption_sdk.key_providers.raw import RawMasterKey
 
         key = RawMasterKey(
-            provider_id="bench", key_id=b"wrapping-key",
+            provider_id="bench",
+            key_id=b"wrapping-key",
             wrapping_key=WrappingKey(
                 wrapping_algorithm=WrappingAlgorithm.AES_256_GCM_IV12_TAG16_NO_PADDING,
-                wrapping_key=os.urandom(32), wrapping_key_type=EncryptionKeyType.SYMMETRIC),
+                wrapping_key=os.urandom(32),
+                wrapping_key_type=EncryptionKeyType.SYMMETRIC,
+            ),
         )
         client = aws_encryption_sdk.EncryptionSDKClient(
-            commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT)
+            commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
+        )
         source: dict[str, Any] = {"key_provider": key}
         if cached:
-            source = {"materials_manager": aws_encryption_sdk.CachingCryptoMaterialsManager(
-                master_key_provider=key, cache=aws_encryption_sdk.LocalCryptoMaterialsCache(100),
-                max_age=600.0, max_messages_encrypted=2**32)}
+            source = {
+                "materials_manager": aws_encryption_sdk.CachingCryptoMaterialsManager(
+                    master_key_provider=key,
+                    cache=aws_encryption_sdk.LocalCryptoMaterialsCache(100),
+                    max_age=600.0,
+                    max_messages_encrypted=2**32,
+                )
+            }
         alg = Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY
 
         def encrypt(data: bytes) -> bytes:
-            ct, _ = client.encrypt(source=data, encryption_context=ENC_CONTEXT, algorithm=alg,
-                                   **source)
+            ct, _ = client.encrypt(
+                source=data, encryption_context=ENC_CONTEXT, algorithm=alg, **source
+            )
             return bytes(ct)
 
         def decrypt(blob: bytes) -> bytes:
@@ -145,20 +191,35 @@ def _esdk(cached: bool) -> Factory:
             return bytes(pt)
 
         name = "AWS Encryption SDK (raw AES key" + (", caching CMM)" if cached else ")")
-        return Contender(name, encrypt, (SECRET,), decrypt, (encrypt(SECRET),),
-                         "committing suite, unsigned; encryption context")
+        return Contender(
+            name,
+            encrypt,
+            (SECRET,),
+            decrypt,
+            (encrypt(SECRET),),
+            "committing suite, unsigned; encryption context",
+        )
+
     return build
 
 
 def vault_sqlite(stack: ExitStack, tmp: str) -> Contender:
-    vault = nc.open(f"sqlite:///{os.path.join(tmp, 'hot.db')}", create=True,
-                    provider=LocalKeyProvider.ephemeral())
+    vault = nc.open(
+        f"sqlite:///{os.path.join(tmp, 'hot.db')}",
+        create=True,
+        provider=LocalKeyProvider.ephemeral(),
+    )
     stack.callback(vault.close)
     value = SECRET.hex()[:250]
     vault.put(CRED_ID, value, scope=SCOPE)
-    return Contender("nebula-credential vault.put / vault.get (SQLite)", vault.put,
-                     (CRED_ID, value), vault.get, (CRED_ID,),
-                     "one transaction per call, WAL, synchronous=NORMAL")
+    return Contender(
+        "nebula-credential vault.put / vault.get (SQLite)",
+        vault.put,
+        (CRED_ID, value),
+        vault.get,
+        (CRED_ID,),
+        "one transaction per call, WAL, synchronous=NORMAL",
+    )
 
 
 #: (name shown if skipped, factory, pip distribution it needs or None)
@@ -195,14 +256,18 @@ def run(reps: int = 7, target_seconds: float = 0.2, n_max: int = 200_000) -> lis
         cases: list[tuple[Call, tuple[Any, ...], int]] = []
         labels: list[tuple[Contender, str]] = []
         for c in built:
-            for direction, call, args in (("encrypt", c.encrypt, c.enc_args),
-                                          ("decrypt", c.decrypt, c.dec_args)):
+            for direction, call, args in (
+                ("encrypt", c.encrypt, c.enc_args),
+                ("decrypt", c.decrypt, c.dec_args),
+            ):
                 call(*args)  # warm caches (key loading, session, materials)
                 cases.append((call, args, calibrate(call, args, target_seconds, n_max)))
                 labels.append((c, direction))
         medians = interleaved_medians(cases, reps)
-    rows = [Row(c.name, d, ops, n=case[2], note=c.note)
-            for (c, d), ops, case in zip(labels, medians, cases)]
+    rows = [
+        Row(c.name, d, ops, n=case[2], note=c.note)
+        for (c, d), ops, case in zip(labels, medians, cases)
+    ]
     base = {r.direction: r.ops for r in rows if r.name == BARE}
     for r in rows:
         if r.ops is not None and base.get(r.direction):

@@ -185,16 +185,36 @@ def run(n: int = 100_000, reps: int = 3, workdir: Path | None = None) -> list[Ro
         mf = MultiFernet([new, old])
 
         cases: list[tuple[str, Path, Callable[[Path], tuple[int, float]], str]] = [
-            ("nebula-credential vault.reencrypt()", ours_src,
-             lambda p: ours_pass(p, provider), "batches of 500, CAS on revision"),
-            ("MultiFernet rotate() loop (Airflow-style)", fernet_src,
-             lambda p: multifernet_pass(p, mf), "select all, rotate, update each, one commit"),
-            ("database bound (same I/O, no crypto)", ours_src, db_bound_pass,
-             "our batched reads + CAS writes, envelopes unchanged"),
-            ("our cryptography alone (no database)", ours_src,
-             lambda p: crypto_only_pass(p, provider), "decrypt + encrypt per row, rows in memory"),
-            ("MultiFernet rotate() alone (no database)", fernet_src,
-             lambda p: multifernet_crypto_only(p, mf), "tokens in memory"),
+            (
+                "nebula-credential vault.reencrypt()",
+                ours_src,
+                lambda p: ours_pass(p, provider),
+                "batches of 500, CAS on revision",
+            ),
+            (
+                "MultiFernet rotate() loop (Airflow-style)",
+                fernet_src,
+                lambda p: multifernet_pass(p, mf),
+                "select all, rotate, update each, one commit",
+            ),
+            (
+                "database bound (same I/O, no crypto)",
+                ours_src,
+                db_bound_pass,
+                "our batched reads + CAS writes, envelopes unchanged",
+            ),
+            (
+                "our cryptography alone (no database)",
+                ours_src,
+                lambda p: crypto_only_pass(p, provider),
+                "decrypt + encrypt per row, rows in memory",
+            ),
+            (
+                "MultiFernet rotate() alone (no database)",
+                fernet_src,
+                lambda p: multifernet_crypto_only(p, mf),
+                "tokens in memory",
+            ),
         ]
         samples: dict[str, list[tuple[int, float]]] = {name: [] for name, *_ in cases}
         for _ in range(reps):
