@@ -246,7 +246,8 @@ def write(
             "## Re-encryption as the table grows (SQLite)",
             "",
             "Each table built in one child process; a fresh child rotates and re-encrypts it and "
-            "reports its peak RSS (`ru_maxrss`), so memory not streamed away would show here.",
+            "reports its peak RSS (`VmHWM` from /proc; `ru_maxrss` would inherit the parent's "
+            "peak), so memory not streamed away would show here.",
             "",
             "| rows | build s | re-encryption s | rows/s | RSS before pass MiB | peak RSS MiB |",
             "|---:|---:|---:|---:|---:|---:|",
