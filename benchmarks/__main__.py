@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    ap.add_argument("--reps", type=int, default=7, help="repetitions per figure (median)")
-    ap.add_argument("--seconds", type=float, default=0.15, help="target seconds per repetition")
+    ap.add_argument("--reps", type=int, default=15, help="repetitions per figure (median)")
+    ap.add_argument("--seconds", type=float, default=0.06, help="target seconds per repetition")
     ap.add_argument("--rows", type=int, default=100_000, help="table size for the rotation run")
     ap.add_argument("--rot-reps", type=int, default=3, help="repetitions of each rotation pass")
     ap.add_argument("--large", action="store_true", help="also 100k vs 1M: time and peak memory")

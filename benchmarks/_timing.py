@@ -37,12 +37,19 @@ def calibrate(call: Call, args: tuple[Any, ...], target_seconds: float, n_max: i
     return max(1, min(n_max, int(n * target_seconds / max(spent, 1e-9))))
 
 
-def interleaved_medians(
+def interleaved_samples(
     cases: Sequence[tuple[Call, tuple[Any, ...], int]], reps: int
-) -> list[float]:
-    """Median ops/s of each (call, args, n), repetitions interleaved."""
+) -> list[list[float]]:
+    """Ops/s of every repetition of each (call, args, n), repetitions interleaved."""
     samples: list[list[float]] = [[] for _ in cases]
     for _ in range(reps):
         for i, (call, args, n) in enumerate(cases):
             samples[i].append(n / loop_seconds(call, args, n))
-    return [statistics.median(s) for s in samples]
+    return samples
+
+
+def interleaved_medians(
+    cases: Sequence[tuple[Call, tuple[Any, ...], int]], reps: int
+) -> list[float]:
+    """Median ops/s of each (call, args, n), repetitions interleaved."""
+    return [statistics.median(s) for s in interleaved_samples(cases, reps)]
