@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio {r.ratio and round(r.ratio, 3)} {r.note if r.ops is None else ''}"
         )
     say("hot-path breakdown")
-    steps = profile_hotpath.run(reps=args.reps)
+    steps = profile_hotpath.run(n=50_000, reps=min(args.reps, 7))
     say(f"rotation on {args.rows:,} rows")
     rot = rotation.run(n=args.rows, reps=args.rot_reps)
     for rr in rot:

@@ -105,6 +105,42 @@ def verdicts(rows: list[Row], rot: list[RotRow]) -> list[str]:
     return out
 
 
+def _gap_text(steps: list[Step]) -> list[str]:
+    """What the step table says about the gap to the bare call."""
+    whole = {(s.direction, s.step.split()[1]): s.ns for s in steps if s.step.startswith("whole")}
+    out = []
+    for d in ("encrypt", "decrypt"):
+        ours, bare = whole.get((d, "KeyManager." + d)), whole.get((d, "bare"))
+        if ours and bare:
+            out.append(
+                f"- {d}: ours {ours:,.0f} ns, bare {bare:,.0f} ns per call: "
+                f"{ours - bare:,.0f} ns of fixed Python work per call."
+            )
+    return [
+        "Reading it: the AES-GCM call and `os.urandom` are shared with the bare call; the gap is "
+        "fixed Python work around them, the same for any secret size:",
+        "",
+        *out,
+        "",
+        "Encrypt adds the refresh-deadline check (`time.monotonic()`, so another process's "
+        "rotation or revocation is seen within `refresh_interval`), the usage counter "
+        "(`next(counter) >= limit`, which bounds the AES-GCM nonce budget per key), and two "
+        "concatenations (header, header + AAD). Decrypt adds the refresh check, the key lookup "
+        "by the envelope's version bytes, the length + magic check, and building the header "
+        "AAD. Each is one or two bytecode-level operations (~0.1-0.3 us on this machine); "
+        "none allocates objects beyond the bytes it must build. Tink and Asherah do the same "
+        "bookkeeping in C++/Rust, which is why they are close to the bare call. What would "
+        "close the gap: (1) look keys up by the full 8-byte prefix `blob[:8]`, which validates "
+        "magic, format and version in one slice and one dict lookup and drops the separate "
+        "magic compare; (2) replace the per-call `time.monotonic()` deadline with a counter "
+        "checked every N calls or a background refresh (changes when a remote revocation is "
+        "noticed, so not done here); (3) move the envelope assembly into a compiled helper. "
+        "Figures on a shared 2-core machine move by +-20% between runs (compare the median "
+        "and best columns above).",
+        "",
+    ]
+
+
 def chart(rows: list[Row], rot: list[RotRow], path: Path) -> str | None:
     """Write the bar chart; returns why not if matplotlib is missing."""
     try:
@@ -227,6 +263,7 @@ def write(
         "|---|---|---:|",
         *[f"| {s.direction} | {s.step} | {s.ns:,.0f} |" for s in steps],
         "",
+        *_gap_text(steps),
     ]
     if rot:
         db = next((r for r in rot if r.name == ROT_DB), None)
