@@ -1,0 +1,58 @@
+"""``python -m benchmarks`` (``make bench``): run everything, write docs/benchmarks.{md,png}."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import hotpath, large, profile_hotpath, report, rotation
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    ap.add_argument("--reps", type=int, default=15, help="repetitions per figure (median)")
+    ap.add_argument("--seconds", type=float, default=0.06, help="target seconds per repetition")
+    ap.add_argument("--rows", type=int, default=100_000, help="table size for the rotation run")
+    ap.add_argument("--rot-reps", type=int, default=3, help="repetitions of each rotation pass")
+    ap.add_argument("--large", action="store_true", help="also 100k vs 1M: time and peak memory")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the page and PNG go")
+    args = ap.parse_args(argv)
+    info = report.machine()
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    say("encrypt/decrypt beside the alternatives")
+    rows = hotpath.run(reps=args.reps, target_seconds=args.seconds)
+    for r in rows:
+        say(
+            f"  {r.name} {r.direction}: {r.ops and round(r.ops):} ops/s "
+            f"ratio {r.ratio and round(r.ratio, 3)} {r.note if r.ops is None else ''}"
+        )
+    say("hot-path breakdown")
+    steps = profile_hotpath.run(n=50_000, reps=min(args.reps, 7))
+    say(f"rotation on {args.rows:,} rows")
+    rot = rotation.run(n=args.rows, reps=args.rot_reps)
+    for rr in rot:
+        say(f"  {rr.name}: {rr.rows_per_s:,.0f} rows/s ({rr.seconds:.2f} s)")
+    big = None
+    if args.large:
+        say("100k vs 1M re-encryption (child processes)")
+        big = large.run()
+        for b in big:
+            say(f"  {b.rows:,}: {b.seconds:.1f} s, peak RSS {b.peak_rss_mib:.1f} MiB")
+    settings = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
+    page = report.write(
+        args.out, rows, rot, steps, big, info, settings.strip(), time.perf_counter() - start
+    )
+    say(f"wrote {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
