@@ -100,3 +100,11 @@ def test_mutations_of_a_valid_envelope_are_refused(data: st.DataObject) -> None:
         blob[i:i] = data.draw(st.binary(min_size=1, max_size=8))
     with pytest.raises(TYPED):
         KM.decrypt(bytes(blob), b"ctx")
+
+
+def test_bytearray_and_memoryview_envelopes_decrypt() -> None:
+    blob = KM.encrypt(b"v", b"c")
+    assert KM.decrypt(bytearray(blob), b"c") == b"v"
+    assert KM.decrypt(memoryview(blob), b"c") == b"v"
+    with pytest.raises(nc.EnvelopeFormatError):
+        KM.decrypt(12345, b"c")  # type: ignore[arg-type]

@@ -248,8 +248,11 @@ class KeyManager:
         """Decrypt an envelope with whichever version its header names."""
         if time.monotonic() >= self._refresh_at:
             self._refresh()
-        key = self._keys.get(blob[:8])
-        if key is None or len(blob) < env.MIN_SIZE:
+        try:
+            key = self._keys.get(blob[:8])
+        except TypeError:  # a bytearray's slice is unhashable: the slow path normalises it
+            key = None
+        if key is None:
             return self._decrypt_slow(blob, aad)
         try:
             return key._aead.decrypt(blob[8:20], blob[20:], blob[:20] + aad)
@@ -258,8 +261,12 @@ class KeyManager:
                 f"envelope failed authentication under key version {key.version} "
                 "(tampered, truncated, or bound to another credential)"
             ) from None
+        except (TypeError, ValueError):  # a memoryview, or too short to hold a nonce: parse and say why
+            return self._decrypt_slow(blob, aad)
 
     def _decrypt_slow(self, blob: bytes, aad: bytes) -> bytes:
+        if isinstance(blob, bytearray | memoryview):
+            blob = bytes(blob)
         parsed = env.parse(blob)
         try:
             key = self.get_key(parsed.key_version)
@@ -278,7 +285,7 @@ class KeyManager:
                 f"envelope failed authentication under key version {key.version} "
                 "(tampered, truncated, or bound to another credential)"
             ) from None
-        if key.status is KeyStatus.GRACE or self.version_status(key.version) is KeyStatus.GRACE:
+        if key.status is KeyStatus.GRACE:  # grace keys are never cached, so this status is fresh
             self._grace_used(key.version)
         return plaintext
 

@@ -59,6 +59,15 @@ def key_file_path(settings: dict[str, Any], base_dir: Path | None) -> Path:
     return (base_dir or Path.cwd()) / "master.key"
 
 
+def _decrypt_to_buffer(cipher: AESGCM, nonce: bytes, data: bytes, aad: bytes) -> bytearray:
+    """Plaintext straight into a wipeable buffer where cryptography allows (>= 45), not an immutable bytes."""
+    if hasattr(cipher, "decrypt_into"):
+        out = bytearray(len(data) - 16)
+        cipher.decrypt_into(nonce, data, aad, out)
+        return out
+    return bytearray(cipher.decrypt(nonce, data, aad))  # pragma: no cover - older cryptography
+
+
 class LocalKeyProvider(KeyProvider):
     """AES-256-GCM key wrapping under a root key read from a 0600 file."""
 
@@ -153,7 +162,7 @@ class LocalKeyProvider(KeyProvider):
     # ---- hooks -----------------------------------------------------------
     def _wrap(self, dek: SecretBytes, ctx: WrapContext) -> bytes:
         nonce = os.urandom(12)
-        ct = self._ciphers[self._current].encrypt(nonce, bytes(dek.buffer), ctx.as_bytes())
+        ct = self._ciphers[self._current].encrypt(nonce, dek.buffer, ctx.as_bytes())  # no bytes copy of the DEK
         return _TAG + self._current + nonce + ct
 
     def _unwrap(self, wrapped: bytes, ctx: WrapContext) -> SecretBytes:
@@ -173,7 +182,7 @@ class LocalKeyProvider(KeyProvider):
             )
         nonce = wrapped[2 + _ID_LEN : 2 + _ID_LEN + 12]
         try:
-            return SecretBytes(bytearray(cipher.decrypt(nonce, wrapped[2 + _ID_LEN + 12 :], ctx.as_bytes())))
+            return SecretBytes(_decrypt_to_buffer(cipher, nonce, wrapped[2 + _ID_LEN + 12 :], ctx.as_bytes()))
         except InvalidTag:
             raise DecryptionError(
                 f"data key {ctx.keyring}/v{ctx.version} does not unwrap under root key {kid.hex()}"
