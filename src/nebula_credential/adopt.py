@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._jsonl import iter_objects
 from .exceptions import ConfigError, NebulaCredentialError
 from .legacy import LegacyKeySet, decode_value
 from .store.base import redact_url
@@ -92,22 +93,13 @@ def adopt(
 
 def records_from_jsonl(path: str | Path) -> Iterator[LegacyRecord]:
     """``{"id", "scope", "token", "metadata"}`` per line, streamed."""
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError:
-                raise ConfigError(f"{path}:{n}", "not valid JSON") from None
-            if not isinstance(item, dict) or "id" not in item or "token" not in item:
-                raise ConfigError(f"{path}:{n}", 'expected {"id", "scope", "token", "metadata"}')
-            yield LegacyRecord(
-                id=str(item["id"]),
-                token=item["token"],
-                scope=str(item.get("scope") or DEFAULT_SCOPE),
-                metadata=item.get("metadata") or {},
-            )
+    for item in iter_objects(path, ("id", "token"), '{"id", "scope", "token", "metadata"}'):
+        yield LegacyRecord(
+            id=str(item["id"]),
+            token=item["token"],
+            scope=str(item.get("scope") or DEFAULT_SCOPE),
+            metadata=item.get("metadata") or {},
+        )
 
 
 def records_from_db(url: str, query: str, *, page: int = 500) -> Iterator[LegacyRecord]:

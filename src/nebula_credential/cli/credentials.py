@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from .._jsonl import iter_objects
 from ..exceptions import ConfigError
 from ..vault import DEFAULT_SCOPE
 from ._common import AppContext, console, emit, pass_app
@@ -100,21 +101,8 @@ def list_(app: AppContext, scope: str | None, key_version: int | None) -> None:
 
 
 def _jsonl(path: str) -> Iterator[tuple[str, Any, str, dict[str, Any] | None]]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    try:
-        for n, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError:
-                raise ConfigError(f"{path}:{n}", "not valid JSON") from None
-            if not isinstance(item, dict) or "id" not in item or "value" not in item:
-                raise ConfigError(f"{path}:{n}", 'expected {"id", "scope", "value", "metadata"}')
-            yield str(item["id"]), item["value"], str(item.get("scope") or DEFAULT_SCOPE), item.get("metadata")
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+    for item in iter_objects(path, ("id", "value"), '{"id", "scope", "value", "metadata"}'):
+        yield str(item["id"]), item["value"], str(item.get("scope") or DEFAULT_SCOPE), item.get("metadata")
 
 
 @click.command(name="import")
