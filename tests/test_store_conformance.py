@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -365,5 +366,27 @@ def test_sqlite_does_not_claim_skip_locked(tmp_path: object) -> None:
     s = open_store(f"sqlite:///{tmp_path}/x.db")
     try:
         assert s.supports_skip_locked is False  # workers must not rely on it there
+    finally:
+        s.close()
+
+
+def test_sqlite_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:
+    """An HTTP server answers each scrape on a new thread: those connections must not pile up."""
+    from nebula_credential.store.sqlite import SqliteStore
+
+    s = SqliteStore(f"sqlite:///{tmp_path / 'threads.db'}")
+    s.migrate()
+    try:
+        def scrape() -> None:
+            with s.read() as tx:
+                tx.schema_version()
+
+        for _ in range(50):
+            t = threading.Thread(target=scrape)
+            t.start()
+            t.join()
+        with s.read() as tx:
+            assert tx.schema_version() == SCHEMA_VERSION
+        assert len(s._all) <= 2
     finally:
         s.close()

@@ -319,26 +319,34 @@ class _Pass:
         with suppress(BaseException):  # kept in self.error, re-raised by run_slice
             self.drain(version, scope)
 
-    def _write_failures(self, failures: list[Failure]) -> None:
-        self.km.store.run(lambda tx: self.write(tx, [], failures))
-
     # ---- rows under a revoked or destroyed version ------------------------
     def report_undecryptable(self, version: int, scope: str, status: str) -> None:
-        """Report each row once per pass, never decrypt or rewrite it."""
+        """Report each row once per pass, never decrypt or rewrite it.
+
+        The rows are listed in the result; the audit trail gets one
+        ``reencrypt.blocked`` event per version and scope per pass, not one per
+        row, so a daemon passing every minute does not flood it with a state
+        the operator chose (and ``doctor`` keeps pointing at).
+        """
         reason = f"key version {version} is {status}; reinstate it (if revoked) to re-encrypt"
         after: str | None = None
+        count = 0
         while not self.should_stop():
             with self.km.store.read() as tx:
                 rows = tx.fetch_for_reencryption(self.km.keyring, version, scope, after,
                                                  self.batch_size)
             if not rows:
-                return
-            failures = [Failure(r.id, version, reason) for r in rows]
-            self._write_failures(failures)
-            self.account(scope, len(rows), 0, 0, failures)
+                break
+            count += len(rows)
+            self.account(scope, len(rows), 0, 0, [Failure(r.id, version, reason) for r in rows])
             if len(rows) < self.batch_size:
-                return
+                break
             after = rows[-1].id
+        audit = self.km.audit
+        if count and audit is not None:
+            self.km.store.run(lambda tx: audit.record(
+                tx, "reencrypt.blocked", keyring=self.km.keyring, version=version, outcome="error",
+                scope=scope, credentials=count, status=status))
 
 
 def run_pass(

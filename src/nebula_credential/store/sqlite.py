@@ -48,7 +48,10 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._shared: sqlite3.Connection | None = None
         self._shared_lock = threading.RLock()
-        self._all: list[sqlite3.Connection] = []
+        # every connection opened, with the thread it serves: a connection whose
+        # thread has ended is closed when the next one is opened, so short-lived
+        # threads (an HTTP server's handlers) do not leak file descriptors
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
         if not self._memory:
             parent = Path(self.path).resolve().parent
@@ -70,7 +73,15 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
         with self._all_lock:
-            self._all.append(conn)
+            alive = []
+            for thread, old in self._all:
+                if thread.is_alive():
+                    alive.append((thread, old))
+                else:
+                    with contextlib.suppress(sqlite3.Error):
+                        old.close()
+            alive.append((threading.current_thread(), conn))
+            self._all = alive
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -114,7 +125,7 @@ class SqliteStore(Store):
 
     def close(self) -> None:
         with self._all_lock:
-            conns, self._all = self._all, []
+            conns, self._all = [c for _, c in self._all], []
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
