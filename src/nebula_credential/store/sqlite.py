@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,7 +68,7 @@ class SqliteStore(Store):
                 check_same_thread=False,
             )
             if not self._memory:
-                conn.execute("PRAGMA journal_mode=WAL")
+                self._enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
@@ -83,6 +84,22 @@ class SqliteStore(Store):
             alive.append((threading.current_thread(), conn))
             self._all = alive
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL; on a new file several openers race for that switch, so retry briefly.
+
+        SQLite does not apply the busy timeout to a journal-mode change.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _conn(self) -> sqlite3.Connection:
         if self._memory:
