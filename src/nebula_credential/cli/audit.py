@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import click
-from rich.table import Table
 
 from ..audit import row_to_json
 from ..durations import parse_duration
@@ -52,21 +51,21 @@ def list_events(
         for r in rows:
             emit_line(app, row_to_json(r))
         return
-    table = Table("seq", "time", "actor", "action", "keyring", "version", "credential", "outcome", "details")
     for r in rows:
         ts = from_epoch(r.ts)
-        table.add_row(
-            str(r.seq),
-            ts.strftime("%Y-%m-%d %H:%M:%S") if ts else "",
-            r.actor,
-            r.action,
-            r.keyring or "",
-            "" if r.key_version is None else str(r.key_version),
-            r.credential_id or "",
-            r.outcome,
-            r.details if r.details != "{}" else "",
+        where = " ".join(
+            x for x in (
+                f"keyring={r.keyring}" if r.keyring else "",
+                f"v{r.key_version}" if r.key_version is not None else "",
+                f"credential={r.credential_id}" if r.credential_id else "",
+            ) if x
         )
-    console.print(table)
+        details = "" if r.details == "{}" else f" {r.details}"
+        console.print(
+            f"{r.seq:>6} {ts.strftime('%Y-%m-%d %H:%M:%S') if ts else ''} {r.action:<18} {r.outcome:<7} "
+            f"{where} by {r.actor}{details}",
+            markup=False, highlight=False, soft_wrap=True,
+        )
 
 
 @audit.command()

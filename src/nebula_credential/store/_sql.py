@@ -471,8 +471,8 @@ class SqlTx(StoreTx):
             else:
                 where.append("action = ?")
                 params.append(action)
-        if keyring is not None:
-            where.append("keyring = ?")
+        if keyring is not None:  # store-wide events (init, provider rotate) have no keyring
+            where.append("(keyring = ? OR keyring IS NULL)")
             params.append(keyring)
         if version is not None:
             where.append("key_version = ?")
