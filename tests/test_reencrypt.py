@@ -324,3 +324,21 @@ def test_writers_and_readers_during_the_pass(vault: nc.Vault, second_vault: nc.V
             assert value == {"w": committed[cid]}, cid  # the newest write won: zero lost updates
         else:
             assert value == {"i": int(cid[1:]), "pad": "x" * 40}
+
+
+def test_instance_with_a_stale_cache_never_moves_rows_back(vault: nc.Vault) -> None:
+    """A second instance that cached v1 as active before another rotated must not
+    're-encrypt' v2 rows back under v1 (seen as a double move with two daemons)."""
+    other = nc.open(vault.store.url, clock=vault.clock)
+    try:
+        other.put("warm", {"x": 0})  # other's cache: v1 active, fresh for refresh_interval
+        _fill(vault, 20)
+        vault.keys.rotate()
+        vault.reencrypt()
+        revisions = {r.id: r.revision for r in vault.list()}
+        result = other.reencrypt()  # the stale instance's pass
+        assert result.active_version == 2 and result.reencrypted == 0
+        assert vault.keys.credential_counts() == {2: 21}
+        assert {r.id: r.revision for r in vault.list()} == revisions
+    finally:
+        other.close()

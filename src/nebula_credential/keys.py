@@ -199,6 +199,17 @@ class KeyManager:
                 self._active = None
             self._refresh_at = now + self._refresh_every
 
+    def refresh(self) -> None:
+        """Re-read key statuses now, instead of at the next ``refresh_interval``.
+
+        Batch jobs call this before deciding what is stale: a cached active
+        version that another instance has just superseded would otherwise make
+        them "re-encrypt" newer rows back under the older version.
+        """
+        with self._lock:
+            self._refresh_at = 0.0
+            self._refresh()
+
     def current_key(self) -> VersionedKey:
         """The active version, loaded and ready to encrypt."""
         if time.monotonic() >= self._refresh_at:
@@ -350,6 +361,7 @@ class KeyManager:
             versions = self.list()
             active = next((v for v in versions if v.status is KeyStatus.ACTIVE), None)
             if expected_active is not None and (active.version if active else -1) != expected_active:
+                self._refresh_at = 0.0  # someone else rotated: stop using our cached active version
                 return None
             new_version = max((v.version for v in versions), default=0) + 1
             aead, wrapped = self.provider.generate_dek(WrapContext(self.keyring, new_version))
@@ -374,6 +386,7 @@ class KeyManager:
                     (cur_active.version if cur_active else None) != (active.version if active else None)
                 ):
                     if expected_active is not None:
+                        self._refresh_at = 0.0
                         return None
                     continue  # another rotation won the race; build on top of it
                 if cur_active is not None:

@@ -373,12 +373,15 @@ def run_pass(
     # one beside it (the encryption counter); leave room for both plus the caller
     km.store.ensure_connections(2 * workers + 2)
     start = time.perf_counter()
+    km.refresh()  # the store's active version, not one cached before another instance rotated
     active = km.current_key()
     result = ReencryptResult(active_version=active.version, workers=workers)
     with km.store.read() as tx:
         versions = {kv.version: kv for kv in tx.list_versions(km.keyring)}
         per_scope = tx.count_pending_by_scope(km.keyring, active.version)
-        stale_versions = sorted(v for v in tx.count_by_version(km.keyring) if v != active.version)
+        # only older versions: rows under a newer one (written by an instance that
+        # saw a rotation we have not) are already where they should be
+        stale_versions = sorted(v for v in tx.count_by_version(km.keyring) if v < active.version)
     result.total = sum(per_scope.values())
     result.pending_by_scope = dict(per_scope)
     order = scope_order(per_scope, priority)
