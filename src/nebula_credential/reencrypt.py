@@ -379,9 +379,12 @@ def run_pass(
     with km.store.read() as tx:
         versions = {kv.version: kv for kv in tx.list_versions(km.keyring)}
         per_scope = tx.count_pending_by_scope(km.keyring, active.version)
-        # only older versions: rows under a newer one (written by an instance that
-        # saw a rotation we have not) are already where they should be
-        stale_versions = sorted(v for v in tx.count_by_version(km.keyring) if v < active.version)
+        # older versions, and versions that do not exist (reported as failures);
+        # rows under an existing newer one (a rotation after our refresh) are fine
+        stale_versions = sorted(
+            v for v in tx.count_by_version(km.keyring)
+            if v < active.version or (v > active.version and v not in versions)
+        )
     result.total = sum(per_scope.values())
     result.pending_by_scope = dict(per_scope)
     order = scope_order(per_scope, priority)

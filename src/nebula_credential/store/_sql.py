@@ -373,7 +373,7 @@ class SqlTx(StoreTx):
 
     def count_pending_by_scope(self, keyring: str, active_version: int) -> dict[str, int]:
         rows = self._exec(
-            "SELECT scope, COUNT(*) FROM credentials WHERE keyring = ? AND key_version < ? "
+            "SELECT scope, COUNT(*) FROM credentials WHERE keyring = ? AND key_version <> ? "
             "GROUP BY scope",
             (keyring, active_version),
         ).fetchall()
