@@ -115,7 +115,6 @@ class KeyManager:
         self._refresh_every = self.config.keys.refresh_interval.total_seconds()
         self._ttl = self.config.keys.dek_cache_ttl.total_seconds()
         self._refresh_at = 0.0
-        self.on_grace_use: Callable[[int], None] | None = None
 
     # ---- construction ----------------------------------------------------
     @classmethod
@@ -300,10 +299,6 @@ class KeyManager:
             self._grace_used(key.version)
         return plaintext
 
-    def version_status(self, version: int) -> KeyStatus | None:
-        key = self._keys.get(env.version_prefix(version))
-        return key.status if key is not None else None
-
     def _refused(self, version: int, exc: Exception) -> None:
         if self.audit is None:
             return
@@ -311,8 +306,6 @@ class KeyManager:
             self._record(tx, "decrypt.refused", version, outcome_reason=type(exc).__name__)
 
     def _grace_used(self, version: int) -> None:
-        if self.on_grace_use is not None:
-            self.on_grace_use(version)
         if self.audit is None:
             return
         with self.store.transaction() as tx:
