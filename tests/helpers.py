@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from nebula_credential.config import KeyManagementConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -54,3 +58,14 @@ def run_cli(*args: str, cwd: Path | str, input: str | None = None, env: dict[str
         env=env or cli_env(),
         timeout=timeout,
     )
+
+
+def dump(db: Path) -> list[str]:
+    """Every row of a SQLite store, for 'nothing was written' checks."""
+    with sqlite3.connect(db) as conn:
+        return list(conn.iterdump())
+
+
+def provider_config(settings: dict[str, Any]) -> KeyManagementConfig:
+    """A config whose only section is ``[provider]``."""
+    return KeyManagementConfig.from_dict({"provider": dict(settings)})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from nebula_credential.providers.base import WrapContext
 from nebula_credential.rootkeys import rotate_root_key
 
 from .fixtures_hsm_kms import MotoKms, wait_for_port
-from .helpers import free_port
+from .helpers import dump, free_port
 
 
 def test_data_keys_are_bound_to_their_context(moto_kms: MotoKms) -> None:
@@ -127,10 +126,6 @@ def restartable_moto(aws_test_env: None) -> Iterator[RestartableMoto]:
     finally:
         server.stop()
 
-
-def dump(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        return list(conn.iterdump())
 
 
 def test_endpoint_stopped_then_restarted(restartable_moto: RestartableMoto, tmp_path: Path) -> None:

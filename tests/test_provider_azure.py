@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 
 import nebula_credential as nc
 from nebula_credential._secret import SecretBytes
-from nebula_credential.config import KeyManagementConfig
 from nebula_credential.exceptions import (
     ConfigError,
     DecryptionError,
@@ -26,16 +24,8 @@ from nebula_credential.rootkeys import rotate_root_key
 
 from .azure_server import OAEP_256, unb64url
 from .fixtures_azure import AzureTestVault, StaticTokenCredential
-from .helpers import FakeClock, free_port
-
-
-def cfg(settings: dict[str, Any]) -> KeyManagementConfig:
-    return KeyManagementConfig.from_dict({"provider": dict(settings)})
-
-
-def dump(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        return list(conn.iterdump())
+from .helpers import FakeClock, dump, free_port
+from .helpers import provider_config as cfg
 
 
 def provider(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,6 @@ import requests
 
 import nebula_credential as nc
 from nebula_credential._secret import SecretBytes
-from nebula_credential.config import KeyManagementConfig
 from nebula_credential.exceptions import (
     ConfigError,
     DecryptionError,
@@ -29,16 +27,8 @@ from nebula_credential.providers.vault_transit import VaultTransitProvider, wrap
 from nebula_credential.rootkeys import rotate_root_key
 
 from .fixtures_transit import OpenBao
-from .helpers import FakeClock, cli_env, free_port, run_cli
-
-
-def cfg(settings: dict[str, Any]) -> KeyManagementConfig:
-    return KeyManagementConfig.from_dict({"provider": dict(settings)})
-
-
-def dump(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        return list(conn.iterdump())
+from .helpers import FakeClock, cli_env, dump, free_port, run_cli
+from .helpers import provider_config as cfg
 
 
 def test_init_creates_a_derived_aes_key_and_binds_context(openbao: OpenBao) -> None:

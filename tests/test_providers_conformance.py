@@ -10,7 +10,6 @@ providing that fixture (in its own ``tests/fixtures_<topic>.py``).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from nebula_credential.models import KeyStatus
 from nebula_credential.providers import WrapContext, open_provider
 from nebula_credential.rootkeys import rotate_root_key
 
-from .helpers import FakeClock, cli_env, run_cli
+from .helpers import FakeClock, cli_env, dump, run_cli
 
 PROVIDER_KINDS = [
     "local",
@@ -59,11 +58,6 @@ def provider_factory(request: pytest.FixtureRequest) -> ProviderFactory:
 def config_for(settings: dict[str, Any], **sections: dict[str, Any]) -> KeyManagementConfig:
     return KeyManagementConfig.from_dict({"provider": dict(settings), **sections})
 
-
-def dump(db: Path) -> list[str]:
-    """Every row of the store, for 'nothing was written' checks."""
-    with sqlite3.connect(db) as conn:
-        return list(conn.iterdump())
 
 
 def test_full_lifecycle(
