@@ -91,6 +91,12 @@ def _audit(row: Sequence[Any]) -> AuditRow:
     )
 
 
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """The AND of the clauses whose value is not None, and their parameters."""
+    used = [(clause, value) for clause, value in conditions if value is not None]
+    return " AND ".join(c for c, _ in used) or "1 = 1", [v for _, v in used]
+
+
 def _json(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -320,22 +326,12 @@ class SqlTx(StoreTx):
         after_id: str | None = None,
         limit: int = 1000,
     ) -> list[EncryptedCredential]:
-        where = ["keyring = ?"]
-        params: list[Any] = [keyring]
-        if scope is not None:
-            where.append("scope = ?")
-            params.append(scope)
-        if key_version is not None:
-            where.append("key_version = ?")
-            params.append(key_version)
-        if after_id is not None:
-            where.append("id > ?")
-            params.append(after_id)
-        params.append(limit)
+        where, params = _where(
+            ("keyring = ?", keyring), ("scope = ?", scope), ("key_version = ?", key_version), ("id > ?", after_id)
+        )
         rows = self._exec(
-            f"SELECT {_CRED_COLS} FROM credentials WHERE {' AND '.join(where)} "
-            "ORDER BY id LIMIT ?",
-            params,
+            f"SELECT {_CRED_COLS} FROM credentials WHERE {where} ORDER BY id LIMIT ?",
+            [*params, limit],
         ).fetchall()
         return [_credential(r) for r in rows]
 
@@ -463,27 +459,18 @@ class SqlTx(StoreTx):
         version: int | None = None,
         since: float | None = None,
     ) -> list[AuditRow]:
-        where, params = ["1 = 1"], []  # type: list[str], list[Any]
-        if action is not None:
-            if action.endswith("*"):
-                where.append("action LIKE ?")
-                params.append(action[:-1].replace("%", "") + "%")
-            else:
-                where.append("action = ?")
-                params.append(action)
-        if keyring is not None:  # store-wide events (init, provider rotate) have no keyring
-            where.append("(keyring = ? OR keyring IS NULL)")
-            params.append(keyring)
-        if version is not None:
-            where.append("key_version = ?")
-            params.append(version)
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(since)
-        params.append(limit)
+        prefix = action is not None and action.endswith("*")
+        where, params = _where(
+            ("action LIKE ?" if prefix else "action = ?",
+             action[:-1].replace("%", "") + "%" if prefix and action else action),
+            # store-wide events (init, provider rotate) have no keyring
+            ("(keyring = ? OR keyring IS NULL)", keyring),
+            ("key_version = ?", version),
+            ("ts >= ?", since),
+        )
         rows = self._exec(
-            f"SELECT {_AUDIT_COLS} FROM audit_events WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
-            params,
+            f"SELECT {_AUDIT_COLS} FROM audit_events WHERE {where} ORDER BY seq DESC LIMIT ?",
+            [*params, limit],
         ).fetchall()
         return [_audit(r) for r in reversed(rows)]
 
