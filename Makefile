@@ -15,7 +15,7 @@ $(VENV)/.base: $(VENV)/bin/activate pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/bin/activate pyproject.toml
-	$(PIP) install -q -e '.[all,test]'
+	$(PIP) install -q -e '.[all,test,docs]'
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test
