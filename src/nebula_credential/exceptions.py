@@ -21,6 +21,10 @@ class ConfigError(NebulaCredentialError):
         super().__init__(f"{field}: {message}")
 
 
+class InvalidInputError(ConfigError, ValueError):
+    """A caller-supplied value (id, scope, keyring name, number, JSON) is out of bounds."""
+
+
 class EnvelopeFormatError(NebulaCredentialError):
     """The blob is not an envelope this version of the library can parse."""
 
@@ -125,6 +129,7 @@ __all__ = [
     "CredentialNotFoundError",
     "DecryptionError",
     "EnvelopeFormatError",
+    "InvalidInputError",
     "KeyDestroyedError",
     "KeyNotFoundError",
     "KeyRevokedError",

@@ -29,9 +29,10 @@ from .exceptions import (
 from .keys import KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
+from .names import check_credential_id, check_keyring, check_scope
 from .providers import KeyProvider, open_provider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
-from .store import Store, open_store
+from .store import Store, open_store, redact_url
 
 if TYPE_CHECKING:
     from .maintenance import MaintainReport
@@ -42,9 +43,9 @@ LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
 
 
-def _check_id(credential_id: str) -> None:
-    if not isinstance(credential_id, str) or not credential_id or len(credential_id) > 1024:
-        raise ValueError("credential id must be a non-empty string of at most 1024 characters")
+def _check_id(credential_id: str, scope: str) -> None:
+    check_credential_id(credential_id)
+    check_scope(scope)
 
 
 def _encode(value: Any) -> bytes:
@@ -67,6 +68,7 @@ class Vault:
         clock: Callable[[], datetime] = utc_now,
         audit: AuditLog | None = None,
     ) -> None:
+        check_keyring(keyring)
         self.store = store
         self.provider = provider
         self.config = config or KeyManagementConfig()
@@ -104,7 +106,7 @@ class Vault:
         metadata: dict[str, Any] | None = None,
     ) -> int:
         """Store (or replace) a credential; returns its new revision."""
-        _check_id(credential_id)
+        _check_id(credential_id, scope)
         kr = self.keys.keyring
         observer = self.observer
         start = time.perf_counter() if observer is not None else 0.0
@@ -130,7 +132,7 @@ class Vault:
         count = 0
         batch: list[tuple[str, str, int, bytes, dict[str, Any]]] = []
         for credential_id, value, scope, metadata in items:
-            _check_id(credential_id)
+            _check_id(credential_id, scope)
             blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
             batch.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata or {}))
             if len(batch) >= batch_size:
@@ -321,7 +323,7 @@ def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) ->
         recorded = tx.get_meta(PROVIDER_META)
     if recorded is None and not create:
         raise StoreError(
-            f"store {store!r} is not initialised; run `nebula-credential init` first"
+            f"store {redact_url(store.url)} is not initialised; run `nebula-credential init` first"
         )
     pcfg = config.provider
     if recorded is not None:
@@ -366,7 +368,7 @@ def open(
             with store.read() as tx:
                 new = tx.get_meta(PROVIDER_META) is None
             if new and not create:
-                raise StoreError(f"store {store!r} is not initialised; run `nebula-credential init` first")
+                raise StoreError(f"store {redact_url(store.url)} is not initialised; run `nebula-credential init` first")
         vault = Vault(store, provider, keyring=keyring, config=config, clock=clock)
         if new:
             with store.transaction() as tx:

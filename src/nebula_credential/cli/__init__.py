@@ -14,7 +14,9 @@ import traceback
 import click
 
 from .. import logredact
+from .. import __version__
 from ..exceptions import NebulaCredentialError
+from ..names import check_keyring
 from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .audit import audit
 from .credentials import delete, get, import_, list_, put
@@ -26,17 +28,70 @@ from .ops import init, reencrypt, status
 from .provider import provider
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", envvar=DB_ENV, help=f"Store URL (env {DB_ENV}; default sqlite:///./nebula-credential.db).")
+class GlobalOptionsGroup(click.Group):
+    """A group whose own options may also be written after the subcommand.
+
+    ``nebula-credential keys list --json`` and ``nebula-credential --json keys
+    list`` mean the same: before parsing, every occurrence of one of this
+    group's options (``--json``, ``--db URL``, ``--db=URL``, ...) is moved in
+    front of the subcommand.  The options are defined once, on the group;
+    ``--`` ends the search, so a value after it is never touched.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        arity: dict[str, int] = {}
+        for param in self.params:
+            if isinstance(param, click.Option) and not param.is_eager:
+                for name in (*param.opts, *param.secondary_opts):
+                    arity[name] = 0 if param.is_flag else 1
+        front: list[str] = []
+        rest: list[str] = []
+        i = 0
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                rest.extend(args[i:])
+                break
+            name = token.split("=", 1)[0] if token.startswith("--") else token
+            takes = arity.get(name)
+            if takes is None or (takes == 0 and "=" in token):
+                rest.append(token)
+            elif takes == 1 and "=" not in token and i + 1 < len(args):
+                front.extend(args[i:i + 2])
+                i += 1
+            else:
+                front.append(token)
+            i += 1
+        return super().parse_args(ctx, front + rest)
+
+
+@click.group(cls=GlobalOptionsGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Global options may be given before or after the command. Shell completion: "
+                    'eval "$(_NEBULA_CREDENTIAL_COMPLETE=bash_source nebula-credential)" '
+                    "(zsh_source, fish_source for other shells).")
+@click.option("--db", envvar=DB_ENV, metavar="URL",
+              help=f"Store URL (env {DB_ENV}; else [store] url of the config; "
+                   "default sqlite:///./nebula-credential.db).")
 @click.option("--config", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
-              help=f"TOML config file (env {CONFIG_ENV}).")
+              help=f"TOML config file (env {CONFIG_ENV}; else ./nebula-credential.toml, "
+                   "$XDG_CONFIG_HOME/nebula-credential/config.toml, /etc/nebula-credential/config.toml).")
 @click.option("--keyring", default="default", show_default=True, help="Keyring (one per tenant).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.version_option(package_name="nebula-credential")
+@click.version_option(__version__, package_name="nebula-credential")
 @click.pass_context
 def cli(ctx: click.Context, db: str | None, config_path: str | None, keyring: str, as_json: bool, debug: bool) -> None:
-    """Key management for credential stores."""
+    """Key management for credential stores.
+
+    \b
+    Examples:
+      nebula-credential init
+      nebula-credential put github --scope production < token.json
+      nebula-credential get github --field token
+      nebula-credential keys rotate && nebula-credential reencrypt
+      nebula-credential doctor
+    """
+    check_keyring(keyring, "--keyring")
     app = AppContext(db=db, config_path=config_path, keyring=keyring, json=as_json, debug=debug)
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -93,4 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
+    except Exception as exc:
+        # A bug, not bad input; the message may quote data, so only the class is shown.
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: unexpected {type(exc).__name__}; run again with --debug for the traceback", err=True)
+        return 1
     return rc if isinstance(rc, int) else 0

@@ -7,17 +7,46 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 
 from ..config import DEFAULT_DB_URL, KeyManagementConfig
+from ..exceptions import ConfigError, StoreError
+from ..store import redact_url
 from ..vault import Vault
 from ..vault import open as open_vault
 
 DB_ENV = "NEBULA_CREDENTIAL_DB"
 CONFIG_ENV = "NEBULA_CREDENTIAL_CONFIG"
+CONFIG_NAME = "nebula-credential.toml"
+
+
+def config_candidates() -> list[Path]:
+    """Where a config file is looked for when neither --config nor the env names one, in order."""
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return [
+        Path.cwd() / CONFIG_NAME,
+        Path(xdg) / "nebula-credential" / "config.toml",
+        Path("/etc/nebula-credential/config.toml"),
+    ]
+
+
+def discover_config() -> Path | None:
+    """The first existing file of :func:`config_candidates`, or None."""
+    return next((p for p in config_candidates() if p.is_file()), None)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite:`` URL names (None for other stores and ``:memory:``)."""
+    if not url.startswith("sqlite:"):
+        return None
+    from ..store.sqlite import path_from_url
+
+    path = path_from_url(url)
+    return None if path == ":memory:" else Path(path)
 
 
 @dataclass
@@ -35,9 +64,8 @@ class AppContext:
     @property
     def config(self) -> KeyManagementConfig:
         if self._config is None:
-            self._config = (
-                KeyManagementConfig.load(self.config_path) if self.config_path else KeyManagementConfig()
-            )
+            path = self.config_path or discover_config()
+            self._config = KeyManagementConfig.load(path) if path else KeyManagementConfig()
         return self._config
 
     @property
@@ -48,8 +76,29 @@ class AppContext:
             return self.config.store.url
         return DEFAULT_DB_URL
 
+    def existing_url(self) -> str:
+        """The store URL for a command that reads: a missing SQLite file is an error, never created.
+
+        With nothing configured the error says how to name a store; with a
+        named path that does not exist it says so (a typo must not become a
+        second, empty store with a second root key).
+        """
+        url = self.url
+        path = sqlite_file(url)
+        if path is None or path.exists():
+            return url
+        if url == DEFAULT_DB_URL and not self.db:
+            places = ", ".join(str(p) for p in config_candidates())
+            raise StoreError(
+                f"no store configured and none at {path}: name one with --db URL, the environment "
+                f"variable {DB_ENV}, or [store] url in a config file (--config, {CONFIG_ENV}, or one of "
+                f"{places}); to create a new store here run `nebula-credential init`")
+        raise StoreError(f"no store at {redact_url(url)}: the file {path} does not exist "
+                         "(check the path; `nebula-credential init` creates a new store)")
+
     def vault(self, *, create: bool = False, keyring: str | None = None) -> Vault:
-        v = open_vault(self.url, config=self.config, keyring=keyring or self.keyring, create=create)
+        url = self.url if create else self.existing_url()
+        v = open_vault(url, config=self.config, keyring=keyring or self.keyring, create=create)
         self._vaults.append(v)
         return v
 
@@ -61,8 +110,15 @@ class AppContext:
 
 pass_app = click.make_pass_decorator(AppContext)
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+def _console(stream: Any) -> Console:
+    """Markup off (ids and stored text print literally); no wrapping or cropping off a terminal."""
+    tty = stream.isatty()
+    return Console(file=stream, highlight=False, markup=False, emoji=False,
+                   soft_wrap=not tty, width=None if tty else 100_000)
+
+
+console = _console(sys.stdout)
+err_console = _console(sys.stderr)
 
 
 def emit(app: AppContext, data: Any, human: Callable[[], None] | None = None) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import click
 from rich.table import Table
+from rich.text import Text
 
 from ..models import KeyVersion
 from ._common import AppContext, console, emit, pass_app
@@ -11,14 +14,33 @@ from ._common import AppContext, console, emit, pass_app
 _STYLE = {"active": "bold green", "valid": "cyan", "grace": "yellow", "revoked": "red", "destroyed": "dim"}
 
 
-def versions_table(keyring: str, versions: list[KeyVersion], counts: dict[int, int]) -> Table:
-    table = Table("version", "status", "created", "expires", "credentials", title=f"keyring {keyring}")
+def _retired(kv: KeyVersion) -> str:
+    if kv.destroyed_at is not None:
+        return f"destroyed {kv.destroyed_at:%Y-%m-%d %H:%M}"
+    if kv.revoked_at is not None:
+        return f"revoked {kv.revoked_at:%Y-%m-%d %H:%M}"
+    if kv.status.value in ("valid", "grace") and kv.status_changed_at is not None:
+        return f"{kv.status.value} since {kv.status_changed_at:%Y-%m-%d %H:%M}"
+    return "-"
+
+
+def versions_table(keyring: str, versions: list[KeyVersion], counts: dict[int, int],
+                   max_key_age: timedelta | None = None) -> Table:
+    """Every version, retired ones included, with its expiry and when it left service.
+
+    A version without a recorded expiry (made by an older release) shows
+    ``created + max_key_age``, the same fallback ``before-expiry`` uses.
+    """
+    table = Table("version", "status", "created", "expires", "retired", "credentials",
+                  title=Text(f"keyring {keyring}"))
     for kv in versions:
+        expires = kv.expires_at or (kv.created_at + max_key_age if max_key_age else None)
         table.add_row(
             str(kv.version),
-            f"[{_STYLE[kv.status.value]}]{kv.status.value}[/]",
+            Text(kv.status.value, style=_STYLE[kv.status.value]),
             kv.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            kv.expires_at.strftime("%Y-%m-%d") if kv.expires_at else "-",
+            expires.strftime("%Y-%m-%d") if expires else "-",
+            _retired(kv),
             str(counts.get(kv.version, 0)),
         )
     return table
@@ -40,7 +62,7 @@ def list_keys(app: AppContext) -> None:
     km = app.vault().keys
     versions, counts = km.list(), km.credential_counts()
     emit(app, keys_json(km.keyring, versions, counts),
-         lambda: console.print(versions_table(km.keyring, versions, counts)))
+         lambda: console.print(versions_table(km.keyring, versions, counts, app.config.keys.max_key_age)))
 
 
 @keys.command()

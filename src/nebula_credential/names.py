@@ -1,0 +1,65 @@
+"""One home for what an id, a scope or a keyring name may be.
+
+The library, the CLI and the HTTP server all call these, so a name that
+passes one surface passes them all.  Ids are free text a user chose
+(``github/acme``, ``db:prod``), so they only have to be printable: no control
+characters, no NUL, no bidi overrides that make a terminal show something
+else than what is stored, bounded length.  Keyring and scope names become
+labels, AAD and metric labels, so they come from a small safe set:
+letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit,
+at most 64 characters.  Output still escapes everything: validation keeps
+new data tidy, escaping keeps old data (written before these rules) safe.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from .exceptions import InvalidInputError
+
+MAX_ID_LENGTH = 1024
+MAX_NAME_LENGTH = 64
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Unicode categories refused in ids: controls, surrogates, line/paragraph separators.
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+#: Bidirectional overrides and isolates: they make a terminal show another string.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters"
+
+
+def check_credential_id(value: object, field: str = "id") -> str:
+    """A credential id: a non-empty printable string of at most 1024 characters."""
+    if not isinstance(value, str):
+        raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidInputError(field, "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInputError(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
+    for i, ch in enumerate(value):
+        if ch in _BIDI or unicodedata.category(ch) in _BAD_CATEGORIES:
+            raise InvalidInputError(
+                field, f"must be printable text; character {i} is U+{ord(ch):04X} (control or invisible)")
+    return value
+
+
+def _check_name(value: object, field: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(field, f"{what} must be a string, got {type(value).__name__}")
+    if not NAME_RE.match(value):
+        shown = value[:80].encode("unicode_escape").decode("ascii")
+        raise InvalidInputError(field, f"{what} {shown!r} is not allowed; use {NAME_RULE}")
+    return value
+
+
+def check_scope(value: object, field: str = "scope") -> str:
+    """A scope name from the safe set (see :data:`NAME_RULE`)."""
+    return _check_name(value, field, "scope")
+
+
+def check_keyring(value: object, field: str = "keyring") -> str:
+    """A keyring name from the safe set (see :data:`NAME_RULE`)."""
+    return _check_name(value, field, "keyring name")
+
+
+__all__ = ["MAX_ID_LENGTH", "NAME_RULE", "check_credential_id", "check_keyring", "check_scope"]
