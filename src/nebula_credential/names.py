@@ -43,6 +43,20 @@ def check_credential_id(value: object, field: str = "id") -> str:
     return value
 
 
+def printable(text: str) -> str:
+    """``text`` with control, separator and bidi characters shown as escapes (for terminals and logs).
+
+    Rows written before validation existed, or by a database writer, may hold
+    anything; output must never let them move the cursor or fake a line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def _check_name(value: object, field: str, what: str) -> str:
     if not isinstance(value, str):
         raise InvalidInputError(field, f"{what} must be a string, got {type(value).__name__}")
@@ -62,4 +76,4 @@ def check_keyring(value: object, field: str = "keyring") -> str:
     return _check_name(value, field, "keyring name")
 
 
-__all__ = ["MAX_ID_LENGTH", "NAME_RULE", "check_credential_id", "check_keyring", "check_scope"]
+__all__ = ["MAX_ID_LENGTH", "NAME_RULE", "check_credential_id", "check_keyring", "check_scope", "printable"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from .exceptions import (
     CredentialNotFoundError,
     DecryptionError,
     EnvelopeFormatError,
+    InvalidInputError,
     NebulaCredentialError,
     StoreError,
 )
@@ -53,6 +55,26 @@ def _encode(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError):
         raise ValueError("credential value must be JSON-serialisable") from None
+
+
+ON_EXISTING = ("fail", "skip", "overwrite")
+
+
+@dataclass(slots=True)
+class ImportCounts:
+    """What a bulk import did so far, updated as each batch commits."""
+
+    created: int = 0
+    overwritten: int = 0
+    skipped: int = 0
+
+    @property
+    def written(self) -> int:
+        return self.created + self.overwritten
+
+    def to_json(self) -> dict[str, int]:
+        return {"created": self.created, "overwritten": self.overwritten, "skipped": self.skipped,
+                "imported": self.written}
 
 
 class Vault:
@@ -126,29 +148,59 @@ class Vault:
         items: Iterable[tuple[str, Any, str, dict[str, Any] | None]],
         *,
         batch_size: int = 1000,
+        on_existing: str = "overwrite",
+        counts: ImportCounts | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Bulk import of (id, value, scope, metadata), one transaction per batch."""
+        """Bulk import of (id, value, scope, metadata), one transaction per batch.
+
+        ``on_existing`` says what happens to an id that is already stored:
+        ``overwrite`` (a new revision), ``skip`` (left as it is) or ``fail``
+        (:class:`InvalidInputError`, and that batch is not written).  The
+        check runs inside each batch's write transaction.  ``counts`` (if
+        given) is filled in as batches commit, so a caller still knows what
+        was written when a later batch fails; ``progress(rows)`` is called
+        after each commit.  Returns how many rows were written.
+        """
+        if on_existing not in ON_EXISTING:
+            raise InvalidInputError("on_existing", f"got {on_existing!r}; allowed: {', '.join(ON_EXISTING)}")
         kr = self.keys.keyring
-        count = 0
+        counts = counts if counts is not None else ImportCounts()
         batch: list[tuple[str, str, int, bytes, dict[str, Any]]] = []
         for credential_id, value, scope, metadata in items:
             _check_id(credential_id, scope)
             blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
             batch.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata or {}))
             if len(batch) >= batch_size:
-                count += self._flush(batch)
+                self._flush(batch, on_existing, counts, progress)
         if batch:
-            count += self._flush(batch)
-        return count
+            self._flush(batch, on_existing, counts, progress)
+        return counts.written
 
-    def _flush(self, batch: list[tuple[str, str, int, bytes, dict[str, Any]]]) -> int:
+    def _flush(self, batch: list[tuple[str, str, int, bytes, dict[str, Any]]], on_existing: str,
+               counts: ImportCounts, progress: Callable[[int], None] | None) -> None:
+        kr = self.keys.keyring
+        rows = len(batch)
         with self.store.transaction() as tx:
-            tx.put_credentials(self.keys.keyring, batch, self.clock())
+            existing = {row[0] for row in batch if tx.get_credential(kr, row[0]) is not None}
+            if existing and on_existing == "fail":
+                first = next(row[0] for row in batch if row[0] in existing)
+                raise InvalidInputError("id", f"credential {first!r} already exists (and {len(existing) - 1} more "
+                                        "in this batch); nothing of this batch was written")
+            if existing and on_existing == "skip":
+                batch[:] = [row for row in batch if row[0] not in existing]
+            if batch:
+                tx.put_credentials(kr, batch, self.clock())
             if self._audit_credentials:
-                self.audit.record(tx, "credential.import", keyring=self.keys.keyring, count=len(batch))
-        n = len(batch)
+                self.audit.record(tx, "credential.import", keyring=kr, count=len(batch))
+        if on_existing == "skip":
+            counts.skipped += len(existing)
+        else:
+            counts.overwritten += len(existing)
+        counts.created += len(batch) - (0 if on_existing == "skip" else len(existing))
         batch.clear()
-        return n
+        if progress is not None:
+            progress(rows)
 
     def get_record(self, credential_id: str) -> Credential:
         """The decrypted credential with its scope, key version and metadata."""
@@ -233,9 +285,33 @@ class Vault:
             if self._audit_credentials:
                 self.audit.record(tx, "credential.delete", keyring=kr, credential_id=credential_id)
 
-    def list(self, *, scope: str | None = None, key_version: int | None = None) -> Iterator[EncryptedCredential]:
-        """Stream stored records (ciphertext and metadata only, never values)."""
-        return self.store.iter_credentials(self.keys.keyring, scope=scope, key_version=key_version)
+    def list(
+        self,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+        page: int = 1000,
+    ) -> Iterator[EncryptedCredential]:
+        """Stream stored records ordered by id (ciphertext and metadata only, never values).
+
+        One page of ``page`` rows is in memory at a time; ``after`` starts
+        after that id and ``limit`` stops after that many rows, so a caller
+        pages through any number of credentials with constant memory.
+        """
+        kr = self.keys.keyring
+        left = limit
+        while left is None or left > 0:
+            size = page if left is None else min(page, left)
+            with self.store.read() as tx:
+                rows = tx.list_credentials(kr, scope=scope, key_version=key_version, after_id=after, limit=size)
+            yield from rows
+            if len(rows) < size:
+                return
+            after = rows[-1].id
+            if left is not None:
+                left -= len(rows)
 
     # ---- keys and maintenance ----------------------------------------------
     def reencrypt(
@@ -317,6 +393,18 @@ def _base_dir(store: Store) -> Path | None:
     return None
 
 
+def _refuse_missing_sqlite(url: str) -> None:
+    """Opening to read never creates a file: a mistyped path is an error, not a new empty store."""
+    if not url.startswith("sqlite:"):
+        return
+    from .store.sqlite import path_from_url
+
+    path = path_from_url(url)
+    if path != ":memory:" and not Path(path).exists():
+        raise StoreError(f"no store at {redact_url(url)}: the file {Path(path).resolve()} does not exist "
+                         "(check the path; `nebula-credential init` creates a new store)")
+
+
 def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) -> tuple[KeyProvider, bool]:
     """The provider for a store: the config's if it has one, else the store's record."""
     with store.read() as tx:
@@ -359,7 +447,10 @@ def open(
     if isinstance(config, str | Path):
         config = KeyManagementConfig.load(config)
     config = config or KeyManagementConfig()
-    store = open_store(url or config.store.url)
+    url = url or config.store.url
+    if not create:
+        _refuse_missing_sqlite(url)
+    store = open_store(url)
     try:
         new = False
         if provider is None:
@@ -368,7 +459,8 @@ def open(
             with store.read() as tx:
                 new = tx.get_meta(PROVIDER_META) is None
             if new and not create:
-                raise StoreError(f"store {redact_url(store.url)} is not initialised; run `nebula-credential init` first")
+                raise StoreError(
+                    f"store {redact_url(store.url)} is not initialised; run `nebula-credential init` first")
         vault = Vault(store, provider, keyring=keyring, config=config, clock=clock)
         if new:
             with store.transaction() as tx:

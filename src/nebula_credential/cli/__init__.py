@@ -13,8 +13,7 @@ import traceback
 
 import click
 
-from .. import logredact
-from .. import __version__
+from .. import __version__, logredact
 from ..exceptions import NebulaCredentialError
 from ..names import check_keyring
 from ._common import CONFIG_ENV, DB_ENV, AppContext
@@ -49,7 +48,7 @@ class GlobalOptionsGroup(click.Group):
         i = 0
         while i < len(args):
             token = args[i]
-            if token == "--":
+            if token == "--":  # noqa: S105 - the end-of-options marker, not a secret
                 rest.extend(args[i:])
                 break
             name = token.split("=", 1)[0] if token.startswith("--") else token

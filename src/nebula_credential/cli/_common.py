@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 
 from ..config import DEFAULT_DB_URL, KeyManagementConfig
-from ..exceptions import ConfigError, StoreError
+from ..exceptions import StoreError
 from ..store import redact_url
 from ..vault import Vault
 from ..vault import open as open_vault
@@ -90,10 +90,10 @@ class AppContext:
         if url == DEFAULT_DB_URL and not self.db:
             places = ", ".join(str(p) for p in config_candidates())
             raise StoreError(
-                f"no store configured and none at {path}: name one with --db URL, the environment "
+                f"no store configured and none at {path.resolve()}: name one with --db URL, the environment "
                 f"variable {DB_ENV}, or [store] url in a config file (--config, {CONFIG_ENV}, or one of "
                 f"{places}); to create a new store here run `nebula-credential init`")
-        raise StoreError(f"no store at {redact_url(url)}: the file {path} does not exist "
+        raise StoreError(f"no store at {redact_url(url)}: the file {path.resolve()} does not exist "
                          "(check the path; `nebula-credential init` creates a new store)")
 
     def vault(self, *, create: bool = False, keyring: str | None = None) -> Vault:
@@ -109,6 +109,9 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+#: A key version as the envelope header holds it (uint32); 2**70 is a usage error, not an overflow.
+KEY_VERSION = click.IntRange(1, 2**32 - 1)
 
 def _console(stream: Any) -> Console:
     """Markup off (ids and stored text print literally); no wrapping or cropping off a terminal."""

@@ -35,7 +35,7 @@ class _RateColumn(ProgressColumn):
 
 
 @contextmanager
-def rich_progress(console: Console, plan: dict[str, int]) -> Iterator[ProgressCallback]:
+def rich_progress(console: Console, plan: dict[str, int], label: str = "re-encrypting") -> Iterator[ProgressCallback]:
     """A bar for all rows and one per scope (in plan order)."""
     columns = (
         TextColumn("{task.description:<16}"),
@@ -45,7 +45,7 @@ def rich_progress(console: Console, plan: dict[str, int]) -> Iterator[ProgressCa
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, speed_estimate_period=10) as bar:
-        overall = bar.add_task("re-encrypting", total=sum(plan.values()))
+        overall = bar.add_task(label, total=sum(plan.values()))
         tasks = {scope: bar.add_task(f"  {scope}", total=n) for scope, n in plan.items()}
 
         def advance(scope: str, rows: int) -> None:
@@ -61,8 +61,10 @@ def rich_progress(console: Console, plan: dict[str, int]) -> Iterator[ProgressCa
 class PlainProgress:
     """Periodic one-line reports: done/total, rows/s, ETA and the scope being worked on."""
 
-    def __init__(self, stream: TextIO, plan: dict[str, int], *, interval: float = 5.0) -> None:
+    def __init__(self, stream: TextIO, plan: dict[str, int], *, interval: float = 5.0,
+                 label: str = "reencrypt") -> None:
         self._stream = stream
+        self._label = label
         self._plan = plan
         self._total = sum(plan.values())
         self._interval = interval
@@ -88,7 +90,7 @@ class PlainProgress:
         left = max(self._total - self._done, 0)
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
         pct = 100.0 if self._total == 0 else 100.0 * self._done / self._total
-        line = (f"reencrypt: {self._done}/{self._total} ({pct:.1f}%) {rate:,.0f} rows/s "
+        line = (f"{self._label}: {self._done}/{self._total} ({pct:.1f}%) {rate:,.0f} rows/s "
                 f"eta {eta}")
         if scope is not None:
             line += f" scope {scope} {self._by_scope.get(scope, 0)}/{self._plan.get(scope, '?')}"

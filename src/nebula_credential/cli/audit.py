@@ -71,7 +71,12 @@ def list_events(
 @audit.command()
 @pass_app
 def verify(app: AppContext) -> None:
-    """Walk the HMAC chain; exit 1 at the first event that does not check out."""
+    """Walk the HMAC chain; exit 1 at the first event that does not check out.
+
+    \b
+    Exit status: 0 when the chain is intact; 1 when an event does not check
+    out (the first bad sequence number is printed) or the store cannot be read.
+    """
     result = app.vault().audit.verify()
     emit(
         app,
@@ -79,7 +84,7 @@ def verify(app: AppContext) -> None:
         lambda: console.print(
             f"audit chain intact: {result.events} events"
             if result.ok
-            else f"[bold red]audit chain BROKEN[/] at event {result.first_bad_seq} ({result.events} events read)"
+            else f"audit chain BROKEN at event {result.first_bad_seq} ({result.events} events read)"
         ),
     )
     if not result.ok:

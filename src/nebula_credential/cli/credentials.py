@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
-from rich.table import Table
 
-from .._jsonl import iter_objects
-from ..exceptions import ConfigError
-from ..vault import DEFAULT_SCOPE
-from ._common import AppContext, console, emit, pass_app
+from .._jsonl import iter_numbered, loads
+from ..exceptions import ConfigError, InvalidInputError, NebulaCredentialError
+from ..names import check_credential_id, check_scope, printable
+from ..vault import DEFAULT_SCOPE, ON_EXISTING, ImportCounts, Vault
+from ._common import KEY_VERSION, AppContext, console, emit, err_console, is_tty, pass_app
+from ._progress import PlainProgress, rich_progress
 
 
 def _read_value(value: str | None, file: str | None) -> Any:
@@ -28,10 +29,7 @@ def _read_value(value: str | None, file: str | None) -> Any:
         if sys.stdin.isatty():
             raise click.UsageError("give the value with --value JSON, --file PATH, or on stdin")
         raw = sys.stdin.read()
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise ConfigError("value", "credential value must be JSON (e.g. '{\"token\": \"...\"}')") from None
+    return loads(raw, "value")
 
 
 @click.command()
@@ -45,9 +43,9 @@ def put(app: AppContext, credential_id: str, scope: str, value: str | None, file
         metadata: str | None) -> None:
     """Store a credential (JSON value) under ID."""
     data = _read_value(value, file)
-    meta = json.loads(metadata) if metadata else None
+    meta = loads(metadata, "--metadata") if metadata else None
     if meta is not None and not isinstance(meta, dict):
-        raise click.UsageError("--metadata must be a JSON object")
+        raise InvalidInputError("--metadata", "must be a JSON object")
     vault = app.vault()
     revision = vault.put(credential_id, data, scope=scope, metadata=meta)
     emit(app, {"id": credential_id, "scope": scope, "revision": revision},
@@ -84,38 +82,151 @@ def delete(app: AppContext, credential_id: str) -> None:
 
 @click.command(name="list")
 @click.option("--scope", help="Only this scope.")
-@click.option("--key-version", type=int, help="Only credentials under this key version.")
+@click.option("--key-version", type=KEY_VERSION, help="Only credentials under this key version.")
+@click.option("--after", "after", metavar="ID", help="Start after this id (ids are listed in order; for paging).")
+@click.option("--limit", type=click.IntRange(1), help="At most this many credentials.")
 @pass_app
-def list_(app: AppContext, scope: str | None, key_version: int | None) -> None:
-    """List credentials (ids, scopes, key versions; never values)."""
-    rows = app.vault().list(scope=scope, key_version=key_version)
+def list_(app: AppContext, scope: str | None, key_version: int | None, after: str | None,
+          limit: int | None) -> None:
+    """List credentials (ids, scopes, key versions; never values), streamed in id order.
+
+    One line per credential: id, scope, key version, revision, last update,
+    separated by tabs.  Memory stays constant whatever the store holds; page
+    with --limit N and --after LAST_ID.
+
+    \b
+    Example: nebula-credential list --scope production --limit 100 --after github
+    """
+    rows = app.vault().list(scope=scope, key_version=key_version, after=after, limit=limit)
+    out = sys.stdout
+    write = out.write
     if app.json:
-        click.echo(json.dumps({"credentials": [
-            {"id": r.id, "scope": r.scope, "key_version": r.key_version, "metadata": r.metadata,
-             "revision": r.revision, "updated_at": r.updated_at.isoformat()} for r in rows]}))
+        # The same document as before ({"credentials": [...]}), written row by row.
+        write('{"credentials": [')
+        sep = ""
+        for r in rows:
+            write(sep + json.dumps({"id": r.id, "scope": r.scope, "key_version": r.key_version,
+                                    "metadata": r.metadata, "revision": r.revision,
+                                    "updated_at": r.updated_at.isoformat()}))
+            sep = ", "
+        write("]}\n")
         return
-    table = Table("id", "scope", "key version", "revision", "updated")
+    if out.isatty():
+        write("id\tscope\tkey version\trevision\tupdated\n")
     for r in rows:
-        table.add_row(r.id, r.scope, str(r.key_version), str(r.revision), r.updated_at.strftime("%Y-%m-%d %H:%M:%S"))
-    console.print(table)
+        write(f"{printable(r.id)}\t{printable(r.scope)}\tv{r.key_version}\t{r.revision}\t"
+              f"{r.updated_at:%Y-%m-%d %H:%M:%S}\n")
 
 
-def _jsonl(path: str) -> Iterator[tuple[str, Any, str, dict[str, Any] | None]]:
-    for item in iter_objects(path, ("id", "value"), '{"id", "scope", "value", "metadata"}'):
-        yield str(item["id"]), item["value"], str(item.get("scope") or DEFAULT_SCOPE), item.get("metadata")
+_SHAPE = '{"id", "scope", "value", "metadata"}'
+
+
+def _record(path: str, n: int, item: dict[str, Any]) -> tuple[str, Any, str, dict[str, Any] | None]:
+    """One import line, typed: no silent str() of a number id or a list metadata."""
+    where = f"{path}:{n}"
+    credential_id = check_credential_id(item["id"], f"{where}: id")
+    scope = item.get("scope")
+    scope = DEFAULT_SCOPE if scope is None else check_scope(scope, f"{where}: scope")
+    metadata = item.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidInputError(f"{where}: metadata", f"must be a JSON object, got {type(metadata).__name__}")
+    return credential_id, item["value"], scope, metadata
+
+
+def _records(path: str, start_line: int, lines: list[int]) -> Iterator[tuple[str, Any, str, dict[str, Any] | None]]:
+    for n, item in iter_numbered(path, ("id", "value"), _SHAPE, start_line=start_line):
+        record = _record(path, n, item)
+        lines.append(n)
+        yield record
+
+
+def _validate(app: AppContext, vault: Vault, path: str, start_line: int, on_existing: str) -> tuple[int, int]:
+    """Pass one: every line parses and is typed, no id twice; (rows, ids already stored)."""
+    seen: set[str] = set()
+    rows = existing = 0
+    chunk: list[tuple[int, str]] = []
+
+    def check_chunk() -> None:
+        nonlocal existing
+        with vault.store.read() as tx:
+            for n, cid in chunk:
+                if tx.get_credential(vault.keyring_name, cid) is not None:
+                    existing += 1
+                    if on_existing == "fail":
+                        raise InvalidInputError(
+                            f"{path}:{n}", f"credential {cid!r} already exists; nothing was imported "
+                            "(choose --on-existing skip or --on-existing overwrite)")
+        chunk.clear()
+
+    for n, item in iter_numbered(path, ("id", "value"), _SHAPE, start_line=start_line):
+        cid = _record(path, n, item)[0]
+        if cid in seen:
+            raise InvalidInputError(f"{path}:{n}", f"id {cid!r} appears twice in the file; nothing was imported")
+        seen.add(cid)
+        rows += 1
+        chunk.append((n, cid))
+        if len(chunk) >= 1000:
+            check_chunk()
+    check_chunk()
+    return rows, existing
 
 
 @click.command(name="import")
 @click.argument("path", type=click.Path(allow_dash=True))
-@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Rows per transaction.")
+@click.option("--on-existing", type=click.Choice(ON_EXISTING), default="fail", show_default=True,
+              help="An id that is already stored: fail (before writing anything), skip it, or overwrite it "
+                   "(a new revision).")
+@click.option("--start-line", type=click.IntRange(1), default=1, show_default=True,
+              help="Skip the lines before this one (to resume an import that stopped).")
+@click.option("--progress-interval", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds between plain progress lines when stderr is not a terminal.")
 @pass_app
-def import_(app: AppContext, path: str, batch_size: int) -> None:
-    """Import credentials from JSONL: one {"id","scope","value","metadata"} per line (streamed)."""
+def import_(app: AppContext, path: str, batch_size: int, on_existing: str, start_line: int,
+            progress_interval: float) -> None:
+    """Import credentials from JSONL: one {"id","scope","value","metadata"} per line (streamed).
+
+    A file is read twice: first every line is checked (JSON, types, ids not
+    repeated, and with --on-existing fail, not already stored), and only then
+    written, so a bad line writes nothing.  Standard input (PATH -) is read
+    once; if it stops, the error says how many rows were committed and the
+    --start-line to resume from.
+
+    \b
+    Example: nebula-credential import creds.jsonl --on-existing skip
+    """
     import time
 
+    vault = app.vault()
+    total = None
+    if path != "-":
+        total, _ = _validate(app, vault, path, start_line, on_existing)
+    counts = ImportCounts()
+    lines: list[int] = []
     start = time.perf_counter()
-    count = app.vault().put_many(_jsonl(path), batch_size=batch_size)
+    plan = {"credentials": total or 0}
+    try:
+        if is_tty() and not app.json:
+            with rich_progress(err_console, plan, label="importing") as advance:
+                vault.put_many(_records(path, start_line, lines), batch_size=batch_size,
+                               on_existing=on_existing, counts=counts,
+                               progress=lambda rows: advance("credentials", rows))
+        else:
+            plain = PlainProgress(sys.stderr, plan, interval=progress_interval, label="import")
+            vault.put_many(_records(path, start_line, lines), batch_size=batch_size, on_existing=on_existing,
+                           counts=counts, progress=lambda rows: plain("credentials", rows))
+            if total:
+                plain.finish()
+    except NebulaCredentialError as exc:
+        done = counts.written + counts.skipped
+        resume = lines[done] if done < len(lines) else (lines[-1] + 1 if lines else start_line)
+        raise NebulaCredentialError(
+            f"{exc}; {counts.written} row(s) committed before it stopped (lines {start_line}-{resume - 1}); "
+            f"fix the line and resume with --start-line {resume}") from None
     seconds = time.perf_counter() - start
-    emit(app, {"imported": count, "seconds": round(seconds, 3)},
-         lambda: console.print(f"imported {count} credentials in {seconds:.2f}s "
-                               f"({count / seconds if seconds else 0:,.0f}/s)"))
+    rate = counts.written / seconds if seconds else 0.0
+    emit(app, counts.to_json() | {"seconds": round(seconds, 3)},
+         lambda: console.print(f"imported {counts.written} credentials ({counts.created} new, "
+                               f"{counts.overwritten} overwritten, {counts.skipped} skipped as existing) "
+                               f"in {seconds:.2f}s ({rate:,.0f}/s)"))

@@ -14,6 +14,7 @@ from typing import Any
 import click
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from ..exceptions import NebulaCredentialError
 from ..vault import Vault
@@ -45,7 +46,7 @@ def _redact(value: str) -> str:
 
 def run_demo(folder: Path, count: int) -> None:
     url = f"sqlite:///{folder / 'demo.db'}"
-    console.rule("[bold]nebula-credential demo")
+    console.print("nebula-credential demo", style="bold")
     console.print(f"store: {url}\nroot key: {folder / 'master.key'} (mode 0600, local provider)")
     vault = open_vault(url, create=True)
     try:
@@ -96,8 +97,8 @@ def run_demo(folder: Path, count: int) -> None:
         try:
             vault.get("user/service-00001")
         except NebulaCredentialError as exc:
-            console.print(Panel(f"[bold]{type(exc).__name__}[/]: {exc}", title="tamper attempt refused",
-                                border_style="red"))
+            console.print(Panel(Text.assemble((type(exc).__name__, "bold"), f": {exc}"),
+                                title="tamper attempt refused", border_style="red", expand=False))
         else:  # pragma: no cover - would be a security bug
             raise NebulaCredentialError("tampered envelope was accepted")
         verdict = vault.audit.verify()

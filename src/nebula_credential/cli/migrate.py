@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from .. import doctor as doctor_mod
 from ..adopt import adopt as adopt_records
@@ -89,14 +90,20 @@ _SEV_STYLE = {"ok": "green", "info": "cyan", "warning": "yellow", "error": "bold
 @click.command()
 @pass_app
 def doctor(app: AppContext) -> None:
-    """Check the store, keys, root of trust and audit chain; explain each problem with its fix."""
-    findings = doctor_mod.run(app.url, app.config)
+    """Check the store, keys, root of trust and audit chain; explain each problem with its fix.
+
+    \b
+    Exit status: 0 when every check is ok or info; 1 when any check
+    reports a warning or an error (or the store cannot be opened).
+    Example: nebula-credential doctor --json | jq '.[] | select(.severity != "ok")'
+    """
+    findings = doctor_mod.run(app.existing_url(), app.config)
     if app.json:
         emit(app, [f.to_json() for f in findings])
     else:
         table = Table("check", "severity", "finding", "fix")
         for f in findings:
-            table.add_row(f.check, f"[{_SEV_STYLE[f.severity]}]{f.severity}[/]", f.message, f.fix)
+            table.add_row(f.check, Text(f.severity, style=_SEV_STYLE[f.severity]), f.message, f.fix)
         console.print(table)
     problems = [f for f in findings if f.problem]
     if problems:

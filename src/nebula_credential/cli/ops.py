@@ -7,13 +7,19 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import click
+from rich.text import Text
 
 from ..config import PROVIDER_TYPES, ProviderConfig
-from ..exceptions import NebulaCredentialError
+from ..exceptions import NebulaCredentialError, StoreError
+from ..providers.local import key_file_path
 from ..reencrypt import check_workers, scope_order
-from ._common import AppContext, console, emit, err_console, is_tty, pass_app
+from ..store import open_store, redact_url
+from ..vault import PROVIDER_META
+from ._common import AppContext, console, emit, err_console, is_tty, pass_app, sqlite_file
 from ._progress import PlainProgress, rich_progress
 from .keys import versions_table
 
@@ -23,19 +29,77 @@ from .keys import versions_table
               help="Root of trust (default: config or local).")
 @pass_app
 def init(app: AppContext, provider_type: str | None) -> None:
-    """Initialise a store and its keyring (creates the root key for the local provider)."""
+    """Initialise a store and its keyring (creates the root key for the local provider).
+
+    On a store whose keyring is already initialised it says so and changes
+    nothing (exit 0), so it is safe in provisioning scripts.
+
+    \b
+    Example: nebula-credential --db sqlite:///var/lib/app/creds.db init
+    """
+    existing = _initialised(app)
+    if existing is not None:
+        emit(app, existing | {"already_initialised": True}, lambda: console.print(
+            f"keyring {existing['keyring']} in {existing['store']} is already initialised "
+            f"(provider {existing['provider']['type']}, active key version {existing['active_version']}); "
+            "nothing changed"))
+        return
     cfg = app.config
     if provider_type is not None and provider_type != cfg.provider.type:
         from dataclasses import replace
 
         provider = ProviderConfig(type=provider_type, settings=cfg.provider.settings, explicit=True)
         app._config = replace(cfg, provider=provider)
-    vault = app.vault(create=True)
-    kv = vault.keys.active_version()
-    data = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": vault.provider.describe()}
+    with _all_or_nothing(app):
+        vault = app.vault(create=True)
+        kv = vault.keys.active_version()
+    data = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": vault.provider.describe(),
+            "store": redact_url(vault.store.url)}
     emit(app, data, lambda: console.print(
-        f"initialised keyring {vault.keyring_name} in {vault.store!r} with provider "
+        f"initialised keyring {vault.keyring_name} in {data['store']} with provider "
         f"{vault.provider.name}; active key version {kv.version}"))
+
+
+@contextmanager
+def _all_or_nothing(app: AppContext) -> Iterator[None]:
+    """A failed init of a new SQLite store leaves no half-made store or key file behind."""
+    db = sqlite_file(app.url)
+    if db is None or db.exists():
+        yield
+        return
+    cfg = app.config
+    key = key_file_path(cfg.provider.settings, db.resolve().parent) if cfg.provider.type == "local" else None
+    key_existed = key is not None and key.exists()
+    try:
+        yield
+    except BaseException:
+        app.close()
+        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            path.unlink(missing_ok=True)
+        if key is not None and not key_existed:
+            key.unlink(missing_ok=True)
+        raise
+
+
+def _initialised(app: AppContext) -> dict[str, Any] | None:
+    """The keyring's summary if the store and keyring already exist, else None (nothing is created)."""
+    try:
+        url = app.existing_url()
+    except StoreError:
+        return None  # no store file yet: init creates it
+    store = open_store(url)
+    try:
+        with store.read() as tx:
+            if tx.get_meta(PROVIDER_META) is None:
+                return None
+            versions = tx.list_versions(app.keyring)
+    finally:
+        store.close()
+    if not versions:
+        return None  # a new keyring in an existing store
+    vault = app.vault()
+    return {"keyring": vault.keyring_name, "active_version": vault.keys.active_version().version,
+            "provider": vault.provider.describe(), "store": redact_url(vault.store.url)}
 
 
 @click.command()
@@ -119,11 +183,11 @@ def status(app: AppContext) -> None:
 
     def human() -> None:
         km = vault.keys
-        console.print(versions_table(km.keyring, km.list(), km.credential_counts()))
+        console.print(versions_table(km.keyring, km.list(), km.credential_counts(), app.config.keys.max_key_age))
         r = data["reencryption"]
         console.print(f"active version: {data['active_version']}   re-encryption: "
                       f"{r['total'] - r['pending']}/{r['total']} ({r['progress']:.1%})")
         for a in data["alerts"]:
-            console.print(f"[red]ALERT[/] {a['name']} ({a['severity']}): {a['message']}")
+            console.print(Text.assemble(("ALERT", "red"), f" {a['name']} ({a['severity']}): {a['message']}"))
 
     emit(app, data, human)

@@ -68,6 +68,23 @@ def _decrypt_to_buffer(cipher: AESGCM, nonce: bytes, data: bytes, aad: bytes) ->
     return bytearray(cipher.decrypt(nonce, data, aad))  # pragma: no cover - older cryptography
 
 
+#: A 32-byte key from a CSPRNG has fewer than 16 distinct bytes with probability ~1e-18.
+MIN_DISTINCT_KEY_BYTES = 16
+
+
+def check_key_entropy(material: bytes | bytearray, where: str) -> None:
+    """Refuse a hand-made root key with no entropy (all zero, one repeated byte, a short pattern).
+
+    Only the count of distinct byte values is looked at, never printed: a
+    random key passes, ``b"\\0" * 32`` or ``b"abcd" * 8`` does not.
+    """
+    if len(set(material)) < MIN_DISTINCT_KEY_BYTES:
+        raise ConfigError(
+            "provider.key_file",
+            f"{where}: the key has fewer than {MIN_DISTINCT_KEY_BYTES} distinct bytes in {len(material)}; "
+            "it was not made by a random generator (use `nebula-credential init` to create a key)")
+
+
 class LocalKeyProvider(KeyProvider):
     """AES-256-GCM key wrapping under a root key read from a 0600 file."""
 
@@ -125,8 +142,9 @@ class LocalKeyProvider(KeyProvider):
         if not p.exists():
             raise ConfigError(
                 "provider.key_file",
-                f"root key file {p} not found; run `nebula-credential init` to create a "
-                "store and its key, or point NEBULA_CREDENTIAL_MASTER_KEY_FILE at the right file",
+                f"root key file {p} is missing: this store's root key was expected there. Restore the "
+                "file from your backup, or point [provider] key_file or NEBULA_CREDENTIAL_MASTER_KEY_FILE "
+                "at it (`init` would make a new key, which cannot open this store)",
             )
         check_key_file_permissions(p)
         keys = []
@@ -142,6 +160,7 @@ class LocalKeyProvider(KeyProvider):
                 raise ConfigError("provider.key_file", f"{p} line {n}: key is not valid base64") from None
             if len(material) != 32 or _key_id(material).hex().encode() != parts[1]:
                 raise ConfigError("provider.key_file", f"{p} line {n}: key is damaged (length or id mismatch)")
+            check_key_entropy(material, f"{p} line {n}")
             keys.append(SecretBytes(material))
         return keys
 
