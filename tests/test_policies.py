@@ -81,9 +81,13 @@ class TestScheduled:
         assert self.s.due(active, datetime(2026, 3, 29, 1, 59, tzinfo=UTC)) is None
         assert self.s.due(active, datetime(2026, 3, 29, 2, 0, tzinfo=UTC)) is not None
 
-    def test_six_fields_rejected(self) -> None:
+    def test_six_fields_take_seconds_first_and_seven_are_rejected(self) -> None:
+        s6 = ScheduledRotation("30 0 2 * * SUN")  # 02:00:30 every Sunday
+        active = kv(created=datetime(2026, 3, 1, 3, 0, tzinfo=UTC))
+        assert s6.due(active, datetime(2026, 3, 8, 2, 0, 29, tzinfo=UTC)) is None
+        assert s6.due(active, datetime(2026, 3, 8, 2, 0, 30, tzinfo=UTC)) is not None
         with pytest.raises(nc.ConfigError, match="rotation.cron"):
-            ScheduledRotation("0 0 2 * * SUN")
+            ScheduledRotation("0 0 0 2 * * SUN")
 
 
 def test_configured_strategy_always_includes_usage() -> None:

@@ -8,7 +8,9 @@ names a file or an environment variable that holds the secret.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -19,7 +21,7 @@ from .durations import parse_duration
 from .exceptions import ConfigError
 
 ROTATION_STRATEGIES = ("manual", "periodic", "before-expiry", "scheduled", "usage")
-RETENTION_POLICIES = ("minimum-retention", "version-based", "until-reencrypted")
+RETENTION_POLICIES = ("minimum-retention", "version-based", "until-reencrypted", "custom")
 PROVIDER_TYPES = ("local", "pkcs11", "aws-kms", "azure-keyvault", "vault-transit")
 DEFAULT_PRIORITY = ("production", "user", "development")
 #: NIST SP 800-38D: random 96-bit nonces, at most 2^32 messages per key; keep a 4x margin.
@@ -27,7 +29,23 @@ DEFAULT_MAX_ENCRYPTIONS = 2**30
 HARD_MAX_ENCRYPTIONS = 2**32
 DEFAULT_DB_URL = "sqlite:///./nebula-credential.db"
 
+_CALLABLE = r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*"
 _SECRET_KEYS = ("pin", "token", "password", "secret", "client_secret", "secret_id")
+#: Settings each provider reads (besides ``type`` and the retry settings); anything else is a typo.
+PROVIDER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "local": ("key_file",),
+    "pkcs11": ("library", "token_label", "key_label", "pin_file", "pin_env", "mode"),
+    "aws-kms": ("key_id", "region", "endpoint_url", "profile"),
+    "azure-keyvault": ("vault_url", "key_name", "key_type", "key_size", "api_version", "tenant_id", "client_id",
+                       "client_secret_file", "client_secret_env", "authority", "connection_verify",
+                       "verify_challenge_resource", "disable_instance_discovery"),
+    "vault-transit": ("url", "mount", "key_name", "namespace", "token_file", "token_env", "role_id_file",
+                      "role_id_env", "secret_id_file", "secret_id_env", "approle_mount", "ca_cert",
+                      "client_cert", "client_key", "verify", "timeout"),
+}
+RETRY_SETTINGS = ("retry_attempts", "retry_backoff", "retry_max")
+#: Largest integer setting accepted (counts, sizes); beyond it is a typo that would overflow a column.
+MAX_INT = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +70,7 @@ class RotationConfig:
     interval: timedelta = timedelta(days=90)
     threshold: timedelta = timedelta(days=7)
     cron: str = "0 2 * * SUN"
+    timezone: str = "UTC"
     max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS
 
 
@@ -60,6 +79,10 @@ class RetentionConfig:
     policy: str = "minimum-retention"
     min_retention: timedelta = timedelta(days=90)
     max_versions: int = 3
+    #: The active version and the ones just before it are never destroyed, whatever the policy.
+    keep_versions: int = 2
+    #: ``policy = "custom"``: "package.module:function", loaded from the process's own config only.
+    callable: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +99,10 @@ class ProviderConfig:
     settings: dict[str, Any] = field(default_factory=dict)
     #: False when the config file had no [provider] section: the store's record is used.
     explicit: bool = False
+    #: Attempts in all (1 = no retry), first back-off and its cap; defaults span about 2 s.
+    retry_attempts: int = 6
+    retry_backoff: timedelta = timedelta(milliseconds=100)
+    retry_max: timedelta = timedelta(seconds=1)
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.settings.get(name, default)
@@ -162,12 +189,14 @@ def _dur(section: str, raw: dict[str, Any], key: str, default: timedelta) -> tim
     return parse_duration(raw[key], f"{section}.{key}") if key in raw else default
 
 
-def _int(section: str, raw: dict[str, Any], key: str, default: int, minimum: int) -> int:
+def _int(section: str, raw: dict[str, Any], key: str, default: int, minimum: int, maximum: int = MAX_INT) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{section}.{key}", f"must be an integer, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{section}.{key}", f"must be at least {minimum}, got {value}")
+    if value > maximum:
+        raise ConfigError(f"{section}.{key}", f"must be at most {maximum}")
     return value
 
 
@@ -175,6 +204,8 @@ def _num(section: str, raw: dict[str, Any], key: str, default: float, minimum: f
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{section}.{key}", f"must be a number, got {value!r}")
+    if not math.isfinite(value) or abs(value) > 1e15:
+        raise ConfigError(f"{section}.{key}", f"must be a finite number, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{section}.{key}", f"must be at least {minimum}, got {value}")
     return float(value)
@@ -219,23 +250,39 @@ def _keys(raw: dict[str, Any]) -> KeysConfig:
 
 
 def validate_cron(expr: str, field: str = "rotation.cron") -> str:
-    if not isinstance(expr, str) or len(expr.split()) != 5:
-        raise ConfigError(field, f"expected a 5-field cron expression (min hour dom month dow), got {expr!r}")
+    """5 fields (min hour dom month dow) or 6 with seconds first (sec min hour dom month dow, as Quartz)."""
+    if not isinstance(expr, str) or len(expr.split()) not in (5, 6):
+        raise ConfigError(field, "expected a cron expression of 5 fields (min hour dom month dow) "
+                                 f"or 6 (sec min hour dom month dow), got {expr!r}")
     from croniter import croniter
 
-    if not croniter.is_valid(expr):
+    if not croniter.is_valid(expr, second_at_beginning=True):
         raise ConfigError(field, f"invalid cron expression {expr!r}")
     return expr
 
 
+def validate_timezone(name: object, field: str = "rotation.timezone") -> str:
+    """An IANA zone name (``Europe/Berlin``) that zoneinfo knows."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not isinstance(name, str) or not name:
+        raise ConfigError(field, f"expected a time zone name such as 'UTC' or 'Europe/Berlin', got {name!r}")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(field, f"unknown time zone {name!r} (an IANA name such as 'Europe/Berlin')") from None
+    return name
+
+
 def _rotation(raw: dict[str, Any]) -> RotationConfig:
-    _check_keys("rotation", raw, ("strategy", "interval", "threshold", "cron", "max_encryptions"))
+    _check_keys("rotation", raw, ("strategy", "interval", "threshold", "cron", "timezone", "max_encryptions"))
     d = RotationConfig()
     cfg = RotationConfig(
         strategy=_choice("rotation", raw, "strategy", d.strategy, ROTATION_STRATEGIES),
         interval=_dur("rotation", raw, "interval", d.interval),
         threshold=_dur("rotation", raw, "threshold", d.threshold),
         cron=validate_cron(raw["cron"]) if "cron" in raw else d.cron,
+        timezone=validate_timezone(raw["timezone"]) if "timezone" in raw else d.timezone,
         max_encryptions=_int("rotation", raw, "max_encryptions", d.max_encryptions, 1),
     )
     if cfg.interval <= timedelta(0):
@@ -249,13 +296,22 @@ def _rotation(raw: dict[str, Any]) -> RotationConfig:
 
 
 def _retention(raw: dict[str, Any]) -> RetentionConfig:
-    _check_keys("retention", raw, ("policy", "min_retention", "max_versions"))
+    _check_keys("retention", raw, ("policy", "min_retention", "max_versions", "keep_versions", "callable"))
     d = RetentionConfig()
-    return RetentionConfig(
+    cfg = RetentionConfig(
         policy=_choice("retention", raw, "policy", d.policy, RETENTION_POLICIES),
         min_retention=_dur("retention", raw, "min_retention", d.min_retention),
         max_versions=_int("retention", raw, "max_versions", d.max_versions, 1),
+        keep_versions=_int("retention", raw, "keep_versions", d.keep_versions, 1, 1000),
+        callable=raw.get("callable", ""),
     )
+    if cfg.policy == "custom" or cfg.callable:
+        if cfg.policy != "custom":
+            raise ConfigError("retention.callable", 'is used only with policy = "custom"')
+        if not isinstance(cfg.callable, str) or not re.fullmatch(_CALLABLE, cfg.callable):
+            raise ConfigError("retention.callable",
+                              f'expected "package.module:function", got {cfg.callable!r}')
+    return cfg
 
 
 def _reencryption(raw: dict[str, Any]) -> ReencryptionConfig:
@@ -274,7 +330,8 @@ def _reencryption(raw: dict[str, Any]) -> ReencryptionConfig:
 
 def _provider(raw: dict[str, Any]) -> ProviderConfig:
     ptype = _choice("provider", raw, "type", "local", PROVIDER_TYPES)
-    settings = {k: v for k, v in raw.items() if k != "type"}
+    settings = {k: v for k, v in raw.items() if k != "type" and k not in RETRY_SETTINGS}
+    allowed = PROVIDER_SETTINGS[ptype]
     for key in settings:
         if key in _SECRET_KEYS:
             raise ConfigError(
@@ -282,7 +339,16 @@ def _provider(raw: dict[str, Any]) -> ProviderConfig:
                 "secrets are not accepted in the config file; use "
                 f"{key}_file (a path) or {key}_env (an environment variable name)",
             )
-    return ProviderConfig(type=ptype, settings=settings, explicit=bool(raw))
+        if key not in allowed:
+            raise ConfigError(f"provider.{key}", f"unknown setting for provider {ptype!r}; allowed: "
+                                                 f"type, {', '.join(allowed + RETRY_SETTINGS)}")
+    d = ProviderConfig()
+    return ProviderConfig(
+        type=ptype, settings=settings, explicit=bool(raw),
+        retry_attempts=_int("provider", raw, "retry_attempts", d.retry_attempts, 1, 100),
+        retry_backoff=_dur("provider", raw, "retry_backoff", d.retry_backoff),
+        retry_max=_dur("provider", raw, "retry_max", d.retry_max),
+    )
 
 
 def _audit(raw: dict[str, Any]) -> AuditConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -9,6 +10,24 @@ from .exceptions import ConfigError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+#: Longer than any key lifetime anyone means; larger values are typos (and overflow timedelta).
+MAX_SECONDS = 100 * 366 * 86400
+_EXPECTED = "expected a duration like '30s', '15m', '24h' or '90d'"
+
+
+def _show(text: object) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _seconds(amount: float, field: str, text: object) -> timedelta:
+    if not math.isfinite(amount):
+        raise ConfigError(field, f"{_EXPECTED}, got {_show(text)}")
+    if amount > MAX_SECONDS:
+        raise ConfigError(field, f"must be at most 100 years, got {_show(text)}")
+    if amount < 0:
+        raise ConfigError(field, f"must not be negative, got {_show(text)}")
+    return timedelta(seconds=amount)
 
 
 def parse_duration(text: str | int | float | timedelta, field: str = "duration") -> timedelta:
@@ -18,14 +37,12 @@ def parse_duration(text: str | int | float | timedelta, field: str = "duration")
     elif isinstance(text, bool):
         raise ConfigError(field, f"expected a duration like '30s', '15m', '24h' or '90d', got {text!r}")
     elif isinstance(text, int | float):
-        value = timedelta(seconds=text)
+        value = _seconds(float(text) if abs(text) < 1e300 else math.inf, field, text)
     elif isinstance(text, str):
-        m = _RE.match(text)
+        m = _RE.match(text) if len(text) <= 64 else None
         if not m:
-            raise ConfigError(
-                field, f"expected a duration like '30s', '15m', '24h' or '90d', got {text!r}"
-            )
-        value = timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+            raise ConfigError(field, f"{_EXPECTED}, got {_show(text)}")
+        value = _seconds(float(m.group(1)) * _UNITS[m.group(2)], field, text)
     else:
         raise ConfigError(field, f"expected a duration string, got {type(text).__name__}")
     if value < timedelta(0):

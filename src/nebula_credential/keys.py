@@ -112,8 +112,9 @@ class KeyManager:
         # slice of the envelope finds the key and validates the prefix at once.
         self._keys: dict[bytes, VersionedKey] = {}
         self._active: VersionedKey | None = None
-        self._refresh_every = self.config.keys.refresh_interval.total_seconds()
         self._ttl = self.config.keys.dek_cache_ttl.total_seconds()
+        # dek_cache_ttl = 0 means no cache: every operation re-reads and re-unwraps.
+        self._refresh_every = self.config.keys.refresh_interval.total_seconds() if self._ttl else 0.0
         self._refresh_at = 0.0
 
     # ---- construction ----------------------------------------------------
@@ -186,7 +187,7 @@ class KeyManager:
                 kv = versions.get(key.version)
                 if kv is None or kv.status not in (KeyStatus.ACTIVE, KeyStatus.VALID):
                     continue
-                if self._ttl and now - key.loaded_at > self._ttl:
+                if now - key.loaded_at >= self._ttl:
                     continue  # re-unwrap after the cache lifetime
                 key.status = kv.status
                 keep[vb] = key

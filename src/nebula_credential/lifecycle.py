@@ -16,7 +16,7 @@ from typing import Any
 from .exceptions import ConcurrencyError, PolicyViolationError
 from .keys import KeyManager
 from .models import KeyStatus
-from .policies.retention import KeyRetentionPolicy, RetentionContext
+from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +72,13 @@ def cleanup(
         versions = tx.list_versions(km.keyring)
         refs = tx.count_by_version(km.keyring)
     ctx = RetentionContext(now=now, versions=versions, references=refs)
+    keep = kept_versions(versions, km.config.retention.keep_versions)
     out = []
     for kv in versions:
-        if kv.status is not KeyStatus.REVOKED or refs.get(kv.version, 0):
+        if kv.status in (KeyStatus.ACTIVE, KeyStatus.DESTROYED):
             continue
-        reason = policy.allows(kv, ctx)
-        if reason is None:
+        reason = policy.allows(kv, ctx)  # every retired version, then the guard below
+        if reason is None or kv.status is not KeyStatus.REVOKED or refs.get(kv.version, 0) or kv.version in keep:
             continue
         if not dry_run:
             try:

@@ -10,10 +10,12 @@ alone suits a store without backups; a backed-up store wants
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from ..config import KeyManagementConfig
 from ..durations import format_duration
@@ -85,7 +87,13 @@ class UntilReEncrypted(KeyRetentionPolicy):
 
 
 class CallableRetention(KeyRetentionPolicy):
-    """A Python callable ``(KeyVersion, RetentionContext) -> reason | None``."""
+    """A Python callable ``(KeyVersion, RetentionContext) -> reason | None``.
+
+    It is asked about every retired version (valid, grace and revoked, used
+    or not) so it can reason about all of them; cleanup's guard still applies
+    after it: only a revoked, unreferenced version outside ``keep_versions``
+    is destroyed, whatever the callable answers.
+    """
 
     def __init__(self, fn: Callable[[KeyVersion, RetentionContext], str | None], name: str = "callable") -> None:
         self.fn = fn
@@ -96,8 +104,38 @@ class CallableRetention(KeyRetentionPolicy):
         return f"{self.name}: {reason}" if reason else None
 
 
+def kept_versions(versions: Sequence[KeyVersion], keep: int) -> set[int]:
+    """The newest ``keep`` version numbers (the active one and those just before it).
+
+    These are never destroyed whatever the policy says, so ciphertext held
+    outside the store (backups, caches, queues) still opens after a rotation.
+    """
+    return set(sorted((v.version for v in versions), reverse=True)[:keep])
+
+
+def load_callable(target: str) -> Callable[[KeyVersion, RetentionContext], str | None]:
+    """Import ``package.module:function`` named in the process's own config file.
+
+    Only the config file (process configuration, like a plugin setting) names
+    code to load; nothing read from the store ever does.
+    """
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("retention.callable", f"cannot load {target!r}: {type(exc).__name__}: {exc}") from None
+    if not callable(obj):
+        raise ConfigError("retention.callable", f"{target!r} is not callable")
+    fn: Callable[[KeyVersion, RetentionContext], str | None] = obj
+    return fn
+
+
 def retention_from_config(config: KeyManagementConfig) -> KeyRetentionPolicy:
     r = config.retention
+    if r.policy == "custom":
+        return CallableRetention(load_callable(r.callable), name=f"custom:{r.callable}")
     if r.policy == "minimum-retention":
         return MinimumRetention(r.min_retention)
     if r.policy == "version-based":

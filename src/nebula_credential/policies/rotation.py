@@ -13,8 +13,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
-from ..config import DEFAULT_MAX_ENCRYPTIONS, KeyManagementConfig, validate_cron
+from ..config import DEFAULT_MAX_ENCRYPTIONS, KeyManagementConfig, validate_cron, validate_timezone
 from ..durations import format_duration
 from ..exceptions import ConfigError
 from ..models import KeyVersion
@@ -87,7 +88,13 @@ class BeforeExpiryRotation(RotationStrategy):
 
 
 class ScheduledRotation(RotationStrategy):
-    """Rotate at each fire time of a 5-field cron expression, evaluated in UTC.
+    """Rotate at each fire time of a cron expression, evaluated in ``timezone`` (default UTC).
+
+    Five fields (min hour dom month dow) or six with seconds first.  Across
+    DST changes a job fires once per day as cron users expect: on the
+    spring-forward day a time inside the skipped hour fires once, at the end
+    of the gap; on the fall-back day a time inside the repeated hour fires
+    only at its first occurrence.
 
     The seed checked "within 5 minutes of the next fire time", which misses a
     fire whenever a pass runs late.  Here the decision is: has the schedule
@@ -98,15 +105,21 @@ class ScheduledRotation(RotationStrategy):
 
     name = "scheduled"
 
-    def __init__(self, cron: str) -> None:
+    def __init__(self, cron: str, timezone: str = "UTC") -> None:
         self.cron = validate_cron(cron)
+        self.timezone = validate_timezone(timezone)
+        self._tz = ZoneInfo(timezone)
 
     def previous_fire(self, now: datetime) -> datetime:
         from croniter import croniter
 
         # croniter's get_prev is strictly before its start; start one second on so a
         # pass that runs exactly at a fire time counts that fire.
-        prev: datetime = croniter(self.cron, now + timedelta(seconds=1)).get_prev(datetime)
+        it = croniter(self.cron, (now + timedelta(seconds=1)).astimezone(self._tz), second_at_beginning=True)
+        prev: datetime = it.get_prev(datetime)
+        before: datetime = it.get_prev(datetime)
+        if before.replace(tzinfo=None) == prev.replace(tzinfo=None):
+            return before  # the repeated hour of a fall-back day: only the first occurrence fires
         return prev
 
     def due(self, active: KeyVersion, now: datetime) -> str | None:
@@ -118,7 +131,7 @@ class ScheduledRotation(RotationStrategy):
         return None
 
     def __repr__(self) -> str:
-        return f"ScheduledRotation(cron={self.cron!r})"
+        return f"ScheduledRotation(cron={self.cron!r}, timezone={self.timezone!r})"
 
 
 class UsageRotation(RotationStrategy):
@@ -180,7 +193,7 @@ def strategy_from_config(config: KeyManagementConfig) -> RotationStrategy:
     elif r.strategy == "before-expiry":
         base = BeforeExpiryRotation(r.threshold, config.keys.max_key_age)
     elif r.strategy == "scheduled":
-        base = ScheduledRotation(r.cron)
+        base = ScheduledRotation(r.cron, r.timezone)
     else:  # pragma: no cover - config validation rejects anything else
         raise ConfigError("rotation.strategy", f"unknown strategy {r.strategy!r}")
     return AnyOf([base, usage])

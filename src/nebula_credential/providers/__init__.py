@@ -44,7 +44,10 @@ def open_provider(
     config: ProviderConfig, *, create: bool = False, base_dir: Path | None = None
 ) -> KeyProvider:
     """Build the provider ``config`` describes; ``create`` makes a new root key where that applies."""
-    return provider_class(config.type).from_config(config.settings, create=create, base_dir=base_dir)
+    provider = provider_class(config.type).from_config(config.settings, create=create, base_dir=base_dir)
+    provider.retry = RetryPolicy(config.retry_attempts, config.retry_backoff.total_seconds(),
+                                 config.retry_max.total_seconds())
+    return provider
 
 
 __all__ = [

@@ -10,6 +10,7 @@ backend implements only the small private hooks (``_wrap``, ``_unwrap``,
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from abc import ABC, abstractmethod
@@ -30,6 +31,8 @@ from ..exceptions import (
 
 T = TypeVar("T")
 
+
+log = logging.getLogger(__name__)
 
 class Aead(Protocol):
     """What a DEK can do once opened: ``cryptography``'s AESGCM shape."""
@@ -65,9 +68,17 @@ class TransientProviderError(ProviderUnavailableError):
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    attempts: int = 4
-    base_delay: float = 0.05
-    max_delay: float = 2.0
+    """Exponential back-off with jitter for transient provider failures.
+
+    The defaults (6 attempts, 0.1 s doubling, capped at 1 s) wait about 1.3
+    to 2.5 s in all: long enough for an HSM or KMS blip of about two seconds,
+    short enough that a real outage is reported promptly.  Configured with
+    ``[provider] retry_attempts``, ``retry_backoff`` and ``retry_max``.
+    """
+
+    attempts: int = 6
+    base_delay: float = 0.1
+    max_delay: float = 1.0
 
     def delays(self) -> list[float]:
         out = []
@@ -168,12 +179,16 @@ class KeyProvider(ABC):
                     ok = True
                     return result
                 except TransientProviderError as exc:
+                    attempt = self.retry.attempts - len(delays)
                     if not delays:
                         raise ProviderUnavailableError(
-                            f"{self.name} provider unavailable during {op} after "
-                            f"{self.retry.attempts} attempts: {exc}"
+                            f"{self.name} provider unavailable during {op} after {attempt} attempt(s) "
+                            f"over {time.perf_counter() - start:.2f}s: {exc}"
                         ) from exc
-                    time.sleep(delays.pop(0))
+                    delay = delays.pop(0)
+                    log.warning("%s provider: %s attempt %d of %d failed (%s); retrying in %.2fs",
+                                self.name, op, attempt, self.retry.attempts, type(exc).__name__, delay)
+                    time.sleep(delay)
                 except NebulaCredentialError:
                     raise
                 except Exception as exc:  # a backend bug or an unmapped library error
