@@ -39,7 +39,7 @@ def test_full_file_loads(tmp_path: Path) -> None:
     [
         ({"rotation": {"strategy": "hourly"}}, "rotation.strategy"),
         ({"keys": {"grace_period": "-5m"}}, "keys.grace_period"),
-        ({"rotation": {"cron": "0 0 2 * * SUN"}}, "rotation.cron"),
+        ({"rotation": {"cron": "0 0 0 2 * * SUN"}}, "rotation.cron"),
         ({"retention": {"max_versions": 0}}, "retention.max_versions"),
         ({"retention": {"policy": "forever"}}, "retention.policy"),
         ({"rotation": {"interval": "ninety days"}}, "rotation.interval"),

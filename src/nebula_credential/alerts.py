@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .access import access_totals
 from .config import AlertsConfig
 from .metrics import ACCESS_ERROR_ACTIONS, KeyMetrics, epoch
 
@@ -83,12 +84,19 @@ def evaluate(m: KeyMetrics, cfg: AlertsConfig, *, errors: int = 0, requests: int
 
 
 def access_counts(vault: Any, now: datetime) -> tuple[int, int]:
-    """(errors, requests) for a keyring over the window, from the audit trail.
+    """(errors, requests) for a keyring over the window.
 
-    Successful reads are only in the trail with ``[audit] credentials = true``;
-    without it requests are unknown here and this rule is left to Prometheus,
-    which sees every process's request counters.
+    From the store's key access counters (every process's reads, flushed in
+    blocks; this process's are flushed first), so the rule works with the
+    default configuration.  A store without counted reads falls back to the
+    audit trail (reads are there with ``[audit] credentials = true``).
     """
+    access = getattr(vault, "access", None)
+    if access is not None:
+        access.flush()
+        requests, failures = access_totals(vault.store, vault.keyring_name, now - ERROR_WINDOW)
+        if requests:
+            return failures, requests
     with vault.store.read() as tx:
         counts = tx.audit_counts((*ACCESS_ERROR_ACTIONS, "credential.read"), since=epoch(now - ERROR_WINDOW))
     kr = vault.keyring_name

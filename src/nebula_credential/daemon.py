@@ -19,7 +19,7 @@ from types import FrameType
 
 from ._http import Handler, OpsServer
 from .config import parse_addr
-from .exceptions import NebulaCredentialError
+from .exceptions import MissingDependencyError, NebulaCredentialError
 from .maintenance import MaintainReport
 from .models import utc_now
 from .vault import Vault
@@ -85,13 +85,26 @@ class Daemon:
             logger.info("signal %s received: finishing the current batch, then stopping", signum)
         self.stop_event.set()
 
-    def enable_metrics(self) -> None:
-        """Serve /metrics (needs the ``metrics`` extra) and feed its histograms."""
+    def enable_metrics(self) -> bool:
+        """Serve /metrics and feed its histograms; without the ``metrics`` extra, say so once.
+
+        The scheduler and /healthz need nothing optional, so a missing
+        ``prometheus_client`` never stops the daemon: it logs one warning and
+        /metrics answers 501 naming the extra to install.
+        """
         from .metrics import MetricsExporter
 
-        exporter = MetricsExporter(self.vault)
+        try:
+            exporter = MetricsExporter(self.vault)
+        except MissingDependencyError as exc:
+            message = f"/metrics is disabled: {exc}"
+            logger.warning("%s", message)
+            body = (message + "\n").encode()
+            self.routes["/metrics"] = lambda: (501, "text/plain; charset=utf-8", body)
+            return False
         exporter.attach(self.vault)
         self.routes["/metrics"] = exporter.route
+        return True
 
     def start_http(self) -> None:
         if self.metrics_addr:

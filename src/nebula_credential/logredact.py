@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from typing import Any
 
 REDACTED = "<redacted>"
 
@@ -36,25 +38,50 @@ def redact(text: str) -> str:
     return text
 
 
+def scrub(record: logging.LogRecord) -> None:
+    """Redact one record in place: its message is formatted once and its arguments dropped."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed third-party record: drop its arguments, keep the template
+        message = str(record.msg)
+    cleaned = redact(message)
+    if cleaned != message or record.args:
+        record.msg, record.args = cleaned, ()
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites each record's message with secret-bearing fields redacted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed third-party record: drop its arguments, keep the template
-            message = str(record.msg)
-        cleaned = redact(message)
-        if cleaned != message or record.args:
-            record.msg, record.args = cleaned, ()
+        scrub(record)
         return True
 
 
 _FILTER = RedactingFilter()
 
 
+class _RedactingFactory:
+    """A log record factory that scrubs every record as it is created.
+
+    Filters on handlers only cover handlers that exist when they are added,
+    and a filter on a logger does not see records of its child loggers
+    (``botocore.endpoint``); the record factory sees every record of every
+    logger, whatever handlers are added later (the daemon's included).
+    """
+
+    def __init__(self, inner: Callable[..., logging.LogRecord]) -> None:
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.inner(*args, **kwargs)
+        scrub(record)
+        return record
+
+
 def install(names: tuple[str, ...] = LOGGERS) -> None:
-    """Attach the filter to the given loggers and to the root handlers (idempotent)."""
+    """Scrub every log record at creation, and filter the given loggers and root handlers (idempotent)."""
+    if not isinstance(logging.getLogRecordFactory(), _RedactingFactory):
+        logging.setLogRecordFactory(_RedactingFactory(logging.getLogRecordFactory()))
     for name in names:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:

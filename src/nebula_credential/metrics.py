@@ -158,6 +158,23 @@ class MetricsExporter:
                     "Refused or failed decrypts recorded in the audit trail",
                     labels=["keyring"],
                 )
+                reads = CounterMetricFamily(
+                    "nebula_credential_store_key_accesses",
+                    "Credential reads by every process, per key version (store counters, flushed in blocks)",
+                    labels=["keyring", "version"],
+                )
+                failed = CounterMetricFamily(
+                    "nebula_credential_store_key_access_failures",
+                    "Failed credential reads by every process, per key version (store counters)",
+                    labels=["keyring", "version"],
+                )
+                for v in exporter._vaults:
+                    v.access.flush()
+                with exporter._vaults[0].store.read() as tx:
+                    totals = tx.key_access_totals()
+                for (keyring, version), (n_reads, n_failed) in sorted(totals.items()):
+                    reads.add_metric([keyring, str(version)], n_reads)
+                    failed.add_metric([keyring, str(version)], n_failed)
                 for s in snaps:
                     active.add_metric([s.keyring], s.active_versions)
                     rot.add_metric([s.keyring], s.rotation_events)
@@ -167,7 +184,7 @@ class MetricsExporter:
                     errors.add_metric([s.keyring], s.key_access_errors)
                     for version, n in sorted(s.credentials_per_version.items()):
                         per.add_metric([s.keyring, str(version)], n)
-                yield from (active, rot, prog, age, per, pending, errors)
+                yield from (active, rot, prog, age, per, pending, errors, reads, failed)
 
         self.registry.register(_StoreCollector())
 

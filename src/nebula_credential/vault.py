@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .access import AccessCounter
 from .audit import AuditLog
 from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
@@ -103,6 +104,8 @@ class Vault:
             store, provider, keyring=keyring, config=self.config, clock=clock, audit=self.audit
         )
         self._audit_credentials = self.config.audit.credentials
+        #: Reads and failed reads per version, flushed to the store in blocks (the access alert).
+        self.access = AccessCounter(store, clock)
         #: Called as (keyring, "encrypt"|"decrypt", seconds, ok) for each credential
         #: operation when set (the metrics layer); None costs nothing on the hot path.
         self.observer: Callable[[str, str, float, bool], None] | None = None
@@ -116,6 +119,7 @@ class Vault:
         """The same store and root of trust, another keyring (one per tenant)."""
         other = Vault(self.store, self.provider, keyring=name, config=self.config, clock=self.clock, audit=self.audit)
         other.observer = self.observer
+        other.access = self.access
         return other
 
     # ---- credentials ------------------------------------------------------
@@ -220,13 +224,16 @@ class Vault:
             with self.store.transaction() as tx:
                 self.audit.record(tx, "decrypt.failed", keyring=kr, credential_id=credential_id,
                                   version=row.key_version, outcome="error", error=type(exc).__name__)
+            self.access.record(kr, row.key_version, False)
             if observer is not None:
                 observer(kr, "decrypt", time.perf_counter() - start, False)
             raise
         except NebulaCredentialError:
+            self.access.record(kr, row.key_version, False)
             if observer is not None:
                 observer(kr, "decrypt", time.perf_counter() - start, False)
             raise
+        self.access.record(kr, row.key_version, True)
         if observer is not None:
             observer(kr, "decrypt", time.perf_counter() - start, True)
         if self._audit_credentials:
@@ -372,6 +379,7 @@ class Vault:
         return pending_counts(self.keys)
 
     def close(self) -> None:
+        self.access.flush()
         self.provider.close()
         self.store.close()
 

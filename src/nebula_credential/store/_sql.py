@@ -488,6 +488,25 @@ class SqlTx(StoreTx):
         ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
+    # ---- key access counters (schema v3) --------------------------------
+    def add_key_access(self, keyring: str, version: int, bucket: int, accesses: int, failures: int) -> None:
+        self._exec(
+            "INSERT INTO key_access (keyring, version, bucket, accesses, failures) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (keyring, version, bucket) DO UPDATE SET "
+            "accesses = key_access.accesses + excluded.accesses, "
+            "failures = key_access.failures + excluded.failures",
+            (keyring, version, bucket, accesses, failures),
+        )
+
+    def key_access_totals(self, since_bucket: int | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+        where, params = ("WHERE bucket >= ?", [since_bucket]) if since_bucket is not None else ("", [])
+        rows = self._exec(
+            f"SELECT keyring, version, SUM(accesses), SUM(failures) FROM key_access {where} "
+            "GROUP BY keyring, version",
+            params,
+        ).fetchall()
+        return {(r[0], int(r[1])): (int(r[2]), int(r[3])) for r in rows}
+
 
 def schema_v1(blob: str, real: str) -> list[str]:
     """Version 1 of the schema, parameterised by the dialect's type names."""
@@ -541,6 +560,18 @@ def schema_v1(blob: str, real: str) -> list[str]:
             mac {blob} NOT NULL
         )""",
     ]
+
+
+def schema_v3() -> list[str]:
+    """Version 3: key access counters per keyring, version and minute, flushed in blocks."""
+    return ["""CREATE TABLE IF NOT EXISTS key_access (
+            keyring TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            bucket BIGINT NOT NULL,
+            accesses BIGINT NOT NULL DEFAULT 0,
+            failures BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (keyring, version, bucket)
+        )"""]
 
 
 def schema_v2() -> list[str]:

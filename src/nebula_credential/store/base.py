@@ -29,7 +29,7 @@ logger = logging.getLogger("nebula_credential.store")
 #: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
 STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,15 @@ class StoreTx(ABC):
     @abstractmethod
     def add_encryptions(self, keyring: str, version: int, count: int) -> int:
         """Add to the per-version encryption counter; returns the new total."""
+
+    # ---- key access counters -------------------------------------------------
+    def add_key_access(self, keyring: str, version: int, bucket: int, accesses: int, failures: int) -> None:
+        """Add a block of counted accesses (and failures) under one version and minute bucket."""
+        raise NotImplementedError
+
+    def key_access_totals(self, since_bucket: int | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+        """(keyring, version) -> (accesses, failures), over buckets from ``since_bucket`` on."""
+        raise NotImplementedError
 
     # ---- credentials -----------------------------------------------------
     @abstractmethod
