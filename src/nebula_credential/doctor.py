@@ -234,6 +234,36 @@ def check_provider(store: Store, config: KeyManagementConfig) -> tuple[list[Find
     return out, provider
 
 
+def check_root_key(store: Store, provider: KeyProvider) -> Finding | None:
+    """One error when the configured root key cannot unwrap the store's data keys, else None.
+
+    A reachable provider that holds the wrong root key passes its own round
+    trip; only unwrapping the store's wrapped DEKs shows the mismatch, and
+    then every other "can decrypt" finding would be false.
+    """
+    from .providers.base import WrapContext
+
+    with store.read() as tx:
+        newest = [max((kv for kv in tx.list_versions(kr) if kv.wrapped_key is not None),
+                      key=lambda kv: kv.version, default=None) for kr in tx.keyrings()]
+    for kv in newest:
+        if kv is None or kv.wrapped_key is None:
+            continue
+        try:
+            provider.open_dek(kv.wrapped_key, WrapContext(kv.keyring, kv.version))
+        except NebulaCredentialError as exc:
+            return Finding(
+                "root-key",
+                ERROR,
+                f"the configured root key cannot unwrap this store's data keys (keyring {kv.keyring} "
+                f"v{kv.version}: {type(exc).__name__}); the store was created under another root key, "
+                "so no credential can be decrypted",
+                "point [provider] key_file / NEBULA_CREDENTIAL_MASTER_KEY_FILE (or the HSM/KMS settings) at "
+                "the root key this store was created with; do not run init on it",
+            )
+    return None
+
+
 def check_audit(store: Store, provider: KeyProvider) -> list[Finding]:
     try:
         result = AuditLog(store, provider).verify()
@@ -276,7 +306,13 @@ def run(
         provider_findings, provider = check_provider(store, config)
         findings += provider_findings
         if provider is not None:
-            findings += check_audit(store, provider)
+            wrong_key = check_root_key(store, provider)
+            if wrong_key is not None:
+                # one error, first; the "can decrypt"/"provider ok" findings would contradict it
+                contradicted = ("key-versions", "provider")
+                findings = [wrong_key] + [f for f in findings if f.problem or f.check not in contradicted]
+            else:
+                findings += check_audit(store, provider)
             provider.close()
         return findings
     finally:

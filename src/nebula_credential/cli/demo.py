@@ -23,6 +23,12 @@ from ._common import AppContext, console, is_tty, pass_app
 from .keys import versions_table
 
 SCOPES = ("production", "user", "development")
+#: What a user runs after the demo: create a store, put a secret (from stdin, never argv), check it.
+NEXT_COMMANDS = (
+    "nebula-credential init                # ./nebula-credential.db and its root key ./master.key",
+    "nebula-credential put github --scope production < github.json",
+    "nebula-credential doctor              # then: keys rotate && reencrypt",
+)
 
 
 def _credentials(n: int) -> Iterator[tuple[str, Any, str, dict[str, Any] | None]]:
@@ -105,6 +111,9 @@ def run_demo(folder: Path, count: int) -> None:
         console.print(f"audit chain: {'intact' if verdict.ok else 'BROKEN'} ({verdict.events} events)")
     finally:
         vault.close()
+    console.print("\nnext, on a store of your own:")
+    for command in NEXT_COMMANDS:
+        console.print(f"  {command}")
 
 
 @click.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from rich.table import Table
 from rich.text import Text
@@ -11,6 +13,7 @@ from ..adopt import adopt as adopt_records
 from ..adopt import records_from_db, records_from_jsonl
 from ..exceptions import NebulaCredentialError
 from ..legacy import LegacyKeySet, NonceLayout, read_key_material
+from ..names import printable
 from ._common import AppContext, console, emit, err_console, pass_app
 
 
@@ -100,6 +103,12 @@ def doctor(app: AppContext) -> None:
     findings = doctor_mod.run(app.existing_url(), app.config)
     if app.json:
         emit(app, [f.to_json() for f in findings])
+    elif not sys.stdout.isatty():
+        # plain lines for logs and pipes: nothing cut, each fix command whole on its own line
+        for f in findings:
+            click.echo(f"{f.severity:<7} {f.check:<13} {printable(f.message)}")
+            if f.fix:
+                click.echo(f"{'':<7} fix: {printable(f.fix)}")
     else:
         table = Table("check", "severity", "finding", "fix")
         for f in findings:
