@@ -117,7 +117,8 @@ def run_demo(folder: Path, count: int) -> None:
 
 
 @click.command()
-@click.option("--count", default=10_000, show_default=True, type=click.IntRange(10, 1_000_000))
+@click.option("--count", default=10_000, show_default=True, type=click.IntRange(10, 1_000_000),
+              help="How many demo credentials to import.")
 @click.option("--keep", is_flag=True, help="Keep the temp folder and print its path.")
 @pass_app
 def demo(app: AppContext, count: int, keep: bool) -> None:

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models import KeyVersion
-from ._common import AppContext, console, emit, pass_app
+from ._common import KEY_VERSION, AppContext, console, emit, pass_app
 
 _STYLE = {"active": "bold green", "valid": "cyan", "grace": "yellow", "revoked": "red", "destroyed": "dim"}
 
@@ -66,7 +66,7 @@ def list_keys(app: AppContext) -> None:
 
 
 @keys.command()
-@click.argument("version", type=int)
+@click.argument("version", type=KEY_VERSION)
 @pass_app
 def show(app: AppContext, version: int) -> None:
     """Details of one version (never its material)."""
@@ -90,7 +90,7 @@ def show(app: AppContext, version: int) -> None:
 
 
 @keys.command()
-@click.option("--reason", default="manual", show_default=True)
+@click.option("--reason", default="manual", show_default=True, help="Why (recorded in the audit trail).")
 @pass_app
 def rotate(app: AppContext, reason: str) -> None:
     """Create a new active version; old versions keep decrypting."""
@@ -104,8 +104,8 @@ def rotate(app: AppContext, reason: str) -> None:
 
 
 @keys.command()
-@click.argument("version", type=int)
-@click.option("--reason", default="operator", show_default=True)
+@click.argument("version", type=KEY_VERSION)
+@click.option("--reason", default="operator", show_default=True, help="Why (recorded in the audit trail).")
 @pass_app
 def revoke(app: AppContext, version: int, reason: str) -> None:
     """Stop a version from decrypting (reversible with reinstate)."""
@@ -114,7 +114,7 @@ def revoke(app: AppContext, version: int, reason: str) -> None:
 
 
 @keys.command()
-@click.argument("version", type=int)
+@click.argument("version", type=KEY_VERSION)
 @pass_app
 def reinstate(app: AppContext, version: int) -> None:
     """Bring a revoked version back to valid."""
@@ -123,7 +123,7 @@ def reinstate(app: AppContext, version: int) -> None:
 
 
 @keys.command()
-@click.argument("version", type=int)
+@click.argument("version", type=KEY_VERSION)
 @click.option("--force", is_flag=True, help="Destroy even if credentials still use it (they become unreadable).")
 @pass_app
 def destroy(app: AppContext, version: int, force: bool) -> None:
