@@ -344,7 +344,7 @@ def _provider(raw: dict[str, Any]) -> ProviderConfig:
                                                  f"type, {', '.join(allowed + RETRY_SETTINGS)}")
     d = ProviderConfig()
     return ProviderConfig(
-        type=ptype, settings=settings, explicit=bool(raw),
+        type=ptype, settings=settings, explicit=bool(set(raw) - set(RETRY_SETTINGS)),
         retry_attempts=_int("provider", raw, "retry_attempts", d.retry_attempts, 1, 100),
         retry_backoff=_dur("provider", raw, "retry_backoff", d.retry_backoff),
         retry_max=_dur("provider", raw, "retry_max", d.retry_max),
