@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,9 +98,24 @@ def list_(app: AppContext, scope: str | None, key_version: int | None, after: st
     \b
     Example: nebula-credential list --scope production --limit 100 --after github
     """
-    rows = app.vault().list(scope=scope, key_version=key_version, after=after, limit=limit)
+    vault = app.vault()
     out = sys.stdout
     write = out.write
+    if not app.json:
+        if out.isatty():
+            write("id\tscope\tkey version\trevision\tupdated\n")
+        fmt, gmtime = time.strftime, time.gmtime
+        chunk: list[str] = []
+        for cid, cscope, version, revision, updated in vault.list_heads(
+                scope=scope, key_version=key_version, after=after, limit=limit):
+            chunk.append(f"{printable(cid)}\t{printable(cscope)}\tv{version}\t{revision}\t"
+                         f"{fmt('%Y-%m-%d %H:%M:%S', gmtime(updated))}\n")
+            if len(chunk) >= 1000:
+                write("".join(chunk))
+                chunk.clear()
+        write("".join(chunk))
+        return
+    rows = vault.list(scope=scope, key_version=key_version, after=after, limit=limit)
     if app.json:
         # The same document as before ({"credentials": [...]}), written row by row.
         write('{"credentials": [')
@@ -110,12 +126,6 @@ def list_(app: AppContext, scope: str | None, key_version: int | None, after: st
                                     "updated_at": r.updated_at.isoformat()}))
             sep = ", "
         write("]}\n")
-        return
-    if out.isatty():
-        write("id\tscope\tkey version\trevision\tupdated\n")
-    for r in rows:
-        write(f"{printable(r.id)}\t{printable(r.scope)}\tv{r.key_version}\t{r.revision}\t"
-              f"{r.updated_at:%Y-%m-%d %H:%M:%S}\n")
 
 
 _SHAPE = '{"id", "scope", "value", "metadata"}'
@@ -196,8 +206,6 @@ def import_(app: AppContext, path: str, batch_size: int, on_existing: str, start
     \b
     Example: nebula-credential import creds.jsonl --on-existing skip
     """
-    import time
-
     vault = app.vault()
     total = None
     if path != "-":

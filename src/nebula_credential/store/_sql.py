@@ -488,6 +488,24 @@ class SqlTx(StoreTx):
         ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
+    def list_heads(
+        self,
+        keyring: str,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        after_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[str, str, int, int, float]]:
+        where, params = _where(
+            ("keyring = ?", keyring), ("scope = ?", scope), ("key_version = ?", key_version), ("id > ?", after_id)
+        )
+        rows = self._exec(
+            f"SELECT id, scope, key_version, revision, updated_at FROM credentials WHERE {where} ORDER BY id LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+        return [(r[0], r[1], int(r[2]), int(r[3]), float(r[4])) for r in rows]
+
     # ---- key access counters (schema v3) --------------------------------
     def add_key_access(self, keyring: str, version: int, bucket: int, accesses: int, failures: int) -> None:
         self._exec(

@@ -99,6 +99,20 @@ class StoreTx(ABC):
     def add_encryptions(self, keyring: str, version: int, count: int) -> int:
         """Add to the per-version encryption counter; returns the new total."""
 
+    def list_heads(
+        self,
+        keyring: str,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        after_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[str, str, int, int, float]]:
+        """A page of (id, scope, key version, revision, updated_at epoch): ``list`` without
+        envelopes or metadata, for listing many rows quickly."""
+        rows = self.list_credentials(keyring, scope=scope, key_version=key_version, after_id=after_id, limit=limit)
+        return [(r.id, r.scope, r.key_version, r.revision, r.updated_at.timestamp()) for r in rows]
+
     # ---- key access counters -------------------------------------------------
     def add_key_access(self, keyring: str, version: int, bucket: int, accesses: int, failures: int) -> None:
         """Add a block of counted accesses (and failures) under one version and minute bucket."""
