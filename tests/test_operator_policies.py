@@ -253,3 +253,22 @@ def test_a_random_key_file_is_accepted(tmp_path: Path) -> None:
     LocalKeyProvider.create(tmp_path / "r.key")
     assert LocalKeyProvider.load(tmp_path / "r.key").describe()["type"] == "local"
     assert json.dumps(LocalKeyProvider.load(tmp_path / "r.key").describe())
+
+
+# ---- the new store queries on every backend -------------------------------------------------------
+def test_key_access_counters_and_list_heads_on_every_store(store_url: str, key_file: Path, clock: FakeClock) -> None:
+    with nc.open(store_url, create=True, clock=clock) as v:
+        for i in range(7):
+            v.put(f"id-{i}", i, scope="user")
+        heads = list(v.list_heads(after="id-2", limit=3, page=2))
+        assert [(h[0], h[1], h[2], h[3]) for h in heads] == [("id-3", "user", 1, 1), ("id-4", "user", 1, 1),
+                                                              ("id-5", "user", 1, 1)]
+        assert heads[0][4] == clock().timestamp()
+        with v.store.transaction() as tx:
+            tx.add_key_access("default", 1, 100, 5, 1)
+            tx.add_key_access("default", 1, 100, 2, 0)
+            tx.add_key_access("default", 1, 101, 1, 1)
+            tx.add_key_access("other", 3, 90, 4, 0)
+        with v.store.read() as tx:
+            assert tx.key_access_totals() == {("default", 1): (8, 2), ("other", 3): (4, 0)}
+            assert tx.key_access_totals(101) == {("default", 1): (1, 1)}
