@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,23 @@ def run_cli(*args: str, cwd: Path | str, input: str | None = None, env: dict[str
         env=env or cli_env(),
         timeout=timeout,
     )
+
+
+def store_runner(tmp_path: Path, **extra_env: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run(*args, input=None, ok=True)`` for the CLI on an initialised SQLite store ``c.db`` in ``tmp_path``.
+
+    ``ok=True`` asserts exit status 0 (showing stderr otherwise).
+    """
+    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}", **extra_env)
+
+    def run(*args: str, input: str | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        res = run_cli(*args, cwd=tmp_path, env=env, input=input)
+        if ok:
+            assert res.returncode == 0, res.stderr
+        return res
+
+    run("init")
+    return run
 
 
 def dump(db: Path) -> list[str]:

@@ -9,21 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import cli_env, run_cli
+from .helpers import cli_env, run_cli, store_runner
 
 
 @pytest.fixture
 def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
-    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
-
-    def run(*args: str, input: str | None = None, ok: bool = True):  # type: ignore[no-untyped-def]
-        res = run_cli(*args, cwd=tmp_path, env=env, input=input)
-        if ok:
-            assert res.returncode == 0, res.stderr
-        return res
-
-    run("init")
-    return run
+    return store_runner(tmp_path)
 
 
 def test_put_get_delete_list(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

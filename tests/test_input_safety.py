@@ -13,7 +13,7 @@ import nebula_credential as nc
 from nebula_credential import logredact
 from nebula_credential.names import check_credential_id, check_keyring, check_scope, printable
 
-from .helpers import cli_env, dump, run_cli
+from .helpers import cli_env, dump, run_cli, store_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -21,16 +21,7 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 @pytest.fixture
 def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
-
-    def run(*args: str, input: str | None = None, ok: bool = True):  # type: ignore[no-untyped-def]
-        res = run_cli(*args, cwd=tmp_path, env=env, input=input)
-        if ok:
-            assert res.returncode == 0, res.stderr
-        return res
-
-    run("init")
-    return run
+    return store_runner(tmp_path)
 
 
 def _one_error(res, field: str, code: int = 1) -> None:  # type: ignore[no-untyped-def]

@@ -51,7 +51,7 @@ def test_missing_key_file(store: tuple[Path, dict[str, str]]) -> None:
     (cwd / "master.key").unlink()
     before = _digest(cwd / "c.db")
     res = run_cli("put", "x", "--value", "1", cwd=cwd, env=env)
-    assert res.returncode == 1 and "not found" in res.stderr
+    assert res.returncode == 1 and "is missing" in res.stderr
     assert _digest(cwd / "c.db") == before
 
 
@@ -86,7 +86,7 @@ def test_corrupt_rows_give_typed_errors(store: tuple[Path, dict[str, str]]) -> N
     assert res.returncode == 1 and res.stderr.startswith("error: envelope too short")
     with sqlite3.connect(cwd / "c.db") as conn:
         conn.execute("UPDATE credentials SET metadata = '{not json' WHERE id = 'gh'")
-    res = run_cli("list", cwd=cwd, env=env)
+    res = run_cli("list", "--json", cwd=cwd, env=env)  # plain `list` reads no metadata
     assert res.returncode == 1 and "corrupt metadata" in res.stderr
     with sqlite3.connect(cwd / "c.db") as conn:
         conn.execute("UPDATE key_versions SET wrapped_key = X'4c31' WHERE version = 1")

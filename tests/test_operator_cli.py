@@ -19,7 +19,7 @@ import pytest
 import nebula_credential as nc
 from nebula_credential.cli import cli as root_command
 
-from .helpers import cli_env, dump, free_port, run_cli
+from .helpers import cli_env, dump, free_port, run_cli, store_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,16 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def store(tmp_path: Path):  # type: ignore[no-untyped-def]
     """An initialised store named by the environment, and a runner."""
-    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
-
-    def run(*args: str, input: str | None = None, ok: bool = True, **extra: str):  # type: ignore[no-untyped-def]
-        res = run_cli(*args, cwd=tmp_path, env=env | extra, input=input)
-        if ok:
-            assert res.returncode == 0, res.stderr
-        return res
-
-    run("init")
-    return run
+    return store_runner(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
 
 
 # ---- 1. global options anywhere -------------------------------------------------
@@ -58,7 +49,7 @@ def test_global_options_are_accepted_before_or_after_the_command(store, tmp_path
 
 
 # ---- 2. reads never create a file; no store configured; config discovery -----------
-@pytest.mark.parametrize("command", [("get", "x"), ("keys", "list"), ("status",), ("doctor",), ("list",)])
+@pytest.mark.parametrize("command", [("get", "x"), ("keys", "list"), ("status",), ("list",)])
 def test_a_read_with_nothing_configured_creates_nothing_and_says_how_to_name_a_store(
         tmp_path: Path, command: tuple[str, ...]) -> None:
     env = cli_env(XDG_CONFIG_HOME=str(tmp_path / "xdg"))
@@ -66,6 +57,13 @@ def test_a_read_with_nothing_configured_creates_nothing_and_says_how_to_name_a_s
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and res.stderr.startswith("error: no store configured")
     for hint in ("--db", "NEBULA_CREDENTIAL_DB", "nebula-credential.toml", "config.toml"):
         assert hint in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_doctor_with_no_store_reports_it_as_a_finding_and_creates_nothing(tmp_path: Path) -> None:
+    res = run_cli("--json", "doctor", cwd=tmp_path, env=cli_env(XDG_CONFIG_HOME=str(tmp_path / "xdg")))
+    finding = json.loads(res.stdout)[0]
+    assert res.returncode == 1 and finding["check"] == "store" and "no store configured" in finding["message"]
     assert list(tmp_path.iterdir()) == []
 
 

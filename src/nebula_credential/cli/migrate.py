@@ -11,7 +11,7 @@ from rich.text import Text
 from .. import doctor as doctor_mod
 from ..adopt import adopt as adopt_records
 from ..adopt import records_from_db, records_from_jsonl
-from ..exceptions import NebulaCredentialError
+from ..exceptions import NebulaCredentialError, StoreError
 from ..legacy import LegacyKeySet, NonceLayout, read_key_material
 from ..names import printable
 from ._common import AppContext, console, emit, err_console, pass_app
@@ -100,7 +100,10 @@ def doctor(app: AppContext) -> None:
     reports a warning or an error (or the store cannot be opened).
     Example: nebula-credential doctor --json | jq '.[] | select(.severity != "ok")'
     """
-    findings = doctor_mod.run(app.existing_url(), app.config)
+    try:
+        findings = doctor_mod.run(app.existing_url(), app.config)
+    except StoreError as exc:  # no store there: a finding like any other, and nothing is created
+        findings = [doctor_mod.Finding("store", doctor_mod.ERROR, str(exc), "nebula-credential init")]
     if app.json:
         emit(app, [f.to_json() for f in findings])
     elif not sys.stdout.isatty():

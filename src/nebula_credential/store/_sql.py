@@ -326,14 +326,18 @@ class SqlTx(StoreTx):
         after_id: str | None = None,
         limit: int = 1000,
     ) -> list[EncryptedCredential]:
+        rows = self._credential_page(_CRED_COLS, keyring, scope, key_version, after_id, limit)
+        return [_credential(r) for r in rows]
+
+    def _credential_page(self, cols: str, keyring: str, scope: str | None, key_version: int | None,
+                         after_id: str | None, limit: int) -> list[Any]:
         where, params = _where(
             ("keyring = ?", keyring), ("scope = ?", scope), ("key_version = ?", key_version), ("id > ?", after_id)
         )
-        rows = self._exec(
-            f"SELECT {_CRED_COLS} FROM credentials WHERE {where} ORDER BY id LIMIT ?",
+        return list(self._exec(
+            f"SELECT {cols} FROM credentials WHERE {where} ORDER BY id LIMIT ?",
             [*params, limit],
-        ).fetchall()
-        return [_credential(r) for r in rows]
+        ).fetchall())
 
     def count_by_version(self, keyring: str) -> dict[int, int]:
         rows = self._exec(
@@ -497,13 +501,8 @@ class SqlTx(StoreTx):
         after_id: str | None = None,
         limit: int = 1000,
     ) -> list[tuple[str, str, int, int, float]]:
-        where, params = _where(
-            ("keyring = ?", keyring), ("scope = ?", scope), ("key_version = ?", key_version), ("id > ?", after_id)
-        )
-        rows = self._exec(
-            f"SELECT id, scope, key_version, revision, updated_at FROM credentials WHERE {where} ORDER BY id LIMIT ?",
-            [*params, limit],
-        ).fetchall()
+        rows = self._credential_page("id, scope, key_version, revision, updated_at", keyring, scope, key_version,
+                                     after_id, limit)
         return [(r[0], r[1], int(r[2]), int(r[3]), float(r[4])) for r in rows]
 
     # ---- key access counters (schema v3) --------------------------------
