@@ -207,3 +207,16 @@ def test_readme_tour_never_puts_a_secret_on_the_command_line() -> None:
     commands = [line for line in text.splitlines() if re.match(r"\s*(\$ )?nebula-credential .*\bput\b", line)]
     assert commands and not [c for c in commands if "--value" in c]
     assert "process list" in text  # --value is documented as visible to other users
+
+
+def test_the_provider_settings_table_covers_what_each_provider_reads() -> None:
+    """Unknown [provider] keys are refused, so the table must list every key a backend reads."""
+    from nebula_credential.config import PROVIDER_SETTINGS
+    from nebula_credential.providers import PROVIDERS
+
+    for ptype, target in PROVIDERS.items():
+        module = target.partition(":")[0].rsplit(".", 1)[1]
+        source = (ROOT / "src" / "nebula_credential" / "providers" / f"{module}.py").read_text()
+        read = set(re.findall(r'settings(?:\.get\(|\[|, )"([a-z_]+)"', source))
+        secrets = {name for name in read if f"{name}_file" in PROVIDER_SETTINGS[ptype]}  # via secret_from
+        assert read - secrets <= set(PROVIDER_SETTINGS[ptype]), ptype

@@ -35,7 +35,7 @@ _SECRET_KEYS = ("pin", "token", "password", "secret", "client_secret", "secret_i
 PROVIDER_SETTINGS: dict[str, tuple[str, ...]] = {
     "local": ("key_file",),
     "pkcs11": ("library", "token_label", "key_label", "pin_file", "pin_env", "mode"),
-    "aws-kms": ("key_id", "region", "endpoint_url", "profile"),
+    "aws-kms": ("key_id", "region", "endpoint_url", "profile", "max_attempts", "connect_timeout", "read_timeout"),
     "azure-keyvault": ("vault_url", "key_name", "key_type", "key_size", "api_version", "tenant_id", "client_id",
                        "client_secret_file", "client_secret_env", "authority", "connection_verify",
                        "verify_challenge_resource", "disable_instance_discovery"),

@@ -182,7 +182,7 @@ class KeyProvider(ABC):
                     attempt = self.retry.attempts - len(delays)
                     if not delays:
                         raise ProviderUnavailableError(
-                            f"{self.name} provider unavailable during {op} after {attempt} attempt(s) "
+                            f"{self.name} provider unavailable during {op} after {attempt} attempts "
                             f"over {time.perf_counter() - start:.2f}s: {exc}"
                         ) from exc
                     delay = delays.pop(0)
