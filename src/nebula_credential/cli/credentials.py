@@ -115,17 +115,15 @@ def list_(app: AppContext, scope: str | None, key_version: int | None, after: st
                 chunk.clear()
         write("".join(chunk))
         return
-    rows = vault.list(scope=scope, key_version=key_version, after=after, limit=limit)
-    if app.json:
-        # The same document as before ({"credentials": [...]}), written row by row.
-        write('{"credentials": [')
-        sep = ""
-        for r in rows:
-            write(sep + json.dumps({"id": r.id, "scope": r.scope, "key_version": r.key_version,
-                                    "metadata": r.metadata, "revision": r.revision,
-                                    "updated_at": r.updated_at.isoformat()}))
-            sep = ", "
-        write("]}\n")
+    # --json: the same document as before ({"credentials": [...]}), written row by row
+    write('{"credentials": [')
+    sep = ""
+    for r in vault.list(scope=scope, key_version=key_version, after=after, limit=limit):
+        write(sep + json.dumps({"id": r.id, "scope": r.scope, "key_version": r.key_version,
+                                "metadata": r.metadata, "revision": r.revision,
+                                "updated_at": r.updated_at.isoformat()}))
+        sep = ", "
+    write("]}\n")
 
 
 _SHAPE = '{"id", "scope", "value", "metadata"}'
@@ -150,7 +148,7 @@ def _records(path: str, start_line: int, lines: list[int]) -> Iterator[tuple[str
         yield record
 
 
-def _validate(app: AppContext, vault: Vault, path: str, start_line: int, on_existing: str) -> tuple[int, int]:
+def _validate(vault: Vault, path: str, start_line: int, on_existing: str) -> tuple[int, int]:
     """Pass one: every line parses and is typed, no id twice; (rows, ids already stored)."""
     seen: set[str] = set()
     rows = existing = 0
@@ -209,7 +207,7 @@ def import_(app: AppContext, path: str, batch_size: int, on_existing: str, start
     vault = app.vault()
     total = None
     if path != "-":
-        total, _ = _validate(app, vault, path, start_line, on_existing)
+        total, _ = _validate(vault, path, start_line, on_existing)
     counts = ImportCounts()
     lines: list[int] = []
     start = time.perf_counter()
