@@ -42,6 +42,9 @@ def test_global_options_are_accepted_before_or_after_the_command(store, tmp_path
     assert other.exists()
     listed = json.loads(store("list", f"--db=sqlite:///{other}", "--json").stdout)
     assert listed == {"credentials": []}
+    (tmp_path / "typo.toml").write_text("[keys]\ngrace = '1h'\n")
+    res = store("status", "--config", "typo.toml", ok=False)  # the config after the command is read
+    assert res.returncode == 1 and "keys.grace" in res.stderr
     res = store("get", "a", "--keyring", "tenant-b", ok=False)
     assert res.returncode == 1 and "tenant-b" in res.stderr
     # after "--" nothing is taken as a global option: this stores an id "--json"
@@ -269,3 +272,33 @@ def test_the_wheel_carries_the_license(tmp_path: Path) -> None:
     wheel = next(tmp_path.glob("nebula_credential-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+def test_the_readme_tour_runs_top_to_bottom(tmp_path: Path) -> None:
+    """Every command of the README's CLI tour, in order, from an empty folder (daemon and adopt aside)."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## CLI tour", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    env = cli_env()
+    (tmp_path / "github.json").write_text('{"token": "ghp_example"}')
+    (tmp_path / "creds.jsonl").write_text("".join(
+        json.dumps({"id": f"svc-{i}", "scope": "user", "value": {"t": i}}) + "\n" for i in range(5)))
+    ran = []
+    for raw in block.splitlines():
+        line = raw.split("  #", 1)[0].strip()
+        if line.startswith("export "):
+            name, _, value = line[len("export "):].partition("=")
+            env[name] = value
+            continue
+        if not line.startswith("nebula-credential ") or line.split()[1] in ("daemon", "adopt"):
+            continue
+        words = shlex.split(line)
+        stdin = None
+        if "<" in words:
+            stdin = (tmp_path / words[words.index("<") + 1]).read_text()
+            words = words[:words.index("<")]
+        res = run_cli(*words[1:], cwd=tmp_path, env=env, input=stdin)
+        assert res.returncode == 0, f"{line}: {res.stderr}"
+        ran.append(words[1])
+    assert {"init", "put", "get", "import", "list", "keys", "reencrypt", "doctor"} <= set(ran)

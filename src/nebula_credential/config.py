@@ -19,6 +19,7 @@ from typing import Any
 
 from .durations import parse_duration
 from .exceptions import ConfigError
+from .names import check_scope
 
 ROTATION_STRATEGIES = ("manual", "periodic", "before-expiry", "scheduled", "usage")
 RETENTION_POLICIES = ("minimum-retention", "version-based", "until-reencrypted", "custom")
@@ -318,8 +319,10 @@ def _reencryption(raw: dict[str, Any]) -> ReencryptionConfig:
     _check_keys("reencryption", raw, ("batch_size", "priority", "workers", "rate_limit"))
     d = ReencryptionConfig()
     priority = raw.get("priority", list(d.priority))
-    if not isinstance(priority, list) or not all(isinstance(s, str) and s for s in priority):
+    if not isinstance(priority, list):
         raise ConfigError("reencryption.priority", "must be a list of scope names")
+    for name in priority:
+        check_scope(name, "reencryption.priority")
     return ReencryptionConfig(
         batch_size=_int("reencryption", raw, "batch_size", d.batch_size, 1),
         priority=tuple(priority),
