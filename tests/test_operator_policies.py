@@ -264,6 +264,8 @@ def test_key_access_counters_and_list_heads_on_every_store(store_url: str, key_f
         assert [(h[0], h[1], h[2], h[3]) for h in heads] == [("id-3", "user", 1, 1), ("id-4", "user", 1, 1),
                                                               ("id-5", "user", 1, 1)]
         assert heads[0][4] == clock().timestamp()
+        with v.store.read() as tx:
+            assert tx.existing_ids("default", [f"id-{i}" for i in range(5, 1200)]) == {"id-5", "id-6"}
         with v.store.transaction() as tx:
             tx.add_key_access("default", 1, 100, 5, 1)
             tx.add_key_access("default", 1, 100, 2, 0)

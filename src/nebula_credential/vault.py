@@ -187,7 +187,7 @@ class Vault:
         kr = self.keys.keyring
         rows = len(batch)
         with self.store.transaction() as tx:
-            existing = {row[0] for row in batch if tx.get_credential(kr, row[0]) is not None}
+            existing = tx.existing_ids(kr, [row[0] for row in batch])
             if existing and on_existing == "fail":
                 first = next(row[0] for row in batch if row[0] in existing)
                 raise InvalidInputError("id", f"credential {first!r} already exists (and {len(existing) - 1} more "

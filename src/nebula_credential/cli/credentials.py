@@ -157,13 +157,13 @@ def _validate(vault: Vault, path: str, start_line: int, on_existing: str) -> tup
     def check_chunk() -> None:
         nonlocal existing
         with vault.store.read() as tx:
-            for n, cid in chunk:
-                if tx.get_credential(vault.keyring_name, cid) is not None:
-                    existing += 1
-                    if on_existing == "fail":
-                        raise InvalidInputError(
-                            f"{path}:{n}", f"credential {cid!r} already exists; nothing was imported "
-                            "(choose --on-existing skip or --on-existing overwrite)")
+            found = tx.existing_ids(vault.keyring_name, [cid for _, cid in chunk])
+        existing += len(found)
+        if found and on_existing == "fail":
+            n, cid = next((n, cid) for n, cid in chunk if cid in found)
+            raise InvalidInputError(
+                f"{path}:{n}", f"credential {cid!r} already exists; nothing was imported "
+                "(choose --on-existing skip or --on-existing overwrite)")
         chunk.clear()
 
     for n, item in iter_numbered(path, ("id", "value"), _SHAPE, start_line=start_line):

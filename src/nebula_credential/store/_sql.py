@@ -492,6 +492,16 @@ class SqlTx(StoreTx):
         ).fetchall()
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
+    def existing_ids(self, keyring: str, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i:i + 500])
+            marks = ", ".join("?" * len(chunk))
+            rows = self._exec(f"SELECT id FROM credentials WHERE keyring = ? AND id IN ({marks})",
+                              [keyring, *chunk]).fetchall()
+            found.update(r[0] for r in rows)
+        return found
+
     def list_heads(
         self,
         keyring: str,

@@ -99,6 +99,10 @@ class StoreTx(ABC):
     def add_encryptions(self, keyring: str, version: int, count: int) -> int:
         """Add to the per-version encryption counter; returns the new total."""
 
+    def existing_ids(self, keyring: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are stored in ``keyring`` (one query per few hundred ids)."""
+        return {i for i in ids if self.get_credential(keyring, i) is not None}
+
     def list_heads(
         self,
         keyring: str,
