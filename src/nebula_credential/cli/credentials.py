@@ -36,13 +36,20 @@ def _read_value(value: str | None, file: str | None) -> Any:
 @click.command()
 @click.argument("credential_id")
 @click.option("--scope", default=DEFAULT_SCOPE, show_default=True, help="Scope, e.g. production, user, development.")
-@click.option("--value", help="The value as JSON.")
+@click.option("--value", help="The value as JSON (visible in the process list: prefer stdin or --file).")
 @click.option("--file", "file", type=click.Path(dir_okay=False), help="Read the JSON value from a file.")
 @click.option("--metadata", help="Metadata as a JSON object (stored unencrypted).")
 @pass_app
 def put(app: AppContext, credential_id: str, scope: str, value: str | None, file: str | None,
         metadata: str | None) -> None:
-    """Store a credential (JSON value) under ID."""
+    """Store a credential (JSON value) under ID.
+
+    The value comes from stdin or --file; --value puts it on the command
+    line, where every user of the host can read it in the process list.
+
+    \b
+    Example: nebula-credential put github --scope production < github.json
+    """
     data = _read_value(value, file)
     meta = loads(metadata, "--metadata") if metadata else None
     if meta is not None and not isinstance(meta, dict):
@@ -58,7 +65,11 @@ def put(app: AppContext, credential_id: str, scope: str, value: str | None, file
 @click.option("--field", "field_name", help="Print only this field of the value.")
 @pass_app
 def get(app: AppContext, credential_id: str, field_name: str | None) -> None:
-    """Print a credential's value (secrets go to stdout only)."""
+    """Print a credential's value (secrets go to stdout only).
+
+    \b
+    Example: nebula-credential get github --field token
+    """
     record = app.vault().get_record(credential_id)
     if field_name is not None:
         if not isinstance(record.value, dict) or field_name not in record.value:

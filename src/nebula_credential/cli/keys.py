@@ -93,7 +93,11 @@ def show(app: AppContext, version: int) -> None:
 @click.option("--reason", default="manual", show_default=True, help="Why (recorded in the audit trail).")
 @pass_app
 def rotate(app: AppContext, reason: str) -> None:
-    """Create a new active version; old versions keep decrypting."""
+    """Create a new active version; old versions keep decrypting.
+
+    \b
+    Example: nebula-credential keys rotate --reason "quarterly" && nebula-credential reencrypt
+    """
     km = app.vault().keys
     old = km.active_version().version
     kv = km.rotate(reason=reason)

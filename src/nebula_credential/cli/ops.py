@@ -115,7 +115,11 @@ def _initialised(app: AppContext) -> dict[str, Any] | None:
 @pass_app
 def reencrypt(app: AppContext, batch_size: int | None, workers: int | None, priority: str | None,
               rate_limit: float | None, progress_interval: float) -> None:
-    """Move every credential to the active key version (safe to interrupt and run again)."""
+    """Move every credential to the active key version (safe to interrupt and run again).
+
+    \b
+    Example: nebula-credential keys rotate && nebula-credential reencrypt --priority production,user
+    """
     vault = app.vault()
     order = [s.strip() for s in priority.split(",") if s.strip()] if priority else None
     check_workers(vault.keys, workers or vault.config.reencryption.workers)
