@@ -8,21 +8,21 @@ a broken provider does not hide other problems.  Nothing here writes.
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from .audit import AuditLog
-from .config import KeyManagementConfig, ProviderConfig
+from .config import KeyManagementConfig
 from .durations import format_duration
 from .exceptions import NebulaCredentialError
+from .fingerprint import PROVIDER_META
 from .models import KeyStatus, utc_now
 from .providers import KeyProvider, open_provider
 from .store import SCHEMA_VERSION, Store, open_store
-from .vault import LEGACY_FALLBACKS_META, LEGACY_LAST_META, PROVIDER_META
+from .vault import LEGACY_FALLBACKS_META, LEGACY_LAST_META, provider_config_for
 
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
 
@@ -177,24 +177,28 @@ def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> lis
     return out
 
 
-def _provider_config(store: Store, config: KeyManagementConfig) -> ProviderConfig:
-    if config.provider.explicit:
-        return config.provider
-    with store.read() as tx:
-        saved = json.loads(tx.get_meta(PROVIDER_META) or "{}")
-    return ProviderConfig(type=saved.get("type", "local"), settings=saved.get("settings", {}), explicit=True)
-
-
 def check_provider(store: Store, config: KeyManagementConfig) -> tuple[list[Finding], KeyProvider | None]:
-    out: list[Finding] = []
-    pcfg = _provider_config(store, config)
-    path = getattr(store, "path", None)
-    base_dir = Path(path).resolve().parent if isinstance(path, str) and path != ":memory:" else None
-    if pcfg.type == "local":
-        from .providers.local import check_key_file_permissions, key_file_path
+    """The provider the process's own config names, checked against the store's fingerprint.
 
-        key_path = key_file_path(pcfg.settings, base_dir)
-        if not key_path.exists():
+    Nothing recorded in the store decides what is contacted or read here:
+    a store of another provider type is reported without reaching anything.
+    """
+    out: list[Finding] = []
+    try:
+        pcfg = provider_config_for(store, config)
+    except NebulaCredentialError as exc:
+        out.append(Finding("provider", ERROR, str(exc), "configure the provider this store was created with"))
+        return out, None
+    if pcfg.type == "local":
+        from .providers.keyfile import check_key_file
+        from .providers.local import key_file_path
+
+        try:
+            key_path = key_file_path(pcfg.settings, store.directory())
+        except NebulaCredentialError as exc:
+            out.append(Finding("key-file", ERROR, str(exc), "set NEBULA_CREDENTIAL_MASTER_KEY_FILE"))
+            return out, None
+        if not os.path.lexists(key_path):
             out.append(
                 Finding(
                     "key-file",
@@ -205,20 +209,15 @@ def check_provider(store: Store, config: KeyManagementConfig) -> tuple[list[Find
             )
             return out, None
         try:
-            check_key_file_permissions(key_path)
-            out.append(Finding("key-file", OK, f"root key file {key_path} is private (owner only)"))
-        except NebulaCredentialError:
-            out.append(
-                Finding(
-                    "key-file",
-                    ERROR,
-                    f"root key file {key_path} is readable by group or others",
-                    f"chmod 600 {key_path}",
-                )
-            )
+            check_key_file(key_path)
+        except NebulaCredentialError as exc:
+            fix = (f"chmod 600 {key_path}" if "chmod 600" in str(exc)
+                   else "keep the key a regular file of your own, in a folder only you can write")
+            out.append(Finding("key-file", ERROR, str(exc), fix))
             return out, None
+        out.append(Finding("key-file", OK, f"root key file {key_path} is a private regular file (owner only)"))
     try:
-        provider = open_provider(pcfg, base_dir=base_dir)
+        provider = open_provider(pcfg, base_dir=store.directory())
         provider.check()
     except NebulaCredentialError as exc:
         out.append(

@@ -75,6 +75,13 @@ class StoreError(NebulaCredentialError):
     """The credential store failed or holds data this library cannot use."""
 
 
+class CorruptRecordError(StoreError):
+    """A stored row is not what its table promises (a column of the wrong type, an
+    envelope whose header names another key version than its ``key_version``
+    column, unreadable metadata).  The message names the row (credential id,
+    key version or audit sequence number), never its secret contents."""
+
+
 class StoreUnavailableError(StoreError):
     """The store could not be reached (after bounded retries)."""
 
@@ -122,6 +129,7 @@ __all__ = [
     "CommitOutcomeUnknownError",
     "ConcurrencyError",
     "ConfigError",
+    "CorruptRecordError",
     "CredentialNotFoundError",
     "DecryptionError",
     "EnvelopeFormatError",

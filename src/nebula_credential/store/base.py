@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..exceptions import CommitOutcomeUnknownError, StoreUnavailableError, TransientStoreError
@@ -252,6 +253,10 @@ class Store(ABC):
 
     def ensure_connections(self, count: int) -> None:  # noqa: B027 - optional hook
         """Make room for ``count`` concurrent transactions (a pooled backend grows its pool)."""
+
+    def directory(self) -> Path | None:
+        """The folder holding a file-backed store (a local key file's default home), else None."""
+        return None
 
     def read(self) -> AbstractContextManager[StoreTx]:
         return self.transaction(write=False)

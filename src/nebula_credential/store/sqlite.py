@@ -59,6 +59,9 @@ class SqliteStore(Store):
             if not parent.is_dir():
                 raise StoreUnavailableError(f"directory {parent} for the SQLite store does not exist")
 
+    def directory(self) -> Path | None:
+        return None if self._memory else Path(self.path).resolve().parent
+
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
