@@ -81,6 +81,13 @@ class CorruptRecordError(StoreError):
     column, unreadable metadata).  The message names the row (credential id,
     key version or audit sequence number), never its secret contents."""
 
+    def __init__(self, message: str, *, record: str = "", key_version: int | None = None) -> None:
+        #: printable name of the row (a credential id, ``keyring/vN``, ``audit seq N``)
+        self.record = record
+        #: the key version the row claims, when it has a readable one
+        self.key_version = key_version
+        super().__init__(message)
+
 
 class StoreUnavailableError(StoreError):
     """The store could not be reached (after bounded retries)."""

@@ -20,6 +20,7 @@ from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import (
     ConfigError,
+    CorruptRecordError,
     CredentialNotFoundError,
     DecryptionError,
     EnvelopeFormatError,
@@ -233,9 +234,20 @@ class Vault:
             if self._audit_credentials:
                 self.audit.record(tx, "credential.delete", keyring=kr, credential_id=credential_id)
 
-    def list(self, *, scope: str | None = None, key_version: int | None = None) -> Iterator[EncryptedCredential]:
-        """Stream stored records (ciphertext and metadata only, never values)."""
-        return self.store.iter_credentials(self.keys.keyring, scope=scope, key_version=key_version)
+    def list(
+        self,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        on_corrupt: Callable[[CorruptRecordError], None] | None = None,
+    ) -> Iterator[EncryptedCredential]:
+        """Stream stored records (ciphertext and metadata only, never values).
+
+        A corrupt row raises :class:`CorruptRecordError`; with ``on_corrupt``
+        it is handed to that callback instead and the listing carries on.
+        """
+        return self.store.iter_credentials(self.keys.keyring, scope=scope, key_version=key_version,
+                                           on_corrupt=on_corrupt)
 
     # ---- keys and maintenance ----------------------------------------------
     def reencrypt(
