@@ -434,7 +434,7 @@ class SqlTx(StoreTx):
 
     #: Rows whose key_version column disagrees with the version their envelope header names.
     _MISMATCH_SQL = (
-        "typeof(envelope) = 'blob' AND length(envelope) >= 8 "
+        "typeof(envelope) = 'blob' AND length(envelope) >= 8 AND typeof(key_version) = 'integer' "
         "AND hex(substr(envelope, 5, 4)) <> printf('%08X', key_version)"
     )
 
@@ -468,7 +468,8 @@ class SqlTx(StoreTx):
             "SELECT key_version, COUNT(*) FROM credentials WHERE keyring = ? GROUP BY key_version",
             (keyring,),
         ).fetchall()
-        return {int(v): int(n) for v, n in rows}
+        # a key_version that is not an integer is a corrupt row: named by list, reencrypt and doctor
+        return {v: int(n) for v, n in rows if isinstance(v, int) and not isinstance(v, bool)}
 
     def scopes_for_version(self, keyring: str, version: int) -> list[str]:
         rows = self._exec(
