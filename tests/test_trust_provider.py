@@ -26,7 +26,7 @@ import pytest
 import nebula_credential as nc
 from nebula_credential.providers.local import LocalKeyProvider
 
-from .helpers import cli_env, provider_config, run_cli
+from .helpers import BackgroundHttpServer, cli_env, provider_config, run_cli
 
 TOKEN = "tok-4b1d-never-leaves"
 ENV_SECRET = "env-secret-7f3a-never-leaves"
@@ -63,26 +63,20 @@ class Recorder:
                 recorder.seen.set()
                 return conn
 
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http = BackgroundHttpServer(Handler, Server)
+        self.url = self.http.url
 
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     r = Recorder()
     # the recorder really listens: a probe connection is seen
-    with socket.create_connection(("127.0.0.1", r.server.server_address[1])):
+    with socket.create_connection(("127.0.0.1", r.http.port)):
         pass
     assert r.seen.wait(30) and r.connections == 1
     r.connections = 0
     yield r
-    r.close()
+    r.http.close()
 
 
 @pytest.fixture

@@ -25,8 +25,6 @@ from .exceptions import (
     DecryptionError,
     EnvelopeFormatError,
     NebulaCredentialError,
-    ProviderError,
-    ProviderUnavailableError,
     StoreError,
 )
 from .fingerprint import read_fingerprint, write_fingerprint
@@ -368,12 +366,15 @@ def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) ->
 
 
 def _prove_root_key(vault: Vault) -> None:
-    """Unwrap the audit key: the configured root key must be the one this store was made under."""
+    """Unwrap the audit key: the configured root key must be the one this store was made under.
+
+    A key that does not open it is named beside the store's recorded one.
+    Other provider failures (unreachable, a version below the minimum) keep
+    their own error, which names its own fix.
+    """
     try:
         vault.audit.load_key()
-    except (DecryptionError, ProviderError) as exc:
-        if isinstance(exc, ProviderUnavailableError):
-            raise
+    except DecryptionError as exc:
         with vault.store.read() as tx:
             recorded = read_fingerprint(tx)
         raise ConfigError(
@@ -381,7 +382,7 @@ def _prove_root_key(vault: Vault) -> None:
             f"the configured {vault.provider.name} root key {vault.provider.root_key_id() or '(unknown)'} "
             f"does not open this store, which was created under {recorded.type if recorded else '?'} "
             f"root key {(recorded.root_key_id if recorded else '') or '(unknown)'}: wrong key file or "
-            f"provider settings for this store? ({type(exc).__name__})",
+            f"provider settings for this store? ({exc})",
         ) from exc
 
 
