@@ -27,7 +27,7 @@ from .exceptions import (
     NebulaCredentialError,
     StoreError,
 )
-from .fingerprint import read_fingerprint, write_fingerprint
+from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
 from .keys import KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
@@ -320,6 +320,34 @@ class Vault:
 
 
 # ---- opening ------------------------------------------------------------------
+def _not_initialised(store: Store) -> StoreError:
+    return StoreError(f"store {store!r} is not initialised; run `nebula-credential init` first")
+
+
+def check_fingerprint(recorded: Fingerprint, provider_type: str, *, configured: bool) -> None:
+    """Refuse a provider of another type than the store was made under, naming both.
+
+    ``configured`` is False when the process has no [provider] settings at
+    all: the error then says where they must come from, since the store's
+    record never supplies them.
+    """
+    if provider_type == recorded.type:
+        return
+    theirs = f"this store's root of trust is provider {recorded.type!r} (root key {recorded.root_key_id or 'unknown'})"
+    if not configured:
+        raise ConfigError(
+            "provider",
+            f"{theirs}, and this process has no [provider] settings; put them in the config file "
+            "(--config or NEBULA_CREDENTIAL_CONFIG): provider settings never come from the store "
+            "(only a local key file beside a SQLite store needs no configuration)",
+        )
+    raise ConfigError(
+        "provider.type",
+        f"{theirs}, but this process is configured for {provider_type!r}; use the configuration this "
+        "store was created with (`nebula-credential provider rotate` under it moves between root keys)",
+    )
+
+
 def provider_config_for(store: Store, config: KeyManagementConfig) -> ProviderConfig:
     """The process's provider settings for an initialised store, checked against its fingerprint.
 
@@ -327,32 +355,14 @@ def provider_config_for(store: Store, config: KeyManagementConfig) -> ProviderCo
     :mod:`.fingerprint`): it never supplies a URL, library, key file, secret
     source or TLS setting, since anyone with write access to the database
     could otherwise send our tokens to a server of their choosing or make
-    us load their code.  A store of another type than the configured one
-    is an error naming both.
+    us load their code.
     """
     with store.read() as tx:
         recorded = read_fingerprint(tx)
     if recorded is None:
-        raise StoreError(f"store {store!r} is not initialised; run `nebula-credential init` first")
-    pcfg = config.provider
-    if pcfg.type != recorded.type:
-        if not pcfg.explicit:
-            raise ConfigError(
-                "provider",
-                f"this store's root of trust is provider {recorded.type!r} (root key "
-                f"{recorded.root_key_id or 'unknown'}), and this process has no [provider] settings; "
-                "put them in the config file (--config or NEBULA_CREDENTIAL_CONFIG): provider "
-                "settings never come from the store (only a local key file beside a SQLite store "
-                "needs no configuration)",
-            )
-        raise ConfigError(
-            "provider.type",
-            f"this store's root of trust is provider {recorded.type!r} (root key "
-            f"{recorded.root_key_id or 'unknown'}), but the configuration names {pcfg.type!r}; "
-            "use the configuration this store was created with, or `nebula-credential provider rotate` "
-            "under it to move between root keys",
-        )
-    return pcfg
+        raise _not_initialised(store)
+    check_fingerprint(recorded, config.provider.type, configured=config.provider.explicit)
+    return config.provider
 
 
 def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) -> tuple[KeyProvider, bool]:
@@ -360,7 +370,7 @@ def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) ->
     with store.read() as tx:
         new = read_fingerprint(tx) is None
     if new and not create:
-        raise StoreError(f"store {store!r} is not initialised; run `nebula-credential init` first")
+        raise _not_initialised(store)
     pcfg = config.provider if new else provider_config_for(store, config)
     return open_provider(pcfg, create=new, base_dir=store.directory()), new
 
@@ -417,13 +427,9 @@ def open(
                 recorded = read_fingerprint(tx)
             new = recorded is None
             if new and not create:
-                raise StoreError(f"store {store!r} is not initialised; run `nebula-credential init` first")
-            if recorded is not None and recorded.type != provider.name:
-                raise ConfigError(
-                    "provider.type",
-                    f"this store's root of trust is provider {recorded.type!r} (root key "
-                    f"{recorded.root_key_id or 'unknown'}), not {provider.name!r}",
-                )
+                raise _not_initialised(store)
+            if recorded is not None:
+                check_fingerprint(recorded, provider.name, configured=True)
         vault = Vault(store, provider, keyring=keyring, config=config, clock=clock)
         if new:
             with store.transaction() as tx:
