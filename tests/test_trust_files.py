@@ -142,3 +142,22 @@ def test_store_and_key_files_are_private_whatever_the_umask(home: tuple[Path, di
         proc.communicate("\n", timeout=60)
     assert set(modes) == {"c.db", "c.db-wal", "c.db-shm", "master.key"}, modes
     assert all(m == 0o600 for m in modes.values()), modes
+
+
+SECRET_READER = """
+import sys
+from nebula_credential.config import secret_from
+from nebula_credential.exceptions import ConfigError
+try:
+    secret_from({"token_file": sys.argv[1]}, "token")
+except ConfigError as exc:
+    print(exc)
+"""
+
+
+def test_a_fifo_named_as_a_secret_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo, 0o600)
+    res = subprocess.run([sys.executable, "-c", SECRET_READER, str(fifo)], env=cli_env(),
+                         capture_output=True, text=True, timeout=60)  # today: blocks forever
+    assert res.stdout.startswith("provider.token_file:") and "not a regular file" in res.stdout, res.stderr

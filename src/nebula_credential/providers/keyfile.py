@@ -20,10 +20,10 @@ import os
 import stat
 from pathlib import Path
 
+from .._files import open_regular
 from ..exceptions import ConfigError
 
 FIELD = "provider.key_file"
-_OPEN_FLAGS = os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def check_directory(path: Path) -> None:
@@ -55,10 +55,8 @@ def _check_folder(path: Path, folder: Path) -> None:
 
 
 def check_open_file(fd: int, path: Path) -> None:
-    """The checks on an open descriptor: regular, ours, 0600 or stricter."""
+    """The checks on an open regular file: ours, 0600 or stricter."""
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(FIELD, f"{path} is not a regular file (a FIFO, device or folder); refusing it as a key file")
     if st.st_uid != os.geteuid():
         raise ConfigError(FIELD, f"{path} belongs to another user (uid {st.st_uid}); a root key file must be your own")
     if st.st_mode & 0o177:
@@ -70,7 +68,7 @@ def check_open_file(fd: int, path: Path) -> None:
 def _open_checked(path: Path, flags: int) -> int:
     check_directory(path)
     try:
-        fd = os.open(path, flags | _OPEN_FLAGS)
+        fd = open_regular(path, flags, FIELD)
     except FileNotFoundError:
         raise ConfigError(
             FIELD, f"root key file {path} not found; run `nebula-credential init` to create a "
@@ -79,7 +77,6 @@ def _open_checked(path: Path, flags: int) -> int:
         raise ConfigError(FIELD, f"cannot open root key file {path}: {exc.strerror}") from None
     try:
         check_open_file(fd, path)
-        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
