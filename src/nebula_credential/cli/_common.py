@@ -15,6 +15,7 @@ from rich.console import Console
 
 from ..config import DEFAULT_DB_URL, KeyManagementConfig
 from ..exceptions import StoreError
+from ..providers import KeyProvider
 from ..store import redact_url
 from ..vault import Vault
 from ..vault import open as open_vault
@@ -96,9 +97,11 @@ class AppContext:
         raise StoreError(f"no store at {redact_url(url)}: the file {path.resolve()} does not exist "
                          "(check the path; `nebula-credential init` creates a new store)")
 
-    def vault(self, *, create: bool = False, keyring: str | None = None) -> Vault:
+    def vault(self, *, create: bool = False, keyring: str | None = None,
+              provider: KeyProvider | None = None) -> Vault:
         url = self.url if create else self.existing_url()
-        v = open_vault(url, config=self.config, keyring=keyring or self.keyring, create=create)
+        v = open_vault(url, config=self.config, keyring=keyring or self.keyring, create=create,
+                       provider=provider)
         self._vaults.append(v)
         return v
 

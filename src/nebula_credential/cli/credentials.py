@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .._jsonl import iter_numbered, loads
-from ..exceptions import ConfigError, InvalidInputError, NebulaCredentialError
+from ..exceptions import ConfigError, CorruptRecordError, InvalidInputError, NebulaCredentialError
 from ..names import check_credential_id, check_scope, printable
 from ..vault import DEFAULT_SCOPE, ON_EXISTING, ImportCounts, Vault
 from ._common import KEY_VERSION, AppContext, console, emit, err_console, is_tty, pass_app
@@ -104,37 +104,44 @@ def list_(app: AppContext, scope: str | None, key_version: int | None, after: st
 
     One line per credential: id, scope, key version, revision, last update,
     separated by tabs.  Memory stays constant whatever the store holds; page
-    with --limit N and --after LAST_ID.
+    with --limit N and --after LAST_ID.  A corrupt row is reported on stderr
+    by id after the others are listed, and the exit status is 1.
 
     \b
     Example: nebula-credential list --scope production --limit 100 --after github
     """
     vault = app.vault()
-    out = sys.stdout
-    write = out.write
+    corrupt: list[CorruptRecordError] = []
+    write = sys.stdout.write
     if not app.json:
-        if out.isatty():
+        if sys.stdout.isatty():
             write("id\tscope\tkey version\trevision\tupdated\n")
         fmt, gmtime = time.strftime, time.gmtime
         chunk: list[str] = []
         for cid, cscope, version, revision, updated in vault.list_heads(
-                scope=scope, key_version=key_version, after=after, limit=limit):
+                scope=scope, key_version=key_version, after=after, limit=limit, on_corrupt=corrupt.append):
             chunk.append(f"{printable(cid)}\t{printable(cscope)}\tv{version}\t{revision}\t"
                          f"{fmt('%Y-%m-%d %H:%M:%S', gmtime(updated))}\n")
             if len(chunk) >= 1000:
                 write("".join(chunk))
                 chunk.clear()
         write("".join(chunk))
-        return
-    # --json: the same document as before ({"credentials": [...]}), written row by row
-    write('{"credentials": [')
-    sep = ""
-    for r in vault.list(scope=scope, key_version=key_version, after=after, limit=limit):
-        write(sep + json.dumps({"id": r.id, "scope": r.scope, "key_version": r.key_version,
-                                "metadata": r.metadata, "revision": r.revision,
-                                "updated_at": r.updated_at.isoformat()}))
-        sep = ", "
-    write("]}\n")
+    else:
+        # the same document as before ({"credentials": [...]}), written row by row
+        write('{"credentials": [')
+        sep = ""
+        for r in vault.list(scope=scope, key_version=key_version, after=after, limit=limit,
+                            on_corrupt=corrupt.append):
+            write(sep + json.dumps({"id": r.id, "scope": r.scope, "key_version": r.key_version,
+                                    "metadata": r.metadata, "revision": r.revision,
+                                    "updated_at": r.updated_at.isoformat()}))
+            sep = ", "
+        write("]}\n")
+    if corrupt:
+        sys.stdout.flush()
+        for exc in corrupt[1:]:
+            click.echo(f"warning: {exc}", err=True)
+        raise CorruptRecordError(f"{len(corrupt)} corrupt record(s) not listed; first: {corrupt[0]}")
 
 
 _SHAPE = '{"id", "scope", "value", "metadata"}'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -15,10 +16,10 @@ from rich.text import Text
 
 from ..config import PROVIDER_TYPES, ProviderConfig
 from ..exceptions import NebulaCredentialError, StoreError
+from ..fingerprint import read_fingerprint
 from ..providers.local import key_file_path
 from ..reencrypt import check_workers, scope_order
 from ..store import open_store, redact_url
-from ..vault import PROVIDER_META
 from ._common import AppContext, console, emit, err_console, is_tty, pass_app, sqlite_file
 from ._progress import PlainProgress, rich_progress
 from .keys import versions_table
@@ -27,8 +28,10 @@ from .keys import versions_table
 @click.command()
 @click.option("--provider", "provider_type", type=click.Choice(PROVIDER_TYPES),
               help="Root of trust (default: config or local).")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="Local provider: use (or create) this key file; the only way to adopt an existing one.")
 @pass_app
-def init(app: AppContext, provider_type: str | None) -> None:
+def init(app: AppContext, provider_type: str | None, key_file: str | None) -> None:
     """Initialise a store and its keyring (creates the root key for the local provider).
 
     On a store whose keyring is already initialised it says so and changes
@@ -50,8 +53,17 @@ def init(app: AppContext, provider_type: str | None) -> None:
 
         provider = ProviderConfig(type=provider_type, settings=cfg.provider.settings, explicit=True)
         app._config = replace(cfg, provider=provider)
-    with _all_or_nothing(app):
-        vault = app.vault(create=True)
+    if key_file is not None and app.config.provider.type != "local":
+        raise click.UsageError("--key-file applies to the local provider only")
+    with _all_or_nothing(app, key_file):
+        if key_file is not None:
+            from ..providers.local import LocalKeyProvider
+
+            exists = os.path.lexists(key_file)
+            root = LocalKeyProvider.load(key_file) if exists else LocalKeyProvider.create(key_file)
+            vault = app.vault(create=True, provider=root)
+        else:
+            vault = app.vault(create=True)
         kv = vault.keys.active_version()
     data = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": vault.provider.describe(),
             "store": redact_url(vault.store.url)}
@@ -61,14 +73,18 @@ def init(app: AppContext, provider_type: str | None) -> None:
 
 
 @contextmanager
-def _all_or_nothing(app: AppContext) -> Iterator[None]:
+def _all_or_nothing(app: AppContext, key_file: str | None = None) -> Iterator[None]:
     """A failed init of a new SQLite store leaves no half-made store or key file behind."""
     db = sqlite_file(app.url)
     if db is None or db.exists():
         yield
         return
     cfg = app.config
-    key = key_file_path(cfg.provider.settings, db.resolve().parent) if cfg.provider.type == "local" else None
+    key = None
+    if key_file is not None:
+        key = Path(key_file)
+    elif cfg.provider.type == "local":
+        key = key_file_path(cfg.provider.settings, db.resolve().parent)
     key_existed = key is not None and key.exists()
     try:
         yield
@@ -90,7 +106,7 @@ def _initialised(app: AppContext) -> dict[str, Any] | None:
     store = open_store(url)
     try:
         with store.read() as tx:
-            if tx.get_meta(PROVIDER_META) is None:
+            if read_fingerprint(tx) is None:
                 return None
             versions = tx.list_versions(app.keyring)
     finally:
