@@ -37,7 +37,8 @@ def test_global_options_are_accepted_before_or_after_the_command(store, tmp_path
     after = json.loads(store("keys", "list", "--json").stdout)
     middle = json.loads(store("keys", "--json", "list").stdout)
     assert before == after == middle and before["keyring"] == "default"
-    other = tmp_path / "other.db"
+    (tmp_path / "o").mkdir()
+    other = tmp_path / "o" / "other.db"  # its own folder: a key file is never shared silently
     run_cli("init", "--db", f"sqlite:///{other}", cwd=tmp_path, env=cli_env())
     assert other.exists()
     listed = json.loads(store("list", f"--db=sqlite:///{other}", "--json").stdout)
@@ -86,10 +87,12 @@ def test_config_is_discovered_in_the_usual_places_in_order(tmp_path: Path) -> No
     (xdg / "nebula-credential" / "config.toml").write_text(f'[store]\nurl = "sqlite:///{tmp_path / "x.db"}"\n')
     assert run_cli("init", cwd=tmp_path, env=env).returncode == 0
     assert (tmp_path / "x.db").exists() and not (tmp_path / "nebula-credential.db").exists()
-    (tmp_path / "nebula-credential.toml").write_text(f'[store]\nurl = "sqlite:///{tmp_path / "local.db"}"\n')
+    (tmp_path / "l").mkdir()
+    local = tmp_path / "l" / "local.db"
+    (tmp_path / "nebula-credential.toml").write_text(f'[store]\nurl = "sqlite:///{local}"\n')
     res = run_cli("keys", "list", cwd=tmp_path, env=env)  # ./nebula-credential.toml wins over XDG
     assert res.returncode == 1 and "local.db" in res.stderr
-    assert run_cli("init", cwd=tmp_path, env=env).returncode == 0 and (tmp_path / "local.db").exists()
+    assert run_cli("init", cwd=tmp_path, env=env).returncode == 0 and local.exists()
 
 
 # ---- 3. init on an initialised store; a missing key file -------------------------------
