@@ -29,7 +29,7 @@ logger = logging.getLogger("nebula_credential.store")
 #: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
 STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,19 @@ class AuditRow:
     outcome: str
     details: str  # canonical JSON
     mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRecord:
+    """One registered backup: the copy's manifest and how long retention must honour it."""
+
+    name: str
+    kind: str  # "sqlite-copy" or "registered" (pg_dump / PITR taken outside)
+    taken_at: datetime
+    expires_at: datetime
+    registered_at: datetime
+    location: str
+    manifest: str  # canonical JSON
 
 
 class StoreTx(ABC):
@@ -177,6 +190,33 @@ class StoreTx(ABC):
 
         A row whose revision moved on since it was read is left untouched.
         """
+
+    @abstractmethod
+    def envelope_versions(self) -> dict[str, dict[int, int]]:
+        """Credentials per keyring per key version, read from the envelope header (bytes 4..8).
+
+        The header, not the ``key_version`` column, says which key a row
+        really needs; a row too short to carry a header counts under -1.
+        """
+
+    # ---- backups ---------------------------------------------------------
+    @abstractmethod
+    def put_backup(self, record: BackupRecord, versions: dict[str, dict[int, int]]) -> None:
+        """Register (or re-register) a backup and the key versions its rows need."""
+
+    @abstractmethod
+    def list_backups(self) -> list[BackupRecord]: ...
+
+    @abstractmethod
+    def delete_backup(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def backup_versions(self, name: str) -> dict[str, dict[int, int]]:
+        """The key versions a registered backup needs, with its credential counts."""
+
+    @abstractmethod
+    def backup_holds(self, keyring: str, version: int, now: datetime) -> list[tuple[str, datetime]]:
+        """(name, expires_at) of every unexpired backup that needs this version, latest expiry first."""
 
     # ---- leases ----------------------------------------------------------
     @abstractmethod
