@@ -177,6 +177,29 @@ def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> lis
     return out
 
 
+def check_backups(store: Store, now: datetime) -> list[Finding]:
+    """Versions kept for registered backups, and registrations that have expired."""
+    from .backups import held_versions
+
+    out: list[Finding] = []
+    with store.read() as tx:
+        if not tx.has_table("backups"):  # not migrated yet: the schema check says so
+            return out
+        keyrings = tx.keyrings()
+        records = tx.list_backups()
+    for kr in keyrings:
+        for kv, hold in held_versions(store, kr, now):
+            if kv.status is KeyStatus.REVOKED:
+                out.append(Finding("backups", INFO, f"keyring {kr}: v{kv.version} kept: {hold}"))
+    for b in records:
+        if b.expires_at <= now:
+            out.append(Finding("backups", INFO, f"backup {b.name} expired {b.expires_at:%Y-%m-%d}; it no "
+                               "longer holds key versions", f"nebula-credential backup forget {b.name}"))
+    if records and not out:
+        out.append(Finding("backups", OK, f"{len(records)} registered backup(s); none holds a revoked version"))
+    return out
+
+
 def _provider_config(store: Store, config: KeyManagementConfig) -> ProviderConfig:
     if config.provider.explicit:
         return config.provider
@@ -273,6 +296,7 @@ def run(
         findings = check_store(store, config, clock())
         if any(f.check == "store" for f in findings):
             return findings
+        findings += check_backups(store, clock())
         provider_findings, provider = check_provider(store, config)
         findings += provider_findings
         if provider is not None:

@@ -148,6 +148,9 @@ class SqlTx(StoreTx):
         row = self._exec("SELECT MAX(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
 
+    def has_table(self, name: str) -> bool:
+        return self._table_exists(name)
+
     def _table_exists(self, name: str) -> bool:
         row = self._exec(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)

@@ -74,6 +74,10 @@ class StoreTx(ABC):
     @abstractmethod
     def schema_version(self) -> int: ...
 
+    @abstractmethod
+    def has_table(self, name: str) -> bool:
+        """Whether a table exists (read-only tools that run before migration check first)."""
+
     # ---- key versions ----------------------------------------------------
     @abstractmethod
     def keyrings(self) -> list[str]: ...
