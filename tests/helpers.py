@@ -62,8 +62,11 @@ def run_cli(*args: str, cwd: Path | str, input: str | None = None, env: dict[str
 
 def dump(db: Path) -> list[str]:
     """Every row of a SQLite store, for 'nothing was written' checks."""
-    with sqlite3.connect(db) as conn:
+    conn = sqlite3.connect(db)
+    try:
         return list(conn.iterdump())
+    finally:
+        conn.close()  # an open reader would hold locks a later step of the test needs
 
 
 def provider_config(settings: dict[str, Any]) -> KeyManagementConfig:

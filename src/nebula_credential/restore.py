@@ -229,7 +229,11 @@ def _single_file(db: Path) -> None:
 
 def _set_aside(target: Path, now: datetime | None) -> str:
     """Checkpoint the store being replaced and rename it; returns its new path."""
-    _single_file(target)
+    try:
+        _single_file(target)
+    except sqlite3.OperationalError as exc:
+        raise BackupError(f"{target} is in use ({exc}); stop every process using it, then restore "
+                          "again; nothing was replaced") from None
     stamp = (now or datetime.now().astimezone()).strftime("%Y%m%dT%H%M%S")
     aside = target.with_name(f"{target.name}.replaced-{stamp}")
     if aside.exists():
