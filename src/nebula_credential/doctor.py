@@ -180,6 +180,7 @@ def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> lis
 def check_backups(store: Store, now: datetime) -> list[Finding]:
     """Versions kept for registered backups, and registrations that have expired."""
     from .backups import held_versions
+    from .escrow import escrow_status
 
     out: list[Finding] = []
     with store.read() as tx:
@@ -187,6 +188,13 @@ def check_backups(store: Store, now: datetime) -> list[Finding]:
             return out
         keyrings = tx.keyrings()
         records = tx.list_backups()
+        escrowed_at, unescrowed = escrow_status(tx)
+    if escrowed_at is not None and unescrowed:
+        out.append(Finding("escrow", WARNING, f"the escrow made {escrowed_at} lacks {', '.join(unescrowed)}: "
+                           "losing the root key would lose the credentials under them",
+                           "nebula-credential provider add-escrow --out NEW_FILE --escrow-key-file OFFLINE_KEY"))
+    elif escrowed_at is not None:
+        out.append(Finding("escrow", OK, f"the escrow made {escrowed_at} holds every live data key"))
     for kr in keyrings:
         for kv, hold in held_versions(store, kr, now):
             if kv.status is KeyStatus.REVOKED:
