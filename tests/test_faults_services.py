@@ -1,0 +1,179 @@
+"""Faults with real services: the KMS endpoint vanishes mid-pass and mid root rotation;
+PostgreSQL is stopped immediately (``pg_ctl stop -m immediate``) under concurrent writers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+import nebula_credential as nc
+from nebula_credential.config import KeyManagementConfig
+from nebula_credential.exceptions import CommitOutcomeUnknownError, NebulaCredentialError, ProviderUnavailableError
+from nebula_credential.rootkeys import rotate_root_key
+
+from .fixtures_hsm_kms import MotoKms
+from .fixtures_postgres import PostgresCluster
+from .helpers import FakeClock
+from .test_provider_aws_kms import RestartableMoto
+from .test_provider_aws_kms import restartable_moto as restartable_moto  # noqa: F401 - fixture re-export
+
+pytestmark = pytest.mark.services
+
+
+def kms_vault(moto: RestartableMoto, path: Path, clock: FakeClock, settings: dict[str, Any] | None = None,
+              ) -> tuple[nc.Vault, KeyManagementConfig]:
+    kms = MotoKms(f"http://127.0.0.1:{moto.port}", moto.port)
+    cfg = KeyManagementConfig.from_dict(
+        {"provider": settings or kms.settings(max_attempts=3, connect_timeout=1, read_timeout=2)})
+    return nc.open(f"sqlite:///{path}", config=cfg, create=True, clock=clock), cfg
+
+
+def test_kms_gone_mid_reencryption_pass(restartable_moto: RestartableMoto, tmp_path: Path,  # noqa: F811
+                                        clock: FakeClock) -> None:
+    v, cfg = kms_vault(restartable_moto, tmp_path / "s.db", clock)
+    values: dict[str, Any] = {}
+    for version_rows in range(3):  # rows under v1 and v2, v3 active
+        for i in range(40):
+            cid = f"v{version_rows}-{i:02d}"
+            values[cid] = {"i": i, "round": version_rows}
+            v.put(cid, values[cid])
+        if version_rows < 2:
+            v.keys.rotate()
+    v.close()
+    fresh = nc.open(f"sqlite:///{tmp_path / 's.db'}", config=cfg, clock=clock)  # nothing cached
+    batches: list[int] = []
+
+    def stop_after_first_batch(scope: str, n: int) -> None:
+        batches.append(n)
+        if len(batches) == 1:
+            restartable_moto.stop()  # injected: the KMS endpoint disappears
+
+    with pytest.raises(ProviderUnavailableError, match="unreachable|unavailable") as err:
+        fresh.reencrypt(batch_size=10, progress=stop_after_first_batch)
+    assert "Traceback" not in str(err.value)
+    rows = list(fresh.list())
+    assert all(int.from_bytes(r.envelope[4:8], "big") == r.key_version for r in rows)  # nothing half-written
+    moved = sum(1 for r in rows if r.key_version == 3)
+    assert 40 + 10 <= moved < 120  # the committed batches stay
+    restartable_moto.start()
+    result = fresh.reencrypt(batch_size=10)  # the next pass finishes
+    assert result.ok and result.reencrypted == 120 - moved
+    assert {fresh.get(cid) == value for cid, value in values.items()} == {True}  # zero lost
+    assert fresh.audit.verify().ok
+    fresh.close()
+
+
+def test_kms_gone_mid_root_rotation(restartable_moto: RestartableMoto, tmp_path: Path,  # noqa: F811
+                                    clock: FakeClock) -> None:
+    v, cfg = kms_vault(restartable_moto, tmp_path / "s.db", clock)
+    values = {}
+    for ring in ("a", "b", "c"):
+        kr = v.keyring(ring)
+        kr.keys.initialize()
+        for i in range(5):
+            values[(ring, f"c{i}")] = {"ring": ring, "i": i}
+            kr.put(f"c{i}", values[(ring, f"c{i}")])
+        kr.keys.rotate()
+    sent: list[str] = []
+
+    def count(request: Any, **_: Any) -> None:
+        if b"ReEncrypt" in request.headers.get("X-Amz-Target", b""):
+            sent.append(request.url)
+            if len(sent) == 4:  # after keyring a's two DEKs and one of b's: the endpoint goes away
+                restartable_moto.stop()
+
+    v.provider._client.meta.events.register("before-send.kms", count)  # type: ignore[attr-defined]
+    with pytest.raises(ProviderUnavailableError):
+        rotate_root_key(v.store, v.provider, v.audit)
+    v.provider._client.meta.events.unregister("before-send.kms", count)  # type: ignore[attr-defined]
+    restartable_moto.start()
+    v.close()
+    with nc.open(f"sqlite:///{tmp_path / 's.db'}", config=cfg, clock=clock) as again:
+        # every DEK still opens: the rewrapped ones under the new material, the rest under the old
+        for (ring, cid), value in values.items():
+            assert again.keyring(ring).get(cid) == value
+        result = rotate_root_key(again.store, again.provider, again.audit)  # run again: finishes
+        assert result.rewrapped == 7  # a, b, c: two each; default: one
+        assert again.audit.verify().ok
+    with nc.open(f"sqlite:///{tmp_path / 's.db'}", config=cfg, clock=clock) as fresh:
+        assert all(fresh.keyring(ring).get(cid) == value for (ring, cid), value in values.items())
+
+
+@pytest.fixture
+def durable_pg_url(postgres_cluster: PostgresCluster) -> str:
+    """A fresh schema; synchronous_commit=on for our sessions (the shared cluster runs it off)."""
+    schema = postgres_cluster.new_schema()
+    options = quote(f"-csearch_path={schema} -csynchronous_commit=on", safe="")
+    return f"{postgres_cluster.url()}?options={options}"
+
+
+@pytest.fixture
+def pg_writer(durable_pg_url: str, key_file: Path) -> Iterator[nc.Vault]:
+    v = nc.open(durable_pg_url, create=True)
+    try:
+        yield v
+    finally:
+        v.close()
+
+
+def test_postgres_stopped_immediately_during_writes(pg_writer: nc.Vault, postgres_cluster: PostgresCluster) -> None:
+    """Injected: ``pg_ctl stop -m immediate`` while 4 writer threads commit; then start again."""
+    lock = threading.Lock()
+    acked: dict[str, dict[str, int]] = {}
+    unknown: set[str] = set()
+    failed = 0
+    stop = threading.Event()
+    restarted = threading.Event()
+    after_restart = [0]
+
+    def writer(n: int) -> None:
+        nonlocal failed
+        i = 0
+        while not stop.is_set():
+            cid, value = f"w{n}-{i:05d}", {"n": n, "i": i}
+            i += 1
+            try:
+                pg_writer.put(cid, value)
+            except CommitOutcomeUnknownError:
+                with lock:
+                    unknown.add(cid)
+                continue
+            except NebulaCredentialError:
+                with lock:
+                    failed += 1
+                continue
+            with lock:
+                acked[cid] = value
+                if restarted.is_set():
+                    after_restart[0] += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        while len(acked) < 200:
+            stop.wait(0.01)
+        postgres_cluster.stop("immediate")
+        in_flight_at_stop = len(threads)
+        acked_before = len(acked)
+        postgres_cluster.start()
+        restarted.set()
+        while after_restart[0] < 100:
+            stop.wait(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+        if not postgres_cluster.data.joinpath("postmaster.pid").exists():
+            postgres_cluster.start()
+    stored = {row.id: pg_writer.get(row.id) for row in pg_writer.list()}  # every stored row decrypts
+    lost = [cid for cid in acked if stored.get(cid) != acked[cid]]
+    assert lost == [], f"{len(lost)} acknowledged write(s) lost"
+    assert set(stored) - set(acked) <= unknown  # nothing unacknowledged appears, except outcome-unknown commits
+    assert acked_before >= 200 and in_flight_at_stop == 4
+    assert pg_writer.audit.verify().ok
