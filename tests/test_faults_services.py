@@ -20,7 +20,7 @@ from .fixtures_hsm_kms import MotoKms
 from .fixtures_postgres import PostgresCluster
 from .helpers import FakeClock
 from .test_provider_aws_kms import RestartableMoto
-from .test_provider_aws_kms import restartable_moto as restartable_moto  # noqa: F401 - fixture re-export
+from .test_provider_aws_kms import restartable_moto as restartable_moto
 
 pytestmark = pytest.mark.services
 
@@ -33,7 +33,7 @@ def kms_vault(moto: RestartableMoto, path: Path, clock: FakeClock, settings: dic
     return nc.open(f"sqlite:///{path}", config=cfg, create=True, clock=clock), cfg
 
 
-def test_kms_gone_mid_reencryption_pass(restartable_moto: RestartableMoto, tmp_path: Path,  # noqa: F811
+def test_kms_gone_mid_reencryption_pass(restartable_moto: RestartableMoto, tmp_path: Path,
                                         clock: FakeClock) -> None:
     v, cfg = kms_vault(restartable_moto, tmp_path / "s.db", clock)
     values: dict[str, Any] = {}
@@ -68,7 +68,7 @@ def test_kms_gone_mid_reencryption_pass(restartable_moto: RestartableMoto, tmp_p
     fresh.close()
 
 
-def test_kms_gone_mid_root_rotation(restartable_moto: RestartableMoto, tmp_path: Path,  # noqa: F811
+def test_kms_gone_mid_root_rotation(restartable_moto: RestartableMoto, tmp_path: Path,
                                     clock: FakeClock) -> None:
     v, cfg = kms_vault(restartable_moto, tmp_path / "s.db", clock)
     values = {}
