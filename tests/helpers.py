@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,19 @@ def run_cli(*args: str, cwd: Path | str, input: str | None = None, env: dict[str
         env=env or cli_env(),
         timeout=timeout,
     )
+
+
+def cli_runner(cwd: Path, **env: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run(*args, ok=True)``: the real CLI on a store ``c.db`` in ``cwd``; ``ok`` asserts exit 0."""
+    full = cli_env(**({"NEBULA_CREDENTIAL_DB": f"sqlite:///{cwd / 'c.db'}"} | env))
+
+    def run(*args: str, input: str | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        res = run_cli(*args, cwd=cwd, env=full, input=input)
+        if ok:
+            assert res.returncode == 0, res.stderr
+        return res
+
+    return run
 
 
 def dump(db: Path) -> list[str]:

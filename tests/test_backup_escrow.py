@@ -18,19 +18,12 @@ from nebula_credential.providers.local import LocalKeyProvider
 from nebula_credential.store import open_store
 
 from .fixtures_hsm_kms import MotoKms
-from .helpers import FakeClock, cli_env, dump, run_cli
+from .helpers import FakeClock, cli_runner, dump
 
 
 @pytest.fixture
 def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
-    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
-
-    def run(*args: str, ok: bool = True):  # type: ignore[no-untyped-def]
-        res = run_cli(*args, cwd=tmp_path, env=env)
-        if ok:
-            assert res.returncode == 0, res.stderr
-        return res
-
+    run = cli_runner(tmp_path)
     run("init")
     return run
 

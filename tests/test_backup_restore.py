@@ -16,7 +16,7 @@ from nebula_credential.backups import create_sqlite_backup, forget_backup, manif
 from nebula_credential.exceptions import BackupError
 from nebula_credential.restore import restore_backup, verify_backup
 
-from .helpers import FakeClock, cli_env, dump, run_cli
+from .helpers import FakeClock, cli_runner, dump
 
 KEEP = timedelta(days=30)
 
@@ -138,14 +138,7 @@ def test_a_failing_copy_replaces_nothing(live: nc.Vault, tmp_path: Path) -> None
 
 @pytest.fixture
 def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
-    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
-
-    def run(*args: str, input: str | None = None, ok: bool = True):  # type: ignore[no-untyped-def]
-        res = run_cli(*args, cwd=tmp_path, env=env, input=input)
-        if ok:
-            assert res.returncode == 0, res.stderr
-        return res
-
+    run = cli_runner(tmp_path)
     run("init")
     return run
 

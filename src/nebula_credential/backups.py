@@ -232,6 +232,12 @@ def _remove(path: Path) -> None:
             p.unlink()
 
 
+def _live_versions(tx: StoreTx, keyring: str) -> dict[int, int]:
+    """Every version of a keyring that still has material, locked against a concurrent destroy."""
+    tx.lock_keyring(keyring)
+    return {kv.version: 0 for kv in tx.list_versions(keyring) if kv.status is not KeyStatus.DESTROYED}
+
+
 def _destroyed_since(tx: StoreTx, keys: dict[str, dict[int, int]]) -> list[str]:
     out = []
     for keyring, per in sorted(keys.items()):
@@ -274,10 +280,7 @@ def create_sqlite_backup(vault: Vault, path: str | os.PathLike[str], *, keep: ti
     with store.transaction() as tx:
         _check_new_name(tx, label)
         sid = ensure_store_id(tx)
-        provisional = {
-            kr: {kv.version: 0 for kv in tx.list_versions(kr) if kv.status is not KeyStatus.DESTROYED}
-            for kr in tx.keyrings()
-        }
+        provisional = {kr: _live_versions(tx, kr) for kr in tx.keyrings()}
         hold = Manifest(label, sid, now, expires, 0, provisional, None, KIND_COPY, str(dest.resolve()))
         tx.put_backup(hold.record(now), provisional)
     try:
@@ -287,6 +290,8 @@ def create_sqlite_backup(vault: Vault, path: str | os.PathLike[str], *, keep: ti
                             str(dest.resolve()))
         write_private(mpath, json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode() + b"\n")
         with store.transaction() as tx:
+            for kr in sorted(keys):
+                tx.lock_keyring(kr)
             lost = _destroyed_since(tx, keys)
             if lost:  # cannot happen while the provisional hold stands; refuse rather than trust it
                 raise BackupError(f"key versions {', '.join(lost)} were destroyed while the copy was made")
@@ -323,6 +328,7 @@ def register_backup(vault: Vault, label: str, *, taken_at: datetime, keep: timed
         live = tx.envelope_versions()
         keys: dict[str, dict[int, int]] = {}
         for kr in tx.keyrings():
+            tx.lock_keyring(kr)  # serialise with a destroy: it sees this hold, or we see it destroyed
             for kv in tx.list_versions(kr):
                 if kv.created_at <= taken_at and kv.status is not KeyStatus.DESTROYED:
                     keys.setdefault(kr, {})[kv.version] = live.get(kr, {}).get(kv.version, 0)
