@@ -3,8 +3,10 @@ PostgreSQL is stopped immediately (``pg_ctl stop -m immediate``) under concurren
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -121,59 +123,89 @@ def pg_writer(durable_pg_url: str, key_file: Path) -> Iterator[nc.Vault]:
         v.close()
 
 
-def test_postgres_stopped_immediately_during_writes(pg_writer: nc.Vault, postgres_cluster: PostgresCluster) -> None:
-    """Injected: ``pg_ctl stop -m immediate`` while 4 writer threads commit; then start again."""
+@dataclass
+class Outage:
+    acked_before: int = 0
+    acked: dict[str, dict[str, int]] = field(default_factory=dict)
+    unknown: set[str] = field(default_factory=set)
+    failed: int = 0
+    in_flight: int = 0
+
+
+def stop_immediately_under_writers(vault: nc.Vault, cluster: PostgresCluster, writers: int = 4,
+                                   before: int = 200, after: int = 100) -> Outage:
+    """``pg_ctl stop -m immediate`` once ``before`` writes were acknowledged, start, wait for ``after`` more."""
     lock = threading.Lock()
-    acked: dict[str, dict[str, int]] = {}
-    unknown: set[str] = set()
-    failed = 0
+    out = Outage(in_flight=writers)
     stop = threading.Event()
     restarted = threading.Event()
     after_restart = [0]
 
     def writer(n: int) -> None:
-        nonlocal failed
         i = 0
         while not stop.is_set():
-            cid, value = f"w{n}-{i:05d}", {"n": n, "i": i}
+            cid, value = f"w{n}-{i:05d}-{id(out)}", {"n": n, "i": i}
             i += 1
             try:
-                pg_writer.put(cid, value)
+                vault.put(cid, value)
             except CommitOutcomeUnknownError:
                 with lock:
-                    unknown.add(cid)
+                    out.unknown.add(cid)
                 continue
             except NebulaCredentialError:
                 with lock:
-                    failed += 1
+                    out.failed += 1
                 continue
             with lock:
-                acked[cid] = value
+                out.acked[cid] = value
                 if restarted.is_set():
                     after_restart[0] += 1
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
     for t in threads:
         t.start()
     try:
-        while len(acked) < 200:
+        while len(out.acked) < before:
             stop.wait(0.01)
-        postgres_cluster.stop("immediate")
-        in_flight_at_stop = len(threads)
-        acked_before = len(acked)
-        postgres_cluster.start()
+        cluster.stop("immediate")  # injected: every backend killed, no shutdown checkpoint
+        out.acked_before = len(out.acked)
+        cluster.start()
         restarted.set()
-        while after_restart[0] < 100:
+        while after_restart[0] < after:
             stop.wait(0.01)
     finally:
         stop.set()
         for t in threads:
             t.join(120)
-        if not postgres_cluster.data.joinpath("postmaster.pid").exists():
-            postgres_cluster.start()
-    stored = {row.id: pg_writer.get(row.id) for row in pg_writer.list()}  # every stored row decrypts
+        if not cluster.data.joinpath("postmaster.pid").exists():
+            cluster.start()
+    return out
+
+
+def assert_nothing_lost(vault: nc.Vault, outages: list[Outage]) -> None:
+    stored = {row.id: vault.get(row.id) for row in vault.list()}  # every stored row decrypts
+    acked = {k: v for o in outages for k, v in o.acked.items()}
+    unknown = {k for o in outages for k in o.unknown}
     lost = [cid for cid in acked if stored.get(cid) != acked[cid]]
+    print(f"pg immediate stop x{len(outages)}: {len(acked)} acknowledged, "
+          f"{sum(o.in_flight for o in outages)} writers in flight at the stops, "
+          f"{sum(o.failed for o in outages)} refused with an error, {len(unknown)} outcome unknown, "
+          f"{len(lost)} lost")
     assert lost == [], f"{len(lost)} acknowledged write(s) lost"
     assert set(stored) - set(acked) <= unknown  # nothing unacknowledged appears, except outcome-unknown commits
-    assert acked_before >= 200 and in_flight_at_stop == 4
-    assert pg_writer.audit.verify().ok
+    assert vault.audit.verify().ok
+
+
+def test_postgres_stopped_immediately_during_writes(pg_writer: nc.Vault, postgres_cluster: PostgresCluster) -> None:
+    """Injected: ``pg_ctl stop -m immediate`` while 4 writer threads commit; then start again."""
+    outage = stop_immediately_under_writers(pg_writer, postgres_cluster)
+    assert outage.acked_before >= 200
+    assert_nothing_lost(pg_writer, [outage])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("NEBULA_SOAK") != "1", reason="soak: NEBULA_SOAK=1 (make soak)")
+def test_postgres_stopped_immediately_soak(pg_writer: nc.Vault, postgres_cluster: PostgresCluster) -> None:
+    outages = [stop_immediately_under_writers(pg_writer, postgres_cluster, writers=8, before=300)
+               for _ in range(10)]
+    assert_nothing_lost(pg_writer, outages)
