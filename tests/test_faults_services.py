@@ -4,7 +4,9 @@ PostgreSQL is stopped immediately (``pg_ctl stop -m immediate``) under concurren
 from __future__ import annotations
 
 import os
+import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from nebula_credential.rootkeys import rotate_root_key
 
 from .fixtures_hsm_kms import MotoKms
 from .fixtures_postgres import PostgresCluster
+from .fixtures_transit import OpenBao
 from .helpers import FakeClock
 from .test_provider_aws_kms import RestartableMoto
 from .test_provider_aws_kms import restartable_moto as restartable_moto
@@ -209,3 +212,51 @@ def test_postgres_stopped_immediately_soak(pg_writer: nc.Vault, postgres_cluster
     outages = [stop_immediately_under_writers(pg_writer, postgres_cluster, writers=8, before=300)
                for _ in range(10)]
     assert_nothing_lost(pg_writer, outages)
+
+
+def unseal_key(bao: OpenBao) -> str:
+    """The dev server prints its one unseal key at start (bao.log in its folder)."""
+    for _ in range(200):  # the banner may be written a little after the API answers
+        found = re.search(r"Unseal Key: (\S+)", (bao.folder / "bao.log").read_text(errors="replace"))
+        if found is not None:
+            return found.group(1)
+        time.sleep(0.05)
+    pytest.skip("the OpenBao dev server did not print an unseal key")
+
+
+def test_openbao_sealed_mid_reencryption_pass(openbao: OpenBao, tmp_path: Path, clock: FakeClock) -> None:
+    key = unseal_key(openbao)
+    cfg = KeyManagementConfig.from_dict({"provider": openbao.settings()})
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    values: dict[str, Any] = {}
+    with nc.open(url, config=cfg, create=True, clock=clock) as v:
+        for rnd in range(3):  # rows under v1 and v2, v3 active
+            for i in range(30):
+                values[f"r{rnd}-{i:02d}"] = {"i": i, "round": rnd}
+                v.put(f"r{rnd}-{i:02d}", values[f"r{rnd}-{i:02d}"])
+            if rnd < 2:
+                v.keys.rotate()
+    admin = openbao.client()
+    fresh = nc.open(url, config=cfg, clock=clock)  # nothing cached
+    sealed: list[int] = []
+
+    def seal_after_first_batch(scope: str, n: int) -> None:
+        if not sealed:
+            admin.sys.seal()  # injected: the Transit server is sealed
+            sealed.append(n)
+
+    try:
+        with pytest.raises(ProviderUnavailableError):
+            fresh.reencrypt(batch_size=10, progress=seal_after_first_batch)
+        rows = list(fresh.list())
+        assert all(int.from_bytes(r.envelope[4:8], "big") == r.key_version for r in rows)
+        moved = sum(1 for r in rows if r.key_version == 3)
+        assert 30 + 10 <= moved < 90
+    finally:
+        admin.sys.submit_unseal_key(key)
+    assert not admin.sys.is_sealed()
+    result = fresh.reencrypt(batch_size=10)
+    assert result.ok and result.reencrypted == 90 - moved
+    assert all(fresh.get(cid) == value for cid, value in values.items())
+    assert fresh.audit.verify().ok
+    fresh.close()
