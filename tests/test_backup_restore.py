@@ -166,6 +166,12 @@ def test_cli_backup_round_trip(cli, tmp_path: Path) -> None:  # type: ignore[no-
     assert got["value"] == {"token": "s3cr3t-value"} and got["key_version"] == 1
     res = cli("backup", "restore", "nightly.db", "--to", "sqlite:///r.db", ok=False)
     assert res.returncode == 1 and "already exists" in res.stderr and res.stderr.count("\n") == 1
+    cli("put", "late", "--value", '{"v": 1}')
+    out = json.loads(cli("--json", "backup", "restore", "nightly.db", "--to", f"sqlite:///{tmp_path / 'c.db'}",
+                         "--replace").stdout)  # over the live store itself (--db): kept beside it
+    assert Path(out["replaced_store_kept_as"]).exists()
+    assert cli("get", "late", ok=False).returncode == 1  # the store is the backup again
+    assert json.loads(cli("--json", "get", "gh").stdout)["key_version"] == 1
     cli("backup", "forget", "nightly.db")
     assert json.loads(cli("--json", "backup", "list").stdout)["backups"] == []
     for res in (cli("backup", "verify", "missing.db", ok=False), cli("backup", "forget", "nope", ok=False)):

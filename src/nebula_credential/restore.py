@@ -197,6 +197,8 @@ def restore_backup(path: str | os.PathLike[str], to_url: str, *, config: KeyMana
             raise BackupError("backup failed verification, nothing was restored: " + "; ".join(report.problems))
         _record_restore(work, config, backup, report)
         _single_file(work)
+        if live is not None and Path(getattr(live, "path", "")).resolve() == target.resolve():
+            live.close()  # our own connection to the store being replaced must not hold it open
         kept = _set_aside(target, now) if target.exists() else None
         os.replace(work, target)
     finally:
