@@ -61,15 +61,27 @@ def run_cli(*args: str, cwd: Path | str, input: str | None = None, env: dict[str
     )
 
 
-def cli_runner(cwd: Path, **env: str) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``run(*args, ok=True)``: the real CLI on a store ``c.db`` in ``cwd``; ``ok`` asserts exit 0."""
-    full = cli_env(**({"NEBULA_CREDENTIAL_DB": f"sqlite:///{cwd / 'c.db'}"} | env))
+def cli_in_process(cwd: Path, capsys: Any, monkeypatch: Any) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run(*args, ok=True)``: ``main(argv)`` in this process on a store ``c.db`` in ``cwd``.
 
-    def run(*args: str, input: str | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        res = run_cli(*args, cwd=cwd, env=full, input=input)
+    The same code path as :func:`run_cli` without an interpreter start per
+    command, for tests that run many commands; ``ok`` asserts exit 0."""
+    from nebula_credential.cli import main
+
+    monkeypatch.chdir(cwd)
+    for name, value in cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{cwd / 'c.db'}").items():
+        if name.startswith("NEBULA_CREDENTIAL_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv("NEBULA_CREDENTIAL_MASTER_KEY_FILE", raising=False)
+    monkeypatch.delenv("NEBULA_CREDENTIAL_CONFIG", raising=False)
+
+    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        rc = main(list(args))
+        out, err = capsys.readouterr()
         if ok:
-            assert res.returncode == 0, res.stderr
-        return res
+            assert rc == 0, err
+        return subprocess.CompletedProcess(list(args), rc, out, err)
 
     return run
 

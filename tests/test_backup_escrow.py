@@ -18,12 +18,12 @@ from nebula_credential.providers.local import LocalKeyProvider
 from nebula_credential.store import open_store
 
 from .fixtures_hsm_kms import MotoKms
-from .helpers import FakeClock, cli_runner, dump
+from .helpers import FakeClock, cli_in_process, dump
 
 
 @pytest.fixture
-def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
-    run = cli_runner(tmp_path)
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    run = cli_in_process(tmp_path, capsys, monkeypatch)
     run("init")
     return run
 

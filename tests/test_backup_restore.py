@@ -16,7 +16,7 @@ from nebula_credential.backups import create_sqlite_backup, forget_backup, manif
 from nebula_credential.exceptions import BackupError
 from nebula_credential.restore import restore_backup, verify_backup
 
-from .helpers import FakeClock, cli_runner, dump
+from .helpers import FakeClock, cli_in_process, dump
 
 KEEP = timedelta(days=30)
 
@@ -137,8 +137,8 @@ def test_a_failing_copy_replaces_nothing(live: nc.Vault, tmp_path: Path) -> None
 
 
 @pytest.fixture
-def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
-    run = cli_runner(tmp_path)
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    run = cli_in_process(tmp_path, capsys, monkeypatch)
     run("init")
     return run
 
