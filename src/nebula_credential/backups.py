@@ -140,6 +140,12 @@ def held_versions(store: Store, keyring: str, now: datetime) -> list[tuple[KeyVe
 
 
 # ---- manifests ------------------------------------------------------------------
+def referenced_versions(tx: StoreTx) -> dict[str, dict[int, int]]:
+    """Credentials per keyring per key version, by envelope header (what decryption needs)."""
+    out = {kr: tx.versions_referenced(kr) for kr in tx.keyrings()}
+    return {kr: per for kr, per in out.items() if per}
+
+
 def ensure_store_id(tx: StoreTx) -> str:
     """The store's stable id (created on first use), so a copy can be matched to its store."""
     sid = tx.get_meta(STORE_ID_META)
@@ -188,7 +194,7 @@ def copy_facts(copy: Path) -> tuple[str | None, int, dict[str, dict[int, int]], 
     try:
         tx = SqlTx(conn)
         conn.execute("BEGIN")
-        return tx.get_meta(STORE_ID_META), tx.schema_version(), tx.envelope_versions(), tx.get_audit_head()
+        return tx.get_meta(STORE_ID_META), tx.schema_version(), referenced_versions(tx), tx.get_audit_head()
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"{copy} is not a readable nebula-credential store: {exc}") from None
     finally:
@@ -325,7 +331,7 @@ def register_backup(vault: Vault, label: str, *, taken_at: datetime, keep: timed
     with vault.store.transaction() as tx:
         _check_new_name(tx, label)
         sid = ensure_store_id(tx)
-        live = tx.envelope_versions()
+        live = referenced_versions(tx)
         keys: dict[str, dict[int, int]] = {}
         for kr in tx.keyrings():
             tx.lock_keyring(kr)  # serialise with a destroy: it sees this hold, or we see it destroyed

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit import AUDIT_KEY_CONTEXT, AUDIT_KEY_META, AuditLog
-from .backups import ensure_store_id, write_private
+from .backups import ensure_store_id, referenced_versions, write_private
 from .config import KeyManagementConfig, ProviderConfig
 from .exceptions import BackupError, NebulaCredentialError
 from .models import KeyStatus
@@ -163,7 +163,7 @@ def _rewrap_all(tx: StoreTx, doc: dict[str, Any], escrow: KeyProvider, primary: 
                 accept_loss: bool) -> RecoverResult:
     result = RecoverResult(primary.name, primary.root_key_id())
     escrowed = {(str(e["keyring"]), int(e["version"])): bytes.fromhex(str(e["wrapped"])) for e in doc["keys"]}
-    counts = tx.envelope_versions()
+    counts = referenced_versions(tx)
     for keyring in tx.keyrings():
         for kv in tx.list_versions(keyring):
             if kv.wrapped_key is None or kv.status is KeyStatus.DESTROYED:

@@ -129,6 +129,13 @@ class SqlTx(StoreTx):
     def _lock_suffix(self, skip_locked: bool) -> str:
         return ""
 
+    def _row_lock(self, mode: str) -> str:
+        """`` FOR <mode>`` where the dialect has row locks (SQLite: one writer, none needed)."""
+        return ""
+
+    #: SQL for the envelope header's key version bytes (offset 4, 4 bytes).
+    _HEADER_VERSION = "substr(envelope, 5, 4)"
+
     def _lock_audit_head(self) -> None:
         """Serialise appenders of the audit chain (SQLite: the write lock does)."""
 
@@ -352,6 +359,20 @@ class SqlTx(StoreTx):
         ).fetchall()
         return {int(v): int(n) for v, n in rows}
 
+    def versions_referenced(self, keyring: str) -> dict[int, int]:
+        rows = self._exec(
+            f"SELECT {self._HEADER_VERSION}, COUNT(*) FROM credentials WHERE keyring = ? "
+            f"GROUP BY {self._HEADER_VERSION}",
+            (keyring,),
+        ).fetchall()
+        out: dict[int, int] = {}
+        for header, n in rows:
+            raw = bytes(header) if isinstance(header, bytes | bytearray | memoryview) else b""
+            # a short or non-blob envelope names no version we could decrypt: count it as -1
+            version = int.from_bytes(raw, "big") if len(raw) == 4 else -1
+            out[version] = out.get(version, 0) + int(n)
+        return out
+
     def scopes_for_version(self, keyring: str, version: int) -> list[str]:
         rows = self._exec(
             "SELECT DISTINCT scope FROM credentials WHERE keyring = ? AND key_version = ? "
@@ -400,19 +421,6 @@ class SqlTx(StoreTx):
             [(env, ver, keyring, cid, rev) for cid, rev, ver, env in updates],
         )
         return int(cur.rowcount)
-
-    def envelope_versions(self) -> dict[str, dict[int, int]]:
-        rows = self._exec(
-            "SELECT keyring, substr(envelope, 5, 4), COUNT(*) FROM credentials "
-            "GROUP BY keyring, substr(envelope, 5, 4)"
-        ).fetchall()
-        out: dict[str, dict[int, int]] = {}
-        for keyring, header, count in rows:
-            raw = bytes(header) if header is not None else b""
-            version = int.from_bytes(raw, "big") if len(raw) == 4 else -1
-            ring = out.setdefault(str(keyring), {})
-            ring[version] = ring.get(version, 0) + int(count)
-        return out
 
     # ---- backups -------------------------------------------------------
     def put_backup(self, record: BackupRecord, versions: dict[str, dict[int, int]]) -> None:

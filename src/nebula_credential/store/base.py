@@ -161,6 +161,14 @@ class StoreTx(ABC):
     def count_by_version(self, keyring: str) -> dict[int, int]: ...
 
     @abstractmethod
+    def versions_referenced(self, keyring: str) -> dict[int, int]:
+        """Rows per key version as named by the envelope header (bytes 4..8), not the column.
+
+        The header is what decryption uses, so the destroy guard counts by it:
+        a row whose ``key_version`` column lies cannot be stranded.
+        """
+
+    @abstractmethod
     def scopes_for_version(self, keyring: str, version: int) -> list[str]: ...
 
     @abstractmethod
@@ -193,14 +201,6 @@ class StoreTx(ABC):
         """Apply (id, expected_revision, new_key_version, envelope); returns rows changed.
 
         A row whose revision moved on since it was read is left untouched.
-        """
-
-    @abstractmethod
-    def envelope_versions(self) -> dict[str, dict[int, int]]:
-        """Credentials per keyring per key version, read from the envelope header (bytes 4..8).
-
-        The header, not the ``key_version`` column, says which key a row
-        really needs; a row too short to carry a header counts under -1.
         """
 
     # ---- backups ---------------------------------------------------------
