@@ -36,6 +36,7 @@ def test_verify_a_good_copy(live: nc.Vault, tmp_path: Path) -> None:
     report = verify_backup(tmp_path / "b.db", live=live.store)
     assert report.ok, report.problems
     assert report.credentials == 6 and report.keys == {"default": {1: 6}} and report.audit_events >= 2
+    assert report.decrypted == 6
     assert (tmp_path / "b.db").read_bytes() == before  # checks run on a working copy
 
 
@@ -45,6 +46,17 @@ def test_verify_catches_a_tampered_copy(live: nc.Vault, tmp_path: Path) -> None:
         conn.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
     report = verify_backup(tmp_path / "b.db", live=live.store)
     assert not report.ok and any("audit chain broken at event 1" in p for p in report.problems)
+
+
+def test_verify_reads_every_row_back(live: nc.Vault, tmp_path: Path) -> None:
+    create_sqlite_backup(live, tmp_path / "b.db", keep=KEEP)
+    with sqlite3.connect(tmp_path / "b.db") as conn:  # bit rot in one ciphertext of the copy
+        blob = bytearray(conn.execute("SELECT envelope FROM credentials WHERE id = 'c3'").fetchone()[0])
+        blob[30] ^= 0x01
+        conn.execute("UPDATE credentials SET envelope = ? WHERE id = 'c3'", (bytes(blob),))
+    report = verify_backup(tmp_path / "b.db")
+    assert not report.ok and report.problems == ["1 credential(s) of the copy do not decrypt: default/c3"]
+    assert report.decrypted == 5
 
 
 def test_verify_catches_a_copy_that_does_not_match_its_manifest(live: nc.Vault, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backups import STORE_ID_META, copy_facts, read_manifest, write_private
 from .config import KeyManagementConfig
@@ -36,6 +36,9 @@ from .models import KeyStatus
 from .providers.base import WrapContext
 from .store.base import SCHEMA_VERSION, Store
 from .store.sqlite import path_from_url
+
+if TYPE_CHECKING:
+    from .vault import Vault
 
 
 @dataclass(slots=True)
@@ -46,6 +49,8 @@ class VerifyReport:
     schema_version: int = 0
     credentials: int = 0
     audit_events: int = 0
+    #: credentials of the copy read back (every one, once the keys check out)
+    decrypted: int = 0
     keys: dict[str, dict[int, int]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -64,6 +69,7 @@ class VerifyReport:
             "schema_version": self.schema_version,
             "credentials": self.credentials,
             "audit_events": self.audit_events,
+            "decrypted": self.decrypted,
             "keys": {kr: {str(v): n for v, n in sorted(per.items())} for kr, per in sorted(self.keys.items())},
             "destroyed_since": self.destroyed_since,
             "problems": self.problems,
@@ -128,6 +134,8 @@ def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: 
                         vault.provider.open_dek(kv.wrapped_key, WrapContext(kr, version))
                     except NebulaCredentialError as exc:
                         report.fail(f"{where}: the current root of trust cannot open its key: {exc}")
+        if report.ok:
+            _decrypt_every_row(report, vault)
     finally:
         vault.close()
     if live is None:
@@ -150,6 +158,22 @@ def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: 
             f"key version(s) {names} were destroyed in the live store since this copy was made; "
             f"restoring would bring destroyed keys back, and {lost} credential(s) of the copy are under them"
         )
+
+
+def _decrypt_every_row(report: VerifyReport, vault: Vault) -> None:
+    """Read every credential of the copy back (ids of the first few failures are named)."""
+    bad: list[str] = []
+    for kr in sorted(report.keys):
+        ring = vault.keyring(kr)
+        for row in ring.list():
+            try:
+                ring.decrypt_row(row)
+                report.decrypted += 1
+            except NebulaCredentialError:
+                bad.append(f"{kr}/{row.id}")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        report.fail(f"{len(bad)} credential(s) of the copy do not decrypt: {shown}")
 
 
 def verify_backup(path: str | os.PathLike[str], *, config: KeyManagementConfig | None = None,
@@ -248,7 +272,8 @@ def report_lines(report: VerifyReport) -> list[str]:
     """The human rendering shared by ``backup verify`` and ``backup restore``."""
     lines = [
         f"{'ok' if report.ok else 'FAILED'}: {report.path} (store {report.store_id}, schema "
-        f"{report.schema_version}, {report.credentials} credential(s), {report.audit_events} audit event(s))"
+        f"{report.schema_version}, {report.credentials} credential(s), {report.decrypted} read back, "
+        f"{report.audit_events} audit event(s))"
     ]
     for kr, per in sorted(report.keys.items()):
         lines.append(f"  keyring {kr}: " + ", ".join(f"v{v}: {n}" for v, n in sorted(per.items())))
