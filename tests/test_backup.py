@@ -27,6 +27,7 @@ from nebula_credential.lifecycle import cleanup
 from nebula_credential.models import KeyStatus
 from nebula_credential.policies import UntilReEncrypted
 from nebula_credential.store import SCHEMA_VERSION
+from nebula_credential.store.base import BackupRecord
 
 from .helpers import FakeClock
 
@@ -55,17 +56,20 @@ def test_create_copies_registers_and_writes_a_private_manifest(sq: nc.Vault, tmp
     sq.keys.rotate()
     for i in range(3):
         sq.put(f"b{i}", {"i": i})
+    tenant = sq.keyring("tenant")
+    tenant.keys.initialize()
+    tenant.put("t", {"i": 0})
     dest = tmp_path / "b1.db"
     m = create_sqlite_backup(sq, dest, keep=KEEP)
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
     assert stat.S_IMODE(manifest_path(dest).stat().st_mode) == 0o600
     on_disk = json.loads(manifest_path(dest).read_text())
-    assert on_disk["keys"] == {"default": {"1": 5, "2": 3}} and on_disk["credentials"] == 8
+    assert on_disk["keys"] == {"default": {"1": 5, "2": 3}, "tenant": {"1": 1}} and on_disk["credentials"] == 9
     assert on_disk["schema_version"] == SCHEMA_VERSION
     assert on_disk["expires_at"] == (clock.now + KEEP).isoformat()
     with sq.store.read() as tx:
         assert on_disk["store_id"] == tx.get_meta("store_id")
-        assert tx.backup_versions("b1.db") == {"default": {1: 5, 2: 3}}
+        assert tx.backup_versions("b1.db") == {"default": {1: 5, 2: 3}, "tenant": {1: 1}}
     assert [b.name for b in list_backups(sq.store)] == ["b1.db"] and m.name == "b1.db"
     copy = nc.open(f"sqlite:///{dest}", clock=clock)  # a self-contained store: not a WAL fragment
     try:
@@ -222,3 +226,32 @@ def test_backup_keep_config() -> None:
         KeyManagementConfig.from_dict({"backup": {"keep": "soon"}})
     with pytest.raises(ConfigError, match="backup.nope"):
         KeyManagementConfig.from_dict({"backup": {"nope": 1}})
+
+
+def test_the_hold_is_checked_inside_the_destroy_transaction(vault: nc.Vault, clock: FakeClock) -> None:
+    """A registration that commits while a destroy waits is seen by that destroy."""
+    vault.put("c", {"i": 1})
+    retire_v1(vault, clock)
+    registering = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def destroy() -> None:
+        registering.wait()
+        try:
+            vault.keys.destroy(1)
+            outcome.append(None)
+        except PolicyViolationError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=destroy)
+    t.start()
+    with vault.store.transaction() as tx:  # what register_backup does, held open
+        tx.lock_keyring("default")
+        tx.put_backup(BackupRecord("late", "registered", clock.now, clock.now + KEEP, clock.now, "", "{}"),
+                      {"default": {1: 1}})
+        registering.set()
+        t.join(0.3)  # the destroy is now waiting on our lock (or has not started): either way it must see us
+    t.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], PolicyViolationError), outcome
+    assert "needed by backup late" in str(outcome[0])
+    assert vault.keys.version(1).status is KeyStatus.REVOKED
