@@ -157,7 +157,9 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
 
 def test_cli_backup_round_trip(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli("put", "gh", "--value", '{"token": "s3cr3t-value"}')
-    made = json.loads(cli("--json", "backup", "create", "nightly.db", "--keep", "7d").stdout)
+    res = cli("--json", "backup", "create", "nightly.db", "--keep", "7d")
+    assert "root key file" in res.stderr and "same folder" in res.stderr  # master.key sits beside it here
+    made = json.loads(res.stdout)
     assert made["keys"] == {"default": {"1": 1}} and manifest_path(tmp_path / "nightly.db").exists()
     listed = json.loads(cli("--json", "backup", "list").stdout)["backups"]
     assert [(b["name"], b["versions"], b["expired"]) for b in listed] == [("nightly.db", ["default/v1"], False)]

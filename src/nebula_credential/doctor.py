@@ -203,7 +203,11 @@ def check_backups(store: Store, now: datetime) -> list[Finding]:
         if b.expires_at <= now:
             out.append(Finding("backups", INFO, f"backup {b.name} expired {b.expires_at:%Y-%m-%d}; it no "
                                "longer holds key versions", f"nebula-credential backup forget {b.name}"))
-    if records and not out:
+    if not records:
+        out.append(Finding("backups", INFO, "no registered backups: retention cannot know which old keys "
+                           "your copies need", "nebula-credential backup create PATH (SQLite) or backup "
+                           "register --label NAME --taken-at TIME (PostgreSQL) for each copy you keep"))
+    elif not any(f.check == "backups" for f in out):
         out.append(Finding("backups", OK, f"{len(records)} registered backup(s); none holds a revoked version"))
     return out
 

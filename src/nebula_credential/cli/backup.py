@@ -16,7 +16,7 @@ from ..exceptions import BackupError
 from ..restore import report_lines, restore_backup, verify_backup
 from ..store import Store, open_store
 from ..store.sqlite import path_from_url
-from ._common import AppContext, console, emit, pass_app
+from ._common import AppContext, console, emit, err_console, pass_app
 
 
 @click.group()
@@ -35,6 +35,10 @@ def create(app: AppContext, path: str, keep: str | None, name: str | None) -> No
     vault = app.vault()
     m = create_sqlite_backup(vault, path, keep=parse_duration(keep, "--keep") if keep else app.config.backup.keep,
                              name=name)
+    key_file = vault.provider.describe().get("key_file")
+    if key_file and Path(key_file).resolve().parent == Path(path).resolve().parent:
+        err_console.print(f"warning: the root key file {key_file} is in the same folder as the backup; "
+                          "anyone who gets both can read every credential: keep them apart", markup=False)
     emit(app, m.to_json(), lambda: console.print(
         f"backup {m.name}: {m.credentials} credential(s) under "
         + ", ".join(f"{kr}/v{v}" for kr, per in sorted(m.keys.items()) for v in sorted(per))
