@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from nebula_credential.rootkeys import rotate_root_key
 from .fixtures_hsm_kms import MotoKms
 from .fixtures_postgres import PostgresCluster
 from .fixtures_transit import OpenBao
-from .helpers import FakeClock
+from .helpers import FakeClock, cli_env
 from .test_provider_aws_kms import RestartableMoto
 from .test_provider_aws_kms import restartable_moto as restartable_moto
 
@@ -260,3 +262,53 @@ def test_openbao_sealed_mid_reencryption_pass(openbao: OpenBao, tmp_path: Path, 
     assert all(fresh.get(cid) == value for cid, value in values.items())
     assert fresh.audit.verify().ok
     fresh.close()
+
+
+def test_postgres_stopped_immediately_under_writer_processes(pg_writer: nc.Vault, durable_pg_url: str,
+                                                             postgres_cluster: PostgresCluster, tmp_path: Path,
+                                                             key_file: Path) -> None:
+    """Injected: ``pg_ctl stop -m immediate`` under 3 application processes (their own pools), then start."""
+    stop = tmp_path / "stop"
+    env = cli_env(NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(key_file))
+    logs = [(tmp_path / f"p{n}.log").open("w") for n in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.fault_writer", durable_pg_url, str(stop), f"p{n}"],
+                              stdout=subprocess.PIPE, stderr=logs[n], text=True, env=env,
+                              cwd=Path(__file__).parents[1])
+             for n in range(3)]
+    lines: list[list[str]] = [[] for _ in procs]
+    readers = [threading.Thread(target=lambda p=p, out=out: out.extend(p.stdout)) for p, out in zip(procs, lines)]
+    for r in readers:
+        r.start()
+
+    def acks() -> int:
+        return sum(1 for out in lines for line in list(out) if line.startswith("ack "))
+
+    try:
+        while acks() < 150:
+            time.sleep(0.01)
+        postgres_cluster.stop("immediate")
+        before = acks()
+        postgres_cluster.start()
+        while acks() < before + 150:
+            time.sleep(0.01)
+    finally:
+        stop.touch()
+        for p in procs:
+            p.wait(120)
+        for r in readers:
+            r.join(10)
+        if not postgres_cluster.data.joinpath("postmaster.pid").exists():
+            postgres_cluster.start()
+    acked = {line.split()[1] for out in lines for line in out if line.startswith("ack ")}
+    unknown = {line.split()[1] for out in lines for line in out if line.startswith("unknown ")}
+    stored = {row.id: pg_writer.get(row.id) for row in pg_writer.list()}
+    lost = sorted(acked - set(stored))
+    refused = sum(1 for out in lines for line in out if line.startswith("err"))
+    print(f"pg immediate stop under 3 processes: {len(acked)} acknowledged ({before} before the stop), "
+          f"{refused} refused, {len(unknown)} outcome unknown, {len(lost)} lost")
+    assert lost == []
+    assert set(stored) - acked <= unknown
+    assert all(stored[cid] == {"tag": cid.split("-")[0], "n": int(cid.split("-")[1])} for cid in acked)
+    for log in logs:
+        log.close()
+    assert [p.returncode for p in procs] == [0, 0, 0], [(tmp_path / f"p{n}.log").read_text()[-2000:] for n in range(3)]
