@@ -85,7 +85,7 @@ def test_versions_newer_than_the_escrow_are_named_and_refused(sq: nc.Vault, tmp_
     try:
         with pytest.raises(BackupError, match=r"lacks key version\(s\) default/v2 \(2 credential\(s\)\)"):
             recover_from_escrow(store, escrow, tmp_path / "e.json", KeyManagementConfig())
-        assert dump(db) == before
+        assert dump(db) == before and not key_file.exists()  # refused before a new root key was made
         wrong = LocalKeyProvider.create(tmp_path / "wrong.key")
         with pytest.raises(BackupError, match="does not open this escrow"):
             recover_from_escrow(store, wrong, tmp_path / "e.json", KeyManagementConfig(), accept_loss=True)
@@ -106,7 +106,9 @@ def test_the_escrow_root_must_differ(cli, tmp_path: Path) -> None:  # type: igno
     assert res.returncode == 1 and "is the primary root" in res.stderr and not (tmp_path / "e.json").exists()
 
 
-def test_recover_refuses_an_escrow_of_another_store(sq: nc.Vault, tmp_path: Path, clock: FakeClock) -> None:
+def test_recover_refuses_an_escrow_of_another_store(sq: nc.Vault, tmp_path: Path, clock: FakeClock,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEBULA_CREDENTIAL_MASTER_KEY_FILE", str(tmp_path / "other.key"))
     other = nc.open(f"sqlite:///{tmp_path / 'other.db'}", create=True, clock=clock)
     try:
         escrow = LocalKeyProvider.create(tmp_path / "escrow.key")
@@ -135,7 +137,7 @@ def test_a_second_kms_key_as_escrow_root(moto_kms: MotoKms, tmp_path: Path, cloc
         v.close()
     # the primary KMS key is treated as lost: recovery below never builds a provider for it
     new_cfg = KeyManagementConfig.from_dict({"provider": {"type": "local", "key_file": str(tmp_path / "new.key")}})
-    with pytest.raises(ConfigError, match="created with provider 'aws-kms'"):
+    with pytest.raises(ConfigError, match="root of trust is provider 'aws-kms'"):
         nc.open(f"sqlite:///{db}", config=new_cfg)
     store = open_store(f"sqlite:///{db}")
     try:

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from .audit import AUDIT_KEY_CONTEXT, AUDIT_KEY_META, AuditLog
-from .backups import ensure_store_id, referenced_versions, write_private
-from .config import KeyManagementConfig, ProviderConfig
+from .backups import STORE_ID_META, ensure_store_id, referenced_versions, write_private
+from .config import KeyManagementConfig
 from .exceptions import BackupError, NebulaCredentialError
+from .fingerprint import write_fingerprint
 from .models import KeyStatus
 from .providers import KeyProvider, open_provider
 from .providers.base import WrapContext
@@ -119,13 +120,19 @@ def read_escrow(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
-def new_primary(store: Store, config: KeyManagementConfig, recorded: dict[str, Any]) -> KeyProvider:
-    """The root to recover onto: the process config's, else the store's record (a lost key file is recreated)."""
-    from .vault import _base_dir
+def new_primary(store: Store, config: KeyManagementConfig) -> KeyProvider:
+    """The root to recover onto: the process's own ``[provider]`` (a missing local key file is created).
 
-    pcfg = config.provider if config.provider.explicit else ProviderConfig(
-        type=str(recorded.get("type", "local")), settings=dict(recorded.get("settings", {})), explicit=True)
-    return open_provider(pcfg, create=True, base_dir=_base_dir(store))
+    As everywhere, the store never says which root that is; its fingerprint
+    is rewritten to the new root once every key is rewrapped under it.
+    """
+    pcfg, base = config.provider, store.directory()
+    create = False
+    if pcfg.type == "local":
+        from .providers.local import key_file_path
+
+        create = not key_file_path(pcfg.settings, base).exists()
+    return open_provider(pcfg, create=create, base_dir=base)
 
 
 def recover_from_escrow(store: Store, escrow: KeyProvider, escrow_file: str | os.PathLike[str],
@@ -136,20 +143,18 @@ def recover_from_escrow(store: Store, escrow: KeyProvider, escrow_file: str | os
     store but are missing from the escrow file (created after it) cannot be
     recovered: refused, naming them, unless ``accept_loss``.
     """
-    from .vault import PROVIDER_META
-
     doc = read_escrow(escrow_file)
     with store.read() as tx:
-        recorded = json.loads(tx.get_meta(PROVIDER_META) or "{}")
-        sid = tx.get_meta("store_id")
+        sid = tx.get_meta(STORE_ID_META)
     if doc.get("store_id") != sid:
         raise BackupError(f"the escrow file is of store {doc.get('store_id')}, this store is {sid}")
-    primary = new_primary(store, config, recorded)
+    with store.read() as tx:  # refuse before a new root key is made for nothing
+        _missing_from_escrow(tx, doc, accept_loss)
+    primary = new_primary(store, config)
     try:
         with store.transaction() as tx:
             result = _rewrap_all(tx, doc, escrow, primary, accept_loss)
-            tx.set_meta(PROVIDER_META, json.dumps(
-                {"type": primary.name, "settings": primary.stored_settings()}, sort_keys=True))
+            write_fingerprint(tx, primary)
             audit = AuditLog(store, primary, actor=config.audit.actor or None)
             audit.record(tx, "provider.recover", provider=primary.name, root_key_id=primary.root_key_id(),
                          escrow_root_key_id=str(doc.get("escrow_root_key_id")), rewrapped=result.rewrapped,
@@ -162,20 +167,8 @@ def recover_from_escrow(store: Store, escrow: KeyProvider, escrow_file: str | os
 def _rewrap_all(tx: StoreTx, doc: dict[str, Any], escrow: KeyProvider, primary: KeyProvider,
                 accept_loss: bool) -> RecoverResult:
     result = RecoverResult(primary.name, primary.root_key_id())
-    escrowed = {(str(e["keyring"]), int(e["version"])): bytes.fromhex(str(e["wrapped"])) for e in doc["keys"]}
-    counts = referenced_versions(tx)
-    for keyring in tx.keyrings():
-        for kv in tx.list_versions(keyring):
-            if kv.wrapped_key is None or kv.status is KeyStatus.DESTROYED:
-                continue
-            if (keyring, kv.version) not in escrowed:
-                result.lost[f"{keyring}/v{kv.version}"] = counts.get(keyring, {}).get(kv.version, 0)
-    if result.lost and not accept_loss:
-        raise BackupError(
-            "the escrow file lacks key version(s) " + ", ".join(f"{v} ({n} credential(s))" for v, n in
-                                                                 result.lost.items())
-            + "; recover with an escrow file made after them, or pass --accept-loss; nothing was changed"
-        )
+    escrowed = _escrowed(doc)
+    result.lost = _missing_from_escrow(tx, doc, accept_loss)
     try:
         with escrow.unwrap(bytes.fromhex(str(doc["audit_key"])), _AUDIT_ESCROW_CONTEXT) as key:
             tx.set_meta(AUDIT_KEY_META, primary.wrap(key, AUDIT_KEY_CONTEXT).hex())
@@ -190,6 +183,31 @@ def _rewrap_all(tx: StoreTx, doc: dict[str, Any], escrow: KeyProvider, primary: 
     except NebulaCredentialError as exc:
         raise BackupError(f"the escrow root does not open this escrow file ({exc}); nothing was changed") from exc
     return result
+
+
+def _escrowed(doc: dict[str, Any]) -> dict[tuple[str, int], bytes]:
+    try:
+        return {(str(e["keyring"]), int(e["version"])): bytes.fromhex(str(e["wrapped"])) for e in doc["keys"]}
+    except (KeyError, TypeError, ValueError):
+        raise BackupError("the escrow file is malformed") from None
+
+
+def _missing_from_escrow(tx: StoreTx, doc: dict[str, Any], accept_loss: bool) -> dict[str, int]:
+    """Live versions the escrow lacks, with their credentials; refused unless ``accept_loss``."""
+    escrowed = _escrowed(doc)
+    counts = referenced_versions(tx)
+    lost = {
+        f"{keyring}/v{kv.version}": counts.get(keyring, {}).get(kv.version, 0)
+        for keyring in tx.keyrings() for kv in tx.list_versions(keyring)
+        if kv.wrapped_key is not None and kv.status is not KeyStatus.DESTROYED
+        and (keyring, kv.version) not in escrowed
+    }
+    if lost and not accept_loss:
+        raise BackupError(
+            "the escrow file lacks key version(s) " + ", ".join(f"{v} ({n} credential(s))" for v, n in lost.items())
+            + "; recover with an escrow file made after them, or pass --accept-loss; nothing was changed"
+        )
+    return lost
 
 
 def escrow_status(tx: StoreTx) -> tuple[str | None, list[str]]:

@@ -33,6 +33,7 @@ from .backups import STORE_ID_META, copy_facts, read_manifest, write_private
 from .config import KeyManagementConfig
 from .exceptions import BackupError, NebulaCredentialError
 from .models import KeyStatus
+from .providers import open_provider
 from .providers.base import WrapContext
 from .store.base import SCHEMA_VERSION, Store
 from .store.sqlite import path_from_url
@@ -86,9 +87,21 @@ def _working_copy(backup: Path, dest: Path) -> None:
         os.fsync(dst.fileno())
 
 
-def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: Store | None) -> None:
+def _open_copy(work: Path, config: KeyManagementConfig, key_dir: Path | None) -> Vault:
+    """The working copy under the process's own root of trust.
+
+    ``key_dir`` is where a local key file with no configured path is looked
+    for: beside the store the copy belongs to (or will become), never beside
+    the temporary working copy.
+    """
     from .vault import open as open_vault
 
+    provider = open_provider(config.provider, base_dir=key_dir)
+    return open_vault(f"sqlite:///{work}", config=config, provider=provider)
+
+
+def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: Store | None,
+           key_dir: Path | None) -> None:
     backup = Path(report.path)
     sid, schema, keys, head = copy_facts(work)
     report.store_id, report.schema_version, report.keys = sid, schema, keys
@@ -108,7 +121,7 @@ def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: 
         if manifest.audit_head != head:
             report.fail("the copy's audit head differs from the one its manifest recorded")
     try:
-        vault = open_vault(f"sqlite:///{work}", config=config)
+        vault = _open_copy(work, config, key_dir)
     except NebulaCredentialError as exc:
         report.fail(f"the current root of trust cannot open the copy: {exc}")
         return
@@ -177,8 +190,12 @@ def _decrypt_every_row(report: VerifyReport, vault: Vault) -> None:
 
 
 def verify_backup(path: str | os.PathLike[str], *, config: KeyManagementConfig | None = None,
-                  live: Store | None = None) -> VerifyReport:
-    """Every restore check on a private working copy; the backup file is only read."""
+                  live: Store | None = None, key_dir: Path | None = None) -> VerifyReport:
+    """Every restore check on a private working copy; the backup file is only read.
+
+    ``key_dir``: where a local root key file is found when the config names
+    none (default: beside ``live``, else beside the backup).
+    """
     backup = Path(path)
     if not backup.is_file():
         raise BackupError(f"backup {backup} not found")
@@ -186,7 +203,8 @@ def verify_backup(path: str | os.PathLike[str], *, config: KeyManagementConfig |
     with tempfile.TemporaryDirectory(prefix="nc-verify-") as tmp:
         work = Path(tmp) / "copy.db"
         _working_copy(backup, work)
-        _check(report, work, config or KeyManagementConfig(), live)
+        _check(report, work, config or KeyManagementConfig(), live,
+               key_dir or (live.directory() if live is not None else None) or backup.resolve().parent)
     return report
 
 
@@ -196,7 +214,9 @@ def restore_backup(path: str | os.PathLike[str], to_url: str, *, config: KeyMana
     """Verify, then move the checked copy into place; returns (report, where the old store went).
 
     The target must be a new SQLite file unless ``replace``; a replaced
-    store is checkpointed and kept as ``<target>.replaced-<time>``.
+    store is checkpointed and kept as ``<target>.replaced-<time>``.  A local
+    root key file the config does not name is looked for beside the target,
+    where the restored store will look for it too.
     """
     config = config or KeyManagementConfig()
     if not to_url.startswith("sqlite:"):
@@ -216,10 +236,11 @@ def restore_backup(path: str | os.PathLike[str], to_url: str, *, config: KeyMana
     work = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     try:
         _working_copy(backup, work)
-        _check(report, work, config, live)
+        key_dir = target.resolve().parent
+        _check(report, work, config, live, key_dir)
         if not report.ok:
             raise BackupError("backup failed verification, nothing was restored: " + "; ".join(report.problems))
-        _record_restore(work, config, backup, report)
+        _record_restore(work, config, key_dir, backup, report)
         _single_file(work)
         if live is not None and Path(getattr(live, "path", "")).resolve() == target.resolve():
             live.close()  # our own connection to the store being replaced must not hold it open
@@ -232,10 +253,9 @@ def restore_backup(path: str | os.PathLike[str], to_url: str, *, config: KeyMana
     return report, kept
 
 
-def _record_restore(work: Path, config: KeyManagementConfig, backup: Path, report: VerifyReport) -> None:
-    from .vault import open as open_vault
-
-    vault = open_vault(f"sqlite:///{work}", config=config)
+def _record_restore(work: Path, config: KeyManagementConfig, key_dir: Path, backup: Path,
+                    report: VerifyReport) -> None:
+    vault = _open_copy(work, config, key_dir)
     try:
         with vault.store.transaction() as tx:
             vault.audit.record(tx, "backup.restore", source=str(backup), credentials=report.credentials,

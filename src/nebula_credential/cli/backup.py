@@ -134,8 +134,9 @@ def _live_store(app: AppContext) -> Iterator[Store | None]:
 @pass_app
 def verify(app: AppContext, path: str) -> None:
     """Run every restore check on a copy; change nothing."""
+    key_dir = Path(path_from_url(app.url)).resolve().parent if app.url.startswith("sqlite:") else None
     with _live_store(app) as live:
-        report = verify_backup(path, config=app.config, live=live)
+        report = verify_backup(path, config=app.config, live=live, key_dir=key_dir)
     emit(app, report.to_json(), lambda: _print(report_lines(report)))
     if not report.ok:
         raise BackupError(f"backup {path} failed verification: " + "; ".join(report.problems))
