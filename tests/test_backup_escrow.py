@@ -18,14 +18,8 @@ from nebula_credential.providers.local import LocalKeyProvider
 from nebula_credential.store import open_store
 
 from .fixtures_hsm_kms import MotoKms
-from .helpers import FakeClock, cli_in_process, dump
-
-
-@pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    run = cli_in_process(tmp_path, capsys, monkeypatch)
-    run("init")
-    return run
+from .helpers import FakeClock, dump
+from .test_backup_restore import cli as cli  # an initialised store driven through main()
 
 
 def test_cli_lose_the_root_key_and_recover(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
