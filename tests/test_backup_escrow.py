@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -141,4 +142,35 @@ def test_a_second_kms_key_as_escrow_root(moto_kms: MotoKms, tmp_path: Path, cloc
     assert result.provider == "local" and result.rewrapped == ["default/v1"]
     with nc.open(f"sqlite:///{db}", config=new_cfg, clock=clock) as back:
         assert [back.get(f"c{i}") for i in range(4)] == [{"i": i} for i in range(4)]
+        assert back.audit.verify().ok
+
+
+def test_store_and_root_key_both_lost(sq: nc.Vault, tmp_path: Path, key_file: Path, clock: FakeClock) -> None:
+    """The worst day: the live store and its root key are gone; a backup and the escrow remain."""
+    import shutil
+
+    from nebula_credential.backups import create_sqlite_backup
+
+    values = {f"c{i}": {"i": i} for i in range(8)}
+    for cid, value in values.items():
+        sq.put(cid, value)
+    escrow = LocalKeyProvider.create(tmp_path / "escrow.key")
+    add_escrow(sq.store, sq.provider, sq.audit, escrow, tmp_path / "e.json", clock.now)
+    create_sqlite_backup(sq, tmp_path / "nightly.db", keep=timedelta(days=30))
+    sq.close()
+    for f in (key_file, Path(sq.store.path)):
+        f.unlink()
+    with pytest.raises(nc.NebulaCredentialError):
+        nc.open(f"sqlite:///{tmp_path / 'nightly.db'}", clock=clock)  # the copy is wrapped under the lost root
+    (tmp_path / "new").mkdir()
+    revived = tmp_path / "new" / "creds.db"
+    shutil.copyfile(tmp_path / "nightly.db", revived)
+    store = open_store(f"sqlite:///{revived}")
+    try:
+        result = recover_from_escrow(store, escrow, tmp_path / "e.json", KeyManagementConfig())
+    finally:
+        store.close()
+    assert result.rewrapped == ["default/v1"] and key_file.exists()  # a new primary root was made
+    with nc.open(f"sqlite:///{revived}", clock=clock) as back:
+        assert {cid: back.get(cid) for cid in values} == values
         assert back.audit.verify().ok

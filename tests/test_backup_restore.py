@@ -200,3 +200,16 @@ def test_cli_register_and_a_bad_time(cli) -> None:  # type: ignore[no-untyped-de
     assert json.loads(res.stdout)["keys"] == {}  # v1 did not exist in 2020
     res = cli("backup", "register", "--label", "x", "--taken-at", "yesterday", ok=False)
     assert res.returncode == 2 and "ISO 8601" in res.stderr
+
+
+def test_a_copy_taken_before_a_root_rotation_still_restores(live: nc.Vault, tmp_path: Path,
+                                                              clock: FakeClock) -> None:
+    from nebula_credential.rootkeys import rotate_root_key
+
+    create_sqlite_backup(live, tmp_path / "b.db", keep=KEEP)
+    rotate_root_key(live.store, live.provider, live.audit)  # the copy's DEKs stay under the old generation
+    report = verify_backup(tmp_path / "b.db", live=live.store)
+    assert report.ok and report.decrypted == 6, report.problems
+    restore_backup(tmp_path / "b.db", f"sqlite:///{tmp_path / 'r.db'}", live=live.store)
+    with nc.open(f"sqlite:///{tmp_path / 'r.db'}", clock=clock) as back:
+        assert [back.get(f"c{i}") for i in range(6)] == [{"i": i} for i in range(6)]
