@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .backups import holds as backup_hold
 from .exceptions import ConcurrencyError, PolicyViolationError
 from .keys import KeyManager
 from .models import KeyStatus
@@ -71,6 +72,7 @@ def cleanup(
     with km.store.read() as tx:
         versions = tx.list_versions(km.keyring)
         refs = tx.count_by_version(km.keyring)
+        held = {kv.version for kv in versions if backup_hold(tx, km.keyring, kv.version, now)}
     ctx = RetentionContext(now=now, versions=versions, references=refs)
     keep = kept_versions(versions, km.config.retention.keep_versions)
     out = []
@@ -78,7 +80,9 @@ def cleanup(
         if kv.status in (KeyStatus.ACTIVE, KeyStatus.DESTROYED):
             continue
         reason = policy.allows(kv, ctx)  # every retired version, then the guard below
-        if reason is None or kv.status is not KeyStatus.REVOKED or refs.get(kv.version, 0) or kv.version in keep:
+        if reason is None or kv.status is not KeyStatus.REVOKED or refs.get(kv.version, 0):
+            continue
+        if kv.version in keep or kv.version in held:
             continue
         if not dry_run:
             try:

@@ -18,6 +18,7 @@ from ..exceptions import NebulaCredentialError
 from ..names import check_keyring
 from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .audit import audit
+from .backup import backup
 from .credentials import delete, get, import_, list_, put
 from .demo import demo
 from .keys import keys
@@ -117,6 +118,7 @@ for command in (
     daemon,
     audit,
     provider,
+    backup,
 ):
     cli.add_command(command)
 

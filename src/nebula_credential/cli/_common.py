@@ -116,15 +116,19 @@ pass_app = click.make_pass_decorator(AppContext)
 #: A key version as the envelope header holds it (uint32); 2**70 is a usage error, not an overflow.
 KEY_VERSION = click.IntRange(1, 2**32 - 1)
 
-def _console(stream: Any) -> Console:
-    """Markup off (ids and stored text print literally); no wrapping or cropping off a terminal."""
-    tty = stream.isatty()
-    return Console(file=stream, highlight=False, markup=False, emoji=False,
+def _console(stderr: bool) -> Console:
+    """Markup off (ids and stored text print literally); no wrapping or cropping off a terminal.
+
+    The stream is looked up at each write (``main(argv)`` may run under a
+    test's captured stdout); whether it is a terminal is decided once.
+    """
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, highlight=False, markup=False, emoji=False,
                    soft_wrap=not tty, width=None if tty else 100_000)
 
 
-console = _console(sys.stdout)
-err_console = _console(sys.stderr)
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 
 def emit(app: AppContext, data: Any, human: Callable[[], None] | None = None) -> None:
