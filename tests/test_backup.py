@@ -36,7 +36,9 @@ KEEP = timedelta(days=30)
 
 @pytest.fixture
 def sq(tmp_path: Path, key_file: Path, clock: FakeClock):  # type: ignore[no-untyped-def]
-    v = nc.open(f"sqlite:///{tmp_path / 'live.db'}", create=True, clock=clock)
+    # keep_versions = 1: only backup holds (not the previous-version rule) keep v1 in these tests
+    v = nc.open(f"sqlite:///{tmp_path / 'live.db'}", create=True, clock=clock,
+                config=nc.KeyManagementConfig.from_dict({"retention": {"keep_versions": 1}}))
     yield v
     v.close()
 

@@ -41,7 +41,7 @@ def test_cli_lose_the_root_key_and_recover(cli, tmp_path: Path) -> None:  # type
 
     (tmp_path / "master.key").unlink()  # the primary root is gone
     res = cli("get", "c0", ok=False)
-    assert res.returncode == 1 and "master.key not found" in res.stderr
+    assert res.returncode == 1 and "master.key is missing" in res.stderr
     res = cli("provider", "recover", "--from-escrow", "escrow.json", ok=False)
     assert res.returncode == 2 and "exactly one of" in res.stderr
     rec = json.loads(cli("--json", "provider", "recover", "--from-escrow", "escrow.json",

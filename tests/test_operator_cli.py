@@ -296,7 +296,8 @@ def test_the_readme_tour_runs_top_to_bottom(tmp_path: Path) -> None:
             continue
         if not line.startswith("nebula-credential ") or line.split()[1] in ("daemon", "adopt"):
             continue
-        words = shlex.split(line)
+        words = [w.replace("/backups/", f"{tmp_path}/backups/") for w in shlex.split(line)]
+        (tmp_path / "backups").mkdir(exist_ok=True)
         stdin = None
         if "<" in words:
             stdin = (tmp_path / words[words.index("<") + 1]).read_text()

@@ -84,7 +84,8 @@ def run_drill(workdir: Path, credentials: int = 200) -> DrillReport:
     config = KeyManagementConfig.from_dict({
         "provider": {"type": "local", "key_file": str(workdir / "master.key")},
         "keys": {"grace_period": "1h", "refresh_interval": "1s"},
-        "retention": {"policy": "minimum-retention", "min_retention": "1d"},
+        # keep_versions = 1: only the backup hold keeps an old version here, which is what the drill shows
+        "retention": {"policy": "minimum-retention", "min_retention": "1d", "keep_versions": 1},
         "backup": {"keep": "30d"},
     })
     report = DrillReport(credentials)
