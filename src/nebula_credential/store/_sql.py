@@ -727,7 +727,7 @@ class SqlTx(StoreTx):
         page.last_id = rows[-1][1] if rows else None
         return page
 
-    # ---- key access counters (schema v3) --------------------------------
+    # ---- key access counters (schema v4) --------------------------------
     def add_key_access(self, keyring: str, version: int, bucket: int, accesses: int, failures: int) -> None:
         self._exec(
             "INSERT INTO key_access (keyring, version, bucket, accesses, failures) VALUES (?, ?, ?, ?, ?) "
