@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from .access import AccessCounter
 from .audit import AuditLog
@@ -37,12 +37,11 @@ from .models import Credential, EncryptedCredential, utc_now
 from .names import check_credential_id, check_keyring, check_scope
 from .providers import KeyProvider, open_provider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
-from .store import Page, Store, open_store, redact_url
+from .store import Store, open_store, redact_url
 
 if TYPE_CHECKING:
     from .maintenance import MaintainReport
 
-T = TypeVar("T")
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
@@ -313,9 +312,9 @@ class Vault:
         it is handed to that callback instead and the listing carries on.
         """
         skip = on_corrupt is not None
-        return self._pages(lambda tx, after_id, size: tx.list_credentials(
+        return self.store.iter_pages(lambda tx, after_id, size: tx.list_credentials(
             self.keys.keyring, scope=scope, key_version=key_version, after_id=after_id, limit=size,
-            skip_corrupt=skip), after, limit, page, on_corrupt)
+            skip_corrupt=skip), after=after, limit=limit, page=page, on_corrupt=on_corrupt)
 
     def list_heads(
         self,
@@ -330,26 +329,9 @@ class Vault:
         """Like :meth:`list`, as (id, scope, key version, revision, updated_at epoch) tuples:
         no envelope or metadata is read, so tens of thousands of rows list in about a second."""
         skip = on_corrupt is not None
-        return self._pages(lambda tx, after_id, size: tx.list_heads(
+        return self.store.iter_pages(lambda tx, after_id, size: tx.list_heads(
             self.keys.keyring, scope=scope, key_version=key_version, after_id=after_id, limit=size,
-            skip_corrupt=skip), after, limit, page, on_corrupt)
-
-    def _pages(self, fetch: Callable[[Any, str | None, int], Page[T]], after: str | None, limit: int | None,
-               page: int, on_corrupt: Callable[[CorruptRecordError], None] | None) -> Iterator[T]:
-        left = limit
-        while left is None or left > 0:
-            size = page if left is None else min(page, left)
-            with self.store.read() as tx:
-                rows = fetch(tx, after, size)
-            if on_corrupt is not None:
-                for exc in rows.corrupt:
-                    on_corrupt(exc)
-            yield from rows
-            if rows.fetched < size:
-                return
-            after = rows.last_id
-            if left is not None:
-                left -= rows.fetched
+            skip_corrupt=skip), after=after, limit=limit, page=page, on_corrupt=on_corrupt)
 
     # ---- keys and maintenance ----------------------------------------------
     def reencrypt(

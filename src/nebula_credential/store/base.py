@@ -428,20 +428,35 @@ class Store(ABC):
         A corrupt row raises, unless ``on_corrupt`` is given: then it is
         handed to that callback and the stream carries on with the next row.
         """
-        after: Any = None
-        while True:
+        skip = on_corrupt is not None
+        return self.iter_pages(lambda tx, after_id, size: tx.list_credentials(
+            keyring, scope=scope, key_version=key_version, after_id=after_id, limit=size, skip_corrupt=skip),
+            page=page, on_corrupt=on_corrupt)
+
+    def iter_pages(
+        self,
+        fetch: Callable[[StoreTx, Any, int], Page[T]],
+        *,
+        after: Any = None,
+        limit: int | None = None,
+        page: int = 1000,
+        on_corrupt: Callable[[CorruptRecordError], None] | None = None,
+    ) -> Iterator[T]:
+        """Keyset paging: ``fetch(tx, after_id, size)`` one page per read transaction, at most ``limit`` rows."""
+        left = limit
+        while left is None or left > 0:
+            size = page if left is None else min(page, left)
             with self.read() as tx:
-                rows = tx.list_credentials(
-                    keyring, scope=scope, key_version=key_version, after_id=after, limit=page,
-                    skip_corrupt=on_corrupt is not None,
-                )
+                rows = fetch(tx, after, size)
             if on_corrupt is not None:
                 for exc in rows.corrupt:
                     on_corrupt(exc)
             yield from rows
-            if rows.fetched < page:
+            if rows.fetched < size:
                 return
             after = rows.last_id
+            if left is not None:
+                left -= rows.fetched
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact_url(self.url)}>"
