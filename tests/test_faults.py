@@ -132,7 +132,7 @@ def test_clock_jumps_a_year_forward_and_back(tmp_path: Path, key_file: Path) -> 
     clock = FakeClock()
     cfg = KeyManagementConfig.from_dict({
         "rotation": {"strategy": "periodic", "interval": "90d"},
-        "retention": {"policy": "minimum-retention", "min_retention": "30d"},
+        "retention": {"policy": "minimum-retention", "min_retention": "30d", "keep_versions": 1},  # v1 may go
         "keys": {"grace_period": "24h"},
     })
     url = f"sqlite:///{tmp_path / 's.db'}"
