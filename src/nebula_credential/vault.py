@@ -338,6 +338,13 @@ def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) ->
     return provider, recorded is None
 
 
+def load_config(config: KeyManagementConfig | str | Path | None) -> KeyManagementConfig:
+    """A config object from an object, a TOML path, or nothing (the defaults)."""
+    if isinstance(config, str | Path):
+        config = KeyManagementConfig.load(config)
+    return config or KeyManagementConfig()
+
+
 def open(
     url: str | None = None,
     *,
@@ -354,10 +361,27 @@ def open(
     unwraps the audit key, which proves the root key belongs to this store
     before anything is written.
     """
-    if isinstance(config, str | Path):
-        config = KeyManagementConfig.load(config)
-    config = config or KeyManagementConfig()
-    store = open_store(url or config.store.url)
+    config = load_config(config)
+    return open_on(open_store(url or config.store.url), config, keyring=keyring, provider=provider,
+                   clock=clock, create=create)
+
+
+def open_on(
+    store: Store,
+    config: KeyManagementConfig,
+    *,
+    keyring: str = "default",
+    provider: KeyProvider | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    create: bool = False,
+    adapt_provider: Callable[[KeyProvider], KeyProvider] | None = None,
+) -> Vault:
+    """:func:`open` on a store already opened (the asyncio API brings its bridged one).
+
+    ``adapt_provider`` wraps the provider before anything uses it (the
+    asyncio API moves its blocking calls off the event loop).  The store is
+    closed if opening fails.
+    """
     try:
         new = False
         if provider is None:
@@ -367,6 +391,8 @@ def open(
                 new = tx.get_meta(PROVIDER_META) is None
             if new and not create:
                 raise StoreError(f"store {store!r} is not initialised; run `nebula-credential init` first")
+        if adapt_provider is not None:
+            provider = adapt_provider(provider)
         vault = Vault(store, provider, keyring=keyring, config=config, clock=clock)
         if new:
             with store.transaction() as tx:

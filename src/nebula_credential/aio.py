@@ -1,0 +1,435 @@
+"""The asyncio API: ``await nc.aopen(url)`` gives an :class:`AsyncVault`.
+
+An :class:`AsyncVault` has the operations of :class:`~.vault.Vault`, awaited,
+and runs *the same* :class:`~.vault.Vault` underneath: the usage counter,
+leases, compare-and-swap writes, the write-path key status check, the
+audit chain and the AAD binding exist once, so an envelope written through
+one API is read by the other and a rule fixed in one is fixed in both.
+What differs is only how the engine's blocking work meets the event loop
+(a *runner*):
+
+* **PostgreSQL** -- :class:`_BridgeRunner`: the sync code runs in a greenlet
+  (:mod:`._bridge`); every statement is awaited on psycopg 3's
+  ``AsyncConnectionPool`` and every provider call (hvac, python-pkcs11,
+  boto3, the Azure SDK, the key file) runs in a small bounded thread pool.
+  Thousands of tasks share one loop and a handful of connections.
+* **SQLite** -- :class:`_ThreadRunner`: each operation runs whole on one
+  dedicated thread that owns the connection.  SQLite calls are short and
+  local; hopping to a thread per statement cost more than it saved (see
+  ``docs/asyncio.md`` for the measurement), and one thread keeps SQLite's
+  single-writer rule trivially.
+
+Cancelling a task mid-operation never leaves half a write: on PostgreSQL
+the cancellation is raised inside the transaction, which rolls back; on
+SQLite the running operation finishes (or fails) whole before the
+cancellation is delivered.  A cancelled :meth:`AsyncVault.reencrypt` stops
+after the batch in hand and the next call resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+import functools
+import inspect
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+from ._bridge import await_only, greenlet_spawn, run_blocking
+from .config import KeyManagementConfig
+from .exceptions import ConfigError
+from .keys import KeyManager
+from .models import Credential, EncryptedCredential, KeyVersion, utc_now
+from .providers import KeyProvider
+from .reencrypt import Progress, ReencryptResult
+from .vault import DEFAULT_SCOPE, Vault, load_config, open_on
+from .vault import open as open_vault
+
+if TYPE_CHECKING:
+    from .maintenance import MaintainReport
+
+T = TypeVar("T")
+
+#: Rows fetched per hop when streaming :meth:`AsyncVault.list`.
+LIST_PAGE = 1000
+
+#: Threads for blocking provider calls (network KMS, HSM sessions) on PostgreSQL.
+PROVIDER_THREADS = 4
+
+ProviderBlocking = frozenset(
+    {"wrap", "unwrap", "generate_dek", "open_dek", "rewrap", "destroy_dek", "rotate_root_key", "check", "close"}
+)
+
+
+class _Runner(Protocol):
+    """How the sync engine's calls meet the event loop."""
+
+    async def run(self, fn: Callable[[], T], on_cancel: Callable[[], None] | None = None) -> T: ...
+
+    def shutdown(self) -> None: ...
+
+
+class _BridgeRunner:
+    """Greenlet bridge: store I/O awaited on the loop, provider calls in a bounded pool."""
+
+    def __init__(self, provider_threads: int = PROVIDER_THREADS) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=provider_threads, thread_name_prefix="nebula-provider")
+
+    async def run(self, fn: Callable[[], T], on_cancel: Callable[[], None] | None = None) -> T:
+        try:
+            return await greenlet_spawn(fn)
+        except asyncio.CancelledError:
+            if on_cancel is not None:
+                on_cancel()
+            raise
+
+    def adapt(self, provider: KeyProvider) -> KeyProvider:
+        return cast(KeyProvider, _OffloadedProvider(provider, self.executor))
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False)
+
+
+class _ThreadRunner:
+    """One dedicated thread owns the (SQLite) connection and runs each operation whole."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nebula-sqlite")
+
+    async def run(self, fn: Callable[[], T], on_cancel: Callable[[], None] | None = None) -> T:
+        future = asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # the thread cannot be interrupted: ask it to stop, let the operation end
+            # whole (committed or rolled back), then deliver the cancellation
+            if on_cancel is not None:
+                on_cancel()
+            with suppress(BaseException):
+                await future
+            raise
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+class _OffloadedProvider:
+    """A provider whose blocking calls run in a thread pool while the loop goes on.
+
+    Everything else (name, describe, root_key_id, calls, observer) is the
+    wrapped provider's own; outside the bridge the calls run in place.
+    """
+
+    def __init__(self, inner: KeyProvider, executor: ThreadPoolExecutor) -> None:
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_executor", executor)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name in ProviderBlocking:
+            return functools.partial(self._offload, attr)
+        return attr
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._inner, name, value)  # e.g. the metrics observer
+
+    def _offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return run_blocking(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("key providers cannot be pickled")
+
+
+def _resolve(result: object, loop: asyncio.AbstractEventLoop) -> None:
+    """Await what an async progress callback returned, from the engine's side of the loop."""
+    if inspect.isawaitable(result):
+        await_only(result, loop)
+
+
+def _take(rows: Iterator[T], n: int) -> builtins.list[T]:
+    out: builtins.list[T] = []
+    for row in rows:
+        out.append(row)
+        if len(out) >= n:
+            break
+    return out
+
+
+class AsyncKeys:
+    """``vault.keys`` of an :class:`AsyncVault`: the key manager's operations, awaited."""
+
+    def __init__(self, keys: KeyManager, runner: _Runner) -> None:
+        self.sync = keys
+        self._runner = runner
+
+    @property
+    def keyring(self) -> str:
+        return self.sync.keyring
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._runner.run(functools.partial(fn, *args, **kwargs))
+
+    async def rotate(self, reason: str = "manual", *, expected_active: int | None = None) -> KeyVersion | None:
+        return await self._call(self.sync.rotate, reason, expected_active=expected_active)
+
+    async def revoke(self, version: int, **kwargs: Any) -> KeyVersion:
+        return await self._call(self.sync.revoke, version, **kwargs)
+
+    async def reinstate(self, version: int) -> KeyVersion:
+        return await self._call(self.sync.reinstate, version)
+
+    async def destroy(self, version: int, **kwargs: Any) -> KeyVersion:
+        return await self._call(self.sync.destroy, version, **kwargs)
+
+    async def version(self, version: int) -> KeyVersion:
+        return await self._call(self.sync.version, version)
+
+    async def active_version(self) -> KeyVersion:
+        return await self._call(self.sync.active_version)
+
+    async def refresh(self) -> None:
+        await self._call(self.sync.refresh)
+
+    async def credential_counts(self) -> dict[int, int]:
+        return await self._call(self.sync.credential_counts)
+
+    async def list(self) -> builtins.list[KeyVersion]:
+        return await self._call(self.sync.list)
+
+    def __repr__(self) -> str:
+        return f"<AsyncKeys keyring={self.sync.keyring!r}>"
+
+
+class AsyncVault:
+    """Credentials of one keyring, for asyncio code; see :class:`~.vault.Vault` for each operation.
+
+    Obtain one with :func:`aopen`.  ``sync`` is the :class:`~.vault.Vault`
+    engine it drives (on PostgreSQL usable only through this object or from
+    another thread).
+    """
+
+    def __init__(self, vault: Vault, runner: _Runner) -> None:
+        self.sync = vault
+        self._runner = runner
+        self.keys = AsyncKeys(vault.keys, runner)
+
+    # ---- plumbing ----------------------------------------------------------
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._runner.run(functools.partial(fn, *args, **kwargs))
+
+    @property
+    def keyring_name(self) -> str:
+        return self.sync.keyring_name
+
+    @property
+    def store(self) -> Any:
+        return self.sync.store
+
+    @property
+    def provider(self) -> KeyProvider:
+        return self.sync.provider
+
+    @property
+    def config(self) -> KeyManagementConfig:
+        return self.sync.config
+
+    @property
+    def observer(self) -> Callable[[str, str, float, bool], None] | None:
+        return self.sync.observer
+
+    @observer.setter
+    def observer(self, value: Callable[[str, str, float, bool], None] | None) -> None:
+        self.sync.observer = value
+
+    def keyring(self, name: str) -> AsyncVault:
+        """The same store and root of trust, another keyring (one per tenant)."""
+        return AsyncVault(self.sync.keyring(name), self._runner)
+
+    # ---- credentials ---------------------------------------------------------
+    async def put(
+        self,
+        credential_id: str,
+        value: Any,
+        *,
+        scope: str = DEFAULT_SCOPE,
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """Store (or replace) a credential; returns its new revision."""
+        return await self._call(self.sync.put, credential_id, value, scope=scope, metadata=metadata)
+
+    async def put_many(
+        self,
+        items: Iterable[tuple[str, Any, str, dict[str, Any] | None]]
+        | AsyncIterable[tuple[str, Any, str, dict[str, Any] | None]],
+        *,
+        batch_size: int = 1000,
+    ) -> int:
+        """Bulk import of (id, value, scope, metadata), one transaction per batch."""
+        if not isinstance(items, AsyncIterable):
+            return await self._call(self.sync.put_many, items, batch_size=batch_size)
+        count = 0
+        batch: builtins.list[tuple[str, Any, str, dict[str, Any] | None]] = []
+        async for item in items:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                count += await self._call(self.sync.put_many, batch, batch_size=batch_size)
+                batch = []
+        if batch:
+            count += await self._call(self.sync.put_many, batch, batch_size=batch_size)
+        return count
+
+    async def get_record(self, credential_id: str) -> Credential:
+        """The decrypted credential with its scope, key version and metadata."""
+        return await self._call(self.sync.get_record, credential_id)
+
+    async def get(self, credential_id: str) -> Any:
+        """The decrypted value of a credential."""
+        return (await self.get_record(credential_id)).value
+
+    async def delete(self, credential_id: str) -> None:
+        await self._call(self.sync.delete, credential_id)
+
+    # ---- keys and maintenance ------------------------------------------------
+    async def reencrypt(
+        self,
+        *,
+        batch_size: int | None = None,
+        priority: Iterable[str] | None = None,
+        progress: Progress | None = None,
+        rate_limit: float | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        workers: int | None = None,
+    ) -> ReencryptResult:
+        """One re-encryption pass (see :meth:`Vault.reencrypt`).
+
+        ``progress`` may be a plain or an ``async`` callable.  One pass uses
+        one worker here; run several ``reencrypt()`` tasks (PostgreSQL shares
+        the rows between them with ``SKIP LOCKED``) instead of ``workers``.
+        A cancelled pass keeps its committed batches; the next call resumes.
+        """
+        if workers is not None and workers != 1:
+            raise ConfigError(
+                "reencryption.workers",
+                f"the asyncio API runs one worker per pass, got {workers}; start several "
+                "reencrypt() tasks instead (on PostgreSQL they share the rows)",
+            )
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        user_progress = progress
+
+        def report(scope: str, rows: int) -> None:
+            assert user_progress is not None
+            _resolve(user_progress(scope, rows), loop)
+
+        return await self._runner.run(
+            functools.partial(
+                self.sync.reencrypt,
+                batch_size=batch_size,
+                priority=priority,
+                progress=report if progress is not None else None,
+                rate_limit=rate_limit,
+                should_stop=lambda: stop.is_set() or should_stop(),
+                workers=1,
+            ),
+            on_cancel=stop.set,
+        )
+
+    async def maintain(self, **kwargs: Any) -> MaintainReport:
+        """One scheduler pass: rotate if due, re-encrypt, advance the lifecycle, clean up."""
+        return await self._call(self.sync.maintain, **kwargs)
+
+    async def status(self) -> dict[str, Any]:
+        """The ``status --json`` shape, with the alert rules evaluated now."""
+        return await self._call(self.sync.status)
+
+    async def pending(self) -> tuple[int, int, int]:
+        return await self._call(self.sync.pending)
+
+    async def close(self) -> None:
+        try:
+            await self._call(self.sync.close)
+        finally:
+            self._runner.shutdown()
+
+    async def __aenter__(self) -> AsyncVault:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return "<Async" + repr(self.sync)[1:]
+
+    async def list(
+        self, *, scope: str | None = None, key_version: int | None = None
+    ) -> AsyncIterator[EncryptedCredential]:
+        """Stream stored records (ciphertext and metadata only, never values), a page per hop."""
+        rows = self.sync.list(scope=scope, key_version=key_version)
+        while True:
+            page = await self._runner.run(functools.partial(_take, rows, LIST_PAGE))
+            for row in page:
+                yield row
+            if len(page) < LIST_PAGE:
+                return
+
+
+def _one_worker(config: KeyManagementConfig) -> KeyManagementConfig:
+    """A pass's threads would block the loop; ``maintain`` re-encrypts with one worker."""
+    if config.reencryption.workers == 1:
+        return config
+    return dataclasses.replace(config, reencryption=dataclasses.replace(config.reencryption, workers=1))
+
+
+async def aopen(
+    url: str | None = None,
+    *,
+    config: KeyManagementConfig | str | Path | None = None,
+    keyring: str = "default",
+    provider: KeyProvider | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    create: bool = False,
+    provider_threads: int = PROVIDER_THREADS,
+) -> AsyncVault:
+    """Open a credential store for asyncio code; the arguments are :func:`~.vault.open`'s.
+
+    ``provider_threads`` bounds the thread pool for blocking provider calls
+    (PostgreSQL stores; SQLite runs everything on its own thread).
+    """
+    cfg = _one_worker(load_config(config))
+    target = url or cfg.store.url
+    runner: _BridgeRunner | _ThreadRunner
+    if target.startswith(("postgresql://", "postgres://")):
+        bridge = runner = _BridgeRunner(provider_threads)
+
+        def opener() -> Vault:
+            from .store._async_postgres import BridgedPostgresStore
+
+            store = BridgedPostgresStore(target)
+            try:
+                store.migrate()
+            except BaseException:
+                store.close()
+                raise
+            return open_on(store, cfg, keyring=keyring, provider=provider, clock=clock, create=create,
+                           adapt_provider=bridge.adapt)
+    else:
+        runner = _ThreadRunner()
+
+        def opener() -> Vault:
+            return open_vault(target, config=cfg, keyring=keyring, provider=provider, clock=clock, create=create)
+
+    try:
+        vault = await runner.run(opener)
+    except BaseException:
+        runner.shutdown()
+        raise
+    return AsyncVault(vault, runner)
