@@ -178,6 +178,10 @@ class AsyncKeys:
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self._runner.run(functools.partial(fn, *args, **kwargs))
 
+    async def initialize(self) -> KeyVersion:
+        """Create version 1 if the keyring is empty (a new tenant); returns the active version."""
+        return await self._call(self.sync.initialize)
+
     async def rotate(self, reason: str = "manual", *, expected_active: int | None = None) -> KeyVersion | None:
         return await self._call(self.sync.rotate, reason, expected_active=expected_active)
 
