@@ -32,12 +32,11 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future as ThreadFuture
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from greenlet import getcurrent, greenlet
 
 T = TypeVar("T")
-P = ParamSpec("P")
 
 
 class _Bridged(greenlet):  # type: ignore[misc]  # greenlet ships no precise stubs for subclasses
@@ -49,17 +48,65 @@ def in_bridge() -> bool:
     return isinstance(getcurrent(), _Bridged)
 
 
-async def greenlet_spawn(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run ``fn`` in a child greenlet, awaiting whatever it hands to :func:`await_only`."""
+class SegmentStats:
+    """The longest stretch of sync code run on the loop between two awaits (a stall we cause).
+
+    Set :data:`segments` to an instance to measure (tests, benchmarks); None
+    costs one global lookup per switch.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.max_wall = 0.0
+        self.max_cpu = 0.0
+        self.where = ""  # the code the longest (CPU) stretch ended in
+
+    def add(self, wall: float, cpu: float, child: greenlet) -> None:
+        self.count += 1
+        self.max_wall = max(self.max_wall, wall)
+        if cpu > self.max_cpu:
+            self.max_cpu = cpu
+            frame = child.gr_frame
+            self.where = "; ".join(
+                f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}"
+                for f in _outer_frames(frame, 8)
+            )
+
+
+def _outer_frames(frame: Any, n: int) -> list[Any]:
+    frames = []
+    while frame is not None and len(frames) < n:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
+segments: SegmentStats | None = None
+
+
+def _switch(method: Callable[..., Any], *args: Any) -> Any:
+    """Resume a child greenlet until it awaits or ends, timing the stretch when measuring."""
+    stats = segments
+    if stats is None:
+        return method(*args)
+    wall, cpu = time.perf_counter(), time.thread_time()
+    try:
+        return method(*args)
+    finally:
+        stats.add(time.perf_counter() - wall, time.thread_time() - cpu, method.__self__)
+
+
+async def greenlet_spawn(fn: Callable[[], T]) -> T:
+    """Run ``fn()`` in a child greenlet, awaiting whatever it hands to :func:`await_only`."""
     child = _Bridged(fn, getcurrent())
-    request = child.switch(*args, **kwargs)
+    request = _switch(child.switch)
     while not child.dead:
         try:
             value = await request
         except BaseException as exc:
-            request = child.throw(exc)
+            request = _switch(child.throw, exc)
         else:
-            request = child.switch(value)
+            request = _switch(child.switch, value)
     return cast(T, request)
 
 

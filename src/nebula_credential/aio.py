@@ -227,8 +227,17 @@ class AsyncVault:
         self.keys = AsyncKeys(vault.keys, runner)
 
     # ---- plumbing ----------------------------------------------------------
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a synchronous call on the engine the way this vault runs its own.
+
+        For the parts of the sync API without an async twin (``sync.audit``,
+        ``sync.store.transaction()`` for a layer built on the same store):
+        on PostgreSQL its statements are awaited on the loop, on SQLite it
+        runs on the store's thread.
+        """
         return await self._runner.run(functools.partial(fn, *args, **kwargs))
+
+    _call = run_sync
 
     @property
     def keyring_name(self) -> str:
