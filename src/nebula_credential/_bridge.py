@@ -74,7 +74,7 @@ class SegmentStats:
 
 
 def _outer_frames(frame: Any, n: int) -> list[Any]:
-    frames = []
+    frames: list[Any] = []
     while frame is not None and len(frames) < n:
         frames.append(frame)
         frame = frame.f_back
@@ -84,7 +84,7 @@ def _outer_frames(frame: Any, n: int) -> list[Any]:
 segments: SegmentStats | None = None
 
 
-def _switch(method: Callable[..., Any], *args: Any) -> Any:
+def _switch(child: _Bridged, method: Callable[..., Any], *args: Any) -> Any:
     """Resume a child greenlet until it awaits or ends, timing the stretch when measuring."""
     stats = segments
     if stats is None:
@@ -93,20 +93,20 @@ def _switch(method: Callable[..., Any], *args: Any) -> Any:
     try:
         return method(*args)
     finally:
-        stats.add(time.perf_counter() - wall, time.thread_time() - cpu, method.__self__)
+        stats.add(time.perf_counter() - wall, time.thread_time() - cpu, child)
 
 
 async def greenlet_spawn(fn: Callable[[], T]) -> T:
     """Run ``fn()`` in a child greenlet, awaiting whatever it hands to :func:`await_only`."""
     child = _Bridged(fn, getcurrent())
-    request = _switch(child.switch)
+    request = _switch(child, child.switch)
     while not child.dead:
         try:
             value = await request
         except BaseException as exc:
-            request = _switch(child.throw, exc)
+            request = _switch(child, child.throw, exc)
         else:
-            request = _switch(child.switch, value)
+            request = _switch(child, child.switch, value)
     return cast(T, request)
 
 
