@@ -13,11 +13,12 @@ What differs is only how the engine's blocking work meets the event loop
   ``AsyncConnectionPool`` and every provider call (hvac, python-pkcs11,
   boto3, the Azure SDK, the key file) runs in a small bounded thread pool.
   Thousands of tasks share one loop and a handful of connections.
-* **SQLite** -- :class:`_ThreadRunner`: each operation runs whole on one
-  dedicated thread that owns the connection.  SQLite calls are short and
-  local; hopping to a thread per statement cost more than it saved (see
-  ``docs/asyncio.md`` for the measurement), and one thread keeps SQLite's
-  single-writer rule trivially.
+* **SQLite** -- :class:`_ThreadRunner`: each operation runs whole on a
+  small bounded pool of threads, each with its own connection (WAL lets
+  readers run beside the writer).  SQLite calls are short and local: a
+  hop to a thread per statement would cost more than the statement, and
+  one dedicated thread serialised readers behind writers (see
+  ``docs/asyncio.md`` for the measurements).
 
 Cancelling a task mid-operation never leaves half a write: on PostgreSQL
 the cancellation is raised inside the transaction, which rolls back; on
@@ -59,8 +60,9 @@ T = TypeVar("T")
 #: Rows fetched per hop when streaming :meth:`AsyncVault.list`.
 LIST_PAGE = 1000
 
-#: Threads for blocking provider calls (network KMS, HSM sessions) on PostgreSQL.
-PROVIDER_THREADS = 4
+#: Threads for blocking provider calls on PostgreSQL (network KMS, HSM sessions),
+#: and for whole operations on SQLite.
+THREADS = 4
 
 ProviderBlocking = frozenset(
     {"wrap", "unwrap", "generate_dek", "open_dek", "rewrap", "destroy_dek", "rotate_root_key", "check", "close"}
@@ -78,8 +80,8 @@ class _Runner(Protocol):
 class _BridgeRunner:
     """Greenlet bridge: store I/O awaited on the loop, provider calls in a bounded pool."""
 
-    def __init__(self, provider_threads: int = PROVIDER_THREADS) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=provider_threads, thread_name_prefix="nebula-provider")
+    def __init__(self, threads: int = THREADS) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nebula-provider")
 
     async def run(self, fn: Callable[[], T], on_cancel: Callable[[], None] | None = None) -> T:
         try:
@@ -97,10 +99,10 @@ class _BridgeRunner:
 
 
 class _ThreadRunner:
-    """One dedicated thread owns the (SQLite) connection and runs each operation whole."""
+    """A small pool of threads, each with its own SQLite connection, runs each operation whole."""
 
-    def __init__(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nebula-sqlite")
+    def __init__(self, threads: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nebula-sqlite")
 
     async def run(self, fn: Callable[[], T], on_cancel: Callable[[], None] | None = None) -> T:
         future = asyncio.get_running_loop().run_in_executor(self.executor, fn)
@@ -410,18 +412,19 @@ async def aopen(
     provider: KeyProvider | None = None,
     clock: Callable[[], datetime] = utc_now,
     create: bool = False,
-    provider_threads: int = PROVIDER_THREADS,
+    threads: int = THREADS,
 ) -> AsyncVault:
     """Open a credential store for asyncio code; the arguments are :func:`~.vault.open`'s.
 
-    ``provider_threads`` bounds the thread pool for blocking provider calls
-    (PostgreSQL stores; SQLite runs everything on its own thread).
+    ``threads`` bounds the thread pool: on PostgreSQL it runs the blocking
+    provider calls (the store's I/O is awaited on the loop); on SQLite it
+    runs whole operations, one connection per thread.
     """
     cfg = _one_worker(load_config(config))
     target = url or cfg.store.url
     runner: _BridgeRunner | _ThreadRunner
     if target.startswith(("postgresql://", "postgres://")):
-        bridge = runner = _BridgeRunner(provider_threads)
+        bridge = runner = _BridgeRunner(threads)
 
         def opener() -> Vault:
             from .store._async_postgres import BridgedPostgresStore
@@ -435,7 +438,7 @@ async def aopen(
             return open_on(store, cfg, keyring=keyring, provider=provider, clock=clock, create=create,
                            adapt_provider=bridge.adapt)
     else:
-        runner = _ThreadRunner()
+        runner = _ThreadRunner(threads)
 
         def opener() -> Vault:
             return open_vault(target, config=cfg, keyring=keyring, provider=provider, clock=clock, create=create)
