@@ -179,26 +179,30 @@ def _cluster_url(tmp: str) -> tuple[str, object]:
     return cluster.url(schema=cluster.new_schema()), cluster
 
 
+def report(seconds: float = 3.0, reps: int = 3, url: str | None = None) -> str:
+    """The markdown table and the loop figure (a throwaway cluster unless ``url``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("NEBULA_CREDENTIAL_MASTER_KEY_FILE", str(Path(tmp) / "master.key"))
+        cluster = None
+        if url is None:
+            url, cluster = _cluster_url(tmp)
+        try:
+            rows, stretches = run(url, seconds, reps)
+        finally:
+            if cluster is not None:
+                cluster.stop("immediate")  # type: ignore[attr-defined]
+    return (f"{table(rows)}\n\nLongest stretch of the async API's sync code on the loop: "
+            f"{stretches.max_wall * 1000:.2f} ms wall, {stretches.max_cpu * 1000:.2f} ms CPU "
+            f"over {stretches.count:,} stretches.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.aio_get", description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per contender and repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--url", help="an empty PostgreSQL store (default: a throwaway cluster)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("NEBULA_CREDENTIAL_MASTER_KEY_FILE", str(Path(tmp) / "master.key"))
-        cluster = None
-        url = args.url
-        if url is None:
-            url, cluster = _cluster_url(tmp)
-        try:
-            rows, stretches = run(url, args.seconds, args.reps)
-        finally:
-            if cluster is not None:
-                cluster.stop("immediate")  # type: ignore[attr-defined]
-    print(table(rows))
-    print(f"\nlongest stretch of the async API's sync code on the loop: {stretches.max_wall * 1000:.2f} ms wall, "
-          f"{stretches.max_cpu * 1000:.2f} ms CPU over {stretches.count:,} stretches")
+    print(report(args.seconds, args.reps, args.url))
     return 0
 
 

@@ -89,7 +89,7 @@ async def _hop_cost(n: int = 2000) -> float:
         return (time.perf_counter() - start) / n * 1e6
 
 
-async def main_async(url: str, seconds: float) -> None:
+async def main_async(url: str, seconds: float) -> str:
     avault = await nc.aopen(url)
     dedicated = await nc.aopen(url, threads=1)
     sync = nc.open(url)
@@ -113,23 +113,26 @@ async def main_async(url: str, seconds: float) -> None:
         sync.close()
         await avault.close()
         await dedicated.close()
-    print("| option (32 readers + 4 writers) | get ops/s | p99 ms | max loop stall ms |")
-    print("|---|---:|---:|---:|")
-    for row, stall in results:
-        print(f"| {row.name} | {row.ops:,.0f} | {row.p99_ms:.2f} | {stall:.1f} |")
-    print(f"\none hop to a thread and back: {hop:.0f} us")
+    lines = ["| option (32 readers + 4 writers) | get ops/s | p99 ms | max loop stall ms |", "|---|---:|---:|---:|"]
+    lines += [f"| {row.name} | {row.ops:,.0f} | {row.p99_ms:.2f} | {stall:.1f} |" for row, stall in results]
+    return "\n".join(lines) + f"\n\nOne hop to a thread and back: {hop:.0f} us."
+
+
+def report(seconds: float = 2.0) -> str:
+    """The markdown table, on a throwaway SQLite store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("NEBULA_CREDENTIAL_MASTER_KEY_FILE", str(Path(tmp) / "master.key"))
+        url = f"sqlite:///{tmp}/bench.db"
+        with nc.open(url, create=True) as seed:
+            seed.put_many((f"cred-{i:05d}", {"token": "x" * 200, "i": i}, "production", None) for i in range(ROWS))
+        return asyncio.run(main_async(url, seconds))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.aio_sqlite", description=__doc__)
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("NEBULA_CREDENTIAL_MASTER_KEY_FILE", str(Path(tmp) / "master.key"))
-        url = f"sqlite:///{tmp}/bench.db"
-        with nc.open(url, create=True) as seed:
-            seed.put_many((f"cred-{i:05d}", {"token": "x" * 200, "i": i}, "production", None) for i in range(ROWS))
-        asyncio.run(main_async(url, args.seconds))
+    print(report(args.seconds))
     return 0
 
 
