@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import nebula_credential as nc  # noqa: E402
 
-from .aio_get import ROWS, Row, _summary  # noqa: E402
+from .aio_get import ROWS, Row, _tasks  # noqa: E402
 
 Op = Callable[..., Awaitable[object]]
 
@@ -52,15 +52,8 @@ async def _probe(stop: asyncio.Event, worst: list[float]) -> None:
 
 
 async def _load(name: str, get: Op, put: Op, seconds: float) -> tuple[Row, float]:
-    latencies: list[float] = []
+    """32 readers (measured as in aio_get) beside 4 writers, with the stall probe running."""
     deadline = time.perf_counter() + seconds
-
-    async def reader(seed: int) -> None:
-        rng = random.Random(seed)
-        while (start := time.perf_counter()) < deadline:
-            await get(f"cred-{rng.randrange(ROWS):05d}")
-            latencies.append(time.perf_counter() - start)
-            await asyncio.sleep(0)
 
     async def writer(seed: int) -> None:
         rng = random.Random(seed)
@@ -72,9 +65,7 @@ async def _load(name: str, get: Op, put: Op, seconds: float) -> tuple[Row, float
 
     stop, worst = asyncio.Event(), [0.0]
     probe = asyncio.create_task(_probe(stop, worst))
-    begin = time.perf_counter()
-    await asyncio.gather(*(reader(i) for i in range(32)), *(writer(100 + i) for i in range(4)))
-    row = _summary(name, latencies, time.perf_counter() - begin)
+    row, *_ = await asyncio.gather(_tasks(name, get, seconds), *(writer(100 + i) for i in range(4)))
     stop.set()
     await probe
     return row, worst[0] * 1000

@@ -341,3 +341,15 @@ def test_cancellation_at_random_points_leaves_the_store_consistent(store_url: st
             print(f"\ncancelled {cancelled} of 200 puts", file=sys.stderr)
 
     run(body)
+
+
+# ---- the benchmarks run (tiny sizes; nothing timed is asserted) ---------------------
+def test_aio_benchmarks_produce_their_rows(postgres_store_url_factory: Callable[[], str], key_file: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import aio_get, aio_sqlite
+
+    rows, stretches = aio_get.run(postgres_store_url_factory(), 0.05, 1)
+    assert [r.name for r in rows] == ["async", "threads", "to_thread", "psycopg-async floor"]
+    assert all(r.ops > 0 for r in rows) and stretches.count > 0
+    assert "| to_thread |" in aio_get.table(rows)
+    assert aio_sqlite.report(0.05).count("\n| ") == 4

@@ -40,13 +40,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar, Unpack, cast
 
 from ._bridge import await_only, greenlet_spawn, run_blocking
 from .config import KeyManagementConfig
 from .exceptions import ConfigError
 from .keys import KeyManager
-from .models import Credential, EncryptedCredential, KeyVersion, utc_now
+from .models import Credential, EncryptedCredential, KeyVersion
 from .providers import KeyProvider
 from .reencrypt import Progress, ReencryptResult
 from .vault import DEFAULT_SCOPE, Vault, load_config, open_on
@@ -56,6 +56,17 @@ if TYPE_CHECKING:
     from .maintenance import MaintainReport
 
 T = TypeVar("T")
+
+#: One credential for ``put_many``: (id, value, scope, metadata).
+Item = tuple[str, Any, str, dict[str, Any] | None]
+
+
+class PassOptions(TypedDict, total=False):
+    """The re-encryption options passed through unchanged to :meth:`Vault.reencrypt`."""
+
+    batch_size: int | None
+    priority: Iterable[str] | None
+    rate_limit: float | None
 
 #: Rows fetched per hop when streaming :meth:`AsyncVault.list`.
 LIST_PAGE = 1000
@@ -270,29 +281,17 @@ class AsyncVault:
         return AsyncVault(self.sync.keyring(name), self._runner)
 
     # ---- credentials ---------------------------------------------------------
-    async def put(
-        self,
-        credential_id: str,
-        value: Any,
-        *,
-        scope: str = DEFAULT_SCOPE,
-        metadata: dict[str, Any] | None = None,
-    ) -> int:
-        """Store (or replace) a credential; returns its new revision."""
+    async def put(self, credential_id: str, value: Any, *, scope: str = DEFAULT_SCOPE,
+                  metadata: dict[str, Any] | None = None) -> int:
+        """Store (or replace) a credential; returns its new revision (see :meth:`Vault.put`)."""
         return await self._call(self.sync.put, credential_id, value, scope=scope, metadata=metadata)
 
-    async def put_many(
-        self,
-        items: Iterable[tuple[str, Any, str, dict[str, Any] | None]]
-        | AsyncIterable[tuple[str, Any, str, dict[str, Any] | None]],
-        *,
-        batch_size: int = 1000,
-    ) -> int:
-        """Bulk import of (id, value, scope, metadata), one transaction per batch."""
+    async def put_many(self, items: Iterable[Item] | AsyncIterable[Item], *, batch_size: int = 1000) -> int:
+        """Bulk import of (id, value, scope, metadata), one transaction per batch; items may arrive async."""
         if not isinstance(items, AsyncIterable):
             return await self._call(self.sync.put_many, items, batch_size=batch_size)
         count = 0
-        batch: builtins.list[tuple[str, Any, str, dict[str, Any] | None]] = []
+        batch: builtins.list[Item] = []
         async for item in items:
             batch.append(item)
             if len(batch) >= batch_size:
@@ -317,14 +316,12 @@ class AsyncVault:
     async def reencrypt(
         self,
         *,
-        batch_size: int | None = None,
-        priority: Iterable[str] | None = None,
         progress: Progress | None = None,
-        rate_limit: float | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         workers: int | None = None,
+        **options: Unpack[PassOptions],
     ) -> ReencryptResult:
-        """One re-encryption pass (see :meth:`Vault.reencrypt`).
+        """One re-encryption pass (see :meth:`Vault.reencrypt`; ``options``: batch_size, priority, rate_limit).
 
         ``progress`` may be a plain or an ``async`` callable.  One pass uses
         one worker here; run several ``reencrypt()`` tasks (PostgreSQL shares
@@ -348,12 +345,10 @@ class AsyncVault:
         return await self._runner.run(
             functools.partial(
                 self.sync.reencrypt,
-                batch_size=batch_size,
-                priority=priority,
                 progress=report if progress is not None else None,
-                rate_limit=rate_limit,
                 should_stop=lambda: stop.is_set() or should_stop(),
                 workers=1,
+                **options,
             ),
             on_cancel=stop.set,
         )
@@ -404,15 +399,21 @@ def _one_worker(config: KeyManagementConfig) -> KeyManagementConfig:
     return dataclasses.replace(config, reencryption=dataclasses.replace(config.reencryption, workers=1))
 
 
+class OpenOptions(TypedDict, total=False):
+    """:func:`~.vault.open`'s keyword arguments besides ``config``, passed through unchanged."""
+
+    keyring: str
+    provider: KeyProvider | None
+    clock: Callable[[], datetime]
+    create: bool
+
+
 async def aopen(
     url: str | None = None,
     *,
     config: KeyManagementConfig | str | Path | None = None,
-    keyring: str = "default",
-    provider: KeyProvider | None = None,
-    clock: Callable[[], datetime] = utc_now,
-    create: bool = False,
     threads: int = THREADS,
+    **options: Unpack[OpenOptions],
 ) -> AsyncVault:
     """Open a credential store for asyncio code; the arguments are :func:`~.vault.open`'s.
 
@@ -435,13 +436,12 @@ async def aopen(
             except BaseException:
                 store.close()
                 raise
-            return open_on(store, cfg, keyring=keyring, provider=provider, clock=clock, create=create,
-                           adapt_provider=bridge.adapt)
+            return open_on(store, cfg, adapt_provider=bridge.adapt, **options)
     else:
         runner = _ThreadRunner(threads)
 
         def opener() -> Vault:
-            return open_vault(target, config=cfg, keyring=keyring, provider=provider, clock=clock, create=create)
+            return open_vault(target, config=cfg, **options)
 
     try:
         vault = await runner.run(opener)
