@@ -338,6 +338,9 @@ def test_cancellation_at_random_points_leaves_the_store_consistent(store_url: st
                 assert (await v.get(cid)) in (old[cid], new[cid])
             verified = await v.run_sync(v.sync.audit.verify)
             assert verified.ok, verified
+            if hasattr(v.store, "pool_stats"):  # PostgreSQL: no connection lost to a cancellation
+                stats = v.store.pool_stats()
+                assert stats["pool_available"] == stats["pool_size"] and not stats.get("requests_waiting")
             print(f"\ncancelled {cancelled} of 200 puts", file=sys.stderr)
 
     run(body)

@@ -108,7 +108,11 @@ class _BridgedPool:
         return _BridgedConnection(await_only(self._pool.getconn(), self._loop), self._loop)
 
     def putconn(self, conn: _BridgedConnection) -> None:
-        await_only(self._pool.putconn(conn.aconn), self._loop)
+        # shielded: a task cancelled while giving its connection back must not lose it
+        await_only(asyncio.shield(self._pool.putconn(conn.aconn)), self._loop)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._pool.get_stats())
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         await_only(self._pool.resize(min_size, max_size), self._loop)
@@ -158,3 +162,7 @@ class BridgedPostgresStore(PostgresStore):
 
     def new_lock(self) -> AbstractContextManager[Any]:
         return GreenletRLock()
+
+    def pool_stats(self) -> dict[str, int]:
+        """psycopg_pool's counters (``pool_size``, ``pool_available``, ``requests_waiting``...)."""
+        return cast(_BridgedPool, self._pool).stats()

@@ -293,6 +293,10 @@ class PostgresStore(Store):
                         f"after {self.retry.attempts} attempts: {self._scrub(_message(exc))}"
                     ) from None
                 sleep(delays.pop(0))
+            except BaseException:
+                if conn is not None:  # interrupted mid-BEGIN (a cancelled task): the pool resets or drops it
+                    self._pool.putconn(conn)
+                raise
 
     @contextmanager
     def transaction(self, *, write: bool = True, autonomous: bool = False) -> Iterator[StoreTx]:
