@@ -282,9 +282,12 @@ class AsyncVault:
 
     # ---- credentials ---------------------------------------------------------
     async def put(self, credential_id: str, value: Any, *, scope: str = DEFAULT_SCOPE,
-                  metadata: dict[str, Any] | None = None) -> int:
-        """Store (or replace) a credential; returns its new revision (see :meth:`Vault.put`)."""
-        return await self._call(self.sync.put, credential_id, value, scope=scope, metadata=metadata)
+                  metadata: dict[str, Any] | None = None, **options: Any) -> int:
+        """Store (or replace) a credential; returns its new revision (see :meth:`Vault.put`).
+
+        Further keyword arguments of :meth:`Vault.put` pass through unchanged.
+        """
+        return await self._call(self.sync.put, credential_id, value, scope=scope, metadata=metadata, **options)
 
     async def put_many(self, items: Iterable[Item] | AsyncIterable[Item], *, batch_size: int = 1000) -> int:
         """Bulk import of (id, value, scope, metadata), one transaction per batch; items may arrive async."""
@@ -309,8 +312,9 @@ class AsyncVault:
         """The decrypted value of a credential."""
         return (await self.get_record(credential_id)).value
 
-    async def delete(self, credential_id: str) -> None:
-        await self._call(self.sync.delete, credential_id)
+    async def delete(self, credential_id: str, **options: Any) -> None:
+        """Delete a credential (see :meth:`Vault.delete`; its keyword arguments pass through)."""
+        await self._call(self.sync.delete, credential_id, **options)
 
     # ---- keys and maintenance ------------------------------------------------
     async def reencrypt(

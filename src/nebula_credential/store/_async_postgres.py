@@ -17,7 +17,7 @@ thread while the loop runs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
@@ -55,6 +55,15 @@ async def _executemany(conn: psycopg.AsyncConnection[Any], sql: str, seq: Any) -
     async with conn.cursor() as cur:
         await cur.executemany(sql, seq)
         return int(cur.rowcount)
+
+
+async def _shielded(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to its end even if the awaiting task is cancelled (giving a connection back).
+
+    A coroutine, so the shielding task is created on the loop that awaits it,
+    also when the store is called from another thread.
+    """
+    await asyncio.shield(coro)
 
 
 class _Cursor:
@@ -108,8 +117,7 @@ class _BridgedPool:
         return _BridgedConnection(await_only(self._pool.getconn(), self._loop), self._loop)
 
     def putconn(self, conn: _BridgedConnection) -> None:
-        # shielded: a task cancelled while giving its connection back must not lose it
-        await_only(asyncio.shield(self._pool.putconn(conn.aconn)), self._loop)
+        await_only(_shielded(self._pool.putconn(conn.aconn)), self._loop)
 
     def stats(self) -> dict[str, int]:
         return dict(self._pool.get_stats())
