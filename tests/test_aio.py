@@ -7,6 +7,7 @@ import asyncio
 import gc
 import random
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from nebula_credential import _bridge
 from nebula_credential.config import KeyManagementConfig
 from nebula_credential.exceptions import ConfigError
 
-from .helpers import cli_env
+from .helpers import cli_env, provider_config
 from .test_postgres_multi_instance import Actor
 
 T = TypeVar("T")
@@ -356,3 +357,59 @@ def test_aio_benchmarks_produce_their_rows(postgres_store_url_factory: Callable[
     assert all(r.ops > 0 for r in rows) and stretches.count > 0
     assert "| to_thread |" in aio_get.table(rows)
     assert aio_sqlite.report(0.05).count("\n| ") == 4
+
+
+# ---- a network provider: its calls leave the loop -----------------------------------
+@pytest.mark.services
+def test_vault_transit_calls_run_in_the_provider_pool_once_per_version(
+    postgres_store_url_factory: Callable[[], str], openbao: Any
+) -> None:
+    url = postgres_store_url_factory()
+    config = provider_config(openbao.settings())
+
+    async def body() -> None:
+        async with await nc.aopen(url, config=config, create=True) as first:
+            await first.put("a", {"token": "via transit"})
+            await first.keys.rotate()
+            await first.put("b", [2])
+        async with await nc.aopen(url, config=config) as v:
+            threads: list[str] = []
+            v.provider.observer = lambda provider, op, seconds, ok: threads.append(threading.current_thread().name)
+            before = unwraps(v)
+            got = await asyncio.gather(*(v.get("a" if i % 2 else "b") for i in range(1000)))
+            assert got.count({"token": "via transit"}) == 500 and got.count([2]) == 500
+            assert unwraps(v) - before == 2  # one OpenBao decrypt per version for 1,000 tasks
+            await v.keys.rotate()  # a datakey from OpenBao, also off the loop
+            assert len(threads) == 3 and all(t.startswith("nebula-provider") for t in threads), threads
+
+    run(body)
+
+
+# ---- the bridge's lock --------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["greenlet", "threading"])
+def test_key_manager_lock_excludes_tasks_and_survives_cancellation(kind: str) -> None:
+    """Tasks share the loop's thread: a threading.RLock lets them all in, the bridge's lock does not."""
+
+    async def body() -> int:
+        lock = _bridge.GreenletRLock() if kind == "greenlet" else threading.RLock()
+        inside: list[int] = []
+        most = 0
+
+        def critical(i: int) -> None:
+            nonlocal most
+            with lock, lock:  # reentrant
+                inside.append(i)
+                most = max(most, len(inside))
+                _bridge.await_only(asyncio.sleep(0.001))
+                inside.remove(i)
+
+        tasks = [asyncio.create_task(_bridge.greenlet_spawn(lambda i=i: critical(i))) for i in range(40)]
+        await asyncio.sleep(0.005)
+        for t in tasks[5::7]:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait_for(_bridge.greenlet_spawn(lambda: critical(99)), 5)  # free again
+        return most
+
+    most = run(body)
+    assert most == 1 if kind == "greenlet" else most > 1
