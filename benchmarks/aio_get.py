@@ -123,7 +123,7 @@ def _floor(url: str) -> tuple[Callable[[str], Awaitable[object]], Callable[[], A
     return get, opened
 
 
-def run(url: str, seconds: float, reps: int) -> tuple[list[Row], _bridge.SegmentStats]:
+def run(url: str, seconds: float, reps: int, *, uvloop: bool = False) -> tuple[list[Row], _bridge.SegmentStats]:
     with nc.open(url, create=True) as seed:
         seed.put_many((f"cred-{i:05d}", {"token": "x" * 200, "i": i}, "production", None) for i in range(ROWS))
     stretches = _bridge.SegmentStats()
@@ -152,7 +152,12 @@ def run(url: str, seconds: float, reps: int) -> tuple[list[Row], _bridge.Segment
             sync.close()
             await avault.close()
 
-    asyncio.run(main())
+    if uvloop:
+        import uvloop as uv  # the loop uvicorn and granian run applications on
+
+        uv.run(main())
+    else:
+        asyncio.run(main())
     rows = [
         Row(name, statistics.median(r.ops for r in rs), statistics.median(r.p50_ms for r in rs),
             statistics.median(r.p99_ms for r in rs))
@@ -170,7 +175,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def report(seconds: float = 3.0, reps: int = 3, url: str | None = None) -> str:
+def report(seconds: float = 3.0, reps: int = 3, url: str | None = None, *, uvloop: bool = False) -> str:
     """The markdown table and the loop figure (a throwaway cluster unless ``url``)."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("NEBULA_CREDENTIAL_MASTER_KEY_FILE", str(Path(tmp) / "master.key"))
@@ -179,7 +184,7 @@ def report(seconds: float = 3.0, reps: int = 3, url: str | None = None) -> str:
             cluster = throwaway_cluster(tmp)
             url = cluster.url(schema=cluster.new_schema())
         try:
-            rows, stretches = run(url, seconds, reps)
+            rows, stretches = run(url, seconds, reps, uvloop=uvloop)
         finally:
             if cluster is not None:
                 cluster.stop("immediate")
@@ -193,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per contender and repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--url", help="an empty PostgreSQL store (default: a throwaway cluster)")
+    parser.add_argument("--uvloop", action="store_true", help="run the loop on uvloop (as uvicorn/granian do)")
     args = parser.parse_args(argv)
-    print(report(args.seconds, args.reps, args.url))
+    print(report(args.seconds, args.reps, args.url, uvloop=args.uvloop))
     return 0
 
 

@@ -194,6 +194,14 @@ def test_sync_use_of_the_bridged_store_on_the_loop_is_refused(postgres_store_url
     run(body)
 
 
+def test_a_postgres_vault_refuses_another_event_loop(postgres_store_url_factory: Callable[[], str],
+                                                    key_file: Path) -> None:
+    url = postgres_store_url_factory()
+    vault = run(lambda: nc.aopen(url, create=True))
+    with pytest.raises(RuntimeError, match="another event loop"):
+        run(lambda: vault.get("x"))
+
+
 # ---- single flight -----------------------------------------------------------------
 def test_thousand_tasks_cause_one_unwrap_per_version(store_url: str, key_file: Path) -> None:
     with nc.open(store_url, create=True) as sync:

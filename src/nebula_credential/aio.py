@@ -93,8 +93,14 @@ class _BridgeRunner:
 
     def __init__(self, threads: int = THREADS) -> None:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nebula-provider")
+        self.loop = asyncio.get_running_loop()  # the async pool's connections belong to it
 
     async def run(self, fn: Callable[[], T], on_cancel: Callable[[], None] | None = None) -> T:
+        if asyncio.get_running_loop() is not self.loop:
+            raise RuntimeError(
+                "this AsyncVault was opened on another event loop; its connections belong to that "
+                "loop: call nc.aopen() on the loop that uses it"
+            )
         try:
             return await greenlet_spawn(fn)
         except asyncio.CancelledError:
