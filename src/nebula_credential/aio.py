@@ -34,6 +34,7 @@ import builtins
 import dataclasses
 import functools
 import inspect
+import itertools
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,7 @@ class PassOptions(TypedDict, total=False):
     priority: Iterable[str] | None
     rate_limit: float | None
 
+
 #: Rows fetched per hop when streaming :meth:`AsyncVault.list`.
 LIST_PAGE = 1000
 
@@ -75,7 +77,8 @@ LIST_PAGE = 1000
 #: and for whole operations on SQLite.
 THREADS = 4
 
-ProviderBlocking = frozenset(
+#: The provider methods that may block on a network, an HSM or a file.
+_PROVIDER_BLOCKING = frozenset(
     {"wrap", "unwrap", "generate_dek", "open_dek", "rewrap", "destroy_dek", "rotate_root_key", "check", "close"}
 )
 
@@ -151,7 +154,7 @@ class _OffloadedProvider:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if name in ProviderBlocking:
+        if name in _PROVIDER_BLOCKING:
             return functools.partial(self._offload, attr)
         return attr
 
@@ -175,12 +178,7 @@ def _resolve(result: object, loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _take(rows: Iterator[T], n: int) -> builtins.list[T]:
-    out: builtins.list[T] = []
-    for row in rows:
-        out.append(row)
-        if len(out) >= n:
-            break
-    return out
+    return builtins.list(itertools.islice(rows, n))
 
 
 class AsyncKeys:
