@@ -178,7 +178,7 @@ def table(rows: list[Row]) -> str:
 def report(seconds: float = 3.0, reps: int = 3, url: str | None = None, *, uvloop: bool = False) -> str:
     """The markdown table and the loop figure (a throwaway cluster unless ``url``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("NEBULA_CREDENTIAL_MASTER_KEY_FILE", str(Path(tmp) / "master.key"))
+        os.environ["NEBULA_CREDENTIAL_MASTER_KEY_FILE"] = str(Path(tmp) / "master.key")  # a new store, a new key
         cluster = None
         if url is None:
             cluster = throwaway_cluster(tmp)

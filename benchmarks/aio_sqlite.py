@@ -112,7 +112,7 @@ async def main_async(url: str, seconds: float) -> str:
 def report(seconds: float = 2.0) -> str:
     """The markdown table, on a throwaway SQLite store."""
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("NEBULA_CREDENTIAL_MASTER_KEY_FILE", str(Path(tmp) / "master.key"))
+        os.environ["NEBULA_CREDENTIAL_MASTER_KEY_FILE"] = str(Path(tmp) / "master.key")  # a new store, a new key
         url = f"sqlite:///{tmp}/bench.db"
         with nc.open(url, create=True) as seed:
             seed.put_many((f"cred-{i:05d}", {"token": "x" * 200, "i": i}, "production", None) for i in range(ROWS))

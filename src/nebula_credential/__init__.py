@@ -20,6 +20,7 @@ from .envelope import Envelope, credential_context
 from .exceptions import (
     ConcurrencyError,
     ConfigError,
+    CorruptRecordError,
     CredentialNotFoundError,
     DecryptionError,
     EnvelopeFormatError,
@@ -63,6 +64,7 @@ __all__ = [
     "BeforeExpiryRotation",
     "ConcurrencyError",
     "ConfigError",
+    "CorruptRecordError",
     "Credential",
     "CredentialNotFoundError",
     "DecryptionError",
