@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
+#: The highest key version a store column holds (PostgreSQL INTEGER); rotation never gets near it.
+MAX_KEY_VERSION = 2**31 - 1
 
 
 def _check_id(credential_id: str) -> None:
@@ -164,9 +166,11 @@ class Vault:
             value = self.decrypt_row(row)
         except (DecryptionError, EnvelopeFormatError) as exc:
             # A failed tag on a stored row is a tamper or corruption signal: audit it.
+            # a garbage header may name any uint32; the audit column holds versions that can exist
+            version = row.key_version if row.key_version <= MAX_KEY_VERSION else None
             with self.store.transaction() as tx:
                 self.audit.record(tx, "decrypt.failed", keyring=kr, credential_id=credential_id,
-                                  version=row.key_version, outcome="error", error=type(exc).__name__)
+                                  version=version, outcome="error", error=type(exc).__name__)
             if observer is not None:
                 observer(kr, "decrypt", time.perf_counter() - start, False)
             raise
