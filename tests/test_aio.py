@@ -141,9 +141,11 @@ def test_same_typed_errors(store_url: str, key_file: Path) -> None:
     run(body)
 
 
-def test_unsupported_url_is_a_config_error() -> None:
+def test_unsupported_url_and_bad_threads_are_refused() -> None:
     with pytest.raises(nc.ConfigError):
         run(lambda: nc.aopen("mysql://x"))
+    with pytest.raises(ValueError, match="threads"):
+        run(lambda: nc.aopen("sqlite:///:memory:", threads=0))
 
 
 def test_list_streams_pages_and_put_many_takes_async_iterables(store_url: str, key_file: Path) -> None:

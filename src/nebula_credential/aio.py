@@ -429,6 +429,8 @@ async def aopen(
     provider calls (the store's I/O is awaited on the loop); on SQLite it
     runs whole operations, one connection per thread.
     """
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     cfg = _one_worker(load_config(config))
     target = url or cfg.store.url
     runner: _BridgeRunner | _ThreadRunner
