@@ -15,6 +15,8 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
+import pytest
+
 import nebula_credential as nc
 
 T = TypeVar("T")
@@ -35,6 +37,14 @@ class Portal:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
+
+
+@pytest.fixture(scope="module", name="portal")
+def portal_fixture() -> Iterator[Portal]:
+    """One loop thread per test module."""
+    p = Portal()
+    yield p
+    p.close()
 
 
 async def _collect(rows: AsyncIterator[T]) -> list[T]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .aio_adapter import Portal, SyncOverAsync, open_sync_over_async
+from .aio_adapter import Portal, SyncOverAsync, open_sync_over_async, portal_fixture  # noqa: F401 - fixture
 from .helpers import FakeClock
 from .test_audit import (  # noqa: F401 - collected again against the async API
     test_chain_verifies_after_mixed_workload_and_holds_no_secrets,
@@ -53,13 +53,6 @@ from .test_reencrypt import (  # noqa: F401 - collected again against the async 
     test_writers_and_readers_during_the_pass,
 )
 from .test_tamper import *  # noqa: F403 - collected again against the async API
-
-
-@pytest.fixture(scope="module")
-def portal() -> Iterator[Portal]:
-    p = Portal()
-    yield p
-    p.close()
 
 
 @pytest.fixture

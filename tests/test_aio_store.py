@@ -16,7 +16,7 @@ from nebula_credential._bridge import greenlet_spawn
 from nebula_credential.store import Store
 from nebula_credential.store._async_postgres import BridgedPostgresStore
 
-from .aio_adapter import Portal
+from .aio_adapter import Portal, portal_fixture  # noqa: F401 - fixture
 from .test_store_conformance import (  # noqa: F401 - collected again on the bridged store
     test_bulk_upsert_list_count_delete,
     test_encryption_counter_adds_up,
@@ -30,13 +30,6 @@ from .test_store_conformance import (  # noqa: F401 - collected again on the bri
     test_run_returns_the_result,
     test_version_roundtrip_and_status_cas,
 )
-
-
-@pytest.fixture(scope="module")
-def portal() -> Iterator[Portal]:
-    p = Portal()
-    yield p
-    p.close()
 
 
 def _opened(url: str) -> BridgedPostgresStore:
