@@ -171,8 +171,8 @@ class GreenletRLock:
     loop's thread), so the key manager's critical sections -- one unwrap
     per version, one reservation of the usage counter at a time -- would no
     longer exclude each other.  Outside the bridge (a thread calling in
-    synchronously) the lock is taken only when free and otherwise waits
-    for it through the loop like any bridged caller.
+    synchronously, which is rare and never on the loop) the lock is taken
+    when free and otherwise polled every millisecond.
     """
 
     def __init__(self) -> None:
