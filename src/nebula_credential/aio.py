@@ -73,6 +73,9 @@ class PassOptions(TypedDict, total=False):
 #: Rows fetched per hop when streaming :meth:`AsyncVault.list`.
 LIST_PAGE = 1000
 
+#: Rows per ``put_many`` transaction: ~5 ms of encryption between two awaits (1,000 took 18 ms).
+PUT_MANY_BATCH = 250
+
 #: Threads for blocking provider calls on PostgreSQL (network KMS, HSM sessions),
 #: and for whole operations on SQLite.
 THREADS = 4
@@ -293,8 +296,14 @@ class AsyncVault:
         """
         return await self._call(self.sync.put, credential_id, value, scope=scope, metadata=metadata, **options)
 
-    async def put_many(self, items: Iterable[Item] | AsyncIterable[Item], *, batch_size: int = 1000) -> int:
-        """Bulk import of (id, value, scope, metadata), one transaction per batch; items may arrive async."""
+    async def put_many(
+        self, items: Iterable[Item] | AsyncIterable[Item], *, batch_size: int = PUT_MANY_BATCH
+    ) -> int:
+        """Bulk import of (id, value, scope, metadata), one transaction per batch; items may arrive async.
+
+        A batch is encrypted in one stretch on the loop (about 18 us a row), so
+        the default batch is smaller than the sync API's 1,000.
+        """
         if not isinstance(items, AsyncIterable):
             return await self._call(self.sync.put_many, items, batch_size=batch_size)
         count = 0
