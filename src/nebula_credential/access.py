@@ -24,6 +24,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 BUCKET_SECONDS = 60
+#: Versions above this (a garbage header) are counted under 0: the column is a 32-bit INTEGER.
+MAX_COUNTED_VERSION = 2**31 - 1
 
 
 def bucket_of(at: datetime) -> int:
@@ -48,7 +50,7 @@ class AccessCounter:
 
     def record(self, keyring: str, version: int, ok: bool) -> None:
         """Count one access under ``version``; flush when a block is full or old enough."""
-        key = (keyring, version, bucket_of(self.clock()))
+        key = (keyring, version if 0 < version <= MAX_COUNTED_VERSION else 0, bucket_of(self.clock()))
         with self._lock:
             entry = self._counts.get(key)
             if entry is None:
