@@ -28,7 +28,7 @@ _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters"
 
 
-def check_credential_id(value: object, field: str = "id") -> str:
+def check_credential_id(value: object, field: str = "credential id") -> str:
     """A credential id: a non-empty printable string of at most 1024 characters."""
     if not isinstance(value, str):
         raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
