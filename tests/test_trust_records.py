@@ -27,6 +27,7 @@ CORRUPTIONS = [
     ("c05", "UPDATE credentials SET revision = 1.5 WHERE id = 'c05'", "revision is a number"),
     ("c06", "UPDATE credentials SET envelope = 12345 WHERE id = 'c06'", "envelope is an integer"),
     ("c07", "UPDATE credentials SET metadata = '[1, 2]' WHERE id = 'c07'", "not a JSON object"),
+    ("c08", "UPDATE credentials SET created_at = 1e300 WHERE id = 'c08'", "created_at is out of range"),
 ]
 GOOD = [f"g{i:02}" for i in range(12)]
 
