@@ -154,3 +154,20 @@ def _env(vault: nc.Vault, cid: str) -> bytes:
         row = tx.get_credential(vault.keyring_name, cid)
     assert row is not None
     return row.envelope
+
+
+def test_daemon_skips_a_keyring_with_a_corrupt_key_row_and_serves_the_others(tmp_path: Path) -> None:
+    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
+    for kr in ("a", "b"):
+        assert run_cli("--keyring", kr, "init", cwd=tmp_path, env=env).returncode == 0
+        for i in range(3):
+            assert run_cli("--keyring", kr, "put", f"x{i}", "--value", "1", cwd=tmp_path, env=env).returncode == 0
+        assert run_cli("--keyring", kr, "keys", "rotate", cwd=tmp_path, env=env).returncode == 0
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        conn.execute("UPDATE key_versions SET wrapped_key = 'text' WHERE keyring = 'a' AND version = 1")
+    res = run_cli("daemon", "--once", "--metrics-addr", "127.0.0.1:0", cwd=tmp_path, env=env)
+    _clean(res.stderr)
+    assert "keyring a skipped: key version a/v1 is corrupt: wrapped_key is text" in res.stderr, res.stderr
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        rows = conn.execute("SELECT keyring, key_version, COUNT(*) FROM credentials GROUP BY 1, 2").fetchall()
+    assert sorted(rows) == [("a", 1, 3), ("b", 2, 3)]  # b was re-encrypted despite a
