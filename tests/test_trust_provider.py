@@ -219,12 +219,16 @@ def _real_provider_case(
     if kind == "aws-kms":
         kms = request.getfixturevalue("moto_kms")
         return kms.settings(), {"endpoint_url": recorder_url, "region": "eu-west-3"}
+    if kind == "azure-keyvault":
+        azure = request.getfixturevalue("azure_vault")
+        return azure.settings(), {"vault_url": recorder_url.replace("http:", "https:"), "authority": recorder_url,
+                                  "connection_verify": False, "client_secret_env": "NEBULA_TEST_SECRET"}
     hsm = request.getfixturevalue("softhsm")
     return hsm.settings(), {"library": str(request.getfixturevalue("evil_library")[0]),
                             "pin_env": "NEBULA_TEST_SECRET"}
 
 
-@pytest.mark.parametrize("kind", ["vault-transit", "aws-kms", "pkcs11"])
+@pytest.mark.parametrize("kind", ["vault-transit", "aws-kms", "azure-keyvault", "pkcs11"])
 def test_real_provider_ignores_planted_settings(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, recorder: Recorder
 ) -> None:
