@@ -149,19 +149,24 @@ SECRET_READER = """
 import sys
 from nebula_credential.config import secret_from
 from nebula_credential.exceptions import ConfigError
-try:
-    secret_from({"token_file": sys.argv[1]}, "token")
-except ConfigError as exc:
-    print(exc)
+from nebula_credential.legacy import read_key_material
+for read in (lambda: secret_from({"token_file": sys.argv[1]}, "token"),
+             lambda: read_key_material(key_file=sys.argv[1])):
+    try:
+        read()
+    except ConfigError as exc:
+        print(exc)
 """
 
 
-def test_a_fifo_named_as_a_secret_file_is_refused_at_once(tmp_path: Path) -> None:
+def test_a_fifo_named_as_a_secret_or_legacy_key_file_is_refused_at_once(tmp_path: Path) -> None:
     fifo = tmp_path / "token"
     os.mkfifo(fifo, 0o600)
     res = subprocess.run([sys.executable, "-c", SECRET_READER, str(fifo)], env=cli_env(),
                          capture_output=True, text=True, timeout=60)  # today: blocks forever
-    assert res.stdout.startswith("provider.token_file:") and "not a regular file" in res.stdout, res.stderr
+    token, legacy = res.stdout.splitlines()
+    assert token.startswith("provider.token_file:") and "not a regular file" in token, res.stderr
+    assert legacy.startswith("--key-file:") and "not a regular file" in legacy
 
 
 STARTER = """
