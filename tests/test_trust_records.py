@@ -147,6 +147,14 @@ def test_references_are_counted_by_envelope_header(vault: nc.Vault) -> None:
         assert tx.versions_referenced(vault.keyring_name) == {1: 5, 2: 1}  # what decryption needs
         assert sorted(tx.version_mismatches(vault.keyring_name)) == [(f"c{i}", 2, 1) for i in range(5)]
     assert vault.get_record("c3").key_version == 1 and vault.get("c3") == {"i": 3}
+    result = vault.reencrypt()  # the rows look current by their column: named, not silently left
+    assert sorted(f.id for f in result.failures) == [f"c{i}" for i in range(5)] and not result.ok
+    assert all("column says 2" in f.reason and f.key_version == 1 for f in result.failures)
+    for i in range(5):  # the fix it names
+        vault.put(f"c{i}", vault.get(f"c{i}"))
+    assert vault.reencrypt().ok
+    with vault.store.read() as tx:
+        assert tx.versions_referenced(vault.keyring_name) == {2: 6}
 
 
 def _env(vault: nc.Vault, cid: str) -> bytes:
