@@ -108,7 +108,8 @@ def test_cli_cleanup_dry_run_names_the_policy(tmp_path: Path) -> None:
     from .helpers import cli_env, run_cli
 
     env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
-    (tmp_path / "c.toml").write_text('[retention]\npolicy = "until-reencrypted"\n')
+    # refresh_interval 0s: the destroy floor (twice that) does not hold a test up
+    (tmp_path / "c.toml").write_text('[retention]\npolicy = "until-reencrypted"\n[keys]\nrefresh_interval = "0s"\n')
     for args in (("init",), ("keys", "rotate"), ("keys", "revoke", "1")):
         assert run_cli(*args, cwd=tmp_path, env=env).returncode == 0
     dry = run_cli("--config", "c.toml", "--json", "keys", "cleanup", "--dry-run", cwd=tmp_path, env=env)

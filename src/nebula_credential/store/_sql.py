@@ -122,6 +122,13 @@ class SqlTx(StoreTx):
     def _lock_suffix(self, skip_locked: bool) -> str:
         return ""
 
+    def _row_lock(self, mode: str) -> str:
+        """`` FOR <mode>`` where the dialect has row locks (SQLite: one writer, none needed)."""
+        return ""
+
+    #: SQL for the envelope header's key version bytes (offset 4, 4 bytes).
+    _HEADER_VERSION = "substr(envelope, 5, 4)"
+
     def _lock_audit_head(self) -> None:
         """Serialise appenders of the audit chain (SQLite: the write lock does)."""
 
@@ -201,6 +208,31 @@ class SqlTx(StoreTx):
 
     def lock_keyring(self, keyring: str) -> None:
         """SQLite: a write transaction already holds the database write lock."""
+
+    def lock_version(self, keyring: str, version: int) -> KeyVersion | None:
+        row = self._exec(
+            f"SELECT {_VERSION_COLS} FROM key_versions WHERE keyring = ? AND version = ?"
+            + self._row_lock("UPDATE"),
+            (keyring, version),
+        ).fetchone()
+        return None if row is None else _version(row)
+
+    def writable_versions(self, keyring: str, versions: Sequence[int]) -> dict[int, KeyStatus]:
+        if not versions:
+            return {}
+        marks = ", ".join("?" for _ in versions)
+        rows = self._exec(
+            f"SELECT version, status FROM key_versions WHERE keyring = ? AND version IN ({marks}) "
+            "ORDER BY version" + self._row_lock("SHARE"),
+            (keyring, *versions),
+        ).fetchall()
+        out: dict[int, KeyStatus] = {}
+        for v, status in rows:
+            try:
+                out[int(v)] = KeyStatus(status)
+            except ValueError:
+                continue  # an unknown status is not writable
+        return out
 
     def insert_version(self, kv: KeyVersion) -> None:
         self._exec(
@@ -341,6 +373,20 @@ class SqlTx(StoreTx):
             (keyring,),
         ).fetchall()
         return {int(v): int(n) for v, n in rows}
+
+    def versions_referenced(self, keyring: str) -> dict[int, int]:
+        rows = self._exec(
+            f"SELECT {self._HEADER_VERSION}, COUNT(*) FROM credentials WHERE keyring = ? "
+            f"GROUP BY {self._HEADER_VERSION}",
+            (keyring,),
+        ).fetchall()
+        out: dict[int, int] = {}
+        for header, n in rows:
+            raw = bytes(header) if isinstance(header, bytes | bytearray | memoryview) else b""
+            # a short or non-blob envelope names no version we could decrypt: count it as -1
+            version = int.from_bytes(raw, "big") if len(raw) == 4 else -1
+            out[version] = out.get(version, 0) + int(n)
+        return out
 
     def scopes_for_version(self, keyring: str, version: int) -> list[str]:
         rows = self._exec(

@@ -76,6 +76,24 @@ class StoreTx(ABC):
         """Serialise writers of one keyring's versions until the transaction ends."""
 
     @abstractmethod
+    def lock_version(self, keyring: str, version: int) -> KeyVersion | None:
+        """Read one version and lock its row against writers until the transaction ends.
+
+        Revoke and destroy take this (PostgreSQL: ``FOR UPDATE``) before they
+        count references, so a write holding :meth:`writable_versions` on the
+        same row either commits first and is counted, or waits and then sees
+        the new status.  SQLite's single writer serialises them already.
+        """
+
+    @abstractmethod
+    def writable_versions(self, keyring: str, versions: Sequence[int]) -> dict[int, KeyStatus]:
+        """The status of each version, share-locking the rows (PostgreSQL: ``FOR SHARE``).
+
+        Called inside a write transaction just before its rows are written: a
+        revoke or destroy of one of these versions cannot commit in between.
+        """
+
+    @abstractmethod
     def insert_version(self, kv: KeyVersion) -> None: ...
 
     @abstractmethod
@@ -142,6 +160,14 @@ class StoreTx(ABC):
 
     @abstractmethod
     def count_by_version(self, keyring: str) -> dict[int, int]: ...
+
+    @abstractmethod
+    def versions_referenced(self, keyring: str) -> dict[int, int]:
+        """Rows per key version as named by the envelope header (bytes 4..8), not the column.
+
+        The header is what decryption uses, so the destroy guard counts by it:
+        a row whose ``key_version`` column lies cannot be stranded.
+        """
 
     @abstractmethod
     def scopes_for_version(self, keyring: str, version: int) -> list[str]: ...
