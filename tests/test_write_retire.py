@@ -9,8 +9,13 @@ still decrypts.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +23,9 @@ import nebula_credential as nc
 from nebula_credential.models import KeyStatus
 from nebula_credential.policies.retention import UntilReEncrypted
 
-from .helpers import FakeClock
+from .helpers import FakeClock, cli_env
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FLOOR = timedelta(seconds=10)  # twice the default refresh_interval (5 s)
 
@@ -175,3 +182,75 @@ def test_max_encryptions_is_enforced_without_auto_rotation(tmp_path: object) -> 
     assert km.active_version().version == 1 and km.version(1).encryptions == 40
     km.rotate(reason="usage")
     assert km.decrypt(km.encrypt(b"y")) == b"y"
+
+
+# ---- the race with real processes ------------------------------------------------------------
+def race(store_url: str, tmp_path: Path, cycles: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An app process writing through its cache while an operator process retires versions under it.
+
+    The app re-reads key statuses every second; the operator's floor assumes
+    0.1 s.  So the app keeps writing under a version for up to a second after
+    it was revoked: only the check inside the write transaction saves those
+    writes (the floor alone would not).
+    """
+    def config_file(name: str, refresh: str) -> Path:
+        path = tmp_path / name
+        path.write_text(
+            f'[provider]\ntype = "local"\nkey_file = "{tmp_path / "race.key"}"\n'
+            f'[keys]\nrefresh_interval = "{refresh}"\n[retention]\npolicy = "until-reencrypted"\n'
+        )
+        return path
+
+    config = config_file("race.toml", "0.1s")
+    app_config = config_file("app.toml", "1s")
+    stop = tmp_path / "stop"
+    stop.unlink(missing_ok=True)
+    with nc.open(store_url, config=str(config), create=True) as v:
+        v.put("c0", {"n": 0})
+    env = cli_env()
+
+    def actor(role: str, cfg: Path, *extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "tests.retire_actor", role, store_url, str(cfg), str(stop),
+                                 *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    app = actor("app", app_config)
+    operator = actor("operator", config, str(cycles))
+    try:
+        op_out, op_err = operator.communicate(timeout=300)
+        app_out, app_err = app.communicate(timeout=60)
+    finally:
+        stop.touch()
+        for p in (app, operator):
+            if p.poll() is None:
+                p.kill()
+    assert operator.returncode == 0, op_err
+    assert app.returncode == 0, app_err
+    return json.loads(app_out.splitlines()[-1]), json.loads(op_out.splitlines()[-1])
+
+
+def check_after_race(store_url: str, tmp_path: Path, last: dict[str, int]) -> None:
+    """0 rows under a version that does not decrypt; every value the last one written."""
+    with nc.open(store_url, config=str(tmp_path / "race.toml")) as v:
+        statuses = {kv.version: kv.status for kv in v.keys.list()}
+        stranded = {cid: ver for cid, ver in header_versions(v).items()
+                    if statuses.get(ver) not in (KeyStatus.ACTIVE, KeyStatus.VALID)}
+        assert stranded == {}
+        assert {cid: v.get(cid)["n"] for cid in last} == last
+
+
+def test_app_and_operator_race_with_real_processes(store_url: str, tmp_path: Path) -> None:
+    app, operator = race(store_url, tmp_path, cycles=4)
+    assert (operator["destroyed"], operator["destroy_refused"]) == (4, 0) and app["writes"] > 0
+    check_after_race(store_url, tmp_path, app["last"])
+    print(f"race: {app['writes']} writes, {app['retired_in_tx']} redone in the transaction, "
+          f"{operator['destroyed']} versions destroyed, {operator['revoke_retries']} revokes refused")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", range(5))
+def test_app_and_operator_race_repeated(store_url: str, tmp_path: Path, round_: int) -> None:
+    app, operator = race(store_url, tmp_path, cycles=15)
+    assert (operator["destroyed"], operator["destroy_refused"]) == (15, 0)
+    check_after_race(store_url, tmp_path, app["last"])
+    print(f"race {round_}: {app['writes']} writes, {app['retired_in_tx']} redone in the transaction, "
+          f"{operator['revoke_retries']} revokes refused")

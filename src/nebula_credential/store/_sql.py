@@ -223,7 +223,7 @@ class SqlTx(StoreTx):
         marks = ", ".join("?" for _ in versions)
         rows = self._exec(
             f"SELECT version, status FROM key_versions WHERE keyring = ? AND version IN ({marks}) "
-            "ORDER BY version" + self._row_lock("SHARE"),
+            "ORDER BY version" + self._row_lock("KEY SHARE"),
             (keyring, *versions),
         ).fetchall()
         out: dict[int, KeyStatus] = {}

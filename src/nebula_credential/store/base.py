@@ -87,10 +87,15 @@ class StoreTx(ABC):
 
     @abstractmethod
     def writable_versions(self, keyring: str, versions: Sequence[int]) -> dict[int, KeyStatus]:
-        """The status of each version, share-locking the rows (PostgreSQL: ``FOR SHARE``).
+        """The status of each version, share-locking the rows (PostgreSQL: ``FOR KEY SHARE``).
 
         Called inside a write transaction just before its rows are written: a
-        revoke or destroy of one of these versions cannot commit in between.
+        revoke or destroy of one of these versions (which takes ``FOR UPDATE``
+        first, see :meth:`lock_version`) cannot commit in between.  KEY SHARE,
+        not SHARE: it must not block the encryption counter's UPDATE, which
+        another thread's re-encryption batch may be waiting on from its own
+        connection while it holds row locks this write needs (a wait no
+        deadlock detector can see).
         """
 
     @abstractmethod
