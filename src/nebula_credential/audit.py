@@ -128,11 +128,11 @@ class VerifyResult:
         return out
 
 
-#: Events that create a key version or change its status (see keys.py), with what the
-#: replay needs in their details: old/new status or version, and ``at`` (the exact
-#: timestamp written to key_versions; events from before it was recorded lack it).
+#: Events that create a key version (see ``KeyManager.rotate``).  Every status change is
+#: written by ``KeyManager.transition``, whatever its action name, with ``old_status`` and
+#: ``new_status`` in its details.  Both carry ``at``: the exact timestamp written to
+#: key_versions (events from before it was recorded lack it).
 CREATE_EVENTS = frozenset({"key.create", "key.rotate"})
-STATUS_EVENTS = frozenset({"key.revoke", "key.reinstate", "key.destroy", "key.status", "key.cleanup"})
 #: Stored timestamps and the ``at`` of events are the same epoch float; this absorbs the
 #: microsecond rounding of a datetime round trip.
 _TIME_SLACK = 1e-3
@@ -158,12 +158,16 @@ class KeyReplay:
         self.problems: list[str] = []
 
     def feed(self, row: AuditRow) -> None:
-        if row.action not in CREATE_EVENTS and row.action not in STATUS_EVENTS:
+        if row.action not in CREATE_EVENTS and not row.action.startswith("key."):
             return
         try:
             details = json.loads(row.details) if row.details else {}
         except ValueError:
-            details = {}
+            return
+        if not isinstance(details, dict) or (
+            row.action not in CREATE_EVENTS and not {"old_status", "new_status"} <= details.keys()
+        ):
+            return  # not a creation nor a status change (e.g. key.grace_use)
         at = details.get("at")
         at = float(at) if isinstance(at, int | float) else math.nan
         kr = row.keyring or ""
