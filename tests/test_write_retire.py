@@ -97,16 +97,17 @@ def test_reencryption_drops_a_batch_whose_version_was_revoked_meanwhile(
     assert header_versions(vault) == {"a": 3} and vault.get("a") == {"n": 1}
 
 
-def test_write_keeps_failing_cleanly_when_every_version_is_retired(vault: nc.Vault) -> None:
+def test_write_keeps_failing_cleanly_when_every_version_is_retired(
+    vault: nc.Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The typed error, and nothing written, when no writable version can be had."""
     vault.put("a", {"n": 1})
-
-    def retired(tx: object, versions: object) -> bool:  # every version found retired
-        return False
-
-    vault.keys.writable = retired  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr("nebula_credential.vault.WRITABLE", frozenset())  # every version found retired
+    monkeypatch.setattr("nebula_credential.keys.WRITABLE", frozenset())
     with pytest.raises(nc.ConcurrencyError, match="nothing was written"):
         vault.put("b", {"n": 2})
+    with pytest.raises(nc.ConcurrencyError, match="nothing was written"):
+        vault.put_many([("c", {"n": 3}, "default", None)])
     assert set(header_versions(vault)) == {"a"}
 
 

@@ -255,12 +255,16 @@ class KeyManager:
         drops the cached statuses: the caller re-encrypts under the active
         version read afresh and tries again (see :meth:`retry_writes`).
         """
-        wanted = sorted(set(versions))
+        wanted = versions if isinstance(versions, tuple) and len(versions) == 1 else tuple(sorted(set(versions)))
         statuses = tx.writable_versions(self.keyring, wanted)
         if all(statuses.get(v) in WRITABLE for v in wanted):
             return True
-        self._refresh_at = 0.0
+        self.stale()
         return False
+
+    def stale(self) -> None:
+        """Re-read key statuses at the next use (a write found its version retired)."""
+        self._refresh_at = 0.0
 
     def write_refused(self, versions: Iterable[int]) -> NebulaCredentialError:
         """The typed error for a write whose versions stayed unwritable after every retry."""

@@ -26,7 +26,7 @@ from .exceptions import (
     NebulaCredentialError,
     StoreError,
 )
-from .keys import WRITE_ATTEMPTS, KeyManager
+from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
 from .providers import KeyProvider, open_provider
@@ -117,10 +117,12 @@ class Vault:
                 observer(kr, "encrypt", time.perf_counter() - start, True)
             version = int.from_bytes(blob[4:8])
             with self.store.transaction() as tx:
-                if not keys.writable(tx, (version,)):
-                    continue  # revoked or destroyed under us: nothing written, encrypt again
-                revision = tx.put_credential(kr, credential_id, scope, version, blob,
-                                             metadata or {}, self.clock())
+                # the write and its version's status check in one statement (see KeyManager.writable)
+                revision = tx.put_credential_checked(kr, credential_id, scope, version, blob,
+                                                     metadata or {}, self.clock(), WRITABLE)
+                if revision is None:
+                    keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
+                    continue
                 if self._audit_credentials:
                     self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
                                       version=version, scope=scope)

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -138,6 +138,27 @@ class StoreTx(ABC):
         now: datetime,
     ) -> int:
         """Insert or replace; returns the new revision."""
+
+    def put_credential_checked(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+        statuses: Collection[KeyStatus],
+    ) -> int | None:
+        """:meth:`put_credential` only if ``key_version`` is in one of ``statuses``; None if not.
+
+        The check share-locks the version's row as :meth:`writable_versions`
+        does.  Backends override this to do both in one statement (the hot path).
+        """
+        status = self.writable_versions(keyring, (key_version,)).get(key_version)
+        if status not in statuses:
+            return None
+        return self.put_credential(keyring, credential_id, scope, key_version, envelope, metadata, now)
 
     @abstractmethod
     def put_credentials(
