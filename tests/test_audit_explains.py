@@ -131,3 +131,15 @@ def test_cli_verify_export_and_against(tmp_path: Path) -> None:
         conn.execute("DELETE FROM audit_head")
     res = run_cli("audit", "verify", cwd=tmp_path, env=env)
     assert res.returncode == 1 and "BROKEN at event 1" in res.stdout and "unexplained: the chain is empty" in res.stdout
+
+
+def test_doctor_names_what_the_chain_does_not_explain(tmp_path: Path) -> None:
+    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
+    assert run_cli("init", cwd=tmp_path, env=env).returncode == 0
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        conn.execute("DELETE FROM audit_events")
+        conn.execute("DELETE FROM audit_head")
+    res = run_cli("--json", "doctor", cwd=tmp_path, env=env)
+    audit = next(f for f in json.loads(res.stdout) if f["check"] == "audit")
+    assert res.returncode == 1 and audit["severity"] == "error"
+    assert "does not explain" in audit["message"] and "keyring default v1: created" in audit["message"]

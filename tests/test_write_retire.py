@@ -240,8 +240,8 @@ def check_after_race(store_url: str, tmp_path: Path, last: dict[str, int]) -> No
 
 
 def test_app_and_operator_race_with_real_processes(store_url: str, tmp_path: Path) -> None:
-    app, operator = race(store_url, tmp_path, cycles=4)
-    assert (operator["destroyed"], operator["destroy_refused"]) == (4, 0) and app["writes"] > 0
+    app, operator = race(store_url, tmp_path, cycles=3)
+    assert (operator["destroyed"], operator["destroy_refused"]) == (3, 0) and app["writes"] > 0
     check_after_race(store_url, tmp_path, app["last"])
     print(f"race: {app['writes']} writes, {app['retired_in_tx']} redone in the transaction, "
           f"{operator['destroyed']} versions destroyed, {operator['revoke_retries']} revokes refused")
