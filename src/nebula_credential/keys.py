@@ -253,7 +253,9 @@ class KeyManager:
         Share-locks the versions' rows (PostgreSQL), so a revoke or destroy of
         one of them and this write cannot both commit.  A False answer also
         drops the cached statuses: the caller re-encrypts under the active
-        version read afresh and tries again (see :meth:`retry_writes`).
+        version read afresh and tries again, :data:`WRITE_ATTEMPTS` times in
+        all (``Vault.put`` does the same check inside its single upsert
+        statement, ``StoreTx.put_credential_checked``).
         """
         wanted = versions if isinstance(versions, tuple) and len(versions) == 1 else tuple(sorted(set(versions)))
         statuses = tx.writable_versions(self.keyring, wanted)
