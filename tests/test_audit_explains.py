@@ -143,3 +143,12 @@ def test_doctor_names_what_the_chain_does_not_explain(tmp_path: Path) -> None:
     audit = next(f for f in json.loads(res.stdout) if f["check"] == "audit")
     assert res.returncode == 1 and audit["severity"] == "error"
     assert "does not explain" in audit["message"] and "keyring default v1: created" in audit["message"]
+
+
+def test_event_about_a_garbage_header_version_is_still_recorded(vault: nc.Vault) -> None:
+    """A tampered envelope can name version 0xFFFFFFFF; its audit event must not overflow the column."""
+    with vault.store.transaction() as tx:
+        seq = vault.audit.record(tx, "decrypt.failed", keyring="default", version=2**32 - 1, outcome="error")
+    row = next(r for r in vault.audit.rows() if r.seq == seq)
+    assert row.key_version is None and json.loads(row.details)["header_version"] == 2**32 - 1
+    assert vault.audit.verify().ok
