@@ -152,3 +152,16 @@ def test_event_about_a_garbage_header_version_is_still_recorded(vault: nc.Vault)
     row = next(r for r in vault.audit.rows() if r.seq == seq)
     assert row.key_version is None and json.loads(row.details)["header_version"] == 2**32 - 1
     assert vault.audit.verify().ok
+
+
+def test_every_keyring_is_explained(vault: nc.Vault) -> None:
+    tenant = vault.keyring("tenant-a")
+    tenant.keys.initialize()
+    tenant.keys.rotate(reason="test")
+    assert vault.audit.verify().ok
+    raw(vault, "UPDATE key_versions SET status = 'revoked' WHERE keyring = 'tenant-a' AND version = 1")
+    result = vault.audit.verify()
+    assert not result.ok and result.unexplained == (
+        "keyring tenant-a v1: key_versions says revoked since "
+        f"{tenant.keys.version(1).status_changed_at.isoformat()}; the chain says valid",  # type: ignore[union-attr]
+    )

@@ -188,6 +188,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert [kv.status for kv in self.vault.keys.list()].count(KeyStatus.ACTIVE) == 1
 
     @invariant()
+    def audit_chain_explains_the_key_table(self) -> None:
+        result = self.vault.audit.verify()
+        assert result.ok, result.unexplained
+
+    @invariant()
     def everything_referenced_still_decrypts(self) -> None:
         for cid, n in self.values.items():
             with self.vault.store.read() as tx:
