@@ -257,3 +257,16 @@ def test_app_and_operator_race_repeated(store_url: str, tmp_path: Path, round_: 
     check_after_race(store_url, tmp_path, app["last"])
     print(f"race {round_}: {app['writes']} writes, {app['retired_in_tx']} redone in the transaction, "
           f"{operator['revoke_retries']} revokes refused")
+
+
+def test_lifecycle_never_retires_a_version_a_lying_column_hides(vault: nc.Vault, clock: FakeClock) -> None:
+    """valid -> grace -> revoked also counts by header: the row under v1 keeps v1 valid."""
+    from nebula_credential.lifecycle import advance
+
+    vault.put("a", {"n": 1})
+    vault.keys.rotate(reason="test")
+    with vault.store.transaction() as tx:
+        tx._exec("UPDATE credentials SET key_version = 2")  # type: ignore[attr-defined]
+    clock.advance(days=2)
+    advance(vault.keys, clock(), timedelta(hours=24))  # plans v1 -> grace by the column; the guard refuses
+    assert vault.keys.version(1).status is KeyStatus.VALID and vault.get("a") == {"n": 1}

@@ -577,7 +577,8 @@ class KeyManager:
                     raise PolicyViolationError(
                         f"key version {version} is {kv.status.value}; it cannot become {new.value}{hint}"
                     )
-                refs = tx.count_by_version(self.keyring).get(version, 0)
+                # by envelope header, like the destroy guard: a row whose column lies still counts
+                refs = tx.versions_referenced(self.keyring).get(version, 0)
                 if (new is KeyStatus.GRACE or unreferenced_only) and refs:
                     raise PolicyViolationError(
                         f"key version {version} is still used by {refs} credential(s); it cannot become {new.value}"
