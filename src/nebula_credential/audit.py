@@ -51,8 +51,8 @@ FORBIDDEN_DETAILS = frozenset(
     {"value", "plaintext", "secret", "password", "pin", "token", "dek", "key", "key_material"}
 )
 AUDIT_KEY_CONTEXT = WrapContext("__audit__", 1, "audit")
-#: audit_events.key_version is a 32-bit signed INTEGER on PostgreSQL.
-MAX_VERSION_COLUMN = 2**31 - 1
+#: The highest key version a store column holds (PostgreSQL INTEGER); rotation never gets near it.
+MAX_KEY_VERSION = 2**31 - 1
 
 logger = logging.getLogger("nebula_credential.audit")
 
@@ -307,7 +307,7 @@ class AuditLog:
         **details: Any,
     ) -> int:
         """Append one event inside ``tx``; returns its sequence number."""
-        if version is not None and not 0 <= version <= MAX_VERSION_COLUMN:
+        if version is not None and not 0 <= version <= MAX_KEY_VERSION:
             # a garbage envelope header (tamper, corruption) names any uint32: keep it in the
             # details, where it cannot overflow the INTEGER column and fail the audit itself
             details = {**details, "header_version": version}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from cryptography.exceptions import InvalidTag
 
 from . import envelope as env
+from .backups import holds as backup_hold
 from .config import HARD_MAX_ENCRYPTIONS, KeyManagementConfig
 from .durations import format_duration
 from .exceptions import (
@@ -119,7 +119,10 @@ def check_destroy(
             f"destroyed {format_duration(floor - held)} from now (floor: twice refresh_interval, "
             f"{format_duration(floor)}, so no process still writes under it)"
         )
-    # 3. backups: a version an unexpired registered backup needs is never destroyed (backup feature)
+    # 3. backups: a version an unexpired registered backup needs is never destroyed
+    hold = backup_hold(tx, kr, v, now)
+    if hold is not None:
+        raise PolicyViolationError(f"key version {v} is kept: {hold}")
     # 4. the retention policy's minimum (the only check --force skips)
     with_refs = RetentionContext(now=now, versions=tx.list_versions(kr), references={v: refs})
     reason = retention.allows(kv, with_refs)
@@ -187,7 +190,7 @@ class KeyManager:
         self.config = config or KeyManagementConfig()
         self.clock = clock
         self.audit = audit
-        self._lock = threading.RLock()
+        self._lock = store.new_lock()
         # Keyed by the 8 fixed header bytes (magic, format, algorithm, version): one
         # slice of the envelope finds the key and validates the prefix at once.
         self._keys: dict[bytes, VersionedKey] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-import time
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._bridge import sleep
 from ..exceptions import (
     CommitOutcomeUnknownError,
     CorruptRecordError,
@@ -35,7 +36,7 @@ logger = logging.getLogger("nebula_credential.store")
 #: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
 STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,19 @@ class AuditRow:
     outcome: str
     details: str  # canonical JSON
     mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRecord:
+    """One registered backup: the copy's manifest and how long retention must honour it."""
+
+    name: str
+    kind: str  # "sqlite-copy" or "registered" (pg_dump / PITR taken outside)
+    taken_at: datetime
+    expires_at: datetime
+    registered_at: datetime
+    location: str
+    manifest: str  # canonical JSON
 
 
 class CredentialPage(list[EncryptedCredential]):
@@ -83,6 +97,10 @@ class StoreTx(ABC):
 
     @abstractmethod
     def schema_version(self) -> int: ...
+
+    @abstractmethod
+    def has_table(self, name: str) -> bool:
+        """Whether a table exists (read-only tools that run before migration check first)."""
 
     # ---- key versions ----------------------------------------------------
     @abstractmethod
@@ -270,6 +288,25 @@ class StoreTx(ABC):
         A row whose revision moved on since it was read is left untouched.
         """
 
+    # ---- backups ---------------------------------------------------------
+    @abstractmethod
+    def put_backup(self, record: BackupRecord, versions: dict[str, dict[int, int]]) -> None:
+        """Register (or re-register) a backup and the key versions its rows need."""
+
+    @abstractmethod
+    def list_backups(self) -> list[BackupRecord]: ...
+
+    @abstractmethod
+    def delete_backup(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def backup_versions(self, name: str) -> dict[str, dict[int, int]]:
+        """The key versions a registered backup needs, with its credential counts."""
+
+    @abstractmethod
+    def backup_holds(self, keyring: str, version: int, now: datetime) -> list[tuple[str, datetime]]:
+        """(name, expires_at) of every unexpired backup that needs this version, latest expiry first."""
+
     # ---- leases ----------------------------------------------------------
     @abstractmethod
     def acquire_lease(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
@@ -345,6 +382,14 @@ class Store(ABC):
     def ensure_connections(self, count: int) -> None:  # noqa: B027 - optional hook
         """Make room for ``count`` concurrent transactions (a pooled backend grows its pool)."""
 
+    def new_lock(self) -> AbstractContextManager[Any]:
+        """A reentrant lock for the callers of this store (the key manager's).
+
+        Threads get a ``threading.RLock``; the asyncio bridge's store hands out
+        a greenlet-aware one, since its callers all share the loop's thread.
+        """
+        return threading.RLock()
+
     def directory(self) -> Path | None:
         """The folder holding a file-backed store (a local key file's default home), else None."""
         return None
@@ -384,7 +429,7 @@ class Store(ABC):
                     ) from exc
                 delay = delays.pop(0)
                 logger.warning("%s; running the transaction again in %.2fs", exc, delay)
-                time.sleep(delay)
+                sleep(delay)
 
     def iter_credentials(
         self,

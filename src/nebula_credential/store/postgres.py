@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
+from .._bridge import sleep
 from ..exceptions import (
     CommitOutcomeUnknownError,
     ConcurrencyError,
@@ -45,7 +45,7 @@ from ..exceptions import (
     TransientStoreError,
 )
 from ..providers.base import RetryPolicy
-from ._sql import SqlTx, schema_v1, schema_v2
+from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups
 from .base import Store, StoreTx, redact_url
 
 try:
@@ -59,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 if TYPE_CHECKING:
     Connection = psycopg.Connection[Any]
 
-MIGRATIONS = [schema_v1("BYTEA", "DOUBLE PRECISION"), schema_v2()]
+MIGRATIONS = [schema_v1("BYTEA", "DOUBLE PRECISION"), schema_v2(), schema_v3_backups("DOUBLE PRECISION")]
 APPLICATION_NAME = "nebula-credential"
 
 # SQLSTATE classes and codes meaning "the connection or the server went away".
@@ -82,6 +82,7 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "ON {schema}.key_versions TO {role}",
         "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.audit_head TO {role}",
+        "GRANT SELECT ON {schema}.backups, {schema}.backup_keys TO {role}",
     ),
     "operator": (
         "GRANT USAGE ON SCHEMA {schema} TO {role}",
@@ -92,6 +93,7 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases TO {role}",
         "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.audit_head TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.backups, {schema}.backup_keys TO {role}",
     ),
 }
 
@@ -298,7 +300,11 @@ class PostgresStore(Store):
                         f"cannot start a transaction on PostgreSQL store {redact_url(self.url)} "
                         f"after {self.retry.attempts} attempts: {self._scrub(_message(exc))}"
                     ) from None
-                time.sleep(delays.pop(0))
+                sleep(delays.pop(0))
+            except BaseException:
+                if conn is not None:  # interrupted mid-BEGIN (a cancelled task): the pool resets or drops it
+                    self._pool.putconn(conn)
+                raise
 
     @contextmanager
     def transaction(self, *, write: bool = True, autonomous: bool = False) -> Iterator[StoreTx]:
