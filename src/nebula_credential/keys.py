@@ -110,7 +110,11 @@ def check_destroy(
             f"key version {v} is still used by {refs} credential(s) (by envelope header); "
             f"reinstate it (`nebula-credential keys reinstate {v}`) and run `nebula-credential reencrypt` first"
         )
-    # 2. the floor: every process has re-read key statuses since the revocation
+    # 2. backups: a version an unexpired registered backup needs is never destroyed
+    hold = backup_hold(tx, kr, v, now)
+    if hold is not None:
+        raise PolicyViolationError(f"key version {v} is kept: {hold}")
+    # 3. the floor: every process has re-read key statuses since the revocation
     floor = destroy_floor(config)
     held = now - (kv.revoked_at or kv.status_changed_at or now)
     if held < floor:
@@ -119,10 +123,6 @@ def check_destroy(
             f"destroyed {format_duration(floor - held)} from now (floor: twice refresh_interval, "
             f"{format_duration(floor)}, so no process still writes under it)"
         )
-    # 3. backups: a version an unexpired registered backup needs is never destroyed
-    hold = backup_hold(tx, kr, v, now)
-    if hold is not None:
-        raise PolicyViolationError(f"key version {v} is kept: {hold}")
     # 4. the retention policy's minimum (the only check --force skips)
     with_refs = RetentionContext(now=now, versions=tx.list_versions(kr), references={v: refs})
     reason = retention.allows(kv, with_refs)
