@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .backups import holds as backup_hold
 from .exceptions import ConcurrencyError, PolicyViolationError
-from .keys import KeyManager
+from .keys import KeyManager, check_destroy
 from .models import KeyStatus
-from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versions
+from .policies.retention import KeyRetentionPolicy, RetentionContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,34 +67,32 @@ def advance(km: KeyManager, now: datetime, grace_period: timedelta, *, dry_run: 
 def cleanup(
     km: KeyManager, policy: KeyRetentionPolicy, now: datetime, *, dry_run: bool = False
 ) -> list[LifecycleAction]:
-    """Destroy revoked versions the policy allows and nothing references; name the policy."""
+    """Destroy the revoked versions the destroy guard allows; name the policy that allowed each.
+
+    The guard is :func:`~nebula_credential.keys.check_destroy`, the same one
+    ``keys destroy`` uses: revoked, referenced by no row (by envelope header),
+    past the floor, allowed by ``policy``.  A dry run asks it without writing.
+    """
     with km.store.read() as tx:
         versions = tx.list_versions(km.keyring)
-        refs = tx.count_by_version(km.keyring)
-        held = {kv.version for kv in versions if backup_hold(tx, km.keyring, kv.version, now)}
+        refs = tx.versions_referenced(km.keyring)
     ctx = RetentionContext(now=now, versions=versions, references=refs)
-    keep = kept_versions(versions, km.config.retention.keep_versions)
     out = []
     for kv in versions:
         if kv.status in (KeyStatus.ACTIVE, KeyStatus.DESTROYED):
             continue
-        reason = policy.allows(kv, ctx)  # every retired version, then the guard below
-        if reason is None or kv.status is not KeyStatus.REVOKED or refs.get(kv.version, 0):
+        # the policy is asked about every retired version (a custom one may want to see them all);
+        # only a revoked one it allows goes on to the guard
+        if policy.allows(kv, ctx) is None or kv.status is not KeyStatus.REVOKED:
             continue
-        if kv.version in keep or kv.version in held:
-            continue
-        if not dry_run:
-            try:
-                km.transition(
-                    kv.version,
-                    KeyStatus.DESTROYED,
-                    action="key.cleanup",
-                    expected=KeyStatus.REVOKED,
-                    unreferenced_only=True,
-                    policy=policy.name,
-                    reason=reason,
-                )
-            except (ConcurrencyError, PolicyViolationError):
-                continue
+        try:
+            with km.store.read() as tx:
+                _, reason = check_destroy(tx, kv, now=now, config=km.config, retention=policy)
+            if not dry_run:  # the transition asks the guard again, inside its own transaction
+                km.transition(kv.version, KeyStatus.DESTROYED, action="key.cleanup",
+                              expected=KeyStatus.REVOKED, retention=policy, policy=policy.name)
+        except (ConcurrencyError, PolicyViolationError):
+            continue  # kept: referenced, too recent, or the policy says not yet
         out.append(LifecycleAction(kv.version, KeyStatus.REVOKED.value, KeyStatus.DESTROYED.value, reason))
     return out
+

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .access import AccessCounter
-from .audit import AuditLog
+from .audit import MAX_KEY_VERSION, AuditLog
 from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import (
@@ -31,7 +31,7 @@ from .exceptions import (
     StoreError,
 )
 from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
-from .keys import KeyManager
+from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
 from .names import check_credential_id, check_keyring, check_scope
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
-#: The highest key version a store column holds (PostgreSQL INTEGER); rotation never gets near it.
-MAX_KEY_VERSION = 2**31 - 1
 
 
 def _check_id(credential_id: str, scope: str) -> None:
@@ -137,18 +135,28 @@ class Vault:
         """Store (or replace) a credential; returns its new revision."""
         _check_id(credential_id, scope)
         kr = self.keys.keyring
-        observer = self.observer
-        start = time.perf_counter() if observer is not None else 0.0
-        blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
-        if observer is not None:
-            observer(kr, "encrypt", time.perf_counter() - start, True)
-        with self.store.transaction() as tx:
-            revision = tx.put_credential(kr, credential_id, scope, int.from_bytes(blob[4:8]), blob,
-                                         metadata or {}, self.clock())
-            if self._audit_credentials:
-                self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
-                                  version=int.from_bytes(blob[4:8]), scope=scope)
-        return revision
+        keys = self.keys
+        plaintext = _encode(value)
+        aad = credential_context(kr, credential_id, scope)
+        for _ in range(WRITE_ATTEMPTS):
+            observer = self.observer
+            start = time.perf_counter() if observer is not None else 0.0
+            blob = keys.encrypt(plaintext, aad)
+            if observer is not None:
+                observer(kr, "encrypt", time.perf_counter() - start, True)
+            version = int.from_bytes(blob[4:8])
+            with self.store.transaction() as tx:
+                # the write and its version's status check in one statement (see KeyManager.writable)
+                revision = tx.put_credential_checked(kr, credential_id, scope, version, blob,
+                                                     metadata or {}, self.clock(), WRITABLE)
+                if revision is None:
+                    keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
+                    continue
+                if self._audit_credentials:
+                    self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
+                                      version=version, scope=scope)
+                return revision
+        raise keys.write_refused((version,))
 
     def put_many(
         self,
@@ -171,43 +179,54 @@ class Vault:
         """
         if on_existing not in ON_EXISTING:
             raise InvalidInputError("on_existing", f"got {on_existing!r}; allowed: {', '.join(ON_EXISTING)}")
-        kr = self.keys.keyring
         counts = counts if counts is not None else ImportCounts()
-        batch: list[tuple[str, str, int, bytes, dict[str, Any]]] = []
+        batch: list[tuple[str, bytes, str, dict[str, Any]]] = []
         for credential_id, value, scope, metadata in items:
             _check_id(credential_id, scope)
-            blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
-            batch.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata or {}))
+            batch.append((credential_id, _encode(value), scope, metadata or {}))
             if len(batch) >= batch_size:
                 self._flush(batch, on_existing, counts, progress)
         if batch:
             self._flush(batch, on_existing, counts, progress)
         return counts.written
 
-    def _flush(self, batch: list[tuple[str, str, int, bytes, dict[str, Any]]], on_existing: str,
+    def _flush(self, batch: list[tuple[str, bytes, str, dict[str, Any]]], on_existing: str,
                counts: ImportCounts, progress: Callable[[int], None] | None) -> None:
-        kr = self.keys.keyring
-        rows = len(batch)
-        with self.store.transaction() as tx:
-            existing = tx.existing_ids(kr, [row[0] for row in batch])
-            if existing and on_existing == "fail":
-                first = next(row[0] for row in batch if row[0] in existing)
-                raise InvalidInputError("id", f"credential {first!r} already exists (and {len(existing) - 1} more "
-                                        "in this batch); nothing of this batch was written")
-            if existing and on_existing == "skip":
-                batch[:] = [row for row in batch if row[0] not in existing]
-            if batch:
-                tx.put_credentials(kr, batch, self.clock())
-            if self._audit_credentials:
-                self.audit.record(tx, "credential.import", keyring=kr, count=len(batch))
-        if on_existing == "skip":
-            counts.skipped += len(existing)
-        else:
-            counts.overwritten += len(existing)
-        counts.created += len(batch) - (0 if on_existing == "skip" else len(existing))
-        batch.clear()
-        if progress is not None:
-            progress(rows)
+        """Encrypt and write one batch; again under a fresh active version if its version was retired."""
+        keys = self.keys
+        kr = keys.keyring
+        total = len(batch)
+        versions: set[int] = set()
+        for _ in range(WRITE_ATTEMPTS):
+            rows = []
+            for credential_id, plaintext, scope, metadata in batch:
+                blob = keys.encrypt(plaintext, credential_context(kr, credential_id, scope))
+                rows.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata))
+            versions = {r[2] for r in rows}
+            with self.store.transaction() as tx:
+                if not keys.writable(tx, versions):
+                    continue
+                existing = tx.existing_ids(kr, [r[0] for r in rows])
+                if existing and on_existing == "fail":
+                    first = next(r[0] for r in rows if r[0] in existing)
+                    raise InvalidInputError("id", f"credential {first!r} already exists (and {len(existing) - 1} "
+                                            "more in this batch); nothing of this batch was written")
+                if existing and on_existing == "skip":
+                    rows = [r for r in rows if r[0] not in existing]
+                if rows:
+                    tx.put_credentials(kr, rows, self.clock())
+                if self._audit_credentials:
+                    self.audit.record(tx, "credential.import", keyring=kr, count=len(rows))
+            if on_existing == "skip":
+                counts.skipped += len(existing)
+            else:
+                counts.overwritten += len(existing)
+            counts.created += len(rows) - (0 if on_existing == "skip" else len(existing))
+            batch.clear()
+            if progress is not None:
+                progress(total)
+            return
+        raise keys.write_refused(versions)
 
     def get_record(self, credential_id: str) -> Credential:
         """The decrypted credential with its scope, key version and metadata."""
