@@ -58,6 +58,7 @@ def test_keep_versions_keeps_the_previous_version_whatever_the_policy(sq: nc.Vau
         policy = retention_from_config(v.config)
         assert cleanup(v.keys, policy, clock()) == []  # v1 is the one before the active v2: kept
         v.keys.rotate()  # v3 active: v1 is now outside keep_versions
+        clock.advance(minutes=1)  # past the destroy floor (twice refresh_interval)
         assert [a.version for a in cleanup(v.keys, policy, clock())] == [1]
         assert v.keys.version(2).status is not KeyStatus.DESTROYED
     finally:
@@ -177,6 +178,7 @@ def test_custom_retention_sees_every_retired_version_and_the_guard_still_applies
         for _ in range(3):
             v.keys.rotate()  # v4 active; v1 (referenced by "a"), v2 and v3 valid
         v.keys.revoke(2)
+        clock.advance(minutes=1)  # past the destroy floor (twice refresh_interval)
         done = cleanup(v.keys, retention_from_config(v.config), clock())
         assert {(n, status) for n, status, _ in opx_retention.SEEN} == {(1, "valid"), (2, "revoked"), (3, "valid")}
         assert (1, "valid", 1) in opx_retention.SEEN  # referenced versions are shown too

@@ -159,6 +159,7 @@ def test_cleanup_uses_the_same_guard(vault: nc.Vault, clock: FakeClock) -> None:
     from nebula_credential.lifecycle import cleanup
 
     vault.keys.rotate(reason="test")
+    vault.keys.rotate(reason="test")  # v3 active: v1 is outside keep_versions (active and previous)
     vault.keys.revoke(1)
     assert cleanup(vault.keys, UntilReEncrypted(), clock(), dry_run=True) == []  # inside the floor
     assert cleanup(vault.keys, UntilReEncrypted(), clock()) == []

@@ -34,7 +34,7 @@ from .exceptions import (
     ProviderError,
 )
 from .models import KeyStatus, KeyVersion, to_epoch, utc_now
-from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versions, retention_from_config
+from .policies.retention import KeyRetentionPolicy, RetentionContext, retention_from_config
 from .providers.base import Aead, KeyProvider, WrapContext
 
 if TYPE_CHECKING:
@@ -123,16 +123,8 @@ def check_destroy(
             f"destroyed {format_duration(floor - held)} from now (floor: twice refresh_interval, "
             f"{format_duration(floor)}, so no process still writes under it)"
         )
-    # 4. keep_versions: the active version and the ones just before it, whatever the policy
-    versions = tx.list_versions(kr)
-    keep = config.retention.keep_versions
-    if v in kept_versions(versions, keep):
-        raise PolicyViolationError(
-            f"key version {v} is kept: it is one of the newest {keep} versions ([retention] keep_versions), "
-            "so ciphertext held outside the store still opens; it can be destroyed after the next rotation"
-        )
-    # 5. the retention policy's minimum (the only check --force skips)
-    with_refs = RetentionContext(now=now, versions=versions, references={v: refs})
+    # 4. the retention policy's minimum (the only check --force skips)
+    with_refs = RetentionContext(now=now, versions=tx.list_versions(kr), references={v: refs})
     reason = retention.allows(kv, with_refs)
     if reason is None:
         if not force_retention:

@@ -16,7 +16,7 @@ from typing import Any
 from .exceptions import ConcurrencyError, PolicyViolationError
 from .keys import KeyManager, check_destroy
 from .models import KeyStatus
-from .policies.retention import KeyRetentionPolicy, RetentionContext
+from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +77,15 @@ def cleanup(
         versions = tx.list_versions(km.keyring)
         refs = tx.versions_referenced(km.keyring)
     ctx = RetentionContext(now=now, versions=versions, references=refs)
+    # keep_versions: the active version and those just before it stay, whatever the policy says
+    keep = kept_versions(versions, km.config.retention.keep_versions)
     out = []
     for kv in versions:
         if kv.status in (KeyStatus.ACTIVE, KeyStatus.DESTROYED):
             continue
         # the policy is asked about every retired version (a custom one may want to see them all);
-        # only a revoked one it allows goes on to the guard
-        if policy.allows(kv, ctx) is None or kv.status is not KeyStatus.REVOKED:
+        # only a revoked one it allows, outside keep_versions, goes on to the guard
+        if policy.allows(kv, ctx) is None or kv.status is not KeyStatus.REVOKED or kv.version in keep:
             continue
         try:
             with km.store.read() as tx:
