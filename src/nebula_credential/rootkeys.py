@@ -16,6 +16,7 @@ from typing import Any
 from .audit import AuditLog
 from .models import KeyStatus
 from .providers.base import KeyProvider, WrapContext
+from .server.tokens import rewrap_server_key
 from .store.base import Store
 
 
@@ -76,6 +77,7 @@ def rotate_root_key(store: Store, provider: KeyProvider, audit: AuditLog) -> Roo
     result.seconds = time.perf_counter() - start
     with store.transaction() as tx:
         audit.rewrap_key(tx)
+        rewrap_server_key(tx, provider)
         audit.record(
             tx,
             "provider.rotate",

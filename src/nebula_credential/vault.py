@@ -19,6 +19,7 @@ from .audit import AuditLog
 from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import (
+    CheckAndSetError,
     ConfigError,
     CredentialNotFoundError,
     DecryptionError,
@@ -102,8 +103,14 @@ class Vault:
         *,
         scope: str = DEFAULT_SCOPE,
         metadata: dict[str, Any] | None = None,
+        expected_revision: int | None = None,
     ) -> int:
-        """Store (or replace) a credential; returns its new revision."""
+        """Store (or replace) a credential; returns its new revision.
+
+        With ``expected_revision`` the write is a check-and-set: it lands only
+        if the stored revision is that number (0: no credential yet), checked
+        by the write statement itself, else :class:`CheckAndSetError`.
+        """
         _check_id(credential_id)
         kr = self.keys.keyring
         observer = self.observer
@@ -111,12 +118,20 @@ class Vault:
         blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
         if observer is not None:
             observer(kr, "encrypt", time.perf_counter() - start, True)
+        version = int.from_bytes(blob[4:8])
         with self.store.transaction() as tx:
-            revision = tx.put_credential(kr, credential_id, scope, int.from_bytes(blob[4:8]), blob,
-                                         metadata or {}, self.clock())
+            if expected_revision is None:
+                revision = tx.put_credential(kr, credential_id, scope, version, blob, metadata or {}, self.clock())
+            else:
+                written = tx.put_credential_cas(kr, credential_id, scope, version, blob, metadata or {},
+                                                self.clock(), expected_revision)
+                if written is None:
+                    row = tx.get_credential(kr, credential_id)
+                    raise CheckAndSetError(credential_id, expected_revision, row.revision if row else 0)
+                revision = written
             if self._audit_credentials:
                 self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
-                                  version=int.from_bytes(blob[4:8]), scope=scope)
+                                  version=version, scope=scope)
         return revision
 
     def put_many(
@@ -179,7 +194,8 @@ class Vault:
             with self.store.transaction() as tx:
                 self.audit.record(tx, "credential.read", keyring=kr, credential_id=credential_id,
                                   version=row.key_version)
-        return Credential(row.id, row.scope, row.key_version, value, row.metadata, row.revision)
+        return Credential(row.id, row.scope, row.key_version, value, row.metadata, row.revision,
+                          row.created_at, row.updated_at)
 
     # ---- migration window -----------------------------------------------------
     def enable_read_through(self, keys: LegacyKeySet, lookup: Callable[[str], str | bytes | None]) -> None:

@@ -17,13 +17,17 @@ from typing import Any
 
 from ..exceptions import StoreError
 from ..models import EncryptedCredential, KeyStatus, KeyVersion, from_epoch, to_epoch
-from .base import SCHEMA_VERSION, AuditRow, StoreTx
+from .base import SCHEMA_VERSION, AuditRow, StoreTx, TokenRow
 
 _VERSION_COLS = (
     "keyring, version, status, wrapped_key, provider, root_key_id, created_at, expires_at, "
     "status_changed_at, revoked_at, destroyed_at, encryptions, reason"
 )
 _CRED_COLS = "keyring, id, scope, key_version, envelope, metadata, revision, created_at, updated_at"
+_TOKEN_COLS = (
+    "accessor, token_hash, parent, policies, display_name, meta, created_at, expires_at, "  # noqa: S105
+    "max_expires_at, ttl, renewable"
+)
 _AUDIT_COLS = "seq, ts, actor, action, keyring, key_version, credential_id, outcome, details, mac"
 
 
@@ -88,6 +92,22 @@ def _audit(row: Sequence[Any]) -> AuditRow:
         outcome=row[7],
         details=row[8],
         mac=bytes(row[9]),
+    )
+
+
+def _token(row: Sequence[Any]) -> TokenRow:
+    return TokenRow(
+        accessor=row[0],
+        token_hash=row[1],
+        parent=row[2],
+        policies=tuple(json.loads(row[3])),
+        display_name=row[4],
+        meta=json.loads(row[5]),
+        created_at=float(row[6]),
+        expires_at=None if row[7] is None else float(row[7]),
+        max_expires_at=None if row[8] is None else float(row[8]),
+        ttl=float(row[9]),
+        renewable=bool(row[10]),
     )
 
 
@@ -299,6 +319,32 @@ class SqlTx(StoreTx):
         ).fetchone()
         return int(row[0])
 
+    def put_credential_cas(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+        expected_revision: int,
+    ) -> int | None:
+        ts = to_epoch(now)
+        if expected_revision == 0:
+            cur = self._exec(
+                f"INSERT INTO credentials ({_CRED_COLS}) VALUES (?,?,?,?,?,?,1,?,?) "
+                "ON CONFLICT (keyring, id) DO NOTHING",
+                (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts, ts),
+            )
+        else:
+            cur = self._exec(
+                "UPDATE credentials SET scope = ?, key_version = ?, envelope = ?, metadata = ?, "
+                "revision = revision + 1, updated_at = ? WHERE keyring = ? AND id = ? AND revision = ?",
+                (scope, key_version, envelope, _json(metadata), ts, keyring, credential_id, expected_revision),
+            )
+        return expected_revision + 1 if cur.rowcount == 1 else None
+
     def put_credentials(
         self,
         keyring: str,
@@ -390,6 +436,56 @@ class SqlTx(StoreTx):
             [(env, ver, keyring, cid, rev) for cid, rev, ver, env in updates],
         )
         return int(cur.rowcount)
+
+    # ---- HTTP server: tokens and policies ---------------------------------
+    def token_insert(self, row: TokenRow) -> None:
+        self._exec(
+            f"INSERT INTO server_tokens ({_TOKEN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (row.accessor, row.token_hash, row.parent, json.dumps(list(row.policies)), row.display_name,
+             _json(row.meta), row.created_at, row.expires_at, row.max_expires_at, row.ttl, int(row.renewable)),
+        )
+
+    def token_by_hash(self, token_hash: str) -> TokenRow | None:
+        row = self._exec(f"SELECT {_TOKEN_COLS} FROM server_tokens WHERE token_hash = ?", (token_hash,)).fetchone()
+        return None if row is None else _token(row)
+
+    def token_by_accessor(self, accessor: str) -> TokenRow | None:
+        row = self._exec(f"SELECT {_TOKEN_COLS} FROM server_tokens WHERE accessor = ?", (accessor,)).fetchone()
+        return None if row is None else _token(row)
+
+    def token_list(self) -> list[TokenRow]:
+        rows = self._exec(f"SELECT {_TOKEN_COLS} FROM server_tokens ORDER BY created_at, accessor").fetchall()
+        return [_token(r) for r in rows]
+
+    def token_set_expiry(self, accessor: str, expires_at: float | None) -> bool:
+        cur = self._exec("UPDATE server_tokens SET expires_at = ? WHERE accessor = ?", (expires_at, accessor))
+        return bool(cur.rowcount == 1)
+
+    def token_delete(self, accessors: Sequence[str]) -> int:
+        return sum(
+            int(self._exec("DELETE FROM server_tokens WHERE accessor = ?", (a,)).rowcount) for a in accessors
+        )
+
+    def token_children(self, accessor: str) -> list[str]:
+        rows = self._exec("SELECT accessor FROM server_tokens WHERE parent = ?", (accessor,)).fetchall()
+        return [r[0] for r in rows]
+
+    def policy_put(self, name: str, body: str, now: datetime) -> None:
+        self._exec(
+            "INSERT INTO server_policies (name, body, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            (name, body, to_epoch(now)),
+        )
+
+    def policy_get(self, name: str) -> str | None:
+        row = self._exec("SELECT body FROM server_policies WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def policy_list(self) -> list[str]:
+        return [r[0] for r in self._exec("SELECT name FROM server_policies ORDER BY name").fetchall()]
+
+    def policy_delete(self, name: str) -> bool:
+        return bool(self._exec("DELETE FROM server_policies WHERE name = ?", (name,)).rowcount == 1)
 
     # ---- leases --------------------------------------------------------
     def acquire_lease(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
@@ -547,3 +643,25 @@ def schema_v2() -> list[str]:
     """Version 2: the MAC'd head of the audit chain, in a table of its own so that
     application roles can advance it without write access to ``meta``."""
     return ["CREATE TABLE IF NOT EXISTS audit_head (name TEXT PRIMARY KEY, value TEXT NOT NULL)"]
+
+
+def schema_v3_server(real: str) -> list[str]:
+    """Version 3: the HTTP server's tokens (keyed hashes only) and ACL policies."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS server_tokens (
+            accessor TEXT PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,
+            parent TEXT,
+            policies TEXT NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            meta TEXT NOT NULL DEFAULT '{{}}',
+            created_at {real} NOT NULL,
+            expires_at {real},
+            max_expires_at {real},
+            ttl {real} NOT NULL,
+            renewable INTEGER NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS server_tokens_by_parent ON server_tokens (parent)",
+        f"CREATE TABLE IF NOT EXISTS server_policies (name TEXT PRIMARY KEY, body TEXT NOT NULL, "
+        f"updated_at {real} NOT NULL)",
+    ]

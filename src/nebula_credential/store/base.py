@@ -29,7 +29,24 @@ logger = logging.getLogger("nebula_credential.store")
 #: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
 STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """One HTTP-server token: only its keyed hash is stored, never the token."""
+
+    accessor: str
+    token_hash: str
+    parent: str | None
+    policies: tuple[str, ...]
+    display_name: str
+    meta: dict[str, str]
+    created_at: float
+    expires_at: float | None  # None: never (root tokens created by an operator)
+    max_expires_at: float | None
+    ttl: float
+    renewable: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +194,58 @@ class StoreTx(ABC):
 
         A row whose revision moved on since it was read is left untouched.
         """
+
+    @abstractmethod
+    def put_credential_cas(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+        expected_revision: int,
+    ) -> int | None:
+        """Write only if the stored revision is ``expected_revision`` (0: absent).
+
+        One conditional statement, so two writers with the same expectation
+        cannot both succeed; returns the new revision, or None on a mismatch.
+        """
+
+    # ---- HTTP server: tokens and policies ---------------------------------
+    @abstractmethod
+    def token_insert(self, row: TokenRow) -> None: ...
+
+    @abstractmethod
+    def token_by_hash(self, token_hash: str) -> TokenRow | None: ...
+
+    @abstractmethod
+    def token_by_accessor(self, accessor: str) -> TokenRow | None: ...
+
+    @abstractmethod
+    def token_list(self) -> list[TokenRow]: ...
+
+    @abstractmethod
+    def token_set_expiry(self, accessor: str, expires_at: float | None) -> bool: ...
+
+    @abstractmethod
+    def token_delete(self, accessors: Sequence[str]) -> int: ...
+
+    @abstractmethod
+    def token_children(self, accessor: str) -> list[str]: ...
+
+    @abstractmethod
+    def policy_put(self, name: str, body: str, now: datetime) -> None: ...
+
+    @abstractmethod
+    def policy_get(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def policy_list(self) -> list[str]: ...
+
+    @abstractmethod
+    def policy_delete(self, name: str) -> bool: ...
 
     # ---- leases ----------------------------------------------------------
     @abstractmethod

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..exceptions import StoreError, StoreUnavailableError
-from ._sql import SqlTx, schema_v1, schema_v2
+from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_server
 from .base import Store, StoreTx
 
-MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2()]
+MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2(), schema_v3_server("REAL")]
 
 
 def path_from_url(url: str) -> str:

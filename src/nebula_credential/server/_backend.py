@@ -1,0 +1,141 @@
+"""Every blocking call the server makes, behind one small async adapter.
+
+Today it wraps the synchronous :class:`~nebula_credential.vault.Vault` (the
+facade the CLI uses) with ``run_in_threadpool``; moving to the asyncio API
+is a change to this file only.  Handlers never touch a store or a vault
+directly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+
+from ..models import Credential, EncryptedCredential
+from ..store.base import TokenRow
+from ..vault import Vault
+from .policies import ACL, BUILTIN, ROOT_POLICY, Rule, parse
+from .tokens import TokenManager
+
+T = TypeVar("T")
+
+
+class Backend:
+    """The vault (one per keyring), the token manager and the policy cache."""
+
+    def __init__(self, vault: Vault, tokens: TokenManager, *, cache_ttl: timedelta, audit_reads: bool) -> None:
+        self.vault = vault
+        self.tokens = tokens
+        self.audit_reads = audit_reads
+        self._vaults: dict[str, Vault] = {vault.keyring_name: vault}
+        self._cache_ttl = cache_ttl.total_seconds()
+        self._policies: dict[str, tuple[float, list[Rule] | None]] = {}
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    def keyring(self, name: str) -> Vault:
+        with self._lock:
+            if name not in self._vaults:
+                self._vaults[name] = self.vault.keyring(name)
+            return self._vaults[name]
+
+    # ---- credentials ---------------------------------------------------------
+    async def row(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
+        """The stored record without decrypting it (metadata, revision)."""
+
+        def read() -> EncryptedCredential | None:
+            with self.vault.store.read() as tx:
+                return tx.get_credential(keyring, credential_id)
+
+        return await self.run(read)
+
+    async def get(self, keyring: str, credential_id: str) -> Credential:
+        return await self.run(self.keyring(keyring).get_record, credential_id)
+
+    async def put(
+        self, keyring: str, credential_id: str, value: Any, *, scope: str, metadata: dict[str, Any],
+        expected_revision: int | None,
+    ) -> int:
+        return await self.run(
+            self.keyring(keyring).put, credential_id, value, scope=scope, metadata=metadata,
+            expected_revision=expected_revision,
+        )
+
+    async def delete(self, keyring: str, credential_id: str) -> None:
+        await self.run(self.keyring(keyring).delete, credential_id)
+
+    async def list_ids(self, keyring: str, prefix: str) -> list[str]:
+        def ids() -> list[str]:
+            return [r.id for r in self.keyring(keyring).list() if r.id.startswith(prefix)]
+
+        return await self.run(ids)
+
+    # ---- tokens and policies --------------------------------------------------
+    async def lookup(self, token: str) -> TokenRow | None:
+        return await self.run(self.tokens.lookup, token)
+
+    async def acl(self, policies: tuple[str, ...]) -> ACL:
+        if ROOT_POLICY in policies:
+            return ACL([], root=True)
+        rules = []
+        for name in policies:
+            rules.extend(await self.run(self._rules, name))
+        return ACL(rules)
+
+    def _rules(self, name: str) -> list[Rule]:
+        mono = time.monotonic()
+        with self._lock:
+            hit = self._policies.get(name)
+        if hit is not None and mono - hit[0] < self._cache_ttl:
+            return hit[1] or []
+        with self.vault.store.read() as tx:
+            text = tx.policy_get(name)
+        rules = parse(text) if text is not None else None
+        with self._lock:
+            self._policies[name] = (mono, rules)
+        return rules or []
+
+    def forget_policy(self, name: str) -> None:
+        with self._lock:
+            self._policies.pop(name, None)
+
+    async def policy_get(self, name: str) -> str | None:
+        if name in BUILTIN:
+            return ""
+
+        def read() -> str | None:
+            with self.vault.store.read() as tx:
+                return tx.policy_get(name)
+
+        return await self.run(read)
+
+    async def policy_put(self, name: str, text: str) -> None:
+        parse(text)  # refuse what we could not enforce before storing it
+        await self.run(self.vault.store.run, lambda tx: tx.policy_put(name, text, self.vault.clock()))
+        self.forget_policy(name)
+
+    async def policy_delete(self, name: str) -> None:
+        await self.run(self.vault.store.run, lambda tx: tx.policy_delete(name))
+        self.forget_policy(name)
+
+    async def policy_list(self) -> list[str]:
+        def names() -> list[str]:
+            with self.vault.store.read() as tx:
+                return tx.policy_list()
+
+        return sorted({*await self.run(names), *BUILTIN})
+
+    # ---- audit ------------------------------------------------------------------
+    async def audit(self, action: str, *, keyring: str | None, outcome: str, **details: Any) -> None:
+        def record() -> None:
+            with self.vault.store.transaction() as tx:
+                self.vault.audit.record(tx, action, keyring=keyring, outcome=outcome, **details)
+
+        await self.run(record)
