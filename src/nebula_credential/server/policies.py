@@ -120,6 +120,8 @@ def parse(text: str) -> list[Rule]:
         raise PolicyError(f"policy is not valid HCL: {first}") from None
     rules: list[Rule] = []
     for key, blocks in doc.items():
+        if key.startswith("__"):  # the parser's own bookkeeping (comments)
+            continue
         if key != "path":
             raise PolicyError(f"unsupported policy stanza {key!r}; only path blocks are supported")
         for block in blocks if isinstance(blocks, list) else [blocks]:
@@ -129,7 +131,7 @@ def parse(text: str) -> list[Rule]:
                 pattern = _unquote(raw_pattern)
                 if not isinstance(body, dict):
                     raise PolicyError(f"path {pattern!r}: expected a block")
-                extra = sorted(k for k in body if k not in ("capabilities", "__is_block__"))
+                extra = sorted(k for k in body if k != "capabilities" and not k.startswith("__"))
                 if extra:
                     raise PolicyError(f"path {pattern!r}: unsupported setting {extra[0]!r}; only capabilities")
                 caps = body.get("capabilities")
