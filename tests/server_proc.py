@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -52,10 +53,15 @@ class Server:
 
     def http(self, token: str | None = None) -> httpx.Client:
         headers = {"X-Vault-Token": token} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, verify=self.verify, timeout=30)
+        return httpx.Client(base_url=self.url, headers=headers, verify=tls_verify(self.verify), timeout=30)
 
     def log(self) -> str:
         return (self.folder / "serve.log").read_text(errors="replace")
+
+
+def tls_verify(verify: str | bool) -> ssl.SSLContext | bool:
+    """httpx wants a context for a CA file."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
 def init_store(folder: Path, db: str, env: dict[str, str]) -> None:
@@ -84,7 +90,7 @@ def serve(folder: Path, db: str, *extra: str, env: dict[str, str] | None = None,
             if proc.poll() is not None:
                 raise AssertionError(f"serve exited with {proc.returncode}: {server.log()[-3000:]}")
             try:
-                if httpx.get(f"{server.url}/v1/sys/health", verify=verify, timeout=2).status_code == 200:
+                if httpx.get(f"{server.url}/v1/sys/health", verify=tls_verify(verify), timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
