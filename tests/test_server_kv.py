@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -109,6 +110,19 @@ def test_every_request_audited_without_data_or_token(root: httpx.Client, server:
     assert ("server.denied", "get", "secret/data/audited") in kinds
     token = root.headers["X-Vault-Token"]
     assert "do-not-log-me" not in out.stdout and token not in out.stdout and token not in server.log()
+    assert server.cli("audit", "verify").returncode == 0
+
+
+def test_concurrent_requests_each_get_an_event(root: httpx.Client, server: Server) -> None:
+    # events are group-committed: concurrent requests share a transaction, none is dropped
+    root.post("/v1/secret/data/busy", json={"data": {"k": "v"}})
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(lambda _: root.get("/v1/secret/data/busy").status_code, range(36)))
+    assert statuses == [200] * 36
+    out = server.cli("--json", "audit", "list", "--limit", "60")
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    reads = [e for e in events if e["details"].get("path") == "secret/data/busy" and e["details"]["operation"] == "read"]
+    assert len(reads) == 36
     assert server.cli("audit", "verify").returncode == 0
 
 

@@ -8,6 +8,7 @@ directly.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ class Backend:
         self._cache_ttl = cache_ttl.total_seconds()
         self._policies: dict[str, tuple[float, list[Rule] | None]] = {}
         self._lock = threading.Lock()
+        self._pending: list[tuple[tuple[str, str | None, str, dict[str, Any]], asyncio.Future[None]]] = []
+        self._flushing = False
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -134,8 +137,38 @@ class Backend:
 
     # ---- audit ------------------------------------------------------------------
     async def audit(self, action: str, *, keyring: str | None, outcome: str, **details: Any) -> None:
-        def record() -> None:
-            with self.vault.store.transaction() as tx:
-                self.vault.audit.record(tx, action, keyring=keyring, outcome=outcome, **details)
+        """Append one request event; returns once it is committed.
 
-        await self.run(record)
+        Group commit: events of requests in flight while a batch is being
+        written go into the next batch, one transaction each, so the chain
+        (one writer at a time by design) costs one commit per batch instead
+        of one per request.  No answer leaves before its event is stored.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(((action, keyring, outcome, details), done))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self.run(self._write_events, [event for event, _ in batch])
+                except Exception as exc:  # every waiter sees the failure; none is lost silently
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._flushing = False
+
+    def _write_events(self, events: list[tuple[str, str | None, str, dict[str, Any]]]) -> None:
+        with self.vault.store.transaction() as tx:
+            for action, keyring, outcome, details in events:
+                self.vault.audit.record(tx, action, keyring=keyring, outcome=outcome, **details)

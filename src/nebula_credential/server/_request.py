@@ -170,13 +170,16 @@ def endpoint(
             response = error_response(exc)
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
         status = response.status_code
-        if status == 403:
-            await backend.audit("server.denied", keyring=keyring, outcome="denied", accessor=accessor,
-                                operation=operation, path=path, method=request.method, status=status)
-        elif status >= 400 or backend.audit_reads or operation not in READ_OPERATIONS:
-            await backend.audit("server.request", keyring=keyring, outcome="ok" if status < 400 else "error",
-                                accessor=accessor, operation=operation, path=path, method=request.method,
-                                status=status)
+        try:
+            if status == 403:
+                await backend.audit("server.denied", keyring=keyring, outcome="denied", accessor=accessor,
+                                    operation=operation, path=path, method=request.method, status=status)
+            elif status >= 400 or backend.audit_reads or operation not in READ_OPERATIONS:
+                await backend.audit("server.request", keyring=keyring, outcome="ok" if status < 400 else "error",
+                                    accessor=accessor, operation=operation, path=path, method=request.method,
+                                    status=status)
+        except Exception as exc:  # an unaudited answer is not given (Vault does the same)
+            return error_response(exc)
         return response
 
     return run
