@@ -33,7 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import cli_env, free_port  # noqa: E402
+from tests.helpers import cli_env, free_port, stop_process  # noqa: E402
 
 SECRET = {"value": "x" * 244}  # 256 bytes of JSON: {"value":"xxx..."}
 READ_LUA = """
@@ -96,6 +96,18 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
+def running(argv: list[str], folder: Path, env: dict[str, str], url: str) -> Iterator[str]:
+    """A server process, logging to the folder, ready when /v1/sys/health answers."""
+    with (folder / "server.log").open("ab") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait(url, proc)
+            yield url
+        finally:
+            stop_process(proc, timeout=30)
+
+
+@contextmanager
 def ours(db: str, folder: Path, *, audit_reads: bool = True, workers: int = 1) -> Iterator[tuple[str, str]]:
     config = folder / f"server-{uuid.uuid4().hex[:6]}.toml"
     config.write_text("" if audit_reads else "[audit]\nrequests = false\n")
@@ -105,17 +117,9 @@ def ours(db: str, folder: Path, *, audit_reads: bool = True, workers: int = 1) -
     token = json.loads(subprocess.run([*cli, "--json", "token", "create", "--policy", "root"], env=env, cwd=folder,
                                       check=True, capture_output=True, text=True).stdout)["token"]
     port = free_port()
-    log = (folder / "serve.log").open("ab")
-    proc = subprocess.Popen([*cli, "serve", "--listen", f"127.0.0.1:{port}", "--workers", str(workers)],
-                            env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(url, proc)
+    with running([*cli, "serve", "--listen", f"127.0.0.1:{port}", "--workers", str(workers)], folder, env,
+                 f"http://127.0.0.1:{port}") as url:
         yield url, token
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @contextmanager
@@ -123,18 +127,9 @@ def openbao(folder: Path) -> Iterator[tuple[str, str]]:
     binary = shutil.which("bao") or str(Path(sys.executable).parent / "bao")
     token = uuid.uuid4().hex
     port = free_port()
-    log = (folder / "bao.log").open("wb")
-    proc = subprocess.Popen([binary, "server", "-dev", f"-dev-root-token-id={token}",
-                             f"-dev-listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-                            env={"HOME": str(folder), "PATH": "/usr/bin:/bin"}, cwd=folder)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(url, proc)
+    with running([binary, "server", "-dev", f"-dev-root-token-id={token}", f"-dev-listen-address=127.0.0.1:{port}"],
+                 folder, {"HOME": str(folder), "PATH": "/usr/bin:/bin"}, f"http://127.0.0.1:{port}") as url:
         yield url, token
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def measure(name: str, url: str, token: str, seconds: int, connections: int, folder: Path) -> list[Result]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from .helpers import cli_env, free_port, run_cli
+from .helpers import cli_env, free_port, run_cli, stop_process
 
 
 @dataclass
@@ -99,10 +99,13 @@ def serve(folder: Path, db: str, *extra: str, env: dict[str, str] | None = None,
             time.sleep(0.05)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
+
+
+@contextmanager
+def sqlite_serve(tmp_path_factory: Any, name: str, *extra: str) -> Iterator[Server]:
+    """``serve`` on a fresh SQLite store in its own temp folder (module-scoped fixtures use it)."""
+    folder = tmp_path_factory.mktemp(name)
+    with serve(folder, f"sqlite:///{folder / 'store.db'}", *extra) as server:
+        yield server

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from .fixtures_transit import find_bao
-from .server_proc import Server, serve
+from .server_proc import Server, sqlite_serve
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("serve-bao")
-    with serve(folder, f"sqlite:///{folder / 'store.db'}") as s:
+    with sqlite_serve(tmp_path_factory, "serve-bao") as s:
         yield s
 
 

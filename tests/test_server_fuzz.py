@@ -16,15 +16,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from .server_proc import Server, serve
+from .server_proc import Server, sqlite_serve
 
 TABLES = ("credentials", "key_versions", "server_tokens", "server_policies", "meta")
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("serve-fuzz")
-    with serve(folder, f"sqlite:///{folder / 'store.db'}") as s:
+    with sqlite_serve(tmp_path_factory, "serve-fuzz") as s:
         s.root = s.token("root")  # type: ignore[attr-defined]
         with s.http(s.root) as c:  # type: ignore[attr-defined]
             c.post("/v1/secret/data/seed", json={"data": {"k": "v"}})

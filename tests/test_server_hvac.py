@@ -9,13 +9,12 @@ import hvac
 import pytest
 from hvac import exceptions
 
-from .server_proc import Server, serve
+from .server_proc import Server, sqlite_serve
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("serve")
-    with serve(folder, f"sqlite:///{folder / 'store.db'}") as s:
+    with sqlite_serve(tmp_path_factory, "serve") as s:
         yield s
 
 

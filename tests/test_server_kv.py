@@ -10,13 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from .server_proc import Server, serve
+from .server_proc import Server, serve, sqlite_serve
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("serve-kv")
-    with serve(folder, f"sqlite:///{folder / 'store.db'}", "--maintain", "--interval", "1h") as s:
+    with sqlite_serve(tmp_path_factory, "serve-kv", "--maintain", "--interval", "1h") as s:
         yield s
 
 

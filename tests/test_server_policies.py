@@ -12,7 +12,7 @@ import pytest
 from nebula_credential.server.policies import ACL, BadPathError, PolicyError, normalise, parse
 
 from .helpers import dump
-from .server_proc import Server, serve
+from .server_proc import Server, sqlite_serve
 
 
 def acl(text: str) -> ACL:
@@ -134,8 +134,7 @@ POLICIES = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("serve-acl")
-    with serve(folder, f"sqlite:///{folder / 'store.db'}") as s:
+    with sqlite_serve(tmp_path_factory, "serve-acl") as s:
         for name, text in POLICIES.items():
             s.policy(name, text)
         root = s.http(s.token("root"))
