@@ -23,7 +23,7 @@ TABLES = ("credentials", "key_versions", "server_tokens", "server_policies", "me
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with sqlite_serve(tmp_path_factory, "serve-fuzz") as s:
+    with sqlite_serve(tmp_path_factory, "serve-fuzz", "--workers", "2") as s:
         s.root = s.token("root")  # type: ignore[attr-defined]
         with s.http(s.root) as c:  # type: ignore[attr-defined]
             c.post("/v1/secret/data/seed", json={"data": {"k": "v"}})

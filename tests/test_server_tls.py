@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import sys
@@ -11,10 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nebula_credential.server.run import tls_context
-
 from .azure_server import make_tls
-from .helpers import cli_env, free_port, run_cli
+from .helpers import cli_env, free_port, run_cli, stop_process
 from .server_proc import init_store, serve
 
 
@@ -37,14 +36,17 @@ def test_verifying_client_works_and_plain_http_fails_cleanly(tmp_path: Path) -> 
         assert "Traceback" not in server.log()
 
 
-@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated")
-def test_tls_floor_is_1_2() -> None:
-    def old_default() -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        return ctx
-
-    assert tls_context(None, old_default).minimum_version == ssl.TLSVersion.TLSv1_2
+def test_tls_1_2_is_accepted_and_1_3_used_by_default(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path)
+    with serve(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", "--tls-cert", str(tls.cert), "--tls-key",
+               str(tls.key), scheme="https", verify=str(tls.ca_cert)) as server:
+        host, port = server.url.removeprefix("https://").split(":")
+        for highest, expected in ((ssl.TLSVersion.TLSv1_2, "TLSv1.2"), (ssl.TLSVersion.TLSv1_3, "TLSv1.3")):
+            ctx = ssl.create_default_context(cafile=str(tls.ca_cert))
+            ctx.maximum_version = highest
+            with socket.create_connection((host, int(port)), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=host) as conn:
+                assert conn.version() == expected
 
 
 def _serve_fails(tmp_path: Path, *args: str) -> str:
@@ -83,10 +85,13 @@ def test_insecure_no_tls_starts_with_a_warning(tmp_path: Path) -> None:
                                 stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
-            while "Uvicorn running" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/v1/sys/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
             assert httpx.get(f"http://127.0.0.1:{port}/v1/sys/health").status_code == 200
         finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+            stop_process(proc)
     assert "WARNING" in log.read_text() and "--insecure-no-tls" in log.read_text()

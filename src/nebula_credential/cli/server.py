@@ -7,13 +7,12 @@ how the first root token is obtained (``token create --policy root``).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from ..durations import parse_duration
-from ..exceptions import ConfigError, NebulaCredentialError
+from ..exceptions import NebulaCredentialError
 from ._common import AppContext, console, emit, pass_app
 
 
@@ -50,14 +49,6 @@ def serve(app: AppContext, listen: str | None, tls_cert: str | None, tls_key: st
     logging.basicConfig(level=logging.DEBUG if app.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = app.config.server
-    changes: dict[str, object] = {}
-    if max_request_size is not None:
-        changes["max_request_size"] = max_request_size
-    if request_timeout is not None:
-        changes["request_timeout"] = parse_duration(request_timeout, "--request-timeout")
-    if changes:
-        cfg = replace(cfg, **changes)  # type: ignore[arg-type]
-        app._config = replace(app.config, server=cfg)
     options = ServeOptions(
         listen=listen or cfg.listen,
         tls_cert_file=tls_cert or cfg.tls_cert_file,
@@ -67,10 +58,9 @@ def serve(app: AppContext, listen: str | None, tls_cert: str | None, tls_key: st
         maintain=maintain,
         maintain_interval=parse_duration(interval, "--interval"),
     )
-    if options.workers > 1 and changes:
-        raise ConfigError("--workers", "with several workers, set these limits in the [server] config section")
-    vault = app.vault()
-    run_server(vault, app.config, options, url=app.url, config_path=app.config_path)
+    vault = app.vault()  # a store or provider problem is one clear error before anything listens
+    run_server(vault, options, url=app.url, config_path=app.config_path, max_request_size=max_request_size,
+               request_timeout=parse_duration(request_timeout, "--request-timeout") if request_timeout else None)
 
 
 @click.group()

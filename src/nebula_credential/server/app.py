@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -107,6 +108,7 @@ def create_app(
     config: KeyManagementConfig | None = None,
     *,
     extra_routes: list[BaseRoute] | None = None,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
     """The server for ``vault``'s store; ``extra_routes`` adds /metrics, /healthz and the like."""
     config = config or vault.config
@@ -121,7 +123,7 @@ def create_app(
     for mount, keyring in server.kv_mounts.items():
         routes.append(Mount(f"/v1/{mount}", routes=KVEngine(mount, keyring).routes()))
     routes.extend(extra_routes or [])
-    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed}, lifespan=lifespan)
     app.state.backend = backend
     app.state.request_timeout = server.request_timeout.total_seconds()
     app.state.kv_mounts = dict(server.kv_mounts)

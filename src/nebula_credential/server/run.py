@@ -1,24 +1,25 @@
-"""``nebula-credential serve``: checks, then uvicorn.
+"""``nebula-credential serve``: checks, then granian.
 
 The checks run before anything listens: a non-loopback address needs TLS
 (or ``--insecure-no-tls``, warned about on every start), the TLS key file
 must be a regular file readable by its owner only, and TLS 1.2 is the
-floor.  ``--maintain`` runs the daemon's scheduler in a thread of this
-process (the maintain pass coordinates through the store, so any number of
-instances may do so).  With several workers uvicorn starts processes that
-build the app from the environment (:func:`app_from_env`).
+floor.  granian runs ``--workers`` processes, each building the app from
+the environment (:func:`app_from_env`); ``--maintain`` runs the daemon's
+scheduler in a thread of each worker (the maintain pass coordinates
+through the store, so any number of them may run).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
-import ssl
 import stat
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ logger = logging.getLogger("nebula_credential.server")
 ENV_DB = "NEBULA_CREDENTIAL_DB"
 ENV_CONFIG = "NEBULA_CREDENTIAL_CONFIG"
 ENV_KEYRING = "NEBULA_CREDENTIAL_SERVE_KEYRING"
+ENV_FLAGS = "NEBULA_CREDENTIAL_SERVE_FLAGS"
 
 
 @dataclass(frozen=True)
@@ -83,22 +85,15 @@ def check_tls(options: ServeOptions) -> tuple[str, int]:
     return host, port
 
 
-def tls_context(config: Any, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    """uvicorn's context with TLS 1.2 as the floor, whatever the OpenSSL defaults."""
-    context = default()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
 def build_app(vault: Vault, config: KeyManagementConfig, *, healthz: Callable[[], tuple[int, str, bytes]] | None
-              = None) -> Any:
+              = None, lifespan: Any = None) -> Any:
     from ..metrics import MetricsExporter
     from .app import create_app, ops_routes
 
     exporter = MetricsExporter(vault)
     exporter.attach(vault)
     handlers = {"/metrics": exporter.route, "/healthz": healthz or _healthz}
-    return create_app(vault, config, extra_routes=ops_routes(handlers))
+    return create_app(vault, config, extra_routes=ops_routes(handlers), lifespan=lifespan)
 
 
 def _healthz() -> tuple[int, str, bytes]:
@@ -106,46 +101,61 @@ def _healthz() -> tuple[int, str, bytes]:
 
 
 def app_from_env() -> Any:
-    """The app of one worker process (``--workers N``): store and config from the environment."""
+    """The app of one worker process: store, config and flags from the environment ``serve`` set."""
     config_path = os.environ.get(ENV_CONFIG)
     config = KeyManagementConfig.load(config_path) if config_path else KeyManagementConfig()
+    flags = json.loads(os.environ.get(ENV_FLAGS) or "{}")
+    server = config.server
+    if flags.get("max_request_size"):
+        server = replace(server, max_request_size=int(flags["max_request_size"]))
+    if flags.get("request_timeout"):
+        server = replace(server, request_timeout=timedelta(seconds=float(flags["request_timeout"])))
+    config = replace(config, server=server)
     vault = open_vault(os.environ.get(ENV_DB) or config.store.url, config=config,
                        keyring=os.environ.get(ENV_KEYRING, "default"))
-    return build_app(vault, config)
+    if not flags.get("maintain"):
+        return build_app(vault, config)
+    from ..daemon import Daemon
 
+    daemon = Daemon(vault, interval=timedelta(seconds=float(flags["maintain"])), metrics_addr=None)
 
-def serve(vault: Vault, config: KeyManagementConfig, options: ServeOptions, *, url: str,
-          config_path: str | None) -> None:
-    import uvicorn
-
-    host, port = check_tls(options)
-    daemon = None
-    if options.maintain:
-        from ..daemon import Daemon
-
-        daemon = Daemon(vault, interval=options.maintain_interval, metrics_addr=None)
+    @asynccontextmanager
+    async def maintaining(app: Any) -> AsyncIterator[None]:
         threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="nebula-maintain",
                          daemon=True).start()
+        yield
+        daemon.request_stop()
+
+    return build_app(vault, config, healthz=daemon._healthz, lifespan=maintaining)
+
+
+def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | None,
+          max_request_size: int | None = None, request_timeout: timedelta | None = None) -> None:
+    """Run granian (see docs/server.md for why granian) with ``options.workers`` processes.
+
+    Each worker builds the app with :func:`app_from_env`; ``vault`` was opened
+    here first so that a store or provider problem is one clear error before
+    anything listens.
+    """
+    from granian import Granian
+
+    host, port = check_tls(options)
+    os.environ[ENV_DB] = url
+    os.environ[ENV_KEYRING] = vault.keyring_name
+    if config_path:
+        os.environ[ENV_CONFIG] = config_path
+    os.environ[ENV_FLAGS] = json.dumps({
+        "max_request_size": max_request_size,
+        "request_timeout": request_timeout.total_seconds() if request_timeout else None,
+        "maintain": options.maintain_interval.total_seconds() if options.maintain else None,
+    })
     tls: dict[str, Any] = {}
     if options.tls_key_file:
-        tls = {"ssl_certfile": options.tls_cert_file, "ssl_keyfile": options.tls_key_file,
-               "ssl_context_factory": tls_context}
-    common: dict[str, Any] = {"host": host, "port": port, "access_log": False, "log_level": "info",
-                              "server_header": False, "timeout_graceful_shutdown": 10,
-                              "http": "h11", **tls}  # httptools refuses the LIST method hvac sends
-    scheme = "https" if tls else "http"
-    logger.info("serving the Vault-compatible API on %s://%s:%d (%d worker(s))", scheme, host, port, options.workers)
-    try:
-        if options.workers > 1:
-            os.environ[ENV_DB] = url
-            os.environ[ENV_KEYRING] = vault.keyring_name
-            if config_path:
-                os.environ[ENV_CONFIG] = config_path
-            uvicorn.run("nebula_credential.server.run:app_from_env", factory=True, workers=options.workers,
-                        **common)
-        else:
-            app = build_app(vault, config, healthz=daemon._healthz if daemon is not None else None)
-            uvicorn.run(app, **common)
-    finally:
-        if daemon is not None:
-            daemon.request_stop()
+        # rustls: TLS 1.2 and 1.3 only; granian's own default floor is 1.3, ours is 1.2
+        tls = {"ssl_cert": Path(options.tls_cert_file), "ssl_key": Path(options.tls_key_file),
+               "ssl_protocol_min": "tls1.2"}
+    logger.info("serving the Vault-compatible API on %s://%s:%d (%d worker(s))",
+                "https" if tls else "http", host, port, options.workers)
+    Granian("nebula_credential.server.run:app_from_env", address=host, port=port, interface="asgi",  # type: ignore[arg-type]
+            workers=options.workers, factory=True, websockets=False, log_access=False,
+            workers_kill_timeout=10, **tls).serve()
