@@ -24,6 +24,7 @@ from .policies import ACL, BUILTIN, ROOT_POLICY, Rule, parse
 from .tokens import TokenManager
 
 T = TypeVar("T")
+_ROOT = ACL([], root=True)
 
 
 class Backend:
@@ -36,6 +37,7 @@ class Backend:
         self._vaults: dict[str, Vault] = {vault.keyring_name: vault}
         self._cache_ttl = cache_ttl.total_seconds()
         self._policies: dict[str, tuple[float, list[Rule] | None]] = {}
+        self._acls: dict[tuple[str, ...], tuple[float, ACL]] = {}
         self._lock = threading.Lock()
         self._pending: list[tuple[tuple[str, str | None, str, dict[str, Any]], asyncio.Future[None]]] = []
         self._flushing = False
@@ -82,22 +84,44 @@ class Backend:
 
     # ---- tokens and policies --------------------------------------------------
     async def lookup(self, token: str) -> TokenRow | None:
-        return await self.run(self.tokens.lookup, token)
+        known, row = self.tokens.cached(token)
+        return row if known else await self.run(self.tokens.lookup, token)
 
     async def acl(self, policies: tuple[str, ...]) -> ACL:
+        """The combined ACL of a token's policies (built once per ``cache_ttl``)."""
         if ROOT_POLICY in policies:
-            return ACL([], root=True)
+            return _ROOT
+        with self._lock:
+            hit = self._acls.get(policies)
+        if hit is not None and time.monotonic() - hit[0] < self._cache_ttl:
+            return hit[1]
+        mono = time.monotonic()
+        acl = await self._build_acl(policies)
+        with self._lock:
+            if len(self._acls) > 1000:
+                self._acls.clear()
+            self._acls[policies] = (mono, acl)
+        return acl
+
+    async def _build_acl(self, policies: tuple[str, ...]) -> ACL:
         rules = []
         for name in policies:
-            rules.extend(await self.run(self._rules, name))
+            hit = self._cached_rules(name)
+            rules.extend(hit if hit is not None else await self.run(self._rules, name))
         return ACL(rules)
+
+    def _cached_rules(self, name: str) -> list[Rule] | None:
+        with self._lock:
+            hit = self._policies.get(name)
+        if hit is not None and time.monotonic() - hit[0] < self._cache_ttl:
+            return hit[1] or []
+        return None
 
     def _rules(self, name: str) -> list[Rule]:
         mono = time.monotonic()
-        with self._lock:
-            hit = self._policies.get(name)
-        if hit is not None and mono - hit[0] < self._cache_ttl:
-            return hit[1] or []
+        hit = self._cached_rules(name)
+        if hit is not None:
+            return hit
         with self.vault.store.read() as tx:
             text = tx.policy_get(name)
         rules = parse(text) if text is not None else None
@@ -108,6 +132,7 @@ class Backend:
     def forget_policy(self, name: str) -> None:
         with self._lock:
             self._policies.pop(name, None)
+            self._acls.clear()
 
     async def policy_get(self, name: str) -> str | None:
         if name in BUILTIN:

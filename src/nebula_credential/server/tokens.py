@@ -122,13 +122,11 @@ class TokenManager:
         display_name: str = "token",
         meta: dict[str, str] | None = None,
         renewable: bool = True,
-        no_expiry: bool = False,
     ) -> tuple[str, TokenRow]:
         """A new token and its row; the token itself is returned here once and never stored.
 
         A child of a non-root token gets a subset of its parent's policies and
-        never outlives it (Vault's rules).  ``no_expiry`` is for operators
-        with store access only (the CLI), never reachable over HTTP.
+        never outlives it (Vault's rules).
         """
         names = sorted({check_name(p) for p in policies if p != "default"})
         if not names:
@@ -143,11 +141,10 @@ class TokenManager:
         if ttl <= timedelta(0) or max_ttl <= timedelta(0):
             raise TokenError("ttl must be positive")
         ttl = min(ttl, max_ttl)
-        expires: float | None = None if no_expiry else now + ttl.total_seconds()
-        max_expires: float | None = None if no_expiry else now + max_ttl.total_seconds()
+        max_expires = now + max_ttl.total_seconds()
         if parent is not None and parent.max_expires_at is not None:
-            max_expires = min(max_expires or parent.max_expires_at, parent.max_expires_at)
-            expires = min(expires or max_expires, max_expires)
+            max_expires = min(max_expires, parent.max_expires_at)
+        expires = min(now + ttl.total_seconds(), max_expires)
         token = TOKEN_PREFIX + _b64(secrets.token_bytes(32))
         row = TokenRow(
             accessor=_b64(secrets.token_bytes(18)),
@@ -159,22 +156,41 @@ class TokenManager:
             created_at=now,
             expires_at=expires,
             max_expires_at=max_expires,
-            ttl=0.0 if no_expiry else ttl.total_seconds(),
-            renewable=renewable and not no_expiry,
+            ttl=ttl.total_seconds(),
+            renewable=renewable,
         )
         self.store.run(lambda tx: tx.token_insert(row))
         return token, row
 
     # ---- lookup --------------------------------------------------------------
+    def cached(self, token: str) -> tuple[bool, TokenRow | None]:
+        """(True, live row or None) when the answer is known without the store, else (False, None).
+
+        Lets the async server answer from memory without a thread hop.
+        """
+        if not looks_like_token(token):
+            return True, None
+        if self._key is None:
+            return False, None
+        hit = self._cache_hit(self.hash(token))
+        if hit is None:
+            return False, None
+        row = hit[1]
+        return True, row if row is not None and self.live(row) else None
+
+    def _cache_hit(self, digest: str) -> tuple[float, TokenRow | None] | None:
+        with self._cache_lock:
+            hit = self._cache.get(digest)
+        return hit if hit is not None and time.monotonic() - hit[0] < self.cache_ttl else None
+
     def lookup(self, token: str) -> TokenRow | None:
         """The live row of a token (None: unknown, revoked or expired)."""
         if not looks_like_token(token):
             return None
         digest = self.hash(token)
         mono = time.monotonic()
-        with self._cache_lock:
-            hit = self._cache.get(digest)
-        if hit is not None and mono - hit[0] < self.cache_ttl:
+        hit = self._cache_hit(digest)
+        if hit is not None:
             row = hit[1]
         else:
             with self.store.read() as tx:
