@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import AuditLog
+from .fingerprint import write_fingerprint
 from .models import KeyStatus
 from .providers.base import KeyProvider, WrapContext
 from .server.tokens import rewrap_server_key
@@ -78,6 +79,7 @@ def rotate_root_key(store: Store, provider: KeyProvider, audit: AuditLog) -> Roo
     with store.transaction() as tx:
         audit.rewrap_key(tx)
         rewrap_server_key(tx, provider)
+        write_fingerprint(tx, provider)
         audit.record(
             tx,
             "provider.rotate",
