@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from .._files import open_regular
 from ..config import KeyManagementConfig, parse_addr
 from ..exceptions import ConfigError
 from ..vault import Vault
@@ -65,11 +66,13 @@ def check_tls(options: ServeOptions) -> tuple[str, int]:
     if options.tls_key_file:
         key = Path(options.tls_key_file)
         try:
-            st = key.stat()
+            fd = open_regular(key, os.O_RDONLY, "server.tls_key_file")
         except OSError as exc:
             raise ConfigError("server.tls_key_file", f"cannot read {key}: {exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError("server.tls_key_file", f"{key} is not a regular file")
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         if st.st_mode & 0o077:
             raise ConfigError("server.tls_key_file",
                               f"{key} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
