@@ -148,3 +148,14 @@ def test_reads_unaudited_when_configured(tmp_path_factory: pytest.TempPathFactor
         events = [json.loads(line) for line in s.cli("--json", "audit", "list", "--limit", "20").stdout.splitlines()]
     ops = [e["details"].get("operation") for e in events if e["action"] == "server.request"]
     assert "create" in ops and "read" not in ops
+
+
+def test_bearer_header_and_list_query(root: httpx.Client, server: Server) -> None:
+    token = root.headers["X-Vault-Token"]
+    with server.http() as anon:
+        assert anon.get("/v1/auth/token/lookup-self").status_code == 403
+        me = anon.get("/v1/auth/token/lookup-self", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200 and me.json()["data"]["policies"] == ["root"]
+    root.post("/v1/secret/data/listed/a", json={"data": {"k": "v"}})
+    assert root.get("/v1/secret/metadata/listed?list=true").json()["data"]["keys"] == ["a"]
+    assert root.request("LIST", "/v1/secret/metadata/listed").json()["data"]["keys"] == ["a"]
