@@ -15,7 +15,8 @@ from .server_proc import Server, serve, sqlite_serve
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with sqlite_serve(tmp_path_factory, "serve-kv", "--maintain", "--interval", "1h") as s:
+    with sqlite_serve(tmp_path_factory, "serve-kv", "--maintain", "--interval", "1h",
+                      "--max-request-size", "65536") as s:
         yield s
 
 
@@ -92,8 +93,11 @@ def test_errors_are_vault_shaped(root: httpx.Client, method: str, path: str, bod
 def test_not_json_and_too_large(root: httpx.Client) -> None:
     response = root.post("/v1/secret/data/e", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 400
-    response = root.post("/v1/secret/data/e", content=b"{" + b" " * (2 * 1024 * 1024) + b"}")
-    assert response.status_code == 413
+    big = json.dumps({"data": {"k": "x" * 70_000}}).encode()  # under the 1 MiB default, over --max-request-size
+    assert root.post("/v1/secret/data/e", content=big).status_code == 413
+    chunked = iter([b'{"data": {"k": "', b"x" * 70_000, b'"}}'])  # no Content-Length: counted as it arrives
+    assert root.post("/v1/secret/data/e", content=chunked).status_code == 413
+    assert root.get("/v1/secret/data/e").status_code == 404  # nothing written
 
 
 def test_every_request_audited_without_data_or_token(root: httpx.Client, server: Server) -> None:

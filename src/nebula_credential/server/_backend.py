@@ -41,6 +41,7 @@ class Backend:
         self._lock = threading.Lock()
         self._pending: list[tuple[tuple[str, str | None, str, dict[str, Any]], asyncio.Future[None]]] = []
         self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -173,7 +174,7 @@ class Backend:
         self._pending.append(((action, keyring, outcome, details), done))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())  # keep a reference
         await done
 
     async def _flush(self) -> None:

@@ -34,6 +34,8 @@ from .kv import KVEngine
 from .policies import BadPathError, normalise
 from .tokens import TokenManager
 
+#: How much of a refused body is read and dropped before answering 413.
+DRAIN_LIMIT = 16 * 1024 * 1024
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -77,6 +79,7 @@ class VaultPathMiddleware:
                     scope["method"] = "LIST"
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _drain(receive)
             await _send_json(send, 413, {"errors": [f"request body larger than {self.max_body} bytes"]})
             return
         await self.app(scope, self._limited(receive), send)
@@ -89,10 +92,25 @@ class VaultPathMiddleware:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_body:
+                if message.get("more_body"):
+                    await _drain(receive)
                 raise HTTPError(413, f"request body larger than {self.max_body} bytes")
             return message
 
         return wrapped
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop the rest of a refused body (up to a bound), so the client reads our 413
+    instead of a reset connection; a bigger body is cut off."""
+    dropped = 0
+    while dropped < DRAIN_LIMIT:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
