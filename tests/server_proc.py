@@ -26,6 +26,8 @@ class Server:
     env: dict[str, str]
     proc: subprocess.Popen[bytes]
     verify: str | bool = False
+    #: a root token, for fixtures that set one up
+    root: str = ""
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return run_cli("--db", self.db, *args, cwd=self.folder, env=self.env, input=input)
@@ -39,12 +41,6 @@ class Server:
         out = self.cli(*args)
         assert out.returncode == 0, out.stderr
         return str(json.loads(out.stdout)["token"])
-
-    def policy(self, name: str, text: str) -> None:
-        path = self.folder / f"{name}.hcl"
-        path.write_text(text)
-        out = self.cli("policy", "write", name, str(path))
-        assert out.returncode == 0, out.stderr
 
     def hvac(self, token: str | None = None) -> Any:
         import hvac

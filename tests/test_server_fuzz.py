@@ -24,8 +24,8 @@ TABLES = ("credentials", "key_versions", "server_tokens", "server_policies", "me
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with sqlite_serve(tmp_path_factory, "serve-fuzz", "--workers", "2") as s:
-        s.root = s.token("root")  # type: ignore[attr-defined]
-        with s.http(s.root) as c:  # type: ignore[attr-defined]
+        s.root = s.token("root")
+        with s.http(s.root) as c:
             c.post("/v1/secret/data/seed", json={"data": {"k": "v"}})
         yield s
 
@@ -41,7 +41,7 @@ def snapshot(db: Path) -> list[tuple[Any, ...]]:
 def check(case: Any, server: Server, seen: dict[int, int]) -> None:
     db = server.folder / "store.db"
     before = snapshot(db)
-    headers = {"X-Vault-Token": server.root}  # type: ignore[attr-defined]
+    headers = {"X-Vault-Token": server.root}
     response = case.call(base_url=f"{server.url}/v1", headers=headers, timeout=30)
     seen[response.status_code] = seen.get(response.status_code, 0) + 1
     assert response.status_code < 500, (case.method, case.formatted_path, response.text[:300])

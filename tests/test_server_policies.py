@@ -135,9 +135,10 @@ POLICIES = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with sqlite_serve(tmp_path_factory, "serve-acl") as s:
-        for name, text in POLICIES.items():
-            s.policy(name, text)
-        root = s.http(s.token("root"))
+        s.root = s.token("root")
+        root = s.http(s.root)
+        for name, text in POLICIES.items():  # over HTTP: one CLI process per policy is slow
+            assert root.put(f"/v1/sys/policies/acl/{name}", json={"policy": text}).status_code == 204
         for path in ("glob/a", "glob/denied", "team/plus", "del/x", "folder/a"):
             assert root.post(f"/v1/secret/data/{path}", json={"data": {"v": path}}).status_code == 200
         yield s
@@ -145,9 +146,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def tokens(server: Server) -> dict[str, str]:
-    out = {name: server.token(name) for name in POLICIES}
-    out["reader+denier"] = server.token("reader", "denier")
-    out["nothing"] = server.token("unrelated")  # a valid token without any grant on the paths below
+    with server.http(server.root) as root:
+        def create(*policies: str) -> str:
+            return str(root.post("/v1/auth/token/create", json={"policies": list(policies)}).json()["auth"][
+                "client_token"])
+
+        out = {name: create(name) for name in POLICIES}
+        out["reader+denier"] = create("reader", "denier")
+        out["nothing"] = create("unrelated")  # a valid token without any grant on the paths below
     return out
 
 
@@ -182,8 +188,7 @@ def test_deny_in_another_policy_overrides(server: Server, tokens: dict[str, str]
 
 
 def test_create_is_not_update(server: Server, tokens: dict[str, str]) -> None:
-    root = server.token("root")
-    assert call(server, root, "POST", "secret/data/exact", {"data": {"v": 1}}) == 200
+    assert call(server, server.root, "POST", "secret/data/exact", {"data": {"v": 1}}) == 200
     # "creator" may create secret/data/exact once it is gone, but never overwrite it
     assert call(server, tokens["creator"], "POST", "secret/data/exact", {"data": {"v": 2}}) == 403
     # "updater" may overwrite team/plus but not create a new path under the same pattern
