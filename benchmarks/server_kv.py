@@ -75,8 +75,8 @@ def wrk(url: str, script: str, seconds: int, connections: int, folder: Path) -> 
     out = subprocess.run(["/usr/bin/wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua),
                           url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return rps, p50, p99, int(bad.group(1)) if bad else 0
 
@@ -163,14 +163,16 @@ def main() -> None:
         try:
             cluster.admin(f"CREATE DATABASE {DATABASE}", database="postgres")
             runs = [
-                ("ours, SQLite", f"sqlite:///{base / 'a.db'}", True),
-                ("ours, SQLite, read audit off", f"sqlite:///{base / 'b.db'}", False),
-                ("ours, PostgreSQL", cluster.url(schema=cluster.new_schema()), True),
+                ("ours, SQLite", f"sqlite:///{base / 'a.db'}", True, 1),
+                ("ours, SQLite, read audit off", f"sqlite:///{base / 'b.db'}", False, 1),
+                ("ours, SQLite, 2 workers", f"sqlite:///{base / 'c.db'}", True, 2),
+                ("ours, PostgreSQL", cluster.url(schema=cluster.new_schema()), True, 1),
+                ("ours, PostgreSQL, 2 workers", cluster.url(schema=cluster.new_schema()), True, 2),
             ]
-            for name, db, audit_reads in runs:
+            for name, db, audit_reads, workers in runs:
                 folder = base / uuid.uuid4().hex[:8]
                 folder.mkdir()
-                with ours(db, folder, audit_reads=audit_reads) as (url, token):
+                with ours(db, folder, audit_reads=audit_reads, workers=workers) as (url, token):
                     results += measure(name, url, token, args.seconds, args.connections, folder)
             folder = base / "bao"
             folder.mkdir()

@@ -42,9 +42,19 @@ class Backend:
         self._pending: list[tuple[tuple[str, str | None, str, dict[str, Any]], asyncio.Future[None]]] = []
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
+        self._write_gate = asyncio.Lock() if vault.store.scheme == "sqlite" else None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await run_in_threadpool(fn, *args, **kwargs)
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a call that writes.  On SQLite (one writer at a time) this process's writers
+        queue here rather than in SQLite's busy handler, whose sleeps (up to 100 ms each)
+        made the write tail long; PostgreSQL writers run concurrently."""
+        if self._write_gate is None:
+            return await self.run(fn, *args, **kwargs)
+        async with self._write_gate:
+            return await self.run(fn, *args, **kwargs)
 
     def keyring(self, name: str) -> Vault:
         with self._lock:
@@ -69,13 +79,13 @@ class Backend:
         self, keyring: str, credential_id: str, value: Any, *, scope: str, metadata: dict[str, Any],
         expected_revision: int | None,
     ) -> int:
-        return await self.run(
+        return await self.write(
             self.keyring(keyring).put, credential_id, value, scope=scope, metadata=metadata,
             expected_revision=expected_revision,
         )
 
     async def delete(self, keyring: str, credential_id: str) -> None:
-        await self.run(self.keyring(keyring).delete, credential_id)
+        await self.write(self.keyring(keyring).delete, credential_id)
 
     async def list_ids(self, keyring: str, prefix: str) -> list[str]:
         def ids() -> list[str]:
@@ -147,11 +157,11 @@ class Backend:
 
     async def policy_put(self, name: str, text: str) -> None:
         parse(text)  # refuse what we could not enforce before storing it
-        await self.run(self.vault.store.run, lambda tx: tx.policy_put(name, text, self.vault.clock()))
+        await self.write(self.vault.store.run, lambda tx: tx.policy_put(name, text, self.vault.clock()))
         self.forget_policy(name)
 
     async def policy_delete(self, name: str) -> None:
-        await self.run(self.vault.store.run, lambda tx: tx.policy_delete(name))
+        await self.write(self.vault.store.run, lambda tx: tx.policy_delete(name))
         self.forget_policy(name)
 
     async def policy_list(self) -> list[str]:
@@ -182,7 +192,7 @@ class Backend:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await self.run(self._write_events, [event for event, _ in batch])
+                    await self.write(self._write_events, [event for event, _ in batch])
                 except Exception as exc:  # every waiter sees the failure; none is lost silently
                     for _, done in batch:
                         if not done.done():

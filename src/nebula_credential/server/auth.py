@@ -60,7 +60,7 @@ async def create(request: Request, ctx: Ctx) -> Response:
         raise bad_request("renewable must be a boolean and display_name a string")
     ttl = duration_field(body, "ttl")
     max_ttl = duration_field(body, "explicit_max_ttl")
-    token, row = await ctx.backend.run(
+    token, row = await ctx.backend.write(
         ctx.backend.tokens.create, policies, ttl=ttl, explicit_max_ttl=max_ttl, parent=ctx.token,
         display_name=f"token-{display}" if display != "token" else display, meta=meta, renewable=renewable,
     )
@@ -86,13 +86,13 @@ async def lookup_accessor(request: Request, ctx: Ctx) -> Response:
 async def renew_self(request: Request, ctx: Ctx) -> Response:
     ctx.operation = "update"
     increment = duration_field(await read_json(request), "increment")
-    row = await ctx.backend.run(ctx.backend.tokens.renew, ctx.token, increment)
+    row = await ctx.backend.write(ctx.backend.tokens.renew, ctx.token, increment)
     return ctx.reply(None, auth=_auth(row, ctx.token_value, _now(ctx)))
 
 
 async def revoke_self(request: Request, ctx: Ctx) -> Response:
     ctx.operation = "update"
-    await ctx.backend.run(ctx.backend.tokens.revoke, ctx.token.accessor)
+    await ctx.backend.write(ctx.backend.tokens.revoke, ctx.token.accessor)
     return Response(status_code=204)
 
 
@@ -101,7 +101,7 @@ async def revoke_accessor(request: Request, ctx: Ctx) -> Response:
     accessor = (await read_json(request)).get("accessor")
     if not isinstance(accessor, str) or not accessor:
         raise bad_request("missing accessor")
-    if not await ctx.backend.run(ctx.backend.tokens.revoke, accessor):
+    if not await ctx.backend.write(ctx.backend.tokens.revoke, accessor):
         raise HTTPError(400, "invalid accessor")
     return Response(status_code=204)
 
