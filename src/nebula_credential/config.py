@@ -127,6 +127,12 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BackupConfig:
+    #: How long a registered backup holds the key versions it needs (``backup create --keep``).
+    keep: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
 class KeyManagementConfig:
     """The whole configuration; build with :meth:`load` or :meth:`from_dict`."""
 
@@ -140,6 +146,7 @@ class KeyManagementConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
     source: str = ""
 
     @classmethod
@@ -156,7 +163,7 @@ class KeyManagementConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KeyManagementConfig:
         known = {"store", "keys", "rotation", "retention", "reencryption", "provider",
-                 "audit", "metrics", "alerts", "server"}
+                 "audit", "metrics", "alerts", "backup", "server"}
         for name, value in data.items():
             if name not in known:
                 raise ConfigError(name, f"unknown section; allowed: {', '.join(sorted(known))}")
@@ -173,6 +180,7 @@ class KeyManagementConfig:
             metrics=_metrics(data.get("metrics", {})),
             alerts=_alerts(data.get("alerts", {})),
             server=_server(data.get("server", {})),
+            backup=_backup(data.get("backup", {})),
         )
 
 
@@ -308,6 +316,14 @@ def _provider(raw: dict[str, Any]) -> ProviderConfig:
                 f"{key}_file (a path) or {key}_env (an environment variable name)",
             )
     return ProviderConfig(type=ptype, settings=settings, explicit=bool(raw))
+
+
+def _backup(raw: dict[str, Any]) -> BackupConfig:
+    _check_keys("backup", raw, ("keep",))
+    keep = _dur("backup", raw, "keep", BackupConfig().keep)
+    if keep <= timedelta(0):
+        raise ConfigError("backup.keep", "must be greater than zero")
+    return BackupConfig(keep=keep)
 
 
 def _audit(raw: dict[str, Any]) -> AuditConfig:

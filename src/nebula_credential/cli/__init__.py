@@ -17,6 +17,7 @@ from .. import logredact
 from ..exceptions import NebulaCredentialError
 from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .audit import audit
+from .backup import backup
 from .credentials import delete, get, import_, list_, put
 from .demo import demo
 from .keys import keys
@@ -67,6 +68,7 @@ for command in (
     serve,
     token,
     policy,
+    backup,
 ):
     cli.add_command(command)
 
