@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -20,7 +21,7 @@ def _pair(tmp_path: Path, url: str, stack: ExitStack) -> tuple[Server, Server]:
     config.write_text('[server]\ncache_ttl = "0s"\n')
     env = cli_env(NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(tmp_path / "master.key"),
                   NEBULA_CREDENTIAL_CONFIG=str(config))
-    a = stack.enter_context(serve(tmp_path, url, env=env))
+    a = stack.enter_context(serve(tmp_path, url, "--maintain", "--interval", "1h", env=env))
     b = stack.enter_context(serve(tmp_path, url, env=env, init=False))
     return a, b
 
@@ -36,6 +37,12 @@ def test_token_revoked_on_one_is_refused_by_the_other(
         root.auth.token.revoke_accessor(child["accessor"])
         with pytest.raises(exceptions.Forbidden):
             on_b.auth.token.lookup_self()
+        # the daemon's scheduler runs inside the first (on the asyncio store's engine, from its own thread)
+        deadline = time.monotonic() + 60
+        with a.http() as anon:
+            while (health := anon.get("/healthz").json())["passes"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert health["passes"] >= 1 and health["last_error"] is None, health
         # and a policy written through one is enforced by the other
         root.sys.create_or_update_acl_policy("ro", 'path "secret/data/*" { capabilities = ["read"] }')
         reader = b.hvac(root.auth.token.create(policies=["ro"])["auth"]["client_token"])

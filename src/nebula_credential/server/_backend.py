@@ -1,9 +1,12 @@
 """Every blocking call the server makes, behind one small async adapter.
 
-Today it wraps the synchronous :class:`~nebula_credential.vault.Vault` (the
-facade the CLI uses) with ``run_in_threadpool``; moving to the asyncio API
-is a change to this file only.  Handlers never touch a store or a vault
-directly.
+``serve`` gives it an :class:`~nebula_credential.aio.AsyncVault`: each call
+(the vault facade's operations, the token and policy tables, the audit
+chain) runs the way that vault runs its own -- on PostgreSQL its statements
+are awaited on the event loop (the greenlet bridge), on SQLite it runs on
+the store's bounded thread pool.  Given a plain :class:`~.vault.Vault`
+(embedding, tests) the calls go to Starlette's thread pool instead.
+Handlers never touch a store or a vault directly.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
 
+from ..aio import AsyncVault
+from ..config import KeyManagementConfig
 from ..models import Credential, EncryptedCredential
 from ..store.base import TokenRow
 from ..vault import Vault
@@ -27,10 +32,25 @@ T = TypeVar("T")
 _ROOT = ACL([], root=True)
 
 
+def backend_for(vault: Vault | AsyncVault, config: KeyManagementConfig) -> Backend:
+    """The backend of an app serving ``vault`` under ``config`` (``[server]``, ``[audit]``)."""
+    engine = vault.sync if isinstance(vault, AsyncVault) else vault
+    server = config.server
+    tokens = TokenManager(engine.store, engine.provider, clock=engine.clock, default_ttl=server.default_ttl,
+                          max_ttl=server.max_ttl, cache_ttl=server.cache_ttl)
+    return Backend(vault, tokens, cache_ttl=server.cache_ttl, audit_reads=config.audit.requests)
+
+
 class Backend:
     """The vault (one per keyring), the token manager and the policy cache."""
 
-    def __init__(self, vault: Vault, tokens: TokenManager, *, cache_ttl: timedelta, audit_reads: bool) -> None:
+    def __init__(self, vault: Vault | AsyncVault, tokens: TokenManager, *, cache_ttl: timedelta,
+                 audit_reads: bool) -> None:
+        if isinstance(vault, AsyncVault):
+            self._runner: Callable[..., Awaitable[Any]] = vault.run_sync
+            vault = vault.sync
+        else:
+            self._runner = run_in_threadpool
         self.vault = vault
         self.tokens = tokens
         self.audit_reads = audit_reads
@@ -45,7 +65,7 @@ class Backend:
         self._write_gate = asyncio.Lock() if vault.store.scheme == "sqlite" else None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await run_in_threadpool(fn, *args, **kwargs)
+        return cast(T, await self._runner(fn, *args, **kwargs))
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a call that writes.  On SQLite (one writer at a time) this process's writers

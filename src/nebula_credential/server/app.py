@@ -24,15 +24,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from ..aio import AsyncVault
 from ..config import KeyManagementConfig
 from ..vault import Vault
 from . import auth, sysroutes
-from ._backend import Backend
+from ._backend import backend_for
 from ._request import VPATH
 from .errors import HTTPError
 from .kv import KVEngine
 from .policies import BadPathError, normalise
-from .tokens import TokenManager
 
 #: How much of a refused body is read and dropped before answering 413.
 DRAIN_LIMIT = 16 * 1024 * 1024
@@ -122,18 +122,22 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    vault: Vault,
+    vault: Vault | AsyncVault | None,
     config: KeyManagementConfig | None = None,
     *,
     extra_routes: list[BaseRoute] | None = None,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
-    """The server for ``vault``'s store; ``extra_routes`` adds /metrics, /healthz and the like."""
-    config = config or vault.config
+    """The server for ``vault``'s store; ``extra_routes`` adds /metrics, /healthz and the like.
+
+    ``vault`` may be None when the ``lifespan`` opens it (an AsyncVault needs
+    the running loop) and sets ``app.state.backend = backend_for(...)``.
+    """
+    if config is None:
+        if vault is None:
+            raise ValueError("create_app needs a config when the vault is opened later")
+        config = vault.config
     server = config.server
-    tokens = TokenManager(vault.store, vault.provider, clock=vault.clock, default_ttl=server.default_ttl,
-                          max_ttl=server.max_ttl, cache_ttl=server.cache_ttl)
-    backend = Backend(vault, tokens, cache_ttl=server.cache_ttl, audit_reads=config.audit.requests)
     routes: list[BaseRoute] = [
         Mount("/v1/sys", routes=sysroutes.routes()),
         Mount("/v1/auth/token", routes=auth.routes()),
@@ -142,23 +146,22 @@ def create_app(
         routes.append(Mount(f"/v1/{mount}", routes=KVEngine(mount, keyring).routes()))
     routes.extend(extra_routes or [])
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed}, lifespan=lifespan)
-    app.state.backend = backend
+    if vault is not None:
+        app.state.backend = backend_for(vault, config)
     app.state.request_timeout = server.request_timeout.total_seconds()
     app.state.kv_mounts = dict(server.kv_mounts)
     app.add_middleware(VaultPathMiddleware, max_body=server.max_request_size)
     return app
 
 
-def ops_routes(handlers: dict[str, Callable[[], tuple[int, str, bytes]]]) -> list[BaseRoute]:
-    """The daemon's /metrics and /healthz handlers as Starlette routes."""
+def ops_routes(paths: list[str]) -> list[BaseRoute]:
+    """The daemon's /metrics and /healthz, served from ``app.state.ops[path]`` (set at startup)."""
 
-    def wrap(handler: Callable[[], tuple[int, str, bytes]]) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            from starlette.concurrency import run_in_threadpool
+    async def run(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
 
-            status, ctype, body = await run_in_threadpool(handler)
-            return Response(body, status_code=status, media_type=ctype)
+        handler = request.app.state.ops[request.url.path]
+        status, ctype, body = await run_in_threadpool(handler)
+        return Response(body, status_code=status, media_type=ctype)
 
-        return run
-
-    return [Route(path, wrap(h), methods=["GET"]) for path, h in handlers.items()]
+    return [Route(path, run, methods=["GET"]) for path in paths]

@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -28,7 +28,6 @@ from .._files import open_regular
 from ..config import KeyManagementConfig, parse_addr
 from ..exceptions import ConfigError
 from ..vault import Vault
-from ..vault import open as open_vault
 
 logger = logging.getLogger("nebula_credential.server")
 
@@ -88,48 +87,61 @@ def check_tls(options: ServeOptions) -> tuple[str, int]:
     return host, port
 
 
-def build_app(vault: Vault, config: KeyManagementConfig, *, healthz: Callable[[], tuple[int, str, bytes]] | None
-              = None, lifespan: Any = None) -> Any:
-    from ..metrics import MetricsExporter
-    from .app import create_app, ops_routes
-
-    exporter = MetricsExporter(vault)
-    exporter.attach(vault)
-    handlers = {"/metrics": exporter.route, "/healthz": healthz or _healthz}
-    return create_app(vault, config, extra_routes=ops_routes(handlers), lifespan=lifespan)
-
-
 def _healthz() -> tuple[int, str, bytes]:
     return 200, "application/json", b'{"status": "ok"}'
 
 
-def app_from_env() -> Any:
-    """The app of one worker process: store, config and flags from the environment ``serve`` set."""
-    config_path = os.environ.get(ENV_CONFIG)
-    config = KeyManagementConfig.load(config_path) if config_path else KeyManagementConfig()
-    flags = json.loads(os.environ.get(ENV_FLAGS) or "{}")
+def worker_config(config: KeyManagementConfig, flags: dict[str, Any]) -> KeyManagementConfig:
+    """The config with the limits ``serve`` was given on the command line."""
     server = config.server
     if flags.get("max_request_size"):
         server = replace(server, max_request_size=int(flags["max_request_size"]))
     if flags.get("request_timeout"):
         server = replace(server, request_timeout=timedelta(seconds=float(flags["request_timeout"])))
-    config = replace(config, server=server)
-    vault = open_vault(os.environ.get(ENV_DB) or config.store.url, config=config,
-                       keyring=os.environ.get(ENV_KEYRING, "default"))
-    if not flags.get("maintain"):
-        return build_app(vault, config)
-    from ..daemon import Daemon
+    return replace(config, server=server)
 
-    daemon = Daemon(vault, interval=timedelta(seconds=float(flags["maintain"])), metrics_addr=None)
+
+def app_from_env() -> Any:
+    """The app of one worker process: store, config and flags from the environment ``serve`` set.
+
+    The :class:`~nebula_credential.aio.AsyncVault` is opened at startup, on the
+    worker's event loop, and closed at shutdown; ``/metrics`` and ``/healthz``
+    come from the daemon's handlers, ``--maintain`` runs the daemon's loop in
+    a thread beside it.
+    """
+    from ..aio import aopen
+    from ..metrics import MetricsExporter
+    from ._backend import backend_for
+    from .app import create_app, ops_routes
+
+    config_path = os.environ.get(ENV_CONFIG)
+    flags = json.loads(os.environ.get(ENV_FLAGS) or "{}")
+    config = worker_config(KeyManagementConfig.load(config_path) if config_path else KeyManagementConfig(), flags)
+    url = os.environ.get(ENV_DB) or config.store.url
 
     @asynccontextmanager
-    async def maintaining(app: Any) -> AsyncIterator[None]:
-        threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="nebula-maintain",
-                         daemon=True).start()
-        yield
-        daemon.request_stop()
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        vault = await aopen(url, config=config, keyring=os.environ.get(ENV_KEYRING, "default"))
+        daemon = None
+        try:
+            exporter = MetricsExporter(vault.sync)
+            exporter.attach(vault.sync)
+            app.state.ops = {"/metrics": exporter.route, "/healthz": _healthz}
+            if flags.get("maintain"):
+                from ..daemon import Daemon
 
-    return build_app(vault, config, healthz=daemon._healthz, lifespan=maintaining)
+                daemon = Daemon(vault.sync, interval=timedelta(seconds=float(flags["maintain"])), metrics_addr=None)
+                app.state.ops["/healthz"] = daemon._healthz
+                threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="nebula-maintain",
+                                 daemon=True).start()
+            app.state.backend = backend_for(vault, config)
+            yield
+        finally:
+            if daemon is not None:
+                daemon.request_stop()
+            await vault.close()
+
+    return create_app(None, config, extra_routes=ops_routes(["/metrics", "/healthz"]), lifespan=lifespan)
 
 
 def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | None,
