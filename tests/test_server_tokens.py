@@ -78,3 +78,11 @@ def test_tokens_survive_a_root_key_rotation(tokens: TokenManager, vault: nc.Vaul
         assert tx.get_meta(SERVER_KEY_META) != before  # rewrapped under the new root key
     fresh = TokenManager(vault.store, vault.provider, clock=clock, cache_ttl=timedelta(0))
     assert fresh.lookup(token) is not None
+
+
+def test_tokens_are_redacted_from_logs(tokens: TokenManager) -> None:
+    from nebula_credential.logredact import redact
+
+    token, _ = tokens.create(["root"])
+    assert token not in redact(f"lookup failed for {token} at /v1/secret")
+    assert token[len(TOKEN_PREFIX):] not in redact(f"header X={token};")

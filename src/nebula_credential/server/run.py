@@ -109,11 +109,13 @@ def app_from_env() -> Any:
     come from the daemon's handlers, ``--maintain`` runs the daemon's loop in
     a thread beside it.
     """
+    from .. import logredact
     from ..aio import aopen
     from ..metrics import MetricsExporter
     from ._backend import backend_for
     from .app import create_app, ops_routes
 
+    logredact.install()  # a worker process does not inherit the parent's filters
     config_path = os.environ.get(ENV_CONFIG)
     flags = json.loads(os.environ.get(ENV_FLAGS) or "{}")
     config = worker_config(KeyManagementConfig.load(config_path) if config_path else KeyManagementConfig(), flags)
