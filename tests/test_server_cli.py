@@ -32,7 +32,8 @@ def error_line(result) -> str:  # type: ignore[no-untyped-def]
 def test_token_create_list_revoke(cli) -> None:  # type: ignore[no-untyped-def]
     created = cli("token", "create", "--policy", "root", "--ttl", "24h")
     assert created.returncode == 0, created.stderr
-    token = created.stdout.strip().splitlines()[0]  # printed once, alone on its line
+    token = created.stdout.strip()  # printed once, alone on stdout (the accessor goes to stderr)
+    assert "accessor" in created.stderr and token not in created.stderr
     assert token.startswith("ncs.")
     listed = cli("--json", "token", "list")
     rows = json.loads(listed.stdout)["tokens"]

@@ -70,6 +70,7 @@ def test_cas_conflict(root: hvac.Client) -> None:
 def test_tokens(root: hvac.Client, server: Server) -> None:
     root.sys.create_or_update_acl_policy("reader", 'path "secret/data/app/*" { capabilities = ["read"] }')
     child = root.auth.token.create(policies=["reader"], ttl="1h")["auth"]
+    assert root.auth.token.lookup_accessor(child["accessor"])["data"]["policies"] == ["reader"]
     client = server.hvac(child["client_token"])
     me = client.auth.token.lookup_self()["data"]
     assert me["policies"] == ["reader"] and me["accessor"] == child["accessor"] and 3500 < me["ttl"] <= 3600

@@ -13,7 +13,7 @@ import click
 
 from ..durations import parse_duration
 from ..exceptions import NebulaCredentialError
-from ._common import AppContext, console, emit, pass_app
+from ._common import AppContext, console, emit, err_console, pass_app
 
 
 def _tokens(app: AppContext):  # type: ignore[no-untyped-def]
@@ -82,8 +82,8 @@ def token_create(app: AppContext, policies: tuple[str, ...], ttl: str | None, di
     from ..server.tokens import row_summary
 
     emit(app, {"token": secret, **row_summary(row)}, lambda: click.echo(secret))
-    if not app.json:
-        console.print(f"accessor {row.accessor}, policies {', '.join(row.policies)}", style="dim", markup=False)
+    if not app.json:  # on stderr, so TOKEN=$(nebula-credential token create ...) captures the token alone
+        err_console.print(f"accessor {row.accessor}, policies {', '.join(row.policies)}", style="dim", markup=False)
 
 
 @token.command("list")
