@@ -73,7 +73,7 @@ async def lookup_self(request: Request, ctx: Ctx) -> Response:
 
 
 async def lookup_accessor(request: Request, ctx: Ctx) -> Response:
-    ctx.require_any("update", "read")
+    ctx.require("update")
     accessor = (await read_json(request)).get("accessor")
     if not isinstance(accessor, str) or not accessor:
         raise bad_request("missing accessor")
