@@ -116,6 +116,16 @@ def test_every_request_audited_without_data_or_token(root: httpx.Client, server:
     assert server.cli("audit", "verify").returncode == 0
 
 
+def test_token_lifecycle_is_audited_by_accessor(root: httpx.Client, server: Server) -> None:
+    created = root.post("/v1/auth/token/create", json={"policies": ["root"], "ttl": "1h"}).json()["auth"]
+    assert root.post("/v1/auth/token/revoke-accessor", json={"accessor": created["accessor"]}).status_code == 204
+    out = server.cli("--json", "audit", "list", "--limit", "5")
+    details = [json.loads(line)["details"] for line in out.stdout.splitlines()]
+    assert any(d.get("created_accessor") == created["accessor"] for d in details)
+    assert any(d.get("target_accessor") == created["accessor"] for d in details)
+    assert created["client_token"] not in out.stdout
+
+
 def test_concurrent_requests_each_get_an_event(root: httpx.Client, server: Server) -> None:
     # events are group-committed: concurrent requests share a transaction, none is dropped
     root.post("/v1/secret/data/busy", json={"data": {"k": "v"}})

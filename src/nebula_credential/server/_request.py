@@ -43,6 +43,8 @@ class Ctx:
     request_id: str
     keyring: str | None
     operation: str = ""
+    #: Extra facts for this request's audit event (never data, never a token).
+    details: dict[str, Any] = field(default_factory=dict)
     _secret: str = field(default="", repr=False)
 
     def allows(self, capability: str, path: str | None = None) -> bool:
@@ -169,6 +171,7 @@ def endpoint(
         except Exception as exc:
             response = error_response(exc)
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
+        extra = ctx.details if ctx is not None else {}
         status = response.status_code
         try:
             if status == 403:
@@ -177,7 +180,7 @@ def endpoint(
             elif status >= 400 or backend.audit_reads or operation not in READ_OPERATIONS:
                 await backend.audit("server.request", keyring=keyring, outcome="ok" if status < 400 else "error",
                                     accessor=accessor, operation=operation, path=path, method=request.method,
-                                    status=status)
+                                    status=status, **extra)
         except Exception as exc:  # an unaudited answer is not given (Vault does the same)
             return error_response(exc)
         return response

@@ -64,6 +64,7 @@ async def create(request: Request, ctx: Ctx) -> Response:
         ctx.backend.tokens.create, policies, ttl=ttl, explicit_max_ttl=max_ttl, parent=ctx.token,
         display_name=f"token-{display}" if display != "token" else display, meta=meta, renewable=renewable,
     )
+    ctx.details["created_accessor"] = row.accessor
     return ctx.reply(None, auth=_auth(row, token, _now(ctx)))
 
 
@@ -101,6 +102,7 @@ async def revoke_accessor(request: Request, ctx: Ctx) -> Response:
     accessor = (await read_json(request)).get("accessor")
     if not isinstance(accessor, str) or not accessor:
         raise bad_request("missing accessor")
+    ctx.details["target_accessor"] = accessor
     if not await ctx.backend.write(ctx.backend.tokens.revoke, accessor):
         raise HTTPError(400, "invalid accessor")
     return Response(status_code=204)
