@@ -41,6 +41,10 @@ def test_token_create_list_revoke(cli) -> None:  # type: ignore[no-untyped-def]
     assert token not in listed.stdout and token not in cli("token", "list").stdout
     assert cli("token", "revoke", rows[0]["accessor"]).returncode == 0
     assert json.loads(cli("--json", "token", "list").stdout)["tokens"] == []
+    events = [json.loads(line) for line in cli("--json", "audit", "list").stdout.splitlines()]
+    actions = {(e["action"], e["details"].get("accessor")) for e in events}
+    assert {("server.token.create", rows[0]["accessor"]), ("server.token.revoke", rows[0]["accessor"])} <= actions
+    assert token not in cli("--json", "audit", "list").stdout
     assert "no live token" in error_line(cli("token", "revoke", rows[0]["accessor"]))
     assert "invalid policy name" in error_line(cli("token", "create", "--policy", "Not A Name"))
 
@@ -56,5 +60,7 @@ def test_policy_commands(cli, tmp_path: Path) -> None:  # type: ignore[no-untype
     assert "unsupported setting" in error_line(cli("policy", "write", "bad", str(bad)))
     assert "built-in root" in error_line(cli("policy", "write", "root", str(good)))
     assert cli("policy", "delete", "app").returncode == 0
+    actions = [json.loads(line)["action"] for line in cli("--json", "audit", "list").stdout.splitlines()]
+    assert "server.policy.write" in actions and "server.policy.delete" in actions
     assert "no policy named app" in error_line(cli("policy", "read", "app"))
     assert "no policy named app" in error_line(cli("policy", "delete", "app"))

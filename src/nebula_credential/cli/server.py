@@ -76,9 +76,11 @@ def token() -> None:
 @pass_app
 def token_create(app: AppContext, policies: tuple[str, ...], ttl: str | None, display_name: str) -> None:
     """Create a token and print it once."""
-    _, manager = _tokens(app)
-    secret, row = manager.create(list(policies), ttl=parse_duration(ttl, "--ttl") if ttl else None,
-                                 display_name=display_name)
+    vault, manager = _tokens(app)
+    with vault.store.transaction() as tx:  # the token and its audit event commit together
+        secret, row = manager.create(list(policies), ttl=parse_duration(ttl, "--ttl") if ttl else None,
+                                     display_name=display_name)
+        vault.audit.record(tx, "server.token.create", accessor=row.accessor, policies=list(row.policies))
     from ..server.tokens import row_summary
 
     emit(app, {"token": secret, **row_summary(row)}, lambda: click.echo(secret))
@@ -110,10 +112,12 @@ def token_list(app: AppContext) -> None:
 @pass_app
 def token_revoke(app: AppContext, accessor: str) -> None:
     """Revoke a token (and the tokens created with it) by accessor."""
-    _, manager = _tokens(app)
-    count = manager.revoke(accessor)
-    if count == 0:
-        raise NebulaCredentialError(f"no live token with accessor {accessor}")
+    vault, manager = _tokens(app)
+    with vault.store.transaction() as tx:
+        count = manager.revoke(accessor)
+        if count == 0:
+            raise NebulaCredentialError(f"no live token with accessor {accessor}")
+        vault.audit.record(tx, "server.token.revoke", accessor=accessor, revoked=count)
     emit(app, {"accessor": accessor, "revoked": count},
          lambda: console.print(f"revoked {count} token(s)", markup=False))
 
@@ -136,7 +140,9 @@ def policy_write(app: AppContext, name: str, file: Path) -> None:
     text = file.read_text(encoding="utf-8")
     parse(text)
     vault = app.vault()
-    vault.store.run(lambda tx: tx.policy_put(name, text, vault.clock()))
+    with vault.store.transaction() as tx:
+        tx.policy_put(name, text, vault.clock())
+        vault.audit.record(tx, "server.policy.write", policy=name)
     emit(app, {"name": name}, lambda: console.print(f"policy {name} written", markup=False))
 
 
@@ -174,6 +180,8 @@ def policy_delete(app: AppContext, name: str) -> None:
 
     name = check_name(name)
     vault = app.vault()
-    if not vault.store.run(lambda tx: tx.policy_delete(name)):
-        raise NebulaCredentialError(f"no policy named {name}")
+    with vault.store.transaction() as tx:
+        if not tx.policy_delete(name):
+            raise NebulaCredentialError(f"no policy named {name}")
+        vault.audit.record(tx, "server.policy.delete", policy=name)
     emit(app, {"name": name, "deleted": True}, lambda: console.print(f"policy {name} deleted", markup=False))
