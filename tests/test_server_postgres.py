@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from .server_proc import Server, serve
 def _pair(tmp_path: Path, url: str, stack: ExitStack) -> tuple[Server, Server]:
     # cache_ttl 0: a process re-reads a token on every request, so the test needs no clock
     config = tmp_path / "server.toml"
-    config.write_text('[server]\ncache_ttl = "0s"\n')
+    config.write_text('[server]\ncache_ttl = "0s"\n\n[keys]\nrefresh_interval = "1s"\n')
     env = cli_env(NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(tmp_path / "master.key"),
                   NEBULA_CREDENTIAL_CONFIG=str(config))
     a = stack.enter_context(serve(tmp_path, url, "--maintain", "--interval", "1h", env=env))
@@ -82,3 +83,21 @@ def test_cas_across_instances(tmp_path: Path, postgres_store_url_factory: Callab
         with ThreadPoolExecutor(8) as pool:
             versions = sorted(pool.map(plain, range(8)))
         assert versions == list(range(3, 11))
+
+
+def test_rotation_through_the_cli_is_used_by_both(tmp_path: Path,
+                                                  postgres_store_url_factory: Callable[[], str]) -> None:
+    with ExitStack() as stack:
+        a, b = _pair(tmp_path, postgres_store_url_factory(), stack)
+        token = a.token("root")
+        a.hvac(token).secrets.kv.v2.create_or_update_secret("before", secret={"n": 0})
+        assert a.cli("keys", "rotate").returncode == 0
+        deadline = time.monotonic() + 60  # refresh_interval is 1s here; the bound, not a timing assertion
+        versions: dict[str, int] = {}
+        while len(versions) < 2 and time.monotonic() < deadline:
+            for name, server in (("a", a), ("b", b)):
+                server.hvac(token).secrets.kv.v2.create_or_update_secret(f"after-{name}", secret={"n": 1})
+                got = json.loads(a.cli("--json", "get", f"after-{name}").stdout)
+                if got["key_version"] == 2:
+                    versions[name] = 2
+        assert versions == {"a": 2, "b": 2}

@@ -11,6 +11,7 @@ through the store, so any number of them may run).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -28,6 +29,7 @@ from .._files import open_regular
 from ..config import KeyManagementConfig, parse_addr
 from ..exceptions import ConfigError
 from ..vault import Vault
+from ..vault import open as open_vault
 
 logger = logging.getLogger("nebula_credential.server")
 
@@ -121,18 +123,23 @@ def app_from_env() -> Any:
     config = worker_config(KeyManagementConfig.load(config_path) if config_path else KeyManagementConfig(), flags)
     url = os.environ.get(ENV_DB) or config.store.url
 
+    keyring = os.environ.get(ENV_KEYRING, "default")
+
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        vault = await aopen(url, config=config, keyring=os.environ.get(ENV_KEYRING, "default"))
+        vault = await aopen(url, config=config, keyring=keyring)
+        # /metrics scrapes and the scheduler run on threads of their own: they get a plain
+        # Vault with its own connections rather than sharing the loop's bridged store
+        ops = await asyncio.to_thread(open_vault, url, config=config, keyring=keyring)
         daemon = None
         try:
-            exporter = MetricsExporter(vault.sync)
-            exporter.attach(vault.sync)
+            exporter = MetricsExporter(ops)
+            exporter.attach(vault.sync)  # the serving vault feeds this process's histograms
             app.state.ops = {"/metrics": exporter.route, "/healthz": _healthz}
             if flags.get("maintain"):
                 from ..daemon import Daemon
 
-                daemon = Daemon(vault.sync, interval=timedelta(seconds=float(flags["maintain"])), metrics_addr=None)
+                daemon = Daemon(ops, interval=timedelta(seconds=float(flags["maintain"])), metrics_addr=None)
                 app.state.ops["/healthz"] = daemon._healthz
                 threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="nebula-maintain",
                                  daemon=True).start()
@@ -142,6 +149,7 @@ def app_from_env() -> Any:
             if daemon is not None:
                 daemon.request_stop()
             await vault.close()
+            await asyncio.to_thread(ops.close)
 
     return create_app(None, config, extra_routes=ops_routes(["/metrics", "/healthz"]), lifespan=lifespan)
 
