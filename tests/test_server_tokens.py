@@ -86,3 +86,20 @@ def test_tokens_are_redacted_from_logs(tokens: TokenManager) -> None:
     token, _ = tokens.create(["root"])
     assert token not in redact(f"lookup failed for {token} at /v1/secret")
     assert token[len(TOKEN_PREFIX):] not in redact(f"header X={token};")
+
+
+def test_put_check_and_set_on_each_store(vault: nc.Vault) -> None:
+    """The facade's cas (what KV v2's options.cas maps onto), on SQLite and PostgreSQL."""
+    from nebula_credential.exceptions import CheckAndSetError
+
+    assert vault.put("cas", {"n": 1}, expected_revision=0) == 1
+    with pytest.raises(CheckAndSetError, match="expected revision 0, stored revision is 1"):
+        vault.put("cas", {"n": 2}, expected_revision=0)
+    assert vault.put("cas", {"n": 3}, expected_revision=1) == 2
+    with pytest.raises(CheckAndSetError):
+        vault.put("cas", {"n": 4}, expected_revision=1)
+    with pytest.raises(CheckAndSetError):
+        vault.put("absent", {"n": 1}, expected_revision=3)
+    vault.keys.rotate()  # a write under the new version is still checked against the revision
+    assert vault.put("cas", {"n": 5}, expected_revision=2) == 3
+    assert vault.get("cas") == {"n": 5}
