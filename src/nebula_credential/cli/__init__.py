@@ -26,6 +26,7 @@ from .maintenance import cleanup_cmd, daemon, maintain
 from .migrate import adopt, doctor
 from .ops import init, reencrypt, status
 from .provider import provider
+from .server import policy, serve, token
 
 
 class GlobalOptionsGroup(click.Group):
@@ -118,6 +119,9 @@ for command in (
     daemon,
     audit,
     provider,
+    serve,
+    token,
+    policy,
     backup,
 ):
     cli.add_command(command)

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..exceptions import ConcurrencyError, NebulaCredentialError, StoreError, StoreUnavailableError
-from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups, schema_v4_key_access
+from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups, schema_v4_server, schema_v5_key_access
 from .base import Store, StoreTx
 
-MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2(), schema_v3_backups("REAL"), schema_v4_key_access()]
+MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2(), schema_v3_backups("REAL"), schema_v4_server("REAL"),
+              schema_v5_key_access()]
 
 
 def path_from_url(url: str) -> str:
