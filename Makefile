@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test test-all lint typecheck bench soak clean system-deps
+.PHONY: demo test test-all lint typecheck bench soak clean system-deps docs
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: $(VENV)/.test system-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
+	$(MKDOCS_BUILD)
+
+## The documentation site (mkdocs-material) into site/; --strict fails on a broken link or a page missing from the nav.
+MKDOCS_BUILD = NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+docs: $(VENV)/.test
+	$(MKDOCS_BUILD)
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
@@ -51,4 +57,4 @@ soak: $(VENV)/.test system-deps
 	NEBULA_SOAK=1 $(PY) -m pytest -q -p no:cacheprovider -m slow tests
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
+	rm -rf $(VENV) build dist site *.egg-info src/*.egg-info

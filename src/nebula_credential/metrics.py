@@ -28,6 +28,40 @@ ROTATION_ACTIONS = ("key.rotate",)
 
 
 @dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One exported metric as PromQL names it (counters with their ``_total``)."""
+
+    name: str
+    type: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+
+    def series(self) -> tuple[str, ...]:
+        """The series names Prometheus stores for it: what a query or alert rule may use."""
+        if self.type == "counter":
+            base = self.name.removesuffix("_total")
+            return (base + "_total", base + "_created")
+        if self.type == "histogram":
+            return tuple(self.name + s for s in ("_bucket", "_count", "_sum", "_created"))
+        return (self.name,)
+
+
+#: The HTTP server's metrics, declared here once: the server registers them from
+#: this list and the Grafana dashboard test checks its queries against it.
+SERVER_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "nebula_credential_http_requests_total", "counter", "HTTP requests served", ("method", "route", "status")
+    ),
+    MetricSpec(
+        "nebula_credential_http_request_duration_seconds",
+        "histogram",
+        "HTTP request latency from the first byte read to the last byte written",
+        ("method", "route"),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class KeyMetrics:
     """A snapshot of one keyring's key state (the seed's ``KeyMetrics``)."""
 
@@ -41,6 +75,8 @@ class KeyMetrics:
     pending_reencryption: int = 0
     total_credentials: int = 0
     key_access_errors: int = 0
+    #: Key versions per lifecycle status (every status present, zero included).
+    versions_by_status: dict[str, int] = field(default_factory=dict)
 
     @property
     def reencryption_progress(self) -> float:
@@ -71,6 +107,7 @@ def snapshot(vault: Vault, now: datetime | None = None) -> KeyMetrics:
         pending_reencryption=pending,
         total_credentials=total,
         key_access_errors=sum(n for (a, k), n in audit.items() if a in ACCESS_ERROR_ACTIONS and k == kr),
+        versions_by_status={st.value: sum(1 for v in versions if v.status is st) for st in KeyStatus},
     )
 
 
@@ -168,6 +205,13 @@ class MetricsExporter:
                     for version, n in sorted(s.credentials_per_version.items()):
                         per.add_metric([s.keyring, str(version)], n)
                 yield from (active, rot, prog, age, per, pending, errors)
+                by_status = GaugeMetricFamily(
+                    "nebula_credential_key_versions", "Key versions by lifecycle status", labels=["keyring", "status"]
+                )
+                for s in snaps:
+                    for status, n in s.versions_by_status.items():
+                        by_status.add_metric([s.keyring, status], n)
+                yield by_status
 
         self.registry.register(_StoreCollector())
 
@@ -200,6 +244,24 @@ class MetricsExporter:
     def route(self) -> tuple[int, str, bytes]:
         body, ctype = self.render()
         return 200, ctype, body
+
+
+def exported_metrics(exporter: MetricsExporter) -> list[MetricSpec]:
+    """Every metric ``exporter`` collects, then :data:`SERVER_METRICS`."""
+    # Per-process wrappers know their label names before any sample exists.
+    declared = {
+        getattr(m, "_name", ""): tuple(getattr(m, "_labelnames", ()))
+        for m in vars(exporter).values()
+        if hasattr(m, "_labelnames")
+    }
+    specs: list[MetricSpec] = []
+    for family in exporter.registry.collect():
+        name = family.name + "_total" if family.type == "counter" else family.name
+        labels = declared.get(family.name, ())
+        for sample in family.samples[:1]:
+            labels = tuple(k for k in sample.labels if k != "le")
+        specs.append(MetricSpec(name, family.type, family.documentation, labels))
+    return specs + list(SERVER_METRICS)
 
 
 def render(vaults: Sequence[Vault] | Vault) -> tuple[bytes, str]:
