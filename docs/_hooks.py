@@ -20,6 +20,7 @@ import dataclasses
 import re
 import sys
 import typing
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,10 @@ def use_source_tree() -> None:
     if str(SRC) not in sys.path:
         sys.path.insert(0, str(SRC))
 
+
 #: Dataclass fields that are not TOML keys (bookkeeping of the loader).
 NOT_KEYS = {("provider", "settings"), ("provider", "explicit")}
 
-_MARKERS = {
-    "<!-- nebula:config-reference -->": lambda: config_reference(),
-    "<!-- nebula:metrics-reference -->": lambda: metrics_reference(),
-}
 
 
 class ConfigKey(typing.NamedTuple):
@@ -70,7 +68,7 @@ def _field_docs(source: str) -> dict[str, dict[str, str]]:
             ):
                 doc = " ".join(nxt.value.value.split())
             if not doc:
-                comments = []
+                comments: list[str] = []
                 j = stmt.lineno - 2
                 while j >= 0 and lines[j].strip().startswith("#:"):
                     comments.insert(0, lines[j].strip()[2:].strip())
@@ -122,7 +120,7 @@ def config_keys() -> list[ConfigKey]:
     keys: list[ConfigKey] = []
     for section in dataclasses.fields(root):
         cls = hints[section.name]
-        if not dataclasses.is_dataclass(cls):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             continue  # bookkeeping such as `source`
         instance = cls()
         sub_hints = typing.get_type_hints(cls)
@@ -189,6 +187,12 @@ def metrics_reference() -> str:
 def on_config(config: Any) -> Any:
     use_source_tree()
     return config
+
+
+_MARKERS: dict[str, Callable[[], str]] = {
+    "<!-- nebula:config-reference -->": config_reference,
+    "<!-- nebula:metrics-reference -->": metrics_reference,
+}
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:

@@ -248,7 +248,7 @@ class MetricsExporter:
 
 def exported_metrics(exporter: MetricsExporter) -> list[MetricSpec]:
     """Every metric ``exporter`` collects, then :data:`SERVER_METRICS`."""
-    # Per-process wrappers know their label names before any sample exists.
+    # Label names before any sample exists: store families keep them, per-process wrappers too.
     declared = {
         getattr(m, "_name", ""): tuple(getattr(m, "_labelnames", ()))
         for m in vars(exporter).values()
@@ -257,7 +257,7 @@ def exported_metrics(exporter: MetricsExporter) -> list[MetricSpec]:
     specs: list[MetricSpec] = []
     for family in exporter.registry.collect():
         name = family.name + "_total" if family.type == "counter" else family.name
-        labels = declared.get(family.name, ())
+        labels = tuple(getattr(family, "_labelnames", ())) or declared.get(family.name, ())
         for sample in family.samples[:1]:
             labels = tuple(k for k in sample.labels if k != "le")
         specs.append(MetricSpec(name, family.type, family.documentation, labels))
