@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test test-all lint typecheck bench soak clean system-deps docs
+.PHONY: demo test test-all lint typecheck bench soak clean system-deps docs vendor-ui docs-screenshots
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ test: $(VENV)/.test system-deps
 MKDOCS_BUILD = NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 docs: $(VENV)/.test
 	$(MKDOCS_BUILD)
+
+## Re-fetch the console's front-end libraries (htmx, uPlot) from the npm registry into the package.
+vendor-ui:
+	bash scripts/vendor-ui.sh
+
+## Refresh the console screenshots in docs/img/ (the browser test writes them).
+docs-screenshots: $(VENV)/.test system-deps
+	NEBULA_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/test_console_browser.py
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
