@@ -63,7 +63,7 @@ def csrf_ok(token: str, submitted: str) -> bool:
 
 def security_headers() -> list[tuple[bytes, bytes]]:
     """Headers of every console response: a strict CSP (no inline script or style, nothing
-    from another origin), no framing, no referrer, no sniffing, no caching."""
+    from another origin), no framing, no referrer to other sites, no sniffing, no caching."""
     csp = (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -72,7 +72,7 @@ def security_headers() -> list[tuple[bytes, bytes]]:
         (b"content-security-policy", csp.encode()),
         (b"x-content-type-options", b"nosniff"),
         (b"x-frame-options", b"DENY"),
-        (b"referrer-policy", b"no-referrer"),
+        (b"referrer-policy", b"same-origin"),  # no-referrer would make Chrome send Origin: null
         (b"cross-origin-opener-policy", b"same-origin"),
         (b"cache-control", b"no-store"),
     ]

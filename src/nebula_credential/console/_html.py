@@ -62,6 +62,7 @@ def layout(title: str, body: str, *, base: str, principal: Principal | None = No
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="htmx-config" content="{htmx_config}">
 <title>{h(title)} · nebula-credential</title>
+<link rel="icon" href="{h(base)}/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="{h(base)}/static/uPlot.min.css">
 <link rel="stylesheet" href="{h(base)}/static/console.css">
 <script src="{h(base)}/static/htmx.min.js" defer></script>
@@ -79,7 +80,7 @@ def login_page(base: str, error: str = "") -> str:
 <p>Paste a server token. It is kept in an HttpOnly cookie for this tab's session only.</p>{err}
 <form method="post" action="{h(base)}/login" autocomplete="off">
 <label for="token">Token</label>
-<input id="token" name="token" type="password" required autofocus spellcheck="false">
+<input id="token" name="token" type="password" required autofocus spellcheck="false" autocomplete="off">
 <button type="submit">Log in</button></form></section>"""
     return layout("Log in", body, base=base)
 
@@ -176,9 +177,12 @@ def keyring_page(base: str, v: KeyringView, principal: Principal, csrf: str, job
 
 def progress_fragment(base: str, v: KeyringView, job: Job | None) -> str:
     """Re-encryption progress; polls itself every second while anything is pending or running."""
-    live = bool(v.pending) or bool(job and job.running)
-    poll = (f' hx-get="{h(base)}/keyrings/{h(v.name)}/progress" hx-trigger="every 1s" hx-swap="outerHTML"'
-            if live else "")
+    running = bool(job and job.running)
+    live = bool(v.pending) or running
+    # While a pass runs, the poll says so: when it has finished the server answers with a
+    # page refresh, so the versions table and the timeline show the outcome too.
+    url = f"{base}/keyrings/{v.name}/progress" + ("?running=1" if running else "")
+    poll = f' hx-get="{h(url)}" hx-trigger="every 1s" hx-swap="outerHTML"' if live else ""
     scopes = dict(v.pending_by_scope)
     if job is not None:
         for scope in job.pending_at_start:

@@ -101,10 +101,9 @@ def timeline(vault: Vault, name: str) -> dict[str, Any]:
         segments = []
         for i, (start, status) in enumerate(steps):
             end = steps[i + 1][0] if i + 1 < len(steps) else now
-            if status != KeyStatus.DESTROYED.value and end > start:
-                segments.append([start, end, status])
-            elif status == KeyStatus.DESTROYED.value:
-                segments.append([start, start, status])
+            last = i + 1 == len(steps)
+            if end > start or last:  # the current status is drawn even when it began just now
+                segments.append([start, start if status == KeyStatus.DESTROYED.value else end, status])
         out.append({"version": v.version, "status": v.status.value, "segments": segments})
     return {"keyring": name, "now": now, "versions": out, "rotations": sorted(rotations)}
 
@@ -206,8 +205,8 @@ class Jobs:
         try:
             result = kr.reencrypt(progress=progress)
             job.summary = (
-                f"{result.reencrypted} re-encrypted, {result.conflicts} conflicts, "
-                f"{len(result.failures)} failed in {result.seconds:.1f}s"
+                f"{result.reencrypted:,} re-encrypted, {result.conflicts:,} conflicts, "
+                f"{len(result.failures):,} failed in {result.seconds:.1f} s"
             )
         except NebulaCredentialError as exc:
             job.error = f"{type(exc).__name__}: {exc}"

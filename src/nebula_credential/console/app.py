@@ -176,8 +176,11 @@ def create_console(vault: Vault, authorize: Authorizer, *, secure_cookie: bool =
 
     async def progress(request: Request, token: str, principal: Principal) -> Response:
         name = await visible_keyring(request, principal)
+        job = jobs.get(name)
+        if request.query_params.get("running") and job is not None and not job.running:
+            return Response(status_code=200, headers={"HX-Refresh": "true"})
         view = await run_in_threadpool(keyring_view, vault, name)
-        return HTMLResponse(pages.progress_fragment(_base(request), view, jobs.get(name)))
+        return HTMLResponse(pages.progress_fragment(_base(request), view, job))
 
     async def timeline_json(request: Request, token: str, principal: Principal) -> Response:
         name = await visible_keyring(request, principal)
