@@ -6,6 +6,8 @@ A page asks for a table with a marker comment on a line of its own:
   default, meaning) from the dataclasses in ``nebula_credential.config``.  The
   meaning is the field's attribute docstring (a string literal right after the
   field) or its ``#:`` comment; a field with neither is an error, not a blank.
+* ``<!-- nebula:console-permissions -->``: what each console page or action needs
+  (``nebula_credential.console.NEEDS``).
 * ``<!-- nebula:metrics-reference -->``: every metric the daemon's exporter and
   the HTTP server expose (``metrics.MetricsExporter`` + ``metrics.SERVER_METRICS``).
 
@@ -189,7 +191,17 @@ def on_config(config: Any) -> Any:
     return config
 
 
+def console_permissions() -> str:
+    from nebula_credential.console import NEEDS
+
+    out = ["| page or action | capability | policy path |", "|---|---|---|"]
+    for what, (capability, path) in NEEDS.items():
+        out.append(f"| {what} | `{capability}` | `{path}` |")
+    return "\n".join(out) + "\n"
+
+
 _MARKERS: dict[str, Callable[[], str]] = {
+    "<!-- nebula:console-permissions -->": console_permissions,
     "<!-- nebula:config-reference -->": config_reference,
     "<!-- nebula:metrics-reference -->": metrics_reference,
 }
