@@ -186,6 +186,11 @@ def metrics_reference() -> str:
     return "\n".join(out) + "\n"
 
 
+def on_page_content(html: str, **kwargs: Any) -> str:
+    """mkdocs-click prints click 8.2's "no default" sentinel as a default; show none instead."""
+    return html.replace("<code>Sentinel.UNSET</code>", "")
+
+
 def on_config(config: Any) -> Any:
     use_source_tree()
     return config
