@@ -204,3 +204,26 @@ def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     res = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{len(exprs)} rules found" in res.stdout
+
+
+def test_versions_by_status_and_the_age_limit_carry_the_stores_values(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    vault = nc.open(f"sqlite:///{tmp_path / 's.db'}", create=True)
+    try:
+        vault.keys.rotate()
+        vault.keys.rotate()
+        vault.keys.revoke(1)
+        body, _ = MetricsExporter(vault).render()
+    finally:
+        vault.close()
+    samples = {
+        (s.name, s.labels.get("status")): s.value
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+        if s.labels.get("keyring") == "default"
+    }
+    statuses = {st: samples[("nebula_credential_key_versions", st)]
+                for st in ("active", "valid", "grace", "revoked", "destroyed")}
+    assert statuses == {"active": 1, "valid": 1, "grace": 0, "revoked": 1, "destroyed": 0}
+    assert samples[("nebula_credential_max_key_age_days", None)] == 90

@@ -77,6 +77,8 @@ class KeyMetrics:
     key_access_errors: int = 0
     #: Key versions per lifecycle status (every status present, zero included).
     versions_by_status: dict[str, int] = field(default_factory=dict)
+    #: The configured ``[keys] max_key_age`` in days: the limit key age is measured against.
+    max_key_age_days: float = 0.0
 
     @property
     def reencryption_progress(self) -> float:
@@ -108,6 +110,7 @@ def snapshot(vault: Vault, now: datetime | None = None) -> KeyMetrics:
         total_credentials=total,
         key_access_errors=sum(n for (a, k), n in audit.items() if a in ACCESS_ERROR_ACTIONS and k == kr),
         versions_by_status={st.value: sum(1 for v in versions if v.status is st) for st in KeyStatus},
+        max_key_age_days=vault.config.keys.max_key_age.total_seconds() / 86400,
     )
 
 
@@ -208,10 +211,14 @@ class MetricsExporter:
                 by_status = GaugeMetricFamily(
                     "nebula_credential_key_versions", "Key versions by lifecycle status", labels=["keyring", "status"]
                 )
+                limit = GaugeMetricFamily(
+                    "nebula_credential_max_key_age_days", "Configured max_key_age in days", labels=["keyring"]
+                )
                 for s in snaps:
                     for status, n in s.versions_by_status.items():
                         by_status.add_metric([s.keyring, status], n)
-                yield by_status
+                    limit.add_metric([s.keyring], s.max_key_age_days)
+                yield from (by_status, limit)
 
         self.registry.register(_StoreCollector())
 
