@@ -129,8 +129,9 @@ def csp_violations(driver: Any) -> list[str]:
 
 def shoot(driver: Any, folder: Path, name: str) -> None:
     """A full-page screenshot (Chrome DevTools), not just the viewport."""
-    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 2400), "scale": 1}
+    width = driver.execute_script("return document.documentElement.clientWidth")
+    height = driver.execute_script("return Math.ceil(document.querySelector('main').getBoundingClientRect().bottom)")
+    clip = {"x": 0, "y": 0, "width": int(width), "height": min(int(height) + 16, 2400), "scale": 1}
     shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
                                                             "clip": clip})
     (folder / f"console-{name}.png").write_bytes(base64.b64decode(shot["data"]))
