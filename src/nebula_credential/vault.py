@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .audit import AuditLog
+from .audit import MAX_KEY_VERSION, AuditLog
 from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import (
@@ -28,7 +28,7 @@ from .exceptions import (
     StoreError,
 )
 from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
-from .keys import KeyManager
+from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
 from .providers import KeyProvider, open_provider
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
-#: The highest key version a store column holds (PostgreSQL INTEGER); rotation never gets near it.
-MAX_KEY_VERSION = 2**31 - 1
 
 
 def _check_id(credential_id: str) -> None:
@@ -109,18 +107,28 @@ class Vault:
         """Store (or replace) a credential; returns its new revision."""
         _check_id(credential_id)
         kr = self.keys.keyring
-        observer = self.observer
-        start = time.perf_counter() if observer is not None else 0.0
-        blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
-        if observer is not None:
-            observer(kr, "encrypt", time.perf_counter() - start, True)
-        with self.store.transaction() as tx:
-            revision = tx.put_credential(kr, credential_id, scope, int.from_bytes(blob[4:8]), blob,
-                                         metadata or {}, self.clock())
-            if self._audit_credentials:
-                self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
-                                  version=int.from_bytes(blob[4:8]), scope=scope)
-        return revision
+        keys = self.keys
+        plaintext = _encode(value)
+        aad = credential_context(kr, credential_id, scope)
+        for _ in range(WRITE_ATTEMPTS):
+            observer = self.observer
+            start = time.perf_counter() if observer is not None else 0.0
+            blob = keys.encrypt(plaintext, aad)
+            if observer is not None:
+                observer(kr, "encrypt", time.perf_counter() - start, True)
+            version = int.from_bytes(blob[4:8])
+            with self.store.transaction() as tx:
+                # the write and its version's status check in one statement (see KeyManager.writable)
+                revision = tx.put_credential_checked(kr, credential_id, scope, version, blob,
+                                                     metadata or {}, self.clock(), WRITABLE)
+                if revision is None:
+                    keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
+                    continue
+                if self._audit_credentials:
+                    self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
+                                      version=version, scope=scope)
+                return revision
+        raise keys.write_refused((version,))
 
     def put_many(
         self,
@@ -129,27 +137,37 @@ class Vault:
         batch_size: int = 1000,
     ) -> int:
         """Bulk import of (id, value, scope, metadata), one transaction per batch."""
-        kr = self.keys.keyring
         count = 0
-        batch: list[tuple[str, str, int, bytes, dict[str, Any]]] = []
+        batch: list[tuple[str, bytes, str, dict[str, Any]]] = []
         for credential_id, value, scope, metadata in items:
             _check_id(credential_id)
-            blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
-            batch.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata or {}))
+            batch.append((credential_id, _encode(value), scope, metadata or {}))
             if len(batch) >= batch_size:
                 count += self._flush(batch)
         if batch:
             count += self._flush(batch)
         return count
 
-    def _flush(self, batch: list[tuple[str, str, int, bytes, dict[str, Any]]]) -> int:
-        with self.store.transaction() as tx:
-            tx.put_credentials(self.keys.keyring, batch, self.clock())
-            if self._audit_credentials:
-                self.audit.record(tx, "credential.import", keyring=self.keys.keyring, count=len(batch))
-        n = len(batch)
-        batch.clear()
-        return n
+    def _flush(self, batch: list[tuple[str, bytes, str, dict[str, Any]]]) -> int:
+        """Encrypt and write one batch; again under a fresh active version if its version was retired."""
+        keys = self.keys
+        kr = keys.keyring
+        for _ in range(WRITE_ATTEMPTS):
+            rows = []
+            for credential_id, plaintext, scope, metadata in batch:
+                blob = keys.encrypt(plaintext, credential_context(kr, credential_id, scope))
+                rows.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata))
+            versions = {r[2] for r in rows}
+            with self.store.transaction() as tx:
+                if not keys.writable(tx, versions):
+                    continue
+                tx.put_credentials(kr, rows, self.clock())
+                if self._audit_credentials:
+                    self.audit.record(tx, "credential.import", keyring=kr, count=len(rows))
+                n = len(batch)
+                batch.clear()
+                return n
+        raise keys.write_refused(versions)
 
     def get_record(self, credential_id: str) -> Credential:
         """The decrypted credential with its scope, key version and metadata."""
@@ -361,22 +379,42 @@ def provider_config_for(store: Store, config: KeyManagementConfig) -> ProviderCo
     could otherwise send our tokens to a server of their choosing or make
     us load their code.
     """
+    check_fingerprint(_fingerprint(store), config.provider.type, configured=config.provider.explicit)
+    return config.provider
+
+
+def _fingerprint(store: Store) -> Fingerprint:
     with store.read() as tx:
         recorded = read_fingerprint(tx)
     if recorded is None:
         raise _not_initialised(store)
-    check_fingerprint(recorded, config.provider.type, configured=config.provider.explicit)
-    return config.provider
+    return recorded
 
 
-def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) -> tuple[KeyProvider, bool]:
-    """The provider the process's config describes; a new store gets a new root key where that applies."""
-    with store.read() as tx:
-        new = read_fingerprint(tx) is None
-    if new and not create:
-        raise _not_initialised(store)
-    pcfg = config.provider if new else provider_config_for(store, config)
-    return open_provider(pcfg, create=new, base_dir=store.directory()), new
+#: Serialises initialisers of one store (PostgreSQL advisory lock; SQLite's write lock already does).
+_INIT_LOCK = "(store init)"
+
+
+def _initialise(
+    store: Store, config: KeyManagementConfig, provider: KeyProvider | None, make: Callable[[KeyProvider], Vault]
+) -> Vault | None:
+    """Make a new store's root of trust and fingerprint, once, under the store's write lock.
+
+    Several processes may open a new store with ``create=True`` at once (the
+    workers of one application starting): the first creates the root key
+    (a new key file, exclusively) and records it; the others find it recorded
+    when they get the lock and open it like any initialised store (None).
+    """
+    with store.transaction() as tx:
+        tx.lock_keyring(_INIT_LOCK)
+        if read_fingerprint(tx) is not None:
+            return None
+        root = provider or open_provider(config.provider, create=True, base_dir=store.directory())
+        vault = make(root)
+        write_fingerprint(tx, vault.provider)
+        vault.audit.ensure_key(tx)
+        vault.audit.record(tx, "store.init", provider=vault.provider.describe())
+        return vault
 
 
 def _prove_root_key(vault: Vault) -> None:
@@ -446,27 +484,26 @@ def open_on(
     asyncio API moves its blocking calls off the event loop).  The store is
     closed if opening fails.
     """
-    try:
-        new = False
-        if provider is None:
-            provider, new = _provider_for(store, config, create=create)
-        else:
-            with store.read() as tx:
-                recorded = read_fingerprint(tx)
-            new = recorded is None
-            if new and not create:
-                raise _not_initialised(store)
-            if recorded is not None:
-                check_fingerprint(recorded, provider.name, configured=True)
+
+    def make(root: KeyProvider) -> Vault:
         if adapt_provider is not None:
-            provider = adapt_provider(provider)
-        vault = Vault(store, provider, keyring=keyring, config=config, clock=clock)
-        if new:
-            with store.transaction() as tx:
-                if read_fingerprint(tx) is None:
-                    write_fingerprint(tx, provider)
-                    vault.audit.ensure_key(tx)
-                    vault.audit.record(tx, "store.init", provider=provider.describe())
+            root = adapt_provider(root)
+        return Vault(store, root, keyring=keyring, config=config, clock=clock)
+
+    try:
+        with store.read() as tx:
+            recorded = read_fingerprint(tx)
+        vault = None
+        if recorded is None:
+            if not create:
+                raise _not_initialised(store)
+            vault = _initialise(store, config, provider, make)
+        if vault is None:  # initialised, perhaps a moment ago by another process
+            if provider is None:
+                provider = open_provider(provider_config_for(store, config), base_dir=store.directory())
+            else:
+                check_fingerprint(_fingerprint(store), provider.name, configured=True)
+            vault = make(provider)
         _prove_root_key(vault)
         if create:
             vault.keys.initialize()

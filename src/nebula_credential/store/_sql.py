@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -26,11 +26,28 @@ _VERSION_COLS = (
 _CRED_COLS = "keyring, id, scope, key_version, envelope, metadata, revision, created_at, updated_at"
 _BACKUP_COLS = "name, kind, taken_at, expires_at, registered_at, location, manifest"
 _AUDIT_COLS = "seq, ts, actor, action, keyring, key_version, credential_id, outcome, details, mac"
+_STATUS = {s.value: s for s in KeyStatus}
+_ON_CONFLICT = (
+    "ON CONFLICT (keyring, id) DO UPDATE SET scope = excluded.scope, "
+    "key_version = excluded.key_version, envelope = excluded.envelope, "
+    "metadata = excluded.metadata, revision = credentials.revision + 1, "
+    "updated_at = excluded.updated_at"
+)
 
 
 @lru_cache(maxsize=256)
 def _pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+@lru_cache(maxsize=16)
+def _checked_upsert(statuses: int, lock: str) -> str:
+    """The upsert of ``put_credential_checked``: written only if the version has one of the statuses."""
+    marks = ", ".join("?" for _ in range(statuses))
+    return (
+        f"INSERT INTO credentials ({_CRED_COLS}) SELECT ?, ?, ?, ?, ?, ?, 1, ?, ? FROM key_versions "
+        f"WHERE keyring = ? AND version = ? AND status IN ({marks}){lock} " + _ON_CONFLICT + " RETURNING revision"
+    )
 
 
 _BLOB = (bytes, bytearray, memoryview)
@@ -107,18 +124,52 @@ def _version(row: Sequence[Any]) -> KeyVersion:
                                  key_version=row[1] if isinstance(row[1], int) else None) from None
 
 
+_MAX_VERSION = 2**31 - 1  # key_versions.version is a 32-bit signed INTEGER
+
+
 def header_version(envelope: bytes) -> int | None:
-    """The key version an envelope's header names (bytes 4..8), or None for a blob too short to have one."""
-    return int.from_bytes(envelope[4:8], "big") if len(envelope) >= 8 else None
+    """The key version an envelope's header names (bytes 4..8), or None for a blob that is no envelope."""
+    if len(envelope) < 8 or envelope[:2] != b"NC":
+        return None
+    version = int.from_bytes(envelope[4:8], "big")
+    return version if version <= _MAX_VERSION else None
+
+
+_NUMBER = (int, float)
 
 
 def _credential(row: Sequence[Any]) -> EncryptedCredential:
+    kr, cid, scope, column, envelope, meta, revision, created, updated = row
+    if (  # the fast path: every column of the type the schema promises
+        type(kr) is str and type(cid) is str and type(scope) is str and type(column) is int
+        and type(envelope) in _BLOB and type(meta) is str and type(revision) is int
+        and type(created) in _NUMBER and type(updated) in _NUMBER
+    ):
+        try:
+            metadata = json.loads(meta) if meta else {}
+            if type(metadata) is dict:
+                envelope = bytes(envelope)
+                named = header_version(envelope)
+                return EncryptedCredential(
+                    keyring=kr, id=cid, scope=scope,
+                    # the header is what decryption uses; a column that disagrees is found by doctor
+                    key_version=column if named is None else named,
+                    envelope=envelope, metadata=metadata, revision=revision,
+                    created_at=datetime.fromtimestamp(created, UTC),
+                    updated_at=datetime.fromtimestamp(updated, UTC),
+                )
+        except (ValueError, OverflowError, OSError):  # bad JSON, a timestamp out of range
+            pass
+    return _diagnose_credential(row)
+
+
+def _diagnose_credential(row: Sequence[Any]) -> EncryptedCredential:
+    """The slow path: name what is wrong with a row (or decode an unusual but valid one)."""
     try:
         column = _int(row[3], "key_version")
         envelope = _blob(row[4], "envelope")
         assert envelope is not None
         named = header_version(envelope)
-        # the header is what decryption uses; a column that disagrees is found by doctor
         key_version = column if named is None else named
         try:
             metadata = json.loads(_str(row[5], "metadata")) if row[5] else {}
@@ -222,6 +273,10 @@ class SqlTx(StoreTx):
     def _lock_suffix(self, skip_locked: bool) -> str:
         return ""
 
+    def _row_lock(self, mode: str) -> str:
+        """`` FOR <mode>`` where the dialect has row locks (SQLite: one writer, none needed)."""
+        return ""
+
     def _lock_audit_head(self) -> None:
         """Serialise appenders of the audit chain (SQLite: the write lock does)."""
 
@@ -305,6 +360,32 @@ class SqlTx(StoreTx):
     def lock_keyring(self, keyring: str) -> None:
         """SQLite: a write transaction already holds the database write lock."""
 
+    def lock_version(self, keyring: str, version: int) -> KeyVersion | None:
+        row = self._exec(
+            f"SELECT {_VERSION_COLS} FROM key_versions WHERE keyring = ? AND version = ?"
+            + self._row_lock("UPDATE"),
+            (keyring, version),
+        ).fetchone()
+        return None if row is None else _version(row)
+
+    def writable_versions(self, keyring: str, versions: Sequence[int]) -> dict[int, KeyStatus]:
+        if len(versions) == 1:  # the hot path: one put, one primary-key read
+            row = self._exec(
+                "SELECT status FROM key_versions WHERE keyring = ? AND version = ?" + self._row_lock("KEY SHARE"),
+                (keyring, versions[0]),
+            ).fetchone()
+            return {} if row is None else {versions[0]: _STATUS.get(row[0], KeyStatus.DESTROYED)}
+        if not versions:
+            return {}
+        marks = ", ".join("?" for _ in versions)
+        rows = self._exec(
+            f"SELECT version, status FROM key_versions WHERE keyring = ? AND version IN ({marks}) "
+            "ORDER BY version" + self._row_lock("KEY SHARE"),
+            (keyring, *versions),
+        ).fetchall()
+        # an unknown status is treated as destroyed: never writable
+        return {int(v): _STATUS.get(status, KeyStatus.DESTROYED) for v, status in rows}
+
     def insert_version(self, kv: KeyVersion) -> None:
         self._exec(
             f"INSERT INTO key_versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -366,13 +447,7 @@ class SqlTx(StoreTx):
         return 0 if row is None else int(row[0])
 
     # ---- credentials ---------------------------------------------------
-    _UPSERT = (
-        f"INSERT INTO credentials ({_CRED_COLS}) VALUES (?,?,?,?,?,?,1,?,?) "
-        "ON CONFLICT (keyring, id) DO UPDATE SET scope = excluded.scope, "
-        "key_version = excluded.key_version, envelope = excluded.envelope, "
-        "metadata = excluded.metadata, revision = credentials.revision + 1, "
-        "updated_at = excluded.updated_at"
-    )
+    _UPSERT = f"INSERT INTO credentials ({_CRED_COLS}) VALUES (?,?,?,?,?,?,1,?,?) " + _ON_CONFLICT
 
     def get_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
         row = self._exec(
@@ -392,15 +467,34 @@ class SqlTx(StoreTx):
         now: datetime,
     ) -> int:
         ts = to_epoch(now)
-        self._exec(
-            self._UPSERT,
-            (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts, ts),
-        )
         row = self._exec(
-            "SELECT revision FROM credentials WHERE keyring = ? AND id = ?",
-            (keyring, credential_id),
+            self._UPSERT + " RETURNING revision",
+            (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts, ts),
         ).fetchone()
         return int(row[0])
+
+    def put_credential_checked(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+        statuses: Collection[KeyStatus],
+    ) -> int | None:
+        # One statement: the row is written only if the version's row (share-locked on
+        # PostgreSQL) has one of ``statuses``; RETURNING says whether it was.
+        if not statuses:
+            return None
+        ts = to_epoch(now)
+        row = self._exec(
+            _checked_upsert(len(statuses), self._row_lock("KEY SHARE")),
+            (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts, ts,
+             keyring, key_version, *(s.value for s in statuses)),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def put_credentials(
         self,
