@@ -25,6 +25,7 @@ from .maintenance import cleanup_cmd, daemon, maintain
 from .migrate import adopt, doctor
 from .ops import init, reencrypt, status
 from .provider import provider
+from .server import policy, serve, token
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,6 +65,9 @@ for command in (
     daemon,
     audit,
     provider,
+    serve,
+    token,
+    policy,
     backup,
 ):
     cli.add_command(command)
