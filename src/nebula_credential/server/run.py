@@ -111,8 +111,12 @@ def app_from_env() -> Any:
     come from the daemon's handlers, ``--maintain`` runs the daemon's loop in
     a thread beside it.
     """
+    from starlette.routing import Mount
+
     from .. import logredact
     from ..aio import aopen
+    from ..console import create_console
+    from ..console._server import DeferredConsole, server_authorizer
     from ..metrics import MetricsExporter
     from ._backend import backend_for
     from .app import create_app, ops_routes
@@ -144,6 +148,7 @@ def app_from_env() -> Any:
                 threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="nebula-maintain",
                                  daemon=True).start()
             app.state.backend = backend_for(vault, config)
+            app.state.console = create_console(ops, server_authorizer(ops, config))  # /ui
             yield
         finally:
             if daemon is not None:
@@ -151,7 +156,8 @@ def app_from_env() -> Any:
             await vault.close()
             await asyncio.to_thread(ops.close)
 
-    return create_app(None, config, extra_routes=ops_routes(["/metrics", "/healthz"]), lifespan=lifespan)
+    routes = [*ops_routes(["/metrics", "/healthz"]), Mount("/ui", app=DeferredConsole())]
+    return create_app(None, config, extra_routes=routes, lifespan=lifespan)
 
 
 def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | None,

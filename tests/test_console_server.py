@@ -1,0 +1,61 @@
+"""The console on a real ``nebula-credential serve``: its tokens and HCL policies decide."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .server_proc import Server, sqlite_serve
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with sqlite_serve(tmp_path_factory, "console-serve") as s:
+        yield s
+
+
+def session(server: Server, token: str) -> tuple[httpx.Client, str]:
+    """Log in through the form; the cookie is passed by hand (plain http on loopback in tests)."""
+    c = httpx.Client(base_url=server.url, timeout=30, follow_redirects=False)
+    r = c.post("/ui/login", data={"token": token})
+    assert r.status_code == 303, r.text
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=strict" in cookie
+    c.headers["cookie"] = f"nc_console={token}"
+    page = c.get("/ui/keyrings/default")
+    assert page.status_code == 200, page.text
+    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+    assert match
+    return c, match.group(1)
+
+
+def test_serve_has_the_console_under_its_tokens_and_policies(server: Server, tmp_path: Path) -> None:
+    login = httpx.get(f"{server.url}/ui/login", timeout=30)
+    assert login.status_code == 200 and "script-src 'self'" in login.headers["content-security-policy"]
+    assert httpx.post(f"{server.url}/ui/login", data={"token": "ncs.nope"}, timeout=30).status_code == 403
+
+    hcl = tmp_path / "auditor.hcl"
+    hcl.write_text('path "transit/keys/*" { capabilities = ["read"] }\n')
+    assert server.cli("policy", "write", "auditor", str(hcl)).returncode == 0
+    root, auditor = server.token("root"), server.token("auditor")
+
+    reader, reader_csrf = session(server, auditor)
+    page = reader.get("/ui/keyrings/default").text
+    assert "confirm?action=" not in page
+    r = reader.post("/ui/keyrings/default/actions/rotate", data={"csrf": reader_csrf, "confirm": "default"})
+    assert r.status_code == 403
+    assert reader.get("/ui/health").status_code == 403
+
+    admin, csrf = session(server, root)
+    assert "confirm?action=rotate" in admin.get("/ui/keyrings/default").text
+    r = admin.post("/ui/keyrings/default/actions/rotate", data={"csrf": csrf, "confirm": "default"})
+    assert r.status_code == 303, r.text
+    keys = json.loads(server.cli("--json", "keys", "list").stdout)
+    assert [v["status"] for v in keys["versions"]][-1] == "active" and len(keys["versions"]) == 2
+    assert "Audit chain intact" in admin.get("/ui/health").text
+
