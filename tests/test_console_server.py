@@ -59,3 +59,25 @@ def test_serve_has_the_console_under_its_tokens_and_policies(server: Server, tmp
     assert [v["status"] for v in keys["versions"]][-1] == "active" and len(keys["versions"]) == 2
     assert "Audit chain intact" in admin.get("/ui/health").text
 
+
+
+def test_serve_exports_request_count_and_latency_by_route(server: Server) -> None:
+    """The dashboard's server panels: SERVER_METRICS on /metrics, routes as mounts, never paths."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    root = server.token("root")
+    with server.http(root) as http:
+        assert http.get("/v1/sys/health").status_code == 200
+        assert http.post("/v1/secret/data/team/db", json={"data": {"pw": "x"}}).status_code == 200
+        assert http.get("/v1/secret/data/team/missing").status_code == 404
+        body = http.get("/metrics").text
+    samples = [s for f in text_string_to_metric_families(body) for s in f.samples]
+    counts = {(s.labels["method"], s.labels["route"], s.labels["status"]): s.value
+              for s in samples if s.name == "nebula_credential_http_requests_total"}
+    assert counts[("GET", "/v1/sys", "200")] >= 1
+    assert counts[("POST", "/v1/secret", "200")] >= 1
+    assert counts[("GET", "/v1/secret", "404")] >= 1
+    assert not any("team" in route for _, route, _ in counts)  # credential ids never become labels
+    latency = [s for s in samples if s.name == "nebula_credential_http_request_duration_seconds_count"
+               and s.labels["route"] == "/v1/secret"]
+    assert latency and sum(s.value for s in latency) >= 2

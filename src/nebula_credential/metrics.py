@@ -263,6 +263,18 @@ class MetricsExporter:
         return 200, ctype, body
 
 
+def register_server_metrics(exporter: MetricsExporter) -> tuple[Any, Any]:
+    """The HTTP server's request counter and latency histogram (:data:`SERVER_METRICS`) in
+    ``exporter``'s registry, so one ``/metrics`` serves them beside the store's."""
+    pc = _prometheus()
+    requests, duration = SERVER_METRICS
+    counter = pc.Counter(requests.name.removesuffix("_total"), requests.help, list(requests.labels),
+                         registry=exporter.registry)
+    histogram = pc.Histogram(duration.name, duration.help, list(duration.labels), registry=exporter.registry,
+                             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+    return counter, histogram
+
+
 def exported_metrics(exporter: MetricsExporter) -> list[MetricSpec]:
     """Every metric ``exporter`` collects, then :data:`SERVER_METRICS`."""
     # Label names before any sample exists: store families keep them, per-process wrappers too.

@@ -117,8 +117,9 @@ def app_from_env() -> Any:
     from ..aio import aopen
     from ..console import create_console
     from ..console._server import DeferredConsole, server_authorizer
-    from ..metrics import MetricsExporter
+    from ..metrics import MetricsExporter, register_server_metrics
     from ._backend import backend_for
+    from ._httpmetrics import HttpMetricsMiddleware
     from .app import create_app, ops_routes
 
     logredact.install()  # a worker process does not inherit the parent's filters
@@ -139,6 +140,7 @@ def app_from_env() -> Any:
         try:
             exporter = MetricsExporter(ops)
             exporter.attach(vault.sync)  # the serving vault feeds this process's histograms
+            app.state.http_metrics = register_server_metrics(exporter)
             app.state.ops = {"/metrics": exporter.route, "/healthz": _healthz}
             if flags.get("maintain"):
                 from ..daemon import Daemon
@@ -157,7 +159,9 @@ def app_from_env() -> Any:
             await asyncio.to_thread(ops.close)
 
     routes = [*ops_routes(["/metrics", "/healthz"]), Mount("/ui", app=DeferredConsole())]
-    return create_app(None, config, extra_routes=routes, lifespan=lifespan)
+    app = create_app(None, config, extra_routes=routes, lifespan=lifespan)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: times the whole request
+    return app
 
 
 def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | None,
