@@ -81,3 +81,41 @@ def test_serve_exports_request_count_and_latency_by_route(server: Server) -> Non
     latency = [s for s in samples if s.name == "nebula_credential_http_request_duration_seconds_count"
                and s.labels["route"] == "/v1/secret"]
     assert latency and sum(s.value for s in latency) >= 2
+
+
+def test_daemon_ui_serves_the_console_on_loopback_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from .helpers import cli_env, free_port, run_cli
+
+    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'd.db'}")
+    assert run_cli("init", cwd=tmp_path, env=env).returncode == 0
+    refused = run_cli("daemon", "--once", "--ui", "0.0.0.0:8201", cwd=tmp_path, env=env)
+    assert refused.returncode == 1 and refused.stderr.startswith("error:") and "--ui" in refused.stderr
+    out = run_cli("--json", "token", "create", "--policy", "root", cwd=tmp_path, env=env)
+    token = json.loads(out.stdout)["token"]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nebula_credential", "daemon", "--interval", "1h",
+                             "--metrics-addr", f"127.0.0.1:{free_port()}", "--ui", f"127.0.0.1:{port}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}/ui"
+        for _ in range(600):  # wait for it to listen
+            try:
+                if httpx.get(f"{base}/login", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.05)
+        r = httpx.post(f"{base}/login", data={"token": token}, timeout=10)
+        assert r.status_code == 303 and "HttpOnly" in r.headers["set-cookie"]
+        page = httpx.get(f"{base}/", headers={"cookie": f"nc_console={token}"}, timeout=10)
+        assert page.status_code == 200 and 'data-keyring="default"' in page.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stderr:
+            proc.stderr.close()

@@ -58,3 +58,27 @@ class DeferredConsole:
             await send({"type": "http.response.body", "body": b""})
             return
         await console(scope, receive, send)
+
+
+def serve_beside_daemon(vault: Vault, config: KeyManagementConfig, addr: str) -> Any:
+    """``daemon --ui HOST:PORT``: the console in a thread of the daemon, on a loopback address
+    only (plain HTTP; anything else is what ``serve`` with TLS is for).  Returns the uvicorn server."""
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from ..config import parse_addr
+    from ..exceptions import ConfigError
+    from ..server.run import is_loopback
+    from .app import create_console
+
+    host, port = parse_addr(addr, "--ui")
+    if not is_loopback(host):
+        raise ConfigError("--ui", f"{host} is not a loopback address; serve the console over TLS with "
+                                  "`nebula-credential serve` instead")
+    app = Starlette(routes=[Mount("/ui", app=create_console(vault, server_authorizer(vault, config)))])
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    threading.Thread(target=server.run, name="nebula-console", daemon=True).start()
+    return server
