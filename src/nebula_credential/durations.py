@@ -51,7 +51,10 @@ def parse_duration(text: str | int | float | timedelta, field: str = "duration")
 
 
 def format_duration(td: timedelta) -> str:
-    s = int(td.total_seconds())
+    total = td.total_seconds()
+    if total != int(total):
+        return f"{total:g}s"  # sub-second values (retry back-offs) round-trip through parse_duration
+    s = int(total)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if s and s % size == 0:
             return f"{s // size}{unit}"
