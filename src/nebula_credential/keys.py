@@ -34,6 +34,7 @@ from .exceptions import (
     ProviderError,
 )
 from .models import KeyStatus, KeyVersion, to_epoch, utc_now
+from .names import check_keyring
 from .policies.retention import KeyRetentionPolicy, RetentionContext, retention_from_config
 from .providers.base import Aead, KeyProvider, WrapContext
 
@@ -218,6 +219,8 @@ class KeyManager:
         for kv in versions:
             if kv.status is KeyStatus.ACTIVE:
                 return kv
+        if not versions:
+            check_keyring(self.keyring)  # a new keyring's name comes from the safe set
         created = self.rotate(reason="init", expected_active=None if not versions else -1)
         if created is None:
             return self.active_version()

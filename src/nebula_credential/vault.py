@@ -93,7 +93,6 @@ class Vault:
         clock: Callable[[], datetime] = utc_now,
         audit: AuditLog | None = None,
     ) -> None:
-        check_keyring(keyring)
         self.store = store
         self.provider = provider
         self.config = config or KeyManagementConfig()
@@ -578,6 +577,7 @@ def open(
     before anything is written.
     """
     config = load_config(config)
+    check_keyring(keyring)  # a name the caller chose; names already in a store are read as they are
     url = url or config.store.url
     if not create:
         _refuse_missing_sqlite(url)
