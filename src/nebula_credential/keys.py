@@ -79,6 +79,13 @@ class VersionedKey:
         raise TypeError("key material cannot be pickled")
 
 
+def seal(aead: Aead, prefix: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """Envelope v1 under ``aead``: ``prefix`` (8 header bytes), a random nonce, ciphertext."""
+    nonce = os.urandom(12)
+    header = prefix + nonce
+    return header + aead.encrypt(nonce, plaintext, header + aad)
+
+
 class KeyManager:
     """Versions, lifecycle and envelopes for one keyring.
 
@@ -88,6 +95,10 @@ class KeyManager:
     """
 
     reservation_block: ClassVar[int] = RESERVATION_BLOCK
+    #: When True and automatic rotation is off, encryption stops at
+    #: ``rotation.max_encryptions`` instead of waiting for a scheduler to rotate
+    #: (Transit keys: a client must rotate explicitly).
+    strict_usage_bound: bool = False
 
     def __init__(
         self,
@@ -243,16 +254,19 @@ class KeyManager:
             return key
 
     # ---- hot path ----------------------------------------------------------
-    def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
-        """Encrypt under the active version; returns an envelope v1."""
+    def next_active(self) -> VersionedKey:
+        """The active version with one encryption counted against its usage bound."""
         key = self._active
         if key is None or time.monotonic() >= self._refresh_at:
             key = self.current_key()
         if next(key._count) >= key._limit:
             key = self._reserve(key)
-        nonce = os.urandom(12)
-        header = key._prefix + nonce
-        return header + key._aead.encrypt(nonce, plaintext, header + aad)
+        return key
+
+    def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        """Encrypt under the active version; returns an envelope v1."""
+        key = self.next_active()
+        return seal(key._aead, key._prefix, plaintext, aad)
 
     def decrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
         """Decrypt an envelope with whichever version its header names."""
@@ -319,27 +333,45 @@ class KeyManager:
         return self.encrypt(plaintext, aad)
 
     def _reserve(self, key: VersionedKey) -> VersionedKey:
-        """Reserve a block of encryptions for ``key`` from the store (one write)."""
+        """Reserve a block of encryptions for ``key`` from the store (one write).
+
+        Blocks stop exactly at ``rotation.max_encryptions``: the next
+        reservation then rotates (automatic rotation on) or, for a keyring with
+        ``strict_usage_bound``, refuses.  A keyring with neither keeps
+        encrypting up to the hard 2^32 bound until a scheduler rotates it.
+        """
         with self._lock:
             if key is not self._active:
                 return self.current_key() if self._active is None else self._reserve(self._active)
             block = min(self.reservation_block, max(FIRST_RESERVATION, key._limit))
+            bound = self.config.rotation.max_encryptions
+            auto = self.config.keys.auto_rotation
+            bounded = auto or self.strict_usage_bound
             with self.store.transaction(autonomous=True) as tx:
                 kv = tx.get_version(self.keyring, key.version)
                 if kv is None or kv.status is not KeyStatus.ACTIVE:
                     self._refresh_at = 0.0
                     self._active = None
                     return self._reserve(self.current_key())
-                total = tx.add_encryptions(self.keyring, key.version, block)
+                exhausted = bounded and kv.encryptions >= bound
+                if not exhausted:
+                    if bounded:
+                        block = min(block, bound - kv.encryptions)
+                    total = tx.add_encryptions(self.keyring, key.version, block)
+            if exhausted:
+                if not auto:
+                    raise PolicyViolationError(
+                        f"key version {key.version} of keyring {self.keyring!r} reached its usage "
+                        f"bound of {bound} encryptions and automatic rotation is off; rotate the key"
+                    )
+                self.rotate(reason="usage", expected_active=key.version)
+                return self.next_active()
             if total > HARD_MAX_ENCRYPTIONS:
                 raise PolicyViolationError(
                     f"key version {key.version} of keyring {self.keyring!r} reached the AES-GCM "
                     "usage bound (2^32 encryptions); run `nebula-credential keys rotate`"
                 )
             key._limit += block
-            if total >= self.config.rotation.max_encryptions and self.config.keys.auto_rotation:
-                self.rotate(reason="usage", expected_active=key.version)
-                return self.current_key()
             return key
 
     # ---- rotation ------------------------------------------------------------

@@ -24,6 +24,7 @@ from .maintenance import cleanup_cmd, daemon, maintain
 from .migrate import adopt, doctor
 from .ops import init, reencrypt, status
 from .provider import provider
+from .transit import transit
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,6 +64,7 @@ for command in (
     daemon,
     audit,
     provider,
+    transit,
 ):
     cli.add_command(command)
 

@@ -1,0 +1,980 @@
+"""Transit: encryption as a service, in the shape of Vault's Transit engine.
+
+A Transit key **is** a keyring: its versions, statuses, retention, audit
+and metrics are the keyring's, and rotation (periodic, cron, the AES-GCM
+usage bound) is the same machinery.  What Vault keeps per key beyond that
+(``derived``, ``deletion_allowed``, ``min_*_version``, the rotation
+settings) is a small JSON record in the store's meta table.
+
+Two layers live here:
+
+- :class:`Transit`, the bytes-level operations (create, read, config,
+  rotate, trim, delete; encrypt, decrypt, rewrap, data keys, HMAC), used by
+  the CLI and by Python callers;
+- ``Transit.handle_*``, which take and return Vault's JSON request and
+  response bodies (base64 fields, ``batch_input`` with per-item results and
+  errors), so the HTTP mount is a thin router over them.
+
+Ciphertexts look like Vault's, ``vault:v<N>:<base64>``, with our envelope v1
+inside.  The AES-GCM associated data binds the ciphertext to its key (the
+keyring, so a deleted and re-created key never accepts old ciphertexts),
+to the caller's ``associated_data`` and, for derived keys, to the
+derivation ``context``; each field is length-prefixed.  Derived keys use a
+per-context subkey: HKDF-SHA256 over the version's DEK.
+
+Key versions are retired only through the lifecycle: ``min_decryption_version``
+revokes older versions (:meth:`KeyManager.revoke`), ``trim`` destroys them
+through :meth:`KeyManager.destroy` (the same guard as ``keys destroy``),
+and deleting a key revokes every version and leaves destruction to the
+retention policy.  Nothing here erases key material by any other path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac as _hmac
+import json
+import os
+import re
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from . import envelope as env
+from ._secret import SecretBytes
+from .config import DEFAULT_MAX_ENCRYPTIONS, HARD_MAX_ENCRYPTIONS, validate_cron
+from .exceptions import (
+    ConfigError,
+    DecryptionError,
+    EnvelopeFormatError,
+    KeyNotFoundError,
+    NebulaCredentialError,
+    PolicyViolationError,
+)
+from .keys import KeyManager, seal
+from .models import KeyStatus, KeyVersion
+from .policies.rotation import (
+    AnyOf,
+    ManualRotation,
+    PeriodicRotation,
+    RotationStrategy,
+    ScheduledRotation,
+    UsageRotation,
+)
+from .providers.base import WrapContext
+
+if TYPE_CHECKING:
+    from .vault import Vault
+
+SUPPORTED_TYPES = ("aes256-gcm96",)
+DEFAULT_MOUNT = "transit"
+CIPHERTEXT_PREFIX = "vault:v"
+DATAKEY_BITS = (128, 256, 512)
+MAX_RANDOM_BYTES = 128 * 1024
+#: Vault refuses an ``auto_rotate_period`` shorter than an hour (0 disables it).
+MIN_AUTO_ROTATE = 3600
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_CONFIG_META = "transit.key:"
+_KEYRING_META = "transit.keyring:"
+_U32 = struct.Struct(">I")
+_AAD_DOMAIN = b"nc-transit\x00"
+_DERIVE_DOMAIN = b"nebula-credential transit derive v1\x00"
+_HMAC_DOMAIN = b"nebula-credential transit hmac v1\x00"
+_DERIVED_CACHE = 4096
+_HASHES: dict[str, Callable[..., Any]] = {
+    "sha2-224": hashlib.sha224,
+    "sha2-256": hashlib.sha256,
+    "sha2-384": hashlib.sha384,
+    "sha2-512": hashlib.sha512,
+    "sha3-224": hashlib.sha3_224,
+    "sha3-256": hashlib.sha3_256,
+    "sha3-384": hashlib.sha3_384,
+    "sha3-512": hashlib.sha3_512,
+}
+
+
+class TransitInputError(NebulaCredentialError):
+    """A Transit request is malformed or asks for something unsupported (HTTP 400)."""
+
+
+class TransitKeyNotFoundError(KeyNotFoundError):
+    """No Transit key of that name exists in this mount (HTTP 404 on key paths)."""
+
+
+# ---- per-key settings ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TransitKeyConfig:
+    """What Vault keeps per key beyond the keyring's versions; stored as JSON in meta."""
+
+    name: str
+    keyring: str
+    created_at: float
+    type: str = "aes256-gcm96"
+    derived: bool = False
+    exportable: bool = False
+    deletion_allowed: bool = False
+    min_decryption_version: int = 1
+    min_encryption_version: int = 0
+    min_available_version: int = 0
+    auto_rotate_period: int = 0  # seconds; 0 = off
+    rotation_cron: str = ""
+    rotation_timezone: str = "UTC"
+    max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS
+    #: False: no scheduled rotation, and encryption stops at ``max_encryptions``.
+    auto_rotation: bool = True
+    generation: int = 1
+    deleted: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> TransitKeyConfig:
+        data = json.loads(text)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def strategy(self) -> RotationStrategy:
+        """Rotation for this key: its period and cron (if set) plus the usage bound."""
+        usage = UsageRotation(self.max_encryptions)
+        if not self.auto_rotation:
+            return ManualRotation()
+        members: list[RotationStrategy] = []
+        if self.auto_rotate_period:
+            members.append(PeriodicRotation(timedelta(seconds=self.auto_rotate_period)))
+        if self.rotation_cron:
+            members.append(ZonedScheduledRotation(self.rotation_cron, self.rotation_timezone))
+        return AnyOf([*members, usage]) if members else usage
+
+    def strategy_name(self) -> str:
+        if not self.auto_rotation:
+            return "manual"
+        parts = []
+        if self.auto_rotate_period:
+            parts.append("periodic")
+        if self.rotation_cron:
+            parts.append("scheduled")
+        return "+".join([*parts, "usage"])
+
+
+class ZonedScheduledRotation(ScheduledRotation):
+    """A cron schedule read in a named time zone (``0 2 * * *`` at 02:00 Europe/Berlin)."""
+
+    def __init__(self, cron: str, timezone: str = "UTC") -> None:
+        super().__init__(cron)
+        self.timezone = check_timezone(timezone)
+
+    def previous_fire(self, now: datetime) -> datetime:
+        from zoneinfo import ZoneInfo
+
+        return super().previous_fire(now.astimezone(ZoneInfo(self.timezone)))
+
+    def __repr__(self) -> str:
+        return f"ZonedScheduledRotation(cron={self.cron!r}, timezone={self.timezone!r})"
+
+
+def check_timezone(name: str, field_name: str = "rotation_timezone") -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not isinstance(name, str) or not name:
+        raise ConfigError(field_name, "expected an IANA time zone name such as 'UTC' or 'Europe/Berlin'")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(field_name, f"unknown time zone {name!r}") from None
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenancePlan:
+    """How ``maintain`` treats a Transit keyring (see :func:`maintenance_plan`)."""
+
+    strategy: RotationStrategy | None  # None: the key is deleted, never rotate it
+
+
+def maintenance_plan(vault: Vault) -> MaintenancePlan | None:
+    """For a Transit keyring, its own rotation and no reference-driven lifecycle.
+
+    Transit ciphertexts live with the clients, not in our store, so "no stored
+    credential references this version" says nothing about them: the
+    valid -> grace -> revoked automation would revoke versions clients still
+    need.  Their versions retire only by ``min_decryption_version`` and
+    ``trim``; retention cleanup still destroys what those revoked.  Returns
+    None for an ordinary keyring.
+    """
+    with vault.store.read() as tx:
+        ref = tx.get_meta(_KEYRING_META + vault.keyring_name)
+        raw = tx.get_meta(_CONFIG_META + ref) if ref else None
+    if raw is None:
+        return None
+    cfg = TransitKeyConfig.from_json(raw)
+    if cfg.deleted or cfg.keyring != vault.keyring_name:
+        return MaintenancePlan(None)
+    return MaintenancePlan(cfg.strategy())
+
+
+# ---- encoding helpers ---------------------------------------------------------------
+def b64decode(value: Any, field_name: str, *, required: bool = False) -> bytes | None:
+    """Strict standard base64 (what Vault's JSON fields carry); None when absent."""
+    if value is None or value == "":
+        if required:
+            raise TransitInputError(f"missing {field_name}")
+        return None
+    if not isinstance(value, str):
+        raise TransitInputError(f"{field_name} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise TransitInputError(f"{field_name} is not valid base64") from None
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _lp(data: bytes | None) -> bytes:
+    return b"\xff\xff\xff\xff" if data is None else _U32.pack(len(data)) + data
+
+
+def transit_aad(keyring: str, associated_data: bytes | None, context: bytes | None) -> bytes:
+    """Context bytes of a Transit ciphertext: its keyring, associated data and derivation context."""
+    name = keyring.encode("utf-8")
+    return _AAD_DOMAIN + _U32.pack(len(name)) + name + _lp(associated_data) + _lp(context)
+
+
+def format_ciphertext(blob: bytes) -> str:
+    return f"{CIPHERTEXT_PREFIX}{int.from_bytes(blob[4:8])}:{b64(blob)}"
+
+
+def parse_ciphertext(text: Any) -> tuple[int, bytes]:
+    """``vault:v<N>:<base64 envelope>`` -> (N, envelope); N must match the envelope header."""
+    if not isinstance(text, str) or not text:
+        raise TransitInputError("missing ciphertext")
+    if not text.startswith(CIPHERTEXT_PREFIX):
+        raise TransitInputError("invalid ciphertext: no prefix")
+    head, sep, body = text[len(CIPHERTEXT_PREFIX):].partition(":")
+    if not sep or not head.isdigit() or len(head) > 10:
+        raise TransitInputError("invalid ciphertext: could not parse version")
+    version = int(head)
+    if version < 1:
+        raise TransitInputError("invalid ciphertext: version must be at least 1")
+    blob = b64decode(body, "ciphertext")
+    if blob is None:
+        raise TransitInputError("invalid ciphertext: empty")
+    try:
+        parsed = env.parse(blob)
+    except EnvelopeFormatError as exc:
+        raise TransitInputError(f"invalid ciphertext: {exc}") from None
+    if parsed.key_version != version:
+        raise TransitInputError("invalid ciphertext: version does not match its envelope")
+    return version, blob
+
+
+def _int_field(body: dict[str, Any], name: str, default: int = 0) -> int:
+    value = body.get(name, default)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TransitInputError(f"{name} must be an integer")
+    return value
+
+
+def _bool_field(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = body.get(name, default)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise TransitInputError(f"{name} must be true or false")
+    return value
+
+
+def _period_field(body: dict[str, Any], name: str) -> int:
+    from .durations import parse_duration
+
+    value = body[name]
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    try:
+        seconds = int(parse_duration(value, name).total_seconds())
+    except ConfigError as exc:
+        raise TransitInputError(str(exc)) from None
+    if seconds and seconds < MIN_AUTO_ROTATE:
+        raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")
+    return seconds
+
+
+# ---- runtime state of one key ----------------------------------------------------------
+@dataclass(slots=True)
+class _Key:
+    config: TransitKeyConfig
+    km: KeyManager
+    loaded_at: float
+    material: dict[int, SecretBytes] = field(default_factory=dict)
+    derived: OrderedDict[tuple[int, bytes], AESGCM] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wipe(self) -> None:
+        for secret in self.material.values():
+            secret.wipe()
+        self.material.clear()
+        self.derived.clear()
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Per-item results in input order; an item that failed has ``"error"``."""
+
+    items: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for item in self.items if "error" in item)
+
+
+#: A response's ``data`` and, for a ``batch_input`` request, the per-item outcome.
+Handled = tuple[dict[str, Any], BatchResult | None]
+
+
+class Transit:
+    """Transit keys of one mount over a :class:`Vault`'s store and root of trust."""
+
+    def __init__(self, vault: Vault, mount: str = DEFAULT_MOUNT) -> None:
+        if not mount or not re.fullmatch(r"[A-Za-z0-9_.\-/]{1,64}", mount):
+            raise ConfigError("transit mount", f"invalid mount path {mount!r}")
+        self.vault = vault
+        self.mount = mount.strip("/")
+        self._keys: dict[str, _Key] = {}
+        self._lock = threading.Lock()
+        self._refresh = vault.config.keys.refresh_interval.total_seconds()
+
+    # ---- names and settings ---------------------------------------------------------
+    def check_name(self, name: str) -> str:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise TransitInputError(
+                "invalid key name: 1-128 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
+            )
+        return name
+
+    def _meta_name(self, name: str) -> str:
+        return f"{_CONFIG_META}{self.mount}/{name}"
+
+    def _read_config(self, name: str) -> TransitKeyConfig | None:
+        with self.vault.store.read() as tx:
+            raw = tx.get_meta(self._meta_name(name))
+        return None if raw is None else TransitKeyConfig.from_json(raw)
+
+    def _write_config(self, cfg: TransitKeyConfig) -> None:
+        with self.vault.store.transaction() as tx:
+            tx.set_meta(self._meta_name(cfg.name), cfg.to_json())
+            tx.set_meta(_KEYRING_META + cfg.keyring, f"{self.mount}/{cfg.name}")
+
+    def _key_manager(self, cfg: TransitKeyConfig) -> KeyManager:
+        vault = self.vault
+        base = vault.config
+        config = replace(
+            base,
+            keys=replace(base.keys, auto_rotation=cfg.auto_rotation),
+            rotation=replace(base.rotation, max_encryptions=cfg.max_encryptions),
+        )
+        km = KeyManager(vault.store, vault.provider, keyring=cfg.keyring, config=config,
+                        clock=vault.clock, audit=vault.audit)
+        km.strict_usage_bound = True
+        return km
+
+    def _key(self, name: str, *, fresh: bool = False) -> _Key:
+        """The live key ``name`` (settings re-read every ``refresh_interval``)."""
+        key = self._keys.get(name)
+        now = time.monotonic()
+        if key is not None and not fresh and now - key.loaded_at < self._refresh:
+            return key
+        self.check_name(name)
+        cfg = self._read_config(name)
+        if cfg is None or cfg.deleted:
+            with self._lock:
+                old = self._keys.pop(name, None)
+            if old is not None:
+                old.wipe()
+            raise TransitKeyNotFoundError(f"transit key {name!r} not found")
+        with self._lock:
+            key = self._keys.get(name)
+            if key is not None and key.config.keyring == cfg.keyring and (
+                key.config.max_encryptions, key.config.auto_rotation
+            ) == (cfg.max_encryptions, cfg.auto_rotation):
+                key.config = cfg
+                key.loaded_at = now
+                return key
+            if key is not None:
+                key.wipe()
+            key = _Key(cfg, self._key_manager(cfg), now)
+            self._keys[name] = key
+            return key
+
+    def _update(self, key: _Key, **changes: Any) -> TransitKeyConfig:
+        cfg = replace(key.config, **changes)
+        self._write_config(cfg)
+        with self._lock:
+            self._keys.pop(cfg.name, None)
+        key.wipe()
+        return cfg
+
+    def _audit(self, action: str, keyring: str, version: int | None = None, **details: Any) -> None:
+        with self.vault.store.transaction() as tx:
+            self.vault.audit.record(tx, action, keyring=keyring, version=version, mount=self.mount, **details)
+
+    # ---- key management ---------------------------------------------------------------
+    def create_key(
+        self,
+        name: str,
+        *,
+        type: str = "aes256-gcm96",
+        derived: bool = False,
+        exportable: bool = False,
+        convergent_encryption: bool = False,
+        allow_plaintext_backup: bool = False,
+        auto_rotate_period: int = 0,
+    ) -> TransitKeyConfig:
+        """Create a key (a new keyring, v1 active); an existing key is left as it is (as Vault does)."""
+        self.check_name(name)
+        if type not in SUPPORTED_TYPES:
+            raise TransitInputError(
+                f"key type {type!r} is not supported; supported types: {', '.join(SUPPORTED_TYPES)}"
+            )
+        if exportable or allow_plaintext_backup:
+            raise TransitInputError(
+                "exportable keys are not supported: key material never leaves the key provider's wrapping")
+        if convergent_encryption:
+            raise TransitInputError("convergent encryption is not supported")
+        if auto_rotate_period and auto_rotate_period < MIN_AUTO_ROTATE:
+            raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")
+        existing = self._read_config(name)
+        if existing is not None and not existing.deleted:
+            return existing
+        generation = existing.generation + 1 if existing is not None else 1
+        keyring = f"{self.mount}/{name}" + (f"#{generation}" if generation > 1 else "")
+        cfg = TransitKeyConfig(
+            name=name,
+            keyring=keyring,
+            created_at=self.vault.clock().timestamp(),
+            type=type,
+            derived=derived,
+            auto_rotate_period=auto_rotate_period,
+            auto_rotation=self.vault.config.keys.auto_rotation,
+            max_encryptions=self.vault.config.rotation.max_encryptions,
+            generation=generation,
+        )
+        km = self._key_manager(cfg)
+        # Settings first: a crash between the two leaves a key without versions, which the
+        # next create finishes (initialize is idempotent), never versions without settings.
+        self._write_config(cfg)
+        km.initialize()
+        self._audit("transit.key.create", keyring, 1, key_type=type, derived=derived)
+        with self._lock:
+            self._keys.pop(name, None)
+        return cfg
+
+    def key_names(self) -> list[str]:
+        prefix = f"{self.mount}/"
+        with self.vault.store.read() as tx:
+            names = []
+            for keyring in tx.keyrings():
+                ref = tx.get_meta(_KEYRING_META + keyring)
+                if ref is None or not ref.startswith(prefix):
+                    continue
+                raw = tx.get_meta(_CONFIG_META + ref)
+                if raw is None:
+                    continue
+                cfg = TransitKeyConfig.from_json(raw)
+                if not cfg.deleted and cfg.keyring == keyring:
+                    names.append(cfg.name)
+        return sorted(names)
+
+    def read_key(self, name: str) -> dict[str, Any]:
+        """Vault's read shape, plus our own view under ``nebula``."""
+        key = self._key(name, fresh=True)
+        cfg = key.config
+        versions = key.km.list()
+        counts = key.km.credential_counts()
+        latest = max((v.version for v in versions), default=0)
+        active = next((v for v in versions if v.status is KeyStatus.ACTIVE), None)
+        data: dict[str, Any] = {
+            "name": cfg.name,
+            "type": cfg.type,
+            "keys": {
+                str(v.version): int(v.created_at.timestamp())
+                for v in versions
+                if v.version >= cfg.min_decryption_version and v.status is not KeyStatus.DESTROYED
+            },
+            "latest_version": latest,
+            "min_decryption_version": cfg.min_decryption_version,
+            "min_encryption_version": cfg.min_encryption_version,
+            "min_available_version": cfg.min_available_version,
+            "deletion_allowed": cfg.deletion_allowed,
+            "auto_rotate_period": cfg.auto_rotate_period,
+            "derived": cfg.derived,
+            "exportable": False,
+            "allow_plaintext_backup": False,
+            "imported_key": False,
+            "soft_deleted": False,
+            "supports_encryption": True,
+            "supports_decryption": True,
+            "supports_derivation": True,
+            "supports_signing": False,
+        }
+        if cfg.derived:
+            data["kdf"] = "hkdf_sha256"
+            data["convergent_encryption"] = False
+        data["nebula"] = {
+            "keyring": cfg.keyring,
+            "versions": [
+                {
+                    "version": v.version,
+                    "status": v.status.value,
+                    "created_at": v.created_at.isoformat(),
+                    "revoked_at": v.revoked_at.isoformat() if v.revoked_at else None,
+                    "encryptions": v.encryptions,
+                    "credentials": counts.get(v.version, 0),
+                }
+                for v in versions
+            ],
+            "rotation": {
+                "strategy": cfg.strategy_name(),
+                "auto_rotation": cfg.auto_rotation,
+                "auto_rotate_period": cfg.auto_rotate_period,
+                "rotation_cron": cfg.rotation_cron or None,
+                "rotation_timezone": cfg.rotation_timezone,
+                "max_encryptions": cfg.max_encryptions,
+            },
+            "usage": {
+                "active_version": active.version if active else None,
+                "encryptions": active.encryptions if active else 0,
+                "max_encryptions": cfg.max_encryptions,
+            },
+        }
+        return data
+
+    def configure(self, name: str, body: dict[str, Any]) -> TransitKeyConfig:
+        """``keys/:name/config``: Vault's settings plus ``rotation_cron``, ``rotation_timezone``,
+        ``max_encryptions`` and ``auto_rotation``.
+
+        Everything is validated before anything changes; then versions below a
+        raised ``min_decryption_version`` are revoked (and ones at or above a
+        lowered one reinstated) through the keyring's lifecycle.
+        """
+        key = self._key(name, fresh=True)
+        cfg = key.config
+        versions = key.km.list()
+        latest = max((v.version for v in versions), default=0)
+        changes: dict[str, Any] = {}
+        if "min_decryption_version" in body:
+            mdv = _int_field(body, "min_decryption_version")
+            if mdv < 0:
+                raise TransitInputError("min decryption version cannot be negative")
+            mdv = max(mdv, 1)
+            if mdv > latest:
+                raise TransitInputError(
+                    f"cannot set min decryption version of {mdv}, latest key version is {latest}")
+            if mdv < cfg.min_available_version:
+                raise TransitInputError(
+                    f"cannot set min decryption version of {mdv} below min available version "
+                    f"{cfg.min_available_version}")
+            changes["min_decryption_version"] = mdv
+        if "min_encryption_version" in body:
+            mev = _int_field(body, "min_encryption_version")
+            if mev < 0:
+                raise TransitInputError("min encryption version cannot be negative")
+            if mev > latest:
+                raise TransitInputError(
+                    f"cannot set min encryption version of {mev}, latest key version is {latest}")
+            changes["min_encryption_version"] = mev
+        mdv = changes.get("min_decryption_version", cfg.min_decryption_version)
+        mev = changes.get("min_encryption_version", cfg.min_encryption_version)
+        if mev > 0 and mev < mdv:
+            raise TransitInputError("cannot set a minimum decryption version greater than minimum encryption version")
+        for flag in ("deletion_allowed", "auto_rotation"):
+            if flag in body:
+                changes[flag] = _bool_field(body, flag)
+        if _bool_field(body, "exportable") or _bool_field(body, "allow_plaintext_backup"):
+            raise TransitInputError("exportable keys are not supported")
+        if "auto_rotate_period" in body:
+            changes["auto_rotate_period"] = _period_field(body, "auto_rotate_period")
+        try:
+            if body.get("rotation_cron") not in (None, ""):
+                changes["rotation_cron"] = validate_cron(body["rotation_cron"], "rotation_cron")
+            elif "rotation_cron" in body:
+                changes["rotation_cron"] = ""
+            if "rotation_timezone" in body:
+                changes["rotation_timezone"] = check_timezone(body["rotation_timezone"])
+        except ConfigError as exc:
+            raise TransitInputError(str(exc)) from None
+        if "max_encryptions" in body:
+            bound = _int_field(body, "max_encryptions")
+            if not 1 <= bound <= HARD_MAX_ENCRYPTIONS:
+                raise TransitInputError(f"max_encryptions must be 1..{HARD_MAX_ENCRYPTIONS} (the AES-GCM bound)")
+            changes["max_encryptions"] = bound
+        if mdv != cfg.min_decryption_version:
+            self._apply_min_decryption(key.km, versions, mdv)
+        new = self._update(key, **changes)
+        if changes:
+            self._audit("transit.key.config", cfg.keyring, None, changed=sorted(changes))
+        return new
+
+    def _apply_min_decryption(self, km: KeyManager, versions: Sequence[KeyVersion], mdv: int) -> None:
+        for kv in versions:
+            if kv.version < mdv and kv.status in (KeyStatus.VALID, KeyStatus.GRACE):
+                km.revoke(kv.version, reason=f"transit min_decryption_version {mdv}")
+            elif kv.version >= mdv and kv.status is KeyStatus.REVOKED:
+                km.reinstate(kv.version)
+
+    def rotate(self, name: str, *, reason: str = "transit rotate") -> KeyVersion:
+        key = self._key(name)
+        kv = key.km.rotate(reason=reason)
+        assert kv is not None  # without expected_active, rotate always rotates or raises
+        return kv
+
+    def trim(self, name: str, min_available_version: int) -> TransitKeyConfig:
+        """Destroy versions below ``min_available_version`` through :meth:`KeyManager.destroy`.
+
+        The guard decides (revoked, unreferenced, past the floor and the
+        retention minimum); a refusal is raised after the versions it allowed
+        were destroyed, and ``min_available_version`` records what was reached.
+        """
+        key = self._key(name, fresh=True)
+        cfg = key.config
+        mav = min_available_version
+        if mav <= 0:
+            raise TransitInputError("minimum available version should be positive")
+        if cfg.min_encryption_version <= 0:
+            raise TransitInputError(
+                "minimum available version cannot be set when minimum encryption version is not set")
+        if mav > cfg.min_encryption_version:
+            raise TransitInputError("minimum available version cannot be greater than minimum encryption version")
+        if mav > cfg.min_decryption_version:
+            raise TransitInputError("minimum available version cannot be greater than minimum decryption version")
+        if mav < cfg.min_available_version:
+            raise TransitInputError("minimum available version cannot be decremented")
+        reached = cfg.min_available_version
+        refusal: PolicyViolationError | None = None
+        for kv in key.km.list():
+            if kv.version >= mav:
+                break
+            if kv.status is not KeyStatus.DESTROYED:
+                try:
+                    key.km.destroy(kv.version, policy="transit trim")
+                except PolicyViolationError as exc:
+                    refusal = exc
+                    break
+            reached = kv.version + 1
+        new = self._update(key, min_available_version=max(reached, cfg.min_available_version))
+        if refusal is not None:
+            raise PolicyViolationError(
+                f"trim of transit key {name!r} stopped below version {mav}: {refusal}") from refusal
+        return new
+
+    def delete_key(self, name: str) -> None:
+        """Delete a key that allows it and guards no stored credential.
+
+        Every version is revoked at once (no encrypt, no decrypt); the retention
+        policy destroys the material later, as for any revoked version.  A key
+        created again under this name is a new keyring: old ciphertexts stay dead.
+        """
+        key = self._key(name, fresh=True)
+        cfg = key.config
+        if not cfg.deletion_allowed:
+            raise TransitInputError(f"error deleting policy {name}: deletion is not allowed for this key")
+        refs = sum(key.km.credential_counts().values())
+        if refs:
+            raise PolicyViolationError(
+                f"transit key {name!r} (keyring {cfg.keyring!r}) still protects {refs} stored credential(s)")
+        self._update(key, deleted=True)
+        for kv in key.km.list():
+            if kv.status is KeyStatus.ACTIVE:
+                key.km.transition(kv.version, KeyStatus.VALID, action="key.status", expected=KeyStatus.ACTIVE,
+                                  reason="transit key deleted")
+            if kv.status in (KeyStatus.ACTIVE, KeyStatus.VALID, KeyStatus.GRACE):
+                key.km.revoke(kv.version, reason="transit key deleted")
+        self._audit("transit.key.delete", cfg.keyring, None)
+
+    # ---- data: bytes level ---------------------------------------------------------------
+    def _material(self, key: _Key, version: int) -> SecretBytes:
+        """The version's DEK, unwrapped once per cached key (derivation needs the bytes)."""
+        with key.lock:
+            secret = key.material.get(version)
+            if secret is None:
+                kv = key.km.version(version)
+                if kv.wrapped_key is None:
+                    raise KeyNotFoundError(f"key version {version} of transit key {key.config.name!r} was destroyed")
+                secret = key.km.provider.unwrap(kv.wrapped_key, WrapContext(kv.keyring, version))
+                key.material[version] = secret
+            return secret
+
+    def _derive(self, key: _Key, version: int, domain: bytes, context: bytes) -> bytes:
+        info = domain + _lp(key.config.keyring.encode()) + _U32.pack(version) + context
+        secret = self._material(key, version)
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(bytes(secret.buffer))
+
+    def _subkey(self, key: _Key, version: int, context: bytes) -> AESGCM:
+        """A per-context key: HKDF-SHA256 over the version's DEK (cached, LRU)."""
+        cache_key = (version, context)
+        aead = key.derived.get(cache_key)
+        if aead is not None:
+            return aead
+        aead = AESGCM(self._derive(key, version, _DERIVE_DOMAIN, context))
+        with key.lock:
+            key.derived[cache_key] = aead
+            while len(key.derived) > _DERIVED_CACHE:
+                key.derived.popitem(last=False)
+        return aead
+
+    def _context(self, key: _Key, context: bytes | None) -> bytes | None:
+        if not key.config.derived:
+            return None  # Vault ignores a context on a key that is not derived
+        if not context:
+            raise TransitInputError(
+                "missing 'context' for key derivation; the key was created using a derived key, which means "
+                "additional, per-request information must be included in order to perform operations with the key"
+            )
+        return context
+
+    def _check_encrypt_version(self, key: _Key, key_version: int, active: int) -> None:
+        if not key_version or key_version == active:
+            return
+        if key_version < 0:
+            raise TransitInputError("key_version cannot be negative")
+        if key_version > active:
+            raise TransitInputError("requested version for encryption is higher than the latest key version")
+        if key_version < key.config.min_encryption_version:
+            raise TransitInputError("requested version for encryption is less than the minimum encryption key version")
+        raise PolicyViolationError(
+            f"version {key_version} of transit key {key.config.name!r} no longer encrypts: only the active "
+            f"version {active} does (older versions only decrypt)")
+
+    def _encrypt(self, key: _Key, plaintext: bytes, associated_data: bytes | None, context: bytes | None,
+                 key_version: int = 0) -> str:
+        ctx = self._context(key, context)
+        if key_version:
+            self._check_encrypt_version(key, key_version, key.km.current_key().version)
+        aad = transit_aad(key.config.keyring, associated_data, ctx)
+        if ctx is None:
+            return format_ciphertext(key.km.encrypt(plaintext, aad))
+        vk = key.km.next_active()
+        return format_ciphertext(seal(self._subkey(key, vk.version, ctx), env.version_prefix(vk.version),
+                                      plaintext, aad))
+
+    def _decrypt(self, key: _Key, ciphertext: Any, associated_data: bytes | None,
+                 context: bytes | None) -> tuple[bytes, int]:
+        version, blob = parse_ciphertext(ciphertext)
+        ctx = self._context(key, context)
+        cfg = key.config
+        if version < cfg.min_decryption_version:
+            raise TransitInputError("ciphertext or signature version is disallowed by policy (too old)")
+        aad = transit_aad(cfg.keyring, associated_data, ctx)
+        try:
+            if ctx is None:
+                return key.km.decrypt(blob, aad), version
+            key.km.get_key(version)  # the lifecycle says whether this version may decrypt
+            parsed = env.parse(blob)
+            try:
+                return self._subkey(key, version, ctx).decrypt(parsed.nonce, parsed.ciphertext,
+                                                               parsed.header + aad), version
+            except Exception:  # InvalidTag: one opaque answer for every authentication failure
+                raise DecryptionError("cipher: message authentication failed") from None
+        except DecryptionError:
+            raise DecryptionError("cipher: message authentication failed") from None
+        except KeyNotFoundError:
+            raise TransitInputError("invalid ciphertext: version is too new") from None
+
+    def encrypt(self, name: str, plaintext: bytes, *, associated_data: bytes | None = None,
+                context: bytes | None = None, key_version: int = 0) -> str:
+        """``vault:v<N>:...`` under the active version of ``name``."""
+        return self._encrypt(self._key(name), plaintext, associated_data, context, key_version)
+
+    def decrypt(self, name: str, ciphertext: str, *, associated_data: bytes | None = None,
+                context: bytes | None = None) -> bytes:
+        return self._decrypt(self._key(name), ciphertext, associated_data, context)[0]
+
+    def rewrap(self, name: str, ciphertext: str, *, associated_data: bytes | None = None,
+               context: bytes | None = None) -> str:
+        """The same plaintext under the active version (unchanged if it is already there)."""
+        return self._rewrap(self._key(name), ciphertext, associated_data, context)
+
+    def _rewrap(self, key: _Key, ciphertext: Any, associated_data: bytes | None, context: bytes | None) -> str:
+        plaintext, version = self._decrypt(key, ciphertext, associated_data, context)
+        if version == key.km.current_key().version:
+            return str(ciphertext)  # authentic and current: spend no nonce on it
+        return self._encrypt(key, plaintext, associated_data, context)
+
+    def rewrap_many(self, name: str, ciphertexts: Iterable[str], *, associated_data: bytes | None = None,
+                    context: bytes | None = None) -> Iterable[str | NebulaCredentialError]:
+        """Stream of rewrapped ciphertexts, or the error of each item that failed."""
+        key = self._key(name)
+        for ct in ciphertexts:
+            try:
+                yield self._rewrap(key, ct, associated_data, context)
+            except NebulaCredentialError as exc:
+                yield exc
+
+    def hmac(self, name: str, data: bytes, *, algorithm: str = "sha2-256", key_version: int = 0) -> str:
+        """``vault:v<N>:<base64 HMAC>`` with a per-version HMAC key derived from the DEK."""
+        key = self._key(name)
+        if algorithm not in _HASHES:
+            raise TransitInputError(f"unsupported algorithm {algorithm}")
+        version = key_version or key.km.current_key().version
+        if version < key.config.min_encryption_version:
+            raise TransitInputError("cannot use key version below the minimum encryption version")
+        key.km.get_key(version)  # the lifecycle says whether this version may still be used
+        mac_key = self._derive(key, version, _HMAC_DOMAIN, b"")
+        digest = _hmac.new(mac_key, data, _HASHES[algorithm]).digest()
+        return f"{CIPHERTEXT_PREFIX}{version}:{b64(digest)}"
+
+    # ---- data: Vault request bodies -------------------------------------------------------
+    def _items(self, body: dict[str, Any], fields: Sequence[str]) -> tuple[list[dict[str, Any]], bool]:
+        batch = body.get("batch_input")
+        if batch is None:
+            return [{f: body[f] for f in fields if f in body}], False
+        if isinstance(batch, str):
+            try:
+                batch = json.loads(batch)
+            except ValueError:
+                raise TransitInputError("batch_input is not valid JSON") from None
+        if not isinstance(batch, list) or not batch:
+            raise TransitInputError("missing batch input to process")
+        if not all(isinstance(item, dict) for item in batch):
+            raise TransitInputError("batch_input items must be objects")
+        return batch, True
+
+    def _run_batch(self, body: dict[str, Any], fields: Sequence[str],
+                   one: Callable[[dict[str, Any]], dict[str, Any]]) -> Handled:
+        items, batched = self._items(body, fields)
+        if not batched:
+            return one(items[0]), None
+        results = []
+        for item in items:
+            try:
+                out = one(item)
+            except NebulaCredentialError as exc:
+                out = {"error": str(exc)}
+            out["reference"] = item.get("reference", "")
+            results.append(out)
+        return {"batch_results": results}, BatchResult(results)
+
+    def handle_encrypt(self, name: str, body: dict[str, Any], *, create: bool = True) -> Handled:
+        """``encrypt/:name``: creates the key on first use when ``create`` (the policy allows it)."""
+        try:
+            key = self._key(name)
+        except TransitKeyNotFoundError:
+            if not create:
+                raise
+            self.create_key(name, type=str(body.get("type", "aes256-gcm96")),
+                            derived=_bool_field(body, "derived"),
+                            convergent_encryption=_bool_field(body, "convergent_encryption"))
+            key = self._key(name)
+        top_version = _int_field(body, "key_version")
+
+        def one(item: dict[str, Any]) -> dict[str, Any]:
+            if "plaintext" not in item:
+                raise TransitInputError("missing plaintext to encrypt")
+            plaintext = b64decode(item["plaintext"], "plaintext") or b""
+            version = _int_field(item, "key_version", top_version)
+            ct = self._encrypt(key, plaintext, b64decode(item.get("associated_data"), "associated_data"),
+                               b64decode(item.get("context"), "context"), version)
+            return {"ciphertext": ct, "key_version": int(ct[len(CIPHERTEXT_PREFIX):].split(":", 1)[0])}
+
+        return self._run_batch(body, ("plaintext", "context", "associated_data", "key_version"), one)
+
+    def handle_decrypt(self, name: str, body: dict[str, Any]) -> Handled:
+        key = self._key_for_data(name)
+
+        def one(item: dict[str, Any]) -> dict[str, Any]:
+            plaintext, _ = self._decrypt(key, item.get("ciphertext"),
+                                         b64decode(item.get("associated_data"), "associated_data"),
+                                         b64decode(item.get("context"), "context"))
+            return {"plaintext": b64(plaintext)}
+
+        return self._run_batch(body, ("ciphertext", "context", "associated_data"), one)
+
+    def handle_rewrap(self, name: str, body: dict[str, Any]) -> Handled:
+        key = self._key_for_data(name)
+
+        def one(item: dict[str, Any]) -> dict[str, Any]:
+            ct = self._rewrap(key, item.get("ciphertext"),
+                              b64decode(item.get("associated_data"), "associated_data"),
+                              b64decode(item.get("context"), "context"))
+            return {"ciphertext": ct, "key_version": int(ct[len(CIPHERTEXT_PREFIX):].split(":", 1)[0])}
+
+        return self._run_batch(body, ("ciphertext", "context", "associated_data"), one)
+
+    def _key_for_data(self, name: str) -> _Key:
+        try:
+            return self._key(name)
+        except TransitKeyNotFoundError:
+            raise TransitInputError("encryption key not found") from None
+
+    def handle_datakey(self, name: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``datakey/{plaintext,wrapped}/:name``: a fresh key, returned encrypted (and in the clear)."""
+        if kind not in ("plaintext", "wrapped"):
+            raise TransitInputError(f"invalid type {kind!r}: plaintext or wrapped")
+        key = self._key_for_data(name)
+        bits = _int_field(body, "bits", 256)
+        if bits not in DATAKEY_BITS:
+            raise TransitInputError("invalid bit length")
+        data_key = SecretBytes.random(bits // 8)
+        with data_key:
+            ct = self._encrypt(key, bytes(data_key.buffer), b64decode(body.get("associated_data"), "associated_data"),
+                               b64decode(body.get("context"), "context"))
+            out: dict[str, Any] = {"ciphertext": ct, "key_version": int(ct[len(CIPHERTEXT_PREFIX):].split(":", 1)[0])}
+            if kind == "plaintext":
+                out["plaintext"] = b64(bytes(data_key.buffer))
+        return out
+
+    def handle_hmac(self, name: str, body: dict[str, Any], algorithm: str | None = None) -> Handled:
+        key_version = _int_field(body, "key_version")
+        algo = algorithm or str(body.get("algorithm", "sha2-256"))
+        self._key_for_data(name)
+
+        def one(item: dict[str, Any]) -> dict[str, Any]:
+            data = b64decode(item.get("input"), "input", required=True) or b""
+            return {"hmac": self.hmac(name, data, algorithm=algo, key_version=key_version)}
+
+        return self._run_batch(body, ("input",), one)
+
+
+# ---- keyless endpoints ---------------------------------------------------------------------
+def random_bytes(body: dict[str, Any], count: int | None = None, fmt: str | None = None) -> dict[str, Any]:
+    """``random[/:bytes]``: ``bytes`` (default 32) from the OS CSPRNG, ``format`` base64|hex."""
+    n = count if count is not None else _int_field(body, "bytes", 32)
+    if not 1 <= n <= MAX_RANDOM_BYTES:
+        raise TransitInputError(f"bytes must be 1..{MAX_RANDOM_BYTES}")
+    fmt = fmt or str(body.get("format", "base64"))
+    data = os.urandom(n)
+    if fmt == "hex":
+        return {"random_bytes": data.hex()}
+    if fmt == "base64":
+        return {"random_bytes": b64(data)}
+    raise TransitInputError(f"unsupported encoding format {fmt}; must be \"hex\" or \"base64\"")
+
+
+def hash_input(body: dict[str, Any], algorithm: str | None = None) -> dict[str, Any]:
+    """``hash[/:algorithm]``: a digest of base64 ``input``, ``format`` hex|base64."""
+    algo = algorithm or str(body.get("algorithm", "sha2-256"))
+    if algo not in _HASHES:
+        raise TransitInputError(f"unsupported hash algorithm {algo}")
+    data = b64decode(body.get("input"), "input", required=True) or b""
+    digest = _HASHES[algo](data).digest()
+    fmt = str(body.get("format", "hex"))
+    if fmt == "hex":
+        return {"sum": digest.hex()}
+    if fmt == "base64":
+        return {"sum": b64(digest)}
+    raise TransitInputError(f"unsupported encoding format {fmt}; must be \"hex\" or \"base64\"")
+
