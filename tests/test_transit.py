@@ -23,6 +23,7 @@ from nebula_credential.exceptions import (
     DecryptionError,
     NebulaCredentialError,
     PolicyViolationError,
+    StoreError,
 )
 from nebula_credential.models import KeyStatus
 from nebula_credential.transit import (
@@ -475,3 +476,15 @@ def test_cli_rewrap_file(tmp_path: Path) -> None:
     v.close()
     r = run_cli("--db", db, "transit", "rewrap-file", str(src), str(dst), cwd=tmp_path, env=env_)
     assert r.returncode == 2 and r.stderr.startswith("error:")
+
+
+def test_settings_pointing_at_another_keys_keyring_are_refused(transit: Transit, vault: nc.Vault) -> None:
+    """A database writer must not let a token for key ``b`` decrypt key ``a``'s ciphertexts."""
+    transit.create_key("a")
+    transit.create_key("b")
+    ct = transit.encrypt("a", b"tenant-a data")
+    with vault.store.transaction() as tx:
+        raw = json.loads(tx.get_meta("transit.key:transit/b") or "{}")
+        tx.set_meta("transit.key:transit/b", json.dumps(raw | {"keyring": "transit/a"}))
+    with pytest.raises(StoreError, match="another key or keyring"):
+        Transit(vault).decrypt("b", ct)

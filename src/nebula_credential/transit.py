@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -58,9 +59,11 @@ from .exceptions import (
     ConfigError,
     DecryptionError,
     EnvelopeFormatError,
+    KeyDestroyedError,
     KeyNotFoundError,
     NebulaCredentialError,
     PolicyViolationError,
+    StoreError,
 )
 from .keys import KeyManager, seal
 from .models import KeyStatus, KeyVersion
@@ -366,13 +369,33 @@ class Transit:
             )
         return name
 
+    def keyring_for(self, name: str, generation: int = 1) -> str:
+        """The keyring of a key: mount, name and (after a delete) generation, never read from the store."""
+        return f"{self.mount}/{name}" + (f"#{generation}" if generation > 1 else "")
+
     def _meta_name(self, name: str) -> str:
         return f"{_CONFIG_META}{self.mount}/{name}"
 
     def _read_config(self, name: str) -> TransitKeyConfig | None:
+        """The key's settings; a record naming another key or keyring is refused.
+
+        A database writer could otherwise point key ``b`` at key ``a``'s keyring
+        and let a token allowed only ``transit/decrypt/b`` decrypt ``a``'s data.
+        """
         with self.vault.store.read() as tx:
             raw = tx.get_meta(self._meta_name(name))
-        return None if raw is None else TransitKeyConfig.from_json(raw)
+        if raw is None:
+            return None
+        try:
+            cfg = TransitKeyConfig.from_json(raw)
+        except (TypeError, ValueError):
+            raise StoreError(f"transit key {name!r} has unreadable settings in the store") from None
+        if cfg.name != name or not isinstance(cfg.generation, int) or cfg.keyring != self.keyring_for(
+                name, cfg.generation):
+            raise StoreError(
+                f"transit key {name!r}: stored settings name another key or keyring (edited outside "
+                "nebula-credential?); refusing to use them")
+        return cfg
 
     def _write_config(self, cfg: TransitKeyConfig) -> None:
         with self.vault.store.transaction() as tx:
@@ -461,7 +484,7 @@ class Transit:
         if existing is not None and not existing.deleted:
             return existing
         generation = existing.generation + 1 if existing is not None else 1
-        keyring = f"{self.mount}/{name}" + (f"#{generation}" if generation > 1 else "")
+        keyring = self.keyring_for(name, generation)
         cfg = TransitKeyConfig(
             name=name,
             keyring=keyring,
@@ -713,7 +736,7 @@ class Transit:
             if secret is None:
                 kv = key.km.version(version)
                 if kv.wrapped_key is None:
-                    raise KeyNotFoundError(f"key version {version} of transit key {key.config.name!r} was destroyed")
+                    raise KeyDestroyedError(kv.keyring, version)
                 secret = key.km.provider.unwrap(kv.wrapped_key, WrapContext(kv.keyring, version))
                 key.material[version] = secret
             return secret
@@ -787,7 +810,7 @@ class Transit:
             try:
                 return self._subkey(key, version, ctx).decrypt(parsed.nonce, parsed.ciphertext,
                                                                parsed.header + aad), version
-            except Exception:  # InvalidTag: one opaque answer for every authentication failure
+            except InvalidTag:
                 raise DecryptionError("cipher: message authentication failed") from None
         except DecryptionError:
             raise DecryptionError("cipher: message authentication failed") from None
