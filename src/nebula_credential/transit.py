@@ -373,6 +373,10 @@ class Transit:
         """The keyring of a key: mount, name and (after a delete) generation, never read from the store."""
         return f"{self.mount}/{name}" + (f"#{generation}" if generation > 1 else "")
 
+    def keyring_of(self, name: str) -> str:
+        """The keyring key ``name`` currently is (for ``--keyring`` and audit events)."""
+        return self._key(name).config.keyring
+
     def _meta_name(self, name: str) -> str:
         return f"{_CONFIG_META}{self.mount}/{name}"
 
@@ -451,7 +455,7 @@ class Transit:
         key.wipe()
         return cfg
 
-    def _audit(self, action: str, keyring: str, version: int | None = None, **details: Any) -> None:
+    def audit(self, action: str, keyring: str, version: int | None = None, **details: Any) -> None:
         with self.vault.store.transaction() as tx:
             self.vault.audit.record(tx, action, keyring=keyring, version=version, mount=self.mount, **details)
 
@@ -501,7 +505,7 @@ class Transit:
         # next create finishes (initialize is idempotent), never versions without settings.
         self._write_config(cfg)
         km.initialize()
-        self._audit("transit.key.create", keyring, 1, key_type=type, derived=derived)
+        self.audit("transit.key.create", keyring, 1, key_type=type, derived=derived)
         with self._lock:
             self._keys.pop(name, None)
         return cfg
@@ -649,7 +653,7 @@ class Transit:
             self._apply_min_decryption(key.km, versions, mdv)
         new = self._update(key, **changes)
         if changes:
-            self._audit("transit.key.config", cfg.keyring, None, changed=sorted(changes))
+            self.audit("transit.key.config", cfg.keyring, None, changed=sorted(changes))
         return new
 
     def _apply_min_decryption(self, km: KeyManager, versions: Sequence[KeyVersion], mdv: int) -> None:
@@ -726,7 +730,7 @@ class Transit:
                                   reason="transit key deleted")
             if kv.status in (KeyStatus.ACTIVE, KeyStatus.VALID, KeyStatus.GRACE):
                 key.km.revoke(kv.version, reason="transit key deleted")
-        self._audit("transit.key.delete", cfg.keyring, None)
+        self.audit("transit.key.delete", cfg.keyring, None)
 
     # ---- data: bytes level ---------------------------------------------------------------
     def _material(self, key: _Key, version: int) -> SecretBytes:

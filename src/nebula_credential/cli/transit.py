@@ -91,6 +91,8 @@ def rewrap_file(app: AppContext, src: str, dst: str, key_name: str, mount: str, 
         Path(tmp).unlink(missing_ok=True)
         raise
     progress.finish(key_name)
+    transit_.audit("transit.rewrap_file", transit_.keyring_of(key_name), None,
+                   lines=done, rewrapped=changed, failed=len(failed))
     emit(app, {"key": key_name, "lines": done, "rewrapped": changed, "failed": len(failed)},
          lambda: click.echo(f"rewrapped {changed} of {done} line(s) into {dst} ({len(failed)} failed)"))
     if failed:
