@@ -895,6 +895,31 @@ class Transit:
             results.append(out)
         return {"batch_results": results}, BatchResult(results)
 
+    def handle_create(self, name: str, body: dict[str, Any]) -> TransitKeyConfig:
+        """``POST keys/:name`` (and the upsert of ``encrypt/:name``)."""
+        period = body.get("auto_rotate_period")
+        return self.create_key(
+            name,
+            type=str(body.get("type") or "aes256-gcm96"),
+            derived=_bool_field(body, "derived"),
+            exportable=_bool_field(body, "exportable"),
+            convergent_encryption=_bool_field(body, "convergent_encryption"),
+            allow_plaintext_backup=_bool_field(body, "allow_plaintext_backup"),
+            auto_rotate_period=_period_field(body, "auto_rotate_period") if period not in (None, "", 0) else 0,
+        )
+
+    def handle_trim(self, name: str, body: dict[str, Any]) -> TransitKeyConfig:
+        if "min_available_version" not in body:
+            raise TransitInputError("missing min_available_version")
+        return self.trim(name, _int_field(body, "min_available_version"))
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._key(name)
+        except (TransitKeyNotFoundError, TransitInputError):
+            return False
+        return True
+
     def handle_encrypt(self, name: str, body: dict[str, Any], *, create: bool = True) -> Handled:
         """``encrypt/:name``: creates the key on first use when ``create`` (the policy allows it)."""
         try:
@@ -902,9 +927,7 @@ class Transit:
         except TransitKeyNotFoundError:
             if not create:
                 raise
-            self.create_key(name, type=str(body.get("type", "aes256-gcm96")),
-                            derived=_bool_field(body, "derived"),
-                            convergent_encryption=_bool_field(body, "convergent_encryption"))
+            self.handle_create(name, body)
             key = self._key(name)
         top_version = _int_field(body, "key_version")
 
