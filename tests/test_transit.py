@@ -488,3 +488,30 @@ def test_settings_pointing_at_another_keys_keyring_are_refused(transit: Transit,
         tx.set_meta("transit.key:transit/b", json.dumps(raw | {"keyring": "transit/a"}))
     with pytest.raises(StoreError, match="another key or keyring"):
         Transit(vault).decrypt("b", ct)
+
+
+def test_sequence_on_each_store_and_across_instances(store_url: str, key_file: Path, clock: FakeClock) -> None:
+    """SQLite and PostgreSQL; a second process-like instance sees settings and rotations at once."""
+    config = KeyManagementConfig.from_dict(CONFIG | {"keys": {"refresh_interval": "0s"}})
+    with nc.open(store_url, config=config, clock=clock, create=True) as v1, \
+            nc.open(store_url, config=config, clock=clock) as v2:
+        a, b = Transit(v1), Transit(v2)
+        a.create_key("app")
+        old = b.encrypt("app", b"x", associated_data=b"r")
+        a.rotate("app")
+        a.rotate("app")
+        assert b.encrypt("app", b"x").startswith("vault:v3:")  # b follows a's rotation
+        a.configure("app", {"min_decryption_version": 2, "min_encryption_version": 2})
+        with pytest.raises(TransitInputError, match="disallowed by policy"):
+            b.decrypt("app", old, associated_data=b"r")
+        new = b.rewrap("app", b.encrypt("app", b"y"))
+        clock.advance(hours=2)
+        assert b.trim("app", 2).min_available_version == 2
+        assert statuses(a, "app") == {1: "destroyed", 2: "valid", 3: "active"}
+        assert a.decrypt("app", new) == b"y"
+        b.configure("app", {"deletion_allowed": True})
+        a.delete_key("app")
+        assert b.key_names() == []
+        with pytest.raises(TransitInputError, match="encryption key not found"):
+            b.handle_decrypt("app", {"ciphertext": new})
+        assert v1.audit.verify().ok
