@@ -95,7 +95,7 @@ def test_exportable_and_convergent_refused(transit: Transit) -> None:
     assert transit.key_names() == []
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "../x", "-lead", "x" * 129, "spa ce", "é"])
+@pytest.mark.parametrize("name", ["", "a/b", "../x", "-lead", "x" * 129, "spa ce", "é", "app\n"])
 def test_bad_names_refused(transit: Transit, name: str) -> None:
     with pytest.raises(TransitInputError, match="invalid key name"):
         transit.create_key(name)
@@ -515,3 +515,29 @@ def test_sequence_on_each_store_and_across_instances(store_url: str, key_file: P
         with pytest.raises(TransitInputError, match="encryption key not found"):
             b.handle_decrypt("app", {"ciphertext": new})
         assert v1.audit.verify().ok
+
+
+def test_operations_feed_the_metrics_observer(transit: Transit, vault: nc.Vault) -> None:
+    seen: list[tuple[str, str, bool]] = []
+    vault.observer = lambda keyring, op, seconds, ok: seen.append((keyring, op, ok))
+    transit.create_key("app")
+    ct = transit.encrypt("app", b"x")
+    transit.decrypt("app", ct)
+    with pytest.raises(DecryptionError):
+        transit.decrypt("app", ct, associated_data=b"other")
+    assert seen == [("transit/app", "encrypt", True), ("transit/app", "decrypt", True),
+                    ("transit/app", "decrypt", False)]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(max_size=140))
+def test_any_key_name_is_accepted_or_refused_cleanly(transit: Transit, name: str) -> None:
+    import re
+
+    valid = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", name) is not None
+    try:
+        transit.check_name(name)
+    except TransitInputError:
+        assert not valid
+    else:
+        assert valid

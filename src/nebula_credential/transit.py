@@ -87,7 +87,7 @@ DATAKEY_BITS = (128, 256, 512)
 MAX_RANDOM_BYTES = 128 * 1024
 #: Vault refuses an ``auto_rotate_period`` shorter than an hour (0 disables it).
 MIN_AUTO_ROTATE = 3600
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _CONFIG_META = "transit.key:"
 _KEYRING_META = "transit.keyring:"
 _U32 = struct.Struct(">I")
@@ -363,7 +363,7 @@ class Transit:
 
     # ---- names and settings ---------------------------------------------------------
     def check_name(self, name: str) -> str:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise TransitInputError(
                 "invalid key name: 1-128 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
             )
@@ -788,6 +788,32 @@ class Transit:
 
     def _encrypt(self, key: _Key, plaintext: bytes, associated_data: bytes | None, context: bytes | None,
                  key_version: int = 0) -> str:
+        observer = self.vault.observer
+        if observer is None:
+            return self._seal(key, plaintext, associated_data, context, key_version)
+        start, ok = time.perf_counter(), False
+        try:
+            out = self._seal(key, plaintext, associated_data, context, key_version)
+            ok = True
+            return out
+        finally:
+            observer(key.config.keyring, "encrypt", time.perf_counter() - start, ok)
+
+    def _decrypt(self, key: _Key, ciphertext: Any, associated_data: bytes | None,
+                 context: bytes | None) -> tuple[bytes, int]:
+        observer = self.vault.observer
+        if observer is None:
+            return self._open(key, ciphertext, associated_data, context)
+        start, ok = time.perf_counter(), False
+        try:
+            out = self._open(key, ciphertext, associated_data, context)
+            ok = True
+            return out
+        finally:
+            observer(key.config.keyring, "decrypt", time.perf_counter() - start, ok)
+
+    def _seal(self, key: _Key, plaintext: bytes, associated_data: bytes | None, context: bytes | None,
+              key_version: int = 0) -> str:
         ctx = self._context(key, context)
         if key_version:
             self._check_encrypt_version(key, key_version, key.km.current_key().version)
@@ -798,8 +824,8 @@ class Transit:
         return format_ciphertext(seal(self._subkey(key, vk.version, ctx), env.version_prefix(vk.version),
                                       plaintext, aad))
 
-    def _decrypt(self, key: _Key, ciphertext: Any, associated_data: bytes | None,
-                 context: bytes | None) -> tuple[bytes, int]:
+    def _open(self, key: _Key, ciphertext: Any, associated_data: bytes | None,
+              context: bytes | None) -> tuple[bytes, int]:
         version, blob = parse_ciphertext(ciphertext)
         ctx = self._context(key, context)
         cfg = key.config
