@@ -319,7 +319,7 @@ def test_batch_with_one_bad_item_reports_its_position(transit: Transit) -> None:
     body = {"batch_input": [{"plaintext": b64(b"a"), "reference": "r0"}, {"plaintext": "!!", "reference": "r1"},
                             {"plaintext": b64(b"c")}]}
     data, batch = transit.handle_encrypt("app", body)
-    assert batch is not None and batch.failed == 1
+    assert batch.batched and batch.failed == 1
     results = data["batch_results"]
     assert [("error" in r) for r in results] == [False, True, False]
     assert [r["reference"] for r in results] == ["r0", "r1", ""]
@@ -440,7 +440,7 @@ def test_bulk_rewrap_10000_items(transit: Transit, capsys: pytest.CaptureFixture
     out, batch = transit.handle_rewrap("app", {"batch_input": [
         {"ciphertext": r["ciphertext"]} for r in data["batch_results"]]})
     elapsed = time.perf_counter() - start
-    assert batch is not None and batch.failed == 0
+    assert batch.batched and batch.failed == 0 and batch.versions == {2}
     assert all(r["key_version"] == 2 for r in out["batch_results"])
     with capsys.disabled():
         print(f"\nbulk rewrap: 10000 items in {elapsed:.3f}s = {10_000 / elapsed:,.0f} items/s")

@@ -336,17 +336,32 @@ class _Key:
 
 @dataclass(slots=True)
 class BatchResult:
-    """Per-item results in input order; an item that failed has ``"error"``."""
+    """Per-item results in input order (an item that failed has ``"error"``), and the
+    key versions the request used (for the audit event, never the data)."""
 
     items: list[dict[str, Any]]
+    batched: bool
+    versions: set[int] = field(default_factory=set)
 
     @property
     def failed(self) -> int:
         return sum(1 for item in self.items if "error" in item)
 
 
-#: A response's ``data`` and, for a ``batch_input`` request, the per-item outcome.
-Handled = tuple[dict[str, Any], BatchResult | None]
+#: A response's ``data`` and what happened per item.
+Handled = tuple[dict[str, Any], BatchResult]
+#: One item's answer and the key version it used.
+_Item = tuple[dict[str, Any], int]
+
+
+def _version_of(text: str) -> int:
+    """N of a ``vault:v<N>:...`` string this module produced."""
+    return int(text[len(CIPHERTEXT_PREFIX):].split(":", 1)[0])
+
+
+def _with_version(ciphertext: str) -> _Item:
+    version = _version_of(ciphertext)
+    return {"ciphertext": ciphertext, "key_version": version}, version
 
 
 class Transit:
@@ -376,6 +391,11 @@ class Transit:
     def keyring_of(self, name: str) -> str:
         """The keyring key ``name`` currently is (for ``--keyring`` and audit events)."""
         return self._key(name).config.keyring
+
+    def cached_keyring(self, name: str) -> str | None:
+        """The keyring of a key this instance has loaded, without a store read (audit events)."""
+        key = self._keys.get(name)
+        return None if key is None else key.config.keyring
 
     def _meta_name(self, name: str) -> str:
         return f"{_CONFIG_META}{self.mount}/{name}"
@@ -907,19 +927,22 @@ class Transit:
         return batch, True
 
     def _run_batch(self, body: dict[str, Any], fields: Sequence[str],
-                   one: Callable[[dict[str, Any]], dict[str, Any]]) -> Handled:
+                   one: Callable[[dict[str, Any]], _Item]) -> Handled:
         items, batched = self._items(body, fields)
         if not batched:
-            return one(items[0]), None
+            data, version = one(items[0])
+            return data, BatchResult([data], False, {version})
         results = []
+        versions = set()
         for item in items:
             try:
-                out = one(item)
+                out, version = one(item)
+                versions.add(version)
             except NebulaCredentialError as exc:
                 out = {"error": str(exc)}
             out["reference"] = item.get("reference", "")
             results.append(out)
-        return {"batch_results": results}, BatchResult(results)
+        return {"batch_results": results}, BatchResult(results, True, versions)
 
     def handle_create(self, name: str, body: dict[str, Any]) -> TransitKeyConfig:
         """``POST keys/:name`` (and the upsert of ``encrypt/:name``)."""
@@ -957,36 +980,34 @@ class Transit:
             key = self._key(name)
         top_version = _int_field(body, "key_version")
 
-        def one(item: dict[str, Any]) -> dict[str, Any]:
+        def one(item: dict[str, Any]) -> _Item:
             if "plaintext" not in item:
                 raise TransitInputError("missing plaintext to encrypt")
             plaintext = b64decode(item["plaintext"], "plaintext") or b""
             version = _int_field(item, "key_version", top_version)
-            ct = self._encrypt(key, plaintext, b64decode(item.get("associated_data"), "associated_data"),
-                               b64decode(item.get("context"), "context"), version)
-            return {"ciphertext": ct, "key_version": int(ct[len(CIPHERTEXT_PREFIX):].split(":", 1)[0])}
+            ad = b64decode(item.get("associated_data"), "associated_data")
+            return _with_version(self._encrypt(key, plaintext, ad, b64decode(item.get("context"), "context"), version))
 
         return self._run_batch(body, ("plaintext", "context", "associated_data", "key_version"), one)
 
     def handle_decrypt(self, name: str, body: dict[str, Any]) -> Handled:
         key = self._key_for_data(name)
 
-        def one(item: dict[str, Any]) -> dict[str, Any]:
-            plaintext, _ = self._decrypt(key, item.get("ciphertext"),
-                                         b64decode(item.get("associated_data"), "associated_data"),
-                                         b64decode(item.get("context"), "context"))
-            return {"plaintext": b64(plaintext)}
+        def one(item: dict[str, Any]) -> _Item:
+            plaintext, version = self._decrypt(key, item.get("ciphertext"),
+                                               b64decode(item.get("associated_data"), "associated_data"),
+                                               b64decode(item.get("context"), "context"))
+            return {"plaintext": b64(plaintext)}, version
 
         return self._run_batch(body, ("ciphertext", "context", "associated_data"), one)
 
     def handle_rewrap(self, name: str, body: dict[str, Any]) -> Handled:
         key = self._key_for_data(name)
 
-        def one(item: dict[str, Any]) -> dict[str, Any]:
-            ct = self._rewrap(key, item.get("ciphertext"),
-                              b64decode(item.get("associated_data"), "associated_data"),
-                              b64decode(item.get("context"), "context"))
-            return {"ciphertext": ct, "key_version": int(ct[len(CIPHERTEXT_PREFIX):].split(":", 1)[0])}
+        def one(item: dict[str, Any]) -> _Item:
+            return _with_version(self._rewrap(key, item.get("ciphertext"),
+                                              b64decode(item.get("associated_data"), "associated_data"),
+                                              b64decode(item.get("context"), "context")))
 
         return self._run_batch(body, ("ciphertext", "context", "associated_data"), one)
 
@@ -1008,7 +1029,7 @@ class Transit:
         with data_key:
             ct = self._encrypt(key, bytes(data_key.buffer), b64decode(body.get("associated_data"), "associated_data"),
                                b64decode(body.get("context"), "context"))
-            out: dict[str, Any] = {"ciphertext": ct, "key_version": int(ct[len(CIPHERTEXT_PREFIX):].split(":", 1)[0])}
+            out, _ = _with_version(ct)
             if kind == "plaintext":
                 out["plaintext"] = b64(bytes(data_key.buffer))
         return out
@@ -1018,9 +1039,10 @@ class Transit:
         algo = algorithm or str(body.get("algorithm", "sha2-256"))
         self._key_for_data(name)
 
-        def one(item: dict[str, Any]) -> dict[str, Any]:
+        def one(item: dict[str, Any]) -> _Item:
             data = b64decode(item.get("input"), "input", required=True) or b""
-            return {"hmac": self.hmac(name, data, algorithm=algo, key_version=key_version)}
+            mac = self.hmac(name, data, algorithm=algo, key_version=key_version)
+            return {"hmac": mac}, _version_of(mac)
 
         return self._run_batch(body, ("input",), one)
 
