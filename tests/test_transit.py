@@ -541,3 +541,14 @@ def test_any_key_name_is_accepted_or_refused_cleanly(transit: Transit, name: str
         assert not valid
     else:
         assert valid
+
+
+def test_encrypt_upsert_writes_nothing_when_refused_and_derives_with_context(transit: Transit) -> None:
+    with pytest.raises(TransitInputError, match="not valid base64"):
+        transit.handle_encrypt("never", {"plaintext": "!!"})
+    with pytest.raises(TransitInputError, match="missing plaintext"):
+        transit.handle_encrypt("never", {"batch_input": [{"context": b64(b"c")}]})
+    assert transit.key_names() == []
+    data, _ = transit.handle_encrypt("ctx", {"plaintext": b64(b"x"), "context": b64(b"c")})
+    assert transit.read_key("ctx")["derived"] is True
+    assert transit.decrypt("ctx", data["ciphertext"], context=b"c") == b"x"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac as _hmac
 import json
@@ -970,25 +971,43 @@ class Transit:
         return True
 
     def handle_encrypt(self, name: str, body: dict[str, Any], *, create: bool = True) -> Handled:
-        """``encrypt/:name``: creates the key on first use when ``create`` (the policy allows it)."""
+        """``encrypt/:name``: creates the key on first use when ``create`` (the policy allows it).
+
+        As in Vault, a key created here is derived when the items carry a
+        ``context``.  It is created only if at least one item is valid: a
+        request refused as a whole writes nothing.
+        """
+        top_version = _int_field(body, "key_version")
+        fields = ("plaintext", "context", "associated_data", "key_version")
+
+        def parse(item: dict[str, Any]) -> tuple[bytes, bytes | None, bytes | None, int]:
+            if "plaintext" not in item:
+                raise TransitInputError("missing plaintext to encrypt")
+            return (b64decode(item["plaintext"], "plaintext") or b"",
+                    b64decode(item.get("associated_data"), "associated_data"),
+                    b64decode(item.get("context"), "context"),
+                    _int_field(item, "key_version", top_version))
+
         try:
             key = self._key(name)
         except TransitKeyNotFoundError:
             if not create:
                 raise
-            self.handle_create(name, body)
+            items, _ = self._items(body, fields)
+            valid = []
+            for item in items:
+                with contextlib.suppress(NebulaCredentialError):
+                    valid.append(parse(item))
+            if not valid:
+                parse(items[0])  # raises the first item's error
+            self.handle_create(name, body | {"derived": body.get("derived") or any(v[2] for v in valid)})
             key = self._key(name)
-        top_version = _int_field(body, "key_version")
 
         def one(item: dict[str, Any]) -> _Item:
-            if "plaintext" not in item:
-                raise TransitInputError("missing plaintext to encrypt")
-            plaintext = b64decode(item["plaintext"], "plaintext") or b""
-            version = _int_field(item, "key_version", top_version)
-            ad = b64decode(item.get("associated_data"), "associated_data")
-            return _with_version(self._encrypt(key, plaintext, ad, b64decode(item.get("context"), "context"), version))
+            plaintext, ad, context, version = parse(item)
+            return _with_version(self._encrypt(key, plaintext, ad, context, version))
 
-        return self._run_batch(body, ("plaintext", "context", "associated_data", "key_version"), one)
+        return self._run_batch(body, fields, one)
 
     def handle_decrypt(self, name: str, body: dict[str, Any]) -> Handled:
         key = self._key_for_data(name)
