@@ -139,6 +139,12 @@ listener "tcp" {{
   tls_disable = true
   max_request_json_strings = 10000000
 }}
+# We audit every request; so does this OpenBao (a file audit device), for a like-for-like run.
+audit "file" "bench" {{
+  options {{
+    file_path = "{folder / 'audit.log'}"
+  }}
+}}
 """)
     with (folder / "bao.log").open("wb") as log:
         proc = subprocess.Popen([binary, "server", f"-config={config}"],
@@ -163,9 +169,6 @@ listener "tcp" {{
             token = keys["root_token"]
             headers = {"X-Vault-Token": token}
             httpx.post(f"{url}/v1/sys/mounts/transit", json={"type": "transit"}, headers=headers).raise_for_status()
-            # We audit every request; so does this OpenBao (a file audit device), for a like-for-like run.
-            httpx.put(f"{url}/v1/sys/audit/file", headers=headers, json={
-                "type": "file", "options": {"file_path": str(folder / "audit.log")}}).raise_for_status()
             yield url, token
         finally:
             _stop(proc)

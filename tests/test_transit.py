@@ -552,3 +552,20 @@ def test_encrypt_upsert_writes_nothing_when_refused_and_derives_with_context(tra
     data, _ = transit.handle_encrypt("ctx", {"plaintext": b64(b"x"), "context": b64(b"c")})
     assert transit.read_key("ctx")["derived"] is True
     assert transit.decrypt("ctx", data["ciphertext"], context=b"c") == b"x"
+
+
+def test_daemon_pass_over_ordinary_live_and_deleted_transit_keyrings(
+        transit: Transit, vault: nc.Vault, clock: FakeClock) -> None:
+    from nebula_credential.daemon import Daemon
+
+    vault.put("cred", {"x": 1})
+    transit.create_key("live", auto_rotate_period=86400)
+    transit.create_key("gone")
+    transit.configure("gone", {"deletion_allowed": True})
+    transit.delete_key("gone")
+    clock.advance(days=2)
+    reports = {r.keyring: r for r in Daemon(vault, metrics_addr=None, clock=clock).run_pass()}
+    assert set(reports) == {"default", "transit/live", "transit/gone"}
+    assert reports["transit/live"].rotated == (1, 2)
+    assert reports["transit/gone"].rotated is None
+    assert statuses(transit, "live") == {1: "valid", 2: "active"}
