@@ -262,7 +262,7 @@ def test_max_encryptions_with_auto_rotation_off_refuses(transit: Transit) -> Non
     transit.configure("app", {"max_encryptions": 3, "auto_rotation": False})
     for _ in range(3):
         transit.encrypt("app", b"s")
-    with pytest.raises(PolicyViolationError, match="usage bound of 3 encryptions"):
+    with pytest.raises(PolicyViolationError, match=r"reached max_encryptions \(3\) and auto_rotation is off"):
         transit.encrypt("app", b"s")
     transit.rotate("app")
     assert transit.encrypt("app", b"s").startswith("vault:v2:")
@@ -569,3 +569,17 @@ def test_daemon_pass_over_ordinary_live_and_deleted_transit_keyrings(
     assert reports["transit/live"].rotated == (1, 2)
     assert reports["transit/gone"].rotated is None
     assert statuses(transit, "live") == {1: "valid", 2: "active"}
+
+
+@pytest.mark.parametrize("auto", [True, False])
+def test_usage_bound_is_exact_for_any_keyring(auto: bool) -> None:
+    """Blocks stop at max_encryptions: rotation (or refusal) comes at the bound, not at the first block."""
+    config = KeyManagementConfig.from_dict({"rotation": {"max_encryptions": 3}, "keys": {"auto_rotation": auto}})
+    km = nc.KeyManager.ephemeral(config=config)
+    versions = [env.peek_version(km.encrypt(b"x")) for _ in range(3)]
+    assert versions == [1, 1, 1]
+    if auto:
+        assert [env.peek_version(km.encrypt(b"x")) for _ in range(4)] == [2, 2, 2, 3]
+    else:
+        with pytest.raises(PolicyViolationError, match="auto_rotation is off"):
+            km.encrypt(b"x")

@@ -95,10 +95,6 @@ class KeyManager:
     """
 
     reservation_block: ClassVar[int] = RESERVATION_BLOCK
-    #: When True and automatic rotation is off, encryption stops at
-    #: ``rotation.max_encryptions`` instead of waiting for a scheduler to rotate
-    #: (Transit keys: a client must rotate explicitly).
-    strict_usage_bound: bool = False
 
     def __init__(
         self,
@@ -336,9 +332,9 @@ class KeyManager:
         """Reserve a block of encryptions for ``key`` from the store (one write).
 
         Blocks stop exactly at ``rotation.max_encryptions``: the next
-        reservation then rotates (automatic rotation on) or, for a keyring with
-        ``strict_usage_bound``, refuses.  A keyring with neither keeps
-        encrypting up to the hard 2^32 bound until a scheduler rotates it.
+        reservation rotates (``auto_rotation`` on) or refuses (off), and a
+        block another process shrank by reserving at the same time keeps only
+        what fits the bound.
         """
         with self._lock:
             if key is not self._active:
@@ -346,33 +342,35 @@ class KeyManager:
             block = min(self.reservation_block, max(FIRST_RESERVATION, key._limit))
             bound = self.config.rotation.max_encryptions
             auto = self.config.keys.auto_rotation
-            bounded = auto or self.strict_usage_bound
+            total = 0
             with self.store.transaction(autonomous=True) as tx:
                 kv = tx.get_version(self.keyring, key.version)
                 if kv is None or kv.status is not KeyStatus.ACTIVE:
                     self._refresh_at = 0.0
                     self._active = None
                     return self._reserve(self.current_key())
-                exhausted = bounded and kv.encryptions >= bound
-                if not exhausted:
-                    if bounded:
-                        block = min(block, bound - kv.encryptions)
+                if kv.encryptions < bound:
+                    block = min(block, bound - kv.encryptions)
                     total = tx.add_encryptions(self.keyring, key.version, block)
-            if exhausted:
-                if not auto:
-                    raise PolicyViolationError(
-                        f"key version {key.version} of keyring {self.keyring!r} reached its usage "
-                        f"bound of {bound} encryptions and automatic rotation is off; rotate the key"
-                    )
-                self.rotate(reason="usage", expected_active=key.version)
-                return self.next_active()
             if total > HARD_MAX_ENCRYPTIONS:
                 raise PolicyViolationError(
                     f"key version {key.version} of keyring {self.keyring!r} reached the AES-GCM "
                     "usage bound (2^32 encryptions); run `nebula-credential keys rotate`"
                 )
-            key._limit += block
+            granted = block - max(0, total - bound) if total else 0
+            if granted <= 0:
+                if not auto:
+                    raise self._bound_reached(key.version, bound)
+                self.rotate(reason="usage", expected_active=key.version)
+                return self.next_active()
+            key._limit += granted
             return key
+
+    def _bound_reached(self, version: int, bound: int) -> PolicyViolationError:
+        return PolicyViolationError(
+            f"key version {version} of keyring {self.keyring!r} reached max_encryptions ({bound}) "
+            "and auto_rotation is off; run `nebula-credential keys rotate`"
+        )
 
     # ---- rotation ------------------------------------------------------------
     def rotate(self, reason: str = "manual", *, expected_active: int | None = None) -> KeyVersion | None:

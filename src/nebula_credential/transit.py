@@ -437,7 +437,6 @@ class Transit:
         )
         km = KeyManager(vault.store, vault.provider, keyring=cfg.keyring, config=config,
                         clock=vault.clock, audit=vault.audit)
-        km.strict_usage_bound = True
         return km
 
     def _key(self, name: str, *, fresh: bool = False) -> _Key:
