@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 import nebula_credential as nc  # noqa: E402
+from nebula_credential.providers.local import LocalKeyProvider  # noqa: E402
 from nebula_credential.store.base import StoreTx  # noqa: E402
 
 SCOPES = ("production", "user", "development")
@@ -79,10 +80,11 @@ def main() -> None:
         cluster.start()
         cluster.admin(f"CREATE DATABASE {DATABASE}", database="postgres")
         os.environ["NEBULA_CREDENTIAL_MASTER_KEY_FILE"] = str(Path(tmp) / "master.key")
+        LocalKeyProvider.create(Path(tmp) / "master.key")  # one root key, named for every store below
         try:
             results = []
             url = cluster.url(schema=cluster.new_schema())
-            with nc.open(url, create=True) as vault:
+            with nc.open(url, create=True, provider=LocalKeyProvider.load(Path(tmp) / "master.key")) as vault:
                 t0 = time.perf_counter()
                 seed(vault, args.rows)
                 print(f"seeded {args.rows} rows in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -94,7 +96,7 @@ def main() -> None:
                     print(f"ours      workers={workers}: {r.reencrypted / r.seconds:9,.0f} rows/s", flush=True)
             for workers in (1, 2, 4):
                 url = cluster.url(schema=cluster.new_schema())
-                with nc.open(url, create=True) as vault:
+                with nc.open(url, create=True, provider=LocalKeyProvider.load(Path(tmp) / "master.key")) as vault:
                     seed(vault, args.rows)
                     vault.keys.rotate()
                     n, secs = db_bound(vault, workers)

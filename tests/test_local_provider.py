@@ -100,5 +100,7 @@ def test_passing_key_file_setting_relative_to_store(tmp_path: Path) -> None:
     (tmp_path / "keys").mkdir()
     assert run_cli("--config", "c.toml", "init", cwd=tmp_path, env=env).returncode == 0
     assert (tmp_path / "keys" / "root.key").exists()
-    # the store remembers its key file: later commands need no config
-    assert run_cli("put", "a", "--value", "1", cwd=tmp_path, env=env).returncode == 0
+    # the key file comes from the process's config, never from the store
+    assert run_cli("--config", "c.toml", "put", "a", "--value", "1", cwd=tmp_path, env=env).returncode == 0
+    res = run_cli("put", "a", "--value", "1", cwd=tmp_path, env=env)
+    assert res.returncode == 1 and str(tmp_path / "master.key") in res.stderr  # the default, not the record

@@ -90,9 +90,9 @@ def test_clear_errors(moto_kms: MotoKms) -> None:
     _, wrapped = a.generate_dek(WrapContext("kr", 1))
     with pytest.raises(ProviderPermissionError, match="another KMS key"):
         b.unwrap(wrapped, WrapContext("kr", 1))
-    # a store initialised without a key_id gets a new KMS key, recorded by ARN
+    # a store initialised without a key_id gets a new KMS key, shown by ARN (for the config)
     created = AwsKmsKeyProvider.from_config({**moto_kms.settings(), "key_id": None}, create=True)
-    assert created.stored_settings()["key_id"].startswith("arn:aws:kms:")
+    assert created.describe()["key_arn"].startswith("arn:aws:kms:")
 
 
 # ---- endpoint stopped mid-run and restarted on the same port ---------------------------

@@ -228,16 +228,15 @@ def test_missing_token_and_library_and_pin_are_config_errors(
     monkeypatch.setenv("NEBULA_TEST_HSM_PIN", softhsm.pin)
     p = provider({**softhsm.settings(), "pin_file": None, "pin_env": "NEBULA_TEST_HSM_PIN"})
     p.check()
-    assert softhsm.pin not in repr(p) and softhsm.pin not in str(p.stored_settings())
+    assert softhsm.pin not in repr(p) and softhsm.pin not in str(p.describe())
     p.close()
 
 
-def test_store_records_settings_without_the_pin(softhsm: SoftHsm, tmp_path: Path) -> None:
+def test_store_records_no_settings_and_no_pin(softhsm: SoftHsm, tmp_path: Path) -> None:
     settings = softhsm.settings(mode="direct")
     url = f"sqlite:///{tmp_path / 's.db'}"
-    with nc.open(
-        url, config=KeyManagementConfig.from_dict({"provider": settings}), create=True
-    ) as v:
+    config = KeyManagementConfig.from_dict({"provider": settings})
+    with nc.open(url, config=config, create=True) as v:
         v.put("a", {"t": 1})
     raw = (
         (tmp_path / "s.db").read_bytes() + (tmp_path / "s.db-wal").read_bytes()
@@ -245,7 +244,9 @@ def test_store_records_settings_without_the_pin(softhsm: SoftHsm, tmp_path: Path
         else (tmp_path / "s.db").read_bytes()
     )
     assert softhsm.pin.encode() not in raw
-    with nc.open(url) as v:  # reopened from the store's own record: pin_file, not the PIN
+    with pytest.raises(nc.ConfigError, match="pkcs11"):  # the store never supplies the settings
+        nc.open(url)
+    with nc.open(url, config=config) as v:
         assert v.provider.name == "pkcs11" and v.get("a") == {"t": 1}
         assert v.provider.describe()["mode"] == "direct"
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from nebula_credential.providers.vault_transit import VaultTransitProvider, wrap
 from nebula_credential.rootkeys import rotate_root_key
 
 from .fixtures_transit import OpenBao
-from .helpers import FakeClock, cli_env, dump, free_port, run_cli
+from .helpers import BackgroundHttpServer, FakeClock, cli_env, dump, free_port, run_cli
 from .helpers import provider_config as cfg
 
 
@@ -253,14 +252,11 @@ class FlakyProxy:
 
             do_GET = do_POST = do_PUT = do_LIST = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = BackgroundHttpServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @pytest.fixture

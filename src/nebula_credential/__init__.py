@@ -19,6 +19,7 @@ from .envelope import Envelope, credential_context
 from .exceptions import (
     ConcurrencyError,
     ConfigError,
+    CorruptRecordError,
     CredentialNotFoundError,
     DecryptionError,
     EnvelopeFormatError,
@@ -60,6 +61,7 @@ __all__ = [
     "BeforeExpiryRotation",
     "ConcurrencyError",
     "ConfigError",
+    "CorruptRecordError",
     "Credential",
     "CredentialNotFoundError",
     "DecryptionError",

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ._files import read_regular
 from .durations import parse_duration
 from .exceptions import ConfigError
 
@@ -332,8 +333,10 @@ def secret_from(settings: dict[str, Any], name: str, section: str = "provider") 
     path = settings.get(f"{name}_file")
     env = settings.get(f"{name}_env")
     if path:
-        try:
-            return Path(path).read_text(encoding="utf-8").strip()
+        try:  # a regular file only: a FIFO named here would block the process for good
+            return read_regular(Path(path), f"{section}.{name}_file").decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{section}.{name}_file", f"{path} is not UTF-8 text") from None
         except OSError as exc:
             raise ConfigError(f"{section}.{name}_file", f"cannot read {path}: {exc.strerror}") from None
     if env:

@@ -75,6 +75,9 @@ class Daemon:
             report = target.maintain(should_stop=self.stop_event.is_set)
             for line in report.actions():
                 logger.info("%s", line)
+            failures = report.reencryption.failures if report.reencryption else []
+            for f in failures[:20]:  # corrupt or undecryptable rows, by id; the pass carried on
+                logger.warning("%s: could not re-encrypt %s (v%d): %s", report.keyring, f.id, f.key_version, f.reason)
             reports.append(report)
         self.passes += 1
         self.last_pass = self.clock()

@@ -8,21 +8,21 @@ a broken provider does not hide other problems.  Nothing here writes.
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from .audit import AuditLog
-from .config import KeyManagementConfig, ProviderConfig
+from .config import KeyManagementConfig
 from .durations import format_duration
-from .exceptions import NebulaCredentialError
+from .exceptions import CorruptRecordError, NebulaCredentialError
+from .fingerprint import PROVIDER_META
 from .models import KeyStatus, utc_now
 from .providers import KeyProvider, open_provider
 from .store import SCHEMA_VERSION, Store, open_store
-from .vault import LEGACY_FALLBACKS_META, LEGACY_LAST_META, PROVIDER_META
+from .vault import LEGACY_FALLBACKS_META, LEGACY_LAST_META, provider_config_for
 
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
 
@@ -56,7 +56,12 @@ def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> lis
         if schema == 0 or tx.get_meta(PROVIDER_META) is None:
             return [Finding("store", ERROR, f"{store!r} is not initialised", "nebula-credential init")]
         keyrings = tx.keyrings()
-        per_ring = {kr: (tx.list_versions(kr), tx.count_by_version(kr)) for kr in keyrings}
+        try:
+            # by envelope header (what decryption uses), not the key_version column
+            per_ring = {kr: (tx.list_versions(kr), tx.versions_referenced(kr)) for kr in keyrings}
+        except CorruptRecordError as exc:
+            return [Finding("key-versions", ERROR, str(exc),
+                            "restore the key_versions table from a backup of this store")]
         legacy = {
             kr: (tx.get_meta(f"{LEGACY_FALLBACKS_META}:{kr}"), tx.get_meta(f"{LEGACY_LAST_META}:{kr}"))
             for kr in keyrings
@@ -177,24 +182,64 @@ def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> lis
     return out
 
 
-def _provider_config(store: Store, config: KeyManagementConfig) -> ProviderConfig:
-    if config.provider.explicit:
-        return config.provider
+def check_records(store: Store) -> list[Finding]:
+    """Decode every credential row and compare each key_version column with its envelope header.
+
+    A column of the wrong type, unreadable metadata, or a key_version column
+    that disagrees with the header (which decryption and the destroy guard go
+    by) makes a corrupt record; each is named here.
+    """
+    undecodable: list[CorruptRecordError] = []
+    corrupt: list[str] = []
+    scanned = 0
     with store.read() as tx:
-        saved = json.loads(tx.get_meta(PROVIDER_META) or "{}")
-    return ProviderConfig(type=saved.get("type", "local"), settings=saved.get("settings", {}), explicit=True)
+        keyrings = tx.keyrings()
+    for kr in keyrings:
+        for _ in store.iter_credentials(kr, on_corrupt=undecodable.append):
+            scanned += 1
+        with store.read() as tx:
+            mismatched = tx.version_mismatches(kr)
+        corrupt += [str(e) for e in undecodable] + [
+            f"credential {cid!r} in keyring {kr!r} is a corrupt record: its key_version column says {column} "
+            f"but its envelope header names version {header}"
+            for cid, column, header in mismatched
+        ]
+        undecodable.clear()
+    if not corrupt:
+        return [Finding("records", OK, f"all {scanned} credential record(s) decode; every key_version "
+                        "column matches its envelope header")]
+    shown = "; ".join(corrupt[:10])
+    more = f" (and more: {len(corrupt) - 10} beyond these)" if len(corrupt) > 10 else ""
+    return [Finding(
+        "records", ERROR,
+        f"{len(corrupt)} corrupt credential record(s): {shown}{more}",
+        "something wrote these rows outside nebula-credential: check database write access, "
+        "then restore them from a backup or `nebula-credential put` them again",
+    )]
 
 
 def check_provider(store: Store, config: KeyManagementConfig) -> tuple[list[Finding], KeyProvider | None]:
-    out: list[Finding] = []
-    pcfg = _provider_config(store, config)
-    path = getattr(store, "path", None)
-    base_dir = Path(path).resolve().parent if isinstance(path, str) and path != ":memory:" else None
-    if pcfg.type == "local":
-        from .providers.local import check_key_file_permissions, key_file_path
+    """The provider the process's own config names, checked against the store's fingerprint.
 
-        key_path = key_file_path(pcfg.settings, base_dir)
-        if not key_path.exists():
+    Nothing recorded in the store decides what is contacted or read here:
+    a store of another provider type is reported without reaching anything.
+    """
+    out: list[Finding] = []
+    try:
+        pcfg = provider_config_for(store, config)
+    except NebulaCredentialError as exc:
+        out.append(Finding("provider", ERROR, str(exc), "configure the provider this store was created with"))
+        return out, None
+    if pcfg.type == "local":
+        from .providers.keyfile import check_key_file
+        from .providers.local import key_file_path
+
+        try:
+            key_path = key_file_path(pcfg.settings, store.directory())
+        except NebulaCredentialError as exc:
+            out.append(Finding("key-file", ERROR, str(exc), "set NEBULA_CREDENTIAL_MASTER_KEY_FILE"))
+            return out, None
+        if not os.path.lexists(key_path):
             out.append(
                 Finding(
                     "key-file",
@@ -205,20 +250,15 @@ def check_provider(store: Store, config: KeyManagementConfig) -> tuple[list[Find
             )
             return out, None
         try:
-            check_key_file_permissions(key_path)
-            out.append(Finding("key-file", OK, f"root key file {key_path} is private (owner only)"))
-        except NebulaCredentialError:
-            out.append(
-                Finding(
-                    "key-file",
-                    ERROR,
-                    f"root key file {key_path} is readable by group or others",
-                    f"chmod 600 {key_path}",
-                )
-            )
+            check_key_file(key_path)
+        except NebulaCredentialError as exc:
+            fix = (f"chmod 600 {key_path}" if "chmod 600" in str(exc)
+                   else "keep the key a regular file of your own, in a folder only you can write")
+            out.append(Finding("key-file", ERROR, str(exc), fix))
             return out, None
+        out.append(Finding("key-file", OK, f"root key file {key_path} is a private regular file (owner only)"))
     try:
-        provider = open_provider(pcfg, base_dir=base_dir)
+        provider = open_provider(pcfg, base_dir=store.directory())
         provider.check()
     except NebulaCredentialError as exc:
         out.append(
@@ -237,6 +277,9 @@ def check_provider(store: Store, config: KeyManagementConfig) -> tuple[list[Find
 def check_audit(store: Store, provider: KeyProvider) -> list[Finding]:
     try:
         result = AuditLog(store, provider).verify()
+    except CorruptRecordError as exc:
+        return [Finding("audit", ERROR, f"the audit chain holds a corrupt record: {exc}",
+                        "investigate database write access; compare with a backup or the SIEM copy")]
     except NebulaCredentialError as exc:
         return [
             Finding(
@@ -273,6 +316,7 @@ def run(
         findings = check_store(store, config, clock())
         if any(f.check == "store" for f in findings):
             return findings
+        findings += check_records(store)
         provider_findings, provider = check_provider(store, config)
         findings += provider_findings
         if provider is not None:

@@ -46,7 +46,7 @@ from .models import EncryptedCredential, KeyStatus
 
 if TYPE_CHECKING:
     from .keys import KeyManager
-    from .store.base import StoreTx
+    from .store.base import CredentialPage, StoreTx
 
 #: What is wrong with one row (or its key) and is reported and skipped.  Anything
 #: else -- store or provider unavailable, the usage bound -- stops the pass with
@@ -112,7 +112,7 @@ class ReencryptResult:
         }
 
 
-_Outcome = tuple[list[EncryptedCredential], list[Update], list["Failure"], int]
+_Outcome = tuple["CredentialPage", list[Update], list["Failure"], int]
 
 Progress = Callable[[str, int], None]
 """(scope, rows handled in this batch) -> None; called once per batch, never concurrently."""
@@ -228,9 +228,7 @@ class _Pass:
                              credential_id=f.id, outcome="error", reason=f.reason)
         return changed
 
-    def claim(
-        self, tx: StoreTx, version: int, scope: str, start: list[str | None]
-    ) -> list[EncryptedCredential]:
+    def claim(self, tx: StoreTx, version: int, scope: str, start: list[Any]) -> CredentialPage:
         """The next batch after the shared cursor; with row locks where the store has them.
 
         Fetches are serialised so every worker reads from the newest cursor:
@@ -242,39 +240,41 @@ class _Pass:
         with self.lock:
             if not start:
                 start.append(self.after)
-            rows = tx.fetch_for_reencryption(self.km.keyring, version, scope, start[0],
-                                             self.batch_size, skip_locked=self.locked_mode)
-            if rows and (self.after is None or rows[-1].id > self.after):
-                self.after = rows[-1].id
+            rows = tx.fetch_for_reencryption(self.km.keyring, version, scope, start[0], self.batch_size,
+                                             skip_locked=self.locked_mode, skip_corrupt=True)
+            if rows.fetched and (self.after is None or _later(rows.last_id, self.after)):
+                self.after = rows.last_id
         return rows
 
     def step(self, version: int, scope: str) -> bool:
         """One batch; False when the (scope, version) has nothing left."""
         store = self.km.store
-        start: list[str | None] = []
+        start: list[Any] = []
         outcome: _Outcome
         if self.locked_mode:
             # fetch, crypto and CAS in one transaction holding the row locks
             def locked(tx: StoreTx) -> _Outcome:
                 rows = self.claim(tx, version, scope, start)
                 updates, failures = self.crypt(rows)
+                failures += _corrupt_failures(rows)
                 return rows, updates, failures, self.write(tx, updates, failures)
 
             outcome = store.run(locked, idempotent=True)  # a CAS may apply twice harmlessly
         else:
             rows = store.run(lambda tx: self.claim(tx, version, scope, start), write=False)
-            if not rows:
+            if not rows.fetched:
                 return False
             updates, failures = self.crypt(rows)
+            failures += _corrupt_failures(rows)
             changed = store.run(lambda tx: self.write(tx, updates, failures),
                                 idempotent=not failures)
             outcome = rows, updates, failures, changed
         rows, updates, failures, changed = outcome
-        if not rows:
+        if not rows.fetched:
             return False
-        self.account(scope, len(rows), len(updates), changed, failures)
-        self.pacer.take(len(rows), self.should_stop)
-        return len(rows) >= self.batch_size or self.locked_mode
+        self.account(scope, rows.fetched, len(updates), changed, failures)
+        self.pacer.take(rows.fetched, self.should_stop)
+        return rows.fetched >= self.batch_size or self.locked_mode
 
     def account(self, scope: str, rows: int, attempted: int, changed: int,
                 failures: list[Failure]) -> None:
@@ -329,19 +329,20 @@ class _Pass:
         the operator chose (and ``doctor`` keeps pointing at).
         """
         reason = f"key version {version} is {status}; reinstate it (if revoked) to re-encrypt"
-        after: str | None = None
+        after: Any = None
         count = 0
         while not self.should_stop():
             with self.km.store.read() as tx:
                 rows = tx.fetch_for_reencryption(self.km.keyring, version, scope, after,
-                                                 self.batch_size)
-            if not rows:
+                                                 self.batch_size, skip_corrupt=True)
+            if not rows.fetched:
                 break
-            count += len(rows)
-            self.account(scope, len(rows), 0, 0, [Failure(r.id, version, reason) for r in rows])
-            if len(rows) < self.batch_size:
+            count += rows.fetched
+            self.account(scope, rows.fetched, 0, 0,
+                         [Failure(r.id, version, reason) for r in rows] + _corrupt_failures(rows))
+            if rows.fetched < self.batch_size:
                 break
-            after = rows[-1].id
+            after = rows.last_id
         audit = self.km.audit
         if count and audit is not None:
             self.km.store.run(lambda tx: audit.record(
@@ -426,3 +427,15 @@ def _audit(
 
 def _reason(exc: NebulaCredentialError) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _corrupt_failures(page: CredentialPage) -> list[Failure]:
+    """Rows the store could not decode: reported by id, never rewritten (a person must look)."""
+    return [Failure(e.record, e.key_version or 0, _reason(e)) for e in page.corrupt]
+
+
+def _later(a: Any, b: Any) -> bool:
+    """Keyset order of two ids as SQL sorts them; a corrupt (non-text) id sorts after text."""
+    if type(a) is type(b):
+        return bool(a > b)
+    return not isinstance(a, str)

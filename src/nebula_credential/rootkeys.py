@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import AuditLog
+from .fingerprint import write_fingerprint
 from .models import KeyStatus
 from .providers.base import KeyProvider, WrapContext
 from .store.base import Store
@@ -76,6 +77,7 @@ def rotate_root_key(store: Store, provider: KeyProvider, audit: AuditLog) -> Roo
     result.seconds = time.perf_counter() - start
     with store.transaction() as tx:
         audit.rewrap_key(tx)
+        write_fingerprint(tx, provider)
         audit.record(
             tx,
             "provider.rotate",

@@ -20,12 +20,14 @@ from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import (
     ConfigError,
+    CorruptRecordError,
     CredentialNotFoundError,
     DecryptionError,
     EnvelopeFormatError,
     NebulaCredentialError,
     StoreError,
 )
+from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
 from .keys import KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
@@ -36,7 +38,6 @@ from .store import Store, open_store
 if TYPE_CHECKING:
     from .maintenance import MaintainReport
 
-PROVIDER_META = "provider"
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
@@ -231,9 +232,20 @@ class Vault:
             if self._audit_credentials:
                 self.audit.record(tx, "credential.delete", keyring=kr, credential_id=credential_id)
 
-    def list(self, *, scope: str | None = None, key_version: int | None = None) -> Iterator[EncryptedCredential]:
-        """Stream stored records (ciphertext and metadata only, never values)."""
-        return self.store.iter_credentials(self.keys.keyring, scope=scope, key_version=key_version)
+    def list(
+        self,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        on_corrupt: Callable[[CorruptRecordError], None] | None = None,
+    ) -> Iterator[EncryptedCredential]:
+        """Stream stored records (ciphertext and metadata only, never values).
+
+        A corrupt row raises :class:`CorruptRecordError`; with ``on_corrupt``
+        it is handed to that callback instead and the listing carries on.
+        """
+        return self.store.iter_credentials(self.keys.keyring, scope=scope, key_version=key_version,
+                                           on_corrupt=on_corrupt)
 
     # ---- keys and maintenance ----------------------------------------------
     def reencrypt(
@@ -308,34 +320,80 @@ class Vault:
 
 
 # ---- opening ------------------------------------------------------------------
-def _base_dir(store: Store) -> Path | None:
-    path = getattr(store, "path", None)
-    if isinstance(path, str) and path != ":memory:":
-        return Path(path).resolve().parent
-    return None
+def _not_initialised(store: Store) -> StoreError:
+    return StoreError(f"store {store!r} is not initialised; run `nebula-credential init` first")
+
+
+def check_fingerprint(recorded: Fingerprint, provider_type: str, *, configured: bool) -> None:
+    """Refuse a provider of another type than the store was made under, naming both.
+
+    ``configured`` is False when the process has no [provider] settings at
+    all: the error then says where they must come from, since the store's
+    record never supplies them.
+    """
+    if provider_type == recorded.type:
+        return
+    theirs = f"this store's root of trust is provider {recorded.type!r} (root key {recorded.root_key_id or 'unknown'})"
+    if not configured:
+        raise ConfigError(
+            "provider",
+            f"{theirs}, and this process has no [provider] settings; put them in the config file "
+            "(--config or NEBULA_CREDENTIAL_CONFIG): provider settings never come from the store "
+            "(only a local key file beside a SQLite store needs no configuration)",
+        )
+    raise ConfigError(
+        "provider.type",
+        f"{theirs}, but this process is configured for {provider_type!r}; use the configuration this "
+        "store was created with (`nebula-credential provider rotate` under it moves between root keys)",
+    )
+
+
+def provider_config_for(store: Store, config: KeyManagementConfig) -> ProviderConfig:
+    """The process's provider settings for an initialised store, checked against its fingerprint.
+
+    The store records only the provider type and root key id (see
+    :mod:`.fingerprint`): it never supplies a URL, library, key file, secret
+    source or TLS setting, since anyone with write access to the database
+    could otherwise send our tokens to a server of their choosing or make
+    us load their code.
+    """
+    with store.read() as tx:
+        recorded = read_fingerprint(tx)
+    if recorded is None:
+        raise _not_initialised(store)
+    check_fingerprint(recorded, config.provider.type, configured=config.provider.explicit)
+    return config.provider
 
 
 def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) -> tuple[KeyProvider, bool]:
-    """The provider for a store: the config's if it has one, else the store's record."""
+    """The provider the process's config describes; a new store gets a new root key where that applies."""
     with store.read() as tx:
-        recorded = tx.get_meta(PROVIDER_META)
-    if recorded is None and not create:
-        raise StoreError(
-            f"store {store!r} is not initialised; run `nebula-credential init` first"
-        )
-    pcfg = config.provider
-    if recorded is not None:
-        saved = json.loads(recorded)
-        if pcfg.explicit and pcfg.type != saved.get("type"):
-            raise ConfigError(
-                "provider.type",
-                f"this store was created with provider {saved.get('type')!r}, not {pcfg.type!r}; "
-                "use `nebula-credential provider rotate` to move between root keys",
-            )
-        if not pcfg.explicit:
-            pcfg = ProviderConfig(type=saved["type"], settings=saved.get("settings", {}), explicit=True)
-    provider = open_provider(pcfg, create=recorded is None, base_dir=_base_dir(store))
-    return provider, recorded is None
+        new = read_fingerprint(tx) is None
+    if new and not create:
+        raise _not_initialised(store)
+    pcfg = config.provider if new else provider_config_for(store, config)
+    return open_provider(pcfg, create=new, base_dir=store.directory()), new
+
+
+def _prove_root_key(vault: Vault) -> None:
+    """Unwrap the audit key: the configured root key must be the one this store was made under.
+
+    A key that does not open it is named beside the store's recorded one.
+    Other provider failures (unreachable, a version below the minimum) keep
+    their own error, which names its own fix.
+    """
+    try:
+        vault.audit.load_key()
+    except DecryptionError as exc:
+        with vault.store.read() as tx:
+            recorded = read_fingerprint(tx)
+        raise ConfigError(
+            "provider",
+            f"the configured {vault.provider.name} root key {vault.provider.root_key_id() or '(unknown)'} "
+            f"does not open this store, which was created under {recorded.type if recorded else '?'} "
+            f"root key {(recorded.root_key_id if recorded else '') or '(unknown)'}: wrong key file or "
+            f"provider settings for this store? ({exc})",
+        ) from exc
 
 
 def open(
@@ -350,7 +408,9 @@ def open(
     """Open a credential store; with ``create=True`` initialise it if new.
 
     The provider comes from ``provider`` if given, else the config's
-    ``[provider]`` section, else what the store recorded at init.  Opening
+    ``[provider]`` section (a local key file beside a SQLite store when
+    there is none); never from the store, which records only the provider
+    type and root key id and refuses a provider of another type.  Opening
     unwraps the audit key, which proves the root key belongs to this store
     before anything is written.
     """
@@ -364,18 +424,20 @@ def open(
             provider, new = _provider_for(store, config, create=create)
         else:
             with store.read() as tx:
-                new = tx.get_meta(PROVIDER_META) is None
+                recorded = read_fingerprint(tx)
+            new = recorded is None
             if new and not create:
-                raise StoreError(f"store {store!r} is not initialised; run `nebula-credential init` first")
+                raise _not_initialised(store)
+            if recorded is not None:
+                check_fingerprint(recorded, provider.name, configured=True)
         vault = Vault(store, provider, keyring=keyring, config=config, clock=clock)
         if new:
             with store.transaction() as tx:
-                if tx.get_meta(PROVIDER_META) is None:
-                    tx.set_meta(PROVIDER_META, json.dumps(
-                        {"type": provider.name, "settings": provider.stored_settings()}, sort_keys=True))
+                if read_fingerprint(tx) is None:
+                    write_fingerprint(tx, provider)
                     vault.audit.ensure_key(tx)
                     vault.audit.record(tx, "store.init", provider=provider.describe())
-        vault.audit.load_key()
+        _prove_root_key(vault)
         if create:
             vault.keys.initialize()
         return vault

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from ..config import DEFAULT_DB_URL, KeyManagementConfig
+from ..providers import KeyProvider
 from ..vault import Vault
 from ..vault import open as open_vault
 
@@ -48,8 +49,10 @@ class AppContext:
             return self.config.store.url
         return DEFAULT_DB_URL
 
-    def vault(self, *, create: bool = False, keyring: str | None = None) -> Vault:
-        v = open_vault(self.url, config=self.config, keyring=keyring or self.keyring, create=create)
+    def vault(self, *, create: bool = False, keyring: str | None = None,
+              provider: KeyProvider | None = None) -> Vault:
+        v = open_vault(self.url, config=self.config, keyring=keyring or self.keyring, create=create,
+                       provider=provider)
         self._vaults.append(v)
         return v
 

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from .._jsonl import iter_objects
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, CorruptRecordError
 from ..vault import DEFAULT_SCOPE
 from ._common import AppContext, console, emit, pass_app
 
@@ -87,17 +87,27 @@ def delete(app: AppContext, credential_id: str) -> None:
 @click.option("--key-version", type=int, help="Only credentials under this key version.")
 @pass_app
 def list_(app: AppContext, scope: str | None, key_version: int | None) -> None:
-    """List credentials (ids, scopes, key versions; never values)."""
-    rows = app.vault().list(scope=scope, key_version=key_version)
+    """List credentials (ids, scopes, key versions; never values).
+
+    A corrupt row is reported on stderr by id after the others are listed,
+    and the exit status is 1.
+    """
+    corrupt: list[CorruptRecordError] = []
+    rows = app.vault().list(scope=scope, key_version=key_version, on_corrupt=corrupt.append)
     if app.json:
         click.echo(json.dumps({"credentials": [
             {"id": r.id, "scope": r.scope, "key_version": r.key_version, "metadata": r.metadata,
              "revision": r.revision, "updated_at": r.updated_at.isoformat()} for r in rows]}))
-        return
-    table = Table("id", "scope", "key version", "revision", "updated")
-    for r in rows:
-        table.add_row(r.id, r.scope, str(r.key_version), str(r.revision), r.updated_at.strftime("%Y-%m-%d %H:%M:%S"))
-    console.print(table)
+    else:
+        table = Table("id", "scope", "key version", "revision", "updated")
+        for r in rows:
+            table.add_row(r.id, r.scope, str(r.key_version), str(r.revision),
+                          r.updated_at.strftime("%Y-%m-%d %H:%M:%S"))
+        console.print(table)
+    if corrupt:
+        for exc in corrupt[1:]:
+            click.echo(f"warning: {exc}", err=True)
+        raise CorruptRecordError(f"{len(corrupt)} corrupt record(s) not listed; first: {corrupt[0]}")
 
 
 def _jsonl(path: str) -> Iterator[tuple[str, Any, str, dict[str, Any] | None]]:

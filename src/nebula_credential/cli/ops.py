@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -21,8 +22,10 @@ from .keys import versions_table
 @click.command()
 @click.option("--provider", "provider_type", type=click.Choice(PROVIDER_TYPES),
               help="Root of trust (default: config or local).")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="Local provider: use (or create) this key file; the only way to adopt an existing one.")
 @pass_app
-def init(app: AppContext, provider_type: str | None) -> None:
+def init(app: AppContext, provider_type: str | None, key_file: str | None) -> None:
     """Initialise a store and its keyring (creates the root key for the local provider)."""
     cfg = app.config
     if provider_type is not None and provider_type != cfg.provider.type:
@@ -30,7 +33,16 @@ def init(app: AppContext, provider_type: str | None) -> None:
 
         provider = ProviderConfig(type=provider_type, settings=cfg.provider.settings, explicit=True)
         app._config = replace(cfg, provider=provider)
-    vault = app.vault(create=True)
+    if key_file is not None:
+        if app.config.provider.type != "local":
+            raise click.UsageError("--key-file applies to the local provider only")
+        from ..providers.local import LocalKeyProvider
+
+        exists = os.path.lexists(key_file)
+        root = LocalKeyProvider.load(key_file) if exists else LocalKeyProvider.create(key_file)
+        vault = app.vault(create=True, provider=root)
+    else:
+        vault = app.vault(create=True)
     kv = vault.keys.active_version()
     data = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": vault.provider.describe()}
     emit(app, data, lambda: console.print(

@@ -181,20 +181,6 @@ class AwsKmsKeyProvider(KeyProvider):
             "kms", endpoint_url=settings.get("endpoint_url") or None, config=config
         )
 
-    def stored_settings(self) -> dict[str, Any]:
-        keep = (
-            "key_id",
-            "region",
-            "endpoint_url",
-            "profile",
-            "max_attempts",
-            "connect_timeout",
-            "read_timeout",
-        )
-        out = {k: self._settings[k] for k in keep if k in self._settings}
-        out["key_id"] = self.key_arn
-        return out
-
     # ---- error mapping -------------------------------------------------------
     def _api(self, op: str, fn: Any) -> Any:
         """One KMS call; botocore has already retried what was worth retrying."""

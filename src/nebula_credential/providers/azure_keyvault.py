@@ -172,23 +172,6 @@ class AzureKeyVaultProvider(KeyProvider):
             )
         return DefaultAzureCredential(**kwargs)
 
-    def stored_settings(self) -> dict[str, Any]:
-        keep = (
-            "vault_url",
-            "key_name",
-            "key_type",
-            "key_size",
-            "tenant_id",
-            "client_id",
-            "client_secret_file",
-            "client_secret_env",
-            "authority",
-            "disable_instance_discovery",
-            "connection_verify",
-            "verify_challenge_resource",
-        )
-        return {k: self._settings[k] for k in keep if k in self._settings}
-
     # ---- Key Vault calls ----------------------------------------------------
     def _api(self, op: str, fn: Any) -> Any:
         try:

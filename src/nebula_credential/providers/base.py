@@ -106,10 +106,6 @@ class KeyProvider(ABC):
         """Build from ``[provider]`` settings; ``create`` sets up a new root key where applicable."""
         raise NotImplementedError(f"{cls.__name__} cannot be built from configuration")
 
-    def stored_settings(self) -> dict[str, Any]:
-        """Non-secret settings recorded in the store at init, to reopen it later."""
-        return {}
-
     # ---- hooks -------------------------------------------------------
     @abstractmethod
     def _wrap(self, dek: SecretBytes, ctx: WrapContext) -> bytes: ...

@@ -4,7 +4,9 @@ The file holds one line per root-key generation, newest last::
 
     nckey1 <key id> <base64 of 32 random bytes>
 
-It is created with mode 0600 and refused when group or others can read it.
+It is created with mode 0600 (exclusive create) and refused unless it is a
+private regular file of the running user in a folder others cannot write
+(:mod:`.keyfile`).
 ``provider rotate`` appends a generation; wrapped DEKs name the generation
 that wrapped them, so older lines keep unwrapping until every DEK has been
 rewrapped.  DEKs are wrapped with AES-256-GCM under the root key, with the
@@ -16,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import stat
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .._secret import SecretBytes
 from ..exceptions import ConfigError, DecryptionError, ProviderError
 from .base import KeyProvider, WrapContext
+from .keyfile import append_key_file, create_key_file, read_key_file
 
 _TAG = b"L1"
 _ID_LEN = 8
@@ -35,28 +37,29 @@ def _key_id(material: bytes | bytearray) -> bytes:
     return hashlib.sha256(b"nebula-credential root key id\x00" + bytes(material)).digest()[:_ID_LEN]
 
 
-def check_key_file_permissions(path: Path) -> None:
-    """Refuse a key file that anyone but its owner can read or write."""
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            "provider.key_file",
-            f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
-            f"run `chmod 600 {path}`",
-        )
-
-
 KEY_FILE_ENV = "NEBULA_CREDENTIAL_MASTER_KEY_FILE"
 
 
 def key_file_path(settings: dict[str, Any], base_dir: Path | None) -> Path:
-    """``[provider] key_file``, else $NEBULA_CREDENTIAL_MASTER_KEY_FILE, else master.key by the store."""
+    """$NEBULA_CREDENTIAL_MASTER_KEY_FILE, else ``[provider] key_file``, else master.key beside a SQLite store.
+
+    ``base_dir`` is the folder of a file-backed store (from the store URL the
+    process was given), never anything read from the store.  Any other store
+    needs the key file named: a default in the working directory would pick up
+    whatever file happens to be there.
+    """
     env = os.environ.get(KEY_FILE_ENV)
     raw = env or settings.get("key_file")
     if raw:
         p = Path(str(raw)).expanduser()
         return p if p.is_absolute() or base_dir is None or env else (base_dir / p)
-    return (base_dir or Path.cwd()) / "master.key"
+    if base_dir is None:
+        raise ConfigError(
+            "provider.key_file",
+            "the local provider finds its key file by itself only beside a SQLite store; for this "
+            f"store name it with [provider] key_file in the config file or {KEY_FILE_ENV}",
+        )
+    return base_dir / "master.key"
 
 
 def _decrypt_to_buffer(cipher: AESGCM, nonce: bytes, data: bytes, aad: bytes) -> bytearray:
@@ -100,18 +103,10 @@ class LocalKeyProvider(KeyProvider):
 
     @classmethod
     def create(cls, path: str | os.PathLike[str]) -> LocalKeyProvider:
-        """Write a new key file (mode 0600); refuses to overwrite one."""
+        """Write a new key file (mode 0600, exclusive create); refuses an existing one."""
         p = Path(path)
         key = SecretBytes.random(32)
-        line = cls._line(key)
-        try:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise ConfigError("provider.key_file", f"{p} already exists; refusing to overwrite a root key") from None
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        create_key_file(p, cls._line(key))
         return cls([key], path=p)
 
     @classmethod
@@ -121,16 +116,9 @@ class LocalKeyProvider(KeyProvider):
 
     @staticmethod
     def _read_keys(p: Path) -> list[SecretBytes]:
-        """Every generation in the key file, oldest first (permissions checked)."""
-        if not p.exists():
-            raise ConfigError(
-                "provider.key_file",
-                f"root key file {p} not found; run `nebula-credential init` to create a "
-                "store and its key, or point NEBULA_CREDENTIAL_MASTER_KEY_FILE at the right file",
-            )
-        check_key_file_permissions(p)
+        """Every generation in the key file, oldest first (file, owner, mode and folder checked)."""
         keys = []
-        for n, raw in enumerate(p.read_bytes().splitlines(), 1):
+        for n, raw in enumerate(read_key_file(p).splitlines(), 1):
             if not raw.strip():
                 continue
             parts = raw.split()
@@ -149,11 +137,9 @@ class LocalKeyProvider(KeyProvider):
     def from_config(
         cls, settings: dict[str, Any], *, create: bool = False, base_dir: Path | None = None
     ) -> LocalKeyProvider:
+        """``create``: a new key file, never an existing one (adopt that with :meth:`load`)."""
         path = key_file_path(settings, base_dir)
-        return cls.create(path) if create and not path.exists() else cls.load(path)
-
-    def stored_settings(self) -> dict[str, Any]:
-        return {"key_file": str(self._path)} if self._path else {}
+        return cls.create(path) if create else cls.load(path)
 
     @staticmethod
     def _line(key: SecretBytes) -> bytes:
@@ -192,13 +178,8 @@ class LocalKeyProvider(KeyProvider):
         if self._path is None:
             key = SecretBytes.random(32)
             return self._add(key).hex()
-        check_key_file_permissions(self._path)
         key = SecretBytes.random(32)
-        line = self._line(key)
-        with open(self._path, "ab") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_key_file(self._path, self._line(key))
         return self._add(key).hex()
 
     def root_key_id(self) -> str:

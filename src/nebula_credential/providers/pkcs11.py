@@ -218,17 +218,6 @@ class Pkcs11KeyProvider(KeyProvider):
             settings=settings,
         )
 
-    def stored_settings(self) -> dict[str, Any]:
-        keep = ("library", "token_label", "key_label", "mode", "pin_file", "pin_env")
-        out = {k: self._settings[k] for k in keep if k in self._settings}
-        out.update(
-            library=self.library,
-            token_label=self.token_label,
-            key_label=self.key_label,
-            mode=self.mode,
-        )
-        return out
-
     # ---- session handling ----------------------------------------------------
     def _connect(self) -> Session:
         """Open and log in a session; first-time failures are configuration errors."""

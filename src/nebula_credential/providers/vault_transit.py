@@ -169,25 +169,6 @@ class VaultTransitProvider(KeyProvider):
         except Exception as exc:
             _raise_for(exc, "read-key", f"{mount}/{key_name}")
 
-    def stored_settings(self) -> dict[str, Any]:
-        keep = (
-            "url",
-            "mount",
-            "key_name",
-            "token_file",
-            "token_env",
-            "role_id_file",
-            "secret_id_file",
-            "approle_mount",
-            "namespace",
-            "ca_cert",
-            "client_cert",
-            "client_key",
-            "verify",
-            "timeout",
-        )
-        return {k: self._settings[k] for k in keep if k in self._settings}
-
     # ---- one Vault call ---------------------------------------------------
     @property
     def _where(self) -> str:

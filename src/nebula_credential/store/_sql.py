@@ -15,9 +15,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from ..exceptions import StoreError
+from ..exceptions import CorruptRecordError, StoreError
 from ..models import EncryptedCredential, KeyStatus, KeyVersion, from_epoch, to_epoch
-from .base import SCHEMA_VERSION, AuditRow, StoreTx
+from .base import SCHEMA_VERSION, AuditRow, CredentialPage, StoreTx
 
 _VERSION_COLS = (
     "keyring, version, status, wrapped_key, provider, root_key_id, created_at, expires_at, "
@@ -32,63 +32,156 @@ def _pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+_BLOB = (bytes, bytearray, memoryview)
+
+
+class _Bad(Exception):
+    """One column of a row is not what the schema promises (becomes a CorruptRecordError)."""
+
+
+def _kind(value: Any) -> str:
+    return {str: "text", int: "an integer", float: "a number", type(None): "NULL"}.get(type(value), "bytes")
+
+
+def _str(value: Any, column: str, *, null: bool = False) -> Any:
+    if (value is None and null) or isinstance(value, str):
+        return value
+    raise _Bad(f"{column} is {_kind(value)}, not text")
+
+
+def _int(value: Any, column: str, *, null: bool = False) -> Any:
+    if (value is None and null) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise _Bad(f"{column} is {_kind(value)}, not an integer")
+
+
+def _blob(value: Any, column: str, *, null: bool = False) -> bytes | None:
+    if value is None and null:
+        return None
+    if isinstance(value, _BLOB):
+        return bytes(value)
+    raise _Bad(f"{column} is {_kind(value)}, not bytes")
+
+
+def _time(value: Any, column: str, *, null: bool = False) -> datetime | None:
+    if value is None and null:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return from_epoch(value)
+        except (OverflowError, OSError, ValueError):
+            raise _Bad(f"{column} is out of range") from None
+    raise _Bad(f"{column} is {_kind(value)}, not a timestamp")
+
+
+def _name(value: Any) -> str:
+    """A row's id for messages: the text itself, or the repr of whatever is there instead."""
+    return value if isinstance(value, str) else repr(value)
+
+
 def _version(row: Sequence[Any]) -> KeyVersion:
     try:
-        status = KeyStatus(row[2])
-    except ValueError:
-        raise StoreError(f"key version {row[0]}/v{row[1]} has unknown status {row[2]!r}") from None
-    created = from_epoch(row[6])
-    assert created is not None
-    return KeyVersion(
-        keyring=row[0],
-        version=int(row[1]),
-        status=status,
-        wrapped_key=bytes(row[3]) if row[3] is not None else None,
-        provider=row[4],
-        root_key_id=row[5],
-        created_at=created,
-        expires_at=from_epoch(row[7]),
-        status_changed_at=from_epoch(row[8]),
-        revoked_at=from_epoch(row[9]),
-        destroyed_at=from_epoch(row[10]),
-        encryptions=int(row[11]),
-        reason=row[12],
-    )
+        status = KeyStatus(_str(row[2], "status"))
+        created = _time(row[6], "created_at")
+        assert created is not None
+        return KeyVersion(
+            keyring=_str(row[0], "keyring"),
+            version=_int(row[1], "version"),
+            status=status,
+            wrapped_key=_blob(row[3], "wrapped_key", null=True),
+            provider=_str(row[4], "provider"),
+            root_key_id=_str(row[5], "root_key_id"),
+            created_at=created,
+            expires_at=_time(row[7], "expires_at", null=True),
+            status_changed_at=_time(row[8], "status_changed_at", null=True),
+            revoked_at=_time(row[9], "revoked_at", null=True),
+            destroyed_at=_time(row[10], "destroyed_at", null=True),
+            encryptions=_int(row[11], "encryptions"),
+            reason=_str(row[12], "reason"),
+        )
+    except (_Bad, ValueError) as exc:
+        what = f"unknown status {row[2]!r}" if not isinstance(exc, _Bad) else str(exc)
+        name = f"{_name(row[0])}/v{_name(row[1])}"
+        raise CorruptRecordError(f"key version {name} is corrupt: {what}", record=name,
+                                 key_version=row[1] if isinstance(row[1], int) else None) from None
+
+
+def header_version(envelope: bytes) -> int | None:
+    """The key version an envelope's header names (bytes 4..8), or None for a blob too short to have one."""
+    return int.from_bytes(envelope[4:8], "big") if len(envelope) >= 8 else None
 
 
 def _credential(row: Sequence[Any]) -> EncryptedCredential:
     try:
-        metadata = json.loads(row[5]) if row[5] else {}
-    except ValueError:
-        raise StoreError(f"credential {row[1]!r} has corrupt metadata") from None
-    created, updated = from_epoch(row[7]), from_epoch(row[8])
-    assert created is not None and updated is not None
-    return EncryptedCredential(
-        keyring=row[0],
-        id=row[1],
-        scope=row[2],
-        key_version=int(row[3]),
-        envelope=bytes(row[4]),
-        metadata=metadata,
-        revision=int(row[6]),
-        created_at=created,
-        updated_at=updated,
-    )
+        column = _int(row[3], "key_version")
+        envelope = _blob(row[4], "envelope")
+        assert envelope is not None
+        named = header_version(envelope)
+        # the header is what decryption uses; a column that disagrees is found by doctor
+        key_version = column if named is None else named
+        try:
+            metadata = json.loads(_str(row[5], "metadata")) if row[5] else {}
+        except ValueError:
+            raise _Bad("corrupt metadata (not JSON)") from None
+        if not isinstance(metadata, dict):
+            raise _Bad("corrupt metadata (not a JSON object)")
+        created, updated = _time(row[7], "created_at"), _time(row[8], "updated_at")
+        assert created is not None and updated is not None
+        return EncryptedCredential(
+            keyring=_str(row[0], "keyring"),
+            id=_str(row[1], "id"),
+            scope=_str(row[2], "scope"),
+            key_version=key_version,
+            envelope=envelope,
+            metadata=metadata,
+            revision=_int(row[6], "revision"),
+            created_at=created,
+            updated_at=updated,
+        )
+    except _Bad as exc:
+        name = _name(row[1])
+        raise CorruptRecordError(
+            f"credential {name!r} in keyring {_name(row[0])!r} is a corrupt record: {exc}", record=name,
+            key_version=row[3] if isinstance(row[3], int) and not isinstance(row[3], bool) else None,
+        ) from None
 
 
 def _audit(row: Sequence[Any]) -> AuditRow:
-    return AuditRow(
-        seq=int(row[0]),
-        ts=float(row[1]),
-        actor=row[2],
-        action=row[3],
-        keyring=row[4],
-        key_version=row[5],
-        credential_id=row[6],
-        outcome=row[7],
-        details=row[8],
-        mac=bytes(row[9]),
-    )
+    try:
+        ts = row[1]
+        if isinstance(ts, bool) or not isinstance(ts, int | float):
+            raise _Bad(f"ts is {_kind(ts)}, not a number")
+        mac = _blob(row[9], "mac")
+        assert mac is not None
+        return AuditRow(
+            seq=_int(row[0], "seq"),
+            ts=float(ts),
+            actor=_str(row[2], "actor"),
+            action=_str(row[3], "action"),
+            keyring=_str(row[4], "keyring", null=True),
+            key_version=_int(row[5], "key_version", null=True),
+            credential_id=_str(row[6], "credential_id", null=True),
+            outcome=_str(row[7], "outcome"),
+            details=_str(row[8], "details"),
+            mac=mac,
+        )
+    except _Bad as exc:
+        name = f"audit seq {_name(row[0])}"
+        raise CorruptRecordError(f"{name} is a corrupt record: {exc}", record=name) from None
+
+
+def _decode_page(rows: Sequence[Sequence[Any]], skip_corrupt: bool) -> CredentialPage:
+    page = CredentialPage()
+    for r in rows:
+        try:
+            page.append(_credential(r))
+        except CorruptRecordError as exc:
+            if not skip_corrupt:
+                raise
+            page.corrupt.append(exc)
+    page.fetched = len(rows)
+    page.last_id = rows[-1][1] if rows else None
+    return page
 
 
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
@@ -323,9 +416,10 @@ class SqlTx(StoreTx):
         *,
         scope: str | None = None,
         key_version: int | None = None,
-        after_id: str | None = None,
+        after_id: Any = None,
         limit: int = 1000,
-    ) -> list[EncryptedCredential]:
+        skip_corrupt: bool = False,
+    ) -> CredentialPage:
         where, params = _where(
             ("keyring = ?", keyring), ("scope = ?", scope), ("key_version = ?", key_version), ("id > ?", after_id)
         )
@@ -333,14 +427,49 @@ class SqlTx(StoreTx):
             f"SELECT {_CRED_COLS} FROM credentials WHERE {where} ORDER BY id LIMIT ?",
             [*params, limit],
         ).fetchall()
-        return [_credential(r) for r in rows]
+        return _decode_page(rows, skip_corrupt)
+
+    #: The envelope header's version bytes (4..8) where the column holds a real envelope, else NULL.
+    _HEADER_SQL = "CASE WHEN typeof(envelope) = 'blob' AND length(envelope) >= 8 THEN substr(envelope, 5, 4) END"
+
+    #: Rows whose key_version column disagrees with the version their envelope header names.
+    _MISMATCH_SQL = (
+        "typeof(envelope) = 'blob' AND length(envelope) >= 8 AND typeof(key_version) = 'integer' "
+        "AND hex(substr(envelope, 5, 4)) <> printf('%08X', key_version)"
+    )
+
+    def version_mismatches(self, keyring: str, limit: int = 100) -> list[tuple[str, int, int]]:
+        rows = self._exec(
+            f"SELECT id, key_version, {self._HEADER_SQL} FROM credentials WHERE keyring = ? "
+            f"AND {self._MISMATCH_SQL} ORDER BY id LIMIT ?",
+            (keyring, limit),
+        ).fetchall()
+        return [(_name(i), c if isinstance(c, int) else -1, int.from_bytes(bytes(h), "big")) for i, c, h in rows]
+
+    def versions_referenced(self, keyring: str) -> dict[int, int]:
+        rows = self._exec(
+            f"SELECT {self._HEADER_SQL} AS header, key_version, COUNT(*) FROM credentials "
+            "WHERE keyring = ? GROUP BY header, key_version",
+            (keyring,),
+        ).fetchall()
+        out: dict[int, int] = {}
+        for header, column, n in rows:
+            if isinstance(header, _BLOB) and len(header) == 4:
+                version = int.from_bytes(bytes(header), "big")
+            elif isinstance(column, int):
+                version = column
+            else:
+                continue
+            out[version] = out.get(version, 0) + int(n)
+        return out
 
     def count_by_version(self, keyring: str) -> dict[int, int]:
         rows = self._exec(
             "SELECT key_version, COUNT(*) FROM credentials WHERE keyring = ? GROUP BY key_version",
             (keyring,),
         ).fetchall()
-        return {int(v): int(n) for v, n in rows}
+        # a key_version that is not an integer is a corrupt row: named by list, reencrypt and doctor
+        return {v: int(n) for v, n in rows if isinstance(v, int) and not isinstance(v, bool)}
 
     def scopes_for_version(self, keyring: str, version: int) -> list[str]:
         rows = self._exec(
@@ -355,17 +484,18 @@ class SqlTx(StoreTx):
         keyring: str,
         key_version: int,
         scope: str,
-        after_id: str | None,
+        after_id: Any,
         limit: int,
         *,
         skip_locked: bool = False,
-    ) -> list[EncryptedCredential]:
+        skip_corrupt: bool = False,
+    ) -> CredentialPage:
         rows = self._exec(
             f"SELECT {_CRED_COLS} FROM credentials WHERE keyring = ? AND key_version = ? "
             "AND scope = ? AND id > ? ORDER BY id LIMIT ?" + self._lock_suffix(skip_locked),
             (keyring, key_version, scope, after_id or "", limit),
         ).fetchall()
-        return [_credential(r) for r in rows]
+        return _decode_page(rows, skip_corrupt)
 
     def count_pending_by_scope(self, keyring: str, active_version: int) -> dict[str, int]:
         rows = self._exec(

@@ -16,9 +16,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
-from ..exceptions import CommitOutcomeUnknownError, StoreUnavailableError, TransientStoreError
+from ..exceptions import (
+    CommitOutcomeUnknownError,
+    CorruptRecordError,
+    StoreUnavailableError,
+    TransientStoreError,
+)
 from ..models import EncryptedCredential, KeyStatus, KeyVersion
 from ..providers.base import RetryPolicy
 
@@ -46,6 +52,23 @@ class AuditRow:
     outcome: str
     details: str  # canonical JSON
     mac: bytes
+
+
+class CredentialPage(list[EncryptedCredential]):
+    """One page of decoded credentials.
+
+    Read with ``skip_corrupt=True``, a row that is not what the schema
+    promises is left out and its :class:`CorruptRecordError` kept in
+    ``corrupt``, so a listing or a re-encryption pass reports it by id and
+    carries on.  ``fetched`` counts the rows read (corrupt ones included)
+    and ``last_id`` is the keyset cursor for the next page.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.corrupt: list[CorruptRecordError] = []
+        self.fetched = 0
+        self.last_id: Any = None
 
 
 class StoreTx(ABC):
@@ -135,10 +158,33 @@ class StoreTx(ABC):
         *,
         scope: str | None = None,
         key_version: int | None = None,
-        after_id: str | None = None,
+        after_id: Any = None,
         limit: int = 1000,
-    ) -> list[EncryptedCredential]:
-        """A page ordered by id; callers page with ``after_id``."""
+        skip_corrupt: bool = False,
+    ) -> CredentialPage:
+        """A page ordered by id; callers page with ``after_id`` (the page's ``last_id``).
+
+        A corrupt row raises :class:`CorruptRecordError`, or with ``skip_corrupt``
+        is left out and listed in the page's ``corrupt``.
+        """
+
+    @abstractmethod
+    def version_mismatches(self, keyring: str, limit: int = 100) -> list[tuple[str, int, int]]:
+        """(id, key_version column, header version) of rows whose column lies about their header.
+
+        Such a row is a corrupt record: readers go by the header, but anything
+        selecting by the column (re-encryption, ``list --key-version``) is misled.
+        """
+
+    @abstractmethod
+    def versions_referenced(self, keyring: str) -> dict[int, int]:
+        """How many credentials each key version encrypts, read from the envelope headers.
+
+        The header (bytes 4..8 of the envelope) is what decryption uses, so
+        this -- not the ``key_version`` column, which a database writer can
+        edit -- is what a destroy must count.  A row whose envelope has no
+        readable header counts under its column, so nothing is stranded.
+        """
 
     @abstractmethod
     def count_by_version(self, keyring: str) -> dict[int, int]: ...
@@ -156,15 +202,17 @@ class StoreTx(ABC):
         keyring: str,
         key_version: int,
         scope: str,
-        after_id: str | None,
+        after_id: Any,
         limit: int,
         *,
         skip_locked: bool = False,
-    ) -> list[EncryptedCredential]:
+        skip_corrupt: bool = False,
+    ) -> CredentialPage:
         """A page of credentials under ``key_version`` in ``scope``, ordered by id.
 
         With ``skip_locked`` (where supported) the rows are locked for this
-        transaction and rows locked by another worker are skipped.
+        transaction and rows locked by another worker are skipped;
+        ``skip_corrupt`` as for :meth:`list_credentials`.
         """
 
     @abstractmethod
@@ -253,6 +301,10 @@ class Store(ABC):
     def ensure_connections(self, count: int) -> None:  # noqa: B027 - optional hook
         """Make room for ``count`` concurrent transactions (a pooled backend grows its pool)."""
 
+    def directory(self) -> Path | None:
+        """The folder holding a file-backed store (a local key file's default home), else None."""
+        return None
+
     def read(self) -> AbstractContextManager[StoreTx]:
         return self.transaction(write=False)
 
@@ -297,18 +349,27 @@ class Store(ABC):
         scope: str | None = None,
         key_version: int | None = None,
         page: int = 1000,
+        on_corrupt: Callable[[CorruptRecordError], None] | None = None,
     ) -> Iterator[EncryptedCredential]:
-        """Stream every matching credential, one page in memory at a time."""
-        after: str | None = None
+        """Stream every matching credential, one page in memory at a time.
+
+        A corrupt row raises, unless ``on_corrupt`` is given: then it is
+        handed to that callback and the stream carries on with the next row.
+        """
+        after: Any = None
         while True:
             with self.read() as tx:
                 rows = tx.list_credentials(
-                    keyring, scope=scope, key_version=key_version, after_id=after, limit=page
+                    keyring, scope=scope, key_version=key_version, after_id=after, limit=page,
+                    skip_corrupt=on_corrupt is not None,
                 )
+            if on_corrupt is not None:
+                for exc in rows.corrupt:
+                    on_corrupt(exc)
             yield from rows
-            if len(rows) < page:
+            if rows.fetched < page:
                 return
-            after = rows[-1].id
+            after = rows.last_id
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact_url(self.url)}>"

@@ -166,6 +166,9 @@ class PostgresTx(SqlTx):
         row = self._exec("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()
         return bool(row[0])
 
+    _HEADER_SQL = "CASE WHEN octet_length(envelope) >= 8 THEN substring(envelope from 5 for 4) END"
+    _MISMATCH_SQL = "octet_length(envelope) >= 8 AND substring(envelope from 5 for 4) <> int4send(key_version)"
+
     def _lock_suffix(self, skip_locked: bool) -> str:
         return " FOR UPDATE SKIP LOCKED" if skip_locked else ""
 

@@ -10,6 +10,7 @@ in-memory database (one connection shared under a lock), used by
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -59,7 +60,25 @@ class SqliteStore(Store):
             if not parent.is_dir():
                 raise StoreUnavailableError(f"directory {parent} for the SQLite store does not exist")
 
+    def directory(self) -> Path | None:
+        return None if self._memory else Path(self.path).resolve().parent
+
+    def _create_private(self) -> None:
+        """Create a new database file 0600 whatever the umask; SQLite gives its -wal and -shm the same mode."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            return  # another opener created it first, or it already existed
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot create SQLite store {self.path}: {exc.strerror}") from None
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
     def _connect(self) -> sqlite3.Connection:
+        if not self._memory and not os.path.lexists(self.path):
+            self._create_private()
         try:
             conn = sqlite3.connect(
                 self.path,
