@@ -1,51 +1,17 @@
-"""Transit: encryption as a service, in the shape of Vault's Transit engine.
-
-A Transit key **is** a keyring: its versions, statuses, retention, audit
-and metrics are the keyring's, and rotation (periodic, cron, the AES-GCM
-usage bound) is the same machinery.  What Vault keeps per key beyond that
-(``derived``, ``deletion_allowed``, ``min_*_version``, the rotation
-settings) is a small JSON record in the store's meta table.
-
-Two layers live here:
-
-- :class:`Transit`, the bytes-level operations (create, read, config,
-  rotate, trim, delete; encrypt, decrypt, rewrap, data keys, HMAC), used by
-  the CLI and by Python callers;
-- ``Transit.handle_*``, which take and return Vault's JSON request and
-  response bodies (base64 fields, ``batch_input`` with per-item results and
-  errors), so the HTTP mount is a thin router over them.
-
-Ciphertexts look like Vault's, ``vault:v<N>:<base64>``, with our envelope v1
-inside.  The AES-GCM associated data binds the ciphertext to its key (the
-keyring, so a deleted and re-created key never accepts old ciphertexts),
-to the caller's ``associated_data`` and, for derived keys, to the
-derivation ``context``; each field is length-prefixed.  Derived keys use a
-per-context subkey: HKDF-SHA256 over the version's DEK.
-
-Key versions are retired only through the lifecycle: ``min_decryption_version``
-revokes older versions (:meth:`KeyManager.revoke`), ``trim`` destroys them
-through :meth:`KeyManager.destroy` (the same guard as ``keys destroy``),
-and deleting a key revokes every version and leaves destruction to the
-retention policy.  Nothing here erases key material by any other path.
-"""
+"""The Transit operations over a :class:`~nebula_credential.vault.Vault`: keys, data, Vault request bodies."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
 import hmac as _hmac
 import json
-import os
 import re
 import struct
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
@@ -53,272 +19,56 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import envelope as env
-from ._secret import SecretBytes
-from .config import DEFAULT_MAX_ENCRYPTIONS, HARD_MAX_ENCRYPTIONS, validate_cron
-from .exceptions import (
+from .. import envelope as env
+from .._secret import SecretBytes
+from ..config import HARD_MAX_ENCRYPTIONS, validate_cron
+from ..exceptions import (
     ConfigError,
     DecryptionError,
-    EnvelopeFormatError,
     KeyDestroyedError,
     KeyNotFoundError,
     NebulaCredentialError,
     PolicyViolationError,
     StoreError,
 )
-from .keys import KeyManager, seal
-from .models import KeyStatus, KeyVersion
-from .policies.rotation import (
-    AnyOf,
-    ManualRotation,
-    PeriodicRotation,
-    RotationStrategy,
-    ScheduledRotation,
-    UsageRotation,
+from ..keys import KeyManager, seal
+from ..models import KeyStatus, KeyVersion
+from ..providers.base import WrapContext
+from .errors import TransitInputError, TransitKeyNotFoundError
+from .settings import CONFIG_META, KEYRING_META, TransitKeyConfig, check_timezone
+from .wire import (
+    CIPHERTEXT_PREFIX,
+    HASHES,
+    MIN_AUTO_ROTATE,
+    BatchResult,
+    Handled,
+    Item,
+    b64,
+    b64decode,
+    bool_field,
+    format_ciphertext,
+    int_field,
+    lp,
+    parse_ciphertext,
+    period_field,
+    transit_aad,
+    version_of,
+    with_version,
 )
-from .providers.base import WrapContext
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from ..vault import Vault
 
 SUPPORTED_TYPES = ("aes256-gcm96",)
 DEFAULT_MOUNT = "transit"
-CIPHERTEXT_PREFIX = "vault:v"
 DATAKEY_BITS = (128, 256, 512)
-MAX_RANDOM_BYTES = 128 * 1024
-#: Vault refuses an ``auto_rotate_period`` shorter than an hour (0 disables it).
-MIN_AUTO_ROTATE = 3600
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
-_CONFIG_META = "transit.key:"
-_KEYRING_META = "transit.keyring:"
 _U32 = struct.Struct(">I")
-_AAD_DOMAIN = b"nc-transit\x00"
 _DERIVE_DOMAIN = b"nebula-credential transit derive v1\x00"
 _HMAC_DOMAIN = b"nebula-credential transit hmac v1\x00"
 _DERIVED_CACHE = 4096
-_HASHES: dict[str, Callable[..., Any]] = {
-    "sha2-224": hashlib.sha224,
-    "sha2-256": hashlib.sha256,
-    "sha2-384": hashlib.sha384,
-    "sha2-512": hashlib.sha512,
-    "sha3-224": hashlib.sha3_224,
-    "sha3-256": hashlib.sha3_256,
-    "sha3-384": hashlib.sha3_384,
-    "sha3-512": hashlib.sha3_512,
-}
 
 
-class TransitInputError(NebulaCredentialError):
-    """A Transit request is malformed or asks for something unsupported (HTTP 400)."""
-
-
-class TransitKeyNotFoundError(KeyNotFoundError):
-    """No Transit key of that name exists in this mount (HTTP 404 on key paths)."""
-
-
-# ---- per-key settings ------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class TransitKeyConfig:
-    """What Vault keeps per key beyond the keyring's versions; stored as JSON in meta."""
-
-    name: str
-    keyring: str
-    created_at: float
-    type: str = "aes256-gcm96"
-    derived: bool = False
-    exportable: bool = False
-    deletion_allowed: bool = False
-    min_decryption_version: int = 1
-    min_encryption_version: int = 0
-    min_available_version: int = 0
-    auto_rotate_period: int = 0  # seconds; 0 = off
-    rotation_cron: str = ""
-    rotation_timezone: str = "UTC"
-    max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS
-    #: False: no scheduled rotation, and encryption stops at ``max_encryptions``.
-    auto_rotation: bool = True
-    generation: int = 1
-    deleted: bool = False
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> TransitKeyConfig:
-        data = json.loads(text)
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def strategy(self) -> RotationStrategy:
-        """Rotation for this key: its period and cron (if set) plus the usage bound."""
-        usage = UsageRotation(self.max_encryptions)
-        if not self.auto_rotation:
-            return ManualRotation()
-        members: list[RotationStrategy] = []
-        if self.auto_rotate_period:
-            members.append(PeriodicRotation(timedelta(seconds=self.auto_rotate_period)))
-        if self.rotation_cron:
-            members.append(ZonedScheduledRotation(self.rotation_cron, self.rotation_timezone))
-        return AnyOf([*members, usage]) if members else usage
-
-    def strategy_name(self) -> str:
-        if not self.auto_rotation:
-            return "manual"
-        parts = []
-        if self.auto_rotate_period:
-            parts.append("periodic")
-        if self.rotation_cron:
-            parts.append("scheduled")
-        return "+".join([*parts, "usage"])
-
-
-class ZonedScheduledRotation(ScheduledRotation):
-    """A cron schedule read in a named time zone (``0 2 * * *`` at 02:00 Europe/Berlin)."""
-
-    def __init__(self, cron: str, timezone: str = "UTC") -> None:
-        super().__init__(cron)
-        self.timezone = check_timezone(timezone)
-
-    def previous_fire(self, now: datetime) -> datetime:
-        from zoneinfo import ZoneInfo
-
-        return super().previous_fire(now.astimezone(ZoneInfo(self.timezone)))
-
-    def __repr__(self) -> str:
-        return f"ZonedScheduledRotation(cron={self.cron!r}, timezone={self.timezone!r})"
-
-
-def check_timezone(name: str, field_name: str = "rotation_timezone") -> str:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    if not isinstance(name, str) or not name:
-        raise ConfigError(field_name, "expected an IANA time zone name such as 'UTC' or 'Europe/Berlin'")
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(field_name, f"unknown time zone {name!r}") from None
-    return name
-
-
-@dataclass(frozen=True, slots=True)
-class MaintenancePlan:
-    """How ``maintain`` treats a Transit keyring (see :func:`maintenance_plan`)."""
-
-    strategy: RotationStrategy | None  # None: the key is deleted, never rotate it
-
-
-def maintenance_plan(vault: Vault) -> MaintenancePlan | None:
-    """For a Transit keyring, its own rotation and no reference-driven lifecycle.
-
-    Transit ciphertexts live with the clients, not in our store, so "no stored
-    credential references this version" says nothing about them: the
-    valid -> grace -> revoked automation would revoke versions clients still
-    need.  Their versions retire only by ``min_decryption_version`` and
-    ``trim``; retention cleanup still destroys what those revoked.  Returns
-    None for an ordinary keyring.
-    """
-    with vault.store.read() as tx:
-        ref = tx.get_meta(_KEYRING_META + vault.keyring_name)
-        raw = tx.get_meta(_CONFIG_META + ref) if ref else None
-    if raw is None:
-        return None
-    cfg = TransitKeyConfig.from_json(raw)
-    if cfg.deleted or cfg.keyring != vault.keyring_name:
-        return MaintenancePlan(None)
-    return MaintenancePlan(cfg.strategy())
-
-
-# ---- encoding helpers ---------------------------------------------------------------
-def b64decode(value: Any, field_name: str, *, required: bool = False) -> bytes | None:
-    """Strict standard base64 (what Vault's JSON fields carry); None when absent."""
-    if value is None or value == "":
-        if required:
-            raise TransitInputError(f"missing {field_name}")
-        return None
-    if not isinstance(value, str):
-        raise TransitInputError(f"{field_name} must be a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise TransitInputError(f"{field_name} is not valid base64") from None
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _lp(data: bytes | None) -> bytes:
-    return b"\xff\xff\xff\xff" if data is None else _U32.pack(len(data)) + data
-
-
-def transit_aad(keyring: str, associated_data: bytes | None, context: bytes | None) -> bytes:
-    """Context bytes of a Transit ciphertext: its keyring, associated data and derivation context."""
-    name = keyring.encode("utf-8")
-    return _AAD_DOMAIN + _U32.pack(len(name)) + name + _lp(associated_data) + _lp(context)
-
-
-def format_ciphertext(blob: bytes) -> str:
-    return f"{CIPHERTEXT_PREFIX}{int.from_bytes(blob[4:8])}:{b64(blob)}"
-
-
-def parse_ciphertext(text: Any) -> tuple[int, bytes]:
-    """``vault:v<N>:<base64 envelope>`` -> (N, envelope); N must match the envelope header."""
-    if not isinstance(text, str) or not text:
-        raise TransitInputError("missing ciphertext")
-    if not text.startswith(CIPHERTEXT_PREFIX):
-        raise TransitInputError("invalid ciphertext: no prefix")
-    head, sep, body = text[len(CIPHERTEXT_PREFIX):].partition(":")
-    if not sep or not head.isdigit() or len(head) > 10:
-        raise TransitInputError("invalid ciphertext: could not parse version")
-    version = int(head)
-    if version < 1:
-        raise TransitInputError("invalid ciphertext: version must be at least 1")
-    blob = b64decode(body, "ciphertext")
-    if blob is None:
-        raise TransitInputError("invalid ciphertext: empty")
-    try:
-        parsed = env.parse(blob)
-    except EnvelopeFormatError as exc:
-        raise TransitInputError(f"invalid ciphertext: {exc}") from None
-    if parsed.key_version != version:
-        raise TransitInputError("invalid ciphertext: version does not match its envelope")
-    return version, blob
-
-
-def _int_field(body: dict[str, Any], name: str, default: int = 0) -> int:
-    value = body.get(name, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TransitInputError(f"{name} must be an integer")
-    return value
-
-
-def _bool_field(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    value = body.get(name, default)
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    if not isinstance(value, bool):
-        raise TransitInputError(f"{name} must be true or false")
-    return value
-
-
-def _period_field(body: dict[str, Any], name: str) -> int:
-    from .durations import parse_duration
-
-    value = body[name]
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    try:
-        seconds = int(parse_duration(value, name).total_seconds())
-    except ConfigError as exc:
-        raise TransitInputError(str(exc)) from None
-    if seconds and seconds < MIN_AUTO_ROTATE:
-        raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")
-    return seconds
-
-
-# ---- runtime state of one key ----------------------------------------------------------
 @dataclass(slots=True)
 class _Key:
     config: TransitKeyConfig
@@ -333,36 +83,6 @@ class _Key:
             secret.wipe()
         self.material.clear()
         self.derived.clear()
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """Per-item results in input order (an item that failed has ``"error"``), and the
-    key versions the request used (for the audit event, never the data)."""
-
-    items: list[dict[str, Any]]
-    batched: bool
-    versions: set[int] = field(default_factory=set)
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for item in self.items if "error" in item)
-
-
-#: A response's ``data`` and what happened per item.
-Handled = tuple[dict[str, Any], BatchResult]
-#: One item's answer and the key version it used.
-_Item = tuple[dict[str, Any], int]
-
-
-def _version_of(text: str) -> int:
-    """N of a ``vault:v<N>:...`` string this module produced."""
-    return int(text[len(CIPHERTEXT_PREFIX):].split(":", 1)[0])
-
-
-def _with_version(ciphertext: str) -> _Item:
-    version = _version_of(ciphertext)
-    return {"ciphertext": ciphertext, "key_version": version}, version
 
 
 class Transit:
@@ -399,7 +119,7 @@ class Transit:
         return None if key is None else key.config.keyring
 
     def _meta_name(self, name: str) -> str:
-        return f"{_CONFIG_META}{self.mount}/{name}"
+        return f"{CONFIG_META}{self.mount}/{name}"
 
     def _read_config(self, name: str) -> TransitKeyConfig | None:
         """The key's settings; a record naming another key or keyring is refused.
@@ -425,7 +145,7 @@ class Transit:
     def _write_config(self, cfg: TransitKeyConfig) -> None:
         with self.vault.store.transaction() as tx:
             tx.set_meta(self._meta_name(cfg.name), cfg.to_json())
-            tx.set_meta(_KEYRING_META + cfg.keyring, f"{self.mount}/{cfg.name}")
+            tx.set_meta(KEYRING_META + cfg.keyring, f"{self.mount}/{cfg.name}")
 
     def _key_manager(self, cfg: TransitKeyConfig) -> KeyManager:
         vault = self.vault
@@ -535,10 +255,10 @@ class Transit:
         with self.vault.store.read() as tx:
             names = []
             for keyring in tx.keyrings():
-                ref = tx.get_meta(_KEYRING_META + keyring)
+                ref = tx.get_meta(KEYRING_META + keyring)
                 if ref is None or not ref.startswith(prefix):
                     continue
-                raw = tx.get_meta(_CONFIG_META + ref)
+                raw = tx.get_meta(CONFIG_META + ref)
                 if raw is None:
                     continue
                 cfg = TransitKeyConfig.from_json(raw)
@@ -624,7 +344,7 @@ class Transit:
         latest = max((v.version for v in versions), default=0)
         changes: dict[str, Any] = {}
         if "min_decryption_version" in body:
-            mdv = _int_field(body, "min_decryption_version")
+            mdv = int_field(body, "min_decryption_version")
             if mdv < 0:
                 raise TransitInputError("min decryption version cannot be negative")
             mdv = max(mdv, 1)
@@ -637,7 +357,7 @@ class Transit:
                     f"{cfg.min_available_version}")
             changes["min_decryption_version"] = mdv
         if "min_encryption_version" in body:
-            mev = _int_field(body, "min_encryption_version")
+            mev = int_field(body, "min_encryption_version")
             if mev < 0:
                 raise TransitInputError("min encryption version cannot be negative")
             if mev > latest:
@@ -650,11 +370,11 @@ class Transit:
             raise TransitInputError("cannot set a minimum decryption version greater than minimum encryption version")
         for flag in ("deletion_allowed", "auto_rotation"):
             if flag in body:
-                changes[flag] = _bool_field(body, flag)
-        if _bool_field(body, "exportable") or _bool_field(body, "allow_plaintext_backup"):
+                changes[flag] = bool_field(body, flag)
+        if bool_field(body, "exportable") or bool_field(body, "allow_plaintext_backup"):
             raise TransitInputError("exportable keys are not supported")
         if "auto_rotate_period" in body:
-            changes["auto_rotate_period"] = _period_field(body, "auto_rotate_period")
+            changes["auto_rotate_period"] = period_field(body, "auto_rotate_period")
         try:
             if body.get("rotation_cron") not in (None, ""):
                 changes["rotation_cron"] = validate_cron(body["rotation_cron"], "rotation_cron")
@@ -665,7 +385,7 @@ class Transit:
         except ConfigError as exc:
             raise TransitInputError(str(exc)) from None
         if "max_encryptions" in body:
-            bound = _int_field(body, "max_encryptions")
+            bound = int_field(body, "max_encryptions")
             if not 1 <= bound <= HARD_MAX_ENCRYPTIONS:
                 raise TransitInputError(f"max_encryptions must be 1..{HARD_MAX_ENCRYPTIONS} (the AES-GCM bound)")
             changes["max_encryptions"] = bound
@@ -766,7 +486,7 @@ class Transit:
             return secret
 
     def _derive(self, key: _Key, version: int, domain: bytes, context: bytes) -> bytes:
-        info = domain + _lp(key.config.keyring.encode()) + _U32.pack(version) + context
+        info = domain + lp(key.config.keyring.encode()) + _U32.pack(version) + context
         secret = self._material(key, version)
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(bytes(secret.buffer))
 
@@ -900,14 +620,14 @@ class Transit:
     def hmac(self, name: str, data: bytes, *, algorithm: str = "sha2-256", key_version: int = 0) -> str:
         """``vault:v<N>:<base64 HMAC>`` with a per-version HMAC key derived from the DEK."""
         key = self._key(name)
-        if algorithm not in _HASHES:
+        if algorithm not in HASHES:
             raise TransitInputError(f"unsupported algorithm {algorithm}")
         version = key_version or key.km.current_key().version
         if version < key.config.min_encryption_version:
             raise TransitInputError("cannot use key version below the minimum encryption version")
         key.km.get_key(version)  # the lifecycle says whether this version may still be used
         mac_key = self._derive(key, version, _HMAC_DOMAIN, b"")
-        digest = _hmac.new(mac_key, data, _HASHES[algorithm]).digest()
+        digest = _hmac.new(mac_key, data, HASHES[algorithm]).digest()
         return f"{CIPHERTEXT_PREFIX}{version}:{b64(digest)}"
 
     # ---- data: Vault request bodies -------------------------------------------------------
@@ -927,7 +647,7 @@ class Transit:
         return batch, True
 
     def _run_batch(self, body: dict[str, Any], fields: Sequence[str],
-                   one: Callable[[dict[str, Any]], _Item]) -> Handled:
+                   one: Callable[[dict[str, Any]], Item]) -> Handled:
         items, batched = self._items(body, fields)
         if not batched:
             data, version = one(items[0])
@@ -950,17 +670,17 @@ class Transit:
         return self.create_key(
             name,
             type=str(body.get("type") or "aes256-gcm96"),
-            derived=_bool_field(body, "derived"),
-            exportable=_bool_field(body, "exportable"),
-            convergent_encryption=_bool_field(body, "convergent_encryption"),
-            allow_plaintext_backup=_bool_field(body, "allow_plaintext_backup"),
-            auto_rotate_period=_period_field(body, "auto_rotate_period") if period not in (None, "", 0) else 0,
+            derived=bool_field(body, "derived"),
+            exportable=bool_field(body, "exportable"),
+            convergent_encryption=bool_field(body, "convergent_encryption"),
+            allow_plaintext_backup=bool_field(body, "allow_plaintext_backup"),
+            auto_rotate_period=period_field(body, "auto_rotate_period") if period not in (None, "", 0) else 0,
         )
 
     def handle_trim(self, name: str, body: dict[str, Any]) -> TransitKeyConfig:
         if "min_available_version" not in body:
             raise TransitInputError("missing min_available_version")
-        return self.trim(name, _int_field(body, "min_available_version"))
+        return self.trim(name, int_field(body, "min_available_version"))
 
     def exists(self, name: str) -> bool:
         try:
@@ -976,7 +696,7 @@ class Transit:
         ``context``.  It is created only if at least one item is valid: a
         request refused as a whole writes nothing.
         """
-        top_version = _int_field(body, "key_version")
+        top_version = int_field(body, "key_version")
         fields = ("plaintext", "context", "associated_data", "key_version")
 
         def parse(item: dict[str, Any]) -> tuple[bytes, bytes | None, bytes | None, int]:
@@ -985,7 +705,7 @@ class Transit:
             return (b64decode(item["plaintext"], "plaintext") or b"",
                     b64decode(item.get("associated_data"), "associated_data"),
                     b64decode(item.get("context"), "context"),
-                    _int_field(item, "key_version", top_version))
+                    int_field(item, "key_version", top_version))
 
         try:
             key = self._key(name)
@@ -1002,16 +722,16 @@ class Transit:
             self.handle_create(name, body | {"derived": body.get("derived") or any(v[2] for v in valid)})
             key = self._key(name)
 
-        def one(item: dict[str, Any]) -> _Item:
+        def one(item: dict[str, Any]) -> Item:
             plaintext, ad, context, version = parse(item)
-            return _with_version(self._encrypt(key, plaintext, ad, context, version))
+            return with_version(self._encrypt(key, plaintext, ad, context, version))
 
         return self._run_batch(body, fields, one)
 
     def handle_decrypt(self, name: str, body: dict[str, Any]) -> Handled:
         key = self._key_for_data(name)
 
-        def one(item: dict[str, Any]) -> _Item:
+        def one(item: dict[str, Any]) -> Item:
             plaintext, version = self._decrypt(key, item.get("ciphertext"),
                                                b64decode(item.get("associated_data"), "associated_data"),
                                                b64decode(item.get("context"), "context"))
@@ -1022,8 +742,8 @@ class Transit:
     def handle_rewrap(self, name: str, body: dict[str, Any]) -> Handled:
         key = self._key_for_data(name)
 
-        def one(item: dict[str, Any]) -> _Item:
-            return _with_version(self._rewrap(key, item.get("ciphertext"),
+        def one(item: dict[str, Any]) -> Item:
+            return with_version(self._rewrap(key, item.get("ciphertext"),
                                               b64decode(item.get("associated_data"), "associated_data"),
                                               b64decode(item.get("context"), "context")))
 
@@ -1040,57 +760,26 @@ class Transit:
         if kind not in ("plaintext", "wrapped"):
             raise TransitInputError(f"invalid type {kind!r}: plaintext or wrapped")
         key = self._key_for_data(name)
-        bits = _int_field(body, "bits", 256)
+        bits = int_field(body, "bits", 256)
         if bits not in DATAKEY_BITS:
             raise TransitInputError("invalid bit length")
         data_key = SecretBytes.random(bits // 8)
         with data_key:
             ct = self._encrypt(key, bytes(data_key.buffer), b64decode(body.get("associated_data"), "associated_data"),
                                b64decode(body.get("context"), "context"))
-            out, _ = _with_version(ct)
+            out, _ = with_version(ct)
             if kind == "plaintext":
                 out["plaintext"] = b64(bytes(data_key.buffer))
         return out
 
     def handle_hmac(self, name: str, body: dict[str, Any], algorithm: str | None = None) -> Handled:
-        key_version = _int_field(body, "key_version")
+        key_version = int_field(body, "key_version")
         algo = algorithm or str(body.get("algorithm", "sha2-256"))
         self._key_for_data(name)
 
-        def one(item: dict[str, Any]) -> _Item:
+        def one(item: dict[str, Any]) -> Item:
             data = b64decode(item.get("input"), "input", required=True) or b""
             mac = self.hmac(name, data, algorithm=algo, key_version=key_version)
-            return {"hmac": mac}, _version_of(mac)
+            return {"hmac": mac}, version_of(mac)
 
         return self._run_batch(body, ("input",), one)
-
-
-# ---- keyless endpoints ---------------------------------------------------------------------
-def random_bytes(body: dict[str, Any], count: int | None = None, fmt: str | None = None) -> dict[str, Any]:
-    """``random[/:bytes]``: ``bytes`` (default 32) from the OS CSPRNG, ``format`` base64|hex."""
-    n = count if count is not None else _int_field(body, "bytes", 32)
-    if not 1 <= n <= MAX_RANDOM_BYTES:
-        raise TransitInputError(f"bytes must be 1..{MAX_RANDOM_BYTES}")
-    fmt = fmt or str(body.get("format", "base64"))
-    data = os.urandom(n)
-    if fmt == "hex":
-        return {"random_bytes": data.hex()}
-    if fmt == "base64":
-        return {"random_bytes": b64(data)}
-    raise TransitInputError(f"unsupported encoding format {fmt}; must be \"hex\" or \"base64\"")
-
-
-def hash_input(body: dict[str, Any], algorithm: str | None = None) -> dict[str, Any]:
-    """``hash[/:algorithm]``: a digest of base64 ``input``, ``format`` hex|base64."""
-    algo = algorithm or str(body.get("algorithm", "sha2-256"))
-    if algo not in _HASHES:
-        raise TransitInputError(f"unsupported hash algorithm {algo}")
-    data = b64decode(body.get("input"), "input", required=True) or b""
-    digest = _HASHES[algo](data).digest()
-    fmt = str(body.get("format", "hex"))
-    if fmt == "hex":
-        return {"sum": digest.hex()}
-    if fmt == "base64":
-        return {"sum": b64(digest)}
-    raise TransitInputError(f"unsupported encoding format {fmt}; must be \"hex\" or \"base64\"")
-
