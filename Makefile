@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test test-all lint typecheck bench soak clean system-deps
+.PHONY: demo drill test test-all lint typecheck bench soak clean system-deps
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(VENV)/.bench: $(VENV)/.test
 ## The main job on the embedded default (SQLite + a local key file), in a temp folder.
 demo: $(VENV)/.base
 	$(VENV)/bin/nebula-credential demo
+
+## Disaster-recovery drill on a throwaway store: backup, two rotations with cleanup, restore, read back.
+drill: $(VENV)/.base
+	$(PY) -m nebula_credential.drill
 
 ## System packages the service-backed tests need (softhsm2, promtool, PostgreSQL 15).
 system-deps:

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -78,10 +79,38 @@ def run_cli(*args: str, cwd: Path | str, input: str | None = None, env: dict[str
     )
 
 
+def cli_in_process(cwd: Path, capsys: Any, monkeypatch: Any) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run(*args, ok=True)``: ``main(argv)`` in this process on a store ``c.db`` in ``cwd``.
+
+    The same code path as :func:`run_cli` without an interpreter start per
+    command, for tests that run many commands; ``ok`` asserts exit 0."""
+    from nebula_credential.cli import main
+
+    monkeypatch.chdir(cwd)
+    for name, value in cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{cwd / 'c.db'}").items():
+        if name.startswith("NEBULA_CREDENTIAL_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv("NEBULA_CREDENTIAL_MASTER_KEY_FILE", raising=False)
+    monkeypatch.delenv("NEBULA_CREDENTIAL_CONFIG", raising=False)
+
+    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        rc = main(list(args))
+        out, err = capsys.readouterr()
+        if ok:
+            assert rc == 0, err
+        return subprocess.CompletedProcess(list(args), rc, out, err)
+
+    return run
+
+
 def dump(db: Path) -> list[str]:
     """Every row of a SQLite store, for 'nothing was written' checks."""
-    with sqlite3.connect(db) as conn:
+    conn = sqlite3.connect(db)
+    try:
         return list(conn.iterdump())
+    finally:
+        conn.close()  # an open reader would hold locks a later step of the test needs
 
 
 def provider_config(settings: dict[str, Any]) -> KeyManagementConfig:

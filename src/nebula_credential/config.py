@@ -105,6 +105,12 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BackupConfig:
+    #: How long a registered backup holds the key versions it needs (``backup create --keep``).
+    keep: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
 class KeyManagementConfig:
     """The whole configuration; build with :meth:`load` or :meth:`from_dict`."""
 
@@ -117,6 +123,7 @@ class KeyManagementConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
     source: str = ""
 
     @classmethod
@@ -133,7 +140,7 @@ class KeyManagementConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KeyManagementConfig:
         known = {"store", "keys", "rotation", "retention", "reencryption", "provider",
-                 "audit", "metrics", "alerts"}
+                 "audit", "metrics", "alerts", "backup"}
         for name, value in data.items():
             if name not in known:
                 raise ConfigError(name, f"unknown section; allowed: {', '.join(sorted(known))}")
@@ -149,6 +156,7 @@ class KeyManagementConfig:
             audit=_audit(data.get("audit", {})),
             metrics=_metrics(data.get("metrics", {})),
             alerts=_alerts(data.get("alerts", {})),
+            backup=_backup(data.get("backup", {})),
         )
 
 
@@ -284,6 +292,14 @@ def _provider(raw: dict[str, Any]) -> ProviderConfig:
                 f"{key}_file (a path) or {key}_env (an environment variable name)",
             )
     return ProviderConfig(type=ptype, settings=settings, explicit=bool(raw))
+
+
+def _backup(raw: dict[str, Any]) -> BackupConfig:
+    _check_keys("backup", raw, ("keep",))
+    keep = _dur("backup", raw, "keep", BackupConfig().keep)
+    if keep <= timedelta(0):
+        raise ConfigError("backup.keep", "must be greater than zero")
+    return BackupConfig(keep=keep)
 
 
 def _audit(raw: dict[str, Any]) -> AuditConfig:

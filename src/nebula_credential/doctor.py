@@ -182,6 +182,41 @@ def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> lis
     return out
 
 
+def check_backups(store: Store, now: datetime) -> list[Finding]:
+    """Versions kept for registered backups, and registrations that have expired."""
+    from .backups import held_versions
+    from .escrow import escrow_status
+
+    out: list[Finding] = []
+    with store.read() as tx:
+        if not tx.has_table("backups"):  # not migrated yet: the schema check says so
+            return out
+        keyrings = tx.keyrings()
+        records = tx.list_backups()
+        escrowed_at, unescrowed = escrow_status(tx)
+    if escrowed_at is not None and unescrowed:
+        out.append(Finding("escrow", WARNING, f"the escrow made {escrowed_at} lacks {', '.join(unescrowed)}: "
+                           "losing the root key would lose the credentials under them",
+                           "nebula-credential provider add-escrow --out NEW_FILE --escrow-key-file OFFLINE_KEY"))
+    elif escrowed_at is not None:
+        out.append(Finding("escrow", OK, f"the escrow made {escrowed_at} holds every live data key"))
+    for kr in keyrings:
+        for kv, hold in held_versions(store, kr, now):
+            if kv.status is KeyStatus.REVOKED:
+                out.append(Finding("backups", INFO, f"keyring {kr}: v{kv.version} kept: {hold}"))
+    for b in records:
+        if b.expires_at <= now:
+            out.append(Finding("backups", INFO, f"backup {b.name} expired {b.expires_at:%Y-%m-%d}; it no "
+                               "longer holds key versions", f"nebula-credential backup forget {b.name}"))
+    if not records:
+        out.append(Finding("backups", INFO, "no registered backups: retention cannot know which old keys "
+                           "your copies need", "nebula-credential backup create PATH (SQLite) or backup "
+                           "register --label NAME --taken-at TIME (PostgreSQL) for each copy you keep"))
+    elif not any(f.check == "backups" for f in out):
+        out.append(Finding("backups", OK, f"{len(records)} registered backup(s); none holds a revoked version"))
+    return out
+
+
 def check_records(store: Store) -> list[Finding]:
     """Decode every credential row and compare each key_version column with its envelope header.
 
@@ -317,6 +352,7 @@ def run(
         if any(f.check == "store" for f in findings):
             return findings
         findings += check_records(store)
+        findings += check_backups(store, clock())
         provider_findings, provider = check_provider(store, config)
         findings += provider_findings
         if provider is not None:

@@ -67,6 +67,10 @@ class PolicyViolationError(NebulaCredentialError):
     """The operation would break a lifecycle or retention rule."""
 
 
+class BackupError(NebulaCredentialError):
+    """A backup could not be made, verified or restored; nothing was replaced."""
+
+
 class ConcurrencyError(NebulaCredentialError):
     """Another writer changed the same state first; retry or re-read."""
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from cryptography.exceptions import InvalidTag
 
 from . import envelope as env
+from .backups import holds as backup_hold
 from .config import HARD_MAX_ENCRYPTIONS, KeyManagementConfig
 from .exceptions import (
     ConcurrencyError,
@@ -467,6 +468,8 @@ class KeyManager:
                     f"key version {version} is still used by {refs} credential(s); re-encrypt "
                     "them first (`nebula-credential reencrypt`) or pass --force to destroy anyway"
                 )
+            if new is KeyStatus.DESTROYED and (hold := backup_hold(tx, self.keyring, version, now)):
+                raise PolicyViolationError(f"key version {version} is kept: {hold}")
             if (new is KeyStatus.GRACE or unreferenced_only) and refs:
                 raise PolicyViolationError(
                     f"key version {version} is still used by {refs} credential(s); it cannot become {new.value}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .backups import holds as backup_hold
 from .exceptions import ConcurrencyError, PolicyViolationError
 from .keys import KeyManager
 from .models import KeyStatus
@@ -71,10 +72,11 @@ def cleanup(
     with km.store.read() as tx:
         versions = tx.list_versions(km.keyring)
         refs = tx.count_by_version(km.keyring)
+        held = {kv.version for kv in versions if backup_hold(tx, km.keyring, kv.version, now)}
     ctx = RetentionContext(now=now, versions=versions, references=refs)
     out = []
     for kv in versions:
-        if kv.status is not KeyStatus.REVOKED or refs.get(kv.version, 0):
+        if kv.status is not KeyStatus.REVOKED or refs.get(kv.version, 0) or kv.version in held:
             continue
         reason = policy.allows(kv, ctx)
         if reason is None:

@@ -17,6 +17,7 @@ from .. import logredact
 from ..exceptions import NebulaCredentialError
 from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .audit import audit
+from .backup import backup
 from .credentials import delete, get, import_, list_, put
 from .demo import demo
 from .keys import keys
@@ -64,6 +65,7 @@ for command in (
     daemon,
     audit,
     provider,
+    backup,
     transit,
 ):
     cli.add_command(command)

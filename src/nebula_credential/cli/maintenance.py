@@ -6,9 +6,11 @@ import logging
 
 import click
 
+from ..backups import held_versions
 from ..durations import parse_duration
 from ..exceptions import NebulaCredentialError
 from ..lifecycle import cleanup as run_cleanup
+from ..models import KeyStatus
 from ..policies.retention import retention_from_config
 from ._common import AppContext, console, emit, pass_app
 
@@ -67,9 +69,14 @@ def cleanup_cmd(app: AppContext, dry_run: bool) -> None:
     """Destroy revoked versions the retention policy allows and no credential uses."""
     vault = app.vault()
     policy = retention_from_config(app.config)
-    actions = run_cleanup(vault.keys, policy, vault.clock(), dry_run=dry_run)
+    now = vault.clock()
+    actions = run_cleanup(vault.keys, policy, now, dry_run=dry_run)
+    kept = [(kv, hold) for kv, hold in held_versions(vault.store, vault.keyring_name, now)
+            if kv.status is KeyStatus.REVOKED]
     data = {"keyring": vault.keyring_name, "dry_run": dry_run, "policy": policy.name,
-            "destroyed" if not dry_run else "would_destroy": [a.to_json() for a in actions]}
+            "destroyed" if not dry_run else "would_destroy": [a.to_json() for a in actions],
+            "kept": [{"version": kv.version, "backup": h.backup, "until": h.until.isoformat(),
+                      "reason": f"kept: {h}"} for kv, h in kept]}
 
     def human() -> None:
         verb = "would destroy" if dry_run else "destroyed"
@@ -77,5 +84,7 @@ def cleanup_cmd(app: AppContext, dry_run: bool) -> None:
             console.print(f"nothing to clean up under policy {policy.name}")
         for a in actions:
             console.print(f"{verb} v{a.version}: {a.reason}")
+        for kv, hold in kept:
+            console.print(f"v{kv.version} kept: {hold}", markup=False)
 
     emit(app, data, human)

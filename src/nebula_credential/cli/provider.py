@@ -1,12 +1,20 @@
-"""provider rotate | check | show: the root of trust."""
+"""provider rotate | check | show | add-escrow | recover: the root of trust."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import click
 
+from ..config import KeyManagementConfig
+from ..escrow import add_escrow, recover_from_escrow
+from ..exceptions import ConfigError
+from ..providers import KeyProvider, open_provider
+from ..providers.local import LocalKeyProvider
 from ..rootkeys import root_key_usage, rotate_root_key
+from ..store import open_store
 from ._common import AppContext, console, emit, pass_app
 
 
@@ -79,3 +87,74 @@ def show(app: AppContext) -> None:
             console.print(f"{'wrapped by':>18}: {root} ({n} data key(s))", markup=False)
 
     emit(app, data, human)
+
+
+def _escrow_provider(key_file: str | None, config_path: str | None, *, create: bool) -> KeyProvider:
+    """The second root: a local key file (kept offline) or a provider section of its own TOML file."""
+    if (key_file is None) == (config_path is None):
+        raise click.UsageError("give exactly one of --escrow-key-file or --escrow-config")
+    if key_file is not None:
+        path = Path(key_file)
+        return LocalKeyProvider.create(path) if create and not path.exists() else LocalKeyProvider.load(path)
+    assert config_path is not None
+    pcfg = KeyManagementConfig.load(config_path).provider
+    if not pcfg.explicit:
+        raise ConfigError("--escrow-config", f"{config_path} has no [provider] section")
+    return open_provider(pcfg, base_dir=Path(config_path).resolve().parent)
+
+
+_ESCROW_OPTIONS = (
+    click.option("--escrow-key-file", type=click.Path(dir_okay=False),
+                 help="A second local root key file (created 0600 if missing); keep it offline."),
+    click.option("--escrow-config", type=click.Path(dir_okay=False, exists=True),
+                 help="A TOML file whose [provider] section is the escrow root (e.g. a second KMS key)."),
+)
+
+
+def _escrow_options(fn: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_ESCROW_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@provider.command(name="add-escrow")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Escrow file to write (0600).")
+@_escrow_options
+@pass_app
+def add_escrow_cmd(app: AppContext, out: str, escrow_key_file: str | None, escrow_config: str | None) -> None:
+    """Export every data key and the audit key wrapped under a second root, for recovery."""
+    vault = app.vault()
+    escrow = _escrow_provider(escrow_key_file, escrow_config, create=True)
+    try:
+        if escrow.root_key_id() == vault.provider.root_key_id():
+            raise ConfigError("--escrow-key-file", "the escrow root is the primary root; use a second key")
+        result = add_escrow(vault.store, vault.provider, vault.audit, escrow, out, vault.clock())
+    finally:
+        escrow.close()
+    emit(app, result.to_json(), lambda: console.print(
+        f"escrowed {len(result.versions)} data key(s) and the audit key under {escrow.name} root "
+        f"{result.escrow_root_key_id} in {out}; keep the escrow root offline, and run this again "
+        "after every rotation", markup=False))
+
+
+@provider.command()
+@click.option("--from-escrow", "escrow_file", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="The escrow file written by `provider add-escrow`.")
+@_escrow_options
+@click.option("--accept-loss", is_flag=True, help="Recover even if the escrow lacks newer versions.")
+@pass_app
+def recover(app: AppContext, escrow_file: str, escrow_key_file: str | None, escrow_config: str | None,
+            accept_loss: bool) -> None:
+    """The primary root is lost: rewrap every data key from the escrow under the configured root."""
+    escrow = _escrow_provider(escrow_key_file, escrow_config, create=False)
+    store = open_store(app.url)
+    try:
+        result = recover_from_escrow(store, escrow, escrow_file, app.config, accept_loss=accept_loss)
+    finally:
+        escrow.close()
+        store.close()
+    emit(app, result.to_json(), lambda: console.print(
+        f"recovered {len(result.rewrapped)} data key(s) and the audit key under {result.provider} root "
+        f"{result.root_key_id}"
+        + (f"; LOST {', '.join(result.lost)} ({sum(result.lost.values())} credential(s))" if result.lost else ""),
+        markup=False))

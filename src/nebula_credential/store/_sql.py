@@ -17,13 +17,14 @@ from typing import Any
 
 from ..exceptions import CorruptRecordError, StoreError
 from ..models import EncryptedCredential, KeyStatus, KeyVersion, from_epoch, to_epoch
-from .base import SCHEMA_VERSION, AuditRow, CredentialPage, StoreTx
+from .base import SCHEMA_VERSION, AuditRow, BackupRecord, CredentialPage, StoreTx
 
 _VERSION_COLS = (
     "keyring, version, status, wrapped_key, provider, root_key_id, created_at, expires_at, "
     "status_changed_at, revoked_at, destroyed_at, encryptions, reason"
 )
 _CRED_COLS = "keyring, id, scope, key_version, envelope, metadata, revision, created_at, updated_at"
+_BACKUP_COLS = "name, kind, taken_at, expires_at, registered_at, location, manifest"
 _AUDIT_COLS = "seq, ts, actor, action, keyring, key_version, credential_id, outcome, details, mac"
 
 
@@ -184,6 +185,12 @@ def _decode_page(rows: Sequence[Sequence[Any]], skip_corrupt: bool) -> Credentia
     return page
 
 
+def _backup(row: Sequence[Any]) -> BackupRecord:
+    taken, expires, registered = from_epoch(row[2]), from_epoch(row[3]), from_epoch(row[4])
+    assert taken is not None and expires is not None and registered is not None
+    return BackupRecord(str(row[0]), str(row[1]), taken, expires, registered, str(row[5]), str(row[6]))
+
+
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
     """The AND of the clauses whose value is not None, and their parameters."""
     used = [(clause, value) for clause, value in conditions if value is not None]
@@ -233,6 +240,9 @@ class SqlTx(StoreTx):
     def schema_version(self) -> int:
         row = self._exec("SELECT MAX(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
+
+    def has_table(self, name: str) -> bool:
+        return self._table_exists(name)
 
     def _table_exists(self, name: str) -> bool:
         row = self._exec(
@@ -521,6 +531,54 @@ class SqlTx(StoreTx):
         )
         return int(cur.rowcount)
 
+    # ---- backups -------------------------------------------------------
+    def put_backup(self, record: BackupRecord, versions: dict[str, dict[int, int]]) -> None:
+        self._exec("DELETE FROM backup_keys WHERE backup = ?", (record.name,))
+        self._exec(
+            f"INSERT INTO backups ({_BACKUP_COLS}) VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, taken_at = excluded.taken_at, "
+            "expires_at = excluded.expires_at, registered_at = excluded.registered_at, "
+            "location = excluded.location, manifest = excluded.manifest",
+            (record.name, record.kind, to_epoch(record.taken_at), to_epoch(record.expires_at),
+             to_epoch(record.registered_at), record.location, record.manifest),
+        )
+        self._many(
+            "INSERT INTO backup_keys (backup, keyring, version, credentials) VALUES (?,?,?,?)",
+            [(record.name, kr, v, n) for kr, per in sorted(versions.items()) for v, n in sorted(per.items())],
+        )
+
+    def list_backups(self) -> list[BackupRecord]:
+        rows = self._exec(f"SELECT {_BACKUP_COLS} FROM backups ORDER BY taken_at, name").fetchall()
+        return [_backup(r) for r in rows]
+
+    def delete_backup(self, name: str) -> bool:
+        self._exec("DELETE FROM backup_keys WHERE backup = ?", (name,))
+        cur = self._exec("DELETE FROM backups WHERE name = ?", (name,))
+        return bool(cur.rowcount == 1)
+
+    def backup_versions(self, name: str) -> dict[str, dict[int, int]]:
+        rows = self._exec(
+            "SELECT keyring, version, credentials FROM backup_keys WHERE backup = ?", (name,)
+        ).fetchall()
+        out: dict[str, dict[int, int]] = {}
+        for keyring, version, count in rows:
+            out.setdefault(str(keyring), {})[int(version)] = int(count)
+        return out
+
+    def backup_holds(self, keyring: str, version: int, now: datetime) -> list[tuple[str, datetime]]:
+        rows = self._exec(
+            "SELECT b.name, b.expires_at FROM backups b JOIN backup_keys k ON k.backup = b.name "
+            "WHERE k.keyring = ? AND k.version = ? AND b.expires_at > ? "
+            "ORDER BY b.expires_at DESC, b.name",
+            (keyring, version, to_epoch(now)),
+        ).fetchall()
+        out = []
+        for name, expires in rows:
+            when = from_epoch(expires)
+            assert when is not None
+            out.append((str(name), when))
+        return out
+
     # ---- leases --------------------------------------------------------
     def acquire_lease(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
         ts = to_epoch(now)
@@ -677,3 +735,30 @@ def schema_v2() -> list[str]:
     """Version 2: the MAC'd head of the audit chain, in a table of its own so that
     application roles can advance it without write access to ``meta``."""
     return ["CREATE TABLE IF NOT EXISTS audit_head (name TEXT PRIMARY KEY, value TEXT NOT NULL)"]
+
+
+def schema_v3_backups(real: str) -> list[str]:
+    """Backups registered in the store, and the key versions each one needs.
+
+    Retention reads ``backup_keys`` inside the destroy transaction, so a
+    version an unexpired backup needs is never destroyed.
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS backups (
+            name TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            taken_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            registered_at {real} NOT NULL,
+            location TEXT NOT NULL DEFAULT '',
+            manifest TEXT NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS backup_keys (
+            backup TEXT NOT NULL,
+            keyring TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            credentials BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (backup, keyring, version)
+        )""",
+        "CREATE INDEX IF NOT EXISTS backup_keys_by_version ON backup_keys (keyring, version)",
+    ]

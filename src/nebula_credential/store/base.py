@@ -35,7 +35,7 @@ logger = logging.getLogger("nebula_credential.store")
 #: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
 STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,19 @@ class AuditRow:
     outcome: str
     details: str  # canonical JSON
     mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRecord:
+    """One registered backup: the copy's manifest and how long retention must honour it."""
+
+    name: str
+    kind: str  # "sqlite-copy" or "registered" (pg_dump / PITR taken outside)
+    taken_at: datetime
+    expires_at: datetime
+    registered_at: datetime
+    location: str
+    manifest: str  # canonical JSON
 
 
 class CredentialPage(list[EncryptedCredential]):
@@ -83,6 +96,10 @@ class StoreTx(ABC):
 
     @abstractmethod
     def schema_version(self) -> int: ...
+
+    @abstractmethod
+    def has_table(self, name: str) -> bool:
+        """Whether a table exists (read-only tools that run before migration check first)."""
 
     # ---- key versions ----------------------------------------------------
     @abstractmethod
@@ -225,6 +242,25 @@ class StoreTx(ABC):
 
         A row whose revision moved on since it was read is left untouched.
         """
+
+    # ---- backups ---------------------------------------------------------
+    @abstractmethod
+    def put_backup(self, record: BackupRecord, versions: dict[str, dict[int, int]]) -> None:
+        """Register (or re-register) a backup and the key versions its rows need."""
+
+    @abstractmethod
+    def list_backups(self) -> list[BackupRecord]: ...
+
+    @abstractmethod
+    def delete_backup(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def backup_versions(self, name: str) -> dict[str, dict[int, int]]:
+        """The key versions a registered backup needs, with its credential counts."""
+
+    @abstractmethod
+    def backup_holds(self, keyring: str, version: int, now: datetime) -> list[tuple[str, datetime]]:
+        """(name, expires_at) of every unexpired backup that needs this version, latest expiry first."""
 
     # ---- leases ----------------------------------------------------------
     @abstractmethod

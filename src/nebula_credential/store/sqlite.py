@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..exceptions import StoreError, StoreUnavailableError
-from ._sql import SqlTx, schema_v1, schema_v2
+from ..exceptions import ConcurrencyError, NebulaCredentialError, StoreError, StoreUnavailableError
+from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups
 from .base import Store, StoreTx
 
-MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2()]
+MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2(), schema_v3_backups("REAL")]
 
 
 def path_from_url(url: str) -> str:
@@ -144,8 +144,11 @@ class SqliteStore(Store):
                 raise StoreUnavailableError(f"SQLite store is busy or unavailable: {exc}") from exc
             try:
                 yield SqliteTx(conn)
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                raise _translate(exc, self.path) from exc
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             try:
                 conn.execute("COMMIT")
@@ -167,6 +170,22 @@ class SqliteStore(Store):
                 conn.close()
         self._local = threading.local()
         self._shared = None
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (SQLite ends some on its own, e.g. on a full disk)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _translate(exc: sqlite3.Error, path: str) -> NebulaCredentialError:
+    """A typed error for a failed statement: the transaction was rolled back, nothing of it remains."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ConcurrencyError(f"constraint violated in SQLite store {path}: {exc}")
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return StoreUnavailableError(f"SQLite store {path} is busy: {exc}; the transaction was rolled back")
+    return StoreError(f"SQLite store {path} failed: {exc}; the transaction was rolled back")
 
 
 class _Null:
