@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=100_000, help="table size for the rotation run")
     ap.add_argument("--rot-reps", type=int, default=3, help="repetitions of each rotation pass")
     ap.add_argument("--large", action="store_true", help="also 100k vs 1M: time and peak memory")
+    ap.add_argument("--aio", action="store_true", help="also the asyncio API: PostgreSQL get, SQLite options")
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the page and PNG go")
     args = ap.parse_args(argv)
     info = report.machine()
@@ -50,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     page = report.write(
         args.out, rows, rot, steps, big, info, settings.strip(), time.perf_counter() - start
     )
+    if args.aio:
+        from . import aio_get, aio_sqlite
+
+        say("asyncio API: get on PostgreSQL, SQLite options (docs/asyncio.md explains them)")
+        section = ("\n## asyncio API\n\nSee [asyncio.md](asyncio.md) for what each row is.\n\n### get on PostgreSQL\n\n"
+                   f"{aio_get.report()}\n\n### SQLite options\n\n{aio_sqlite.report()}\n")
+        page.write_text(page.read_text() + section)
     say(f"wrote {page}")
     return 0
 

@@ -70,15 +70,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args()
-    from tests.fixtures_postgres import DATABASE, PostgresCluster
+    from benchmarks._pg import throwaway_cluster
 
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "pg").mkdir()
-        os.chmod(tmp, 0o755)
-        cluster = PostgresCluster(Path(tmp) / "pg")
-        cluster.init()
-        cluster.start()
-        cluster.admin(f"CREATE DATABASE {DATABASE}", database="postgres")
+        cluster = throwaway_cluster(tmp)
         os.environ["NEBULA_CREDENTIAL_MASTER_KEY_FILE"] = str(Path(tmp) / "master.key")
         LocalKeyProvider.create(Path(tmp) / "master.key")  # one root key, named for every store below
         try:

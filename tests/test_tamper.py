@@ -96,3 +96,13 @@ def test_unknown_version_in_header(populated: nc.Vault) -> None:
     _overwrite(populated, "github", good[:4] + (99).to_bytes(4, "big") + good[8:], 99)
     with pytest.raises(nc.KeyNotFoundError, match="version 99"):
         populated.get("github")
+
+
+def test_garbage_header_naming_a_huge_version_is_a_format_error(populated: nc.Vault) -> None:
+    """Random bytes name a key version up to 2^32-1; PostgreSQL's INTEGER audit column
+    overflowed on it (a StoreError, half the time in test_truncated_and_random_blobs)."""
+    _overwrite(populated, "github", b"XX\x01\x01\xff\xff\xff\xff" + bytes(72), 1)
+    with pytest.raises(nc.EnvelopeFormatError):
+        populated.get("github")
+    (event,) = [r for r in populated.audit.rows() if r.action == "decrypt.failed"]
+    assert event.credential_id == "github" and event.key_version is None

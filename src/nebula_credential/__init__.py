@@ -13,6 +13,7 @@ a tamper-evident audit trail.
 
 from __future__ import annotations
 
+from .aio import AsyncKeys, AsyncVault, aopen
 from .audit import AuditLog
 from .config import KeyManagementConfig
 from .envelope import Envelope, credential_context
@@ -57,6 +58,8 @@ from .vault import Vault, open
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncKeys",
+    "AsyncVault",
     "AuditLog",
     "BeforeExpiryRotation",
     "ConcurrencyError",
@@ -98,6 +101,7 @@ __all__ = [
     "VersionBased",
     "VersionedKey",
     "__version__",
+    "aopen",
     "credential_context",
     "open",
 ]

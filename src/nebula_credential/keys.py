@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -115,7 +114,7 @@ class KeyManager:
         self.config = config or KeyManagementConfig()
         self.clock = clock
         self.audit = audit
-        self._lock = threading.RLock()
+        self._lock = store.new_lock()
         # Keyed by the 8 fixed header bytes (magic, format, algorithm, version): one
         # slice of the envelope finds the key and validates the prefix at once.
         self._keys: dict[bytes, VersionedKey] = {}

@@ -31,6 +31,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._bridge import sleep
 from .config import DEFAULT_PRIORITY
 from .envelope import credential_context
 from .exceptions import (
@@ -174,7 +175,7 @@ class _Pacer:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            time.sleep(min(left, 0.2))
+            sleep(min(left, 0.2))
 
 
 class _Pass:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
+#: The highest key version a store column holds (PostgreSQL INTEGER); rotation never gets near it.
+MAX_KEY_VERSION = 2**31 - 1
 
 
 def _check_id(credential_id: str) -> None:
@@ -164,9 +166,11 @@ class Vault:
             value = self.decrypt_row(row)
         except (DecryptionError, EnvelopeFormatError) as exc:
             # A failed tag on a stored row is a tamper or corruption signal: audit it.
+            # a garbage header may name any uint32; the audit column holds versions that can exist
+            version = row.key_version if row.key_version <= MAX_KEY_VERSION else None
             with self.store.transaction() as tx:
                 self.audit.record(tx, "decrypt.failed", keyring=kr, credential_id=credential_id,
-                                  version=row.key_version, outcome="error", error=type(exc).__name__)
+                                  version=version, outcome="error", error=type(exc).__name__)
             if observer is not None:
                 observer(kr, "decrypt", time.perf_counter() - start, False)
             raise
@@ -396,6 +400,13 @@ def _prove_root_key(vault: Vault) -> None:
         ) from exc
 
 
+def load_config(config: KeyManagementConfig | str | Path | None) -> KeyManagementConfig:
+    """A config object from an object, a TOML path, or nothing (the defaults)."""
+    if isinstance(config, str | Path):
+        config = KeyManagementConfig.load(config)
+    return config or KeyManagementConfig()
+
+
 def open(
     url: str | None = None,
     *,
@@ -414,10 +425,27 @@ def open(
     unwraps the audit key, which proves the root key belongs to this store
     before anything is written.
     """
-    if isinstance(config, str | Path):
-        config = KeyManagementConfig.load(config)
-    config = config or KeyManagementConfig()
-    store = open_store(url or config.store.url)
+    config = load_config(config)
+    return open_on(open_store(url or config.store.url), config, keyring=keyring, provider=provider,
+                   clock=clock, create=create)
+
+
+def open_on(
+    store: Store,
+    config: KeyManagementConfig,
+    *,
+    keyring: str = "default",
+    provider: KeyProvider | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    create: bool = False,
+    adapt_provider: Callable[[KeyProvider], KeyProvider] | None = None,
+) -> Vault:
+    """:func:`open` on a store already opened (the asyncio API brings its bridged one).
+
+    ``adapt_provider`` wraps the provider before anything uses it (the
+    asyncio API moves its blocking calls off the event loop).  The store is
+    closed if opening fails.
+    """
     try:
         new = False
         if provider is None:
@@ -430,6 +458,8 @@ def open(
                 raise _not_initialised(store)
             if recorded is not None:
                 check_fingerprint(recorded, provider.name, configured=True)
+        if adapt_provider is not None:
+            provider = adapt_provider(provider)
         vault = Vault(store, provider, keyring=keyring, config=config, clock=clock)
         if new:
             with store.transaction() as tx:

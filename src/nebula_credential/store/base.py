@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-import time
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._bridge import sleep
 from ..exceptions import (
     CommitOutcomeUnknownError,
     CorruptRecordError,
@@ -337,6 +338,14 @@ class Store(ABC):
     def ensure_connections(self, count: int) -> None:  # noqa: B027 - optional hook
         """Make room for ``count`` concurrent transactions (a pooled backend grows its pool)."""
 
+    def new_lock(self) -> AbstractContextManager[Any]:
+        """A reentrant lock for the callers of this store (the key manager's).
+
+        Threads get a ``threading.RLock``; the asyncio bridge's store hands out
+        a greenlet-aware one, since its callers all share the loop's thread.
+        """
+        return threading.RLock()
+
     def directory(self) -> Path | None:
         """The folder holding a file-backed store (a local key file's default home), else None."""
         return None
@@ -376,7 +385,7 @@ class Store(ABC):
                     ) from exc
                 delay = delays.pop(0)
                 logger.warning("%s; running the transaction again in %.2fs", exc, delay)
-                time.sleep(delay)
+                sleep(delay)
 
     def iter_credentials(
         self,

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
+from .._bridge import sleep
 from ..exceptions import (
     CommitOutcomeUnknownError,
     ConcurrencyError,
@@ -297,7 +297,11 @@ class PostgresStore(Store):
                         f"cannot start a transaction on PostgreSQL store {redact_url(self.url)} "
                         f"after {self.retry.attempts} attempts: {self._scrub(_message(exc))}"
                     ) from None
-                time.sleep(delays.pop(0))
+                sleep(delays.pop(0))
+            except BaseException:
+                if conn is not None:  # interrupted mid-BEGIN (a cancelled task): the pool resets or drops it
+                    self._pool.putconn(conn)
+                raise
 
     @contextmanager
     def transaction(self, *, write: bool = True, autonomous: bool = False) -> Iterator[StoreTx]:
