@@ -7,6 +7,7 @@ because today's code blocks forever opening one.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -148,16 +149,50 @@ SECRET_READER = """
 import sys
 from nebula_credential.config import secret_from
 from nebula_credential.exceptions import ConfigError
-try:
-    secret_from({"token_file": sys.argv[1]}, "token")
-except ConfigError as exc:
-    print(exc)
+from nebula_credential.legacy import read_key_material
+for read in (lambda: secret_from({"token_file": sys.argv[1]}, "token"),
+             lambda: read_key_material(key_file=sys.argv[1])):
+    try:
+        read()
+    except ConfigError as exc:
+        print(exc)
 """
 
 
-def test_a_fifo_named_as_a_secret_file_is_refused_at_once(tmp_path: Path) -> None:
+def test_a_fifo_named_as_a_secret_or_legacy_key_file_is_refused_at_once(tmp_path: Path) -> None:
     fifo = tmp_path / "token"
     os.mkfifo(fifo, 0o600)
     res = subprocess.run([sys.executable, "-c", SECRET_READER, str(fifo)], env=cli_env(),
                          capture_output=True, text=True, timeout=60)  # today: blocks forever
-    assert res.stdout.startswith("provider.token_file:") and "not a regular file" in res.stdout, res.stderr
+    token, legacy = res.stdout.splitlines()
+    assert token.startswith("provider.token_file:") and "not a regular file" in token, res.stderr
+    assert legacy.startswith("--key-file:") and "not a regular file" in legacy
+
+
+STARTER = """
+import sys
+import nebula_credential as nc
+sys.stdin.readline()
+with nc.open("sqlite:///c.db", create=True) as v:
+    print(v.provider.root_key_id())
+"""
+
+
+def test_processes_starting_on_a_new_store_at_once_share_one_new_key(home: tuple[Path, dict[str, str]]) -> None:
+    """Exclusive key-file creation must not break N workers of one app opening a new store together."""
+    folder, env = home
+    for round_ in range(3):
+        for p in folder.iterdir():
+            p.unlink()
+        procs = [subprocess.Popen([sys.executable, "-c", STARTER], cwd=folder, env=env, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(6)]
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), (round_, [o[1][-500:] for o in outs])
+        assert len({o[0] for o in outs}) == 1  # one root key, the one in master.key
+        with sqlite3.connect(folder / "c.db") as conn:
+            assert conn.execute("SELECT COUNT(*) FROM audit_events WHERE action = 'store.init'").fetchone()[0] == 1

@@ -219,12 +219,16 @@ def _real_provider_case(
     if kind == "aws-kms":
         kms = request.getfixturevalue("moto_kms")
         return kms.settings(), {"endpoint_url": recorder_url, "region": "eu-west-3"}
+    if kind == "azure-keyvault":
+        azure = request.getfixturevalue("azure_vault")
+        return azure.settings(), {"vault_url": recorder_url.replace("http:", "https:"), "authority": recorder_url,
+                                  "connection_verify": False, "client_secret_env": "NEBULA_TEST_SECRET"}
     hsm = request.getfixturevalue("softhsm")
     return hsm.settings(), {"library": str(request.getfixturevalue("evil_library")[0]),
                             "pin_env": "NEBULA_TEST_SECRET"}
 
 
-@pytest.mark.parametrize("kind", ["vault-transit", "aws-kms", "pkcs11"])
+@pytest.mark.parametrize("kind", ["vault-transit", "aws-kms", "azure-keyvault", "pkcs11"])
 def test_real_provider_ignores_planted_settings(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, recorder: Recorder
 ) -> None:
@@ -246,3 +250,21 @@ def test_real_provider_ignores_planted_settings(
     assert recorder.connections == 0 and ENV_SECRET not in res.stderr
     if kind == "pkcs11":
         assert not request.getfixturevalue("evil_library")[1].exists()
+
+
+def test_a_garbled_provider_record_is_a_typed_error(tmp_path: Path) -> None:
+    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
+    assert run_cli("init", cwd=tmp_path, env=env).returncode == 0
+    for garbage in ("not json", "[]", '{"type": 7}'):
+        with sqlite3.connect(tmp_path / "c.db") as conn:
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'provider'", (garbage,))
+        res = run_cli("get", "x", cwd=tmp_path, env=env)
+        assert res.returncode == 1 and "meta record 'provider' is not a provider fingerprint" in res.stderr
+        assert "Traceback" not in res.stderr
+
+
+def test_key_file_flag_is_for_the_local_provider_only(tmp_path: Path) -> None:
+    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
+    res = run_cli("init", "--provider", "aws-kms", "--key-file", "k.key", cwd=tmp_path, env=env)
+    assert res.returncode == 2 and "--key-file applies to the local provider only" in res.stderr
+    assert not (tmp_path / "k.key").exists() and not (tmp_path / "c.db").exists()

@@ -27,6 +27,7 @@ CORRUPTIONS = [
     ("c05", "UPDATE credentials SET revision = 1.5 WHERE id = 'c05'", "revision is a number"),
     ("c06", "UPDATE credentials SET envelope = 12345 WHERE id = 'c06'", "envelope is an integer"),
     ("c07", "UPDATE credentials SET metadata = '[1, 2]' WHERE id = 'c07'", "not a JSON object"),
+    ("c08", "UPDATE credentials SET created_at = 1e300 WHERE id = 'c08'", "created_at is out of range"),
 ]
 GOOD = [f"g{i:02}" for i in range(12)]
 
@@ -146,6 +147,14 @@ def test_references_are_counted_by_envelope_header(vault: nc.Vault) -> None:
         assert tx.versions_referenced(vault.keyring_name) == {1: 5, 2: 1}  # what decryption needs
         assert sorted(tx.version_mismatches(vault.keyring_name)) == [(f"c{i}", 2, 1) for i in range(5)]
     assert vault.get_record("c3").key_version == 1 and vault.get("c3") == {"i": 3}
+    result = vault.reencrypt()  # the rows look current by their column: named, not silently left
+    assert sorted(f.id for f in result.failures) == [f"c{i}" for i in range(5)] and not result.ok
+    assert all("column says 2" in f.reason and f.key_version == 1 for f in result.failures)
+    for i in range(5):  # the fix it names
+        vault.put(f"c{i}", vault.get(f"c{i}"))
+    assert vault.reencrypt().ok
+    with vault.store.read() as tx:
+        assert tx.versions_referenced(vault.keyring_name) == {2: 6}
 
 
 def _env(vault: nc.Vault, cid: str) -> bytes:
@@ -153,3 +162,20 @@ def _env(vault: nc.Vault, cid: str) -> bytes:
         row = tx.get_credential(vault.keyring_name, cid)
     assert row is not None
     return row.envelope
+
+
+def test_daemon_skips_a_keyring_with_a_corrupt_key_row_and_serves_the_others(tmp_path: Path) -> None:
+    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
+    for kr in ("a", "b"):
+        assert run_cli("--keyring", kr, "init", cwd=tmp_path, env=env).returncode == 0
+        for i in range(3):
+            assert run_cli("--keyring", kr, "put", f"x{i}", "--value", "1", cwd=tmp_path, env=env).returncode == 0
+        assert run_cli("--keyring", kr, "keys", "rotate", cwd=tmp_path, env=env).returncode == 0
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        conn.execute("UPDATE key_versions SET wrapped_key = 'text' WHERE keyring = 'a' AND version = 1")
+    res = run_cli("daemon", "--once", "--metrics-addr", "127.0.0.1:0", cwd=tmp_path, env=env)
+    _clean(res.stderr)
+    assert "keyring a skipped: key version a/v1 is corrupt: wrapped_key is text" in res.stderr, res.stderr
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        rows = conn.execute("SELECT keyring, key_version, COUNT(*) FROM credentials GROUP BY 1, 2").fetchall()
+    assert sorted(rows) == [("a", 1, 3), ("b", 2, 3)]  # b was re-encrypted despite a

@@ -19,7 +19,7 @@ from types import FrameType
 
 from ._http import Handler, OpsServer
 from .config import parse_addr
-from .exceptions import NebulaCredentialError
+from .exceptions import CorruptRecordError, NebulaCredentialError
 from .maintenance import MaintainReport
 from .models import utc_now
 from .vault import Vault
@@ -68,17 +68,27 @@ class Daemon:
         return [self.vault if n == self.vault.keyring_name else self.vault.keyring(n) for n in names]
 
     def run_pass(self) -> list[MaintainReport]:
+        """One maintain pass per keyring; a keyring whose key table holds a corrupt
+        record is reported and skipped, the others carry on (the pass then fails)."""
         reports = []
+        corrupt: list[CorruptRecordError] = []
         for target in self._targets():
             if self.stop_event.is_set():
                 break
-            report = target.maintain(should_stop=self.stop_event.is_set)
+            try:
+                report = target.maintain(should_stop=self.stop_event.is_set)
+            except CorruptRecordError as exc:
+                logger.error("keyring %s skipped: %s", target.keyring_name, exc)
+                corrupt.append(exc)
+                continue
             for line in report.actions():
                 logger.info("%s", line)
             failures = report.reencryption.failures if report.reencryption else []
             for f in failures[:20]:  # corrupt or undecryptable rows, by id; the pass carried on
                 logger.warning("%s: could not re-encrypt %s (v%d): %s", report.keyring, f.id, f.key_version, f.reason)
             reports.append(report)
+        if corrupt:
+            raise corrupt[0]
         self.passes += 1
         self.last_pass = self.clock()
         return reports
@@ -107,16 +117,18 @@ class Daemon:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         self.start_http()
+        attempts = 0
         try:
             while not self.stop_event.is_set():
                 started = time.monotonic()
+                attempts += 1
                 try:
                     self.run_pass()
                     self.last_error = None
                 except NebulaCredentialError as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     logger.error("maintain pass failed: %s", self.last_error)
-                if max_passes is not None and self.passes >= max_passes:
+                if max_passes is not None and attempts >= max_passes:  # a failed pass counts too
                     break
                 wait = self.interval.total_seconds() - (time.monotonic() - started)
                 self.stop_event.wait(max(wait, 0.0))

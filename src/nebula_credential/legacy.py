@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ._files import read_regular
 from .exceptions import ConfigError, DecryptionError
 
 
@@ -39,7 +40,9 @@ def read_key_material(*, key_file: str | None = None, key_env: str | None = None
         raise ConfigError("legacy key", "give exactly one of --key-file PATH or --key-env NAME")
     if key_file:
         try:
-            return Path(key_file).read_text(encoding="utf-8").strip()
+            return read_regular(Path(key_file), "--key-file").decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError("--key-file", f"{key_file} is not UTF-8 text") from None
         except OSError as exc:
             raise ConfigError("--key-file", f"cannot read {key_file}: {exc.strerror}") from None
     assert key_env is not None

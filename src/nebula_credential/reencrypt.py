@@ -404,6 +404,8 @@ def run_pass(
                     job.report_undecryptable(version, scope, kv.status.value)
                 else:
                     job.run_slice(version, scope, workers)
+        if not job.should_stop():
+            result.failures += _mislabelled(km)
     finally:
         result.stopped = job.should_stop()
         result.seconds = time.perf_counter() - start
@@ -433,6 +435,22 @@ def _reason(exc: NebulaCredentialError) -> str:
 def _corrupt_failures(page: CredentialPage) -> list[Failure]:
     """Rows the store could not decode: reported by id, never rewritten (a person must look)."""
     return [Failure(e.record, e.key_version or 0, _reason(e)) for e in page.corrupt]
+
+
+def _mislabelled(km: KeyManager, limit: int = 1000) -> list[Failure]:
+    """Rows whose key_version column lies about their envelope header: corrupt records, reported.
+
+    A pass never selects one whose column already names the active version,
+    so it would stay under the old version unseen; it is named here (and by
+    ``doctor``), and the destroy guard counts it by its header.
+    """
+    with km.store.read() as tx:
+        lying = tx.version_mismatches(km.keyring, limit)
+    return [
+        Failure(cid, header, f"CorruptRecordError: its key_version column says {column} but its envelope "
+                f"header names version {header}; `nebula-credential get` it and `put` it again")
+        for cid, column, header in lying
+    ]
 
 
 def _later(a: Any, b: Any) -> bool:

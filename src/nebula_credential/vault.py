@@ -361,22 +361,42 @@ def provider_config_for(store: Store, config: KeyManagementConfig) -> ProviderCo
     could otherwise send our tokens to a server of their choosing or make
     us load their code.
     """
+    check_fingerprint(_fingerprint(store), config.provider.type, configured=config.provider.explicit)
+    return config.provider
+
+
+def _fingerprint(store: Store) -> Fingerprint:
     with store.read() as tx:
         recorded = read_fingerprint(tx)
     if recorded is None:
         raise _not_initialised(store)
-    check_fingerprint(recorded, config.provider.type, configured=config.provider.explicit)
-    return config.provider
+    return recorded
 
 
-def _provider_for(store: Store, config: KeyManagementConfig, *, create: bool) -> tuple[KeyProvider, bool]:
-    """The provider the process's config describes; a new store gets a new root key where that applies."""
-    with store.read() as tx:
-        new = read_fingerprint(tx) is None
-    if new and not create:
-        raise _not_initialised(store)
-    pcfg = config.provider if new else provider_config_for(store, config)
-    return open_provider(pcfg, create=new, base_dir=store.directory()), new
+#: Serialises initialisers of one store (PostgreSQL advisory lock; SQLite's write lock already does).
+_INIT_LOCK = "(store init)"
+
+
+def _initialise(
+    store: Store, config: KeyManagementConfig, provider: KeyProvider | None, make: Callable[[KeyProvider], Vault]
+) -> Vault | None:
+    """Make a new store's root of trust and fingerprint, once, under the store's write lock.
+
+    Several processes may open a new store with ``create=True`` at once (the
+    workers of one application starting): the first creates the root key
+    (a new key file, exclusively) and records it; the others find it recorded
+    when they get the lock and open it like any initialised store (None).
+    """
+    with store.transaction() as tx:
+        tx.lock_keyring(_INIT_LOCK)
+        if read_fingerprint(tx) is not None:
+            return None
+        root = provider or open_provider(config.provider, create=True, base_dir=store.directory())
+        vault = make(root)
+        write_fingerprint(tx, vault.provider)
+        vault.audit.ensure_key(tx)
+        vault.audit.record(tx, "store.init", provider=vault.provider.describe())
+        return vault
 
 
 def _prove_root_key(vault: Vault) -> None:
@@ -446,27 +466,26 @@ def open_on(
     asyncio API moves its blocking calls off the event loop).  The store is
     closed if opening fails.
     """
-    try:
-        new = False
-        if provider is None:
-            provider, new = _provider_for(store, config, create=create)
-        else:
-            with store.read() as tx:
-                recorded = read_fingerprint(tx)
-            new = recorded is None
-            if new and not create:
-                raise _not_initialised(store)
-            if recorded is not None:
-                check_fingerprint(recorded, provider.name, configured=True)
+
+    def make(root: KeyProvider) -> Vault:
         if adapt_provider is not None:
-            provider = adapt_provider(provider)
-        vault = Vault(store, provider, keyring=keyring, config=config, clock=clock)
-        if new:
-            with store.transaction() as tx:
-                if read_fingerprint(tx) is None:
-                    write_fingerprint(tx, provider)
-                    vault.audit.ensure_key(tx)
-                    vault.audit.record(tx, "store.init", provider=provider.describe())
+            root = adapt_provider(root)
+        return Vault(store, root, keyring=keyring, config=config, clock=clock)
+
+    try:
+        with store.read() as tx:
+            recorded = read_fingerprint(tx)
+        vault = None
+        if recorded is None:
+            if not create:
+                raise _not_initialised(store)
+            vault = _initialise(store, config, provider, make)
+        if vault is None:  # initialised, perhaps a moment ago by another process
+            if provider is None:
+                provider = open_provider(provider_config_for(store, config), base_dir=store.directory())
+            else:
+                check_fingerprint(_fingerprint(store), provider.name, configured=True)
+            vault = make(provider)
         _prove_root_key(vault)
         if create:
             vault.keys.initialize()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -107,18 +107,52 @@ def _version(row: Sequence[Any]) -> KeyVersion:
                                  key_version=row[1] if isinstance(row[1], int) else None) from None
 
 
+_MAX_VERSION = 2**31 - 1  # key_versions.version is a 32-bit signed INTEGER
+
+
 def header_version(envelope: bytes) -> int | None:
-    """The key version an envelope's header names (bytes 4..8), or None for a blob too short to have one."""
-    return int.from_bytes(envelope[4:8], "big") if len(envelope) >= 8 else None
+    """The key version an envelope's header names (bytes 4..8), or None for a blob that is no envelope."""
+    if len(envelope) < 8 or envelope[:2] != b"NC":
+        return None
+    version = int.from_bytes(envelope[4:8], "big")
+    return version if version <= _MAX_VERSION else None
+
+
+_NUMBER = (int, float)
 
 
 def _credential(row: Sequence[Any]) -> EncryptedCredential:
+    kr, cid, scope, column, envelope, meta, revision, created, updated = row
+    if (  # the fast path: every column of the type the schema promises
+        type(kr) is str and type(cid) is str and type(scope) is str and type(column) is int
+        and type(envelope) in _BLOB and type(meta) is str and type(revision) is int
+        and type(created) in _NUMBER and type(updated) in _NUMBER
+    ):
+        try:
+            metadata = json.loads(meta) if meta else {}
+            if type(metadata) is dict:
+                envelope = bytes(envelope)
+                named = header_version(envelope)
+                return EncryptedCredential(
+                    keyring=kr, id=cid, scope=scope,
+                    # the header is what decryption uses; a column that disagrees is found by doctor
+                    key_version=column if named is None else named,
+                    envelope=envelope, metadata=metadata, revision=revision,
+                    created_at=datetime.fromtimestamp(created, UTC),
+                    updated_at=datetime.fromtimestamp(updated, UTC),
+                )
+        except (ValueError, OverflowError, OSError):  # bad JSON, a timestamp out of range
+            pass
+    return _diagnose_credential(row)
+
+
+def _diagnose_credential(row: Sequence[Any]) -> EncryptedCredential:
+    """The slow path: name what is wrong with a row (or decode an unusual but valid one)."""
     try:
         column = _int(row[3], "key_version")
         envelope = _blob(row[4], "envelope")
         assert envelope is not None
         named = header_version(envelope)
-        # the header is what decryption uses; a column that disagrees is found by doctor
         key_version = column if named is None else named
         try:
             metadata = json.loads(_str(row[5], "metadata")) if row[5] else {}
