@@ -152,7 +152,7 @@ def test_a_backup_keeps_its_versions_until_it_expires(sq: nc.Vault, tmp_path: Pa
     assert cleanup(sq.keys, policy, clock.now) == []
     for force in (False, True):  # no flag skips the backup hold
         with pytest.raises(PolicyViolationError, match=r"kept: needed by backup b\.db until"):
-            sq.keys.destroy(1, force=force)
+            sq.keys.destroy(1, force_retention=force)
     assert sq.keys.version(1).status is KeyStatus.REVOKED
     [(kv, hold)] = held_versions(sq.store, "default", clock.now)
     assert kv.version == 1 and hold.backup == "b.db" and hold.until == clock.now - timedelta(hours=1, minutes=5) + KEEP
@@ -173,7 +173,7 @@ def test_forget_releases_the_hold(sq: nc.Vault, tmp_path: Path, clock: FakeClock
         forget_backup(sq, "nope")
     forget_backup(sq, "b.db")
     assert list_backups(sq.store) == []
-    assert sq.keys.destroy(1).status is KeyStatus.DESTROYED
+    assert sq.keys.destroy(1, retention=UntilReEncrypted()).status is KeyStatus.DESTROYED
     actions = [r.action for r in sq.audit.rows()]
     assert actions.count("backup.forget") == 1 and sq.audit.verify().ok
 
@@ -208,7 +208,8 @@ def test_register_holds_every_version_that_existed_then(vault: nc.Vault, clock: 
     [b] = list_backups(vault.store)
     assert b.kind == "registered" and b.location == "s3://bucket/base"
     forget_backup(vault, "pitr-0100")
-    assert vault.keys.destroy(1).status is KeyStatus.DESTROYED
+    clock.advance(seconds=10)  # the destroy floor
+    assert vault.keys.destroy(1, retention=UntilReEncrypted()).status is KeyStatus.DESTROYED
     assert vault.audit.verify().ok
 
 

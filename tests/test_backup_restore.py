@@ -87,7 +87,7 @@ def test_a_copy_whose_version_was_destroyed_since_is_refused(live: nc.Vault, tmp
     clock.advance(minutes=5)
     live.keys.revoke(1)
     clock.advance(hours=1)
-    live.keys.destroy(1)
+    live.keys.destroy(1, force_retention=True)
     report = verify_backup(tmp_path / "b.db", live=live.store)
     assert not report.ok and report.destroyed_since == {"default/v1": 6}
     assert any("default/v1" in p and "6 credential(s)" in p for p in report.problems)

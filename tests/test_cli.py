@@ -83,7 +83,7 @@ def test_import_jsonl_streamed(cli, tmp_path: Path) -> None:  # type: ignore[no-
     assert bad.returncode == 1 and bad.stderr.startswith("error: -:1:")
 
 
-def test_lifecycle_commands(cli) -> None:  # type: ignore[no-untyped-def]
+def test_lifecycle_commands(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli("put", "a", "--value", "1")
     cli("keys", "rotate")
     cli("keys", "revoke", "1")
@@ -92,11 +92,19 @@ def test_lifecycle_commands(cli) -> None:  # type: ignore[no-untyped-def]
     cli("keys", "reinstate", "1")
     assert json.loads(cli("--json", "get", "a").stdout)["value"] == 1
     destroy = cli("keys", "destroy", "1", ok=False)
-    assert destroy.returncode == 1 and "still used by 1" in destroy.stderr
+    assert destroy.returncode == 1 and "keys revoke 1" in destroy.stderr
     out = json.loads(cli("--json", "reencrypt").stdout)
     assert out["reencrypted"] == 1 and out["failed"] == 0
     cli("keys", "revoke", "1")
-    cli("keys", "destroy", "1")
+    early = cli("keys", "destroy", "1", "--force", "--yes-destroy-key-version", "1", ok=False)
+    assert early.returncode == 1 and "floor" in early.stderr  # --force never lowers the floor
+    unconfirmed = cli("keys", "destroy", "1", "--force", ok=False)
+    assert unconfirmed.returncode == 2 and "--yes-destroy-key-version 1" in unconfirmed.stderr
+    (tmp_path / "fast.toml").write_text('[keys]\nrefresh_interval = "0s"\n')  # floor: 0 s
+    kept = cli("--config", "fast.toml", "keys", "destroy", "1", ok=False)
+    assert kept.returncode == 1 and "--force --yes-destroy-key-version 1" in kept.stderr  # 90 days' retention
+    cli("--config", "fast.toml", "keys", "destroy", "1", "--force", "--yes-destroy-key-version", "1")
+    assert json.loads(cli("--json", "keys", "show", "1").stdout)["status"] == "destroyed"
 
 
 def test_errors_are_one_line_and_usage_errors_exit_2(cli) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ import pytest
 import nebula_credential as nc
 from nebula_credential.models import KeyStatus
 
-from .helpers import cli_env
+from .helpers import FakeClock, cli_env
 
 
 def test_round_trip_and_re_encrypt() -> None:
@@ -95,18 +95,24 @@ def test_revoked_version_names_itself_and_the_fix(vault: nc.Vault) -> None:
     assert vault.get("a") == {"x": 1}
 
 
-def test_lifecycle_rules(vault: nc.Vault) -> None:
+def test_lifecycle_rules(vault: nc.Vault, clock: FakeClock) -> None:
     vault.put("a", {"x": 1})
     with pytest.raises(nc.PolicyViolationError, match="rotate first"):
         vault.keys.revoke(1)
     vault.keys.rotate()
-    with pytest.raises(nc.PolicyViolationError, match="still used by 1"):
+    with pytest.raises(nc.PolicyViolationError, match="keys revoke 1"):
         vault.keys.destroy(1)
     with pytest.raises(nc.PolicyViolationError, match="not revoked"):
         vault.keys.reinstate(1)
-    vault.keys.destroy(1, force=True)
+    vault.keys.revoke(1)
+    clock.advance(seconds=10)
+    with pytest.raises(nc.PolicyViolationError, match="still used by 1"):
+        vault.keys.destroy(1, force_retention=True)  # no flag skips the reference check
+    with vault.store.transaction() as tx:  # an attacker with write access to the table strands "a"
+        tx._exec("UPDATE key_versions SET status = 'destroyed', wrapped_key = NULL WHERE version = 1")  # type: ignore[attr-defined]
+    vault.keys.refresh()
     kv = vault.keys.version(1)
-    assert kv.status is KeyStatus.DESTROYED and kv.wrapped_key is None and kv.destroyed_at is not None
+    assert kv.status is KeyStatus.DESTROYED and kv.wrapped_key is None
     with pytest.raises(nc.KeyDestroyedError, match="destroyed"):
         vault.get("a")
     with pytest.raises(nc.PolicyViolationError, match="cannot be reinstated"):

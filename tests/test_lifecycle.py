@@ -108,7 +108,8 @@ def test_cli_cleanup_dry_run_names_the_policy(tmp_path: Path) -> None:
     from .helpers import cli_env, run_cli
 
     env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
-    (tmp_path / "c.toml").write_text('[retention]\npolicy = "until-reencrypted"\n')
+    # refresh_interval 0s: the destroy floor (twice that) does not hold a test up
+    (tmp_path / "c.toml").write_text('[retention]\npolicy = "until-reencrypted"\n[keys]\nrefresh_interval = "0s"\n')
     for args in (("init",), ("keys", "rotate"), ("keys", "revoke", "1")):
         assert run_cli(*args, cwd=tmp_path, env=env).returncode == 0
     dry = run_cli("--config", "c.toml", "--json", "keys", "cleanup", "--dry-run", cwd=tmp_path, env=env)
@@ -185,6 +186,11 @@ class LifecycleMachine(RuleBasedStateMachine):
     @invariant()
     def one_active(self) -> None:
         assert [kv.status for kv in self.vault.keys.list()].count(KeyStatus.ACTIVE) == 1
+
+    @invariant()
+    def audit_chain_explains_the_key_table(self) -> None:
+        result = self.vault.audit.verify()
+        assert result.ok, result.unexplained
 
     @invariant()
     def everything_referenced_still_decrypts(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -129,7 +130,36 @@ def test_prometheus_rules_file_passes_promtool() -> None:
     res = subprocess.run([promtool, "check", "rules", str(ROOT / "deploy" / "prometheus-rules.yml")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "5 rules found" in res.stdout
+    assert "6 rules found" in res.stdout
+
+
+def test_audit_head_alert_fires_when_the_chain_goes_back(tmp_path: Path) -> None:
+    """promtool's rule unit test: a head that drops below its highest value alerts at once."""
+    promtool = shutil.which("promtool")
+    assert promtool
+    (tmp_path / "head_test.yml").write_text(json.dumps({
+        "rule_files": [str(ROOT / "deploy" / "prometheus-rules.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": 'nebula_credential_audit_head_seq{instance="d"}',
+                              "values": "10 11 12 12 5 5"}],
+            "alert_rule_test": [
+                {"eval_time": "3m", "alertname": "NebulaCredentialAuditHeadWentBack", "exp_alerts": []},
+                {"eval_time": "4m", "alertname": "NebulaCredentialAuditHeadWentBack", "exp_alerts": [{
+                    "exp_labels": {"severity": "critical", "instance": "d"},
+                    "exp_annotations": {
+                        "summary": "The audit chain's head went back to event 5",
+                        "description": "Someone deleted or rolled back audit events; run nebula-credential "
+                                       "audit verify --against your exported copy",
+                    },
+                }]},
+            ],
+        }],
+    }))
+    res = subprocess.run([promtool, "test", "rules", str(tmp_path / "head_test.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_daemon_serves_metrics_with_correct_values(tmp_path: Path) -> None:
@@ -161,9 +191,13 @@ def test_daemon_serves_metrics_with_correct_values(tmp_path: Path) -> None:
         assert _value(text, "nebula_credential_credentials_per_version", keyring="default", version="2") == 40
         assert _value(text, "nebula_credential_rotation_events_total", keyring="default") == 1
         assert _value(text, "nebula_credential_active_versions", keyring="default") in (1, 2)
+        head = _value(text, "nebula_credential_audit_head_seq")
+        with sqlite3.connect(tmp_path / "c.db") as conn:
+            assert head == conn.execute("SELECT MAX(seq) FROM audit_events").fetchone()[0]
         run_cli("keys", "rotate", cwd=tmp_path, env=env)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
+        assert _value(text, "nebula_credential_audit_head_seq") > head
         assert _value(text, "nebula_credential_rotation_events_total", keyring="default") == 2
         assert _value(text, "nebula_credential_reencryption_progress", keyring="default") == 0.0
     finally:

@@ -80,7 +80,8 @@ def test_operator_role_runs_the_lifecycle(
         assert result.ok and result.reencrypted == 20
         ops.keys.transition(1, KeyStatus.GRACE, action="key.grace")
         ops.keys.transition(1, KeyStatus.REVOKED, action="key.revoke")
-        ops.keys.transition(1, KeyStatus.DESTROYED, action="key.destroy")
+        clock.advance(seconds=10)  # the destroy floor
+        ops.keys.destroy(1, force_retention=True)
         with ops.store.transaction() as tx:
             assert tx.acquire_lease("rotation", "ops", 60, clock())
             tx.release_lease("rotation", "ops")

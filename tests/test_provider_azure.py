@@ -18,6 +18,7 @@ from nebula_credential.exceptions import (
     ProviderPermissionError,
     ProviderUnavailableError,
 )
+from nebula_credential.policies.retention import UntilReEncrypted
 from nebula_credential.providers.azure_keyvault import AzureKeyVaultProvider
 from nebula_credential.providers.base import WrapContext
 from nebula_credential.rootkeys import rotate_root_key
@@ -137,7 +138,8 @@ def test_lifecycle_through_open_with_a_provider_object(
         assert len(azure_vault.server.versions("life")) == azure_before + 1
         assert v.reencrypt().ok
         v.keys.revoke(1)
-        v.keys.destroy(1, policy="until-reencrypted")
+        clock.advance(seconds=10)  # the destroy floor
+        v.keys.destroy(1, retention=UntilReEncrypted())
     with nc.open(url, provider=provider(azure_vault, "life", create=False), clock=clock) as v:
         assert v.get("a") == {"n": 1} and v.get("b") == {"n": 2}
         assert v.audit.verify().ok

@@ -23,6 +23,7 @@ from nebula_credential.providers.pkcs11 import Pkcs11KeyProvider
 from nebula_credential.store import open_store
 
 from .fixtures_hsm_kms import SoftHsm
+from .helpers import FakeClock
 
 
 def provider(settings: dict[str, object], create: bool = True) -> Pkcs11KeyProvider:
@@ -255,9 +256,11 @@ def test_direct_mode_destroy_erases_the_token_object(softhsm: SoftHsm) -> None:
     p = provider(softhsm.settings(mode="direct"))
     try:
         km = memory_km(p)
+        km.clock = clock = FakeClock()
         blob = km.encrypt(b"x", b"ctx")
         km.rotate()
         km.revoke(1)
+        clock.advance(seconds=10)  # the destroy floor
 
         def dek_objects(version: int) -> list[object]:
             with p._token() as session:
@@ -265,7 +268,7 @@ def test_direct_mode_destroy_erases_the_token_object(softhsm: SoftHsm) -> None:
                         if o.label == f"{p.key_label}:dek:{km.keyring}:{version}"]
 
         assert dek_objects(1)
-        km.destroy(1)
+        km.destroy(1, force_retention=True)
         assert dek_objects(1) == [] and dek_objects(2)
         with pytest.raises(nc.KeyDestroyedError):
             km.decrypt(blob, b"ctx")

@@ -23,6 +23,7 @@ from nebula_credential.envelope import credential_context
 from nebula_credential.exceptions import NebulaCredentialError
 from nebula_credential.keys import KeyManager
 from nebula_credential.models import KeyStatus
+from nebula_credential.policies.retention import UntilReEncrypted
 from nebula_credential.providers import WrapContext, open_provider
 from nebula_credential.rootkeys import rotate_root_key
 
@@ -78,7 +79,8 @@ def test_full_lifecycle(
         assert v.keys.credential_counts() == {2: len(values)}
         # revoke and destroy (cleanup) the unused v1
         v.keys.revoke(1)
-        v.keys.destroy(1, policy="until-reencrypted")
+        clock.advance(seconds=10)  # the destroy floor
+        v.keys.destroy(1, retention=UntilReEncrypted())
         # v3 active, one credential rewritten under it; the rest stay under v2
         v.keys.rotate(reason="test")
         v.put("cred-0", {"token": "rewritten"}, scope="production")

@@ -10,9 +10,16 @@ exactly when the change it records was committed.
 A chain alone cannot show that its newest events were cut off, so each
 append also stores a MAC'd *head* (last seq and MAC) in ``audit_head``,
 in the same transaction: truncating the tail needs the audit key too.
-What no in-database scheme can catch is a rollback of the whole database
-(rows and head together) to an earlier copy; ship the log mirror
-(``[audit] log = true``) to a SIEM for that.
+
+A database writer can still wipe the chain, or roll it and the head back
+to values read earlier.  So :meth:`AuditLog.verify` also requires the
+chain to start at ``store.init`` (seq 1) and to *explain the key table*:
+replaying the key events must give every version's creation, status and
+status timestamps exactly as ``key_versions`` holds them
+(:func:`explain_key_table`).  What is left -- a rollback of the whole
+database, key table included -- is caught outside it: the head sequence
+number exported as a metric (an alert fires when it goes down) and a copy
+kept with ``audit export``, checked with ``audit verify --against``.
 """
 
 from __future__ import annotations
@@ -24,14 +31,15 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from ._secret import SecretBytes
-from .exceptions import StoreError
+from .exceptions import ConfigError, StoreError
 from .models import to_epoch, utc_now
 from .providers.base import KeyProvider, WrapContext
 from .store.base import AuditRow, Store, StoreTx
@@ -43,6 +51,8 @@ FORBIDDEN_DETAILS = frozenset(
     {"value", "plaintext", "secret", "password", "pin", "token", "dek", "key", "key_material"}
 )
 AUDIT_KEY_CONTEXT = WrapContext("__audit__", 1, "audit")
+#: The highest key version a store column holds (PostgreSQL INTEGER); rotation never gets near it.
+MAX_KEY_VERSION = 2**31 - 1
 
 logger = logging.getLogger("nebula_credential.audit")
 
@@ -110,9 +120,133 @@ class VerifyResult:
     ok: bool
     events: int
     first_bad_seq: int | None
+    #: What the chain does not explain (key-table changes, a missing start), one line each.
+    unexplained: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "events": self.events, "first_bad_seq": self.first_bad_seq}
+        out: dict[str, Any] = {"ok": self.ok, "events": self.events, "first_bad_seq": self.first_bad_seq}
+        if self.unexplained:  # the contract's three fields stay exactly as they were when all is well
+            out["unexplained"] = list(self.unexplained)
+        return out
+
+
+#: Events that create a key version (see ``KeyManager.rotate``).  Every status change is
+#: written by ``KeyManager.transition``, whatever its action name, with ``old_status`` and
+#: ``new_status`` in its details.  Both carry ``at``: the exact timestamp written to
+#: key_versions (events from before it was recorded lack it).
+CREATE_EVENTS = frozenset({"key.create", "key.rotate"})
+#: Stored timestamps and the ``at`` of events are the same epoch float; this absorbs the
+#: microsecond rounding of a datetime round trip.
+_TIME_SLACK = 1e-3
+
+
+@dataclass(slots=True)
+class _Replayed:
+    """One version as the chain tells it: a time is None when absent, NaN when unknown
+    (recorded by an event from before events carried ``at``)."""
+
+    status: str
+    created: float | None
+    changed: float | None
+    revoked: float | None = None
+    destroyed: float | None = None
+
+
+class KeyReplay:
+    """Key versions as the audit chain tells their story, event by event."""
+
+    def __init__(self) -> None:
+        self.versions: dict[tuple[str, int], _Replayed] = {}
+        self.problems: list[str] = []
+
+    def feed(self, row: AuditRow) -> None:
+        if row.action not in CREATE_EVENTS and not row.action.startswith("key."):
+            return
+        try:
+            details = json.loads(row.details) if row.details else {}
+        except ValueError:
+            return
+        if not isinstance(details, dict) or (
+            row.action not in CREATE_EVENTS and not {"old_status", "new_status"} <= details.keys()
+        ):
+            return  # not a creation nor a status change (e.g. key.grace_use)
+        at = details.get("at")
+        at = float(at) if isinstance(at, int | float) else math.nan
+        kr = row.keyring or ""
+        if row.action in CREATE_EVENTS:
+            new = details.get("new_version", row.key_version)
+            old = details.get("old_version")
+            if isinstance(old, int):
+                prev = self.versions.get((kr, old))
+                if prev is None or prev.status != "active":
+                    self.problems.append(
+                        f"event {row.seq} ({row.action}) retires {kr} v{old}, which the chain has as "
+                        f"{prev.status if prev else 'never created'}"
+                    )
+                if prev is not None:
+                    prev.status, prev.changed = "valid", at
+            if isinstance(new, int):
+                if (kr, new) in self.versions:
+                    self.problems.append(f"event {row.seq} ({row.action}) creates {kr} v{new} a second time")
+                self.versions[(kr, new)] = _Replayed("active", at, at)
+            return
+        version = row.key_version
+        cur = self.versions.get((kr, version)) if version is not None else None
+        old_status, new_status = details.get("old_status"), details.get("new_status")
+        if cur is None or not isinstance(new_status, str):
+            self.problems.append(f"event {row.seq} ({row.action}) changes {kr} v{version}, never created in the chain")
+            return
+        if cur.status != old_status:
+            self.problems.append(
+                f"event {row.seq} ({row.action}) moves {kr} v{version} from {old_status}, "
+                f"but the chain has it {cur.status}"
+            )
+        cur.status, cur.changed = new_status, at
+        if new_status == "revoked":
+            cur.revoked = at
+        elif new_status == "destroyed":
+            cur.destroyed = at
+        elif new_status == "valid" and old_status == "revoked":
+            cur.revoked = None
+
+    def explain(self, tx: StoreTx) -> list[str]:
+        """Every difference between the replayed versions and ``key_versions``, one line each."""
+        out = list(self.problems)
+        table = {(kr, kv.version): kv for kr in tx.keyrings() for kv in tx.list_versions(kr)}
+        for (kr, v), kv in sorted(table.items()):
+            name = f"keyring {kr} v{v}"
+            told = self.versions.get((kr, v))
+            if told is None:
+                out.append(f"{name}: created {_iso(kv.created_at)} with no key.create/key.rotate event")
+                continue
+            if kv.status.value != told.status:
+                since = _iso(kv.status_changed_at) if kv.status_changed_at else "an unknown time"
+                out.append(f"{name}: key_versions says {kv.status.value} since {since}; "
+                           f"the chain says {told.status}")
+                continue
+            for what, stored, replayed in (
+                ("created_at", kv.created_at, told.created),
+                ("status_changed_at", kv.status_changed_at, told.changed),
+                ("revoked_at", kv.revoked_at, told.revoked),
+                ("destroyed_at", kv.destroyed_at, told.destroyed),
+            ):
+                if replayed is not None and math.isnan(replayed):
+                    continue  # the event predates ``at``: its time is unknown, not wrong
+                at = to_epoch(stored)
+                if (at is None) != (replayed is None) or (
+                    at is not None and replayed is not None and abs(at - replayed) > _TIME_SLACK
+                ):
+                    out.append(f"{name}: {what} is {_iso(stored) if stored else 'empty'}, "
+                               "which no event in the chain explains")
+            if kv.wrapped_key is None and kv.status.value != "destroyed":
+                out.append(f"{name}: key material erased, but the chain never destroyed it")
+        for (kr, v) in sorted(set(self.versions) - set(table)):
+            out.append(f"keyring {kr} v{v}: in the chain but missing from key_versions")
+        return out
+
+
+def _iso(dt: datetime | None) -> str:
+    return dt.isoformat() if dt is not None else "-"
 
 
 class AuditLog:
@@ -173,6 +307,11 @@ class AuditLog:
         **details: Any,
     ) -> int:
         """Append one event inside ``tx``; returns its sequence number."""
+        if version is not None and not 0 <= version <= MAX_KEY_VERSION:
+            # a garbage envelope header (tamper, corruption) names any uint32: keep it in the
+            # details, where it cannot overflow the INTEGER column and fail the audit itself
+            details = {**details, "header_version": version}
+            version = None
         key = self._audit_key(tx)
         seq, prev = tx.audit_tail()
         ts = to_epoch(self._clock())
@@ -187,8 +326,8 @@ class AuditLog:
         return row.seq
 
     # ---- read ----------------------------------------------------------------
-    def rows(self, page: int = 1000) -> Iterator[AuditRow]:
-        after = 0
+    def rows(self, page: int = 1000, *, after: int = 0) -> Iterator[AuditRow]:
+        """Every event after sequence number ``after``, oldest first, one page in memory at a time."""
         while True:
             with self._store.read() as tx:
                 batch = tx.audit_rows(after, page)
@@ -198,7 +337,13 @@ class AuditLog:
             after = batch[-1].seq
 
     def verify(self) -> VerifyResult:
-        """Walk the whole chain; report the first event that does not check out."""
+        """Walk the whole chain; report the first event that does not check out.
+
+        Then the chain must start at ``store.init`` and explain the key table
+        (:class:`KeyReplay`): a wiped, truncated or rolled-back chain fails,
+        with ``first_bad_seq`` the first missing event and ``unexplained``
+        saying what it would have had to record.
+        """
         with self._store.read() as tx:
             key = bytes(self._audit_key(tx))
             head = tx.get_audit_head()
@@ -208,21 +353,78 @@ class AuditLog:
         head_seq, _, head_tag = (head or "0:").partition(":")
         want = int(head_seq) if head_seq.isdigit() else -1
         head_mac = b""
+        replay = KeyReplay()
+        start: list[str] = []
         for row in self.rows():
             count += 1
             if row.seq != expected_seq or not hmac.compare_digest(_mac(key, prev, row), row.mac):
                 return VerifyResult(False, count, min(row.seq, expected_seq))
+            if row.seq == 1 and row.action != "store.init":
+                start.append(f"the chain starts with {row.action!r}, not store.init")
+            replay.feed(row)
             if row.seq == want:
                 head_mac = row.mac
             prev = row.mac
             expected_seq += 1
-        if count == 0 and head is None:
-            return VerifyResult(True, 0, None)
+        if count == 0:
+            return VerifyResult(False, 0, 1, ("the chain is empty: it must start at store.init (seq 1)",
+                                              *self._explain(replay)))
         if want < 0 or head is None or want > count:
             return VerifyResult(False, count, count + 1)  # head missing/garbled, or newest events cut off
         if want < count or not hmac.compare_digest(_head_tag(key, want, head_mac), head_tag):
             return VerifyResult(False, count, want + 1 if want < count else want)
+        unexplained = (*start, *self._explain(replay))
+        if unexplained:
+            return VerifyResult(False, count, 1 if start else count + 1, unexplained)
         return VerifyResult(True, count, None)
+
+    def _explain(self, replay: KeyReplay) -> list[str]:
+        with self._store.read() as tx:
+            return replay.explain(tx)
+
+    def head_seq(self) -> int:
+        """The sequence number the chain's head claims (0 for none): what the metric exports."""
+        with self._store.read() as tx:
+            head = tx.get_audit_head()
+        seq = (head or "0:").partition(":")[0]
+        return int(seq) if seq.isdigit() else 0
+
+    def verify_against(self, exported: Iterable[dict[str, Any]]) -> VerifyResult:
+        """Check the store's chain against a copy kept outside it (``audit export``).
+
+        Every exported event must still be in the store with the same MAC:
+        a chain rolled back behind the copy, or rewritten, fails, naming the
+        first event that differs.  The store's own chain is verified first.
+        """
+        own = self.verify()
+        if not own.ok:
+            return own
+        problems: list[str] = []
+        first_bad: int | None = None
+        with self._store.read() as tx:
+            stored_head = own.events
+            for n, event in enumerate(exported, 1):
+                seq, mac = event.get("seq"), event.get("mac")
+                if not isinstance(seq, int) or seq < 1 or not isinstance(mac, str):
+                    raise ConfigError(f"exported event {n}", "expected an integer seq and a hex mac "
+                                      "(a line of `nebula-credential audit export`)")
+                if seq > stored_head:
+                    problems.append(f"the store's chain ends at event {stored_head}, but the exported copy "
+                                    f"has event {seq}: the chain was rolled back")
+                    first_bad = stored_head + 1
+                    break
+                rows = tx.audit_rows(seq - 1, 1)
+                if not rows or rows[0].seq != seq or rows[0].mac.hex() != mac:
+                    problems.append(f"event {seq} in the store differs from the exported copy: the chain was rewritten")
+                    first_bad = seq
+                    break
+        if problems:
+            return VerifyResult(False, own.events, first_bad, tuple(problems))
+        return own
+
+def row_to_export(row: AuditRow) -> dict[str, Any]:
+    """One ``audit export`` line: the readable event plus its exact time and MAC."""
+    return row_to_json(row) | {"ts": row.ts, "mac": row.mac.hex()}
 
 
 def row_to_json(row: AuditRow) -> dict[str, Any]:

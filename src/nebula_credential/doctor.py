@@ -326,6 +326,17 @@ def check_audit(store: Store, provider: KeyProvider) -> list[Finding]:
         ]
     if result.ok:
         return [Finding("audit", OK, f"audit chain intact ({result.events} events)")]
+    if result.unexplained:  # intact MACs, but wiped, cut back, or the key table changed behind it
+        shown = "; ".join(result.unexplained[:3]) + (" ..." if len(result.unexplained) > 3 else "")
+        return [
+            Finding(
+                "audit",
+                ERROR,
+                f"audit chain does not explain the key table ({len(result.unexplained)} thing(s)): {shown}",
+                "events were deleted or the key table was edited; `nebula-credential audit verify "
+                "--against` your exported copy, and compare with a backup",
+            )
+        ]
     return [
         Finding(
             "audit",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from . import envelope as env
 from .backups import holds as backup_hold
 from .config import HARD_MAX_ENCRYPTIONS, KeyManagementConfig
+from .durations import format_duration
 from .exceptions import (
     ConcurrencyError,
     DecryptionError,
@@ -32,7 +33,8 @@ from .exceptions import (
     PolicyViolationError,
     ProviderError,
 )
-from .models import KeyStatus, KeyVersion, utc_now
+from .models import KeyStatus, KeyVersion, to_epoch, utc_now
+from .policies.retention import KeyRetentionPolicy, RetentionContext, retention_from_config
 from .providers.base import Aead, KeyProvider, WrapContext
 
 if TYPE_CHECKING:
@@ -44,14 +46,95 @@ if TYPE_CHECKING:
 RESERVATION_BLOCK = 4096
 FIRST_RESERVATION = 16
 
-#: Lifecycle transitions an operator or a policy may make (rotation makes active -> valid).
+#: Lifecycle transitions an operator or a policy may make (rotation makes active -> valid;
+#: only a revoked version may be destroyed, see :func:`check_destroy`).
 TRANSITIONS: dict[KeyStatus, frozenset[KeyStatus]] = {
     KeyStatus.ACTIVE: frozenset({KeyStatus.VALID}),
-    KeyStatus.VALID: frozenset({KeyStatus.GRACE, KeyStatus.REVOKED, KeyStatus.DESTROYED}),
-    KeyStatus.GRACE: frozenset({KeyStatus.VALID, KeyStatus.REVOKED, KeyStatus.DESTROYED}),
+    KeyStatus.VALID: frozenset({KeyStatus.GRACE, KeyStatus.REVOKED}),
+    KeyStatus.GRACE: frozenset({KeyStatus.VALID, KeyStatus.REVOKED}),
     KeyStatus.REVOKED: frozenset({KeyStatus.VALID, KeyStatus.DESTROYED}),
     KeyStatus.DESTROYED: frozenset(),
 }
+
+#: Statuses a row may be written under: the version still decrypts without an audit trail
+#: of each use.  A write that finds its version in any other status is redone or refused.
+WRITABLE: frozenset[KeyStatus] = frozenset({KeyStatus.ACTIVE, KeyStatus.VALID})
+
+#: How often a write re-encrypts under a freshly read active version before giving up.
+WRITE_ATTEMPTS = 3
+
+
+def destroy_floor(config: KeyManagementConfig) -> timedelta:
+    """How long a version stays revoked before it may be destroyed: twice ``refresh_interval``.
+
+    Every process re-reads key statuses at least once per ``refresh_interval``,
+    so after two of them none still holds the version as one to write under.
+    No flag lowers it.
+    """
+    return 2 * config.keys.refresh_interval
+
+
+def check_destroy(
+    tx: StoreTx,
+    kv: KeyVersion,
+    *,
+    now: datetime,
+    config: KeyManagementConfig,
+    retention: KeyRetentionPolicy,
+    force_retention: bool = False,
+) -> tuple[int, str]:
+    """The one destroy guard (``keys destroy``, ``keys cleanup``, the daemon): raise or say why.
+
+    Runs inside the destroying transaction, after the version's row is
+    locked, and returns (rows referencing it, the reason destruction is
+    allowed).  Each check names the command to run first.  ``force_retention``
+    skips only the retention policy's own minimum: never the status, the
+    reference count, the floor or a backup that needs the version.
+    """
+    v, kr = kv.version, kv.keyring
+    if kv.status is KeyStatus.DESTROYED:
+        raise PolicyViolationError(f"key version {v} is already destroyed")
+    if kv.status is not KeyStatus.REVOKED:
+        first = (
+            "rotate first (`nebula-credential keys rotate`), re-encrypt, then revoke it"
+            if kv.status is KeyStatus.ACTIVE
+            else f"revoke it first: `nebula-credential --keyring {kr} keys revoke {v}`"
+        )
+        raise PolicyViolationError(
+            f"key version {v} is {kv.status.value}; only a revoked version can be destroyed: {first}"
+        )
+    # 1. no row may reference it, counted by envelope header (what decryption uses)
+    refs = tx.versions_referenced(kr).get(v, 0)
+    if refs:
+        raise PolicyViolationError(
+            f"key version {v} is still used by {refs} credential(s) (by envelope header); "
+            f"reinstate it (`nebula-credential keys reinstate {v}`) and run `nebula-credential reencrypt` first"
+        )
+    # 2. backups: a version an unexpired registered backup needs is never destroyed
+    hold = backup_hold(tx, kr, v, now)
+    if hold is not None:
+        raise PolicyViolationError(f"key version {v} is kept: {hold}")
+    # 3. the floor: every process has re-read key statuses since the revocation
+    floor = destroy_floor(config)
+    held = now - (kv.revoked_at or kv.status_changed_at or now)
+    if held < floor:
+        raise PolicyViolationError(
+            f"key version {v} was revoked {format_duration(max(held, timedelta(0)))} ago; it can be "
+            f"destroyed {format_duration(floor - held)} from now (floor: twice refresh_interval, "
+            f"{format_duration(floor)}, so no process still writes under it)"
+        )
+    # 4. the retention policy's minimum (the only check --force skips)
+    with_refs = RetentionContext(now=now, versions=tx.list_versions(kr), references={v: refs})
+    reason = retention.allows(kv, with_refs)
+    if reason is None:
+        if not force_retention:
+            raise PolicyViolationError(
+                f"retention policy {retention.name!r} keeps key version {v} for now; wait, or "
+                f"override the retention minimum with `nebula-credential keys destroy {v} "
+                f"--force --yes-destroy-key-version {v}`"
+            )
+        reason = f"forced past retention policy {retention.name!r} by the operator"
+    return refs, reason
 
 
 class VersionedKey:
@@ -173,6 +256,36 @@ class KeyManager:
     def credential_counts(self) -> dict[int, int]:
         with self.store.read() as tx:
             return tx.count_by_version(self.keyring)
+
+    def writable(self, tx: StoreTx, versions: Iterable[int]) -> bool:
+        """Inside a write transaction: may rows be written under all of ``versions``?
+
+        Share-locks the versions' rows (PostgreSQL), so a revoke or destroy of
+        one of them and this write cannot both commit.  A False answer also
+        drops the cached statuses: the caller re-encrypts under the active
+        version read afresh and tries again, :data:`WRITE_ATTEMPTS` times in
+        all (``Vault.put`` does the same check inside its single upsert
+        statement, ``StoreTx.put_credential_checked``).
+        """
+        wanted = versions if isinstance(versions, tuple) and len(versions) == 1 else tuple(sorted(set(versions)))
+        statuses = tx.writable_versions(self.keyring, wanted)
+        if all(statuses.get(v) in WRITABLE for v in wanted):
+            return True
+        self.stale()
+        return False
+
+    def stale(self) -> None:
+        """Re-read key statuses at the next use (a write found its version retired)."""
+        self._refresh_at = 0.0
+
+    def write_refused(self, versions: Iterable[int]) -> NebulaCredentialError:
+        """The typed error for a write whose versions stayed unwritable after every retry."""
+        self.refresh()
+        names = ", ".join(f"v{v}" for v in sorted(set(versions)))
+        return ConcurrencyError(
+            f"key version {names} of keyring {self.keyring!r} was revoked or destroyed while "
+            f"this write was under way, {WRITE_ATTEMPTS} times in a row; nothing was written, retry"
+        )
 
     # ---- key loading -------------------------------------------------------
     def _open(self, kv: KeyVersion) -> VersionedKey:
@@ -422,6 +535,7 @@ class KeyManager:
                     old_version=cur_active.version if cur_active else None,
                     new_version=new_version,
                     reason=reason,
+                    at=to_epoch(now),
                 )
             with self._lock:
                 key = VersionedKey(new_version, KeyStatus.ACTIVE, aead)
@@ -441,42 +555,52 @@ class KeyManager:
         *,
         action: str,
         expected: KeyStatus | None = None,
-        force: bool = False,
         unreferenced_only: bool = False,
+        retention: KeyRetentionPolicy | None = None,
+        force_retention: bool = False,
         **details: Any,
     ) -> KeyVersion:
-        """Move a version along the lifecycle, checked and audited in one transaction."""
+        """Move a version along the lifecycle, checked and audited in one transaction.
+
+        The version's row is locked first (PostgreSQL ``FOR UPDATE``), so a
+        write share-locking it (:meth:`writable`) either committed before the
+        references are counted or sees the new status.  Destruction goes
+        through :func:`check_destroy` whatever the caller.
+        """
         now = self.clock()
         with self.store.transaction() as tx:
             tx.lock_keyring(self.keyring)
-            kv = tx.get_version(self.keyring, version)
+            kv = tx.lock_version(self.keyring, version)
             if kv is None:
                 raise KeyNotFoundError(f"keyring {self.keyring!r} has no key version {version}")
             if expected is not None and kv.status is not expected:
                 raise ConcurrencyError(
                     f"key version {version} is {kv.status.value}, expected {expected.value}"
                 )
-            if new not in TRANSITIONS[kv.status]:
-                hint = " (rotate first: the active version cannot be retired)" if kv.status is KeyStatus.ACTIVE else ""
-                raise PolicyViolationError(
-                    f"key version {version} is {kv.status.value}; it cannot become {new.value}{hint}"
+            if new is KeyStatus.DESTROYED:
+                refs, allowed_by = check_destroy(
+                    tx, kv, now=now, config=self.config,
+                    retention=retention or retention_from_config(self.config),
+                    force_retention=force_retention,
                 )
-            refs = tx.count_by_version(self.keyring).get(version, 0)
-            if new is KeyStatus.DESTROYED and refs and not force:
-                raise PolicyViolationError(
-                    f"key version {version} is still used by {refs} credential(s); re-encrypt "
-                    "them first (`nebula-credential reencrypt`) or pass --force to destroy anyway"
-                )
-            if new is KeyStatus.DESTROYED and (hold := backup_hold(tx, self.keyring, version, now)):
-                raise PolicyViolationError(f"key version {version} is kept: {hold}")
-            if (new is KeyStatus.GRACE or unreferenced_only) and refs:
-                raise PolicyViolationError(
-                    f"key version {version} is still used by {refs} credential(s); it cannot become {new.value}"
-                )
+                details = {**details, "allowed_by": allowed_by, "forced": force_retention}
+            else:
+                if new not in TRANSITIONS[kv.status]:
+                    active = kv.status is KeyStatus.ACTIVE
+                    hint = " (rotate first: the active version cannot be retired)" if active else ""
+                    raise PolicyViolationError(
+                        f"key version {version} is {kv.status.value}; it cannot become {new.value}{hint}"
+                    )
+                # by envelope header, like the destroy guard: a row whose column lies still counts
+                refs = tx.versions_referenced(self.keyring).get(version, 0)
+                if (new is KeyStatus.GRACE or unreferenced_only) and refs:
+                    raise PolicyViolationError(
+                        f"key version {version} is still used by {refs} credential(s); it cannot become {new.value}"
+                    )
             if not tx.set_status(self.keyring, version, kv.status, new, now):
                 raise ConcurrencyError(f"key version {version} changed concurrently; retry")
             self._record(tx, action, version, old_status=kv.status.value, new_status=new.value,
-                         credentials=refs, forced=force, **details)
+                         credentials=refs, at=to_epoch(now), **details)
         with self._lock:
             self._keys = {vb: k for vb, k in self._keys.items() if k.version != version}
             self._refresh_at = 0.0
@@ -503,8 +627,20 @@ class KeyManager:
             raise PolicyViolationError(f"key version {version} is {kv.status.value}, not revoked")
         return self.transition(version, KeyStatus.VALID, action="key.reinstate", expected=KeyStatus.REVOKED)
 
-    def destroy(self, version: int, *, force: bool = False, policy: str = "operator") -> KeyVersion:
-        return self.transition(version, KeyStatus.DESTROYED, action="key.destroy", force=force, policy=policy)
+    def destroy(
+        self,
+        version: int,
+        *,
+        force_retention: bool = False,
+        retention: KeyRetentionPolicy | None = None,
+        policy: str = "operator",
+    ) -> KeyVersion:
+        """Erase a revoked, unreferenced version's material (see :func:`check_destroy`).
+
+        ``force_retention`` skips only the retention policy's minimum.
+        """
+        return self.transition(version, KeyStatus.DESTROYED, action="key.destroy", retention=retention,
+                               force_retention=force_retention, policy=policy)
 
     def key_age(self, now: datetime | None = None) -> timedelta:
         return (now or self.clock()) - self.active_version().created_at

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .backups import holds as backup_hold
 from .exceptions import ConcurrencyError, PolicyViolationError
-from .keys import KeyManager
+from .keys import KeyManager, check_destroy
 from .models import KeyStatus
-from .policies.retention import KeyRetentionPolicy, RetentionContext
+from .policies.retention import KeyRetentionPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,31 +67,26 @@ def advance(km: KeyManager, now: datetime, grace_period: timedelta, *, dry_run: 
 def cleanup(
     km: KeyManager, policy: KeyRetentionPolicy, now: datetime, *, dry_run: bool = False
 ) -> list[LifecycleAction]:
-    """Destroy revoked versions the policy allows and nothing references; name the policy."""
+    """Destroy the revoked versions the destroy guard allows; name the policy that allowed each.
+
+    The guard is :func:`~nebula_credential.keys.check_destroy`, the same one
+    ``keys destroy`` uses: revoked, referenced by no row (by envelope header),
+    past the floor, allowed by ``policy``.  A dry run asks it without writing.
+    """
     with km.store.read() as tx:
         versions = tx.list_versions(km.keyring)
-        refs = tx.count_by_version(km.keyring)
-        held = {kv.version for kv in versions if backup_hold(tx, km.keyring, kv.version, now)}
-    ctx = RetentionContext(now=now, versions=versions, references=refs)
     out = []
     for kv in versions:
-        if kv.status is not KeyStatus.REVOKED or refs.get(kv.version, 0) or kv.version in held:
+        if kv.status is not KeyStatus.REVOKED:
             continue
-        reason = policy.allows(kv, ctx)
-        if reason is None:
-            continue
-        if not dry_run:
-            try:
-                km.transition(
-                    kv.version,
-                    KeyStatus.DESTROYED,
-                    action="key.cleanup",
-                    expected=KeyStatus.REVOKED,
-                    unreferenced_only=True,
-                    policy=policy.name,
-                    reason=reason,
-                )
-            except (ConcurrencyError, PolicyViolationError):
-                continue
+        try:
+            with km.store.read() as tx:
+                _, reason = check_destroy(tx, kv, now=now, config=km.config, retention=policy)
+            if not dry_run:  # the transition asks the guard again, inside its own transaction
+                km.transition(kv.version, KeyStatus.DESTROYED, action="key.cleanup",
+                              expected=KeyStatus.REVOKED, retention=policy, policy=policy.name)
+        except (ConcurrencyError, PolicyViolationError):
+            continue  # kept: referenced, too recent, or the policy says not yet
         out.append(LifecycleAction(kv.version, KeyStatus.REVOKED.value, KeyStatus.DESTROYED.value, reason))
     return out
+

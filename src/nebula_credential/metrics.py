@@ -158,6 +158,16 @@ class MetricsExporter:
                     "Refused or failed decrypts recorded in the audit trail",
                     labels=["keyring"],
                 )
+                # Store-wide: the chain's head sequence number.  It only ever grows; Prometheus
+                # keeps its history outside the database, so a rollback shows as a drop
+                # (alert NebulaCredentialAuditHeadWentBack in deploy/prometheus-rules.yml).
+                head = GaugeMetricFamily(
+                    "nebula_credential_audit_head_seq",
+                    "Sequence number of the newest audit event (never goes down unless the chain was rolled back)",
+                )
+                vaults = list(exporter._all_vaults())
+                if vaults:
+                    head.add_metric([], vaults[0].audit.head_seq())
                 for s in snaps:
                     active.add_metric([s.keyring], s.active_versions)
                     rot.add_metric([s.keyring], s.rotation_events)
@@ -167,7 +177,7 @@ class MetricsExporter:
                     errors.add_metric([s.keyring], s.key_access_errors)
                     for version, n in sorted(s.credentials_per_version.items()):
                         per.add_metric([s.keyring, str(version)], n)
-                yield from (active, rot, prog, age, per, pending, errors)
+                yield from (active, rot, prog, age, per, pending, errors, head)
 
         self.registry.register(_StoreCollector())
 

@@ -220,7 +220,14 @@ class _Pass:
         return updates, failures
 
     def write(self, tx: StoreTx, updates: list[Update], failures: list[Failure]) -> int:
-        """The CAS update and the failure events, in the caller's transaction."""
+        """The CAS update and the failure events, in the caller's transaction.
+
+        Updates under a version revoked or destroyed since they were encrypted
+        are dropped (counted as conflicts): their rows stay as they were and
+        the next pass moves them under the active version read afresh.
+        """
+        if updates and not self.km.writable(tx, {u[2] for u in updates}):
+            updates = []
         changed = tx.cas_update_envelopes(self.km.keyring, updates) if updates else 0
         audit = self.km.audit
         if audit is not None:

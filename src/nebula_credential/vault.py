@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .audit import AuditLog
+from .audit import MAX_KEY_VERSION, AuditLog
 from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import (
@@ -28,7 +28,7 @@ from .exceptions import (
     StoreError,
 )
 from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
-from .keys import KeyManager
+from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
 from .providers import KeyProvider, open_provider
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
-#: The highest key version a store column holds (PostgreSQL INTEGER); rotation never gets near it.
-MAX_KEY_VERSION = 2**31 - 1
 
 
 def _check_id(credential_id: str) -> None:
@@ -109,18 +107,28 @@ class Vault:
         """Store (or replace) a credential; returns its new revision."""
         _check_id(credential_id)
         kr = self.keys.keyring
-        observer = self.observer
-        start = time.perf_counter() if observer is not None else 0.0
-        blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
-        if observer is not None:
-            observer(kr, "encrypt", time.perf_counter() - start, True)
-        with self.store.transaction() as tx:
-            revision = tx.put_credential(kr, credential_id, scope, int.from_bytes(blob[4:8]), blob,
-                                         metadata or {}, self.clock())
-            if self._audit_credentials:
-                self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
-                                  version=int.from_bytes(blob[4:8]), scope=scope)
-        return revision
+        keys = self.keys
+        plaintext = _encode(value)
+        aad = credential_context(kr, credential_id, scope)
+        for _ in range(WRITE_ATTEMPTS):
+            observer = self.observer
+            start = time.perf_counter() if observer is not None else 0.0
+            blob = keys.encrypt(plaintext, aad)
+            if observer is not None:
+                observer(kr, "encrypt", time.perf_counter() - start, True)
+            version = int.from_bytes(blob[4:8])
+            with self.store.transaction() as tx:
+                # the write and its version's status check in one statement (see KeyManager.writable)
+                revision = tx.put_credential_checked(kr, credential_id, scope, version, blob,
+                                                     metadata or {}, self.clock(), WRITABLE)
+                if revision is None:
+                    keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
+                    continue
+                if self._audit_credentials:
+                    self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
+                                      version=version, scope=scope)
+                return revision
+        raise keys.write_refused((version,))
 
     def put_many(
         self,
@@ -129,27 +137,37 @@ class Vault:
         batch_size: int = 1000,
     ) -> int:
         """Bulk import of (id, value, scope, metadata), one transaction per batch."""
-        kr = self.keys.keyring
         count = 0
-        batch: list[tuple[str, str, int, bytes, dict[str, Any]]] = []
+        batch: list[tuple[str, bytes, str, dict[str, Any]]] = []
         for credential_id, value, scope, metadata in items:
             _check_id(credential_id)
-            blob = self.keys.encrypt(_encode(value), credential_context(kr, credential_id, scope))
-            batch.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata or {}))
+            batch.append((credential_id, _encode(value), scope, metadata or {}))
             if len(batch) >= batch_size:
                 count += self._flush(batch)
         if batch:
             count += self._flush(batch)
         return count
 
-    def _flush(self, batch: list[tuple[str, str, int, bytes, dict[str, Any]]]) -> int:
-        with self.store.transaction() as tx:
-            tx.put_credentials(self.keys.keyring, batch, self.clock())
-            if self._audit_credentials:
-                self.audit.record(tx, "credential.import", keyring=self.keys.keyring, count=len(batch))
-        n = len(batch)
-        batch.clear()
-        return n
+    def _flush(self, batch: list[tuple[str, bytes, str, dict[str, Any]]]) -> int:
+        """Encrypt and write one batch; again under a fresh active version if its version was retired."""
+        keys = self.keys
+        kr = keys.keyring
+        for _ in range(WRITE_ATTEMPTS):
+            rows = []
+            for credential_id, plaintext, scope, metadata in batch:
+                blob = keys.encrypt(plaintext, credential_context(kr, credential_id, scope))
+                rows.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata))
+            versions = {r[2] for r in rows}
+            with self.store.transaction() as tx:
+                if not keys.writable(tx, versions):
+                    continue
+                tx.put_credentials(kr, rows, self.clock())
+                if self._audit_credentials:
+                    self.audit.record(tx, "credential.import", keyring=kr, count=len(rows))
+                n = len(batch)
+                batch.clear()
+                return n
+        raise keys.write_refused(versions)
 
     def get_record(self, credential_id: str) -> Credential:
         """The decrypted credential with its scope, key version and metadata."""

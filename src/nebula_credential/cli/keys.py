@@ -102,9 +102,24 @@ def reinstate(app: AppContext, version: int) -> None:
 
 @keys.command()
 @click.argument("version", type=int)
-@click.option("--force", is_flag=True, help="Destroy even if credentials still use it (they become unreadable).")
+@click.option("--force", is_flag=True,
+              help="Destroy before the retention policy's minimum has passed (needs --yes-destroy-key-version). "
+                   "Never skips the revoked status, the reference check or the floor.")
+@click.option("--yes-destroy-key-version", "confirm", type=int, metavar="V",
+              help="Typed confirmation for --force: the version number again.")
 @pass_app
-def destroy(app: AppContext, version: int, force: bool) -> None:
-    """Erase a version's wrapped material for good (row kept as tombstone)."""
-    kv = app.vault().keys.destroy(version, force=force)
+def destroy(app: AppContext, version: int, force: bool, confirm: int | None) -> None:
+    """Erase a revoked, unused version's wrapped material for good (row kept as tombstone).
+
+    Only a version revoked for at least twice refresh_interval, referenced by
+    no stored row, and allowed by the retention policy (unless --force).
+    """
+    if force and confirm != version:
+        raise click.UsageError(
+            f"--force destroys key version {version} before the retention minimum; "
+            f"confirm with --yes-destroy-key-version {version}"
+        )
+    if confirm is not None and not force:
+        raise click.UsageError("--yes-destroy-key-version confirms --force; pass both or neither")
+    kv = app.vault().keys.destroy(version, force_retention=force)
     emit(app, kv.to_json(), lambda: console.print(f"destroyed v{version}"))

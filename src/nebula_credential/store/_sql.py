@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -26,11 +26,28 @@ _VERSION_COLS = (
 _CRED_COLS = "keyring, id, scope, key_version, envelope, metadata, revision, created_at, updated_at"
 _BACKUP_COLS = "name, kind, taken_at, expires_at, registered_at, location, manifest"
 _AUDIT_COLS = "seq, ts, actor, action, keyring, key_version, credential_id, outcome, details, mac"
+_STATUS = {s.value: s for s in KeyStatus}
+_ON_CONFLICT = (
+    "ON CONFLICT (keyring, id) DO UPDATE SET scope = excluded.scope, "
+    "key_version = excluded.key_version, envelope = excluded.envelope, "
+    "metadata = excluded.metadata, revision = credentials.revision + 1, "
+    "updated_at = excluded.updated_at"
+)
 
 
 @lru_cache(maxsize=256)
 def _pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+@lru_cache(maxsize=16)
+def _checked_upsert(statuses: int, lock: str) -> str:
+    """The upsert of ``put_credential_checked``: written only if the version has one of the statuses."""
+    marks = ", ".join("?" for _ in range(statuses))
+    return (
+        f"INSERT INTO credentials ({_CRED_COLS}) SELECT ?, ?, ?, ?, ?, ?, 1, ?, ? FROM key_versions "
+        f"WHERE keyring = ? AND version = ? AND status IN ({marks}){lock} " + _ON_CONFLICT + " RETURNING revision"
+    )
 
 
 _BLOB = (bytes, bytearray, memoryview)
@@ -256,6 +273,10 @@ class SqlTx(StoreTx):
     def _lock_suffix(self, skip_locked: bool) -> str:
         return ""
 
+    def _row_lock(self, mode: str) -> str:
+        """`` FOR <mode>`` where the dialect has row locks (SQLite: one writer, none needed)."""
+        return ""
+
     def _lock_audit_head(self) -> None:
         """Serialise appenders of the audit chain (SQLite: the write lock does)."""
 
@@ -339,6 +360,32 @@ class SqlTx(StoreTx):
     def lock_keyring(self, keyring: str) -> None:
         """SQLite: a write transaction already holds the database write lock."""
 
+    def lock_version(self, keyring: str, version: int) -> KeyVersion | None:
+        row = self._exec(
+            f"SELECT {_VERSION_COLS} FROM key_versions WHERE keyring = ? AND version = ?"
+            + self._row_lock("UPDATE"),
+            (keyring, version),
+        ).fetchone()
+        return None if row is None else _version(row)
+
+    def writable_versions(self, keyring: str, versions: Sequence[int]) -> dict[int, KeyStatus]:
+        if len(versions) == 1:  # the hot path: one put, one primary-key read
+            row = self._exec(
+                "SELECT status FROM key_versions WHERE keyring = ? AND version = ?" + self._row_lock("KEY SHARE"),
+                (keyring, versions[0]),
+            ).fetchone()
+            return {} if row is None else {versions[0]: _STATUS.get(row[0], KeyStatus.DESTROYED)}
+        if not versions:
+            return {}
+        marks = ", ".join("?" for _ in versions)
+        rows = self._exec(
+            f"SELECT version, status FROM key_versions WHERE keyring = ? AND version IN ({marks}) "
+            "ORDER BY version" + self._row_lock("KEY SHARE"),
+            (keyring, *versions),
+        ).fetchall()
+        # an unknown status is treated as destroyed: never writable
+        return {int(v): _STATUS.get(status, KeyStatus.DESTROYED) for v, status in rows}
+
     def insert_version(self, kv: KeyVersion) -> None:
         self._exec(
             f"INSERT INTO key_versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -400,13 +447,7 @@ class SqlTx(StoreTx):
         return 0 if row is None else int(row[0])
 
     # ---- credentials ---------------------------------------------------
-    _UPSERT = (
-        f"INSERT INTO credentials ({_CRED_COLS}) VALUES (?,?,?,?,?,?,1,?,?) "
-        "ON CONFLICT (keyring, id) DO UPDATE SET scope = excluded.scope, "
-        "key_version = excluded.key_version, envelope = excluded.envelope, "
-        "metadata = excluded.metadata, revision = credentials.revision + 1, "
-        "updated_at = excluded.updated_at"
-    )
+    _UPSERT = f"INSERT INTO credentials ({_CRED_COLS}) VALUES (?,?,?,?,?,?,1,?,?) " + _ON_CONFLICT
 
     def get_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
         row = self._exec(
@@ -426,15 +467,34 @@ class SqlTx(StoreTx):
         now: datetime,
     ) -> int:
         ts = to_epoch(now)
-        self._exec(
-            self._UPSERT,
-            (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts, ts),
-        )
         row = self._exec(
-            "SELECT revision FROM credentials WHERE keyring = ? AND id = ?",
-            (keyring, credential_id),
+            self._UPSERT + " RETURNING revision",
+            (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts, ts),
         ).fetchone()
         return int(row[0])
+
+    def put_credential_checked(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+        statuses: Collection[KeyStatus],
+    ) -> int | None:
+        # One statement: the row is written only if the version's row (share-locked on
+        # PostgreSQL) has one of ``statuses``; RETURNING says whether it was.
+        if not statuses:
+            return None
+        ts = to_epoch(now)
+        row = self._exec(
+            _checked_upsert(len(statuses), self._row_lock("KEY SHARE")),
+            (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts, ts,
+             keyring, key_version, *(s.value for s in statuses)),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def put_credentials(
         self,

@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,6 +117,29 @@ class StoreTx(ABC):
         """Serialise writers of one keyring's versions until the transaction ends."""
 
     @abstractmethod
+    def lock_version(self, keyring: str, version: int) -> KeyVersion | None:
+        """Read one version and lock its row against writers until the transaction ends.
+
+        Revoke and destroy take this (PostgreSQL: ``FOR UPDATE``) before they
+        count references, so a write holding :meth:`writable_versions` on the
+        same row either commits first and is counted, or waits and then sees
+        the new status.  SQLite's single writer serialises them already.
+        """
+
+    @abstractmethod
+    def writable_versions(self, keyring: str, versions: Sequence[int]) -> dict[int, KeyStatus]:
+        """The status of each version, share-locking the rows (PostgreSQL: ``FOR KEY SHARE``).
+
+        Called inside a write transaction just before its rows are written: a
+        revoke or destroy of one of these versions (which takes ``FOR UPDATE``
+        first, see :meth:`lock_version`) cannot commit in between.  KEY SHARE,
+        not SHARE: it must not block the encryption counter's UPDATE, which
+        another thread's re-encryption batch may be waiting on from its own
+        connection while it holds row locks this write needs (a wait no
+        deadlock detector can see).
+        """
+
+    @abstractmethod
     def insert_version(self, kv: KeyVersion) -> None: ...
 
     @abstractmethod
@@ -156,6 +179,27 @@ class StoreTx(ABC):
         now: datetime,
     ) -> int:
         """Insert or replace; returns the new revision."""
+
+    def put_credential_checked(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+        statuses: Collection[KeyStatus],
+    ) -> int | None:
+        """:meth:`put_credential` only if ``key_version`` is in one of ``statuses``; None if not.
+
+        The check share-locks the version's row as :meth:`writable_versions`
+        does.  Backends override this to do both in one statement (the hot path).
+        """
+        status = self.writable_versions(keyring, (key_version,)).get(key_version)
+        if status not in statuses:
+            return None
+        return self.put_credential(keyring, credential_id, scope, key_version, envelope, metadata, now)
 
     @abstractmethod
     def put_credentials(

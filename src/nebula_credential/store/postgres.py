@@ -174,6 +174,9 @@ class PostgresTx(SqlTx):
     def _lock_suffix(self, skip_locked: bool) -> str:
         return " FOR UPDATE SKIP LOCKED" if skip_locked else ""
 
+    def _row_lock(self, mode: str) -> str:
+        return f" FOR {mode}"
+
     def _lock_audit_head(self) -> None:
         self._exec(_lock_sql("audit"), ("chain",))
 
