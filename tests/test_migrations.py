@@ -28,6 +28,7 @@ def test_v1_store_migrates_to_current(tmp_path: Path, key_file: Path) -> None:
         with v.store.read() as tx:
             assert tx.schema_version() == SCHEMA_VERSION
             assert tx.has_table("backups")
+            assert tx.has_table("server_tokens") and tx.has_table("server_policies")
             assert tx.get_audit_head() is not None
     with nc.open(f"sqlite:///{db}") as v:  # reopening applies nothing twice
         assert v.get("a") == {"x": 1}

@@ -9,6 +9,7 @@ names a file or an environment variable that holds the secret.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -87,6 +88,27 @@ class AuditConfig:
     credentials: bool = False
     actor: str = ""
     log: bool = False
+    #: The HTTP server audits every request; false drops the events of successful reads.
+    requests: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: the Vault-compatible HTTP API (``nebula-credential serve``)."""
+
+    listen: str = "127.0.0.1:8200"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    max_request_size: int = 1024 * 1024
+    request_timeout: timedelta = timedelta(seconds=30)
+    workers: int = 1
+    #: KV v2 mounts: mount path -> keyring.
+    kv_mounts: dict[str, str] = field(default_factory=lambda: {"secret": "default"})
+    default_ttl: timedelta = timedelta(hours=768)
+    max_ttl: timedelta = timedelta(hours=768)
+    #: How long a process trusts a token or policy it looked up: the bound on
+    #: how late another instance notices a revocation.
+    cache_ttl: timedelta = timedelta(seconds=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +145,7 @@ class KeyManagementConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     source: str = ""
 
@@ -140,7 +163,7 @@ class KeyManagementConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KeyManagementConfig:
         known = {"store", "keys", "rotation", "retention", "reencryption", "provider",
-                 "audit", "metrics", "alerts", "backup"}
+                 "audit", "metrics", "alerts", "backup", "server"}
         for name, value in data.items():
             if name not in known:
                 raise ConfigError(name, f"unknown section; allowed: {', '.join(sorted(known))}")
@@ -156,6 +179,7 @@ class KeyManagementConfig:
             audit=_audit(data.get("audit", {})),
             metrics=_metrics(data.get("metrics", {})),
             alerts=_alerts(data.get("alerts", {})),
+            server=_server(data.get("server", {})),
             backup=_backup(data.get("backup", {})),
         )
 
@@ -303,7 +327,7 @@ def _backup(raw: dict[str, Any]) -> BackupConfig:
 
 
 def _audit(raw: dict[str, Any]) -> AuditConfig:
-    _check_keys("audit", raw, ("credentials", "actor", "log"))
+    _check_keys("audit", raw, ("credentials", "actor", "log", "requests"))
     actor = raw.get("actor", "")
     if not isinstance(actor, str):
         raise ConfigError("audit.actor", "must be a string")
@@ -311,6 +335,7 @@ def _audit(raw: dict[str, Any]) -> AuditConfig:
         credentials=_bool("audit", raw, "credentials", False),
         actor=actor,
         log=_bool("audit", raw, "log", False),
+        requests=_bool("audit", raw, "requests", True),
     )
 
 
@@ -328,6 +353,49 @@ def _metrics(raw: dict[str, Any]) -> MetricsConfig:
         raise ConfigError("metrics.addr", "must be a string host:port")
     parse_addr(addr)
     return MetricsConfig(addr=addr)
+
+
+_MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def _server(raw: dict[str, Any]) -> ServerConfig:
+    _check_keys("server", raw, ("listen", "tls_cert_file", "tls_key_file", "max_request_size",
+                                "request_timeout", "workers", "kv_mounts", "default_ttl", "max_ttl",
+                                "cache_ttl"))
+    d = ServerConfig()
+    listen = raw.get("listen", d.listen)
+    if not isinstance(listen, str):
+        raise ConfigError("server.listen", "must be a string host:port")
+    parse_addr(listen, "server.listen")
+    files = {}
+    for key in ("tls_cert_file", "tls_key_file"):
+        files[key] = raw.get(key, "")
+        if not isinstance(files[key], str):
+            raise ConfigError(f"server.{key}", "must be a file path")
+    mounts = raw.get("kv_mounts", d.kv_mounts)
+    if not isinstance(mounts, dict) or not mounts:
+        raise ConfigError("server.kv_mounts", "must be a table of mount = \"keyring\"")
+    for mount, keyring in mounts.items():
+        if not _MOUNT_NAME.match(mount) or mount in ("sys", "auth") or not isinstance(keyring, str) or not keyring:
+            raise ConfigError("server.kv_mounts", f"bad mount {mount!r} = {keyring!r}: a mount is letters, "
+                              "digits, - and _ (not sys or auth), the value a keyring name")
+    cfg = ServerConfig(
+        listen=listen,
+        tls_cert_file=files["tls_cert_file"],
+        tls_key_file=files["tls_key_file"],
+        max_request_size=_int("server", raw, "max_request_size", d.max_request_size, 1024),
+        request_timeout=_dur("server", raw, "request_timeout", d.request_timeout),
+        workers=_int("server", raw, "workers", d.workers, 1),
+        kv_mounts=dict(mounts),
+        default_ttl=_dur("server", raw, "default_ttl", d.default_ttl),
+        max_ttl=_dur("server", raw, "max_ttl", d.max_ttl),
+        cache_ttl=_dur("server", raw, "cache_ttl", d.cache_ttl),
+    )
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        raise ConfigError("server.tls_key_file", "tls_cert_file and tls_key_file go together")
+    if cfg.default_ttl > cfg.max_ttl:
+        raise ConfigError("server.default_ttl", "must not exceed server.max_ttl")
+    return cfg
 
 
 def _alerts(raw: dict[str, Any]) -> AlertsConfig:

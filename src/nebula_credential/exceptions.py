@@ -75,6 +75,18 @@ class ConcurrencyError(NebulaCredentialError):
     """Another writer changed the same state first; retry or re-read."""
 
 
+class CheckAndSetError(ConcurrencyError):
+    """A conditional write expected another revision than the stored one."""
+
+    def __init__(self, credential_id: str, expected: int, actual: int | None = None) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"check-and-set failed for credential {credential_id!r}: expected revision {expected}"
+            + ("" if actual is None else f", stored revision is {actual}")
+        )
+
+
 class StoreError(NebulaCredentialError):
     """The credential store failed or holds data this library cannot use."""
 
@@ -137,6 +149,7 @@ class MissingDependencyError(NebulaCredentialError, ImportError):
 
 
 __all__ = [
+    "CheckAndSetError",
     "CommitOutcomeUnknownError",
     "ConcurrencyError",
     "ConfigError",

@@ -25,9 +25,11 @@ _PATTERNS = (
     re.compile(r"""(?P<k>["']?(?:""" + _FIELD_ALT + r""")["']?\s*[:=]\s*)(?P<v>b?"[^"]*"|b?'[^']*'|[^\s,}&]+)"""),
     # Authorization: Bearer xxx / Basic xxx
     re.compile(r"""(?P<k>[Aa]uthorization["']?\s*[:=]\s*["']?(?:Bearer|Basic)?\s*)(?P<v>[^"'\s,}]+)"""),
+    # our server's tokens wherever they appear (recognisable by their prefix)
+    re.compile(r"""(?P<k>\bncs\.)(?P<v>[A-Za-z0-9_-]{16,})"""),
 )
 #: Loggers of the libraries our providers drive, plus our own.
-LOGGERS = ("nebula_credential", "botocore", "boto3", "urllib3", "hvac", "azure", "requests", "psycopg")
+LOGGERS = ("nebula_credential", "botocore", "boto3", "urllib3", "hvac", "azure", "requests", "psycopg", "granian")
 
 
 def redact(text: str) -> str:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .vault import Vault
 
 #: Audit actions that count as key access errors (persisted, so every instance agrees).
-ACCESS_ERROR_ACTIONS = ("decrypt.refused", "decrypt.failed", "reencrypt.failed")
+ACCESS_ERROR_ACTIONS = ("decrypt.refused", "decrypt.failed", "reencrypt.failed", "server.denied")
 ROTATION_ACTIONS = ("key.rotate",)
 
 

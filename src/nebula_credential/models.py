@@ -96,6 +96,9 @@ class Credential:
     value: Any = field(repr=False)
     metadata: dict[str, Any]
     revision: int
+    #: When the stored record was created and last written (None for a legacy read-through).
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,7 @@ from .audit import AuditLog
 from .fingerprint import write_fingerprint
 from .models import KeyStatus
 from .providers.base import KeyProvider, WrapContext
+from .server.tokens import rewrap_server_key
 from .store.base import Store
 
 
@@ -77,6 +78,7 @@ def rotate_root_key(store: Store, provider: KeyProvider, audit: AuditLog) -> Roo
     result.seconds = time.perf_counter() - start
     with store.transaction() as tx:
         audit.rewrap_key(tx)
+        rewrap_server_key(tx, provider)
         write_fingerprint(tx, provider)
         audit.record(
             tx,

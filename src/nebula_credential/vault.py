@@ -19,6 +19,7 @@ from .audit import MAX_KEY_VERSION, AuditLog
 from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import (
+    CheckAndSetError,
     ConfigError,
     CorruptRecordError,
     CredentialNotFoundError,
@@ -103,8 +104,14 @@ class Vault:
         *,
         scope: str = DEFAULT_SCOPE,
         metadata: dict[str, Any] | None = None,
+        expected_revision: int | None = None,
     ) -> int:
-        """Store (or replace) a credential; returns its new revision."""
+        """Store (or replace) a credential; returns its new revision.
+
+        With ``expected_revision`` the write is a check-and-set: it lands only
+        if the stored revision is that number (0: no credential yet), checked
+        by the write statement itself, else :class:`CheckAndSetError`.
+        """
         _check_id(credential_id)
         kr = self.keys.keyring
         keys = self.keys
@@ -120,8 +127,14 @@ class Vault:
             with self.store.transaction() as tx:
                 # the write and its version's status check in one statement (see KeyManager.writable)
                 revision = tx.put_credential_checked(kr, credential_id, scope, version, blob,
-                                                     metadata or {}, self.clock(), WRITABLE)
+                                                     metadata or {}, self.clock(), WRITABLE,
+                                                     expected_revision=expected_revision)
                 if revision is None:
+                    if expected_revision is not None:
+                        row = tx.get_credential(kr, credential_id)
+                        actual = row.revision if row is not None else 0
+                        if actual != expected_revision:
+                            raise CheckAndSetError(credential_id, expected_revision, actual)
                     keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
                     continue
                 if self._audit_credentials:
@@ -202,7 +215,8 @@ class Vault:
             with self.store.transaction() as tx:
                 self.audit.record(tx, "credential.read", keyring=kr, credential_id=credential_id,
                                   version=row.key_version)
-        return Credential(row.id, row.scope, row.key_version, value, row.metadata, row.revision)
+        return Credential(row.id, row.scope, row.key_version, value, row.metadata, row.revision,
+                          row.created_at, row.updated_at)
 
     # ---- migration window -----------------------------------------------------
     def enable_read_through(self, keys: LegacyKeySet, lookup: Callable[[str], str | bytes | None]) -> None:

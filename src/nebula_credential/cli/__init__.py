@@ -25,6 +25,7 @@ from .maintenance import cleanup_cmd, daemon, maintain
 from .migrate import adopt, doctor
 from .ops import init, reencrypt, status
 from .provider import provider
+from .server import policy, serve, token
 from .transit import transit
 
 
@@ -65,6 +66,9 @@ for command in (
     daemon,
     audit,
     provider,
+    serve,
+    token,
+    policy,
     backup,
     transit,
 ):

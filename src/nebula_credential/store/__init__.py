@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..exceptions import ConfigError
-from .base import SCHEMA_VERSION, AuditRow, Store, StoreTx, redact_url
+from .base import SCHEMA_VERSION, AuditRow, Store, StoreTx, TokenRow, redact_url
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:
@@ -32,4 +32,4 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
     return store
 
 
-__all__ = ["SCHEMA_VERSION", "AuditRow", "Store", "StoreTx", "open_store", "redact_url"]
+__all__ = ["SCHEMA_VERSION", "AuditRow", "Store", "StoreTx", "TokenRow", "open_store", "redact_url"]

@@ -17,13 +17,17 @@ from typing import Any
 
 from ..exceptions import CorruptRecordError, StoreError
 from ..models import EncryptedCredential, KeyStatus, KeyVersion, from_epoch, to_epoch
-from .base import SCHEMA_VERSION, AuditRow, BackupRecord, CredentialPage, StoreTx
+from .base import SCHEMA_VERSION, AuditRow, BackupRecord, CredentialPage, StoreTx, TokenRow
 
 _VERSION_COLS = (
     "keyring, version, status, wrapped_key, provider, root_key_id, created_at, expires_at, "
     "status_changed_at, revoked_at, destroyed_at, encryptions, reason"
 )
 _CRED_COLS = "keyring, id, scope, key_version, envelope, metadata, revision, created_at, updated_at"
+_TOKEN_COLS = (
+    "accessor, token_hash, parent, policies, display_name, meta, created_at, expires_at, "  # noqa: S105
+    "max_expires_at, ttl, renewable"
+)
 _BACKUP_COLS = "name, kind, taken_at, expires_at, registered_at, location, manifest"
 _AUDIT_COLS = "seq, ts, actor, action, keyring, key_version, credential_id, outcome, details, mac"
 _STATUS = {s.value: s for s in KeyStatus}
@@ -234,6 +238,22 @@ def _decode_page(rows: Sequence[Sequence[Any]], skip_corrupt: bool) -> Credentia
     page.fetched = len(rows)
     page.last_id = rows[-1][1] if rows else None
     return page
+
+
+def _token(row: Sequence[Any]) -> TokenRow:
+    return TokenRow(
+        accessor=row[0],
+        token_hash=row[1],
+        parent=row[2],
+        policies=tuple(json.loads(row[3])),
+        display_name=row[4],
+        meta=json.loads(row[5]),
+        created_at=float(row[6]),
+        expires_at=None if row[7] is None else float(row[7]),
+        max_expires_at=None if row[8] is None else float(row[8]),
+        ttl=float(row[9]),
+        renewable=bool(row[10]),
+    )
 
 
 def _backup(row: Sequence[Any]) -> BackupRecord:
@@ -483,17 +503,33 @@ class SqlTx(StoreTx):
         metadata: dict[str, Any],
         now: datetime,
         statuses: Collection[KeyStatus],
+        expected_revision: int | None = None,
     ) -> int | None:
         # One statement: the row is written only if the version's row (share-locked on
-        # PostgreSQL) has one of ``statuses``; RETURNING says whether it was.
+        # PostgreSQL) has one of ``statuses`` -- and, for a check-and-set, only if the
+        # stored revision is ``expected_revision`` (0: no row yet); RETURNING says whether it was.
         if not statuses:
             return None
         ts = to_epoch(now)
-        row = self._exec(
-            _checked_upsert(len(statuses), self._row_lock("KEY SHARE")),
-            (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts, ts,
-             keyring, key_version, *(s.value for s in statuses)),
-        ).fetchone()
+        status_params = (keyring, key_version, *(s.value for s in statuses))
+        lock = self._row_lock("KEY SHARE")
+        if expected_revision is None or expected_revision == 0:
+            sql = _checked_upsert(len(statuses), lock)
+            if expected_revision == 0:
+                sql = sql.replace(_ON_CONFLICT, "ON CONFLICT (keyring, id) DO NOTHING")
+            params: tuple[Any, ...] = (keyring, credential_id, scope, key_version, envelope, _json(metadata), ts,
+                                       ts, *status_params)
+        else:
+            marks = ", ".join("?" for _ in statuses)
+            sql = (
+                "UPDATE credentials SET scope = ?, key_version = ?, envelope = ?, metadata = ?, "
+                "revision = revision + 1, updated_at = ? WHERE keyring = ? AND id = ? AND revision = ? "
+                "AND EXISTS (SELECT 1 FROM key_versions WHERE keyring = ? AND version = ? "
+                f"AND status IN ({marks}){lock}) RETURNING revision"
+            )
+            params = (scope, key_version, envelope, _json(metadata), ts, keyring, credential_id, expected_revision,
+                      *status_params)
+        row = self._exec(sql, params).fetchone()
         return None if row is None else int(row[0])
 
     def put_credentials(
@@ -624,6 +660,56 @@ class SqlTx(StoreTx):
             [(env, ver, keyring, cid, rev) for cid, rev, ver, env in updates],
         )
         return int(cur.rowcount)
+
+    # ---- HTTP server: tokens and policies ---------------------------------
+    def token_insert(self, row: TokenRow) -> None:
+        self._exec(
+            f"INSERT INTO server_tokens ({_TOKEN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (row.accessor, row.token_hash, row.parent, json.dumps(list(row.policies)), row.display_name,
+             _json(row.meta), row.created_at, row.expires_at, row.max_expires_at, row.ttl, int(row.renewable)),
+        )
+
+    def token_by_hash(self, token_hash: str) -> TokenRow | None:
+        row = self._exec(f"SELECT {_TOKEN_COLS} FROM server_tokens WHERE token_hash = ?", (token_hash,)).fetchone()
+        return None if row is None else _token(row)
+
+    def token_by_accessor(self, accessor: str) -> TokenRow | None:
+        row = self._exec(f"SELECT {_TOKEN_COLS} FROM server_tokens WHERE accessor = ?", (accessor,)).fetchone()
+        return None if row is None else _token(row)
+
+    def token_list(self) -> list[TokenRow]:
+        rows = self._exec(f"SELECT {_TOKEN_COLS} FROM server_tokens ORDER BY created_at, accessor").fetchall()
+        return [_token(r) for r in rows]
+
+    def token_set_expiry(self, accessor: str, expires_at: float | None) -> bool:
+        cur = self._exec("UPDATE server_tokens SET expires_at = ? WHERE accessor = ?", (expires_at, accessor))
+        return bool(cur.rowcount == 1)
+
+    def token_delete(self, accessors: Sequence[str]) -> int:
+        return sum(
+            int(self._exec("DELETE FROM server_tokens WHERE accessor = ?", (a,)).rowcount) for a in accessors
+        )
+
+    def token_children(self, accessor: str) -> list[str]:
+        rows = self._exec("SELECT accessor FROM server_tokens WHERE parent = ?", (accessor,)).fetchall()
+        return [r[0] for r in rows]
+
+    def policy_put(self, name: str, body: str, now: datetime) -> None:
+        self._exec(
+            "INSERT INTO server_policies (name, body, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            (name, body, to_epoch(now)),
+        )
+
+    def policy_get(self, name: str) -> str | None:
+        row = self._exec("SELECT body FROM server_policies WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def policy_list(self) -> list[str]:
+        return [r[0] for r in self._exec("SELECT name FROM server_policies ORDER BY name").fetchall()]
+
+    def policy_delete(self, name: str) -> bool:
+        return bool(self._exec("DELETE FROM server_policies WHERE name = ?", (name,)).rowcount == 1)
 
     # ---- backups -------------------------------------------------------
     def put_backup(self, record: BackupRecord, versions: dict[str, dict[int, int]]) -> None:
@@ -855,4 +941,26 @@ def schema_v3_backups(real: str) -> list[str]:
             PRIMARY KEY (backup, keyring, version)
         )""",
         "CREATE INDEX IF NOT EXISTS backup_keys_by_version ON backup_keys (keyring, version)",
+    ]
+
+
+def schema_v4_server(real: str) -> list[str]:
+    """Version 4: the HTTP server's tokens (keyed hashes only) and ACL policies."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS server_tokens (
+            accessor TEXT PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,
+            parent TEXT,
+            policies TEXT NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            meta TEXT NOT NULL DEFAULT '{{}}',
+            created_at {real} NOT NULL,
+            expires_at {real},
+            max_expires_at {real},
+            ttl {real} NOT NULL,
+            renewable INTEGER NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS server_tokens_by_parent ON server_tokens (parent)",
+        f"CREATE TABLE IF NOT EXISTS server_policies (name TEXT PRIMARY KEY, body TEXT NOT NULL, "
+        f"updated_at {real} NOT NULL)",
     ]

@@ -36,7 +36,24 @@ logger = logging.getLogger("nebula_credential.store")
 #: Store retries: a PostgreSQL restart takes a second or two, so back off up to ~3 s.
 STORE_RETRY = RetryPolicy(attempts=6, base_delay=0.1, max_delay=3.0)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """One HTTP-server token: only its keyed hash is stored, never the token."""
+
+    accessor: str
+    token_hash: str
+    parent: str | None
+    policies: tuple[str, ...]
+    display_name: str
+    meta: dict[str, str]
+    created_at: float
+    expires_at: float | None  # None: never (root tokens created by an operator)
+    max_expires_at: float | None
+    ttl: float
+    renewable: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,15 +207,23 @@ class StoreTx(ABC):
         metadata: dict[str, Any],
         now: datetime,
         statuses: Collection[KeyStatus],
+        expected_revision: int | None = None,
     ) -> int | None:
         """:meth:`put_credential` only if ``key_version`` is in one of ``statuses``; None if not.
 
-        The check share-locks the version's row as :meth:`writable_versions`
-        does.  Backends override this to do both in one statement (the hot path).
+        With ``expected_revision`` it is also a check-and-set: written only if
+        the stored revision is that number (0: no row yet).  The check
+        share-locks the version's row as :meth:`writable_versions` does.
+        Backends override this to do all of it in one statement (the hot path,
+        and the only way two check-and-set writers cannot both succeed).
         """
         status = self.writable_versions(keyring, (key_version,)).get(key_version)
         if status not in statuses:
             return None
+        if expected_revision is not None:
+            row = self.get_credential(keyring, credential_id)
+            if (row.revision if row is not None else 0) != expected_revision:
+                return None
         return self.put_credential(keyring, credential_id, scope, key_version, envelope, metadata, now)
 
     @abstractmethod
@@ -287,6 +312,41 @@ class StoreTx(ABC):
 
         A row whose revision moved on since it was read is left untouched.
         """
+
+
+    # ---- HTTP server: tokens and policies ---------------------------------
+    @abstractmethod
+    def token_insert(self, row: TokenRow) -> None: ...
+
+    @abstractmethod
+    def token_by_hash(self, token_hash: str) -> TokenRow | None: ...
+
+    @abstractmethod
+    def token_by_accessor(self, accessor: str) -> TokenRow | None: ...
+
+    @abstractmethod
+    def token_list(self) -> list[TokenRow]: ...
+
+    @abstractmethod
+    def token_set_expiry(self, accessor: str, expires_at: float | None) -> bool: ...
+
+    @abstractmethod
+    def token_delete(self, accessors: Sequence[str]) -> int: ...
+
+    @abstractmethod
+    def token_children(self, accessor: str) -> list[str]: ...
+
+    @abstractmethod
+    def policy_put(self, name: str, body: str, now: datetime) -> None: ...
+
+    @abstractmethod
+    def policy_get(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def policy_list(self) -> list[str]: ...
+
+    @abstractmethod
+    def policy_delete(self, name: str) -> bool: ...
 
     # ---- backups ---------------------------------------------------------
     @abstractmethod

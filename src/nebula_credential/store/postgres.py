@@ -45,7 +45,7 @@ from ..exceptions import (
     TransientStoreError,
 )
 from ..providers.base import RetryPolicy
-from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups
+from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups, schema_v4_server
 from .base import Store, StoreTx, redact_url
 
 try:
@@ -59,7 +59,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 if TYPE_CHECKING:
     Connection = psycopg.Connection[Any]
 
-MIGRATIONS = [schema_v1("BYTEA", "DOUBLE PRECISION"), schema_v2(), schema_v3_backups("DOUBLE PRECISION")]
+MIGRATIONS = [
+    schema_v1("BYTEA", "DOUBLE PRECISION"), schema_v2(), schema_v3_backups("DOUBLE PRECISION"),
+    schema_v4_server("DOUBLE PRECISION"),
+]
 APPLICATION_NAME = "nebula-credential"
 
 # SQLSTATE classes and codes meaning "the connection or the server went away".
@@ -82,6 +85,7 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "ON {schema}.key_versions TO {role}",
         "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.audit_head TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.server_tokens, {schema}.server_policies TO {role}",
         "GRANT SELECT ON {schema}.backups, {schema}.backup_keys TO {role}",
     ),
     "operator": (
@@ -93,6 +97,7 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases TO {role}",
         "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.audit_head TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.server_tokens, {schema}.server_policies TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.backups, {schema}.backup_keys TO {role}",
     ),
 }

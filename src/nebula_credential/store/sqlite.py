@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..exceptions import ConcurrencyError, NebulaCredentialError, StoreError, StoreUnavailableError
-from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups
+from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups, schema_v4_server
 from .base import Store, StoreTx
 
-MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2(), schema_v3_backups("REAL")]
+MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2(), schema_v3_backups("REAL"), schema_v4_server("REAL")]
 
 
 def path_from_url(url: str) -> str:

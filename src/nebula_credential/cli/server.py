@@ -1,0 +1,187 @@
+"""serve, token create|list|revoke, policy write|read|list|delete.
+
+Operators with store access manage tokens and policies here; that is also
+how the first root token is obtained (``token create --policy root``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from ..durations import parse_duration
+from ..exceptions import NebulaCredentialError
+from ._common import AppContext, console, emit, err_console, pass_app
+
+
+def _tokens(app: AppContext):  # type: ignore[no-untyped-def]
+    from ..server.tokens import TokenManager
+
+    vault = app.vault()
+    cfg = app.config.server
+    return vault, TokenManager(vault.store, vault.provider, clock=vault.clock, default_ttl=cfg.default_ttl,
+                               max_ttl=cfg.max_ttl, cache_ttl=cfg.cache_ttl)
+
+
+@click.command()
+@click.option("--listen", default=None, help="host:port (config server.listen; default 127.0.0.1:8200).")
+@click.option("--tls-cert", default=None, type=click.Path(dir_okay=False),
+              help="PEM certificate (server.tls_cert_file).")
+@click.option("--tls-key", default=None, type=click.Path(dir_okay=False),
+              help="PEM key, mode 0600 (server.tls_key_file).")
+@click.option("--insecure-no-tls", is_flag=True, help="Allow plain HTTP on a non-loopback address (warned at start).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (server.workers).")
+@click.option("--max-request-size", type=click.IntRange(1024), default=None,
+              help="Request body limit in bytes (server.max_request_size).")
+@click.option("--request-timeout", default=None, help="Per-request time limit, e.g. 30s (server.request_timeout).")
+@click.option("--maintain", is_flag=True, help="Also run the daemon's scheduler in this process.")
+@click.option("--interval", default="60s", show_default=True, help="Time between maintain passes with --maintain.")
+@pass_app
+def serve(app: AppContext, listen: str | None, tls_cert: str | None, tls_key: str | None, insecure_no_tls: bool,
+          workers: int | None, max_request_size: int | None, request_timeout: str | None, maintain: bool,
+          interval: str) -> None:
+    """Serve the store over Vault's HTTP API (KV v2, tokens, ACL policies)."""
+    from ..server.run import ServeOptions
+    from ..server.run import serve as run_server
+
+    logging.basicConfig(level=logging.DEBUG if app.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = app.config.server
+    options = ServeOptions(
+        listen=listen or cfg.listen,
+        tls_cert_file=tls_cert or cfg.tls_cert_file,
+        tls_key_file=tls_key or cfg.tls_key_file,
+        insecure_no_tls=insecure_no_tls,
+        workers=workers or cfg.workers,
+        maintain=maintain,
+        maintain_interval=parse_duration(interval, "--interval"),
+    )
+    vault = app.vault()  # a store or provider problem is one clear error before anything listens
+    run_server(vault, options, url=app.url, config_path=app.config_path, max_request_size=max_request_size,
+               request_timeout=parse_duration(request_timeout, "--request-timeout") if request_timeout else None)
+
+
+@click.group()
+def token() -> None:
+    """Server tokens (only accessors are ever listed; a token is shown once, at creation)."""
+
+
+@token.command("create")
+@click.option("--policy", "policies", multiple=True, required=True,
+              help="Policy name (repeatable); root for everything.")
+@click.option("--ttl", default=None, help="Lifetime, e.g. 24h (default server.default_ttl).")
+@click.option("--display-name", default="cli", show_default=True)
+@pass_app
+def token_create(app: AppContext, policies: tuple[str, ...], ttl: str | None, display_name: str) -> None:
+    """Create a token and print it once."""
+    vault, manager = _tokens(app)
+    with vault.store.transaction() as tx:  # the token and its audit event commit together
+        secret, row = manager.create(list(policies), ttl=parse_duration(ttl, "--ttl") if ttl else None,
+                                     display_name=display_name)
+        vault.audit.record(tx, "server.token.create", accessor=row.accessor, policies=list(row.policies))
+    from ..server.tokens import row_summary
+
+    emit(app, {"token": secret, **row_summary(row)}, lambda: click.echo(secret))
+    if not app.json:  # on stderr, so TOKEN=$(nebula-credential token create ...) captures the token alone
+        err_console.print(f"accessor {row.accessor}, policies {', '.join(row.policies)}", style="dim", markup=False)
+
+
+@token.command("list")
+@pass_app
+def token_list(app: AppContext) -> None:
+    """Live tokens by accessor."""
+    from ..server.tokens import row_summary
+
+    _, manager = _tokens(app)
+    rows = [row_summary(r) for r in manager.list()]
+
+    def human() -> None:
+        if not rows:
+            console.print("no tokens")
+        for r in rows:
+            console.print(f"{r['accessor']}  {','.join(r['policies'])}  expires {r['expires_at'] or 'never'}",
+                          markup=False)
+
+    emit(app, {"tokens": rows}, human)
+
+
+@token.command("revoke")
+@click.argument("accessor")
+@pass_app
+def token_revoke(app: AppContext, accessor: str) -> None:
+    """Revoke a token (and the tokens created with it) by accessor."""
+    vault, manager = _tokens(app)
+    with vault.store.transaction() as tx:
+        count = manager.revoke(accessor)
+        if count == 0:
+            raise NebulaCredentialError(f"no live token with accessor {accessor}")
+        vault.audit.record(tx, "server.token.revoke", accessor=accessor, revoked=count)
+    emit(app, {"accessor": accessor, "revoked": count},
+         lambda: console.print(f"revoked {count} token(s)", markup=False))
+
+
+@click.group()
+def policy() -> None:
+    """ACL policies in Vault's HCL (path "secret/data/app/*" { capabilities = ["read"] })."""
+
+
+@policy.command("write")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_app
+def policy_write(app: AppContext, name: str, file: Path) -> None:
+    from ..server.policies import BUILTIN, PolicyError, check_name, parse
+
+    name = check_name(name)
+    if name in BUILTIN:
+        raise PolicyError(f"cannot change the built-in {name} policy")
+    text = file.read_text(encoding="utf-8")
+    parse(text)
+    vault = app.vault()
+    with vault.store.transaction() as tx:
+        tx.policy_put(name, text, vault.clock())
+        vault.audit.record(tx, "server.policy.write", policy=name)
+    emit(app, {"name": name}, lambda: console.print(f"policy {name} written", markup=False))
+
+
+@policy.command("read")
+@click.argument("name")
+@pass_app
+def policy_read(app: AppContext, name: str) -> None:
+    from ..server.policies import check_name
+
+    name = check_name(name)
+    vault = app.vault()
+    with vault.store.read() as tx:
+        text = tx.policy_get(name)
+    if text is None:
+        raise NebulaCredentialError(f"no policy named {name}")
+    emit(app, {"name": name, "policy": text}, lambda: click.echo(text.rstrip("\n")))
+
+
+@policy.command("list")
+@pass_app
+def policy_list(app: AppContext) -> None:
+    from ..server.policies import BUILTIN
+
+    vault = app.vault()
+    with vault.store.read() as tx:
+        names = sorted({*tx.policy_list(), *BUILTIN})
+    emit(app, {"policies": names}, lambda: click.echo("\n".join(names)))
+
+
+@policy.command("delete")
+@click.argument("name")
+@pass_app
+def policy_delete(app: AppContext, name: str) -> None:
+    from ..server.policies import check_name
+
+    name = check_name(name)
+    vault = app.vault()
+    with vault.store.transaction() as tx:
+        if not tx.policy_delete(name):
+            raise NebulaCredentialError(f"no policy named {name}")
+        vault.audit.record(tx, "server.policy.delete", policy=name)
+    emit(app, {"name": name, "deleted": True}, lambda: console.print(f"policy {name} deleted", markup=False))

@@ -1,0 +1,1 @@
+"""The Vault-compatible HTTP server (``nebula-credential serve``); see ``app.create_app``."""

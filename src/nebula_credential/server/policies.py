@@ -1,0 +1,166 @@
+"""Vault's ACL policy language: HCL ``path "..." { capabilities = [...] }`` rules.
+
+Parsing uses python-hcl2 (no hand-written HCL).  Matching follows Vault:
+``*`` only at the end of a pattern (prefix glob), ``+`` as a whole segment
+(exactly one segment); when several patterns match a path the most
+specific one decides (Vault's priority order, see :func:`_priority`), the
+capabilities of identical patterns in different policies are merged, and
+``deny`` among them wins.  Nothing matching means no access: default deny.
+
+Paths are normalised once, by :func:`normalise`, and every decision is made
+on the normalised path, never on the raw one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from ..exceptions import NebulaCredentialError
+
+CAPABILITIES = ("create", "read", "update", "patch", "delete", "list", "sudo", "deny")
+ROOT_POLICY = "root"
+#: Policies the server defines itself: never written, read back as built in.
+BUILTIN = frozenset({ROOT_POLICY})
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+_SEGMENT_BAD = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class PolicyError(NebulaCredentialError):
+    """A policy document or name is not valid (HTTP 400)."""
+
+
+class BadPathError(NebulaCredentialError):
+    """A request path that cannot be normalised safely (HTTP 400)."""
+
+
+def check_name(name: str) -> str:
+    """Vault lower-cases policy names; we accept the same alphabet and lower-case too."""
+    lowered = name.lower()
+    if not _NAME.match(lowered):
+        raise PolicyError(
+            f"invalid policy name {name[:64]!r}: 1-128 of a-z 0-9 _ . - starting with a letter or digit"
+        )
+    return lowered
+
+
+def normalise(raw: str | bytes) -> str:
+    """The one canonical form of a request path below ``/v1/``.
+
+    Percent-decoding happens exactly once (``%252F`` stays ``%2F``), empty
+    segments (``//``) and a trailing slash are dropped, and ``.`` or ``..``
+    segments are refused rather than resolved: nothing a client writes can
+    make the authorised path differ from the path that is served.
+    """
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8")
+    try:
+        text = unquote_to_bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadPathError("path is not valid UTF-8") from None
+    if _SEGMENT_BAD.search(text):
+        raise BadPathError("path contains control characters")
+    segments = [s for s in text.split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise BadPathError("path segments '.' and '..' are not allowed")
+    return "/".join(segments)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    pattern: str
+    capabilities: frozenset[str]
+    regex: re.Pattern[str]
+    priority: tuple[int, int, int, int, str]
+
+
+def _priority(pattern: str) -> tuple[int, int, int, int, str]:
+    """Vault's ordering, higher = more specific: the later the first wildcard, a
+    pattern without a trailing glob, fewer ``+`` segments, longer, lexically larger."""
+    firsts = [i for i in (pattern.find("+"), pattern.find("*")) if i >= 0]
+    first = min(firsts) if firsts else len(pattern)
+    return (first, 0 if pattern.endswith("*") else 1, -pattern.split("/").count("+"), len(pattern), pattern)
+
+
+def compile_rule(pattern: str, capabilities: list[str]) -> Rule:
+    if not pattern or pattern.startswith("/"):
+        raise PolicyError(f"path {pattern!r}: must be a non-empty path without a leading slash")
+    if "*" in pattern[:-1]:
+        raise PolicyError(f"path {pattern!r}: '*' is only allowed at the end")
+    body = pattern[:-1] if pattern.endswith("*") else pattern
+    parts = []
+    for segment in body.split("/"):
+        if "+" in segment and segment != "+":
+            raise PolicyError(f"path {pattern!r}: '+' must be a whole segment")
+        parts.append("[^/]+" if segment == "+" else re.escape(segment))
+    regex = "/".join(parts) + (".*" if pattern.endswith("*") else "")
+    caps = []
+    for cap in capabilities:
+        if cap not in CAPABILITIES:
+            raise PolicyError(f"path {pattern!r}: unknown capability {cap!r}; allowed: {', '.join(CAPABILITIES)}")
+        caps.append(cap)
+    return Rule(pattern, frozenset(caps), re.compile(regex, re.DOTALL), _priority(pattern))
+
+
+def _unquote(value: Any) -> Any:
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def parse(text: str) -> list[Rule]:
+    """Parse one policy document; anything we would not enforce is refused, not ignored."""
+    import hcl2
+
+    try:
+        doc = hcl2.loads(text)
+    except Exception as exc:  # lark raises several unrelated types; none may escape as a 500
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise PolicyError(f"policy is not valid HCL: {first}") from None
+    rules: list[Rule] = []
+    for key, blocks in doc.items():
+        if key.startswith("__"):  # the parser's own bookkeeping (comments)
+            continue
+        if key != "path":
+            raise PolicyError(f"unsupported policy stanza {key!r}; only path blocks are supported")
+        for block in blocks if isinstance(blocks, list) else [blocks]:
+            if not isinstance(block, dict):
+                raise PolicyError("path block must be path \"PATTERN\" { capabilities = [...] }")
+            for raw_pattern, body in block.items():
+                pattern = _unquote(raw_pattern)
+                if not isinstance(body, dict):
+                    raise PolicyError(f"path {pattern!r}: expected a block")
+                extra = sorted(k for k in body if k != "capabilities" and not k.startswith("__"))
+                if extra:
+                    raise PolicyError(f"path {pattern!r}: unsupported setting {extra[0]!r}; only capabilities")
+                caps = body.get("capabilities")
+                if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                    raise PolicyError(f"path {pattern!r}: capabilities must be a list of strings")
+                rules.append(compile_rule(pattern, [_unquote(c) for c in caps]))
+    return rules
+
+
+class ACL:
+    """The combined rules of a token's policies."""
+
+    def __init__(self, rules: list[Rule], *, root: bool = False) -> None:
+        self.root = root
+        merged: dict[str, set[str]] = {}
+        for rule in rules:
+            merged.setdefault(rule.pattern, set()).update(rule.capabilities)
+        self._rules = sorted(
+            (compile_rule(p, sorted(c)) for p, c in merged.items()), key=lambda r: r.priority, reverse=True
+        )
+
+    def capabilities(self, path: str) -> frozenset[str]:
+        """What the most specific matching pattern grants on ``path`` (empty: nothing)."""
+        if self.root:
+            return frozenset(c for c in CAPABILITIES if c != "deny")
+        for rule in self._rules:
+            if rule.regex.fullmatch(path):
+                return frozenset() if "deny" in rule.capabilities else rule.capabilities
+        return frozenset()
+
+    def allows(self, path: str, capability: str) -> bool:
+        return capability in self.capabilities(path)
