@@ -81,13 +81,13 @@ def wrk(url: str, script: str, seconds: int, connections: int, folder: Path) -> 
     return rps, p50, p99, int(bad.group(1)) if bad else 0
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
+def _wait(url: str, proc: subprocess.Popen[bytes], ready: str = "/v1/sys/health") -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
         try:
-            if httpx.get(url + "/v1/sys/health", timeout=2).status_code == 200:
+            if httpx.get(url + ready, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -96,12 +96,13 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running(argv: list[str], folder: Path, env: dict[str, str], url: str) -> Iterator[str]:
-    """A server process, logging to the folder, ready when /v1/sys/health answers."""
+def running(argv: list[str], folder: Path, env: dict[str, str], url: str,
+            ready: str = "/v1/sys/health") -> Iterator[str]:
+    """A server process, logging to the folder, ready when ``ready`` (/v1/sys/health) answers 200."""
     with (folder / "server.log").open("ab") as log:
         proc = subprocess.Popen(argv, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait(url, proc)
+            _wait(url, proc, ready)
             yield url
         finally:
             stop_process(proc, timeout=30)
