@@ -151,13 +151,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def run(seconds: int = 10, batch: int = 1000) -> list[Row]:
+def run(seconds: int = 10, batch: int = 1000, workers: int = 1) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         (base / "ours").mkdir()
-        with ours(f"sqlite:///{base / 'ours' / 'store.db'}", base / "ours") as (url, token):
-            rows += measure("nebula-credential (SQLite)", url, token, base / "ours", seconds, batch)
+        with ours(f"sqlite:///{base / 'ours' / 'store.db'}", base / "ours", workers=workers) as (url, token):
+            rows += measure(f"nebula-credential (SQLite, {workers} worker(s))", url, token, base / "ours", seconds,
+                            batch)
         for audit in (True, False):
             folder = base / f"bao-{audit}"
             folder.mkdir()
@@ -171,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.server_transit", description=__doc__)
     ap.add_argument("--seconds", type=int, default=10, help="wrk duration per case")
     ap.add_argument("--batch", type=int, default=1000, help="items per batch request")
+    ap.add_argument("--workers", type=int, default=1, help="serve --workers for our server")
     ap.add_argument("--out", type=Path, help="also write the Markdown table here")
     args = ap.parse_args(argv)
-    text = table(run(args.seconds, args.batch))
+    text = table(run(args.seconds, args.batch, args.workers))
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
