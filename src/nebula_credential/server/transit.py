@@ -146,25 +146,22 @@ class TransitEngine:
         await self._call(ctx, transit.handle_create, name, body, write=True)
         return await self._key_reply(ctx, name)
 
-    async def config(self, request: Request, ctx: Ctx) -> Response:
+    async def _change(self, request: Request, ctx: Ctx, op: Callable[[Transit, str, dict[str, Any]], Any]) -> Response:
+        """``keys/:name/{config,rotate,trim}``: update capability, one write, the key's new state."""
         ctx.require("update")
         name = self._name(request)
         body = await read_json(request)
-        await self._call(ctx, self.transit(ctx).configure, name, body, key_path=True, write=True)
+        await self._call(ctx, op, self.transit(ctx), name, body, key_path=True, write=True)
         return await self._key_reply(ctx, name)
+
+    async def config(self, request: Request, ctx: Ctx) -> Response:
+        return await self._change(request, ctx, lambda t, name, body: t.configure(name, body))
 
     async def rotate(self, request: Request, ctx: Ctx) -> Response:
-        ctx.require("update")
-        name = self._name(request)
-        await self._call(ctx, self.transit(ctx).rotate, name, key_path=True, write=True)
-        return await self._key_reply(ctx, name)
+        return await self._change(request, ctx, lambda t, name, body: t.rotate(name))
 
     async def trim(self, request: Request, ctx: Ctx) -> Response:
-        ctx.require("update")
-        name = self._name(request)
-        body = await read_json(request)
-        await self._call(ctx, self.transit(ctx).handle_trim, name, body, key_path=True, write=True)
-        return await self._key_reply(ctx, name)
+        return await self._change(request, ctx, lambda t, name, body: t.handle_trim(name, body))
 
     # ---- data -------------------------------------------------------------------------------
     async def encrypt(self, request: Request, ctx: Ctx) -> Response:
