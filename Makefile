@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo drill test test-all lint typecheck bench soak clean system-deps
+.PHONY: demo drill test test-all lint typecheck bench soak clean system-deps docs vendor-ui docs-screenshots
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,20 @@ test: $(VENV)/.test system-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
+	$(MKDOCS_BUILD)
+
+## The documentation site (mkdocs-material) into site/; --strict fails on a broken link or a page missing from the nav.
+MKDOCS_BUILD = NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+docs: $(VENV)/.test
+	$(MKDOCS_BUILD)
+
+## Re-fetch the console's front-end libraries (htmx, uPlot) from the npm registry into the package.
+vendor-ui:
+	bash scripts/vendor-ui.sh
+
+## Refresh the console screenshots in docs/img/ (the browser test writes them).
+docs-screenshots: $(VENV)/.test system-deps
+	NEBULA_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/test_console_browser.py
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
@@ -55,4 +69,4 @@ soak: $(VENV)/.test system-deps
 	NEBULA_SOAK=1 $(PY) -m pytest -q -p no:cacheprovider -m slow tests
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
+	rm -rf $(VENV) build dist site *.egg-info src/*.egg-info

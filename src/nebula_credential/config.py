@@ -35,13 +35,25 @@ _SECRET_KEYS = ("pin", "token", "password", "secret", "client_secret", "secret_i
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     url: str = DEFAULT_DB_URL
+    """Store URL: ``sqlite:///path/to.db`` (embedded, WAL) or a libpq ``postgresql://`` URL; keep passwords in
+    PGPASSWORD or ~/.pgpass. The ``--db`` flag and NEBULA_CREDENTIAL_DB override it.
+    """
 
 
 @dataclass(frozen=True, slots=True)
 class KeysConfig:
     grace_period: timedelta = timedelta(hours=24)
+    """How long a version no stored credential references stays in grace (decrypts, each use audited) before it is
+    revoked.
+    """
     max_key_age: timedelta = timedelta(days=90)
+    """Age limit of the active version: the before-expiry strategy rotates ahead of it, ``doctor`` and the console
+    warn past it.
+    """
     auto_rotation: bool = True
+    """Let maintain/daemon passes rotate when the strategy says so, and let any process rotate when the usage bound
+    is reached; false leaves every rotation to an operator.
+    """
     #: How long an unwrapped DEK stays cached in a process before it is unwrapped again.
     dek_cache_ttl: timedelta = timedelta(hours=1)
     #: How often a process re-reads key statuses (rotations/revocations by others).
@@ -51,30 +63,52 @@ class KeysConfig:
 @dataclass(frozen=True, slots=True)
 class RotationConfig:
     strategy: str = "periodic"
+    """When to rotate: ``manual``, ``periodic`` (interval), ``before-expiry`` (threshold before max_key_age),
+    ``scheduled`` (cron) or ``usage`` (max_encryptions only).
+    """
     interval: timedelta = timedelta(days=90)
+    """Periodic strategy: rotate when the active version is this old."""
     threshold: timedelta = timedelta(days=7)
+    """Before-expiry strategy: rotate this long before the active version reaches ``keys.max_key_age``."""
     cron: str = "0 2 * * SUN"
+    """Scheduled strategy: 5-field cron expression (minute hour day-of-month month day-of-week), evaluated in UTC."""
     max_encryptions: int = DEFAULT_MAX_ENCRYPTIONS
+    """Usage bound for every strategy: rotate once a version has encrypted this many values (at most 2^32, the NIST
+    SP 800-38D bound for random 96-bit nonces).
+    """
 
 
 @dataclass(frozen=True, slots=True)
 class RetentionConfig:
     policy: str = "minimum-retention"
+    """Which revoked versions cleanup may destroy: ``minimum-retention`` (revoked for min_retention),
+    ``version-based`` (beyond max_versions) or ``until-reencrypted`` (as soon as unreferenced; only for stores
+    without backups).
+    """
     min_retention: timedelta = timedelta(days=90)
+    """minimum-retention policy: how long after revocation a version is kept; make it longer than your backup window."""
     max_versions: int = 3
+    """version-based policy: how many of the newest versions are kept."""
 
 
 @dataclass(frozen=True, slots=True)
 class ReencryptionConfig:
     batch_size: int = 500
+    """Rows read, re-encrypted and written back per transaction (``reencrypt --batch-size``)."""
     priority: tuple[str, ...] = DEFAULT_PRIORITY
+    """Scopes re-encrypted first, in this order; other scopes follow alphabetically (``reencrypt --priority``)."""
     workers: int = 1
+    """Parallel workers of one pass (PostgreSQL only; SQLite refuses more than 1)."""
     rate_limit: float = 0.0  # rows per second, 0 = unlimited
+    """Cap of a pass in rows per second across all workers (``reencrypt --rate-limit``); 0 means no cap."""
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     type: str = "local"
+    """Root of trust: ``local``, ``pkcs11``, ``aws-kms``, ``azure-keyvault`` or ``vault-transit``; the other keys of
+    ``[provider]`` are that provider's settings (see the provider pages).
+    """
     settings: dict[str, Any] = field(default_factory=dict)
     #: False when the config file had no [provider] section: the store's record is used.
     explicit: bool = False
@@ -86,8 +120,11 @@ class ProviderConfig:
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     credentials: bool = False
+    """Also audit credential reads, writes and deletes (needed for the access-error ratio that ``status`` computes)."""
     actor: str = ""
+    """Actor recorded on events; empty means ``user@host`` of the process."""
     log: bool = False
+    """Mirror each audit event as one JSON line to the ``nebula_credential.audit`` logger (for a SIEM)."""
     #: The HTTP server audits every request; false drops the events of successful reads.
     requests: bool = True
 
@@ -97,17 +134,25 @@ class ServerConfig:
     """``[server]``: the Vault-compatible HTTP API (``nebula-credential serve``)."""
 
     listen: str = "127.0.0.1:8200"
+    """host:port ``serve`` listens on (``--listen``); a non-loopback address needs TLS."""
     tls_cert_file: str = ""
+    """PEM certificate (chain) for HTTPS; required for a non-loopback listen address."""
     tls_key_file: str = ""
+    """PEM private key of the certificate; a regular file readable by its owner only."""
     max_request_size: int = 1024 * 1024
+    """Largest request body in bytes; a bigger one gets 413."""
     request_timeout: timedelta = timedelta(seconds=30)
+    """How long one request may take before the server gives up on it."""
     workers: int = 1
+    """Server worker processes (``serve --workers``)."""
     #: KV v2 mounts: mount path -> keyring.
     kv_mounts: dict[str, str] = field(default_factory=lambda: {"secret": "default"})
     #: Transit mounts (each key of a mount is a keyring ``<mount>/<name>``).
     transit_mounts: tuple[str, ...] = ("transit",)
     default_ttl: timedelta = timedelta(hours=768)
+    """TTL of a token created without one (Vault's default: 768h)."""
     max_ttl: timedelta = timedelta(hours=768)
+    """Longest TTL a token may have or be renewed to."""
     #: How long a process trusts a token or policy it looked up: the bound on
     #: how late another instance notices a revocation.
     cache_ttl: timedelta = timedelta(seconds=2)
@@ -116,16 +161,23 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     addr: str = "127.0.0.1:9464"
+    """host:port where the daemon serves ``/metrics`` and ``/healthz`` (``daemon --metrics-addr``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AlertsConfig:
     key_age_days: float = 80
+    """Alert KeyTooOld (warning) when the active version is older than this many days."""
     no_rotation_days: float = 100
+    """Alert NoRecentRotation (critical) when nothing rotated for this many days."""
     reencryption_min_progress: float = 0.5
+    """Alert ReencryptionStalled when re-encryption progress is below this share (0..1) ..."""
     reencryption_after_days: float = 7
+    """... this many days after the rotation (the alert waits that long)."""
     max_live_versions: int = 5
+    """Alert TooManyLiveVersions when more versions than this can still decrypt."""
     access_error_ratio: float = 0.01
+    """Alert KeyAccessErrors when more than this share of credential accesses fail (24 h, from the audit trail)."""
 
 
 @dataclass(frozen=True, slots=True)

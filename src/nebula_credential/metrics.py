@@ -28,6 +28,40 @@ ROTATION_ACTIONS = ("key.rotate",)
 
 
 @dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One exported metric as PromQL names it (counters with their ``_total``)."""
+
+    name: str
+    type: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+
+    def series(self) -> tuple[str, ...]:
+        """The series names Prometheus stores for it: what a query or alert rule may use."""
+        if self.type == "counter":
+            base = self.name.removesuffix("_total")
+            return (base + "_total", base + "_created")
+        if self.type == "histogram":
+            return tuple(self.name + s for s in ("_bucket", "_count", "_sum", "_created"))
+        return (self.name,)
+
+
+#: The HTTP server's metrics, declared here once: the server registers them from
+#: this list and the Grafana dashboard test checks its queries against it.
+SERVER_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "nebula_credential_http_requests_total", "counter", "HTTP requests served", ("method", "route", "status")
+    ),
+    MetricSpec(
+        "nebula_credential_http_request_duration_seconds",
+        "histogram",
+        "HTTP request latency from the first byte read to the last byte written",
+        ("method", "route"),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class KeyMetrics:
     """A snapshot of one keyring's key state (the seed's ``KeyMetrics``)."""
 
@@ -41,6 +75,10 @@ class KeyMetrics:
     pending_reencryption: int = 0
     total_credentials: int = 0
     key_access_errors: int = 0
+    #: Key versions per lifecycle status (every status present, zero included).
+    versions_by_status: dict[str, int] = field(default_factory=dict)
+    #: The configured ``[keys] max_key_age`` in days: the limit key age is measured against.
+    max_key_age_days: float = 0.0
 
     @property
     def reencryption_progress(self) -> float:
@@ -71,6 +109,8 @@ def snapshot(vault: Vault, now: datetime | None = None) -> KeyMetrics:
         pending_reencryption=pending,
         total_credentials=total,
         key_access_errors=sum(n for (a, k), n in audit.items() if a in ACCESS_ERROR_ACTIONS and k == kr),
+        versions_by_status={st.value: sum(1 for v in versions if v.status is st) for st in KeyStatus},
+        max_key_age_days=vault.config.keys.max_key_age.total_seconds() / 86400,
     )
 
 
@@ -178,6 +218,17 @@ class MetricsExporter:
                     for version, n in sorted(s.credentials_per_version.items()):
                         per.add_metric([s.keyring, str(version)], n)
                 yield from (active, rot, prog, age, per, pending, errors, head)
+                by_status = GaugeMetricFamily(
+                    "nebula_credential_key_versions", "Key versions by lifecycle status", labels=["keyring", "status"]
+                )
+                limit = GaugeMetricFamily(
+                    "nebula_credential_max_key_age_days", "Configured max_key_age in days", labels=["keyring"]
+                )
+                for s in snaps:
+                    for status, n in s.versions_by_status.items():
+                        by_status.add_metric([s.keyring, status], n)
+                    limit.add_metric([s.keyring], s.max_key_age_days)
+                yield from (by_status, limit)
 
         self.registry.register(_StoreCollector())
 
@@ -210,6 +261,36 @@ class MetricsExporter:
     def route(self) -> tuple[int, str, bytes]:
         body, ctype = self.render()
         return 200, ctype, body
+
+
+def register_server_metrics(exporter: MetricsExporter) -> tuple[Any, Any]:
+    """The HTTP server's request counter and latency histogram (:data:`SERVER_METRICS`) in
+    ``exporter``'s registry, so one ``/metrics`` serves them beside the store's."""
+    pc = _prometheus()
+    requests, duration = SERVER_METRICS
+    counter = pc.Counter(requests.name.removesuffix("_total"), requests.help, list(requests.labels),
+                         registry=exporter.registry)
+    histogram = pc.Histogram(duration.name, duration.help, list(duration.labels), registry=exporter.registry,
+                             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+    return counter, histogram
+
+
+def exported_metrics(exporter: MetricsExporter) -> list[MetricSpec]:
+    """Every metric ``exporter`` collects, then :data:`SERVER_METRICS`."""
+    # Label names before any sample exists: store families keep them, per-process wrappers too.
+    declared = {
+        getattr(m, "_name", ""): tuple(getattr(m, "_labelnames", ()))
+        for m in vars(exporter).values()
+        if hasattr(m, "_labelnames")
+    }
+    specs: list[MetricSpec] = []
+    for family in exporter.registry.collect():
+        name = family.name + "_total" if family.type == "counter" else family.name
+        labels = tuple(getattr(family, "_labelnames", ())) or declared.get(family.name, ())
+        for sample in family.samples[:1]:
+            labels = tuple(k for k in sample.labels if k != "le")
+        specs.append(MetricSpec(name, family.type, family.documentation, labels))
+    return specs + list(SERVER_METRICS)
 
 
 def render(vaults: Sequence[Vault] | Vault) -> tuple[bytes, str]:

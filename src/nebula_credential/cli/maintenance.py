@@ -48,8 +48,11 @@ def maintain(app: AppContext, all_keyrings: bool) -> None:
 @click.option("--interval", default="60s", show_default=True, help="Time between maintain passes (30s, 15m, 1h).")
 @click.option("--metrics-addr", default=None, help="host:port for /healthz and /metrics (config metrics.addr).")
 @click.option("--once", is_flag=True, help="Run one pass and exit (for tests and cron-like use).")
+@click.option("--ui", "ui_addr", default=None, metavar="HOST:PORT",
+              help="Also serve the browser console at http://HOST:PORT/ui/ (loopback only; log in with a "
+                   "token from `token create`).")
 @pass_app
-def daemon(app: AppContext, interval: str, metrics_addr: str | None, once: bool) -> None:
+def daemon(app: AppContext, interval: str, metrics_addr: str | None, once: bool, ui_addr: str | None) -> None:
     """Run maintain every --interval; SIGTERM/SIGINT finish the current batch and exit."""
     from ..daemon import Daemon
 
@@ -59,7 +62,16 @@ def daemon(app: AppContext, interval: str, metrics_addr: str | None, once: bool)
     d = Daemon(vault, interval=parse_duration(interval, "--interval"),
                metrics_addr=metrics_addr or app.config.metrics.addr)
     d.enable_metrics()
-    d.run(max_passes=1 if once else None)
+    if ui_addr:
+        from ..console._server import serve_beside_daemon
+
+        console_server = serve_beside_daemon(vault, app.config, ui_addr)
+        logging.getLogger("nebula_credential.daemon").info("console on http://%s/ui/", ui_addr)
+    try:
+        d.run(max_passes=1 if once else None)
+    finally:
+        if ui_addr:
+            console_server.should_exit = True
 
 
 @click.command(name="cleanup")

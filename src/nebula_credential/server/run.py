@@ -111,10 +111,15 @@ def app_from_env() -> Any:
     come from the daemon's handlers, ``--maintain`` runs the daemon's loop in
     a thread beside it.
     """
+    from starlette.routing import Mount
+
     from .. import logredact
     from ..aio import aopen
-    from ..metrics import MetricsExporter
+    from ..console import create_console
+    from ..console._server import DeferredConsole, server_authorizer
+    from ..metrics import MetricsExporter, register_server_metrics
     from ._backend import backend_for
+    from ._httpmetrics import HttpMetricsMiddleware
     from .app import create_app, ops_routes
 
     logredact.install()  # a worker process does not inherit the parent's filters
@@ -135,6 +140,7 @@ def app_from_env() -> Any:
         try:
             exporter = MetricsExporter(ops)
             exporter.attach(vault.sync)  # the serving vault feeds this process's histograms
+            app.state.http_metrics = register_server_metrics(exporter)
             app.state.ops = {"/metrics": exporter.route, "/healthz": _healthz}
             if flags.get("maintain"):
                 from ..daemon import Daemon
@@ -144,6 +150,7 @@ def app_from_env() -> Any:
                 threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="nebula-maintain",
                                  daemon=True).start()
             app.state.backend = backend_for(vault, config)
+            app.state.console = create_console(ops, server_authorizer(ops, config))  # /ui
             yield
         finally:
             if daemon is not None:
@@ -151,7 +158,10 @@ def app_from_env() -> Any:
             await vault.close()
             await asyncio.to_thread(ops.close)
 
-    return create_app(None, config, extra_routes=ops_routes(["/metrics", "/healthz"]), lifespan=lifespan)
+    routes = [*ops_routes(["/metrics", "/healthz"]), Mount("/ui", app=DeferredConsole())]
+    app = create_app(None, config, extra_routes=routes, lifespan=lifespan)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: times the whole request
+    return app
 
 
 def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | None,

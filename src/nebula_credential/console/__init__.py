@@ -1,0 +1,15 @@
+"""The operator console: server-rendered pages at ``/ui`` over the store.
+
+Keyrings with their versions and key age, a timeline per keyring,
+re-encryption progress live, alerts, provider health and the audit chain;
+rotate, revoke, reinstate and re-encrypt behind a confirmation.  htmx and uPlot
+are vendored from the npm registry into ``static/`` (``make vendor-ui``); no
+CDN, no external font, works offline.  Needs the ``server`` extra (Starlette).
+"""
+
+from __future__ import annotations
+
+from ._access import NEEDS, Authorizer, Principal
+from .app import create_console
+
+__all__ = ["NEEDS", "Authorizer", "Principal", "create_console"]

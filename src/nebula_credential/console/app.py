@@ -1,0 +1,266 @@
+"""The console's Starlette app: mount it at ``/ui`` on the server (or the daemon).
+
+``create_console(vault, authorize)`` takes the synchronous vault and the
+server's token check.  Every page re-checks the token through ``authorize``;
+every POST needs the same origin, the session's CSRF value and, for actions,
+the confirmation form's echo of the keyring and version it named.  Store work
+runs in the thread pool.  Destroy is deliberately not offered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..exceptions import NebulaCredentialError
+from ..vault import Vault
+from . import _html as pages
+from ._access import ACTIONS, COOKIE, VERSIONED, Authorizer, Principal, csrf_ok, csrf_token, security_headers
+from ._state import Jobs, audit_state, keyring_names, keyring_view, provider_health, timeline
+
+STATIC = Path(__file__).with_name("static")
+MAX_FORM = 8 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Handler = Callable[[Request, str, Principal], Awaitable[Response]]
+
+
+class _SecurityHeaders:
+    """Adds the CSP and friends to every response of the console (pure ASGI, no buffering)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + security_headers()
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class _Denied(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _base(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser's POST from another site carries Sec-Fetch-Site and Origin; refuse it."""
+    site = request.headers.get("sec-fetch-site")
+    if site not in (None, "same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > MAX_FORM:
+        raise _Denied(413, "form too large")
+    parsed = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {k: v[0] for k, v in parsed.items()}
+
+
+def create_console(vault: Vault, authorize: Authorizer, *, secure_cookie: bool = True) -> Starlette:
+    """The console over ``vault``'s store; ``authorize(token)`` gives a :class:`Principal` or None."""
+    jobs = Jobs()
+
+    async def session(request: Request) -> tuple[str, Principal] | None:
+        token = request.cookies.get(COOKIE)
+        if not token:
+            return None
+        principal = await run_in_threadpool(authorize, token)
+        return (token, principal) if principal is not None else None
+
+    def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            base = _base(request)
+            found = await session(request)
+            if found is None:
+                if request.headers.get("hx-request"):
+                    return Response(status_code=401, headers={"HX-Redirect": f"{base}/login"})
+                if request.method == "POST":
+                    return HTMLResponse(pages.error_page(base, 403, "not logged in"), status_code=403)
+                return RedirectResponse(f"{base}/login", status_code=303)
+            token, principal = found
+            try:
+                if request.method == "POST" and not _same_origin(request):
+                    raise _Denied(403, "cross-site request refused")
+                return await handler(request, token, principal)
+            except _Denied as exc:
+                return HTMLResponse(pages.error_page(base, exc.status, str(exc), principal, csrf_token(token)),
+                                    status_code=exc.status)
+
+        return run
+
+    async def visible_keyring(request: Request, principal: Principal) -> str:
+        name = request.path_params["keyring"]
+        if not principal.can("view", name):
+            raise _Denied(403, f"this token may not read keyring {name}")
+        if name not in await run_in_threadpool(keyring_names, vault):
+            raise _Denied(404, f"no keyring {name}")
+        return str(name)
+
+    async def readable_views(principal: Principal) -> list[Any]:
+        names = [n for n in await run_in_threadpool(keyring_names, vault) if principal.can("view", n)]
+        return [await run_in_threadpool(keyring_view, vault, n) for n in names]
+
+    # ---- login ---------------------------------------------------------------
+    async def login(request: Request) -> Response:
+        base = _base(request)
+        if request.method == "GET":
+            return HTMLResponse(pages.login_page(base))
+        if not _same_origin(request):
+            return HTMLResponse(pages.login_page(base, "cross-site request refused"), status_code=403)
+        token = (await _form(request)).get("token", "").strip()
+        principal = await run_in_threadpool(authorize, token) if token else None
+        if principal is None:
+            return HTMLResponse(pages.login_page(base, "Unknown, expired or revoked token."), status_code=403)
+        response = RedirectResponse(f"{base}/", status_code=303)
+        response.set_cookie(COOKIE, token, httponly=True, secure=secure_cookie, samesite="strict", path=base or "/")
+        return response
+
+    async def logout(request: Request, token: str, principal: Principal) -> Response:
+        if not csrf_ok(token, (await _form(request)).get("csrf", "")):
+            raise _Denied(403, "missing or wrong CSRF token")
+        base = _base(request)
+        response = RedirectResponse(f"{base}/login", status_code=303)
+        response.delete_cookie(COOKIE, path=base or "/", secure=secure_cookie, httponly=True, samesite="strict")
+        return response
+
+    # ---- pages ---------------------------------------------------------------
+    async def overview(request: Request, token: str, principal: Principal) -> Response:
+        views = await readable_views(principal)
+        return HTMLResponse(pages.overview_page(_base(request), views, principal, csrf_token(token)))
+
+    async def alerts(request: Request, token: str, principal: Principal) -> Response:
+        views = await readable_views(principal)
+        return HTMLResponse(pages.alerts_page(_base(request), views, principal, csrf_token(token)))
+
+    async def health(request: Request, token: str, principal: Principal) -> Response:
+        if not principal.can("audit"):
+            raise _Denied(403, "this token may not read the audit trail")
+        provider = await run_in_threadpool(provider_health, vault)
+        chain, events = await run_in_threadpool(audit_state, vault)
+        return HTMLResponse(pages.health_page(_base(request), provider, chain, events, principal, csrf_token(token)))
+
+    async def keyring(request: Request, token: str, principal: Principal) -> Response:
+        name = await visible_keyring(request, principal)
+        view = await run_in_threadpool(keyring_view, vault, name)
+        message = _done_message(request.query_params.get("done", ""), request.query_params.get("version", ""))
+        return HTMLResponse(pages.keyring_page(_base(request), view, principal, csrf_token(token), jobs.get(name),
+                                               message=message))
+
+    async def progress(request: Request, token: str, principal: Principal) -> Response:
+        name = await visible_keyring(request, principal)
+        job = jobs.get(name)
+        if request.query_params.get("running") and job is not None and not job.running:
+            return Response(status_code=200, headers={"HX-Refresh": "true"})
+        view = await run_in_threadpool(keyring_view, vault, name)
+        return HTMLResponse(pages.progress_fragment(_base(request), view, job))
+
+    async def timeline_json(request: Request, token: str, principal: Principal) -> Response:
+        name = await visible_keyring(request, principal)
+        return JSONResponse(await run_in_threadpool(timeline, vault, name))
+
+    async def confirm(request: Request, token: str, principal: Principal) -> Response:
+        name = await visible_keyring(request, principal)
+        action, version = _action_args(request.query_params.get("action", ""), request.query_params.get("version"))
+        if not principal.can(action, name):
+            raise _Denied(403, f"this token may not {action} keyring {name}")
+        view = await run_in_threadpool(keyring_view, vault, name)
+        return HTMLResponse(pages.confirm_page(_base(request), view, action, version, principal, csrf_token(token)))
+
+    async def act(request: Request, token: str, principal: Principal) -> Response:
+        name = await visible_keyring(request, principal)
+        action = request.path_params["action"]
+        form = await _form(request)
+        action, version = _action_args(action, form.get("version"))
+        if not principal.can(action, name):
+            raise _Denied(403, f"this token may not {action} keyring {name}")
+        if not csrf_ok(token, form.get("csrf", "")):
+            raise _Denied(403, "missing or wrong CSRF token")
+        expected = name + (f"/v{version}" if version is not None else "")
+        if form.get("confirm") != expected:
+            raise _Denied(400, f"the confirmation does not name {expected}")
+        target = vault if name == vault.keyring_name else vault.keyring(name)
+        reason = f"console: {principal.name}"
+        base = _base(request)
+        try:
+            if action == "rotate":
+                kv = await run_in_threadpool(target.keys.rotate, reason)
+                version = kv.version if kv is not None else None
+            elif action == "revoke":
+                assert version is not None
+                await run_in_threadpool(lambda: target.keys.revoke(version, reason=reason))
+            elif action == "reinstate":
+                assert version is not None
+                await run_in_threadpool(target.keys.reinstate, version)
+            else:
+                await run_in_threadpool(jobs.start, vault, name, principal.name)
+        except NebulaCredentialError as exc:
+            view = await run_in_threadpool(keyring_view, vault, name)
+            return HTMLResponse(pages.keyring_page(base, view, principal, csrf_token(token), jobs.get(name),
+                                                   error=f"{type(exc).__name__}: {exc}"), status_code=409)
+        suffix = f"&version={version}" if version is not None else ""
+        return RedirectResponse(f"{base}/keyrings/{name}?done={action}{suffix}", status_code=303)
+
+    routes = [
+        Route("/", page(overview)),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", page(logout), methods=["POST"]),
+        Route("/alerts", page(alerts)),
+        Route("/health", page(health)),
+        Route("/keyrings/{keyring}", page(keyring)),
+        Route("/keyrings/{keyring}/progress", page(progress)),
+        Route("/keyrings/{keyring}/timeline.json", page(timeline_json)),
+        Route("/keyrings/{keyring}/confirm", page(confirm)),
+        Route("/keyrings/{keyring}/actions/{action}", page(act), methods=["POST"]),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(_SecurityHeaders)
+    return app
+
+
+def _action_args(action: str, version: str | None) -> tuple[str, int | None]:
+    if action not in ACTIONS:
+        raise _Denied(400, f"unknown action {action!r}; the console offers {', '.join(ACTIONS)}")
+    if action not in VERSIONED:
+        return action, None
+    if not version or not version.isdigit():
+        raise _Denied(400, f"{action} needs a key version")
+    return action, int(version)
+
+
+def _done_message(action: str, version: str) -> str:
+    v = f"v{version}" if version.isdigit() else ""
+    return {
+        "rotate": f"Rotated: {v} is now active.",
+        "revoke": f"Revoked {v}.",
+        "reinstate": f"Reinstated {v}: it is valid again.",
+        "reencrypt": "Re-encryption started.",
+    }.get(action, "")
