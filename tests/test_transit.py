@@ -583,3 +583,14 @@ def test_usage_bound_is_exact_for_any_keyring(auto: bool) -> None:
     else:
         with pytest.raises(PolicyViolationError, match="auto_rotation is off"):
             km.encrypt(b"x")
+
+
+def test_server_transit_mounts_setting() -> None:
+    from nebula_credential.exceptions import ConfigError
+
+    assert KeyManagementConfig().server.transit_mounts == ("transit",)
+    assert KeyManagementConfig.from_dict({"server": {"transit_mounts": ["t1", "t2"]}}).server.transit_mounts == (
+        "t1", "t2")
+    for bad in (["secret"], ["sys"], ["a/b"], "transit", [1]):
+        with pytest.raises(ConfigError, match="server.transit_mounts"):
+            KeyManagementConfig.from_dict({"server": {"transit_mounts": bad}})
