@@ -320,3 +320,13 @@ def test_encrypt_upsert_follows_create_and_update_capabilities(root: hvac.Client
     with pytest.raises(exceptions.Forbidden):
         crt.encrypt_data("upsert-a", plaintext=b64(b"x"))  # create alone does not use an existing key
     assert upd.encrypt_data("upsert-a", plaintext=b64(b"x"))["data"]["key_version"] == 1
+
+
+def test_partial_failure_response_code(root: hvac.Client, server: Server) -> None:
+    root.secrets.transit.create_key("partial")
+    with server.http(server.token("root")) as http:
+        items = [{"plaintext": b64(b"a")}, {"plaintext": "!!"}]
+        r = http.post("/v1/transit/encrypt/partial", json={"batch_input": items, "partial_failure_response_code": 207})
+        assert r.status_code == 207 and "error" in r.json()["data"]["batch_results"][1]
+        r = http.post("/v1/transit/encrypt/partial", json={"batch_input": items[1:], "partial_failure_response_code": 207})
+        assert r.status_code == 400  # nothing succeeded: the code applies to partial failures only
