@@ -594,3 +594,14 @@ def test_server_transit_mounts_setting() -> None:
     for bad in (["secret"], ["sys"], ["a/b"], "transit", [1]):
         with pytest.raises(ConfigError, match="server.transit_mounts"):
             KeyManagementConfig.from_dict({"server": {"transit_mounts": bad}})
+
+
+def test_doctor_accepts_a_deleted_transit_key(transit: Transit, vault: nc.Vault, clock: FakeClock) -> None:
+    from nebula_credential.doctor import ERROR, check_store
+
+    transit.create_key("gone")
+    transit.configure("gone", {"deletion_allowed": True})
+    transit.delete_key("gone")
+    findings = check_store(vault.store, vault.config, clock())
+    assert [f for f in findings if f.severity == ERROR] == []
+    assert any("deleted Transit key" in f.message for f in findings)

@@ -8,7 +8,7 @@ the settings of a keyring it is maintaining.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from ..policies.rotation import (
 )
 
 if TYPE_CHECKING:
+    from ..store.base import StoreTx
     from ..vault import Vault
 
 CONFIG_META = "transit.key:"
@@ -120,6 +121,20 @@ class MaintenancePlan:
     strategy: RotationStrategy | None  # None: the key is deleted, never rotate it
 
 
+def settings_of(tx: StoreTx, keyring: str) -> TransitKeyConfig | None:
+    """The Transit settings of ``keyring`` (None for an ordinary keyring).
+
+    A keyring whose key was deleted, or re-created under a newer keyring,
+    reads as deleted.
+    """
+    ref = tx.get_meta(KEYRING_META + keyring)
+    raw = tx.get_meta(CONFIG_META + ref) if ref else None
+    if raw is None:
+        return None
+    cfg = TransitKeyConfig.from_json(raw)
+    return cfg if cfg.keyring == keyring else replace(cfg, keyring=keyring, deleted=True)
+
+
 def maintenance_plan(vault: Vault) -> MaintenancePlan | None:
     """For a Transit keyring, its own rotation and no reference-driven lifecycle.
 
@@ -131,11 +146,7 @@ def maintenance_plan(vault: Vault) -> MaintenancePlan | None:
     None for an ordinary keyring.
     """
     with vault.store.read() as tx:
-        ref = tx.get_meta(KEYRING_META + vault.keyring_name)
-        raw = tx.get_meta(CONFIG_META + ref) if ref else None
-    if raw is None:
+        cfg = settings_of(tx, vault.keyring_name)
+    if cfg is None:
         return None
-    cfg = TransitKeyConfig.from_json(raw)
-    if cfg.deleted or cfg.keyring != vault.keyring_name:
-        return MaintenancePlan(None)
-    return MaintenancePlan(cfg.strategy())
+    return MaintenancePlan(None if cfg.deleted else cfg.strategy())
