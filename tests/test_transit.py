@@ -605,3 +605,13 @@ def test_doctor_accepts_a_deleted_transit_key(transit: Transit, vault: nc.Vault,
     findings = check_store(vault.store, vault.config, clock())
     assert [f for f in findings if f.severity == ERROR] == []
     assert any("deleted Transit key" in f.message for f in findings)
+
+
+@pytest.mark.parametrize("value", ["¹", "٣", "-¹", "1¹"])
+def test_non_ascii_digits_are_input_errors(transit: Transit, value: str) -> None:
+    """``str.isdigit`` accepts '¹' (found by hypothesis: int() then raised a bare ValueError)."""
+    transit.create_key("app")
+    with pytest.raises(TransitInputError):
+        transit.handle_encrypt("app", {"plaintext": b64(b"x"), "key_version": value})
+    with pytest.raises(TransitInputError):
+        transit.decrypt("app", f"vault:v{value}:AAAA")

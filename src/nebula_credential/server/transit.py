@@ -37,6 +37,7 @@ from ..transit import (
     hash_input,
     random_bytes,
 )
+from ..transit.wire import is_decimal
 from ._request import Ctx, endpoint, read_json
 from .errors import HTTPError, PermissionDenied
 
@@ -211,7 +212,7 @@ class TransitEngine:
         body = await read_json(request)
         count = request.path_params.get("count")
         fmt = None
-        if count is not None and not str(count).isdigit():
+        if count is not None and not is_decimal(str(count)):
             fmt, count = str(count), None  # /random/hex: Vault also takes the format in the path
         if count is not None and int(count) > 10**7:
             raise HTTPError(400, "bytes too large")
@@ -228,7 +229,7 @@ def _batch_status(body: dict[str, Any], result: BatchResult) -> int:
     if not result.batched or not result.failed:
         return 200
     code = body.get("partial_failure_response_code")
-    if isinstance(code, str) and code.isdigit():
+    if isinstance(code, str) and is_decimal(code):
         code = int(code)
     if result.failed < len(result.items) and isinstance(code, int) and not isinstance(code, bool) \
             and 1 <= code <= 599:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ def parse_ciphertext(text: Any) -> tuple[int, bytes]:
     if not text.startswith(CIPHERTEXT_PREFIX):
         raise TransitInputError("invalid ciphertext: no prefix")
     head, sep, body = text[len(CIPHERTEXT_PREFIX):].partition(":")
-    if not sep or not head.isdigit() or len(head) > 10:
+    if not sep or not is_decimal(head) or head.startswith("-") or len(head) > 10:
         raise TransitInputError("invalid ciphertext: could not parse version")
     version = int(head)
     if version < 1:
@@ -94,9 +95,14 @@ def parse_ciphertext(text: Any) -> tuple[int, bytes]:
     return version, blob
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits with an optional minus (``str.isdigit`` also accepts '¹' and other digits)."""
+    return re.fullmatch(r"-?[0-9]+", text) is not None
+
+
 def int_field(body: dict[str, Any], name: str, default: int = 0) -> int:
     value = body.get(name, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and is_decimal(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TransitInputError(f"{name} must be an integer")
@@ -116,7 +122,7 @@ def period_field(body: dict[str, Any], name: str) -> int:
     from ..durations import parse_duration
 
     value = body[name]
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and is_decimal(value) and not value.startswith("-"):
         value = int(value)
     try:
         seconds = int(parse_duration(value, name).total_seconds())
