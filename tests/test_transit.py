@@ -615,3 +615,11 @@ def test_non_ascii_digits_are_input_errors(transit: Transit, value: str) -> None
         transit.handle_encrypt("app", {"plaintext": b64(b"x"), "key_version": value})
     with pytest.raises(TransitInputError):
         transit.decrypt("app", f"vault:v{value}:AAAA")
+
+
+@pytest.mark.parametrize("period", [-(10**15), 10**15, "999999999999d", 10**30])
+def test_huge_periods_are_input_errors(transit: Transit, period: object) -> None:
+    """timedelta overflows past 999,999,999 days (found by the hypothesis test)."""
+    transit.create_key("app")
+    with pytest.raises(TransitInputError, match="auto_rotate_period"):
+        transit.configure("app", {"auto_rotate_period": period})

@@ -25,6 +25,7 @@ CIPHERTEXT_PREFIX = "vault:v"
 MAX_RANDOM_BYTES = 128 * 1024
 #: Vault refuses an ``auto_rotate_period`` shorter than an hour (0 disables it).
 MIN_AUTO_ROTATE = 3600
+MAX_PERIOD_DAYS = 100 * 366
 _U32 = struct.Struct(">I")
 _AAD_DOMAIN = b"nc-transit\x00"
 HASHES: dict[str, Callable[..., Any]] = {
@@ -128,6 +129,10 @@ def period_field(body: dict[str, Any], name: str) -> int:
         seconds = int(parse_duration(value, name).total_seconds())
     except ConfigError as exc:
         raise TransitInputError(str(exc)) from None
+    except (OverflowError, ValueError):  # timedelta refuses more than 999,999,999 days
+        raise TransitInputError(f"{name}: a duration of at most {MAX_PERIOD_DAYS} days") from None
+    if seconds > MAX_PERIOD_DAYS * 86400:
+        raise TransitInputError(f"{name}: a duration of at most {MAX_PERIOD_DAYS} days")
     if seconds and seconds < MIN_AUTO_ROTATE:
         raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")
     return seconds
