@@ -146,11 +146,8 @@ def measure(name: str, url: str, token: str, seconds: int, connections: int, fol
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
+def run(seconds: int = 10, connections: int = 32) -> list[Result]:
+    """Ours on SQLite and PostgreSQL, then OpenBao dev, one after the other on this machine."""
     from tests.fixtures_postgres import DATABASE, PostgresCluster
 
     results: list[Result] = []
@@ -174,16 +171,29 @@ def main() -> None:
                 folder = base / uuid.uuid4().hex[:8]
                 folder.mkdir()
                 with ours(db, folder, audit_reads=audit_reads, workers=workers) as (url, token):
-                    results += measure(name, url, token, args.seconds, args.connections, folder)
+                    results += measure(name, url, token, seconds, connections, folder)
             folder = base / "bao"
             folder.mkdir()
             with openbao(folder) as (url, token):
-                results += measure("OpenBao 2.x dev (in-memory)", url, token, args.seconds, args.connections, folder)
+                results += measure("OpenBao 2.x dev (in-memory)", url, token, seconds, connections, folder)
         finally:
             cluster.stop("immediate")
-    print("| target | operation | requests/s | p50 ms | p99 ms | non-2xx |\n|---|---|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r.target} | {r.operation} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+    return results
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| target | operation | requests/s | p50 ms | p99 ms | non-2xx |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.target} | {r.operation} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+              for r in results]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    print(table(run(args.seconds, args.connections)))
 
 
 if __name__ == "__main__":
