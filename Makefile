@@ -62,7 +62,7 @@ typecheck: $(VENV)/.test
 
 ## Benchmarks beside the alternatives; writes docs/benchmarks.md.
 bench: $(VENV)/.bench system-deps
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks --aio --server
 
 ## Long runs kept out of the suite (crash-injection loops, soak).
 soak: $(VENV)/.test system-deps

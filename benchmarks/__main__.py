@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rot-reps", type=int, default=3, help="repetitions of each rotation pass")
     ap.add_argument("--large", action="store_true", help="also 100k vs 1M: time and peak memory")
     ap.add_argument("--aio", action="store_true", help="also the asyncio API: PostgreSQL get, SQLite options")
+    ap.add_argument("--server", action="store_true",
+                    help="also the HTTP server beside OpenBao (KV v2 and Transit, wrk at 32 connections)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the page and PNG go")
     args = ap.parse_args(argv)
     info = report.machine()
@@ -57,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         say("asyncio API: get on PostgreSQL, SQLite options (docs/asyncio.md explains them)")
         section = ("\n## asyncio API\n\nSee [asyncio.md](asyncio.md) for what each row is.\n\n### get on PostgreSQL\n\n"
                    f"{aio_get.report()}\n\n### SQLite options\n\n{aio_sqlite.report()}\n")
+        page.write_text(page.read_text() + section)
+    if args.server:
+        from . import server_kv, server_transit
+
+        say("HTTP server beside OpenBao: KV v2, then Transit (docs/server.md, docs/transit.md explain them)")
+        section = ("\n## HTTP server beside OpenBao\n\nwrk, 32 connections, 10 s per case, 256-byte values; "
+                   "both servers on this machine in this run.\n\n### KV v2\n\n"
+                   f"{server_kv.table(server_kv.run())}\n\n### Transit\n\n"
+                   f"{server_transit.table(server_transit.run())}\n")
         page.write_text(page.read_text() + section)
     say(f"wrote {page}")
     return 0

@@ -81,13 +81,13 @@ def wrk(url: str, script: str, seconds: int, connections: int, folder: Path) -> 
     return rps, p50, p99, int(bad.group(1)) if bad else 0
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
+def _wait(url: str, proc: subprocess.Popen[bytes], ready: str = "/v1/sys/health") -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
         try:
-            if httpx.get(url + "/v1/sys/health", timeout=2).status_code == 200:
+            if httpx.get(url + ready, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -96,12 +96,13 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running(argv: list[str], folder: Path, env: dict[str, str], url: str) -> Iterator[str]:
-    """A server process, logging to the folder, ready when /v1/sys/health answers."""
+def running(argv: list[str], folder: Path, env: dict[str, str], url: str,
+            ready: str = "/v1/sys/health") -> Iterator[str]:
+    """A server process, logging to the folder, ready when ``ready`` (/v1/sys/health) answers 200."""
     with (folder / "server.log").open("ab") as log:
         proc = subprocess.Popen(argv, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait(url, proc)
+            _wait(url, proc, ready)
             yield url
         finally:
             stop_process(proc, timeout=30)
@@ -145,11 +146,8 @@ def measure(name: str, url: str, token: str, seconds: int, connections: int, fol
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
+def run(seconds: int = 10, connections: int = 32) -> list[Result]:
+    """Ours on SQLite and PostgreSQL, then OpenBao dev, one after the other on this machine."""
     from tests.fixtures_postgres import DATABASE, PostgresCluster
 
     results: list[Result] = []
@@ -173,16 +171,29 @@ def main() -> None:
                 folder = base / uuid.uuid4().hex[:8]
                 folder.mkdir()
                 with ours(db, folder, audit_reads=audit_reads, workers=workers) as (url, token):
-                    results += measure(name, url, token, args.seconds, args.connections, folder)
+                    results += measure(name, url, token, seconds, connections, folder)
             folder = base / "bao"
             folder.mkdir()
             with openbao(folder) as (url, token):
-                results += measure("OpenBao 2.x dev (in-memory)", url, token, args.seconds, args.connections, folder)
+                results += measure("OpenBao 2.x dev (in-memory)", url, token, seconds, connections, folder)
         finally:
             cluster.stop("immediate")
-    print("| target | operation | requests/s | p50 ms | p99 ms | non-2xx |\n|---|---|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r.target} | {r.operation} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+    return results
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| target | operation | requests/s | p50 ms | p99 ms | non-2xx |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.target} | {r.operation} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+              for r in results]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    print(table(run(args.seconds, args.connections)))
 
 
 if __name__ == "__main__":

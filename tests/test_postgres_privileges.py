@@ -52,7 +52,8 @@ def test_app_role_reads_writes_and_rotates_at_the_usage_bound(
         {"audit": {"credentials": True}, "rotation": {"max_encryptions": 3}}
     )
     with nc.open(url, config=config, clock=clock) as app:  # migrate() is only a read here
-        app.put("db", {"password": "p"}, scope="production")  # reaching the bound: v2
+        for _ in range(4):  # three encryptions under v1 reach the bound; the fourth rotates: v2
+            app.put("db", {"password": "p"}, scope="production")
         assert app.get("db") == {"password": "p"}
         assert [c.id for c in app.list()] == ["db"]
         app.delete("db")

@@ -178,6 +178,8 @@ class ServerConfig:
     """Server worker processes (``serve --workers``)."""
     #: KV v2 mounts: mount path -> keyring.
     kv_mounts: dict[str, str] = field(default_factory=lambda: {"secret": "default"})
+    #: Transit mounts (each key of a mount is a keyring ``<mount>/<name>``).
+    transit_mounts: tuple[str, ...] = ("transit",)
     default_ttl: timedelta = timedelta(hours=768)
     """TTL of a token created without one (Vault's default: 768h)."""
     max_ttl: timedelta = timedelta(hours=768)
@@ -485,7 +487,7 @@ _MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 def _server(raw: dict[str, Any]) -> ServerConfig:
     _check_keys("server", raw, ("listen", "tls_cert_file", "tls_key_file", "max_request_size",
                                 "request_timeout", "workers", "kv_mounts", "default_ttl", "max_ttl",
-                                "cache_ttl"))
+                                "cache_ttl", "transit_mounts"))
     d = ServerConfig()
     listen = raw.get("listen", d.listen)
     if not isinstance(listen, str):
@@ -503,6 +505,13 @@ def _server(raw: dict[str, Any]) -> ServerConfig:
         if not _MOUNT_NAME.match(mount) or mount in ("sys", "auth") or not isinstance(keyring, str) or not keyring:
             raise ConfigError("server.kv_mounts", f"bad mount {mount!r} = {keyring!r}: a mount is letters, "
                               "digits, - and _ (not sys or auth), the value a keyring name")
+    transit = raw.get("transit_mounts", list(d.transit_mounts))
+    if not isinstance(transit, list) or not all(isinstance(m, str) for m in transit):
+        raise ConfigError("server.transit_mounts", "must be a list of mount paths")
+    for mount in transit:
+        if not _MOUNT_NAME.match(mount) or mount in ("sys", "auth") or mount in mounts:
+            raise ConfigError("server.transit_mounts", f"bad mount {mount!r}: letters, digits, - and _, "
+                              "not sys or auth, and not also a KV mount")
     cfg = ServerConfig(
         listen=listen,
         tls_cert_file=files["tls_cert_file"],
@@ -511,6 +520,7 @@ def _server(raw: dict[str, Any]) -> ServerConfig:
         request_timeout=_dur("server", raw, "request_timeout", d.request_timeout),
         workers=_int("server", raw, "workers", d.workers, 1),
         kv_mounts=dict(mounts),
+        transit_mounts=tuple(transit),
         default_ttl=_dur("server", raw, "default_ttl", d.default_ttl),
         max_ttl=_dur("server", raw, "max_ttl", d.max_ttl),
         cache_ttl=_dur("server", raw, "cache_ttl", d.cache_ttl),

@@ -22,6 +22,7 @@ from .fingerprint import PROVIDER_META
 from .models import KeyStatus, utc_now
 from .providers import KeyProvider, open_provider
 from .store import SCHEMA_VERSION, Store, open_store
+from .transit.settings import settings_of as transit_settings
 from .vault import LEGACY_FALLBACKS_META, LEGACY_LAST_META, provider_config_for
 
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
@@ -66,6 +67,7 @@ def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> lis
             kr: (tx.get_meta(f"{LEGACY_FALLBACKS_META}:{kr}"), tx.get_meta(f"{LEGACY_LAST_META}:{kr}"))
             for kr in keyrings
         }
+        deleted_transit = {kr for kr in keyrings if (t := transit_settings(tx, kr)) is not None and t.deleted}
     if schema < SCHEMA_VERSION:
         out.append(
             Finding(
@@ -129,6 +131,10 @@ def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> lis
             out.append(Finding("key-versions", OK, f"keyring {kr}: every credential's key version can decrypt"))
 
         active = next((kv for kv in versions if kv.status is KeyStatus.ACTIVE), None)
+        if active is None and kr in deleted_transit:
+            out.append(Finding("active-key", OK, f"keyring {kr} is a deleted Transit key: every version "
+                               "revoked, destroyed by the retention policy in time"))
+            continue
         if active is None:
             out.append(
                 Finding(

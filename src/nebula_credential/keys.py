@@ -163,6 +163,13 @@ class VersionedKey:
         raise TypeError("key material cannot be pickled")
 
 
+def seal(aead: Aead, prefix: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """Envelope v1 under ``aead``: ``prefix`` (8 header bytes), a random nonce, ciphertext."""
+    nonce = os.urandom(12)
+    header = prefix + nonce
+    return header + aead.encrypt(nonce, plaintext, header + aad)
+
+
 class KeyManager:
     """Versions, lifecycle and envelopes for one keyring.
 
@@ -360,16 +367,19 @@ class KeyManager:
             return key
 
     # ---- hot path ----------------------------------------------------------
-    def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
-        """Encrypt under the active version; returns an envelope v1."""
+    def next_active(self) -> VersionedKey:
+        """The active version with one encryption counted against its usage bound."""
         key = self._active
         if key is None or time.monotonic() >= self._refresh_at:
             key = self.current_key()
         if next(key._count) >= key._limit:
             key = self._reserve(key)
-        nonce = os.urandom(12)
-        header = key._prefix + nonce
-        return header + key._aead.encrypt(nonce, plaintext, header + aad)
+        return key
+
+    def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        """Encrypt under the active version; returns an envelope v1."""
+        key = self.next_active()
+        return seal(key._aead, key._prefix, plaintext, aad)
 
     def decrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
         """Decrypt an envelope with whichever version its header names."""
@@ -436,40 +446,41 @@ class KeyManager:
         return self.encrypt(plaintext, aad)
 
     def _reserve(self, key: VersionedKey) -> VersionedKey:
-        """Reserve a block of encryptions for ``key`` from the store (one write)."""
+        """Reserve a block of encryptions for ``key`` from the store (one write).
+
+        Blocks stop exactly at ``rotation.max_encryptions``: the next
+        reservation rotates (``auto_rotation`` on) or refuses (off), and a
+        block another process shrank by reserving at the same time keeps only
+        what fits the bound.
+        """
         with self._lock:
             if key is not self._active:
                 return self.current_key() if self._active is None else self._reserve(self._active)
             block = min(self.reservation_block, max(FIRST_RESERVATION, key._limit))
             bound = self.config.rotation.max_encryptions
             auto = self.config.keys.auto_rotation
+            total = 0
             with self.store.transaction(autonomous=True) as tx:
                 kv = tx.get_version(self.keyring, key.version)
                 if kv is None or kv.status is not KeyStatus.ACTIVE:
                     self._refresh_at = 0.0
                     self._active = None
                     return self._reserve(self.current_key())
-                if not auto:
-                    if kv.encryptions >= bound:
-                        raise self._bound_reached(key.version, bound)
+                if kv.encryptions < bound:
                     block = min(block, bound - kv.encryptions)
-                total = tx.add_encryptions(self.keyring, key.version, block)
+                    total = tx.add_encryptions(self.keyring, key.version, block)
             if total > HARD_MAX_ENCRYPTIONS:
                 raise PolicyViolationError(
                     f"key version {key.version} of keyring {self.keyring!r} reached the AES-GCM "
                     "usage bound (2^32 encryptions); run `nebula-credential keys rotate`"
                 )
-            if not auto:
-                # another process may have reserved at the same time: keep only what fits the bound
-                granted = block - max(0, total - bound)
-                if granted <= 0:
+            granted = block - max(0, total - bound) if total else 0
+            if granted <= 0:
+                if not auto:
                     raise self._bound_reached(key.version, bound)
-                key._limit += granted
-                return key
-            key._limit += block
-            if total >= bound:
                 self.rotate(reason="usage", expected_active=key.version)
-                return self.current_key()
+                return self.next_active()
+            key._limit += granted
             return key
 
     def _bound_reached(self, version: int, bound: int) -> PolicyViolationError:

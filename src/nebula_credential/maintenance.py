@@ -79,16 +79,21 @@ def maintain(
     should_stop: Callable[[], bool] = lambda: False,
     reencrypt: bool = True,
 ) -> MaintainReport:
+    from .transit import maintenance_plan
+
     km = vault.keys
     cfg = vault.config
-    strategy = strategy or strategy_from_config(cfg)
+    # A Transit key rotates on its own settings and has no reference-driven lifecycle.
+    transit = maintenance_plan(vault)
+    strategy = strategy or (transit.strategy if transit is not None else None) or strategy_from_config(cfg)
     retention = retention or retention_from_config(cfg)
     holder = holder or default_holder()
     report = MaintainReport(keyring=km.keyring)
 
-    active = km.active_version()
+    deleted = transit is not None and transit.strategy is None
+    active = None if deleted else km.active_version()
     now = vault.clock()
-    reason = strategy.due(active, now)
+    reason = strategy.due(active, now) if active is not None else None
     if reason:
         lease = f"rotate:{km.keyring}"
         with vault.store.transaction() as tx:
@@ -97,6 +102,7 @@ def maintain(
             report.rotation_skipped = "another instance holds the rotation lease"
         else:
             try:
+                assert active is not None
                 kv = km.rotate(reason=reason, expected_active=active.version)
                 if kv is None:
                     report.rotation_skipped = "another instance rotated first"
@@ -106,10 +112,11 @@ def maintain(
             finally:
                 with vault.store.transaction() as tx:
                     tx.release_lease(lease, holder)
-    if reencrypt and not should_stop():
+    if reencrypt and not deleted and not should_stop():
         report.reencryption = vault.reencrypt(should_stop=should_stop)
     if not should_stop():
         now = vault.clock()
-        report.lifecycle = advance(km, now, cfg.keys.grace_period)
+        if transit is None:
+            report.lifecycle = advance(km, now, cfg.keys.grace_period)
         report.cleanup = cleanup(km, retention, now)
     return report

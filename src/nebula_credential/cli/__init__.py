@@ -27,6 +27,7 @@ from .migrate import adopt, doctor
 from .ops import init, reencrypt, status
 from .provider import provider
 from .server import policy, serve, token
+from .transit import transit
 
 
 class GlobalOptionsGroup(click.Group):
@@ -123,6 +124,7 @@ for command in (
     token,
     policy,
     backup,
+    transit,
 ):
     cli.add_command(command)
 

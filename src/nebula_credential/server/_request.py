@@ -111,6 +111,8 @@ async def read_json(request: Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise bad_request("failed to parse JSON input: request body is not valid JSON") from None
+    if body is None:  # `bao write -f` sends a JSON null
+        return {}
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
     return body
@@ -173,14 +175,16 @@ def endpoint(
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
         extra = ctx.details if ctx is not None else {}
         status = response.status_code
+        # an engine may name the keyring a request used (Transit: the key's)
+        audit_keyring = ctx.keyring if ctx is not None and ctx.keyring is not None else keyring
         try:
             if status == 403:
-                await backend.audit("server.denied", keyring=keyring, outcome="denied", accessor=accessor,
+                await backend.audit("server.denied", keyring=audit_keyring, outcome="denied", accessor=accessor,
                                     operation=operation, path=path, method=request.method, status=status)
             elif status >= 400 or backend.audit_reads or operation not in READ_OPERATIONS:
-                await backend.audit("server.request", keyring=keyring, outcome="ok" if status < 400 else "error",
-                                    accessor=accessor, operation=operation, path=path, method=request.method,
-                                    status=status, **extra)
+                await backend.audit("server.request", keyring=audit_keyring,
+                                    outcome="ok" if status < 400 else "error", accessor=accessor,
+                                    operation=operation, path=path, method=request.method, status=status, **extra)
         except Exception as exc:  # an unaudited answer is not given (Vault does the same)
             return error_response(exc)
         return response

@@ -33,6 +33,7 @@ from ._request import VPATH
 from .errors import HTTPError
 from .kv import KVEngine
 from .policies import BadPathError, normalise
+from .transit import TransitEngine
 
 #: How much of a refused body is read and dropped before answering 413.
 DRAIN_LIMIT = 16 * 1024 * 1024
@@ -144,6 +145,8 @@ def create_app(
     ]
     for mount, keyring in server.kv_mounts.items():
         routes.append(Mount(f"/v1/{mount}", routes=KVEngine(mount, keyring).routes()))
+    for mount in server.transit_mounts:
+        routes.append(Mount(f"/v1/{mount}", routes=TransitEngine(mount).routes()))
     routes.extend(extra_routes or [])
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed}, lifespan=lifespan)
     if vault is not None:

@@ -1,0 +1,70 @@
+"""Transit: encryption as a service, in the shape of Vault's Transit engine.
+
+A Transit key **is** a keyring: its versions, statuses, retention, audit
+and metrics are the keyring's, and rotation (periodic, cron, the AES-GCM
+usage bound) is the same machinery.  What Vault keeps per key beyond that
+(``derived``, ``deletion_allowed``, ``min_*_version``, the rotation
+settings) is a small JSON record in the store's meta table.
+
+The package: ``engine`` (:class:`Transit`), ``settings`` (the per-key
+record and how ``maintain`` treats a Transit keyring), ``wire`` (Vault's
+base64 fields, ciphertext strings and batches) and ``errors``.  Two layers:
+
+- :class:`Transit`, the bytes-level operations (create, read, config,
+  rotate, trim, delete; encrypt, decrypt, rewrap, data keys, HMAC), used by
+  the CLI and by Python callers;
+- ``Transit.handle_*``, which take and return Vault's JSON request and
+  response bodies (base64 fields, ``batch_input`` with per-item results and
+  errors), so the HTTP mount is a thin router over them.
+
+Ciphertexts look like Vault's, ``vault:v<N>:<base64>``, with our envelope v1
+inside.  The AES-GCM associated data binds the ciphertext to its key (the
+keyring, so a deleted and re-created key never accepts old ciphertexts),
+to the caller's ``associated_data`` and, for derived keys, to the
+derivation ``context``; each field is length-prefixed.  Derived keys use a
+per-context subkey: HKDF-SHA256 over the version's DEK.
+
+Key versions are retired only through the lifecycle: ``min_decryption_version``
+revokes older versions (:meth:`KeyManager.revoke`), ``trim`` destroys them
+through :meth:`KeyManager.destroy` (the same guard as ``keys destroy``),
+and deleting a key revokes every version and leaves destruction to the
+retention policy.  Nothing here erases key material by any other path.
+"""
+
+from __future__ import annotations
+
+from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, Transit
+from .errors import TransitInputError, TransitKeyNotFoundError
+from .settings import MaintenancePlan, TransitKeyConfig, ZonedScheduledRotation, check_timezone, maintenance_plan
+from .wire import (
+    BatchResult,
+    Handled,
+    b64decode,
+    format_ciphertext,
+    hash_input,
+    parse_ciphertext,
+    random_bytes,
+    transit_aad,
+)
+
+__all__ = [
+    "DATAKEY_BITS",
+    "DEFAULT_MOUNT",
+    "SUPPORTED_TYPES",
+    "BatchResult",
+    "Handled",
+    "MaintenancePlan",
+    "Transit",
+    "TransitInputError",
+    "TransitKeyConfig",
+    "TransitKeyNotFoundError",
+    "ZonedScheduledRotation",
+    "b64decode",
+    "check_timezone",
+    "format_ciphertext",
+    "hash_input",
+    "maintenance_plan",
+    "parse_ciphertext",
+    "random_bytes",
+    "transit_aad",
+]
