@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from .fixtures_hsm_kms import SoftHsm
-from .helpers import cli_env
+from .helpers import cli_env, run_cli
 
 pytestmark = pytest.mark.services
 ROOT = Path(__file__).parents[1]
@@ -67,3 +67,62 @@ def test_softhsm_token_removed_mid_operation(softhsm: SoftHsm, tmp_path: Path, s
     assert after["lost"] == 0 and after["half_written"] == 0 and after["audit_ok"]
     assert after["moved"] == 90 and after["finished"] == 90 - hit["moved"]
     assert after["rewrapped"] == 9  # three keyrings, three DEKs each
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+CLOCK_CONFIG = """
+[rotation]
+strategy = "periodic"
+interval = "90d"
+[retention]
+policy = "minimum-retention"
+min_retention = "30d"
+keep_versions = 1
+[keys]
+grace_period = "24h"
+"""
+
+
+def test_daemon_clock_jumps_a_year_forward_and_back(tmp_path: Path, key_file: Path) -> None:
+    """Injected: libfaketime shifts the daemon process's own clock +1 year, -1 year, then forward again."""
+    if not LIBFAKETIME.exists():
+        pytest.fail("libfaketime not found: run scripts/ensure-system-deps.sh (Debian package faketime)")
+    (tmp_path / "nebula-credential.toml").write_text(CLOCK_CONFIG)
+    base = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 's.db'}",
+                   NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(key_file))
+
+    def cli(*args: str, shift: str | None = None) -> Any:
+        env = dict(base, LD_PRELOAD=str(LIBFAKETIME), FAKETIME=shift) if shift else base
+        res = run_cli("--json", *args, cwd=tmp_path, env=env)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout) if res.stdout.strip() else None
+
+    def statuses() -> dict[int, str]:
+        return {k["version"]: k["status"] for k in cli("keys", "list")["versions"]}
+
+    cli("init")
+    for i in range(3):
+        cli("put", f"c{i}", "--value", json.dumps({"i": i}))
+    cli("backup", "create", str(tmp_path / "b.db"), "--keep", "400d")
+    passes = 0
+    for _ in range(3):  # +1 year: four rotation intervals missed
+        cli("daemon", "--once", shift="+365d")
+        passes += 1
+    after_jump = statuses()
+    assert after_jump == {1: "grace", 2: "active"}, after_jump  # one rotation, nothing destroyed
+    for _ in range(2):  # back a year and a day: before everything happened
+        cli("daemon", "--once", shift="-366d")
+        passes += 1
+    assert statuses() == after_jump
+    cli("daemon", "--once", shift="+367d")  # forward again: grace ran out
+    cli("daemon", "--once", shift="+398d")  # past min_retention, but the backup still needs v1
+    passes += 2
+    assert statuses() == {1: "revoked", 2: "active"}
+    cli("daemon", "--once", shift="+402d")  # the backup expired: retention resumes
+    passes += 1
+    final = statuses()
+    assert final == {1: "destroyed", 2: "active"}, final
+    assert all(cli("get", f"c{i}")["value"] == {"i": i} for i in range(3))
+    assert cli("audit", "verify")["ok"]
+    print(f"daemon clock +365d/-366d/+367d/+398d/+402d over {passes} `daemon --once` passes: "
+          f"1 rotation (v1->v2), v1 destroyed only after the backup expired, 0 of 3 credentials lost")
