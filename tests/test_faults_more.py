@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from .fixtures_postgres import PostgresCluster
 from .helpers import cli_env, run_cli
 from .server_proc import serve
 from .test_faults_services import durable_pg_url as durable_pg_url
+from .test_faults_services import stop_immediately_while
 
 pytestmark = pytest.mark.services
 ROOT = Path(__file__).parents[1]
@@ -169,24 +169,8 @@ def test_postgres_stopped_immediately_under_serve(durable_pg_url: str, postgres_
                             refused[reason] = refused.get(reason, 0) + 1
 
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 120
-        try:
-            while len(acked) < 150 and time.monotonic() < deadline:
-                stop.wait(0.01)
-            postgres_cluster.stop("immediate")  # every backend killed mid-commit, no checkpoint
-            before = len(acked)
-            postgres_cluster.start()
-            restarted.set()
-            while after[0] < 150 and time.monotonic() < deadline:
-                stop.wait(0.01)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(60)
-            if not postgres_cluster.data.joinpath("postmaster.pid").exists():
-                postgres_cluster.start()
+        before = stop_immediately_while(postgres_cluster, threads, stop, restarted, lambda: len(acked) >= 150,
+                                        lambda: after[0] >= 150, lambda: len(acked))
         assert before >= 150 and after[0] >= 150, (before, after[0], refused, server.log()[-2000:])
         with server.http(token) as client:
             listed = client.get("/v1/secret/metadata/f/", params={"list": "true"}).json()["data"]["keys"]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,16 +167,27 @@ def stop_immediately_under_writers(vault: nc.Vault, cluster: PostgresCluster, wr
                     after_restart[0] += 1
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    out.acked_before = stop_immediately_while(cluster, threads, stop, restarted, lambda: len(out.acked) >= before,
+                                              lambda: after_restart[0] >= after, lambda: len(out.acked))
+    return out
+
+
+def stop_immediately_while(cluster: PostgresCluster, threads: list[threading.Thread], stop: threading.Event,
+                           restarted: threading.Event, ready: Callable[[], bool], done: Callable[[], bool],
+                           acked: Callable[[], int]) -> int:
+    """Start ``threads``; once ``ready()``, ``pg_ctl stop -m immediate`` and start; stop them once ``done()``.
+
+    Returns ``acked()`` read right after the stop (what was acknowledged before it)."""
     for t in threads:
         t.start()
     try:
-        while len(out.acked) < before:
+        while not ready():
             stop.wait(0.01)
         cluster.stop("immediate")  # injected: every backend killed, no shutdown checkpoint
-        out.acked_before = len(out.acked)
+        before = acked()
         cluster.start()
         restarted.set()
-        while after_restart[0] < after:
+        while not done():
             stop.wait(0.01)
     finally:
         stop.set()
@@ -184,7 +195,7 @@ def stop_immediately_under_writers(vault: nc.Vault, cluster: PostgresCluster, wr
             t.join(120)
         if not cluster.data.joinpath("postmaster.pid").exists():
             cluster.start()
-    return out
+    return before
 
 
 def assert_nothing_lost(vault: nc.Vault, outages: list[Outage]) -> None:
