@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 from hvac import exceptions
 
@@ -101,3 +102,21 @@ def test_rotation_through_the_cli_is_used_by_both(tmp_path: Path,
                 if got["key_version"] == 2:
                     versions[name] = 2
         assert versions == {"a": 2, "b": 2}
+
+
+def test_concurrent_first_requests_do_not_hang(tmp_path: Path, postgres_store_url_factory: Callable[[], str]) -> None:
+    """Eight clients' first requests at once: the token key's lock was a thread lock held by a
+    greenlet across a database await, which blocked the loop (every request timed out)."""
+    with serve(tmp_path, postgres_store_url_factory()) as server:
+        token = server.token("root")
+
+        def first(n: int) -> int | str:
+            with server.http(token) as client:
+                client.timeout = httpx.Timeout(15)
+                try:
+                    return client.post(f"/v1/secret/data/first/{n}", json={"data": {"n": n}}).status_code
+                except httpx.HTTPError as exc:
+                    return type(exc).__name__
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(first, range(8))) == [200] * 8

@@ -90,7 +90,11 @@ class TokenManager:
         self.max_ttl = max_ttl
         self.cache_ttl = cache_ttl.total_seconds()
         self._key: SecretBytes | None = None
-        self._key_lock = threading.Lock()
+        # the store's lock, not threading.Lock: under the asyncio server every request is a
+        # greenlet on the loop's one thread, and one holding a thread lock while it awaited
+        # the database blocked the next request's greenlet, and with it the loop (four
+        # concurrent first requests hung `serve` on PostgreSQL)
+        self._key_lock = store.new_lock()
         self._cache: dict[str, tuple[float, TokenRow | None]] = {}
         self._cache_lock = threading.Lock()
 
