@@ -76,6 +76,19 @@ def test_the_validation_module_is_what_the_library_uses(tmp_path: Path, key_file
     assert check_credential_id("github/acme:prod [x]") and check_scope("prod-eu_1.a") and check_keyring("t1")
 
 
+@pytest.mark.parametrize("name", ["transit/app", "transit/app#2", "team/transit/a.b-c", "t" * 64])
+def test_engine_keyrings_are_names_too(name: str) -> None:
+    """A Transit key's keyring (MOUNT/NAME, #N after a re-create) passes the one keyring rule."""
+    assert check_keyring(name) == name
+
+
+@pytest.mark.parametrize("name", ["../etc", "a" * 65, "transit/", "/x", "x/../y", "transit//a", "transit/app#0",
+                                  "transit/app#", "t1\n", "transit/app\n", "a b"])
+def test_keyring_rule_refuses(name: str) -> None:
+    with pytest.raises(nc.InvalidInputError, match="keyring"):
+        check_keyring(name)
+
+
 # ---- every bad value is one error line naming the field -------------------------------------------
 @pytest.mark.parametrize(("toml", "field"), [
     ('[rotation]\ninterval = "99999999999d"\n', "rotation.interval"),

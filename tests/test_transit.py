@@ -8,7 +8,6 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ from nebula_credential.transit import (
     Transit,
     TransitInputError,
     TransitKeyNotFoundError,
-    ZonedScheduledRotation,
     parse_ciphertext,
 )
 
@@ -305,12 +303,6 @@ def test_rotation_cron_in_a_time_zone(transit: Transit, vault: nc.Vault, clock: 
         transit.configure("app", {"rotation_timezone": "Mars/Base"})
     with pytest.raises(TransitInputError, match="cron"):
         transit.configure("app", {"rotation_cron": "every day"})
-
-
-def test_zoned_cron_matches_utc_for_utc() -> None:
-    s = ZonedScheduledRotation("0 2 * * *", "UTC")
-    clock = FakeClock()
-    assert s.previous_fire(clock.now + timedelta(hours=3)).hour == 2
 
 
 # ---- Vault request bodies ---------------------------------------------------------------------

@@ -7,7 +7,10 @@ characters, no NUL, no bidi overrides that make a terminal show something
 else than what is stored, bounded length.  Keyring and scope names become
 labels, AAD and metric labels, so they come from a small safe set:
 letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit,
-at most 64 characters.  Output still escapes everything: validation keeps
+at most 64 characters.  An engine's keyrings add a namespace the safe set
+cannot spell, so they never collide with a keyring a user names: a Transit
+key ``app`` on mount ``transit`` is keyring ``transit/app`` (``#2`` after a
+delete and re-create).  Output still escapes everything: validation keeps
 new data tidy, escaping keeps old data (written before these rules) safe.
 """
 
@@ -26,6 +29,13 @@ _BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 #: Bidirectional overrides and isolates: they make a terminal show another string.
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters"
+#: A keyring: a safe-set name, or an engine's ``MOUNT/NAME`` (segments of the safe set, NAME up
+#: to 128 characters as Transit key names) with an optional ``#N`` generation.
+KEYRING_RE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+    r"(?:(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,63})*/[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:#[1-9][0-9]{0,8})?)?$"
+)
+KEYRING_RULE = f"{NAME_RULE} (an engine's keyrings: MOUNT/NAME, optionally #N)"
 
 
 def check_credential_id(value: object, field: str = "credential id") -> str:
@@ -57,12 +67,13 @@ def printable(text: str) -> str:
     )
 
 
-def _check_name(value: object, field: str, what: str) -> str:
+def _check_name(value: object, field: str, what: str, pattern: re.Pattern[str] = NAME_RE,
+                rule: str = NAME_RULE) -> str:
     if not isinstance(value, str):
         raise InvalidInputError(field, f"{what} must be a string, got {type(value).__name__}")
-    if not NAME_RE.match(value):
+    if not pattern.fullmatch(value):
         shown = value[:80].encode("unicode_escape").decode("ascii")
-        raise InvalidInputError(field, f"{what} {shown!r} is not allowed; use {NAME_RULE}")
+        raise InvalidInputError(field, f"{what} {shown!r} is not allowed; use {rule}")
     return value
 
 
@@ -72,8 +83,16 @@ def check_scope(value: object, field: str = "scope") -> str:
 
 
 def check_keyring(value: object, field: str = "keyring") -> str:
-    """A keyring name from the safe set (see :data:`NAME_RULE`)."""
-    return _check_name(value, field, "keyring name")
+    """A keyring name from the safe set, or an engine's ``MOUNT/NAME[#N]`` (see :data:`KEYRING_RULE`)."""
+    return _check_name(value, field, "keyring name", KEYRING_RE, KEYRING_RULE)
 
 
-__all__ = ["MAX_ID_LENGTH", "NAME_RULE", "check_credential_id", "check_keyring", "check_scope", "printable"]
+__all__ = [
+    "KEYRING_RULE",
+    "MAX_ID_LENGTH",
+    "NAME_RULE",
+    "check_credential_id",
+    "check_keyring",
+    "check_scope",
+    "printable",
+]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, Transit
 from .errors import TransitInputError, TransitKeyNotFoundError
-from .settings import MaintenancePlan, TransitKeyConfig, ZonedScheduledRotation, check_timezone, maintenance_plan
+from .settings import MaintenancePlan, TransitKeyConfig, check_timezone, maintenance_plan
 from .wire import (
     BatchResult,
     Handled,
@@ -58,7 +58,6 @@ __all__ = [
     "TransitInputError",
     "TransitKeyConfig",
     "TransitKeyNotFoundError",
-    "ZonedScheduledRotation",
     "b64decode",
     "check_timezone",
     "format_ciphertext",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ..config import DEFAULT_MAX_ENCRYPTIONS
@@ -72,7 +72,7 @@ class TransitKeyConfig:
         if self.auto_rotate_period:
             members.append(PeriodicRotation(timedelta(seconds=self.auto_rotate_period)))
         if self.rotation_cron:
-            members.append(ZonedScheduledRotation(self.rotation_cron, self.rotation_timezone))
+            members.append(ScheduledRotation(self.rotation_cron, self.rotation_timezone))
         return AnyOf([*members, usage]) if members else usage
 
     def strategy_name(self) -> str:
@@ -84,22 +84,6 @@ class TransitKeyConfig:
         if self.rotation_cron:
             parts.append("scheduled")
         return "+".join([*parts, "usage"])
-
-
-class ZonedScheduledRotation(ScheduledRotation):
-    """A cron schedule read in a named time zone (``0 2 * * *`` at 02:00 Europe/Berlin)."""
-
-    def __init__(self, cron: str, timezone: str = "UTC") -> None:
-        super().__init__(cron)
-        self.timezone = check_timezone(timezone)
-
-    def previous_fire(self, now: datetime) -> datetime:
-        from zoneinfo import ZoneInfo
-
-        return super().previous_fire(now.astimezone(ZoneInfo(self.timezone)))
-
-    def __repr__(self) -> str:
-        return f"ZonedScheduledRotation(cron={self.cron!r}, timezone={self.timezone!r})"
 
 
 def check_timezone(name: str, field_name: str = "rotation_timezone") -> str:
