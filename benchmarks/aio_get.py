@@ -8,10 +8,11 @@ each, then the next) so a burst of load from elsewhere hits all alike:
 * ``threads``: 32 threads calling ``Vault.get``;
 * ``to_thread``: 32 tasks awaiting ``asyncio.to_thread(vault.get, ...)``
   (the default executor, as an application would write it);
-* ``psycopg-async floor``: no vault at all, 32 tasks running the same three
-  statements a ``get`` sends (BEGIN REPEATABLE READ, the SELECT, COMMIT)
-  on a psycopg ``AsyncConnectionPool`` of the same size: the most any
-  asyncio API over psycopg could reach here.
+* ``psycopg-async floor``: no vault at all, 32 tasks running the three
+  statements a ``get`` sent before ``Store.read_one`` (BEGIN REPEATABLE
+  READ, the SELECT, COMMIT; a ``get`` now sends the SELECT alone, in
+  autocommit) on a psycopg ``AsyncConnectionPool`` of the same size: the
+  most an asyncio API over psycopg could reach with a transaction per read.
 
 Every contender uses the store's default pool (10 connections).  Reported:
 ops/s and p50/p99 latency (median over repetitions), and the longest

@@ -22,10 +22,13 @@ from contextlib import AbstractContextManager
 from typing import Any, cast
 
 import psycopg
+from psycopg.pq import ExecStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .._bridge import GreenletLocal, GreenletRLock, await_only
 from .postgres import PostgresStore, _message
+
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 class _Result:
@@ -47,7 +50,9 @@ class _Result:
 async def _execute(conn: psycopg.AsyncConnection[Any], sql: str, params: Any) -> _Result:
     # one awaitable per statement: execute and fetch travel together
     cur = await conn.execute(sql, params)
-    rows = await cur.fetchall() if cur.description is not None else []
+    # the test ``cur.description`` makes, without building its Column objects (9 a SELECT)
+    res = cur.pgresult
+    rows = await cur.fetchall() if res is not None and (res.nfields or res.status == TUPLES_OK) else []
     return _Result(rows, cur.rowcount)
 
 

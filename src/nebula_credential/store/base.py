@@ -493,6 +493,18 @@ class Store(ABC):
     def read(self) -> AbstractContextManager[StoreTx]:
         return self.transaction(write=False)
 
+    def read_one(self, fn: Callable[[StoreTx], T]) -> T:
+        """Run ``fn``, a read that sends exactly ONE statement, in the cheapest consistent way.
+
+        One statement sees one snapshot on its own, so a store may skip the
+        transaction around it (PostgreSQL: one round trip instead of BEGIN,
+        SELECT, COMMIT).  Here it is simply :meth:`read`.  Inside a
+        transaction of the same caller it joins that transaction, as
+        :meth:`read` does.
+        """
+        with self.read() as tx:
+            return fn(tx)
+
     def run(
         self, fn: Callable[[StoreTx], T], *, write: bool = True, idempotent: bool = False
     ) -> T:
