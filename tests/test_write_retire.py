@@ -24,7 +24,7 @@ import nebula_credential as nc
 from nebula_credential.models import KeyStatus
 from nebula_credential.policies.retention import UntilReEncrypted
 
-from .helpers import FakeClock, cli_env
+from .helpers import KEEP_ONE, FakeClock, cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +42,7 @@ def operator(vault: nc.Vault, clock: FakeClock) -> Iterator[nc.Vault]:
     keep_versions = 1: these tests destroy v1 right after one rotation; the
     previous-version rule has its own tests (test_operator_policies.py).
     """
-    keep1 = nc.KeyManagementConfig.from_dict({"retention": {"keep_versions": 1}})
-    other = nc.open(vault.store.url, provider=vault.provider, clock=clock, config=keep1)
+    other = nc.open(vault.store.url, provider=vault.provider, clock=clock, config=KEEP_ONE)
     try:
         yield other
     finally:
