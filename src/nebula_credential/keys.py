@@ -142,18 +142,19 @@ def check_destroy(
         forced.append(f"keep_versions = {keep}")
     # 5. the retention policy's minimum (--force skips it too)
     with_refs = RetentionContext(now=now, versions=versions, references={v: refs})
-    reason = retention.allows(kv, with_refs)
-    if reason is None:
+    allowed = retention.allows(kv, with_refs)
+    if allowed is None:
         if not force_retention:
             raise PolicyViolationError(
                 f"retention policy {retention.name!r} keeps key version {v} for now; wait, or "
                 f"override the retention minimum with {force_hint}"
             )
         forced.append(f"retention policy {retention.name!r}")
+    # the policy's reason, then what the operator waived (never empty: one or the other)
+    reasons = [allowed] if allowed else []
     if forced:
-        waived = f"forced past {' and '.join(forced)} by the operator"
-        reason = waived if reason is None else f"{reason}; {waived}"
-    return refs, reason
+        reasons.append(f"forced past {' and '.join(forced)} by the operator")
+    return refs, "; ".join(reasons)
 
 
 class VersionedKey:
