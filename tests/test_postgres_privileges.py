@@ -1,4 +1,4 @@
-"""The least-privilege roles the README documents really are enough, and no more.
+"""The least-privilege roles docs/operations/postgresql.md documents really are enough, and no more.
 
 The schema owner (here the superuser) runs ``init``: migrations and the first
 key.  An app role and an operator role then get exactly

@@ -69,7 +69,7 @@ APPLICATION_NAME = "nebula-credential"
 _CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
 
 
-#: Least privileges per runtime role, table by table (the README prints these).
+#: Least privileges per runtime role, table by table (docs/operations/postgresql.md prints these).
 #: Apps read and write credentials and count encryptions; the usage bound
 #: (``[rotation] max_encryptions``) can make an app rotate, hence INSERT and a
 #: status UPDATE on key_versions.  Operators and daemons additionally move
