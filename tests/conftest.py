@@ -10,7 +10,7 @@ import pytest
 
 import nebula_credential as nc
 
-from .helpers import FakeClock
+from .helpers import KEEP_ONE, FakeClock
 
 pytest_plugins: list[str] = [
     "tests.fixtures_postgres",
@@ -48,6 +48,16 @@ def key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def vault(store_url: str, key_file: Path, clock: FakeClock) -> Iterator[nc.Vault]:
     """An initialised vault on each store kind, local root key, injectable clock."""
     v = nc.open(store_url, create=True, clock=clock)
+    try:
+        yield v
+    finally:
+        v.close()
+
+
+@pytest.fixture
+def keep1_vault(store_url: str, key_file: Path, clock: FakeClock) -> Iterator[nc.Vault]:
+    """Like ``vault``, with ``keep_versions = 1`` (see :data:`tests.helpers.KEEP_ONE`)."""
+    v = nc.open(store_url, create=True, clock=clock, config=KEEP_ONE)
     try:
         yield v
     finally:

@@ -19,6 +19,12 @@ from nebula_credential.config import KeyManagementConfig
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
+#: ``[retention] keep_versions = 1``: for tests about something else that destroy v1
+#: right after one rotation (the previous-version rule has its own tests in
+#: test_operator_policies.py).
+KEEP_ONE = KeyManagementConfig.from_dict({"retention": {"keep_versions": 1}})
+
+
 class FakeClock:
     """An injectable clock: tests move time instead of sleeping."""
 

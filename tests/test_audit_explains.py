@@ -35,7 +35,8 @@ def head_and_seq(vault: nc.Vault) -> tuple[str, int]:
     return head, seq
 
 
-def test_full_lifecycle_is_explained(vault: nc.Vault, clock: FakeClock) -> None:
+def test_full_lifecycle_is_explained(keep1_vault: nc.Vault, clock: FakeClock) -> None:
+    vault = keep1_vault  # v1 is destroyed right after one rotation
     vault.put("a", {"n": 1})
     vault.keys.rotate(reason="test")
     vault.reencrypt()
@@ -60,7 +61,8 @@ def test_wiped_chain_fails_verify(vault: nc.Vault) -> None:
     assert "keyring default v1: created" in text and "keyring default v2: created" in text
 
 
-def test_chain_rolled_back_to_an_earlier_head_fails_verify(vault: nc.Vault, clock: FakeClock) -> None:
+def test_chain_rolled_back_to_an_earlier_head_fails_verify(keep1_vault: nc.Vault, clock: FakeClock) -> None:
+    vault = keep1_vault  # v1 is destroyed right after one rotation
     vault.put("a", {"n": 1})
     vault.keys.rotate(reason="test")
     vault.reencrypt()

@@ -29,7 +29,7 @@ from nebula_credential.policies import UntilReEncrypted
 from nebula_credential.store import SCHEMA_VERSION
 from nebula_credential.store.base import BackupRecord
 
-from .helpers import FakeClock
+from .helpers import KEEP_ONE, FakeClock
 
 KEEP = timedelta(days=30)
 
@@ -38,7 +38,7 @@ KEEP = timedelta(days=30)
 def sq(tmp_path: Path, key_file: Path, clock: FakeClock):  # type: ignore[no-untyped-def]
     # keep_versions = 1: only backup holds (not the previous-version rule) keep v1 in these tests
     v = nc.open(f"sqlite:///{tmp_path / 'live.db'}", create=True, clock=clock,
-                config=nc.KeyManagementConfig.from_dict({"retention": {"keep_versions": 1}}))
+                config=KEEP_ONE)
     yield v
     v.close()
 
@@ -189,8 +189,9 @@ def test_the_newest_expiry_wins(sq: nc.Vault, tmp_path: Path, clock: FakeClock) 
     assert hold.backup == "long.db"
 
 
-def test_register_holds_every_version_that_existed_then(vault: nc.Vault, clock: FakeClock) -> None:
+def test_register_holds_every_version_that_existed_then(keep1_vault: nc.Vault, clock: FakeClock) -> None:
     """PostgreSQL-style: the copy is taken elsewhere; the store records what it may need."""
+    vault = keep1_vault  # only the backup hold (not keep_versions) keeps v1 here
     vault.put("a", {"v": 1})
     taken = clock.now
     clock.advance(hours=1)

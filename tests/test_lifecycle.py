@@ -228,3 +228,18 @@ def test_no_time_based_rotation_for_manual_and_usage(tmp_path: Path, key_file: P
     with nc.open(f"sqlite:///{tmp_path / 's.db'}", config=cfg, clock=clock, create=True) as v:
         clock.advance(days=1000)
         assert v.maintain().rotated is None
+
+
+def test_cli_destroy_inside_keep_versions_is_one_error_line_naming_it(tmp_path: Path) -> None:
+    from .helpers import store_runner
+
+    run = store_runner(tmp_path)
+    # refresh_interval 0s: no destroy floor; the default keep_versions = 2 keeps v1 after one rotation
+    (tmp_path / "c.toml").write_text('[retention]\npolicy = "until-reencrypted"\n[keys]\nrefresh_interval = "0s"\n')
+    for args in (("init",), ("keys", "rotate"), ("keys", "revoke", "1")):
+        run(*args)
+    res = run("--config", "c.toml", "keys", "destroy", "1", ok=False)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")
+    assert "keep_versions = 2" in res.stderr and "--force --yes-destroy-key-version 1" in res.stderr
+    assert "destroyed v1" in run("--config", "c.toml", "keys", "destroy", "1", "--force",
+                                 "--yes-destroy-key-version", "1").stdout

@@ -65,6 +65,59 @@ def test_keep_versions_keeps_the_previous_version_whatever_the_policy(sq: nc.Vau
         v.close()
 
 
+def test_destroy_refuses_a_version_inside_keep_versions(sq: nc.Vault, clock: FakeClock) -> None:
+    """The one destroy guard applies keep_versions, not only cleanup: revoked,
+    unreferenced, past the floor, allowed by the policy, and still kept."""
+    v = _with(sq, {"retention": {"policy": "until-reencrypted"}}, clock)
+    try:
+        v.put("a", 1)
+        v.keys.rotate()
+        assert v.reencrypt().ok
+        v.keys.revoke(1)
+        clock.advance(minutes=1)  # past the destroy floor (twice refresh_interval)
+        with pytest.raises(nc.PolicyViolationError, match=r"keep_versions = 2.*--force --yes-destroy-key-version 1"):
+            v.keys.destroy(1)
+        assert v.keys.version(1).status is KeyStatus.REVOKED and v.keys.version(1).wrapped_key is not None
+        kv = v.keys.destroy(1, force_retention=True)  # the operator may waive a retention setting
+        assert kv.status is KeyStatus.DESTROYED
+        with v.store.read() as tx:
+            event = tx.audit_search(limit=1, action="key.destroy")[0]
+        assert "until-reencrypted" in event.details and "forced past keep_versions = 2" in event.details
+        assert v.get("a") == 1
+    finally:
+        v.close()
+
+
+def test_force_never_skips_the_floor_or_references_for_keep_versions(sq: nc.Vault, clock: FakeClock) -> None:
+    v = _with(sq, {"retention": {"policy": "until-reencrypted"}}, clock)
+    try:
+        v.put("a", 1)
+        v.keys.rotate()
+        v.keys.revoke(1)
+        clock.advance(minutes=1)
+        with pytest.raises(nc.PolicyViolationError, match="still used by 1 credential"):
+            v.keys.destroy(1, force_retention=True)
+        v.keys.reinstate(1)
+        assert v.reencrypt().ok
+        v.keys.revoke(1)
+        with pytest.raises(nc.PolicyViolationError, match="floor"):
+            v.keys.destroy(1, force_retention=True)
+        assert v.keys.version(1).status is KeyStatus.REVOKED
+    finally:
+        v.close()
+
+
+def test_keep_versions_one_lets_the_previous_version_go(sq: nc.Vault, clock: FakeClock) -> None:
+    v = _with(sq, {"retention": {"policy": "until-reencrypted", "keep_versions": 1}}, clock)
+    try:
+        v.keys.rotate()
+        v.keys.revoke(1)
+        clock.advance(minutes=1)
+        assert v.keys.destroy(1).status is KeyStatus.DESTROYED
+    finally:
+        v.close()
+
+
 def test_keep_versions_is_validated() -> None:
     with pytest.raises(nc.ConfigError, match="retention.keep_versions"):
         nc.KeyManagementConfig.from_dict({"retention": {"keep_versions": 0}})

@@ -25,7 +25,7 @@ from nebula_credential.rootkeys import rotate_root_key
 
 from .azure_server import OAEP_256, unb64url
 from .fixtures_azure import AzureTestVault, StaticTokenCredential
-from .helpers import FakeClock, dump, free_port
+from .helpers import KEEP_ONE, FakeClock, dump, free_port
 from .helpers import provider_config as cfg
 
 
@@ -128,7 +128,7 @@ def test_lifecycle_through_open_with_a_provider_object(
     clock = FakeClock()
     url = f"sqlite:///{tmp_path / 'store.db'}"
     p = provider(azure_vault, "life")
-    with nc.open(url, provider=p, create=True, clock=clock) as v:
+    with nc.open(url, provider=p, create=True, clock=clock, config=KEEP_ONE) as v:  # v1 goes after one rotation
         v.put("a", {"n": 1}, scope="production")
         v.keys.rotate(reason="test")
         v.put("b", {"n": 2})

@@ -65,7 +65,7 @@ def test_full_lifecycle(
     provider_factory: ProviderFactory, tmp_path: Path, clock: FakeClock
 ) -> None:
     settings = provider_factory()
-    cfg = config_for(settings)
+    cfg = config_for(settings, retention={"keep_versions": 1})  # v1 is destroyed right after one rotation
     url = f"sqlite:///{tmp_path / 'store.db'}"
     values = {f"cred-{i}": {"token": f"secret-{i}"} for i in range(6)}
     with nc.open(url, config=cfg, create=True, clock=clock) as v:

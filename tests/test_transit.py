@@ -230,6 +230,22 @@ def test_trim_refuses_what_the_guard_refuses(transit: Transit, vault: nc.Vault, 
     assert transit.read_key("app")["min_available_version"] == 0
 
 
+def test_trim_honours_keep_versions(transit: Transit, clock: FakeClock) -> None:
+    """Stricter than Vault on purpose: the previous version is inside keep_versions (default 2),
+    so trimming it right after one rotation is refused, naming the setting; nothing is destroyed."""
+    transit.create_key("app")
+    transit.rotate("app")
+    transit.configure("app", {"min_decryption_version": 2, "min_encryption_version": 2})
+    clock.advance(hours=2)  # past the floor and the retention minimum (1h)
+    with pytest.raises(PolicyViolationError, match="keep_versions = 2"):
+        transit.trim("app", 2)
+    assert statuses(transit, "app") == {1: "revoked", 2: "active"}
+    assert transit.read_key("app")["min_available_version"] == 0
+    transit.rotate("app")  # v3 active: v1 is outside keep_versions now
+    assert transit.trim("app", 2).min_available_version == 2
+    assert statuses(transit, "app")[1] == "destroyed"
+
+
 def test_delete_needs_deletion_allowed_and_no_stored_credentials(transit: Transit, vault: nc.Vault) -> None:
     transit.create_key("app")
     old = transit.encrypt("app", b"s")

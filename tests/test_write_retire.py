@@ -24,7 +24,7 @@ import nebula_credential as nc
 from nebula_credential.models import KeyStatus
 from nebula_credential.policies.retention import UntilReEncrypted
 
-from .helpers import FakeClock, cli_env
+from .helpers import KEEP_ONE, FakeClock, cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,8 +37,12 @@ def header_versions(vault: nc.Vault) -> dict[str, int]:
 
 @pytest.fixture
 def operator(vault: nc.Vault, clock: FakeClock) -> Iterator[nc.Vault]:
-    """A second process's view of the same store: its own key cache."""
-    other = nc.open(vault.store.url, provider=vault.provider, clock=clock)
+    """A second process's view of the same store: its own key cache.
+
+    keep_versions = 1: these tests destroy v1 right after one rotation; the
+    previous-version rule has its own tests (test_operator_policies.py).
+    """
+    other = nc.open(vault.store.url, provider=vault.provider, clock=clock, config=KEEP_ONE)
     try:
         yield other
     finally:
@@ -126,7 +130,8 @@ def test_destroy_refuses_every_status_but_revoked_naming_the_command(vault: nc.V
     assert vault.keys.version(1).status is KeyStatus.GRACE
 
 
-def test_destroy_floor_and_retention_minimum(vault: nc.Vault, clock: FakeClock) -> None:
+def test_destroy_floor_and_retention_minimum(operator: nc.Vault, clock: FakeClock) -> None:
+    vault = operator  # keep_versions = 1: v1 is outside it after one rotation
     vault.keys.rotate(reason="test")
     vault.keys.revoke(1)
     clock.advance(seconds=9)
@@ -201,6 +206,7 @@ def race(store_url: str, tmp_path: Path, cycles: int) -> tuple[dict[str, Any], d
         path.write_text(
             f'[provider]\ntype = "local"\nkey_file = "{tmp_path / "race.key"}"\n'
             f'[keys]\nrefresh_interval = "{refresh}"\n[retention]\npolicy = "until-reencrypted"\n'
+            "keep_versions = 1\n"  # the operator destroys v1 right after one rotation
         )
         return path
 

@@ -35,7 +35,7 @@ from .exceptions import (
 )
 from .models import KeyStatus, KeyVersion, to_epoch, utc_now
 from .names import check_keyring
-from .policies.retention import KeyRetentionPolicy, RetentionContext, retention_from_config
+from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versions, retention_from_config
 from .providers.base import Aead, KeyProvider, WrapContext
 
 if TYPE_CHECKING:
@@ -84,13 +84,16 @@ def check_destroy(
     retention: KeyRetentionPolicy,
     force_retention: bool = False,
 ) -> tuple[int, str]:
-    """The one destroy guard (``keys destroy``, ``keys cleanup``, the daemon): raise or say why.
+    """The one destroy guard (``keys destroy``, ``keys cleanup``, the daemon, Transit trim): raise or say why.
 
     Runs inside the destroying transaction, after the version's row is
     locked, and returns (rows referencing it, the reason destruction is
     allowed).  Each check names the command to run first.  ``force_retention``
-    skips only the retention policy's own minimum: never the status, the
-    reference count, the floor or a backup that needs the version.
+    (the operator's ``--force --yes-destroy-key-version V``) skips only the
+    retention settings, ``[retention] keep_versions`` and the policy's own
+    minimum: never the status, the reference count, the floor or a backup
+    that needs the version.  Those protect ciphertext that exists; retention
+    settings are the operator's own caution, which the operator may waive.
     """
     v, kr = kv.version, kv.keyring
     if kv.status is KeyStatus.DESTROYED:
@@ -124,18 +127,34 @@ def check_destroy(
             f"destroyed {format_duration(floor - held)} from now (floor: twice refresh_interval, "
             f"{format_duration(floor)}, so no process still writes under it)"
         )
-    # 4. the retention policy's minimum (the only check --force skips)
-    with_refs = RetentionContext(now=now, versions=tx.list_versions(kr), references={v: refs})
-    reason = retention.allows(kv, with_refs)
-    if reason is None:
+    force_hint = f"`nebula-credential keys destroy {v} --force --yes-destroy-key-version {v}`"
+    versions = tx.list_versions(kr)
+    forced: list[str] = []
+    # 4. keep_versions: the newest versions stay whatever the policy says (a retention setting: --force skips it)
+    keep = config.retention.keep_versions
+    if v in kept_versions(versions, keep):
+        if not force_retention:
+            raise PolicyViolationError(
+                f"key version {v} is one of the newest {keep} version(s) kept by "
+                f"`[retention] keep_versions = {keep}`; rotate again, lower keep_versions in the "
+                f"config file, or override it with {force_hint}"
+            )
+        forced.append(f"keep_versions = {keep}")
+    # 5. the retention policy's minimum (--force skips it too)
+    with_refs = RetentionContext(now=now, versions=versions, references={v: refs})
+    allowed = retention.allows(kv, with_refs)
+    if allowed is None:
         if not force_retention:
             raise PolicyViolationError(
                 f"retention policy {retention.name!r} keeps key version {v} for now; wait, or "
-                f"override the retention minimum with `nebula-credential keys destroy {v} "
-                f"--force --yes-destroy-key-version {v}`"
+                f"override the retention minimum with {force_hint}"
             )
-        reason = f"forced past retention policy {retention.name!r} by the operator"
-    return refs, reason
+        forced.append(f"retention policy {retention.name!r}")
+    # the policy's reason, then what the operator waived (never empty: one or the other)
+    reasons = [allowed] if allowed else []
+    if forced:
+        reasons.append(f"forced past {' and '.join(forced)} by the operator")
+    return refs, "; ".join(reasons)
 
 
 class VersionedKey:
@@ -641,7 +660,8 @@ class KeyManager:
     ) -> KeyVersion:
         """Erase a revoked, unreferenced version's material (see :func:`check_destroy`).
 
-        ``force_retention`` skips only the retention policy's minimum.
+        ``force_retention`` skips only the retention settings (``keep_versions``
+        and the policy's minimum), never the references, the floor or a backup hold.
         """
         return self.transition(version, KeyStatus.DESTROYED, action="key.destroy", retention=retention,
                                force_retention=force_retention, policy=policy)

@@ -16,7 +16,7 @@ from typing import Any
 from .exceptions import ConcurrencyError, PolicyViolationError
 from .keys import KeyManager, check_destroy
 from .models import KeyStatus
-from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versions
+from .policies.retention import KeyRetentionPolicy, RetentionContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,21 +71,20 @@ def cleanup(
 
     The guard is :func:`~nebula_credential.keys.check_destroy`, the same one
     ``keys destroy`` uses: revoked, referenced by no row (by envelope header),
-    past the floor, allowed by ``policy``.  A dry run asks it without writing.
+    needed by no backup, past the floor, outside ``keep_versions``, allowed by
+    ``policy``.  A dry run asks it without writing.
     """
     with km.store.read() as tx:
         versions = tx.list_versions(km.keyring)
         refs = tx.versions_referenced(km.keyring)
     ctx = RetentionContext(now=now, versions=versions, references=refs)
-    # keep_versions: the active version and those just before it stay, whatever the policy says
-    keep = kept_versions(versions, km.config.retention.keep_versions)
     out = []
     for kv in versions:
         if kv.status in (KeyStatus.ACTIVE, KeyStatus.DESTROYED):
             continue
         # the policy is asked about every retired version (a custom one may want to see them all);
-        # only a revoked one it allows, outside keep_versions, goes on to the guard
-        if policy.allows(kv, ctx) is None or kv.status is not KeyStatus.REVOKED or kv.version in keep:
+        # only a revoked one it allows goes on to the guard (which also applies keep_versions)
+        if policy.allows(kv, ctx) is None or kv.status is not KeyStatus.REVOKED:
             continue
         try:
             with km.store.read() as tx:

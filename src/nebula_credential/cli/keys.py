@@ -129,8 +129,9 @@ def reinstate(app: AppContext, version: int) -> None:
 @keys.command()
 @click.argument("version", type=KEY_VERSION)
 @click.option("--force", is_flag=True,
-              help="Destroy before the retention policy's minimum has passed (needs --yes-destroy-key-version). "
-                   "Never skips the revoked status, the reference check or the floor.")
+              help="Waive the retention settings: the policy's minimum and keep_versions "
+                   "(needs --yes-destroy-key-version). Never skips the revoked status, the reference "
+                   "check, the floor or a backup hold.")
 @click.option("--yes-destroy-key-version", "confirm", type=KEY_VERSION, metavar="V",
               help="Typed confirmation for --force: the version number again.")
 @pass_app
@@ -138,11 +139,12 @@ def destroy(app: AppContext, version: int, force: bool, confirm: int | None) -> 
     """Erase a revoked, unused version's wrapped material for good (row kept as tombstone).
 
     Only a version revoked for at least twice refresh_interval, referenced by
-    no stored row, and allowed by the retention policy (unless --force).
+    no stored row, needed by no registered backup, outside [retention]
+    keep_versions and allowed by the retention policy (--force waives those two).
     """
     if force and confirm != version:
         raise click.UsageError(
-            f"--force destroys key version {version} before the retention minimum; "
+            f"--force destroys key version {version} despite the retention minimum and keep_versions; "
             f"confirm with --yes-destroy-key-version {version}"
         )
     if confirm is not None and not force:

@@ -412,9 +412,12 @@ class Transit:
     def trim(self, name: str, min_available_version: int) -> TransitKeyConfig:
         """Destroy versions below ``min_available_version`` through :meth:`KeyManager.destroy`.
 
-        The guard decides (revoked, unreferenced, past the floor and the
-        retention minimum); a refusal is raised after the versions it allowed
-        were destroyed, and ``min_available_version`` records what was reached.
+        The guard decides (revoked, unreferenced, past the floor, outside
+        ``[retention] keep_versions`` and the retention minimum); a refusal is
+        raised (HTTP 400) after the versions it allowed were destroyed, and
+        ``min_available_version`` records what was reached.  Stricter than
+        Vault on purpose: with the default keep_versions = 2 the version just
+        before the active one is kept, as for every keyring.
         """
         key = self._key(name, fresh=True)
         cfg = key.config
