@@ -103,3 +103,27 @@ def test_put_check_and_set_on_each_store(vault: nc.Vault) -> None:
     vault.keys.rotate()  # a write under the new version is still checked against the revision
     assert vault.put("cas", {"n": 5}, expected_revision=2) == 3
     assert vault.get("cas") == {"n": 5}
+
+
+def test_workers_starting_on_a_new_store_share_one_server_key(vault: nc.Vault) -> None:
+    """serve --workers N on a new store: every worker ends up with the same key, so no token is orphaned."""
+    import threading
+
+    from nebula_credential.server.tokens import ensure_server_key
+
+    barrier = threading.Barrier(6)
+    seen: list[bytes] = []
+
+    def first_use() -> None:
+        barrier.wait()
+        with vault.store.transaction() as tx:
+            seen.append(ensure_server_key(tx, vault.provider))
+
+    threads = [threading.Thread(target=first_use) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with vault.store.read() as tx:
+        stored = bytes.fromhex(tx.get_meta(SERVER_KEY_META) or "")
+    assert len(seen) == 6 and set(seen) == {stored}

@@ -44,9 +44,22 @@ class TokenError(NebulaCredentialError):
     """A token request that is not allowed or not well-formed (HTTP 400)."""
 
 
+#: A lock name no keyring can have (names come from the safe set), held while the key is created.
+_SERVER_KEY_LOCK = "(server key)"
+
+
 def ensure_server_key(tx: StoreTx, provider: KeyProvider) -> bytes:
-    """The wrapped server key, created on first use."""
+    """The wrapped server key, created on first use.
+
+    Several ``serve`` workers may start on a new store at once: the first
+    creator holds a lock until it commits, so the others read its key instead
+    of each writing their own (which would orphan every token hashed under
+    the overwritten one).
+    """
     raw = tx.get_meta(SERVER_KEY_META)
+    if raw is None:
+        tx.lock_keyring(_SERVER_KEY_LOCK)  # PostgreSQL advisory lock; SQLite's write lock already serialises
+        raw = tx.get_meta(SERVER_KEY_META)
     if raw is None:
         with SecretBytes.random(32) as key:
             wrapped = provider.wrap(key, SERVER_KEY_CONTEXT)
