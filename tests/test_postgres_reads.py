@@ -1,5 +1,8 @@
 """A credential read on PostgreSQL is one statement in autocommit (``Store.read_one``),
-through the sync and the async API, and still survives connections the server dropped."""
+through the sync and the async API, and still survives connections the server dropped.
+
+On the asyncio API the reads of concurrent tasks share that one statement
+(``_ReadBatcher``): each reader still gets exactly its own answer or error."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import psycopg
 import pytest
 
 import nebula_credential as nc
-from nebula_credential.exceptions import CredentialNotFoundError
+from nebula_credential.exceptions import CredentialNotFoundError, NebulaCredentialError
 
 from .fixtures_postgres import PostgresCluster
 from .helpers import FakeClock
@@ -102,3 +105,67 @@ def test_get_after_the_server_dropped_every_connection(
             assert await vault.get("github") == {"token": "t1"}
 
     asyncio.run(main())
+
+
+def test_concurrent_async_gets_share_one_statement(pg_vault: nc.Vault, pg_url: str, statements: list[str]) -> None:
+    pg_vault.put_many((f"c{i}", {"i": i}, "default", None) for i in range(40))
+
+    async def main() -> list[Any]:
+        async with await nc.aopen(pg_url) as vault:
+            await vault.get("github")
+            statements.clear()
+            ids = [f"c{i}" for i in range(40)] + ["missing-1", "missing-2"]
+            return await asyncio.gather(*(vault.get(cid) for cid in ids), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[:40] == [{"i": i} for i in range(40)]
+    assert all(isinstance(r, CredentialNotFoundError) for r in results[40:])
+    assert statements.count("SELECT") == 1  # 42 reads, one round trip (beside it: the usage counters' flush)
+
+
+def test_a_corrupt_row_fails_only_its_own_reader(pg_vault: nc.Vault, pg_url: str) -> None:
+    pg_vault.put_many((f"c{i}", {"i": i}, "default", None) for i in range(10))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE credentials SET envelope = %s WHERE id = 'c3'", (b"garbage!",))
+        conn.execute("UPDATE credentials SET metadata = 'not json' WHERE id = 'c7'")
+
+    async def main() -> list[Any]:
+        async with await nc.aopen(pg_url) as vault:
+            return await asyncio.gather(*(vault.get(f"c{i}") for i in range(10)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[3], NebulaCredentialError) and isinstance(results[7], NebulaCredentialError)
+    assert [r for i, r in enumerate(results) if i not in (3, 7)] == [{"i": i} for i in range(10) if i not in (3, 7)]
+
+
+def test_a_cancelled_reader_leaves_the_others_their_answers(pg_vault: nc.Vault, pg_url: str) -> None:
+    pg_vault.put_many((f"c{i}", {"i": i}, "default", None) for i in range(20))
+
+    async def main() -> list[Any]:
+        async with await nc.aopen(pg_url) as vault:
+            await vault.get("github")
+            tasks = [asyncio.ensure_future(vault.get(f"c{i}")) for i in range(20)]
+            await asyncio.sleep(0)  # every reader has registered; the statement is not answered yet
+            tasks[5].cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert await vault.get("c5") == {"i": 5}  # nothing was left waiting or half-read
+            return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[5], asyncio.CancelledError)
+    assert [r for i, r in enumerate(results) if i != 5] == [{"i": i} for i in range(20) if i != 5]
+
+
+def test_concurrent_gets_after_the_server_dropped_every_connection(
+    pg_vault: nc.Vault, pg_url: str, postgres_cluster: PostgresCluster
+) -> None:
+    pg_vault.put_many((f"c{i}", {"i": i}, "default", None) for i in range(20))
+
+    async def main() -> list[Any]:
+        async with await nc.aopen(pg_url) as vault:
+            await asyncio.gather(*(vault.get(f"c{i}") for i in range(20)))  # several pooled connections
+            assert postgres_cluster.terminate_backends() >= 1
+            # the shared statement fails on a dead connection; each reader retries alone
+            return await asyncio.gather(*(vault.get(f"c{i}") for i in range(20)))
+
+    assert asyncio.run(main()) == [{"i": i} for i in range(20)]

@@ -243,7 +243,7 @@ class Vault:
     def get_record(self, credential_id: str) -> Credential:
         """The decrypted credential with its scope, key version and metadata."""
         kr = self.keys.keyring
-        row = self.store.read_one(lambda tx: tx.get_credential(kr, credential_id))
+        row = self.store.read_credential(kr, credential_id)
         if row is None:
             if self._legacy is not None:
                 return self._read_through(credential_id)

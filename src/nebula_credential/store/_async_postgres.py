@@ -25,7 +25,9 @@ import psycopg
 from psycopg.pq import ExecStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from .._bridge import GreenletLocal, GreenletRLock, await_only
+from .._bridge import GreenletLocal, GreenletRLock, await_only, in_bridge
+from ..models import EncryptedCredential
+from ._sql import _CRED_COLS, _credential
 from .postgres import PostgresStore, _message
 
 TUPLES_OK = ExecStatus.TUPLES_OK
@@ -69,6 +71,69 @@ async def _shielded(coro: Coroutine[Any, Any, None]) -> None:
     also when the store is called from another thread.
     """
     await asyncio.shield(coro)
+
+
+class _BatchFailed(Exception):
+    """The shared statement failed; each reader retries alone (and gets its own typed error)."""
+
+
+class _ReadBatcher:
+    """Credential reads issued by concurrent tasks in one turn of the loop become ONE statement.
+
+    The DataLoader technique: a read registers its id and a future of its
+    own; the first read of a turn schedules a flush with ``call_soon``, so
+    every read issued before the loop comes round is answered by one
+    ``WHERE id = ANY(...)`` on one pooled connection.  32 tasks reading at
+    once cost one round trip instead of 32, which is where an event loop
+    beats a thread pool (threads cannot see each other's statements).
+
+    Consistency is that of a single read: the statement starts after every
+    read of the batch was issued, so a write acknowledged before a read was
+    issued is seen by it.  A failed statement fails no one: each reader falls
+    back to its own one-statement read, with the store's retries and errors.
+    """
+
+    #: ids per statement (PostgreSQL plans ``= ANY`` of a few hundred as an index scan).
+    MAX_IDS = 256
+    SQL = f"SELECT {_CRED_COLS} FROM credentials WHERE keyring = %s AND id = ANY(%s)"
+
+    def __init__(self, pool: AsyncConnectionPool[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self._loop = loop
+        self._pending: dict[str, list[tuple[str, asyncio.Future[Any]]]] = {}
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def submit(self, keyring: str, credential_id: str) -> asyncio.Future[Any]:
+        """A future of the raw row (None: no such credential); one per reader, so cancelling one cancels no other."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.setdefault(keyring, []).append((credential_id, future))
+        return future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for keyring, readers in pending.items():
+            for start in range(0, len(readers), self.MAX_IDS):
+                task = self._loop.create_task(self._fetch(keyring, readers[start:start + self.MAX_IDS]))
+                self._flushing.add(task)  # the loop keeps only a weak reference to a task
+                task.add_done_callback(self._flushing.discard)
+
+    async def _fetch(self, keyring: str, readers: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(self.SQL, (keyring, list({cid for cid, _ in readers})))
+                rows = {row[1]: row for row in await cur.fetchall()}
+        except BaseException as exc:
+            for _, future in readers:
+                if not future.done():
+                    future.set_exception(_BatchFailed())
+            if not isinstance(exc, Exception):
+                raise  # cancelled with the loop: let it end
+            return  # each reader retries alone and reports its own error
+        for cid, future in readers:
+            if not future.done():  # a reader cancelled meanwhile
+                future.set_result(rows.get(cid))
 
 
 class _Cursor:
@@ -156,8 +221,19 @@ class BridgedPostgresStore(PostgresStore):
             open=False,
         )
         await_only(pool.open(wait=False), self._loop)
+        self._reads = _ReadBatcher(pool, self._loop)
         # the store only calls getconn/putconn/resize/close, which _BridgedPool provides
         return cast("ConnectionPool[Any]", _BridgedPool(pool, self._loop))
+
+    def read_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
+        """Joined to the reads of other tasks in the same loop turn (see :class:`_ReadBatcher`)."""
+        if not in_bridge() or getattr(self._local, "tx", None) is not None:
+            return super().read_credential(keyring, credential_id)  # another thread, or inside a transaction
+        try:
+            row = await_only(self._reads.submit(keyring, credential_id))
+        except _BatchFailed:
+            return super().read_credential(keyring, credential_id)
+        return None if row is None else _credential(row)
 
     def _after_fork(self) -> None:
         """An event loop and its pool do not survive a fork; nothing to adopt."""

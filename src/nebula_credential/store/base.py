@@ -505,6 +505,15 @@ class Store(ABC):
         with self.read() as tx:
             return fn(tx)
 
+    def read_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
+        """One credential's row, read as :meth:`read_one` reads.
+
+        The one entry point for a single-credential read, so a store can do
+        better than a statement per caller: the asyncio PostgreSQL store
+        answers the reads of concurrent tasks with one statement.
+        """
+        return self.read_one(lambda tx: tx.get_credential(keyring, credential_id))
+
     def run(
         self, fn: Callable[[StoreTx], T], *, write: bool = True, idempotent: bool = False
     ) -> T:
