@@ -34,9 +34,10 @@ drill: $(VENV)/.base
 system-deps:
 	bash scripts/ensure-system-deps.sh
 
-## The whole suite: unit tests and tests against real services started by the session.
+## The whole suite: unit tests and tests against real services started by the session
+## (pytest-xdist: one worker per core, each with its own services; a test file stays on one worker).
 test: $(VENV)/.test system-deps
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 	$(MKDOCS_BUILD)

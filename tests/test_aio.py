@@ -327,10 +327,15 @@ def test_cancellation_at_random_points_leaves_the_store_consistent(store_url: st
                     assert (record.value, record.revision) in ((old[cid], 1), (new[cid], 2))
             await v.keys.rotate()
             batches = 0
+            # the pass waits at batch 15 (of 20) until the cancellation is sent: on a loaded
+            # machine the SQLite thread could otherwise finish the pass before it lands
+            cancel_sent = asyncio.Event()
 
-            def progress(scope: str, rows: int) -> None:
+            async def progress(scope: str, rows: int) -> None:
                 nonlocal batches
                 batches += 1
+                if batches >= 15:
+                    await cancel_sent.wait()
 
             pass_task = asyncio.create_task(v.reencrypt(batch_size=10, progress=progress))
             while batches < 5:
@@ -338,6 +343,7 @@ def test_cancellation_at_random_points_leaves_the_store_consistent(store_url: st
             for _ in range(rng.randrange(0, 20)):
                 await asyncio.sleep(0)
             pass_task.cancel()
+            cancel_sent.set()
             with pytest.raises(asyncio.CancelledError):
                 await pass_task
             stale = (await v.pending())[1]

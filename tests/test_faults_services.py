@@ -294,8 +294,11 @@ def test_postgres_stopped_immediately_under_writer_processes(pg_writer: nc.Vault
     def acks() -> int:
         return sum(1 for out in lines for line in list(out) if line.startswith("ack "))
 
+    def all_writing() -> bool:  # each process is past nc.open() (a slow start must not meet the stop)
+        return all(any(line.startswith("ack ") for line in list(out)) for out in lines)
+
     try:
-        while acks() < 150:
+        while acks() < 150 or not all_writing():
             time.sleep(0.01)
         postgres_cluster.stop("immediate")
         before = acks()
