@@ -83,7 +83,21 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def run_cli(*args: str, cwd: Path | str, input: str | None = None, env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess (``python -m nebula_credential``)."""
+    """Run the real CLI in a process of its own.
+
+    The process is forked from an interpreter that has already imported the
+    CLI (:class:`CliForkServer`) when it can be, else started with
+    ``python -m nebula_credential`` (NEBULA_TEST_CLI_FORK=0: always)."""
+    env = env or cli_env()
+    forked = CliForkServer.shared_run(args, cwd=cwd, input=input, env=env, timeout=timeout)
+    if forked is not None:
+        return forked
+    return interpreter_cli(*args, cwd=cwd, input=input, env=env, timeout=timeout)
+
+
+def interpreter_cli(*args: str, cwd: Path | str, input: str | None = None, env: dict[str, str] | None = None,
+                    timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a new interpreter (``python -m nebula_credential``)."""
     return subprocess.run(
         [sys.executable, "-m", "nebula_credential", *args],
         cwd=cwd,
@@ -149,3 +163,157 @@ def dump(db: Path) -> list[str]:
 def provider_config(settings: dict[str, Any]) -> KeyManagementConfig:
     """A config whose only section is ``[provider]``."""
     return KeyManagementConfig.from_dict({"provider": dict(settings)})
+
+
+
+#: The fork server's program (``python -c``): import the CLI as ``python -m nebula_credential`` does, then
+#: fork once per command read from stdin (one JSON line each), answering ``pid N`` then the exit status.
+_FORK_SERVER = r"""
+import atexit, json, os, sys, traceback
+from nebula_credential.cli import main
+
+def child(req):
+    os.chdir(req["cwd"])
+    os.environ.clear()
+    os.environ.update(req["env"])
+    for fd, path, flags in ((0, req["stdin"], os.O_RDONLY), (1, req["stdout"], os.O_WRONLY),
+                            (2, req["stderr"], os.O_WRONLY)):
+        opened = os.open(path, flags)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, "w", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
+    sys.argv = ["nebula-credential", *req["argv"]]
+    try:
+        rc = main(req["argv"])
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        rc = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+for line in sys.stdin:
+    req = json.loads(line)
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child(req)
+        finally:
+            os._exit(70)
+    print("pid", pid, flush=True)
+    status = os.waitpid(pid, 0)[1]
+    print(os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status), flush=True)
+"""
+
+#: Environment read when an interpreter starts (sys.path, locale, preloads, the time zone, OpenSSL's
+#: config): a command whose value differs from the fork server's gets an interpreter of its own.
+_STARTUP_ENV = ("PYTHON", "LD_", "DYLD_", "FAKETIME", "LC_", "LANG", "TZ", "HOME", "OPENSSL_", "SSL_CERT")
+
+
+def _startup_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(_STARTUP_ENV)}
+
+
+class CliForkServer:
+    """Runs CLI commands each in its own process, forked from one interpreter that has imported the CLI.
+
+    An interpreter start and the CLI's imports cost ~0.35 s of CPU per
+    command, most commands a fraction of that, and the suite runs about a
+    thousand.  Each command still runs in a fresh process (its own
+    environment, working directory, stdin/stdout/stderr files, sockets and
+    loaded libraries), forked at the point ``python -m nebula_credential``
+    reaches before ``main()`` reads its arguments, so nothing a command does
+    is seen by the next.  Not used (the caller starts an interpreter) when
+    the command's start-up environment differs from the server's (see
+    :data:`_STARTUP_ENV`), when another thread is using the server (commands
+    meant to run at once still do), or with ``NEBULA_TEST_CLI_FORK=0``.
+    """
+
+    _shared: CliForkServer | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.env = cli_env()
+        self.owner = os.getpid()
+        self.lock = threading.Lock()
+        self._dir = Path(tempfile.mkdtemp(prefix="nebula-cli-fork-"))
+        self._buffer = b""
+        self._proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=self._dir, env=self.env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+
+    @classmethod
+    def shared_run(cls, args: tuple[str, ...], *, cwd: Path | str, input: str | None, env: dict[str, str],
+                   timeout: float) -> subprocess.CompletedProcess[str] | None:
+        """The command's result through this process's shared server, or None if it should not be forked."""
+        if os.environ.get("NEBULA_TEST_CLI_FORK", "1") == "0":
+            return None
+        with cls._shared_lock:
+            server = cls._shared
+            if server is None or server.owner != os.getpid() or server._proc.poll() is not None:
+                server = cls._shared = CliForkServer()
+                import atexit
+
+                atexit.register(server.close)
+        if _startup_env(env) != _startup_env(server.env) or not server.lock.acquire(blocking=False):
+            return None
+        try:
+            return server.run(*args, cwd=cwd, input=input, env=env, timeout=timeout)
+        finally:
+            server.lock.release()
+
+    def _line(self, timeout: float | None) -> str | None:
+        import select
+
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            if not select.select([fd], [], [], timeout)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"the CLI fork server exited ({self._proc.wait()})")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def run(self, *args: str, cwd: Path | str, input: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        import json
+        import signal
+
+        assert self._proc.stdin is not None
+        files = {name: self._dir / name for name in ("stdin", "stdout", "stderr")}
+        files["stdin"].write_text(input or "")
+        files["stdout"].write_bytes(b"")
+        files["stderr"].write_bytes(b"")
+        request = {"argv": list(args), "cwd": str(cwd), "env": env or cli_env(),
+                   **{name: str(path) for name, path in files.items()}}
+        self._proc.stdin.write(json.dumps(request).encode() + b"\n")
+        pid = int(str(self._line(None)).split()[1])
+        answer = self._line(timeout)
+        if answer is None:
+            os.kill(pid, signal.SIGKILL)
+            self._line(None)
+            raise subprocess.TimeoutExpired(list(args), timeout)
+        return subprocess.CompletedProcess(list(args), int(answer), files["stdout"].read_text(),
+                                           files["stderr"].read_text())
+
+    def close(self) -> None:
+        import shutil
+
+        if self._proc.poll() is None and self._proc.stdin is not None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
