@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -185,6 +186,8 @@ def child(req):
     sys.stdout = open(1, "w", closefd=False)
     sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
     sys.argv = ["nebula-credential", *req["argv"]]
+    if "random" in sys.modules:  # seeded once per interpreter: each command gets its own sequence
+        sys.modules["random"].seed()
     try:
         rc = main(req["argv"])
     except SystemExit as exc:
@@ -296,13 +299,24 @@ class CliForkServer:
         files["stderr"].write_bytes(b"")
         request = {"argv": list(args), "cwd": str(cwd), "env": env or cli_env(),
                    **{name: str(path) for name, path in files.items()}}
-        self._proc.stdin.write(json.dumps(request).encode() + b"\n")
-        pid = int(str(self._line(None)).split()[1])
-        answer = self._line(timeout)
-        if answer is None:
-            os.kill(pid, signal.SIGKILL)
-            self._line(None)
-            raise subprocess.TimeoutExpired(list(args), timeout)
+        pid = 0
+        try:
+            self._proc.stdin.write(json.dumps(request).encode() + b"\n")
+            pid = int(str(self._line(None)).split()[1])
+            answer = self._line(timeout)
+            if answer is None:
+                os.kill(pid, signal.SIGKILL)
+                self._line(None)
+                raise subprocess.TimeoutExpired(list(args), timeout)
+        except subprocess.TimeoutExpired:
+            raise
+        except BaseException:  # interrupted mid-command (pytest-timeout, ^C): the answers are out of step
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self._proc.kill()
+            self._proc.wait()
+            raise
         return subprocess.CompletedProcess(list(args), int(answer), files["stdout"].read_text(),
                                            files["stderr"].read_text())
 
