@@ -35,7 +35,8 @@ system-deps:
 	bash scripts/ensure-system-deps.sh
 
 ## The whole suite: unit tests and tests against real services started by the session
-## (pytest-xdist: one worker per core, each with its own services; a test file stays on one worker).
+## (pytest-xdist: one worker per core, each with its own services; a test file stays on one worker;
+## CLI commands fork from an interpreter that imported the CLI: NEBULA_TEST_CLI_FORK=0 starts one each).
 test: $(VENV)/.test system-deps
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
