@@ -395,6 +395,49 @@ def test_vault_transit_calls_run_in_the_provider_pool_once_per_version(
     run(body)
 
 
+@pytest.mark.services
+def test_azure_key_vault_is_awaited_on_the_loop_with_the_same_rules(
+    postgres_store_url_factory: Callable[[], str], azure_vault: Any
+) -> None:
+    """Azure has an asyncio SDK: its wraps and unwraps are awaited on the loop (no thread),
+    once per version, retried and typed exactly as the sync client's."""
+    from nebula_credential.exceptions import ProviderUnavailableError
+
+    url = postgres_store_url_factory()
+    config = provider_config(azure_vault.settings())
+    server = azure_vault.server
+
+    async def body() -> None:
+        async with await nc.aopen(url, config=config, create=True) as first:
+            await first.put("a", {"token": "via key vault"})
+            await first.keys.rotate()
+            await first.put("b", [2])
+        async with await nc.aopen(url, config=config) as v:
+            threads: list[str] = []
+            v.provider.observer = lambda provider, op, seconds, ok: threads.append(threading.current_thread().name)
+            before, calls = unwraps(v), server.count("POST", "/unwrapkey")
+            with LagProbe() as probe:
+                got = await asyncio.gather(*(v.get("a" if i % 2 else "b") for i in range(1000)))
+            assert got.count({"token": "via key vault"}) == 500 and got.count([2]) == 500
+            assert unwraps(v) - before == 2 and server.count("POST", "/unwrapkey") - calls == 2
+            assert threads == [threading.current_thread().name] * 2  # on the loop's thread: awaited, not offloaded
+            assert probe.samples > 0  # the loop went on while Key Vault answered
+        async with await nc.aopen(url, config=config) as v:
+            server.fail_next(2)  # 503, 503, then the answer: the base class's bounded retry, sleeping on the loop
+            calls = server.count("POST", "/unwrapkey")
+            assert await v.get("a") == {"token": "via key vault"}
+            assert server.count("POST", "/unwrapkey") - calls == 3
+        async with await nc.aopen(url, config=config) as v:
+            server.fail_next(50)
+            try:
+                with pytest.raises(ProviderUnavailableError, match="during unwrap after 6 attempts"):
+                    await v.get("b")
+            finally:
+                server.fail_next(0)
+
+    run(body)
+
+
 # ---- the bridge's lock --------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["greenlet", "threading"])
 def test_key_manager_lock_excludes_tasks_and_survives_cancellation(kind: str) -> None:
