@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 from starlette.concurrency import run_in_threadpool
 
 from ..aio import AsyncVault
+from ..audit import Event
 from ..config import KeyManagementConfig
 from ..models import Credential, EncryptedCredential
 from ..store.base import TokenRow
@@ -225,6 +226,10 @@ class Backend:
             self._flushing = False
 
     def _write_events(self, events: list[tuple[str, str | None, str, dict[str, Any]]]) -> None:
+        batch = []
+        for action, keyring, outcome, details in events:
+            rest = dict(details)
+            batch.append(Event(action, keyring, rest.pop("version", None), rest.pop("credential_id", None),
+                               outcome, rest))
         with self.vault.store.transaction() as tx:
-            for action, keyring, outcome, details in events:
-                self.vault.audit.record(tx, action, keyring=keyring, outcome=outcome, **details)
+            self.vault.audit.record_many(tx, batch)

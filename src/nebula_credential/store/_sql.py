@@ -792,22 +792,15 @@ class SqlTx(StoreTx):
         ).fetchone()
         return (0, b"") if row is None else (int(row[0]), bytes(row[1]))
 
-    def audit_append(self, row: AuditRow) -> None:
-        self._exec(
-            f"INSERT INTO audit_events ({_AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                row.seq,
-                row.ts,
-                row.actor,
-                row.action,
-                row.keyring,
-                row.key_version,
-                row.credential_id,
-                row.outcome,
-                row.details,
-                row.mac,
-            ),
-        )
+    _AUDIT_INSERT = f"INSERT INTO audit_events ({_AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+
+    def audit_append(self, *rows: AuditRow) -> None:
+        params = [(row.seq, row.ts, row.actor, row.action, row.keyring, row.key_version, row.credential_id,
+                   row.outcome, row.details, row.mac) for row in rows]
+        if len(params) == 1:
+            self._exec(self._AUDIT_INSERT, params[0])
+        else:
+            self._many(self._AUDIT_INSERT, params)
 
     def get_audit_head(self) -> str | None:
         row = self._exec("SELECT value FROM audit_head WHERE name = 'chain'").fetchone()

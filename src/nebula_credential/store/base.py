@@ -417,7 +417,8 @@ class StoreTx(ABC):
         """(last seq, last mac), locking the chain head for this transaction."""
 
     @abstractmethod
-    def audit_append(self, row: AuditRow) -> None: ...
+    def audit_append(self, *rows: AuditRow) -> None:
+        """Insert chain rows (already sequenced and MAC'd), in one statement when there are several."""
 
     @abstractmethod
     def get_audit_head(self) -> str | None:
