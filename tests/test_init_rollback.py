@@ -147,3 +147,38 @@ def test_cli_init_on_postgres_after_a_failed_one(postgres_store_url_factory: Cal
     assert json.loads(ok.stdout)["active_version"] == 1
     verify = json.loads(run_cli("--json", "audit", "verify", cwd=tmp_path, env=env).stdout)
     assert (verify["ok"], verify["events"], verify["first_bad_seq"]) == (True, 2, None)
+
+
+# ---- init --key-file NEW on an initialised store creates nothing -----------------------------------
+@pytest.fixture(params=["sqlite", "postgres"])
+def cli_store(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The environment of the CLI on an initialised store whose root key is ``tmp_path/store.key``."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'c.db'}"
+    else:
+        url = request.getfixturevalue("postgres_store_url_factory")()
+    env = cli_env(NEBULA_CREDENTIAL_DB=url)
+    made = run_cli("init", "--key-file", str(tmp_path / "store.key"), cwd=tmp_path, env=env)
+    assert made.returncode == 0, made.stderr
+    return env
+
+
+def test_init_with_a_new_key_file_on_an_initialised_store_creates_no_file(
+    cli_store: dict[str, str], tmp_path: Path
+) -> None:
+    new = tmp_path / "new.key"
+    refused = run_cli("--keyring", "tenant", "init", "--key-file", str(new), cwd=tmp_path, env=cli_store)
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1, refused.stderr
+    assert "provider.key_file" in refused.stderr and "already" in refused.stderr
+    assert not new.exists()
+    again = run_cli("init", "--key-file", str(new), cwd=tmp_path, env=cli_store)  # the keyring that exists
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "already" in again.stderr, again.stderr
+    assert not new.exists()
+    same = run_cli("init", "--key-file", str(tmp_path / "store.key"), cwd=tmp_path, env=cli_store)
+    assert same.returncode == 0 and "already initialised" in same.stdout, same.stderr
+    # a new keyring under the store's own key file is what --key-file is for
+    added = run_cli("--json", "--keyring", "tenant", "init", "--key-file", str(tmp_path / "store.key"),
+                    cwd=tmp_path, env=cli_store)
+    assert added.returncode == 0 and json.loads(added.stdout)["keyring"] == "tenant", added.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.key")) == ["store.key"]
