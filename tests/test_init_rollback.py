@@ -130,6 +130,20 @@ def test_an_init_the_database_refuses_removes_the_key_file_it_made(
     init_succeeds(owner_url, key)  # the same key path: before, "refuses an existing key file"
 
 
+def test_cli_init_the_database_refuses_removes_the_new_key_file(
+    postgres_store_url_factory: Callable[[], str], postgres_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    owner_url = postgres_store_url_factory()
+    open_store(owner_url).close()
+    app_url = _role_url(postgres_cluster, _schema(owner_url), "app")
+    key = tmp_path / "new.key"
+    failed = run_cli("--db", app_url, "init", "--key-file", str(key), cwd=tmp_path, env=cli_env())
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "permission denied" in failed.stderr
+    assert not key.exists()
+    ok = run_cli("--db", owner_url, "init", "--key-file", str(key), cwd=tmp_path, env=cli_env())
+    assert ok.returncode == 0 and key.exists(), ok.stderr
+
+
 def test_cli_init_on_postgres_after_a_failed_one(postgres_store_url_factory: Callable[[], str],
                                                 tmp_path: Path) -> None:
     url = postgres_store_url_factory()
