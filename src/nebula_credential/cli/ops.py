@@ -35,7 +35,10 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
     """Initialise a store and its keyring (creates the root key for the local provider).
 
     On a store whose keyring is already initialised it says so and changes
-    nothing (exit 0), so it is safe in provisioning scripts.
+    nothing (exit 0), so it is safe in provisioning scripts.  A failed init
+    leaves nothing that a second attempt would trip over.  On a store
+    that already has its root key, --key-file naming a missing file is
+    refused before anything is created.
 
     \b
     Example: nebula-credential --db sqlite:///var/lib/app/creds.db init
