@@ -109,8 +109,11 @@ class Backend:
         await self.write(self.keyring(keyring).delete, credential_id)
 
     async def list_ids(self, keyring: str, prefix: str) -> list[str]:
+        """The ids under ``prefix`` (a KV folder), a page per read: no row outside it is read."""
+
         def ids() -> list[str]:
-            return [r.id for r in self.keyring(keyring).list() if r.id.startswith(prefix)]
+            return list(self.vault.store.iter_pages(
+                lambda tx, after, size: tx.ids_under(keyring, prefix, after_id=after, limit=size), page=5000))
 
         return await self.run(ids)
 
