@@ -154,7 +154,7 @@ def test_prometheus_rules_file_passes_promtool() -> None:
     res = subprocess.run([promtool, "check", "rules", str(ROOT / "deploy" / "prometheus-rules.yml")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "6 rules found" in res.stdout
+    assert "7 rules found" in res.stdout
 
 
 def test_audit_head_alert_fires_when_the_chain_goes_back(tmp_path: Path) -> None:
