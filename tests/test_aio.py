@@ -375,7 +375,25 @@ def test_aio_benchmarks_produce_their_rows(postgres_store_url_factory: Callable[
     assert aio_sqlite.report(0.05).count("\n| ") == 4
 
 
-# ---- a network provider: its calls leave the loop -----------------------------------
+# ---- network providers: their calls never hold the loop -----------------------------
+async def _two_versions(url: str, config: KeyManagementConfig) -> None:
+    async with await nc.aopen(url, config=config, create=True) as first:
+        await first.put("a", {"token": "v1"})
+        await first.keys.rotate()
+        await first.put("b", [2])
+
+
+async def _thousand_gets(v: nc.AsyncVault) -> list[str]:
+    """1,000 concurrent gets over two key versions; the threads the provider's calls ran on."""
+    threads: list[str] = []
+    v.provider.observer = lambda provider, op, seconds, ok: threads.append(threading.current_thread().name)
+    before = unwraps(v)
+    got = await asyncio.gather(*(v.get("a" if i % 2 else "b") for i in range(1000)))
+    assert got.count({"token": "v1"}) == 500 and got.count([2]) == 500
+    assert unwraps(v) - before == 2  # one unwrap per version
+    return threads
+
+
 @pytest.mark.services
 def test_vault_transit_calls_run_in_the_provider_pool_once_per_version(
     postgres_store_url_factory: Callable[[], str], openbao: Any
@@ -384,19 +402,48 @@ def test_vault_transit_calls_run_in_the_provider_pool_once_per_version(
     config = provider_config(openbao.settings())
 
     async def body() -> None:
-        async with await nc.aopen(url, config=config, create=True) as first:
-            await first.put("a", {"token": "via transit"})
-            await first.keys.rotate()
-            await first.put("b", [2])
+        await _two_versions(url, config)
         async with await nc.aopen(url, config=config) as v:
-            threads: list[str] = []
-            v.provider.observer = lambda provider, op, seconds, ok: threads.append(threading.current_thread().name)
-            before = unwraps(v)
-            got = await asyncio.gather(*(v.get("a" if i % 2 else "b") for i in range(1000)))
-            assert got.count({"token": "via transit"}) == 500 and got.count([2]) == 500
-            assert unwraps(v) - before == 2  # one OpenBao decrypt per version for 1,000 tasks
+            threads = await _thousand_gets(v)  # one OpenBao decrypt per version for 1,000 tasks
             await v.keys.rotate()  # a datakey from OpenBao, also off the loop
             assert len(threads) == 3 and all(t.startswith("nebula-provider") for t in threads), threads
+
+    run(body)
+
+
+@pytest.mark.services
+def test_azure_key_vault_is_awaited_on_the_loop_with_the_same_rules(
+    postgres_store_url_factory: Callable[[], str], azure_vault: Any
+) -> None:
+    """Azure has an asyncio SDK: its wraps and unwraps are awaited on the loop (no thread),
+    once per version, retried and typed exactly as the sync client's."""
+    from nebula_credential.exceptions import ProviderUnavailableError
+
+    url = postgres_store_url_factory()
+    config = provider_config(azure_vault.settings())
+    server = azure_vault.server
+
+    async def body() -> None:
+        await _two_versions(url, config)
+        async with await nc.aopen(url, config=config) as v:
+            calls = server.count("POST", "/unwrapkey")
+            with LagProbe() as probe:
+                threads = await _thousand_gets(v)
+            assert server.count("POST", "/unwrapkey") - calls == 2
+            assert threads == [threading.current_thread().name] * 2  # on the loop's thread: awaited, not offloaded
+            assert probe.samples > 0  # the loop went on while Key Vault answered
+        async with await nc.aopen(url, config=config) as v:
+            server.fail_next(2)  # 503, 503, then the answer: the base class's bounded retry, sleeping on the loop
+            calls = server.count("POST", "/unwrapkey")
+            assert await v.get("a") == {"token": "v1"}
+            assert server.count("POST", "/unwrapkey") - calls == 3
+        async with await nc.aopen(url, config=config) as v:
+            server.fail_next(50)
+            try:
+                with pytest.raises(ProviderUnavailableError, match="during unwrap after 6 attempts"):
+                    await v.get("b")
+            finally:
+                server.fail_next(0)
 
     run(body)
 

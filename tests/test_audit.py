@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,4 +172,39 @@ def test_secret_like_details_are_refused(vault: nc.Vault) -> None:
         vault.audit.record(tx, "custom", token="abc")
     with vault.store.transaction() as tx, pytest.raises(TypeError, match="bytes"):
         vault.audit.record(tx, "custom", blob=b"\x00" * 32)
+    assert vault.audit.verify().ok
+
+
+def test_events_appended_together_chain_like_single_ones(vault: nc.Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``record_many`` (the server's group commit): one INSERT for all rows, the chain intact,
+    a garbage version kept in the details as ``record`` keeps it."""
+    from nebula_credential.audit import Event
+
+    inserts: list[int] = []
+    with vault.store.read() as tx:
+        tx_class = type(tx)
+    real_many, real_exec = tx_class._many, tx_class._exec
+
+    def many(self: Any, sql: str, seq: Any) -> Any:
+        if sql.startswith("INSERT INTO audit_events"):
+            inserts.append(len(seq))
+        return real_many(self, sql, seq)
+
+    def execute(self: Any, sql: str, params: Any = ()) -> Any:
+        if sql.startswith("INSERT INTO audit_events"):
+            inserts.append(1)
+        return real_exec(self, sql, params)
+
+    monkeypatch.setattr(tx_class, "_many", many)
+    monkeypatch.setattr(tx_class, "_exec", execute)
+    events = [Event("server.request", "default", None, f"c{i}", "ok", {"status": 200}) for i in range(20)]
+    events.append(Event("decrypt.failed", "default", 2**32 - 1, "bad", "error", {}))
+    with vault.store.transaction() as tx:
+        last = vault.audit.record_many(tx, events)
+        assert vault.audit.record(tx, "after") == last + 1
+    assert inserts == [21, 1]
+    rows = list(vault.audit.rows())[-22:]
+    assert [r.seq for r in rows] == list(range(last - 20, last + 2))
+    assert [r.credential_id for r in rows[:20]] == [f"c{i}" for i in range(20)]
+    assert rows[20].key_version is None and json.loads(rows[20].details)["header_version"] == 2**32 - 1
     assert vault.audit.verify().ok

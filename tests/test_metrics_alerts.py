@@ -56,6 +56,30 @@ def test_metrics_reflect_rotation_and_reencryption(vault: nc.Vault, clock: FakeC
     assert "nebula_credential_provider_call_seconds_bucket" in text
 
 
+def test_backup_metrics_follow_registrations_and_holds(vault: nc.Vault, clock: FakeClock) -> None:
+    from nebula_credential.backups import register_backup
+
+    exporter = MetricsExporter(vault)
+    text = exporter.render()[0].decode()
+    assert _value(text, "nebula_credential_backup_last_taken_timestamp_seconds") == 0  # none: the rule stays quiet
+    assert _value(text, "nebula_credential_backups_unexpired") == 0
+    vault.put("a", {"n": 1})
+    clock.advance(days=1)
+    taken = clock()
+    register_backup(vault, "nightly", taken_at=taken, keep=timedelta(days=30))
+    vault.keys.rotate()
+    vault.reencrypt()
+    vault.keys.revoke(1)  # unreferenced now, but the backup still needs version 1
+    text = exporter.render()[0].decode()
+    assert _value(text, "nebula_credential_backup_last_taken_timestamp_seconds") == taken.timestamp()
+    assert _value(text, "nebula_credential_backups_unexpired") == 1
+    assert _value(text, "nebula_credential_backup_held_versions", keyring="default") == 1
+    clock.advance(days=31)
+    text = exporter.render()[0].decode()
+    assert _value(text, "nebula_credential_backups_unexpired") == 0
+    assert _value(text, "nebula_credential_backup_held_versions", keyring="default") == 0
+
+
 def _m(**kw: object) -> KeyMetrics:
     base: dict[str, object] = dict(keyring="k", active_version=3, active_versions=2, total_versions=3,
                                    rotation_events=2, current_key_age_days=1.0, credentials_per_version={},
@@ -130,7 +154,7 @@ def test_prometheus_rules_file_passes_promtool() -> None:
     res = subprocess.run([promtool, "check", "rules", str(ROOT / "deploy" / "prometheus-rules.yml")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "6 rules found" in res.stdout
+    assert "7 rules found" in res.stdout
 
 
 def test_audit_head_alert_fires_when_the_chain_goes_back(tmp_path: Path) -> None:
@@ -158,6 +182,51 @@ def test_audit_head_alert_fires_when_the_chain_goes_back(tmp_path: Path) -> None
         }],
     }))
     res = subprocess.run([promtool, "test", "rules", str(tmp_path / "head_test.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_backups_stopped_alert_fires_two_days_after_the_newest_backup(tmp_path: Path) -> None:
+    """promtool: quiet for a store that never registered a backup; fires an hour past two days."""
+    promtool = shutil.which("promtool")
+    assert promtool
+    day = 86400
+    (tmp_path / "backup_test.yml").write_text(json.dumps({
+        "rule_files": [str(ROOT / "deploy" / "prometheus-rules.yml")],
+        "evaluation_interval": "1h",
+        "tests": [{
+            "interval": "1h",
+            "input_series": [
+                # a backup taken at t=0, none after
+                {"series": 'nebula_credential_backup_last_taken_timestamp_seconds{instance="b"}',
+                 "values": "0+0x80"},
+                {"series": 'nebula_credential_backup_last_taken_timestamp_seconds{instance="never"}',
+                 "values": "0+0x80"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "49h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": []},
+                {"eval_time": "50h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": []},
+            ],
+        }, {
+            "interval": "1h",
+            "input_series": [
+                {"series": 'nebula_credential_backup_last_taken_timestamp_seconds{instance="b"}',
+                 "values": f"{day} {day}+0x80"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "72h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": []},
+                {"eval_time": "74h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "instance": "b"},
+                    "exp_annotations": {
+                        "summary": "No backup registered for 2d 2h 0m 0s",
+                        "description": "The newest registered backup is older than two days; check the backup "
+                                       "job (nebula-credential backup list)",
+                    },
+                }]},
+            ],
+        }],
+    }))
+    res = subprocess.run([promtool, "test", "rules", str(tmp_path / "backup_test.yml")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
 

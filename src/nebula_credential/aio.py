@@ -147,6 +147,8 @@ class _ThreadRunner:
 class _OffloadedProvider:
     """A provider whose blocking calls run in a thread pool while the loop goes on.
 
+    A provider with an asyncio client (Azure Key Vault) names the calls whose
+    I/O it awaits itself in ``awaited_ops``; those run on the loop.
     Everything else (name, describe, root_key_id, calls, observer) is the
     wrapped provider's own; outside the bridge the calls run in place.
     """
@@ -157,9 +159,9 @@ class _OffloadedProvider:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if name in _PROVIDER_BLOCKING:
+        if name in _PROVIDER_BLOCKING and name not in getattr(self._inner, "awaited_ops", ()):
             return functools.partial(self._offload, attr)
-        return attr
+        return attr  # a provider with an asyncio client awaits its own I/O on the loop
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._inner, name, value)  # e.g. the metrics observer

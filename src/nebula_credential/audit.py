@@ -33,10 +33,10 @@ import json
 import logging
 import math
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._secret import SecretBytes
 from .exceptions import ConfigError, StoreError
@@ -113,6 +113,17 @@ def encode_details(details: dict[str, Any]) -> str:
         if name.lower() in FORBIDDEN_DETAILS:
             raise ValueError(f"audit detail {name!r} is not allowed: secrets never enter the audit trail")
     return json.dumps(details, sort_keys=True, separators=(",", ":"), default=_detail_default)
+
+
+class Event(NamedTuple):
+    """One audit event to append (see :meth:`AuditLog.record` for the fields)."""
+
+    action: str
+    keyring: str | None = None
+    version: int | None = None
+    credential_id: str | None = None
+    outcome: str = "ok"
+    details: dict[str, Any] = {}  # shared default: never mutated (record_many copies before adding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,23 +318,42 @@ class AuditLog:
         **details: Any,
     ) -> int:
         """Append one event inside ``tx``; returns its sequence number."""
-        if version is not None and not 0 <= version <= MAX_KEY_VERSION:
-            # a garbage envelope header (tamper, corruption) names any uint32: keep it in the
-            # details, where it cannot overflow the INTEGER column and fail the audit itself
-            details = {**details, "header_version": version}
-            version = None
+        return self.record_many(tx, [Event(action, keyring, version, credential_id, outcome, details)])
+
+    def record_many(self, tx: StoreTx, events: Sequence[Event]) -> int:
+        """Append ``events`` in order inside ``tx``; returns the last sequence number.
+
+        The chain head is locked and read once and the rows go in one
+        statement (a pipeline on PostgreSQL), so a server committing the
+        events of many requests together pays a few round trips, not four
+        per event.
+        """
         key = self._audit_key(tx)
         seq, prev = tx.audit_tail()
         ts = to_epoch(self._clock())
         assert ts is not None
-        body = encode_details(details)
-        draft = AuditRow(seq + 1, ts, self.actor, action, keyring, version, credential_id, outcome, body, b"")
-        row = dataclasses.replace(draft, mac=_mac(key, prev, draft))
-        tx.audit_append(row)
-        tx.set_audit_head(f"{row.seq}:{_head_tag(key, row.seq, row.mac)}")
+        rows: list[AuditRow] = []
+        for event in events:
+            version, details = event.version, event.details
+            if version is not None and not 0 <= version <= MAX_KEY_VERSION:
+                # a garbage envelope header (tamper, corruption) names any uint32: keep it in the
+                # details, where it cannot overflow the INTEGER column and fail the audit itself
+                details = {**details, "header_version": version}
+                version = None
+            seq += 1
+            draft = AuditRow(seq, ts, self.actor, event.action, event.keyring, version, event.credential_id,
+                             event.outcome, encode_details(details), b"")
+            row = dataclasses.replace(draft, mac=_mac(key, prev, draft))
+            rows.append(row)
+            prev = row.mac
+        if not rows:
+            return seq
+        tx.audit_append(*rows)
+        tx.set_audit_head(f"{seq}:{_head_tag(key, seq, prev)}")
         if self._mirror:
-            logger.info(json.dumps(row_to_json(row), sort_keys=True))
-        return row.seq
+            for row in rows:
+                logger.info(json.dumps(row_to_json(row), sort_keys=True))
+        return seq
 
     # ---- read ----------------------------------------------------------------
     def rows(self, page: int = 1000, *, after: int = 0) -> Iterator[AuditRow]:

@@ -252,6 +252,22 @@ class KeyManager:
             return self.active_version()
         return created
 
+    def initialize_in(self, tx: StoreTx) -> KeyVersion | None:
+        """Version 1 of an empty keyring, written in the caller's transaction (None if not empty).
+
+        A new store's init writes its provider record, audit key and first
+        version in one transaction, so a provider that refuses the data key
+        leaves nothing behind for the next attempt to trip over.
+        """
+        if tx.list_versions(self.keyring):
+            return None
+        check_keyring(self.keyring)
+        aead, wrapped = self.provider.generate_dek(WrapContext(self.keyring, 1))
+        kv = self._install(tx, 1, None, wrapped, "init")
+        if kv is not None:
+            self._activate(kv.version, aead)
+        return kv
+
     def _record(self, tx: StoreTx, action: str, version: int | None, **details: Any) -> None:
         if self.audit is not None:
             self.audit.record(tx, action, keyring=self.keyring, version=version, **details)
@@ -524,51 +540,64 @@ class KeyManager:
                 return None
             new_version = max((v.version for v in versions), default=0) + 1
             aead, wrapped = self.provider.generate_dek(WrapContext(self.keyring, new_version))
-            now = self.clock()
-            kv = KeyVersion(
-                keyring=self.keyring,
-                version=new_version,
-                status=KeyStatus.ACTIVE,
-                created_at=now,
-                provider=self.provider.name,
-                root_key_id=self.provider.root_key_id(),
-                wrapped_key=wrapped,
-                expires_at=now + self.config.keys.max_key_age,
-                status_changed_at=now,
-                reason=reason,
-            )
             with self.store.transaction(autonomous=True) as tx:
-                tx.lock_keyring(self.keyring)
-                current = tx.list_versions(self.keyring)
-                cur_active = next((v for v in current if v.status is KeyStatus.ACTIVE), None)
-                if max((v.version for v in current), default=0) != new_version - 1 or (
-                    (cur_active.version if cur_active else None) != (active.version if active else None)
-                ):
-                    if expected_active is not None:
-                        self._refresh_at = 0.0
-                        return None
-                    continue  # another rotation won the race; build on top of it
-                if cur_active is not None:
-                    tx.set_status(self.keyring, cur_active.version, KeyStatus.ACTIVE, KeyStatus.VALID, now)
-                tx.insert_version(kv)
-                self._record(
-                    tx,
-                    "key.create" if cur_active is None else "key.rotate",
-                    new_version,
-                    old_version=cur_active.version if cur_active else None,
-                    new_version=new_version,
-                    reason=reason,
-                    at=to_epoch(now),
-                )
-            with self._lock:
-                key = VersionedKey(new_version, KeyStatus.ACTIVE, aead)
-                old = self._active
-                if old is not None:
-                    old.status = KeyStatus.VALID
-                self._keys = {**self._keys, key._prefix: key}
-                self._active = key
+                kv = self._install(tx, new_version, active, wrapped, reason)
+            if kv is None:  # another rotation won the race
+                if expected_active is not None:
+                    self._refresh_at = 0.0
+                    return None
+                continue  # build on top of it
+            self._activate(new_version, aead)
             return kv
         raise ConcurrencyError(f"could not rotate keyring {self.keyring!r}: too many concurrent rotations")
+
+    def _install(
+        self, tx: StoreTx, new_version: int, active: KeyVersion | None, wrapped: bytes, reason: str
+    ) -> KeyVersion | None:
+        """Write ``new_version`` as the active version in ``tx``; None if the keyring moved since ``active``."""
+        tx.lock_keyring(self.keyring)
+        current = tx.list_versions(self.keyring)
+        cur_active = next((v for v in current if v.status is KeyStatus.ACTIVE), None)
+        if max((v.version for v in current), default=0) != new_version - 1 or (
+            (cur_active.version if cur_active else None) != (active.version if active else None)
+        ):
+            return None
+        now = self.clock()
+        kv = KeyVersion(
+            keyring=self.keyring,
+            version=new_version,
+            status=KeyStatus.ACTIVE,
+            created_at=now,
+            provider=self.provider.name,
+            root_key_id=self.provider.root_key_id(),
+            wrapped_key=wrapped,
+            expires_at=now + self.config.keys.max_key_age,
+            status_changed_at=now,
+            reason=reason,
+        )
+        if cur_active is not None:
+            tx.set_status(self.keyring, cur_active.version, KeyStatus.ACTIVE, KeyStatus.VALID, now)
+        tx.insert_version(kv)
+        self._record(
+            tx,
+            "key.create" if cur_active is None else "key.rotate",
+            new_version,
+            old_version=cur_active.version if cur_active else None,
+            new_version=new_version,
+            reason=reason,
+            at=to_epoch(now),
+        )
+        return kv
+
+    def _activate(self, version: int, aead: Aead) -> None:
+        """Make the new version's cipher the one this process encrypts with."""
+        with self._lock:
+            key = VersionedKey(version, KeyStatus.ACTIVE, aead)
+            old = self._active
+            if old is not None:
+                old.status = KeyStatus.VALID
+            self._keys = {**self._keys, key._prefix: key}
+            self._active = key
 
     # ---- lifecycle -------------------------------------------------------------
     def transition(

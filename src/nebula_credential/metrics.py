@@ -225,6 +225,7 @@ class MetricsExporter:
                 vaults = list(exporter._all_vaults())
                 if vaults:
                     head.add_metric([], vaults[0].audit.head_seq())
+                yield from _backup_metrics(vaults, GaugeMetricFamily)
                 for s in snaps:
                     active.add_metric([s.keyring], s.active_versions)
                     rot.add_metric([s.keyring], s.rotation_events)
@@ -319,3 +320,27 @@ def epoch(dt: datetime) -> float:
     ts = to_epoch(dt)
     assert ts is not None
     return ts
+
+
+def _backup_metrics(vaults: list[Vault], gauge: Any) -> Iterator[Any]:
+    """Registered backups: when the newest was taken, and what retention keeps for them.
+
+    The newest backup's time is 0 when none was ever registered, so the
+    shipped rule ``NebulaCredentialBackupsStopped`` fires only for a store
+    that had backups and stopped getting new ones.
+    """
+    from .backups import held_versions, list_backups
+
+    last = gauge("nebula_credential_backup_last_taken_timestamp_seconds",
+                 "When the newest registered backup was taken (Unix time; 0: none registered)")
+    live = gauge("nebula_credential_backups_unexpired", "Registered backups retention still honours")
+    held = gauge("nebula_credential_backup_held_versions",
+                 "Key versions kept (not destroyed) because an unexpired backup needs them", labels=["keyring"])
+    if vaults:
+        now = vaults[0].clock()
+        records = list_backups(vaults[0].store)
+        last.add_metric([], max((r.taken_at.timestamp() for r in records), default=0.0))
+        live.add_metric([], sum(1 for r in records if r.expires_at > now))
+        for v in vaults:
+            held.add_metric([v.keyring_name], len(held_versions(v.store, v.keyring_name, now)))
+    yield from (last, live, held)

@@ -22,6 +22,7 @@ from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import (
     CheckAndSetError,
+    CommitOutcomeUnknownError,
     ConfigError,
     CorruptRecordError,
     CredentialNotFoundError,
@@ -37,6 +38,7 @@ from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
 from .names import check_credential_id, check_keyring, check_scope
 from .providers import KeyProvider, open_provider
+from .providers.local import LocalKeyProvider, key_file_path
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
 from .store import Store, open_store, redact_url
 
@@ -510,23 +512,53 @@ _INIT_LOCK = "(store init)"
 def _initialise(
     store: Store, config: KeyManagementConfig, provider: KeyProvider | None, make: Callable[[KeyProvider], Vault]
 ) -> Vault | None:
-    """Make a new store's root of trust and fingerprint, once, under the store's write lock.
+    """Make a new store's root of trust, fingerprint and first key version, once, all or nothing.
 
     Several processes may open a new store with ``create=True`` at once (the
     workers of one application starting): the first creates the root key
     (a new key file, exclusively) and records it; the others find it recorded
     when they get the lock and open it like any initialised store (None).
+    Everything is written in one transaction, so a provider or database that
+    refuses half-way leaves the store as it found it; a key file this init
+    created is removed, so the next attempt starts as the first did.
     """
-    with store.transaction() as tx:
-        tx.lock_keyring(_INIT_LOCK)
-        if read_fingerprint(tx) is not None:
-            return None
-        root = provider or open_provider(config.provider, create=True, base_dir=store.directory())
-        vault = make(root)
-        write_fingerprint(tx, vault.provider)
-        vault.audit.ensure_key(tx)
-        vault.audit.record(tx, "store.init", provider=vault.provider.describe())
-        return vault
+    made: KeyProvider | None = None
+    try:
+        with store.transaction() as tx:
+            tx.lock_keyring(_INIT_LOCK)
+            if read_fingerprint(tx) is not None:
+                return None
+            if provider is None:
+                provider = made = open_provider(config.provider, create=True, base_dir=store.directory())
+            vault = make(provider)
+            write_fingerprint(tx, vault.provider)
+            vault.audit.ensure_key(tx)
+            vault.audit.record(tx, "store.init", provider=vault.provider.describe())
+            vault.keys.initialize_in(tx)
+            return vault
+    except CommitOutcomeUnknownError:
+        raise  # the store may now be initialised under the new root key: keep it
+    except BaseException:
+        if made is not None:
+            _discard_key_file(made, config, store)
+        raise
+
+
+def _discard_key_file(root: KeyProvider, config: KeyManagementConfig, store: Store) -> None:
+    """Remove the local key file a failed init created, if it still holds that init's key.
+
+    The check matters: once our transaction rolled back, another initialiser
+    may have created its own key file at the same path (ours is removed only
+    while it is still ours; its exclusive create cannot happen before).
+    """
+    if not isinstance(root, LocalKeyProvider):
+        return  # remote roots (a transit or KMS key) are reused by the next init, not tripped over
+    path = key_file_path(config.provider.settings, store.directory())
+    try:
+        if LocalKeyProvider.load(path).root_key_id() == root.root_key_id():
+            path.unlink()
+    except (OSError, NebulaCredentialError):
+        pass  # cleanup of a failing init: the init's own error is the one to report
 
 
 def _prove_root_key(vault: Vault) -> None:

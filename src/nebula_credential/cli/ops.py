@@ -15,7 +15,7 @@ import click
 from rich.text import Text
 
 from ..config import PROVIDER_TYPES, ProviderConfig
-from ..exceptions import NebulaCredentialError, StoreError
+from ..exceptions import CommitOutcomeUnknownError, ConfigError, NebulaCredentialError, StoreError
 from ..fingerprint import read_fingerprint
 from ..providers.local import key_file_path
 from ..reencrypt import check_workers, scope_order
@@ -35,12 +35,15 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
     """Initialise a store and its keyring (creates the root key for the local provider).
 
     On a store whose keyring is already initialised it says so and changes
-    nothing (exit 0), so it is safe in provisioning scripts.
+    nothing (exit 0), so it is safe in provisioning scripts.  A failed init
+    leaves nothing that a second attempt would trip over.  On a store
+    that already has its root key, --key-file naming a missing file is
+    refused before anything is created.
 
     \b
     Example: nebula-credential --db sqlite:///var/lib/app/creds.db init
     """
-    existing = _initialised(app)
+    existing = _initialised(app, key_file)
     if existing is not None:
         emit(app, existing | {"already_initialised": True}, lambda: console.print(
             f"keyring {existing['keyring']} in {existing['store']} is already initialised "
@@ -74,31 +77,61 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
 
 @contextmanager
 def _all_or_nothing(app: AppContext, key_file: str | None = None) -> Iterator[None]:
-    """A failed init of a new SQLite store leaves no half-made store or key file behind."""
+    """A failed init leaves no half-made SQLite file, nor a key file it created, behind.
+
+    The store's rows are the library's to undo (one transaction, see
+    :func:`nebula_credential.vault.open`), as is a key file the provider made
+    on a store that is not a new SQLite file.  A ``--key-file`` made here is
+    removed unless the store already records its root key (a failure after
+    the init committed must not take the store's key away).
+    """
     db = sqlite_file(app.url)
-    if db is None or db.exists():
-        yield
-        return
-    cfg = app.config
+    new_db = db is not None and not db.exists()
     key = None
     if key_file is not None:
         key = Path(key_file)
-    elif cfg.provider.type == "local":
-        key = key_file_path(cfg.provider.settings, db.resolve().parent)
-    key_existed = key is not None and key.exists()
+    elif db is not None and new_db and app.config.provider.type == "local":
+        key = key_file_path(app.config.provider.settings, db.resolve().parent)
+    new_key = key is not None and not os.path.lexists(key)
     try:
         yield
+    except CommitOutcomeUnknownError:
+        raise  # the store may be initialised under the new key: keep both
     except BaseException:
         app.close()
-        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-            path.unlink(missing_ok=True)
-        if key is not None and not key_existed:
+        if db is not None and new_db:
+            for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+                path.unlink(missing_ok=True)
+        if key is not None and new_key and (new_db or not _holds_store_root(app, key)):
             key.unlink(missing_ok=True)
         raise
 
 
-def _initialised(app: AppContext) -> dict[str, Any] | None:
-    """The keyring's summary if the store and keyring already exist, else None (nothing is created)."""
+def _holds_store_root(app: AppContext, key: Path) -> bool:
+    """Whether ``key`` holds the root key the store records (True when either cannot be read: keep it)."""
+    from ..providers.local import LocalKeyProvider
+
+    try:
+        root_id = LocalKeyProvider.load(key).root_key_id()
+        store = open_store(app.url, migrate=False)
+        try:
+            with store.read() as tx:
+                recorded = read_fingerprint(tx)
+        finally:
+            store.close()
+    except (OSError, NebulaCredentialError):
+        return True
+    return recorded is not None and recorded.root_key_id == root_id
+
+
+def _initialised(app: AppContext, key_file: str | None) -> dict[str, Any] | None:
+    """The keyring's summary if the store and keyring already exist, else None (nothing is created).
+
+    A store that already has its root key refuses ``--key-file`` naming a
+    file that does not exist yet, before it is created: a new key cannot
+    open that store, for a new keyring either.  An existing ``--key-file``
+    is the key the summary is read with.
+    """
     try:
         url = app.existing_url()
     except StoreError:
@@ -106,14 +139,27 @@ def _initialised(app: AppContext) -> dict[str, Any] | None:
     store = open_store(url)
     try:
         with store.read() as tx:
-            if read_fingerprint(tx) is None:
+            recorded = read_fingerprint(tx)
+            if recorded is None:
                 return None
             versions = tx.list_versions(app.keyring)
     finally:
         store.close()
+    if key_file is not None and not os.path.lexists(key_file):
+        raise ConfigError(
+            "provider.key_file",
+            f"{redact_url(url)} is already initialised under {recorded.type} root key "
+            f"{recorded.root_key_id or '(unknown)'}, which a new key file {key_file} could not be; "
+            f"name the store's own key file (or omit --key-file) for keyring {app.keyring}",
+        )
     if not versions:
         return None  # a new keyring in an existing store
-    vault = app.vault()
+    provider = None
+    if key_file is not None:
+        from ..providers.local import LocalKeyProvider
+
+        provider = LocalKeyProvider.load(key_file)
+    vault = app.vault(provider=provider)
     return {"keyring": vault.keyring_name, "active_version": vault.keys.active_version().version,
             "provider": vault.provider.describe(), "store": redact_url(vault.store.url)}
 

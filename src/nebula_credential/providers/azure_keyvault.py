@@ -29,6 +29,14 @@ turned off): Key Vault then authorises, logs and, for a disabled key,
 refuses each operation, and an ``oct-HSM`` key (whose material a GET never
 returns) is never "wrapped locally" by the SDK with a stand-in key.
 
+From the asyncio API (``nc.aopen``) wrap and unwrap go through the SDK's own
+asyncio client (``azure.keyvault.keys.crypto.aio`` on aiohttp, with an
+``azure.identity.aio`` credential), awaited on the caller's event loop, so a
+Key Vault round trip holds no thread; the request, the binding check and the
+error mapping are this module's, shared by both paths.  Key management calls
+(get, create, rotate the key) stay on the synchronous client, which the
+asyncio API runs in its thread pool.
+
 Errors: 5xx, 429 and connection failures are retried by the base class
 (bounded backoff, the SDK's own retries turned off) and then reported as
 :class:`ProviderUnavailableError`; 401/credential failures and 403 are
@@ -38,14 +46,18 @@ get their own clear messages.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import importlib
+import importlib.util
 import json
 import threading
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
+from .._bridge import await_only, in_bridge
 from .._secret import SecretBytes
 from ..config import secret_from
 from ..exceptions import (
@@ -73,6 +85,8 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 _PREFIX = b"azkv1:"
 _BIND_LABEL = b"nebula-credential azure-keyvault dek binding v1\x00"
 _DEK_LEN = 32
+#: What the asyncio API may run on its loop (their I/O is awaited); the rest goes to its thread pool.
+_AWAITED_OPS = frozenset({"wrap", "unwrap", "generate_dek", "open_dek", "rewrap", "destroy_dek", "check"})
 _RSA_TYPES = ("RSA", "RSA-HSM")
 _AES_TYPES = ("oct-HSM",)
 
@@ -104,9 +118,14 @@ class AzureKeyVaultProvider(KeyProvider):
         settings: dict[str, Any] | None = None,
         create: bool = False,
         owns_credential: bool = False,
+        async_credential: Any = None,
     ) -> None:
+        """``async_credential`` (an ``azure.identity.aio`` credential, or a callable making
+        one) lets the asyncio API await Key Vault; without it that API uses threads."""
         super().__init__()
         self._owns_credential = owns_credential
+        self._async_credential = async_credential
+        self._aio: _AsyncClients | None = None
         self.vault_url = vault_url.rstrip("/")
         self.key_name = key_name
         self._credential = credential
@@ -146,15 +165,19 @@ class AzureKeyVaultProvider(KeyProvider):
             settings=settings,
             create=create,
             owns_credential=True,
+            async_credential=lambda: cls.make_credential(settings, aio=True),
         )
 
     @staticmethod
-    def make_credential(settings: dict[str, Any]) -> Any:
-        """A client-secret credential when configured, else ``DefaultAzureCredential``."""
+    def make_credential(settings: dict[str, Any], *, aio: bool = False) -> Any:
+        """A client-secret credential when configured, else ``DefaultAzureCredential``
+        (``aio``: their ``azure.identity.aio`` twins, for the asyncio API)."""
         try:
-            from azure.identity import ClientSecretCredential, DefaultAzureCredential
+            identity = importlib.import_module("azure.identity.aio" if aio else "azure.identity")
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
             raise MissingDependencyError("azure-identity", "azure") from exc
+        ClientSecretCredential, DefaultAzureCredential = (
+            identity.ClientSecretCredential, identity.DefaultAzureCredential)
         kwargs: dict[str, Any] = {}
         if settings.get("authority"):
             kwargs["authority"] = str(settings["authority"])
@@ -281,6 +304,29 @@ class AzureKeyVaultProvider(KeyProvider):
                 self._crypto[kid] = client
             return client
 
+    @property
+    def awaited_ops(self) -> frozenset[str]:
+        """The calls the asyncio API may make on its loop: their Key Vault I/O is awaited there."""
+        if self._async_credential is None or importlib.util.find_spec("aiohttp") is None:
+            return frozenset()
+        return _AWAITED_OPS
+
+    def _crypto_call(self, op: str, kid: str, method: str, *args: Any) -> Any:
+        """One Key Vault key operation: awaited on the loop when bridged, else the sync client."""
+        if in_bridge() and self.awaited_ops:
+            client = self._async_clients().crypto_for(kid)
+            return self._api(op, lambda: await_only(getattr(client, method)(*args)))
+        return self._api(op, lambda: getattr(self._crypto_for(kid), method)(*args))
+
+    def _async_clients(self) -> _AsyncClients:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._aio is None or self._aio.loop is not loop:  # clients belong to the loop that made them
+                made = callable(self._async_credential) and not hasattr(self._async_credential, "get_token")
+                credential = self._async_credential() if made else self._async_credential
+                self._aio = _AsyncClients(loop, credential, owns=made, kwargs=self._client_kwargs)
+            return self._aio
+
     # ---- hooks -------------------------------------------------------------
     def _wrap(self, dek: SecretBytes, ctx: WrapContext) -> bytes:
         if len(dek) != _DEK_LEN:
@@ -288,15 +334,13 @@ class AzureKeyVaultProvider(KeyProvider):
         kid, alg = self._kid, self._algorithm(self._kty)
         payload = bytearray(_binding(ctx)) + dek.buffer
         with SecretBytes(payload) as structure:
-            result = self._api(
-                "wrap", lambda: self._crypto_for(kid).wrap_key(alg, structure.to_bytes())
-            )
+            result = self._crypto_call("wrap", kid, "wrap_key", alg, structure.to_bytes())
         record = {"kid": kid, "alg": str(alg.value), "wk": _b64url(result.encrypted_key)}
         return _PREFIX + json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
 
     def _unwrap(self, wrapped: bytes, ctx: WrapContext) -> SecretBytes:
         kid, alg, wk = self._parse(wrapped)
-        result = self._api("unwrap", lambda: self._crypto_for(kid).unwrap_key(alg, wk))
+        result = self._crypto_call("unwrap", kid, "unwrap_key", alg, wk)
         with SecretBytes(bytearray(result.key)) as structure:
             buf = structure.buffer
             if len(buf) != 32 + _DEK_LEN or not hmac.compare_digest(bytes(buf[:32]), _binding(ctx)):
@@ -345,12 +389,43 @@ class AzureKeyVaultProvider(KeyProvider):
         }
 
     def close(self) -> None:
+        aio, self._aio = self._aio, None
+        if aio is not None and aio.loop.is_running():
+            await_only(aio.close(), aio.loop)  # bridged, or from the asyncio API's thread pool
         for client in self._crypto.values():
             client.close()
         self._keys.close()
         close = getattr(self._credential, "close", None)
         if self._owns_credential and callable(close):
             close()  # a credential the caller passed in is the caller's to close
+
+
+class _AsyncClients:
+    """The SDK's asyncio clients of one event loop (their aiohttp sessions cannot change loops)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, credential: Any, *, owns: bool,
+                 kwargs: dict[str, Any]) -> None:
+        self.loop = loop
+        self._credential = credential
+        self._owns = owns
+        self._kwargs = kwargs
+        self._crypto: dict[str, Any] = {}
+
+    def crypto_for(self, kid: str) -> Any:
+        client = self._crypto.get(kid)
+        if client is None:
+            from azure.keyvault.keys.crypto.aio import CryptographyClient as AsyncCryptographyClient
+
+            client = AsyncCryptographyClient(kid, self._credential, **self._kwargs)
+            client._initialized = True  # remote operations only, as the sync client
+            self._crypto[kid] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._crypto.values():
+            await client.close()
+        if self._owns:
+            await self._credential.close()
 
 
 def _client_kwargs(settings: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .._bridge import sleep
 from .._secret import SecretBytes
 from ..envelope import dek_context
 from ..exceptions import (
@@ -184,7 +185,7 @@ class KeyProvider(ABC):
                     delay = delays.pop(0)
                     log.warning("%s provider: %s attempt %d of %d failed (%s); retrying in %.2fs",
                                 self.name, op, attempt, self.retry.attempts, type(exc).__name__, delay)
-                    time.sleep(delay)
+                    sleep(delay)  # yields the event loop when the asyncio API awaits this call
                 except NebulaCredentialError:
                     raise
                 except Exception as exc:  # a backend bug or an unmapped library error

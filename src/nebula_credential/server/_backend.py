@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 from starlette.concurrency import run_in_threadpool
 
 from ..aio import AsyncVault
+from ..audit import Event
 from ..config import KeyManagementConfig
 from ..models import Credential, EncryptedCredential
 from ..store.base import TokenRow
@@ -108,8 +109,11 @@ class Backend:
         await self.write(self.keyring(keyring).delete, credential_id)
 
     async def list_ids(self, keyring: str, prefix: str) -> list[str]:
+        """The ids under ``prefix`` (a KV folder), a page per read: no row outside it is read."""
+
         def ids() -> list[str]:
-            return [r.id for r in self.keyring(keyring).list() if r.id.startswith(prefix)]
+            return list(self.vault.store.iter_pages(
+                lambda tx, after, size: tx.ids_under(keyring, prefix, after_id=after, limit=size), page=5000))
 
         return await self.run(ids)
 
@@ -225,6 +229,10 @@ class Backend:
             self._flushing = False
 
     def _write_events(self, events: list[tuple[str, str | None, str, dict[str, Any]]]) -> None:
+        batch = []
+        for action, keyring, outcome, details in events:
+            rest = dict(details)
+            batch.append(Event(action, keyring, rest.pop("version", None), rest.pop("credential_id", None),
+                               outcome, rest))
         with self.vault.store.transaction() as tx:
-            for action, keyring, outcome, details in events:
-                self.vault.audit.record(tx, action, keyring=keyring, outcome=outcome, **details)
+            self.vault.audit.record_many(tx, batch)

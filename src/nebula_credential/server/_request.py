@@ -174,17 +174,11 @@ def endpoint(
             response = error_response(exc)
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
         extra = ctx.details if ctx is not None else {}
-        status = response.status_code
         # an engine may name the keyring a request used (Transit: the key's)
         audit_keyring = ctx.keyring if ctx is not None and ctx.keyring is not None else keyring
         try:
-            if status == 403:
-                await backend.audit("server.denied", keyring=audit_keyring, outcome="denied", accessor=accessor,
-                                    operation=operation, path=path, method=request.method, status=status)
-            elif status >= 400 or backend.audit_reads or operation not in READ_OPERATIONS:
-                await backend.audit("server.request", keyring=audit_keyring,
-                                    outcome="ok" if status < 400 else "error", accessor=accessor,
-                                    operation=operation, path=path, method=request.method, status=status, **extra)
+            await audit_request(backend, request, response.status_code, accessor=accessor, operation=operation,
+                                path=path, keyring=audit_keyring, **extra)
         except Exception as exc:  # an unaudited answer is not given (Vault does the same)
             return error_response(exc)
         return response
@@ -192,4 +186,43 @@ def endpoint(
     return run
 
 
-__all__ = ["Ctx", "HTTPError", "endpoint", "read_json", "vault_json"]
+async def audit_request(backend: Backend, request: Request, status: int, *, accessor: str | None,
+                        operation: str, path: str, keyring: str | None, **extra: Any) -> None:
+    """A request's audit event: ``server.denied`` for a 403, ``server.request`` for any other.
+
+    Successful reads are left out when ``[audit] requests`` is off; writes,
+    errors and denials never are.  The event names the token by accessor
+    and holds no data from the request.
+    """
+    if status == 403:
+        await backend.audit("server.denied", keyring=keyring, outcome="denied", accessor=accessor,
+                            operation=operation, path=path, method=request.method, status=status)
+    elif status >= 400 or backend.audit_reads or operation not in READ_OPERATIONS:
+        await backend.audit("server.request", keyring=keyring, outcome="ok" if status < 400 else "error",
+                            accessor=accessor, operation=operation, path=path, method=request.method,
+                            status=status, **extra)
+
+
+async def audit_unrouted(request: Request, response: Response) -> Response:
+    """Audit a 404 (no such path) or 405 (no such method) the router gave before any endpoint ran.
+
+    A valid token is recorded by its accessor, any other as none; the body
+    is never read.  Outside /v1/ the path is recorded as sent.
+    """
+    backend: Backend = request.app.state.backend
+    try:
+        with anyio.fail_after(request.app.state.request_timeout):
+            secret = request_token(request)
+            row = await backend.lookup(secret) if secret else None
+            await audit_request(backend, request, response.status_code,
+                                accessor=row.accessor if row is not None else None,
+                                operation=request.method.lower(), path=request.scope.get(VPATH, request.url.path),
+                                keyring=None)
+    except TimeoutError:
+        return JSONResponse({"errors": ["request timed out"]}, status_code=503)
+    except Exception as exc:  # an unaudited answer is not given
+        return error_response(exc)
+    return response
+
+
+__all__ = ["Ctx", "HTTPError", "audit_request", "audit_unrouted", "endpoint", "read_json", "vault_json"]

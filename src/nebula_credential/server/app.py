@@ -29,7 +29,7 @@ from ..config import KeyManagementConfig
 from ..vault import Vault
 from . import auth, sysroutes
 from ._backend import backend_for
-from ._request import VPATH
+from ._request import VPATH, audit_unrouted
 from .errors import HTTPError
 from .kv import KVEngine
 from .policies import BadPathError, normalise
@@ -115,11 +115,12 @@ async def _drain(receive: Receive) -> None:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"errors": []}, status_code=404)
+    return await audit_unrouted(request, JSONResponse({"errors": []}, status_code=404))
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"errors": [f"unsupported operation {request.method}"]}, status_code=405)
+    return await audit_unrouted(request, JSONResponse({"errors": [f"unsupported operation {request.method}"]},
+                                                      status_code=405))
 
 
 def create_app(

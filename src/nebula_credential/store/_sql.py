@@ -273,6 +273,28 @@ def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
     return " AND ".join(c for c, _ in used) or "1 = 1", [v for _, v in used]
 
 
+def prefix_successor(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix`` (code point order); None if none is.
+
+    ``id >= prefix AND id < successor`` is then exactly "starts with", as a
+    range the primary key's index answers.  Surrogates are skipped (no id or
+    database text holds one).
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+def like_prefix(prefix: str) -> str:
+    """The LIKE pattern (escape character ``\\``) of the strings that start with ``prefix`` literally."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _json(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -792,22 +814,15 @@ class SqlTx(StoreTx):
         ).fetchone()
         return (0, b"") if row is None else (int(row[0]), bytes(row[1]))
 
-    def audit_append(self, row: AuditRow) -> None:
-        self._exec(
-            f"INSERT INTO audit_events ({_AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                row.seq,
-                row.ts,
-                row.actor,
-                row.action,
-                row.keyring,
-                row.key_version,
-                row.credential_id,
-                row.outcome,
-                row.details,
-                row.mac,
-            ),
-        )
+    _AUDIT_INSERT = f"INSERT INTO audit_events ({_AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+
+    def audit_append(self, *rows: AuditRow) -> None:
+        params = [(row.seq, row.ts, row.actor, row.action, row.keyring, row.key_version, row.credential_id,
+                   row.outcome, row.details, row.mac) for row in rows]
+        if len(params) == 1:
+            self._exec(self._AUDIT_INSERT, params[0])
+        else:
+            self._many(self._AUDIT_INSERT, params)
 
     def get_audit_head(self) -> str | None:
         row = self._exec("SELECT value FROM audit_head WHERE name = 'chain'").fetchone()
@@ -874,6 +889,35 @@ class SqlTx(StoreTx):
                               [keyring, *chunk]).fetchall()
             found.update(r[0] for r in rows)
         return found
+
+    #: How "id starts with" is asked: a range on the primary key where text compares by code
+    #: point (SQLite's BINARY collation, UTF-8 bytes); a dialect whose column collation may be
+    #: linguistic (PostgreSQL) asks LIKE with the pattern's wildcards escaped instead.
+    _PREFIX_BY_RANGE = True
+
+    def _prefix_clause(self, prefix: str) -> tuple[str, list[Any]]:
+        if not prefix:
+            return "1 = 1", []
+        if not self._PREFIX_BY_RANGE:
+            return "id LIKE ?", [like_prefix(prefix)]
+        high = prefix_successor(prefix)
+        return ("id >= ?", [prefix]) if high is None else ("id >= ? AND id < ?", [prefix, high])
+
+    def ids_under(self, keyring: str, prefix: str, *, after_id: str | None = None, limit: int = 1000) -> Page[str]:
+        clause, params = self._prefix_clause(prefix)
+        after, more = _where(("id > ?", after_id))
+        rows = self._exec(
+            f"SELECT id FROM credentials WHERE keyring = ? AND {clause} AND {after} ORDER BY id LIMIT ?",
+            [keyring, *params, *more, limit],
+        ).fetchall()
+        page: Page[str] = Page()
+        for (cid,) in rows:
+            if not isinstance(cid, str):
+                raise _corrupt_credential(keyring, cid, None, _Bad(f"id is {_kind(cid)}, not text"))
+            page.append(cid)
+        page.fetched = len(rows)
+        page.last_id = rows[-1][0] if rows else None
+        return page
 
     def list_heads(
         self,

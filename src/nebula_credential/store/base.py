@@ -207,6 +207,16 @@ class StoreTx(ABC):
         page.corrupt, page.fetched, page.last_id = rows.corrupt, rows.fetched, rows.last_id
         return page
 
+    @abstractmethod
+    def ids_under(self, keyring: str, prefix: str, *, after_id: str | None = None, limit: int = 1000) -> Page[str]:
+        """A page of the ids in ``keyring`` that start with ``prefix``, ordered by id.
+
+        Rows outside the prefix are never read (the server lists one KV
+        folder of a large keyring this way); ``%``, ``_`` and ``\\`` in
+        ``prefix`` are plain characters.  An id that is not text raises
+        :class:`CorruptRecordError`.
+        """
+
     # ---- key access counters -------------------------------------------------
     def add_key_access(self, keyring: str, version: int, bucket: int, accesses: int, failures: int) -> None:
         """Add a block of counted accesses (and failures) under one version and minute bucket."""
@@ -417,7 +427,8 @@ class StoreTx(ABC):
         """(last seq, last mac), locking the chain head for this transaction."""
 
     @abstractmethod
-    def audit_append(self, row: AuditRow) -> None: ...
+    def audit_append(self, *rows: AuditRow) -> None:
+        """Insert chain rows (already sequenced and MAC'd), in one statement when there are several."""
 
     @abstractmethod
     def get_audit_head(self) -> str | None:

@@ -179,6 +179,7 @@ class PostgresTx(SqlTx):
 
     _HEADER_SQL = "CASE WHEN octet_length(envelope) >= 8 THEN substring(envelope from 5 for 4) END"
     _MISMATCH_SQL = "octet_length(envelope) >= 8 AND substring(envelope from 5 for 4) <> int4send(key_version)"
+    _PREFIX_BY_RANGE = False  # the database's collation orders ids, not code points: LIKE 'p%'
 
     def _lock_suffix(self, skip_locked: bool) -> str:
         return " FOR UPDATE SKIP LOCKED" if skip_locked else ""

@@ -1,0 +1,82 @@
+"""404 (no such path) and 405 (no such method) answers are audited like every other refused request.
+
+Before, the router's own 404 and 405 left no audit event, while a 400, 403
+or 412 did: probing for endpoints was invisible in the audit trail.  The
+event holds what docs/server.md lists for a request (accessor, operation,
+normalised path, method, status), never the token and never the body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+import nebula_credential as nc
+from nebula_credential.server.app import create_app
+
+BODY_SECRET = "body-secret-7f3a9c"
+
+
+@pytest.fixture
+def served(vault: nc.Vault) -> Iterator[tuple[TestClient, str, str]]:
+    """A client of the real app, a root token and its accessor."""
+    app = create_app(vault)
+    token, row = app.state.backend.tokens.create(["root"])
+    with TestClient(app) as client:
+        yield client, token, row.accessor
+
+
+def _events(vault: nc.Vault) -> list[dict[str, Any]]:
+    with vault.store.read() as tx:
+        rows = tx.audit_rows()
+    return [{"action": r.action, "outcome": r.outcome, "keyring": r.keyring, **json.loads(r.details)}
+            for r in rows if r.action.startswith("server.")]
+
+
+def _last(vault: nc.Vault) -> dict[str, Any]:
+    events = _events(vault)
+    assert events, "no server event was audited"
+    return events[-1]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "vpath"), [
+    ("GET", "/v1/no/such/engine", 404, "no/such/engine"),
+    ("GET", "/v1/secret/bogus/x", 404, "secret/bogus/x"),
+    ("POST", "/v1//secret/%62ogus/", 404, "secret/bogus"),  # the normalised path is what is recorded
+    ("DELETE", "/v1/sys/health", 405, "sys/health"),
+    ("PATCH", "/v1/secret/config", 405, "secret/config"),
+    ("GET", "/not-the-api", 404, "/not-the-api"),
+])
+@pytest.mark.parametrize("who", ["root", "anonymous", "bad token"])
+def test_unrouted_answers_are_audited(
+    vault: nc.Vault, served: tuple[TestClient, str, str], method: str, path: str, status: int, vpath: str,
+    who: str,
+) -> None:
+    client, token, accessor = served
+    sent = {"root": token, "anonymous": None, "bad token": "hvs.not-a-token-9d2e"}[who]
+    headers = {"X-Vault-Token": sent} if sent else {}
+    before = len(_events(vault))
+    response = client.request(method, path, headers=headers, content=json.dumps({"data": {"pw": BODY_SECRET}}))
+    assert response.status_code == status, response.text
+    assert "errors" in response.json()
+    events = _events(vault)
+    assert len(events) == before + 1
+    event = events[-1]
+    assert event["action"] == "server.request" and event["outcome"] == "error"
+    assert event["status"] == status and event["method"] == method and event["path"] == vpath
+    assert event["operation"] == method.lower()
+    assert event["accessor"] == (accessor if who == "root" else None)
+    with vault.store.read() as tx:
+        stored = json.dumps([(r.action, r.details) for r in tx.audit_rows()])
+    assert BODY_SECRET not in stored and token not in stored and "not-a-token" not in stored
+    assert vault.audit.verify().ok
+
+
+def test_a_denied_request_is_still_server_denied(vault: nc.Vault, served: tuple[TestClient, str, str]) -> None:
+    client, _, _ = served
+    assert client.get("/v1/secret/data/x").status_code == 403
+    assert _last(vault)["action"] == "server.denied"
