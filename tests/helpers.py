@@ -166,11 +166,10 @@ def provider_config(settings: dict[str, Any]) -> KeyManagementConfig:
     return KeyManagementConfig.from_dict({"provider": dict(settings)})
 
 
-
 #: The fork server's program (``python -c``): import the CLI as ``python -m nebula_credential`` does, then
 #: fork once per command read from stdin (one JSON line each), answering ``pid N`` then the exit status.
 _FORK_SERVER = r"""
-import atexit, json, os, sys, traceback
+import atexit, json, os, sys, threading, traceback
 from nebula_credential.cli import main
 
 def child(req):
@@ -195,6 +194,7 @@ def child(req):
     except BaseException:
         traceback.print_exc()
         rc = 1
+    threading._shutdown()  # what interpreter shutdown does: wait for non-daemon threads, then atexit
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
