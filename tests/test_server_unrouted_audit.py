@@ -80,3 +80,28 @@ def test_a_denied_request_is_still_server_denied(vault: nc.Vault, served: tuple[
     client, _, _ = served
     assert client.get("/v1/secret/data/x").status_code == 403
     assert _last(vault)["action"] == "server.denied"
+
+
+@pytest.mark.parametrize(("path", "headers", "content", "status"), [
+    ("/v1/secret/data/a/%2e%2e/b", {}, b"", 400),  # a path the middleware refuses before routing
+    ("/v1/secret/data/%00x", {}, b"", 400),
+    ("/v1/secret/data/big", {}, b"x" * (2 * 1024 * 1024), 413),  # declared length over max_request_size (1 MiB)
+])
+def test_refusals_before_routing_are_audited(
+    vault: nc.Vault, served: tuple[TestClient, str, str], path: str, headers: dict[str, str], content: bytes,
+    status: int,
+) -> None:
+    client, token, accessor = served
+    before = len(_events(vault))
+    body = content or json.dumps({"data": {"pw": BODY_SECRET}}).encode()
+    response = client.post(path, headers={"X-Vault-Token": token, **headers}, content=body)
+    assert response.status_code == status, response.text
+    assert response.json()["errors"]
+    events = _events(vault)
+    assert len(events) == before + 1
+    event = events[-1]
+    assert event["outcome"] == "error" and event["status"] == status and event["accessor"] == accessor
+    with vault.store.read() as tx:
+        stored = json.dumps([(r.action, r.details) for r in tx.audit_rows()])
+    assert BODY_SECRET not in stored and token not in stored
+    assert vault.audit.verify().ok

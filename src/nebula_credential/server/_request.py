@@ -204,7 +204,8 @@ async def audit_request(backend: Backend, request: Request, status: int, *, acce
 
 
 async def audit_unrouted(request: Request, response: Response) -> Response:
-    """Audit a 404 (no such path) or 405 (no such method) the router gave before any endpoint ran.
+    """Audit an answer given before any endpoint ran: the router's 404 (no such path) and 405
+    (no such method), the path middleware's 400 (a path refused) and 413 (body too large).
 
     A valid token is recorded by its accessor, any other as none; the body
     is never read.  Outside /v1/ the path is recorded as sent.

@@ -13,7 +13,6 @@ Vault's ``LIST`` and enforces the request body limit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -44,11 +43,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+    """Answer a request refused before routing (bad path, body too large), audited as any refusal."""
+    response = await audit_unrouted(Request(scope, receive), JSONResponse({"errors": [message]}, status_code=status))
+    await response(scope, receive, send)
 
 
 class VaultPathMiddleware:
@@ -68,7 +66,7 @@ class VaultPathMiddleware:
             try:
                 vpath = normalise(raw[4:])
             except BadPathError as exc:
-                await _send_json(send, 400, {"errors": [str(exc)]})
+                await _refuse(scope, receive, send, 400, str(exc))
                 return
             scope = dict(scope)
             scope["path"] = "/v1/" + vpath
@@ -81,7 +79,7 @@ class VaultPathMiddleware:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await _drain(receive)
-            await _send_json(send, 413, {"errors": [f"request body larger than {self.max_body} bytes"]})
+            await _refuse(scope, receive, send, 413, f"request body larger than {self.max_body} bytes")
             return
         await self.app(scope, self._limited(receive), send)
 
