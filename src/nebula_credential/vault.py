@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -541,6 +542,8 @@ def _initialise(
     except BaseException:
         if made is not None:
             _discard_key_file(made, config, store)
+            with suppress(Exception):  # an HSM session, an SDK client: the init's own error is the one to report
+                made.close()
         raise
 
 
