@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ import pytest
 
 import nebula_credential as nc
 from nebula_credential.audit import AUDIT_KEY_META
-from nebula_credential.exceptions import NebulaCredentialError, ProviderPermissionError, StoreError
+from nebula_credential.exceptions import ConfigError, NebulaCredentialError, ProviderPermissionError, StoreError
 from nebula_credential.fingerprint import read_fingerprint
+from nebula_credential.keys import KeyManager
+from nebula_credential.providers.local import LocalKeyProvider
 from nebula_credential.store import open_store
 
 from .fixtures_postgres import PostgresCluster
@@ -130,7 +134,7 @@ def test_an_init_the_database_refuses_removes_the_key_file_it_made(
     init_succeeds(owner_url, key)  # the same key path: before, "refuses an existing key file"
 
 
-def test_cli_init_the_database_refuses_removes_the_new_key_file(
+def test_cli_init_the_database_refuses_keeps_the_new_key_file_for_the_retry(
     postgres_store_url_factory: Callable[[], str], postgres_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
     owner_url = postgres_store_url_factory()
@@ -139,9 +143,17 @@ def test_cli_init_the_database_refuses_removes_the_new_key_file(
     key = tmp_path / "new.key"
     failed = run_cli("--db", app_url, "init", "--key-file", str(key), cwd=tmp_path, env=cli_env())
     assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "permission denied" in failed.stderr
-    assert not key.exists()
+    # the new key file stays (another init may have loaded it meanwhile), and a retry adopts it
+    made = LocalKeyProvider.load(key).root_key_id()
     ok = run_cli("--db", owner_url, "init", "--key-file", str(key), cwd=tmp_path, env=cli_env())
-    assert ok.returncode == 0 and key.exists(), ok.stderr
+    assert ok.returncode == 0, ok.stderr
+    store = open_store(owner_url)
+    try:
+        with store.read() as tx:
+            recorded = read_fingerprint(tx)
+    finally:
+        store.close()
+    assert recorded is not None and recorded.root_key_id == made
 
 
 def test_cli_init_on_postgres_after_a_failed_one(postgres_store_url_factory: Callable[[], str],
@@ -196,3 +208,59 @@ def test_init_with_a_new_key_file_on_an_initialised_store_creates_no_file(
                     cwd=tmp_path, env=cli_store)
     assert added.returncode == 0 and json.loads(added.stdout)["keyring"] == "tenant", added.stderr
     assert sorted(p.name for p in tmp_path.glob("*.key")) == ["store.key"]
+
+
+def test_an_init_waiting_on_a_key_file_another_init_removes_refuses(
+    postgres_store_url_factory: Callable[[], str], postgres_cluster: PostgresCluster, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A creates the key file and fails under the init lock; B loaded that file meanwhile and waits.
+
+    A removes its file while it still holds the lock; B, once it has the lock,
+    finds the file gone and refuses.  Before, A removed the file after its
+    transaction ended and B committed the store under a key no file held
+    (the store unreadable from then on).
+    """
+    url = postgres_store_url_factory()
+    key = tmp_path / "root.key"
+    inside, release = threading.Event(), threading.Event()
+    original = KeyManager.initialize_in
+
+    def initialize_in(self: KeyManager, tx: Any) -> Any:
+        if threading.current_thread().name == "init-a":
+            inside.set()
+            release.wait(30)
+            raise RuntimeError("init A aborted")
+        return original(self, tx)
+
+    monkeypatch.setattr(KeyManager, "initialize_in", initialize_in)
+    outcome: dict[str, BaseException | None] = {}
+
+    def run(name: str, fn: Callable[[], Any]) -> threading.Thread:
+        def target() -> None:
+            try:
+                fn().close()
+                outcome[name] = None
+            except BaseException as exc:
+                outcome[name] = exc
+        thread = threading.Thread(target=target, name=name)
+        thread.start()
+        return thread
+
+    a = run("init-a", lambda: nc.open(url, config=_local(key), create=True))
+    assert inside.wait(30)
+    b = run("init-b", lambda: nc.open(url, provider=LocalKeyProvider.load(key), create=True))
+    for _ in range(300):  # B is queued on A's init lock
+        if int(str(postgres_cluster.admin("SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0])):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the second init never waited for the first")
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert isinstance(outcome["init-a"], RuntimeError)
+    assert isinstance(outcome["init-b"], ConfigError) and "removed or replaced" in str(outcome["init-b"])
+    assert not key.exists()
+    assert_untouched(url)
+    init_succeeds(url, key)

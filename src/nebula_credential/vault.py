@@ -23,7 +23,6 @@ from .config import KeyManagementConfig, ProviderConfig
 from .envelope import credential_context
 from .exceptions import (
     CheckAndSetError,
-    CommitOutcomeUnknownError,
     ConfigError,
     CorruptRecordError,
     CredentialNotFoundError,
@@ -39,7 +38,7 @@ from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
 from .names import check_credential_id, check_keyring, check_scope
 from .providers import KeyProvider, open_provider
-from .providers.local import LocalKeyProvider, key_file_path
+from .providers.local import LocalKeyProvider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
 from .store import Store, open_store, redact_url
 
@@ -524,11 +523,13 @@ def _initialise(
     created is removed, so the next attempt starts as the first did.
     """
     made: KeyProvider | None = None
-    try:
-        with store.transaction() as tx:
-            tx.lock_keyring(_INIT_LOCK)
-            if read_fingerprint(tx) is not None:
-                return None
+    with store.transaction() as tx:
+        tx.lock_keyring(_INIT_LOCK)
+        if read_fingerprint(tx) is not None:
+            return None
+        if provider is not None:
+            _check_still_on_disk(provider)
+        try:
             if provider is None:
                 provider = made = open_provider(config.provider, create=True, base_dir=store.directory())
             vault = make(provider)
@@ -537,26 +538,40 @@ def _initialise(
             vault.audit.record(tx, "store.init", provider=vault.provider.describe())
             vault.keys.initialize_in(tx)
             return vault
-    except CommitOutcomeUnknownError:
-        raise  # the store may now be initialised under the new root key: keep it
-    except BaseException:
-        if made is not None:
-            _discard_key_file(made, config, store)
-            with suppress(Exception):  # an HSM session, an SDK client: the init's own error is the one to report
-                made.close()
-        raise
+        except BaseException:
+            if made is not None:
+                # still under the init lock: an initialiser that loaded this file before
+                # taking the lock finds it gone when it gets the lock (_check_still_on_disk)
+                _discard_key_file(made)
+                with suppress(Exception):  # an HSM session, an SDK client: the init's own error is the one to report
+                    made.close()
+            raise
 
 
-def _discard_key_file(root: KeyProvider, config: KeyManagementConfig, store: Store) -> None:
-    """Remove the local key file a failed init created, if it still holds that init's key.
+def _check_still_on_disk(root: KeyProvider) -> None:
+    """A key file loaded before the init lock must still hold that key once the lock is ours.
 
-    The check matters: once our transaction rolled back, another initialiser
-    may have created its own key file at the same path (ours is removed only
-    while it is still ours; its exclusive create cannot happen before).
+    Another init may have created the file, failed, and removed it while we
+    waited; committing under a key whose file is gone would make the store
+    unreadable.
     """
-    if not isinstance(root, LocalKeyProvider):
+    path = getattr(root, "key_file", None) if root.name == LocalKeyProvider.name else None
+    if not isinstance(path, Path):
+        return
+    try:
+        same = LocalKeyProvider.load(path).root_key_id() == root.root_key_id()
+    except (OSError, NebulaCredentialError):
+        same = False
+    if not same:
+        raise ConfigError("provider.key_file", f"root key file {path} was removed or replaced while this init "
+                          "waited for another one; nothing was written: run init again")
+
+
+def _discard_key_file(root: KeyProvider) -> None:
+    """Remove the local key file this failed init created, if it still holds this init's key."""
+    path = getattr(root, "key_file", None) if root.name == LocalKeyProvider.name else None
+    if not isinstance(path, Path):
         return  # remote roots (a transit or KMS key) are reused by the next init, not tripped over
-    path = key_file_path(config.provider.settings, store.directory())
     try:
         if LocalKeyProvider.load(path).root_key_id() == root.root_key_id():
             path.unlink()

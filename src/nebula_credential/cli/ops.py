@@ -81,9 +81,10 @@ def _all_or_nothing(app: AppContext, key_file: str | None = None) -> Iterator[No
 
     The store's rows are the library's to undo (one transaction, see
     :func:`nebula_credential.vault.open`), as is a key file the provider made
-    on a store that is not a new SQLite file.  A ``--key-file`` made here is
-    removed unless the store already records its root key (a failure after
-    the init committed must not take the store's key away).
+    under the init lock.  A ``--key-file`` made here is removed only with the
+    new SQLite file it was made for; on another store it stays, and
+    ``init --key-file`` again adopts it (another init may already have
+    loaded it: removing it could leave that store without its key).
     """
     db = sqlite_file(app.url)
     new_db = db is not None and not db.exists()
@@ -102,26 +103,11 @@ def _all_or_nothing(app: AppContext, key_file: str | None = None) -> Iterator[No
         if db is not None and new_db:
             for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
                 path.unlink(missing_ok=True)
-        if key is not None and new_key and (new_db or not _holds_store_root(app, key)):
+        if key is not None and new_key and new_db:
+            # only beside a SQLite file this command created: on a shared store another
+            # init may have loaded the new key file meanwhile, and a retry adopts it anyway
             key.unlink(missing_ok=True)
         raise
-
-
-def _holds_store_root(app: AppContext, key: Path) -> bool:
-    """Whether ``key`` holds the root key the store records (True when either cannot be read: keep it)."""
-    from ..providers.local import LocalKeyProvider
-
-    try:
-        root_id = LocalKeyProvider.load(key).root_key_id()
-        store = open_store(app.url, migrate=False)
-        try:
-            with store.read() as tx:
-                recorded = read_fingerprint(tx)
-        finally:
-            store.close()
-    except (OSError, NebulaCredentialError):
-        return True
-    return recorded is not None and recorded.root_key_id == root_id
 
 
 def _initialised(app: AppContext, key_file: str | None) -> dict[str, Any] | None:

@@ -112,6 +112,11 @@ class LocalKeyProvider(KeyProvider):
         self._current = kid
         return kid
 
+    @property
+    def key_file(self) -> Path | None:
+        """The file the root key was read from or written to (None: in memory only)."""
+        return self._path
+
     # ---- construction -------------------------------------------------
     @classmethod
     def ephemeral(cls) -> LocalKeyProvider:
