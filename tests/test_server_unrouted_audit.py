@@ -105,3 +105,20 @@ def test_refusals_before_routing_are_audited(
         stored = json.dumps([(r.action, r.details) for r in tx.audit_rows()])
     assert BODY_SECRET not in stored and token not in stored
     assert vault.audit.verify().ok
+
+
+@pytest.mark.parametrize("endpoint", ["auth/token/lookup", "auth/token/renew", "auth/token/revoke"])
+def test_a_token_in_an_unrouted_path_is_not_audited(
+    vault: nc.Vault, served: tuple[TestClient, str, str], endpoint: str
+) -> None:
+    """Vault's legacy endpoints take the token in the path; we route none of them, so the
+    404/405 event must not keep it (found in review: the whole path was stored)."""
+    client, token, _ = served
+    vault_style = "hvs.CAESIJ1t0kenFr0mAnotherVault9x8y7z6w"
+    for secret in (token, vault_style):
+        response = client.post(f"/v1/{endpoint}/{secret}", headers={"X-Vault-Token": token})
+        assert response.status_code in (404, 405)
+        assert _last(vault)["path"] == f"{endpoint}/<redacted>"
+    with vault.store.read() as tx:
+        stored = json.dumps([(r.action, r.details) for r in tx.audit_rows()])
+    assert token not in stored and vault_style not in stored

@@ -11,6 +11,7 @@ before its first store access, so a denied request touches nothing.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -203,6 +204,16 @@ async def audit_request(backend: Backend, request: Request, status: int, *, acce
                             status=status, **extra)
 
 
+#: A path segment that looks like a token: ours (``ncs.``) or Vault's (``hvs.``, ``hvb.``, ``s.``...).
+_TOKENISH = re.compile(r"(?:ncs|hv[sbr]|[sbr])\.[A-Za-z0-9_.\-]{16,}")
+
+
+def redact_tokens(path: str) -> str:
+    """``path`` with every token-looking segment replaced: Vault's legacy endpoints
+    (``auth/token/lookup/<token>``) carry tokens in the path, and we route none of them."""
+    return "/".join("<redacted>" if _TOKENISH.fullmatch(part) else part for part in path.split("/"))
+
+
 async def audit_unrouted(request: Request, response: Response) -> Response:
     """Audit an answer given before any endpoint ran: the router's 404 (no such path) and 405
     (no such method), the path middleware's 400 (a path refused) and 413 (body too large).
@@ -210,15 +221,15 @@ async def audit_unrouted(request: Request, response: Response) -> Response:
     A valid token is recorded by its accessor, any other as none; the body
     is never read.  Outside /v1/ the path is recorded as sent.
     """
-    backend: Backend = request.app.state.backend
     try:
+        backend: Backend = request.app.state.backend
         with anyio.fail_after(request.app.state.request_timeout):
             secret = request_token(request)
             row = await backend.lookup(secret) if secret else None
             await audit_request(backend, request, response.status_code,
                                 accessor=row.accessor if row is not None else None,
-                                operation=request.method.lower(), path=request.scope.get(VPATH, request.url.path),
-                                keyring=None)
+                                operation=request.method.lower(),
+                                path=redact_tokens(request.scope.get(VPATH, request.url.path)), keyring=None)
     except TimeoutError:
         return JSONResponse({"errors": ["request timed out"]}, status_code=503)
     except Exception as exc:  # an unaudited answer is not given
