@@ -169,3 +169,37 @@ def test_concurrent_gets_after_the_server_dropped_every_connection(
             return await asyncio.gather(*(vault.get(f"c{i}") for i in range(20)))
 
     assert asyncio.run(main()) == [{"i": i} for i in range(20)]
+
+
+def test_no_free_connection_fails_a_batch_once_not_once_per_reader(pg_vault: nc.Vault, pg_url: str) -> None:
+    """The pool gives the shared read no connection within connect_timeout: every reader gets the
+    store's typed error from that one wait (before, each then waited again alone: twice the
+    timeout, and one pool request per reader at the moment the pool had none to give)."""
+    from nebula_credential._bridge import await_only, greenlet_spawn
+    from nebula_credential.exceptions import StoreUnavailableError
+    from nebula_credential.store._async_postgres import BridgedPostgresStore
+
+    async def main() -> tuple[list[Any], dict[str, int]]:
+        store = await greenlet_spawn(lambda: BridgedPostgresStore(pg_url, pool_size=1, connect_timeout=1.0))
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        def hold() -> None:
+            with store.transaction():  # the pool's only connection
+                holding.set()
+                await_only(release.wait())
+
+        holder = asyncio.ensure_future(greenlet_spawn(hold))
+        await holding.wait()
+        before = store.pool_stats().get("requests_errors", 0)
+        results = await asyncio.gather(
+            *(greenlet_spawn(lambda i=i: store.read_credential("default", f"c{i}")) for i in range(5)),
+            return_exceptions=True)
+        errors = store.pool_stats().get("requests_errors", 0) - before
+        release.set()
+        await holder
+        await greenlet_spawn(store.close)
+        return results, {"errors": errors}
+
+    results, stats = asyncio.run(main())
+    assert all(isinstance(r, StoreUnavailableError) for r in results), results
+    assert stats["errors"] == 1

@@ -17,13 +17,14 @@ thread while the loop runs.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
 import psycopg
 from psycopg.pq import ExecStatus
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
 from .._bridge import GreenletLocal, GreenletRLock, await_only, in_bridge
 from ..models import EncryptedCredential
@@ -31,6 +32,7 @@ from ._sql import _CRED_COLS, _credential
 from .postgres import PostgresStore, _message
 
 TUPLES_OK = ExecStatus.TUPLES_OK
+log = logging.getLogger(__name__)
 
 
 class _Result:
@@ -74,7 +76,11 @@ async def _shielded(coro: Coroutine[Any, Any, None]) -> None:
 
 
 class _BatchFailed(Exception):
-    """The shared statement failed; each reader retries alone (and gets its own typed error)."""
+    """The shared read did not happen: each reader retries alone, or (no connection) fails at once."""
+
+    def __init__(self, no_connection: PoolClosed | PoolTimeout | None = None) -> None:
+        super().__init__()
+        self.no_connection = no_connection
 
 
 class _ReadBatcher:
@@ -122,18 +128,32 @@ class _ReadBatcher:
     async def _fetch(self, keyring: str, readers: list[tuple[str, asyncio.Future[Any]]]) -> None:
         try:
             async with self._pool.connection() as conn:
-                cur = await conn.execute(self.SQL, (keyring, list({cid for cid, _ in readers})))
-                rows = {row[1]: row for row in await cur.fetchall()}
-        except BaseException as exc:
-            for _, future in readers:
-                if not future.done():
-                    future.set_exception(_BatchFailed())
-            if not isinstance(exc, Exception):
-                raise  # cancelled with the loop: let it end
-            return  # each reader retries alone and reports its own error
+                try:
+                    cur = await conn.execute(self.SQL, (keyring, list({cid for cid, _ in readers})))
+                    rows = {row[1]: row for row in await cur.fetchall()}
+                except Exception as exc:
+                    # the statement failed (a connection the server dropped, a bad id): each
+                    # reader retries alone, with the store's retries and its own error
+                    log.debug("shared credential read failed (%s); readers retry alone", type(exc).__name__)
+                    self._fail(readers, _BatchFailed())
+                    return
+        except (PoolClosed, PoolTimeout) as exc:
+            # no connection within connect_timeout (or the store closed): waiting again per
+            # reader would multiply the wait and the queue; every reader gets this answer
+            self._fail(readers, _BatchFailed(exc))
+            return
+        except BaseException:
+            self._fail(readers, _BatchFailed())
+            raise  # cancelled with the loop: let it end
         for cid, future in readers:
             if not future.done():  # a reader cancelled meanwhile
                 future.set_result(rows.get(cid))
+
+    @staticmethod
+    def _fail(readers: list[tuple[str, asyncio.Future[Any]]], error: _BatchFailed) -> None:
+        for _, future in readers:
+            if not future.done():
+                future.set_exception(error)
 
 
 class _Cursor:
@@ -231,7 +251,9 @@ class BridgedPostgresStore(PostgresStore):
             return super().read_credential(keyring, credential_id)  # another thread, or inside a transaction
         try:
             row = await_only(self._reads.submit(keyring, credential_id))
-        except _BatchFailed:
+        except _BatchFailed as failed:
+            if failed.no_connection is not None:
+                raise self._no_connection(failed.no_connection) from None
             return super().read_credential(keyring, credential_id)
         return None if row is None else _credential(row)
 

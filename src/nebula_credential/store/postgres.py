@@ -277,15 +277,19 @@ class PostgresStore(Store):
         """A pooled connection, or the typed error saying why there is none."""
         try:
             conn: Connection = self._pool.getconn()
-        except PoolClosed as exc:
-            raise _translate(exc, None, self.url) from exc
-        except PoolTimeout:
-            # the pool already retried connecting, with backoff, for connect_timeout
-            raise StoreUnavailableError(
-                f"cannot reach PostgreSQL store {redact_url(self.url)} within "
-                f"{self.connect_timeout:g}s: {self._diagnose()}"
-            ) from None
+        except (PoolClosed, PoolTimeout) as exc:
+            raise self._no_connection(exc) from (exc if isinstance(exc, PoolClosed) else None)
         return conn
+
+    def _no_connection(self, exc: PoolClosed | PoolTimeout) -> Exception:
+        """The typed error for a pool that gave no connection (closed, or none within connect_timeout)."""
+        if isinstance(exc, PoolClosed):
+            return _translate(exc, None, self.url)
+        # the pool already retried connecting, with backoff, for connect_timeout
+        return StoreUnavailableError(
+            f"cannot reach PostgreSQL store {redact_url(self.url)} within "
+            f"{self.connect_timeout:g}s: {self._diagnose()}"
+        )
 
     def _begin(self, write: bool) -> Connection:
         """A pooled connection inside BEGIN, retried with backoff (nothing has run yet).
