@@ -448,6 +448,36 @@ def test_azure_key_vault_is_awaited_on_the_loop_with_the_same_rules(
     run(body)
 
 
+@pytest.mark.services
+def test_an_azure_provider_closed_by_its_owner_on_the_loop_thread(
+    postgres_store_url_factory: Callable[[], str], azure_vault: Any
+) -> None:
+    """Closing it in sync code on the loop's thread neither raises nor skips the rest of its close;
+    its asyncio clients are closed by a task on their loop (review: the bridge's RuntimeError)."""
+    from nebula_credential.providers import azure_keyvault
+
+    url = postgres_store_url_factory()
+    provider = azure_keyvault.AzureKeyVaultProvider.from_config(azure_vault.settings(), create=True)
+
+    async def body() -> None:
+        v = await nc.aopen(url, provider=provider, create=True)
+        await v.put("a", [1])  # version 1's data key was wrapped through the asyncio client
+        clients = provider._aio
+        assert clients is not None
+        closing = [c.close for c in clients._crypto.values()]
+        assert closing
+        provider.close()  # the owner's sync close, on the loop's thread
+        assert provider._aio is None and len(azure_keyvault._CLOSING) == 1
+        for _ in range(100):
+            if not azure_keyvault._CLOSING:
+                break
+            await asyncio.sleep(0.01)
+        assert not azure_keyvault._CLOSING  # the scheduled close ran to its end
+        await v.close()
+
+    run(body)
+
+
 # ---- the bridge's lock --------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["greenlet", "threading"])
 def test_key_manager_lock_excludes_tasks_and_survives_cancellation(kind: str) -> None:

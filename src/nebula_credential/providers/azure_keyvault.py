@@ -48,11 +48,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import importlib
 import importlib.util
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
@@ -81,6 +83,8 @@ try:
     from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("azure-keyvault-keys", "azure") from _exc
+
+log = logging.getLogger(__name__)
 
 _PREFIX = b"azkv1:"
 _BIND_LABEL = b"nebula-credential azure-keyvault dek binding v1\x00"
@@ -307,7 +311,7 @@ class AzureKeyVaultProvider(KeyProvider):
     @property
     def awaited_ops(self) -> frozenset[str]:
         """The calls the asyncio API may make on its loop: their Key Vault I/O is awaited there."""
-        if self._async_credential is None or importlib.util.find_spec("aiohttp") is None:
+        if self._async_credential is None or not _has_aiohttp():
             return frozenset()
         return _AWAITED_OPS
 
@@ -322,6 +326,8 @@ class AzureKeyVaultProvider(KeyProvider):
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._aio is None or self._aio.loop is not loop:  # clients belong to the loop that made them
+                if self._aio is not None:
+                    self._aio.dispose()  # on their own loop, if it still runs
                 made = callable(self._async_credential) and not hasattr(self._async_credential, "get_token")
                 credential = self._async_credential() if made else self._async_credential
                 self._aio = _AsyncClients(loop, credential, owns=made, kwargs=self._client_kwargs)
@@ -390,14 +396,16 @@ class AzureKeyVaultProvider(KeyProvider):
 
     def close(self) -> None:
         aio, self._aio = self._aio, None
-        if aio is not None and aio.loop.is_running():
-            await_only(aio.close(), aio.loop)  # bridged, or from the asyncio API's thread pool
-        for client in self._crypto.values():
-            client.close()
-        self._keys.close()
-        close = getattr(self._credential, "close", None)
-        if self._owns_credential and callable(close):
-            close()  # a credential the caller passed in is the caller's to close
+        try:
+            if aio is not None:
+                aio.dispose()
+        finally:
+            for client in self._crypto.values():
+                client.close()
+            self._keys.close()
+            close = getattr(self._credential, "close", None)
+            if self._owns_credential and callable(close):
+                close()  # a credential the caller passed in is the caller's to close
 
 
 class _AsyncClients:
@@ -426,6 +434,45 @@ class _AsyncClients:
             await client.close()
         if self._owns:
             await self._credential.close()
+
+    def dispose(self) -> None:
+        """Close the clients on their own loop, from wherever the provider is closed.
+
+        Bridged on that loop: awaited.  From another thread: waited for there.
+        On the loop's thread outside the bridge (a provider closed by its owner
+        in sync code): scheduled, since waiting would stall the loop.  From
+        another running loop: handed to the owner's.  A loop that no longer
+        runs cannot close an aiohttp session any more: nothing to do.
+        """
+        if not self.loop.is_running():
+            return
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        try:
+            if current is self.loop and in_bridge():
+                await_only(self.close())
+            elif current is self.loop:
+                task = self.loop.create_task(self.close())
+                _CLOSING.add(task)
+                task.add_done_callback(_CLOSING.discard)
+            elif current is None:
+                await_only(self.close(), self.loop)
+            else:
+                asyncio.run_coroutine_threadsafe(self.close(), self.loop)
+        except Exception as exc:  # closing is best effort; the provider's own close goes on
+            log.debug("closing Azure Key Vault's asyncio clients failed: %s", type(exc).__name__)
+
+
+#: Closes scheduled on a loop from its own thread (the loop keeps only weak references to tasks).
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+@functools.cache
+def _has_aiohttp() -> bool:
+    """The SDK's asyncio transport needs aiohttp (the ``azure`` extra installs it)."""
+    return importlib.util.find_spec("aiohttp") is not None
 
 
 def _client_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
