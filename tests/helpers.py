@@ -169,7 +169,7 @@ def provider_config(settings: dict[str, Any]) -> KeyManagementConfig:
 #: The fork server's program (``python -c``): import the CLI as ``python -m nebula_credential`` does, then
 #: fork once per command read from stdin (one JSON line each), answering ``pid N`` then the exit status.
 _FORK_SERVER = r"""
-import atexit, json, os, sys, threading, traceback
+import atexit, gc, json, os, sys, threading, traceback
 from nebula_credential.cli import main
 
 def child(req):
@@ -194,8 +194,9 @@ def child(req):
     except BaseException:
         traceback.print_exc()
         rc = 1
-    threading._shutdown()  # what interpreter shutdown does: wait for non-daemon threads, then atexit
+    threading._shutdown()  # what interpreter shutdown does: wait for non-daemon threads, then atexit,
     atexit._run_exitfuncs()
+    gc.collect()  # then a collection: finalizers and their "Exception ignored" reports still reach stderr
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(rc)
@@ -236,6 +237,11 @@ class CliForkServer:
     the command's start-up environment differs from the server's (see
     :data:`_STARTUP_ENV`), when another thread is using the server (commands
     meant to run at once still do), or with ``NEBULA_TEST_CLI_FORK=0``.
+    A command ends as an interpreter does up to its final module teardown
+    (threads joined, atexit, a full collection); that teardown is skipped
+    (a third of the time again), so a leak only it would report is caught
+    by the tests that start real interpreters (daemons, faults) and by
+    ``NEBULA_TEST_CLI_FORK=0``.
     """
 
     _shared: CliForkServer | None = None
@@ -249,8 +255,11 @@ class CliForkServer:
         self.lock = threading.Lock()
         self._dir = Path(tempfile.mkdtemp(prefix="nebula-cli-fork-"))
         self._buffer = b""
-        self._proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=self._dir, env=self.env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        # its own stderr is a file, never pytest's: the CLI's consoles decide at import time whether
+        # they write to a terminal (and wrap lines), and a command's stderr must not depend on `pytest -s`
+        with open(self._dir / "server.log", "wb") as log:
+            self._proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=self._dir, env=self.env,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, bufsize=0)
 
     @classmethod
     def shared_run(cls, args: tuple[str, ...], *, cwd: Path | str, input: str | None, env: dict[str, str],
