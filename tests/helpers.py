@@ -286,8 +286,10 @@ class CliForkServer:
 
         assert self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
+        poller = select.poll()  # not select(): a pytest process may hold descriptors past 1024
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self._buffer:
-            if not select.select([fd], [], [], timeout)[0]:
+            if not poller.poll(None if timeout is None else timeout * 1000):
                 return None
             chunk = os.read(fd, 4096)
             if not chunk:
