@@ -234,3 +234,25 @@ def test_the_provider_settings_table_covers_what_each_provider_reads() -> None:
         read = set(re.findall(r'settings(?:\.get\(|\[|, )"([a-z_]+)"', source))
         secrets = {name for name in read if f"{name}_file" in PROVIDER_SETTINGS[ptype]}  # via secret_from
         assert read - secrets <= set(PROVIDER_SETTINGS[ptype]), ptype
+
+
+def test_ids_no_store_can_hold_are_typed_errors_on_read_and_delete(vault: nc.Vault) -> None:
+    """A lone surrogate or a non-string id used to reach the driver (UnicodeEncodeError, untyped);
+    reads stay lenient otherwise: a row written before validation existed is still found."""
+    import asyncio
+
+    from nebula_credential.exceptions import InvalidInputError
+
+    vault.put("ok", [1])
+    for bad in ("\ud800", "a\udfffb", 42):
+        with pytest.raises(InvalidInputError, match="credential id"):
+            vault.get(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="credential id"):
+            vault.delete(bad)  # type: ignore[arg-type]
+
+    async def through_the_async_api() -> list[object]:
+        async with await nc.aopen(vault.store.url) as av:
+            return await asyncio.gather(av.get("\ud800"), av.get("ok"), return_exceptions=True)
+
+    bad_one, good = asyncio.run(through_the_async_api())
+    assert isinstance(bad_one, InvalidInputError) and good == [1]

@@ -53,6 +53,23 @@ def check_credential_id(value: object, field: str = "credential id") -> str:
     return value
 
 
+def check_lookup_id(value: object, field: str = "credential id") -> str:
+    """An id to look up: any string a store can hold (no lone surrogates), nothing stricter.
+
+    Reads do not apply :func:`check_credential_id`: a row written before
+    validation existed may have an id it refuses, and must stay readable.
+    """
+    if not isinstance(value, str):
+        raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            field, f"must be Unicode text; character {exc.start} is a lone surrogate U+{ord(value[exc.start]):04X}"
+        ) from None
+    return value
+
+
 def printable(text: str) -> str:
     """``text`` with control, separator and bidi characters shown as escapes (for terminals and logs).
 
@@ -93,6 +110,7 @@ __all__ = [
     "NAME_RULE",
     "check_credential_id",
     "check_keyring",
+    "check_lookup_id",
     "check_scope",
     "printable",
 ]

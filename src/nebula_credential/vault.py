@@ -36,7 +36,7 @@ from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
 from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
-from .names import check_credential_id, check_keyring, check_scope
+from .names import check_credential_id, check_keyring, check_lookup_id, check_scope
 from .providers import KeyProvider, open_provider
 from .providers.local import LocalKeyProvider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
@@ -245,7 +245,7 @@ class Vault:
     def get_record(self, credential_id: str) -> Credential:
         """The decrypted credential with its scope, key version and metadata."""
         kr = self.keys.keyring
-        row = self.store.read_credential(kr, credential_id)
+        row = self.store.read_credential(kr, check_lookup_id(credential_id))
         if row is None:
             if self._legacy is not None:
                 return self._read_through(credential_id)
@@ -324,6 +324,7 @@ class Vault:
 
     def delete(self, credential_id: str) -> None:
         kr = self.keys.keyring
+        check_lookup_id(credential_id)
         with self.store.transaction() as tx:
             if not tx.delete_credential(kr, credential_id):
                 raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
