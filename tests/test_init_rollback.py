@@ -264,3 +264,25 @@ def test_an_init_waiting_on_a_key_file_another_init_removes_refuses(
     assert not key.exists()
     assert_untouched(url)
     init_succeeds(url, key)
+
+
+def test_a_kms_key_a_failed_init_created_is_scheduled_for_deletion(
+    new_url: Callable[[], str], moto_kms: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no key_id, init creates the KMS key; a failed init used to leave it behind (billed, never
+    used, another one made by every retry).  Now it is scheduled for deletion (7 days, cancellable)."""
+    url = new_url()
+    client = moto_kms.client()
+    before = {k["KeyArn"] for k in client.list_keys()["Keys"]}
+
+    def fail(self: KeyManager, tx: Any) -> Any:
+        raise RuntimeError("init aborted")
+
+    monkeypatch.setattr(KeyManager, "initialize_in", fail)
+    settings = {"type": "aws-kms", "region": moto_kms.region, "endpoint_url": moto_kms.endpoint_url}
+    with pytest.raises(RuntimeError, match="init aborted"):
+        nc.open(url, config=_config(settings), create=True)
+    made = [k["KeyArn"] for k in client.list_keys()["Keys"] if k["KeyArn"] not in before]
+    assert len(made) == 1
+    assert client.describe_key(KeyId=made[0])["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    assert_untouched(url)

@@ -520,8 +520,10 @@ def _initialise(
     (a new key file, exclusively) and records it; the others find it recorded
     when they get the lock and open it like any initialised store (None).
     Everything is written in one transaction, so a provider or database that
-    refuses half-way leaves the store as it found it; a key file this init
-    created is removed, so the next attempt starts as the first did.
+    refuses half-way leaves the store as it found it, and the root key this
+    init created is undone (a key file removed, a KMS key scheduled for
+    deletion: :meth:`KeyProvider.discard_created_root`), so the next attempt
+    starts as the first did.
     """
     made: KeyProvider | None = None
     with store.transaction() as tx:
@@ -541,9 +543,10 @@ def _initialise(
             return vault
         except BaseException:
             if made is not None:
-                # still under the init lock: an initialiser that loaded this file before
-                # taking the lock finds it gone when it gets the lock (_check_still_on_disk)
-                _discard_key_file(made)
+                # still under the init lock: an initialiser that loaded a key file this init
+                # made finds it gone when it gets the lock (_check_still_on_disk)
+                with suppress(Exception):  # the init's own error is the one to report
+                    made.discard_created_root()
                 with suppress(Exception):  # an HSM session, an SDK client: the init's own error is the one to report
                     made.close()
             raise
@@ -566,18 +569,6 @@ def _check_still_on_disk(root: KeyProvider) -> None:
     if not same:
         raise ConfigError("provider.key_file", f"root key file {path} was removed or replaced while this init "
                           "waited for another one; nothing was written: run init again")
-
-
-def _discard_key_file(root: KeyProvider) -> None:
-    """Remove the local key file this failed init created, if it still holds this init's key."""
-    path = getattr(root, "key_file", None) if root.name == LocalKeyProvider.name else None
-    if not isinstance(path, Path):
-        return  # remote roots (a transit or KMS key) are reused by the next init, not tripped over
-    try:
-        if LocalKeyProvider.load(path).root_key_id() == root.root_key_id():
-            path.unlink()
-    except (OSError, NebulaCredentialError):
-        pass  # cleanup of a failing init: the init's own error is the one to report
 
 
 def _prove_root_key(vault: Vault) -> None:

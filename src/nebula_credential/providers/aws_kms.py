@@ -44,6 +44,8 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("boto3", "aws") from _exc
 
+log = logging.getLogger(__name__)
+
 _UNAVAILABLE_CODES = frozenset(
     {
         "ThrottlingException",
@@ -116,6 +118,7 @@ class AwsKmsKeyProvider(KeyProvider):
         self._client = client
         self._settings = dict(settings or {})
         self._lock = threading.Lock()
+        self._created = False  # by from_config, for an init: discard_created_root may undo it
         meta = self._api("describe", lambda: client.describe_key(KeyId=key_id))["KeyMetadata"]
         if (
             meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT"
@@ -130,6 +133,7 @@ class AwsKmsKeyProvider(KeyProvider):
             )
         self.key_id = key_id
         self.key_arn: str = meta["Arn"]
+        self._key_uuid = str(meta.get("KeyId") or meta["Arn"])
         self._rotations = self._count_rotations()
 
     # ---- construction ----------------------------------------------------
@@ -150,7 +154,27 @@ class AwsKmsKeyProvider(KeyProvider):
                 Tags=[{"TagKey": "nebula-credential", "TagValue": "root"}],
             )["KeyMetadata"]["Arn"]
             stored["key_id"] = key_id
+            provider = cls(client, str(key_id), settings=stored)
+            provider._created = True
+            return provider
         return cls(client, str(key_id), settings=stored)
+
+    def discard_created_root(self) -> None:
+        """Schedule the deletion of the KMS key :meth:`from_config` created (7 days, cancellable).
+
+        Without it every failed ``init`` on a config without ``key_id`` left a
+        key behind, billed and never used.  KMS only deletes after a waiting
+        period; ``aws kms cancel-key-deletion`` takes it back.
+        """
+        if not self._created:
+            return
+        try:
+            self._client.schedule_key_deletion(KeyId=self._key_uuid, PendingWindowInDays=7)
+            log.warning("init failed: the KMS key it created, %s, is scheduled for deletion in 7 days "
+                        "(aws kms cancel-key-deletion to keep it)", self.key_arn)
+        except Exception as exc:  # cleanup of a failing init: the init's own error is the one to report
+            log.warning("init failed and the KMS key it created, %s, could not be scheduled for deletion "
+                        "(%s): delete it by hand", self.key_arn, type(exc).__name__)
 
     @staticmethod
     def make_client(settings: dict[str, Any]) -> Any:

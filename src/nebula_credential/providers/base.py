@@ -163,6 +163,15 @@ class KeyProvider(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release sessions and connections."""
 
+    def discard_created_root(self) -> None:  # noqa: B027 - optional hook, most providers create nothing
+        """Undo the root key this object created for an init that then failed.
+
+        Called under the store's init lock, before the lock is released, so
+        no other init can have started using it.  Only what this object
+        itself created is touched (a key file it wrote, a KMS key it made);
+        a named key that a retry reuses is left as it is.
+        """
+
     # ---- template ----------------------------------------------------
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         self.calls[op] = self.calls.get(op, 0) + 1

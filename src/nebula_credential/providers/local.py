@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._secret import SecretBytes
-from ..exceptions import ConfigError, DecryptionError, ProviderError
+from ..exceptions import ConfigError, DecryptionError, NebulaCredentialError, ProviderError
 from .base import KeyProvider, WrapContext
 from .keyfile import append_key_file, create_key_file, read_key_file
 
@@ -98,6 +98,7 @@ class LocalKeyProvider(KeyProvider):
         if not keys:
             raise ConfigError("provider.key_file", "no root key present")
         self._path = path
+        self._created = False
         self._ciphers: dict[bytes, AESGCM] = {}
         self._current = b""
         for key in keys:
@@ -117,6 +118,16 @@ class LocalKeyProvider(KeyProvider):
         """The file the root key was read from or written to (None: in memory only)."""
         return self._path
 
+    def discard_created_root(self) -> None:
+        """Remove the key file :meth:`create` wrote, if it still holds this key."""
+        if not self._created or self._path is None:
+            return
+        try:
+            if LocalKeyProvider.load(self._path).root_key_id() == self.root_key_id():
+                self._path.unlink()
+        except (OSError, NebulaCredentialError):
+            pass  # cleanup of a failing init: the init's own error is the one to report
+
     # ---- construction -------------------------------------------------
     @classmethod
     def ephemeral(cls) -> LocalKeyProvider:
@@ -129,7 +140,9 @@ class LocalKeyProvider(KeyProvider):
         p = Path(path)
         key = SecretBytes.random(32)
         create_key_file(p, cls._line(key))
-        return cls([key], path=p)
+        provider = cls([key], path=p)
+        provider._created = True
+        return provider
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LocalKeyProvider:
