@@ -38,7 +38,6 @@ from .legacy import LegacyKeySet, decode_value
 from .models import Credential, EncryptedCredential, utc_now
 from .names import check_credential_id, check_keyring, check_lookup_id, check_scope
 from .providers import KeyProvider, open_provider
-from .providers.local import LocalKeyProvider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
 from .store import Store, open_store, redact_url
 
@@ -531,7 +530,7 @@ def _initialise(
         if read_fingerprint(tx) is not None:
             return None
         if provider is not None:
-            _check_still_on_disk(provider)
+            provider.check_root_unchanged()
         try:
             if provider is None:
                 provider = made = open_provider(config.provider, create=True, base_dir=store.directory())
@@ -544,31 +543,12 @@ def _initialise(
         except BaseException:
             if made is not None:
                 # still under the init lock: an initialiser that loaded a key file this init
-                # made finds it gone when it gets the lock (_check_still_on_disk)
+                # made finds it gone when it gets the lock (check_root_unchanged)
                 with suppress(Exception):  # the init's own error is the one to report
                     made.discard_created_root()
                 with suppress(Exception):  # an HSM session, an SDK client: the init's own error is the one to report
                     made.close()
             raise
-
-
-def _check_still_on_disk(root: KeyProvider) -> None:
-    """A key file loaded before the init lock must still hold that key once the lock is ours.
-
-    Another init may have created the file, failed, and removed it while we
-    waited; committing under a key whose file is gone would make the store
-    unreadable.
-    """
-    path = getattr(root, "key_file", None) if root.name == LocalKeyProvider.name else None
-    if not isinstance(path, Path):
-        return
-    try:
-        same = LocalKeyProvider.load(path).root_key_id() == root.root_key_id()
-    except (OSError, NebulaCredentialError):
-        same = False
-    if not same:
-        raise ConfigError("provider.key_file", f"root key file {path} was removed or replaced while this init "
-                          "waited for another one; nothing was written: run init again")
 
 
 def _prove_root_key(vault: Vault) -> None:

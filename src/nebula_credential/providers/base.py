@@ -163,6 +163,15 @@ class KeyProvider(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release sessions and connections."""
 
+    def check_root_unchanged(self) -> None:  # noqa: B027 - optional hook, most roots cannot vanish locally
+        """Raise if the root key this object loaded is no longer where it was found.
+
+        Called under the store's init lock when the caller loaded the root
+        before taking it: another init may have created that root, failed
+        and undone it (:meth:`discard_created_root`) meanwhile, and committing
+        under a key nothing holds any more would make the store unreadable.
+        """
+
     def discard_created_root(self) -> None:  # noqa: B027 - optional hook, most providers create nothing
         """Undo the root key this object created for an init that then failed.
 

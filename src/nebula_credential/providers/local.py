@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -113,20 +114,25 @@ class LocalKeyProvider(KeyProvider):
         self._current = kid
         return kid
 
-    @property
-    def key_file(self) -> Path | None:
-        """The file the root key was read from or written to (None: in memory only)."""
-        return self._path
+    def _file_holds_this_key(self) -> bool:
+        """Whether the key file (there is one) still holds this object's root key."""
+        assert self._path is not None
+        try:
+            return LocalKeyProvider.load(self._path).root_key_id() == self.root_key_id()
+        except (OSError, NebulaCredentialError):
+            return False
+
+    def check_root_unchanged(self) -> None:
+        """The key file this key was read from must still hold it (another init may have removed it)."""
+        if self._path is not None and not self._file_holds_this_key():
+            raise ConfigError("provider.key_file", f"root key file {self._path} was removed or replaced while "
+                              "this init waited for another one; nothing was written: run init again")
 
     def discard_created_root(self) -> None:
         """Remove the key file :meth:`create` wrote, if it still holds this key."""
-        if not self._created or self._path is None:
-            return
-        try:
-            if LocalKeyProvider.load(self._path).root_key_id() == self.root_key_id():
+        if self._created and self._path is not None and self._file_holds_this_key():
+            with suppress(OSError):  # cleanup of a failing init: the init's own error is the one to report
                 self._path.unlink()
-        except (OSError, NebulaCredentialError):
-            pass  # cleanup of a failing init: the init's own error is the one to report
 
     # ---- construction -------------------------------------------------
     @classmethod
