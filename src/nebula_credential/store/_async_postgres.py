@@ -231,15 +231,7 @@ class BridgedPostgresStore(PostgresStore):
         self._local = GreenletLocal()  # type: ignore[assignment]  # per task, not per thread: all tasks share the loop's thread
 
     def _new_pool(self) -> ConnectionPool[Any]:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            self.url,
-            min_size=1,
-            max_size=self._pool_size,
-            kwargs=self._kwargs,
-            timeout=self.connect_timeout,
-            name=f"nebula-credential-async:{self!r}",
-            open=False,
-        )
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(self.url, **self._pool_options())
         await_only(pool.open(wait=False), self._loop)
         self._reads = _ReadBatcher(pool, self._loop)
         # the store only calls getconn/putconn/resize/close, which _BridgedPool provides

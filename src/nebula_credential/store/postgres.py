@@ -236,16 +236,13 @@ class PostgresStore(Store):
         self._pid = os.getpid()
         self._pool = self._new_pool()
 
+    def _pool_options(self) -> dict[str, Any]:
+        """What every pool of this store is made with, sync or async (sizes, timeout, session settings)."""
+        return {"min_size": 1, "max_size": self._pool_size, "kwargs": self._kwargs,
+                "timeout": self.connect_timeout, "name": f"nebula-credential:{redact_url(self.url)}", "open": False}
+
     def _new_pool(self) -> ConnectionPool[Any]:
-        pool: ConnectionPool[Any] = ConnectionPool(
-            self.url,
-            min_size=1,
-            max_size=self._pool_size,
-            kwargs=self._kwargs,
-            timeout=self.connect_timeout,
-            name=f"nebula-credential:{redact_url(self.url)}",
-            open=False,
-        )
+        pool: ConnectionPool[Any] = ConnectionPool(self.url, **self._pool_options())
         pool.open(wait=False)
         return pool
 
