@@ -157,78 +157,71 @@ def test_prometheus_rules_file_passes_promtool() -> None:
     assert "7 rules found" in res.stdout
 
 
+def promtool_rule_test(tmp_path: Path, evaluation_interval: str, tests: list[dict[str, object]]) -> None:
+    """Run promtool's rule unit tests ``tests`` against the shipped rules file."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/ensure-system-deps.sh installs Debian's prometheus package"
+    spec = tmp_path / "rules_test.yml"
+    spec.write_text(json.dumps({"rule_files": [str(ROOT / "deploy" / "prometheus-rules.yml")],
+                                "evaluation_interval": evaluation_interval, "tests": tests}))
+    res = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_audit_head_alert_fires_when_the_chain_goes_back(tmp_path: Path) -> None:
     """promtool's rule unit test: a head that drops below its highest value alerts at once."""
-    promtool = shutil.which("promtool")
-    assert promtool
-    (tmp_path / "head_test.yml").write_text(json.dumps({
-        "rule_files": [str(ROOT / "deploy" / "prometheus-rules.yml")],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [{"series": 'nebula_credential_audit_head_seq{instance="d"}',
-                              "values": "10 11 12 12 5 5"}],
-            "alert_rule_test": [
-                {"eval_time": "3m", "alertname": "NebulaCredentialAuditHeadWentBack", "exp_alerts": []},
-                {"eval_time": "4m", "alertname": "NebulaCredentialAuditHeadWentBack", "exp_alerts": [{
-                    "exp_labels": {"severity": "critical", "instance": "d"},
-                    "exp_annotations": {
-                        "summary": "The audit chain's head went back to event 5",
-                        "description": "Someone deleted or rolled back audit events; run nebula-credential "
-                                       "audit verify --against your exported copy",
-                    },
-                }]},
-            ],
-        }],
-    }))
-    res = subprocess.run([promtool, "test", "rules", str(tmp_path / "head_test.yml")],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stdout + res.stderr
+    promtool_rule_test(tmp_path, "1m", [{
+        "interval": "1m",
+        "input_series": [{"series": 'nebula_credential_audit_head_seq{instance="d"}',
+                          "values": "10 11 12 12 5 5"}],
+        "alert_rule_test": [
+            {"eval_time": "3m", "alertname": "NebulaCredentialAuditHeadWentBack", "exp_alerts": []},
+            {"eval_time": "4m", "alertname": "NebulaCredentialAuditHeadWentBack", "exp_alerts": [{
+                "exp_labels": {"severity": "critical", "instance": "d"},
+                "exp_annotations": {
+                    "summary": "The audit chain's head went back to event 5",
+                    "description": "Someone deleted or rolled back audit events; run nebula-credential "
+                                   "audit verify --against your exported copy",
+                },
+            }]},
+        ],
+    }])
 
 
 def test_backups_stopped_alert_fires_two_days_after_the_newest_backup(tmp_path: Path) -> None:
     """promtool: quiet for a store that never registered a backup; fires an hour past two days."""
-    promtool = shutil.which("promtool")
-    assert promtool
     day = 86400
-    (tmp_path / "backup_test.yml").write_text(json.dumps({
-        "rule_files": [str(ROOT / "deploy" / "prometheus-rules.yml")],
-        "evaluation_interval": "1h",
-        "tests": [{
-            "interval": "1h",
-            "input_series": [
-                # a backup taken at t=0, none after
-                {"series": 'nebula_credential_backup_last_taken_timestamp_seconds{instance="b"}',
-                 "values": "0+0x80"},
-                {"series": 'nebula_credential_backup_last_taken_timestamp_seconds{instance="never"}',
-                 "values": "0+0x80"},
-            ],
-            "alert_rule_test": [
-                {"eval_time": "49h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": []},
-                {"eval_time": "50h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": []},
-            ],
-        }, {
-            "interval": "1h",
-            "input_series": [
-                {"series": 'nebula_credential_backup_last_taken_timestamp_seconds{instance="b"}',
-                 "values": f"{day} {day}+0x80"},
-            ],
-            "alert_rule_test": [
-                {"eval_time": "72h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": []},
-                {"eval_time": "74h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "instance": "b"},
-                    "exp_annotations": {
-                        "summary": "No backup registered for 2d 2h 0m 0s",
-                        "description": "The newest registered backup is older than two days; check the backup "
-                                       "job (nebula-credential backup list)",
-                    },
-                }]},
-            ],
-        }],
-    }))
-    res = subprocess.run([promtool, "test", "rules", str(tmp_path / "backup_test.yml")],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stdout + res.stderr
+    promtool_rule_test(tmp_path, "1h", [{
+        "interval": "1h",
+        "input_series": [
+            # no backup ever registered: the metric reads 0, and the rule stays quiet
+            {"series": 'nebula_credential_backup_last_taken_timestamp_seconds{instance="b"}',
+             "values": "0+0x80"},
+            {"series": 'nebula_credential_backup_last_taken_timestamp_seconds{instance="never"}',
+             "values": "0+0x80"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "49h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": []},
+            {"eval_time": "50h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": []},
+        ],
+    }, {
+        "interval": "1h",
+        "input_series": [
+            {"series": 'nebula_credential_backup_last_taken_timestamp_seconds{instance="b"}',
+             "values": f"{day} {day}+0x80"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "72h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": []},
+            {"eval_time": "74h", "alertname": "NebulaCredentialBackupsStopped", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "instance": "b"},
+                "exp_annotations": {
+                    "summary": "No backup registered for 2d 2h 0m 0s",
+                    "description": "The newest registered backup is older than two days; check the backup "
+                                   "job (nebula-credential backup list)",
+                },
+            }]},
+        ],
+    }])
 
 
 def test_daemon_serves_metrics_with_correct_values(tmp_path: Path) -> None:
