@@ -15,7 +15,6 @@ import nebula_credential as nc
 from nebula_credential.backups import (
     create_sqlite_backup,
     forget_backup,
-    held_versions,
     list_backups,
     manifest_path,
     register_backup,
@@ -23,6 +22,7 @@ from nebula_credential.backups import (
 from nebula_credential.config import KeyManagementConfig
 from nebula_credential.doctor import run as doctor_run
 from nebula_credential.exceptions import BackupError, ConfigError, PolicyViolationError
+from nebula_credential.holds import held_versions
 from nebula_credential.lifecycle import cleanup
 from nebula_credential.models import KeyStatus
 from nebula_credential.policies import UntilReEncrypted

@@ -190,8 +190,8 @@ def check_store(store: Store, config: KeyManagementConfig, now: datetime) -> lis
 
 def check_backups(store: Store, now: datetime) -> list[Finding]:
     """Versions kept for registered backups, and registrations that have expired."""
-    from .backups import held_versions
     from .escrow import escrow_status
+    from .holds import held_versions
 
     out: list[Finding] = []
     with store.read() as tx:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .audit import AUDIT_KEY_CONTEXT, AUDIT_KEY_META, AuditLog
-from .backups import STORE_ID_META, ensure_store_id, referenced_versions, write_private
+from .backups import write_private
 from .config import KeyManagementConfig
 from .exceptions import BackupError, NebulaCredentialError
 from .fingerprint import write_fingerprint
+from .holds import STORE_ID_META, ensure_store_id, referenced_versions
 from .models import KeyStatus
 from .providers import KeyProvider, open_provider
 from .providers.base import WrapContext

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from cryptography.exceptions import InvalidTag
 
 from . import envelope as env
-from .backups import holds as backup_hold
 from .config import HARD_MAX_ENCRYPTIONS, KeyManagementConfig
 from .durations import format_duration
 from .exceptions import (
@@ -33,6 +32,7 @@ from .exceptions import (
     PolicyViolationError,
     ProviderError,
 )
+from .holds import holds as backup_hold
 from .models import KeyStatus, KeyVersion, to_epoch, utc_now
 from .names import check_keyring
 from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versions, retention_from_config

@@ -329,7 +329,8 @@ def _backup_metrics(vaults: list[Vault], gauge: Any) -> Iterator[Any]:
     shipped rule ``NebulaCredentialBackupsStopped`` fires only for a store
     that had backups and stopped getting new ones.
     """
-    from .backups import held_versions, list_backups
+    from .backups import list_backups
+    from .holds import held_versions
 
     last = gauge("nebula_credential_backup_last_taken_timestamp_seconds",
                  "When the newest registered backup was taken (Unix time; 0: none registered)")

@@ -29,9 +29,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backups import STORE_ID_META, copy_facts, read_manifest, write_private
+from .backups import copy_facts, read_manifest, write_private
 from .config import KeyManagementConfig
 from .exceptions import BackupError, NebulaCredentialError
+from .holds import STORE_ID_META
 from .models import KeyStatus
 from .providers import open_provider
 from .providers.base import WrapContext

@@ -6,9 +6,9 @@ import logging
 
 import click
 
-from ..backups import held_versions
 from ..durations import parse_duration
 from ..exceptions import NebulaCredentialError
+from ..holds import held_versions
 from ..lifecycle import cleanup as run_cleanup
 from ..models import KeyStatus
 from ..policies.retention import retention_from_config
