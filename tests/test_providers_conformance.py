@@ -26,6 +26,7 @@ from nebula_credential.models import KeyStatus
 from nebula_credential.policies.retention import UntilReEncrypted
 from nebula_credential.providers import WrapContext, open_provider
 from nebula_credential.rootkeys import rotate_root_key
+from nebula_credential.store import open_store
 
 from .helpers import FakeClock, cli_env, dump, run_cli
 
@@ -152,7 +153,7 @@ def test_reads_unwrap_each_version_at_most_once(
         rows = list(v.list())
     assert {r.key_version for r in rows} == {1, 2, 3}
     # a new "process": fresh provider instance and key manager, nothing cached
-    store = nc.vault.open_store(url)
+    store = open_store(url)
     provider = open_provider(cfg.provider)
     try:
         km = KeyManager(store, provider, config=cfg)

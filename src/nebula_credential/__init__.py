@@ -13,6 +13,7 @@ a tamper-evident audit trail.
 
 from __future__ import annotations
 
+from ._version import __version__
 from .aio import AsyncKeys, AsyncVault, aopen
 from .audit import AuditLog
 from .config import KeyManagementConfig
@@ -38,8 +39,12 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .keys import KeyManager, VersionedKey
+
+# the operations layer: registers Vault.maintain()/status() (see vault.register_operations)
+from .maintenance import maintain as _maintain  # noqa: F401
 from .metrics import KeyMetrics
 from .models import Credential, EncryptedCredential, KeyStatus, KeyVersion
+from .opening import open
 from .policies import (
     BeforeExpiryRotation,
     KeyRetentionPolicy,
@@ -54,9 +59,8 @@ from .policies import (
 )
 from .providers import KeyProvider
 from .reencrypt import ReencryptResult
-from .vault import Vault, open
+from .vault import Vault
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncKeys",

@@ -48,13 +48,14 @@ from .config import KeyManagementConfig
 from .exceptions import ConfigError
 from .keys import KeyManager
 from .models import Credential, EncryptedCredential, KeyVersion
+from .opening import load_config, open_on
+from .opening import open as open_vault
 from .providers import KeyProvider
 from .reencrypt import Progress, ReencryptResult
-from .vault import DEFAULT_SCOPE, Vault, load_config, open_on
-from .vault import open as open_vault
+from .vault import DEFAULT_SCOPE, Vault
 
 if TYPE_CHECKING:
-    from .maintenance import MaintainReport
+    from .lifecycle import MaintainReport
 
 T = TypeVar("T")
 
@@ -419,7 +420,7 @@ def _one_worker(config: KeyManagementConfig) -> KeyManagementConfig:
 
 
 class OpenOptions(TypedDict, total=False):
-    """:func:`~.vault.open`'s keyword arguments besides ``config``, passed through unchanged."""
+    """:func:`~.opening.open`'s keyword arguments besides ``config``, passed through unchanged."""
 
     keyring: str
     provider: KeyProvider | None
@@ -434,7 +435,7 @@ async def aopen(
     threads: int = THREADS,
     **options: Unpack[OpenOptions],
 ) -> AsyncVault:
-    """Open a credential store for asyncio code; the arguments are :func:`~.vault.open`'s.
+    """Open a credential store for asyncio code; the arguments are :func:`~.opening.open`'s.
 
     ``threads`` bounds the thread pool: on PostgreSQL it runs the blocking
     provider calls (the store's I/O is awaited on the loop); on SQLite it

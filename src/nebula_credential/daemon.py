@@ -20,7 +20,7 @@ from types import FrameType
 from ._http import Handler, OpsServer
 from .config import parse_addr
 from .exceptions import CorruptRecordError, MissingDependencyError, NebulaCredentialError
-from .maintenance import MaintainReport
+from .maintenance import MaintainReport, maintain
 from .models import utc_now
 from .vault import Vault
 
@@ -76,7 +76,7 @@ class Daemon:
             if self.stop_event.is_set():
                 break
             try:
-                report = target.maintain(should_stop=self.stop_event.is_set)
+                report = maintain(target, should_stop=self.stop_event.is_set)
             except CorruptRecordError as exc:
                 logger.error("keyring %s skipped: %s", target.keyring_name, exc)
                 corrupt.append(exc)

@@ -20,10 +20,11 @@ from .durations import format_duration
 from .exceptions import CorruptRecordError, NebulaCredentialError
 from .fingerprint import PROVIDER_META
 from .models import KeyStatus, utc_now
+from .opening import provider_config_for
 from .providers import KeyProvider, open_provider
 from .store import SCHEMA_VERSION, Store, open_store
 from .transit.settings import settings_of as transit_settings
-from .vault import LEGACY_FALLBACKS_META, LEGACY_LAST_META, provider_config_for
+from .vault import LEGACY_FALLBACKS_META, LEGACY_LAST_META
 
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
 

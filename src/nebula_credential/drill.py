@@ -34,9 +34,9 @@ from .backups import create_sqlite_backup
 from .config import KeyManagementConfig
 from .exceptions import NebulaCredentialError
 from .lifecycle import advance, cleanup
+from .opening import open as open_vault
 from .policies.retention import retention_from_config
 from .restore import restore_backup, verify_backup
-from .vault import open as open_vault
 
 SCOPES = ("production", "user", "development")
 

@@ -5,11 +5,16 @@ state and the reference count inside the same transaction that changes it,
 so a credential written under a version between our read and our write can
 never be stranded: a version is only retired while nothing references it,
 and a grace version that is referenced again goes back to valid.
+
+:class:`MaintainReport` is what one scheduler pass did (the pass itself is
+composed in :mod:`.maintenance`); it is here, beside the actions it lists, so
+the facade can name the type that ``Vault.maintain`` returns without
+importing the operations layer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +22,7 @@ from .exceptions import ConcurrencyError, PolicyViolationError
 from .keys import KeyManager, check_destroy
 from .models import KeyStatus
 from .policies.retention import KeyRetentionPolicy, RetentionContext
+from .reencrypt import ReencryptResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,46 @@ class LifecycleAction:
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "from": self.old_status, "to": self.new_status, "reason": self.reason}
+
+
+@dataclass(slots=True)
+class MaintainReport:
+    keyring: str
+    rotated: tuple[int, int] | None = None
+    rotation_reason: str | None = None
+    rotation_skipped: str | None = None
+    reencryption: ReencryptResult | None = None
+    lifecycle: list[LifecycleAction] = field(default_factory=list)
+    cleanup: list[LifecycleAction] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.reencryption is None or self.reencryption.ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "keyring": self.keyring,
+            "rotated": None
+            if self.rotated is None
+            else {"old_version": self.rotated[0], "new_version": self.rotated[1]},
+            "rotation_reason": self.rotation_reason,
+            "rotation_skipped": self.rotation_skipped,
+            "reencryption": None if self.reencryption is None else self.reencryption.to_json(),
+            "lifecycle": [a.to_json() for a in self.lifecycle],
+            "cleanup": [a.to_json() for a in self.cleanup],
+        }
+
+    def actions(self) -> list[str]:
+        """One line per thing that changed, for logs."""
+        out = []
+        if self.rotated:
+            out.append(f"rotated {self.keyring} v{self.rotated[0]} -> v{self.rotated[1]} ({self.rotation_reason})")
+        if self.reencryption and (self.reencryption.reencrypted or self.reencryption.failures):
+            r = self.reencryption
+            out.append(f"re-encrypted {r.reencrypted} of {r.total} in {self.keyring} ({len(r.failures)} failed)")
+        out += [f"{self.keyring} v{a.version}: {a.old_status} -> {a.new_status} ({a.reason})" for a in self.lifecycle]
+        out += [f"{self.keyring} v{a.version}: destroyed ({a.reason})" for a in self.cleanup]
+        return out
 
 
 def advance(km: KeyManager, now: datetime, grace_period: timedelta, *, dry_run: bool = False) -> list[LifecycleAction]:

@@ -5,6 +5,11 @@ Safe from cron, from several processes at once, or from the daemon: the
 rotation is guarded twice (a lease row in the store so only one instance
 tries, and ``rotate(expected_active=...)`` so a pass that lost a race never
 rotates a second time), and every lifecycle step is a checked transition.
+
+``status`` (the ``status --json`` shape with the alert rules) is composed
+here too.  Both are operations over the facade; ``Vault.maintain`` and
+``Vault.status`` are entry points this module registers when the package
+is imported, so the facade never imports its consumers.
 """
 
 from __future__ import annotations
@@ -12,62 +17,22 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .lifecycle import LifecycleAction, advance, cleanup
+from .alerts import access_counts, evaluate
+from .lifecycle import MaintainReport, advance, cleanup
+from .metrics import snapshot
 from .policies.retention import KeyRetentionPolicy, retention_from_config
 from .policies.rotation import RotationStrategy, strategy_from_config
-from .reencrypt import ReencryptResult
+from .vault import Vault, register_operations
 
-if TYPE_CHECKING:
-    from .vault import Vault
+__all__ = ["ROTATION_LEASE_TTL", "MaintainReport", "default_holder", "maintain", "status"]
 
 ROTATION_LEASE_TTL = 300.0
 
 
 def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(slots=True)
-class MaintainReport:
-    keyring: str
-    rotated: tuple[int, int] | None = None
-    rotation_reason: str | None = None
-    rotation_skipped: str | None = None
-    reencryption: ReencryptResult | None = None
-    lifecycle: list[LifecycleAction] = field(default_factory=list)
-    cleanup: list[LifecycleAction] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.reencryption is None or self.reencryption.ok
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "keyring": self.keyring,
-            "rotated": None
-            if self.rotated is None
-            else {"old_version": self.rotated[0], "new_version": self.rotated[1]},
-            "rotation_reason": self.rotation_reason,
-            "rotation_skipped": self.rotation_skipped,
-            "reencryption": None if self.reencryption is None else self.reencryption.to_json(),
-            "lifecycle": [a.to_json() for a in self.lifecycle],
-            "cleanup": [a.to_json() for a in self.cleanup],
-        }
-
-    def actions(self) -> list[str]:
-        """One line per thing that changed, for logs."""
-        out = []
-        if self.rotated:
-            out.append(f"rotated {self.keyring} v{self.rotated[0]} -> v{self.rotated[1]} ({self.rotation_reason})")
-        if self.reencryption and (self.reencryption.reencrypted or self.reencryption.failures):
-            r = self.reencryption
-            out.append(f"re-encrypted {r.reencrypted} of {r.total} in {self.keyring} ({len(r.failures)} failed)")
-        out += [f"{self.keyring} v{a.version}: {a.old_status} -> {a.new_status} ({a.reason})" for a in self.lifecycle]
-        out += [f"{self.keyring} v{a.version}: destroyed ({a.reason})" for a in self.cleanup]
-        return out
 
 
 def maintain(
@@ -120,3 +85,30 @@ def maintain(
             report.lifecycle = advance(km, now, cfg.keys.grace_period)
         report.cleanup = cleanup(km, retention, now)
     return report
+
+
+def status(vault: Vault) -> dict[str, Any]:
+    """The ``status --json`` shape, with the alert rules evaluated now."""
+    now = vault.clock()
+    errors, requests = access_counts(vault, now)
+    alerts = evaluate(snapshot(vault, now), vault.config.alerts, errors=errors, requests=requests)
+    with vault.store.read() as tx:
+        versions = tx.list_versions(vault.keys.keyring)
+        counts = tx.count_by_version(vault.keys.keyring)
+    active = next((v.version for v in versions if v.status.value == "active"), None)
+    total = sum(counts.values())
+    pending = total - counts.get(active, 0) if active is not None else total
+    return {
+        "keyring": vault.keys.keyring,
+        "active_version": active,
+        "versions": [v.to_json(counts.get(v.version, 0)) for v in versions],
+        "reencryption": {
+            "pending": pending,
+            "total": total,
+            "progress": 1.0 if total == 0 else round((total - pending) / total, 6),
+        },
+        "alerts": [a.to_json() for a in alerts],
+    }
+
+
+register_operations(maintain=maintain, status=status)

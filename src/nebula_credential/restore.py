@@ -95,7 +95,7 @@ def _open_copy(work: Path, config: KeyManagementConfig, key_dir: Path | None) ->
     for: beside the store the copy belongs to (or will become), never beside
     the temporary working copy.
     """
-    from .vault import open as open_vault
+    from .opening import open as open_vault
 
     provider = open_provider(config.provider, base_dir=key_dir)
     return open_vault(f"sqlite:///{work}", config=config, provider=provider)

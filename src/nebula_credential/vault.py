@@ -11,38 +11,31 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from .access import AccessCounter
 from .audit import MAX_KEY_VERSION, AuditLog
-from .config import KeyManagementConfig, ProviderConfig
+from .config import KeyManagementConfig
 from .envelope import credential_context
 from .exceptions import (
     CheckAndSetError,
-    ConfigError,
     CorruptRecordError,
     CredentialNotFoundError,
     DecryptionError,
     EnvelopeFormatError,
     InvalidInputError,
     NebulaCredentialError,
-    StoreError,
 )
-from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
 from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
 from .legacy import LegacyKeySet, decode_value
+from .lifecycle import MaintainReport
 from .models import Credential, EncryptedCredential, utc_now
-from .names import check_credential_id, check_keyring, check_lookup_id, check_scope
-from .providers import KeyProvider, open_provider
+from .names import check_credential_id, check_lookup_id, check_scope
+from .providers import KeyProvider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
-from .store import Store, open_store, redact_url
-
-if TYPE_CHECKING:
-    from .maintenance import MaintainReport
+from .store import Store
 
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
@@ -62,6 +55,39 @@ def _encode(value: Any) -> bytes:
 
 
 ON_EXISTING = ("fail", "skip", "overwrite")
+
+
+@dataclass(slots=True)
+class _Operations:
+    """``maintain()``/``status()`` as the operations layer composes them.
+
+    They need rotation strategies, the alert rules and metrics, all of
+    which use the facade; so the facade does not import them.
+    :mod:`nebula_credential.maintenance` registers its functions here when
+    it is imported, and the package imports it, so ``vault.maintain()`` and
+    ``vault.status()`` work however the vault was opened.
+    """
+
+    maintain: Callable[..., MaintainReport] | None = None
+    status: Callable[[Vault], dict[str, Any]] | None = None
+
+
+_operations = _Operations()
+_F = TypeVar("_F")
+
+
+def register_operations(
+    *, maintain: Callable[..., MaintainReport], status: Callable[[Vault], dict[str, Any]]
+) -> None:
+    """Called once by :mod:`nebula_credential.maintenance` (see :class:`_Operations`)."""
+    _operations.maintain = maintain
+    _operations.status = status
+
+
+def _registered(fn: _F | None, name: str) -> _F:
+    if fn is None:  # only if the package's __init__ was bypassed
+        raise NebulaCredentialError(f"Vault.{name} needs nebula_credential.maintenance imported first")
+    return fn
 
 
 @dataclass(slots=True)
@@ -394,36 +420,17 @@ class Vault:
         )
 
     def maintain(self, **kwargs: Any) -> MaintainReport:
-        """One scheduler pass: rotate if due, re-encrypt, advance the lifecycle, clean up."""
-        from .maintenance import maintain
+        """One scheduler pass: rotate if due, re-encrypt, advance the lifecycle, clean up.
 
-        return maintain(self, **kwargs)
+        The entry point of :func:`nebula_credential.maintenance.maintain`
+        (same keyword arguments), which the operations layer registers.
+        """
+        return _registered(_operations.maintain, "maintain")(self, **kwargs)
 
     def status(self) -> dict[str, Any]:
-        """The ``status --json`` shape, with the alert rules evaluated now."""
-        from .alerts import access_counts, evaluate
-        from .metrics import snapshot
-
-        now = self.clock()
-        errors, requests = access_counts(self, now)
-        alerts = evaluate(snapshot(self, now), self.config.alerts, errors=errors, requests=requests)
-        with self.store.read() as tx:
-            versions = tx.list_versions(self.keys.keyring)
-            counts = tx.count_by_version(self.keys.keyring)
-        active = next((v.version for v in versions if v.status.value == "active"), None)
-        total = sum(counts.values())
-        pending = total - counts.get(active, 0) if active is not None else total
-        return {
-            "keyring": self.keys.keyring,
-            "active_version": active,
-            "versions": [v.to_json(counts.get(v.version, 0)) for v in versions],
-            "reencryption": {
-                "pending": pending,
-                "total": total,
-                "progress": 1.0 if total == 0 else round((total - pending) / total, 6),
-            },
-            "alerts": [a.to_json() for a in alerts],
-        }
+        """The ``status --json`` shape, with the alert rules evaluated now
+        (the entry point of :func:`nebula_credential.maintenance.status`)."""
+        return _registered(_operations.status, "status")(self)
 
     def pending(self) -> tuple[int, int, int]:
         return pending_counts(self.keys)
@@ -441,211 +448,3 @@ class Vault:
 
     def __repr__(self) -> str:
         return f"<Vault keyring={self.keys.keyring!r} store={self.store!r} provider={self.provider.name!r}>"
-
-
-# ---- opening ------------------------------------------------------------------
-def _not_initialised(store: Store) -> StoreError:
-    return StoreError(f"store {redact_url(store.url)} is not initialised; run `nebula-credential init` first")
-
-
-def check_fingerprint(recorded: Fingerprint, provider_type: str, *, configured: bool) -> None:
-    """Refuse a provider of another type than the store was made under, naming both.
-
-    ``configured`` is False when the process has no [provider] settings at
-    all: the error then says where they must come from, since the store's
-    record never supplies them.
-    """
-    if provider_type == recorded.type:
-        return
-    theirs = f"this store's root of trust is provider {recorded.type!r} (root key {recorded.root_key_id or 'unknown'})"
-    if not configured:
-        raise ConfigError(
-            "provider",
-            f"{theirs}, and this process has no [provider] settings; put them in the config file "
-            "(--config or NEBULA_CREDENTIAL_CONFIG): provider settings never come from the store "
-            "(only a local key file beside a SQLite store needs no configuration)",
-        )
-    raise ConfigError(
-        "provider.type",
-        f"{theirs}, but this process is configured for {provider_type!r}; use the configuration this "
-        "store was created with (`nebula-credential provider rotate` under it moves between root keys)",
-    )
-
-
-def provider_config_for(store: Store, config: KeyManagementConfig) -> ProviderConfig:
-    """The process's provider settings for an initialised store, checked against its fingerprint.
-
-    The store records only the provider type and root key id (see
-    :mod:`.fingerprint`): it never supplies a URL, library, key file, secret
-    source or TLS setting, since anyone with write access to the database
-    could otherwise send our tokens to a server of their choosing or make
-    us load their code.
-    """
-    check_fingerprint(_fingerprint(store), config.provider.type, configured=config.provider.explicit)
-    return config.provider
-
-
-def _fingerprint(store: Store) -> Fingerprint:
-    with store.read() as tx:
-        recorded = read_fingerprint(tx)
-    if recorded is None:
-        raise _not_initialised(store)
-    return recorded
-
-
-def _refuse_missing_sqlite(url: str) -> None:
-    """Opening to read never creates a file: a mistyped path is an error, not a new empty store."""
-    if not url.startswith("sqlite:"):
-        return
-    from .store.sqlite import path_from_url
-
-    path = path_from_url(url)
-    if path != ":memory:" and not Path(path).exists():
-        raise StoreError(f"no store at {redact_url(url)}: the file {Path(path).resolve()} does not exist "
-                         "(check the path; `nebula-credential init` creates a new store)")
-
-
-#: Serialises initialisers of one store (PostgreSQL advisory lock; SQLite's write lock already does).
-_INIT_LOCK = "(store init)"
-
-
-def _initialise(
-    store: Store, config: KeyManagementConfig, provider: KeyProvider | None, make: Callable[[KeyProvider], Vault]
-) -> Vault | None:
-    """Make a new store's root of trust, fingerprint and first key version, once, all or nothing.
-
-    Several processes may open a new store with ``create=True`` at once (the
-    workers of one application starting): the first creates the root key
-    (a new key file, exclusively) and records it; the others find it recorded
-    when they get the lock and open it like any initialised store (None).
-    Everything is written in one transaction, so a provider or database that
-    refuses half-way leaves the store as it found it, and the root key this
-    init created is undone (a key file removed, a KMS key scheduled for
-    deletion: :meth:`KeyProvider.discard_created_root`), so the next attempt
-    starts as the first did.
-    """
-    made: KeyProvider | None = None
-    with store.transaction() as tx:
-        tx.lock_keyring(_INIT_LOCK)
-        if read_fingerprint(tx) is not None:
-            return None
-        if provider is not None:
-            provider.check_root_unchanged()
-        try:
-            if provider is None:
-                provider = made = open_provider(config.provider, create=True, base_dir=store.directory())
-            vault = make(provider)
-            write_fingerprint(tx, vault.provider)
-            vault.audit.ensure_key(tx)
-            vault.audit.record(tx, "store.init", provider=vault.provider.describe())
-            vault.keys.initialize_in(tx)
-            return vault
-        except BaseException:
-            if made is not None:
-                # still under the init lock: an initialiser that loaded a key file this init
-                # made finds it gone when it gets the lock (check_root_unchanged)
-                with suppress(Exception):  # the init's own error is the one to report
-                    made.discard_created_root()
-                with suppress(Exception):  # an HSM session, an SDK client: the init's own error is the one to report
-                    made.close()
-            raise
-
-
-def _prove_root_key(vault: Vault) -> None:
-    """Unwrap the audit key: the configured root key must be the one this store was made under.
-
-    A key that does not open it is named beside the store's recorded one.
-    Other provider failures (unreachable, a version below the minimum) keep
-    their own error, which names its own fix.
-    """
-    try:
-        vault.audit.load_key()
-    except DecryptionError as exc:
-        with vault.store.read() as tx:
-            recorded = read_fingerprint(tx)
-        raise ConfigError(
-            "provider",
-            f"the configured {vault.provider.name} root key {vault.provider.root_key_id() or '(unknown)'} "
-            f"does not open this store, which was created under {recorded.type if recorded else '?'} "
-            f"root key {(recorded.root_key_id if recorded else '') or '(unknown)'}: wrong key file or "
-            f"provider settings for this store? ({exc})",
-        ) from exc
-
-
-def load_config(config: KeyManagementConfig | str | Path | None) -> KeyManagementConfig:
-    """A config object from an object, a TOML path, or nothing (the defaults)."""
-    if isinstance(config, str | Path):
-        config = KeyManagementConfig.load(config)
-    return config or KeyManagementConfig()
-
-
-def open(
-    url: str | None = None,
-    *,
-    config: KeyManagementConfig | str | Path | None = None,
-    keyring: str = "default",
-    provider: KeyProvider | None = None,
-    clock: Callable[[], datetime] = utc_now,
-    create: bool = False,
-) -> Vault:
-    """Open a credential store; with ``create=True`` initialise it if new.
-
-    The provider comes from ``provider`` if given, else the config's
-    ``[provider]`` section (a local key file beside a SQLite store when
-    there is none); never from the store, which records only the provider
-    type and root key id and refuses a provider of another type.  Opening
-    unwraps the audit key, which proves the root key belongs to this store
-    before anything is written.
-    """
-    config = load_config(config)
-    check_keyring(keyring)  # a name the caller chose; names already in a store are read as they are
-    url = url or config.store.url
-    if not create:
-        _refuse_missing_sqlite(url)
-    return open_on(open_store(url), config, keyring=keyring, provider=provider,
-                   clock=clock, create=create)
-
-
-def open_on(
-    store: Store,
-    config: KeyManagementConfig,
-    *,
-    keyring: str = "default",
-    provider: KeyProvider | None = None,
-    clock: Callable[[], datetime] = utc_now,
-    create: bool = False,
-    adapt_provider: Callable[[KeyProvider], KeyProvider] | None = None,
-) -> Vault:
-    """:func:`open` on a store already opened (the asyncio API brings its bridged one).
-
-    ``adapt_provider`` wraps the provider before anything uses it (the
-    asyncio API moves its blocking calls off the event loop).  The store is
-    closed if opening fails.
-    """
-
-    def make(root: KeyProvider) -> Vault:
-        if adapt_provider is not None:
-            root = adapt_provider(root)
-        return Vault(store, root, keyring=keyring, config=config, clock=clock)
-
-    try:
-        with store.read() as tx:
-            recorded = read_fingerprint(tx)
-        vault = None
-        if recorded is None:
-            if not create:
-                raise _not_initialised(store)
-            vault = _initialise(store, config, provider, make)
-        if vault is None:  # initialised, perhaps a moment ago by another process
-            if provider is None:
-                provider = open_provider(provider_config_for(store, config), base_dir=store.directory())
-            else:
-                check_fingerprint(_fingerprint(store), provider.name, configured=True)
-            vault = make(provider)
-        _prove_root_key(vault)
-        if create:
-            vault.keys.initialize()
-        return vault
-    except BaseException:
-        store.close()
-        raise

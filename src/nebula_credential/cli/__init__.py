@@ -13,7 +13,8 @@ import traceback
 
 import click
 
-from .. import __version__, logredact
+from .. import logredact
+from .._version import __version__
 from ..exceptions import NebulaCredentialError
 from ..names import check_keyring
 from ._common import CONFIG_ENV, DB_ENV, AppContext

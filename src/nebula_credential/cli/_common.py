@@ -15,10 +15,10 @@ from rich.console import Console
 
 from ..config import DEFAULT_DB_URL, KeyManagementConfig
 from ..exceptions import StoreError
+from ..opening import open as open_vault
 from ..providers import KeyProvider
 from ..store import redact_url
 from ..vault import Vault
-from ..vault import open as open_vault
 
 DB_ENV = "NEBULA_CREDENTIAL_DB"
 CONFIG_ENV = "NEBULA_CREDENTIAL_CONFIG"

@@ -17,8 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from ..exceptions import NebulaCredentialError
+from ..opening import open as open_vault
 from ..vault import Vault
-from ..vault import open as open_vault
 from ._common import AppContext, console, is_tty, pass_app
 from .keys import versions_table
 

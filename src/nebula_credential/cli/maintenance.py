@@ -10,6 +10,7 @@ from ..durations import parse_duration
 from ..exceptions import NebulaCredentialError
 from ..holds import held_versions
 from ..lifecycle import cleanup as run_cleanup
+from ..maintenance import maintain as run_maintain
 from ..models import KeyStatus
 from ..policies.retention import retention_from_config
 from ._common import AppContext, console, emit, pass_app
@@ -27,7 +28,7 @@ def maintain(app: AppContext, all_keyrings: bool) -> None:
         targets = [vault if n == vault.keyring_name else vault.keyring(n) for n in names]
     else:
         targets = [vault]
-    reports = [t.maintain() for t in targets]
+    reports = [run_maintain(t) for t in targets]
     data = reports[0].to_json() if len(reports) == 1 else {"keyrings": [r.to_json() for r in reports]}
 
     def human() -> None:

@@ -17,6 +17,7 @@ from rich.text import Text
 from ..config import PROVIDER_TYPES, ProviderConfig
 from ..exceptions import CommitOutcomeUnknownError, ConfigError, NebulaCredentialError, StoreError
 from ..fingerprint import read_fingerprint
+from ..maintenance import status as vault_status
 from ..providers.local import key_file_path
 from ..reencrypt import check_workers, scope_order
 from ..store import open_store, redact_url
@@ -80,7 +81,7 @@ def _all_or_nothing(app: AppContext, key_file: str | None = None) -> Iterator[No
     """A failed init leaves no half-made SQLite file, nor a key file it created, behind.
 
     The store's rows are the library's to undo (one transaction, see
-    :func:`nebula_credential.vault.open`), as is a key file the provider made
+    :func:`nebula_credential.opening.open`), as is a key file the provider made
     under the init lock.  A ``--key-file`` made here is removed only with the
     new SQLite file it was made for; on another store it stays, and
     ``init --key-file`` again adopts it (another init may already have
@@ -231,7 +232,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def status(app: AppContext) -> None:
     """Versions, re-encryption progress and firing alerts."""
     vault = app.vault()
-    data = vault.status()
+    data = vault_status(vault)
 
     def human() -> None:
         km = vault.keys

@@ -68,9 +68,9 @@ def serve_beside_daemon(vault: Vault, config: KeyManagementConfig, addr: str) ->
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
+    from .._net import is_loopback
     from ..config import parse_addr
     from ..exceptions import ConfigError, MissingDependencyError
-    from ..server.run import is_loopback
     from .app import create_console
 
     host, port = parse_addr(addr, "--ui")

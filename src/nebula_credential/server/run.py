@@ -12,7 +12,6 @@ through the store, so any number of them may run).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -26,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from .._files import open_regular
+from .._net import is_loopback
 from ..config import KeyManagementConfig, parse_addr
 from ..exceptions import ConfigError
+from ..opening import open as open_vault
 from ..vault import Vault
-from ..vault import open as open_vault
 
 logger = logging.getLogger("nebula_credential.server")
 
@@ -48,15 +48,6 @@ class ServeOptions:
     workers: int = 1
     maintain: bool = False
     maintain_interval: timedelta = timedelta(seconds=60)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_tls(options: ServeOptions) -> tuple[str, int]:

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .. import __version__
+from .._version import __version__
 from ._request import Ctx, endpoint, read_json
 from .errors import HTTPError, bad_request
 from .openapi import document
