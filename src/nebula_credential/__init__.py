@@ -13,6 +13,8 @@ a tamper-evident audit trail.
 
 from __future__ import annotations
 
+# the operations layer registers Vault.maintain()/status() on import (see vault.register_operations)
+from . import maintenance as _operations  # noqa: F401
 from ._version import __version__
 from .aio import AsyncKeys, AsyncVault, aopen
 from .audit import AuditLog
@@ -39,9 +41,6 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .keys import KeyManager, VersionedKey
-
-# the operations layer: registers Vault.maintain()/status() (see vault.register_operations)
-from .maintenance import maintain as _maintain  # noqa: F401
 from .metrics import KeyMetrics
 from .models import Credential, EncryptedCredential, KeyStatus, KeyVersion
 from .opening import open
@@ -60,7 +59,6 @@ from .policies import (
 from .providers import KeyProvider
 from .reencrypt import ReencryptResult
 from .vault import Vault
-
 
 __all__ = [
     "AsyncKeys",
