@@ -41,6 +41,7 @@ test: $(VENV)/.test system-deps
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(MKDOCS_BUILD)
 
 ## The documentation site (mkdocs-material) into site/; --strict fails on a broken link or a page missing from the nav.
@@ -56,8 +57,10 @@ vendor-ui:
 docs-screenshots: $(VENV)/.test system-deps
 	NEBULA_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/test_console_browser.py
 
+## ruff, and the layer contracts of docs/architecture.md (pyproject.toml [tool.importlinter]).
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
+	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.test
 	$(VENV)/bin/mypy
