@@ -5,6 +5,11 @@ once the store's recorded root of trust and the process's provider settings
 agree; with ``create=True`` they initialise a new store all or nothing.
 Kept apart from the facade so :mod:`.vault` is only the operations on an
 open vault.
+
+It is also where the surfaces get what they need of the backends to open
+things (a store without a vault, a local key file, another root of trust,
+a URL safe to print), by name, so that no surface imports ``store`` or
+``providers`` itself (``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .config import KeyManagementConfig, ProviderConfig
 from .exceptions import ConfigError, DecryptionError, StoreError
@@ -20,8 +26,43 @@ from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
 from .models import utc_now
 from .names import check_keyring
 from .providers import KeyProvider, open_provider
+from .providers.local import LocalKeyProvider, key_file_path
 from .store import Store, open_store, redact_url
+from .store.sqlite import path_from_url
 from .vault import Vault
+
+__all__ = [
+    "KeyProvider",
+    "Store",
+    "check_fingerprint",
+    "load_config",
+    "local_key_file",
+    "local_root",
+    "open",
+    "open_on",
+    "open_root",
+    "open_store",
+    "path_from_url",
+    "provider_config_for",
+    "redact_url",
+]
+
+
+# ---- what the surfaces need to open things, by name ----------------------------
+def local_root(path: str | Path, *, create: bool = False) -> KeyProvider:
+    """A local key file as a root of trust: a new one (``create``, refused if it exists) or loaded."""
+    return LocalKeyProvider.create(path) if create else LocalKeyProvider.load(path)
+
+
+def local_key_file(settings: dict[str, Any], base_dir: Path | None) -> Path:
+    """Where the local provider's key file is for these ``[provider]`` settings (see ``key_file_path``)."""
+    return key_file_path(settings, base_dir)
+
+
+def open_root(config: ProviderConfig, *, base_dir: Path | None = None) -> KeyProvider:
+    """A root of trust from provider settings, not tied to a store (an escrow root)."""
+    return open_provider(config, base_dir=base_dir)
+
 
 
 def _not_initialised(store: Store) -> StoreError:

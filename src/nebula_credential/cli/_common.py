@@ -15,9 +15,8 @@ from rich.console import Console
 
 from ..config import DEFAULT_DB_URL, KeyManagementConfig
 from ..exceptions import StoreError
+from ..opening import KeyProvider, path_from_url, redact_url
 from ..opening import open as open_vault
-from ..providers import KeyProvider
-from ..store import redact_url
 from ..vault import Vault
 
 DB_ENV = "NEBULA_CREDENTIAL_DB"
@@ -44,8 +43,6 @@ def sqlite_file(url: str) -> Path | None:
     """The file a ``sqlite:`` URL names (None for other stores and ``:memory:``)."""
     if not url.startswith("sqlite:"):
         return None
-    from ..store.sqlite import path_from_url
-
     path = path_from_url(url)
     return None if path == ":memory:" else Path(path)
 

@@ -13,9 +13,8 @@ import click
 from ..backups import create_sqlite_backup, forget_backup, list_backups, register_backup
 from ..durations import parse_duration
 from ..exceptions import BackupError
+from ..opening import Store, open_store, path_from_url
 from ..restore import report_lines, restore_backup, verify_backup
-from ..store import Store, open_store
-from ..store.sqlite import path_from_url
 from ._common import AppContext, console, emit, err_console, pass_app
 
 

@@ -18,9 +18,8 @@ from ..config import PROVIDER_TYPES, ProviderConfig
 from ..exceptions import CommitOutcomeUnknownError, ConfigError, NebulaCredentialError, StoreError
 from ..fingerprint import read_fingerprint
 from ..maintenance import status as vault_status
-from ..providers.local import key_file_path
+from ..opening import local_key_file, local_root, open_store, redact_url
 from ..reencrypt import check_workers, scope_order
-from ..store import open_store, redact_url
 from ._common import AppContext, console, emit, err_console, is_tty, pass_app, sqlite_file
 from ._progress import PlainProgress, rich_progress
 from .keys import versions_table
@@ -61,10 +60,7 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
         raise click.UsageError("--key-file applies to the local provider only")
     with _all_or_nothing(app, key_file):
         if key_file is not None:
-            from ..providers.local import LocalKeyProvider
-
-            exists = os.path.lexists(key_file)
-            root = LocalKeyProvider.load(key_file) if exists else LocalKeyProvider.create(key_file)
+            root = local_root(key_file, create=not os.path.lexists(key_file))
             vault = app.vault(create=True, provider=root)
         else:
             vault = app.vault(create=True)
@@ -93,7 +89,7 @@ def _all_or_nothing(app: AppContext, key_file: str | None = None) -> Iterator[No
     if key_file is not None:
         key = Path(key_file)
     elif db is not None and new_db and app.config.provider.type == "local":
-        key = key_file_path(app.config.provider.settings, db.resolve().parent)
+        key = local_key_file(app.config.provider.settings, db.resolve().parent)
     new_key = key is not None and not os.path.lexists(key)
     try:
         yield
@@ -143,9 +139,7 @@ def _initialised(app: AppContext, key_file: str | None) -> dict[str, Any] | None
         return None  # a new keyring in an existing store
     provider = None
     if key_file is not None:
-        from ..providers.local import LocalKeyProvider
-
-        provider = LocalKeyProvider.load(key_file)
+        provider = local_root(key_file)
     vault = app.vault(provider=provider)
     return {"keyring": vault.keyring_name, "active_version": vault.keys.active_version().version,
             "provider": vault.provider.describe(), "store": redact_url(vault.store.url)}

@@ -11,10 +11,8 @@ import click
 from ..config import KeyManagementConfig
 from ..escrow import add_escrow, recover_from_escrow
 from ..exceptions import ConfigError
-from ..providers import KeyProvider, open_provider
-from ..providers.local import LocalKeyProvider
+from ..opening import KeyProvider, local_root, open_root, open_store
 from ..rootkeys import root_key_usage, rotate_root_key
-from ..store import open_store
 from ._common import AppContext, console, emit, pass_app
 
 
@@ -95,12 +93,12 @@ def _escrow_provider(key_file: str | None, config_path: str | None, *, create: b
         raise click.UsageError("give exactly one of --escrow-key-file or --escrow-config")
     if key_file is not None:
         path = Path(key_file)
-        return LocalKeyProvider.create(path) if create and not path.exists() else LocalKeyProvider.load(path)
+        return local_root(path, create=create and not path.exists())
     assert config_path is not None
     pcfg = KeyManagementConfig.load(config_path).provider
     if not pcfg.explicit:
         raise ConfigError("--escrow-config", f"{config_path} has no [provider] section")
-    return open_provider(pcfg, base_dir=Path(config_path).resolve().parent)
+    return open_root(pcfg, base_dir=Path(config_path).resolve().parent)
 
 
 _ESCROW_OPTIONS = (
