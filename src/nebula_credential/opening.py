@@ -26,9 +26,7 @@ from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
 from .models import utc_now
 from .names import check_keyring
 from .providers import KeyProvider, open_provider
-from .providers.local import LocalKeyProvider, key_file_path
 from .store import Store, open_store, redact_url
-from .store.sqlite import path_from_url
 from .vault import Vault
 
 __all__ = [
@@ -51,12 +49,23 @@ __all__ = [
 # ---- what the surfaces need to open things, by name ----------------------------
 def local_root(path: str | Path, *, create: bool = False) -> KeyProvider:
     """A local key file as a root of trust: a new one (``create``, refused if it exists) or loaded."""
+    from .providers.local import LocalKeyProvider
+
     return LocalKeyProvider.create(path) if create else LocalKeyProvider.load(path)
 
 
 def local_key_file(settings: dict[str, Any], base_dir: Path | None) -> Path:
     """Where the local provider's key file is for these ``[provider]`` settings (see ``key_file_path``)."""
+    from .providers.local import key_file_path
+
     return key_file_path(settings, base_dir)
+
+
+def path_from_url(url: str) -> str:
+    """The path a ``sqlite:`` URL names (``:memory:`` for an in-memory store); a store error for other URLs."""
+    from .store.sqlite import path_from_url as sqlite_path
+
+    return sqlite_path(url)
 
 
 def open_root(config: ProviderConfig, *, base_dir: Path | None = None) -> KeyProvider:
@@ -118,8 +127,6 @@ def _refuse_missing_sqlite(url: str) -> None:
     """Opening to read never creates a file: a mistyped path is an error, not a new empty store."""
     if not url.startswith("sqlite:"):
         return
-    from .store.sqlite import path_from_url
-
     path = path_from_url(url)
     if path != ":memory:" and not Path(path).exists():
         raise StoreError(f"no store at {redact_url(url)}: the file {Path(path).resolve()} does not exist "
