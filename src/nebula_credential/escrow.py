@@ -31,7 +31,7 @@ from .fingerprint import write_fingerprint
 from .models import KeyStatus
 from .providers import KeyProvider, open_provider
 from .providers.base import WrapContext
-from .store.base import Store, StoreTx
+from .store import Store, StoreTx
 
 ESCROW_FORMAT = 1
 ESCROW_META = "escrow"

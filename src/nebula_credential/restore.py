@@ -35,7 +35,7 @@ from .exceptions import BackupError, NebulaCredentialError
 from .models import KeyStatus
 from .providers import open_provider
 from .providers.base import WrapContext
-from .store.base import SCHEMA_VERSION, Store
+from .store import SCHEMA_VERSION, Store
 from .store.sqlite import path_from_url
 
 if TYPE_CHECKING:
