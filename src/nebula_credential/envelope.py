@@ -84,6 +84,14 @@ def header_version(blob: bytes | bytearray | memoryview) -> int | None:
     return int(_U32.unpack_from(blob, KEY_VERSION_OFFSET)[0])
 
 
+def key_version_field(field: bytes | bytearray | memoryview) -> int | None:
+    """The key version in the header's version field alone (bytes KEY_VERSION_OFFSET..KEY_VERSION_END),
+    as a query cut it out of a stored envelope; None if it is not that long."""
+    if len(field) != KEY_VERSION_END - KEY_VERSION_OFFSET:
+        return None
+    return int(_U32.unpack(bytes(field))[0])
+
+
 def _bytes(blob: object) -> bytes:
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise EnvelopeFormatError(f"envelope must be bytes, got {type(blob).__name__}")

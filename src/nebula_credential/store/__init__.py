@@ -1,4 +1,4 @@
-"""Store backends, chosen by URL scheme; each backend's driver is imported lazily.
+"""Store backends, chosen by URL scheme; the PostgreSQL driver is imported only when a URL names it.
 
 The package's public face: the backend interface (:class:`Store`), the
 transaction interface and its per-family slices (:class:`StoreTx` =
@@ -17,6 +17,7 @@ from ..exceptions import ConfigError
 from ._schema import SCHEMA_VERSION
 from .base import Store, redact_url
 from .records import AuditRow, BackupRecord, CredentialPage, Page, TokenRow
+from .sqlite import SqliteStore, path_from_url, read_file
 from .tx import CredentialsTx, KeysTx, MetaTx, OperationsTx, ServerTx, StoreTx
 
 
@@ -25,8 +26,6 @@ def read_file_copy(path: Path) -> AbstractContextManager[StoreTx]:
 
     See :meth:`Store.copy_to`; a file that is not a readable store raises :class:`StoreError`.
     """
-    from .sqlite import read_file
-
     return read_file(path)
 
 
@@ -34,8 +33,6 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
     """Open the store a URL names (``sqlite:///...`` or ``postgresql://...``)."""
     store: Store
     if url.startswith("sqlite:"):
-        from .sqlite import SqliteStore
-
         store = SqliteStore(url)
     elif url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
@@ -71,6 +68,7 @@ __all__ = [
     "StoreTx",
     "TokenRow",
     "open_store",
+    "path_from_url",
     "read_file_copy",
     "redact_url",
 ]

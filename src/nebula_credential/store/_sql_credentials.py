@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from ..envelope import KEY_VERSION_END, KEY_VERSION_OFFSET
+from ..envelope import KEY_VERSION_END, KEY_VERSION_OFFSET, key_version_field
 from ..models import EncryptedCredential, KeyStatus, to_epoch
 from ._rows import (
     BLOB_TYPES,
@@ -43,6 +43,13 @@ _ON_CONFLICT = (
     "metadata = excluded.metadata, revision = credentials.revision + 1, "
     "updated_at = excluded.updated_at"
 )
+
+
+def _field_version(field: Any) -> int:
+    """The version a header field cut out by ``_HEADER_SQL`` names (the query only returns whole fields)."""
+    version = key_version_field(bytes(field))
+    assert version is not None
+    return version
 
 
 @lru_cache(maxsize=16)
@@ -206,7 +213,7 @@ class CredentialsSql(SqlBase, CredentialsTx):
             f"AND {self._MISMATCH_SQL} ORDER BY id LIMIT ?",
             (keyring, limit),
         ).fetchall()
-        return [(row_name(i), c if isinstance(c, int) else -1, int.from_bytes(bytes(h), "big")) for i, c, h in rows]
+        return [(row_name(i), c if isinstance(c, int) else -1, _field_version(h)) for i, c, h in rows]
 
     def versions_referenced(self, keyring: str) -> dict[int, int]:
         rows = self._exec(
@@ -216,8 +223,9 @@ class CredentialsSql(SqlBase, CredentialsTx):
         ).fetchall()
         out: dict[int, int] = {}
         for header, column, n in rows:
-            if isinstance(header, BLOB_TYPES) and len(header) == 4:
-                version = int.from_bytes(bytes(header), "big")
+            named = key_version_field(header) if isinstance(header, BLOB_TYPES) else None
+            if named is not None:
+                version = named
             elif isinstance(column, int):
                 version = column
             else:
