@@ -1,7 +1,7 @@
 """The schema, version by version, and the queries that read and apply it.
 
 Each ``schema_vN`` is one migration, parameterised by the dialect's type
-names; :func:`migrations` lists them in order for a dialect.  The
+names; :func:`all_migrations` lists them in order for a dialect.  The
 statements are the schema's bytes on disk: an existing store was made by
 exactly these, so they are never edited, only followed by a new version.
 """
@@ -18,7 +18,7 @@ from .tx import MetaTx
 SCHEMA_VERSION = 5
 
 
-def migrations(blob: str, real: str) -> list[list[str]]:
+def all_migrations(blob: str, real: str) -> list[list[str]]:
     """Every migration in order, for a dialect's binary and floating-point type names."""
     return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
             schema_v5_key_access()]

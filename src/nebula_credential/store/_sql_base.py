@@ -15,7 +15,6 @@ from typing import Any
 
 
 @lru_cache(maxsize=256)
-@lru_cache(maxsize=256)
 def pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
@@ -24,7 +23,6 @@ def where_clause(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
     """The AND of the clauses whose value is not None, and their parameters."""
     used = [(clause, value) for clause, value in conditions if value is not None]
     return " AND ".join(c for c, _ in used) or "1 = 1", [v for _, v in used]
-
 
 
 def to_json(value: dict[str, Any]) -> str:

@@ -53,7 +53,6 @@ def _field_version(field: Any) -> int:
 
 
 @lru_cache(maxsize=16)
-@lru_cache(maxsize=16)
 def _checked_upsert(statuses: int, lock: str) -> str:
     """The upsert of ``put_credential_checked``: written only if the version has one of the statuses."""
     marks = ", ".join("?" for _ in range(statuses))

@@ -46,7 +46,7 @@ from ..exceptions import (
     TransientStoreError,
 )
 from ..providers.base import RetryPolicy
-from ._schema import migrations
+from ._schema import all_migrations
 from ._sql import SqlTx
 from ._sql_credentials import VERSION_LEN, VERSION_START_SQL
 from .base import Store, redact_url
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-MIGRATIONS = migrations("BYTEA", "DOUBLE PRECISION")
+MIGRATIONS = all_migrations("BYTEA", "DOUBLE PRECISION")
 APPLICATION_NAME = "nebula-credential"
 
 # SQLSTATE classes and codes meaning "the connection or the server went away".

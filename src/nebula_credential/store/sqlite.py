@@ -19,12 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..exceptions import ConcurrencyError, NebulaCredentialError, StoreError, StoreUnavailableError
-from ._schema import migrations
+from ._schema import all_migrations
 from ._sql import SqlTx
 from .base import Store
 from .tx import StoreTx
 
-MIGRATIONS = migrations("BLOB", "REAL")
+MIGRATIONS = all_migrations("BLOB", "REAL")
 
 
 def path_from_url(url: str) -> str:
