@@ -26,8 +26,7 @@ from nebula_credential.holds import held_versions
 from nebula_credential.lifecycle import cleanup
 from nebula_credential.models import KeyStatus
 from nebula_credential.policies import UntilReEncrypted
-from nebula_credential.store import SCHEMA_VERSION
-from nebula_credential.store.base import BackupRecord
+from nebula_credential.store import SCHEMA_VERSION, BackupRecord
 
 from .helpers import KEEP_ONE, FakeClock
 

@@ -64,8 +64,33 @@ def test_credential_context_is_length_prefixed() -> None:
 def test_malformed_envelopes_raise_typed_errors(blob: bytes, message: str) -> None:
     with pytest.raises(nc.EnvelopeFormatError, match=message):
         env.parse(blob)
+    with pytest.raises(nc.EnvelopeFormatError, match=message):
+        env.peek_version(blob)
     with pytest.raises(nc.EnvelopeFormatError):
         KM.decrypt(blob)
+
+
+def test_peek_version_reads_the_header_parse_reads() -> None:
+    blob = KM.encrypt(b"x", b"ctx")
+    assert env.peek_version(blob) == env.parse(blob).key_version == 1
+    assert env.peek_version(bytearray(blob)) == env.peek_version(memoryview(blob)) == 1
+
+
+def test_header_version_reads_stored_rows_leniently() -> None:
+    """A stored row's version comes from its header even when the rest is damaged; no envelope: None."""
+    blob = KM.encrypt(b"x", b"ctx")
+    assert env.header_version(blob) == 1
+    assert env.header_version(blob[: env.KEY_VERSION_END]) == 1  # too short to decrypt, header still named
+    assert env.header_version(b"NC\x09\x09\x00\x00\x00\x07") == 7  # format and algorithm left to decryption
+    assert env.header_version(b"XX\x01\x01\x00\x00\x00\x07" + b"\x00" * 40) is None
+    assert env.header_version(blob[: env.KEY_VERSION_END - 1]) is None
+    assert env.header_version(b"") is None
+
+
+def test_key_version_field_decodes_what_a_query_cuts_out() -> None:
+    blob = env.version_prefix(0x01020304) + b"\x00" * 28
+    assert env.key_version_field(blob[env.KEY_VERSION_OFFSET:env.KEY_VERSION_END]) == 0x01020304
+    assert env.key_version_field(b"\x00\x00\x02") is None
 
 
 def test_non_bytes_refused() -> None:

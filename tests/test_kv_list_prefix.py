@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 import nebula_credential as nc
 from nebula_credential.server.app import create_app
-from nebula_credential.store._sql import like_prefix, prefix_successor
+from nebula_credential.store._sql_credentials import like_prefix, prefix_successor
 
 #: Ids whose prefixes a wildcard, a missing escape or a wrong successor would confuse.
 IDS = [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import nebula_credential as nc
 from nebula_credential.store import SCHEMA_VERSION
-from nebula_credential.store._sql import schema_v1
+from nebula_credential.store._schema import schema_v1
 
 
 def test_v1_store_migrates_to_current(tmp_path: Path, key_file: Path) -> None:

@@ -14,7 +14,19 @@ import pytest
 
 from nebula_credential.exceptions import ConcurrencyError, StoreError
 from nebula_credential.models import KeyStatus, KeyVersion
-from nebula_credential.store import SCHEMA_VERSION, AuditRow, Store, StoreTx, open_store
+from nebula_credential.store import (
+    SCHEMA_VERSION,
+    AuditRow,
+    CredentialsTx,
+    KeysTx,
+    MetaTx,
+    OperationsTx,
+    ServerTx,
+    Store,
+    StoreTx,
+    open_store,
+    read_file_copy,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -390,3 +402,46 @@ def test_sqlite_connections_of_finished_threads_are_closed(tmp_path: Path) -> No
         assert len(s._all) <= 2
     finally:
         s.close()
+
+
+def test_every_transaction_is_each_family_slice(store: Store) -> None:
+    """Code that needs one table family (the server's tokens: ServerTx) can ask for that slice only."""
+    with store.read() as tx:
+        for slice_ in (MetaTx, KeysTx, CredentialsTx, OperationsTx, ServerTx):
+            assert isinstance(tx, slice_)
+
+
+def test_only_a_file_backed_store_copies_itself(store: Store, tmp_path: Path) -> None:
+    put(store, "a")
+    dest = tmp_path / "copy.db"
+    dest.touch()
+    if store.scheme != "sqlite":
+        assert store.database_file() is None
+        with pytest.raises(StoreError, match="not a file"):
+            store.copy_to(dest)
+        return
+    assert store.database_file() is not None
+    store.copy_to(dest)
+    with read_file_copy(dest) as tx:  # read-only: the copy keeps the journal mode the copy gave it
+        assert tx.get_credential("kr", "a") is not None and tx.schema_version() == SCHEMA_VERSION
+    with sqlite3.connect(dest) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_an_in_memory_store_has_no_file_to_copy(tmp_path: Path) -> None:
+    s = open_store("sqlite:///:memory:")
+    try:
+        assert s.database_file() is None
+        with pytest.raises(StoreError, match="not a file"):
+            s.copy_to(tmp_path / "copy.db")
+    finally:
+        s.close()
+
+
+def test_a_file_that_is_no_store_is_refused_as_a_copy(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError), read_file_copy(junk) as tx:
+        tx.schema_version()
+    with pytest.raises(StoreError), read_file_copy(tmp_path / "missing.db") as tx:
+        tx.schema_version()

@@ -19,7 +19,7 @@ from typing import Any
 from ._jsonl import iter_objects
 from .exceptions import ConfigError, NebulaCredentialError
 from .legacy import LegacyKeySet, decode_value
-from .store.base import redact_url
+from .store import redact_url
 from .vault import DEFAULT_SCOPE, Vault
 
 

@@ -42,7 +42,7 @@ from ._secret import SecretBytes
 from .exceptions import ConfigError, StoreError
 from .models import to_epoch, utc_now
 from .providers.base import KeyProvider, WrapContext
-from .store.base import AuditRow, Store, StoreTx
+from .store import AuditRow, Store, StoreTx
 
 AUDIT_KEY_META = "audit_key"
 _HEAD_DOMAIN = b"nebula-credential audit head v1\x00"

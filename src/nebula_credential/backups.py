@@ -6,7 +6,7 @@ its rows need (read from the envelope headers of the rows in the copy)
 and an expiry; the destroy guard asks :func:`holds` inside the destroy
 transaction, and a version an unexpired backup needs is never destroyed.
 
-SQLite stores are copied here with SQLite's online backup API (one step,
+SQLite stores are copied by the store itself (:meth:`Store.copy_to`: one step,
 so the copy is one consistent snapshot while writers go on in WAL mode).
 PostgreSQL copies are made by ``pg_dump`` or point-in-time recovery
 outside this tool; :func:`register_backup` records what such a copy may
@@ -18,16 +18,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import BackupError
+from .exceptions import BackupError, CorruptRecordError, StoreError
 from .holds import STORE_ID_META, ensure_store_id, referenced_versions
 from .models import KeyStatus
-from .store.base import BackupRecord, Store, StoreTx
+from .store import BackupRecord, Store, StoreTx, read_file_copy
 
 if TYPE_CHECKING:
     from .vault import Vault
@@ -136,42 +135,21 @@ def write_private(path: Path, data: bytes) -> None:
 
 def copy_facts(copy: Path) -> tuple[str | None, int, dict[str, dict[int, int]], str | None]:
     """(store id, schema version, key versions by envelope header, audit head) read from a copy."""
-    from .store._sql import SqlTx
-
-    conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
     try:
-        tx = SqlTx(conn)
-        conn.execute("BEGIN")
-        return tx.get_meta(STORE_ID_META), tx.schema_version(), referenced_versions(tx), tx.get_audit_head()
-    except sqlite3.DatabaseError as exc:
+        with read_file_copy(copy) as tx:
+            return tx.get_meta(STORE_ID_META), tx.schema_version(), referenced_versions(tx), tx.get_audit_head()
+    except CorruptRecordError:
+        raise
+    except StoreError as exc:
         raise BackupError(f"{copy} is not a readable nebula-credential store: {exc}") from None
-    finally:
-        conn.close()
 
 
-def copy_sqlite(source: str, dest: Path) -> None:
-    """A consistent online copy of a SQLite database into a new 0600 file.
-
-    The backup API copies in one step under one read transaction: in WAL
-    mode writers keep committing meanwhile, and the copy is the snapshot
-    the step started from.  The copy is switched out of WAL so it is one
-    self-contained file.
-    """
+def copy_store(store: Store, dest: Path) -> None:
+    """A consistent online copy of a file-backed store into a new 0600 file (:meth:`Store.copy_to`)."""
     write_private(dest, b"")
     try:
-        src = sqlite3.connect(source, timeout=30)
-        try:
-            dst = sqlite3.connect(dest)
-            try:
-                src.backup(dst)
-                dst.execute("PRAGMA journal_mode=DELETE")
-            finally:
-                dst.close()
-        finally:
-            src.close()
-        with open(dest, "rb") as fh:
-            os.fsync(fh.fileno())
-    except sqlite3.Error as exc:
+        store.copy_to(dest)
+    except StoreError as exc:
         _remove(dest)
         raise BackupError(f"could not copy the store to {dest}: {exc}; nothing was registered") from None
     except BaseException:
@@ -212,10 +190,9 @@ def create_sqlite_backup(vault: Vault, path: str | os.PathLike[str], *, keep: ti
     registration is then narrowed to the versions the copy's rows really
     need.  A failure removes the partial copy and the provisional hold.
     """
-    from .store.sqlite import SqliteStore
-
     store = vault.store
-    if not isinstance(store, SqliteStore) or store.path == ":memory:":
+    source = store.database_file()
+    if source is None:
         raise BackupError(
             "backup create copies a SQLite store; for PostgreSQL take the copy with pg_dump or "
             "point-in-time recovery and record it with `backup register --label NAME --taken-at TIME`"
@@ -226,7 +203,7 @@ def create_sqlite_backup(vault: Vault, path: str | os.PathLike[str], *, keep: ti
         raise BackupError(f"{dest} already exists; refusing to overwrite a backup")
     if not dest.parent.is_dir():
         raise BackupError(f"directory {dest.parent} does not exist")
-    if dest.resolve() == Path(store.path).resolve():
+    if dest.resolve() == source.resolve():
         raise BackupError("the backup path is the store itself")
     label = name or dest.name
     now = vault.clock()
@@ -238,7 +215,7 @@ def create_sqlite_backup(vault: Vault, path: str | os.PathLike[str], *, keep: ti
         hold = Manifest(label, sid, now, expires, 0, provisional, None, KIND_COPY, str(dest.resolve()))
         tx.put_backup(hold.record(now), provisional)
     try:
-        copy_sqlite(store.path, dest)
+        copy_store(store, dest)
         copy_sid, schema, keys, head = copy_facts(dest)
         manifest = Manifest(label, copy_sid or sid, now, expires, schema, keys, head, KIND_COPY,
                             str(dest.resolve()))

@@ -32,7 +32,7 @@ from .holds import STORE_ID_META, ensure_store_id, referenced_versions
 from .models import KeyStatus
 from .providers import KeyProvider, open_provider
 from .providers.base import WrapContext
-from .store.base import Store, StoreTx
+from .store import Store, StoreTx
 
 ESCROW_FORMAT = 1
 ESCROW_META = "escrow"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .exceptions import CorruptRecordError
 from .providers.base import KeyProvider
-from .store.base import StoreTx
+from .store import StoreTx
 
 PROVIDER_META = "provider"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .models import KeyStatus, KeyVersion
-from .store.base import Store, StoreTx
+from .store import Store, StoreTx
 
 #: Meta key of the store's stable id, which a backup manifest records to be matched to its store.
 STORE_ID_META = "store_id"

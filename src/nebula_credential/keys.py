@@ -40,7 +40,7 @@ from .providers.base import Aead, KeyProvider, WrapContext
 
 if TYPE_CHECKING:
     from .audit import AuditLog
-    from .store.base import Store, StoreTx
+    from .store import Store, StoreTx
 
 #: Encryptions reserved from the store per round trip (one write per block). Blocks
 #: start small and grow, so short-lived processes do not burn the usage bound.

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._bridge import sleep
 from .config import DEFAULT_PRIORITY
-from .envelope import credential_context
+from .envelope import credential_context, peek_version
 from .exceptions import (
     ConfigError,
     DecryptionError,
@@ -47,7 +47,7 @@ from .models import EncryptedCredential, KeyStatus
 
 if TYPE_CHECKING:
     from .keys import KeyManager
-    from .store.base import CredentialPage, StoreTx
+    from .store import CredentialPage, StoreTx
 
 #: What is wrong with one row (or its key) and is reported and skipped.  Anything
 #: else -- store or provider unavailable, the usage bound -- stops the pass with
@@ -216,7 +216,7 @@ class _Pass:
             except ROW_ERRORS as exc:
                 failures.append(Failure(row.id, row.key_version, _reason(exc)))
                 continue
-            updates.append((row.id, row.revision, int.from_bytes(blob[4:8]), blob))
+            updates.append((row.id, row.revision, peek_version(blob), blob))
         return updates, failures
 
     def write(self, tx: StoreTx, updates: list[Update], failures: list[Failure]) -> int:

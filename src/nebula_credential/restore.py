@@ -36,7 +36,7 @@ from .holds import STORE_ID_META
 from .models import KeyStatus
 from .providers import open_provider
 from .providers.base import WrapContext
-from .store.base import SCHEMA_VERSION, Store
+from .store import SCHEMA_VERSION, Store
 from .store.sqlite import path_from_url
 
 if TYPE_CHECKING:

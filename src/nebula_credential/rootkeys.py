@@ -18,7 +18,7 @@ from .fingerprint import write_fingerprint
 from .models import KeyStatus
 from .providers.base import KeyProvider, WrapContext
 from .server.tokens import rewrap_server_key
-from .store.base import Store
+from .store import Store
 
 
 @dataclass(slots=True)

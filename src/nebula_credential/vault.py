@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from .access import AccessCounter
 from .audit import MAX_KEY_VERSION, AuditLog
 from .config import KeyManagementConfig
-from .envelope import credential_context
+from .envelope import credential_context, peek_version
 from .exceptions import (
     CheckAndSetError,
     CorruptRecordError,
@@ -177,7 +177,7 @@ class Vault:
             blob = keys.encrypt(plaintext, aad)
             if observer is not None:
                 observer(kr, "encrypt", time.perf_counter() - start, True)
-            version = int.from_bytes(blob[4:8])
+            version = peek_version(blob)
             with self.store.transaction() as tx:
                 # the write and its version's status check in one statement (see KeyManager.writable)
                 revision = tx.put_credential_checked(kr, credential_id, scope, version, blob,
@@ -240,7 +240,7 @@ class Vault:
             rows = []
             for credential_id, plaintext, scope, metadata in batch:
                 blob = keys.encrypt(plaintext, credential_context(kr, credential_id, scope))
-                rows.append((credential_id, scope, int.from_bytes(blob[4:8]), blob, metadata))
+                rows.append((credential_id, scope, peek_version(blob), blob, metadata))
             versions = {r[2] for r in rows}
             with self.store.transaction() as tx:
                 if not keys.writable(tx, versions):

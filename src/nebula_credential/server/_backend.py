@@ -24,7 +24,7 @@ from ..aio import AsyncVault
 from ..audit import Event
 from ..config import KeyManagementConfig
 from ..models import Credential, EncryptedCredential
-from ..store.base import TokenRow
+from ..store import TokenRow
 from ..vault import Vault
 from .policies import ACL, BUILTIN, ROOT_POLICY, Rule, parse
 from .tokens import TokenManager

@@ -31,7 +31,7 @@ from .._secret import SecretBytes
 from ..exceptions import NebulaCredentialError
 from ..models import to_epoch, utc_now
 from ..providers.base import KeyProvider, WrapContext
-from ..store.base import Store, StoreTx, TokenRow
+from ..store import Store, StoreTx, TokenRow
 from .policies import ROOT_POLICY, check_name
 
 TOKEN_PREFIX = "ncs."  # noqa: S105 - a prefix, not a secret

@@ -1,17 +1,38 @@
-"""Store backends, chosen by URL scheme; each backend's driver is imported lazily."""
+"""Store backends, chosen by URL scheme; the PostgreSQL driver is imported only when a URL names it.
+
+The package's public face: the backend interface (:class:`Store`), the
+transaction interface and its per-family slices (:class:`StoreTx` =
+:class:`MetaTx` + :class:`KeysTx` + :class:`CredentialsTx` +
+:class:`OperationsTx` + :class:`ServerTx`), the records, and
+:func:`open_store`.  Code outside the package imports from here, never
+from a module inside it.
+"""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from pathlib import Path
+
 from ..exceptions import ConfigError
-from .base import SCHEMA_VERSION, AuditRow, Page, Store, StoreTx, TokenRow, redact_url
+from ._schema import SCHEMA_VERSION
+from .base import Store, redact_url
+from .records import AuditRow, BackupRecord, CredentialPage, Page, TokenRow
+from .sqlite import SqliteStore, path_from_url, read_file
+from .tx import CredentialsTx, KeysTx, MetaTx, OperationsTx, ServerTx, StoreTx
+
+
+def read_file_copy(path: Path) -> AbstractContextManager[StoreTx]:
+    """A read transaction on a copy of a file-backed store (a backup), opened read-only.
+
+    See :meth:`Store.copy_to`; a file that is not a readable store raises :class:`StoreError`.
+    """
+    return read_file(path)
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:
     """Open the store a URL names (``sqlite:///...`` or ``postgresql://...``)."""
     store: Store
     if url.startswith("sqlite:"):
-        from .sqlite import SqliteStore
-
         store = SqliteStore(url)
     elif url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
@@ -32,4 +53,22 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
     return store
 
 
-__all__ = ["SCHEMA_VERSION", "AuditRow", "Page", "Store", "StoreTx", "TokenRow", "open_store", "redact_url"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "AuditRow",
+    "BackupRecord",
+    "CredentialPage",
+    "CredentialsTx",
+    "KeysTx",
+    "MetaTx",
+    "OperationsTx",
+    "Page",
+    "ServerTx",
+    "Store",
+    "StoreTx",
+    "TokenRow",
+    "open_store",
+    "path_from_url",
+    "read_file_copy",
+    "redact_url",
+]

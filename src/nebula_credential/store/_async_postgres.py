@@ -28,8 +28,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTi
 
 from .._bridge import GreenletLocal, GreenletRLock, await_only, in_bridge
 from ..models import EncryptedCredential
-from ._sql import _CRED_COLS, _credential
-from .postgres import PostgresStore, _message
+from ._rows import CRED_COLS, decode_credential
+from .postgres import PostgresStore, message_of
 
 TUPLES_OK = ExecStatus.TUPLES_OK
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class _ReadBatcher:
 
     #: ids per statement (PostgreSQL plans ``= ANY`` of a few hundred as an index scan).
     MAX_IDS = 256
-    SQL = f"SELECT {_CRED_COLS} FROM credentials WHERE keyring = %s AND id = ANY(%s)"
+    SQL = f"SELECT {CRED_COLS} FROM credentials WHERE keyring = %s AND id = ANY(%s)"
 
     def __init__(self, pool: AsyncConnectionPool[Any], loop: asyncio.AbstractEventLoop) -> None:
         self._pool = pool
@@ -247,7 +247,7 @@ class BridgedPostgresStore(PostgresStore):
             if failed.no_connection is not None:
                 raise self._no_connection(failed.no_connection) from None
             return super().read_credential(keyring, credential_id)
-        return None if row is None else _credential(row)
+        return None if row is None else decode_credential(row)
 
     def _after_fork(self) -> None:
         """An event loop and its pool do not survive a fork; nothing to adopt."""
@@ -257,7 +257,7 @@ class BridgedPostgresStore(PostgresStore):
             try:
                 conn = await psycopg.AsyncConnection.connect(self.url, **self._kwargs)
             except psycopg.Error as exc:
-                return self._scrub(_message(exc))
+                return self._scrub(message_of(exc))
             await conn.close()
             return "timed out waiting for a free pooled connection"
 

@@ -36,6 +36,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._bridge import sleep
+from ..envelope import KEY_VERSION_END
 from ..exceptions import (
     CommitOutcomeUnknownError,
     ConcurrencyError,
@@ -45,8 +46,11 @@ from ..exceptions import (
     TransientStoreError,
 )
 from ..providers.base import RetryPolicy
-from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups, schema_v4_server, schema_v5_key_access
-from .base import Store, StoreTx, redact_url
+from ._schema import all_migrations
+from ._sql import SqlTx
+from ._sql_credentials import VERSION_LEN, VERSION_START_SQL
+from .base import Store, redact_url
+from .tx import StoreTx
 
 try:
     import psycopg
@@ -61,10 +65,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-MIGRATIONS = [
-    schema_v1("BYTEA", "DOUBLE PRECISION"), schema_v2(), schema_v3_backups("DOUBLE PRECISION"),
-    schema_v4_server("DOUBLE PRECISION"), schema_v5_key_access(),
-]
+MIGRATIONS = all_migrations("BYTEA", "DOUBLE PRECISION")
 APPLICATION_NAME = "nebula-credential"
 
 # SQLSTATE classes and codes meaning "the connection or the server went away".
@@ -124,7 +125,7 @@ def _translate(exc: BaseException, conn: Connection | None, url: str) -> Excepti
     if not isinstance(exc, psycopg.Error):
         return StoreError(f"store {redact_url(url)} failed: {type(exc).__name__}")
     state = exc.sqlstate or ""
-    message = _message(exc)
+    message = message_of(exc)
     if (conn is not None and conn.closed) or state.startswith(_CONNECTION_STATES) or (
         not state and isinstance(exc, psycopg.OperationalError)
     ):
@@ -138,7 +139,7 @@ def _translate(exc: BaseException, conn: Connection | None, url: str) -> Excepti
     return StoreError(f"PostgreSQL error in {redact_url(url)}: {message}")
 
 
-def _message(exc: psycopg.Error) -> str:
+def message_of(exc: psycopg.Error) -> str:
     primary = exc.diag.message_primary if exc.diag is not None else None
     if primary:
         return primary
@@ -177,8 +178,10 @@ class PostgresTx(SqlTx):
         row = self._exec("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()
         return bool(row[0])
 
-    _HEADER_SQL = "CASE WHEN octet_length(envelope) >= 8 THEN substring(envelope from 5 for 4) END"
-    _MISMATCH_SQL = "octet_length(envelope) >= 8 AND substring(envelope from 5 for 4) <> int4send(key_version)"
+    _HEADER_SQL = (f"CASE WHEN octet_length(envelope) >= {KEY_VERSION_END} "
+                   f"THEN substring(envelope from {VERSION_START_SQL} for {VERSION_LEN}) END")
+    _MISMATCH_SQL = (f"octet_length(envelope) >= {KEY_VERSION_END} "
+                     f"AND substring(envelope from {VERSION_START_SQL} for {VERSION_LEN}) <> int4send(key_version)")
     _PREFIX_BY_RANGE = False  # the database's collation orders ids, not code points: LIKE 'p%'
 
     def _lock_suffix(self, skip_locked: bool) -> str:
@@ -267,7 +270,7 @@ class PostgresStore(Store):
         try:
             psycopg.connect(self.url, **self._kwargs).close()
         except psycopg.Error as exc:
-            return self._scrub(_message(exc))
+            return self._scrub(message_of(exc))
         return "timed out waiting for a free pooled connection"
 
     def _getconn(self) -> Connection:
@@ -315,7 +318,7 @@ class PostgresStore(Store):
                 if not delays:
                     raise StoreUnavailableError(
                         f"cannot start a transaction on PostgreSQL store {redact_url(self.url)} "
-                        f"after {self.retry.attempts} attempts: {self._scrub(_message(exc))}"
+                        f"after {self.retry.attempts} attempts: {self._scrub(message_of(exc))}"
                     ) from None
                 sleep(delays.pop(0))
             except BaseException:

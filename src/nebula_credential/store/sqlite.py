@@ -19,11 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..exceptions import ConcurrencyError, NebulaCredentialError, StoreError, StoreUnavailableError
-from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups, schema_v4_server, schema_v5_key_access
-from .base import Store, StoreTx
+from ._schema import all_migrations
+from ._sql import SqlTx
+from .base import Store
+from .tx import StoreTx
 
-MIGRATIONS = [schema_v1("BLOB", "REAL"), schema_v2(), schema_v3_backups("REAL"), schema_v4_server("REAL"),
-              schema_v5_key_access()]
+MIGRATIONS = all_migrations("BLOB", "REAL")
 
 
 def path_from_url(url: str) -> str:
@@ -63,6 +64,34 @@ class SqliteStore(Store):
 
     def directory(self) -> Path | None:
         return None if self._memory else Path(self.path).resolve().parent
+
+    def database_file(self) -> Path | None:
+        return None if self._memory else Path(self.path)
+
+    def copy_to(self, dest: Path) -> None:
+        """SQLite's online backup API, in one step under one read transaction.
+
+        In WAL mode writers keep committing meanwhile, and the copy is the
+        snapshot the step started from.  The copy is switched out of WAL so
+        it is one self-contained file, and synced to disk.
+        """
+        if self._memory:
+            super().copy_to(dest)
+        try:
+            src = sqlite3.connect(self.path, timeout=30)
+            try:
+                dst = sqlite3.connect(dest)
+                try:
+                    src.backup(dst)
+                    dst.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    dst.close()
+            finally:
+                src.close()
+            with open(dest, "rb") as fh:
+                os.fsync(fh.fileno())
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from None
 
     def _create_private(self) -> None:
         """Create a new database file 0600 whatever the umask; SQLite gives its -wal and -shm the same mode."""
@@ -171,6 +200,27 @@ class SqliteStore(Store):
                 conn.close()
         self._local = threading.local()
         self._shared = None
+
+
+@contextmanager
+def read_file(path: Path) -> Iterator[StoreTx]:
+    """A read transaction on a SQLite store file opened read-only: a copy is read, never changed.
+
+    Not even its journal mode is touched (opening it as a :class:`SqliteStore`
+    would switch it to WAL).  A file that is no readable SQLite database
+    raises :class:`StoreError` with SQLite's message.
+    """
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(str(exc)) from None
+    try:
+        conn.execute("BEGIN")
+        yield SqliteTx(conn)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(str(exc)) from None
+    finally:
+        conn.close()
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

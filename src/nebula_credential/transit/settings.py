@@ -24,7 +24,7 @@ from ..policies.rotation import (
 )
 
 if TYPE_CHECKING:
-    from ..store.base import StoreTx
+    from ..store import StoreTx
     from ..vault import Vault
 
 CONFIG_META = "transit.key:"

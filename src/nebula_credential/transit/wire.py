@@ -69,7 +69,7 @@ def transit_aad(keyring: str, associated_data: bytes | None, context: bytes | No
 
 
 def format_ciphertext(blob: bytes) -> str:
-    return f"{CIPHERTEXT_PREFIX}{int.from_bytes(blob[4:8])}:{b64(blob)}"
+    return f"{CIPHERTEXT_PREFIX}{env.peek_version(blob)}:{b64(blob)}"
 
 
 def parse_ciphertext(text: Any) -> tuple[int, bytes]:

@@ -1,0 +1,201 @@
+"""The schema, version by version, and the queries that read and apply it.
+
+Each ``schema_vN`` is one migration, parameterised by the dialect's type
+names; :func:`all_migrations` lists them in order for a dialect.  The
+statements are the schema's bytes on disk: an existing store was made by
+exactly these, so they are never edited, only followed by a new version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from ..exceptions import StoreError
+from ._sql_base import SqlBase
+from .tx import MetaTx
+
+SCHEMA_VERSION = 5
+
+
+def all_migrations(blob: str, real: str) -> list[list[str]]:
+    """Every migration in order, for a dialect's binary and floating-point type names."""
+    return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
+            schema_v5_key_access()]
+
+
+class MetaSql(SqlBase, MetaTx):
+    """Store-wide settings, the schema version and applying migrations."""
+
+    def get_meta(self, name: str) -> str | None:
+        row = self._exec("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._exec(
+            "INSERT INTO meta (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def schema_version(self) -> int:
+        row = self._exec("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def has_table(self, name: str) -> bool:
+        return self._table_exists(name)
+
+    def apply_migrations(self, migrations: Sequence[Sequence[str]], real: str) -> int:
+        """Bring the schema up to date inside this transaction; returns the version in force.
+
+        The caller holds whatever lock serialises migrators (SQLite: the
+        write lock; PostgreSQL: an advisory lock), so two processes opening a
+        new database at once apply each migration exactly once.  An
+        up-to-date schema is only read, never touched with DDL, so runtime
+        roles without CREATE rights can open the store.
+        """
+        if self._table_exists("schema_version"):
+            current = self.schema_version()
+        else:
+            self._exec(
+                "CREATE TABLE schema_version "
+                f"(version INTEGER PRIMARY KEY, applied_at {real} NOT NULL)"
+            )
+            current = 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema version {current} is newer than this library "
+                f"understands ({SCHEMA_VERSION}); upgrade nebula-credential"
+            )
+        for number, statements in enumerate(migrations, 1):
+            if number <= current:
+                continue
+            for stmt in statements:
+                self._exec(stmt)
+            self._exec(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (number, time.time()),
+            )
+        return max(current, len(migrations))
+
+
+def schema_v1(blob: str, real: str) -> list[str]:
+    """Version 1 of the schema, parameterised by the dialect's type names."""
+    return [
+        "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS key_versions (
+            keyring TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            wrapped_key {blob},
+            provider TEXT NOT NULL,
+            root_key_id TEXT NOT NULL DEFAULT '',
+            created_at {real} NOT NULL,
+            expires_at {real},
+            status_changed_at {real},
+            revoked_at {real},
+            destroyed_at {real},
+            encryptions BIGINT NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (keyring, version),
+            CHECK (status IN ('active', 'valid', 'grace', 'revoked', 'destroyed'))
+        )""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS key_versions_one_active "
+        "ON key_versions (keyring) WHERE status = 'active'",
+        f"""CREATE TABLE IF NOT EXISTS credentials (
+            keyring TEXT NOT NULL,
+            id TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            key_version INTEGER NOT NULL,
+            envelope {blob} NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{{}}',
+            revision BIGINT NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            PRIMARY KEY (keyring, id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS credentials_by_version "
+        "ON credentials (keyring, key_version, scope, id)",
+        f"CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+        f"expires_at {real} NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS audit_events (
+            seq BIGINT PRIMARY KEY,
+            ts {real} NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            keyring TEXT,
+            key_version INTEGER,
+            credential_id TEXT,
+            outcome TEXT NOT NULL,
+            details TEXT NOT NULL,
+            mac {blob} NOT NULL
+        )""",
+    ]
+
+
+def schema_v5_key_access() -> list[str]:
+    """Version 5: key access counters per keyring, version and minute, flushed in blocks."""
+    return ["""CREATE TABLE IF NOT EXISTS key_access (
+            keyring TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            bucket BIGINT NOT NULL,
+            accesses BIGINT NOT NULL DEFAULT 0,
+            failures BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (keyring, version, bucket)
+        )"""]
+
+
+def schema_v2() -> list[str]:
+    """Version 2: the MAC'd head of the audit chain, in a table of its own so that
+    application roles can advance it without write access to ``meta``."""
+    return ["CREATE TABLE IF NOT EXISTS audit_head (name TEXT PRIMARY KEY, value TEXT NOT NULL)"]
+
+
+def schema_v3_backups(real: str) -> list[str]:
+    """Backups registered in the store, and the key versions each one needs.
+
+    Retention reads ``backup_keys`` inside the destroy transaction, so a
+    version an unexpired backup needs is never destroyed.
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS backups (
+            name TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            taken_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            registered_at {real} NOT NULL,
+            location TEXT NOT NULL DEFAULT '',
+            manifest TEXT NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS backup_keys (
+            backup TEXT NOT NULL,
+            keyring TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            credentials BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (backup, keyring, version)
+        )""",
+        "CREATE INDEX IF NOT EXISTS backup_keys_by_version ON backup_keys (keyring, version)",
+    ]
+
+
+def schema_v4_server(real: str) -> list[str]:
+    """Version 4: the HTTP server's tokens (keyed hashes only) and ACL policies."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS server_tokens (
+            accessor TEXT PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,
+            parent TEXT,
+            policies TEXT NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            meta TEXT NOT NULL DEFAULT '{{}}',
+            created_at {real} NOT NULL,
+            expires_at {real},
+            max_expires_at {real},
+            ttl {real} NOT NULL,
+            renewable INTEGER NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS server_tokens_by_parent ON server_tokens (parent)",
+        f"CREATE TABLE IF NOT EXISTS server_policies (name TEXT PRIMARY KEY, body TEXT NOT NULL, "
+        f"updated_at {real} NOT NULL)",
+    ]
+

@@ -1,0 +1,63 @@
+"""The ground every SQL table family stands on: a connection, the dialect hooks, small SQL helpers.
+
+Queries are written once with ``?`` placeholders; a backend that uses
+another paramstyle translates them (:meth:`SqlBase._q`).  Backend-specific
+behaviour (locking, ``SKIP LOCKED``, the audit head lock) lives in small
+overridable methods, so the logic is not written twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+
+@lru_cache(maxsize=256)
+def pyformat(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def where_clause(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """The AND of the clauses whose value is not None, and their parameters."""
+    used = [(clause, value) for clause, value in conditions if value is not None]
+    return " AND ".join(c for c, _ in used) or "1 = 1", [v for _, v in used]
+
+
+def to_json(value: dict[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class SqlBase:
+    """A DB-API connection and the dialect hooks every table family's queries use; backends override the hooks."""
+
+    paramstyle_qmark = True
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def _q(self, sql: str) -> str:
+        return sql if self.paramstyle_qmark else pyformat(sql)
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._q(sql), params)
+
+    def _many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(self._q(sql), seq)
+
+    def _lock_suffix(self, skip_locked: bool) -> str:
+        return ""
+
+    def _row_lock(self, mode: str) -> str:
+        """`` FOR <mode>`` where the dialect has row locks (SQLite: one writer, none needed)."""
+        return ""
+
+    def _lock_audit_head(self) -> None:
+        """Serialise appenders of the audit chain (SQLite: the write lock does)."""
+
+    def _table_exists(self, name: str) -> bool:
+        row = self._exec(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None

@@ -1,0 +1,84 @@
+"""The records a store hands out and takes: plain values, no behaviour, no backend.
+
+Kept apart from the transaction interfaces (:mod:`.tx`) so code that only
+passes rows around (the audit layer, the HTTP server's tokens) depends on
+these shapes and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from ..exceptions import CorruptRecordError
+from ..models import EncryptedCredential
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """One HTTP-server token: only its keyed hash is stored, never the token."""
+
+    accessor: str
+    token_hash: str
+    parent: str | None
+    policies: tuple[str, ...]
+    display_name: str
+    meta: dict[str, str]
+    created_at: float
+    expires_at: float | None  # None: never (root tokens created by an operator)
+    max_expires_at: float | None
+    ttl: float
+    renewable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One stored audit event (the MAC chain is computed by the audit layer)."""
+
+    seq: int
+    ts: float
+    actor: str
+    action: str
+    keyring: str | None
+    key_version: int | None
+    credential_id: str | None
+    outcome: str
+    details: str  # canonical JSON
+    mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRecord:
+    """One registered backup: the copy's manifest and how long retention must honour it."""
+
+    name: str
+    kind: str  # "sqlite-copy" or "registered" (pg_dump / PITR taken outside)
+    taken_at: datetime
+    expires_at: datetime
+    registered_at: datetime
+    location: str
+    manifest: str  # canonical JSON
+
+
+class Page(list[T], Generic[T]):
+    """One page of decoded rows, with the corrupt ones set aside (see :class:`CredentialPage`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.corrupt: list[CorruptRecordError] = []
+        self.fetched = 0
+        self.last_id: Any = None
+
+
+class CredentialPage(Page[EncryptedCredential]):
+    """One page of decoded credentials.
+
+    Read with ``skip_corrupt=True``, a row that is not what the schema
+    promises is left out and its :class:`CorruptRecordError` kept in
+    ``corrupt``, so a listing or a re-encryption pass reports it by id and
+    carries on.  ``fetched`` counts the rows read (corrupt ones included)
+    and ``last_id`` is the keyset cursor for the next page.
+    """

@@ -1,0 +1,409 @@
+"""The transaction interface every store backend implements, sliced by table family.
+
+A :class:`StoreTx` is all of the slices; code that needs one family asks for
+that slice only (the HTTP server's tokens and policies: :class:`ServerTx`),
+so it depends on no more of the store than it uses.  Every query runs inside
+one transaction (:meth:`.base.Store.transaction`), so a change and the audit
+event recording it commit together; compare-and-swap on ``revision`` is how
+concurrent writers stay safe.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from ..models import EncryptedCredential, KeyStatus, KeyVersion
+from .records import AuditRow, BackupRecord, CredentialPage, Page, TokenRow
+
+
+class MetaTx(ABC):
+    """Store-wide settings and the schema version."""
+
+    @abstractmethod
+    def get_meta(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def set_meta(self, name: str, value: str) -> None: ...
+
+    @abstractmethod
+    def schema_version(self) -> int: ...
+
+    @abstractmethod
+    def has_table(self, name: str) -> bool:
+        """Whether a table exists (read-only tools that run before migration check first)."""
+
+
+class KeysTx(ABC):
+    """Key versions (table ``key_versions``) and their access counters (``key_access``)."""
+
+    @abstractmethod
+    def keyrings(self) -> list[str]: ...
+
+    @abstractmethod
+    def list_versions(self, keyring: str) -> list[KeyVersion]: ...
+
+    @abstractmethod
+    def get_version(self, keyring: str, version: int) -> KeyVersion | None: ...
+
+    @abstractmethod
+    def lock_keyring(self, keyring: str) -> None:
+        """Serialise writers of one keyring's versions until the transaction ends."""
+
+    @abstractmethod
+    def lock_version(self, keyring: str, version: int) -> KeyVersion | None:
+        """Read one version and lock its row against writers until the transaction ends.
+
+        Revoke and destroy take this (PostgreSQL: ``FOR UPDATE``) before they
+        count references, so a write holding :meth:`writable_versions` on the
+        same row either commits first and is counted, or waits and then sees
+        the new status.  SQLite's single writer serialises them already.
+        """
+
+    @abstractmethod
+    def writable_versions(self, keyring: str, versions: Sequence[int]) -> dict[int, KeyStatus]:
+        """The status of each version, share-locking the rows (PostgreSQL: ``FOR KEY SHARE``).
+
+        Called inside a write transaction just before its rows are written: a
+        revoke or destroy of one of these versions (which takes ``FOR UPDATE``
+        first, see :meth:`lock_version`) cannot commit in between.  KEY SHARE,
+        not SHARE: it must not block the encryption counter's UPDATE, which
+        another thread's re-encryption batch may be waiting on from its own
+        connection while it holds row locks this write needs (a wait no
+        deadlock detector can see).
+        """
+
+    @abstractmethod
+    def insert_version(self, kv: KeyVersion) -> None: ...
+
+    @abstractmethod
+    def set_status(
+        self,
+        keyring: str,
+        version: int,
+        expected: KeyStatus,
+        new: KeyStatus,
+        at: datetime,
+    ) -> bool:
+        """Compare-and-swap the status; stamps revoked_at/destroyed_at as fitting.
+
+        Moving to DESTROYED also erases the wrapped key material.
+        """
+
+    @abstractmethod
+    def set_wrapped_key(self, keyring: str, version: int, wrapped: bytes, root_key_id: str) -> None: ...
+
+    @abstractmethod
+    def add_encryptions(self, keyring: str, version: int, count: int) -> int:
+        """Add to the per-version encryption counter; returns the new total."""
+
+    def add_key_access(self, keyring: str, version: int, bucket: int, accesses: int, failures: int) -> None:
+        """Add a block of counted accesses (and failures) under one version and minute bucket."""
+        raise NotImplementedError
+
+    def key_access_totals(self, since_bucket: int | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+        """(keyring, version) -> (accesses, failures), over buckets from ``since_bucket`` on."""
+        raise NotImplementedError
+
+
+class CredentialsTx(ABC):
+    """Encrypted credentials (table ``credentials``)."""
+
+    def existing_ids(self, keyring: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are stored in ``keyring`` (one query per few hundred ids)."""
+        return {i for i in ids if self.get_credential(keyring, i) is not None}
+
+    def list_heads(
+        self,
+        keyring: str,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        after_id: Any = None,
+        limit: int = 1000,
+        skip_corrupt: bool = False,
+    ) -> Page[tuple[str, str, int, int, float]]:
+        """A page of (id, scope, key version, revision, updated_at epoch): ``list`` without
+        decoding metadata or checking envelopes, for listing many rows quickly."""
+        rows = self.list_credentials(keyring, scope=scope, key_version=key_version, after_id=after_id, limit=limit,
+                                     skip_corrupt=skip_corrupt)
+        page: Page[tuple[str, str, int, int, float]] = Page()
+        page.extend((r.id, r.scope, r.key_version, r.revision, r.updated_at.timestamp()) for r in rows)
+        page.corrupt, page.fetched, page.last_id = rows.corrupt, rows.fetched, rows.last_id
+        return page
+
+    @abstractmethod
+    def ids_under(self, keyring: str, prefix: str, *, after_id: str | None = None, limit: int = 1000) -> Page[str]:
+        """A page of the ids in ``keyring`` that start with ``prefix``, ordered by id.
+
+        Rows outside the prefix are never read (the server lists one KV
+        folder of a large keyring this way); ``%``, ``_`` and ``\\`` in
+        ``prefix`` are plain characters.  An id that is not text raises
+        :class:`CorruptRecordError`.
+        """
+
+    @abstractmethod
+    def get_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None: ...
+
+    @abstractmethod
+    def put_credential(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+    ) -> int:
+        """Insert or replace; returns the new revision."""
+
+    @abstractmethod
+    def put_credential_checked(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+        statuses: Collection[KeyStatus],
+        expected_revision: int | None = None,
+    ) -> int | None:
+        """:meth:`put_credential` only if ``key_version`` is in one of ``statuses``; None if not.
+
+        With ``expected_revision`` it is also a check-and-set: written only if
+        the stored revision is that number (0: no row yet).  :class:`StoreTx`
+        gives a default built on :meth:`KeysTx.writable_versions`; backends
+        do it in one statement (the hot path, and the only way two
+        check-and-set writers cannot both succeed).
+        """
+
+    @abstractmethod
+    def put_credentials(
+        self,
+        keyring: str,
+        rows: Sequence[tuple[str, str, int, bytes, dict[str, Any]]],
+        now: datetime,
+    ) -> None:
+        """Bulk upsert of (id, scope, key_version, envelope, metadata)."""
+
+    @abstractmethod
+    def delete_credential(self, keyring: str, credential_id: str) -> bool: ...
+
+    @abstractmethod
+    def list_credentials(
+        self,
+        keyring: str,
+        *,
+        scope: str | None = None,
+        key_version: int | None = None,
+        after_id: Any = None,
+        limit: int = 1000,
+        skip_corrupt: bool = False,
+    ) -> CredentialPage:
+        """A page ordered by id; callers page with ``after_id`` (the page's ``last_id``).
+
+        A corrupt row raises :class:`CorruptRecordError`, or with ``skip_corrupt``
+        is left out and listed in the page's ``corrupt``.
+        """
+
+    @abstractmethod
+    def version_mismatches(self, keyring: str, limit: int = 100) -> list[tuple[str, int, int]]:
+        """(id, key_version column, header version) of rows whose column lies about their header.
+
+        Such a row is a corrupt record: readers go by the header, but anything
+        selecting by the column (re-encryption, ``list --key-version``) is misled.
+        """
+
+    @abstractmethod
+    def versions_referenced(self, keyring: str) -> dict[int, int]:
+        """How many credentials each key version encrypts, read from the envelope headers.
+
+        The header (bytes 4..8 of the envelope) is what decryption uses, so
+        this -- not the ``key_version`` column, which a database writer can
+        edit -- is what a destroy must count.  A row whose envelope has no
+        readable header counts under its column, so nothing is stranded.
+        """
+
+    @abstractmethod
+    def count_by_version(self, keyring: str) -> dict[int, int]: ...
+
+    @abstractmethod
+    def scopes_for_version(self, keyring: str, version: int) -> list[str]: ...
+
+    @abstractmethod
+    def count_pending_by_scope(self, keyring: str, active_version: int) -> dict[str, int]:
+        """Credentials not under ``active_version``, counted per scope (re-encryption plan)."""
+
+    @abstractmethod
+    def fetch_for_reencryption(
+        self,
+        keyring: str,
+        key_version: int,
+        scope: str,
+        after_id: Any,
+        limit: int,
+        *,
+        skip_locked: bool = False,
+        skip_corrupt: bool = False,
+    ) -> CredentialPage:
+        """A page of credentials under ``key_version`` in ``scope``, ordered by id.
+
+        With ``skip_locked`` (where supported) the rows are locked for this
+        transaction and rows locked by another worker are skipped;
+        ``skip_corrupt`` as for :meth:`list_credentials`.
+        """
+
+    @abstractmethod
+    def cas_update_envelopes(
+        self,
+        keyring: str,
+        updates: Sequence[tuple[str, int, int, bytes]],
+    ) -> int:
+        """Apply (id, expected_revision, new_key_version, envelope); returns rows changed.
+
+        A row whose revision moved on since it was read is left untouched.
+        """
+
+
+class OperationsTx(ABC):
+    """What operations keep: registered backups, leases and the audit chain."""
+
+    # ---- backups ---------------------------------------------------------
+    @abstractmethod
+    def put_backup(self, record: BackupRecord, versions: dict[str, dict[int, int]]) -> None:
+        """Register (or re-register) a backup and the key versions its rows need."""
+
+    @abstractmethod
+    def list_backups(self) -> list[BackupRecord]: ...
+
+    @abstractmethod
+    def delete_backup(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def backup_versions(self, name: str) -> dict[str, dict[int, int]]:
+        """The key versions a registered backup needs, with its credential counts."""
+
+    @abstractmethod
+    def backup_holds(self, keyring: str, version: int, now: datetime) -> list[tuple[str, datetime]]:
+        """(name, expires_at) of every unexpired backup that needs this version, latest expiry first."""
+
+    # ---- leases ----------------------------------------------------------
+    @abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
+        """Take or renew a named lease; an expired holder's lease is taken over."""
+
+    @abstractmethod
+    def release_lease(self, name: str, holder: str) -> None: ...
+
+    # ---- audit -----------------------------------------------------------
+    @abstractmethod
+    def audit_tail(self) -> tuple[int, bytes]:
+        """(last seq, last mac), locking the chain head for this transaction."""
+
+    @abstractmethod
+    def audit_append(self, *rows: AuditRow) -> None:
+        """Insert chain rows (already sequenced and MAC'd), in one statement when there are several."""
+
+    @abstractmethod
+    def get_audit_head(self) -> str | None:
+        """The MAC'd head of the audit chain (last seq and a tag), if any."""
+
+    @abstractmethod
+    def set_audit_head(self, value: str) -> None: ...
+
+    @abstractmethod
+    def audit_rows(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]: ...
+
+    @abstractmethod
+    def audit_search(
+        self,
+        *,
+        limit: int = 100,
+        action: str | None = None,
+        keyring: str | None = None,
+        version: int | None = None,
+        since: float | None = None,
+    ) -> list[AuditRow]:
+        """The newest ``limit`` matching events, oldest first (``action`` may end in ``*``)."""
+
+    @abstractmethod
+    def audit_counts(self, actions: Sequence[str], since: float | None = None) -> dict[tuple[str, str | None], int]:
+        """Event counts by (action, keyring), optionally since an epoch time."""
+
+
+class ServerTx(ABC):
+    """The HTTP server's tables: tokens (keyed hashes only) and ACL policies.
+
+    The one slice the server's token and policy code needs.
+    """
+
+    @abstractmethod
+    def token_insert(self, row: TokenRow) -> None: ...
+
+    @abstractmethod
+    def token_by_hash(self, token_hash: str) -> TokenRow | None: ...
+
+    @abstractmethod
+    def token_by_accessor(self, accessor: str) -> TokenRow | None: ...
+
+    @abstractmethod
+    def token_list(self) -> list[TokenRow]: ...
+
+    @abstractmethod
+    def token_set_expiry(self, accessor: str, expires_at: float | None) -> bool: ...
+
+    @abstractmethod
+    def token_delete(self, accessors: Sequence[str]) -> int: ...
+
+    @abstractmethod
+    def token_children(self, accessor: str) -> list[str]: ...
+
+    @abstractmethod
+    def policy_put(self, name: str, body: str, now: datetime) -> None: ...
+
+    @abstractmethod
+    def policy_get(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def policy_list(self) -> list[str]: ...
+
+    @abstractmethod
+    def policy_delete(self, name: str) -> bool: ...
+
+
+class StoreTx(MetaTx, KeysTx, CredentialsTx, OperationsTx, ServerTx):
+    """Queries inside one transaction, every table family. Obtain from :meth:`.base.Store.transaction`."""
+
+    def put_credential_checked(
+        self,
+        keyring: str,
+        credential_id: str,
+        scope: str,
+        key_version: int,
+        envelope: bytes,
+        metadata: dict[str, Any],
+        now: datetime,
+        statuses: Collection[KeyStatus],
+        expected_revision: int | None = None,
+    ) -> int | None:
+        """:meth:`put_credential` only if ``key_version`` is in one of ``statuses``; None if not.
+
+        With ``expected_revision`` it is also a check-and-set: written only if
+        the stored revision is that number (0: no row yet).  The check
+        share-locks the version's row as :meth:`writable_versions` does.
+        Backends override this to do all of it in one statement (the hot path,
+        and the only way two check-and-set writers cannot both succeed).
+        """
+        status = self.writable_versions(keyring, (key_version,)).get(key_version)
+        if status not in statuses:
+            return None
+        if expected_revision is not None:
+            row = self.get_credential(keyring, credential_id)
+            if (row.revision if row is not None else 0) != expected_revision:
+                return None
+        return self.put_credential(keyring, credential_id, scope, key_version, envelope, metadata, now)
