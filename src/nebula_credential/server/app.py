@@ -76,9 +76,11 @@ class VaultPathMiddleware:
                 query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
                 if query.get("list", "").lower() in ("true", "1"):
                     scope["method"] = "LIST"
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _drain(receive)
+            if headers.get(b"expect", b"").lower() != b"100-continue":  # else the client sends nothing yet
+                await _drain(receive)
             await _refuse(scope, receive, send, 413, f"request body larger than {self.max_body} bytes")
             return
         await self.app(scope, self._limited(receive), send)
