@@ -54,7 +54,7 @@ class HttpMetricsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        app = scope.get("app")
+        app: Any = scope.get("app")
         sink = getattr(app.state, "http_metrics", None) if app is not None else None
         if scope["type"] != "http" or sink is None:
             await self.app(scope, receive, send)
