@@ -192,6 +192,9 @@ def test_unauthenticated_requests_spend_a_per_source_budget(vault: nc.Vault) -> 
         refused = client.get("/v1/x/again")
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
         assert len(_server_events(vault)) - audited_before == 10
+        # refused before any work (path normalisation included), probes still answered
+        assert client.get("/v1/a/../" + "b" * 65_000).status_code == 429
+        assert client.get("/v1/sys/health").status_code == 200
         # an authorised client is not held back by the flood
         for _ in range(20):
             assert client.get("/v1/sys/mounts", headers={"X-Vault-Token": token}).status_code in (200, 404)

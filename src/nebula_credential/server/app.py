@@ -32,6 +32,7 @@ from ._request import VPATH, audit_unrouted
 from .errors import HTTPError
 from .kv import KVEngine
 from .policies import BadPathError, normalise
+from .ratelimit import SourceBudgetMiddleware
 from .transit import TransitEngine
 
 #: How much of a refused body is read and dropped before answering 413.
@@ -155,6 +156,7 @@ def create_app(
     app.state.request_timeout = server.request_timeout.total_seconds()
     app.state.kv_mounts = dict(server.kv_mounts)
     app.add_middleware(VaultPathMiddleware, max_body=server.max_request_size)
+    app.add_middleware(SourceBudgetMiddleware)  # outside: a spent budget is refused before any work
     return app
 
 
