@@ -190,7 +190,8 @@ def endpoint(
         source = source_of(request)
         request_id = str(uuid.uuid4())
         secret = request_token(request) if authenticated else ""
-        path = redact_path(request.scope.get(VPATH, ""), secret)
+        path = request.scope.get(VPATH, "")
+        audited_path = redact_path(path, secret)  # what the audit trail keeps: no token, whatever its form
         ctx: Ctx | None = None
         accessor: str | None = None
         if authenticated and not secret and guard.buckets.empty(source):
@@ -207,7 +208,7 @@ def endpoint(
                 accessor = row.accessor
                 if request.method not in READ_METHODS and guard.floor.low():
                     return await _audited(backend, request, low_space(), accessor=accessor,
-                                          path=path, keyring=keyring)
+                                          path=audited_path, keyring=keyring)
                 ctx = Ctx(backend, row, await backend.acl(row.policies), path, request_id, keyring,
                           _secret=secret)
                 token = logredact.presented.set((secret,))
@@ -223,13 +224,13 @@ def endpoint(
         if refused and not guard.buckets.take(source):
             return too_many(guard.buckets.retry_after(source))
         if refused:
-            path = bounded_path(path, guard.audit_path_chars)
+            audited_path = bounded_path(audited_path, guard.audit_path_chars)
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
         extra = ctx.details if ctx is not None else {}
         # an engine may name the keyring a request used (Transit: the key's)
         audit_keyring = ctx.keyring if ctx is not None and ctx.keyring is not None else keyring
         return await _audited(backend, request, response, accessor=accessor, operation=operation,
-                              path=path, keyring=audit_keyring, **extra)
+                              path=audited_path, keyring=audit_keyring, **extra)
 
     return run
 
@@ -264,7 +265,8 @@ async def audit_request(backend: Backend, request: Request, status: int, *, acce
 
 #: A token anywhere in a string: ours (``ncs.``) or Vault's (``hvs.``, ``hvb.``, ``s.``...), matched as a
 #: value, not a segment, so one followed by ``;``, a space, NUL, NBSP or ZWSP, or inside a segment, is found.
-_TOKENISH = re.compile(r"(?:ncs|hv[sbr])\.[A-Za-z0-9_.\-]{16,}|(?<![A-Za-z0-9])[sbr]\.[A-Za-z0-9_.\-]{16,}")
+#: Vault's legacy ``s.`` tokens are exactly 24 letters and digits after the prefix (fewer false matches).
+_TOKENISH = re.compile(r"(?:ncs|hv[sbr])\.[A-Za-z0-9_.\-]{16,}|(?<![A-Za-z0-9])[sbr]\.[A-Za-z0-9]{24}(?![A-Za-z0-9])")
 REDACTED = "<redacted>"
 
 
