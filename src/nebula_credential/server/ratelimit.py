@@ -121,7 +121,7 @@ class Guards:
 
 
 #: Paths served without a token (probes); never refused by the early check.
-OPEN_PATHS = frozenset({b"/v1/sys/health", b"/v1/sys/internal/specs/openapi"})
+OPEN_PATHS = frozenset({"/v1/sys/health", "/v1/sys/internal/specs/openapi"})
 
 
 class SourceBudgetMiddleware:
