@@ -187,6 +187,33 @@ class ServerConfig:
     #: How long a process trusts a token or policy it looked up: the bound on
     #: how late another instance notices a revocation.
     cache_ttl: timedelta = timedelta(seconds=2)
+    unauthenticated_rate: float = 20.0
+    """Unauthenticated or denied requests per second one source address may make (token bucket refill)."""
+    unauthenticated_burst: int = 100
+    """How many such requests a source address may make at once before 429s start."""
+    min_free_space: str = "256MiB"
+    """Free space on the store's file system below which writes and unauthenticated requests get 503:
+    a size (``"256MiB"``) or a share of the disk (``"5%"``); ``"0"`` turns the check off."""
+    audit_path_chars: int = 256
+    """How much of the path of an unauthenticated, denied or unrouted request is audited (plus a digest)."""
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|[KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_free_space(text: str, field_name: str = "server.min_free_space") -> tuple[int, float]:
+    """``"256MiB"`` -> (bytes, 0.0); ``"5%"`` -> (0, 0.05): the floor as an absolute size or a share."""
+    match = _SIZE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ConfigError(field_name, f"must be a size such as \"256MiB\" or a share such as \"5%\", got {text!r}")
+    number, unit = float(match.group(1)), (match.group(2) or "b").lower()
+    if unit == "%":
+        if number >= 100:
+            raise ConfigError(field_name, "a share must be below 100%")
+        return 0, number / 100
+    return int(number * _UNITS[unit]), 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,7 +514,8 @@ _MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 def _server(raw: dict[str, Any]) -> ServerConfig:
     _check_keys("server", raw, ("listen", "tls_cert_file", "tls_key_file", "max_request_size",
                                 "request_timeout", "workers", "kv_mounts", "default_ttl", "max_ttl",
-                                "cache_ttl", "transit_mounts"))
+                                "cache_ttl", "transit_mounts", "unauthenticated_rate", "unauthenticated_burst",
+                                "min_free_space", "audit_path_chars"))
     d = ServerConfig()
     listen = raw.get("listen", d.listen)
     if not isinstance(listen, str):
@@ -524,7 +552,12 @@ def _server(raw: dict[str, Any]) -> ServerConfig:
         default_ttl=_dur("server", raw, "default_ttl", d.default_ttl),
         max_ttl=_dur("server", raw, "max_ttl", d.max_ttl),
         cache_ttl=_dur("server", raw, "cache_ttl", d.cache_ttl),
+        unauthenticated_rate=_num("server", raw, "unauthenticated_rate", d.unauthenticated_rate, 0.001),
+        unauthenticated_burst=_int("server", raw, "unauthenticated_burst", d.unauthenticated_burst, 1),
+        min_free_space=str(raw.get("min_free_space", d.min_free_space)),
+        audit_path_chars=_int("server", raw, "audit_path_chars", d.audit_path_chars, 32, 65536),
     )
+    parse_free_space(cfg.min_free_space)
     if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
         raise ConfigError("server.tls_key_file", "tls_cert_file and tls_key_file go together")
     if cfg.default_ttl > cfg.max_ttl:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
+from urllib.parse import quote
 
 REDACTED = "<redacted>"
 
@@ -27,14 +29,31 @@ _PATTERNS = (
     re.compile(r"""(?P<k>["']?(?:""" + _FIELD_ALT + r""")["']?\s*[:=]\s*)(?P<v>b?"[^"]*"|b?'[^']*'|[^\s,}&]+)"""),
     # Authorization: Bearer xxx / Basic xxx
     re.compile(r"""(?P<k>[Aa]uthorization["']?\s*[:=]\s*["']?(?:Bearer|Basic)?\s*)(?P<v>[^"'\s,}]+)"""),
-    # our server's tokens wherever they appear (recognisable by their prefix)
-    re.compile(r"""(?P<k>\bncs\.)(?P<v>[A-Za-z0-9_-]{16,})"""),
+    # our server's tokens and Vault's wherever they appear (recognisable by their prefix), inside a
+    # word too: a value match, not a segment match
+    re.compile(r"""(?P<k>(?:ncs|hv[sbr])\.)(?P<v>[A-Za-z0-9_-]{16,})"""),
 )
+#: Secrets of the request being served (its presented token, whatever it looks like), replaced by value.
+presented: ContextVar[tuple[str, ...]] = ContextVar("nebula_credential_presented", default=())
+#: A presented value shorter than this is not searched for (it would redact ordinary words).
+MIN_VALUE_CHARS = 8
 #: Loggers of the libraries our providers drive, plus our own.
 LOGGERS = ("nebula_credential", "botocore", "boto3", "urllib3", "hvac", "azure", "requests", "psycopg", "granian")
 
 
+def replace_value(text: str, secret: str) -> str:
+    """``text`` with ``secret`` replaced wherever it appears, as sent or percent-encoded."""
+    if len(secret) < MIN_VALUE_CHARS:
+        return text
+    for form in {secret, quote(secret, safe=""), quote(secret)}:
+        if form in text:
+            text = text.replace(form, REDACTED)
+    return text
+
+
 def redact(text: str) -> str:
+    for secret in presented.get():
+        text = replace_value(text, secret)
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group("k") + REDACTED, text)
     return text

@@ -10,7 +10,7 @@ before its first store access, so a denied request touches nothing.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,11 +22,14 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .. import logredact
 from ..durations import parse_duration
 from ..store import TokenRow
+from . import _json
 from ._backend import Backend
 from .errors import HTTPError, PermissionDenied, bad_request, error_response
 from .policies import ACL
+from .ratelimit import Guards
 
 #: Set by the path middleware: the normalised path below /v1/.
 VPATH = "nc.vpath"
@@ -105,13 +108,11 @@ def request_token(request: Request) -> str:
 
 
 async def read_json(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, parsed within :mod:`._json`'s bounds (depth, integers, no NaN)."""
     raw = await request.body()
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request("failed to parse JSON input: request body is not valid JSON") from None
+    body = _json.loads(raw)
     if body is None:  # `bao write -f` sends a JSON null
         return {}
     if not isinstance(body, dict):
@@ -144,6 +145,38 @@ def iso(dt: datetime | None) -> str:
     return "" if dt is None else dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def guards(request: Request) -> Guards:
+    """This worker's rate limit and free-space floor, built on first use from the served store's config."""
+    state = request.app.state
+    found: Guards | None = getattr(state, "guards", None)
+    if found is None:
+        backend: Backend = state.backend
+        vault = getattr(backend.vault, "sync", backend.vault)
+        directory = vault.store.directory()
+        found = Guards.from_config(vault.config.server, None if directory is None else str(directory))
+        state.guards = found
+    return found
+
+
+def source_of(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
+
+
+#: Methods that only read: still answered under the free-space floor when authenticated.
+READ_METHODS = frozenset({"GET", "HEAD", "LIST", "OPTIONS"})
+
+
+def too_many(retry_after: int) -> JSONResponse:
+    """The answer past a source's budget of unauthenticated or denied requests (not audited)."""
+    return JSONResponse({"errors": ["too many unauthenticated or denied requests from this address"]},
+                        status_code=429, headers={"Retry-After": str(retry_after)})
+
+
+def low_space() -> JSONResponse:
+    return JSONResponse({"errors": ["the server is low on disk space: writes are refused, reads still answer"]},
+                        status_code=503)
+
+
 def endpoint(
     handler: Handler,
     *,
@@ -153,38 +186,64 @@ def endpoint(
     async def run(request: Request) -> Response:
         backend: Backend = request.app.state.backend
         timeout: float = request.app.state.request_timeout
+        guard = guards(request)
+        source = source_of(request)
         request_id = str(uuid.uuid4())
+        secret = request_token(request) if authenticated else ""
         path = request.scope.get(VPATH, "")
+        audited_path = redact_path(path, secret)  # what the audit trail keeps: no token, whatever its form
         ctx: Ctx | None = None
         accessor: str | None = None
+        if authenticated and not secret and guard.buckets.empty(source):
+            return too_many(guard.buckets.retry_after(source))  # spent: no lookup, no audit event
         try:
             with anyio.fail_after(timeout):
                 if not authenticated:
                     return await handler(request, None)  # type: ignore[arg-type]
-                secret = request_token(request)
                 row = await backend.lookup(secret) if secret else None
                 if row is None:
+                    if guard.floor.low():
+                        return low_space()  # nothing written for an unauthenticated client under the floor
                     raise PermissionDenied()
                 accessor = row.accessor
+                if request.method not in READ_METHODS and guard.floor.low():
+                    return await _audited(backend, request, low_space(), accessor=accessor,
+                                          path=audited_path, keyring=keyring)
                 ctx = Ctx(backend, row, await backend.acl(row.policies), path, request_id, keyring,
                           _secret=secret)
-                response = await handler(request, ctx)
+                token = logredact.presented.set((secret,))
+                try:
+                    response = await handler(request, ctx)
+                finally:
+                    logredact.presented.reset(token)
         except TimeoutError:
             response = JSONResponse({"errors": ["request timed out"]}, status_code=503)
         except Exception as exc:
             response = error_response(exc)
+        refused = accessor is None or response.status_code == 403
+        if refused and not guard.buckets.take(source):
+            return too_many(guard.buckets.retry_after(source))
+        if refused:
+            audited_path = bounded_path(audited_path, guard.audit_path_chars)
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
         extra = ctx.details if ctx is not None else {}
         # an engine may name the keyring a request used (Transit: the key's)
         audit_keyring = ctx.keyring if ctx is not None and ctx.keyring is not None else keyring
-        try:
-            await audit_request(backend, request, response.status_code, accessor=accessor, operation=operation,
-                                path=path, keyring=audit_keyring, **extra)
-        except Exception as exc:  # an unaudited answer is not given (Vault does the same)
-            return error_response(exc)
-        return response
+        return await _audited(backend, request, response, accessor=accessor, operation=operation,
+                              path=audited_path, keyring=audit_keyring, **extra)
 
     return run
+
+
+async def _audited(backend: Backend, request: Request, response: Response, *, accessor: str | None,
+                   path: str, keyring: str | None, operation: str = "", **extra: Any) -> Response:
+    """``response`` once its audit event is written; an unaudited answer is not given (Vault does the same)."""
+    try:
+        await audit_request(backend, request, response.status_code, accessor=accessor,
+                            operation=operation or request.method.lower(), path=path, keyring=keyring, **extra)
+    except Exception as exc:
+        return error_response(exc)
+    return response
 
 
 async def audit_request(backend: Backend, request: Request, status: int, *, accessor: str | None,
@@ -204,14 +263,37 @@ async def audit_request(backend: Backend, request: Request, status: int, *, acce
                             status=status, **extra)
 
 
-#: A path segment that looks like a token: ours (``ncs.``) or Vault's (``hvs.``, ``hvb.``, ``s.``...).
-_TOKENISH = re.compile(r"(?:ncs|hv[sbr]|[sbr])\.[A-Za-z0-9_.\-]{16,}")
+#: A token anywhere in a string: ours (``ncs.``) or Vault's (``hvs.``, ``hvb.``, ``s.``...), matched as a
+#: value, not a segment, so one followed by ``;``, a space, NUL, NBSP or ZWSP, or inside a segment, is found.
+#: Vault's legacy ``s.`` tokens are exactly 24 letters and digits after the prefix (fewer false matches).
+_TOKENISH = re.compile(r"(?:ncs|hv[sbr])\.[A-Za-z0-9_.\-]{16,}|(?<![A-Za-z0-9])[sbr]\.[A-Za-z0-9]{24}(?![A-Za-z0-9])")
+REDACTED = "<redacted>"
+
+
+def redact_path(path: str, *secrets: str) -> str:
+    """``path`` with every token-looking value and every given secret (the presented token) replaced.
+
+    Vault's legacy endpoints (``auth/token/lookup/<token>``) carry tokens in
+    the path, and a client may put its own token anywhere; an audit event or
+    a log line keeps neither.
+    """
+    for secret in secrets:
+        path = logredact.replace_value(path, secret)
+    return _TOKENISH.sub(REDACTED, path)
 
 
 def redact_tokens(path: str) -> str:
-    """``path`` with every token-looking segment replaced: Vault's legacy endpoints
-    (``auth/token/lookup/<token>``) carry tokens in the path, and we route none of them."""
-    return "/".join("<redacted>" if _TOKENISH.fullmatch(part) else part for part in path.split("/"))
+    """Kept for callers of the old name: :func:`redact_path` without a presented token."""
+    return redact_path(path)
+
+
+def bounded_path(path: str, limit: int) -> str:
+    """What an unauthenticated, denied or unrouted request's path costs the audit trail: at most
+    ``limit`` characters, plus the length and a SHA-256 digest of the whole when cut."""
+    if len(path) <= limit:
+        return path
+    digest = hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{path[:limit]}...[{len(path)} chars, sha256:{digest}]"
 
 
 async def audit_unrouted(request: Request, response: Response) -> Response:
@@ -219,17 +301,30 @@ async def audit_unrouted(request: Request, response: Response) -> Response:
     (no such method), the path middleware's 400 (a path refused) and 413 (body too large).
 
     A valid token is recorded by its accessor, any other as none; the body
-    is never read.  Outside /v1/ the path is recorded as sent.
+    is never read.  Outside /v1/ the path is recorded as sent, tokens
+    redacted and cut to ``[server] audit_path_chars``.  Without a valid
+    token the request spends from its source's bucket (429 past it, not
+    audited) and, under the free-space floor, gets 503 unaudited.
     """
     try:
         backend: Backend = request.app.state.backend
+        guard = guards(request)
+        source = source_of(request)
+        secret = request_token(request)
+        if not secret and guard.buckets.empty(source):
+            return too_many(guard.buckets.retry_after(source))
         with anyio.fail_after(request.app.state.request_timeout):
-            secret = request_token(request)
             row = await backend.lookup(secret) if secret else None
+            if row is None:
+                if guard.floor.low():
+                    return low_space()
+                if not guard.buckets.take(source):
+                    return too_many(guard.buckets.retry_after(source))
+            path = redact_path(request.scope.get(VPATH, request.url.path), secret)
             await audit_request(backend, request, response.status_code,
                                 accessor=row.accessor if row is not None else None,
                                 operation=request.method.lower(),
-                                path=redact_tokens(request.scope.get(VPATH, request.url.path)), keyring=None)
+                                path=bounded_path(path, guard.audit_path_chars), keyring=None)
     except TimeoutError:
         return JSONResponse({"errors": ["request timed out"]}, status_code=503)
     except Exception as exc:  # an unaudited answer is not given

@@ -32,6 +32,7 @@ from ._request import VPATH, audit_unrouted
 from .errors import HTTPError
 from .kv import KVEngine
 from .policies import BadPathError, normalise
+from .ratelimit import SourceBudgetMiddleware
 from .transit import TransitEngine
 
 #: How much of a refused body is read and dropped before answering 413.
@@ -76,9 +77,11 @@ class VaultPathMiddleware:
                 query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
                 if query.get("list", "").lower() in ("true", "1"):
                     scope["method"] = "LIST"
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _drain(receive)
+            if headers.get(b"expect", b"").lower() != b"100-continue":  # else the client sends nothing yet
+                await _drain(receive)
             await _refuse(scope, receive, send, 413, f"request body larger than {self.max_body} bytes")
             return
         await self.app(scope, self._limited(receive), send)
@@ -153,6 +156,7 @@ def create_app(
     app.state.request_timeout = server.request_timeout.total_seconds()
     app.state.kv_mounts = dict(server.kv_mounts)
     app.add_middleware(VaultPathMiddleware, max_body=server.max_request_size)
+    app.add_middleware(SourceBudgetMiddleware)  # outside: a spent budget is refused before any work
     return app
 
 

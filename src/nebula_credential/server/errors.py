@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from ..exceptions import (
@@ -47,6 +48,15 @@ def bad_request(message: str) -> HTTPError:
     return HTTPError(400, message)
 
 
+#: Answers in our words for exceptions whose own text is Python's (``use sys.set_int_max_str_digits()``)
+#: or says nothing useful to a client.
+OUR_WORDS: tuple[tuple[type[BaseException], str], ...] = (
+    # the server framework ends the body stream when it cannot decode it (a chunked header with a
+    # plain body, a bad chunk): the request is malformed, not the server broken
+    (ClientDisconnect, "the request body could not be read: malformed or incomplete body framing"),
+    (OverflowError, "a number in the request is out of range"),
+)
+
 #: Our typed exceptions, most specific first, and the status each one means.
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (CheckAndSetError, 412),
@@ -56,6 +66,8 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (TokenError, 400),
     (ConfigError, 400),
     (ValueError, 400),
+    (OverflowError, 400),
+    (ClientDisconnect, 400),
     (StoreUnavailableError, 503),
     (ProviderUnavailableError, 503),
 )
@@ -77,6 +89,11 @@ def error_response(exc: BaseException) -> JSONResponse:
         if exc.data is not None:
             body["data"] = exc.data
         return JSONResponse(body, status_code=status)
+    for kind, text in OUR_WORDS:
+        if isinstance(exc, kind):
+            return JSONResponse({"errors": [text]}, status_code=status)
+    if status == 400 and not isinstance(exc, NebulaCredentialError) and "sys.set_int_max_str_digits" in str(exc):
+        return JSONResponse({"errors": ["a number in the request has too many digits"]}, status_code=status)
     if status >= 500:
         logger.error("request failed: %s", type(exc).__name__)
         logger.debug("request failure detail", exc_info=exc)

@@ -165,7 +165,10 @@ def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | N
     """
     from granian import Granian
 
+    from ._bind import check_address_free
+
     host, port = check_tls(options)
+    check_address_free(host, port)  # granian's SO_REUSEPORT would let a second serve share the port
     os.environ[ENV_DB] = url
     os.environ[ENV_KEYRING] = vault.keyring_name
     if config_path:

@@ -1,0 +1,100 @@
+"""Request bodies parsed with bounds, so bad input is a 400 and never a 5xx.
+
+``json.loads`` recurses once per nesting level and raises RecursionError
+near ~950 levels (a 500 before); it turns ``NaN``/``Infinity`` and ``1e999``
+into floats that every later read of the stored secret refuses; and a
+5,000-digit literal fails with Python's own advice about
+``sys.set_int_max_str_digits()``.  :func:`loads` measures the nesting depth
+with a cheap linear scan first and refuses more than :data:`MAX_DEPTH`
+levels, refuses non-finite numbers naming the field, and bounds integers:
+at most :data:`MAX_INT_DIGITS` digits anywhere, and within a signed 64-bit
+range outside the ``data`` payload (``options.cas``, versions, TTLs), which
+is what every integer we act on fits in.  Each refusal is a
+:class:`~.errors.HTTPError` 400 in our words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .errors import HTTPError
+
+#: Deepest nesting of arrays/objects accepted (OpenBao takes deeper; we refuse with a 400 instead of a 500).
+MAX_DEPTH = 512
+#: Longest integer literal accepted anywhere in a body.
+MAX_INT_DIGITS = 64
+#: Integers outside the secret payload must fit a signed 64-bit integer (as Vault's do).
+INT_BOUND = 2**63 - 1
+#: Top-level fields whose integers are stored as given rather than acted on.
+PAYLOAD_FIELDS = frozenset({"data"})
+
+
+def nesting_depth(raw: bytes) -> int:
+    """The deepest ``[``/``{`` nesting of ``raw``, skipping string contents (no recursion, one pass)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:  # stop early: the answer is already "too deep"
+                    return deepest
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise HTTPError(400, f"failed to parse JSON input: a number has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _field(path: list[str]) -> str:
+    return ".".join(path) or "(body)"
+
+
+def _check_numbers(body: Any) -> None:
+    """Refuse non-finite floats anywhere and out-of-range integers outside the payload, naming the field.
+
+    Iterative (an explicit stack), so a body of :data:`MAX_DEPTH` levels costs no recursion.
+    """
+    stack: list[tuple[Any, list[str], bool]] = [(body, [], False)]
+    while stack:
+        value, path, payload = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((item, [*path, str(key)], payload or (not path and key in PAYLOAD_FIELDS)))
+        elif isinstance(value, list):
+            stack.extend((item, [*path, str(i)], payload) for i, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise HTTPError(400, f"{_field(path)}: NaN and Infinity are not valid JSON numbers")
+        elif isinstance(value, int) and not isinstance(value, bool) and not payload and abs(value) > INT_BOUND:
+            raise HTTPError(400, f"{_field(path)}: number out of range (at most {INT_BOUND})")
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse a request body within the bounds above; any refusal is a 400 naming the problem."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if nesting_depth(data) > MAX_DEPTH:
+        raise HTTPError(400, f"failed to parse JSON input: nested deeper than {MAX_DEPTH} levels")
+    try:
+        body = json.loads(data, parse_int=_parse_int)
+    except HTTPError:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise HTTPError(400, "failed to parse JSON input: request body is not valid JSON") from None
+    _check_numbers(body)
+    return body
