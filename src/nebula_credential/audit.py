@@ -472,3 +472,19 @@ def row_to_json(row: AuditRow) -> dict[str, Any]:
         "outcome": row.outcome,
         "details": json.loads(row.details) if row.details else {},
     }
+
+
+def head_opens_under(tx: StoreTx, key: bytes | bytearray) -> bool:
+    """Whether the chain's MAC'd head checks out under ``key``: proof that ``key`` is this store's audit key.
+
+    Escrow recovery uses it to tell an escrow file of *this* store from
+    another store's with an edited id, before anything is rewritten.
+    """
+    head = tx.get_audit_head()
+    seq_text, _, tag = (head or "").partition(":")
+    if not seq_text.isdigit() or not tag:
+        return False
+    rows = tx.audit_rows(int(seq_text) - 1, 1)
+    if not rows or rows[0].seq != int(seq_text):
+        return False
+    return hmac.compare_digest(_head_tag(key, rows[0].seq, rows[0].mac), tag)

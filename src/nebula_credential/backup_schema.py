@@ -16,13 +16,21 @@ from __future__ import annotations
 import re
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, cast
 
 from .exceptions import BackupError
 from .store.base import SCHEMA_VERSION
 
 #: (type, name) -> (tbl_name, normalised sql)
 Schema = dict[tuple[str, str], tuple[str, str]]
+
+class _Migrating(Protocol):
+    """The SQL backends' transaction: it applies a prefix of the migration list (not on StoreTx)."""
+
+    def apply_migrations(self, migrations: Sequence[Sequence[str]], real: str) -> int: ...
+
 
 #: Objects SQLite itself may add to any database (statistics from ANALYZE / PRAGMA optimize).
 _SQLITE_INTERNAL = re.compile(r"^sqlite_stat\d$")
@@ -62,7 +70,7 @@ def expected_schema(version: int) -> Schema:
         store = SqliteStore(f"sqlite:///{db}")
         try:
             with store.transaction() as tx:
-                tx.apply_migrations(MIGRATIONS[:version], "REAL")
+                cast(_Migrating, tx).apply_migrations(MIGRATIONS[:version], "REAL")
         finally:
             store.close()
         conn = sqlite3.connect(db)
