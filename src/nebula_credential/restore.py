@@ -38,6 +38,7 @@ from .backups import STORE_ID_META, Manifest, copy_facts, read_manifest, write_p
 from .config import KeyManagementConfig
 from .exceptions import BackupError, NebulaCredentialError
 from .models import KeyStatus
+from .names import printable
 from .providers import open_provider
 from .providers.base import WrapContext
 from .store.base import SCHEMA_VERSION, Store
@@ -272,7 +273,8 @@ def restore_backup(path: str | os.PathLike[str], to_url: str, *, config: KeyMana
         key_dir = target.resolve().parent
         _check(report, work, config, live, key_dir)
         if not report.ok:
-            raise BackupError("backup failed verification, nothing was restored: " + "; ".join(report.problems))
+            raise BackupError(printable("backup failed verification, nothing was restored: "
+                                        + "; ".join(report.problems)))
         _record_restore(work, config, key_dir, backup, report)
         _single_file(work)
         if live is not None and Path(getattr(live, "path", "")).resolve() == target.resolve():
