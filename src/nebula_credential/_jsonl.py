@@ -10,11 +10,13 @@ time, never whole.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._files import open_regular
 from .exceptions import ConfigError, InvalidInputError
 
 
@@ -34,8 +36,18 @@ def loads(text: str | bytes, field: str) -> Any:
 
 
 def open_lines(path: str | Path) -> TextIO:
-    """The stream for ``path`` (``-`` is stdin, which the caller must not close)."""
-    return sys.stdin if str(path) == "-" else open(path, encoding="utf-8")
+    """The stream for ``path`` (``-`` is stdin, which the caller must not close).
+
+    A path must be a regular file: a FIFO would block the command forever
+    waiting for a writer, so it is refused at once (stdin may be a pipe).
+    """
+    if str(path) == "-":
+        return sys.stdin
+    try:
+        fd = open_regular(Path(path), os.O_RDONLY, str(path))
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot open: {exc.strerror}") from None
+    return open(fd, encoding="utf-8")
 
 
 def iter_objects(path: str | Path, required: tuple[str, ...], shape: str) -> Iterator[dict[str, Any]]:

@@ -5,20 +5,27 @@ vault, one record at a time: the plaintext exists only in memory for that
 record and is never written to disk.  A credential id already in the vault
 is skipped, so re-running adopts nothing twice and never overwrites a value
 the application has since changed.
+
+Like ``import``, a JSONL file is checked whole before anything is written:
+every line parses and is typed (a string id and token, a valid scope, an
+object for metadata; no ``str()`` of a number or an object id), so a bad
+line adopts nothing.  Whatever is adopted is audited, even when a later
+record stops the run.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._jsonl import iter_objects
-from .exceptions import ConfigError, NebulaCredentialError
+from ._jsonl import iter_numbered
+from .exceptions import ConfigError, InvalidInputError, NebulaCredentialError
 from .legacy import LegacyKeySet, decode_value
+from .names import check_credential_id, check_scope
 from .store import redact_url
 from .vault import DEFAULT_SCOPE, Vault
 
@@ -52,6 +59,17 @@ class AdoptReport:
         }
 
 
+def check_record(rec: LegacyRecord, where: str = "record") -> LegacyRecord:
+    """A record typed as the vault will store it; :class:`InvalidInputError` naming ``where`` if not."""
+    check_credential_id(rec.id, f"{where}: id")
+    check_scope(rec.scope, f"{where}: scope")
+    if not isinstance(rec.token, str | bytes):
+        raise InvalidInputError(f"{where}: token", f"must be a string, got {type(rec.token).__name__}")
+    if not isinstance(rec.metadata, dict):
+        raise InvalidInputError(f"{where}: metadata", f"must be a JSON object, got {type(rec.metadata).__name__}")
+    return rec
+
+
 def adopt(
     vault: Vault,
     records: Iterable[LegacyRecord],
@@ -59,47 +77,72 @@ def adopt(
     *,
     dry_run: bool = False,
 ) -> AdoptReport:
+    """Adopt ``records``; a sequence is checked whole first, and what was adopted is always audited."""
     report = AdoptReport(dry_run=dry_run)
     kr = vault.keyring_name
-    for rec in records:
-        with vault.store.read() as tx:
-            exists = tx.get_credential(kr, rec.id) is not None
-        if exists:
-            report.skipped_existing += 1
-            continue
-        try:
-            value = decode_value(keys.decrypt(rec.token))
-        except (NebulaCredentialError, ValueError) as exc:
-            report.failed.append((rec.id, str(exc)))
-            continue
+    if isinstance(records, Sequence):
+        for n, rec in enumerate(records, 1):
+            check_record(rec, f"record {n}")
+    try:
+        for n, rec in enumerate(records, 1):
+            check_record(rec, f"record {n} ({rec.id!r})" if isinstance(rec.id, str) else f"record {n}")
+            with vault.store.read() as tx:
+                exists = tx.get_credential(kr, rec.id) is not None
+            if exists:
+                report.skipped_existing += 1
+                continue
+            try:
+                value = decode_value(keys.decrypt(rec.token))
+            except (NebulaCredentialError, ValueError) as exc:
+                report.failed.append((rec.id, str(exc)))
+                continue
+            if not dry_run:
+                meta = dict(rec.metadata)
+                meta.setdefault("adopted", True)
+                vault.put(rec.id, value, scope=rec.scope, metadata=meta)
+            del value
+            report.adopted += 1
+    finally:
         if not dry_run:
-            meta = dict(rec.metadata)
-            meta.setdefault("adopted", True)
-            vault.put(rec.id, value, scope=rec.scope, metadata=meta)
-        del value
-        report.adopted += 1
-    if not dry_run:
-        with vault.store.transaction() as tx:
-            vault.audit.record(
-                tx,
-                "legacy.adopt",
-                keyring=kr,
-                adopted=report.adopted,
-                skipped=report.skipped_existing,
-                failed=len(report.failed),
-            )
+            with vault.store.transaction() as tx:
+                vault.audit.record(
+                    tx,
+                    "legacy.adopt",
+                    keyring=kr,
+                    adopted=report.adopted,
+                    skipped=report.skipped_existing,
+                    failed=len(report.failed),
+                )
     return report
 
 
-def records_from_jsonl(path: str | Path) -> Iterator[LegacyRecord]:
-    """``{"id", "scope", "token", "metadata"}`` per line, streamed."""
-    for item in iter_objects(path, ("id", "token"), '{"id", "scope", "token", "metadata"}'):
-        yield LegacyRecord(
-            id=str(item["id"]),
+_SHAPE = '{"id", "scope", "token", "metadata"}'
+
+
+def _jsonl_records(path: str | Path) -> Iterator[LegacyRecord]:
+    for n, item in iter_numbered(path, ("id", "token"), _SHAPE):
+        scope = item.get("scope")
+        metadata = item.get("metadata")
+        yield check_record(LegacyRecord(
+            id=item["id"],
             token=item["token"],
-            scope=str(item.get("scope") or DEFAULT_SCOPE),
-            metadata=item.get("metadata") or {},
-        )
+            scope=DEFAULT_SCOPE if scope is None or scope == "" else scope,
+            metadata={} if metadata is None else metadata,
+        ), f"{path}:{n}")
+
+
+def records_from_jsonl(path: str | Path) -> Iterator[LegacyRecord]:
+    """``{"id", "scope", "token", "metadata"}`` per line: the whole file is checked before the first is yielded.
+
+    A file is read twice (checked, then streamed); standard input (``-``)
+    is read once and held -- tokens are ciphertext, never plaintext.
+    """
+    if str(path) == "-":
+        yield from list(_jsonl_records(path))
+        return
+    for _ in _jsonl_records(path):
+        pass
+    yield from _jsonl_records(path)
 
 
 def records_from_db(url: str, query: str, *, page: int = 500) -> Iterator[LegacyRecord]:

@@ -133,11 +133,15 @@ class VerifyResult:
     first_bad_seq: int | None
     #: What the chain does not explain (key-table changes, a missing start), one line each.
     unexplained: tuple[str, ...] = ()
+    #: Events compared with an exported copy (``verify --against``); None when there was none.
+    compared: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": self.ok, "events": self.events, "first_bad_seq": self.first_bad_seq}
         if self.unexplained:  # the contract's three fields stay exactly as they were when all is well
             out["unexplained"] = list(self.unexplained)
+        if self.compared is not None and (not self.ok or self.compared != self.events):
+            out["compared"] = self.compared  # a whole, intact comparison keeps the three fields
         return out
 
 
@@ -419,23 +423,29 @@ class AuditLog:
         seq = (head or "0:").partition(":")[0]
         return int(seq) if seq.isdigit() else 0
 
-    def verify_against(self, exported: Iterable[dict[str, Any]]) -> VerifyResult:
+    def verify_against(self, exported: Iterable[dict[str, Any]], *, partial: bool = False) -> VerifyResult:
         """Check the store's chain against a copy kept outside it (``audit export``).
 
         Every exported event must still be in the store with the same MAC:
         a chain rolled back behind the copy, or rewritten, fails, naming the
         first event that differs.  The store's own chain is verified first.
+        The copy must cover the whole chain, every event from 1 to the
+        store's last -- an empty or one-line file proves nothing -- unless
+        ``partial`` (then only the events it has are compared).  The result
+        says how many events were compared.
         """
         own = self.verify()
         if not own.ok:
             return own
         problems: list[str] = []
         first_bad: int | None = None
+        seen: set[int] = set()
         with self._store.read() as tx:
             stored_head = own.events
             for n, event in enumerate(exported, 1):
                 seq, mac = event.get("seq"), event.get("mac")
-                if not isinstance(seq, int) or seq < 1 or not isinstance(mac, str):
+                # bool is an int subclass: ``"seq": true`` must not read as event 1
+                if type(seq) is not int or seq < 1 or not isinstance(mac, str):
                     raise ConfigError(f"exported event {n}", "expected an integer seq and a hex mac "
                                       "(a line of `nebula-credential audit export`)")
                 if seq > stored_head:
@@ -448,9 +458,16 @@ class AuditLog:
                     problems.append(f"event {seq} in the store differs from the exported copy: the chain was rewritten")
                     first_bad = seq
                     break
+                seen.add(seq)
+        if not problems and not partial and len(seen) < stored_head:
+            missing = next(s for s in range(1, stored_head + 1) if s not in seen)
+            problems.append(f"the exported copy has {len(seen)} of the store's {stored_head} events (first missing: "
+                            f"{missing}); export the rest (`audit export --since SEQ`), or pass --partial to "
+                            "compare only the events it has")
+            first_bad = missing
         if problems:
-            return VerifyResult(False, own.events, first_bad, tuple(problems))
-        return own
+            return VerifyResult(False, own.events, first_bad, tuple(problems), compared=len(seen))
+        return dataclasses.replace(own, compared=len(seen))
 
 def row_to_export(row: AuditRow) -> dict[str, Any]:
     """One ``audit export`` line: the readable event plus its exact time and MAC."""
@@ -472,3 +489,19 @@ def row_to_json(row: AuditRow) -> dict[str, Any]:
         "outcome": row.outcome,
         "details": json.loads(row.details) if row.details else {},
     }
+
+
+def head_opens_under(tx: StoreTx, key: bytes | bytearray) -> bool:
+    """Whether the chain's MAC'd head checks out under ``key``: proof that ``key`` is this store's audit key.
+
+    Escrow recovery uses it to tell an escrow file of *this* store from
+    another store's with an edited id, before anything is rewritten.
+    """
+    head = tx.get_audit_head()
+    seq_text, _, tag = (head or "").partition(":")
+    if not seq_text.isdigit() or not tag:
+        return False
+    rows = tx.audit_rows(int(seq_text) - 1, 1)
+    if not rows or rows[0].seq != int(seq_text):
+        return False
+    return hmac.compare_digest(_head_tag(key, rows[0].seq, rows[0].mac), tag)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import BackupError, CorruptRecordError, StoreError
 from .holds import STORE_ID_META, ensure_store_id, referenced_versions
 from .models import KeyStatus
+from .names import printable
 from .store import BackupRecord, Store, StoreTx, read_file_copy
 
 if TYPE_CHECKING:
@@ -294,8 +295,8 @@ def forget_backup(vault: Vault, name: str) -> BackupRecord:
 
 
 def _check_new_name(tx: StoreTx, label: str) -> None:
-    if not label or len(label) > 200 or any(c in label for c in "\n\r\t"):
-        raise BackupError("a backup name must be 1..200 printable characters")
+    if not label or len(label) > 200 or printable(label) != label:
+        raise BackupError("a backup name must be 1..200 printable characters (no control characters)")
     if any(b.name == label for b in tx.list_backups()):
         raise BackupError(f"a backup named {label!r} is already registered; choose another name "
                           f"or `backup forget {label}`")

@@ -12,10 +12,20 @@ without the escrow root, which is why that root lives elsewhere.  It is a
 snapshot: versions created after it are not in it, so re-run
 ``provider add-escrow`` after every rotation (``doctor`` says when it is
 stale).  Every step is audited.
+
+Recovery checks before it writes, because a wrong escrow file overwrites
+the only working wrapped keys: the file carries a MAC (under a key derived
+from the escrowed audit key) binding the store id, the escrow root and
+every wrapped key, so an edited ``store_id`` fails; the escrowed audit key
+must open the store's own audit head; and every escrowed DEK must decrypt
+a sample of the rows its header names.  Only then is anything rewrapped,
+in one transaction.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,7 +33,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .audit import AUDIT_KEY_CONTEXT, AUDIT_KEY_META, AuditLog
+from cryptography.exceptions import InvalidTag
+
+from . import envelope as env
+from .audit import AUDIT_KEY_CONTEXT, AUDIT_KEY_META, AuditLog, head_opens_under
 from .backups import write_private
 from .config import KeyManagementConfig
 from .exceptions import BackupError, NebulaCredentialError
@@ -37,7 +50,30 @@ from .store import Store, StoreTx
 ESCROW_FORMAT = 1
 ESCROW_META = "escrow"
 ESCROW_PURPOSE = "escrow"
+#: Rows per key version that recovery test-decrypts with the escrowed DEK before writing anything.
+SAMPLE_ROWS = 16
+_MAC_DOMAIN = b"nebula-credential escrow file mac v1"
 _AUDIT_ESCROW_CONTEXT = WrapContext(AUDIT_KEY_CONTEXT.keyring, AUDIT_KEY_CONTEXT.version, "escrow-audit")
+
+
+def _mac_key(audit_key: bytes | bytearray) -> bytes:
+    """The escrow file's MAC key: derived from the audit key, which only the escrow root (or primary) opens."""
+    return hmac.new(bytes(audit_key), _MAC_DOMAIN, hashlib.sha256).digest()
+
+
+def _mac(mac_key: bytes, doc: dict[str, Any]) -> str:
+    """MAC over everything recovery trusts: store id, escrow root, audit key, every (keyring, version, key)."""
+    try:
+        body = {
+            "store_id": doc.get("store_id"),
+            "escrow_root_key_id": doc.get("escrow_root_key_id"),
+            "audit_key": doc.get("audit_key"),
+            "keys": sorted([str(e["keyring"]), int(e["version"]), str(e["wrapped"])] for e in doc["keys"]),
+        }
+    except (KeyError, TypeError, ValueError):
+        raise BackupError("the escrow file is malformed") from None
+    msg = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(mac_key, msg, hashlib.sha256).hexdigest()
 
 
 def _ctx(keyring: str, version: int) -> WrapContext:
@@ -90,6 +126,7 @@ def add_escrow(store: Store, primary: KeyProvider, audit: AuditLog, escrow: KeyP
         raise BackupError("the store has no audit key; initialise it first")
     with primary.unwrap(bytes.fromhex(raw_audit), AUDIT_KEY_CONTEXT) as key:
         audit_wrapped = escrow.wrap(key, _AUDIT_ESCROW_CONTEXT)
+        mac_key = _mac_key(key.buffer)
     result = EscrowResult(str(path), escrow.root_key_id(),
                           [f"{e['keyring']}/v{e['version']}" for e in entries])
     with store.transaction() as tx:
@@ -102,6 +139,7 @@ def add_escrow(store: Store, primary: KeyProvider, audit: AuditLog, escrow: KeyP
             "audit_key": audit_wrapped.hex(),
             "keys": entries,
         }
+        doc["mac"] = _mac(mac_key, doc)
         write_private(path, json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
         tx.set_meta(ESCROW_META, json.dumps({"created_at": now.isoformat(), "versions": result.versions,
                                              "escrow_root_key_id": result.escrow_root_key_id}, sort_keys=True))
@@ -151,6 +189,7 @@ def recover_from_escrow(store: Store, escrow: KeyProvider, escrow_file: str | os
         raise BackupError(f"the escrow file is of store {doc.get('store_id')}, this store is {sid}")
     with store.read() as tx:  # refuse before a new root key is made for nothing
         _missing_from_escrow(tx, doc, accept_loss)
+    check_escrow(store, doc, escrow)
     primary = new_primary(store, config)
     try:
         with store.transaction() as tx:
@@ -163,6 +202,66 @@ def recover_from_escrow(store: Store, escrow: KeyProvider, escrow_file: str | os
     finally:
         primary.close()
     return result
+
+
+def check_escrow(store: Store, doc: dict[str, Any], escrow: KeyProvider) -> None:
+    """Prove the escrow file is this store's before anything is rewritten; :class:`BackupError` if not.
+
+    The escrow root opens the escrowed audit key; its MAC (files written
+    before the MAC existed have none) must check out; the audit key must
+    open this store's audit head; every escrowed DEK of a version that
+    still has material must decrypt up to :data:`SAMPLE_ROWS` of the rows
+    its envelope header names.  Nothing is written here.
+    """
+    escrowed = _escrowed(doc)
+    nothing = "; nothing was changed"
+    try:
+        audit_key = escrow.unwrap(bytes.fromhex(str(doc["audit_key"])), _AUDIT_ESCROW_CONTEXT)
+    except (KeyError, ValueError):
+        raise BackupError("the escrow file is malformed" + nothing) from None
+    except NebulaCredentialError as exc:
+        raise BackupError(f"the escrow root does not open this escrow file ({exc})" + nothing) from exc
+    with audit_key:
+        mac = doc.get("mac")
+        if mac is not None and not (isinstance(mac, str)
+                                    and hmac.compare_digest(_mac(_mac_key(audit_key.buffer), doc), mac)):
+            raise BackupError("the escrow file fails its MAC: its store id, root or keys were edited" + nothing)
+        with store.read() as tx:
+            if not head_opens_under(tx, audit_key.buffer):
+                raise BackupError("the escrow file's audit key does not open this store's audit head: it is "
+                                  "another store's escrow file (or the head was tampered with)" + nothing)
+            bad = []
+            for (keyring, version), wrapped in sorted(escrowed.items()):
+                current = tx.get_version(keyring, version)
+                if current is None or current.wrapped_key is None:
+                    continue
+                if not _sample_decrypts(tx, escrow, keyring, version, wrapped):
+                    bad.append(f"{keyring}/v{version}")
+    if bad:
+        raise BackupError(f"the escrowed key(s) {', '.join(bad)} do not decrypt this store's rows: the escrow "
+                          "file is of another store" + nothing)
+
+
+def _sample_decrypts(tx: StoreTx, escrow: KeyProvider, keyring: str, version: int, wrapped: bytes) -> bool:
+    """Whether the escrowed DEK opens up to SAMPLE_ROWS rows whose header names ``version``."""
+    try:
+        aead = escrow.open_dek(wrapped, _ctx(keyring, version))
+    except NebulaCredentialError:
+        return False
+    page = tx.list_credentials(keyring, key_version=version, limit=SAMPLE_ROWS, skip_corrupt=True)
+    for row in page:
+        try:
+            parsed = env.parse(row.envelope)
+        except NebulaCredentialError:
+            continue  # a corrupt row says nothing about the key
+        if parsed.key_version != version:
+            continue
+        aad = parsed.header + env.credential_context(row.keyring, row.id, row.scope)
+        try:
+            aead.decrypt(parsed.nonce, parsed.ciphertext, aad)
+        except InvalidTag:
+            return False
+    return True
 
 
 def _rewrap_all(tx: StoreTx, doc: dict[str, Any], escrow: KeyProvider, primary: KeyProvider,

@@ -2,10 +2,14 @@
 
 The checks (``backup verify``; ``backup restore`` runs them first):
 
-* the copy is a nebula-credential store whose schema this library knows;
+* the copy is a nebula-credential store whose schema this library knows,
+  and its schema is *exactly* the one the migrations create at its version
+  (:mod:`nebula_credential.backup_schema`): no trigger, view, table or
+  index more or different -- a backup is data, never code;
 * the current root of trust opens it (its audit key unwraps) and its
   audit chain verifies, head included;
-* the manifest beside it, if any, names the same store and audit head;
+* the manifest beside it, if any, names the same store, audit head, schema
+  version and credentials per key version;
 * every key version a row needs -- by envelope header -- exists in the
   copy with material, and its DEK opens under the current root of trust;
 * no such version was destroyed in the live store since: destruction is a
@@ -29,11 +33,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backups import copy_facts, read_manifest, write_private
+from .backup_schema import schema_differences
+from .backups import Manifest, copy_facts, read_manifest, write_private
 from .config import KeyManagementConfig
 from .exceptions import BackupError, NebulaCredentialError
 from .holds import STORE_ID_META
 from .models import KeyStatus
+from .names import printable
 from .providers import open_provider
 from .providers.base import WrapContext
 from .store import SCHEMA_VERSION, Store
@@ -101,10 +107,24 @@ def _open_copy(work: Path, config: KeyManagementConfig, key_dir: Path | None) ->
     return open_vault(f"sqlite:///{work}", config=config, provider=provider)
 
 
+def _facts(work: Path, backup: Path) -> tuple[str | None, int, dict[str, dict[int, int]], str | None]:
+    """:func:`copy_facts` of the working copy; an error names the backup, never the temporary file."""
+    try:
+        return copy_facts(work)
+    except BackupError as exc:
+        raise BackupError(str(exc).replace(str(work), str(backup))) from None
+
+
 def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: Store | None,
            key_dir: Path | None) -> None:
     backup = Path(report.path)
-    sid, schema, keys, head = copy_facts(work)
+    # first of all, before the copy is opened as a store: its schema is data, never code
+    _, extra = schema_differences(work, label=str(backup))
+    if extra:
+        report.fail("the copy's schema is not one this project creates (a backup is data, never code): "
+                    + "; ".join(extra))
+        return
+    sid, schema, keys, head = _facts(work, backup)
     report.store_id, report.schema_version, report.keys = sid, schema, keys
     report.credentials = sum(n for per in keys.values() for n in per.values())
     if schema < 1:
@@ -121,6 +141,7 @@ def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: 
             report.fail(f"the manifest names store {manifest.store_id}, the copy is store {sid}")
         if manifest.audit_head != head:
             report.fail("the copy's audit head differs from the one its manifest recorded")
+        _compare_manifest(report, manifest, schema, keys)
     try:
         vault = _open_copy(work, config, key_dir)
     except NebulaCredentialError as exc:
@@ -172,6 +193,19 @@ def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: 
             f"key version(s) {names} were destroyed in the live store since this copy was made; "
             f"restoring would bring destroyed keys back, and {lost} credential(s) of the copy are under them"
         )
+
+
+def _compare_manifest(report: VerifyReport, manifest: Manifest, schema: int,
+                      keys: dict[str, dict[int, int]]) -> None:
+    """What the manifest recorded at backup time must be what the copy holds now."""
+    if manifest.schema_version != schema:
+        report.fail(f"the manifest records schema version {manifest.schema_version}, the copy has {schema}")
+    if manifest.keys != keys:
+        def show(k: dict[str, dict[int, int]]) -> str:
+            return ", ".join(f"{kr}/v{v}: {n}" for kr, per in sorted(k.items()) for v, n in sorted(per.items())) \
+                or "none"
+        report.fail(f"the manifest records credentials per key version {show(manifest.keys)}, "
+                    f"the copy has {show(keys)}")
 
 
 def _decrypt_every_row(report: VerifyReport, vault: Vault) -> None:
@@ -240,7 +274,8 @@ def restore_backup(path: str | os.PathLike[str], to_url: str, *, config: KeyMana
         key_dir = target.resolve().parent
         _check(report, work, config, live, key_dir)
         if not report.ok:
-            raise BackupError("backup failed verification, nothing was restored: " + "; ".join(report.problems))
+            raise BackupError(printable("backup failed verification, nothing was restored: "
+                                        + "; ".join(report.problems)))
         _record_restore(work, config, key_dir, backup, report)
         _single_file(work)
         if live is not None and Path(getattr(live, "path", "")).resolve() == target.resolve():

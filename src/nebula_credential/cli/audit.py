@@ -11,6 +11,7 @@ from .._jsonl import iter_objects
 from ..audit import row_to_export, row_to_json
 from ..durations import parse_duration
 from ..models import from_epoch, to_epoch
+from ..names import printable
 from ._common import AppContext, console, emit, emit_line, pass_app
 
 
@@ -63,9 +64,9 @@ def list_events(
             ) if x
         )
         details = "" if r.details == "{}" else f" {r.details}"
-        console.print(
-            f"{r.seq:>6} {ts.strftime('%Y-%m-%d %H:%M:%S') if ts else ''} {r.action:<18} {r.outcome:<7} "
-            f"{where} by {r.actor}{details}",
+        console.print(  # rows are data a database writer may have written: no terminal escapes
+            printable(f"{r.seq:>6} {ts.strftime('%Y-%m-%d %H:%M:%S') if ts else ''} {r.action:<18} "
+                      f"{r.outcome:<7} {where} by {r.actor}{details}"),
             markup=False, highlight=False, soft_wrap=True,
         )
 
@@ -74,8 +75,10 @@ def list_events(
 @click.option("--against", "against", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also check the store against a copy kept with `audit export` (catches a rolled-back "
                    "or rewritten chain); - reads stdin.")
+@click.option("--partial", is_flag=True,
+              help="With --against: the file need not hold the whole chain; compare only the events it has.")
 @pass_app
-def verify(app: AppContext, against: str | None) -> None:
+def verify(app: AppContext, against: str | None, partial: bool) -> None:
     """Walk the HMAC chain and check it explains the key table; exit 1 on the first problem.
 
     \b
@@ -83,17 +86,22 @@ def verify(app: AppContext, against: str | None) -> None:
     1 when an event does not check out or something is unexplained (the
     first bad sequence number is printed), or the store cannot be read.
     """
+    if partial and against is None:
+        raise click.UsageError("--partial only applies with --against FILE")
     log = app.vault().audit
     if against is None:
         result = log.verify()
     else:
-        result = log.verify_against(iter_objects(against, ("seq", "mac"), '{"seq", "mac", ...} per line'))
+        result = log.verify_against(iter_objects(against, ("seq", "mac"), '{"seq", "mac", ...} per line'),
+                                    partial=partial)
 
     def human() -> None:
         if result.ok:
-            console.print(f"audit chain intact: {result.events} events", markup=False)
+            compared = "" if result.compared is None else f"; {result.compared} compared with {against}"
+            console.print(f"audit chain intact: {result.events} events{compared}", markup=False)
             return
-        console.print(f"audit chain BROKEN at event {result.first_bad_seq} ({result.events} events read)",
+        compared = "" if result.compared is None else f", {result.compared} compared with {against}"
+        console.print(f"audit chain BROKEN at event {result.first_bad_seq} ({result.events} events read{compared})",
                       style="bold red", markup=False)
         for line in result.unexplained:
             console.print(f"  unexplained: {line}", markup=False, highlight=False, soft_wrap=True)

@@ -13,6 +13,7 @@ import click
 from ..backups import create_sqlite_backup, forget_backup, list_backups, register_backup
 from ..durations import parse_duration
 from ..exceptions import BackupError
+from ..names import printable
 from ..opening import Store, open_store, path_from_url
 from ..restore import report_lines, restore_backup, verify_backup
 from ._common import AppContext, console, emit, err_console, pass_app
@@ -38,10 +39,10 @@ def create(app: AppContext, path: str, keep: str | None, name: str | None) -> No
     if key_file and Path(key_file).resolve().parent == Path(path).resolve().parent:
         err_console.print(f"warning: the root key file {key_file} is in the same folder as the backup; "
                           "anyone who gets both can read every credential: keep them apart", markup=False)
-    emit(app, m.to_json(), lambda: console.print(
+    emit(app, m.to_json(), lambda: _print([
         f"backup {m.name}: {m.credentials} credential(s) under "
         + ", ".join(f"{kr}/v{v}" for kr, per in sorted(m.keys.items()) for v in sorted(per))
-        + f"; those versions are kept until {m.expires_at:%Y-%m-%d %H:%M} UTC", markup=False))
+        + f"; those versions are kept until {m.expires_at:%Y-%m-%d %H:%M} UTC"]))
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -66,10 +67,10 @@ def register(app: AppContext, label: str, taken_at: str | None, keep: str | None
     when = _parse_time(taken_at) or vault.clock()
     m = register_backup(vault, label, taken_at=when,
                         keep=parse_duration(keep, "--keep") if keep else app.config.backup.keep, location=location)
-    emit(app, m.to_json(), lambda: console.print(
+    emit(app, m.to_json(), lambda: _print([
         f"registered backup {m.name} taken {m.taken_at:%Y-%m-%d %H:%M} UTC; holds "
         + (", ".join(f"{kr}/v{v}" for kr, per in sorted(m.keys.items()) for v in sorted(per)) or "no version")
-        + f" until {m.expires_at:%Y-%m-%d %H:%M} UTC", markup=False))
+        + f" until {m.expires_at:%Y-%m-%d %H:%M} UTC"]))
 
 
 @backup.command(name="list")
@@ -93,8 +94,7 @@ def list_(app: AppContext) -> None:
             console.print("no registered backups")
         for r in rows:
             state = "expired" if r["expired"] else "holds " + (", ".join(r["versions"]) or "nothing")
-            console.print(f"{r['name']}  {r['kind']}  taken {r['taken_at']}  until {r['expires_at']}  {state}",
-                          markup=False)
+            _print([f"{r['name']}  {r['kind']}  taken {r['taken_at']}  until {r['expires_at']}  {state}"])
 
     emit(app, {"backups": rows}, human)
 
@@ -105,13 +105,15 @@ def list_(app: AppContext) -> None:
 def forget(app: AppContext, name: str) -> None:
     """Drop a registration; the versions it held follow normal retention again."""
     record = forget_backup(app.vault(), name)
-    emit(app, {"forgotten": record.name}, lambda: console.print(
-        f"forgot backup {record.name}; its key versions follow normal retention again", markup=False))
+    emit(app, {"forgotten": record.name}, lambda: _print(
+        [f"forgot backup {record.name}; its key versions follow normal retention again"]))
 
 
 def _print(lines: list[str]) -> None:
+    """Human lines with every control character escaped: labels, ids and paths come from files and rows
+    others may write, and must never drive the terminal."""
     for line in lines:
-        console.print(line, markup=False)
+        console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -138,7 +140,7 @@ def verify(app: AppContext, path: str) -> None:
         report = verify_backup(path, config=app.config, live=live, key_dir=key_dir)
     emit(app, report.to_json(), lambda: _print(report_lines(report)))
     if not report.ok:
-        raise BackupError(f"backup {path} failed verification: " + "; ".join(report.problems))
+        raise BackupError(printable(f"backup {path} failed verification: " + "; ".join(report.problems)))
 
 
 @backup.command()
@@ -154,7 +156,6 @@ def restore(app: AppContext, path: str, to_url: str, replace: bool) -> None:
 
     def human() -> None:
         _print(report_lines(report))
-        console.print(f"restored into {to_url}" + (f"; the previous store is kept as {kept}" if kept else ""),
-                      markup=False)
+        _print([f"restored into {to_url}" + (f"; the previous store is kept as {kept}" if kept else "")])
 
     emit(app, data, human)
