@@ -68,9 +68,10 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
         else:
             vault = app.vault(create=True)
         kv = vault.keys.active_version()
-    data = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": vault.provider.describe(),
-            "store": redact_url(vault.store.url)}
-    created = _created_kms_key(app, data["provider"])
+    described = vault.provider.describe()
+    data: dict[str, Any] = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": described,
+                            "store": redact_url(vault.store.url)}
+    created = _created_kms_key(app, described)
     if created is not None:
         data["created_key_id"] = created
 
