@@ -151,7 +151,8 @@ class ProviderConfig:
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     credentials: bool = False
-    """Also audit credential reads, writes and deletes (needed for the access-error ratio that ``status`` computes)."""
+    """Also audit each credential read, write and delete (not needed by the KeyAccessErrors alert: it uses the
+    store's key access counters, which every process keeps)."""
     actor: str = ""
     """Actor recorded on events; empty means ``user@host`` of the process."""
     log: bool = False
@@ -208,7 +209,8 @@ class AlertsConfig:
     max_live_versions: int = 5
     """Alert TooManyLiveVersions when more versions than this can still decrypt."""
     access_error_ratio: float = 0.01
-    """Alert KeyAccessErrors when more than this share of credential accesses fail (24 h, from the audit trail)."""
+    """Alert KeyAccessErrors when more than this share of credential accesses fail (24 h, from the store's key access
+    counters; no ``[audit] credentials`` needed)."""
 
 
 @dataclass(frozen=True, slots=True)
