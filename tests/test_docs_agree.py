@@ -66,3 +66,30 @@ def test_the_access_error_alert_does_not_need_audited_reads() -> None:
     source = inspect.getsource(AuditConfig) + inspect.getsource(AlertsConfig)
     assert "needed for the access-error" not in source
     assert "from the audit trail" not in source
+
+
+# ---- item 17: the guidance pages' settings load, the troubleshooting row quotes the real error ----------
+def toml_blocks(name: str) -> list[str]:
+    return re.findall(r"^```toml\n(.*?)^```", doc(name), flags=re.M | re.S)
+
+
+def test_the_recommended_settings_are_accepted() -> None:
+    import tomllib
+
+    from nebula_credential.config import KeyManagementConfig
+
+    blocks = toml_blocks("docs/operations/rotation.md") + toml_blocks("docs/operations/retention.md")
+    assert len(blocks) >= 4
+    for block in blocks:
+        KeyManagementConfig.from_dict(tomllib.loads(block))
+    rotation = " ".join(doc("docs/operations/rotation.md").split())
+    for interval in ("30 days", "90 days", "180 days", "manual"):
+        assert interval in rotation
+
+
+def test_troubleshooting_quotes_the_key_not_found_error(tmp_path: Path) -> None:
+    run = store_runner(tmp_path)
+    err = run("keys", "show", "9", ok=False).stderr.strip().removeprefix("error: ")
+    assert err == "keyring 'default' has no key version 9"
+    assert "has no key version N" in doc("docs/troubleshooting.md")
+    assert "which keyring 'K' does not have (wrong keyring or store?)" in doc("docs/troubleshooting.md")
