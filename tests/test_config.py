@@ -31,7 +31,8 @@ def test_full_file_loads(tmp_path: Path) -> None:
     assert cfg.keys.grace_period == timedelta(seconds=30)
     assert cfg.rotation.strategy == "scheduled" and cfg.retention.max_versions == 3
     assert cfg.reencryption.priority == ("production",) and cfg.audit.credentials
-    assert cfg.provider.explicit and cfg.provider.get("key_file") == "k.key"
+    # a relative path in a config file is relative to that file's folder
+    assert cfg.provider.explicit and cfg.provider.get("key_file") == str(tmp_path / "k.key")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -284,9 +285,7 @@ def test_the_readme_tour_runs_top_to_bottom(tmp_path: Path) -> None:
     text = (ROOT / "README.md").read_text()
     block = text.split("## CLI tour", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     env = cli_env()
-    (tmp_path / "github.json").write_text('{"token": "ghp_example"}')
-    (tmp_path / "creds.jsonl").write_text("".join(
-        json.dumps({"id": f"svc-{i}", "scope": "user", "value": {"t": i}}) + "\n" for i in range(5)))
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # the tour's inputs, as in a clone
     ran = []
     for raw in block.splitlines():
         line = raw.split("  #", 1)[0].strip()

@@ -151,7 +151,8 @@ class ProviderConfig:
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     credentials: bool = False
-    """Also audit credential reads, writes and deletes (needed for the access-error ratio that ``status`` computes)."""
+    """Also audit each credential read, write and delete (not needed by the KeyAccessErrors alert: it uses the
+    store's key access counters, which every process keeps)."""
     actor: str = ""
     """Actor recorded on events; empty means ``user@host`` of the process."""
     log: bool = False
@@ -235,7 +236,8 @@ class AlertsConfig:
     max_live_versions: int = 5
     """Alert TooManyLiveVersions when more versions than this can still decrypt."""
     access_error_ratio: float = 0.01
-    """Alert KeyAccessErrors when more than this share of credential accesses fail (24 h, from the audit trail)."""
+    """Alert KeyAccessErrors when more than this share of credential accesses fail (24 h, from the store's key access
+    counters; no ``[audit] credentials`` needed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +272,7 @@ class KeyManagementConfig:
             raise ConfigError("--config", f"config file {p} not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{p} is not valid TOML: {exc}") from None
-        return replace(cls.from_dict(data), source=str(p))
+        return replace(cls.from_dict(anchor_paths(data, p.absolute().parent)), source=str(p))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KeyManagementConfig:
@@ -294,6 +296,57 @@ class KeyManagementConfig:
             server=_server(data.get("server", {})),
             backup=_backup(data.get("backup", {})),
         )
+
+
+# ---- paths in a config file ----------------------------------------------------
+#: ``[provider]`` settings that name a file besides every ``*_file`` key (``verify``
+#: may be a CA bundle path, ``library`` a PKCS#11 module path).
+_PROVIDER_PATHS = ("ca_cert", "client_cert", "client_key", "verify", "connection_verify", "library")
+
+
+def anchor_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Resolve the relative paths a config file names against that file's folder.
+
+    A cron job or a systemd unit runs from any working directory: with every
+    path of the file (the SQLite store, key and PIN files, TLS files, CA
+    bundles) read relative to the file itself, the same config opens the same
+    store from anywhere.  Paths given by flags or environment variables are
+    not touched here: they stay relative to the working directory.  A PKCS#11
+    ``library`` without a ``/`` is a name the loader searches for, left as is.
+    """
+    out = {name: dict(section) if isinstance(section, dict) else section for name, section in data.items()}
+    store = out.get("store")
+    if isinstance(store, dict) and isinstance(store.get("url"), str):
+        store["url"] = _anchor_sqlite_url(store["url"], base)
+    provider = out.get("provider")
+    if isinstance(provider, dict):
+        for key, value in provider.items():
+            if not isinstance(value, str) or not value or (key == "library" and "/" not in value):
+                continue
+            if key.endswith("_file") or key in _PROVIDER_PATHS:
+                provider[key] = _anchor(value, base)
+    server = out.get("server")
+    if isinstance(server, dict):
+        for key, value in server.items():
+            if key.endswith("_file") and isinstance(value, str) and value:
+                server[key] = _anchor(value, base)
+    return out
+
+
+def _anchor(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def _anchor_sqlite_url(url: str, base: Path) -> str:
+    """``sqlite:///creds.db`` in ``/etc/nc/config.toml`` is ``sqlite:////etc/nc/creds.db``."""
+    prefix = "sqlite:///"
+    if not url.startswith("sqlite://"):
+        return url
+    path = url[len(prefix):] if url.startswith(prefix) else url[len("sqlite://"):]
+    if not path or path == ":memory:" or path.startswith("/"):
+        return url
+    return prefix + _anchor(path, base)
 
 
 # ---- section parsers ---------------------------------------------------------

@@ -7,6 +7,7 @@ stderr and exit status 1 (2 for usage errors); tracebacks only with
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 import traceback
@@ -66,6 +67,37 @@ class GlobalOptionsGroup(click.Group):
                 front.append(token)
             i += 1
         return super().parse_args(ctx, front + rest)
+
+    def resolve_command(
+            self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        """Unknown command: suggest the nested groups' commands it names (``rotate`` -> ``keys rotate``).
+
+        Click already suggests close top-level names; a user who guesses
+        ``nebula-credential rotate`` means a subcommand one level down, so
+        those are searched too (exact names first, then close ones).
+        """
+        try:
+            return super().resolve_command(ctx, args)
+        except click.NoSuchCommand as exc:
+            guesses = self.nested_guesses(ctx, args[0])
+            if not guesses or difflib.get_close_matches(args[0], self.list_commands(ctx)):
+                raise  # click's own suggestion (a close top-level name) comes first
+            listed = " or ".join(f"'{g}'" for g in guesses)
+            raise click.NoSuchCommand(args[0], message=f"No such command {args[0]!r}. Did you mean {listed}?",
+                                      ctx=ctx) from exc
+
+    def nested_guesses(self, ctx: click.Context, name: str) -> list[str]:
+        """``group sub`` for each nested group's subcommand named ``name`` (else close to it)."""
+        nested: dict[str, list[str]] = {}
+        for group_name in self.list_commands(ctx):
+            group = self.get_command(ctx, group_name)
+            if isinstance(group, click.Group):
+                for sub in group.list_commands(ctx):
+                    nested.setdefault(sub, []).append(f"{group_name} {sub}")
+        if name in nested:
+            return nested[name]
+        close = difflib.get_close_matches(name, list(nested), n=2, cutoff=0.8)
+        return [full for sub in close for full in nested[sub]]
 
 
 @click.group(cls=GlobalOptionsGroup, context_settings={"help_option_names": ["-h", "--help"]},

@@ -65,11 +65,30 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
         else:
             vault = app.vault(create=True)
         kv = vault.keys.active_version()
-    data = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": vault.provider.describe(),
-            "store": redact_url(vault.store.url)}
-    emit(app, data, lambda: console.print(
-        f"initialised keyring {vault.keyring_name} in {data['store']} with provider "
-        f"{vault.provider.name}; active key version {kv.version}"))
+    described = vault.provider.describe()
+    data: dict[str, Any] = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": described,
+                            "store": redact_url(vault.store.url)}
+    created = _created_kms_key(app, described)
+    if created is not None:
+        data["created_key_id"] = created
+
+    def human() -> None:
+        console.print(f"initialised keyring {vault.keyring_name} in {data['store']} with provider "
+                      f"{vault.provider.name}; active key version {kv.version}")
+        if created is not None:
+            console.print(Text(f"created KMS key {created}\nput it in the config, every later command needs it:\n"
+                               f'  [provider]\n  key_id = "{created}"'), soft_wrap=True)
+
+    emit(app, data, human)
+
+
+def _created_kms_key(app: AppContext, described: dict[str, Any]) -> str | None:
+    """The ARN of the KMS key ``init`` just created: the config named none, so it must be told."""
+    settings = app.config.provider.settings
+    if app.config.provider.type != "aws-kms" or settings.get("key_id"):
+        return None
+    arn = described.get("key_arn")
+    return str(arn) if arn else None
 
 
 @contextmanager

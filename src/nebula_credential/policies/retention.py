@@ -122,9 +122,19 @@ def load_callable(target: str) -> Callable[[KeyVersion, RetentionContext], str |
     module_name, _, attr = target.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # The usual cause: the module lives beside the operator's code, not on this process's path.
+        raise ConfigError("retention.callable", (
+            f"cannot load {target!r}: module {module_name!r} is not importable ({exc}); install the package "
+            "that provides it, or add its folder to PYTHONPATH of every process that reads this config "
+            "(CLI, daemon, server)")) from None
+    except ImportError as exc:
+        raise ConfigError("retention.callable", f"cannot load {target!r}: importing module {module_name!r} "
+                          f"failed: {type(exc).__name__}: {exc}") from None
+    try:
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    except AttributeError as exc:
         raise ConfigError("retention.callable", f"cannot load {target!r}: {type(exc).__name__}: {exc}") from None
     if not callable(obj):
         raise ConfigError("retention.callable", f"{target!r} is not callable")
