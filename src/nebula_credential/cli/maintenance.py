@@ -63,15 +63,15 @@ def daemon(app: AppContext, interval: str, metrics_addr: str | None, once: bool,
                metrics_addr=metrics_addr or app.config.metrics.addr)
     d.enable_metrics()
     if ui_addr:
-        from ..console._server import serve_beside_daemon
+        from ..server.compose import serve_console
 
-        console_server = serve_beside_daemon(vault, app.config, ui_addr)
+        console_server = serve_console(vault, app.config, ui_addr)
         logging.getLogger("nebula_credential.daemon").info("console on http://%s/ui/", ui_addr)
     try:
         d.run(max_passes=1 if once else None)
     finally:
         if ui_addr:
-            console_server.should_exit = True
+            console_server.stop()
 
 
 @click.command(name="cleanup")

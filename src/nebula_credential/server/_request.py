@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..durations import parse_duration
-from ..store.base import TokenRow
+from ..servertables import TokenRow
 from ._backend import Backend
 from .errors import HTTPError, PermissionDenied, bad_request, error_response
 from .policies import ACL

@@ -12,7 +12,6 @@ through the store, so any number of them may run).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import open_regular
+from .._net import is_loopback
 from ..config import KeyManagementConfig, parse_addr
 from ..exceptions import ConfigError
 from ..vault import Vault
@@ -48,15 +48,6 @@ class ServeOptions:
     workers: int = 1
     maintain: bool = False
     maintain_interval: timedelta = timedelta(seconds=60)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_tls(options: ServeOptions) -> tuple[str, int]:
@@ -115,12 +106,11 @@ def app_from_env() -> Any:
 
     from .. import logredact
     from ..aio import aopen
-    from ..console import create_console
-    from ..console._server import DeferredConsole, server_authorizer
     from ..metrics import MetricsExporter, register_server_metrics
     from ._backend import backend_for
     from ._httpmetrics import HttpMetricsMiddleware
     from .app import create_app, ops_routes
+    from .compose import DeferredConsole, console_app
 
     logredact.install()  # a worker process does not inherit the parent's filters
     config_path = os.environ.get(ENV_CONFIG)
@@ -150,7 +140,7 @@ def app_from_env() -> Any:
                 threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="nebula-maintain",
                                  daemon=True).start()
             app.state.backend = backend_for(vault, config)
-            app.state.console = create_console(ops, server_authorizer(ops, config))  # /ui
+            app.state.console = console_app(ops, config)  # /ui
             yield
         finally:
             if daemon is not None:
