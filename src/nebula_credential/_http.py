@@ -1,4 +1,8 @@
-"""A tiny threaded HTTP server for operational endpoints (/healthz, /metrics).
+"""A tiny threaded HTTP server for operational endpoints (/healthz, /metrics): the fallback.
+
+The daemon serves these with granian (:mod:`.server.embedded`), as ``serve``
+does; this standard-library server is used only on a base install without
+the ``server`` extra, so a health probe works wherever the scheduler runs.
 
 Routes are a table ``{path: handler}`` where a handler returns
 ``(status, content_type, body)``; the daemon and the metrics layer each add

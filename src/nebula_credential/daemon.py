@@ -1,5 +1,10 @@
 """The daemon: ``maintain`` every interval, /healthz (and /metrics) over HTTP.
 
+The HTTP endpoints are served by granian, as ``serve`` is (its embedded
+server, on a thread: :mod:`.server.embedded`).  On a base install without
+the ``server`` extra they fall back to a minimal standard-library server
+(:mod:`._http`), so a health probe works wherever the scheduler runs.
+
 SIGTERM/SIGINT set a stop flag that the re-encryption pass checks between
 batches, so shutdown finishes the batch in hand and never leaves a
 transaction half-done.  Several daemons may run against one store; the
@@ -16,6 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import FrameType
+from typing import Protocol
 
 from ._http import Handler, OpsServer
 from .config import parse_addr
@@ -25,6 +31,13 @@ from .models import utc_now
 from .vault import Vault
 
 logger = logging.getLogger("nebula_credential.daemon")
+
+
+class _Serving(Protocol):
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    def stop(self) -> None: ...
 
 
 class Daemon:
@@ -47,7 +60,7 @@ class Daemon:
         self.last_pass: datetime | None = None
         self.last_error: str | None = None
         self.routes: dict[str, Handler] = {"/healthz": self._healthz}
-        self.server: OpsServer | None = None
+        self.server: _Serving | None = None
 
     def _healthz(self) -> tuple[int, str, bytes]:
         body = {
@@ -60,11 +73,9 @@ class Daemon:
         return (200 if self.last_error is None else 503), "application/json", json.dumps(body).encode()
 
     def _targets(self) -> list[Vault]:
-        if self.keyrings is not None:
-            names = self.keyrings
-        else:
-            with self.vault.store.read() as tx:
-                names = tx.keyrings() or [self.vault.keyring_name]
+        names = self.keyrings
+        if names is None:
+            names = self.vault.keyring_names() or [self.vault.keyring_name]
         return [self.vault if n == self.vault.keyring_name else self.vault.keyring(n) for n in names]
 
     def run_pass(self) -> list[MaintainReport]:
@@ -122,7 +133,7 @@ class Daemon:
     def start_http(self) -> None:
         if self.metrics_addr:
             host, port = parse_addr(self.metrics_addr, "--metrics-addr")
-            self.server = OpsServer(host, port, self.routes).start()
+            self.server = _ops_server(host, port, self.routes)
             logger.info("serving %s on http://%s:%d", ", ".join(sorted(self.routes)), *self.server.address)
 
     def run(self, *, install_signals: bool = True, max_passes: int | None = None) -> int:
@@ -150,3 +161,14 @@ class Daemon:
                 self.server.stop()
             logger.info("daemon stopped after %d pass(es)", self.passes)
         return 0
+
+
+def _ops_server(host: str, port: int, routes: dict[str, Handler]) -> _Serving:
+    """granian when the ``server`` extra is installed, else the standard-library fallback."""
+    try:
+        from .server.embedded import EmbeddedServer, ops_app
+
+        return EmbeddedServer(ops_app(routes), host, port).start()
+    except MissingDependencyError:
+        logger.debug("the server extra is not installed: /healthz and /metrics on the standard library server")
+        return OpsServer(host, port, routes).start()
