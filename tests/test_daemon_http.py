@@ -11,6 +11,7 @@ import pytest
 
 import nebula_credential as nc
 from nebula_credential.daemon import Daemon
+from nebula_credential.exceptions import ConfigError
 
 from .helpers import free_port
 
@@ -48,3 +49,18 @@ def test_daemon_health_without_the_server_extra(local_vault: nc.Vault, monkeypat
     r = _health(Daemon(local_vault, metrics_addr=f"127.0.0.1:{free_port()}"))
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert r.headers.get("server", "") != "granian"
+
+
+def test_a_second_daemon_on_the_same_port_is_refused(local_vault: nc.Vault) -> None:
+    """granian binds with SO_REUSEPORT; the daemon must still refuse a port in use, as before."""
+    pytest.importorskip("granian")
+    addr = f"127.0.0.1:{free_port()}"
+    first = Daemon(local_vault, metrics_addr=addr)
+    first.start_http()
+    try:
+        with pytest.raises(ConfigError, match="address already in use") as refused:
+            Daemon(local_vault, metrics_addr=addr).start_http()
+        assert refused.value.field == "--metrics-addr"
+    finally:
+        assert first.server is not None
+        first.server.stop()

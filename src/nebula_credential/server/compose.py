@@ -56,4 +56,4 @@ def serve_console(vault: Vault, config: KeyManagementConfig, addr: str) -> Embed
         raise ConfigError("--ui", f"{host} is not a loopback address; serve the console over TLS with "
                                   "`nebula-credential serve` instead")
     app = Starlette(routes=[Mount("/ui", app=console_app(vault, config))])
-    return EmbeddedServer(app, host, port, name="nebula-console").start()
+    return EmbeddedServer(app, host, port, name="nebula-console", option="--ui").start()

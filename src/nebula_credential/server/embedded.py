@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from .._http import Handler
-from ..exceptions import MissingDependencyError, NebulaCredentialError
+from ..exceptions import ConfigError, MissingDependencyError, NebulaCredentialError
+from ._bind import check_address_free
 
 logger = logging.getLogger("nebula_credential.http")
 
@@ -78,14 +79,15 @@ def ops_app(routes: Mapping[str, Handler]) -> ASGIApp:
 class EmbeddedServer:
     """One ASGI app served by granian on a daemon thread of this process."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, *, name: str = "nebula-http") -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, *, name: str = "nebula-http",
+                 option: str = "--metrics-addr") -> None:
         try:
             from granian.constants import Interfaces
             from granian.server.embed import Server
         except ImportError as exc:
             raise MissingDependencyError("granian", "server") from exc
         logging.getLogger("granian").addFilter(_QuietExperimental())
-        self._host, self._port = host, port
+        self._host, self._port, self._option = host, port, option
         self._server = Server(app, address=host, port=port, interface=Interfaces.ASGINL, websockets=False,
                               log_enabled=False, log_access=False)
         self._server.on_startup(self._listening)
@@ -114,7 +116,14 @@ class EmbeddedServer:
             self._ready.set()
 
     def start(self) -> EmbeddedServer:
-        """Start serving; returns once the socket is bound (raises if it could not be)."""
+        """Start serving; returns once the socket is bound (raises if it could not be).
+
+        An address another process listens on is refused first, as ``serve`` refuses it
+        (granian's ``SO_REUSEPORT`` would otherwise share the port; see :mod:`._bind`)."""
+        try:
+            check_address_free(self._host, self._port)
+        except ConfigError as exc:  # named after this server's own option, not serve's --listen
+            raise ConfigError(self._option, str(exc).removeprefix(f"{exc.field}: ")) from None
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT):
             raise NebulaCredentialError(f"HTTP server on {self._host}:{self._port} did not start")
