@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -477,11 +477,22 @@ class Vault:
             by_scope = tx.count_pending_by_scope(kr, active.version) if active else {}
         return KeyOverview(versions, counts, by_scope)
 
-    def audit_events(self, *, limit: int = 100, action: str | None = None,
-                     keyring: str | None = None) -> builtins.list[AuditRow]:
-        """The newest ``limit`` audit events, oldest first (``action`` may end in ``*``)."""
+    def audit_events(self, *, limit: int = 100, action: str | None = None, keyring: str | None = None,
+                     version: int | None = None, since: float | None = None) -> builtins.list[AuditRow]:
+        """The newest ``limit`` audit events, oldest first (``action`` may end in ``*``;
+        ``since`` an epoch time)."""
         with self.store.read() as tx:
-            return tx.audit_search(limit=limit, action=action, keyring=keyring)
+            return tx.audit_search(limit=limit, action=action, keyring=keyring, version=version, since=since)
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are stored in this keyring (an import's pre-check)."""
+        with self.store.read() as tx:
+            return tx.existing_ids(self.keys.keyring, ids)
+
+    @property
+    def redacted_url(self) -> str:
+        """The store's URL with any password redacted (safe to print)."""
+        return redact_url(self.store.url)
 
     def record_events(self, events: Iterable[Event]) -> None:
         """Append ``events`` to the audit chain in one transaction (a batch of request events)."""

@@ -22,8 +22,7 @@ def maintain(app: AppContext, all_keyrings: bool) -> None:
     """One scheduler pass: rotate if due, re-encrypt, advance lifecycle, clean up."""
     vault = app.vault()
     if all_keyrings:
-        with vault.store.read() as tx:
-            names = tx.keyrings()
+        names = vault.keyring_names()
         targets = [vault if n == vault.keyring_name else vault.keyring(n) for n in names]
     else:
         targets = [vault]

@@ -69,7 +69,7 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
             vault = app.vault(create=True)
         kv = vault.keys.active_version()
     data = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": vault.provider.describe(),
-            "store": redact_url(vault.store.url)}
+            "store": vault.redacted_url}
     emit(app, data, lambda: console.print(
         f"initialised keyring {vault.keyring_name} in {data['store']} with provider "
         f"{vault.provider.name}; active key version {kv.version}"))
@@ -147,7 +147,7 @@ def _initialised(app: AppContext, key_file: str | None) -> dict[str, Any] | None
         provider = LocalKeyProvider.load(key_file)
     vault = app.vault(provider=provider)
     return {"keyring": vault.keyring_name, "active_version": vault.keys.active_version().version,
-            "provider": vault.provider.describe(), "store": redact_url(vault.store.url)}
+            "provider": vault.provider.describe(), "store": vault.redacted_url}
 
 
 @click.command()
@@ -171,9 +171,8 @@ def reencrypt(app: AppContext, batch_size: int | None, workers: int | None, prio
     vault = app.vault()
     order = [s.strip() for s in priority.split(",") if s.strip()] if priority else None
     check_workers(vault.keys, workers or vault.config.reencryption.workers)
-    active = vault.keys.active_version().version
-    with vault.store.read() as tx:
-        pending = tx.count_pending_by_scope(vault.keyring_name, active)
+    vault.keys.active_version()  # none yet: the error says to initialise
+    pending = vault.key_overview().pending_by_scope
     prio = order or vault.config.reencryption.priority
     plan = {s: pending[s] for s in scope_order(pending, prio)}
     stop = threading.Event()
