@@ -21,6 +21,9 @@ from typing import Protocol
 from ._secret import SecretBytes
 from .providers.base import KeyProvider, WrapContext
 
+#: Re-exported: the type of what wraps these secrets, for their users above the facade.
+__all__ = ["SERVER_TOKEN_KEY", "KeyProvider", "MetaTx", "RootWrapped", "register", "registered", "rewrap_all"]
+
 
 class MetaTx(Protocol):
     """What a root-wrapped secret needs of a store transaction."""

@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from .rootwrapped import MetaTx
 from .store.base import TokenRow
 
 T = TypeVar("T")
@@ -22,8 +21,15 @@ T = TypeVar("T")
 __all__ = ["ServerTables", "ServerTx", "TokenRow"]
 
 
-class ServerTx(MetaTx, Protocol):
-    """The statements of the server's tables, inside one transaction."""
+class ServerTx(Protocol):
+    """The statements of the server's tables, inside one transaction (a superset of
+    :class:`~.rootwrapped.MetaTx`, for the server's key)."""
+
+    def get_meta(self, name: str) -> str | None: ...
+
+    def set_meta(self, name: str, value: str) -> None: ...
+
+    def lock_keyring(self, keyring: str) -> None: ...
 
     def token_insert(self, row: TokenRow) -> None: ...
 

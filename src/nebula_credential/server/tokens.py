@@ -30,8 +30,7 @@ from typing import Any
 from .._secret import SecretBytes
 from ..exceptions import NebulaCredentialError
 from ..models import to_epoch, utc_now
-from ..providers.base import KeyProvider
-from ..rootwrapped import SERVER_TOKEN_KEY, MetaTx
+from ..rootwrapped import SERVER_TOKEN_KEY, KeyProvider, MetaTx
 from ..servertables import ServerTables, ServerTx, TokenRow
 from .policies import ROOT_POLICY, check_name
 
