@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 import nebula_credential as nc
+from nebula_credential._http import EmbeddedServer
 from nebula_credential.console import Principal, create_console
-from nebula_credential.server.embedded import EmbeddedServer
 
 from .helpers import FakeClock, free_port
 

@@ -9,9 +9,9 @@ import pytest
 
 import nebula_credential as nc
 from nebula_credential.config import KeyManagementConfig
-from nebula_credential.console._server import server_authorizer
 from nebula_credential.server._backend import backend_for
 from nebula_credential.server.acl import access_control_for
+from nebula_credential.server.compose import server_authorizer
 
 
 @pytest.fixture

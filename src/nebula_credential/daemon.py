@@ -1,9 +1,8 @@
 """The daemon: ``maintain`` every interval, /healthz (and /metrics) over HTTP.
 
 The HTTP endpoints are served by granian, as ``serve`` is (its embedded
-server, on a thread: :mod:`.server.embedded`).  On a base install without
-the ``server`` extra they fall back to a minimal standard-library server
-(:mod:`._http`), so a health probe works wherever the scheduler runs.
+server, on a thread; see :mod:`._http`, which falls back to a minimal
+standard-library server on a base install without the ``server`` extra).
 
 SIGTERM/SIGINT set a stop flag that the re-encryption pass checks between
 batches, so shutdown finishes the batch in hand and never leaves a
@@ -21,9 +20,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import FrameType
-from typing import Protocol
 
-from ._http import Handler, OpsServer
+from ._http import Handler, Serving, serve_ops
 from .config import parse_addr
 from .exceptions import CorruptRecordError, MissingDependencyError, NebulaCredentialError
 from .maintenance import MaintainReport
@@ -31,13 +29,6 @@ from .models import utc_now
 from .vault import Vault
 
 logger = logging.getLogger("nebula_credential.daemon")
-
-
-class _Serving(Protocol):
-    @property
-    def address(self) -> tuple[str, int]: ...
-
-    def stop(self) -> None: ...
 
 
 class Daemon:
@@ -60,7 +51,7 @@ class Daemon:
         self.last_pass: datetime | None = None
         self.last_error: str | None = None
         self.routes: dict[str, Handler] = {"/healthz": self._healthz}
-        self.server: _Serving | None = None
+        self.server: Serving | None = None
 
     def _healthz(self) -> tuple[int, str, bytes]:
         body = {
@@ -133,7 +124,7 @@ class Daemon:
     def start_http(self) -> None:
         if self.metrics_addr:
             host, port = parse_addr(self.metrics_addr, "--metrics-addr")
-            self.server = _ops_server(host, port, self.routes)
+            self.server = serve_ops(host, port, self.routes)
             logger.info("serving %s on http://%s:%d", ", ".join(sorted(self.routes)), *self.server.address)
 
     def run(self, *, install_signals: bool = True, max_passes: int | None = None) -> int:
@@ -161,14 +152,3 @@ class Daemon:
                 self.server.stop()
             logger.info("daemon stopped after %d pass(es)", self.passes)
         return 0
-
-
-def _ops_server(host: str, port: int, routes: dict[str, Handler]) -> _Serving:
-    """granian when the ``server`` extra is installed, else the standard-library fallback."""
-    try:
-        from .server.embedded import EmbeddedServer, ops_app
-
-        return EmbeddedServer(ops_app(routes), host, port).start()
-    except MissingDependencyError:
-        logger.debug("the server extra is not installed: /healthz and /metrics on the standard library server")
-        return OpsServer(host, port, routes).start()

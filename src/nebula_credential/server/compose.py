@@ -1,9 +1,12 @@
 """Where the HTTP server meets the console: the one module of ``server`` that imports it.
 
-The console decides access with the server's tokens and policies
-(:mod:`.acl`) but is not part of the API: ``serve`` mounts it at ``/ui``
-(:class:`DeferredConsole`, filled in once the worker's vault is open) and
-``daemon --ui`` serves it alone on a loopback address (:func:`serve_console`).
+The console takes an authorizer and never imports the server; here its
+logins are checked with the server's tokens and HCL policies, through the
+same :mod:`.acl` as the HTTP API (:func:`server_authorizer`).  ``serve``
+mounts it at ``/ui`` (:class:`DeferredConsole`, filled in once the worker's
+vault is open) and ``daemon --ui`` serves it alone on a loopback address
+(:func:`serve_console`).  Both get the plain vault (the console works from
+threads), not the worker's event-loop one.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from .._http import EmbeddedServer
 from .._net import is_loopback
 from ..config import KeyManagementConfig, parse_addr
+from ..console import Authorizer, Principal
 from ..exceptions import ConfigError
 from ..vault import Vault
-from .embedded import EmbeddedServer
+from .acl import access_control_for
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -26,10 +31,23 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def console_app(vault: Vault, config: KeyManagementConfig) -> ASGIApp:
     """The console over ``vault``, its logins checked as the HTTP API checks tokens."""
     from ..console import create_console
-    from ..console._server import server_authorizer
 
     app: ASGIApp = create_console(vault, server_authorizer(vault, config))
     return app
+
+
+def server_authorizer(vault: Vault, config: KeyManagementConfig) -> Authorizer:
+    """Checks a console login as the HTTP API checks a token: a live token row, then its policies' ACL."""
+    access = access_control_for(vault, config)
+
+    def authorize(token: str) -> Principal | None:
+        found = access.authorize(token)
+        if found is None:
+            return None
+        row, acl = found
+        return Principal(f"{row.display_name} ({row.accessor[:8]})", lambda cap, path: acl.allows(path, cap))
+
+    return authorize
 
 
 class DeferredConsole:
