@@ -1,4 +1,4 @@
-"""A real ``nebula-credential serve`` process for the server tests (uvicorn on a free port)."""
+"""A real ``nebula-credential serve`` process for the server tests (granian on a free port)."""
 
 from __future__ import annotations
 

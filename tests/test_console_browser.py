@@ -1,6 +1,6 @@
 """The console in a real browser: Debian's chromium driven by Selenium (chromium-driver).
 
-One operator story against a real store served by uvicorn: log in, read the
+One operator story against a real store served by granian (as ``daemon --ui``): log in, read the
 overview with a planted alert, rotate, re-encrypt 20,000 credentials and watch
 the live progress reach 100 %, read health and audit; then a read-only token
 sees no action and is refused when it posts anyway.  Every page is checked for
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,12 +21,13 @@ from typing import Any
 import pytest
 
 import nebula_credential as nc
+from nebula_credential._http import EmbeddedServer
 from nebula_credential.console import Principal, create_console
 
 from .helpers import FakeClock, free_port
 
 webdriver = pytest.importorskip("selenium.webdriver")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("granian")
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -75,15 +75,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any,
 
     app = Starlette(routes=[Mount("/ui", app=create_console(vault, _principal))])
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    WebDriverWait(None, 30, poll_frequency=0.05).until(lambda _: server.started)
+    server = EmbeddedServer(app, "127.0.0.1", port).start()
     try:
         yield f"http://localhost:{port}/ui", vault, clock
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        server.stop()
         vault.close()
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +14,7 @@ import nebula_credential as nc
 from nebula_credential.rootkeys import rotate_root_key
 from nebula_credential.server.tokens import SERVER_KEY_META, TOKEN_PREFIX, TokenError, TokenManager
 
-from .helpers import FakeClock
+from .helpers import FakeClock, cli_env
 
 
 @pytest.fixture
@@ -127,3 +131,24 @@ def test_workers_starting_on_a_new_store_share_one_server_key(vault: nc.Vault) -
     with vault.store.read() as tx:
         stored = bytes.fromhex(tx.get_meta(SERVER_KEY_META) or "")
     assert len(seen) == 6 and set(seen) == {stored}
+
+
+def test_root_rotation_rewraps_the_server_key_without_importing_the_server(tmp_path: Path) -> None:
+    """``provider rotate`` walks the registry of root-wrapped secrets: the HTTP server is never imported."""
+    script = textwrap.dedent("""
+        import sys
+        import nebula_credential as nc
+        from nebula_credential.rootkeys import rotate_root_key
+        from nebula_credential.rootwrapped import SERVER_TOKEN_KEY
+        v = nc.open(sys.argv[1], create=True)
+        with v.store.transaction() as tx:
+            before = SERVER_TOKEN_KEY.ensure(tx, v.provider).hex()
+        rotate_root_key(v.store, v.provider, v.audit)
+        with v.store.read() as tx:
+            assert tx.get_meta(SERVER_TOKEN_KEY.meta_key) not in (None, before)
+        print(sorted(m for m in sys.modules if m.startswith("nebula_credential.server")))
+    """)
+    out = subprocess.run([sys.executable, "-c", script, f"sqlite:///{tmp_path / 'r.db'}"], cwd=tmp_path,
+                         env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

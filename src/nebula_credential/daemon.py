@@ -1,5 +1,9 @@
 """The daemon: ``maintain`` every interval, /healthz (and /metrics) over HTTP.
 
+The HTTP endpoints are served by granian, as ``serve`` is (its embedded
+server, on a thread; see :mod:`._http`, which falls back to a minimal
+standard-library server on a base install without the ``server`` extra).
+
 SIGTERM/SIGINT set a stop flag that the re-encryption pass checks between
 batches, so shutdown finishes the batch in hand and never leaves a
 transaction half-done.  Several daemons may run against one store; the
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import FrameType
 
-from ._http import Handler, OpsServer
+from ._http import Handler, Serving, serve_ops
 from .config import parse_addr
 from .exceptions import CorruptRecordError, MissingDependencyError, NebulaCredentialError
 from .maintenance import MaintainReport, maintain
@@ -47,7 +51,7 @@ class Daemon:
         self.last_pass: datetime | None = None
         self.last_error: str | None = None
         self.routes: dict[str, Handler] = {"/healthz": self._healthz}
-        self.server: OpsServer | None = None
+        self.server: Serving | None = None
 
     def _healthz(self) -> tuple[int, str, bytes]:
         body = {
@@ -60,11 +64,9 @@ class Daemon:
         return (200 if self.last_error is None else 503), "application/json", json.dumps(body).encode()
 
     def _targets(self) -> list[Vault]:
-        if self.keyrings is not None:
-            names = self.keyrings
-        else:
-            with self.vault.store.read() as tx:
-                names = tx.keyrings() or [self.vault.keyring_name]
+        names = self.keyrings
+        if names is None:
+            names = self.vault.keyring_names() or [self.vault.keyring_name]
         return [self.vault if n == self.vault.keyring_name else self.vault.keyring(n) for n in names]
 
     def run_pass(self) -> list[MaintainReport]:
@@ -122,7 +124,7 @@ class Daemon:
     def start_http(self) -> None:
         if self.metrics_addr:
             host, port = parse_addr(self.metrics_addr, "--metrics-addr")
-            self.server = OpsServer(host, port, self.routes).start()
+            self.server = serve_ops(host, port, self.routes)
             logger.info("serving %s on http://%s:%d", ", ".join(sorted(self.routes)), *self.server.address)
 
     def run(self, *, install_signals: bool = True, max_passes: int | None = None) -> int:

@@ -2,9 +2,10 @@
 
 Credentials are encrypted under DEKs, and DEKs are stored wrapped by the
 root key; rotating the root therefore touches only the wrapped DEKs (and
-the wrapped audit key), one transaction per keyring.  Providers keep older
-root versions usable, so a rotation interrupted half way leaves every DEK
-readable and running it again finishes the job.
+the wrapped audit key and the secrets registered in :mod:`.rootwrapped`),
+one transaction per keyring.  Providers keep older root versions usable,
+so a rotation interrupted half way leaves every DEK readable and running it
+again finishes the job.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .audit import AuditLog
 from .fingerprint import write_fingerprint
 from .models import KeyStatus
 from .providers.base import KeyProvider, WrapContext
-from .server.tokens import rewrap_server_key
+from .rootwrapped import rewrap_all
 from .store import Store
 
 
@@ -78,7 +79,7 @@ def rotate_root_key(store: Store, provider: KeyProvider, audit: AuditLog) -> Roo
     result.seconds = time.perf_counter() - start
     with store.transaction() as tx:
         audit.rewrap_key(tx)
-        rewrap_server_key(tx, provider)
+        rewrap_all(tx, provider)  # the other root-wrapped secrets (the server's token key)
         write_fingerprint(tx, provider)
         audit.record(
             tx,

@@ -8,12 +8,13 @@ record fails to decrypt.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from .access import AccessCounter
 from .audit import MAX_KEY_VERSION, AuditLog
@@ -35,7 +36,13 @@ from .models import Credential, EncryptedCredential, utc_now
 from .names import check_credential_id, check_lookup_id, check_scope
 from .providers import KeyProvider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
-from .store import Store
+from .store import Store, redact_url
+
+if TYPE_CHECKING:
+    from .audit import Event
+    from .models import KeyVersion
+    from .servertables import ServerTables, ServerTx
+    from .store import AuditRow
 
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
@@ -74,6 +81,7 @@ class _Operations:
 
 _operations = _Operations()
 _F = TypeVar("_F")
+T = TypeVar("T")
 
 
 def register_operations(
@@ -105,6 +113,14 @@ class ImportCounts:
     def to_json(self) -> dict[str, int]:
         return {"created": self.created, "overwritten": self.overwritten, "skipped": self.skipped,
                 "imported": self.written}
+
+
+class KeyOverview(NamedTuple):
+    """What :meth:`Vault.key_overview` reads: versions, counts by version, pending rows by scope."""
+
+    versions: list[KeyVersion]
+    counts: dict[int, int]
+    pending_by_scope: dict[str, int]
 
 
 class Vault:
@@ -434,6 +450,75 @@ class Vault:
 
     def pending(self) -> tuple[int, int, int]:
         return pending_counts(self.keys)
+
+    # ---- named reads and writes for the surfaces (server, console, daemon) ---------
+    # The surfaces never touch the store: what they need of it is an operation here.
+    @property
+    def single_writer(self) -> bool:
+        """True when the store takes one writer at a time (SQLite), so callers may queue writes themselves."""
+        return self.store.scheme == "sqlite"
+
+    def head(self, credential_id: str) -> EncryptedCredential | None:
+        """The stored record of this keyring (metadata, revision) without decrypting it; None if absent."""
+        with self.store.read() as tx:
+            return tx.get_credential(self.keys.keyring, credential_id)
+
+    def ids_under(self, prefix: str, *, page: int = 5000) -> builtins.list[str]:
+        """The ids under ``prefix`` (a KV folder), a page per read: no row outside it is read."""
+        kr = self.keys.keyring
+        return [*self.store.iter_pages(
+            lambda tx, after, size: tx.ids_under(kr, prefix, after_id=after, limit=size), page=page)]
+
+    def keyring_names(self) -> builtins.list[str]:
+        """Every keyring with a key version in this store."""
+        with self.store.read() as tx:
+            return tx.keyrings()
+
+    def key_overview(self) -> KeyOverview:
+        """This keyring's versions, credentials per version and, per scope, rows not yet under the
+        active version -- read in one transaction, so the three agree."""
+        kr = self.keys.keyring
+        with self.store.read() as tx:
+            versions = tx.list_versions(kr)
+            counts = tx.count_by_version(kr)
+            active = next((v for v in versions if v.status.value == "active"), None)
+            by_scope = tx.count_pending_by_scope(kr, active.version) if active else {}
+        return KeyOverview(versions, counts, by_scope)
+
+    def audit_events(self, *, limit: int = 100, action: str | None = None, keyring: str | None = None,
+                     version: int | None = None, since: float | None = None) -> builtins.list[AuditRow]:
+        """The newest ``limit`` audit events, oldest first (``action`` may end in ``*``;
+        ``since`` an epoch time)."""
+        with self.store.read() as tx:
+            return tx.audit_search(limit=limit, action=action, keyring=keyring, version=version, since=since)
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are stored in this keyring (an import's pre-check)."""
+        with self.store.read() as tx:
+            return tx.existing_ids(self.keys.keyring, ids)
+
+    @property
+    def redacted_url(self) -> str:
+        """The store's URL with any password redacted (safe to print)."""
+        return redact_url(self.store.url)
+
+    def record_events(self, events: Iterable[Event]) -> None:
+        """Append ``events`` to the audit chain in one transaction (a batch of request events)."""
+        with self.store.transaction() as tx:
+            self.audit.record_many(tx, [*events])
+
+    def server_tables(self) -> ServerTables:
+        """The store, typed as the narrow interface of the HTTP server's own tables."""
+        return self.store
+
+    def audited_write(self, fn: Callable[[ServerTx], T], action: str,
+                      details: Callable[[T], dict[str, Any]] | None = None) -> T:
+        """Run ``fn`` in one write transaction and append ``action`` to the audit chain in it:
+        the change and its event commit together or not at all (``fn`` raising rolls back both)."""
+        with self.store.transaction() as tx:
+            result = fn(tx)
+            self.audit.record(tx, action, **(details(result) if details is not None else {}))
+        return result
 
     def close(self) -> None:
         self.access.flush()

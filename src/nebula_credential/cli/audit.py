@@ -42,14 +42,13 @@ def list_events(
 ) -> None:
     """Events, oldest first; --json streams one JSON object per line."""
     vault = app.vault()
-    with vault.store.read() as tx:
-        rows = tx.audit_search(
-            limit=limit,
-            action=action,
-            version=version,
-            keyring=None if all_keyrings else vault.keyring_name,
-            since=_since(since, vault.clock()),
-        )
+    rows = vault.audit_events(
+        limit=limit,
+        action=action,
+        version=version,
+        keyring=None if all_keyrings else vault.keyring_name,
+        since=_since(since, vault.clock()),
+    )
     if app.json:
         for r in rows:
             emit_line(app, row_to_json(r))

@@ -174,8 +174,7 @@ def _validate(vault: Vault, path: str, start_line: int, on_existing: str) -> tup
 
     def check_chunk() -> None:
         nonlocal existing
-        with vault.store.read() as tx:
-            found = tx.existing_ids(vault.keyring_name, [cid for _, cid in chunk])
+        found = vault.existing_ids([cid for _, cid in chunk])
         existing += len(found)
         if found and on_existing == "fail":
             n, cid = next((n, cid) for n, cid in chunk if cid in found)

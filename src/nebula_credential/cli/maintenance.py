@@ -23,8 +23,7 @@ def maintain(app: AppContext, all_keyrings: bool) -> None:
     """One scheduler pass: rotate if due, re-encrypt, advance lifecycle, clean up."""
     vault = app.vault()
     if all_keyrings:
-        with vault.store.read() as tx:
-            names = tx.keyrings()
+        names = vault.keyring_names()
         targets = [vault if n == vault.keyring_name else vault.keyring(n) for n in names]
     else:
         targets = [vault]
@@ -64,15 +63,15 @@ def daemon(app: AppContext, interval: str, metrics_addr: str | None, once: bool,
                metrics_addr=metrics_addr or app.config.metrics.addr)
     d.enable_metrics()
     if ui_addr:
-        from ..console._server import serve_beside_daemon
+        from ..server.compose import serve_console
 
-        console_server = serve_beside_daemon(vault, app.config, ui_addr)
+        console_server = serve_console(vault, app.config, ui_addr)
         logging.getLogger("nebula_credential.daemon").info("console on http://%s/ui/", ui_addr)
     try:
         d.run(max_passes=1 if once else None)
     finally:
         if ui_addr:
-            console_server.should_exit = True
+            console_server.stop()
 
 
 @click.command(name="cleanup")

@@ -67,7 +67,7 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
         kv = vault.keys.active_version()
     described = vault.provider.describe()
     data: dict[str, Any] = {"keyring": vault.keyring_name, "active_version": kv.version, "provider": described,
-                            "store": redact_url(vault.store.url)}
+                            "store": vault.redacted_url}
     created = _created_kms_key(app, described)
     if created is not None:
         data["created_key_id"] = created
@@ -161,7 +161,7 @@ def _initialised(app: AppContext, key_file: str | None) -> dict[str, Any] | None
         provider = local_root(key_file)
     vault = app.vault(provider=provider)
     return {"keyring": vault.keyring_name, "active_version": vault.keys.active_version().version,
-            "provider": vault.provider.describe(), "store": redact_url(vault.store.url)}
+            "provider": vault.provider.describe(), "store": vault.redacted_url}
 
 
 @click.command()
@@ -185,9 +185,8 @@ def reencrypt(app: AppContext, batch_size: int | None, workers: int | None, prio
     vault = app.vault()
     order = [s.strip() for s in priority.split(",") if s.strip()] if priority else None
     check_workers(vault.keys, workers or vault.config.reencryption.workers)
-    active = vault.keys.active_version().version
-    with vault.store.read() as tx:
-        pending = tx.count_pending_by_scope(vault.keyring_name, active)
+    vault.keys.active_version()  # none yet: the error says to initialise
+    pending = vault.key_overview().pending_by_scope
     prio = order or vault.config.reencryption.priority
     plan = {s: pending[s] for s in scope_order(pending, prio)}
     stop = threading.Event()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,14 +16,22 @@ from ..durations import parse_duration
 from ..exceptions import NebulaCredentialError
 from ._common import AppContext, console, emit, err_console, pass_app
 
+if TYPE_CHECKING:
+    from ..servertables import ServerTx
+
 
 def _tokens(app: AppContext):  # type: ignore[no-untyped-def]
-    from ..server.tokens import TokenManager
+    from ..server.acl import token_manager_for
 
     vault = app.vault()
-    cfg = app.config.server
-    return vault, TokenManager(vault.store, vault.provider, clock=vault.clock, default_ttl=cfg.default_ttl,
-                               max_ttl=cfg.max_ttl, cache_ttl=cfg.cache_ttl)
+    return vault, token_manager_for(vault, app.config)
+
+
+def _policies(app: AppContext):  # type: ignore[no-untyped-def]
+    from ..server.policystore import PolicyStore
+
+    vault = app.vault()
+    return vault, PolicyStore(vault.server_tables(), vault.clock)
 
 
 @click.command()
@@ -78,10 +87,10 @@ def token() -> None:
 def token_create(app: AppContext, policies: tuple[str, ...], ttl: str | None, display_name: str) -> None:
     """Create a token and print it once."""
     vault, manager = _tokens(app)
-    with vault.store.transaction() as tx:  # the token and its audit event commit together
-        secret, row = manager.create(list(policies), ttl=parse_duration(ttl, "--ttl") if ttl else None,
-                                     display_name=display_name)
-        vault.audit.record(tx, "server.token.create", accessor=row.accessor, policies=list(row.policies))
+    lifetime = parse_duration(ttl, "--ttl") if ttl else None
+    secret, row = vault.audited_write(  # the token and its audit event commit together
+        lambda tx: manager.create(list(policies), ttl=lifetime, display_name=display_name),
+        "server.token.create", lambda made: {"accessor": made[1].accessor, "policies": list(made[1].policies)})
     from ..server.tokens import row_summary
 
     emit(app, {"token": secret, **row_summary(row)}, lambda: click.echo(secret))
@@ -114,11 +123,13 @@ def token_list(app: AppContext) -> None:
 def token_revoke(app: AppContext, accessor: str) -> None:
     """Revoke a token (and the tokens created with it) by accessor."""
     vault, manager = _tokens(app)
-    with vault.store.transaction() as tx:
-        count = manager.revoke(accessor)
-        if count == 0:
+    def revoke(tx: object) -> int:
+        count: int = manager.revoke(accessor)
+        if count == 0:  # raised inside the transaction: nothing is written
             raise NebulaCredentialError(f"no live token with accessor {accessor}")
-        vault.audit.record(tx, "server.token.revoke", accessor=accessor, revoked=count)
+        return count
+
+    count = vault.audited_write(revoke, "server.token.revoke", lambda n: {"accessor": accessor, "revoked": n})
     emit(app, {"accessor": accessor, "revoked": count},
          lambda: console.print(f"revoked {count} token(s)", markup=False))
 
@@ -140,10 +151,8 @@ def policy_write(app: AppContext, name: str, file: Path) -> None:
         raise PolicyError(f"cannot change the built-in {name} policy")
     text = file.read_text(encoding="utf-8")
     parse(text)
-    vault = app.vault()
-    with vault.store.transaction() as tx:
-        tx.policy_put(name, text, vault.clock())
-        vault.audit.record(tx, "server.policy.write", policy=name)
+    vault, policies = _policies(app)
+    vault.audited_write(lambda tx: policies.put(name, text, tx), "server.policy.write", lambda _: {"policy": name})
     emit(app, {"name": name}, lambda: console.print(f"policy {name} written", markup=False))
 
 
@@ -154,9 +163,8 @@ def policy_read(app: AppContext, name: str) -> None:
     from ..server.policies import check_name
 
     name = check_name(name)
-    vault = app.vault()
-    with vault.store.read() as tx:
-        text = tx.policy_get(name)
+    _, policies = _policies(app)
+    text = policies.get(name)
     if text is None:
         raise NebulaCredentialError(f"no policy named {name}")
     emit(app, {"name": name, "policy": text}, lambda: click.echo(text.rstrip("\n")))
@@ -165,11 +173,8 @@ def policy_read(app: AppContext, name: str) -> None:
 @policy.command("list")
 @pass_app
 def policy_list(app: AppContext) -> None:
-    from ..server.policies import BUILTIN
-
-    vault = app.vault()
-    with vault.store.read() as tx:
-        names = sorted({*tx.policy_list(), *BUILTIN})
+    _, policies = _policies(app)
+    names = policies.names()
     emit(app, {"policies": names}, lambda: click.echo("\n".join(names)))
 
 
@@ -180,9 +185,11 @@ def policy_delete(app: AppContext, name: str) -> None:
     from ..server.policies import check_name
 
     name = check_name(name)
-    vault = app.vault()
-    with vault.store.transaction() as tx:
-        if not tx.policy_delete(name):
+    vault, policies = _policies(app)
+
+    def delete(tx: ServerTx) -> None:
+        if not policies.delete(name, tx):  # raised inside the transaction: nothing is written
             raise NebulaCredentialError(f"no policy named {name}")
-        vault.audit.record(tx, "server.policy.delete", policy=name)
+
+    vault.audited_write(delete, "server.policy.delete", lambda _: {"policy": name})
     emit(app, {"name": name, "deleted": True}, lambda: console.print(f"policy {name} deleted", markup=False))

@@ -1,7 +1,7 @@
 """What the console shows, read from the store; and the re-encryption passes it starts.
 
 Everything here is synchronous (the app runs it in a thread pool) and reads
-through the vault's store, so the pages show the same truth as ``status``,
+through the vault's named operations, so the pages show the same truth as ``status``,
 the metrics and every other instance.  No credential value is ever read: the
 console deals in versions, counts and audit events.
 """
@@ -50,11 +50,8 @@ def keyring_names(vault: Vault) -> list[str]:
 def keyring_view(vault: Vault, name: str) -> KeyringView:
     kr = vault if name == vault.keyring_name else vault.keyring(name)
     status = kr.status()  # versions, counts, re-encryption and the alert rules, as `status --json`
-    with kr.store.read() as tx:
-        versions = tx.list_versions(name)
-        counts = tx.count_by_version(name)
-        active = next((v for v in versions if v.status is KeyStatus.ACTIVE), None)
-        by_scope = tx.count_pending_by_scope(name, active.version) if active else {}
+    versions, counts, by_scope = kr.key_overview()
+    active = next((v for v in versions if v.status is KeyStatus.ACTIVE), None)
     now = kr.clock()
     age = (now - active.created_at).total_seconds() / 86400 if active else 0.0
     r = status["reencryption"]
@@ -76,9 +73,9 @@ def keyring_view(vault: Vault, name: str) -> KeyringView:
 def timeline(vault: Vault, name: str) -> dict[str, Any]:
     """Each version's statuses over time, from the audit trail (columns as a fallback),
     and the rotation times: the data of the keyring's timeline chart."""
-    with vault.store.read() as tx:
-        versions = tx.list_versions(name)
-        events = tx.audit_search(limit=1000, action="key.*", keyring=name)
+    kr = vault if name == vault.keyring_name else vault.keyring(name)
+    versions = kr.keys.list()
+    events = vault.audit_events(limit=1000, action="key.*", keyring=name)
     now = to_epoch(vault.clock()) or 0.0
     changes: dict[int, list[tuple[float, str]]] = {
         v.version: [(to_epoch(v.created_at) or 0.0, KeyStatus.ACTIVE.value)] for v in versions
@@ -111,8 +108,7 @@ def timeline(vault: Vault, name: str) -> dict[str, Any]:
 def audit_state(vault: Vault, limit: int = 100) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The chain check and the newest events (action, actor, keyring, version, outcome; no details)."""
     result = vault.audit.verify().to_json()
-    with vault.store.read() as tx:
-        rows = tx.audit_search(limit=limit)
+    rows = vault.audit_events(limit=limit)
     events = [
         {
             "seq": r.seq,
@@ -188,10 +184,7 @@ class Jobs:
             current = self._jobs.get(keyring)
             if current is not None and current.running:
                 return current
-            with kr.store.read() as tx:
-                versions = tx.list_versions(keyring)
-                active = next((v.version for v in versions if v.status is KeyStatus.ACTIVE), None)
-                pending = tx.count_pending_by_scope(keyring, active) if active else {}
+            pending = kr.key_overview().pending_by_scope
             job = Job(keyring, started_by, {s: n for s, n in pending.items() if n})
             self._jobs[keyring] = job
         threading.Thread(target=self._run, args=(kr, job), name=f"console-reencrypt-{keyring}", daemon=True).start()

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
@@ -24,46 +22,40 @@ from ..aio import AsyncVault
 from ..audit import Event
 from ..config import KeyManagementConfig
 from ..models import Credential, EncryptedCredential
-from ..store import TokenRow
+from ..servertables import TokenRow
 from ..vault import Vault
-from .policies import ACL, BUILTIN, ROOT_POLICY, Rule, parse
+from .acl import AccessControl, access_control_for
+from .policies import ACL, BUILTIN
 from .tokens import TokenManager
 
 T = TypeVar("T")
-_ROOT = ACL([], root=True)
 
 
 def backend_for(vault: Vault | AsyncVault, config: KeyManagementConfig) -> Backend:
     """The backend of an app serving ``vault`` under ``config`` (``[server]``, ``[audit]``)."""
     engine = vault.sync if isinstance(vault, AsyncVault) else vault
-    server = config.server
-    tokens = TokenManager(engine.store, engine.provider, clock=engine.clock, default_ttl=server.default_ttl,
-                          max_ttl=server.max_ttl, cache_ttl=server.cache_ttl)
-    return Backend(vault, tokens, cache_ttl=server.cache_ttl, audit_reads=config.audit.requests)
+    return Backend(vault, access_control_for(engine, config), audit_reads=config.audit.requests)
 
 
 class Backend:
-    """The vault (one per keyring), the token manager and the policy cache."""
+    """The vault (one per keyring), the tokens and the policies with their caches."""
 
-    def __init__(self, vault: Vault | AsyncVault, tokens: TokenManager, *, cache_ttl: timedelta,
-                 audit_reads: bool) -> None:
+    def __init__(self, vault: Vault | AsyncVault, access: AccessControl, *, audit_reads: bool) -> None:
         if isinstance(vault, AsyncVault):
             self._runner: Callable[..., Awaitable[Any]] = vault.run_sync
             vault = vault.sync
         else:
             self._runner = run_in_threadpool
         self.vault = vault
-        self.tokens = tokens
+        self.access = access
+        self.tokens: TokenManager = access.tokens
         self.audit_reads = audit_reads
         self._vaults: dict[str, Vault] = {vault.keyring_name: vault}
-        self._cache_ttl = cache_ttl.total_seconds()
-        self._policies: dict[str, tuple[float, list[Rule] | None]] = {}
-        self._acls: dict[tuple[str, ...], tuple[float, ACL]] = {}
         self._lock = threading.Lock()
         self._pending: list[tuple[tuple[str, str | None, str, dict[str, Any]], asyncio.Future[None]]] = []
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
-        self._write_gate = asyncio.Lock() if vault.store.scheme == "sqlite" else None
+        self._write_gate = asyncio.Lock() if vault.single_writer else None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return cast(T, await self._runner(fn, *args, **kwargs))
@@ -87,11 +79,7 @@ class Backend:
     async def row(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
         """The stored record without decrypting it (metadata, revision)."""
 
-        def read() -> EncryptedCredential | None:
-            with self.vault.store.read() as tx:
-                return tx.get_credential(keyring, credential_id)
-
-        return await self.run(read)
+        return await self.run(self.keyring(keyring).head, credential_id)
 
     async def get(self, keyring: str, credential_id: str) -> Credential:
         return await self.run(self.keyring(keyring).get_record, credential_id)
@@ -110,12 +98,7 @@ class Backend:
 
     async def list_ids(self, keyring: str, prefix: str) -> list[str]:
         """The ids under ``prefix`` (a KV folder), a page per read: no row outside it is read."""
-
-        def ids() -> list[str]:
-            return list(self.vault.store.iter_pages(
-                lambda tx, after, size: tx.ids_under(keyring, prefix, after_id=after, limit=size), page=5000))
-
-        return await self.run(ids)
+        return await self.run(self.keyring(keyring).ids_under, prefix)
 
     # ---- tokens and policies --------------------------------------------------
     async def lookup(self, token: str) -> TokenRow | None:
@@ -123,77 +106,28 @@ class Backend:
         return row if known else await self.run(self.tokens.lookup, token)
 
     async def acl(self, policies: tuple[str, ...]) -> ACL:
-        """The combined ACL of a token's policies (built once per ``cache_ttl``)."""
-        if ROOT_POLICY in policies:
-            return _ROOT
-        with self._lock:
-            hit = self._acls.get(policies)
-        if hit is not None and time.monotonic() - hit[0] < self._cache_ttl:
-            return hit[1]
-        mono = time.monotonic()
-        acl = await self._build_acl(policies)
-        with self._lock:
-            if len(self._acls) > 1000:
-                self._acls.clear()
-            self._acls[policies] = (mono, acl)
-        return acl
-
-    async def _build_acl(self, policies: tuple[str, ...]) -> ACL:
-        rules = []
-        for name in policies:
-            hit = self._cached_rules(name)
-            rules.extend(hit if hit is not None else await self.run(self._rules, name))
-        return ACL(rules)
-
-    def _cached_rules(self, name: str) -> list[Rule] | None:
-        with self._lock:
-            hit = self._policies.get(name)
-        if hit is not None and time.monotonic() - hit[0] < self._cache_ttl:
-            return hit[1] or []
-        return None
-
-    def _rules(self, name: str) -> list[Rule]:
-        mono = time.monotonic()
-        hit = self._cached_rules(name)
-        if hit is not None:
-            return hit
-        with self.vault.store.read() as tx:
-            text = tx.policy_get(name)
-        rules = parse(text) if text is not None else None
-        with self._lock:
-            self._policies[name] = (mono, rules)
-        return rules or []
+        """The combined ACL of a token's policies (see :mod:`.acl`; cached, so mostly no thread hop)."""
+        hit = self.access.cached_acl(policies)
+        return hit if hit is not None else await self.run(self.access.acl, policies)
 
     def forget_policy(self, name: str) -> None:
-        with self._lock:
-            self._policies.pop(name, None)
-            self._acls.clear()
+        self.access.forget_policy(name)
 
     async def policy_get(self, name: str) -> str | None:
         if name in BUILTIN:
             return ""
-
-        def read() -> str | None:
-            with self.vault.store.read() as tx:
-                return tx.policy_get(name)
-
-        return await self.run(read)
+        return await self.run(self.access.policies.get, name)
 
     async def policy_put(self, name: str, text: str) -> None:
-        parse(text)  # refuse what we could not enforce before storing it
-        await self.write(self.vault.store.run, lambda tx: tx.policy_put(name, text, self.vault.clock()))
+        await self.write(self.access.policies.put, name, text)  # parses first: refuses what it could not enforce
         self.forget_policy(name)
 
     async def policy_delete(self, name: str) -> None:
-        await self.write(self.vault.store.run, lambda tx: tx.policy_delete(name))
+        await self.write(self.access.policies.delete, name)
         self.forget_policy(name)
 
     async def policy_list(self) -> list[str]:
-        def names() -> list[str]:
-            with self.vault.store.read() as tx:
-                return tx.policy_list()
-
-        return sorted({*await self.run(names), *BUILTIN})
+        return await self.run(self.access.policies.names)
 
     # ---- audit ------------------------------------------------------------------
     async def audit(self, action: str, *, keyring: str | None, outcome: str, **details: Any) -> None:
@@ -234,5 +168,4 @@ class Backend:
             rest = dict(details)
             batch.append(Event(action, keyring, rest.pop("version", None), rest.pop("credential_id", None),
                                outcome, rest))
-        with self.vault.store.transaction() as tx:
-            self.vault.audit.record_many(tx, batch)
+        self.vault.record_events(batch)

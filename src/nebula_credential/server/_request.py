@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from .. import logredact
 from ..durations import parse_duration
-from ..store import TokenRow
+from ..servertables import TokenRow
 from . import _json
 from ._backend import Backend
 from .errors import HTTPError, PermissionDenied, bad_request, error_response

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..store import TokenRow
+from ..servertables import TokenRow
 from ._request import Ctx, duration_field, endpoint, read_json
 from .errors import HTTPError, bad_request
 from .tokens import token_json

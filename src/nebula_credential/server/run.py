@@ -106,12 +106,11 @@ def app_from_env() -> Any:
 
     from .. import logredact
     from ..aio import aopen
-    from ..console import create_console
-    from ..console._server import DeferredConsole, server_authorizer
     from ..metrics import MetricsExporter, register_server_metrics
     from ._backend import backend_for
     from ._httpmetrics import HttpMetricsMiddleware
     from .app import create_app, ops_routes
+    from .compose import DeferredConsole, console_app
 
     logredact.install()  # a worker process does not inherit the parent's filters
     config_path = os.environ.get(ENV_CONFIG)
@@ -141,7 +140,7 @@ def app_from_env() -> Any:
                 threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="nebula-maintain",
                                  daemon=True).start()
             app.state.backend = backend_for(vault, config)
-            app.state.console = create_console(ops, server_authorizer(ops, config))  # /ui
+            app.state.console = console_app(ops, config)  # /ui
             yield
         finally:
             if daemon is not None:
@@ -165,10 +164,10 @@ def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | N
     """
     from granian import Granian
 
-    from ._bind import check_address_free
+    from .._http import check_address_free
 
     host, port = check_tls(options)
-    check_address_free(host, port)  # granian's SO_REUSEPORT would let a second serve share the port
+    check_address_free(host, port, "--listen")  # granian's SO_REUSEPORT would let a second serve share the port
     os.environ[ENV_DB] = url
     os.environ[ENV_KEYRING] = vault.keyring_name
     if config_path:

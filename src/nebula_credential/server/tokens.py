@@ -30,13 +30,13 @@ from typing import Any
 from .._secret import SecretBytes
 from ..exceptions import NebulaCredentialError
 from ..models import to_epoch, utc_now
-from ..providers.base import KeyProvider, WrapContext
-from ..store import Store, StoreTx, TokenRow
+from ..rootwrapped import SERVER_TOKEN_KEY, KeyProvider, MetaTx
+from ..servertables import ServerTables, ServerTx, TokenRow
 from .policies import ROOT_POLICY, check_name
 
 TOKEN_PREFIX = "ncs."  # noqa: S105 - a prefix, not a secret
-SERVER_KEY_META = "server_token_key"
-SERVER_KEY_CONTEXT = WrapContext("__server__", 1, "server-tokens")
+SERVER_KEY_META = SERVER_TOKEN_KEY.meta_key
+SERVER_KEY_CONTEXT = SERVER_TOKEN_KEY.context
 _CACHE_MAX = 10_000
 
 
@@ -44,35 +44,15 @@ class TokenError(NebulaCredentialError):
     """A token request that is not allowed or not well-formed (HTTP 400)."""
 
 
-#: A lock name no keyring can have (names come from the safe set), held while the key is created.
-_SERVER_KEY_LOCK = "(server key)"
+def ensure_server_key(tx: MetaTx, provider: KeyProvider) -> bytes:
+    """The wrapped server key, created on first use (see :meth:`RootWrapped.ensure`)."""
+    return SERVER_TOKEN_KEY.ensure(tx, provider)
 
 
-def ensure_server_key(tx: StoreTx, provider: KeyProvider) -> bytes:
-    """The wrapped server key, created on first use.
-
-    Several ``serve`` workers may start on a new store at once: the first
-    creator holds a lock until it commits, so the others read its key instead
-    of each writing their own (which would orphan every token hashed under
-    the overwritten one).
-    """
-    raw = tx.get_meta(SERVER_KEY_META)
-    if raw is None:
-        tx.lock_keyring(_SERVER_KEY_LOCK)  # PostgreSQL advisory lock; SQLite's write lock already serialises
-        raw = tx.get_meta(SERVER_KEY_META)
-    if raw is None:
-        with SecretBytes.random(32) as key:
-            wrapped = provider.wrap(key, SERVER_KEY_CONTEXT)
-        tx.set_meta(SERVER_KEY_META, wrapped.hex())
-        return wrapped
-    return bytes.fromhex(raw)
-
-
-def rewrap_server_key(tx: StoreTx, provider: KeyProvider) -> None:
-    """Called by ``provider rotate`` beside the audit key's rewrap."""
-    raw = tx.get_meta(SERVER_KEY_META)
-    if raw is not None:
-        tx.set_meta(SERVER_KEY_META, provider.rewrap(bytes.fromhex(raw), SERVER_KEY_CONTEXT).hex())
+def rewrap_server_key(tx: MetaTx, provider: KeyProvider) -> None:
+    """Rewrap the server key under the current root (``provider rotate`` does it through
+    :mod:`~nebula_credential.rootwrapped`, without importing the server)."""
+    SERVER_TOKEN_KEY.rewrap(tx, provider)
 
 
 def _b64(data: bytes) -> str:
@@ -84,11 +64,11 @@ def looks_like_token(value: str) -> bool:
 
 
 class TokenManager:
-    """Create, look up, renew and revoke tokens in the store."""
+    """Create, look up, renew and revoke tokens in the server's tables."""
 
     def __init__(
         self,
-        store: Store,
+        tables: ServerTables,
         provider: KeyProvider,
         *,
         clock: Callable[[], datetime] = utc_now,
@@ -96,7 +76,7 @@ class TokenManager:
         max_ttl: timedelta = timedelta(hours=768),
         cache_ttl: timedelta = timedelta(seconds=2),
     ) -> None:
-        self.store = store
+        self._tables = tables
         self.provider = provider
         self.clock = clock
         self.default_ttl = default_ttl
@@ -107,7 +87,7 @@ class TokenManager:
         # greenlet on the loop's one thread, and one holding a thread lock while it awaited
         # the database blocked the next request's greenlet, and with it the loop (four
         # concurrent first requests hung `serve` on PostgreSQL)
-        self._key_lock = store.new_lock()
+        self._key_lock = tables.new_lock()
         self._cache: dict[str, tuple[float, TokenRow | None]] = {}
         self._cache_lock = threading.Lock()
 
@@ -115,7 +95,7 @@ class TokenManager:
     def _hash_key(self) -> bytearray:
         with self._key_lock:
             if self._key is None:
-                with self.store.transaction() as tx:
+                with self._tables.transaction() as tx:
                     wrapped = ensure_server_key(tx, self.provider)
                 self._key = self.provider.unwrap(wrapped, SERVER_KEY_CONTEXT)
             return self._key.buffer
@@ -176,7 +156,7 @@ class TokenManager:
             ttl=ttl.total_seconds(),
             renewable=renewable,
         )
-        self.store.run(lambda tx: tx.token_insert(row))
+        self._tables.run(lambda tx: tx.token_insert(row))
         return token, row
 
     # ---- lookup --------------------------------------------------------------
@@ -210,7 +190,7 @@ class TokenManager:
         if hit is not None:
             row = hit[1]
         else:
-            with self.store.read() as tx:
+            with self._tables.read() as tx:
                 row = tx.token_by_hash(digest)
             with self._cache_lock:
                 if len(self._cache) >= _CACHE_MAX:
@@ -222,12 +202,12 @@ class TokenManager:
         return row.expires_at is None or row.expires_at > self._now()
 
     def by_accessor(self, accessor: str) -> TokenRow | None:
-        with self.store.read() as tx:
+        with self._tables.read() as tx:
             row = tx.token_by_accessor(accessor)
         return row if row is not None and self.live(row) else None
 
     def list(self) -> list[TokenRow]:
-        with self.store.read() as tx:
+        with self._tables.read() as tx:
             return [r for r in tx.token_list() if self.live(r)]
 
     # ---- renew / revoke --------------------------------------------------------
@@ -238,14 +218,14 @@ class TokenManager:
         expires = now + (increment.total_seconds() if increment else row.ttl)
         if row.max_expires_at is not None:
             expires = min(expires, row.max_expires_at)
-        self.store.run(lambda tx: tx.token_set_expiry(row.accessor, expires))
+        self._tables.run(lambda tx: tx.token_set_expiry(row.accessor, expires))
         self._forget(row.token_hash)
         return replace(row, expires_at=expires)
 
     def revoke(self, accessor: str) -> int:
         """Revoke a token and every token created under it; returns how many."""
 
-        def run(tx: StoreTx) -> list[str]:
+        def run(tx: ServerTx) -> list[str]:
             doomed: list[str] = []
             todo = [accessor]
             while todo:
@@ -256,7 +236,7 @@ class TokenManager:
             return doomed
 
         row = self.by_accessor(accessor)
-        doomed = self.store.run(run)
+        doomed = self._tables.run(run)
         if row is not None:
             self._forget(row.token_hash)
         with self._cache_lock:  # children's hashes are unknown here: drop the whole local cache
