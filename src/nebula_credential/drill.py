@@ -37,6 +37,7 @@ from .lifecycle import advance, cleanup
 from .opening import open as open_vault
 from .policies.retention import retention_from_config
 from .restore import restore_backup, verify_backup
+from .vault import Vault
 
 SCOPES = ("production", "user", "development")
 
@@ -179,3 +180,18 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def copy_envelope(vault: Vault, source_id: str, target_id: str) -> None:
+    """Copy one credential's stored envelope onto another row, as a database writer could.
+
+    For demonstrations only (``demo``): the read of ``target_id`` must then fail,
+    because the envelope is bound to the record it was written for.
+    """
+    keyring = vault.keyring_name
+    with vault.store.transaction() as tx:
+        src = tx.get_credential(keyring, source_id)
+        dst = tx.get_credential(keyring, target_id)
+        if src is None or dst is None:
+            raise NebulaCredentialError(f"copy_envelope: {source_id!r} and {target_id!r} must both exist")
+        tx.cas_update_envelopes(keyring, [(dst.id, dst.revision, src.key_version, src.envelope)])

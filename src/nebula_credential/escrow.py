@@ -46,6 +46,7 @@ from .models import KeyStatus
 from .providers import KeyProvider, open_provider
 from .providers.base import WrapContext
 from .store import Store, StoreTx
+from .vault import Vault
 
 ESCROW_FORMAT = 1
 ESCROW_META = "escrow"
@@ -146,6 +147,11 @@ def add_escrow(store: Store, primary: KeyProvider, audit: AuditLog, escrow: KeyP
         audit.record(tx, "provider.escrow", escrow_provider=escrow.name, escrow_root_key_id=escrow.root_key_id(),
                      versions=result.versions, path=str(path.resolve()))
     return result
+
+
+def escrow_vault(vault: Vault, escrow: KeyProvider, out: str | os.PathLike[str]) -> EscrowResult:
+    """:func:`add_escrow` for an open vault (what ``provider add-escrow`` runs)."""
+    return add_escrow(vault.store, vault.provider, vault.audit, escrow, out, vault.clock())
 
 
 def read_escrow(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from .models import KeyStatus
 from .providers.base import KeyProvider, WrapContext
 from .rootwrapped import rewrap_all
 from .store import Store
+from .vault import Vault
 
 
 @dataclass(slots=True)
@@ -104,3 +105,13 @@ def root_key_usage(store: Store) -> dict[str, int]:
                 if kv.wrapped_key is not None:
                     usage[kv.root_key_id] = usage.get(kv.root_key_id, 0) + 1
     return usage
+
+
+def rotate_vault_root_key(vault: Vault) -> RootRotationResult:
+    """:func:`rotate_root_key` for an open vault (what ``provider rotate`` runs)."""
+    return rotate_root_key(vault.store, vault.provider, vault.audit)
+
+
+def vault_root_key_usage(vault: Vault) -> dict[str, int]:
+    """:func:`root_key_usage` for an open vault (what ``provider show`` prints)."""
+    return root_key_usage(vault.store)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from .access import AccessCounter
@@ -29,6 +30,7 @@ from .exceptions import (
     InvalidInputError,
     NebulaCredentialError,
 )
+from .holds import Hold, held_versions
 from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .lifecycle import MaintainReport
@@ -496,6 +498,15 @@ class Vault:
         """Which of ``ids`` are stored in this keyring (an import's pre-check)."""
         with self.store.read() as tx:
             return tx.existing_ids(self.keys.keyring, ids)
+
+    @property
+    def data_directory(self) -> Path | None:
+        """The folder the store's files live in (SQLite), None for a server database: where free space is watched."""
+        return self.store.directory()
+
+    def held_versions(self, now: datetime) -> Sequence[tuple[KeyVersion, Hold]]:
+        """This keyring's versions an unexpired registered backup still needs, with the hold on each."""
+        return held_versions(self.store, self.keys.keyring, now)
 
     @property
     def redacted_url(self) -> str:

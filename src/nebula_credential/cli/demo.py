@@ -16,6 +16,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from ..drill import copy_envelope
 from ..exceptions import NebulaCredentialError
 from ..opening import open as open_vault
 from ..vault import Vault
@@ -94,12 +95,7 @@ def run_demo(folder: Path, count: int) -> None:
                       f"token {_redact(record.value['token'])}")
 
         # Tamper: copy one credential's envelope onto another row.
-        kr = vault.keyring_name
-        with vault.store.transaction() as tx:
-            src = tx.get_credential(kr, "production/service-00000")
-            dst = tx.get_credential(kr, "user/service-00001")
-            assert src is not None and dst is not None
-            tx.cas_update_envelopes(kr, [(dst.id, dst.revision, src.key_version, src.envelope)])
+        copy_envelope(vault, "production/service-00000", "user/service-00001")
         try:
             vault.get("user/service-00001")
         except NebulaCredentialError as exc:

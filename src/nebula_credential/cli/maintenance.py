@@ -8,7 +8,6 @@ import click
 
 from ..durations import parse_duration
 from ..exceptions import NebulaCredentialError
-from ..holds import held_versions
 from ..lifecycle import cleanup as run_cleanup
 from ..maintenance import maintain as run_maintain
 from ..models import KeyStatus
@@ -83,7 +82,7 @@ def cleanup_cmd(app: AppContext, dry_run: bool) -> None:
     policy = retention_from_config(app.config)
     now = vault.clock()
     actions = run_cleanup(vault.keys, policy, now, dry_run=dry_run)
-    kept = [(kv, hold) for kv, hold in held_versions(vault.store, vault.keyring_name, now)
+    kept = [(kv, hold) for kv, hold in vault.held_versions(now)
             if kv.status is KeyStatus.REVOKED]
     data = {"keyring": vault.keyring_name, "dry_run": dry_run, "policy": policy.name,
             "destroyed" if not dry_run else "would_destroy": [a.to_json() for a in actions],

@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from ..config import KeyManagementConfig
-from ..escrow import add_escrow, recover_from_escrow
+from ..escrow import escrow_vault, recover_from_escrow
 from ..exceptions import ConfigError
 from ..opening import KeyProvider, local_root, open_root, open_store
-from ..rootkeys import root_key_usage, rotate_root_key
+from ..rootkeys import rotate_vault_root_key, vault_root_key_usage
 from ._common import AppContext, console, emit, pass_app
 
 
@@ -26,7 +26,7 @@ def provider() -> None:
 def rotate(app: AppContext) -> None:
     """Rotate the root key and rewrap every DEK; no credential is re-encrypted."""
     vault = app.vault()
-    result = rotate_root_key(vault.store, vault.provider, vault.audit)
+    result = rotate_vault_root_key(vault)
     emit(
         app,
         result.to_json(),
@@ -70,7 +70,7 @@ def show(app: AppContext) -> None:
     """The provider's settings (never secrets) and which root key wraps how many DEKs."""
     vault = app.vault()
     described = vault.provider.describe()
-    usage = root_key_usage(vault.store)
+    usage = vault_root_key_usage(vault)
     data = {
         "provider": described,
         "root_key_id": vault.provider.root_key_id(),
@@ -126,7 +126,7 @@ def add_escrow_cmd(app: AppContext, out: str, escrow_key_file: str | None, escro
     try:
         if escrow.root_key_id() == vault.provider.root_key_id():
             raise ConfigError("--escrow-key-file", "the escrow root is the primary root; use a second key")
-        result = add_escrow(vault.store, vault.provider, vault.audit, escrow, out, vault.clock())
+        result = escrow_vault(vault, escrow, out)
     finally:
         escrow.close()
     emit(app, result.to_json(), lambda: console.print(

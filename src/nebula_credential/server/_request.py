@@ -152,7 +152,7 @@ def guards(request: Request) -> Guards:
     if found is None:
         backend: Backend = state.backend
         vault = getattr(backend.vault, "sync", backend.vault)
-        directory = vault.store.directory()
+        directory = vault.data_directory
         found = Guards.from_config(vault.config.server, None if directory is None else str(directory))
         state.guards = found
     return found
