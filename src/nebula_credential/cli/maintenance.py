@@ -63,6 +63,10 @@ def daemon(app: AppContext, interval: str, metrics_addr: str | None, once: bool,
                metrics_addr=metrics_addr or app.config.metrics.addr)
     d.enable_metrics()
     if ui_addr:
+        from .._extras import require
+
+        for module in ("starlette", "uvicorn"):  # the extra named, not a bare import error
+            require(module, "server")
         from ..console._server import serve_beside_daemon
 
         console_server = serve_beside_daemon(vault, app.config, ui_addr)

@@ -68,8 +68,9 @@ def serve_beside_daemon(vault: Vault, config: KeyManagementConfig, addr: str) ->
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
+    from .._extras import extra
     from ..config import parse_addr
-    from ..exceptions import ConfigError, MissingDependencyError
+    from ..exceptions import ConfigError
     from ..server.run import is_loopback
     from .app import create_console
 
@@ -77,11 +78,9 @@ def serve_beside_daemon(vault: Vault, config: KeyManagementConfig, addr: str) ->
     if not is_loopback(host):
         raise ConfigError("--ui", f"{host} is not a loopback address; serve the console over TLS with "
                                   "`nebula-credential serve` instead")
-    try:
+    with extra("server"):
         # a thread-friendly embedded server; ``serve`` itself runs on granian
         import uvicorn
-    except ImportError as exc:
-        raise MissingDependencyError("uvicorn", "server") from exc
     app = Starlette(routes=[Mount("/ui", app=create_console(vault, server_authorizer(vault, config)))])
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     threading.Thread(target=server.run, name="nebula-console", daemon=True).start()

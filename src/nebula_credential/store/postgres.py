@@ -36,10 +36,10 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._bridge import sleep
+from .._extras import extra
 from ..exceptions import (
     CommitOutcomeUnknownError,
     ConcurrencyError,
-    MissingDependencyError,
     StoreError,
     StoreUnavailableError,
     TransientStoreError,
@@ -48,13 +48,9 @@ from ..providers.base import RetryPolicy
 from ._sql import SqlTx, schema_v1, schema_v2, schema_v3_backups, schema_v4_server, schema_v5_key_access
 from .base import Store, StoreTx, redact_url
 
-try:
+with extra("postgres"):  # names the missing one: psycopg or psycopg_pool
     import psycopg
     from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        "psycopg_pool" if "pool" in str(exc) else "psycopg", "postgres"
-    ) from exc
 
 if TYPE_CHECKING:
     Connection = psycopg.Connection[Any]
