@@ -34,7 +34,7 @@ from .exceptions import (
     ProviderError,
 )
 from .models import KeyStatus, KeyVersion, to_epoch, utc_now
-from .names import check_keyring
+from .names import check_keyring, check_keyring_bound
 from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versions, retention_from_config
 from .providers.base import Aead, KeyProvider, WrapContext
 
@@ -209,8 +209,7 @@ class KeyManager:
         clock: Callable[[], datetime] = utc_now,
         audit: AuditLog | None = None,
     ) -> None:
-        if not keyring or len(keyring) > 200:
-            raise ValueError("keyring name must be 1..200 characters")
+        check_keyring_bound(keyring)
         self.store = store
         self.provider = provider
         self.keyring = keyring

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hmac as _hmac
 import json
-import re
 import struct
 import threading
 import time
@@ -33,6 +32,7 @@ from ..exceptions import (
 )
 from ..keys import KeyManager, seal
 from ..models import KeyStatus, KeyVersion
+from ..names import TRANSIT_KEY_RULE, is_mount_path, is_transit_key_name
 from ..providers.base import WrapContext
 from .errors import TransitInputError, TransitKeyNotFoundError
 from .settings import CONFIG_META, KEYRING_META, TransitKeyConfig, check_timezone
@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 SUPPORTED_TYPES = ("aes256-gcm96",)
 DEFAULT_MOUNT = "transit"
 DATAKEY_BITS = (128, 256, 512)
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _U32 = struct.Struct(">I")
 _DERIVE_DOMAIN = b"nebula-credential transit derive v1\x00"
 _HMAC_DOMAIN = b"nebula-credential transit hmac v1\x00"
@@ -89,7 +88,7 @@ class Transit:
     """Transit keys of one mount over a :class:`Vault`'s store and root of trust."""
 
     def __init__(self, vault: Vault, mount: str = DEFAULT_MOUNT) -> None:
-        if not mount or not re.fullmatch(r"[A-Za-z0-9_.\-/]{1,64}", mount):
+        if not is_mount_path(mount):
             raise ConfigError("transit mount", f"invalid mount path {mount!r}")
         self.vault = vault
         self.mount = mount.strip("/")
@@ -99,10 +98,8 @@ class Transit:
 
     # ---- names and settings ---------------------------------------------------------
     def check_name(self, name: str) -> str:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise TransitInputError(
-                "invalid key name: 1-128 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
-            )
+        if not is_transit_key_name(name):
+            raise TransitInputError(f"invalid key name: {TRANSIT_KEY_RULE}")
         return name
 
     def keyring_for(self, name: str, generation: int = 1) -> str:
