@@ -17,7 +17,10 @@ from .aio import AsyncKeys, AsyncVault, aopen
 from .audit import AuditLog
 from .config import KeyManagementConfig
 from .envelope import Envelope, credential_context
-from .exceptions import (
+from .exceptions import (  # exactly exceptions.__all__ (tests/test_api.py checks)
+    BackupError,
+    CheckAndSetError,
+    CommitOutcomeUnknownError,
     ConcurrencyError,
     ConfigError,
     CorruptRecordError,
@@ -36,6 +39,7 @@ from .exceptions import (
     ProviderUnavailableError,
     StoreError,
     StoreUnavailableError,
+    TransientStoreError,
 )
 from .keys import KeyManager, VersionedKey
 from .metrics import KeyMetrics
@@ -62,7 +66,10 @@ __all__ = [
     "AsyncKeys",
     "AsyncVault",
     "AuditLog",
+    "BackupError",
     "BeforeExpiryRotation",
+    "CheckAndSetError",
+    "CommitOutcomeUnknownError",
     "ConcurrencyError",
     "ConfigError",
     "CorruptRecordError",
@@ -97,6 +104,7 @@ __all__ = [
     "ScheduledRotation",
     "StoreError",
     "StoreUnavailableError",
+    "TransientStoreError",
     "UntilReEncrypted",
     "UsageRotation",
     "Vault",
