@@ -271,8 +271,7 @@ def test_mount_rule_is_a_fullmatch() -> None:
 @pytest.mark.parametrize("name", ["app\n", "", "-a", "a" * 129, "a/b"])
 def test_transit_key_names_follow_names_py(name: str) -> None:
     from nebula_credential.names import is_transit_key_name
-    from nebula_credential.transit import TransitInputError
-    from nebula_credential.transit.engine import Transit
+    from nebula_credential.transit import Transit, TransitInputError
 
     assert not is_transit_key_name(name)
     with pytest.raises(TransitInputError, match="invalid key name"):
