@@ -640,3 +640,22 @@ def test_huge_periods_are_input_errors(transit: Transit, period: object) -> None
     transit.create_key("app")
     with pytest.raises(TransitInputError, match="auto_rotate_period"):
         handle_configure(transit, "app", {"auto_rotate_period": period})
+
+
+def test_engine_takes_and_returns_typed_values(transit: Transit) -> None:
+    """The engine's own API is typed: settings as a KeyConfigChange, a data key as a DataKey,
+    the key's state as a KeyInfo; JSON bodies are only the requests module's business."""
+    from nebula_credential.transit import DataKey, KeyConfigChange, KeyInfo
+
+    transit.create_key("typed")
+    transit.rotate("typed")
+    cfg = transit.configure("typed", KeyConfigChange(min_decryption_version=2, max_encryptions=10))
+    assert (cfg.min_decryption_version, cfg.max_encryptions) == (2, 10)
+    info = transit.key_info("typed")
+    assert isinstance(info, KeyInfo) and [v.version for v in info.versions] == [1, 2]
+    made = transit.data_key("typed", 128, plaintext=True)
+    assert isinstance(made, DataKey) and made.key_version == 2 and made.plaintext is not None
+    assert len(made.plaintext) == 16 and "plaintext" not in repr(made)  # the key stays out of reprs
+    assert transit.decrypt("typed", made.ciphertext) == made.plaintext
+    with pytest.raises(TransitInputError, match="max_encryptions"):
+        transit.configure("typed", KeyConfigChange(max_encryptions=0))
