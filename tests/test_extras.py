@@ -36,6 +36,7 @@ def test_extra_block_names_the_missing_module_or_the_package(monkeypatch: pytest
     (("serve",), "granian"),
     (("serve",), "starlette"),
     (("daemon", "--once", "--ui", "127.0.0.1:0"), "uvicorn"),
+    (("daemon", "--once", "--ui", "127.0.0.1:0"), "starlette"),
 ])
 def test_command_without_server_extra_names_it(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch,
                                                args: tuple[str, ...], blocked: str) -> None:
