@@ -194,7 +194,6 @@ class TransitKeys:
         with self.vault.store.transaction() as tx:
             self.vault.audit.record(tx, action, keyring=keyring, version=version, mount=self.mount, **details)
 
-
     # ---- key management ---------------------------------------------------------------
     def create_key(
         self,
