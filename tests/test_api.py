@@ -42,3 +42,19 @@ def test_readme_python_example(tmp_path, monkeypatch) -> None:  # type: ignore[n
     vault.reencrypt()
     vault.maintain()
     vault.close()
+
+
+def test_errors_are_one_list() -> None:
+    """``nc`` re-exports exactly ``exceptions.__all__``, and that list names every error class the
+    module defines (``CheckAndSetError``, raised by ``Vault.put``, and ``BackupError`` were missing)."""
+    from nebula_credential import exceptions
+
+    defined = {name for name, obj in vars(exceptions).items()
+               if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == exceptions.__name__}
+    assert set(exceptions.__all__) == defined
+    exported_errors = {name for name in nc.__all__
+                       if isinstance(getattr(nc, name), type) and issubclass(getattr(nc, name), BaseException)}
+    assert exported_errors == set(exceptions.__all__)
+    for name in exceptions.__all__:
+        assert getattr(nc, name) is getattr(exceptions, name)
+    assert nc.CheckAndSetError is exceptions.CheckAndSetError

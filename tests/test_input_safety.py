@@ -256,3 +256,31 @@ def test_ids_no_store_can_hold_are_typed_errors_on_read_and_delete(vault: nc.Vau
 
     bad_one, good = asyncio.run(through_the_async_api())
     assert isinstance(bad_one, InvalidInputError) and good == [1]
+
+
+# ---- every name rule lives in names.py and is a fullmatch -------------------------------------------
+def test_mount_rule_is_a_fullmatch() -> None:
+    """A ``[server]`` mount with a trailing newline was accepted by ``match`` with ``$``."""
+    for key in ("kv_mounts", "transit_mounts"):
+        value: object = {"abc\n": "default"} if key == "kv_mounts" else ["abc\n"]
+        with pytest.raises(nc.ConfigError, match=f"server.{key}"):
+            nc.KeyManagementConfig.from_dict({"server": {key: value}})
+    assert nc.KeyManagementConfig.from_dict({"server": {"transit_mounts": ["t-1"]}}).server.transit_mounts == ("t-1",)
+
+
+@pytest.mark.parametrize("name", ["app\n", "", "-a", "a" * 129, "a/b"])
+def test_transit_key_names_follow_names_py(name: str) -> None:
+    from nebula_credential.names import is_transit_key_name
+    from nebula_credential.transit import Transit, TransitInputError
+
+    assert not is_transit_key_name(name)
+    with pytest.raises(TransitInputError, match="invalid key name"):
+        Transit.check_name(None, name)  # type: ignore[arg-type]
+    assert is_transit_key_name("a" * 128)
+
+
+def test_keyring_length_bound_is_a_typed_error() -> None:
+    """The third keyring rule (the bound on names a KeyManager opens) raises the typed error."""
+    for bad in ("", "k" * 201):
+        with pytest.raises(nc.InvalidInputError, match="keyring"):
+            nc.KeyManager.ephemeral(keyring=bad)

@@ -70,6 +70,16 @@ def test_scope_from_custom_metadata(root: httpx.Client, server: Server) -> None:
     assert root.post("/v1/secret/metadata/scoped/db", json={"custom_metadata": {"scope": "../x"}}).status_code == 400
 
 
+@pytest.mark.parametrize("scope", ["abc\n", "prod\n", "a" * 65, "-x"])
+def test_scope_is_the_one_name_rule(root: httpx.Client, scope: str) -> None:
+    """``custom_metadata.scope`` follows ``names.check_scope`` (fullmatch): a trailing newline is refused
+    with the same 400 as any other bad scope, and nothing is written."""
+    answer = root.post("/v1/secret/metadata/nl/db", json={"custom_metadata": {"scope": scope}})
+    assert answer.status_code == 400, answer.text
+    assert "custom_metadata.scope" in answer.text
+    assert root.get("/v1/secret/metadata/nl/db").status_code == 404
+
+
 @pytest.mark.parametrize("method, path, body, status", [
     ("POST", "/v1/secret/data/e", {"data": "not-an-object"}, 400),
     ("POST", "/v1/secret/data/e", {"data": {}, "options": {"cas": -1}}, 400),

@@ -31,6 +31,15 @@ from nebula_credential.transit import (
     TransitKeyNotFoundError,
     parse_ciphertext,
 )
+from nebula_credential.transit.crypto import derive
+from nebula_credential.transit.requests import (
+    handle_configure,
+    handle_datakey,
+    handle_decrypt,
+    handle_encrypt,
+    handle_rewrap,
+    read_key,
+)
 
 from .helpers import FakeClock, cli_env, run_cli
 
@@ -56,14 +65,14 @@ def transit(vault: nc.Vault) -> Transit:
 
 
 def statuses(transit: Transit, name: str) -> dict[int, str]:
-    return {v["version"]: v["status"] for v in transit.read_key(name)["nebula"]["versions"]}
+    return {v["version"]: v["status"] for v in read_key(transit, name)["nebula"]["versions"]}
 
 
 # ---- keys -------------------------------------------------------------------------------
 def test_create_and_read_in_vaults_shape(transit: Transit, clock: FakeClock) -> None:
     cfg = transit.create_key("app")
     assert cfg.keyring == "transit/app"
-    data = transit.read_key("app")
+    data = read_key(transit, "app")
     assert data["keys"] == {"1": int(clock.now.timestamp())}
     assert data["type"] == "aes256-gcm96"
     assert (data["latest_version"], data["min_decryption_version"], data["min_encryption_version"],
@@ -101,9 +110,9 @@ def test_bad_names_refused(transit: Transit, name: str) -> None:
 
 def test_unknown_key(transit: Transit) -> None:
     with pytest.raises(TransitKeyNotFoundError):
-        transit.read_key("nope")
+        read_key(transit, "nope")
     with pytest.raises(TransitInputError, match="encryption key not found"):
-        transit.handle_decrypt("nope", {"ciphertext": "vault:v1:AAAA"})
+        handle_decrypt(transit, "nope", {"ciphertext": "vault:v1:AAAA"})
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -144,11 +153,11 @@ def test_ciphertext_of_another_key_or_context_fails(transit: Transit) -> None:
 
 def test_derived_subkeys_differ_per_context(transit: Transit) -> None:
     transit.create_key("d", derived=True)
-    key = transit._key("d")
-    k1 = transit._derive(key, 1, b"d", b"ctx-1")
-    k2 = transit._derive(key, 1, b"d", b"ctx-2")
+    key = transit.live_key("d")
+    k1 = derive(key, 1, b"d", b"ctx-1")
+    k2 = derive(key, 1, b"d", b"ctx-2")
     assert k1 != k2 and len(k1) == 32
-    assert transit.read_key("d")["kdf"] == "hkdf_sha256"
+    assert read_key(transit, "d")["kdf"] == "hkdf_sha256"
 
 
 @pytest.mark.parametrize("text", ["", "garbage", "vault:v1:", "vault:vx:AAAA", "vault:v1:!!!!",
@@ -179,23 +188,23 @@ def test_min_decryption_version_revokes_through_the_lifecycle(transit: Transit, 
     v1 = transit.encrypt("app", b"s")
     transit.rotate("app")
     transit.rotate("app")
-    transit.configure("app", {"min_decryption_version": 2})
+    handle_configure(transit, "app", {"min_decryption_version": 2})
     assert statuses(transit, "app") == {1: "revoked", 2: "valid", 3: "active"}
-    assert set(transit.read_key("app")["keys"]) == {"2", "3"}
+    assert set(read_key(transit, "app")["keys"]) == {"2", "3"}
     with pytest.raises(TransitInputError, match="disallowed by policy"):
         transit.decrypt("app", v1)
     with vault.store.read() as tx:
         events = [r.action for r in tx.audit_search(keyring="transit/app")]
     assert "key.revoke" in events and "transit.key.config" in events
-    transit.configure("app", {"min_decryption_version": 1})  # lowering reinstates
+    handle_configure(transit, "app", {"min_decryption_version": 1})  # lowering reinstates
     assert statuses(transit, "app")[1] == "valid"
     assert transit.decrypt("app", v1) == b"s"
     with pytest.raises(TransitInputError, match="latest key version is 3"):
-        transit.configure("app", {"min_decryption_version": 4})
+        handle_configure(transit, "app", {"min_decryption_version": 4})
     with pytest.raises(TransitInputError, match="latest key version is 3"):
-        transit.configure("app", {"min_encryption_version": 9})
+        handle_configure(transit, "app", {"min_encryption_version": 9})
     with pytest.raises(TransitInputError, match="greater than minimum encryption"):
-        transit.configure("app", {"min_decryption_version": 3, "min_encryption_version": 2})
+        handle_configure(transit, "app", {"min_decryption_version": 3, "min_encryption_version": 2})
     assert statuses(transit, "app") == {1: "valid", 2: "valid", 3: "active"}  # nothing applied
 
 
@@ -205,14 +214,14 @@ def test_trim_destroys_through_the_destroy_guard(transit: Transit, clock: FakeCl
     transit.rotate("app")
     with pytest.raises(TransitInputError, match="minimum encryption version is not set"):
         transit.trim("app", 2)
-    transit.configure("app", {"min_decryption_version": 2, "min_encryption_version": 2})
+    handle_configure(transit, "app", {"min_decryption_version": 2, "min_encryption_version": 2})
     with pytest.raises(TransitInputError, match="greater than minimum"):
         transit.trim("app", 3)
     clock.advance(hours=2)  # past the floor and the retention minimum (1h)
     cfg = transit.trim("app", 2)
     assert cfg.min_available_version == 2
     assert statuses(transit, "app") == {1: "destroyed", 2: "valid", 3: "active"}
-    assert transit.read_key("app")["min_available_version"] == 2
+    assert read_key(transit, "app")["min_available_version"] == 2
     with pytest.raises(TransitInputError, match="decremented"):
         transit.trim("app", 1)
 
@@ -222,12 +231,12 @@ def test_trim_refuses_what_the_guard_refuses(transit: Transit, vault: nc.Vault, 
     vault.keyring("transit/app").put("row", {"x": 1})  # a stored credential under v1
     transit.rotate("app")
     transit.rotate("app")
-    transit.configure("app", {"min_decryption_version": 2, "min_encryption_version": 2})
+    handle_configure(transit, "app", {"min_decryption_version": 2, "min_encryption_version": 2})
     clock.advance(hours=2)
     with pytest.raises(PolicyViolationError, match="still used by 1 credential"):
         transit.trim("app", 2)
     assert statuses(transit, "app")[1] == "revoked"
-    assert transit.read_key("app")["min_available_version"] == 0
+    assert read_key(transit, "app")["min_available_version"] == 0
 
 
 def test_trim_honours_keep_versions(transit: Transit, clock: FakeClock) -> None:
@@ -235,12 +244,12 @@ def test_trim_honours_keep_versions(transit: Transit, clock: FakeClock) -> None:
     so trimming it right after one rotation is refused, naming the setting; nothing is destroyed."""
     transit.create_key("app")
     transit.rotate("app")
-    transit.configure("app", {"min_decryption_version": 2, "min_encryption_version": 2})
+    handle_configure(transit, "app", {"min_decryption_version": 2, "min_encryption_version": 2})
     clock.advance(hours=2)  # past the floor and the retention minimum (1h)
     with pytest.raises(PolicyViolationError, match="keep_versions = 2"):
         transit.trim("app", 2)
     assert statuses(transit, "app") == {1: "revoked", 2: "active"}
-    assert transit.read_key("app")["min_available_version"] == 0
+    assert read_key(transit, "app")["min_available_version"] == 0
     transit.rotate("app")  # v3 active: v1 is outside keep_versions now
     assert transit.trim("app", 2).min_available_version == 2
     assert statuses(transit, "app")[1] == "destroyed"
@@ -251,7 +260,7 @@ def test_delete_needs_deletion_allowed_and_no_stored_credentials(transit: Transi
     old = transit.encrypt("app", b"s")
     with pytest.raises(TransitInputError, match="deletion is not allowed"):
         transit.delete_key("app")
-    transit.configure("app", {"deletion_allowed": True})
+    handle_configure(transit, "app", {"deletion_allowed": True})
     vault.keyring("transit/app").put("cred", {"x": 1})
     with pytest.raises(PolicyViolationError, match="stored credential"):
         transit.delete_key("app")
@@ -259,7 +268,7 @@ def test_delete_needs_deletion_allowed_and_no_stored_credentials(transit: Transi
     transit.delete_key("app")
     assert transit.key_names() == []
     with pytest.raises(TransitKeyNotFoundError):
-        transit.read_key("app")
+        read_key(transit, "app")
     versions = vault.keyring("transit/app").keys.list()
     assert [v.status for v in versions] == [KeyStatus.REVOKED]  # material left to retention
     again = transit.create_key("app")
@@ -273,7 +282,7 @@ def test_delete_needs_deletion_allowed_and_no_stored_credentials(transit: Transi
 # ---- usage, rotation schedules, maintain ---------------------------------------------------------
 def test_max_encryptions_with_auto_rotation_off_refuses(transit: Transit) -> None:
     transit.create_key("app")
-    transit.configure("app", {"max_encryptions": 3, "auto_rotation": False})
+    handle_configure(transit, "app", {"max_encryptions": 3, "auto_rotation": False})
     for _ in range(3):
         transit.encrypt("app", b"s")
     with pytest.raises(PolicyViolationError, match=r"reached max_encryptions \(3\) and auto_rotation is off"):
@@ -284,7 +293,7 @@ def test_max_encryptions_with_auto_rotation_off_refuses(transit: Transit) -> Non
 
 def test_max_encryptions_with_auto_rotation_rotates(transit: Transit) -> None:
     transit.create_key("app")
-    transit.configure("app", {"max_encryptions": 3})
+    handle_configure(transit, "app", {"max_encryptions": 3})
     cts = [transit.encrypt("app", b"s") for _ in range(5)]
     assert [c.split(":")[1] for c in cts] == ["v1", "v1", "v1", "v2", "v2"]
     assert all(transit.decrypt("app", c) == b"s" for c in cts)
@@ -294,9 +303,9 @@ def test_auto_rotate_period_via_maintain_and_no_reference_lifecycle(
         transit: Transit, vault: nc.Vault, clock: FakeClock) -> None:
     transit.create_key("app")
     with pytest.raises(TransitInputError, match="at least an hour"):
-        transit.configure("app", {"auto_rotate_period": "10m"})
-    transit.configure("app", {"auto_rotate_period": "24h"})
-    assert transit.read_key("app")["auto_rotate_period"] == 86400
+        handle_configure(transit, "app", {"auto_rotate_period": "10m"})
+    handle_configure(transit, "app", {"auto_rotate_period": "24h"})
+    assert read_key(transit, "app")["auto_rotate_period"] == 86400
     kr = vault.keyring("transit/app")
     assert kr.maintain().rotated is None
     clock.advance(hours=25)
@@ -308,17 +317,17 @@ def test_auto_rotate_period_via_maintain_and_no_reference_lifecycle(
 
 def test_rotation_cron_in_a_time_zone(transit: Transit, vault: nc.Vault, clock: FakeClock) -> None:
     transit.create_key("app")  # 2026-01-01 00:00 UTC = 01:00 in Berlin
-    transit.configure("app", {"rotation_cron": "0 2 * * *", "rotation_timezone": "Europe/Berlin"})
-    assert transit.read_key("app")["nebula"]["rotation"]["strategy"] == "scheduled+usage"
+    handle_configure(transit, "app", {"rotation_cron": "0 2 * * *", "rotation_timezone": "Europe/Berlin"})
+    assert read_key(transit, "app")["nebula"]["rotation"]["strategy"] == "scheduled+usage"
     kr = vault.keyring("transit/app")
     clock.advance(minutes=50)  # 01:50 Berlin
     assert kr.maintain().rotated is None
     clock.advance(minutes=15)  # 02:05 Berlin, 01:05 UTC: a UTC cron would not have fired
     assert kr.maintain().rotated == (1, 2)
     with pytest.raises(TransitInputError, match="time zone"):
-        transit.configure("app", {"rotation_timezone": "Mars/Base"})
+        handle_configure(transit, "app", {"rotation_timezone": "Mars/Base"})
     with pytest.raises(TransitInputError, match="cron"):
-        transit.configure("app", {"rotation_cron": "every day"})
+        handle_configure(transit, "app", {"rotation_cron": "every day"})
 
 
 # ---- Vault request bodies ---------------------------------------------------------------------
@@ -326,34 +335,34 @@ def test_batch_with_one_bad_item_reports_its_position(transit: Transit) -> None:
     transit.create_key("app")
     body = {"batch_input": [{"plaintext": b64(b"a"), "reference": "r0"}, {"plaintext": "!!", "reference": "r1"},
                             {"plaintext": b64(b"c")}]}
-    data, batch = transit.handle_encrypt("app", body)
+    data, batch = handle_encrypt(transit, "app", body)
     assert batch.batched and batch.failed == 1
     results = data["batch_results"]
     assert [("error" in r) for r in results] == [False, True, False]
     assert [r["reference"] for r in results] == ["r0", "r1", ""]
-    dec, _ = transit.handle_decrypt("app", {"batch_input": [{"ciphertext": results[0]["ciphertext"]},
+    dec, _ = handle_decrypt(transit, "app", {"batch_input": [{"ciphertext": results[0]["ciphertext"]},
                                                             {"ciphertext": "x"}]})
     assert dec["batch_results"][0]["plaintext"] == b64(b"a")
     assert dec["batch_results"][1]["error"] == "invalid ciphertext: no prefix"
 
 
 def test_encrypt_creates_the_key_on_first_use(transit: Transit) -> None:
-    data, _ = transit.handle_encrypt("fresh", {"plaintext": b64(b"x")})
+    data, _ = handle_encrypt(transit, "fresh", {"plaintext": b64(b"x")})
     assert data["key_version"] == 1 and transit.key_names() == ["fresh"]
     with pytest.raises(TransitKeyNotFoundError):
-        transit.handle_encrypt("other", {"plaintext": b64(b"x")}, create=False)
+        handle_encrypt(transit, "other", {"plaintext": b64(b"x")}, create=False)
 
 
 def test_datakey_random_hash_hmac(transit: Transit) -> None:
     transit.create_key("app")
     for bits in (128, 256, 512):
-        out = transit.handle_datakey("app", "plaintext", {"bits": bits})
+        out = handle_datakey(transit, "app", "plaintext", {"bits": bits})
         key = base64.b64decode(out["plaintext"])
         assert len(key) == bits // 8 and transit.decrypt("app", out["ciphertext"]) == key
-    wrapped = transit.handle_datakey("app", "wrapped", {})
+    wrapped = handle_datakey(transit, "app", "wrapped", {})
     assert "plaintext" not in wrapped
     with pytest.raises(TransitInputError, match="invalid bit length"):
-        transit.handle_datakey("app", "plaintext", {"bits": 100})
+        handle_datakey(transit, "app", "plaintext", {"bits": 100})
     from nebula_credential.transit import hash_input, random_bytes
 
     assert len(bytes.fromhex(random_bytes({"format": "hex"}, 16)["random_bytes"])) == 16
@@ -418,15 +427,15 @@ _fields = st.sampled_from(["plaintext", "ciphertext", "context", "associated_dat
 def test_any_body_is_answered_or_refused_with_a_typed_error(transit: Transit, body: dict[str, Any]) -> None:
     if not transit.key_names():
         transit.create_key("app")
-    for call in (lambda: transit.handle_encrypt("app", body), lambda: transit.handle_decrypt("app", body),
-                 lambda: transit.handle_rewrap("app", body), lambda: transit.handle_datakey("app", "wrapped", body)):
+    for call in (lambda: handle_encrypt(transit, "app", body), lambda: handle_decrypt(transit, "app", body),
+                 lambda: handle_rewrap(transit, "app", body), lambda: handle_datakey(transit, "app", "wrapped", body)):
         with contextlib.suppress(NebulaCredentialError):
             call()
-    before = transit.read_key("app")
+    before = read_key(transit, "app")
     try:
-        transit.configure("app", body)
+        handle_configure(transit, "app", body)
     except NebulaCredentialError:
-        assert transit.read_key("app") == before  # a refused config changes nothing
+        assert read_key(transit, "app") == before  # a refused config changes nothing
 
 
 @_settings
@@ -442,10 +451,10 @@ def test_any_ciphertext_text_is_refused_with_a_typed_error(transit: Transit, tex
 def test_bulk_rewrap_10000_items(transit: Transit, capsys: pytest.CaptureFixture[str]) -> None:
     transit.create_key("app")
     body = {"batch_input": [{"plaintext": b64(i.to_bytes(4, "big") * 8)} for i in range(10_000)]}
-    data, _ = transit.handle_encrypt("app", body)
+    data, _ = handle_encrypt(transit, "app", body)
     transit.rotate("app")
     start = time.perf_counter()
-    out, batch = transit.handle_rewrap("app", {"batch_input": [
+    out, batch = handle_rewrap(transit, "app", {"batch_input": [
         {"ciphertext": r["ciphertext"]} for r in data["batch_results"]]})
     elapsed = time.perf_counter() - start
     assert batch.batched and batch.failed == 0 and batch.versions == {2}
@@ -509,7 +518,7 @@ def test_sequence_on_each_store_and_across_instances(store_url: str, key_file: P
         a.rotate("app")
         a.rotate("app")
         assert b.encrypt("app", b"x").startswith("vault:v3:")  # b follows a's rotation
-        a.configure("app", {"min_decryption_version": 2, "min_encryption_version": 2})
+        handle_configure(a, "app", {"min_decryption_version": 2, "min_encryption_version": 2})
         with pytest.raises(TransitInputError, match="disallowed by policy"):
             b.decrypt("app", old, associated_data=b"r")
         new = b.rewrap("app", b.encrypt("app", b"y"))
@@ -517,11 +526,11 @@ def test_sequence_on_each_store_and_across_instances(store_url: str, key_file: P
         assert b.trim("app", 2).min_available_version == 2
         assert statuses(a, "app") == {1: "destroyed", 2: "valid", 3: "active"}
         assert a.decrypt("app", new) == b"y"
-        b.configure("app", {"deletion_allowed": True})
+        handle_configure(b, "app", {"deletion_allowed": True})
         a.delete_key("app")
         assert b.key_names() == []
         with pytest.raises(TransitInputError, match="encryption key not found"):
-            b.handle_decrypt("app", {"ciphertext": new})
+            handle_decrypt(b, "app", {"ciphertext": new})
         assert v1.audit.verify().ok
 
 
@@ -553,12 +562,12 @@ def test_any_key_name_is_accepted_or_refused_cleanly(transit: Transit, name: str
 
 def test_encrypt_upsert_writes_nothing_when_refused_and_derives_with_context(transit: Transit) -> None:
     with pytest.raises(TransitInputError, match="not valid base64"):
-        transit.handle_encrypt("never", {"plaintext": "!!"})
+        handle_encrypt(transit, "never", {"plaintext": "!!"})
     with pytest.raises(TransitInputError, match="missing plaintext"):
-        transit.handle_encrypt("never", {"batch_input": [{"context": b64(b"c")}]})
+        handle_encrypt(transit, "never", {"batch_input": [{"context": b64(b"c")}]})
     assert transit.key_names() == []
-    data, _ = transit.handle_encrypt("ctx", {"plaintext": b64(b"x"), "context": b64(b"c")})
-    assert transit.read_key("ctx")["derived"] is True
+    data, _ = handle_encrypt(transit, "ctx", {"plaintext": b64(b"x"), "context": b64(b"c")})
+    assert read_key(transit, "ctx")["derived"] is True
     assert transit.decrypt("ctx", data["ciphertext"], context=b"c") == b"x"
 
 
@@ -569,7 +578,7 @@ def test_daemon_pass_over_ordinary_live_and_deleted_transit_keyrings(
     vault.put("cred", {"x": 1})
     transit.create_key("live", auto_rotate_period=86400)
     transit.create_key("gone")
-    transit.configure("gone", {"deletion_allowed": True})
+    handle_configure(transit, "gone", {"deletion_allowed": True})
     transit.delete_key("gone")
     clock.advance(days=2)
     reports = {r.keyring: r for r in Daemon(vault, metrics_addr=None, clock=clock).run_pass()}
@@ -608,7 +617,7 @@ def test_doctor_accepts_a_deleted_transit_key(transit: Transit, vault: nc.Vault,
     from nebula_credential.doctor import ERROR, check_store
 
     transit.create_key("gone")
-    transit.configure("gone", {"deletion_allowed": True})
+    handle_configure(transit, "gone", {"deletion_allowed": True})
     transit.delete_key("gone")
     findings = check_store(vault.store, vault.config, clock())
     assert [f for f in findings if f.severity == ERROR] == []
@@ -620,7 +629,7 @@ def test_non_ascii_digits_are_input_errors(transit: Transit, value: str) -> None
     """``str.isdigit`` accepts '¹' (found by hypothesis: int() then raised a bare ValueError)."""
     transit.create_key("app")
     with pytest.raises(TransitInputError):
-        transit.handle_encrypt("app", {"plaintext": b64(b"x"), "key_version": value})
+        handle_encrypt(transit, "app", {"plaintext": b64(b"x"), "key_version": value})
     with pytest.raises(TransitInputError):
         transit.decrypt("app", f"vault:v{value}:AAAA")
 
@@ -630,4 +639,23 @@ def test_huge_periods_are_input_errors(transit: Transit, period: object) -> None
     """timedelta overflows past 999,999,999 days (found by the hypothesis test)."""
     transit.create_key("app")
     with pytest.raises(TransitInputError, match="auto_rotate_period"):
-        transit.configure("app", {"auto_rotate_period": period})
+        handle_configure(transit, "app", {"auto_rotate_period": period})
+
+
+def test_engine_takes_and_returns_typed_values(transit: Transit) -> None:
+    """The engine's own API is typed: settings as a KeyConfigChange, a data key as a DataKey,
+    the key's state as a KeyInfo; JSON bodies are only the requests module's business."""
+    from nebula_credential.transit import DataKey, KeyConfigChange, KeyInfo
+
+    transit.create_key("typed")
+    transit.rotate("typed")
+    cfg = transit.configure("typed", KeyConfigChange(min_decryption_version=2, max_encryptions=10))
+    assert (cfg.min_decryption_version, cfg.max_encryptions) == (2, 10)
+    info = transit.key_info("typed")
+    assert isinstance(info, KeyInfo) and [v.version for v in info.versions] == [1, 2]
+    made = transit.data_key("typed", 128, plaintext=True)
+    assert isinstance(made, DataKey) and made.key_version == 2 and made.plaintext is not None
+    assert len(made.plaintext) == 16 and "plaintext" not in repr(made)  # the key stays out of reprs
+    assert transit.decrypt("typed", made.ciphertext) == made.plaintext
+    with pytest.raises(TransitInputError, match="max_encryptions"):
+        transit.configure("typed", KeyConfigChange(max_encryptions=0))

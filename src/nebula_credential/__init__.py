@@ -20,7 +20,10 @@ from .aio import AsyncKeys, AsyncVault, aopen
 from .audit import AuditLog
 from .config import KeyManagementConfig
 from .envelope import Envelope, credential_context
-from .exceptions import (
+from .exceptions import (  # exactly exceptions.__all__ (tests/test_api.py checks)
+    BackupError,
+    CheckAndSetError,
+    CommitOutcomeUnknownError,
     ConcurrencyError,
     ConfigError,
     CorruptRecordError,
@@ -39,6 +42,7 @@ from .exceptions import (
     ProviderUnavailableError,
     StoreError,
     StoreUnavailableError,
+    TransientStoreError,
 )
 from .keys import KeyManager, VersionedKey
 from .metrics import KeyMetrics
@@ -64,7 +68,10 @@ __all__ = [
     "AsyncKeys",
     "AsyncVault",
     "AuditLog",
+    "BackupError",
     "BeforeExpiryRotation",
+    "CheckAndSetError",
+    "CommitOutcomeUnknownError",
     "ConcurrencyError",
     "ConfigError",
     "CorruptRecordError",
@@ -99,6 +106,7 @@ __all__ = [
     "ScheduledRotation",
     "StoreError",
     "StoreUnavailableError",
+    "TransientStoreError",
     "UntilReEncrypted",
     "UsageRotation",
     "Vault",

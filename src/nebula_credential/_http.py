@@ -21,6 +21,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -179,7 +180,22 @@ class EmbeddedServer:
         if self._error is not None:
             raise NebulaCredentialError(
                 f"cannot serve HTTP on {self._host}:{self._port}: {self._error}") from self._error
+        if self._port:  # port 0: an ephemeral port no other server can be asked for
+            self._wait_listening()
         return self
+
+    def _wait_listening(self) -> None:
+        """granian calls its startup hook before its socket listens: wait until a connection is
+        accepted, so a second server started right after this one is refused by the address check."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                socket.create_connection((self._host.strip("[]"), self._port), timeout=0.5).close()
+                return
+            except OSError:
+                if self._error is not None or time.monotonic() > deadline:
+                    raise NebulaCredentialError(f"HTTP server on {self._host}:{self._port} did not start") from None
+                time.sleep(0.01)
 
     def stop(self) -> None:
         """Stop accepting, finish, and wait for the thread (a few seconds at most)."""

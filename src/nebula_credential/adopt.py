@@ -155,12 +155,10 @@ def records_from_db(url: str, query: str, *, page: int = 500) -> Iterator[Legacy
             raise ConfigError("--from-db", f"no SQLite database at {path}")
         conn: Any = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     elif url.startswith(("postgresql://", "postgres://")):
-        try:
-            import psycopg
-        except ImportError as exc:
-            from .exceptions import MissingDependencyError
+        from ._extras import extra
 
-            raise MissingDependencyError("psycopg", "postgres") from exc
+        with extra("postgres", "psycopg"):
+            import psycopg
         try:
             conn = psycopg.connect(url)
         except psycopg.Error as exc:

@@ -20,7 +20,7 @@ from typing import Any
 from ._files import read_regular
 from .durations import parse_duration
 from .exceptions import ConfigError
-from .names import check_scope
+from .names import check_scope, is_mount
 
 ROTATION_STRATEGIES = ("manual", "periodic", "before-expiry", "scheduled", "usage")
 RETENTION_POLICIES = ("minimum-retention", "version-based", "until-reencrypted", "custom")
@@ -561,9 +561,6 @@ def _metrics(raw: dict[str, Any]) -> MetricsConfig:
     return MetricsConfig(addr=addr)
 
 
-_MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
 def _server(raw: dict[str, Any]) -> ServerConfig:
     _check_keys("server", raw, ("listen", "tls_cert_file", "tls_key_file", "max_request_size",
                                 "request_timeout", "workers", "kv_mounts", "default_ttl", "max_ttl",
@@ -583,14 +580,14 @@ def _server(raw: dict[str, Any]) -> ServerConfig:
     if not isinstance(mounts, dict) or not mounts:
         raise ConfigError("server.kv_mounts", "must be a table of mount = \"keyring\"")
     for mount, keyring in mounts.items():
-        if not _MOUNT_NAME.match(mount) or mount in ("sys", "auth") or not isinstance(keyring, str) or not keyring:
+        if not is_mount(mount) or mount in ("sys", "auth") or not isinstance(keyring, str) or not keyring:
             raise ConfigError("server.kv_mounts", f"bad mount {mount!r} = {keyring!r}: a mount is letters, "
                               "digits, - and _ (not sys or auth), the value a keyring name")
     transit = raw.get("transit_mounts", list(d.transit_mounts))
     if not isinstance(transit, list) or not all(isinstance(m, str) for m in transit):
         raise ConfigError("server.transit_mounts", "must be a list of mount paths")
     for mount in transit:
-        if not _MOUNT_NAME.match(mount) or mount in ("sys", "auth") or mount in mounts:
+        if not is_mount(mount) or mount in ("sys", "auth") or mount in mounts:
             raise ConfigError("server.transit_mounts", f"bad mount {mount!r}: letters, digits, - and _, "
                               "not sys or auth, and not also a KV mount")
     cfg = ServerConfig(

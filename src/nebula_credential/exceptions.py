@@ -153,6 +153,7 @@ class MissingDependencyError(NebulaCredentialError, ImportError):
 
 
 __all__ = [
+    "BackupError",
     "CheckAndSetError",
     "CommitOutcomeUnknownError",
     "ConcurrencyError",

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidTag
 
 from . import envelope as env
 from .config import HARD_MAX_ENCRYPTIONS, KeyManagementConfig
-from .durations import format_duration
+from .destroy_guard import check_destroy
 from .exceptions import (
     ConcurrencyError,
     DecryptionError,
@@ -32,10 +32,9 @@ from .exceptions import (
     PolicyViolationError,
     ProviderError,
 )
-from .holds import holds as backup_hold
 from .models import KeyStatus, KeyVersion, to_epoch, utc_now
-from .names import check_keyring
-from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versions, retention_from_config
+from .names import check_keyring, check_keyring_bound
+from .policies.retention import KeyRetentionPolicy, retention_from_config
 from .providers.base import Aead, KeyProvider, WrapContext
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ RESERVATION_BLOCK = 4096
 FIRST_RESERVATION = 16
 
 #: Lifecycle transitions an operator or a policy may make (rotation makes active -> valid;
-#: only a revoked version may be destroyed, see :func:`check_destroy`).
+#: only a revoked version may be destroyed, see :func:`~nebula_credential.destroy_guard.check_destroy`).
 TRANSITIONS: dict[KeyStatus, frozenset[KeyStatus]] = {
     KeyStatus.ACTIVE: frozenset({KeyStatus.VALID}),
     KeyStatus.VALID: frozenset({KeyStatus.GRACE, KeyStatus.REVOKED}),
@@ -63,98 +62,6 @@ WRITABLE: frozenset[KeyStatus] = frozenset({KeyStatus.ACTIVE, KeyStatus.VALID})
 
 #: How often a write re-encrypts under a freshly read active version before giving up.
 WRITE_ATTEMPTS = 3
-
-
-def destroy_floor(config: KeyManagementConfig) -> timedelta:
-    """How long a version stays revoked before it may be destroyed: twice ``refresh_interval``.
-
-    Every process re-reads key statuses at least once per ``refresh_interval``,
-    so after two of them none still holds the version as one to write under.
-    No flag lowers it.
-    """
-    return 2 * config.keys.refresh_interval
-
-
-def check_destroy(
-    tx: StoreTx,
-    kv: KeyVersion,
-    *,
-    now: datetime,
-    config: KeyManagementConfig,
-    retention: KeyRetentionPolicy,
-    force_retention: bool = False,
-) -> tuple[int, str]:
-    """The one destroy guard (``keys destroy``, ``keys cleanup``, the daemon, Transit trim): raise or say why.
-
-    Runs inside the destroying transaction, after the version's row is
-    locked, and returns (rows referencing it, the reason destruction is
-    allowed).  Each check names the command to run first.  ``force_retention``
-    (the operator's ``--force --yes-destroy-key-version V``) skips only the
-    retention settings, ``[retention] keep_versions`` and the policy's own
-    minimum: never the status, the reference count, the floor or a backup
-    that needs the version.  Those protect ciphertext that exists; retention
-    settings are the operator's own caution, which the operator may waive.
-    """
-    v, kr = kv.version, kv.keyring
-    if kv.status is KeyStatus.DESTROYED:
-        raise PolicyViolationError(f"key version {v} is already destroyed")
-    if kv.status is not KeyStatus.REVOKED:
-        first = (
-            "rotate first (`nebula-credential keys rotate`), re-encrypt, then revoke it"
-            if kv.status is KeyStatus.ACTIVE
-            else f"revoke it first: `nebula-credential --keyring {kr} keys revoke {v}`"
-        )
-        raise PolicyViolationError(
-            f"key version {v} is {kv.status.value}; only a revoked version can be destroyed: {first}"
-        )
-    # 1. no row may reference it, counted by envelope header (what decryption uses)
-    refs = tx.versions_referenced(kr).get(v, 0)
-    if refs:
-        raise PolicyViolationError(
-            f"key version {v} is still used by {refs} credential(s) (by envelope header); "
-            f"reinstate it (`nebula-credential keys reinstate {v}`) and run `nebula-credential reencrypt` first"
-        )
-    # 2. backups: a version an unexpired registered backup needs is never destroyed
-    hold = backup_hold(tx, kr, v, now)
-    if hold is not None:
-        raise PolicyViolationError(f"key version {v} is kept: {hold}")
-    # 3. the floor: every process has re-read key statuses since the revocation
-    floor = destroy_floor(config)
-    held = now - (kv.revoked_at or kv.status_changed_at or now)
-    if held < floor:
-        raise PolicyViolationError(
-            f"key version {v} was revoked {format_duration(max(held, timedelta(0)))} ago; it can be "
-            f"destroyed {format_duration(floor - held)} from now (floor: twice refresh_interval, "
-            f"{format_duration(floor)}, so no process still writes under it)"
-        )
-    force_hint = f"`nebula-credential keys destroy {v} --force --yes-destroy-key-version {v}`"
-    versions = tx.list_versions(kr)
-    forced: list[str] = []
-    # 4. keep_versions: the newest versions stay whatever the policy says (a retention setting: --force skips it)
-    keep = config.retention.keep_versions
-    if v in kept_versions(versions, keep):
-        if not force_retention:
-            raise PolicyViolationError(
-                f"key version {v} is one of the newest {keep} version(s) kept by "
-                f"`[retention] keep_versions = {keep}`; rotate again, lower keep_versions in the "
-                f"config file, or override it with {force_hint}"
-            )
-        forced.append(f"keep_versions = {keep}")
-    # 5. the retention policy's minimum (--force skips it too)
-    with_refs = RetentionContext(now=now, versions=versions, references={v: refs})
-    allowed = retention.allows(kv, with_refs)
-    if allowed is None:
-        if not force_retention:
-            raise PolicyViolationError(
-                f"retention policy {retention.name!r} keeps key version {v} for now; wait, or "
-                f"override the retention minimum with {force_hint}"
-            )
-        forced.append(f"retention policy {retention.name!r}")
-    # the policy's reason, then what the operator waived (never empty: one or the other)
-    reasons = [allowed] if allowed else []
-    if forced:
-        reasons.append(f"forced past {' and '.join(forced)} by the operator")
-    return refs, "; ".join(reasons)
 
 
 class VersionedKey:
@@ -209,8 +116,7 @@ class KeyManager:
         clock: Callable[[], datetime] = utc_now,
         audit: AuditLog | None = None,
     ) -> None:
-        if not keyring or len(keyring) > 200:
-            raise ValueError("keyring name must be 1..200 characters")
+        check_keyring_bound(keyring)
         self.store = store
         self.provider = provider
         self.keyring = keyring
@@ -617,7 +523,7 @@ class KeyManager:
         The version's row is locked first (PostgreSQL ``FOR UPDATE``), so a
         write share-locking it (:meth:`writable`) either committed before the
         references are counted or sees the new status.  Destruction goes
-        through :func:`check_destroy` whatever the caller.
+        through :func:`~nebula_credential.destroy_guard.check_destroy` whatever the caller.
         """
         now = self.clock()
         with self.store.transaction() as tx:
@@ -687,7 +593,7 @@ class KeyManager:
         retention: KeyRetentionPolicy | None = None,
         policy: str = "operator",
     ) -> KeyVersion:
-        """Erase a revoked, unreferenced version's material (see :func:`check_destroy`).
+        """Erase a revoked, unreferenced version's material (the guard: :mod:`~nebula_credential.destroy_guard`).
 
         ``force_retention`` skips only the retention settings (``keep_versions``
         and the policy's minimum), never the references, the floor or a backup hold.

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from .destroy_guard import check_destroy
 from .exceptions import ConcurrencyError, PolicyViolationError
-from .keys import KeyManager, check_destroy
+from .keys import KeyManager
 from .models import KeyStatus
 from .policies.retention import KeyRetentionPolicy, RetentionContext
 from .reencrypt import ReencryptResult
@@ -115,7 +116,7 @@ def cleanup(
 ) -> list[LifecycleAction]:
     """Destroy the revoked versions the destroy guard allows; name the policy that allowed each.
 
-    The guard is :func:`~nebula_credential.keys.check_destroy`, the same one
+    The guard is :func:`~nebula_credential.destroy_guard.check_destroy`, the same one
     ``keys destroy`` uses: revoked, referenced by no row (by envelope header),
     needed by no backup, past the floor, outside ``keep_versions``, allowed by
     ``policy``.  A dry run asks it without writing.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import MissingDependencyError
+from ._extras import require
 from .models import KeyStatus, to_epoch
 
 if TYPE_CHECKING:
@@ -121,11 +121,7 @@ def keyring_vaults(vault: Vault) -> list[Vault]:
 
 
 def _prometheus() -> Any:
-    try:
-        import prometheus_client
-    except ImportError as exc:
-        raise MissingDependencyError("prometheus_client", "metrics") from exc
-    return prometheus_client
+    return require("prometheus_client", "metrics")
 
 
 class MetricsExporter:

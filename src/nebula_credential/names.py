@@ -23,7 +23,15 @@ from .exceptions import InvalidInputError
 
 MAX_ID_LENGTH = 1024
 MAX_NAME_LENGTH = 64
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Longest keyring name a :class:`~nebula_credential.keys.KeyManager` opens (names already in a
+#: store are read as they are, so this is only a bound, not the safe set).
+MAX_KEYRING_LENGTH = 200
+# Every pattern here is applied with ``fullmatch``: ``match`` with ``$`` also accepts a
+# trailing newline ("abc\n"), which would then reach labels, AAD and logs.
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+#: A Transit key name (as Vault's, 1-128 characters).
+_TRANSIT_KEY = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+NAME_RE = re.compile(_SEGMENT)
 #: Unicode categories refused in ids: controls, surrogates, line/paragraph separators.
 _BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 #: Bidirectional overrides and isolates: they make a terminal show another string.
@@ -31,11 +39,14 @@ _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters"
 #: A keyring: a safe-set name, or an engine's ``MOUNT/NAME`` (segments of the safe set, NAME up
 #: to 128 characters as Transit key names) with an optional ``#N`` generation.
-KEYRING_RE = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-    r"(?:(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,63})*/[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:#[1-9][0-9]{0,8})?)?$"
-)
+KEYRING_RE = re.compile(rf"{_SEGMENT}(?:(?:/{_SEGMENT})*/{_TRANSIT_KEY}(?:#[1-9][0-9]{{0,8}})?)?")
 KEYRING_RULE = f"{NAME_RULE} (an engine's keyrings: MOUNT/NAME, optionally #N)"
+#: A server mount (``[server] kv_mounts`` and ``transit_mounts``): one path segment, no dot.
+MOUNT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: A Transit mount path as the library and the CLI take it (slashes allowed, stripped at the ends).
+MOUNT_PATH_RE = re.compile(r"[A-Za-z0-9_./-]{1,64}")
+TRANSIT_KEY_RE = re.compile(_TRANSIT_KEY)
+TRANSIT_KEY_RULE = "1-128 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
 
 
 def check_credential_id(value: object, field: str = "credential id") -> str:
@@ -99,6 +110,29 @@ def check_scope(value: object, field: str = "scope") -> str:
     return _check_name(value, field, "scope")
 
 
+def is_mount(value: object) -> bool:
+    """A server mount name (see :data:`MOUNT_RE`); the caller words the error for its setting."""
+    return isinstance(value, str) and MOUNT_RE.fullmatch(value) is not None
+
+
+def is_mount_path(value: object) -> bool:
+    """A Transit mount path (see :data:`MOUNT_PATH_RE`)."""
+    return isinstance(value, str) and MOUNT_PATH_RE.fullmatch(value) is not None
+
+
+def is_transit_key_name(value: object) -> bool:
+    """A Transit key name (see :data:`TRANSIT_KEY_RULE`); Transit raises its own input error."""
+    return isinstance(value, str) and TRANSIT_KEY_RE.fullmatch(value) is not None
+
+
+def check_keyring_bound(value: object, field: str = "keyring") -> str:
+    """A keyring name to open: 1..200 characters (stored names are read as they are;
+    :func:`check_keyring` is the rule for a keyring being created)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_KEYRING_LENGTH:
+        raise InvalidInputError(field, f"keyring name must be 1..{MAX_KEYRING_LENGTH} characters")
+    return value
+
+
 def check_keyring(value: object, field: str = "keyring") -> str:
     """A keyring name from the safe set, or an engine's ``MOUNT/NAME[#N]`` (see :data:`KEYRING_RULE`)."""
     return _check_name(value, field, "keyring name", KEYRING_RE, KEYRING_RULE)
@@ -107,10 +141,16 @@ def check_keyring(value: object, field: str = "keyring") -> str:
 __all__ = [
     "KEYRING_RULE",
     "MAX_ID_LENGTH",
+    "MAX_KEYRING_LENGTH",
     "NAME_RULE",
+    "TRANSIT_KEY_RULE",
     "check_credential_id",
     "check_keyring",
+    "check_keyring_bound",
     "check_lookup_id",
     "check_scope",
+    "is_mount",
+    "is_mount_path",
+    "is_transit_key_name",
     "printable",
 ]

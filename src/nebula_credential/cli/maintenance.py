@@ -62,6 +62,10 @@ def daemon(app: AppContext, interval: str, metrics_addr: str | None, once: bool,
                metrics_addr=metrics_addr or app.config.metrics.addr)
     d.enable_metrics()
     if ui_addr:
+        from .._extras import require
+
+        for module in ("starlette", "granian"):  # the extra named, not a bare import error
+            require(module, "server")
         from ..server.compose import serve_console
 
         console_server = serve_console(vault, app.config, ui_addr)

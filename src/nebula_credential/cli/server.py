@@ -52,6 +52,10 @@ def serve(app: AppContext, listen: str | None, tls_cert: str | None, tls_key: st
           workers: int | None, max_request_size: int | None, request_timeout: str | None, maintain: bool,
           interval: str) -> None:
     """Serve the store over Vault's HTTP API (KV v2, tokens, ACL policies)."""
+    from .._extras import require
+
+    for module in ("starlette", "granian"):  # the extra named before anything starts
+        require(module, "server")
     from ..server.run import ServeOptions
     from ..server.run import serve as run_server
 

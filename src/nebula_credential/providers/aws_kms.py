@@ -26,23 +26,21 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
+from .._extras import extra
 from .._secret import SecretBytes
 from ..exceptions import (
     ConfigError,
     DecryptionError,
-    MissingDependencyError,
     ProviderError,
     ProviderPermissionError,
     ProviderUnavailableError,
 )
 from .base import KeyProvider, WrapContext
 
-try:
+with extra("aws", "boto3"):
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
-except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError("boto3", "aws") from _exc
 
 log = logging.getLogger(__name__)
 

@@ -60,18 +60,18 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 from .._bridge import await_only, in_bridge
+from .._extras import extra, require
 from .._secret import SecretBytes
 from ..config import secret_from
 from ..exceptions import (
     ConfigError,
     DecryptionError,
-    MissingDependencyError,
     ProviderError,
     ProviderPermissionError,
 )
 from .base import KeyProvider, TransientProviderError, WrapContext
 
-try:
+with extra("azure", "azure-keyvault-keys"):
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
@@ -81,8 +81,6 @@ try:
     )
     from azure.keyvault.keys import KeyClient, KeyVaultKey
     from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
-except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError("azure-keyvault-keys", "azure") from _exc
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +174,7 @@ class AzureKeyVaultProvider(KeyProvider):
     def make_credential(settings: dict[str, Any], *, aio: bool = False) -> Any:
         """A client-secret credential when configured, else ``DefaultAzureCredential``
         (``aio``: their ``azure.identity.aio`` twins, for the asyncio API)."""
-        try:
-            identity = importlib.import_module("azure.identity.aio" if aio else "azure.identity")
-        except ImportError as exc:  # pragma: no cover - exercised only without the extra
-            raise MissingDependencyError("azure-identity", "azure") from exc
+        identity = require("azure.identity.aio" if aio else "azure.identity", "azure", "azure-identity")
         ClientSecretCredential, DefaultAzureCredential = (
             identity.ClientSecretCredential, identity.DefaultAzureCredential)
         kwargs: dict[str, Any] = {}

@@ -37,24 +37,22 @@ from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidTag
 
+from .._extras import extra
 from .._secret import SecretBytes
 from ..config import secret_from
 from ..exceptions import (
     ConfigError,
     DecryptionError,
-    MissingDependencyError,
     ProviderError,
     ProviderPermissionError,
 )
 from .base import Aead, KeyProvider, TransientProviderError, WrapContext
 
-try:
+with extra("pkcs11", "python-pkcs11"):
     import pkcs11
     from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
     from pkcs11 import exceptions as p11e
     from pkcs11.mechanisms import GCMParams
-except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError("python-pkcs11", "pkcs11") from _exc
 
 # python-pkcs11's handle classes are loosely typed (Key vs SecretKey mixins);
 # handles are kept as ``Any`` here and never leave this module.

@@ -37,23 +37,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar
 
+from .._extras import extra
 from .._secret import SecretBytes
 from ..config import secret_from
 from ..exceptions import (
     ConfigError,
     DecryptionError,
-    MissingDependencyError,
     ProviderError,
     ProviderPermissionError,
 )
 from .base import KeyProvider, TransientProviderError, WrapContext
 
-try:
+with extra("vault", "hvac"):
     import hvac
     import hvac.exceptions as hvac_errors
     import requests
-except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError("hvac", "vault") from _exc
 
 T = TypeVar("T")
 

@@ -13,7 +13,6 @@ revision (the version) on, which Vault does not do.  The credential's scope
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -22,13 +21,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..exceptions import CheckAndSetError, CredentialNotFoundError
+from ..exceptions import CheckAndSetError, CredentialNotFoundError, InvalidInputError
 from ..models import Credential, EncryptedCredential
+from ..names import check_scope
 from ..vault import DEFAULT_SCOPE
 from ._request import Ctx, endpoint, iso, read_json
 from .errors import HTTPError, bad_request
 
-_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RETRIES = 8
 NO_CONTENT = 204
 
@@ -62,8 +61,12 @@ def _custom_metadata(value: Any) -> dict[str, str]:
         if not isinstance(v, str) or not 0 < len(k) <= 128 or len(v) > 512:
             raise bad_request("custom_metadata keys are 1-128 characters, values strings of at most 512")
     scope = value.get("scope")
-    if scope is not None and not _SCOPE.match(scope):
-        raise bad_request("custom_metadata.scope: 1-64 of letters, digits, _ . - starting with a letter or digit")
+    if scope is not None:
+        try:
+            check_scope(scope)
+        except InvalidInputError:
+            raise bad_request(
+                "custom_metadata.scope: 1-64 of letters, digits, _ . - starting with a letter or digit") from None
     return dict(value)
 
 

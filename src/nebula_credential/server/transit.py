@@ -36,6 +36,7 @@ from ..transit import (
     TransitKeyNotFoundError,
     hash_input,
     random_bytes,
+    requests,
 )
 from ..transit.wire import is_decimal
 from ._request import Ctx, endpoint, read_json
@@ -108,7 +109,7 @@ class TransitEngine:
         return str(request.path_params["name"])
 
     async def _key_reply(self, ctx: Ctx, name: str) -> Response:
-        data = await self._call(ctx, self.transit(ctx).read_key, name, key_path=True)
+        data = await self._call(ctx, requests.read_key, self.transit(ctx), name, key_path=True)
         ctx.keyring = data["nebula"]["keyring"]
         return ctx.reply(data)
 
@@ -144,7 +145,7 @@ class TransitEngine:
             return Response(status_code=NO_CONTENT)
         ctx.require("update")
         body = await read_json(request)
-        await self._call(ctx, transit.handle_create, name, body, write=True)
+        await self._call(ctx, requests.handle_create, transit, name, body, write=True)
         return await self._key_reply(ctx, name)
 
     async def _change(self, request: Request, ctx: Ctx, op: Callable[[Transit, str, dict[str, Any]], Any]) -> Response:
@@ -156,13 +157,13 @@ class TransitEngine:
         return await self._key_reply(ctx, name)
 
     async def config(self, request: Request, ctx: Ctx) -> Response:
-        return await self._change(request, ctx, lambda t, name, body: t.configure(name, body))
+        return await self._change(request, ctx, requests.handle_configure)
 
     async def rotate(self, request: Request, ctx: Ctx) -> Response:
         return await self._change(request, ctx, lambda t, name, body: t.rotate(name))
 
     async def trim(self, request: Request, ctx: Ctx) -> Response:
-        return await self._change(request, ctx, lambda t, name, body: t.handle_trim(name, body))
+        return await self._change(request, ctx, requests.handle_trim)
 
     # ---- data -------------------------------------------------------------------------------
     async def encrypt(self, request: Request, ctx: Ctx) -> Response:
@@ -175,7 +176,7 @@ class TransitEngine:
         if not can_update and await ctx.backend.run(transit.exists, name):
             raise PermissionDenied()  # create alone does not allow using an existing key
         body = await read_json(request)
-        handled = await self._call(ctx, transit.handle_encrypt, name, body, create=can_create,
+        handled = await self._call(ctx, requests.handle_encrypt, transit, name, body, create=can_create,
                                    missing=PermissionDenied())
         return self._batch_reply(ctx, name, body, handled)
 
@@ -183,13 +184,15 @@ class TransitEngine:
         ctx.require("update")
         body = await read_json(request)
         name = self._name(request)
-        return self._batch_reply(ctx, name, body, await self._call(ctx, self.transit(ctx).handle_decrypt, name, body))
+        handled = await self._call(ctx, requests.handle_decrypt, self.transit(ctx), name, body)
+        return self._batch_reply(ctx, name, body, handled)
 
     async def rewrap(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
         body = await read_json(request)
         name = self._name(request)
-        return self._batch_reply(ctx, name, body, await self._call(ctx, self.transit(ctx).handle_rewrap, name, body))
+        handled = await self._call(ctx, requests.handle_rewrap, self.transit(ctx), name, body)
+        return self._batch_reply(ctx, name, body, handled)
 
     async def hmac(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
@@ -197,13 +200,13 @@ class TransitEngine:
         algorithm = request.path_params.get("algorithm")
         name = self._name(request)
         return self._batch_reply(ctx, name, body,
-                                 await self._call(ctx, self.transit(ctx).handle_hmac, name, body, algorithm))
+                                 await self._call(ctx, requests.handle_hmac, self.transit(ctx), name, body, algorithm))
 
     async def datakey(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
         body = await read_json(request)
         kind, name = str(request.path_params["kind"]), self._name(request)
-        data = await self._call(ctx, self.transit(ctx).handle_datakey, name, kind, body)
+        data = await self._call(ctx, requests.handle_datakey, self.transit(ctx), name, kind, body)
         self._note(ctx, name, key_versions=[data["key_version"]])
         return ctx.reply(data)
 

@@ -22,9 +22,12 @@ from collections.abc import Coroutine, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
-import psycopg
-from psycopg.pq import ExecStatus
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
+from .._extras import extra
+
+with extra("postgres"):
+    import psycopg
+    from psycopg.pq import ExecStatus
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
 from .._bridge import GreenletLocal, GreenletRLock, await_only, in_bridge
 from ..models import EncryptedCredential

@@ -36,11 +36,11 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._bridge import sleep
+from .._extras import extra
 from ..envelope import KEY_VERSION_END
 from ..exceptions import (
     CommitOutcomeUnknownError,
     ConcurrencyError,
-    MissingDependencyError,
     StoreError,
     StoreUnavailableError,
     TransientStoreError,
@@ -52,13 +52,9 @@ from ._sql_credentials import VERSION_LEN, VERSION_START_SQL
 from .base import Store, redact_url
 from .tx import StoreTx
 
-try:
+with extra("postgres"):  # names the missing one: psycopg or psycopg_pool
     import psycopg
     from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        "psycopg_pool" if "pool" in str(exc) else "psycopg", "postgres"
-    ) from exc
 
 if TYPE_CHECKING:
     Connection = psycopg.Connection[Any]

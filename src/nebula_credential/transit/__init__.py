@@ -6,16 +6,16 @@ usage bound) is the same machinery.  What Vault keeps per key beyond that
 (``derived``, ``deletion_allowed``, ``min_*_version``, the rotation
 settings) is a small JSON record in the store's meta table.
 
-The package: ``engine`` (:class:`Transit`), ``settings`` (the per-key
-record and how ``maintain`` treats a Transit keyring), ``wire`` (Vault's
-base64 fields, ciphertext strings and batches) and ``errors``.  Two layers:
-
-- :class:`Transit`, the bytes-level operations (create, read, config,
-  rotate, trim, delete; encrypt, decrypt, rewrap, data keys, HMAC), used by
-  the CLI and by Python callers;
-- ``Transit.handle_*``, which take and return Vault's JSON request and
-  response bodies (base64 fields, ``batch_input`` with per-item results and
-  errors), so the HTTP mount is a thin router over them.
+The package, one job per module: ``keys`` (key management: settings,
+create, read, config, rotate, trim, delete), ``crypto`` (AES-GCM under a
+key, derived subkeys, HMAC), ``engine`` (:class:`Transit`: both, on typed
+values: bytes in, ``vault:v<N>:`` strings out; used by the CLI and Python
+callers), ``requests`` (Vault's JSON request bodies parsed into those
+values, ``batch_input`` with per-item results and errors, the answers
+shaped: the HTTP mount is a thin router over its ``handle_*``), ``wire``
+(Vault's base64 fields, ciphertext strings, the AAD, batch results),
+``settings`` (the per-key record and how ``maintain`` treats a Transit
+keyring) and ``errors``.
 
 Ciphertexts look like Vault's, ``vault:v<N>:<base64>``, with our envelope v1
 inside.  The AES-GCM associated data binds the ciphertext to its key (the
@@ -26,24 +26,24 @@ per-context subkey: HKDF-SHA256 over the version's DEK.
 
 Key versions are retired only through the lifecycle: ``min_decryption_version``
 revokes older versions (:meth:`KeyManager.revoke`), ``trim`` destroys them
-through :meth:`KeyManager.destroy` (the same guard as ``keys destroy``),
+through :meth:`KeyManager.destroy` (the one destroy guard, as ``keys destroy``),
 and deleting a key revokes every version and leaves destruction to the
 retention policy.  Nothing here erases key material by any other path.
 """
 
 from __future__ import annotations
 
-from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, Transit
+from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, DataKey, Transit
 from .errors import TransitInputError, TransitKeyNotFoundError
+from .keys import KeyConfigChange, KeyInfo
+from .requests import hash_input, random_bytes
 from .settings import MaintenancePlan, TransitKeyConfig, check_timezone, maintenance_plan
 from .wire import (
     BatchResult,
     Handled,
     b64decode,
     format_ciphertext,
-    hash_input,
     parse_ciphertext,
-    random_bytes,
     transit_aad,
 )
 
@@ -52,7 +52,10 @@ __all__ = [
     "DEFAULT_MOUNT",
     "SUPPORTED_TYPES",
     "BatchResult",
+    "DataKey",
     "Handled",
+    "KeyConfigChange",
+    "KeyInfo",
     "MaintenancePlan",
     "Transit",
     "TransitInputError",

@@ -1,7 +1,7 @@
-"""Vault's wire format for Transit: base64 fields, ``vault:v<N>:`` strings, batches, keyless endpoints.
+"""Vault's wire format for Transit: base64 fields, ``vault:v<N>:`` strings, the AAD, batch results.
 
-Everything here is pure: parsing a request field, building the AES-GCM
-context bytes, shaping a batch answer.  A malformed value raises
+Everything here is pure: decoding a base64 field, building the AES-GCM
+context bytes, shaping a batch answer (request bodies: :mod:`.requests`).  A malformed value raises
 :class:`TransitInputError` naming the field, never a crash.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
 import struct
 from collections.abc import Callable
@@ -18,14 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import envelope as env
-from ..exceptions import ConfigError, EnvelopeFormatError
+from ..exceptions import EnvelopeFormatError
 from .errors import TransitInputError
 
 CIPHERTEXT_PREFIX = "vault:v"
-MAX_RANDOM_BYTES = 128 * 1024
 #: Vault refuses an ``auto_rotate_period`` shorter than an hour (0 disables it).
 MIN_AUTO_ROTATE = 3600
-MAX_PERIOD_DAYS = 100 * 366
 _U32 = struct.Struct(">I")
 _AAD_DOMAIN = b"nc-transit\x00"
 HASHES: dict[str, Callable[..., Any]] = {
@@ -101,43 +98,6 @@ def is_decimal(text: str) -> bool:
     return re.fullmatch(r"-?[0-9]+", text) is not None
 
 
-def int_field(body: dict[str, Any], name: str, default: int = 0) -> int:
-    value = body.get(name, default)
-    if isinstance(value, str) and is_decimal(value.strip()):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TransitInputError(f"{name} must be an integer")
-    return value
-
-
-def bool_field(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    value = body.get(name, default)
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    if not isinstance(value, bool):
-        raise TransitInputError(f"{name} must be true or false")
-    return value
-
-
-def period_field(body: dict[str, Any], name: str) -> int:
-    from ..durations import parse_duration
-
-    value = body[name]
-    if isinstance(value, str) and is_decimal(value) and not value.startswith("-"):
-        value = int(value)
-    try:
-        seconds = int(parse_duration(value, name).total_seconds())
-    except ConfigError as exc:
-        raise TransitInputError(str(exc)) from None
-    except (OverflowError, ValueError):  # timedelta refuses more than 999,999,999 days
-        raise TransitInputError(f"{name}: a duration of at most {MAX_PERIOD_DAYS} days") from None
-    if seconds > MAX_PERIOD_DAYS * 86400:
-        raise TransitInputError(f"{name}: a duration of at most {MAX_PERIOD_DAYS} days")
-    if seconds and seconds < MIN_AUTO_ROTATE:
-        raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")
-    return seconds
-
-
 @dataclass(slots=True)
 class BatchResult:
     """Per-item results in input order (an item that failed has ``"error"``), and the
@@ -166,33 +126,3 @@ def version_of(text: str) -> int:
 def with_version(ciphertext: str) -> Item:
     version = version_of(ciphertext)
     return {"ciphertext": ciphertext, "key_version": version}, version
-
-
-def random_bytes(body: dict[str, Any], count: int | None = None, fmt: str | None = None) -> dict[str, Any]:
-    """``random[/:bytes]``: ``bytes`` (default 32) from the OS CSPRNG, ``format`` base64|hex."""
-    n = count if count is not None else int_field(body, "bytes", 32)
-    if not 1 <= n <= MAX_RANDOM_BYTES:
-        raise TransitInputError(f"bytes must be 1..{MAX_RANDOM_BYTES}")
-    fmt = fmt or str(body.get("format", "base64"))
-    data = os.urandom(n)
-    if fmt == "hex":
-        return {"random_bytes": data.hex()}
-    if fmt == "base64":
-        return {"random_bytes": b64(data)}
-    raise TransitInputError(f"unsupported encoding format {fmt}; must be \"hex\" or \"base64\"")
-
-
-def hash_input(body: dict[str, Any], algorithm: str | None = None) -> dict[str, Any]:
-    """``hash[/:algorithm]``: a digest of base64 ``input``, ``format`` hex|base64."""
-    algo = algorithm or str(body.get("algorithm", "sha2-256"))
-    if algo not in HASHES:
-        raise TransitInputError(f"unsupported hash algorithm {algo}")
-    data = b64decode(body.get("input"), "input", required=True) or b""
-    digest = HASHES[algo](data).digest()
-    fmt = str(body.get("format", "hex"))
-    if fmt == "hex":
-        return {"sum": digest.hex()}
-    if fmt == "base64":
-        return {"sum": b64(digest)}
-    raise TransitInputError(f"unsupported encoding format {fmt}; must be \"hex\" or \"base64\"")
-

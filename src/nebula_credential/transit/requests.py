@@ -1,0 +1,361 @@
+"""Vault's Transit request bodies: parsed here into typed values for the engine, answers shaped here.
+
+Beside :mod:`.wire` (the format of one field); each ``handle_*`` takes a
+:class:`~nebula_credential.transit.engine.Transit` and a JSON body as Vault's
+endpoint would (base64 fields, ``batch_input`` with per-item results and
+errors) and calls the engine with bytes, ints and typed settings, so the
+HTTP mount is a thin router over them.  A malformed field raises
+:class:`TransitInputError` naming it, never a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..config import validate_cron
+from ..durations import parse_duration
+from ..exceptions import ConfigError, NebulaCredentialError
+from ..models import KeyStatus
+from .engine import Transit
+from .errors import TransitInputError, TransitKeyNotFoundError
+from .keys import KeyConfigChange, KeyInfo
+from .settings import TransitKeyConfig, check_timezone
+from .wire import (
+    HASHES,
+    MIN_AUTO_ROTATE,
+    BatchResult,
+    Handled,
+    Item,
+    b64,
+    b64decode,
+    is_decimal,
+    version_of,
+    with_version,
+)
+
+MAX_RANDOM_BYTES = 128 * 1024
+MAX_PERIOD_DAYS = 100 * 366
+
+
+# ---- one field -------------------------------------------------------------------------------
+def int_field(body: dict[str, Any], name: str, default: int = 0) -> int:
+    value = body.get(name, default)
+    if isinstance(value, str) and is_decimal(value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TransitInputError(f"{name} must be an integer")
+    return value
+
+
+def bool_field(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = body.get(name, default)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise TransitInputError(f"{name} must be true or false")
+    return value
+
+
+def period_field(body: dict[str, Any], name: str) -> int:
+    value = body[name]
+    if isinstance(value, str) and is_decimal(value) and not value.startswith("-"):
+        value = int(value)
+    try:
+        seconds = int(parse_duration(value, name).total_seconds())
+    except ConfigError as exc:
+        raise TransitInputError(str(exc)) from None
+    except (OverflowError, ValueError):  # timedelta refuses more than 999,999,999 days
+        raise TransitInputError(f"{name}: a duration of at most {MAX_PERIOD_DAYS} days") from None
+    if seconds > MAX_PERIOD_DAYS * 86400:
+        raise TransitInputError(f"{name}: a duration of at most {MAX_PERIOD_DAYS} days")
+    if seconds and seconds < MIN_AUTO_ROTATE:
+        raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")
+    return seconds
+
+
+# ---- batches ------------------------------------------------------------------------------------
+def batch_items(body: dict[str, Any], fields: Sequence[str]) -> tuple[list[dict[str, Any]], bool]:
+    """The request's items (``batch_input``, or the body's own ``fields`` as one item), and whether batched."""
+    batch = body.get("batch_input")
+    if batch is None:
+        return [{f: body[f] for f in fields if f in body}], False
+    if isinstance(batch, str):
+        try:
+            batch = json.loads(batch)
+        except ValueError:
+            raise TransitInputError("batch_input is not valid JSON") from None
+    if not isinstance(batch, list) or not batch:
+        raise TransitInputError("missing batch input to process")
+    if not all(isinstance(item, dict) for item in batch):
+        raise TransitInputError("batch_input items must be objects")
+    return batch, True
+
+
+def run_batch(body: dict[str, Any], fields: Sequence[str], one: Callable[[dict[str, Any]], Item]) -> Handled:
+    """One item: its answer or its error; a batch: every item's answer or error, in order."""
+    items, batched = batch_items(body, fields)
+    if not batched:
+        data, version = one(items[0])
+        return data, BatchResult([data], False, {version})
+    results = []
+    versions = set()
+    for item in items:
+        try:
+            out, version = one(item)
+            versions.add(version)
+        except NebulaCredentialError as exc:
+            out = {"error": str(exc)}
+        out["reference"] = item.get("reference", "")
+        results.append(out)
+    return {"batch_results": results}, BatchResult(results, True, versions)
+
+
+# ---- keys -----------------------------------------------------------------------------------------
+def key_body(info: KeyInfo) -> dict[str, Any]:
+    """Vault's read shape of a key, plus our own view under ``nebula``."""
+    cfg, versions, counts = info.config, info.versions, info.credentials
+    latest = max((v.version for v in versions), default=0)
+    active = next((v for v in versions if v.status is KeyStatus.ACTIVE), None)
+    data: dict[str, Any] = {
+        "name": cfg.name,
+        "type": cfg.type,
+        "keys": {
+            str(v.version): int(v.created_at.timestamp())
+            for v in versions
+            if v.version >= cfg.min_decryption_version and v.status is not KeyStatus.DESTROYED
+        },
+        "latest_version": latest,
+        "min_decryption_version": cfg.min_decryption_version,
+        "min_encryption_version": cfg.min_encryption_version,
+        "min_available_version": cfg.min_available_version,
+        "deletion_allowed": cfg.deletion_allowed,
+        "auto_rotate_period": cfg.auto_rotate_period,
+        "derived": cfg.derived,
+        "exportable": False,
+        "allow_plaintext_backup": False,
+        "imported_key": False,
+        "soft_deleted": False,
+        "supports_encryption": True,
+        "supports_decryption": True,
+        "supports_derivation": True,
+        "supports_signing": False,
+    }
+    if cfg.derived:
+        data["kdf"] = "hkdf_sha256"
+        data["convergent_encryption"] = False
+    data["nebula"] = {
+        "keyring": cfg.keyring,
+        "versions": [
+            {
+                "version": v.version,
+                "status": v.status.value,
+                "created_at": v.created_at.isoformat(),
+                "revoked_at": v.revoked_at.isoformat() if v.revoked_at else None,
+                "encryptions": v.encryptions,
+                "credentials": counts.get(v.version, 0),
+            }
+            for v in versions
+        ],
+        "rotation": {
+            "strategy": cfg.strategy_name(),
+            "auto_rotation": cfg.auto_rotation,
+            "auto_rotate_period": cfg.auto_rotate_period,
+            "rotation_cron": cfg.rotation_cron or None,
+            "rotation_timezone": cfg.rotation_timezone,
+            "max_encryptions": cfg.max_encryptions,
+        },
+        "usage": {
+            "active_version": active.version if active else None,
+            "encryptions": active.encryptions if active else 0,
+            "max_encryptions": cfg.max_encryptions,
+        },
+    }
+    return data
+
+
+def read_key(transit: Transit, name: str) -> dict[str, Any]:
+    """``GET keys/:name``."""
+    return key_body(transit.key_info(name))
+
+
+def handle_create(transit: Transit, name: str, body: dict[str, Any]) -> TransitKeyConfig:
+    """``POST keys/:name`` (and the upsert of ``encrypt/:name``)."""
+    period = body.get("auto_rotate_period")
+    return transit.create_key(
+        name,
+        type=str(body.get("type") or "aes256-gcm96"),
+        derived=bool_field(body, "derived"),
+        exportable=bool_field(body, "exportable"),
+        convergent_encryption=bool_field(body, "convergent_encryption"),
+        allow_plaintext_backup=bool_field(body, "allow_plaintext_backup"),
+        auto_rotate_period=period_field(body, "auto_rotate_period") if period not in (None, "", 0) else 0,
+    )
+
+
+def config_change(body: dict[str, Any]) -> KeyConfigChange:
+    """The settings a ``keys/:name/config`` body changes (the engine checks them against the key)."""
+
+    def given(name: str, parse: Callable[[dict[str, Any], str], Any]) -> Any:
+        return parse(body, name) if name in body else None
+
+    if bool_field(body, "exportable") or bool_field(body, "allow_plaintext_backup"):
+        raise TransitInputError("exportable keys are not supported")
+    try:
+        cron = body.get("rotation_cron")
+        rotation_cron = validate_cron(cron, "rotation_cron") if cron not in (None, "") else (
+            "" if "rotation_cron" in body else None)
+        timezone = check_timezone(body["rotation_timezone"]) if "rotation_timezone" in body else None
+    except ConfigError as exc:
+        raise TransitInputError(str(exc)) from None
+    return KeyConfigChange(
+        min_decryption_version=given("min_decryption_version", int_field),
+        min_encryption_version=given("min_encryption_version", int_field),
+        deletion_allowed=given("deletion_allowed", bool_field),
+        auto_rotation=given("auto_rotation", bool_field),
+        auto_rotate_period=given("auto_rotate_period", period_field),
+        rotation_cron=rotation_cron,
+        rotation_timezone=timezone,
+        max_encryptions=given("max_encryptions", int_field),
+    )
+
+
+def handle_configure(transit: Transit, name: str, body: dict[str, Any]) -> TransitKeyConfig:
+    """``keys/:name/config``; an unknown key is refused before its body is read."""
+    transit.key_info(name)
+    return transit.configure(name, config_change(body))
+
+
+def handle_trim(transit: Transit, name: str, body: dict[str, Any]) -> TransitKeyConfig:
+    """``keys/:name/trim``."""
+    if "min_available_version" not in body:
+        raise TransitInputError("missing min_available_version")
+    return transit.trim(name, int_field(body, "min_available_version"))
+
+
+# ---- data -----------------------------------------------------------------------------------------
+def handle_encrypt(transit: Transit, name: str, body: dict[str, Any], *, create: bool = True) -> Handled:
+    """``encrypt/:name``: creates the key on first use when ``create`` (the policy allows it).
+
+    As in Vault, a key created here is derived when the items carry a
+    ``context``.  It is created only if at least one item is valid: a
+    request refused as a whole writes nothing.
+    """
+    top_version = int_field(body, "key_version")
+    fields = ("plaintext", "context", "associated_data", "key_version")
+
+    def parse(item: dict[str, Any]) -> tuple[bytes, bytes | None, bytes | None, int]:
+        if "plaintext" not in item:
+            raise TransitInputError("missing plaintext to encrypt")
+        return (b64decode(item["plaintext"], "plaintext") or b"",
+                b64decode(item.get("associated_data"), "associated_data"),
+                b64decode(item.get("context"), "context"),
+                int_field(item, "key_version", top_version))
+
+    try:
+        key = transit.live_key(name)
+    except TransitKeyNotFoundError:
+        if not create:
+            raise
+        items, _ = batch_items(body, fields)
+        valid = []
+        for item in items:
+            with contextlib.suppress(NebulaCredentialError):
+                valid.append(parse(item))
+        if not valid:
+            parse(items[0])  # raises the first item's error
+        handle_create(transit, name, body | {"derived": body.get("derived") or any(v[2] for v in valid)})
+        key = transit.live_key(name)
+
+    def one(item: dict[str, Any]) -> Item:
+        plaintext, ad, context, version = parse(item)
+        return with_version(transit.encrypt_under(key, plaintext, ad, context, version))
+
+    return run_batch(body, fields, one)
+
+
+def handle_decrypt(transit: Transit, name: str, body: dict[str, Any]) -> Handled:
+    """``decrypt/:name``."""
+    key = transit.key_for_data(name)
+
+    def one(item: dict[str, Any]) -> Item:
+        plaintext, version = transit.decrypt_under(key, item.get("ciphertext"),
+                                                   b64decode(item.get("associated_data"), "associated_data"),
+                                                   b64decode(item.get("context"), "context"))
+        return {"plaintext": b64(plaintext)}, version
+
+    return run_batch(body, ("ciphertext", "context", "associated_data"), one)
+
+
+def handle_rewrap(transit: Transit, name: str, body: dict[str, Any]) -> Handled:
+    """``rewrap/:name``."""
+    key = transit.key_for_data(name)
+
+    def one(item: dict[str, Any]) -> Item:
+        return with_version(transit.rewrap_under(key, item.get("ciphertext"),
+                                                 b64decode(item.get("associated_data"), "associated_data"),
+                                                 b64decode(item.get("context"), "context")))
+
+    return run_batch(body, ("ciphertext", "context", "associated_data"), one)
+
+
+def handle_datakey(transit: Transit, name: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``datakey/{plaintext,wrapped}/:name``: a fresh key, returned encrypted (and in the clear)."""
+    if kind not in ("plaintext", "wrapped"):
+        raise TransitInputError(f"invalid type {kind!r}: plaintext or wrapped")
+    transit.key_for_data(name)  # an unknown key is refused before the body is read
+    made = transit.data_key(name, int_field(body, "bits", 256),
+                            associated_data=b64decode(body.get("associated_data"), "associated_data"),
+                            context=b64decode(body.get("context"), "context"), plaintext=kind == "plaintext")
+    out: dict[str, Any] = {"ciphertext": made.ciphertext, "key_version": made.key_version}
+    if made.plaintext is not None:
+        out["plaintext"] = b64(made.plaintext)
+    return out
+
+
+def handle_hmac(transit: Transit, name: str, body: dict[str, Any], algorithm: str | None = None) -> Handled:
+    """``hmac/:name[/:algorithm]``."""
+    key_version = int_field(body, "key_version")
+    algo = algorithm or str(body.get("algorithm", "sha2-256"))
+    transit.key_for_data(name)
+
+    def one(item: dict[str, Any]) -> Item:
+        data = b64decode(item.get("input"), "input", required=True) or b""
+        mac = transit.hmac(name, data, algorithm=algo, key_version=key_version)
+        return {"hmac": mac}, version_of(mac)
+
+    return run_batch(body, ("input",), one)
+
+
+# ---- keyless endpoints --------------------------------------------------------------------------------
+def random_bytes(body: dict[str, Any], count: int | None = None, fmt: str | None = None) -> dict[str, Any]:
+    """``random[/:bytes]``: ``bytes`` (default 32) from the OS CSPRNG, ``format`` base64|hex."""
+    n = count if count is not None else int_field(body, "bytes", 32)
+    if not 1 <= n <= MAX_RANDOM_BYTES:
+        raise TransitInputError(f"bytes must be 1..{MAX_RANDOM_BYTES}")
+    fmt = fmt or str(body.get("format", "base64"))
+    data = os.urandom(n)
+    if fmt == "hex":
+        return {"random_bytes": data.hex()}
+    if fmt == "base64":
+        return {"random_bytes": b64(data)}
+    raise TransitInputError(f"unsupported encoding format {fmt}; must be \"hex\" or \"base64\"")
+
+
+def hash_input(body: dict[str, Any], algorithm: str | None = None) -> dict[str, Any]:
+    """``hash[/:algorithm]``: a digest of base64 ``input``, ``format`` hex|base64."""
+    algo = algorithm or str(body.get("algorithm", "sha2-256"))
+    if algo not in HASHES:
+        raise TransitInputError(f"unsupported hash algorithm {algo}")
+    data = b64decode(body.get("input"), "input", required=True) or b""
+    digest = HASHES[algo](data).digest()
+    fmt = str(body.get("format", "hex"))
+    if fmt == "hex":
+        return {"sum": digest.hex()}
+    if fmt == "base64":
+        return {"sum": b64(digest)}
+    raise TransitInputError(f"unsupported encoding format {fmt}; must be \"hex\" or \"base64\"")
+
