@@ -182,7 +182,7 @@ def _paths(body: dict[str, Any]) -> list[str]:
         raise bad_request("paths must be supplied")
     if len(raw) > 256:
         raise bad_request("at most 256 paths per request")
-    return [p.lstrip("/") for p in raw]
+    return raw
 
 
 async def _capabilities(ctx: Ctx, policies: tuple[str, ...], paths: list[str]) -> Response:
@@ -193,11 +193,11 @@ async def _capabilities(ctx: Ctx, policies: tuple[str, ...], paths: list[str]) -
     """
     acl = await ctx.backend.acl(policies)
     data: dict[str, Any] = {}
-    for path in paths:
+    for path in paths:  # answered under the path as sent, decided on it without its leading slash
         if ROOT_POLICY in policies:
             data[path] = ["root"]
         else:
-            data[path] = sorted(acl.capabilities(path)) or ["deny"]
+            data[path] = sorted(acl.capabilities(path.lstrip("/"))) or ["deny"]
     if len(paths) == 1:
         data["capabilities"] = data[paths[0]]
     return ctx.reply(data, **{k: v for k, v in data.items() if k not in _ENVELOPE})
