@@ -233,7 +233,6 @@ def _limited(side: Side) -> None:
 
 
 def test_sys_endpoints_answer_as_openbao(sides: tuple[Side, Side]) -> None:
-    bao, ours = sides
     failures: list[str] = []
     for number, step in enumerate(STEPS, 1):
         if step.name.startswith("ttl 1h0m0s"):
