@@ -47,10 +47,14 @@ def _policies(app: AppContext):  # type: ignore[no-untyped-def]
 @click.option("--request-timeout", default=None, help="Per-request time limit, e.g. 30s (server.request_timeout).")
 @click.option("--maintain", is_flag=True, help="Also run the daemon's scheduler in this process.")
 @click.option("--interval", default="60s", show_default=True, help="Time between maintain passes with --maintain.")
+@click.option("--dev", is_flag=True, help="Throwaway dev server as `bao server -dev`: a temp store (removed on "
+              "exit), plain HTTP on 127.0.0.1:8200, KV v2 at secret/, Transit at transit/, root token printed.")
+@click.option("--dev-root-token-id", default=None, help="With --dev: the root token to create (ncs.<36-60 chars>).")
+@click.option("--dev-listen-address", default=None, help="With --dev: host:port to listen on (default 127.0.0.1:8200).")
 @pass_app
 def serve(app: AppContext, listen: str | None, tls_cert: str | None, tls_key: str | None, insecure_no_tls: bool,
           workers: int | None, max_request_size: int | None, request_timeout: str | None, maintain: bool,
-          interval: str) -> None:
+          interval: str, dev: bool, dev_root_token_id: str | None, dev_listen_address: str | None) -> None:
     """Serve the store over Vault's HTTP API (KV v2, tokens, ACL policies)."""
     from .._extras import require
 
@@ -61,6 +65,11 @@ def serve(app: AppContext, listen: str | None, tls_cert: str | None, tls_key: st
 
     logging.basicConfig(level=logging.DEBUG if app.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if dev or dev_root_token_id or dev_listen_address:
+        if not dev:
+            raise click.UsageError("--dev-root-token-id and --dev-listen-address go with --dev")
+        _serve_dev(app, dev_root_token_id, dev_listen_address or listen)
+        return
     cfg = app.config.server
     options = ServeOptions(
         listen=listen or cfg.listen,
@@ -74,6 +83,31 @@ def serve(app: AppContext, listen: str | None, tls_cert: str | None, tls_key: st
     vault = app.vault()  # a store or provider problem is one clear error before anything listens
     run_server(vault, options, url=app.url, config_path=app.config_path, max_request_size=max_request_size,
                request_timeout=parse_duration(request_timeout, "--request-timeout") if request_timeout else None)
+
+
+def _serve_dev(app: AppContext, root_token_id: str | None, listen: str | None) -> None:
+    """``serve --dev``: a new store in a temp folder, a root token, then the ordinary server."""
+    import sys
+
+    from ..server.devmode import DEV_LISTEN, banner, dev_store
+    from ..server.run import ServeOptions
+    from ..server.run import serve as run_server
+    from ..server.tokens import TOKEN_PREFIX, looks_like_token
+
+    if root_token_id is not None and not looks_like_token(root_token_id):
+        raise click.BadParameter(f"must start with {TOKEN_PREFIX} and be 40-64 characters long (tokens here "
+                                 "always carry the prefix)", param_hint="--dev-root-token-id")
+    with dev_store() as store:
+        app.db, app.config_path, app._config = store.url, str(store.config_path), None
+        app.vault(create=True).close()  # `init`
+        vault, manager = _tokens(app)
+        with vault.store.transaction() as tx:  # as `token create --policy root`: token and event together
+            secret, row = manager.create(["root"], token=root_token_id, display_name="root")
+            vault.audit.record(tx, "server.token.create", accessor=row.accessor, policies=list(row.policies))
+        options = ServeOptions(listen=listen or DEV_LISTEN)
+        click.echo(banner(options.listen, secret, store.folder))
+        sys.stdout.flush()
+        run_server(vault, options, url=store.url, config_path=str(store.config_path))
 
 
 @click.group()

@@ -116,7 +116,8 @@ async def _drain(receive: Receive) -> None:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return await audit_unrouted(request, JSONResponse({"errors": []}, status_code=404))
+    return await audit_unrouted(request, JSONResponse({"errors": [sysroutes.not_found_message(request)]},
+                                                      status_code=404))
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:

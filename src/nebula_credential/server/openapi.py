@@ -48,12 +48,25 @@ _TOKEN_CREATE = {
 _ACCESSOR = {"type": "object", "properties": {"accessor": {"type": "string"}}, "required": ["accessor"]}
 _POLICY = {"type": "object", "properties": {"policy": {"type": "string"}}, "required": ["policy"]}
 _INCREMENT = {"type": "object", "properties": {"increment": {"type": "string"}}}
+_PATHS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_CAPS = {"type": "object", "properties": {"paths": _PATHS, "path": _PATHS, "token": {"type": "string"}}}
+_CAPS_ACCESSOR = {"type": "object", "properties": {"paths": _PATHS, "path": _PATHS, "accessor": {"type": "string"}}}
 
 #: (path, method, parameters, request body schema, success status, summary)
 _Route = tuple[str, str, list[dict[str, Any]], dict[str, Any] | None, str, str]
 _ROUTES: list[_Route] = [
     ("/sys/health", "get", [], None, "200", "Health, as Vault answers it"),
+    ("/sys/seal-status", "get", [], None, "200", "Seal status: never sealed"),
+    ("/sys/leader", "get", [], None, "200", "Leader: a node without HA"),
+    ("/sys/init", "get", [], None, "200", "Initialisation status: always initialised"),
     ("/sys/policies/acl", "get", [_LIST], None, "200", "List ACL policies"),
+    ("/sys/policy", "get", [], None, "200", "List policies (legacy: keys and policies)"),
+    ("/sys/policy/{name}", "get", [_NAME], None, "200", "Read a policy (legacy: rules)"),
+    ("/sys/policy/{name}", "delete", [_NAME], None, "204", "Delete a policy (legacy)"),
+    ("/sys/capabilities", "post", [], _CAPS, "200", "A token's capabilities on paths"),
+    ("/sys/capabilities-self", "post", [], _CAPS, "200", "The request token's capabilities on paths"),
+    ("/sys/capabilities-accessor", "post", [], _CAPS_ACCESSOR, "200", "Capabilities of a token by accessor"),
+    ("/sys/audit", "get", [], None, "200", "The audit device (read-only)"),
     ("/sys/policies/acl/{name}", "get", [_NAME], None, "200", "Read an ACL policy"),
     ("/sys/policies/acl/{name}", "put", [_NAME], _POLICY, "204", "Write an ACL policy (HCL)"),
     ("/sys/policies/acl/{name}", "delete", [_NAME], None, "204", "Delete an ACL policy"),

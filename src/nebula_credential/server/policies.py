@@ -113,11 +113,19 @@ def parse(text: str) -> list[Rule]:
     """Parse one policy document; anything we would not enforce is refused, not ignored."""
     import hcl2
 
-    try:
-        doc = hcl2.loads(text)
-    except Exception as exc:  # lark raises several unrelated types; none may escape as a 500
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise PolicyError(f"policy is not valid HCL: {first}") from None
+    from .policyjson import json_document, looks_like_json
+
+    if looks_like_json(text):  # Vault's parser reads JSON too
+        try:
+            doc = json_document(text)
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
+    else:
+        try:
+            doc = hcl2.loads(text)
+        except Exception as exc:  # lark raises several unrelated types; none may escape as a 500
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise PolicyError(f"policy is not valid HCL: {first}") from None
     rules: list[Rule] = []
     for key, blocks in doc.items():
         if key.startswith("__"):  # the parser's own bookkeeping (comments)

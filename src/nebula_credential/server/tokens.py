@@ -119,12 +119,16 @@ class TokenManager:
         display_name: str = "token",
         meta: dict[str, str] | None = None,
         renewable: bool = True,
+        token: str | None = None,
     ) -> tuple[str, TokenRow]:
         """A new token and its row; the token itself is returned here once and never stored.
 
         A child of a non-root token gets a subset of its parent's policies and
-        never outlives it (Vault's rules).
+        never outlives it (Vault's rules).  ``token`` fixes the token itself (``serve --dev
+        --dev-root-token-id``); it must look like one of ours.
         """
+        if token is not None and not looks_like_token(token):
+            raise TokenError(f"a token must start with {TOKEN_PREFIX} and be 40-64 characters long")
         names = sorted({check_name(p) for p in policies if p != "default"})
         if not names:
             raise TokenError("a token needs at least one policy")
@@ -142,7 +146,7 @@ class TokenManager:
         if parent is not None and parent.max_expires_at is not None:
             max_expires = min(max_expires, parent.max_expires_at)
         expires = min(now + ttl.total_seconds(), max_expires)
-        token = TOKEN_PREFIX + _b64(secrets.token_bytes(32))
+        token = token or TOKEN_PREFIX + _b64(secrets.token_bytes(32))
         row = TokenRow(
             accessor=_b64(secrets.token_bytes(18)),
             token_hash=self.hash(token),
