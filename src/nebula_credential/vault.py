@@ -456,6 +456,11 @@ class Vault:
     # ---- named reads and writes for the surfaces (server, console, daemon) ---------
     # The surfaces never touch the store: what they need of it is an operation here.
     @property
+    def storage_type(self) -> str:
+        """The store's kind ("sqlite", "postgresql"): Vault's ``storage_type`` in seal-status."""
+        return self.store.scheme
+
+    @property
     def single_writer(self) -> bool:
         """True when the store takes one writer at a time (SQLite), so callers may queue writes themselves."""
         return self.store.scheme == "sqlite"

@@ -101,9 +101,9 @@ def _serve_dev(app: AppContext, root_token_id: str | None, listen: str | None) -
         app.db, app.config_path, app._config = store.url, str(store.config_path), None
         app.vault(create=True).close()  # `init`
         vault, manager = _tokens(app)
-        with vault.store.transaction() as tx:  # as `token create --policy root`: token and event together
-            secret, row = manager.create(["root"], token=root_token_id, display_name="root")
-            vault.audit.record(tx, "server.token.create", accessor=row.accessor, policies=list(row.policies))
+        secret, _ = vault.audited_write(  # as `token create --policy root`: token and event together
+            lambda tx: manager.create(["root"], token=root_token_id, display_name="root"),
+            "server.token.create", lambda made: {"accessor": made[1].accessor, "policies": list(made[1].policies)})
         options = ServeOptions(listen=listen or DEV_LISTEN)
         click.echo(banner(options.listen, secret, store.folder))
         sys.stdout.flush()

@@ -31,8 +31,8 @@ _ENVELOPE = frozenset({"request_id", "lease_id", "renewable", "lease_duration", 
 
 
 def _storage_type(request: Request) -> str:
-    store = getattr(getattr(request.app.state.backend, "vault", None), "store", None)
-    return str(getattr(store, "scheme", "") or "")
+    vault = request.app.state.backend.vault
+    return str(getattr(vault, "sync", vault).storage_type)
 
 
 async def health(request: Request, ctx: Ctx | None) -> Response:
