@@ -10,6 +10,7 @@ import pytest
 
 import nebula_credential as nc
 
+from . import shared_service
 from .helpers import KEEP_ONE, FakeClock
 
 pytest_plugins: list[str] = [
@@ -36,6 +37,18 @@ SERVICE_PARAMS = frozenset({
 })
 #: Whole files that drive something outside the interpreter besides the CLI (a browser).
 SERVICE_MODULES = frozenset({"test_console_browser"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller (or the only process) owns the session's shared services."""
+    if not hasattr(config, "workerinput"):
+        shared_service.open_session()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After the last worker: stop every service a worker started (tests/shared_service.py)."""
+    if not hasattr(config, "workerinput"):
+        shared_service.close_session()
 
 
 def _needs_a_service(item: pytest.Item) -> bool:
