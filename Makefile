@@ -38,11 +38,12 @@ system-deps:
 ## The edit-loop tier: unit and in-process tests (the CLI in a subprocess included), no external
 ## service, no slow test; under 90 s on 2 cores. `services` is set by tests/conftest.py on every
 ## test that uses a PostgreSQL, SoftHSM, moto, OpenBao, Azure or browser fixture.
-## lint-imports runs when the import-linter contracts are installed.
+## lint-imports runs once import-linter is installed and pyproject.toml has its contracts.
+LINT_IMPORTS = $(if $(and $(wildcard $(VENV)/bin/lint-imports),$(shell grep -s '^\[tool.importlinter\]' pyproject.toml)),$(VENV)/bin/lint-imports)
 check: $(VENV)/.test
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile -m "not services and not slow" tests
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
-	$(if $(wildcard $(VENV)/bin/lint-imports),$(VENV)/bin/lint-imports)
+	$(LINT_IMPORTS)
 
 ## The whole suite (what CI runs): unit tests and tests against real services; `slow` stays out
 ## (`make soak`). pytest-xdist: one worker per core, a test file stays on one worker; PostgreSQL,
@@ -51,7 +52,7 @@ check: $(VENV)/.test
 test: $(VENV)/.test system-deps
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile -m "not slow" tests
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
-	$(if $(wildcard $(VENV)/bin/lint-imports),$(VENV)/bin/lint-imports)
+	$(LINT_IMPORTS)
 	$(VENV)/bin/mypy
 	$(MKDOCS_BUILD)
 
