@@ -52,7 +52,6 @@ check: $(VENV)/.test
 test: $(VENV)/.test system-deps
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile -m "not slow" tests
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
-	$(LINT_IMPORTS)
 	$(VENV)/bin/mypy
 	$(MKDOCS_BUILD)
 
