@@ -1,10 +1,11 @@
-# The two commands that work on a fresh machine: `make demo` and `make test`.
+# The commands that work on a fresh machine: `make demo`, `make check` (the edit loop) and
+# `make test` (everything; what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo drill test test-all lint typecheck bench soak clean system-deps docs vendor-ui docs-screenshots
+.PHONY: demo drill check test test-all lint typecheck bench soak clean system-deps docs vendor-ui docs-screenshots
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +35,22 @@ drill: $(VENV)/.base
 system-deps:
 	bash scripts/ensure-system-deps.sh
 
-## The whole suite: unit tests and tests against real services started by the session
-## (pytest-xdist: one worker per core, each with its own services; a test file stays on one worker;
-## CLI commands fork from an interpreter that imported the CLI: NEBULA_TEST_CLI_FORK=0 starts one each).
+## The edit-loop tier: unit and in-process tests (the CLI in a subprocess included), no external
+## service, no slow test; under 90 s on 2 cores. `services` is set by tests/conftest.py on every
+## test that uses a PostgreSQL, SoftHSM, moto, OpenBao, Azure or browser fixture.
+## lint-imports runs once import-linter is installed and pyproject.toml has its contracts.
+LINT_IMPORTS = $(if $(and $(wildcard $(VENV)/bin/lint-imports),$(shell grep -s '^\[tool.importlinter\]' pyproject.toml)),$(VENV)/bin/lint-imports)
+check: $(VENV)/.test
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile -m "not services and not slow" tests
+	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
+	$(LINT_IMPORTS)
+
+## The whole suite (what CI runs): unit tests and tests against real services; `slow` stays out
+## (`make soak`). pytest-xdist: one worker per core, a test file stays on one worker; PostgreSQL,
+## moto and OpenBao are started once per session and shared by the workers (tests/shared_service.py);
+## CLI commands fork from an interpreter that imported the CLI: NEBULA_TEST_CLI_FORK=0 starts one each.
 test: $(VENV)/.test system-deps
-	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile -m "not slow" tests
 	$(VENV)/bin/ruff check src tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
@@ -69,7 +81,7 @@ typecheck: $(VENV)/.test
 bench: $(VENV)/.bench system-deps
 	$(PY) -m benchmarks --aio --server
 
-## Long runs kept out of the suite (crash-injection loops, soak).
+## Long runs kept out of `make check` and `make test` (crash-injection loops, soak, the wheel build).
 soak: $(VENV)/.test system-deps
 	NEBULA_SOAK=1 $(PY) -m pytest -q -p no:cacheprovider -m slow tests
 

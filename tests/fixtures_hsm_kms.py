@@ -3,7 +3,8 @@
 * SoftHSM2: a config whose token folder is a fresh temp folder (labels are
   not unique in a token, and ``pkcs11.lib`` is one per process, so the whole
   session shares one SoftHSM instance with its own tokens).
-* moto_server: ``moto_server -H 127.0.0.1 -p PORT`` from the venv's bin folder.
+* moto_server: ``moto_server -H 127.0.0.1 -p PORT`` from the venv's bin folder, one for
+  the session shared by the xdist workers (tests/shared_service.py).
 
 A service that cannot start fails the test that needs it, with the reason.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from .helpers import free_port
+from .shared_service import detached, shared, stop_pid
 
 SOFTHSM_LIBRARY_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -180,13 +182,16 @@ def aws_test_env() -> Iterator[None]:
         yield
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 30.0,
+                  log: Path | None = None) -> None:
     import socket
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            if log is not None:
+                out = log.read_text(errors="replace")
             pytest.fail(f"moto_server exited with status {proc.returncode}: {out[-2000:]}")
         with socket.socket() as s:
             s.settimeout(0.5)
@@ -196,28 +201,26 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: floa
     pytest.fail(f"service on 127.0.0.1:{port} did not start within {timeout:.0f}s")
 
 
-@pytest.fixture(scope="session")
-def moto_kms(aws_test_env: None) -> Iterator[MotoKms]:
-    """``moto_server`` on a free loopback port for the whole session."""
+def _start_moto(folder: Path) -> dict[str, Any]:
     binary = Path(sys.executable).parent / "moto_server"
     if not binary.exists():
         pytest.fail(f"{binary} not found: install the test extra (moto[server])")
     port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = detached([str(binary), "-H", "127.0.0.1", "-p", str(port)], folder / "moto.log",
+                    env=dict(os.environ, **AWS_TEST_ENV))
     try:
-        wait_for_port(port, proc)
-        yield MotoKms(f"http://127.0.0.1:{port}", port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        wait_for_port(port, proc, log=folder / "moto.log")
+    except BaseException:
+        stop_pid({"pid": proc.pid})
+        raise
+    return {"kind": "pid", "pid": proc.pid, "port": port}
+
+
+@pytest.fixture(scope="session")
+def moto_kms(aws_test_env: None) -> MotoKms:
+    """``moto_server`` on a free loopback port, one for the session (shared by the xdist workers)."""
+    record = shared("moto", _start_moto)
+    return MotoKms(f"http://127.0.0.1:{record['port']}", int(record["port"]))
 
 
 # ---- provider factories for the conformance suite (tests/test_providers_conformance.py) ----

@@ -1,7 +1,11 @@
 """A throwaway PostgreSQL 15 cluster for the test session.
 
 The cluster is created with ``initdb`` in a temp folder, started with
-``pg_ctl`` on a free loopback port and stopped when the session ends.  Each
+``pg_ctl`` on a free loopback port and stopped when the session ends; one
+cluster serves the session, shared by the xdist workers (tests/shared_service.py).
+Test files that stop, restart or terminate the server, or count what happens
+cluster-wide (locks, waiting sessions), take ``private_postgres_cluster``
+instead: the worker's own cluster, as before, so no other worker sees it.  Each
 test gets its own schema in one database (``options=-csearch_path=...`` in
 the URL), which is far cheaper than a database per test and just as
 isolated: every statement the store issues is unqualified.
@@ -19,11 +23,13 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from .helpers import free_port
+from .shared_service import register_stopper, shared
 
 PG_BIN = Path(os.environ.get("NEBULA_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DATABASE = "nebula_test"
@@ -32,14 +38,24 @@ DATABASE = "nebula_test"
 class PostgresCluster:
     """A running throwaway cluster: URLs for tests, restart/terminate for failure tests."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, port: int | None = None) -> None:
         self.root = root
         self.data = root / "data"
         self.log = root / "server.log"
-        self.port = free_port()
+        self.port = port or free_port()
         self.user = "postgres"
         self._as_postgres = os.geteuid() == 0
         self._schemas = itertools.count(1)
+
+    @classmethod
+    def attach(cls, record: dict[str, Any]) -> PostgresCluster:
+        """The cluster another worker started (its :meth:`record`)."""
+        cluster = cls(Path(record["root"]), int(record["port"]))
+        cluster.user = str(record["user"])
+        return cluster
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": "postgres", "root": str(self.root), "port": self.port, "user": self.user}
 
     # ---- process control -------------------------------------------------
     def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -121,24 +137,46 @@ class PostgresCluster:
         return int(str(rows[0][0]))
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    root = Path(tempfile.mkdtemp(prefix="nebula-pg-"))
-    cluster = PostgresCluster(root)
-    started = False
+def _start_cluster() -> PostgresCluster:
+    """initdb, start, create the test database; fails the calling test with the reason."""
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="nebula-pg-")))
     try:
-        try:
-            cluster.init()
-            cluster.start()
-            started = True
-            cluster.admin(f"CREATE DATABASE {DATABASE}", database="postgres")
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-            pytest.fail(f"could not start the throwaway PostgreSQL cluster: {exc}", pytrace=False)
+        cluster.init()
+        cluster.start()
+        cluster.admin(f"CREATE DATABASE {DATABASE}", database="postgres")
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        _stop_cluster(cluster)
+        pytest.fail(f"could not start the throwaway PostgreSQL cluster: {exc}", pytrace=False)
+    return cluster
+
+
+def _stop_cluster(cluster: PostgresCluster) -> None:
+    if cluster.data.joinpath("postmaster.pid").exists():
+        cluster.stop("immediate")
+    shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+register_stopper("postgres", lambda record: _stop_cluster(PostgresCluster.attach(record)))
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> PostgresCluster:
+    """The session's cluster, shared by the xdist workers: never stop, restart or
+    terminate it from a test (take ``private_postgres_cluster`` for that)."""
+    record = shared("postgres", lambda _folder: _start_cluster().record())
+    return PostgresCluster.attach(record)
+
+
+@pytest.fixture(scope="session")
+def private_postgres_cluster() -> Iterator[PostgresCluster]:
+    """This worker's own cluster, for tests that stop, restart or terminate it, or that
+    count locks and sessions cluster-wide.  A test file opts in by overriding
+    ``postgres_cluster`` with it."""
+    cluster = _start_cluster()
+    try:
         yield cluster
     finally:
-        if started:
-            cluster.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
+        _stop_cluster(cluster)
 
 
 @pytest.fixture

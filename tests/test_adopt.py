@@ -22,6 +22,15 @@ from .helpers import cli_env, run_cli
 MARK = "PLAINTEXT-MARK-7f3a"
 
 
+@pytest.fixture
+def store_url(sqlite_url: str) -> str:
+    """Adoption parses legacy tokens and writes through the facade; the store is not its subject.
+
+    SQLite only: the two-store matrix runs in the store tests.
+    """
+    return sqlite_url
+
+
 def _fernet_tokens(n: int) -> tuple[str, list[dict[str, object]]]:
     old, new = Fernet.generate_key(), Fernet.generate_key()
     rows = []

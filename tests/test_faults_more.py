@@ -25,6 +25,12 @@ from .test_faults_services import durable_pg_url as durable_pg_url
 from .test_faults_services import stop_immediately_while
 
 pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(private_postgres_cluster: PostgresCluster) -> PostgresCluster:
+    """This file stops the server under load: the worker's own cluster, not the shared one."""
+    return private_postgres_cluster
 ROOT = Path(__file__).parents[1]
 
 

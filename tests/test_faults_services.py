@@ -32,6 +32,12 @@ from .test_provider_aws_kms import restartable_moto as restartable_moto
 pytestmark = pytest.mark.services
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster(private_postgres_cluster: PostgresCluster) -> PostgresCluster:
+    """This file stops and restarts the server: the worker's own cluster, not the shared one."""
+    return private_postgres_cluster
+
+
 def kms_vault(moto: RestartableMoto, path: Path, clock: FakeClock, settings: dict[str, Any] | None = None,
               ) -> tuple[nc.Vault, KeyManagementConfig]:
     kms = MotoKms(f"http://127.0.0.1:{moto.port}", moto.port)

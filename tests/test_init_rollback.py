@@ -38,6 +38,12 @@ from .test_postgres_privileges import _role_url, _schema
 pytestmark = pytest.mark.services
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster(private_postgres_cluster: PostgresCluster) -> PostgresCluster:
+    """This file counts waiting locks cluster-wide: the worker's own cluster, not the shared one."""
+    return private_postgres_cluster
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def new_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
     """Each call: the URL of another fresh, empty store of the parametrised kind."""

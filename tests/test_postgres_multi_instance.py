@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.services
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster(private_postgres_cluster: PostgresCluster) -> PostgresCluster:
+    """This file counts waiting sessions cluster-wide: the worker's own cluster, not the shared one."""
+    return private_postgres_cluster
+
+
 class Actor:
     """A process (a ``tests.pg_actor`` role, or the real CLI) whose stdout lines are
     collected as they come."""

@@ -29,6 +29,12 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 pytestmark = pytest.mark.services
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster(private_postgres_cluster: PostgresCluster) -> PostgresCluster:
+    """This file restarts the server and terminates the store's sessions: the worker's own cluster, not the shared one."""
+    return private_postgres_cluster
+
+
 @pytest.fixture
 def pg_url(postgres_store_url_factory: Callable[[], str]) -> str:
     return postgres_store_url_factory()

@@ -23,6 +23,12 @@ from .helpers import FakeClock
 pytestmark = pytest.mark.services
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster(private_postgres_cluster: PostgresCluster) -> PostgresCluster:
+    """This file terminates the store's sessions: the worker's own cluster, not the shared one."""
+    return private_postgres_cluster
+
+
 @pytest.fixture
 def pg_url(postgres_store_url_factory: Callable[[], str]) -> str:
     return postgres_store_url_factory()

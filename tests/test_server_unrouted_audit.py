@@ -22,6 +22,15 @@ BODY_SECRET = "body-secret-7f3a9c"
 
 
 @pytest.fixture
+def store_url(sqlite_url: str) -> str:
+    """Routing and the audit of unrouted answers do not depend on the store.
+
+    SQLite only: the two-store matrix runs in the store tests.
+    """
+    return sqlite_url
+
+
+@pytest.fixture
 def served(vault: nc.Vault) -> Iterator[tuple[TestClient, str, str]]:
     """A client of the real app, a root token and its accessor."""
     app = create_app(vault)
