@@ -10,9 +10,21 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from .helpers import cli_env, free_port, run_cli
 
-FAST = '[rotation]\nstrategy = "periodic"\ninterval = "2s"\n[keys]\ngrace_period = "2s"\n'
+# Time moves by shifting each process's own clock (libfaketime), not by sleeping: a loaded machine
+# cannot make a second process start "too late" and see another interval run out.
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+HOURLY = '[rotation]\nstrategy = "periodic"\ninterval = "1h"\n[keys]\ngrace_period = "1h"\n'
+
+
+def _at(env: dict[str, str], shift: str) -> dict[str, str]:
+    """``env`` for a process whose clock runs ``shift`` ahead (libfaketime's FAKETIME syntax)."""
+    if not LIBFAKETIME.exists():
+        pytest.fail("libfaketime not found: run scripts/ensure-system-deps.sh (Debian package faketime)")
+    return dict(env, LD_PRELOAD=str(LIBFAKETIME), FAKETIME=shift)
 
 
 def _setup(tmp_path: Path, config: str) -> dict[str, str]:
@@ -28,25 +40,23 @@ def _versions(tmp_path: Path, env: dict[str, str]) -> dict[int, str]:
 
 
 def test_real_time_scenario_rotates_then_carries_old_version_to_revoked(tmp_path: Path) -> None:
-    env = _setup(tmp_path, FAST)
+    env = _setup(tmp_path, HOURLY)
     assert run_cli("put", "a", "--value", '{"k": 1}', cwd=tmp_path, env=env).returncode == 0
-    time.sleep(3)
-    first = json.loads(run_cli("--json", "maintain", cwd=tmp_path, env=env).stdout)
+    first = json.loads(run_cli("--json", "maintain", cwd=tmp_path, env=_at(env, "+90m")).stdout)
     assert first["rotated"] == {"old_version": 1, "new_version": 2}
     assert _versions(tmp_path, env)[1] == "grace"
-    time.sleep(2.2)
-    run_cli("maintain", cwd=tmp_path, env=env)
+    run_cli("maintain", cwd=tmp_path, env=_at(env, "+180m"))
     assert _versions(tmp_path, env)[1] == "revoked"
     assert json.loads(run_cli("--json", "get", "a", cwd=tmp_path, env=env).stdout)["value"] == {"k": 1}
 
 
 def test_two_maintain_processes_rotate_exactly_once(tmp_path: Path) -> None:
-    env = _setup(tmp_path, '[rotation]\nstrategy = "periodic"\ninterval = "1s"\n')
+    env = _setup(tmp_path, '[rotation]\nstrategy = "periodic"\ninterval = "1h"\n')
     run_cli("import", "-", cwd=tmp_path, env=env,
             input="".join(json.dumps({"id": f"c{i}", "value": i}) + "\n" for i in range(500)))
-    time.sleep(1.2)
+    later = _at(env, "+90m")  # both processes see the interval run out once, however late either starts
     cmd = [sys.executable, "-m", "nebula_credential", "--json", "maintain"]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=later, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
