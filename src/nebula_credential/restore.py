@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._files import open_regular
+from .audit import unregistered_line
 from .backup_schema import schema_differences
 from .backups import (
     Manifest,
@@ -248,8 +249,12 @@ def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: 
                             "identity cannot be proven)")
         result = vault.audit.verify()
         report.audit_events = result.events
-        if not result.ok:
-            report.fail(f"audit chain broken at event {result.first_bad_seq} of {result.events}")
+        unexplained = list(result.unexplained)
+        if not result.ok and unexplained:
+            unexplained = _own_provisional_hold(report, vault, unexplained)
+        if not result.ok and (unexplained or not result.unexplained):
+            report.fail(f"audit chain broken at event {result.first_bad_seq} of {result.events}"
+                        + (": " + "; ".join(unexplained[:5]) if unexplained else ""))
         with vault.store.read() as tx:
             versions = {kr: {kv.version: kv for kv in tx.list_versions(kr)} for kr in keys}
         for kr, per in sorted(keys.items()):
@@ -296,6 +301,23 @@ def _check(report: VerifyReport, work: Path, config: KeyManagementConfig, live: 
             f"key version(s) {names} were destroyed in the live store since this copy was made; "
             f"restoring would bring destroyed keys back, and {lost} credential(s) of the copy are under them"
         )
+
+
+def _own_provisional_hold(report: VerifyReport, vault: Vault, unexplained: list[str]) -> list[str]:
+    """Tolerate the one unexplained registry row a copy made before holds were audited carries.
+
+    ``backup create`` registers a provisional hold (schema version 0 in its
+    record) just before it copies, so every copy holds its own; older
+    versions wrote no event for it.  Any other unexplained line stays.
+    """
+    with vault.store.read() as tx:
+        provisional = {b.name for b in tx.list_backups() if '"schema_version":0' in b.manifest}
+    own = {unregistered_line(n) for n in provisional}
+    tolerated = [u for u in unexplained if u in own]
+    if tolerated:
+        report.warnings.append("the copy holds its own provisional backup registration with no audit event "
+                               "(made by a version before holds were audited)")
+    return [u for u in unexplained if u not in own]
 
 
 def _changes(copy: StoreTx, live: StoreTx, *, carry: bool) -> Changes:
