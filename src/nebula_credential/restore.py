@@ -415,7 +415,7 @@ def restore_backup(path: str | os.PathLike[str], to_url: str, *, config: KeyMana
     backup = Path(path)
     if not backup.is_file():
         raise BackupError(f"backup {backup} not found")
-    if target.exists() and not replace:
+    if os.path.lexists(target) and not replace:
         raise BackupError(f"{target} already exists; restore into a new store, or pass --replace "
                           "(the current file is kept beside it)")
     folder = target.parent
