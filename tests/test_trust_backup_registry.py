@@ -13,6 +13,7 @@ the copy stay revoked (docs/backups.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -198,3 +199,33 @@ def test_the_cli_lists_changes_before_it_replaces(tmp_path: Path, capsys: pytest
         in res.stderr
     res = run("--json", "backup", "verify", str(tmp_path / "b.db"))
     assert json.loads(res.stdout)["changes"]["tokens_revoked_since"] == [row.accessor]
+
+
+def test_a_copy_made_before_holds_were_audited_still_restores(live: nc.Vault, tmp_path: Path,
+                                                             clock: FakeClock) -> None:
+    """Older versions registered the provisional hold with no event: the copy holds that one row."""
+    from nebula_credential.backups import KIND_COPY, Manifest
+
+    hold = Manifest("old.db", "sid", clock(), clock() + KEEP, 0, {"default": {1: 0}}, None, KIND_COPY, "")
+    with live.store.transaction() as tx:
+        tx.put_backup(hold.record(clock()), {"default": {1: 0}})  # as the old create did: no event
+    live.store.copy_to(tmp_path / "old.db")  # the old copy: made while that hold stood
+    with live.store.transaction() as tx:
+        tx.delete_backup("old.db")
+    report = verify_backup(tmp_path / "old.db", accept_unauthenticated=True)  # no signed manifest then
+    assert report.ok, report.problems
+    assert report.unaudited_holds == ["old.db"]
+    target = tmp_path / "restored.db"
+    restore_backup(tmp_path / "old.db", f"sqlite:///{target}", accept_unauthenticated=True)
+    v = nc.open(f"sqlite:///{target}")
+    try:
+        assert v.audit.verify().ok, v.audit.verify().unexplained
+    finally:
+        v.close()
+    # any other row no event made still fails
+    with live.store.transaction() as tx:
+        tx.put_backup(dataclasses.replace(hold.record(clock()), name="forged",
+                                          manifest='{"schema_version":1}'), {"default": {1: 0}})
+    live.store.copy_to(tmp_path / "forged.db")
+    report = verify_backup(tmp_path / "forged.db", accept_unauthenticated=True)
+    assert not report.ok and any("backup forged" in p for p in report.problems), report.problems

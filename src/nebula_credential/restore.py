@@ -95,6 +95,8 @@ class VerifyReport:
     authenticated: bool = False
     #: what a restore brings back or drops compared with the live store (None: nothing compared)
     changes: Changes | None = None
+    #: the copy's own provisional registration with no audit event (older versions); restore records it
+    unaudited_holds: list[str] = field(default_factory=list)
 
     def fail(self, message: str) -> None:
         self.ok = False
@@ -312,8 +314,9 @@ def _own_provisional_hold(report: VerifyReport, vault: Vault, unexplained: list[
     """
     with vault.store.read() as tx:
         provisional = {b.name for b in tx.list_backups() if '"schema_version":0' in b.manifest}
-    own = {unregistered_line(n) for n in provisional}
+    own = {unregistered_line(n): n for n in provisional}
     tolerated = [u for u in unexplained if u in own]
+    report.unaudited_holds = sorted(own[u] for u in tolerated)
     if tolerated:
         report.warnings.append("the copy holds its own provisional backup registration with no audit event "
                                "(made by a version before holds were audited)")
@@ -462,6 +465,10 @@ def _record_restore(work: Path, config: KeyManagementConfig, key_dir: Path, back
         with vault.store.transaction() as tx:
             if carried:
                 tx.token_delete(carried)
+            for name in report.unaudited_holds:  # explain it now, so the restored store's chain verifies
+                held = tx.backup_versions(name)
+                vault.audit.record(tx, "backup.hold", backup=name, adopted_by_restore=True,
+                                   versions=[f"{kr}/v{v}" for kr, per in sorted(held.items()) for v in sorted(per)])
             vault.audit.record(tx, "backup.restore", source=str(backup), credentials=report.credentials,
                                versions=[f"{kr}/v{v}" for kr, per in sorted(report.keys.items()) for v in per],
                                authenticated=report.authenticated, revocations_carried=carried)
