@@ -397,7 +397,10 @@ def _create_in(vault: Vault, source: Path, dir_fd: int, folder: Path, dname: str
     try:
         snap = copy_store(store, dir_fd, folder, dname)
         placed = True
-        copy_sid, schema, keys, head = copy_facts(snap)
+        try:
+            copy_sid, schema, keys, head = copy_facts(snap)
+        except BackupError as exc:  # name the backup, never the private working file
+            raise BackupError(str(exc).replace(str(snap), location)) from None
         manifest = Manifest(label, copy_sid or sid, now, expires, schema, keys, head, KIND_COPY, location)
         with store.read() as tx:
             manifest.mac = manifest_mac(manifest_key(vault.provider, tx), manifest)
