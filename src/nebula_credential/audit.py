@@ -16,7 +16,12 @@ to values read earlier.  So :meth:`AuditLog.verify` also requires the
 chain to start at ``store.init`` (seq 1) and to *explain the key table*:
 replaying the key events must give every version's creation, status and
 status timestamps exactly as ``key_versions`` holds them
-(:func:`explain_key_table`).  What is left -- a rollback of the whole
+(:func:`explain_key_table`), and the backup registry: every registered
+backup and the versions it holds must be explained by its
+``backup.hold``/``backup.create``/``backup.register`` event, and every
+removal by ``backup.forget`` (:class:`BackupReplay`), because deleting a
+``backups`` row silently lifts the hold that keeps a key version from
+destruction.  What is left -- a rollback of the whole
 database, key table included -- is caught outside it: the head sequence
 number exported as a metric (an alert fires when it goes down) and a copy
 kept with ``audit export``, checked with ``audit verify --against``.
@@ -41,6 +46,7 @@ from typing import Any, NamedTuple
 from ._secret import SecretBytes
 from .exceptions import ConfigError, StoreError
 from .models import to_epoch, utc_now
+from .names import printable
 from .providers.base import KeyProvider, WrapContext
 from .store import AuditRow, Store, StoreTx
 
@@ -260,6 +266,58 @@ class KeyReplay:
         return out
 
 
+def unregistered_line(name: str) -> str:
+    """How :meth:`BackupReplay.explain` names a registry row no event explains."""
+    return f"backup {printable(name)}: in the backup registry with no backup.create or backup.register event"
+
+
+#: Events that put a backup (and the versions it holds) into the registry; ``backup.forget`` removes it.
+BACKUP_HOLD_EVENTS = frozenset({"backup.hold", "backup.create", "backup.register"})
+
+
+class BackupReplay:
+    """The backup registry (``backups``, ``backup_keys``) as the audit chain tells it."""
+
+    def __init__(self) -> None:
+        #: backup name -> versions it holds as "keyring/vN" (None: the event did not list them)
+        self.held: dict[str, tuple[str, ...] | None] = {}
+
+    def feed(self, row: AuditRow) -> None:
+        if row.action not in BACKUP_HOLD_EVENTS and row.action != "backup.forget":
+            return
+        try:
+            details = json.loads(row.details) if row.details else {}
+        except ValueError:
+            return
+        name = details.get("backup") if isinstance(details, dict) else None
+        if not isinstance(name, str):
+            return
+        if row.action == "backup.forget":
+            self.held.pop(name, None)
+            return
+        versions = details.get("versions")
+        self.held[name] = (tuple(sorted(str(v) for v in versions)) if isinstance(versions, list) else None)
+
+    def explain(self, tx: StoreTx) -> list[str]:
+        """Every registered backup the chain does not explain, and every explained one that is gone."""
+        out: list[str] = []
+        table = {b.name for b in tx.list_backups()}
+        for name in sorted(set(self.held) - table):
+            out.append(f"backup {printable(name)}: registered in the chain but missing from the backup "
+                       "registry, with no backup.forget event: its hold on key versions was lifted")
+        for name in sorted(table - set(self.held)):
+            out.append(unregistered_line(name))
+        for name in sorted(table & set(self.held)):
+            told = self.held[name]
+            if told is None:
+                continue  # an event from before versions were recorded
+            stored = tuple(sorted(f"{kr}/v{v}" for kr, per in tx.backup_versions(name).items() for v in per))
+            if stored != told:
+                out.append(f"backup {printable(name)}: holds {', '.join(stored) or 'no version'} in backup_keys; "
+                           f"the chain recorded {', '.join(told) or 'no version'}")
+        return out
+
+
 def _iso(dt: datetime | None) -> str:
     return dt.isoformat() if dt is not None else "-"
 
@@ -388,6 +446,7 @@ class AuditLog:
         want = int(head_seq) if head_seq.isdigit() else -1
         head_mac = b""
         replay = KeyReplay()
+        backups = BackupReplay()
         start: list[str] = []
         for row in self.rows():
             count += 1
@@ -396,25 +455,34 @@ class AuditLog:
             if row.seq == 1 and row.action != "store.init":
                 start.append(f"the chain starts with {row.action!r}, not store.init")
             replay.feed(row)
+            backups.feed(row)
             if row.seq == want:
                 head_mac = row.mac
             prev = row.mac
             expected_seq += 1
         if count == 0:
             return VerifyResult(False, 0, 1, ("the chain is empty: it must start at store.init (seq 1)",
-                                              *self._explain(replay)))
+                                              *self._explain(replay, backups)))
         if want < 0 or head is None or want > count:
             return VerifyResult(False, count, count + 1)  # head missing/garbled, or newest events cut off
         if want < count or not hmac.compare_digest(_head_tag(key, want, head_mac), head_tag):
             return VerifyResult(False, count, want + 1 if want < count else want)
-        unexplained = (*start, *self._explain(replay))
+        unexplained = (*start, *self._explain(replay, backups))
         if unexplained:
             return VerifyResult(False, count, 1 if start else count + 1, unexplained)
         return VerifyResult(True, count, None)
 
-    def _explain(self, replay: KeyReplay) -> list[str]:
+    def _explain(self, replay: KeyReplay, backups: BackupReplay) -> list[str]:
         with self._store.read() as tx:
-            return replay.explain(tx)
+            return replay.explain(tx) + backups.explain(tx)
+
+    def explain_backups(self) -> list[str]:
+        """What the chain does not explain of the backup registry alone (``doctor``'s registry check)."""
+        backups = BackupReplay()
+        for row in self.rows():
+            backups.feed(row)
+        with self._store.read() as tx:
+            return backups.explain(tx)
 
     def head_seq(self) -> int:
         """The sequence number the chain's head claims (0 for none): what the metric exports."""

@@ -11,18 +11,40 @@ so the copy is one consistent snapshot while writers go on in WAL mode).
 PostgreSQL copies are made by ``pg_dump`` or point-in-time recovery
 outside this tool; :func:`register_backup` records what such a copy may
 need.  Checking and restoring a copy is :mod:`nebula_credential.restore`.
+
+Files are created safely in a folder other users may reach: the folder is
+checked first (ours or root's, not writable by group or others unless
+sticky and ours) and then used only through a descriptor; SQLite writes
+the copy into a private (0700) folder inside it, and the finished copy is
+linked into place relative to the checked folder (``linkat``, which never
+replaces a name nor follows a link) -- never re-opened by a path another
+user could swap for a symbolic link.
+
+The manifest is authenticated: a MAC under a key derived (HKDF, its own
+label) from the store's audit key, which only the root of trust unwraps,
+binds everything it records -- store id, audit head, schema version,
+versions and counts.  A database or backup-folder writer can edit the
+manifest or the copy's store id, but not make them agree with a MAC.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ._files import create_exclusive, folder_problem, open_folder, same_file
+from .audit import AUDIT_KEY_CONTEXT, AUDIT_KEY_META
 from .exceptions import BackupError, CorruptRecordError, StoreError
 from .holds import STORE_ID_META, ensure_store_id, referenced_versions
 from .models import KeyStatus
@@ -30,12 +52,15 @@ from .names import printable
 from .store import BackupRecord, Store, StoreTx, read_file_copy
 
 if TYPE_CHECKING:
+    from .providers import KeyProvider
     from .vault import Vault
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = 1
 KIND_COPY = "sqlite-copy"
 KIND_REGISTERED = "registered"
+#: HKDF label of the manifest key (derived from the audit key; no other use of it shares the label)
+MANIFEST_KEY_INFO = b"nebula-credential backup manifest mac v1"
 
 
 @dataclass(slots=True)
@@ -52,12 +77,21 @@ class Manifest:
     audit_head: str | None
     kind: str = KIND_COPY
     location: str = ""
+    #: hex HMAC-SHA256 over every other field (:func:`manifest_mac`); None on registered backups
+    mac: str | None = None
     credentials: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.credentials = sum(n for per in self.keys.values() for n in per.values())
 
     def to_json(self) -> dict[str, Any]:
+        out = self.body()
+        if self.mac is not None:
+            out["mac"] = self.mac
+        return out
+
+    def body(self) -> dict[str, Any]:
+        """Everything the manifest records except its MAC: what the MAC binds."""
         return {
             "format": MANIFEST_FORMAT,
             "name": self.name,
@@ -87,6 +121,7 @@ class Manifest:
                 audit_head=data.get("audit_head"),
                 kind=str(data.get("kind", KIND_COPY)),
                 location=str(data.get("location", "")),
+                mac=str(data["mac"]) if data.get("mac") is not None else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BackupError(f"backup manifest is malformed ({type(exc).__name__})") from None
@@ -101,6 +136,26 @@ class Manifest:
             location=self.location,
             manifest=json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")),
         )
+
+
+def manifest_key(provider: KeyProvider, tx: StoreTx) -> bytes:
+    """The store's manifest key: HKDF of its audit key (root-wrapped), under a label of its own."""
+    raw = tx.get_meta(AUDIT_KEY_META)
+    if raw is None:
+        raise BackupError("the store has no audit key to authenticate a backup manifest with")
+    with provider.unwrap(bytes.fromhex(raw), AUDIT_KEY_CONTEXT) as audit_key:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=MANIFEST_KEY_INFO).derive(
+            bytes(audit_key.buffer))
+
+
+def manifest_mac(key: bytes, manifest: Manifest) -> str:
+    """HMAC-SHA256 over the manifest's canonical JSON (every field but the MAC)."""
+    body = json.dumps(manifest.body(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def manifest_authentic(key: bytes, manifest: Manifest) -> bool:
+    return manifest.mac is not None and hmac.compare_digest(manifest_mac(key, manifest), manifest.mac)
 
 
 def manifest_path(copy: Path) -> Path:
@@ -122,7 +177,8 @@ def read_manifest(copy: Path) -> Manifest | None:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a new file readable by its owner only (0600); refuses to overwrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -132,6 +188,90 @@ def write_private(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             path.unlink()
         raise
+
+
+def checked_folder(folder: Path, what: str) -> int:
+    """A descriptor on ``folder`` once it is safe to create private files in (:func:`folder_problem`)."""
+    if not folder.is_dir():
+        raise BackupError(f"directory {folder} does not exist")
+    fd = open_folder(folder)
+    problem = folder_problem(fd)
+    if problem is not None:
+        os.close(fd)
+        raise BackupError(
+            f"refusing the {what} folder {folder}: {problem}; another user could swap a file in it for a "
+            "symbolic link while it is written. Use a folder only you can write (e.g. chmod go-w)")
+    return fd
+
+
+def write_new(dir_fd: int, name: str, data: bytes) -> None:
+    """A new 0600 file ``name`` in the checked folder ``dir_fd`` (O_EXCL|O_NOFOLLOW), synced."""
+    try:
+        fd = create_exclusive(dir_fd, name)
+    except FileExistsError:
+        raise BackupError(f"{name} already exists; refusing to overwrite it or to write through a link") from None
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fd)
+        if not same_file(dir_fd, name, fd):
+            raise BackupError(f"{name} was replaced while it was written; refusing it")
+    except BaseException:
+        _unlink_if_ours(dir_fd, name, fd)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _unlink_if_ours(dir_fd: int, name: str, fd: int) -> None:
+    if same_file(dir_fd, name, fd):
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def _place(tmp_fd: int, private: str, dir_fd: int, name: str) -> None:
+    """Put the finished copy ``private`` (in the private folder ``tmp_fd``) into the checked folder as ``name``.
+
+    ``linkat`` creates the name only if it is free and never follows a
+    link; where a file system has no hard links the bytes are copied
+    through a descriptor opened O_EXCL|O_NOFOLLOW.  Either way the name is
+    then checked to be that very file.
+    """
+    src_fd = os.open(private, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                     dir_fd=tmp_fd)
+    try:
+        try:
+            os.link(private, name, src_dir_fd=tmp_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            placed = same_file(dir_fd, name, src_fd)
+        except FileExistsError:
+            raise BackupError(f"{name} already exists; refusing to overwrite a backup") from None
+        except OSError:  # no hard links here (some network and FUSE file systems): copy the bytes
+            placed = _copy_through_fd(src_fd, dir_fd, name)
+        if not placed:
+            raise BackupError(f"{name} was replaced while the backup was written; refusing it")
+    finally:
+        os.close(src_fd)
+
+
+def _copy_through_fd(src_fd: int, dir_fd: int, name: str) -> bool:
+    try:
+        fd = create_exclusive(dir_fd, name)
+    except FileExistsError:
+        raise BackupError(f"{name} already exists; refusing to overwrite a backup") from None
+    try:
+        with os.fdopen(os.dup(src_fd), "rb") as src, os.fdopen(fd, "wb", closefd=False) as dst:
+            src.seek(0)
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+            dst.flush()
+        os.fsync(fd)
+        return same_file(dir_fd, name, fd)
+    except BaseException:
+        _unlink_if_ours(dir_fd, name, fd)
+        raise
+    finally:
+        os.close(fd)
 
 
 def copy_facts(copy: Path) -> tuple[str | None, int, dict[str, dict[int, int]], str | None]:
@@ -145,24 +285,39 @@ def copy_facts(copy: Path) -> tuple[str | None, int, dict[str, dict[int, int]], 
         raise BackupError(f"{copy} is not a readable nebula-credential store: {exc}") from None
 
 
-def copy_store(store: Store, dest: Path) -> None:
-    """A consistent online copy of a file-backed store into a new 0600 file (:meth:`Store.copy_to`)."""
-    write_private(dest, b"")
+def copy_store(store: Store, dir_fd: int, folder: Path, name: str) -> Path:
+    """A consistent online copy of a file-backed store, placed as ``name`` in the checked folder.
+
+    SQLite writes it (:meth:`Store.copy_to`) into a private 0700 folder made
+    inside ``folder``; the finished file is linked into place through
+    ``dir_fd`` (:func:`_place`).  Returns the private copy, which the caller
+    reads its facts from and removes with its folder.
+    """
+    private = Path(tempfile.mkdtemp(prefix=".nc-backup-", dir=folder))
+    snap = private / "copy.db"
+    tmp_fd = open_folder(private)
     try:
-        store.copy_to(dest)
-    except StoreError as exc:
-        _remove(dest)
-        raise BackupError(f"could not copy the store to {dest}: {exc}; nothing was registered") from None
+        try:
+            write_private(snap, b"")  # 0600 from the start: the placed file is this very inode
+            store.copy_to(snap)
+        except StoreError as exc:
+            raise BackupError(f"could not copy the store to {folder / name}: {exc}; nothing was registered") from None
+        _place(tmp_fd, snap.name, dir_fd, name)
     except BaseException:
-        _remove(dest)
+        _remove_private(private)
         raise
+    finally:
+        os.close(tmp_fd)
+    return snap
 
 
-def _remove(path: Path) -> None:
-    for p in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal"),
-              path.with_name(path.name + "-shm")):
+def _remove_private(private: Path) -> None:
+    """Remove the private folder a copy was made in (ours, 0700: no one else can put links in it)."""
+    for p in private.iterdir() if private.is_dir() else ():
         with contextlib.suppress(OSError):
             p.unlink()
+    with contextlib.suppress(OSError):
+        private.rmdir()
 
 
 def _live_versions(tx: StoreTx, keyring: str) -> dict[int, int]:
@@ -200,27 +355,56 @@ def create_sqlite_backup(vault: Vault, path: str | os.PathLike[str], *, keep: ti
         )
     dest = Path(path)
     mpath = manifest_path(dest)
-    if dest.exists() or mpath.exists():
-        raise BackupError(f"{dest} already exists; refusing to overwrite a backup")
-    if not dest.parent.is_dir():
-        raise BackupError(f"directory {dest.parent} does not exist")
-    if dest.resolve() == source.resolve():
+    folder = dest.parent
+    dir_fd = checked_folder(folder, "backup")
+    try:
+        return _create_in(vault, source, dir_fd, folder, dest.name, mpath.name, keep=keep, name=name)
+    finally:
+        os.close(dir_fd)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _create_in(vault: Vault, source: Path, dir_fd: int, folder: Path, dname: str, mname: str, *,
+               keep: timedelta, name: str | None) -> Manifest:
+    store = vault.store
+    if _exists(dir_fd, dname) or _exists(dir_fd, mname):
+        raise BackupError(f"{folder / dname} already exists (or its manifest does); refusing to overwrite "
+                          "a backup or to write through a link")
+    location = str(folder.resolve() / dname)
+    if location == str(source.resolve()):
         raise BackupError("the backup path is the store itself")
-    label = name or dest.name
+    label = name or dname
     now = vault.clock()
     expires = now + keep
     with store.transaction() as tx:
         _check_new_name(tx, label)
         sid = ensure_store_id(tx)
         provisional = {kr: _live_versions(tx, kr) for kr in tx.keyrings()}
-        hold = Manifest(label, sid, now, expires, 0, provisional, None, KIND_COPY, str(dest.resolve()))
+        hold = Manifest(label, sid, now, expires, 0, provisional, None, KIND_COPY, location)
         tx.put_backup(hold.record(now), provisional)
+        # the hold is in the registry before the copy exists: the chain must explain it (audit verify)
+        vault.audit.record(tx, "backup.hold", backup=label, kind=KIND_COPY, expires_at=expires,
+                           versions=_version_list(provisional))
+    placed = False
+    snap: Path | None = None
     try:
-        copy_store(store, dest)
-        copy_sid, schema, keys, head = copy_facts(dest)
-        manifest = Manifest(label, copy_sid or sid, now, expires, schema, keys, head, KIND_COPY,
-                            str(dest.resolve()))
-        write_private(mpath, json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode() + b"\n")
+        snap = copy_store(store, dir_fd, folder, dname)
+        placed = True
+        try:
+            copy_sid, schema, keys, head = copy_facts(snap)
+        except BackupError as exc:  # name the backup, never the private working file
+            raise BackupError(str(exc).replace(str(snap), location)) from None
+        manifest = Manifest(label, copy_sid or sid, now, expires, schema, keys, head, KIND_COPY, location)
+        with store.read() as tx:
+            manifest.mac = manifest_mac(manifest_key(vault.provider, tx), manifest)
+        write_new(dir_fd, mname, json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode() + b"\n")
         with store.transaction() as tx:
             for kr in sorted(keys):
                 tx.lock_keyring(kr)
@@ -232,12 +416,18 @@ def create_sqlite_backup(vault: Vault, path: str | os.PathLike[str], *, keep: ti
                                expires_at=expires, credentials=manifest.credentials,
                                versions=_version_list(keys), audit_head_seq=_head_seq(head))
     except BaseException:
-        _remove(dest)
-        with contextlib.suppress(OSError):
-            mpath.unlink()
+        if placed:
+            for n in (dname, mname):
+                with contextlib.suppress(OSError):
+                    os.unlink(n, dir_fd=dir_fd)  # the folder is checked: no one else renames in it
         with contextlib.suppress(Exception), store.transaction() as tx:
-            tx.delete_backup(label)
+            if any(b.name == label for b in tx.list_backups()):
+                tx.delete_backup(label)
+                vault.audit.record(tx, "backup.forget", backup=label, reason="backup create failed")
         raise
+    finally:
+        if snap is not None:
+            _remove_private(snap.parent)
     return manifest
 
 

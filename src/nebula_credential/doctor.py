@@ -389,6 +389,30 @@ def check_audit(store: Store, provider: KeyProvider) -> list[Finding]:
     ]
 
 
+def check_backup_registry(store: Store, provider: KeyProvider) -> list[Finding]:
+    """Every registered backup (its hold on key versions) is explained by the audit chain.
+
+    Deleting a ``backups``/``backup_keys`` row lifts a hold with no alarm
+    from retention; the chain's backup events say what the registry must be.
+    """
+    try:
+        unexplained = AuditLog(store, provider).explain_backups()
+    except NebulaCredentialError:
+        return []  # the audit check has already named why the chain cannot be read
+    if not unexplained:
+        return [Finding("backup-registry", OK, "the audit chain explains every registered backup")]
+    shown = "; ".join(unexplained[:3]) + (" ..." if len(unexplained) > 3 else "")
+    return [
+        Finding(
+            "backup-registry",
+            ERROR,
+            f"the backup registry differs from the audit chain ({len(unexplained)} thing(s)): {shown}",
+            "backup rows were deleted or edited behind the audit chain, lifting holds on key versions; "
+            "re-register the copies that still exist (`backup register`) and investigate database write access",
+        )
+    ]
+
+
 def run(
     url: str, config: KeyManagementConfig | None = None, *, clock: Callable[[], datetime] = utc_now
 ) -> list[Finding]:
@@ -414,6 +438,7 @@ def run(
                 findings = [wrong_key] + [f for f in findings if f.problem or f.check not in contradicted]
             else:
                 findings += check_audit(store, provider)
+                findings += check_backup_registry(store, provider)
             provider.close()
         return findings
     finally:

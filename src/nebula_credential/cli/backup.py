@@ -15,7 +15,7 @@ from ..durations import parse_duration
 from ..exceptions import BackupError
 from ..names import printable
 from ..opening import Store, open_store, path_from_url
-from ..restore import report_lines, restore_backup, verify_backup
+from ..restore import VerifyReport, report_lines, restore_backup, verify_backup
 from ._common import AppContext, console, emit, err_console, pass_app
 
 
@@ -132,12 +132,17 @@ def _live_store(app: AppContext) -> Iterator[Store | None]:
 
 @backup.command()
 @click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--accept-unauthenticated", is_flag=True,
+              help="Accept a copy whose manifest is missing, unsigned or edited, or whose store id differs from "
+                   "it: its identity, audit head, versions and counts are then unproven (the destroyed-since "
+                   "check runs against the live store whatever store id the copy claims).")
 @pass_app
-def verify(app: AppContext, path: str) -> None:
+def verify(app: AppContext, path: str, accept_unauthenticated: bool) -> None:
     """Run every restore check on a copy; change nothing."""
     key_dir = Path(path_from_url(app.url)).resolve().parent if app.url.startswith("sqlite:") else None
     with _live_store(app) as live:
-        report = verify_backup(path, config=app.config, live=live, key_dir=key_dir)
+        report = verify_backup(path, config=app.config, live=live, key_dir=key_dir,
+                               accept_unauthenticated=accept_unauthenticated)
     emit(app, report.to_json(), lambda: _print(report_lines(report)))
     if not report.ok:
         raise BackupError(printable(f"backup {path} failed verification: " + "; ".join(report.problems)))
@@ -147,11 +152,28 @@ def verify(app: AppContext, path: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--to", "to_url", required=True, help="Store URL to restore into (a new sqlite:///path).")
 @click.option("--replace", is_flag=True, help="Replace an existing store (it is kept beside, renamed).")
+@click.option("--accept-unauthenticated", is_flag=True,
+              help="Accept a copy whose manifest is missing, unsigned or edited, or whose store id differs from "
+                   "it: its identity, audit head, versions and counts are then unproven (the destroyed-since "
+                   "check runs against the live store whatever store id the copy claims).")
 @pass_app
-def restore(app: AppContext, path: str, to_url: str, replace: bool) -> None:
-    """Verify a copy, then restore it into a new store (never over one without --replace)."""
+def restore(app: AppContext, path: str, to_url: str, replace: bool, accept_unauthenticated: bool) -> None:
+    """Verify a copy, then restore it into a new store (never over one without --replace).
+
+    Before anything is replaced it says what comes back: tokens (by accessor)
+    and backup holds that differ from the live store.  Tokens revoked in the
+    live store since the copy stay revoked.
+    """
+    def say_changes(report: VerifyReport) -> None:
+        if report.changes is not None and report.changes.any():
+            for line in ["restoring brings back the copy's state; compared with the live store:",
+                         *report.changes.lines()]:
+                err_console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
+
     with _live_store(app) as live:
-        report, kept = restore_backup(path, to_url, config=app.config, live=live, replace=replace)
+        report, kept = restore_backup(path, to_url, config=app.config, live=live, replace=replace,
+                                      accept_unauthenticated=accept_unauthenticated,
+                                      before_replace=say_changes)
     data = report.to_json() | {"restored_to": to_url, "replaced_store_kept_as": kept}
 
     def human() -> None:

@@ -73,7 +73,9 @@ class SqliteStore(Store):
 
         In WAL mode writers keep committing meanwhile, and the copy is the
         snapshot the step started from.  The copy is switched out of WAL so
-        it is one self-contained file, and synced to disk.
+        it is one self-contained file, and synced to disk.  SQLite opens
+        ``dest`` by path: callers give a path in a folder only they can write
+        (:func:`nebula_credential.backups.copy_store` uses a private 0700 one).
         """
         if self._memory:
             super().copy_to(dest)
@@ -88,8 +90,11 @@ class SqliteStore(Store):
                     dst.close()
             finally:
                 src.close()
-            with open(dest, "rb") as fh:
-                os.fsync(fh.fileno())
+            fd = os.open(dest, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from None
 
