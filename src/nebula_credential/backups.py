@@ -473,6 +473,13 @@ def backup_versions(store: Store, name: str) -> dict[str, dict[int, int]]:
         return tx.backup_versions(name)
 
 
+def registered_backups(vault: Vault) -> list[tuple[BackupRecord, dict[str, dict[int, int]]]]:
+    """Every registered backup with the key versions it holds (keyring -> version -> credentials),
+    read in one transaction so the list and the holds agree."""
+    with vault.store.read() as tx:
+        return [(b, tx.backup_versions(b.name)) for b in tx.list_backups()]
+
+
 def forget_backup(vault: Vault, name: str) -> BackupRecord:
     """Drop a registration: the versions it held follow normal retention again."""
     with vault.store.transaction() as tx:

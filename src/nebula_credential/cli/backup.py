@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..backups import create_sqlite_backup, forget_backup, list_backups, register_backup
+from ..backups import create_sqlite_backup, forget_backup, register_backup, registered_backups
 from ..durations import parse_duration
 from ..exceptions import BackupError
 from ..names import printable
@@ -80,14 +80,12 @@ def list_(app: AppContext) -> None:
     vault = app.vault()
     now = vault.clock()
     rows: list[dict[str, Any]] = []
-    with vault.store.read() as tx:
-        for b in list_backups(vault.store):
-            versions = tx.backup_versions(b.name)
-            rows.append({
-                "name": b.name, "kind": b.kind, "taken_at": b.taken_at.isoformat(),
-                "expires_at": b.expires_at.isoformat(), "expired": b.expires_at <= now, "location": b.location,
-                "versions": [f"{kr}/v{v}" for kr, per in sorted(versions.items()) for v in sorted(per)],
-            })
+    for b, versions in registered_backups(vault):
+        rows.append({
+            "name": b.name, "kind": b.kind, "taken_at": b.taken_at.isoformat(),
+            "expires_at": b.expires_at.isoformat(), "expired": b.expires_at <= now, "location": b.location,
+            "versions": [f"{kr}/v{v}" for kr, per in sorted(versions.items()) for v in sorted(per)],
+        })
 
     def human() -> None:
         if not rows:
