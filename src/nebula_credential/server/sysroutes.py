@@ -1,4 +1,4 @@
-"""``/v1/sys/*``: health, ACL policies, the mount table clients probe, the OpenAPI document."""
+"""``/v1/sys/*``: health, ACL policies, the OpenAPI document (the mount table is :mod:`.mounts`)."""
 
 from __future__ import annotations
 
@@ -71,35 +71,10 @@ async def policy_list(request: Request, ctx: Ctx) -> Response:
     return ctx.reply({"keys": names, "policies": names})
 
 
-async def ui_mounts(request: Request, ctx: Ctx) -> Response:
-    """What the ``vault``/``bao`` CLI asks before a ``kv`` command: which engine serves a path."""
-    ctx.operation = "read"
-    path = str(request.path_params.get("path", ""))
-    mount = path.split("/", 1)[0]
-    if mount not in request.app.state.kv_mounts:
-        raise HTTPError(403, "preflight capability check returned 403, please ensure client's policies "
-                        "grant access to path \"" + path + "/\"")
-    return ctx.reply({
-        "path": mount + "/",
-        "type": "kv",
-        "description": f"KV v2 over keyring {request.app.state.kv_mounts[mount]}",
-        "options": {"version": "2"},
-        "accessor": f"kv_{mount}",
-        "local": False,
-        "seal_wrap": False,
-        "external_entropy_access": False,
-        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": False},
-        "plugin_version": "",
-        "running_plugin_version": "",
-        "uuid": "",
-    })
-
-
 def routes() -> list[BaseRoute]:
     return [
         Route("/health", endpoint(health, authenticated=False), methods=["GET", "HEAD"]),
         Route("/internal/specs/openapi", endpoint(openapi, authenticated=False), methods=["GET"]),
-        Route("/internal/ui/mounts/{path:path}", endpoint(ui_mounts), methods=["GET"]),
         Route("/policies/acl", endpoint(policy_list), methods=["LIST"]),
         Route("/policies/acl/{name}", endpoint(policy), methods=["GET", "PUT", "POST", "DELETE"]),
         Route("/policy", endpoint(policy_list), methods=["GET"]),
