@@ -12,7 +12,7 @@ credential is, so re-encryption, backups, retention and ``doctor`` cover it.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,9 +23,6 @@ from ..vault import DEFAULT_SCOPE
 from ._request import Ctx, duration_field, endpoint, read_json
 from .errors import HTTPError, bad_request
 
-if TYPE_CHECKING:
-    from .mounts import MountEntry
-
 NO_CONTENT = 204
 #: Vault's system default lease TTL, reported on reads of a mount that sets none.
 SYSTEM_TTL = 768 * 3600
@@ -34,10 +31,10 @@ SYSTEM_TTL = 768 * 3600
 class KV1Engine:
     """Routes of one KV v1 mount; the dispatcher mounts them at ``/v1/<mount>``."""
 
-    def __init__(self, entry: MountEntry) -> None:
-        self.mount = entry.path
-        self.keyring = entry.keyring
-        self.default_ttl = int(entry.config.get("default_lease_ttl") or SYSTEM_TTL)
+    def __init__(self, mount: str, keyring: str, *, default_ttl: int = 0) -> None:
+        self.mount = mount
+        self.keyring = keyring
+        self.default_ttl = default_ttl or SYSTEM_TTL
 
     def routes(self) -> list[BaseRoute]:
         return [

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -183,7 +184,7 @@ def _kv_routes(entry: MountEntry) -> list[BaseRoute]:
         return KVEngine(entry.path, entry.keyring).routes()
     from .kv1 import KV1Engine
 
-    return KV1Engine(entry).routes()
+    return KV1Engine(entry.path, entry.keyring, default_ttl=int(entry.config.get("default_lease_ttl") or 0)).routes()
 
 
 def _purge_keyring(backend: Backend, entry: MountEntry) -> None:
@@ -254,6 +255,11 @@ def _row(entry: MountEntry, created_at: float) -> MountRow:
                     config=dict(entry.config), keyring=entry.keyring, created_at=created_at)
 
 
+def _router_key(entry: MountEntry) -> tuple[str, str, str]:
+    """A router is rebuilt when its mount is re-enabled (new uuid) or tuned (options, config)."""
+    return entry.route, entry.uuid, json.dumps([entry.options, entry.config], sort_keys=True)
+
+
 class MountTable:
     """The mounts this process routes: the built-in ones and a copy of the store's, refreshed by generation."""
 
@@ -262,7 +268,7 @@ class MountTable:
         self.generation = -1
         self.checked_at = 0.0
         self._by_route: dict[str, MountEntry] = {}
-        self._routers: dict[tuple[str, str], Mount] = {}
+        self._routers: dict[tuple[str, str, str], Mount] = {}
         self._lock = asyncio.Lock()
         self._install([])
 
@@ -270,7 +276,7 @@ class MountTable:
         by_route = {e.route: e for e in stored}
         by_route.update({e.route: e for e in self.builtin})  # the config file wins over a stored twin
         self._by_route = by_route
-        live = {(e.route, e.uuid) for e in by_route.values()}
+        live = {_router_key(e) for e in by_route.values()}
         self._routers = {k: v for k, v in self._routers.items() if k in live}
 
     def entries(self, kind: str) -> list[MountEntry]:
@@ -297,7 +303,7 @@ class MountTable:
         return next((e for r, e in self._by_route.items() if r.startswith(route + "/")), None)
 
     def router(self, entry: MountEntry) -> Mount | None:
-        key = (entry.route, entry.uuid)
+        key = _router_key(entry)
         router = self._routers.get(key)
         if router is None:
             registry = AUTH_METHODS if entry.kind == "auth" else SECRET_ENGINES
@@ -380,6 +386,8 @@ class MountDispatcher:
         router = table.router(entry) if entry is not None else None
         if router is None:
             raise HTTPException(404)
+        if vpath == entry.route:  # the mount itself (LIST kv/): its router's "/" route
+            scope["path"] = scope["path"] + "/"
         match, child = router.matches(scope)
         if match is Match.NONE:
             raise HTTPException(404)
@@ -392,13 +400,13 @@ def _kind(request: Request) -> str:
     return "auth" if request.url.path.startswith("/v1/sys/auth") else "secret"
 
 
-def _check_path(raw: str, kind: str) -> str:
+def _check_path(raw: str, kind: str, verb: str = "mount") -> str:
     path = raw.strip("/")
     parts = path.split("/")
     if not path or len(parts) > MAX_DEPTH or not all(NAME_RE.fullmatch(p) for p in parts):
         raise bad_request(f"mount path {raw[:80]!r} is not allowed: 1 to {MAX_DEPTH} segments of {NAME_RULE}")
     if kind == "secret" and parts[0] in RESERVED:
-        raise bad_request(f'cannot mount "{parts[0]}/"')
+        raise bad_request(f'cannot {verb} "{parts[0]}/"')
     return path
 
 
@@ -436,7 +444,8 @@ async def list_mounts(request: Request, ctx: Ctx) -> Response:
 async def mount(request: Request, ctx: Ctx) -> Response:
     kind = _kind(request)
     table = table_of(request)
-    path = _check_path(str(request.path_params["path"]), kind)
+    verb = {"DELETE": "unmount", "GET": "read"}.get(request.method, "mount")
+    path = _check_path(str(request.path_params["path"]), kind, verb)
     await table.refresh(ctx.backend, force=True)
     if request.method == "GET":
         ctx.require("read")
@@ -483,6 +492,8 @@ async def _enable(request: Request, ctx: Ctx, table: MountTable, kind: str, path
                        config=_config_in(config, {}))
     draft = replace(draft, options=engine.options(options, None),
                     keyring=f"{route}/{accessor}" if engine.own_keyring else "")
+    if draft.keyring:  # the mount's own keyring gets its first key version before anything routes to it
+        await ctx.backend.write(ctx.backend.keyring(draft.keyring).keys.initialize)
     repo = MountRepository(ctx.backend.vault.mount_tables())
     if not await ctx.backend.write(repo.insert, _row(draft, ctx.backend.vault.clock().timestamp())):
         raise bad_request(f"path is already in use at {route}/")
