@@ -384,7 +384,7 @@ class MountDispatcher:
             await table.refresh(backend, miss=True)
             entry = table.find(vpath)
         router = table.router(entry) if entry is not None else None
-        if router is None:
+        if entry is None or router is None:
             raise HTTPException(404)
         if vpath == entry.route:  # the mount itself (LIST kv/): its router's "/" route
             scope["path"] = scope["path"] + "/"
