@@ -96,6 +96,8 @@ class MountEntry:
         config: dict[str, Any] = {"default_lease_ttl": int(self.config.get("default_lease_ttl", 0)),
                   "force_no_cache": False,
                   "max_lease_ttl": int(self.config.get("max_lease_ttl", 0))}
+        if self.type == "system":
+            config["passthrough_request_headers"] = ["Accept"]
         if self.type == "token":
             config["token_type"] = "default-service"  # noqa: S105 (a token type's name, no secret)
         body: dict[str, Any] = {
@@ -104,7 +106,7 @@ class MountEntry:
             "description": self.description,
             "external_entropy_access": False,
             "local": False,
-            "options": self.options or None,
+            "options": self.options,
             "plugin_version": "",
             "running_plugin_version": RUNNING_VERSION,
             "running_sha256": "",
@@ -133,7 +135,7 @@ class EngineType:
     """
 
     factory: Factory | None
-    options: Callable[[dict[str, Any] | None, MountEntry | None], dict[str, Any] | None] = lambda o, _: o or None
+    options: Callable[[dict[str, Any] | None, MountEntry | None], dict[str, Any] | None] = lambda o, _: o
     own_keyring: bool = False
     purge: Purge | None = None
     description: str = ""
@@ -160,9 +162,9 @@ def _kv_options(options: dict[str, Any] | None, current: MountEntry | None) -> d
     version = opts.get("version")
     old = (current.options or {}).get("version", "1") if current is not None else None
     if version in (None, ""):
-        if current is None:
+        if current is None:  # v1, and the options as sent (Vault keeps null as null, absent as {})
             opts.pop("version", None)
-            return opts or None
+            return None if options is None else opts
         version = old
     if version not in ("1", "2"):
         raise bad_request(f"kv version must be 1 or 2, not {version!r}")
@@ -246,12 +248,13 @@ def builtin_mounts(server: ServerConfig) -> list[MountEntry]:
 
 def _entry(row: MountRow) -> MountEntry:
     return MountEntry(row.kind, row.path, row.type, row.description, row.accessor, row.uuid,
-                      dict(row.options) or None, dict(row.config), row.keyring)
+                      None if row.options is None else dict(row.options), dict(row.config), row.keyring)
 
 
 def _row(entry: MountEntry, created_at: float) -> MountRow:
     return MountRow(path=entry.path, kind=entry.kind, type=entry.type, description=entry.description,
-                    accessor=entry.accessor, uuid=entry.uuid, options=dict(entry.options or {}),
+                    accessor=entry.accessor, uuid=entry.uuid,
+                    options=None if entry.options is None else dict(entry.options),
                     config=dict(entry.config), keyring=entry.keyring, created_at=created_at)
 
 
@@ -294,6 +297,14 @@ class MountTable:
             if found is not None:
                 return found
         return None
+
+    def label(self, path: str) -> str | None:
+        """The metrics label of a request path: ``/v1/<mount>`` of the mount serving it (None: no mount)."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] != ["v1"]:
+            return None
+        found = self.find("/".join(parts[1:]))
+        return None if found is None else f"/v1/{found.route}"
 
     def overlapping(self, route: str) -> MountEntry | None:
         """A mount that ``route`` would be inside of, or that would be inside ``route``."""
@@ -466,7 +477,7 @@ async def _enable(request: Request, ctx: Ctx, table: MountTable, kind: str, path
     type_ = body.get("type")
     if not isinstance(type_, str) or not type_:
         raise bad_request("backend type must be specified as a string")
-    options = body.get("options")
+    options = body.get("options", {})  # absent: {} -- null stays null, as Vault keeps them
     if options is not None and not isinstance(options, dict):
         raise bad_request("options must be an object")
     config = body.get("config") or {}

@@ -16,13 +16,18 @@ _COLS = "kind, path, type, description, accessor, uuid, options, config, keyring
 def _decode(row: Any) -> MountRow:
     try:
         options, config = json.loads(row[6]), json.loads(row[7])
-        if not isinstance(options, dict) or not isinstance(config, dict):
-            raise ValueError("options and config must be JSON objects")
+        if not isinstance(options, dict | None) or not isinstance(config, dict):
+            raise ValueError("options must be a JSON object or null, config an object")
     except ValueError as exc:
         raise CorruptRecordError(f"mount {row[1]!r}: {exc}") from None
     return MountRow(path=str(row[1]), kind=str(row[0]), type=str(row[2]), description=str(row[3]),
                     accessor=str(row[4]), uuid=str(row[5]), options=options, config=config,
                     keyring=str(row[8]), created_at=float(row[9]))
+
+
+def _options(options: dict[str, Any] | None) -> str:
+    """Vault keeps ``options`` as sent: an object, or null when the client sent null."""
+    return "null" if options is None else to_json(options)
 
 
 class MountsSql(SqlBase, MountsTx):
@@ -50,7 +55,7 @@ class MountsSql(SqlBase, MountsTx):
     def mount_insert(self, row: MountRow) -> None:
         self._exec(
             f"INSERT INTO server_mounts ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (row.kind, row.path, row.type, row.description, row.accessor, row.uuid, to_json(row.options),
+            (row.kind, row.path, row.type, row.description, row.accessor, row.uuid, _options(row.options),
              to_json(row.config), row.keyring, row.created_at),
         )
         self._bump()
@@ -58,7 +63,7 @@ class MountsSql(SqlBase, MountsTx):
     def mount_update(self, row: MountRow) -> bool:
         cur = self._exec(
             "UPDATE server_mounts SET description = ?, options = ?, config = ? WHERE kind = ? AND path = ?",
-            (row.description, to_json(row.options), to_json(row.config), row.kind, row.path),
+            (row.description, _options(row.options), to_json(row.config), row.kind, row.path),
         )
         changed = bool(cur.rowcount == 1)
         if changed:

@@ -79,7 +79,7 @@ class MountRow:
     description: str
     accessor: str
     uuid: str
-    options: dict[str, Any]
+    options: dict[str, Any] | None
     config: dict[str, Any]
     keyring: str
     created_at: float
