@@ -49,12 +49,20 @@ class Pair:
                               timeout=30)
         self.steps = 0
 
+    def tokens(self, policies: list[str]) -> tuple[str, str]:
+        """A token with ``policies`` (and no default policy) on each side."""
+        body = {"policies": policies, "no_default_policy": True, "ttl": "1h"}
+        out = [c.post("/v1/auth/token/create", json=body) for c in (self.a, self.b)]
+        assert [r.status_code for r in out] == [200, 200], [r.text for r in out]
+        return out[0].json()["auth"]["client_token"], out[1].json()["auth"]["client_token"]
+
     def step(self, method: str, path: str, body: Any = None, *, status: int, same: tuple[str, ...] = (),
-             shape_of: str | None = "data") -> tuple[Any, Any]:
+             shape_of: str | None = "data", tokens: tuple[str, str] | None = None) -> tuple[Any, Any]:
         """Send to both; the status must be ``status`` on both, the shapes (and the ``same`` fields) equal."""
         answers = []
-        for client in (self.a, self.b):
-            r = client.request(method, "/v1/" + path, json=body)
+        for i, client in enumerate((self.a, self.b)):
+            headers = {"X-Vault-Token": tokens[i]} if tokens else None
+            r = client.request(method, "/v1/" + path, json=body, headers=headers)
             answers.append(r)
         ra, rb = answers
         assert (ra.status_code, rb.status_code) == (status, status), (method, path, ra.text, rb.text)
@@ -157,6 +165,18 @@ def test_mounts_differential(pair: Pair) -> None:
     p.step("GET", "sys/internal/ui/mounts/nowhere", status=403)
     a, b = p.step("GET", "sys/internal/ui/mounts", status=200, shape_of=None)
     assert set(a["data"]) == set(b["data"]) == {"auth", "secret"}
+    assert set(a["data"]["secret"]) == set(b["data"]["secret"]) - ONLY_OPENBAO
+    p.step("GET", "sys/internal/ui/mounts/sys/x", status=200, same=("type", "path"))
+    # a token that may read one mount only learns about that one
+    policy = 'path "dkv2/data/*" { capabilities = ["read"] }'
+    p.step("PUT", "sys/policies/acl/dkv2-reader", {"policy": policy}, status=204)
+    limited = p.tokens(["dkv2-reader"])
+    a, b = p.step("GET", "sys/internal/ui/mounts", status=200, shape_of=None, tokens=limited)
+    assert set(a["data"]["secret"]) == set(b["data"]["secret"]) == {"dkv2/"} and a["data"]["auth"] == {}
+    p.step("GET", "sys/internal/ui/mounts/dkv2/x", status=200, same=("type", "options", "path"), tokens=limited)
+    p.step("GET", "sys/internal/ui/mounts/dkv1/x", status=403, tokens=limited)
+    p.step("GET", "sys/mounts", status=403, tokens=limited)
+    p.step("POST", "sys/mounts/notallowed", {"type": "kv"}, status=403, tokens=limited)
     # auth methods
     a, b = p.step("GET", "sys/auth", status=200, shape_of=None)
     assert shape(a["data"]["token/"]) == shape(b["data"]["token/"])

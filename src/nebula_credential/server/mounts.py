@@ -595,10 +595,11 @@ async def ui_mounts(request: Request, ctx: Ctx) -> Response:
     table = table_of(request)
     await table.refresh(ctx.backend)
     raw = str(request.path_params.get("path", ""))
-    if not raw:
-        return ctx.reply({"auth": _listing(table, "auth"), "secret": _listing(table, "secret")})
+    if not raw:  # as Vault: only the mounts the token has some capability under
+        return ctx.reply({kind: {f"{e.path}/": e.listing() for e in table.entries(kind)
+                                 if ctx.acl.grants_under(e.route + "/")} for kind in ("auth", "secret")})
     found = table.find(raw.strip("/"))
-    if found is None or found.kind != "secret" or found.type == "system":
+    if found is None or found.kind != "secret" or not ctx.acl.grants_under(found.route + "/"):
         raise HTTPError(403, "preflight capability check returned 403, please ensure client's policies "
                         "grant access to path \"" + raw + "/\"")
     return ctx.reply({**found.listing(), "path": f"{found.path}/"})
