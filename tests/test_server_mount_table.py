@@ -155,3 +155,15 @@ def test_dispatch_is_a_lookup_not_a_route_scan(served: tuple[TestClient, dict[st
     for _ in range(3):
         assert client.get("/v1/first/x", headers=root).json()["data"] == {"a": "b"}
     assert table.router(entry) is router
+
+
+def test_a_stored_mount_cannot_name_another_keyring(served: tuple[TestClient, dict[str, str]], vault: nc.Vault) -> None:
+    """A row written into the database by hand, pointing a KV v1 mount at the ``default`` keyring,
+    is not routed: a database writer cannot read a value through a mount of its own making."""
+    client, root = served
+    vault.put("db-password", {"v": "s3cret"})
+    forged = replace(_row("peek"), keyring="default", accessor="kv_peek")
+    vault.mount_tables().run(lambda tx: tx.mount_insert(forged))
+    answer = client.get("/v1/peek/db-password", headers=root)
+    assert answer.status_code == 404 and "s3cret" not in answer.text
+    assert "peek/" not in client.get("/v1/sys/mounts", headers=root).json()["data"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -45,12 +46,13 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from ..config import ServerConfig
 from ..exceptions import PolicyViolationError
 from ..mounttables import MountRow, MountTables
-from ..names import NAME_RE, NAME_RULE
+from ..names import NAME_RE, NAME_RULE, printable
 from ..transit import Transit
 from ._backend import Backend
 from ._request import VPATH, Ctx, duration_field, endpoint, read_json
 from .errors import HTTPError, bad_request
 
+logger = logging.getLogger("nebula_credential.server")
 #: How long a process routes from its in-memory table before checking the store's generation.
 REFRESH_SECONDS = 1.0
 #: The least time between two store checks caused by requests to no known mount.
@@ -246,6 +248,17 @@ def builtin_mounts(server: ServerConfig) -> list[MountEntry]:
     return out
 
 
+def _bound(row: MountRow) -> bool:
+    """A stored mount's keyring is its own, ``<route>/<accessor>``, or none: a row that names any other
+    keyring (written into the database by hand) is not routed, so a mount can never reach the data
+    of a configured keyring or of another mount."""
+    route = f"auth/{row.path}" if row.kind == "auth" else row.path
+    if row.keyring in ("", f"{route}/{row.accessor}"):
+        return True
+    logger.warning("mount %s/ is not routed: its keyring is not its own", printable(route))
+    return False
+
+
 def _entry(row: MountRow) -> MountEntry:
     return MountEntry(row.kind, row.path, row.type, row.description, row.accessor, row.uuid,
                       None if row.options is None else dict(row.options), dict(row.config), row.keyring)
@@ -338,7 +351,7 @@ class MountTable:
             generation = await backend.run(repo.generation)
             if force or generation != self.generation:
                 generation, rows = await backend.run(repo.snapshot)
-                self._install([_entry(r) for r in rows])
+                self._install([_entry(r) for r in rows if _bound(r)])
                 self.generation = generation
             self.checked_at = time.monotonic()
 
@@ -506,7 +519,14 @@ async def _enable(request: Request, ctx: Ctx, table: MountTable, kind: str, path
     if draft.keyring:  # the mount's own keyring gets its first key version before anything routes to it
         await ctx.backend.write(ctx.backend.keyring(draft.keyring).keys.initialize)
     repo = MountRepository(ctx.backend.vault.mount_tables())
-    if not await ctx.backend.write(repo.insert, _row(draft, ctx.backend.vault.clock().timestamp())):
+    try:
+        inserted = await ctx.backend.write(repo.insert, _row(draft, ctx.backend.vault.clock().timestamp()))
+    except Exception:  # PostgreSQL: another process inserted the same path between our check and insert
+        await table.refresh(ctx.backend, force=True)
+        if table.get(kind, path) is None:
+            raise
+        inserted = False
+    if not inserted:
         raise bad_request(f"path is already in use at {route}/")
     await table.refresh(ctx.backend, force=True)
     return Response(status_code=NO_CONTENT)
