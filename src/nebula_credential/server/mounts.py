@@ -51,6 +51,9 @@ from ..transit import Transit
 from ._backend import Backend
 from ._request import VPATH, Ctx, duration_field, endpoint, read_json
 from .errors import HTTPError, bad_request
+from .kv import KVEngine
+from .kv1 import KV1Engine
+from .transit import TransitEngine
 
 logger = logging.getLogger("nebula_credential.server")
 #: How long a process routes from its in-memory table before checking the store's generation.
@@ -183,11 +186,7 @@ def _kv_options(options: dict[str, Any] | None, current: MountEntry | None) -> d
 
 def _kv_routes(entry: MountEntry) -> list[BaseRoute]:
     if (entry.options or {}).get("version") == "2":
-        from .kv import KVEngine
-
         return KVEngine(entry.path, entry.keyring).routes()
-    from .kv1 import KV1Engine
-
     return KV1Engine(entry.path, entry.keyring, default_ttl=int(entry.config.get("default_lease_ttl") or 0)).routes()
 
 
@@ -208,8 +207,6 @@ def _purge_transit(backend: Backend, entry: MountEntry) -> None:
 
 
 def _transit_routes(entry: MountEntry) -> list[BaseRoute]:
-    from .transit import TransitEngine
-
     return TransitEngine(entry.path).routes()
 
 
