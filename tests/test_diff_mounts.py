@@ -9,7 +9,10 @@ the comparison:
 - accessors, uuids, ``running_plugin_version`` and request ids differ by nature;
 - mount paths: we accept 1-4 segments of the name rule (letters, digits, ``.``, ``_``, ``-``),
   OpenBao accepts more (a space, say); no step here uses a path outside the rule;
-- upgrading a KV v1 mount to v2 by ``tune`` is refused here (400), OpenBao upgrades it in place.
+- upgrading a KV v1 mount to v2 by ``tune`` is refused here (400), OpenBao upgrades it in place;
+- ``sys/internal/ui/mounts`` without a token is 403 here; OpenBao lists the mounts marked
+  ``listing_visibility = unauth`` (none by default) and answers 200 with empty lists;
+- mounts from our configuration file cannot be tuned or disabled over HTTP (400 saying so).
 """
 
 from __future__ import annotations
