@@ -48,7 +48,7 @@ def fill(disk: Path, leave: int) -> Path:
     """Fill ``disk`` with a filler file, then free ``leave`` bytes of it."""
     filler = disk / "filler"
     chunk = b"\0" * 65536
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: no partial chunk left to flush (and fail) at close
         try:
             while True:
                 fh.write(chunk)

@@ -43,6 +43,7 @@ from .store import Store, redact_url
 if TYPE_CHECKING:
     from .audit import Event
     from .models import KeyVersion
+    from .mounttables import MountTables
     from .servertables import ServerTables, ServerTx
     from .store import AuditRow
 
@@ -526,6 +527,31 @@ class Vault:
     def server_tables(self) -> ServerTables:
         """The store, typed as the narrow interface of the HTTP server's own tables."""
         return self.store
+
+    def mount_tables(self) -> MountTables:
+        """The store, typed as the narrow interface of the HTTP server's mount table."""
+        return self.store
+
+    def purge_credentials(self, *, reason: str, page: int = 500) -> int:
+        """Delete every credential of this keyring (a disabled mount's data); returns how many.
+
+        One transaction per page, each with one ``keyring.purge`` audit event
+        counting what it deleted.  Key versions are left to their lifecycle:
+        with no credential left, every version is unreferenced, and only the
+        destroy guard (:func:`.keys.check_destroy`: floor, retention, backup
+        holds) ever erases their material.
+        """
+        kr = self.keys.keyring
+        total = 0
+        while True:
+            with self.store.transaction() as tx:
+                ids = tx.ids_under(kr, "", limit=page)
+                deleted = sum(1 for cid in ids if tx.delete_credential(kr, cid))
+                if deleted:
+                    self.audit.record(tx, "keyring.purge", keyring=kr, credentials=deleted, reason=reason)
+            total += deleted
+            if len(ids) < page:
+                return total
 
     def audited_write(self, fn: Callable[[ServerTx], T], action: str,
                       details: Callable[[T], dict[str, Any]] | None = None) -> T:

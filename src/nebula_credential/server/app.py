@@ -1,9 +1,11 @@
 """The ASGI application: Vault's HTTP API routed by mount.
 
-``/v1/sys``, ``/v1/auth/token`` and one ``/v1/<mount>`` per engine (KV v2
-today; Transit adds itself the same way: an engine is an object with a
-``routes()`` list, mounted under its prefix, and every handler goes through
-``_request.endpoint`` for the token, the policy check and the audit event).
+``/v1/sys``, ``/v1/auth/token``, and under ``/v1`` one dispatcher for every
+other mount: the config file's and those enabled at runtime through
+``sys/mounts`` and ``sys/auth``, kept in the store and shared by every
+process (see :mod:`.mounts`).  An engine is an object with a ``routes()``
+list, and every handler goes through ``_request.endpoint`` for the token,
+the policy check and the audit event.
 
 A pure-ASGI middleware runs first: it normalises the path once (see
 :func:`.policies.normalise`) and writes the result back into the scope, so
@@ -30,10 +32,9 @@ from . import auth, sysroutes
 from ._backend import backend_for
 from ._request import VPATH, audit_unrouted
 from .errors import HTTPError
-from .kv import KVEngine
+from .mounts import MountDispatcher, MountTable, builtin_mounts, sys_routes
 from .policies import BadPathError, normalise
 from .ratelimit import SourceBudgetMiddleware
-from .transit import TransitEngine
 
 #: How much of a refused body is read and dropped before answering 413.
 DRAIN_LIMIT = 16 * 1024 * 1024
@@ -143,19 +144,17 @@ def create_app(
         config = vault.config
     server = config.server
     routes: list[BaseRoute] = [
-        Mount("/v1/sys", routes=sysroutes.routes()),
+        Mount("/v1/sys", routes=[*sys_routes(), *sysroutes.routes()]),
         Mount("/v1/auth/token", routes=auth.routes()),
+        *(extra_routes or []),
+        Mount("/v1", app=MountDispatcher()),  # every other mount: the longest prefix in the mount table
     ]
-    for mount, keyring in server.kv_mounts.items():
-        routes.append(Mount(f"/v1/{mount}", routes=KVEngine(mount, keyring).routes()))
-    for mount in server.transit_mounts:
-        routes.append(Mount(f"/v1/{mount}", routes=TransitEngine(mount).routes()))
-    routes.extend(extra_routes or [])
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed}, lifespan=lifespan)
     if vault is not None:
         app.state.backend = backend_for(vault, config)
     app.state.request_timeout = server.request_timeout.total_seconds()
     app.state.kv_mounts = dict(server.kv_mounts)
+    app.state.mounts = MountTable(builtin_mounts(server))
     app.add_middleware(VaultPathMiddleware, max_body=server.max_request_size)
     app.add_middleware(SourceBudgetMiddleware)  # outside: a spent budget is refused before any work
     return app

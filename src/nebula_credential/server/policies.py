@@ -172,3 +172,20 @@ class ACL:
 
     def allows(self, path: str, capability: str) -> bool:
         return capability in self.capabilities(path)
+
+    def grants_under(self, prefix: str) -> bool:
+        """True when some rule grants a capability on a path under ``prefix`` (``secret/``): Vault's
+        check before it tells a token about a mount (``sys/internal/ui/mounts``)."""
+        if self.root:
+            return True
+        for rule in self._rules:
+            if not rule.capabilities or "deny" in rule.capabilities:
+                continue
+            pattern = rule.pattern
+            literal = re.split(r"[*+]", pattern, maxsplit=1)[0]
+            if literal != pattern:  # a glob: its fixed start and the prefix must agree
+                if literal.startswith(prefix) or prefix.startswith(literal):
+                    return True
+            elif pattern.startswith(prefix):
+                return True
+        return False

@@ -1,4 +1,4 @@
-"""``/v1/sys/*``: health, seal status, ACL policies, capabilities, the mount table clients probe.
+"""``/v1/sys/*``: health, seal status, ACL policies, capabilities (the mount table is :mod:`.mounts`).
 
 The node answers as Vault's unsealed, initialised, single active node: there
 is nothing to seal (keys stay behind the provider) and no cluster, so the
@@ -14,11 +14,12 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
 from .._version import __version__
 from ._request import VPATH, Ctx, endpoint, read_json
 from .errors import HTTPError, bad_request
+from .mounts import table_of
 from .openapi import document
 from .policies import BUILTIN, ROOT_POLICY, check_name
 
@@ -256,39 +257,12 @@ async def audit_change(request: Request, ctx: Ctx) -> Response:
                       "audited to the store's hash-chained trail, which is always on")
 
 
-async def ui_mounts(request: Request, ctx: Ctx) -> Response:
-    """What the ``vault``/``bao`` CLI asks before a ``kv`` command: which engine serves a path."""
-    ctx.operation = "read"
-    path = str(request.path_params.get("path", ""))
-    mount = path.split("/", 1)[0]
-    if mount not in request.app.state.kv_mounts:
-        raise HTTPError(403, "preflight capability check returned 403, please ensure client's policies "
-                        "grant access to path \"" + path + "/\"")
-    return ctx.reply({
-        "path": mount + "/",
-        "type": "kv",
-        "description": f"KV v2 over keyring {request.app.state.kv_mounts[mount]}",
-        "options": {"version": "2"},
-        "accessor": f"kv_{mount}",
-        "local": False,
-        "seal_wrap": False,
-        "external_entropy_access": False,
-        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": False},
-        "plugin_version": "",
-        "running_plugin_version": "",
-        "uuid": "",
-    })
-
-
 # ---- what the mount table does not route -------------------------------------------------
 def not_found_message(request: Request) -> str:
     """Vault's words for a 404: ``unsupported path`` inside a mount, ``no handler for route`` outside."""
     vpath = str(request.scope.get(VPATH, request.url.path.removeprefix("/v1/")))
-    for route in request.app.routes:
-        if isinstance(route, Mount) and route.path.startswith("/v1/"):
-            prefix = route.path[4:]
-            if vpath == prefix or vpath.startswith(prefix + "/"):
-                return "unsupported path"
+    if vpath == "sys" or vpath.startswith("sys/") or table_of(request).find(vpath) is not None:
+        return "unsupported path"
     return f'no handler for route "{vpath[:200]}". route entry not found.'
 
 
@@ -299,7 +273,6 @@ def routes() -> list[BaseRoute]:
         Route("/leader", endpoint(leader, authenticated=False), methods=["GET"]),
         Route("/init", endpoint(init, authenticated=False), methods=["GET", "PUT", "POST"]),
         Route("/internal/specs/openapi", endpoint(openapi, authenticated=False), methods=["GET"]),
-        Route("/internal/ui/mounts/{path:path}", endpoint(ui_mounts), methods=["GET"]),
         Route("/policies/acl", endpoint(policy_list), methods=["LIST"]),
         Route("/policies/acl/{name}", endpoint(policy), methods=["GET", "PUT", "POST", "DELETE"]),
         Route("/policy", endpoint(legacy_policy_list), methods=["GET", "LIST"]),

@@ -3,7 +3,7 @@
 The package's public face: the backend interface (:class:`Store`), the
 transaction interface and its per-family slices (:class:`StoreTx` =
 :class:`MetaTx` + :class:`KeysTx` + :class:`CredentialsTx` +
-:class:`OperationsTx` + :class:`ServerTx`), the records, and
+:class:`OperationsTx` + :class:`ServerTx` + :class:`MountsTx`), the records, and
 :func:`open_store`.  Code outside the package imports from here, never
 from a module inside it.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 from ..exceptions import ConfigError
 from ._schema import SCHEMA_VERSION
 from .base import Store, redact_url
-from .records import AuditRow, BackupRecord, CredentialPage, Page, TokenRow
+from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, TokenRow
 from .sqlite import SqliteStore, path_from_url, read_file
-from .tx import CredentialsTx, KeysTx, MetaTx, OperationsTx, ServerTx, StoreTx
+from .tx import MOUNTS_GENERATION_META, CredentialsTx, KeysTx, MetaTx, MountsTx, OperationsTx, ServerTx, StoreTx
 
 
 def read_file_copy(path: Path) -> AbstractContextManager[StoreTx]:
@@ -54,6 +54,7 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
 
 
 __all__ = [
+    "MOUNTS_GENERATION_META",
     "SCHEMA_VERSION",
     "AuditRow",
     "BackupRecord",
@@ -61,6 +62,8 @@ __all__ = [
     "CredentialsTx",
     "KeysTx",
     "MetaTx",
+    "MountRow",
+    "MountsTx",
     "OperationsTx",
     "Page",
     "ServerTx",

@@ -15,13 +15,13 @@ from ..exceptions import StoreError
 from ._sql_base import SqlBase
 from .tx import MetaTx
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 8
 
 
 def all_migrations(blob: str, real: str) -> list[list[str]]:
     """Every migration in order, for a dialect's binary and floating-point type names."""
     return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
-            schema_v5_key_access()]
+            schema_v5_key_access(), schema_v6_placeholder(), schema_v7_placeholder(), schema_v8_mounts(real)]
 
 
 class MetaSql(SqlBase, MetaTx):
@@ -199,3 +199,37 @@ def schema_v4_server(real: str) -> list[str]:
         f"updated_at {real} NOT NULL)",
     ]
 
+
+
+# v6/v7: placeholder until merged (v6: KV version history, v7: token columns and row MACs,
+# written on other branches); the lead replaces these two with the real migrations.
+def schema_v6_placeholder() -> list[str]:
+    """v6: placeholder until merged."""
+    return []
+
+
+def schema_v7_placeholder() -> list[str]:
+    """v7: placeholder until merged."""
+    return []
+
+
+def schema_v8_mounts(real: str) -> list[str]:
+    """Version 8: the HTTP server's mount table (secrets engines and auth methods enabled at runtime).
+
+    ``kind`` is ``secret`` or ``auth``; a path is unique within its kind
+    (``sys/mounts/kv1`` and ``sys/auth/kv1`` are different mounts, as in Vault).
+    """
+    return [f"""CREATE TABLE IF NOT EXISTS server_mounts (
+            kind TEXT NOT NULL,
+            path TEXT NOT NULL,
+            type TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            accessor TEXT NOT NULL UNIQUE,
+            uuid TEXT NOT NULL,
+            options TEXT NOT NULL DEFAULT '{{}}',
+            config TEXT NOT NULL DEFAULT '{{}}',
+            keyring TEXT NOT NULL DEFAULT '',
+            created_at {real} NOT NULL,
+            PRIMARY KEY (kind, path),
+            CHECK (kind IN ('secret', 'auth'))
+        )"""]

@@ -63,6 +63,28 @@ class BackupRecord:
     manifest: str  # canonical JSON
 
 
+@dataclass(frozen=True, slots=True)
+class MountRow:
+    """One runtime mount of the HTTP server: a secrets engine (``kind`` "secret") at ``path``,
+    or an auth method (``kind`` "auth") at ``auth/<path>``.
+
+    ``options`` and ``config`` are Vault's JSON objects as given at enable
+    and tune time; ``keyring`` is the keyring the engine keeps its data in
+    (empty for engines that name their own, as Transit's per-key keyrings).
+    """
+
+    path: str
+    kind: str
+    type: str
+    description: str
+    accessor: str
+    uuid: str
+    options: dict[str, Any] | None
+    config: dict[str, Any]
+    keyring: str
+    created_at: float
+
+
 class Page(list[T], Generic[T]):
     """One page of decoded rows, with the corrupt ones set aside (see :class:`CredentialPage`)."""
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ..models import EncryptedCredential, KeyStatus, KeyVersion
-from .records import AuditRow, BackupRecord, CredentialPage, Page, TokenRow
+from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, TokenRow
 
 
 class MetaTx(ABC):
@@ -376,7 +376,38 @@ class ServerTx(ABC):
     def policy_delete(self, name: str) -> bool: ...
 
 
-class StoreTx(MetaTx, KeysTx, CredentialsTx, OperationsTx, ServerTx):
+class MountsTx(ABC):
+    """The HTTP server's mount table (secrets engines and auth methods enabled at runtime).
+
+    Every change also bumps the table's generation in ``meta``
+    (:data:`MOUNTS_GENERATION_META`), in the same transaction, so another
+    process notices it by reading one row.
+    """
+
+    @abstractmethod
+    def mount_list(self) -> list[MountRow]: ...
+
+    @abstractmethod
+    def mount_get(self, kind: str, path: str) -> MountRow | None: ...
+
+    @abstractmethod
+    def mount_insert(self, row: MountRow) -> None: ...
+
+    @abstractmethod
+    def mount_update(self, row: MountRow) -> bool: ...
+
+    @abstractmethod
+    def mount_delete(self, kind: str, path: str) -> bool: ...
+
+    @abstractmethod
+    def mount_generation(self) -> int: ...
+
+
+#: Meta row holding the mount table's generation, bumped with every change to it.
+MOUNTS_GENERATION_META = "server.mounts.generation"
+
+
+class StoreTx(MetaTx, KeysTx, CredentialsTx, OperationsTx, ServerTx, MountsTx):
     """Queries inside one transaction, every table family. Obtain from :meth:`.base.Store.transaction`."""
 
     def put_credential_checked(
