@@ -85,10 +85,10 @@ class RowMac:
         self._lock: AbstractContextManager[Any] = lock if lock is not None else threading.Lock()
 
     @classmethod
-    def from_key(cls, key: bytes) -> RowMac:
-        """A MAC helper over a key already in hand (tests, tools)."""
+    def from_key(cls, key: bytes | SecretBytes) -> RowMac:
+        """A MAC helper over a key already unwrapped (``doctor``, tests): it never creates one."""
         made = cls(lambda: None, None, ROW_MAC_KEY)  # type: ignore[arg-type]
-        made._key = SecretBytes(bytes(key))
+        made._key = key if isinstance(key, SecretBytes) else SecretBytes(bytes(key))
         return made
 
     def _raw(self) -> bytes:

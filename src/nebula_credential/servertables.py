@@ -18,7 +18,35 @@ from .store import TokenRow
 
 T = TypeVar("T")
 
-__all__ = ["ServerTables", "ServerTx", "TokenRow"]
+__all__ = ["POLICY_TABLE", "ROLE_TABLE", "TOKEN_TABLE", "ServerTables", "ServerTx", "TokenRow", "policy_mac_fields",
+           "role_mac_fields", "token_mac_fields"]
+
+#: The tables whose rows carry a MAC (``rowmac``), as the MAC binds them.
+TOKEN_TABLE = "server_tokens"  # noqa: S105 - a table name
+POLICY_TABLE = "server_policies"
+ROLE_TABLE = "server_token_roles"
+
+
+def token_mac_fields(row: TokenRow) -> dict[str, Any]:
+    """Every field of a token row that decides what it may do, for its MAC (all but the MAC)."""
+    return {
+        "token_hash": row.token_hash, "parent": row.parent, "policies": list(row.policies),
+        "display_name": row.display_name, "meta": dict(row.meta), "created_at": row.created_at,
+        "expires_at": row.expires_at, "max_expires_at": row.max_expires_at, "ttl": row.ttl,
+        "renewable": row.renewable, "num_uses": row.num_uses, "period": row.period,
+        "explicit_max_ttl": row.explicit_max_ttl, "token_type": row.token_type, "role": row.role,
+        "path": row.path,
+    }
+
+
+def policy_mac_fields(name: str, body: str) -> dict[str, Any]:
+    """A policy row's MAC'd fields: its name and text."""
+    return {"name": name, "body": body}
+
+
+def role_mac_fields(body: str) -> dict[str, Any]:
+    """A token role row's MAC'd fields: its canonical JSON body (every setting)."""
+    return {"body": body}
 
 
 class ServerTx(Protocol):

@@ -14,16 +14,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 from ..rowmac import RowMac
-from ..servertables import ServerTables, ServerTx
+from ..servertables import POLICY_TABLE, ServerTables, ServerTx, policy_mac_fields
 from .policies import BUILTIN, DEFAULT_POLICY, DEFAULT_POLICY_TEXT, PolicyError, parse
 
-TABLE = "server_policies"
+TABLE = POLICY_TABLE
 #: Called with (table, primary key, reason) for every row refused.
 RejectHook = Callable[[str, str, str], None]
-
-
-def policy_mac_fields(name: str, body: str) -> dict[str, str]:
-    return {"name": name, "body": body}
 
 
 class PolicyStore:

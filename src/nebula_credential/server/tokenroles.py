@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..rowmac import RowMac
-from ..servertables import ServerTables
+from ..servertables import ROLE_TABLE, ServerTables, role_mac_fields
 from .policies import DEFAULT_POLICY, ROOT_POLICY, check_name
 from .tokens import TokenError
 
-TABLE = "server_token_roles"
+TABLE = ROLE_TABLE
 RejectHook = Callable[[str, str, str], None]
 Durations = Callable[[dict[str, Any], str], "timedelta | None"]
 _FIELDS = frozenset({
@@ -142,7 +142,7 @@ class TokenRoles:
         if found is None:
             return None
         body, mac = found
-        if not self.rowmac.verify(TABLE, (name,), {"body": body}, mac):
+        if not self.rowmac.verify(TABLE, (name,), role_mac_fields(body), mac):
             if self.on_reject is not None:
                 self.on_reject(TABLE, name, "MAC mismatch" if mac else "missing MAC")
             return None
@@ -196,7 +196,7 @@ class TokenRoles:
             doc["path_suffix"] = str(body["path_suffix"])[:128]
         role = Role.from_json(doc)
         text = json.dumps(role.to_json(), sort_keys=True)
-        mac = self.rowmac.mac(TABLE, (name,), {"body": text})
+        mac = self.rowmac.mac(TABLE, (name,), role_mac_fields(text))
         self._tables.run(lambda tx: tx.role_put(name, text, self._clock(), mac))
         return role
 
@@ -208,6 +208,6 @@ class TokenRoles:
         with self._tables.read() as tx:
             for name in tx.role_list():
                 found = tx.role_get(name)
-                if found is not None and not self.rowmac.verify(TABLE, (name,), {"body": found[0]}, found[1]):
+                if found is not None and not self.rowmac.verify(TABLE, (name,), role_mac_fields(found[0]), found[1]):
                     bad.append(name)
         return bad

@@ -32,7 +32,7 @@ from ..exceptions import NebulaCredentialError
 from ..models import to_epoch, utc_now
 from ..rootwrapped import SERVER_TOKEN_KEY, KeyProvider, MetaTx
 from ..rowmac import RowMac
-from ..servertables import ServerTables, ServerTx, TokenRow
+from ..servertables import TOKEN_TABLE, ServerTables, ServerTx, TokenRow, token_mac_fields
 from .policies import DEFAULT_POLICY, ROOT_POLICY, check_name
 
 TOKEN_PREFIX = "ncs."  # noqa: S105 - a prefix, not a secret
@@ -64,22 +64,10 @@ def looks_like_token(value: str) -> bool:
     return value.startswith(TOKEN_PREFIX) and 40 <= len(value) <= 64
 
 
-TABLE = "server_tokens"
+TABLE = TOKEN_TABLE
 #: Called with (table, primary key, reason) for every row refused.
 RejectHook = Callable[[str, str, str], None]
 _MAX_DEPTH = 64
-
-
-def token_mac_fields(row: TokenRow) -> dict[str, Any]:
-    """Every field of a token row that decides what it may do, for its MAC (all but the MAC)."""
-    return {
-        "token_hash": row.token_hash, "parent": row.parent, "policies": list(row.policies),
-        "display_name": row.display_name, "meta": dict(row.meta), "created_at": row.created_at,
-        "expires_at": row.expires_at, "max_expires_at": row.max_expires_at, "ttl": row.ttl,
-        "renewable": row.renewable, "num_uses": row.num_uses, "period": row.period,
-        "explicit_max_ttl": row.explicit_max_ttl, "token_type": row.token_type, "role": row.role,
-        "path": row.path,
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,11 +302,9 @@ class TokenManager:
                     return True
             return False
 
-        if not self._tables.run(spend):
-            self._forget(row.token_hash)
-            return None
+        spent = self._tables.run(spend)
         self._forget(row.token_hash)
-        return row
+        return replace(row, num_uses=row.num_uses - 1) if spent else None  # as Vault shows it: uses left
 
     def live(self, row: TokenRow, now: float | None = None) -> bool:
         return row.expires_at is None or row.expires_at > (self._now() if now is None else now)
