@@ -113,6 +113,15 @@ class Backend:
         await self.report_rejections()
         return row
 
+    async def peek(self, token: str) -> TokenRow | None:
+        """The live row of a token without spending a use (auditing an answer no endpoint gave)."""
+        known, row = self.tokens.cached(token)
+        if known:
+            return row
+        row = await self.run(self.tokens.lookup, token)
+        await self.report_rejections()
+        return row
+
     async def report_rejections(self) -> None:
         """Audit the rows refused for a failed MAC since the last call (see :mod:`.acl`)."""
         if self.access.rejections:
