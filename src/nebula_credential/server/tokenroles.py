@@ -96,7 +96,7 @@ class Role:
 def role_json(role: Role) -> dict[str, Any]:
     """Vault's role read shape."""
     doc = role.to_json()
-    return {
+    found = {
         "allowed_entity_aliases": None,
         "allowed_policies": doc["allowed_policies"],
         "allowed_policies_glob": [],
@@ -108,13 +108,14 @@ def role_json(role: Role) -> dict[str, Any]:
         "path_suffix": role.path_suffix,
         "period": doc["period"],
         "renewable": role.renewable,
-        "token_bound_cidrs": [],
         "token_explicit_max_ttl": doc["explicit_max_ttl"],
         "token_no_default_policy": role.no_default_policy,
-        "token_num_uses": role.num_uses,
         "token_period": doc["period"],
         "token_type": role.token_type,
     }
+    if role.num_uses:
+        found["token_num_uses"] = role.num_uses
+    return found
 
 
 def _names(value: Any, field: str) -> tuple[str, ...]:
