@@ -188,3 +188,12 @@ def test_token_roles(root: hvac.Client, server: Server) -> None:
     root.auth.token.delete_role("app")
     with pytest.raises(exceptions.InvalidPath):
         root.auth.token.read_role("app")
+    # no allowed_policies: the parent's policies bound the token, minus the disallowed ones
+    root.auth.token.create_or_update_role("open", disallowed_policies=["health"], renewable=False)
+    made = root.auth.token.create(role_name="open", policies=["reader"])["auth"]
+    assert made["policies"] == ["default", "reader"] and made["renewable"] is False and made["orphan"] is False
+    with pytest.raises(exceptions.InvalidRequest, match="disallowed"):
+        root.auth.token.create(role_name="open", policies=["health"])
+    with server.http(server.root) as c:
+        refused = c.post("/v1/auth/token/roles/batchy", json={"token_type": "batch"})
+    assert refused.status_code == 400 and "batch" in refused.json()["errors"][0]

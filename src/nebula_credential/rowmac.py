@@ -54,9 +54,9 @@ def _norm(value: Any) -> Any:
         return {"b": value}
     if isinstance(value, int | float):
         return {"n": float(value).hex()}
-    if isinstance(value, Mapping):
+    if isinstance(value, dict | Mapping):
         return {str(k): _norm(v) for k, v in value.items()}
-    if isinstance(value, Sequence):
+    if isinstance(value, list | tuple | Sequence):
         return [_norm(v) for v in value]
     raise TypeError(f"a row field of type {type(value).__name__} has no canonical form")
 
