@@ -157,6 +157,7 @@ class TokenManager:
         role: str = "",
         path: str = "auth/token/create",
         check_subset: bool = True,
+        token: str | None = None,
     ) -> tuple[str, TokenRow]:
         """A new token and its row; the token itself is returned here once and never stored.
 
@@ -164,8 +165,11 @@ class TokenManager:
         non-root token gets a subset of its parent's policies (unless a role
         allows otherwise, ``check_subset=False``); it may outlive its parent
         on paper, as in Vault, but dies with it: a token whose parent chain
-        holds an expired or revoked token is refused at lookup.
+        holds an expired or revoked token is refused at lookup.  ``token`` fixes the token
+        itself (``serve --dev --dev-root-token-id``); it must look like one of ours.
         """
+        if token is not None and not looks_like_token(token):
+            raise TokenError(f"a token must start with {TOKEN_PREFIX} and be 40-64 characters long")
         if token_type != "service":  # noqa: S105
             raise TokenError("only service tokens are supported here (type=batch is refused)")
         if num_uses < 0:
@@ -195,7 +199,7 @@ class TokenManager:
         if granted <= 0:
             raise TokenError("ttl must be positive")
         expires = now + granted if max_expires is None else min(now + granted, max_expires)
-        token = TOKEN_PREFIX + _b64(secrets.token_bytes(32))
+        token = token or TOKEN_PREFIX + _b64(secrets.token_bytes(32))
         row = self.sign(TokenRow(
             accessor=_b64(secrets.token_bytes(18)),
             token_hash=self.hash(token),
