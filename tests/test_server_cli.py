@@ -54,7 +54,7 @@ def test_policy_commands(cli, tmp_path: Path) -> None:  # type: ignore[no-untype
     good.write_text('path "secret/data/app/*" { capabilities = ["read"] }\n')
     assert cli("policy", "write", "App", str(good)).returncode == 0  # names are lower-cased, as Vault does
     assert cli("policy", "read", "app").stdout.strip() == good.read_text().strip()
-    assert json.loads(cli("--json", "policy", "list").stdout)["policies"] == ["app", "root"]
+    assert json.loads(cli("--json", "policy", "list").stdout)["policies"] == ["app", "default", "root"]
     bad = tmp_path / "bad.hcl"
     bad.write_text('path "secret/*" { capabilities = ["read"] allowed_parameters = { "x" = [] } }\n')
     assert "unsupported setting" in error_line(cli("policy", "write", "bad", str(bad)))

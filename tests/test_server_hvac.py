@@ -70,10 +70,11 @@ def test_cas_conflict(root: hvac.Client) -> None:
 def test_tokens(root: hvac.Client, server: Server) -> None:
     root.sys.create_or_update_acl_policy("reader", 'path "secret/data/app/*" { capabilities = ["read"] }')
     child = root.auth.token.create(policies=["reader"], ttl="1h")["auth"]
-    assert root.auth.token.lookup_accessor(child["accessor"])["data"]["policies"] == ["reader"]
+    # Vault attaches its built-in default policy to every token unless no_default_policy
+    assert root.auth.token.lookup_accessor(child["accessor"])["data"]["policies"] == ["default", "reader"]
     client = server.hvac(child["client_token"])
     me = client.auth.token.lookup_self()["data"]
-    assert me["policies"] == ["reader"] and me["accessor"] == child["accessor"] and 3500 < me["ttl"] <= 3600
+    assert me["policies"] == ["default", "reader"] and me["accessor"] == child["accessor"] and 3500 < me["ttl"] <= 3600
     assert client.auth.token.renew_self(increment="2h")["auth"]["lease_duration"] > 3600
     assert client.secrets.kv.v2.read_secret_version("app/db", raise_on_deleted_version=True)
     with pytest.raises(exceptions.Forbidden):

@@ -234,7 +234,7 @@ def test_denied_writes_change_nothing_and_are_audited(server: Server, tokens: di
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in out.stdout.splitlines()]
     accessor = json.loads(server.cli("--json", "token", "list").stdout)["tokens"]
-    reader = {t["accessor"] for t in accessor if t["policies"] == ["reader"]}
+    reader = {t["accessor"] for t in accessor if t["policies"] == ["default", "reader"]}  # Vault attaches default
     denied = [e for e in events if e["action"] == "server.denied"]
     assert denied and {e["details"]["accessor"] for e in denied[-3:]} <= reader
     assert all(e["outcome"] == "denied" for e in denied)

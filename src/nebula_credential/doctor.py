@@ -22,6 +22,15 @@ from .fingerprint import PROVIDER_META
 from .models import KeyStatus, utc_now
 from .opening import provider_config_for
 from .providers import KeyProvider, open_provider
+from .rowmac import ROW_MAC_KEY, RowMac
+from .servertables import (
+    POLICY_TABLE,
+    ROLE_TABLE,
+    TOKEN_TABLE,
+    policy_mac_fields,
+    role_mac_fields,
+    token_mac_fields,
+)
 from .store import SCHEMA_VERSION, Store, open_store
 from .transit.settings import settings_of as transit_settings
 from .vault import LEGACY_FALLBACKS_META, LEGACY_LAST_META
@@ -413,6 +422,43 @@ def check_backup_registry(store: Store, provider: KeyProvider) -> list[Finding]:
     ]
 
 
+def check_rows(store: Store, provider: KeyProvider) -> list[Finding]:
+    """Token, policy and token-role rows whose MAC does not verify (edited in the database, or
+    written before schema v7): the server refuses them; doctor names them."""
+    with store.read() as tx:
+        if not tx.has_table(ROLE_TABLE):  # type: ignore[attr-defined]
+            return []
+        raw = tx.get_meta(ROW_MAC_KEY.meta_key)
+        tokens = tx.token_list()
+        policies = [(name, tx.policy_get_signed(name)) for name in tx.policy_list()]
+        roles = [(name, tx.role_get(name)) for name in tx.role_list()]
+    if not tokens and not policies and not roles:
+        return []
+    try:
+        mac = RowMac.from_key(provider.unwrap(bytes.fromhex(raw), ROW_MAC_KEY.context)) if raw else None
+    except NebulaCredentialError as exc:
+        return [Finding("rows", ERROR, f"the root key does not open the row MAC key: {exc}",
+                        "use the root key this store was created with")]
+    bad: list[str] = []
+    for row in tokens:
+        if mac is None or not mac.verify(TOKEN_TABLE, (row.accessor,), token_mac_fields(row), row.mac):
+            bad.append(f"{TOKEN_TABLE} accessor {row.accessor}")
+    for name, found in policies:
+        if found is not None and (mac is None or not mac.verify(POLICY_TABLE, (name,),
+                                                                 policy_mac_fields(name, found[0]), found[1])):
+            bad.append(f"{POLICY_TABLE} {name!r}")
+    for name, got in roles:
+        if got is not None and (mac is None or not mac.verify(ROLE_TABLE, (name,), role_mac_fields(got[0]), got[1])):
+            bad.append(f"{ROLE_TABLE} {name!r}")
+    if not bad:
+        return [Finding("rows", OK, f"{len(tokens)} token, {len(policies)} policy and {len(roles)} role row(s) "
+                                    "authenticated")]
+    shown = "; ".join(bad[:5]) + (f" ... ({len(bad)} in all)" if len(bad) > 5 else "")
+    return [Finding("rows", ERROR, f"{len(bad)} row(s) that grant access fail their MAC and are refused: {shown}",
+                    "a database writer edited them, or they predate schema v7: revoke and re-create those "
+                    "tokens (`token create`), re-write those policies (`policy write`) and roles")]
+
+
 def run(
     url: str, config: KeyManagementConfig | None = None, *, clock: Callable[[], datetime] = utc_now
 ) -> list[Finding]:
@@ -439,6 +485,7 @@ def run(
             else:
                 findings += check_audit(store, provider)
                 findings += check_backup_registry(store, provider)
+                findings += check_rows(store, provider)
             provider.close()
         return findings
     finally:

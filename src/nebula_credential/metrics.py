@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._extras import require
 from .models import KeyStatus, to_epoch
+from .rowmac import AUTHENTICATED_TABLES, rejected_action
 
 if TYPE_CHECKING:
     from .vault import Vault
@@ -204,10 +205,21 @@ class MetricsExporter:
                     "Failed credential reads by every process, per key version (store counters)",
                     labels=["keyring", "version"],
                 )
+                # Rows that grant access refused for a failed MAC (audited by every server process:
+                # alert NebulaCredentialRowsRejected in deploy/prometheus-rules.yml).
+                rejected = CounterMetricFamily(
+                    "nebula_credential_rows_rejected",
+                    "Token, policy and role rows refused because their MAC failed (edited in the database)",
+                    labels=["table"],
+                )
                 for v in exporter._vaults:
                     v.access.flush()
                 with exporter._vaults[0].store.read() as tx:
                     totals = tx.key_access_totals()
+                    row_counts = tx.audit_counts([rejected_action(t) for t in AUTHENTICATED_TABLES])
+                for table in AUTHENTICATED_TABLES:
+                    rejected.add_metric([table], sum(n for (a, _), n in row_counts.items()
+                                                     if a == rejected_action(table)))
                 for (keyring, version), (n_reads, n_failed) in sorted(totals.items()):
                     reads.add_metric([keyring, str(version)], n_reads)
                     failed.add_metric([keyring, str(version)], n_failed)
@@ -231,7 +243,7 @@ class MetricsExporter:
                     errors.add_metric([s.keyring], s.key_access_errors)
                     for version, n in sorted(s.credentials_per_version.items()):
                         per.add_metric([s.keyring, str(version)], n)
-                yield from (active, rot, prog, age, per, pending, errors, reads, failed, head)
+                yield from (active, rot, prog, age, per, pending, errors, reads, failed, head, rejected)
                 by_status = GaugeMetricFamily(
                     "nebula_credential_key_versions", "Key versions by lifecycle status", labels=["keyring", "status"]
                 )

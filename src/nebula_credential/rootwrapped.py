@@ -22,7 +22,8 @@ from ._secret import SecretBytes
 from .providers.base import KeyProvider, WrapContext
 
 #: Re-exported: the type of what wraps these secrets, for their users above the facade.
-__all__ = ["SERVER_TOKEN_KEY", "KeyProvider", "MetaTx", "RootWrapped", "register", "registered", "rewrap_all"]
+__all__ = ["ROW_MAC_KEY", "SERVER_TOKEN_KEY", "KeyProvider", "MetaTx", "RootWrapped", "register", "registered",
+           "rewrap_all"]
 
 
 class MetaTx(Protocol):
@@ -95,3 +96,6 @@ def rewrap_all(tx: MetaTx, provider: KeyProvider) -> list[str]:
 #: The HTTP server's token-hashing key (see ``server/tokens.py``).
 SERVER_TOKEN_KEY = register(RootWrapped("server_token_key", WrapContext("__server__", 1, "server-tokens"),
                                         lock="(server key)"))
+
+#: The key of the MACs on the rows that grant access (tokens, policies, token roles; see ``rowmac.py``).
+ROW_MAC_KEY = register(RootWrapped("row_mac_key", WrapContext("__server__", 1, "row-mac"), lock="(row mac key)"))

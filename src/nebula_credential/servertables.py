@@ -1,4 +1,4 @@
-"""The narrow store interface of the HTTP server's own tables (tokens, policies, its key).
+"""The narrow store interface of the HTTP server's own tables (tokens, policies, roles, its keys).
 
 The server and console sit above the :class:`~.vault.Vault` facade and never
 import the store.  Their token and policy repositories need a handful of
@@ -18,7 +18,35 @@ from .store import TokenRow
 
 T = TypeVar("T")
 
-__all__ = ["ServerTables", "ServerTx", "TokenRow"]
+__all__ = ["POLICY_TABLE", "ROLE_TABLE", "TOKEN_TABLE", "ServerTables", "ServerTx", "TokenRow", "policy_mac_fields",
+           "role_mac_fields", "token_mac_fields"]
+
+#: The tables whose rows carry a MAC (``rowmac``), as the MAC binds them.
+TOKEN_TABLE = "server_tokens"  # noqa: S105 - a table name
+POLICY_TABLE = "server_policies"
+ROLE_TABLE = "server_token_roles"
+
+
+def token_mac_fields(row: TokenRow) -> dict[str, Any]:
+    """Every field of a token row that decides what it may do, for its MAC (all but the MAC)."""
+    return {
+        "token_hash": row.token_hash, "parent": row.parent, "policies": list(row.policies),
+        "display_name": row.display_name, "meta": dict(row.meta), "created_at": row.created_at,
+        "expires_at": row.expires_at, "max_expires_at": row.max_expires_at, "ttl": row.ttl,
+        "renewable": row.renewable, "num_uses": row.num_uses, "period": row.period,
+        "explicit_max_ttl": row.explicit_max_ttl, "token_type": row.token_type, "role": row.role,
+        "path": row.path,
+    }
+
+
+def policy_mac_fields(name: str, body: str) -> dict[str, Any]:
+    """A policy row's MAC'd fields: its name and text."""
+    return {"name": name, "body": body}
+
+
+def role_mac_fields(body: str) -> dict[str, Any]:
+    """A token role row's MAC'd fields: its canonical JSON body (every setting)."""
+    return {"body": body}
 
 
 class ServerTx(Protocol):
@@ -39,19 +67,33 @@ class ServerTx(Protocol):
 
     def token_list(self) -> list[TokenRow]: ...
 
-    def token_set_expiry(self, accessor: str, expires_at: float | None) -> bool: ...
+    def token_set_expiry(self, accessor: str, expires_at: float | None, mac: str = "") -> bool: ...
+
+    def token_set_parent(self, accessor: str, parent: str | None, mac: str) -> bool: ...
+
+    def token_spend(self, accessor: str, old_uses: int, new_uses: int, old_mac: str, new_mac: str) -> bool: ...
 
     def token_delete(self, accessors: Sequence[str]) -> int: ...
 
     def token_children(self, accessor: str) -> list[str]: ...
 
-    def policy_put(self, name: str, body: str, now: datetime) -> None: ...
+    def policy_put(self, name: str, body: str, now: datetime, mac: str = "") -> None: ...
 
     def policy_get(self, name: str) -> str | None: ...
+
+    def policy_get_signed(self, name: str) -> tuple[str, str] | None: ...
 
     def policy_list(self) -> list[str]: ...
 
     def policy_delete(self, name: str) -> bool: ...
+
+    def role_put(self, name: str, body: str, now: datetime, mac: str) -> None: ...
+
+    def role_get(self, name: str) -> tuple[str, str] | None: ...
+
+    def role_list(self) -> list[str]: ...
+
+    def role_delete(self, name: str) -> bool: ...
 
 
 class ServerTables(Protocol):

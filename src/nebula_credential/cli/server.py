@@ -28,10 +28,10 @@ def _tokens(app: AppContext):  # type: ignore[no-untyped-def]
 
 
 def _policies(app: AppContext):  # type: ignore[no-untyped-def]
-    from ..server.policystore import PolicyStore
+    from ..server.acl import policy_store_for
 
     vault = app.vault()
-    return vault, PolicyStore(vault.server_tables(), vault.clock)
+    return vault, policy_store_for(vault)
 
 
 @click.command()

@@ -25,7 +25,8 @@ from ..models import Credential, EncryptedCredential
 from ..servertables import TokenRow
 from ..vault import Vault
 from .acl import AccessControl, access_control_for
-from .policies import ACL, BUILTIN
+from .policies import ACL
+from .tokenroles import TokenRoles
 from .tokens import TokenManager
 
 T = TypeVar("T")
@@ -49,6 +50,8 @@ class Backend:
         self.vault = vault
         self.access = access
         self.tokens: TokenManager = access.tokens
+        assert access.roles is not None
+        self.roles: TokenRoles = access.roles
         self.audit_reads = audit_reads
         self._vaults: dict[str, Vault] = {vault.keyring_name: vault}
         self._lock = threading.Lock()
@@ -102,21 +105,45 @@ class Backend:
 
     # ---- tokens and policies --------------------------------------------------
     async def lookup(self, token: str) -> TokenRow | None:
+        """The live row of the request's token, spending one use of a use-limited token."""
         known, row = self.tokens.cached(token)
-        return row if known else await self.run(self.tokens.lookup, token)
+        if known:
+            return row
+        row = await self.run(self.tokens.use, token)
+        await self.report_rejections()
+        return row
+
+    async def peek(self, token: str) -> TokenRow | None:
+        """The live row of a token without spending a use (auditing an answer no endpoint gave)."""
+        known, row = self.tokens.cached(token)
+        if known:
+            return row
+        row = await self.run(self.tokens.lookup, token)
+        await self.report_rejections()
+        return row
+
+    async def report_rejections(self) -> None:
+        """Audit the rows refused for a failed MAC since the last call (see :mod:`.acl`)."""
+        if self.access.rejections:
+            await self.write(self.access.report_rejections)
 
     async def acl(self, policies: tuple[str, ...]) -> ACL:
         """The combined ACL of a token's policies (see :mod:`.acl`; cached, so mostly no thread hop)."""
         hit = self.access.cached_acl(policies)
-        return hit if hit is not None else await self.run(self.access.acl, policies)
+        if hit is not None:
+            return hit
+        acl = await self.run(self.access.acl, policies)
+        await self.report_rejections()
+        return acl
 
     def forget_policy(self, name: str) -> None:
         self.access.forget_policy(name)
 
     async def policy_get(self, name: str) -> str | None:
-        if name in BUILTIN:
-            return ""
-        return await self.run(self.access.policies.get, name)
+        """A policy's text (the built-in ``default``'s too; ``root`` has none)."""
+        text = await self.run(self.access.policies.get, name)
+        await self.report_rejections()
+        return text
 
     async def policy_put(self, name: str, text: str) -> None:
         await self.write(self.access.policies.put, name, text)  # parses first: refuses what it could not enforce

@@ -314,7 +314,7 @@ async def audit_unrouted(request: Request, response: Response) -> Response:
         if not secret and guard.buckets.empty(source):
             return too_many(guard.buckets.retry_after(source))
         with anyio.fail_after(request.app.state.request_timeout):
-            row = await backend.lookup(secret) if secret else None
+            row = await backend.peek(secret) if secret else None  # no endpoint ran: no use is spent
             if row is None:
                 if guard.floor.low():
                     return low_space()

@@ -6,31 +6,79 @@ their combined :class:`~.policies.ACL` kept as long, so a policy changed
 through another instance takes effect here within ``cache_ttl`` (the same
 bound as a revoked token).  Changes made through this instance are dropped
 from the cache at once (:meth:`AccessControl.forget_policy`).
+
+A stored token, policy or role row whose MAC fails (a database writer
+edited it) grants nothing: it is read as absent, logged, and queued in
+:class:`Rejections`, whose events the server appends to the audit chain
+after the read that found them (:meth:`AccessControl.report_rejections`).
+The built-in ``default`` policy is code (:data:`~.policies.DEFAULT_POLICY_TEXT`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import timedelta
 
+from ..audit import Event
 from ..config import KeyManagementConfig
+from ..rowmac import RowMac, rejected_action
 from ..servertables import TokenRow
 from ..vault import Vault
 from .policies import ACL, ROOT_POLICY, Rule, parse
 from .policystore import PolicyStore
+from .tokenroles import TokenRoles
 from .tokens import TokenManager
+
+log = logging.getLogger(__name__)
 
 _ROOT = ACL([], root=True)
 _ACL_CACHE_MAX = 1000
 
 
-class AccessControl:
-    """Tokens, policies and the caches between them."""
+class Rejections:
+    """Rows refused for a failed MAC, waiting to be audited (each (table, key) at most once per
+    ``every`` seconds, so a forged row looked up in a loop costs one event per interval)."""
 
-    def __init__(self, tokens: TokenManager, policies: PolicyStore, *, cache_ttl: timedelta) -> None:
+    def __init__(self, every: float) -> None:
+        self._every = max(every, 1.0)
+        self._pending: list[tuple[str, str, str]] = []
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def note(self, table: str, key: str, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._seen.get((table, key))
+            if last is not None and now - last < self._every:
+                return
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[(table, key)] = now
+            self._pending.append((table, key, reason))
+        log.warning("refused a row of %s (%s): %s; run nebula-credential doctor", table, key[:64], reason)
+
+    def take(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+
+class AccessControl:
+    """Tokens, policies, token roles and the caches between them."""
+
+    def __init__(self, tokens: TokenManager, policies: PolicyStore, *, cache_ttl: timedelta,
+                 roles: TokenRoles | None = None, rejections: Rejections | None = None,
+                 vault: Vault | None = None) -> None:
         self.tokens = tokens
         self.policies = policies
+        self.roles = roles
+        self.rejections = rejections if rejections is not None else Rejections(cache_ttl.total_seconds())
+        self._vault = vault
         self._cache_ttl = cache_ttl.total_seconds()
         self._rules: dict[str, tuple[float, list[Rule] | None]] = {}
         self._acls: dict[tuple[str, ...], tuple[float, ACL]] = {}
@@ -81,21 +129,52 @@ class AccessControl:
             self._acls.clear()
 
     def authorize(self, token: str) -> tuple[TokenRow, ACL] | None:
-        """A live token's row and ACL; None for an unknown, revoked or expired token."""
-        row = self.tokens.lookup(token)
-        if row is None:
-            return None
-        return row, self.acl(row.policies)
+        """A live token's row and ACL; None for an unknown, revoked, expired or refused token."""
+        try:
+            row = self.tokens.use(token)
+            return None if row is None else (row, self.acl(row.policies))
+        finally:
+            self.report_rejections()
+
+    def report_rejections(self) -> None:
+        """Append a ``server.row_rejected.<table>`` event for every row refused since the last call."""
+        if not self.rejections or self._vault is None:
+            return
+        events = [Event(rejected_action(table), None, None, None, "refused",
+                        {"table": table, "row": key[:128], "reason": reason})
+                  for table, key, reason in self.rejections.take()]
+        if events:
+            self._vault.record_events(events)
 
 
-def token_manager_for(vault: Vault, config: KeyManagementConfig) -> TokenManager:
+def row_mac_for(vault: Vault) -> RowMac:
+    """The MAC helper of the rows that grant access, over ``vault``'s store and provider."""
+    tables = vault.server_tables()
+    return RowMac(tables.transaction, vault.provider, lock=tables.new_lock())
+
+
+def token_manager_for(vault: Vault, config: KeyManagementConfig, rowmac: RowMac | None = None,
+                      rejections: Rejections | None = None) -> TokenManager:
     """The token manager over ``vault``'s server tables, with ``[server]``'s lifetimes."""
     server = config.server
-    return TokenManager(vault.server_tables(), vault.provider, clock=vault.clock, default_ttl=server.default_ttl,
-                        max_ttl=server.max_ttl, cache_ttl=server.cache_ttl)
+    return TokenManager(vault.server_tables(), vault.provider, rowmac=rowmac or row_mac_for(vault), clock=vault.clock,
+                        default_ttl=server.default_ttl, max_ttl=server.max_ttl, cache_ttl=server.cache_ttl,
+                        on_reject=rejections.note if rejections is not None else None)
+
+
+def policy_store_for(vault: Vault, rowmac: RowMac | None = None, rejections: Rejections | None = None) -> PolicyStore:
+    """The policy table over ``vault``'s server tables (the CLI, the API, the console)."""
+    return PolicyStore(vault.server_tables(), vault.clock, rowmac or row_mac_for(vault),
+                       on_reject=rejections.note if rejections is not None else None)
 
 
 def access_control_for(vault: Vault, config: KeyManagementConfig) -> AccessControl:
-    """Token and policy access over ``vault``'s server tables, cached for ``[server] cache_ttl``."""
-    return AccessControl(token_manager_for(vault, config), PolicyStore(vault.server_tables(), vault.clock),
-                         cache_ttl=config.server.cache_ttl)
+    """Token, policy and role access over ``vault``'s server tables, cached for ``[server] cache_ttl``."""
+    rowmac = row_mac_for(vault)
+    rejections = Rejections(config.server.cache_ttl.total_seconds())
+    tables = vault.server_tables()
+    return AccessControl(
+        token_manager_for(vault, config, rowmac, rejections), policy_store_for(vault, rowmac, rejections),
+        cache_ttl=config.server.cache_ttl,
+        roles=TokenRoles(tables, vault.clock, rowmac, on_reject=rejections.note),
+        rejections=rejections, vault=vault)

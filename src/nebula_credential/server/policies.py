@@ -22,8 +22,79 @@ from ..exceptions import NebulaCredentialError
 
 CAPABILITIES = ("create", "read", "update", "patch", "delete", "list", "sudo", "deny")
 ROOT_POLICY = "root"
-#: Policies the server defines itself: never written, read back as built in.
-BUILTIN = frozenset({ROOT_POLICY})
+DEFAULT_POLICY = "default"
+#: Policies the server defines itself: code, never rows (a database writer cannot widen them).
+BUILTIN = frozenset({ROOT_POLICY, DEFAULT_POLICY})
+#: Vault's built-in ``default`` policy, attached to every token unless ``no_default_policy``:
+#: a token may look itself up, renew and revoke itself, ask its own capabilities, use its
+#: cubbyhole and response wrapping.  (Vault's identity-templated paths are left out: there
+#: is no identity store here.)
+DEFAULT_POLICY_TEXT = """# Allow tokens to look up their own properties
+path "auth/token/lookup-self" {
+    capabilities = ["read"]
+}
+
+# Allow tokens to renew themselves
+path "auth/token/renew-self" {
+    capabilities = ["update"]
+}
+
+# Allow tokens to revoke themselves
+path "auth/token/revoke-self" {
+    capabilities = ["update"]
+}
+
+# Allow a token to look up its own capabilities on a path
+path "sys/capabilities-self" {
+    capabilities = ["update"]
+}
+
+# Allow a token to look up its resultant ACL from all policies
+path "sys/internal/ui/resultant-acl" {
+    capabilities = ["read"]
+}
+
+# Allow a token to renew a lease via lease_id in the request body
+path "sys/renew" {
+    capabilities = ["update"]
+}
+path "sys/leases/renew" {
+    capabilities = ["update"]
+}
+
+# Allow looking up lease properties
+path "sys/leases/lookup" {
+    capabilities = ["update"]
+}
+
+# Allow a token to manage its own cubbyhole
+path "cubbyhole/*" {
+    capabilities = ["create", "read", "update", "delete", "list"]
+}
+
+# Allow a token to wrap arbitrary values in a response-wrapping token
+path "sys/wrapping/wrap" {
+    capabilities = ["update"]
+}
+
+# Allow a token to look up the creation time and TTL of a given response-wrapping token
+path "sys/wrapping/lookup" {
+    capabilities = ["update"]
+}
+
+# Allow a token to unwrap a response-wrapping token
+path "sys/wrapping/unwrap" {
+    capabilities = ["update"]
+}
+
+# Allow general purpose tools
+path "sys/tools/hash" {
+    capabilities = ["update"]
+}
+path "sys/tools/hash/*" {
+    capabilities = ["update"]
+}
+"""
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 _SEGMENT_BAD = re.compile(r"[\x00-\x1f\x7f]")
 

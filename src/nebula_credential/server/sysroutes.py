@@ -211,7 +211,7 @@ async def capabilities(request: Request, ctx: Ctx) -> Response:
     token = body.get("token")
     if not isinstance(token, str) or not token:
         raise bad_request("no token found")
-    row = await ctx.backend.lookup(token)
+    row = await ctx.backend.peek(token)
     if row is None:
         raise bad_request("invalid token")
     return await _capabilities(ctx, row.policies, paths)

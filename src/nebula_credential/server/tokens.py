@@ -22,8 +22,8 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,8 +31,9 @@ from .._secret import SecretBytes
 from ..exceptions import NebulaCredentialError
 from ..models import to_epoch, utc_now
 from ..rootwrapped import SERVER_TOKEN_KEY, KeyProvider, MetaTx
-from ..servertables import ServerTables, ServerTx, TokenRow
-from .policies import ROOT_POLICY, check_name
+from ..rowmac import RowMac
+from ..servertables import TOKEN_TABLE, ServerTables, ServerTx, TokenRow, token_mac_fields
+from .policies import DEFAULT_POLICY, ROOT_POLICY, check_name
 
 TOKEN_PREFIX = "ncs."  # noqa: S105 - a prefix, not a secret
 SERVER_KEY_META = SERVER_TOKEN_KEY.meta_key
@@ -63,6 +64,20 @@ def looks_like_token(value: str) -> bool:
     return value.startswith(TOKEN_PREFIX) and 40 <= len(value) <= 64
 
 
+TABLE = TOKEN_TABLE
+#: Called with (table, primary key, reason) for every row refused.
+RejectHook = Callable[[str, str, str], None]
+_MAX_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    at: float  # monotonic time read
+    row: TokenRow | None
+    #: The earliest expiry along the token's chain of parents (None: no ancestor expires).
+    chain_expires: float | None
+
+
 class TokenManager:
     """Create, look up, renew and revoke tokens in the server's tables."""
 
@@ -71,10 +86,12 @@ class TokenManager:
         tables: ServerTables,
         provider: KeyProvider,
         *,
+        rowmac: RowMac | None = None,
         clock: Callable[[], datetime] = utc_now,
         default_ttl: timedelta = timedelta(hours=768),
         max_ttl: timedelta = timedelta(hours=768),
         cache_ttl: timedelta = timedelta(seconds=2),
+        on_reject: RejectHook | None = None,
     ) -> None:
         self._tables = tables
         self.provider = provider
@@ -88,10 +105,12 @@ class TokenManager:
         # the database blocked the next request's greenlet, and with it the loop (four
         # concurrent first requests hung `serve` on PostgreSQL)
         self._key_lock = tables.new_lock()
-        self._cache: dict[str, tuple[float, TokenRow | None]] = {}
+        self.rowmac = rowmac if rowmac is not None else RowMac(tables.transaction, provider, lock=tables.new_lock())
+        self.on_reject = on_reject
+        self._cache: dict[str, _Entry] = {}
         self._cache_lock = threading.Lock()
 
-    # ---- hashing -------------------------------------------------------------
+    # ---- hashing and MACs --------------------------------------------------------
     def _hash_key(self) -> bytearray:
         with self._key_lock:
             if self._key is None:
@@ -108,6 +127,18 @@ class TokenManager:
         assert ts is not None
         return ts
 
+    def sign(self, row: TokenRow) -> TokenRow:
+        """``row`` with its MAC (every write of a token row goes through here)."""
+        return replace(row, mac=self.rowmac.mac(TABLE, (row.accessor,), token_mac_fields(row)))
+
+    def authentic(self, row: TokenRow, *, report: bool = True) -> bool:
+        """True when the row's MAC verifies; a failure is reported through ``on_reject``."""
+        if self.rowmac.verify(TABLE, (row.accessor,), token_mac_fields(row), row.mac):
+            return True
+        if report and self.on_reject is not None:
+            self.on_reject(TABLE, row.accessor, "missing MAC" if not row.mac else "MAC mismatch")
+        return False
+
     # ---- create --------------------------------------------------------------
     def create(
         self,
@@ -119,35 +150,57 @@ class TokenManager:
         display_name: str = "token",
         meta: dict[str, str] | None = None,
         renewable: bool = True,
+        num_uses: int = 0,
+        period: timedelta | None = None,
+        no_default_policy: bool = False,
+        token_type: str = "service",  # noqa: S107 - a token kind
+        role: str = "",
+        path: str = "auth/token/create",
+        check_subset: bool = True,
         token: str | None = None,
     ) -> tuple[str, TokenRow]:
         """A new token and its row; the token itself is returned here once and never stored.
 
-        A child of a non-root token gets a subset of its parent's policies and
-        never outlives it (Vault's rules).  ``token`` fixes the token itself (``serve --dev
-        --dev-root-token-id``); it must look like one of ours.
+        ``parent`` is the creating token (None: an orphan).  A child of a
+        non-root token gets a subset of its parent's policies (unless a role
+        allows otherwise, ``check_subset=False``); it may outlive its parent
+        on paper, as in Vault, but dies with it: a token whose parent chain
+        holds an expired or revoked token is refused at lookup.  ``token`` fixes the token
+        itself (``serve --dev --dev-root-token-id``); it must look like one of ours.
         """
         if token is not None and not looks_like_token(token):
             raise TokenError(f"a token must start with {TOKEN_PREFIX} and be 40-64 characters long")
-        names = sorted({check_name(p) for p in policies if p != "default"})
+        if token_type != "service":  # noqa: S105
+            raise TokenError("only service tokens are supported here (type=batch is refused)")
+        if num_uses < 0:
+            raise TokenError("number of uses cannot be negative")
+        names = sorted({check_name(p) for p in policies})
         if not names:
             raise TokenError("a token needs at least one policy")
-        if parent is not None and ROOT_POLICY not in parent.policies:
-            missing = [p for p in names if p not in parent.policies]
+        if parent is not None and check_subset and ROOT_POLICY not in parent.policies:
+            missing = [p for p in names if p not in parent.policies and p != DEFAULT_POLICY]
             if missing:
-                raise TokenError(f"child token policies must be a subset of the parent's; not held: {missing[0]}")
+                raise TokenError("child policies must be subset of parent")
+        if not no_default_policy and ROOT_POLICY not in names and DEFAULT_POLICY not in names:
+            names.append(DEFAULT_POLICY)
+        elif no_default_policy:
+            names = [p for p in names if p != DEFAULT_POLICY]
+        names.sort()
+        if not names:
+            raise TokenError("token must have at least one policy")
         now = self._now()
-        max_ttl = min(explicit_max_ttl or self.max_ttl, self.max_ttl)
-        ttl = ttl or self.default_ttl
-        if ttl <= timedelta(0) or max_ttl <= timedelta(0):
+        emt = explicit_max_ttl.total_seconds() if explicit_max_ttl else None
+        if period is not None and period > timedelta(0):
+            granted = period.total_seconds()
+            max_expires = now + emt if emt else None
+        else:
+            granted = (ttl or self.default_ttl).total_seconds()
+            max_expires = now + min(emt or self.max_ttl.total_seconds(), self.max_ttl.total_seconds())
+        if granted <= 0:
             raise TokenError("ttl must be positive")
-        ttl = min(ttl, max_ttl)
-        max_expires = now + max_ttl.total_seconds()
-        if parent is not None and parent.max_expires_at is not None:
-            max_expires = min(max_expires, parent.max_expires_at)
-        expires = min(now + ttl.total_seconds(), max_expires)
+        expires = now + granted if max_expires is None else min(now + granted, max_expires)
         token = token or TOKEN_PREFIX + _b64(secrets.token_bytes(32))
-        row = TokenRow(
+        row = self.sign(TokenRow(
             accessor=_b64(secrets.token_bytes(18)),
             token_hash=self.hash(token),
             parent=parent.accessor if parent is not None else None,
@@ -157,9 +210,15 @@ class TokenManager:
             created_at=now,
             expires_at=expires,
             max_expires_at=max_expires,
-            ttl=ttl.total_seconds(),
+            ttl=expires - now,
             renewable=renewable,
-        )
+            num_uses=num_uses,
+            period=period.total_seconds() if period else None,
+            explicit_max_ttl=emt,
+            token_type=token_type,
+            role=role,
+            path=path,
+        ))
         self._tables.run(lambda tx: tx.token_insert(row))
         return token, row
 
@@ -167,89 +226,173 @@ class TokenManager:
     def cached(self, token: str) -> tuple[bool, TokenRow | None]:
         """(True, live row or None) when the answer is known without the store, else (False, None).
 
-        Lets the async server answer from memory without a thread hop.
+        Lets the async server answer from memory without a thread hop.  A
+        token with a use limit is never answered from here: every use is
+        counted in the store.
         """
         if not looks_like_token(token):
             return True, None
         if self._key is None:
             return False, None
         hit = self._cache_hit(self.hash(token))
-        if hit is None:
+        if hit is None or (hit.row is not None and (hit.row.num_uses > 0 or not self._entry_live(hit))):
             return False, None
-        row = hit[1]
-        return True, row if row is not None and self.live(row) else None
+        return True, hit.row
 
-    def _cache_hit(self, digest: str) -> tuple[float, TokenRow | None] | None:
+    def _cache_hit(self, digest: str) -> _Entry | None:
         with self._cache_lock:
             hit = self._cache.get(digest)
-        return hit if hit is not None and time.monotonic() - hit[0] < self.cache_ttl else None
+        return hit if hit is not None and time.monotonic() - hit.at < self.cache_ttl else None
+
+    def _entry_live(self, entry: _Entry) -> bool:
+        if entry.row is None or not self.live(entry.row):
+            return False
+        return entry.chain_expires is None or entry.chain_expires > self._now()
+
+    def _resolve(self, tx: ServerTx, row: TokenRow | None) -> _Entry:
+        """The row if authentic and every ancestor is present, authentic and unexpired."""
+        mono = time.monotonic()
+        if row is None or not self.authentic(row):
+            return _Entry(mono, None, None)
+        now = self._now()
+        deadline: float | None = None
+        current = row
+        for _ in range(_MAX_DEPTH):
+            if current.parent is None:
+                return _Entry(mono, row, deadline)
+            ancestor = tx.token_by_accessor(current.parent)
+            if ancestor is None or not self.authentic(ancestor) or not self.live(ancestor, now):
+                return _Entry(mono, None, None)  # a parent revoked or expired: its children died with it
+            if ancestor.expires_at is not None:
+                deadline = ancestor.expires_at if deadline is None else min(deadline, ancestor.expires_at)
+            current = ancestor
+        return _Entry(mono, None, None)
 
     def lookup(self, token: str) -> TokenRow | None:
-        """The live row of a token (None: unknown, revoked or expired)."""
+        """The live row of a token (None: unknown, revoked, expired, refused, or an ancestor is gone)."""
         if not looks_like_token(token):
             return None
         digest = self.hash(token)
-        mono = time.monotonic()
         hit = self._cache_hit(digest)
-        if hit is not None:
-            row = hit[1]
-        else:
+        if hit is None or not self._entry_live(hit) or (hit.row is not None and hit.row.num_uses > 0):
             with self._tables.read() as tx:
-                row = tx.token_by_hash(digest)
+                hit = self._resolve(tx, tx.token_by_hash(digest))
             with self._cache_lock:
                 if len(self._cache) >= _CACHE_MAX:
                     self._cache.clear()
-                self._cache[digest] = (mono, row)
-        return row if row is not None and self.live(row) else None
+                self._cache[digest] = hit
+        return hit.row if self._entry_live(hit) else None
 
-    def live(self, row: TokenRow) -> bool:
-        return row.expires_at is None or row.expires_at > self._now()
+    def use(self, token: str) -> TokenRow | None:
+        """:meth:`lookup`, spending one use of a use-limited token (the last use revokes it).
+
+        The counter is a compare-and-swap in the store, so N concurrent
+        requests with a token of N uses succeed exactly N times together.
+        """
+        row = self.lookup(token)
+        if row is None or row.num_uses == 0:
+            return row
+
+        def spend(tx: ServerTx) -> bool:
+            for _ in range(100):
+                current = tx.token_by_accessor(row.accessor)
+                if current is None or current.num_uses == 0 or not self.authentic(current):
+                    return False
+                if current.num_uses == 1:
+                    self._revoke_tree(tx, current.accessor)
+                    return True
+                spent = self.sign(replace(current, num_uses=current.num_uses - 1))
+                if tx.token_spend(current.accessor, current.num_uses, spent.num_uses, current.mac, spent.mac):
+                    return True
+            return False
+
+        spent = self._tables.run(spend)
+        self._forget(row.token_hash)
+        return replace(row, num_uses=row.num_uses - 1) if spent else None  # as Vault shows it: uses left
+
+    def live(self, row: TokenRow, now: float | None = None) -> bool:
+        return row.expires_at is None or row.expires_at > (self._now() if now is None else now)
 
     def by_accessor(self, accessor: str) -> TokenRow | None:
         with self._tables.read() as tx:
-            row = tx.token_by_accessor(accessor)
-        return row if row is not None and self.live(row) else None
+            entry = self._resolve(tx, tx.token_by_accessor(accessor))
+        return entry.row if self._entry_live(entry) else None
 
     def list(self) -> list[TokenRow]:
         with self._tables.read() as tx:
-            return [r for r in tx.token_list() if self.live(r)]
+            entries = [self._resolve(tx, r) for r in tx.token_list()]
+        return [e.row for e in entries if e.row is not None and self._entry_live(e)]
+
+    def rejected(self) -> Sequence[str]:
+        """Accessors of stored rows whose MAC does not verify (``doctor``; nothing is reported)."""
+        with self._tables.read() as tx:
+            return [r.accessor for r in tx.token_list() if not self.authentic(r, report=False)]
 
     # ---- renew / revoke --------------------------------------------------------
     def renew(self, row: TokenRow, increment: timedelta | None = None) -> TokenRow:
+        """Extend a token: a periodic one back to its period, any other by ``increment`` (default
+        its original TTL), never past its max."""
         if not row.renewable:
-            raise TokenError("token is not renewable")
+            raise TokenError("lease is not renewable")
         now = self._now()
-        expires = now + (increment.total_seconds() if increment else row.ttl)
+        expires = now + row.period if row.period else now + (increment.total_seconds() if increment else row.ttl)
         if row.max_expires_at is not None:
             expires = min(expires, row.max_expires_at)
-        self._tables.run(lambda tx: tx.token_set_expiry(row.accessor, expires))
+
+        def run(tx: ServerTx) -> TokenRow:
+            current = tx.token_by_accessor(row.accessor)
+            if current is None or not self.authentic(current):
+                raise TokenError("invalid token")
+            renewed = self.sign(replace(current, expires_at=expires))
+            tx.token_set_expiry(row.accessor, expires, renewed.mac)
+            return renewed
+
+        renewed = self._tables.run(run)
         self._forget(row.token_hash)
-        return replace(row, expires_at=expires)
+        return renewed
+
+    def _revoke_tree(self, tx: ServerTx, accessor: str) -> Sequence[str]:
+        doomed: list[str] = []
+        todo = [accessor]
+        while todo:
+            current = todo.pop()
+            doomed.append(current)
+            todo.extend(tx.token_children(current))
+        tx.token_delete(doomed)
+        return doomed
 
     def revoke(self, accessor: str) -> int:
         """Revoke a token and every token created under it; returns how many."""
-
-        def run(tx: ServerTx) -> list[str]:
-            doomed: list[str] = []
-            todo = [accessor]
-            while todo:
-                current = todo.pop()
-                doomed.append(current)
-                todo.extend(tx.token_children(current))
-            tx.token_delete(doomed)
-            return doomed
-
         row = self.by_accessor(accessor)
-        doomed = self._tables.run(run)
-        if row is not None:
-            self._forget(row.token_hash)
+        doomed = self._tables.run(lambda tx: self._revoke_tree(tx, accessor))
         with self._cache_lock:  # children's hashes are unknown here: drop the whole local cache
             self._cache.clear()
         return len(doomed) if row is not None else 0
 
+    def revoke_orphan(self, accessor: str) -> int:
+        """Revoke one token and make its children orphans (Vault's ``revoke-orphan``)."""
+
+        def run(tx: ServerTx) -> int:
+            for child in tx.token_children(accessor):
+                found = tx.token_by_accessor(child)
+                if found is not None and self.authentic(found):
+                    orphan = self.sign(replace(found, parent=None))
+                    tx.token_set_parent(child, None, orphan.mac)
+            return tx.token_delete([accessor])
+
+        count = self._tables.run(run)
+        with self._cache_lock:
+            self._cache.clear()
+        return count
+
     def _forget(self, digest: str) -> None:
         with self._cache_lock:
             self._cache.pop(digest, None)
+
+
+def remaining(row: TokenRow, now: float) -> int:
+    """Seconds left, rounded (a truncation answered one second short of what was granted)."""
+    return 0 if row.expires_at is None else max(0, round(row.expires_at - now))
 
 
 def token_json(row: TokenRow, now: float, token: str = "") -> dict[str, Any]:
@@ -258,25 +401,30 @@ def token_json(row: TokenRow, now: float, token: str = "") -> dict[str, Any]:
     def iso(ts: float | None) -> str | None:
         return None if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat()
 
-    return {
+    data: dict[str, Any] = {
         "accessor": row.accessor,
         "creation_time": int(row.created_at),
-        "creation_ttl": int(row.ttl),
+        "creation_ttl": round(row.ttl),
         "display_name": row.display_name,
         "entity_id": "",
         "expire_time": iso(row.expires_at),
-        "explicit_max_ttl": 0 if row.max_expires_at is None else int(row.max_expires_at - row.created_at),
+        "explicit_max_ttl": round(row.explicit_max_ttl or 0),
         "id": token,
         "issue_time": iso(row.created_at),
         "meta": row.meta or None,
-        "num_uses": 0,
+        "num_uses": row.num_uses,
         "orphan": row.parent is None,
-        "path": "auth/token/create",
+        "path": row.path,
         "policies": list(row.policies),
         "renewable": row.renewable,
-        "ttl": 0 if row.expires_at is None else max(0, int(row.expires_at - now)),
-        "type": "service",
+        "ttl": remaining(row, now),
+        "type": row.token_type,
     }
+    if row.period:
+        data["period"] = round(row.period)
+    if row.role:
+        data["role"] = row.role
+    return data
 
 
 def row_summary(row: TokenRow) -> dict[str, Any]:

@@ -24,7 +24,7 @@ VERSION_COLS = (
 CRED_COLS = "keyring, id, scope, key_version, envelope, metadata, revision, created_at, updated_at"
 TOKEN_COLS = (
     "accessor, token_hash, parent, policies, display_name, meta, created_at, expires_at, "  # noqa: S105
-    "max_expires_at, ttl, renewable"
+    "max_expires_at, ttl, renewable, num_uses, period, explicit_max_ttl, token_type, role, path, mac"
 )
 BACKUP_COLS = "name, kind, taken_at, expires_at, registered_at, location, manifest"
 AUDIT_COLS = "seq, ts, actor, action, keyring, key_version, credential_id, outcome, details, mac"
@@ -232,6 +232,13 @@ def decode_token(row: Sequence[Any]) -> TokenRow:
         max_expires_at=None if row[8] is None else float(row[8]),
         ttl=float(row[9]),
         renewable=bool(row[10]),
+        num_uses=int(row[11]),
+        period=None if row[12] is None else float(row[12]),
+        explicit_max_ttl=None if row[13] is None else float(row[13]),
+        token_type=str(row[14]),
+        role=str(row[15]),
+        path=str(row[16]),
+        mac=row[17] or "",
     )
 
 

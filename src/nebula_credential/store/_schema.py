@@ -21,7 +21,7 @@ SCHEMA_VERSION = 8
 def all_migrations(blob: str, real: str) -> list[list[str]]:
     """Every migration in order, for a dialect's binary and floating-point type names."""
     return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
-            schema_v5_key_access(), schema_v6_placeholder(), schema_v7_placeholder(), schema_v8_mounts(real)]
+            schema_v5_key_access(), schema_v6_placeholder(), schema_v7_server_rows(real), schema_v8_mounts(real)]
 
 
 class MetaSql(SqlBase, MetaTx):
@@ -201,16 +201,35 @@ def schema_v4_server(real: str) -> list[str]:
 
 
 
-# v6/v7: placeholder until merged (v6: KV version history, v7: token columns and row MACs,
-# written on other branches); the lead replaces these two with the real migrations.
 def schema_v6_placeholder() -> list[str]:
-    """v6: placeholder until merged."""
+    """Version 6 is another branch's migration."""
+    # v6: credential versions (KV history) — placeholder until merged
     return []
 
 
-def schema_v7_placeholder() -> list[str]:
-    """v7: placeholder until merged."""
-    return []
+def schema_v7_server_rows(real: str) -> list[str]:
+    """Version 7: Vault's token fields, token roles, and a MAC on every row that grants access.
+
+    ``mac`` is HMAC-SHA256 under a root-wrapped key (:mod:`~nebula_credential.rowmac`) over the
+    row's table, primary key and every field that decides access.  Rows written before this
+    version have none and are refused until re-created (docs/security-model.md).
+    """
+    return [
+        "ALTER TABLE server_tokens ADD COLUMN num_uses BIGINT NOT NULL DEFAULT 0",
+        f"ALTER TABLE server_tokens ADD COLUMN period {real}",
+        f"ALTER TABLE server_tokens ADD COLUMN explicit_max_ttl {real}",
+        "ALTER TABLE server_tokens ADD COLUMN token_type TEXT NOT NULL DEFAULT 'service'",
+        "ALTER TABLE server_tokens ADD COLUMN role TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE server_tokens ADD COLUMN path TEXT NOT NULL DEFAULT 'auth/token/create'",
+        "ALTER TABLE server_tokens ADD COLUMN mac TEXT",
+        "ALTER TABLE server_policies ADD COLUMN mac TEXT",
+        f"""CREATE TABLE IF NOT EXISTS server_token_roles (
+            name TEXT PRIMARY KEY,
+            body TEXT NOT NULL,
+            updated_at {real} NOT NULL,
+            mac TEXT NOT NULL
+        )""",
+    ]
 
 
 def schema_v8_mounts(real: str) -> list[str]:

@@ -84,7 +84,8 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "ON {schema}.key_versions TO {role}",
         "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.audit_head TO {role}",
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.server_tokens, {schema}.server_policies TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.server_tokens, {schema}.server_policies, "
+        "{schema}.server_token_roles TO {role}",
         "GRANT SELECT ON {schema}.backups, {schema}.backup_keys TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.key_access TO {role}",
     ),
@@ -97,7 +98,8 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases TO {role}",
         "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.audit_head TO {role}",
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.server_tokens, {schema}.server_policies TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.server_tokens, {schema}.server_policies, "
+        "{schema}.server_token_roles TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.backups, {schema}.backup_keys TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.key_access TO {role}",
     ),

@@ -32,6 +32,16 @@ class TokenRow:
     max_expires_at: float | None
     ttl: float
     renewable: bool
+    #: Uses left (0: unlimited); the use that takes it to 0 is the last.
+    num_uses: int = 0
+    #: Periodic token: each renewal resets the TTL to this many seconds, with no max TTL.
+    period: float | None = None
+    explicit_max_ttl: float | None = None
+    token_type: str = "service"  # noqa: S105 - a token kind, not a secret
+    role: str = ""
+    path: str = "auth/token/create"
+    #: HMAC of the row under the root-wrapped row key (see ``rowmac``); "" before it is computed.
+    mac: str = ""
 
 
 @dataclass(frozen=True, slots=True)

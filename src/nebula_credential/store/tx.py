@@ -337,9 +337,10 @@ class OperationsTx(ABC):
 
 
 class ServerTx(ABC):
-    """The HTTP server's tables: tokens (keyed hashes only) and ACL policies.
+    """The HTTP server's tables: tokens (keyed hashes only), ACL policies and token roles.
 
-    The one slice the server's token and policy code needs.
+    The one slice the server's token and policy code needs.  MACs are
+    computed and checked by the repositories above; the store only keeps them.
     """
 
     @abstractmethod
@@ -355,7 +356,14 @@ class ServerTx(ABC):
     def token_list(self) -> list[TokenRow]: ...
 
     @abstractmethod
-    def token_set_expiry(self, accessor: str, expires_at: float | None) -> bool: ...
+    def token_set_expiry(self, accessor: str, expires_at: float | None, mac: str = "") -> bool: ...
+
+    @abstractmethod
+    def token_set_parent(self, accessor: str, parent: str | None, mac: str) -> bool: ...
+
+    @abstractmethod
+    def token_spend(self, accessor: str, old_uses: int, new_uses: int, old_mac: str, new_mac: str) -> bool:
+        """Compare-and-swap of the use counter (and its MAC): False when another use got there first."""
 
     @abstractmethod
     def token_delete(self, accessors: Sequence[str]) -> int: ...
@@ -364,16 +372,32 @@ class ServerTx(ABC):
     def token_children(self, accessor: str) -> list[str]: ...
 
     @abstractmethod
-    def policy_put(self, name: str, body: str, now: datetime) -> None: ...
+    def policy_put(self, name: str, body: str, now: datetime, mac: str = "") -> None: ...
 
     @abstractmethod
     def policy_get(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def policy_get_signed(self, name: str) -> tuple[str, str] | None:
+        """(body, mac) of a stored policy (mac "" when the row has none)."""
 
     @abstractmethod
     def policy_list(self) -> list[str]: ...
 
     @abstractmethod
     def policy_delete(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def role_put(self, name: str, body: str, now: datetime, mac: str) -> None: ...
+
+    @abstractmethod
+    def role_get(self, name: str) -> tuple[str, str] | None: ...
+
+    @abstractmethod
+    def role_list(self) -> list[str]: ...
+
+    @abstractmethod
+    def role_delete(self, name: str) -> bool: ...
 
 
 class MountsTx(ABC):
