@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .._secret import SecretBytes
 from ..config import HARD_MAX_ENCRYPTIONS, validate_cron
@@ -26,13 +26,13 @@ from ..keys import KeyManager
 from ..models import KeyStatus, KeyVersion
 from ..names import TRANSIT_KEY_RULE, is_mount_path, is_transit_key_name
 from .errors import TransitInputError, TransitKeyNotFoundError
+from .keytypes import DEFAULT_HMAC_KEY_SIZE, MAX_HMAC_KEY_SIZE, SUPPORTED_TYPES, PrivateKey, key_type
 from .settings import CONFIG_META, KEYRING_META, TransitKeyConfig, check_timezone
 from .wire import MIN_AUTO_ROTATE
 
 if TYPE_CHECKING:
     from ..vault import Vault
 
-SUPPORTED_TYPES = ("aes256-gcm96",)
 DEFAULT_MOUNT = "transit"
 
 
@@ -45,7 +45,8 @@ class LiveKey:
     km: KeyManager
     loaded_at: float
     material: dict[int, SecretBytes] = field(default_factory=dict)
-    derived: OrderedDict[tuple[int, bytes], AESGCM] = field(default_factory=OrderedDict)
+    derived: OrderedDict[tuple[int, bytes], AESGCM | ChaCha20Poly1305] = field(default_factory=OrderedDict)
+    private: dict[tuple[int, bytes], PrivateKey] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def wipe(self) -> None:
@@ -53,6 +54,7 @@ class LiveKey:
             secret.wipe()
         self.material.clear()
         self.derived.clear()
+        self.private.clear()
 
 
 
@@ -63,6 +65,8 @@ class KeyInfo:
     config: TransitKeyConfig
     versions: list[KeyVersion]
     credentials: dict[int, int]
+    #: Asymmetric keys: each readable version's public key, in Vault's form.
+    public_keys: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,9 @@ class KeyConfigChange:
     rotation_cron: str | None = None
     rotation_timezone: str | None = None
     max_encryptions: int | None = None
+    #: Vault's one-way switches: once on, they cannot be turned off.
+    exportable: bool | None = None
+    allow_plaintext_backup: bool | None = None
 
 
 class TransitKeys:
@@ -136,6 +143,20 @@ class TransitKeys:
                 f"transit key {name!r}: stored settings name another key or keyring (edited outside "
                 "nebula-credential?); refusing to use them")
         return cfg
+
+    def read_config(self, name: str) -> TransitKeyConfig | None:
+        """The stored settings of ``name`` (deleted keys included), checked as :meth:`_read_config`."""
+        return self._read_config(self.check_name(name))
+
+    def write_config(self, cfg: TransitKeyConfig) -> None:
+        self._write_config(cfg)
+
+    def forget(self, name: str) -> None:
+        """Drop the loaded key ``name`` (the next use reads the store)."""
+        with self._lock:
+            old = self._keys.pop(name, None)
+        if old is not None:
+            old.wipe()
 
     def _write_config(self, cfg: TransitKeyConfig) -> None:
         with self.vault.store.transaction() as tx:
@@ -205,18 +226,29 @@ class TransitKeys:
         convergent_encryption: bool = False,
         allow_plaintext_backup: bool = False,
         auto_rotate_period: int = 0,
+        key_size: int = 0,
     ) -> TransitKeyConfig:
-        """Create a key (a new keyring, v1 active); an existing key is left as it is (as Vault does)."""
+        """Create a key (a new keyring, v1 active); an existing key is left as it is (as Vault does).
+
+        ``exportable`` and ``allow_plaintext_backup`` are recorded in the key's
+        settings; export and backup check them (and audit every use).
+        """
         self.check_name(name)
         if type not in SUPPORTED_TYPES:
             raise TransitInputError(
-                f"key type {type!r} is not supported; supported types: {', '.join(SUPPORTED_TYPES)}"
+                f"unknown key type {type}; supported types: {', '.join(SUPPORTED_TYPES)}"
             )
-        if exportable or allow_plaintext_backup:
-            raise TransitInputError(
-                "exportable keys are not supported: key material never leaves the key provider's wrapping")
+        kt = key_type(type)
+        if derived and not kt.derives:
+            raise TransitInputError(f"key derivation and convergent encryption not supported for keys of type {type}")
         if convergent_encryption:
             raise TransitInputError("convergent encryption is not supported")
+        if kt.family == "hmac":
+            key_size = key_size or DEFAULT_HMAC_KEY_SIZE
+            if not 32 <= key_size <= MAX_HMAC_KEY_SIZE:
+                raise TransitInputError(f"invalid key_size {key_size}: 32..{MAX_HMAC_KEY_SIZE} bytes")
+        elif key_size:
+            raise TransitInputError("key_size is only valid for hmac keys")
         if auto_rotate_period and auto_rotate_period < MIN_AUTO_ROTATE:
             raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")
         existing = self._read_config(name)
@@ -230,6 +262,9 @@ class TransitKeys:
             created_at=self.vault.clock().timestamp(),
             type=type,
             derived=derived,
+            exportable=exportable,
+            allow_plaintext_backup=allow_plaintext_backup,
+            key_size=key_size if kt.family == "hmac" else 0,
             auto_rotate_period=auto_rotate_period,
             auto_rotation=self.vault.config.keys.auto_rotation,
             max_encryptions=self.vault.config.rotation.max_encryptions,
@@ -240,7 +275,8 @@ class TransitKeys:
         # next create finishes (initialize is idempotent), never versions without settings.
         self._write_config(cfg)
         km.initialize()
-        self.audit("transit.key.create", keyring, 1, key_type=type, derived=derived)
+        self.audit("transit.key.create", keyring, 1, key_type=type, derived=derived, exportable=exportable,
+                   allow_plaintext_backup=allow_plaintext_backup)
         with self._lock:
             self._keys.pop(name, None)
         return cfg
@@ -308,6 +344,12 @@ class TransitKeys:
         for flag in ("deletion_allowed", "auto_rotation"):
             if getattr(change, flag) is not None:
                 changes[flag] = getattr(change, flag)
+        for flag in ("exportable", "allow_plaintext_backup"):
+            wanted = getattr(change, flag)
+            if wanted is False and getattr(cfg, flag):
+                raise TransitInputError(f"{flag} cannot be disabled once enabled")
+            if wanted:
+                changes[flag] = True
         if change.auto_rotate_period is not None:
             if change.auto_rotate_period and change.auto_rotate_period < MIN_AUTO_ROTATE:
                 raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")

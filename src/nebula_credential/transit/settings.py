@@ -41,6 +41,12 @@ class TransitKeyConfig:
     type: str = "aes256-gcm96"
     derived: bool = False
     exportable: bool = False
+    allow_plaintext_backup: bool = False
+    #: ``hmac`` keys: the key's length in bytes (Vault's ``key_size``).
+    key_size: int = 0
+    #: The keyring whose identity ciphertexts and derived keys are bound to: this key's own,
+    #: or, for a key restored from a backup, the original key's (so its ciphertexts still open).
+    origin: str = ""
     deletion_allowed: bool = False
     min_decryption_version: int = 1
     min_encryption_version: int = 0
@@ -53,6 +59,11 @@ class TransitKeyConfig:
     auto_rotation: bool = True
     generation: int = 1
     deleted: bool = False
+
+    @property
+    def binding(self) -> str:
+        """The keyring name bound into ciphertexts' associated data and derived keys."""
+        return self.origin or self.keyring
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
