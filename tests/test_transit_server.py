@@ -330,3 +330,134 @@ def test_partial_failure_response_code(root: hvac.Client, server: Server) -> Non
         assert r.status_code == 207 and "error" in r.json()["data"]["batch_results"][1]
         r = http.post("/v1/transit/encrypt/partial", json={"batch_input": items[1:], "partial_failure_response_code": 207})
         assert r.status_code == 400  # nothing succeeded: the code applies to partial failures only
+
+
+# ---- every key type, side by side with OpenBao ------------------------------------------------------
+SIGNING_TYPES = ("ed25519", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "rsa-2048")
+ALL_TYPES = ("aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", *SIGNING_TYPES, "hmac")
+
+
+def _shape(payload: Any) -> Any:
+    """Field names and value types of an answer; the values that must agree (validity, versions) as is."""
+    if isinstance(payload, dict):
+        return {k: (v if k in ("valid", "key_version", "type", "name", "exportable", "allow_plaintext_backup",
+                               "latest_version", "min_decryption_version", "min_encryption_version",
+                               "min_available_version", "error") or k.startswith("supports_")
+                    else [_shape(x) for x in v] if isinstance(v, list) else type(v).__name__)
+                for k, v in payload.items() if k not in ("nebula", "kdf", "convergent_encryption", "imported_key",
+                                                         "soft_deleted", "deletion_allowed", "auto_rotate_period",
+                                                         "key_size")}
+    if isinstance(payload, dict | list):
+        return type(payload).__name__
+    return sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+
+
+def _typed_sequence(http: httpx.Client, key: str, key_type: str, *, bao: bool = False) -> list[tuple[str, int, Any]]:
+    """(step, status, shape) of a fixed sequence.  A deliberate difference: OpenBao answers some
+    refusals (exporting what a type has not, backup not allowed, restore over a key) with 500, we with 400;
+    ECDSA with ``prehashed`` input of the wrong length: OpenBao signs it, we refuse it."""
+    out: list[tuple[str, int, Any]] = []
+
+    def step(name: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        r = http.request(method, f"/v1/transit/{path}", json=body)
+        data = r.json() if r.content else {}
+        payload = data.get("data") if isinstance(data, dict) else None
+        if isinstance(payload, dict) and "keys" in payload and isinstance(payload["keys"], dict):
+            shape: Any = _shape(payload)
+            shape["keys"] = sorted(str(sorted(v)) if isinstance(v, dict) else type(v).__name__
+                                   for v in payload["keys"].values())
+        elif isinstance(payload, dict) and "batch_results" in payload:
+            shape = [sorted((k, item[k] if k in ("valid",) else type(item[k]).__name__) for k in item
+                            if k != "error") + [("error", "error" in item)]
+                     for item in payload["batch_results"]]
+        elif isinstance(payload, dict):
+            shape = _shape(payload)
+        else:
+            shape = "errors" if isinstance(data, dict) and "errors" in data else None
+        code = r.status_code
+        if bao and code == 500:
+            code = 400
+        if bao and name == "sign-prehashed-wrong-length" and key_type.startswith("ecdsa"):
+            code, shape = 400, "errors"  # deliberate: we refuse a "digest" of the wrong length, Vault signs it
+        out.append((name, code, shape))
+        return payload if isinstance(payload, dict) else {}
+
+    data = b64(b"differential data")
+    signs = key_type in SIGNING_TYPES
+    step("create", "POST", f"keys/{key}", {"type": key_type, **({"key_size": 32} if key_type == "hmac" else {})})
+    step("read", "GET", f"keys/{key}")
+    step("export-not-exportable", "GET", f"export/signing-key/{key}")
+    step("export-public", "GET", f"export/public-key/{key}")
+    step("backup-not-allowed", "GET", f"backup/{key}")
+    sig = step("sign", "POST", f"sign/{key}", {"input": data}).get("signature", "")
+    step("verify", "POST", f"verify/{key}", {"input": data, "signature": sig or "vault:v1:AAAA"})
+    step("verify-tampered-input", "POST", f"verify/{key}", {"input": b64(b"other"), "signature": sig or "vault:v1:AA"})
+    step("verify-malformed", "POST", f"verify/{key}", {"input": data, "signature": "vault:v1:!!"})
+    step("sign-sha2-512", "POST", f"sign/{key}/sha2-512", {"input": data})
+    step("sign-prehashed-wrong-length", "POST", f"sign/{key}", {"input": b64(b"x" * 7), "prehashed": True})
+    if key_type.startswith("ecdsa"):
+        jws = step("sign-jws", "POST", f"sign/{key}", {"input": data, "marshaling_algorithm": "jws"})
+        step("verify-jws", "POST", f"verify/{key}", {"input": data, "marshaling_algorithm": "jws",
+                                                     "signature": jws.get("signature")})
+        step("sign-prehashed", "POST", f"sign/{key}", {"input": b64(b"p" * 32), "prehashed": True})
+    if key_type.startswith("rsa"):
+        for algo in ("pkcs1v15", "pss"):
+            s = step(f"sign-{algo}", "POST", f"sign/{key}", {"input": data, "signature_algorithm": algo,
+                                                             "salt_length": "hash"})
+            step(f"verify-{algo}", "POST", f"verify/{key}", {"input": data, "signature_algorithm": algo,
+                                                              "salt_length": "hash", "signature": s.get("signature")})
+        ct = step("rsa-encrypt", "POST", f"encrypt/{key}", {"plaintext": data}).get("ciphertext")
+        step("rsa-decrypt", "POST", f"decrypt/{key}", {"ciphertext": ct})
+    step("sign-batch-one-bad", "POST", f"sign/{key}",
+         {"batch_input": [{"input": data}, {"input": "!!not base64"}, {"input": data}]})
+    step("verify-batch", "POST", f"verify/{key}",
+         {"batch_input": [{"input": data, "signature": sig or "vault:v1:AAAA"}, {"input": data, "signature": "x"}]})
+    if not signs and key_type != "hmac":
+        ct = step("encrypt", "POST", f"encrypt/{key}", {"plaintext": data}).get("ciphertext")
+        step("decrypt", "POST", f"decrypt/{key}", {"ciphertext": ct})
+    elif not key_type.startswith("rsa"):
+        step("encrypt-unsupported", "POST", f"encrypt/{key}", {"plaintext": data})
+    mac = step("hmac", "POST", f"hmac/{key}", {"input": data}).get("hmac")
+    step("verify-hmac", "POST", f"verify/{key}", {"input": data, "hmac": mac})
+    step("rotate", "POST", f"keys/{key}/rotate")
+    step("rotate-2", "POST", f"keys/{key}/rotate")
+    step("config-exportable", "POST", f"keys/{key}/config", {"exportable": True})
+    step("config-unexport", "POST", f"keys/{key}/config", {"exportable": False})
+    for kind in ("encryption-key", "signing-key", "hmac-key", "public-key"):
+        step(f"export-{kind}", "GET", f"export/{kind}/{key}")
+        step(f"export-{kind}-v2", "GET", f"export/{kind}/{key}/2")
+    step("config-mdv", "POST", f"keys/{key}/config", {"min_decryption_version": 2, "min_encryption_version": 3})
+    step("verify-too-old", "POST", f"verify/{key}", {"input": data, "signature": sig or "vault:v1:AAAA"})
+    step("export-too-old", "GET", f"export/hmac-key/{key}/1")
+    step("config-backup", "POST", f"keys/{key}/config", {"allow_plaintext_backup": True})
+    backup = step("backup", "GET", f"backup/{key}").get("backup")
+    step("restore", "POST", f"restore/{key}-restored", {"backup": backup})
+    step("restore-exists", "POST", f"restore/{key}-restored", {"backup": backup})
+    step("read-restored", "GET", f"keys/{key}-restored")
+    step("trim", "POST", f"keys/{key}/trim", {"min_available_version": 2})
+    step("verify-trimmed", "POST", f"verify/{key}", {"input": data, "signature": sig or "vault:v1:AAAA"})
+    step("read-trimmed", "GET", f"keys/{key}")
+    return out
+
+
+@pytest.mark.parametrize("key_type", ALL_TYPES)
+def test_differential_every_key_type(server: Server, openbao: OpenBao, key_type: str) -> None:
+    import ssl
+
+    key = f"diff-{key_type}-{uuid.uuid4().hex[:6]}"
+    with httpx.Client(base_url=openbao.url, headers={"X-Vault-Token": openbao.root_token},
+                      verify=ssl.create_default_context(cafile=str(openbao.ca_cert)), timeout=60) as bao_http:
+        theirs = _typed_sequence(bao_http, key, key_type, bao=True)
+    with server.http(server.token("root")) as ours_http:
+        ours = _typed_sequence(ours_http, key, key_type)
+    diffs = [_difference(o, t) for o, t in zip(ours, theirs, strict=True) if o != t]
+    assert not diffs, "\n".join(diffs)
+
+
+def _difference(ours: tuple[str, int, Any], theirs: tuple[str, int, Any]) -> str:
+    (step, code, shape), (_, their_code, their_shape) = ours, theirs
+    if isinstance(shape, dict) and isinstance(their_shape, dict) and code == their_code:
+        keys = sorted(set(shape) | set(their_shape))
+        return f"{step}: " + "; ".join(f"{k}: ours {shape.get(k, '-')!r} theirs {their_shape.get(k, '-')!r}"
+                                       for k in keys if shape.get(k, "-") != their_shape.get(k, "-"))
+    return f"{step}: ours {code} {shape!r} theirs {their_code} {their_shape!r}"

@@ -122,13 +122,17 @@ class TransitEngine:
         ctx.keyring = data["nebula"]["keyring"]
         return ctx.reply(data)
 
-    def _batch_reply(self, ctx: Ctx, name: str, body: dict[str, Any], handled: Handled) -> Response:
-        """Vault's answer, and the audit facts of the request: keyring, key versions, item counts."""
+    def _batch_reply(self, ctx: Ctx, name: str, body: dict[str, Any], handled: Handled, *,
+                     per_item: bool = False) -> Response:
+        """Vault's answer, and the audit facts of the request: keyring, key versions, item counts.
+
+        ``per_item`` (``sign``, ``verify``): as Vault, a batch answers 200 whatever its items' errors.
+        """
         data, result = handled
         self._note(ctx, name, key_versions=sorted(result.versions) or None)
         if result.batched:
             ctx.details.update(items=len(result.items), failed=result.failed)
-        return ctx.reply(data, status=_batch_status(body, result))
+        return ctx.reply(data, status=200 if per_item else _batch_status(body, result))
 
     def _note(self, ctx: Ctx, name: str, **details: Any) -> None:
         ctx.keyring = self.transit(ctx).cached_keyring(name) or ctx.keyring
@@ -217,7 +221,7 @@ class TransitEngine:
         name = self._name(request)
         handled = await self._call(ctx, requests.handle_sign, self.transit(ctx), name, body,
                                    request.path_params.get("algorithm"))
-        return self._batch_reply(ctx, name, body, handled)
+        return self._batch_reply(ctx, name, body, handled, per_item=True)
 
     async def verify(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
@@ -225,7 +229,7 @@ class TransitEngine:
         name = self._name(request)
         handled = await self._call(ctx, requests.handle_verify, self.transit(ctx), name, body,
                                    request.path_params.get("algorithm"))
-        return self._batch_reply(ctx, name, body, handled)
+        return self._batch_reply(ctx, name, body, handled, per_item=True)
 
     async def export(self, request: Request, ctx: Ctx) -> Response:
         """``export/:type/:name[/:version]`` (read capability, as Vault; audited by the engine)."""
@@ -239,7 +243,7 @@ class TransitEngine:
     async def backup(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("read")
         name = self._name(request)
-        data = await self._call(ctx, requests.handle_backup, self.transit(ctx), name, key_path=True)
+        data = await self._call(ctx, requests.handle_backup, self.transit(ctx), name, key_path=True, write=True)
         self._note(ctx, name)
         return ctx.reply(data)
 

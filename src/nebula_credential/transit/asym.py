@@ -228,6 +228,14 @@ class SignOptions:
         self.salt_length = salt_length
 
 
+def check_signs(key: LiveKey) -> KeyType:
+    """The key's type, if it signs (Vault refuses a whole request on a key that does not)."""
+    kt = type_of(key)
+    if not kt.signs:
+        raise TransitInputError(f"key type {kt.name} does not support signing")
+    return kt
+
+
 def _check_marshaling(kt: KeyType, opts: SignOptions) -> None:
     if opts.marshaling == "jws" and kt.family != "ecdsa":
         raise TransitInputError("'jws' marshaling type is only supported for ECDSA keys")

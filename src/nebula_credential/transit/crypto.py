@@ -24,8 +24,8 @@ from .._secret import SecretBytes
 from ..exceptions import DecryptionError, KeyDestroyedError, KeyNotFoundError, PolicyViolationError
 from ..keys import seal as aead_seal
 from ..providers.base import WrapContext
-from .errors import TransitInputError
 from . import asym
+from .errors import TransitInputError
 from .keys import LiveKey
 from .keytypes import hkdf, key_type, symmetric_key
 from .wire import CIPHERTEXT_PREFIX, HASHES, b64, format_ciphertext, lp, parse_ciphertext, transit_aad

@@ -92,7 +92,7 @@ class Transit(TransitKeys):
     def backup(self, name: str) -> str:
         return portable.backup(self, name)
 
-    def restore(self, backup: str, name: str | None = None, *, force: bool = False) -> TransitKeyConfig:
+    def restore(self, backup: Any, name: str | None = None, *, force: bool = False) -> TransitKeyConfig:
         return portable.restore(self, backup, name, force=force)
 
     # ---- data under a loaded key (what a batch uses, one key for all its items) ----------

@@ -203,6 +203,10 @@ class TransitKeys:
             self._keys[name] = key
             return key
 
+    def update(self, key: LiveKey, **changes: Any) -> TransitKeyConfig:
+        """Write changed settings of a loaded key (the next use reloads it)."""
+        return self._update(key, **changes)
+
     def _update(self, key: LiveKey, **changes: Any) -> TransitKeyConfig:
         cfg = replace(key.config, **changes)
         self._write_config(cfg)
@@ -345,10 +349,7 @@ class TransitKeys:
             if getattr(change, flag) is not None:
                 changes[flag] = getattr(change, flag)
         for flag in ("exportable", "allow_plaintext_backup"):
-            wanted = getattr(change, flag)
-            if wanted is False and getattr(cfg, flag):
-                raise TransitInputError(f"{flag} cannot be disabled once enabled")
-            if wanted:
+            if getattr(change, flag):  # as Vault, ``false`` never turns a switch off (and is no error)
                 changes[flag] = True
         if change.auto_rotate_period is not None:
             if change.auto_rotate_period and change.auto_rotate_period < MIN_AUTO_ROTATE:

@@ -104,6 +104,10 @@ def export(transit: Transit, name: str, export_type: str, version: str | int | N
     return {"name": cfg.name, "type": cfg.type, "keys": keys}
 
 
+def _rfc3339(transit: Transit) -> str:
+    return transit.vault.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 # ---- backup and restore -------------------------------------------------------------------------
 def _digest(doc: dict[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != "sha256"}
@@ -141,7 +145,10 @@ def backup(transit: Transit, name: str) -> str:
         "latest_version": max((kv.version for kv in key.km.list()), default=0),
         "key": {f: getattr(cfg, f) for f in _KEPT}, "versions": versions,
     }
+    stamp = {"time": _rfc3339(transit), "version": doc["latest_version"]}
+    doc["backup_info"] = stamp
     doc["sha256"] = _digest(doc)
+    transit.update(key, backup_info=stamp)
     transit.audit("transit.key.backup", cfg.keyring, None, versions=[v["version"] for v in versions])
     return base64.b64encode(json.dumps(doc, sort_keys=True).encode()).decode("ascii")
 
@@ -183,6 +190,8 @@ def restore(transit: Transit, backup_text: Any, name: str | None = None, *, forc
     keyring = transit.keyring_for(name, generation)
     cfg = TransitKeyConfig(name=name, keyring=keyring, created_at=transit.vault.clock().timestamp(),
                            generation=generation, origin=str(doc["binding"]),
+                           backup_info=doc.get("backup_info"),
+                           restore_info={"time": _rfc3339(transit), "version": int(doc.get("latest_version") or 0)},
                            **{k: settings[k] for k in _KEPT if k in settings})
     provider = transit.vault.provider
     by_version = {int(item["version"]): item for item in doc["versions"]}

@@ -98,8 +98,10 @@ def batch_items(body: dict[str, Any], fields: Sequence[str]) -> tuple[list[dict[
     return batch, True
 
 
-def run_batch(body: dict[str, Any], fields: Sequence[str], one: Callable[[dict[str, Any]], Item]) -> Handled:
-    """One item: its answer or its error; a batch: every item's answer or error, in order."""
+def run_batch(body: dict[str, Any], fields: Sequence[str], one: Callable[[dict[str, Any]], Item],
+              failed: dict[str, Any] | None = None) -> Handled:
+    """One item: its answer or its error; a batch: every item's answer or error, in order
+    (a failed item: ``failed``'s fields, then ``error``)."""
     items, batched = batch_items(body, fields)
     if not batched:
         data, version = one(items[0])
@@ -111,7 +113,7 @@ def run_batch(body: dict[str, Any], fields: Sequence[str], one: Callable[[dict[s
             out, version = one(item)
             versions.add(version)
         except NebulaCredentialError as exc:
-            out = {"error": str(exc)}
+            out = {**(failed or {}), "error": str(exc)}
         out["reference"] = item.get("reference", "")
         results.append(out)
     return {"batch_results": results}, BatchResult(results, True, versions)
@@ -132,6 +134,7 @@ def key_body(info: KeyInfo) -> dict[str, Any]:
                 "name": kt.public_name,
                 "public_key": info.public_keys.get(v.version, ""),
                 "creation_time": v.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "certificate_chain": "",
             }
             for v in shown
         }
@@ -157,6 +160,11 @@ def key_body(info: KeyInfo) -> dict[str, Any]:
     }
     if kt.family == "hmac":
         data["key_size"] = cfg.key_size
+        del data["keys"]  # as Vault: an hmac key's read shows no per-version map
+    if cfg.backup_info:
+        data["backup_info"] = cfg.backup_info
+    if cfg.restore_info:
+        data["restore_info"] = cfg.restore_info
     if cfg.derived:
         data["kdf"] = "hkdf_sha256"
         data["convergent_encryption"] = False
@@ -358,6 +366,7 @@ def sign_options(body: dict[str, Any], hash_algorithm: str | None) -> SignOption
 def handle_sign(transit: Transit, name: str, body: dict[str, Any], hash_algorithm: str | None = None) -> Handled:
     """``sign/:name[/:hash_algorithm]``."""
     key = transit.key_for_data(name)
+    asym.check_signs(key)
     opts = sign_options(body, hash_algorithm)
     key_version = int_field(body, "key_version")
 
@@ -367,12 +376,14 @@ def handle_sign(transit: Transit, name: str, body: dict[str, Any], hash_algorith
                                        key_version=key_version)
         return {"signature": signature, "key_version": version}, version
 
-    return run_batch(body, ("input", "context"), one)
+    return run_batch(body, ("input", "context"), one, {"key_version": 0})
 
 
 def handle_verify(transit: Transit, name: str, body: dict[str, Any], hash_algorithm: str | None = None) -> Handled:
     """``verify/:name[/:hash_algorithm]``: a ``signature``, or an ``hmac`` (any key type)."""
     key = transit.key_for_data(name)
+    if any(item.get("signature") not in (None, "") for item in batch_items(body, ("signature",))[0]):
+        asym.check_signs(key)
     opts = sign_options(body, hash_algorithm)
     algo = hash_algorithm or str(body.get("hash_algorithm") or body.get("algorithm") or "sha2-256")
 
@@ -391,7 +402,7 @@ def handle_verify(transit: Transit, name: str, body: dict[str, Any], hash_algori
                                      context=b64decode(item.get("context"), "context"))
         return {"valid": valid}, version
 
-    return run_batch(body, ("input", "signature", "hmac", "context"), one)
+    return run_batch(body, ("input", "signature", "hmac", "context"), one, {"valid": False})
 
 
 def handle_export(transit: Transit, name: str, export_type: str, version: str | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_MAX_ENCRYPTIONS
 from ..exceptions import ConfigError
@@ -48,6 +48,9 @@ class TransitKeyConfig:
     #: or, for a key restored from a backup, the original key's (so its ciphertexts still open).
     origin: str = ""
     deletion_allowed: bool = False
+    #: Vault's ``backup_info`` / ``restore_info``: ``{"time": RFC 3339, "version": N}`` of the last one.
+    backup_info: dict[str, Any] | None = None
+    restore_info: dict[str, Any] | None = None
     min_decryption_version: int = 1
     min_encryption_version: int = 0
     min_available_version: int = 0
