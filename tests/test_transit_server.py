@@ -111,8 +111,8 @@ def test_hvac_derived_context_rewrap(root: hvac.Client) -> None:
 
 def test_hvac_errors_and_policies(root: hvac.Client, server: Server) -> None:
     t = root.secrets.transit
-    with pytest.raises(exceptions.InvalidRequest, match="supported types: aes256-gcm96"):
-        root.adapter.post("/v1/transit/keys/rsa", json={"type": "rsa-2048"})
+    with pytest.raises(exceptions.InvalidRequest, match="supported types: aes128-gcm96, aes256-gcm96"):
+        root.adapter.post("/v1/transit/keys/rsa", json={"type": "rsa-1024"})
     with pytest.raises(exceptions.InvalidPath):
         t.read_key("missing")
     with pytest.raises(exceptions.InvalidRequest, match="encryption key not found"):
@@ -461,3 +461,86 @@ def _difference(ours: tuple[str, int, Any], theirs: tuple[str, int, Any]) -> str
         return f"{step}: " + "; ".join(f"{k}: ours {shape.get(k, '-')!r} theirs {their_shape.get(k, '-')!r}"
                                        for k in keys if shape.get(k, "-") != their_shape.get(k, "-"))
     return f"{step}: ours {code} {shape!r} theirs {their_code} {their_shape!r}"
+
+
+def test_hvac_every_transit_call_on_every_key_type(root: hvac.Client) -> None:
+    """Every ``client.secrets.transit.*`` call, hvac unmodified.  hvac's own type list lacks
+    ``aes128-gcm96`` and ``hmac`` (and ``export_key`` lacks ``public-key``): those go through hvac's adapter."""
+    from cryptography.hazmat.primitives import serialization
+
+    t = root.secrets.transit
+    data = b64(b"hvac says hello")
+    for key_type in ("aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521",
+                     "rsa-2048"):
+        name = f"hv-{key_type}"
+        t.create_key(name, key_type=key_type, exportable=True)
+        read = t.read_key(name)["data"]
+        assert read["type"] == key_type and read["exportable"] is True
+        assert name in t.list_keys()["data"]["keys"]
+        if key_type in SIGNING_TYPES:
+            sig = t.sign_data(name, hash_input=data, hash_algorithm="sha2-384")["data"]["signature"]
+            assert t.verify_signed_data(name, hash_input=data, signature=sig, hash_algorithm="sha2-384")["data"]["valid"]
+            assert not t.verify_signed_data(name, hash_input=b64(b"x"), signature=sig,
+                                            hash_algorithm="sha2-384")["data"]["valid"]
+            entry = read["keys"]["1"]
+            assert set(entry) >= {"name", "public_key", "creation_time"}
+            if key_type != "ed25519":
+                serialization.load_pem_public_key(entry["public_key"].encode())
+            assert "1" in t.export_key(name, key_type="signing-key")["data"]["keys"]
+        if key_type.startswith(("aes", "chacha", "rsa")):
+            ct = t.encrypt_data(name, plaintext=data)["data"]["ciphertext"]
+            assert t.decrypt_data(name, ciphertext=ct)["data"]["plaintext"] == data
+            if not key_type.startswith("rsa"):
+                assert "1" in t.export_key(name, key_type="encryption-key", version="1")["data"]["keys"]
+        mac = t.generate_hmac(name, hash_input=data)["data"]["hmac"]
+        assert t.verify_signed_data(name, hash_input=data, hmac=mac)["data"]["valid"]
+        assert "1" in t.export_key(name, key_type="hmac-key", version="latest")["data"]["keys"]
+        t.rotate_key(name)
+        t.rotate_key(name)
+        t.update_key_configuration(name, min_decryption_version=2, min_encryption_version=3, deletion_allowed=True,
+                                   allow_plaintext_backup=True)
+        backup = t.backup_key(name)["data"]["backup"]
+        t.restore_key(backup, name=f"{name}-copy")
+        assert t.read_key(f"{name}-copy")["data"]["latest_version"] == 3
+        t.trim_key(name, min_version=2)
+        assert t.read_key(name)["data"]["min_available_version"] == 2
+        t.delete_key(name)
+    root.adapter.post("/v1/transit/keys/hv-aes128", json={"type": "aes128-gcm96"})
+    root.adapter.post("/v1/transit/keys/hv-hmac", json={"type": "hmac", "key_size": 64})
+    mac = t.generate_hmac("hv-hmac", hash_input=data, algorithm="sha2-512")["data"]["hmac"]
+    assert t.verify_signed_data("hv-hmac", hash_input=data, hmac=mac, hash_algorithm="sha2-512")["data"]["valid"]
+    ct = t.encrypt_data("hv-aes128", plaintext=data)["data"]["ciphertext"]
+    assert t.rewrap_data("hv-aes128", ciphertext=ct)["data"]["ciphertext"] == ct
+    assert t.generate_data_key("hv-aes128", key_type="plaintext")["data"]["plaintext"]
+    assert len(t.hash_data(hash_input=data, algorithm="sha2-512")["data"]["sum"]) == 128
+    assert t.generate_random_bytes(n_bytes=16)["data"]["random_bytes"]
+    public = root.adapter.get("/v1/transit/export/public-key/hv-ecdsa-p256-copy")["data"]["keys"]
+    assert "-----BEGIN PUBLIC KEY-----" in public["3"]
+
+
+def test_jws_es256_token_verifies_with_pyjwt(root: hvac.Client) -> None:
+    """A JWT signed by the server (``marshaling_algorithm=jws``) verifies with PyJWT and the public key we return."""
+    import jwt
+
+    t = root.secrets.transit
+    t.create_key("jwt-signer", key_type="ecdsa-p256")
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "ES256", "typ": "JWT"}).encode()).rstrip(b"=")
+    claims = base64.urlsafe_b64encode(json.dumps({"sub": "svc", "aud": "api"}).encode()).rstrip(b"=")
+    signing_input = header + b"." + claims
+    sig = t.sign_data("jwt-signer", hash_input=b64(signing_input), marshaling_algorithm="jws")["data"]["signature"]
+    token = signing_input.decode() + "." + sig.split(":", 2)[2]
+    public = t.read_key("jwt-signer")["data"]["keys"]["1"]["public_key"]
+    assert jwt.decode(token, public, algorithms=["ES256"], audience="api")["sub"] == "svc"
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"), public, algorithms=["ES256"],
+                   audience="api")
+
+
+def test_prehashed_wrong_length_is_a_400(root: hvac.Client) -> None:
+    t = root.secrets.transit
+    t.create_key("pre-p384", key_type="ecdsa-p384")
+    with pytest.raises(exceptions.InvalidRequest, match="prehashed input must be 48 bytes"):
+        t.sign_data("pre-p384", hash_input=b64(b"x" * 32), hash_algorithm="sha2-384", prehashed=True)
+    digest = b64(__import__("hashlib").sha384(b"m").digest())
+    sig = t.sign_data("pre-p384", hash_input=digest, hash_algorithm="sha2-384", prehashed=True)["data"]["signature"]
+    assert t.verify_signed_data("pre-p384", hash_input=b64(b"m"), signature=sig, hash_algorithm="sha2-384")["data"]["valid"]
