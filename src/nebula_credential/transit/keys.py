@@ -151,6 +151,15 @@ class TransitKeys:
     def write_config(self, cfg: TransitKeyConfig) -> None:
         self._write_config(cfg)
 
+    def vault_audit(self, action: str, keyring: str, **details: Any) -> None:
+        """An audit event about a key as a whole (no version)."""
+        self.audit(action, keyring, None, **details)
+
+    @staticmethod
+    def keyring_name(keyring: str) -> str:
+        """The key name of a keyring ``<mount>/<name>[#<generation>]``."""
+        return keyring.rsplit("/", 1)[-1].split("#", 1)[0]
+
     def forget(self, name: str) -> None:
         """Drop the loaded key ``name`` (the next use reads the store)."""
         with self._lock:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .._secret import SecretBytes
-from ..models import KeyStatus, KeyVersion, from_epoch, to_epoch
+from ..models import KeyStatus, KeyVersion, to_epoch
 from ..providers.base import WrapContext
 from . import asym, crypto
 from .errors import TransitInputError
@@ -196,43 +196,66 @@ def restore(transit: Transit, backup_text: Any, name: str | None = None, *, forc
     provider = transit.vault.provider
     by_version = {int(item["version"]): item for item in doc["versions"]}
     latest = int(doc.get("latest_version") or max(by_version, default=0))
-    now = transit.vault.clock()
-    rows, rsa_keys = [], {}
+    if latest < 1 or not by_version or max(by_version) != latest:
+        raise TransitInputError("invalid backup: it must hold the key's latest version")
+    wrapped: dict[int, bytes] = {}
+    retired: dict[int, KeyStatus] = {}
+    rsa_keys: dict[int, str] = {}
     for v in range(1, latest + 1):
         item = by_version.get(v)
-        if item is None:
-            rows.append(KeyVersion(keyring=keyring, version=v, status=KeyStatus.DESTROYED, created_at=now,
-                                   provider=provider.name, root_key_id=provider.root_key_id(),
-                                   status_changed_at=now, destroyed_at=now, reason="transit restore"))
+        if item is None:  # trimmed (or destroyed) before the backup: its number stays taken
+            retired[v] = KeyStatus.DESTROYED
             continue
-        dek = SecretBytes(base64.b64decode(item["dek"]))
         status = KeyStatus(item["status"])
         if status not in _RESTORED:
             raise TransitInputError(f"invalid backup: version {v} has status {status.value}")
-        wrapped = provider.wrap(dek, WrapContext(keyring, v))
-        created = from_epoch(item.get("created_at")) or now
-        rows.append(KeyVersion(keyring=keyring, version=v, status=status, created_at=created,
-                               provider=provider.name, root_key_id=provider.root_key_id(), wrapped_key=wrapped,
-                               expires_at=now + transit.vault.config.keys.max_key_age, status_changed_at=now,
-                               revoked_at=now if status is KeyStatus.REVOKED else None, reason="transit restore"))
-        if "rsa" in item:
-            loaded = serialization.load_der_private_key(base64.b64decode(item["rsa"]), password=None)
-            if not isinstance(loaded, rsa.RSAPrivateKey):
-                raise TransitInputError(f"invalid backup: version {v} is not an RSA key")
-            rsa_keys[v] = asym.seal_rsa(bytes(dek.buffer), keyring, v, loaded)
-        dek.wipe()
-    if sum(1 for r in rows if r.status is KeyStatus.ACTIVE) != 1:
-        raise TransitInputError("invalid backup: it must have exactly one active version")
+        if status is KeyStatus.REVOKED:
+            retired[v] = status
+        dek = SecretBytes(base64.b64decode(item["dek"]))
+        try:
+            wrapped[v] = provider.wrap(dek, WrapContext(keyring, v))
+            if "rsa" in item:
+                loaded = serialization.load_der_private_key(base64.b64decode(item["rsa"]), password=None)
+                if not isinstance(loaded, rsa.RSAPrivateKey):
+                    raise TransitInputError(f"invalid backup: version {v} is not an RSA key")
+                rsa_keys[v] = asym.seal_rsa(bytes(dek.buffer), keyring, v, loaded)
+        finally:
+            dek.wipe()
     transit.write_config(cfg)
-    with transit.vault.store.transaction() as tx:
-        tx.lock_keyring(keyring)
-        if tx.list_versions(keyring):
-            raise TransitInputError(f"key {name!r} already exists")
-        for row in rows:
-            tx.insert_version(row)
-        for v, sealed in rsa_keys.items():
-            tx.set_meta(f"{asym.RSA_META}{keyring}:{v}", sealed)
-        transit.vault.audit.record(tx, "transit.key.restore", keyring=keyring, version=None, mount=transit.mount,
-                                   versions=sorted(by_version), origin=cfg.origin)
+    _install(transit, keyring, latest, wrapped, retired, rsa_keys)
+    transit.vault_audit("transit.key.restore", keyring, versions=sorted(by_version), origin=cfg.origin)
     transit.forget(name)
     return replace(cfg)
+
+
+def _install(transit: Transit, keyring: str, latest: int, wrapped: dict[int, bytes],
+             retired: dict[int, KeyStatus], rsa_keys: dict[int, str]) -> None:
+    """Write the versions of a restored key in one transaction, each step audited as the keyring's
+    own lifecycle would (create, rotate, revoke, destroy), so the audit chain explains every row."""
+    vault = transit.vault
+    provider = vault.provider
+    now = vault.clock()
+    at = to_epoch(now)
+    with vault.store.transaction() as tx:
+        tx.lock_keyring(keyring)
+        if tx.list_versions(keyring):
+            raise TransitInputError(f"key {transit.keyring_name(keyring)!r} already exists")
+        for v in range(1, latest + 1):
+            if v > 1:
+                tx.set_status(keyring, v - 1, KeyStatus.ACTIVE, KeyStatus.VALID, now)
+            tx.insert_version(KeyVersion(
+                keyring=keyring, version=v, status=KeyStatus.ACTIVE, created_at=now, provider=provider.name,
+                root_key_id=provider.root_key_id(), wrapped_key=wrapped.get(v),
+                expires_at=now + vault.config.keys.max_key_age, status_changed_at=now, reason="transit restore"))
+            vault.audit.record(tx, "key.create" if v == 1 else "key.rotate", keyring=keyring, version=v,
+                               old_version=v - 1 if v > 1 else None, new_version=v, reason="transit restore", at=at)
+        for v, status in sorted(retired.items()):
+            steps = [(KeyStatus.VALID, KeyStatus.REVOKED, "key.revoke")]
+            if status is KeyStatus.DESTROYED:
+                steps.append((KeyStatus.REVOKED, KeyStatus.DESTROYED, "key.destroy"))
+            for old, new, action in steps:
+                tx.set_status(keyring, v, old, new, now)
+                vault.audit.record(tx, action, keyring=keyring, version=v, old_status=old.value,
+                                   new_status=new.value, reason="transit restore", at=at)
+        for v, sealed in rsa_keys.items():
+            tx.set_meta(f"{asym.RSA_META}{keyring}:{v}", sealed)
