@@ -352,3 +352,36 @@ def test_backup_needs_allow_plaintext_backup_and_is_checked_on_restore(transit: 
 def test_every_supported_type_is_listed() -> None:
     assert set(SUPPORTED_TYPES) == {"aes128-gcm96", "aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256",
                                     "ecdsa-p384", "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096", "hmac"}
+
+
+# ---- the CLI ------------------------------------------------------------------------------------------
+def test_cli_keys_create_sign_and_verify_files_and_stdin(tmp_path: Path) -> None:
+    from .helpers import cli_env, run_cli
+
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    nc.open(db, create=True).close()
+    env_ = cli_env(NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(tmp_path / "master.key"))
+
+    def cli(*args: str, input: str | None = None) -> tuple[int, str, str]:
+        r = run_cli("--db", db, *args, cwd=tmp_path, env=env_, input=input)
+        return r.returncode, r.stdout, r.stderr
+
+    code, out, err = cli("--json", "transit", "keys", "create", "signer", "--type", "ed25519")
+    assert code == 0, err
+    public = json.loads(out)["keys"]["1"]["public_key"]
+    artefact = tmp_path / "artefact.bin"
+    artefact.write_bytes(b"release 1.0")
+    code, sig, err = cli("transit", "sign", str(artefact), "--key", "signer")
+    assert code == 0, err and sig.startswith("vault:v1:")
+    ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(public)).verify(_raw(sig.strip()), b"release 1.0")
+    code, out, err = cli("transit", "verify", "-", "--key", "signer", "--signature", sig.strip(), input="release 1.0")
+    assert (code, out.strip()) == (0, "valid"), err
+    code, out, _ = cli("transit", "verify", "-", "--key", "signer", "--signature", sig.strip(), input="release 1.1")
+    assert (code, out.strip()) == (1, "NOT valid")
+    code, out, err = cli("transit", "keys", "create", "es", "--type", "ecdsa-p256")
+    assert code == 0 and "BEGIN PUBLIC KEY" in out, err
+    (tmp_path / "sig").write_text(cli("transit", "sign", "-", "--key", "es", "--hash-algorithm", "sha2-384",
+                                      input="x")[1])
+    code, out, err = cli("transit", "verify", "-", "--key", "es", "--hash-algorithm", "sha2-384",
+                         "--signature-file", str(tmp_path / "sig"), input="x")
+    assert code == 0, err
