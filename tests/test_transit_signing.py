@@ -385,3 +385,30 @@ def test_cli_keys_create_sign_and_verify_files_and_stdin(tmp_path: Path) -> None
     code, out, err = cli("transit", "verify", "-", "--key", "es", "--hash-algorithm", "sha2-384",
                          "--signature-file", str(tmp_path / "sig"), input="x")
     assert code == 0, err
+
+
+def test_console_shows_a_transit_keys_type_and_public_keys(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    from nebula_credential.console import Principal, create_console
+
+    v = nc.open(f"sqlite:///{tmp_path / 'c.db'}", create=True)
+    try:
+        t = Transit(v)
+        t.create_key("webhooks", type="ecdsa-p256")
+        t.rotate("webhooks")
+        t.create_key("plain")
+        app = Starlette(routes=[Mount("/ui", app=create_console(v, lambda token: Principal("root", lambda c, p: True)))])
+        c = TestClient(app, base_url="https://console.test", follow_redirects=False)
+        c.post("/ui/login", data={"token": "t"})
+        page = c.get(f"/ui/keyrings/{t.keyring_of('webhooks')}").text
+        assert "<code>ecdsa-p256</code>" in page and page.count("BEGIN PUBLIC KEY") == 2
+        public = read_key(t, "webhooks")["keys"]["2"]["public_key"].strip().splitlines()[1]
+        assert public in page
+        plain = c.get(f"/ui/keyrings/{t.keyring_of('plain')}").text
+        assert "<code>aes256-gcm96</code>" in plain and "BEGIN PUBLIC KEY" not in plain
+        assert "Transit key" not in c.get("/ui/keyrings/default").text
+    finally:
+        v.close()
