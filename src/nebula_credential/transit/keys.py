@@ -31,6 +31,7 @@ from .settings import CONFIG_META, KEYRING_META, TransitKeyConfig, check_timezon
 from .wire import MIN_AUTO_ROTATE
 
 if TYPE_CHECKING:
+    from ..store import StoreTx
     from ..vault import Vault
 
 DEFAULT_MOUNT = "transit"
@@ -148,18 +149,6 @@ class TransitKeys:
         """The stored settings of ``name`` (deleted keys included), checked as :meth:`_read_config`."""
         return self._read_config(self.check_name(name))
 
-    def write_config(self, cfg: TransitKeyConfig) -> None:
-        self._write_config(cfg)
-
-    def vault_audit(self, action: str, keyring: str, **details: Any) -> None:
-        """An audit event about a key as a whole (no version)."""
-        self.audit(action, keyring, None, **details)
-
-    @staticmethod
-    def keyring_name(keyring: str) -> str:
-        """The key name of a keyring ``<mount>/<name>[#<generation>]``."""
-        return keyring.rsplit("/", 1)[-1].split("#", 1)[0]
-
     def forget(self, name: str) -> None:
         """Drop the loaded key ``name`` (the next use reads the store)."""
         with self._lock:
@@ -169,8 +158,12 @@ class TransitKeys:
 
     def _write_config(self, cfg: TransitKeyConfig) -> None:
         with self.vault.store.transaction() as tx:
-            tx.set_meta(self._meta_name(cfg.name), cfg.to_json())
-            tx.set_meta(KEYRING_META + cfg.keyring, f"{self.mount}/{cfg.name}")
+            self.write_config_in(tx, cfg)
+
+    def write_config_in(self, tx: StoreTx, cfg: TransitKeyConfig) -> None:
+        """The key's settings (and the keyring's back-reference), in the caller's transaction."""
+        tx.set_meta(self._meta_name(cfg.name), cfg.to_json())
+        tx.set_meta(KEYRING_META + cfg.keyring, f"{self.mount}/{cfg.name}")
 
     def _key_manager(self, cfg: TransitKeyConfig) -> KeyManager:
         vault = self.vault

@@ -35,7 +35,7 @@ from . import asym, crypto
 from .errors import TransitInputError
 from .keys import LiveKey
 from .keytypes import key_type, private_key_text, public_key_text, symmetric_key
-from .settings import TransitKeyConfig
+from .settings import CONFIG_META, TransitKeyConfig
 from .wire import b64
 
 if TYPE_CHECKING:
@@ -221,25 +221,27 @@ def restore(transit: Transit, backup_text: Any, name: str | None = None, *, forc
                 rsa_keys[v] = asym.seal_rsa(bytes(dek.buffer), keyring, v, loaded)
         finally:
             dek.wipe()
-    transit.write_config(cfg)
-    _install(transit, keyring, latest, wrapped, retired, rsa_keys)
-    transit.vault_audit("transit.key.restore", keyring, versions=sorted(by_version), origin=cfg.origin)
+    _install(transit, cfg, latest, wrapped, retired, rsa_keys)
     transit.forget(name)
     return replace(cfg)
 
 
-def _install(transit: Transit, keyring: str, latest: int, wrapped: dict[int, bytes],
+def _install(transit: Transit, cfg: TransitKeyConfig, latest: int, wrapped: dict[int, bytes],
              retired: dict[int, KeyStatus], rsa_keys: dict[int, str]) -> None:
-    """Write the versions of a restored key in one transaction, each step audited as the keyring's
-    own lifecycle would (create, rotate, revoke, destroy), so the audit chain explains every row."""
+    """Write a restored key in one transaction: its settings, and its versions with each step audited
+    as the keyring's own lifecycle would (create, rotate, revoke, destroy), so the audit chain
+    explains every row.  A refusal writes nothing."""
     vault = transit.vault
+    keyring = cfg.keyring
     provider = vault.provider
     now = vault.clock()
     at = to_epoch(now)
     with vault.store.transaction() as tx:
         tx.lock_keyring(keyring)
-        if tx.list_versions(keyring):
-            raise TransitInputError(f"key {transit.keyring_name(keyring)!r} already exists")
+        current = tx.get_meta(f"{CONFIG_META}{transit.mount}/{cfg.name}")
+        if tx.list_versions(keyring) or (current is not None and not TransitKeyConfig.from_json(current).deleted):
+            raise TransitInputError(f"key {cfg.name!r} already exists")
+        transit.write_config_in(tx, cfg)
         for v in range(1, latest + 1):
             if v > 1:
                 tx.set_status(keyring, v - 1, KeyStatus.ACTIVE, KeyStatus.VALID, now)
@@ -259,3 +261,5 @@ def _install(transit: Transit, keyring: str, latest: int, wrapped: dict[int, byt
                                    new_status=new.value, reason="transit restore", at=at)
         for v, sealed in rsa_keys.items():
             tx.set_meta(f"{asym.RSA_META}{keyring}:{v}", sealed)
+        vault.audit.record(tx, "transit.key.restore", keyring=keyring, version=None, mount=transit.mount,
+                           versions=sorted(set(wrapped)), origin=cfg.origin)
