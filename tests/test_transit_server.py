@@ -543,3 +543,48 @@ def test_prehashed_wrong_length_is_a_400(root: hvac.Client) -> None:
     digest = b64(__import__("hashlib").sha384(b"m").digest())
     sig = t.sign_data("pre-p384", hash_input=digest, hash_algorithm="sha2-384", prehashed=True)["data"]["signature"]
     assert t.verify_signed_data("pre-p384", hash_input=b64(b"m"), signature=sig, hash_algorithm="sha2-384")["data"]["valid"]
+
+
+def test_fuzz_signing_export_backup_endpoints_no_5xx_and_refusals_write_nothing(root: hvac.Client,
+                                                                                 server: Server) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    t = root.secrets.transit
+    for kt in ("ed25519", "ecdsa-p256", "rsa-2048"):
+        t.create_key(f"fz-{kt}", key_type=kt)
+    root.adapter.post("/v1/transit/keys/fz-hmac", json={"type": "hmac", "key_size": 32})
+    sig = t.sign_data("fz-ecdsa-p256", hash_input=b64(b"x"))["data"]["signature"]
+    scalar = st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.text(max_size=12) | st.sampled_from(
+        [b64(b"x"), b64(b"y" * 32), sig, "vault:v1:AAAA", "vault:v99:AAAA", "jws", "asn1", "pss", "pkcs1v15",
+         "auto", "hash", "-1", "sha2-512", "sha3-256", "sha1", "md5", "true", "latest"])
+    value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["input", "signature", "hmac", "context", "reference"]), inner, max_size=3), max_leaves=6)
+    fields = st.sampled_from(["input", "signature", "hmac", "context", "key_version", "batch_input", "prehashed",
+                              "hash_algorithm", "algorithm", "signature_algorithm", "marshaling_algorithm",
+                              "salt_length", "backup", "name", "force", "exportable", "allow_plaintext_backup"])
+    body = st.dictionaries(fields, value, max_size=5)
+    names = ["fz-ed25519", "fz-ecdsa-p256", "fz-rsa-2048", "fz-hmac", "fz-missing"]
+    endpoints = st.sampled_from(["sign/{}", "sign/{}/sha2-384", "verify/{}", "verify/{}/sha3-512", "restore/{}",
+                                 "restore", "keys/{}/config"])
+    http = server.http(server.token("root"))
+
+    def state() -> Any:
+        listed = http.request("LIST", "/v1/transit/keys").json().get("data", {}).get("keys")
+        return listed, [http.get(f"/v1/transit/keys/{n}").json().get("data", {}).get("latest_version") for n in names]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(endpoint=endpoints, name=st.sampled_from(names), payload=body | st.just("not json"))
+    def run(endpoint: str, name: str, payload: Any) -> None:
+        before = state()
+        content = payload if isinstance(payload, str) else json.dumps(payload)
+        path = endpoint.format(name)
+        r = http.post(f"/v1/transit/{path}", content=content, headers={"Content-Type": "application/json"})
+        assert r.status_code < 500, (path, payload, r.text)
+        if r.status_code >= 400:
+            assert state() == before, (path, payload)
+        for kind in ("signing-key", "public-key", "hmac-key"):
+            assert http.get(f"/v1/transit/export/{kind}/{name}").status_code < 500
+        assert http.get(f"/v1/transit/backup/{name}").status_code < 500
+
+    run()
