@@ -412,3 +412,26 @@ def test_console_shows_a_transit_keys_type_and_public_keys(tmp_path: Path) -> No
         assert "Transit key" not in c.get("/ui/keyrings/default").text
     finally:
         v.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kt=st.sampled_from(["aes128-gcm96", "aes256-gcm96", "chacha20-poly1305"]), data=st.binary(max_size=200),
+       ad=st.none() | st.binary(min_size=1, max_size=20), flip=st.integers(0, 10_000))
+def test_aead_types_round_trip_and_tampering_refused(aeads: Transit, kt: str, data: bytes, ad: bytes | None,
+                                                     flip: int) -> None:
+    ct = aeads.encrypt(kt, data, associated_data=ad)
+    assert aeads.decrypt(kt, ct, associated_data=ad) == data
+    raw = bytearray(_raw(ct))
+    raw[8 + flip % (len(raw) - 8)] ^= 1 << (flip % 8)  # past the header: nonce, ciphertext or tag
+    with pytest.raises((DecryptionError, TransitInputError)):
+        aeads.decrypt(kt, "vault:v1:" + base64.b64encode(bytes(raw)).decode(), associated_data=ad)
+
+
+@pytest.fixture(scope="module")
+def aeads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Transit]:
+    v = _open(tmp_path_factory.mktemp("aeads") / "s.db")
+    t = Transit(v)
+    for kt in ("aes128-gcm96", "aes256-gcm96", "chacha20-poly1305"):
+        t.create_key(kt, type=kt)
+    yield t
+    v.close()
