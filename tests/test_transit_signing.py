@@ -347,6 +347,15 @@ def test_backup_needs_allow_plaintext_backup_and_is_checked_on_restore(transit: 
         transit.restore(base64.b64encode(json.dumps(doc).encode()).decode(), "evil")
     with pytest.raises(TransitInputError, match="not base64 JSON"):
         transit.restore("%%%", "evil")
+    from nebula_credential.transit.portable import _digest
+
+    for field, bad in (("min_decryption_version", "1"), ("type", "rsa-1"), ("origin", "transit/other")):
+        crafted = json.loads(base64.b64decode(transit.backup("ok")))
+        crafted["key"][field] = bad
+        crafted["sha256"] = _digest(crafted)
+        with pytest.raises(TransitInputError, match="invalid backup|unknown key type"):
+            transit.restore(base64.b64encode(json.dumps(crafted).encode()).decode(), "evil")
+    assert "evil" not in transit.key_names()
 
 
 def test_every_supported_type_is_listed() -> None:

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._secret import SecretBytes
-from ..exceptions import KeyNotFoundError, KeyRevokedError, StoreError
+from ..exceptions import DecryptionError, KeyNotFoundError, KeyRevokedError, StoreError
 from .errors import TransitInputError
 from .keys import LiveKey
 from .keytypes import KeyType, PrivateKey, generate_rsa, hkdf, key_type, private_key
@@ -335,8 +335,6 @@ def rsa_decrypt(key: LiveKey, ciphertext: Any) -> tuple[bytes, int]:
     try:
         return private.decrypt(blob, _OAEP), version
     except ValueError:
-        from ..exceptions import DecryptionError
-
         raise DecryptionError("failed to RSA decrypt the ciphertext") from None
 
 

@@ -22,7 +22,6 @@ import base64
 import binascii
 import hashlib
 import json
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
@@ -168,10 +167,17 @@ def parse_backup(text: Any) -> dict[str, Any]:
         raise TransitInputError("invalid backup: its digest does not match (truncated or edited)")
     try:
         key_type(str(doc["key"]["type"]))
+        defaults = TransitKeyConfig("", "", 0.0)
+        for field_name, value in doc["key"].items():
+            wanted = type(getattr(defaults, field_name))
+            if field_name not in _KEPT or type(value) is not wanted:
+                raise TransitInputError(f"invalid backup: setting {field_name!r}")
         for item in doc["versions"]:
-            int(item["version"])
-            base64.b64decode(item["dek"], validate=True)
-    except (KeyError, TypeError, ValueError, binascii.Error):
+            if type(item["version"]) is not int or item["version"] < 1:
+                raise TransitInputError("invalid backup: a version number")
+            if len(base64.b64decode(item["dek"], validate=True)) != 32:
+                raise TransitInputError(f"invalid backup: version {item['version']}'s key")
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
         raise TransitInputError("invalid backup: malformed key or versions") from None
     return doc
 
@@ -206,9 +212,9 @@ def restore(transit: Transit, backup_text: Any, name: str | None = None, *, forc
         if item is None:  # trimmed (or destroyed) before the backup: its number stays taken
             retired[v] = KeyStatus.DESTROYED
             continue
-        status = KeyStatus(item["status"])
-        if status not in _RESTORED:
-            raise TransitInputError(f"invalid backup: version {v} has status {status.value}")
+        status = KeyStatus(item["status"]) if item.get("status") in {s.value for s in _RESTORED} else None
+        if status is None:
+            raise TransitInputError(f"invalid backup: version {v} has status {item.get('status')!r}")
         if status is KeyStatus.REVOKED:
             retired[v] = status
         dek = SecretBytes(base64.b64decode(item["dek"]))
@@ -223,7 +229,7 @@ def restore(transit: Transit, backup_text: Any, name: str | None = None, *, forc
             dek.wipe()
     _install(transit, cfg, latest, wrapped, retired, rsa_keys)
     transit.forget(name)
-    return replace(cfg)
+    return cfg
 
 
 def _install(transit: Transit, cfg: TransitKeyConfig, latest: int, wrapped: dict[int, bytes],
