@@ -367,7 +367,8 @@ def _typed_sequence(http: httpx.Client, key: str, key_type: str, *, bao: bool = 
             shape["keys"] = sorted(str(sorted(v)) if isinstance(v, dict) else type(v).__name__
                                    for v in payload["keys"].values())
         elif isinstance(payload, dict) and "batch_results" in payload:
-            shape = [[*sorted((k, item[k] if k in ("valid",) else type(item[k]).__name__) for k in item if k != "error"), ("error", "error" in item)]
+            shape = [[*sorted((k, item[k] if k == "valid" else type(item[k]).__name__)
+                              for k in item if k != "error"), ("error", "error" in item)]
                      for item in payload["batch_results"]]
         elif isinstance(payload, dict):
             shape = _shape(payload)

@@ -444,3 +444,13 @@ def aeads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Transit]:
         t.create_key(kt, type=kt)
     yield t
     v.close()
+
+
+@pytest.mark.parametrize("kt", ["rsa-3072", "rsa-4096"])
+def test_larger_rsa_types_sign_encrypt_and_show_their_size(transit: Transit, kt: str) -> None:
+    transit.create_key("big", type=kt)
+    public = serialization.load_pem_public_key(read_key(transit, "big")["keys"]["1"]["public_key"].encode())
+    assert isinstance(public, rsa.RSAPublicKey) and public.key_size == int(kt.split("-")[1])
+    sig = transit.sign("big", b"m", SignOptions("sha2-512", signature_algorithm="pkcs1v15"))
+    public.verify(_raw(sig), b"m", padding.PKCS1v15(), hashes.SHA512())
+    assert transit.decrypt("big", transit.encrypt("big", b"pt")) == b"pt"
