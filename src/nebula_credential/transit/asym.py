@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .._secret import SecretBytes
 from ..exceptions import DecryptionError, KeyNotFoundError, KeyRevokedError, StoreError
 from .errors import TransitInputError
-from .keys import LiveKey
+from .keys import LiveKey, material
 from .keytypes import KeyType, PrivateKey, generate_rsa, hkdf, key_type, private_key
 from .wire import CIPHERTEXT_PREFIX, HASHES, b64, lp
 
@@ -61,8 +61,6 @@ def type_of(key: LiveKey) -> KeyType:
 
 # ---- a version's key ------------------------------------------------------------------------
 def version_dek(key: LiveKey, version: int) -> SecretBytes:
-    from .crypto import material  # crypto imports this module for RSA encryption
-
     return material(key, version)
 
 

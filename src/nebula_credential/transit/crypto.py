@@ -20,13 +20,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .. import envelope as env
-from .._secret import SecretBytes
-from ..exceptions import DecryptionError, KeyDestroyedError, KeyNotFoundError, PolicyViolationError
+from ..exceptions import DecryptionError, KeyNotFoundError, PolicyViolationError
 from ..keys import seal as aead_seal
-from ..providers.base import WrapContext
 from . import asym
 from .errors import TransitInputError
-from .keys import LiveKey
+from .keys import LiveKey, material
 from .keytypes import hkdf, key_type, symmetric_key
 from .wire import CIPHERTEXT_PREFIX, HASHES, b64, format_ciphertext, lp, parse_ciphertext, transit_aad
 
@@ -34,19 +32,6 @@ _U32 = struct.Struct(">I")
 DERIVE_DOMAIN = b"nebula-credential transit derive v1\x00"
 HMAC_DOMAIN = b"nebula-credential transit hmac v1\x00"
 _DERIVED_CACHE = 4096
-
-
-def material(key: LiveKey, version: int) -> SecretBytes:
-    """The version's DEK, unwrapped once per cached key (derivation needs the bytes)."""
-    with key.lock:
-        secret = key.material.get(version)
-        if secret is None:
-            kv = key.km.version(version)
-            if kv.wrapped_key is None:
-                raise KeyDestroyedError(kv.keyring, version)
-            secret = key.km.provider.unwrap(kv.wrapped_key, WrapContext(kv.keyring, version))
-            key.material[version] = secret
-        return secret
 
 
 def derive(key: LiveKey, version: int, domain: bytes, context: bytes) -> bytes:

@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .._secret import SecretBytes
 from ..config import HARD_MAX_ENCRYPTIONS, validate_cron
-from ..exceptions import ConfigError, PolicyViolationError, StoreError
+from ..exceptions import ConfigError, KeyDestroyedError, PolicyViolationError, StoreError
 from ..keys import KeyManager
 from ..models import KeyStatus, KeyVersion
 from ..names import TRANSIT_KEY_RULE, is_mount_path, is_transit_key_name
+from ..providers.base import WrapContext
 from .errors import TransitInputError, TransitKeyNotFoundError
 from .keytypes import DEFAULT_HMAC_KEY_SIZE, MAX_HMAC_KEY_SIZE, SUPPORTED_TYPES, PrivateKey, key_type
 from .settings import CONFIG_META, KEYRING_META, TransitKeyConfig, check_timezone
@@ -57,6 +58,19 @@ class LiveKey:
         self.derived.clear()
         self.private.clear()
 
+
+
+def material(key: LiveKey, version: int) -> SecretBytes:
+    """The version's DEK, unwrapped once per cached key (derived and typed keys need the bytes)."""
+    with key.lock:
+        secret = key.material.get(version)
+        if secret is None:
+            kv = key.km.version(version)
+            if kv.wrapped_key is None:
+                raise KeyDestroyedError(kv.keyring, version)
+            secret = key.km.provider.unwrap(kv.wrapped_key, WrapContext(kv.keyring, version))
+            key.material[version] = secret
+        return secret
 
 
 @dataclass(frozen=True, slots=True)

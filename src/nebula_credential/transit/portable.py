@@ -32,13 +32,13 @@ from ..models import KeyStatus, KeyVersion, to_epoch
 from ..providers.base import WrapContext
 from . import asym, crypto
 from .errors import TransitInputError
-from .keys import LiveKey
+from .keys import LiveKey, material
 from .keytypes import key_type, private_key_text, public_key_text, symmetric_key
 from .settings import CONFIG_META, TransitKeyConfig
 from .wire import b64
 
 if TYPE_CHECKING:
-    from .engine import Transit
+    from .keys import TransitKeys
 
 EXPORT_TYPES = ("encryption-key", "signing-key", "hmac-key", "public-key")
 BACKUP_FORMAT = "nebula-credential/transit-backup"
@@ -72,7 +72,7 @@ def export_one(key: LiveKey, export_type: str, version: int) -> str:
         return b64(crypto.hmac_key(key, version))
     if export_type == "encryption-key":
         if kt.family == "aead":
-            return b64(symmetric_key(kt, bytes(crypto.material(key, version).buffer)))
+            return b64(symmetric_key(kt, bytes(material(key, version).buffer)))
         if kt.family == "rsa":
             return private_key_text(asym.version_key(key, version))
         raise TransitInputError("encryption key not supported for key type")
@@ -87,7 +87,7 @@ def export_one(key: LiveKey, export_type: str, version: int) -> str:
     raise TransitInputError(f"invalid export type: {export_type}")
 
 
-def export(transit: Transit, name: str, export_type: str, version: str | int | None = None) -> dict[str, Any]:
+def export(transit: TransitKeys, name: str, export_type: str, version: str | int | None = None) -> dict[str, Any]:
     """``export/:type/:name[/:version]``: Vault's ``{"name", "type", "keys": {"<N>": key}}``."""
     if export_type not in EXPORT_TYPES:
         raise TransitInputError(f"invalid export type: {export_type}")
@@ -103,7 +103,7 @@ def export(transit: Transit, name: str, export_type: str, version: str | int | N
     return {"name": cfg.name, "type": cfg.type, "keys": keys}
 
 
-def _rfc3339(transit: Transit) -> str:
+def _rfc3339(transit: TransitKeys) -> str:
     return transit.vault.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -118,7 +118,7 @@ _KEPT = ("type", "derived", "exportable", "allow_plaintext_backup", "key_size", 
          "rotation_cron", "rotation_timezone", "max_encryptions", "auto_rotation")
 
 
-def backup(transit: Transit, name: str) -> str:
+def backup(transit: TransitKeys, name: str) -> str:
     """``backup/:name``: every version still holding material, with the key's settings."""
     key = transit.live_key(name)
     cfg = key.config
@@ -133,7 +133,7 @@ def backup(transit: Transit, name: str) -> str:
             continue
         item: dict[str, Any] = {"version": kv.version, "status": kv.status.value,
                                 "created_at": to_epoch(kv.created_at),
-                                "dek": b64(bytes(crypto.material(key, kv.version).buffer))}
+                                "dek": b64(bytes(material(key, kv.version).buffer))}
         if kt.family == "rsa":
             private = asym.version_key(key, kv.version)
             item["rsa"] = b64(private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
@@ -182,7 +182,8 @@ def parse_backup(text: Any) -> dict[str, Any]:
     return doc
 
 
-def restore(transit: Transit, backup_text: Any, name: str | None = None, *, force: bool = False) -> TransitKeyConfig:
+def restore(transit: TransitKeys, backup_text: Any, name: str | None = None, *,
+            force: bool = False) -> TransitKeyConfig:
     """``restore[/:name]``: a new key (or generation) with the backup's versions and settings."""
     doc = parse_backup(backup_text)
     name = transit.check_name(name or str(doc.get("name", "")))
@@ -232,7 +233,7 @@ def restore(transit: Transit, backup_text: Any, name: str | None = None, *, forc
     return cfg
 
 
-def _install(transit: Transit, cfg: TransitKeyConfig, latest: int, wrapped: dict[int, bytes],
+def _install(transit: TransitKeys, cfg: TransitKeyConfig, latest: int, wrapped: dict[int, bytes],
              retired: dict[int, KeyStatus], rsa_keys: dict[int, str]) -> None:
     """Write a restored key in one transaction: its settings, and its versions with each step audited
     as the keyring's own lifecycle would (create, rotate, revoke, destroy), so the audit chain
