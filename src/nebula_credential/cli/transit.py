@@ -12,7 +12,10 @@ from typing import Any
 import click
 
 from ..exceptions import ConfigError, NebulaCredentialError
-from ..transit import DEFAULT_MOUNT, Transit, b64decode
+from ..transit import DEFAULT_MOUNT, SUPPORTED_TYPES, Transit, b64decode
+from ..transit.asym import SIGN_HASHES, SignOptions
+from ..transit.requests import read_key
+from ..transit.wire import version_of
 from ._common import AppContext, emit, pass_app
 from ._progress import PlainProgress
 
@@ -99,3 +102,120 @@ def rewrap_file(app: AppContext, src: str, dst: str, key_name: str, mount: str, 
         raise click.ClickException(
             f"{len(failed)} of {done} line(s) could not be rewrapped and were copied unchanged "
             f"(first: line {failed[0]})")
+
+
+# ---- keys and signatures ---------------------------------------------------------------------------
+@transit.group(name="keys")
+def transit_keys() -> None:
+    """Transit keys of a mount: create one of any Vault key type, show it."""
+
+
+@transit_keys.command(name="create")
+@click.argument("name")
+@click.option("--type", "key_type", default="aes256-gcm96", show_default=True, type=click.Choice(SUPPORTED_TYPES),
+              help="Vault's key type.")
+@click.option("--mount", default=DEFAULT_MOUNT, show_default=True, help="Transit mount.")
+@click.option("--derived", is_flag=True, help="Per-context keys (AEAD types and ed25519).")
+@click.option("--exportable", is_flag=True, help="Allow export of the private key material (cannot be undone).")
+@click.option("--allow-plaintext-backup", is_flag=True, help="Allow backup/:name (cannot be undone).")
+@click.option("--key-size", type=int, default=0, help="hmac keys: the key length in bytes (32..512).")
+@pass_app
+def keys_create(app: AppContext, name: str, key_type: str, mount: str, derived: bool, exportable: bool,
+                allow_plaintext_backup: bool, key_size: int) -> None:
+    """Create Transit key NAME (an existing key is left as it is, as Vault does)."""
+    t = Transit(app.vault(), mount)
+    t.create_key(name, type=key_type, derived=derived, exportable=exportable,
+                 allow_plaintext_backup=allow_plaintext_backup, key_size=key_size)
+    _show(app, t, name)
+
+
+@transit_keys.command(name="show")
+@click.argument("name")
+@click.option("--mount", default=DEFAULT_MOUNT, show_default=True, help="Transit mount.")
+@pass_app
+def keys_show(app: AppContext, name: str, mount: str) -> None:
+    """Show Transit key NAME: its type, versions and, for signing keys, each version's public key."""
+    _show(app, Transit(app.vault(), mount), name)
+
+
+def _show(app: AppContext, t: Transit, name: str) -> None:
+    data = read_key(t, name)
+
+    def human() -> None:
+        click.echo(f"{data['name']}: {data['type']}, latest version {data['latest_version']}, "
+                   f"keyring {data['nebula']['keyring']}")
+        for version, entry in sorted(data.get("keys", {}).items(), key=lambda kv: int(kv[0])):
+            if isinstance(entry, dict):
+                click.echo(f"v{version} public key ({entry['name']}):\n{entry['public_key'].rstrip()}")
+
+    emit(app, data, human)
+
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    return Path(path).read_bytes()
+
+
+def _sign_options(hash_algorithm: str, prehashed: bool, signature_algorithm: str, marshaling: str,
+                  salt_length: str) -> SignOptions:
+    salt: str | int = int(salt_length) if salt_length.isdigit() else salt_length
+    return SignOptions(hash_algorithm, prehashed=prehashed, signature_algorithm=signature_algorithm,
+                       marshaling=marshaling, salt_length=salt)
+
+
+def _signing_options(fn: Any) -> Any:
+    for option in reversed((
+        click.option("--key", "key_name", required=True, help="Transit key name."),
+        click.option("--mount", default=DEFAULT_MOUNT, show_default=True, help="Transit mount."),
+        click.option("--hash-algorithm", default="sha2-256", show_default=True, type=click.Choice(list(SIGN_HASHES)),
+                     help="Digest for ECDSA and RSA (ed25519 signs the message itself)."),
+        click.option("--prehashed", is_flag=True, help="The input is already the digest."),
+        click.option("--signature-algorithm", default="pss", show_default=True, type=click.Choice(["pss", "pkcs1v15"]),
+                     help="RSA padding."),
+        click.option("--marshaling-algorithm", "marshaling", default="asn1", show_default=True,
+                     type=click.Choice(["asn1", "jws"]), help="ECDSA signature encoding."),
+        click.option("--salt-length", default="auto", show_default=True, help="RSA-PSS: auto, hash or a number."),
+        click.option("--context", help="Derivation context (base64) of a derived ed25519 key."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+@transit.command(name="sign")
+@click.argument("file", default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@_signing_options
+@click.option("--key-version", type=int, default=0, help="Sign with this version (default: the active one).")
+@pass_app
+def sign_cmd(app: AppContext, file: str, key_name: str, mount: str, hash_algorithm: str, prehashed: bool,
+             signature_algorithm: str, marshaling: str, salt_length: str, context: str | None,
+             key_version: int) -> None:
+    """Sign FILE (or stdin, ``-``) with Transit key --key; prints ``vault:v<N>:<signature>``."""
+    t = Transit(app.vault(), mount)
+    opts = _sign_options(hash_algorithm, prehashed, signature_algorithm, marshaling, salt_length)
+    signature = t.sign(key_name, _read_input(file), opts, context=b64decode(context, "--context"),
+                       key_version=key_version)
+    t.audit("transit.sign", t.keyring_of(key_name), version_of(signature), source="cli")
+    emit(app, {"key": key_name, "signature": signature, "key_version": version_of(signature)},
+         lambda: click.echo(signature))
+
+
+@transit.command(name="verify")
+@click.argument("file", default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@_signing_options
+@click.option("--signature", help="The ``vault:v<N>:...`` signature.")
+@click.option("--signature-file", type=click.Path(dir_okay=False, exists=True), help="A file holding the signature.")
+@pass_app
+def verify_cmd(app: AppContext, file: str, key_name: str, mount: str, hash_algorithm: str, prehashed: bool,
+               signature_algorithm: str, marshaling: str, salt_length: str, context: str | None,
+               signature: str | None, signature_file: str | None) -> None:
+    """Verify FILE (or stdin, ``-``) against a signature of Transit key --key; exits 1 when it is not valid."""
+    if (signature is None) == (signature_file is None):
+        raise click.UsageError("give one of --signature or --signature-file")
+    text = signature if signature is not None else Path(str(signature_file)).read_text(encoding="utf-8").strip()
+    t = Transit(app.vault(), mount)
+    opts = _sign_options(hash_algorithm, prehashed, signature_algorithm, marshaling, salt_length)
+    valid = t.verify(key_name, _read_input(file), text, opts, context=b64decode(context, "--context"))
+    emit(app, {"key": key_name, "valid": valid}, lambda: click.echo("valid" if valid else "NOT valid"))
+    if not valid:
+        raise SystemExit(1)

@@ -162,7 +162,7 @@ def keyring_page(base: str, v: KeyringView, principal: Principal, csrf: str, job
         )
     body = f"""<h1>Keyring <span class="name">{h(kr)}</span></h1>{banner}
 <div class="toolbar">{"".join(actions)}</div>
-<section class="card"><h2>Alerts</h2>{_alerts_list(v.alerts)}</section>
+<section class="card"><h2>Alerts</h2>{_alerts_list(v.alerts)}</section>{_transit_card(v)}
 <section class="card"><h2>Versions</h2>
 <p>Active: {"v" + h(v.active_version) if v.active_version else "none"} · age {_age_meter(v)}</p>
 <table class="versions"><thead><tr><th>version</th><th>status</th><th>created</th><th>status since</th>
@@ -173,6 +173,16 @@ def keyring_page(base: str, v: KeyringView, principal: Principal, csrf: str, job
 </section>
 {progress_fragment(base, v, job)}"""
     return layout(f"Keyring {kr}", body, base=base, principal=principal, csrf=csrf)
+
+
+def _transit_card(v: KeyringView) -> str:
+    """A Transit key's type and its versions' public keys (nothing for an ordinary keyring)."""
+    if v.transit_type is None:
+        return ""
+    keys = "".join(f'<dt>v{n}</dt><dd><pre class="public-key">{h(pem.strip())}</pre></dd>'
+                   for n, pem in sorted(v.public_keys.items(), reverse=True))
+    return (f'<section class="card transit"><h2>Transit key</h2><p>Type: <code>{h(v.transit_type)}</code></p>'
+            + (f"<h3>Public keys</h3><dl>{keys}</dl>" if keys else "") + "</section>")
 
 
 def progress_fragment(base: str, v: KeyringView, job: Job | None) -> str:

@@ -37,6 +37,9 @@ class KeyringView:
     progress: float
     pending_by_scope: dict[str, int]
     alerts: list[dict[str, str]]
+    #: A Transit key's keyring: Vault's key type, and each readable version's public key (signing types).
+    transit_type: str | None = None
+    public_keys: dict[int, str] = field(default_factory=dict)
 
     @property
     def age_share(self) -> float:
@@ -67,7 +70,24 @@ def keyring_view(vault: Vault, name: str) -> KeyringView:
         progress=r["progress"],
         pending_by_scope={s: n for s, n in sorted(by_scope.items()) if n},
         alerts=status["alerts"],
+        **_transit_facts(vault, name),
     )
+
+
+def _transit_facts(vault: Vault, keyring: str) -> dict[str, Any]:
+    """The key type and public keys of a Transit key's keyring ({} for an ordinary keyring)."""
+    from ..transit import Transit
+    from ..transit.settings import settings_of
+
+    with vault.store.read() as tx:
+        cfg = settings_of(tx, keyring)
+    if cfg is None or cfg.deleted:
+        return {}
+    try:
+        public = Transit(vault, keyring[: -len(cfg.name) - 1].split("#", 1)[0]).key_info(cfg.name).public_keys
+    except NebulaCredentialError:
+        public = {}
+    return {"transit_type": cfg.type, "public_keys": public}
 
 
 def timeline(vault: Vault, name: str) -> dict[str, Any]:

@@ -80,6 +80,15 @@ class TransitEngine:
             route("/datakey/{kind}/{name}", self.datakey, post),
             route("/hmac/{name}", self.hmac, post),
             route("/hmac/{name}/{algorithm}", self.hmac, post),
+            route("/sign/{name}", self.sign, post),
+            route("/sign/{name}/{algorithm}", self.sign, post),
+            route("/verify/{name}", self.verify, post),
+            route("/verify/{name}/{algorithm}", self.verify, post),
+            route("/export/{kind}/{name}", self.export, ["GET"]),
+            route("/export/{kind}/{name}/{version}", self.export, ["GET"]),
+            route("/backup/{name}", self.backup, ["GET"]),
+            route("/restore", self.restore, post),
+            route("/restore/{name}", self.restore, post),
             route("/random", self.random, post),
             route("/random/{count}", self.random, post),
             route("/random/{source}/{count}", self.random, post),
@@ -113,13 +122,17 @@ class TransitEngine:
         ctx.keyring = data["nebula"]["keyring"]
         return ctx.reply(data)
 
-    def _batch_reply(self, ctx: Ctx, name: str, body: dict[str, Any], handled: Handled) -> Response:
-        """Vault's answer, and the audit facts of the request: keyring, key versions, item counts."""
+    def _batch_reply(self, ctx: Ctx, name: str, body: dict[str, Any], handled: Handled, *,
+                     per_item: bool = False) -> Response:
+        """Vault's answer, and the audit facts of the request: keyring, key versions, item counts.
+
+        ``per_item`` (``sign``, ``verify``): as Vault, a batch answers 200 whatever its items' errors.
+        """
         data, result = handled
         self._note(ctx, name, key_versions=sorted(result.versions) or None)
         if result.batched:
             ctx.details.update(items=len(result.items), failed=result.failed)
-        return ctx.reply(data, status=_batch_status(body, result))
+        return ctx.reply(data, status=200 if per_item else _batch_status(body, result))
 
     def _note(self, ctx: Ctx, name: str, **details: Any) -> None:
         ctx.keyring = self.transit(ctx).cached_keyring(name) or ctx.keyring
@@ -201,6 +214,45 @@ class TransitEngine:
         name = self._name(request)
         return self._batch_reply(ctx, name, body,
                                  await self._call(ctx, requests.handle_hmac, self.transit(ctx), name, body, algorithm))
+
+    async def sign(self, request: Request, ctx: Ctx) -> Response:
+        ctx.require("update")
+        body = await read_json(request)
+        name = self._name(request)
+        handled = await self._call(ctx, requests.handle_sign, self.transit(ctx), name, body,
+                                   request.path_params.get("algorithm"))
+        return self._batch_reply(ctx, name, body, handled, per_item=True)
+
+    async def verify(self, request: Request, ctx: Ctx) -> Response:
+        ctx.require("update")
+        body = await read_json(request)
+        name = self._name(request)
+        handled = await self._call(ctx, requests.handle_verify, self.transit(ctx), name, body,
+                                   request.path_params.get("algorithm"))
+        return self._batch_reply(ctx, name, body, handled, per_item=True)
+
+    async def export(self, request: Request, ctx: Ctx) -> Response:
+        """``export/:type/:name[/:version]`` (read capability, as Vault; audited by the engine)."""
+        ctx.require("read")
+        name, kind = self._name(request), str(request.path_params["kind"])
+        data = await self._call(ctx, requests.handle_export, self.transit(ctx), name, kind,
+                                request.path_params.get("version"), key_path=True)
+        self._note(ctx, name, export_type=kind)
+        return ctx.reply(data)
+
+    async def backup(self, request: Request, ctx: Ctx) -> Response:
+        ctx.require("read")
+        name = self._name(request)
+        data = await self._call(ctx, requests.handle_backup, self.transit(ctx), name, key_path=True, write=True)
+        self._note(ctx, name)
+        return ctx.reply(data)
+
+    async def restore(self, request: Request, ctx: Ctx) -> Response:
+        ctx.require("update")
+        body = await read_json(request)
+        name = request.path_params.get("name")
+        await self._call(ctx, requests.handle_restore, self.transit(ctx), name, body, write=True)
+        return Response(status_code=NO_CONTENT)
 
     async def datakey(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")

@@ -15,7 +15,9 @@ values, ``batch_input`` with per-item results and errors, the answers
 shaped: the HTTP mount is a thin router over its ``handle_*``), ``wire``
 (Vault's base64 fields, ciphertext strings, the AAD, batch results),
 ``settings`` (the per-key record and how ``maintain`` treats a Transit
-keyring) and ``errors``.
+keyring), ``keytypes`` (Vault's key types and each version's typed key made
+from its DEK), ``asym`` (sign, verify, RSA-OAEP, the sealed RSA keys),
+``portable`` (export and backup/restore under the key's policy) and ``errors``.
 
 Ciphertexts look like Vault's, ``vault:v<N>:<base64>``, with our envelope v1
 inside.  The AES-GCM associated data binds the ciphertext to its key (the
@@ -33,7 +35,7 @@ retention policy.  Nothing here erases key material by any other path.
 
 from __future__ import annotations
 
-from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, DataKey, Transit
+from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, DataKey, SignOptions, Transit
 from .errors import TransitInputError, TransitKeyNotFoundError
 from .keys import KeyConfigChange, KeyInfo
 from .requests import hash_input, random_bytes
@@ -57,6 +59,7 @@ __all__ = [
     "KeyConfigChange",
     "KeyInfo",
     "MaintenancePlan",
+    "SignOptions",
     "Transit",
     "TransitInputError",
     "TransitKeyConfig",

@@ -16,16 +16,16 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .. import envelope as env
-from .._secret import SecretBytes
-from ..exceptions import DecryptionError, KeyDestroyedError, KeyNotFoundError, PolicyViolationError
+from ..exceptions import DecryptionError, KeyNotFoundError, PolicyViolationError
 from ..keys import seal as aead_seal
-from ..providers.base import WrapContext
+from . import asym
 from .errors import TransitInputError
-from .keys import LiveKey
+from .keys import LiveKey, material
+from .keytypes import hkdf, key_type, symmetric_key
 from .wire import CIPHERTEXT_PREFIX, HASHES, b64, format_ciphertext, lp, parse_ciphertext, transit_aad
 
 _U32 = struct.Struct(">I")
@@ -34,21 +34,8 @@ HMAC_DOMAIN = b"nebula-credential transit hmac v1\x00"
 _DERIVED_CACHE = 4096
 
 
-def material(key: LiveKey, version: int) -> SecretBytes:
-    """The version's DEK, unwrapped once per cached key (derivation needs the bytes)."""
-    with key.lock:
-        secret = key.material.get(version)
-        if secret is None:
-            kv = key.km.version(version)
-            if kv.wrapped_key is None:
-                raise KeyDestroyedError(kv.keyring, version)
-            secret = key.km.provider.unwrap(kv.wrapped_key, WrapContext(kv.keyring, version))
-            key.material[version] = secret
-        return secret
-
-
 def derive(key: LiveKey, version: int, domain: bytes, context: bytes) -> bytes:
-    info = domain + lp(key.config.keyring.encode()) + _U32.pack(version) + context
+    info = domain + lp(key.config.binding.encode()) + _U32.pack(version) + context
     secret = material(key, version)
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(bytes(secret.buffer))
 
@@ -56,9 +43,9 @@ def derive(key: LiveKey, version: int, domain: bytes, context: bytes) -> bytes:
 def subkey(key: LiveKey, version: int, context: bytes) -> AESGCM:
     """A per-context key: HKDF-SHA256 over the version's DEK (cached, LRU)."""
     cache_key = (version, context)
-    aead = key.derived.get(cache_key)
-    if aead is not None:
-        return aead
+    found = key.derived.get(cache_key)
+    if isinstance(found, AESGCM):
+        return found
     aead = AESGCM(derive(key, version, DERIVE_DOMAIN, context))
     with key.lock:
         key.derived[cache_key] = aead
@@ -95,10 +82,12 @@ def check_encrypt_version(key: LiveKey, key_version: int, active: int) -> None:
 def seal(key: LiveKey, plaintext: bytes, associated_data: bytes | None, context: bytes | None,
          key_version: int = 0) -> str:
     """``vault:v<N>:...`` under the active version (or ``key_version``, which must be it)."""
+    if key.config.type != "aes256-gcm96":
+        return _seal_typed(key, plaintext, associated_data, context, key_version)
     ctx = derivation_context(key, context)
     if key_version:
         check_encrypt_version(key, key_version, key.km.current_key().version)
-    aad = transit_aad(key.config.keyring, associated_data, ctx)
+    aad = transit_aad(key.config.binding, associated_data, ctx)
     if ctx is None:
         return format_ciphertext(key.km.encrypt(plaintext, aad))
     vk = key.km.next_active()
@@ -109,12 +98,14 @@ def seal(key: LiveKey, plaintext: bytes, associated_data: bytes | None, context:
 def unseal(key: LiveKey, ciphertext: Any, associated_data: bytes | None,
            context: bytes | None) -> tuple[bytes, int]:
     """(plaintext, key version) of a ``vault:v<N>:...`` string; every authentication failure is one error."""
+    if key.config.type != "aes256-gcm96":
+        return _unseal_typed(key, ciphertext, associated_data, context)
     version, blob = parse_ciphertext(ciphertext)
     ctx = derivation_context(key, context)
     cfg = key.config
     if version < cfg.min_decryption_version:
         raise TransitInputError("ciphertext or signature version is disallowed by policy (too old)")
-    aad = transit_aad(cfg.keyring, associated_data, ctx)
+    aad = transit_aad(cfg.binding, associated_data, ctx)
     try:
         if ctx is None:
             return key.km.decrypt(blob, aad), version
@@ -131,14 +122,81 @@ def unseal(key: LiveKey, ciphertext: Any, associated_data: bytes | None,
         raise TransitInputError("invalid ciphertext: version is too new") from None
 
 
-def mac(key: LiveKey, data: bytes, algorithm: str = "sha2-256", key_version: int = 0) -> str:
-    """``vault:v<N>:<base64 HMAC>`` with a per-version HMAC key derived from the DEK."""
+def mac(key: LiveKey, data: bytes, algorithm: str = "sha2-256", key_version: int = 0, *,
+        checked: bool = False) -> str:
+    """``vault:v<N>:<base64 HMAC>`` with the version's HMAC key (``checked``: a verify, whose
+    version the caller checked against ``min_decryption_version``)."""
     if algorithm not in HASHES:
         raise TransitInputError(f"unsupported algorithm {algorithm}")
     version = key_version or key.km.current_key().version
-    if version < key.config.min_encryption_version:
+    if not checked and version < key.config.min_encryption_version:
         raise TransitInputError("cannot use key version below the minimum encryption version")
     key.km.get_key(version)  # the lifecycle says whether this version may still be used
-    mac_key = derive(key, version, HMAC_DOMAIN, b"")
+    mac_key = hmac_key(key, version)
     digest = _hmac.new(mac_key, data, HASHES[algorithm]).digest()
     return f"{CIPHERTEXT_PREFIX}{version}:{b64(digest)}"
+
+
+def hmac_key(key: LiveKey, version: int) -> bytes:
+    """A version's HMAC key: an ``hmac`` key's own (``key_size`` bytes), else derived from the DEK."""
+    kt = key_type(key.config.type)
+    if kt.family == "hmac":
+        return symmetric_key(kt, bytes(material(key, version).buffer), key.config.key_size or 32)
+    return derive(key, version, HMAC_DOMAIN, b"")
+
+
+# ---- the other encryption types: aes128-gcm96, chacha20-poly1305 (our envelope), RSA-OAEP ------------
+Cipher = AESGCM | ChaCha20Poly1305
+_PLAIN = b"\x00plain"
+
+
+def typed_cipher(key: LiveKey, version: int, ctx: bytes | None) -> Cipher:
+    """The AEAD of an ``aes128-gcm96`` or ``chacha20-poly1305`` version (per context when derived)."""
+    cache_key = (version, _PLAIN if ctx is None else ctx)
+    found = key.derived.get(cache_key)
+    if found is not None:
+        return found
+    kt = key_type(key.config.type)
+    dek = bytes(material(key, version).buffer)
+    raw = symmetric_key(kt, dek) if ctx is None else hkdf(
+        dek, kt.name.encode() + b"-derived", kt.bits // 8, lp(key.config.binding.encode()) + ctx)
+    cipher: Cipher = ChaCha20Poly1305(raw) if kt.name == "chacha20-poly1305" else AESGCM(raw)
+    with key.lock:
+        key.derived[cache_key] = cipher
+        while len(key.derived) > _DERIVED_CACHE:
+            key.derived.popitem(last=False)
+    return cipher
+
+
+def _seal_typed(key: LiveKey, plaintext: bytes, associated_data: bytes | None, context: bytes | None,
+                key_version: int) -> str:
+    kt = key_type(key.config.type)
+    if kt.family == "rsa":
+        return asym.rsa_encrypt(key, plaintext, key_version)
+    if kt.family != "aead":
+        raise TransitInputError(f"key type {kt.name} does not support encryption")
+    ctx = derivation_context(key, context)
+    if key_version:
+        check_encrypt_version(key, key_version, key.km.current_key().version)
+    vk = key.km.next_active()  # counted against the version's usage bound, as every encryption
+    aad = transit_aad(key.config.binding, associated_data, ctx)
+    return format_ciphertext(aead_seal(typed_cipher(key, vk.version, ctx), env.version_prefix(vk.version),
+                                       plaintext, aad))
+
+
+def _unseal_typed(key: LiveKey, ciphertext: Any, associated_data: bytes | None,
+                  context: bytes | None) -> tuple[bytes, int]:
+    kt = key_type(key.config.type)
+    if kt.family == "rsa":
+        return asym.rsa_decrypt(key, ciphertext)
+    if kt.family != "aead":
+        raise TransitInputError(f"key type {kt.name} does not support decryption")
+    version, blob = parse_ciphertext(ciphertext)
+    ctx = derivation_context(key, context)
+    asym.verifying_version(key, version)
+    parsed = env.parse(blob)
+    aad = transit_aad(key.config.binding, associated_data, ctx)
+    try:
+        return typed_cipher(key, version, ctx).decrypt(parsed.nonce, parsed.ciphertext, parsed.header + aad), version
+    except InvalidTag:
+        raise DecryptionError("cipher: message authentication failed") from None

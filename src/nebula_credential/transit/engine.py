@@ -15,9 +15,13 @@ from typing import Any
 
 from .._secret import SecretBytes
 from ..exceptions import NebulaCredentialError
-from . import crypto
+from ..models import KeyStatus, KeyVersion
+from . import asym, crypto, portable
+from .asym import SignOptions
 from .errors import TransitInputError, TransitKeyNotFoundError
-from .keys import DEFAULT_MOUNT, SUPPORTED_TYPES, KeyConfigChange, KeyInfo, LiveKey, TransitKeys
+from .keys import DEFAULT_MOUNT, KeyConfigChange, KeyInfo, LiveKey, TransitKeys
+from .keytypes import SUPPORTED_TYPES, key_type, public_key_text
+from .settings import TransitKeyConfig
 from .wire import version_of
 
 DATAKEY_BITS = (128, 256, 512)
@@ -34,6 +38,62 @@ class DataKey:
 
 class Transit(TransitKeys):
     """Transit keys of one mount and the operations on their data."""
+
+    # ---- key management that needs the typed keys -----------------------------------------
+    def create_key(self, name: str, **kw: Any) -> TransitKeyConfig:
+        """Create a key; an RSA key's first private key is generated now, not at its first use."""
+        cfg = super().create_key(name, **kw)
+        asym.prepare_version(self._key(name), 1)
+        return cfg
+
+    def rotate(self, name: str, *, reason: str = "transit rotate") -> KeyVersion:
+        kv = super().rotate(name, reason=reason)
+        asym.prepare_version(self._key(name), kv.version)
+        return kv
+
+    def key_info(self, name: str) -> KeyInfo:
+        """As :meth:`TransitKeys.key_info`, with each readable version's public key (asymmetric types)."""
+        info = super().key_info(name)
+        kt = key_type(info.config.type)
+        if not kt.asymmetric or info.config.derived:
+            return info
+        key = self._key(name)
+        public = {
+            v.version: public_key_text(kt, asym.version_key(key, v.version))
+            for v in info.versions
+            if v.version >= info.config.min_decryption_version and v.status in (
+                KeyStatus.ACTIVE, KeyStatus.VALID, KeyStatus.GRACE)
+        }
+        return KeyInfo(info.config, info.versions, info.credentials, public)
+
+    # ---- signatures -------------------------------------------------------------------------
+    def sign(self, name: str, data: bytes, opts: SignOptions | None = None, *, context: bytes | None = None,
+             key_version: int = 0) -> str:
+        """``vault:v<N>:<signature>`` of ``data`` (ed25519, ECDSA or RSA keys)."""
+        return asym.sign(self.key_for_data(name), data, opts or SignOptions(), context=context,
+                         key_version=key_version)[0]
+
+    def verify(self, name: str, data: bytes, signature: str, opts: SignOptions | None = None, *,
+               context: bytes | None = None) -> bool:
+        """Whether ``signature`` is a valid signature of ``data`` by a version that may still verify."""
+        return asym.verify(self.key_for_data(name), data, signature, opts or SignOptions(), context=context)[0]
+
+    def verify_hmac(self, name: str, data: bytes, mac: str, *, algorithm: str = "sha2-256") -> bool:
+        """Whether ``mac`` (``vault:v<N>:...``) is the HMAC of ``data`` under version N."""
+        key = self.key_for_data(name)
+        version, _ = asym.parse_signed(mac, "hmac")
+        asym.verifying_version(key, version)
+        return asym.verify_mac(mac, crypto.mac(key, data, algorithm, version, checked=True))
+
+    # ---- material leaving the server, under the key's policy ----------------------------------
+    def export(self, name: str, export_type: str, version: str | int | None = None) -> dict[str, Any]:
+        return portable.export(self, name, export_type, version)
+
+    def backup(self, name: str) -> str:
+        return portable.backup(self, name)
+
+    def restore(self, backup: Any, name: str | None = None, *, force: bool = False) -> TransitKeyConfig:
+        return portable.restore(self, backup, name, force=force)
 
     # ---- data under a loaded key (what a batch uses, one key for all its items) ----------
     def key_for_data(self, name: str) -> LiveKey:
@@ -119,4 +179,5 @@ class Transit(TransitKeys):
             return DataKey(ct, version_of(ct), bytes(data_key.buffer) if plaintext else None)
 
 
-__all__ = ["DATAKEY_BITS", "DEFAULT_MOUNT", "SUPPORTED_TYPES", "DataKey", "KeyConfigChange", "KeyInfo", "Transit"]
+__all__ = ["DATAKEY_BITS", "DEFAULT_MOUNT", "SUPPORTED_TYPES", "DataKey", "KeyConfigChange", "KeyInfo",
+           "SignOptions", "Transit"]

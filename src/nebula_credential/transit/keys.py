@@ -17,22 +17,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .._secret import SecretBytes
 from ..config import HARD_MAX_ENCRYPTIONS, validate_cron
-from ..exceptions import ConfigError, PolicyViolationError, StoreError
+from ..exceptions import ConfigError, KeyDestroyedError, PolicyViolationError, StoreError
 from ..keys import KeyManager
 from ..models import KeyStatus, KeyVersion
 from ..names import TRANSIT_KEY_RULE, is_mount_path, is_transit_key_name
+from ..providers.base import WrapContext
 from .errors import TransitInputError, TransitKeyNotFoundError
+from .keytypes import DEFAULT_HMAC_KEY_SIZE, MAX_HMAC_KEY_SIZE, SUPPORTED_TYPES, PrivateKey, key_type
 from .settings import CONFIG_META, KEYRING_META, TransitKeyConfig, check_timezone
 from .wire import MIN_AUTO_ROTATE
 
 if TYPE_CHECKING:
+    from ..store import StoreTx
     from ..vault import Vault
 
-SUPPORTED_TYPES = ("aes256-gcm96",)
 DEFAULT_MOUNT = "transit"
 
 
@@ -45,7 +47,8 @@ class LiveKey:
     km: KeyManager
     loaded_at: float
     material: dict[int, SecretBytes] = field(default_factory=dict)
-    derived: OrderedDict[tuple[int, bytes], AESGCM] = field(default_factory=OrderedDict)
+    derived: OrderedDict[tuple[int, bytes], AESGCM | ChaCha20Poly1305] = field(default_factory=OrderedDict)
+    private: dict[tuple[int, bytes], PrivateKey] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def wipe(self) -> None:
@@ -53,7 +56,21 @@ class LiveKey:
             secret.wipe()
         self.material.clear()
         self.derived.clear()
+        self.private.clear()
 
+
+
+def material(key: LiveKey, version: int) -> SecretBytes:
+    """The version's DEK, unwrapped once per cached key (derived and typed keys need the bytes)."""
+    with key.lock:
+        secret = key.material.get(version)
+        if secret is None:
+            kv = key.km.version(version)
+            if kv.wrapped_key is None:
+                raise KeyDestroyedError(kv.keyring, version)
+            secret = key.km.provider.unwrap(kv.wrapped_key, WrapContext(kv.keyring, version))
+            key.material[version] = secret
+        return secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +80,8 @@ class KeyInfo:
     config: TransitKeyConfig
     versions: list[KeyVersion]
     credentials: dict[int, int]
+    #: Asymmetric keys: each readable version's public key, in Vault's form.
+    public_keys: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +99,9 @@ class KeyConfigChange:
     rotation_cron: str | None = None
     rotation_timezone: str | None = None
     max_encryptions: int | None = None
+    #: Vault's one-way switches: once on, they cannot be turned off.
+    exportable: bool | None = None
+    allow_plaintext_backup: bool | None = None
 
 
 class TransitKeys:
@@ -137,10 +159,25 @@ class TransitKeys:
                 "nebula-credential?); refusing to use them")
         return cfg
 
+    def read_config(self, name: str) -> TransitKeyConfig | None:
+        """The stored settings of ``name`` (deleted keys included), checked as :meth:`_read_config`."""
+        return self._read_config(self.check_name(name))
+
+    def forget(self, name: str) -> None:
+        """Drop the loaded key ``name`` (the next use reads the store)."""
+        with self._lock:
+            old = self._keys.pop(name, None)
+        if old is not None:
+            old.wipe()
+
     def _write_config(self, cfg: TransitKeyConfig) -> None:
         with self.vault.store.transaction() as tx:
-            tx.set_meta(self._meta_name(cfg.name), cfg.to_json())
-            tx.set_meta(KEYRING_META + cfg.keyring, f"{self.mount}/{cfg.name}")
+            self.write_config_in(tx, cfg)
+
+    def write_config_in(self, tx: StoreTx, cfg: TransitKeyConfig) -> None:
+        """The key's settings (and the keyring's back-reference), in the caller's transaction."""
+        tx.set_meta(self._meta_name(cfg.name), cfg.to_json())
+        tx.set_meta(KEYRING_META + cfg.keyring, f"{self.mount}/{cfg.name}")
 
     def _key_manager(self, cfg: TransitKeyConfig) -> KeyManager:
         vault = self.vault
@@ -182,6 +219,10 @@ class TransitKeys:
             self._keys[name] = key
             return key
 
+    def update(self, key: LiveKey, **changes: Any) -> TransitKeyConfig:
+        """Write changed settings of a loaded key (the next use reloads it)."""
+        return self._update(key, **changes)
+
     def _update(self, key: LiveKey, **changes: Any) -> TransitKeyConfig:
         cfg = replace(key.config, **changes)
         self._write_config(cfg)
@@ -205,18 +246,29 @@ class TransitKeys:
         convergent_encryption: bool = False,
         allow_plaintext_backup: bool = False,
         auto_rotate_period: int = 0,
+        key_size: int = 0,
     ) -> TransitKeyConfig:
-        """Create a key (a new keyring, v1 active); an existing key is left as it is (as Vault does)."""
+        """Create a key (a new keyring, v1 active); an existing key is left as it is (as Vault does).
+
+        ``exportable`` and ``allow_plaintext_backup`` are recorded in the key's
+        settings; export and backup check them (and audit every use).
+        """
         self.check_name(name)
         if type not in SUPPORTED_TYPES:
             raise TransitInputError(
-                f"key type {type!r} is not supported; supported types: {', '.join(SUPPORTED_TYPES)}"
+                f"unknown key type {type}; supported types: {', '.join(SUPPORTED_TYPES)}"
             )
-        if exportable or allow_plaintext_backup:
-            raise TransitInputError(
-                "exportable keys are not supported: key material never leaves the key provider's wrapping")
+        kt = key_type(type)
+        if derived and not kt.derives:
+            raise TransitInputError(f"key derivation and convergent encryption not supported for keys of type {type}")
         if convergent_encryption:
             raise TransitInputError("convergent encryption is not supported")
+        if kt.family == "hmac":
+            key_size = key_size or DEFAULT_HMAC_KEY_SIZE
+            if not 32 <= key_size <= MAX_HMAC_KEY_SIZE:
+                raise TransitInputError(f"invalid key_size {key_size}: 32..{MAX_HMAC_KEY_SIZE} bytes")
+        elif key_size:
+            raise TransitInputError("key_size is only valid for hmac keys")
         if auto_rotate_period and auto_rotate_period < MIN_AUTO_ROTATE:
             raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")
         existing = self._read_config(name)
@@ -230,6 +282,9 @@ class TransitKeys:
             created_at=self.vault.clock().timestamp(),
             type=type,
             derived=derived,
+            exportable=exportable,
+            allow_plaintext_backup=allow_plaintext_backup,
+            key_size=key_size if kt.family == "hmac" else 0,
             auto_rotate_period=auto_rotate_period,
             auto_rotation=self.vault.config.keys.auto_rotation,
             max_encryptions=self.vault.config.rotation.max_encryptions,
@@ -240,7 +295,8 @@ class TransitKeys:
         # next create finishes (initialize is idempotent), never versions without settings.
         self._write_config(cfg)
         km.initialize()
-        self.audit("transit.key.create", keyring, 1, key_type=type, derived=derived)
+        self.audit("transit.key.create", keyring, 1, key_type=type, derived=derived, exportable=exportable,
+                   allow_plaintext_backup=allow_plaintext_backup)
         with self._lock:
             self._keys.pop(name, None)
         return cfg
@@ -308,6 +364,9 @@ class TransitKeys:
         for flag in ("deletion_allowed", "auto_rotation"):
             if getattr(change, flag) is not None:
                 changes[flag] = getattr(change, flag)
+        for flag in ("exportable", "allow_plaintext_backup"):
+            if getattr(change, flag):  # as Vault, ``false`` never turns a switch off (and is no error)
+                changes[flag] = True
         if change.auto_rotate_period is not None:
             if change.auto_rotate_period and change.auto_rotate_period < MIN_AUTO_ROTATE:
                 raise TransitInputError("auto rotate period must be 0 to disable or at least an hour")

@@ -20,9 +20,12 @@ from ..config import validate_cron
 from ..durations import parse_duration
 from ..exceptions import ConfigError, NebulaCredentialError
 from ..models import KeyStatus
+from . import asym, crypto
+from .asym import SignOptions
 from .engine import Transit
 from .errors import TransitInputError, TransitKeyNotFoundError
 from .keys import KeyConfigChange, KeyInfo
+from .keytypes import key_type
 from .settings import TransitKeyConfig, check_timezone
 from .wire import (
     HASHES,
@@ -95,8 +98,10 @@ def batch_items(body: dict[str, Any], fields: Sequence[str]) -> tuple[list[dict[
     return batch, True
 
 
-def run_batch(body: dict[str, Any], fields: Sequence[str], one: Callable[[dict[str, Any]], Item]) -> Handled:
-    """One item: its answer or its error; a batch: every item's answer or error, in order."""
+def run_batch(body: dict[str, Any], fields: Sequence[str], one: Callable[[dict[str, Any]], Item],
+              failed: dict[str, Any] | None = None) -> Handled:
+    """One item: its answer or its error; a batch: every item's answer or error, in order
+    (a failed item: ``failed``'s fields, then ``error``)."""
     items, batched = batch_items(body, fields)
     if not batched:
         data, version = one(items[0])
@@ -108,7 +113,7 @@ def run_batch(body: dict[str, Any], fields: Sequence[str], one: Callable[[dict[s
             out, version = one(item)
             versions.add(version)
         except NebulaCredentialError as exc:
-            out = {"error": str(exc)}
+            out = {**(failed or {}), "error": str(exc)}
         out["reference"] = item.get("reference", "")
         results.append(out)
     return {"batch_results": results}, BatchResult(results, True, versions)
@@ -120,14 +125,23 @@ def key_body(info: KeyInfo) -> dict[str, Any]:
     cfg, versions, counts = info.config, info.versions, info.credentials
     latest = max((v.version for v in versions), default=0)
     active = next((v for v in versions if v.status is KeyStatus.ACTIVE), None)
+    kt = key_type(cfg.type)
+    shown = [v for v in versions if v.version >= cfg.min_decryption_version and v.status is not KeyStatus.DESTROYED]
+    keys: dict[str, Any] = {str(v.version): int(v.created_at.timestamp()) for v in shown}
+    if kt.asymmetric:
+        keys = {
+            str(v.version): {
+                "name": kt.public_name,
+                "public_key": info.public_keys.get(v.version, ""),
+                "creation_time": v.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "certificate_chain": "",
+            }
+            for v in shown
+        }
     data: dict[str, Any] = {
         "name": cfg.name,
         "type": cfg.type,
-        "keys": {
-            str(v.version): int(v.created_at.timestamp())
-            for v in versions
-            if v.version >= cfg.min_decryption_version and v.status is not KeyStatus.DESTROYED
-        },
+        "keys": keys,
         "latest_version": latest,
         "min_decryption_version": cfg.min_decryption_version,
         "min_encryption_version": cfg.min_encryption_version,
@@ -135,15 +149,22 @@ def key_body(info: KeyInfo) -> dict[str, Any]:
         "deletion_allowed": cfg.deletion_allowed,
         "auto_rotate_period": cfg.auto_rotate_period,
         "derived": cfg.derived,
-        "exportable": False,
-        "allow_plaintext_backup": False,
+        "exportable": cfg.exportable,
+        "allow_plaintext_backup": cfg.allow_plaintext_backup,
         "imported_key": False,
         "soft_deleted": False,
-        "supports_encryption": True,
-        "supports_decryption": True,
-        "supports_derivation": True,
-        "supports_signing": False,
+        "supports_encryption": kt.encrypts,
+        "supports_decryption": kt.encrypts,
+        "supports_derivation": kt.derives,
+        "supports_signing": kt.signs,
     }
+    if kt.family == "hmac":
+        data["key_size"] = cfg.key_size
+        del data["keys"]  # as Vault: an hmac key's read shows no per-version map
+    if cfg.backup_info:
+        data["backup_info"] = cfg.backup_info
+    if cfg.restore_info:
+        data["restore_info"] = cfg.restore_info
     if cfg.derived:
         data["kdf"] = "hkdf_sha256"
         data["convergent_encryption"] = False
@@ -193,6 +214,7 @@ def handle_create(transit: Transit, name: str, body: dict[str, Any]) -> TransitK
         convergent_encryption=bool_field(body, "convergent_encryption"),
         allow_plaintext_backup=bool_field(body, "allow_plaintext_backup"),
         auto_rotate_period=period_field(body, "auto_rotate_period") if period not in (None, "", 0) else 0,
+        key_size=int_field(body, "key_size"),
     )
 
 
@@ -202,8 +224,6 @@ def config_change(body: dict[str, Any]) -> KeyConfigChange:
     def given(name: str, parse: Callable[[dict[str, Any], str], Any]) -> Any:
         return parse(body, name) if name in body else None
 
-    if bool_field(body, "exportable") or bool_field(body, "allow_plaintext_backup"):
-        raise TransitInputError("exportable keys are not supported")
     try:
         cron = body.get("rotation_cron")
         rotation_cron = validate_cron(cron, "rotation_cron") if cron not in (None, "") else (
@@ -220,6 +240,8 @@ def config_change(body: dict[str, Any]) -> KeyConfigChange:
         rotation_cron=rotation_cron,
         rotation_timezone=timezone,
         max_encryptions=given("max_encryptions", int_field),
+        exportable=given("exportable", bool_field),
+        allow_plaintext_backup=given("allow_plaintext_backup", bool_field),
     )
 
 
@@ -328,6 +350,74 @@ def handle_hmac(transit: Transit, name: str, body: dict[str, Any], algorithm: st
         return {"hmac": mac}, version_of(mac)
 
     return run_batch(body, ("input",), one)
+
+
+def sign_options(body: dict[str, Any], hash_algorithm: str | None) -> SignOptions:
+    """Vault's signing parameters of a ``sign``/``verify`` body (the path's hash algorithm wins)."""
+    algo = hash_algorithm or str(body.get("hash_algorithm") or body.get("algorithm") or "sha2-256")
+    salt: Any = body.get("salt_length", "auto")
+    if isinstance(salt, str) and is_decimal(salt):
+        salt = int(salt)
+    return SignOptions(algo, prehashed=bool_field(body, "prehashed"),
+                       signature_algorithm=str(body.get("signature_algorithm") or ""),
+                       marshaling=str(body.get("marshaling_algorithm") or "asn1"), salt_length=salt)
+
+
+def handle_sign(transit: Transit, name: str, body: dict[str, Any], hash_algorithm: str | None = None) -> Handled:
+    """``sign/:name[/:hash_algorithm]``."""
+    key = transit.key_for_data(name)
+    asym.check_signs(key)
+    opts = sign_options(body, hash_algorithm)
+    key_version = int_field(body, "key_version")
+
+    def one(item: dict[str, Any]) -> Item:
+        data = b64decode(item.get("input"), "input") or b""
+        signature, version = asym.sign(key, data, opts, context=b64decode(item.get("context"), "context"),
+                                       key_version=key_version)
+        return {"signature": signature, "key_version": version}, version
+
+    return run_batch(body, ("input", "context"), one, {"key_version": 0})
+
+
+def handle_verify(transit: Transit, name: str, body: dict[str, Any], hash_algorithm: str | None = None) -> Handled:
+    """``verify/:name[/:hash_algorithm]``: a ``signature``, or an ``hmac`` (any key type)."""
+    key = transit.key_for_data(name)
+    if any(item.get("signature") not in (None, "") for item in batch_items(body, ("signature",))[0]):
+        asym.check_signs(key)
+    opts = sign_options(body, hash_algorithm)
+    algo = hash_algorithm or str(body.get("hash_algorithm") or body.get("algorithm") or "sha2-256")
+
+    def one(item: dict[str, Any]) -> Item:
+        data = b64decode(item.get("input"), "input") or b""
+        if item.get("hmac") not in (None, ""):
+            if item.get("signature") not in (None, ""):
+                raise TransitInputError("provide one of 'signature' or 'hmac'")
+            mac = item["hmac"]
+            version, _ = asym.parse_signed(mac, "hmac")
+            asym.verifying_version(key, version)
+            return {"valid": asym.verify_mac(str(mac), crypto.mac(key, data, algo, version, checked=True))}, version
+        if item.get("signature") in (None, ""):
+            raise TransitInputError("missing signature or hmac")
+        valid, version = asym.verify(key, data, item["signature"], opts,
+                                     context=b64decode(item.get("context"), "context"))
+        return {"valid": valid}, version
+
+    return run_batch(body, ("input", "signature", "hmac", "context"), one, {"valid": False})
+
+
+def handle_export(transit: Transit, name: str, export_type: str, version: str | None = None) -> dict[str, Any]:
+    """``export/:type/:name[/:version]``."""
+    return transit.export(name, export_type, version)
+
+
+def handle_backup(transit: Transit, name: str) -> dict[str, Any]:
+    """``backup/:name``."""
+    return {"backup": transit.backup(name)}
+
+
+def handle_restore(transit: Transit, name: str | None, body: dict[str, Any]) -> TransitKeyConfig:
+    """``restore[/:name]``."""
+    return transit.restore(body.get("backup"), name or body.get("name") or None, force=bool_field(body, "force"))
 
 
 # ---- keyless endpoints --------------------------------------------------------------------------------

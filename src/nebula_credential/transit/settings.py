@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULT_MAX_ENCRYPTIONS
 from ..exceptions import ConfigError
@@ -41,7 +41,16 @@ class TransitKeyConfig:
     type: str = "aes256-gcm96"
     derived: bool = False
     exportable: bool = False
+    allow_plaintext_backup: bool = False
+    #: ``hmac`` keys: the key's length in bytes (Vault's ``key_size``).
+    key_size: int = 0
+    #: The keyring whose identity ciphertexts and derived keys are bound to: this key's own,
+    #: or, for a key restored from a backup, the original key's (so its ciphertexts still open).
+    origin: str = ""
     deletion_allowed: bool = False
+    #: Vault's ``backup_info`` / ``restore_info``: ``{"time": RFC 3339, "version": N}`` of the last one.
+    backup_info: dict[str, Any] | None = None
+    restore_info: dict[str, Any] | None = None
     min_decryption_version: int = 1
     min_encryption_version: int = 0
     min_available_version: int = 0
@@ -53,6 +62,11 @@ class TransitKeyConfig:
     auto_rotation: bool = True
     generation: int = 1
     deleted: bool = False
+
+    @property
+    def binding(self) -> str:
+        """The keyring name bound into ciphertexts' associated data and derived keys."""
+        return self.origin or self.keyring
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
