@@ -76,18 +76,9 @@ def keyring_view(vault: Vault, name: str) -> KeyringView:
 
 def _transit_facts(vault: Vault, keyring: str) -> dict[str, Any]:
     """The key type and public keys of a Transit key's keyring ({} for an ordinary keyring)."""
-    from ..transit import Transit
-    from ..transit.settings import settings_of
+    from ..transit import keyring_facts
 
-    with vault.store.read() as tx:
-        cfg = settings_of(tx, keyring)
-    if cfg is None or cfg.deleted:
-        return {}
-    try:
-        public = Transit(vault, keyring[: -len(cfg.name) - 1].split("#", 1)[0]).key_info(cfg.name).public_keys
-    except NebulaCredentialError:
-        public = {}
-    return {"transit_type": cfg.type, "public_keys": public}
+    return keyring_facts(vault, keyring)
 
 
 def timeline(vault: Vault, name: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ retention policy.  Nothing here erases key material by any other path.
 
 from __future__ import annotations
 
-from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, DataKey, SignOptions, Transit
+from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, DataKey, SignOptions, Transit, keyring_facts
 from .errors import TransitInputError, TransitKeyNotFoundError
 from .keys import KeyConfigChange, KeyInfo
 from .requests import hash_input, random_bytes
@@ -68,6 +68,7 @@ __all__ = [
     "check_timezone",
     "format_ciphertext",
     "hash_input",
+    "keyring_facts",
     "maintenance_plan",
     "parse_ciphertext",
     "random_bytes",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._secret import SecretBytes
 from ..exceptions import NebulaCredentialError
@@ -23,6 +23,9 @@ from .keys import DEFAULT_MOUNT, KeyConfigChange, KeyInfo, LiveKey, TransitKeys
 from .keytypes import SUPPORTED_TYPES, key_type, public_key_text
 from .settings import TransitKeyConfig
 from .wire import version_of
+
+if TYPE_CHECKING:
+    from ..vault import Vault
 
 DATAKEY_BITS = (128, 256, 512)
 
@@ -180,4 +183,20 @@ class Transit(TransitKeys):
 
 
 __all__ = ["DATAKEY_BITS", "DEFAULT_MOUNT", "SUPPORTED_TYPES", "DataKey", "KeyConfigChange", "KeyInfo",
-           "SignOptions", "Transit"]
+           "SignOptions", "Transit", "keyring_facts"]
+
+
+def keyring_facts(vault: Vault, keyring: str) -> dict[str, Any]:
+    """What the console shows of a keyring that holds a Transit key: its type and public keys
+    (``{}`` for an ordinary keyring or a deleted key)."""
+    from .settings import settings_of
+
+    with vault.store.read() as tx:
+        cfg = settings_of(tx, keyring)
+    if cfg is None or cfg.deleted:
+        return {}
+    try:
+        public = Transit(vault, keyring[: -len(cfg.name) - 1].split("#", 1)[0]).key_info(cfg.name).public_keys
+    except NebulaCredentialError:
+        public = {}
+    return {"transit_type": cfg.type, "public_keys": public}
