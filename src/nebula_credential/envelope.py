@@ -7,7 +7,7 @@
     2       1     format version = 1
     3       1     algorithm id: 1 = AES-256-GCM
     4       4     key version, uint32 big-endian
-    8       12    nonce (random, os.urandom)
+    8       12    nonce (random: the OS CSPRNG, drawn in batches by _nonce)
     20      n+16  ciphertext || GCM tag
 
 The AES-GCM associated data is the 20-byte header followed by the caller's
