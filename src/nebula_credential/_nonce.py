@@ -48,7 +48,7 @@ take = _pool.pop
 
 def refill() -> bytes:
     """Draw a fresh batch, keep all but one in the pool and return that one."""
-    batch = _split(os.urandom(NONCE_SIZE * BATCH))
+    batch: tuple[bytes, ...] = _split(os.urandom(NONCE_SIZE * BATCH))
     _pool.extend(batch[1:])
     return batch[0]
 
