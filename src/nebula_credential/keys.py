@@ -463,10 +463,8 @@ class KeyManager:
         if _monotonic() >= self._refresh_at:
             self._refresh()
         try:
-            key = self._keys.get(blob[:8])
-        except TypeError:  # a bytearray's slice is unhashable: the slow path normalises it
-            key = None
-        if key is None:
+            key = self._keys[blob[:8]]  # a subscript, not .get(): no method call on the hot path
+        except (KeyError, TypeError):  # not cached, or a bytearray's unhashable slice: the slow path
             return self._decrypt_slow(blob, aad)
         try:
             return key._decrypt(blob[8:20], blob[20:], blob[:20] + aad)
