@@ -439,25 +439,6 @@ class KeyManager:
         header = key._prefix + nonce
         return header + key._encrypt(nonce, plaintext, header + aad)
 
-    def encrypt_versioned(self, plaintext: bytes, aad: bytes = b"") -> tuple[int, bytes]:
-        """:meth:`encrypt`, returning also the version it used (written out again, for speed).
-
-        A batch writer (re-encryption) records the version of each envelope it
-        writes; this hands it over instead of having the header parsed back.
-        The version can change within a batch (a usage-bound rotation).
-        """
-        key = self._active
-        if key is None or _monotonic() >= self._refresh_at:
-            key = self.current_key()
-        if next(key._count) >= key._limit:
-            key = self._reserve(key)
-        try:
-            nonce = _take_nonce()
-        except IndexError:
-            nonce = _refill_nonces()
-        header = key._prefix + nonce
-        return key.version, header + key._encrypt(nonce, plaintext, header + aad)
-
     def decrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
         """Decrypt an envelope with whichever version its header names."""
         if _monotonic() >= self._refresh_at:
