@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import hotpath, large, profile_hotpath, report, rotation
+from . import hotpath, large, profile_hotpath, report, rotation, startup
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aio", action="store_true", help="also the asyncio API: PostgreSQL get, SQLite options")
     ap.add_argument("--server", action="store_true",
                     help="also the HTTP server beside OpenBao (KV v2 and Transit, wrk at 32 connections)")
+    ap.add_argument("--startup-runs", type=int, default=15, help="runs of each command for CLI start-up")
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the page and PNG go")
     args = ap.parse_args(argv)
     info = report.machine()
@@ -49,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         big = large.run()
         for b in big:
             say(f"  {b.rows:,}: {b.seconds:.1f} s, peak RSS {b.peak_rss_mib:.1f} MiB")
+    say("command-line start-up (whole processes)")
+    starts = startup.run(runs=args.startup_runs)
+    for st in starts:
+        say(f"  {st.name}: wall median {st.wall_median:.3f} s (min {st.wall_min:.3f}), CPU {st.cpu_median:.3f} s")
     settings = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
     page = report.write(
-        args.out, rows, rot, steps, big, info, settings.strip(), time.perf_counter() - start
+        args.out, rows, rot, steps, big, info, settings.strip(), time.perf_counter() - start, starts
     )
     if args.aio:
         from . import aio_get, aio_sqlite

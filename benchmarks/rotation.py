@@ -10,6 +10,10 @@ All contenders work on copies of tables built once, with the same rows
 * the database bound: the same batched reads and compare-and-swap writes
   through the same store, with no cryptography (envelopes written back
   unchanged);
+* the database bound measured the simple way: the same file through plain
+  ``sqlite3`` (same pragmas), the same keyset scan of the same columns and
+  the same compare-and-swap ``UPDATE`` in one ``executemany`` per batch, no
+  cryptography: what the file allows, with no store or engine around it;
 * the cryptography alone: decrypt + encrypt of every row already in memory.
 
 Each figure is the median of several repetitions, each on a fresh copy.
@@ -33,8 +37,11 @@ from nebula_credential.models import EncryptedCredential
 from nebula_credential.providers.base import KeyProvider
 from nebula_credential.reencrypt import reencrypt_row
 from nebula_credential.store import open_store
+from nebula_credential.store._rows import CRED_COLS
 
 SCOPES = ("production", "user", "development")
+OURS = "nebula-credential vault.reencrypt()"
+PLAIN_BOUND = "database bound, plain sqlite3 (same scan + CAS, no crypto)"
 VALUE_CHARS = 290  # a JSON string of ~300 bytes once quoted and encrypted
 
 
@@ -126,6 +133,43 @@ def db_bound_pass(path: Path, batch_size: int = 500) -> tuple[int, float]:
         store.close()
 
 
+#: The statements the store runs for a pass (store/_sql_credentials.py), spelled out.
+_SCAN = (f"SELECT {CRED_COLS} FROM credentials WHERE keyring = ? AND key_version = ? "
+         "AND scope = ? AND id > ? ORDER BY id LIMIT ?")
+_CAS = ("UPDATE credentials SET envelope = ?, key_version = ?, revision = revision + 1 "
+        "WHERE keyring = ? AND id = ? AND revision = ?")
+
+
+def plain_sqlite_bound_pass(path: Path, batch_size: int = 500) -> tuple[int, float]:
+    """The database bound the simple way: plain sqlite3, same scan and CAS, envelopes unchanged."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        start = time.perf_counter()
+        done = 0
+        scopes = [s for (s,) in conn.execute(
+            "SELECT DISTINCT scope FROM credentials WHERE keyring = ? AND key_version = ?", ("default", 1))]
+        for scope in SCOPES if set(scopes) == set(SCOPES) else scopes:
+            after = ""
+            while True:
+                conn.execute("BEGIN")
+                rows = conn.execute(_SCAN, ("default", 1, scope, after, batch_size)).fetchall()
+                conn.execute("COMMIT")
+                if not rows:
+                    break
+                after = rows[-1][1]
+                conn.execute("BEGIN IMMEDIATE")
+                cur = conn.executemany(_CAS, [(r[4], 2, "default", r[1], r[6]) for r in rows])
+                conn.execute("COMMIT")
+                done += cur.rowcount
+                if len(rows) < batch_size:
+                    break
+        return done, time.perf_counter() - start
+    finally:
+        conn.close()
+
+
 def crypto_only_pass(path: Path, provider: KeyProvider) -> tuple[int, float]:
     with nc.open(f"sqlite:///{path}", provider=provider) as vault:
         vault.keys.rotate(reason="bench")
@@ -186,7 +230,7 @@ def run(n: int = 100_000, reps: int = 3, workdir: Path | None = None) -> list[Ro
 
         cases: list[tuple[str, Path, Callable[[Path], tuple[int, float]], str]] = [
             (
-                "nebula-credential vault.reencrypt()",
+                OURS,
                 ours_src,
                 lambda p: ours_pass(p, provider),
                 "batches of 500, CAS on revision",
@@ -202,6 +246,12 @@ def run(n: int = 100_000, reps: int = 3, workdir: Path | None = None) -> list[Ro
                 ours_src,
                 db_bound_pass,
                 "our batched reads + CAS writes, envelopes unchanged",
+            ),
+            (
+                PLAIN_BOUND,
+                ours_src,
+                plain_sqlite_bound_pass,
+                "plain sqlite3: same keyset scan + CAS executemany, no crypto",
             ),
             (
                 "our cryptography alone (no database)",

@@ -193,6 +193,11 @@ def on_page_content(html: str, **kwargs: Any) -> str:
 
 def on_config(config: Any) -> Any:
     use_source_tree()
+    # The CLI imports a command's module when it is first run (start-up); mkdocs-click
+    # walks ``group.commands``, so every command is loaded before it looks.
+    from nebula_credential.cli import preload
+
+    preload()
     return config
 
 

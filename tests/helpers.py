@@ -170,7 +170,8 @@ def provider_config(settings: dict[str, Any]) -> KeyManagementConfig:
 #: fork once per command read from stdin (one JSON line each), answering ``pid N`` then the exit status.
 _FORK_SERVER = r"""
 import atexit, gc, json, os, sys, threading, traceback
-from nebula_credential.cli import main
+from nebula_credential.cli import main, preload
+preload()  # the commands load lazily (start-up); a fork server imports them once for all its children
 
 def child(req):
     os.chdir(req["cwd"])

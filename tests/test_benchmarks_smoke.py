@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import hotpath, large, profile_hotpath, report, rotation  # noqa: E402
+from benchmarks import hotpath, large, profile_hotpath, report, rotation, startup  # noqa: E402
 
 OPTIONAL = {
     "Google Tink AEAD AES256_GCM": "tink",
@@ -69,16 +69,21 @@ def test_profile_steps() -> None:
 
 def test_rotation_rows_and_large_and_page(tmp_path: Path, hot_rows: list[hotpath.Row]) -> None:
     rot = rotation.run(n=60, reps=1, workdir=tmp_path)
-    assert [r.rows for r in rot] == [60] * 5
+    assert [r.rows for r in rot] == [60] * 6  # the plain-sqlite3 database bound is the sixth
     assert all(r.seconds > 0 for r in rot)
     big = large.run(sizes=(30,), workdir=tmp_path)
     assert big[0].rows == 30 and big[0].peak_rss_mib > 0
     steps = profile_hotpath.run(n=5, reps=1)
+    starts = startup.run(runs=1)
+    assert all(r.wall_min > 0 and r.cpu_median >= 0 for r in starts)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "benchmarks.md").write_text(f"old\n{report.KEEP_START}\nby hand\n{report.KEEP_END}\n")
     page = report.write(
-        tmp_path / "docs", hot_rows, rot, steps, big, report.machine(), "smoke", 0.1
+        tmp_path / "docs", hot_rows, rot, steps, big, report.machine(), "smoke", 0.1, starts
     )
     text = page.read_text()
     assert "## Rotation" in text and "| 30 |" in text and report.OURS in text
+    assert "## Command-line start-up" in text and "by hand" in text and "old" not in text.split("\n")[0]
     if _installed("matplotlib"):
         assert (tmp_path / "docs" / "benchmarks.png").stat().st_size > 1000
     else:

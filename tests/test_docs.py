@@ -46,7 +46,9 @@ def toml_value(value: Any) -> Any:
 
 def command_paths(group: click.Group, prefix: str = "nebula-credential") -> list[str]:
     paths = []
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the lazily loaded commands too
+        command = group.get_command(ctx, name)
         path = f"{prefix} {name}"
         paths.append(path)
         if isinstance(command, click.Group):

@@ -25,16 +25,22 @@ hands out.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future as ThreadFuture
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from greenlet import getcurrent, greenlet
+
+if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import Future as ThreadFuture
+
+# asyncio is imported inside the functions that run on a loop: the synchronous API
+# (and the command line's start-up) imports this module through the store and the
+# providers, and never needs asyncio.
 
 T = TypeVar("T")
 
@@ -122,6 +128,8 @@ def await_only(awaitable: Awaitable[T], loop: asyncio.AbstractEventLoop | None =
     current = getcurrent()
     if isinstance(current, _Bridged):
         return cast(T, current.parent.switch(awaitable))
+    import asyncio
+
     if loop is not None and loop.is_running() and not _on_loop_thread(loop):
         coro = awaitable if asyncio.iscoroutine(awaitable) else _wrap(awaitable)
         future: ThreadFuture[T] = asyncio.run_coroutine_threadsafe(coro, loop)
@@ -135,6 +143,8 @@ def await_only(awaitable: Awaitable[T], loop: asyncio.AbstractEventLoop | None =
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    import asyncio
+
     try:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
@@ -148,6 +158,8 @@ async def _wrap(awaitable: Awaitable[T]) -> T:
 def sleep(seconds: float) -> None:
     """``time.sleep`` that yields the event loop instead when bridged."""
     if in_bridge():
+        import asyncio
+
         await_only(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)
@@ -161,6 +173,8 @@ def run_blocking(executor: Any, fn: Callable[[], T]) -> T:
     """
     if not in_bridge():
         return fn()
+    import asyncio
+
     return await_only(asyncio.get_running_loop().run_in_executor(executor, fn))
 
 
@@ -192,6 +206,8 @@ class GreenletRLock:
                 if not in_bridge():
                     waiter: asyncio.Future[None] | None = None
                 else:
+                    import asyncio
+
                     waiter = asyncio.get_running_loop().create_future()
                     self._waiters.append(waiter)
             if waiter is None:

@@ -37,7 +37,6 @@ import hmac
 import json
 import logging
 import math
-import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,6 +67,8 @@ def default_actor() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
+    import socket  # here, not at import: the command line's start-up (issue 27)
+
     return f"{user}@{socket.gethostname()}"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -265,6 +264,8 @@ class KeyManagementConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KeyManagementConfig:
+        import tomllib  # here, not at import: most commands read no config file (start-up)
+
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))

@@ -7,7 +7,7 @@
     2       1     format version = 1
     3       1     algorithm id: 1 = AES-256-GCM
     4       4     key version, uint32 big-endian
-    8       12    nonce (random, os.urandom)
+    8       12    nonce (random: the OS CSPRNG, drawn in batches by _nonce)
     20      n+16  ciphertext || GCM tag
 
 The AES-GCM associated data is the 20-byte header followed by the caller's
@@ -19,6 +19,7 @@ envelope raises :class:`EnvelopeFormatError`.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import NamedTuple
 
 from .exceptions import EnvelopeFormatError
@@ -79,7 +80,8 @@ def header_version(blob: bytes | bytearray | memoryview) -> int | None:
     not a column, is what decryption goes by, so a reader takes the version
     from here and leaves judging the rest of the blob to decryption.
     """
-    if len(blob) < KEY_VERSION_END or bytes(blob[: len(MAGIC)]) != MAGIC:
+    # no copy: a slice of bytes, bytearray or memoryview compares with bytes by content
+    if len(blob) < KEY_VERSION_END or blob[:2] != MAGIC:
         return None
     return int(_U32.unpack_from(blob, KEY_VERSION_OFFSET)[0])
 
@@ -121,12 +123,22 @@ def _field(value: str) -> bytes:
     return _U32.pack(len(raw)) + raw
 
 
+@lru_cache(maxsize=256)
+def _cred_head(keyring: str) -> bytes:
+    return b"nc-cred\x00" + _field(keyring)
+
+
+#: Keyrings and scopes are few and repeat on every call (a re-encryption pass
+#: builds one context per row): their encoded fields are kept, ids are not.
+_scope_field = lru_cache(maxsize=256)(_field)
+
+
 def credential_context(keyring: str, credential_id: str, scope: str) -> bytes:
     """Context bytes binding a stored credential to its record.
 
     Each field is length-prefixed so ("ab", "c") and ("a", "bc") differ.
     """
-    return b"nc-cred\x00" + _field(keyring) + _field(credential_id) + _field(scope)
+    return _cred_head(keyring) + _field(credential_id) + _scope_field(scope)
 
 
 def dek_context(keyring: str, version: int, purpose: str = "dek") -> bytes:

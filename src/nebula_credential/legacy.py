@@ -17,11 +17,13 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cryptography.exceptions import InvalidTag
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:  # Fernet is imported where a Fernet key set is built (start-up of every other command)
+    from cryptography.fernet import MultiFernet
 
 from ._files import read_regular
 from .exceptions import ConfigError, DecryptionError
@@ -83,6 +85,8 @@ class LegacyKeySet:
         if not keys:
             raise ConfigError("legacy key", "no Fernet key found")
         try:
+            from cryptography.fernet import Fernet, MultiFernet
+
             fernets = [Fernet(k.encode()) for k in keys]
         except (ValueError, binascii.Error):
             raise ConfigError(
@@ -109,6 +113,8 @@ class LegacyKeySet:
         """The plaintext, or :class:`DecryptionError` if no legacy key opens the token."""
         data = token.encode("ascii", "replace") if isinstance(token, str) else bytes(token)
         if self._fernet is not None:
+            from cryptography.fernet import InvalidToken
+
             try:
                 return self._fernet.decrypt(data)
             except InvalidToken:

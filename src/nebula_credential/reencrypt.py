@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._bridge import sleep
 from .config import DEFAULT_PRIORITY
-from .envelope import credential_context, peek_version
+from .envelope import credential_context, header_version, peek_version
 from .exceptions import (
     ConfigError,
     DecryptionError,
@@ -207,16 +207,22 @@ class _Pass:
 
     # ---- one batch -----------------------------------------------------------
     def crypt(self, rows: Sequence[EncryptedCredential]) -> tuple[list[Update], list[Failure]]:
-        km = self.km
+        """:func:`reencrypt_row` for each row, written out: this loop is the pass's CPU."""
+        decrypt, encrypt = self.km.decrypt, self.km.encrypt
         updates: list[Update] = []
         failures: list[Failure] = []
+        append = updates.append
         for row in rows:
             try:
-                blob = reencrypt_row(km, row)
+                aad = credential_context(row.keyring, row.id, row.scope)
+                blob = encrypt(decrypt(row.envelope, aad), aad)
             except ROW_ERRORS as exc:
                 failures.append(Failure(row.id, row.key_version, _reason(exc)))
                 continue
-            updates.append((row.id, row.revision, peek_version(blob), blob))
+            # per envelope (a usage-bound rotation may change it mid-batch); our own fresh
+            # envelope, so the copy-free header read, with the full check only if it fails
+            version = header_version(blob)
+            append((row.id, row.revision, peek_version(blob) if version is None else version, blob))
         return updates, failures
 
     def write(self, tx: StoreTx, updates: list[Update], failures: list[Failure]) -> int:

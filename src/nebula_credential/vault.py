@@ -9,6 +9,7 @@ record fails to decrypt.
 from __future__ import annotations
 
 import builtins
+import importlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -74,8 +75,11 @@ class _Operations:
     They need rotation strategies, the alert rules and metrics, all of
     which use the facade; so the facade does not import them.
     :mod:`nebula_credential.maintenance` registers its functions here when
-    it is imported, and the package imports it, so ``vault.maintain()`` and
-    ``vault.status()`` work however the vault was opened.
+    it is imported.  If nothing has imported it yet, the first call loads it
+    by name (:data:`OPERATIONS_MODULE`, through importlib): the one place
+    the facade reaches the operations layer, at run time only, so the layer
+    contract holds and importing the package stays cheap (CLI start-up).
+    ``vault.maintain()`` and ``vault.status()`` work however the vault was opened.
     """
 
     maintain: Callable[..., MaintainReport] | None = None
@@ -95,9 +99,16 @@ def register_operations(
     _operations.status = status
 
 
+#: The module that registers ``maintain``/``status`` on import (see :class:`_Operations`).
+OPERATIONS_MODULE = "nebula_credential.maintenance"
+
+
 def _registered(fn: _F | None, name: str) -> _F:
-    if fn is None:  # only if the package's __init__ was bypassed
-        raise NebulaCredentialError(f"Vault.{name} needs nebula_credential.maintenance imported first")
+    if fn is None:  # nothing imported the operations layer yet: load it by name, it registers itself
+        importlib.import_module(OPERATIONS_MODULE)
+        fn = getattr(_operations, name)
+    if fn is None:
+        raise NebulaCredentialError(f"Vault.{name}: {OPERATIONS_MODULE} did not register it")
     return fn
 
 

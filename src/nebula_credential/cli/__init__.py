@@ -19,20 +19,48 @@ from .._version import __version__
 from ..exceptions import NebulaCredentialError
 from ..names import check_keyring
 from ._common import CONFIG_ENV, DB_ENV, AppContext
-from .audit import audit
-from .backup import backup
-from .credentials import delete, get, import_, list_, put
-from .demo import demo
-from .keys import keys
-from .maintenance import cleanup_cmd, daemon, maintain
-from .migrate import adopt, doctor
-from .ops import init, reencrypt, status
-from .provider import provider
-from .server import policy, serve, token
-from .transit import transit
+from ._lazy import Lazy, LazyGroup
+
+_M = "nebula_credential.cli."
+
+#: Every top-level command: where it lives and the line ``--help`` lists (see :mod:`._lazy`).
+COMMANDS: dict[str, Lazy] = {
+    "adopt": Lazy(_M + "migrate:adopt",
+                  "Adopt secrets encrypted under one legacy key (Fernet or AES-GCM) as managed credentials."),
+    "audit": Lazy(_M + "audit:audit", "Inspect and verify the tamper-evident audit trail."),
+    "backup": Lazy(_M + "backup:backup",
+                   "Backups that retention knows about: create, register, list, verify, restore."),
+    "daemon": Lazy(_M + "maintenance:daemon",
+                   "Run maintain every --interval; SIGTERM/SIGINT finish the current batch and exit."),
+    "delete": Lazy(_M + "credentials:delete", "Delete a credential."),
+    "demo": Lazy(_M + "demo:demo",
+                 "The whole lifecycle on a throwaway SQLite store: import, rotate, re-encrypt, tamper."),
+    "doctor": Lazy(_M + "migrate:doctor",
+                   "Check the store, keys, root of trust and audit chain; explain each problem with its fix."),
+    "get": Lazy(_M + "credentials:get", "Print a credential's value (secrets go to stdout only)."),
+    "import": Lazy(_M + "credentials:import_",
+                   'Import credentials from JSONL: one {"id","scope","value","metadata"} per line (streamed).'),
+    "init": Lazy(_M + "ops:init", "Initialise a store and its keyring (creates the root key for the local provider)."),
+    "keys": Lazy(_M + "keys:keys", "Inspect and manage key versions."),
+    "list": Lazy(_M + "credentials:list_",
+                 "List credentials (ids, scopes, key versions; never values), streamed in id order."),
+    "maintain": Lazy(_M + "maintenance:maintain",
+                     "One scheduler pass: rotate if due, re-encrypt, advance lifecycle, clean up."),
+    "policy": Lazy(_M + "server:policy",
+                   'ACL policies in Vault\'s HCL (path "secret/data/app/*" { capabilities = ["read"] }).'),
+    "provider": Lazy(_M + "provider:provider", "Inspect and rotate the root key (local file, HSM, KMS)."),
+    "put": Lazy(_M + "credentials:put", "Store a credential (JSON value) under ID."),
+    "reencrypt": Lazy(_M + "ops:reencrypt",
+                      "Move every credential to the active key version (safe to interrupt and run again)."),
+    "serve": Lazy(_M + "server:serve", "Serve the store over Vault's HTTP API (KV v2, tokens, ACL policies)."),
+    "status": Lazy(_M + "ops:status", "Versions, re-encryption progress and firing alerts."),
+    "token": Lazy(_M + "server:token",
+                  "Server tokens (only accessors are ever listed; a token is shown once, at creation)."),
+    "transit": Lazy(_M + "transit:transit", "Transit keys (encryption as a service) without the HTTP server."),
+}
 
 
-class GlobalOptionsGroup(click.Group):
+class GlobalOptionsGroup(LazyGroup):
     """A group whose own options may also be written after the subcommand.
 
     ``nebula-credential keys list --json`` and ``nebula-credential --json keys
@@ -100,7 +128,7 @@ class GlobalOptionsGroup(click.Group):
         return [full for sub in close for full in nested[sub]]
 
 
-@click.group(cls=GlobalOptionsGroup, context_settings={"help_option_names": ["-h", "--help"]},
+@click.group(cls=GlobalOptionsGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Global options may be given before or after the command. Shell completion: "
                     'eval "$(_NEBULA_CREDENTIAL_COMPLETE=bash_source nebula-credential)" '
                     "(zsh_source, fish_source for other shells).")
@@ -135,31 +163,24 @@ def cli(ctx: click.Context, db: str | None, config_path: str | None, keyring: st
     logredact.install()
 
 
-keys.add_command(cleanup_cmd)
-for command in (
-    init,
-    put,
-    get,
-    delete,
-    list_,
-    import_,
-    keys,
-    reencrypt,
-    status,
-    adopt,
-    doctor,
-    demo,
-    maintain,
-    daemon,
-    audit,
-    provider,
-    serve,
-    token,
-    policy,
-    backup,
-    transit,
-):
-    cli.add_command(command)
+
+def preload() -> None:
+    """Import every command module now (and rich), as the eager command line did.
+
+    For a process that forks one child per command (the test suite's fork
+    server): each child then starts with everything imported, as a single
+    command's start-up never needs.
+    """
+    ctx = click.Context(cli)
+    groups: list[click.Group] = [cli]
+    while groups:
+        group = groups.pop()
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            if isinstance(command, click.Group):
+                groups.append(command)
+    import rich.progress
+    import rich.table  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,16 +8,21 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
-from rich.console import Console
 
-from ..config import DEFAULT_DB_URL, KeyManagementConfig
 from ..exceptions import StoreError
-from ..opening import KeyProvider, path_from_url, redact_url
-from ..opening import open as open_vault
-from ..vault import Vault
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..config import KeyManagementConfig
+    from ..opening import KeyProvider
+    from ..vault import Vault
+
+# Start-up: this module is imported by every command, ``--help`` included, so the
+# store, the providers and rich are imported where first used, not here.
 
 DB_ENV = "NEBULA_CREDENTIAL_DB"
 CONFIG_ENV = "NEBULA_CREDENTIAL_CONFIG"
@@ -43,6 +48,8 @@ def sqlite_file(url: str) -> Path | None:
     """The file a ``sqlite:`` URL names (None for other stores and ``:memory:``)."""
     if not url.startswith("sqlite:"):
         return None
+    from ..opening import path_from_url
+
     path = path_from_url(url)
     return None if path == ":memory:" else Path(path)
 
@@ -62,12 +69,16 @@ class AppContext:
     @property
     def config(self) -> KeyManagementConfig:
         if self._config is None:
+            from ..config import KeyManagementConfig
+
             path = self.config_path or discover_config()
             self._config = KeyManagementConfig.load(path) if path else KeyManagementConfig()
         return self._config
 
     @property
     def url(self) -> str:
+        from ..config import DEFAULT_DB_URL
+
         if self.db:
             return self.db
         if self.config.store.url != DEFAULT_DB_URL:
@@ -85,6 +96,9 @@ class AppContext:
         path = sqlite_file(url)
         if path is None or path.exists():
             return url
+        from ..config import DEFAULT_DB_URL
+        from ..opening import redact_url
+
         if url == DEFAULT_DB_URL and not self.db:
             places = ", ".join(str(p) for p in config_candidates())
             raise StoreError(
@@ -96,6 +110,8 @@ class AppContext:
 
     def vault(self, *, create: bool = False, keyring: str | None = None,
               provider: KeyProvider | None = None) -> Vault:
+        from ..opening import open as open_vault
+
         url = self.url if create else self.existing_url()
         v = open_vault(url, config=self.config, keyring=keyring or self.keyring, create=create,
                        provider=provider)
@@ -119,13 +135,39 @@ def _console(stderr: bool) -> Console:
     The stream is looked up at each write (``main(argv)`` may run under a
     test's captured stdout); whether it is a terminal is decided once.
     """
+    from rich.console import Console
+
     tty = (sys.stderr if stderr else sys.stdout).isatty()
     return Console(stderr=stderr, highlight=False, markup=False, emoji=False,
                    soft_wrap=not tty, width=None if tty else 100_000)
 
 
-console = _console(stderr=False)
-err_console = _console(stderr=True)
+class _LazyConsole:
+    """Stands in for a rich Console until the first print: commands that print
+    only JSON or plain lines (``get``, ``--help``) never import rich."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def real(self) -> Console:
+        if self._console is None:
+            self._console = _console(self._stderr)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+    # special methods are looked up on the type, not through __getattr__ (rich's Live uses these)
+    def __enter__(self) -> Console:
+        return self.real().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.real().__exit__(*exc)
+
+
+console = cast("Console", _LazyConsole(stderr=False))
+err_console = cast("Console", _LazyConsole(stderr=True))
 
 
 def emit(app: AppContext, data: Any, human: Callable[[], None] | None = None) -> None:

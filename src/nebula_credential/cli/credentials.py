@@ -15,7 +15,6 @@ from ..exceptions import ConfigError, CorruptRecordError, InvalidInputError, Neb
 from ..names import check_credential_id, check_scope, printable
 from ..vault import DEFAULT_SCOPE, ON_EXISTING, ImportCounts, Vault
 from ._common import KEY_VERSION, AppContext, console, emit, err_console, is_tty, pass_app
-from ._progress import PlainProgress, rich_progress
 
 
 def _read_value(value: str | None, file: str | None) -> Any:
@@ -221,6 +220,8 @@ def import_(app: AppContext, path: str, batch_size: int, on_existing: str, start
     \b
     Example: nebula-credential import creds.jsonl --on-existing skip
     """
+    from ._progress import PlainProgress, rich_progress  # rich, for this command only
+
     vault = app.vault()
     total = None
     if path != "-":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
-from rich.text import Text
 
 from ..models import KeyVersion
+
+if TYPE_CHECKING:
+    from rich.table import Table
 from ._common import KEY_VERSION, AppContext, console, emit, pass_app
+from ._lazy import Lazy, LazyGroup
 
 _STYLE = {"active": "bold green", "valid": "cyan", "grace": "yellow", "revoked": "red", "destroyed": "dim"}
 
@@ -31,6 +34,9 @@ def versions_table(keyring: str, versions: list[KeyVersion], counts: dict[int, i
     A version without a recorded expiry (made by an older release) shows
     ``created + max_key_age``, the same fallback ``before-expiry`` uses.
     """
+    from rich.table import Table  # only when a table is printed (start-up of the other commands)
+    from rich.text import Text
+
     table = Table("version", "status", "created", "expires", "retired", "credentials",
                   title=Text(f"keyring {keyring}"))
     for kv in versions:
@@ -50,7 +56,12 @@ def keys_json(keyring: str, versions: list[KeyVersion], counts: dict[int, int]) 
     return {"keyring": keyring, "versions": [kv.to_json(counts.get(kv.version, 0)) for kv in versions]}
 
 
-@click.group()
+#: ``keys cleanup`` lives with the other retention commands (cli.maintenance).
+_CLEANUP = Lazy("nebula_credential.cli.maintenance:cleanup_cmd",
+                "Destroy revoked versions the retention policy allows and no credential uses.")
+
+
+@click.group(cls=LazyGroup, lazy={"cleanup": _CLEANUP})
 def keys() -> None:
     """Inspect and manage key versions."""
 

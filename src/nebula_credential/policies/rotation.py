@@ -13,7 +13,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from ..config import DEFAULT_MAX_ENCRYPTIONS, KeyManagementConfig, validate_cron, validate_timezone
 from ..durations import format_duration
@@ -108,6 +107,8 @@ class ScheduledRotation(RotationStrategy):
     def __init__(self, cron: str, timezone: str = "UTC") -> None:
         self.cron = validate_cron(cron)
         self.timezone = validate_timezone(timezone)
+        from zoneinfo import ZoneInfo  # here, not at import: the command line's start-up
+
         self._tz = ZoneInfo(timezone)
 
     def previous_fire(self, now: datetime) -> datetime:
