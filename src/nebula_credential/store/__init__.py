@@ -16,9 +16,9 @@ from pathlib import Path
 from ..exceptions import ConfigError
 from ._schema import SCHEMA_VERSION
 from .base import Store, redact_url
-from .records import AuditRow, BackupRecord, CredentialPage, Page, TokenRow
+from .records import AuditRow, BackupRecord, CredentialPage, Page, TokenRow, VersionRow
 from .sqlite import SqliteStore, path_from_url, read_file
-from .tx import CredentialsTx, KeysTx, MetaTx, OperationsTx, ServerTx, StoreTx
+from .tx import CredentialsTx, KeysTx, MetaTx, OperationsTx, ServerTx, StoreTx, VersionsTx
 
 
 def read_file_copy(path: Path) -> AbstractContextManager[StoreTx]:
@@ -67,6 +67,8 @@ __all__ = [
     "Store",
     "StoreTx",
     "TokenRow",
+    "VersionRow",
+    "VersionsTx",
     "open_store",
     "path_from_url",
     "read_file_copy",

@@ -15,13 +15,13 @@ from ..exceptions import StoreError
 from ._sql_base import SqlBase
 from .tx import MetaTx
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def all_migrations(blob: str, real: str) -> list[list[str]]:
     """Every migration in order, for a dialect's binary and floating-point type names."""
     return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
-            schema_v5_key_access()]
+            schema_v5_key_access(), schema_v6_versions(blob, real)]
 
 
 class MetaSql(SqlBase, MetaTx):
@@ -199,3 +199,33 @@ def schema_v4_server(real: str) -> list[str]:
         f"updated_at {real} NOT NULL)",
     ]
 
+
+
+def schema_v6_versions(blob: str, real: str) -> list[str]:
+    """Version 6: every version of every credential (KV v2 version history).
+
+    Each existing credential becomes its version numbered by its revision
+    (the number the HTTP server answered as its KV version until now), so a
+    client's next check-and-set still matches.  A metadata-only KV
+    placeholder (a ``null`` value written before any data) has no version.
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS credential_versions (
+            keyring TEXT NOT NULL,
+            id TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            scope TEXT NOT NULL,
+            key_version INTEGER NOT NULL,
+            envelope {blob},
+            created_at {real} NOT NULL,
+            deletion_time {real},
+            destroyed INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (keyring, id, version)
+        )""",
+        "CREATE INDEX IF NOT EXISTS credential_versions_by_key "
+        "ON credential_versions (keyring, key_version)",
+        "INSERT INTO credential_versions "
+        "(keyring, id, version, scope, key_version, envelope, created_at, deletion_time, destroyed) "
+        "SELECT keyring, id, revision, scope, key_version, envelope, updated_at, NULL, 0 FROM credentials "
+        "WHERE metadata NOT LIKE '%\"placeholder\":true%'",
+    ]

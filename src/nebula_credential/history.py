@@ -1,0 +1,294 @@
+"""Version history of credentials: the rules of Vault's KV version 2 engine, over a store transaction.
+
+Every write of a credential creates version N+1 (the ``credentials`` row
+stays the current version, and ``credential_versions`` holds every version,
+the current one included).  What a version's lifetime follows:
+
+* ``max_versions`` (per credential, else the keyring's KV settings, else
+  Vault's default of 10): past it the oldest versions are removed, their
+  envelopes with them;
+* ``delete_version_after``: a new version is written already soft-deleted
+  at that time; a soft delete sets the time to now, undelete clears it;
+* destroy erases a version's envelope for good (the bookkeeping stays);
+* ``cas`` (Vault's check-and-set) compares with the latest version number,
+  ``cas_required`` makes it mandatory.
+
+The facade (:class:`~nebula_credential.vault.Vault`, and
+:class:`~nebula_credential.aio.AsyncVault` through it) and the HTTP
+server's KV engine apply these rules through this module only, so there is
+one implementation of each.  Settings are plain JSON in the current row's
+metadata under ``"kv"`` and, for a keyring, in the store's ``meta`` table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from .exceptions import CheckAndSetError, CheckAndSetRequiredError, InvalidInputError
+from .models import EncryptedCredential, from_epoch, to_epoch
+from .store import StoreTx, VersionRow
+
+#: Vault's default when ``max_versions`` is 0 (unset) on the secret and on the mount.
+DEFAULT_MAX_VERSIONS = 10
+#: The key of the current row's metadata that holds its KV settings and the current version's flags.
+KV_META = "kv"
+_SETTINGS = ("max_versions", "cas_required", "delete_version_after", "custom_metadata")
+_MOUNT_META = "kv_config:"
+MAX_VERSIONS_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class KVSettings:
+    """Vault's per-secret (or per-mount) KV settings; 0 / False / 0 s mean "unset"."""
+
+    max_versions: int = 0
+    cas_required: bool = False
+    delete_version_after: float = 0.0  # seconds; 0: never
+    custom_metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_versions": self.max_versions, "cas_required": self.cas_required,
+                "delete_version_after": self.delete_version_after, "custom_metadata": dict(self.custom_metadata)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> KVSettings:
+        if not isinstance(data, dict):
+            return cls()
+        custom = data.get("custom_metadata")
+        max_versions = data.get("max_versions")
+        dva = data.get("delete_version_after")
+        return cls(
+            max_versions=max_versions if isinstance(max_versions, int) and max_versions > 0 else 0,
+            cas_required=data.get("cas_required") is True,
+            delete_version_after=float(dva) if isinstance(dva, int | float) and dva > 0 else 0.0,
+            custom_metadata={str(k): str(v) for k, v in custom.items()} if isinstance(custom, dict) else {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One version as Vault's metadata shows it (never its value)."""
+
+    version: int
+    created_at: datetime
+    deletion_time: datetime | None
+    destroyed: bool
+
+    def deleted(self, now: datetime) -> bool:
+        """Soft-deleted (the deletion time is past); a destroyed version is not "deleted"."""
+        return self.deletion_time is not None and self.deletion_time <= now
+
+    def readable(self, now: datetime) -> bool:
+        return not self.destroyed and not self.deleted(now)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVersions:
+    """A credential's version history and settings: Vault's ``metadata/`` answer."""
+
+    id: str
+    settings: KVSettings
+    created_at: datetime
+    updated_at: datetime
+    current_version: int
+    oldest_version: int
+    versions: tuple[VersionInfo, ...]
+
+    def get(self, version: int) -> VersionInfo | None:
+        return next((v for v in self.versions if v.version == version), None)
+
+
+def info(row: VersionRow) -> VersionInfo:
+    return VersionInfo(row.version, row.created_at, row.deletion_time, row.destroyed)
+
+
+def settings_of(metadata: dict[str, Any]) -> KVSettings:
+    return KVSettings.from_json(metadata.get(KV_META))
+
+
+def mount_settings(tx: StoreTx, keyring: str) -> KVSettings:
+    """The keyring's KV settings (Vault's mount ``config``)."""
+    raw = tx.get_meta(_MOUNT_META + keyring)
+    return KVSettings.from_json(json.loads(raw)) if raw else KVSettings()
+
+
+def set_mount_settings(tx: StoreTx, keyring: str, settings: KVSettings) -> None:
+    tx.set_meta(_MOUNT_META + keyring, json.dumps(settings.to_json(), sort_keys=True))
+
+
+def max_versions(secret: KVSettings, mount: KVSettings) -> int:
+    """Vault's rule: the secret's own value, else the mount's, else 10."""
+    return secret.max_versions or mount.max_versions or DEFAULT_MAX_VERSIONS
+
+
+def delete_after(secret: KVSettings, mount: KVSettings) -> float:
+    """The shorter non-zero of the secret's and the mount's ``delete_version_after``, as Vault takes it."""
+    values = [v for v in (secret.delete_version_after, mount.delete_version_after) if v > 0]
+    return min(values) if values else 0.0
+
+
+def parse_versions(values: Iterable[Any]) -> list[int]:
+    """Version numbers as Vault accepts them: integers, or strings of digits (the CLI and Go client send those)."""
+    out = []
+    for value in values:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInputError("versions", "version numbers are non-negative integers")
+        out.append(value)
+    return sorted(set(out))
+
+
+def head_metadata(user: dict[str, Any] | None, old: EncryptedCredential | None,
+                  current: VersionInfo | None) -> dict[str, Any]:
+    """The current row's metadata: the caller's (or the old row's), its KV settings kept, the current flags set."""
+    base = dict(user) if user is not None else {}
+    old_kv = old.metadata.get(KV_META) if old is not None else None
+    given = base.get(KV_META)
+    kv = {k: v for k, v in (given if isinstance(given, dict) else old_kv if isinstance(old_kv, dict) else {}).items()
+          if k in _SETTINGS}
+    if current is not None:
+        if current.deletion_time is not None:
+            kv["deletion_time"] = to_epoch(current.deletion_time)
+        if current.destroyed:
+            kv["destroyed"] = True
+    if kv:
+        base[KV_META] = kv
+    else:
+        base.pop(KV_META, None)
+    return base
+
+
+def current_flags(metadata: dict[str, Any]) -> tuple[datetime | None, bool]:
+    """(deletion time, destroyed) of the current version, from the current row's metadata."""
+    kv = metadata.get(KV_META)
+    if not isinstance(kv, dict):
+        return None, False
+    at = kv.get("deletion_time")
+    when = from_epoch(float(at)) if isinstance(at, int | float) and not isinstance(at, bool) else None
+    return when, kv.get("destroyed") is True
+
+
+def is_placeholder(metadata: dict[str, Any]) -> bool:
+    kv = metadata.get(KV_META)
+    return isinstance(kv, dict) and kv.get("placeholder") is True
+
+
+def check_cas(tx: StoreTx, keyring: str, credential_id: str, cas: int | None,
+              old: EncryptedCredential | None) -> None:
+    """Refuse a write whose ``cas`` is missing where required, before anything is encrypted."""
+    if cas is not None:
+        return
+    secret = settings_of(old.metadata) if old is not None else KVSettings()
+    if secret.cas_required or mount_settings(tx, keyring).cas_required:
+        raise CheckAndSetRequiredError(
+            f"credential {credential_id!r} requires check-and-set: give the version it replaces (cas)")
+
+
+def record_write(tx: StoreTx, keyring: str, credential_id: str, *, scope: str, key_version: int,
+                 envelope: bytes, metadata: dict[str, Any] | None, old: EncryptedCredential | None,
+                 now: datetime, cas: int | None) -> tuple[int, VersionInfo]:
+    """After the current row was written (which locked it): append the version, prune, set the row's flags.
+
+    The version number is read after the row's write, so concurrent writers
+    of one id, serialised by that row lock, each get their own.  A failed
+    ``cas`` raises :class:`CheckAndSetError`, and the caller's transaction
+    rolls the row's write back.  Returns (version, its info).
+    """
+    latest = tx.latest_version(keyring, credential_id)
+    if cas is not None and cas != latest:
+        raise CheckAndSetError(credential_id, cas, latest, counter="version")
+    secret = settings_of(metadata) if metadata is not None and KV_META in metadata else (
+        settings_of(old.metadata) if old is not None else KVSettings())
+    mount = mount_settings(tx, keyring)
+    after = delete_after(secret, mount)
+    version = latest + 1
+    row = VersionRow(keyring, credential_id, version, scope, key_version, envelope, now,
+                     now + timedelta(seconds=after) if after else None, False)
+    tx.add_version(row)
+    keep = max_versions(secret, mount)
+    if version > keep:
+        tx.prune_versions(keyring, credential_id, version - keep)
+    current = info(row)
+    tx.set_credential_metadata(keyring, credential_id, head_metadata(metadata, old, current))
+    return version, current
+
+
+def history(tx: StoreTx, keyring: str, credential_id: str) -> SecretVersions | None:
+    head = tx.get_credential(keyring, credential_id)
+    if head is None:
+        return None
+    rows = tx.version_rows(keyring, credential_id)
+    versions = tuple(info(r) for r in rows)
+    return SecretVersions(
+        id=credential_id, settings=settings_of(head.metadata), created_at=head.created_at,
+        updated_at=max([head.updated_at, *(v.created_at for v in versions)]),
+        current_version=versions[-1].version if versions else 0,
+        oldest_version=versions[0].version if versions else 0, versions=versions,
+    )
+
+
+def _sync_head(tx: StoreTx, keyring: str, credential_id: str, changed: Sequence[int]) -> None:
+    """Copy the current version's flags onto the current row when a change touched it."""
+    latest = tx.latest_version(keyring, credential_id)
+    if latest not in changed:
+        return
+    head = tx.get_credential(keyring, credential_id)
+    row = tx.get_version_row(keyring, credential_id, latest)
+    if head is not None and row is not None:
+        tx.set_credential_metadata(keyring, credential_id, head_metadata(head.metadata, head, info(row)))
+
+
+def soft_delete(tx: StoreTx, keyring: str, credential_id: str, versions: Sequence[int], now: datetime) -> list[int]:
+    """Mark versions deleted at ``now`` (already deleted ones keep their time); returns those changed."""
+    rows = {r.version: r for r in tx.version_rows(keyring, credential_id)}
+    todo = [v for v in versions if v in rows and not rows[v].destroyed and not info(rows[v]).deleted(now)]
+    changed = tx.set_deletion_time(keyring, credential_id, todo, now)
+    _sync_head(tx, keyring, credential_id, changed)
+    return changed
+
+
+def undelete(tx: StoreTx, keyring: str, credential_id: str, versions: Sequence[int]) -> list[int]:
+    changed = tx.set_deletion_time(keyring, credential_id, list(versions), None)
+    _sync_head(tx, keyring, credential_id, changed)
+    return changed
+
+
+def destroy(tx: StoreTx, keyring: str, credential_id: str, versions: Sequence[int], now: datetime) -> list[int]:
+    """Erase versions' envelopes.  The current row's copy of the current version is the caller's to replace."""
+    changed = tx.destroy_versions(keyring, credential_id, list(versions), now)
+    _sync_head(tx, keyring, credential_id, changed)
+    return changed
+
+
+def set_settings(tx: StoreTx, head: EncryptedCredential, settings: KVSettings) -> None:
+    """Replace a credential's KV settings (its flags stay)."""
+    kv = head.metadata.get(KV_META)
+    flags = {k: v for k, v in (kv.items() if isinstance(kv, dict) else []) if k not in _SETTINGS}
+    metadata = {**head.metadata, KV_META: {**flags, **settings.to_json()}}
+    tx.set_credential_metadata(head.keyring, head.id, metadata)
+    latest = tx.latest_version(head.keyring, head.id)
+    keep = max_versions(settings, mount_settings(tx, head.keyring))
+    if latest > keep:
+        tx.prune_versions(head.keyring, head.id, latest - keep)
+
+
+__all__ = [
+    "DEFAULT_MAX_VERSIONS", "KVSettings", "SecretVersions", "VersionInfo", "check_cas", "current_flags",
+    "delete_after", "destroy", "history", "is_placeholder", "max_versions", "mount_settings", "parse_versions",
+    "record_write", "set_mount_settings", "set_settings", "settings_of", "soft_delete", "undelete",
+]
+
+
+def record_imported(tx: StoreTx, keyring: str, rows: Sequence[tuple[str, str, int, bytes]], now: datetime) -> None:
+    """A bulk import's rows, (id, scope, key version, envelope), each a new version of its credential."""
+    keep = max_versions(KVSettings(), mount_settings(tx, keyring))
+    for credential_id, scope, key_version, envelope in rows:
+        version = tx.latest_version(keyring, credential_id) + 1
+        tx.add_version(VersionRow(keyring, credential_id, version, scope, key_version, envelope, now, None, False))
+        if version > keep:
+            tx.prune_versions(keyring, credential_id, version - keep)
