@@ -36,7 +36,7 @@ from .store import StoreTx, VersionRow
 DEFAULT_MAX_VERSIONS = 10
 #: The key of the current row's metadata that holds its KV settings and the current version's flags.
 KV_META = "kv"
-_SETTINGS = ("max_versions", "cas_required", "delete_version_after", "custom_metadata")
+_SETTINGS = ("max_versions", "cas_required", "delete_version_after", "custom_metadata", "metadata_version")
 _MOUNT_META = "kv_config:"
 MAX_VERSIONS_LIMIT = 1_000_000
 
@@ -49,10 +49,13 @@ class KVSettings:
     cas_required: bool = False
     delete_version_after: float = 0.0  # seconds; 0: never
     custom_metadata: dict[str, str] = field(default_factory=dict)
+    #: How many times the settings were written (OpenBao's ``current_metadata_version``).
+    metadata_version: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"max_versions": self.max_versions, "cas_required": self.cas_required,
-                "delete_version_after": self.delete_version_after, "custom_metadata": dict(self.custom_metadata)}
+                "delete_version_after": self.delete_version_after, "custom_metadata": dict(self.custom_metadata),
+                "metadata_version": self.metadata_version}
 
     @classmethod
     def from_json(cls, data: Any) -> KVSettings:
@@ -66,6 +69,7 @@ class KVSettings:
             cas_required=data.get("cas_required") is True,
             delete_version_after=float(dva) if isinstance(dva, int | float) and dva > 0 else 0.0,
             custom_metadata={str(k): str(v) for k, v in custom.items()} if isinstance(custom, dict) else {},
+            metadata_version=data["metadata_version"] if isinstance(data.get("metadata_version"), int) else 0,
         )
 
 
@@ -228,7 +232,8 @@ def history(tx: StoreTx, keyring: str, credential_id: str) -> SecretVersions | N
         id=credential_id, settings=settings_of(head.metadata), created_at=head.created_at,
         updated_at=max([head.updated_at, *(v.created_at for v in versions)]),
         current_version=versions[-1].version if versions else 0,
-        oldest_version=versions[0].version if versions else 0, versions=versions,
+        # as Vault: 0 until versions were removed past max_versions
+        oldest_version=versions[0].version if versions and versions[0].version > 1 else 0, versions=versions,
     )
 
 
@@ -266,15 +271,17 @@ def destroy(tx: StoreTx, keyring: str, credential_id: str, versions: Sequence[in
 
 
 def set_settings(tx: StoreTx, head: EncryptedCredential, settings: KVSettings) -> None:
-    """Replace a credential's KV settings (its flags stay)."""
+    """Replace a credential's KV settings (its flags stay).
+
+    A lower ``max_versions`` removes nothing yet: as in Vault, the next
+    write prunes.
+    """
     kv = head.metadata.get(KV_META)
     flags = {k: v for k, v in (kv.items() if isinstance(kv, dict) else []) if k not in _SETTINGS}
+    settings = KVSettings(settings.max_versions, settings.cas_required, settings.delete_version_after,
+                          settings.custom_metadata, settings_of(head.metadata).metadata_version + 1)
     metadata = {**head.metadata, KV_META: {**flags, **settings.to_json()}}
     tx.set_credential_metadata(head.keyring, head.id, metadata)
-    latest = tx.latest_version(head.keyring, head.id)
-    keep = max_versions(settings, mount_settings(tx, head.keyring))
-    if latest > keep:
-        tx.prune_versions(head.keyring, head.id, latest - keep)
 
 
 __all__ = [

@@ -446,7 +446,9 @@ class Vault:
             with self.store.transaction() as tx:
                 head = tx.lock_credential(kr, credential_id)
                 if head is None:
-                    metadata = {history.KV_META: {**settings.to_json(), "placeholder": True}}
+                    first = history.KVSettings(settings.max_versions, settings.cas_required,
+                                               settings.delete_version_after, settings.custom_metadata, 1)
+                    metadata = {history.KV_META: {**first.to_json(), "placeholder": True}}
                     written = tx.put_credential_checked(kr, credential_id, scope or DEFAULT_SCOPE,
                                                         peek_version(blob), blob, metadata, self.clock(), WRITABLE,
                                                         expected_revision=0)
