@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .exceptions import CheckAndSetError, CheckAndSetRequiredError, InvalidInputError
+from .exceptions import CheckAndSetError, CheckAndSetRequiredError, ConcurrencyError, InvalidInputError
 from .models import EncryptedCredential, from_epoch, to_epoch
 from .store import StoreTx, VersionRow
 
@@ -39,6 +39,15 @@ KV_META = "kv"
 _SETTINGS = ("max_versions", "cas_required", "delete_version_after", "custom_metadata", "metadata_version")
 _MOUNT_META = "kv_config:"
 MAX_VERSIONS_LIMIT = 1_000_000
+
+
+class WriteRace(ConcurrencyError):
+    """Two first writes of one id crossed (PostgreSQL): the transaction is rolled back and run again.
+
+    The later one read no current row before its write (there was none to
+    lock) but found a version after it, whose envelope it never saw; so it
+    cannot archive it.  Run again, it locks that row first.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,24 +203,31 @@ def check_cas(tx: StoreTx, keyring: str, credential_id: str, cas: int | None,
 
 
 def record_write(tx: StoreTx, keyring: str, credential_id: str, *, scope: str, key_version: int,
-                 envelope: bytes, metadata: dict[str, Any] | None, old: EncryptedCredential | None,
+                 metadata: dict[str, Any] | None, old: EncryptedCredential | None,
                  now: datetime, cas: int | None) -> tuple[int, VersionInfo]:
-    """After the current row was written (which locked it): append the version, prune, set the row's flags.
+    """After the current row was written (which locked it): archive the old current version, append the new
+    one, prune, set the row's flags.
 
-    The version number is read after the row's write, so concurrent writers
-    of one id, serialised by that row lock, each get their own.  A failed
-    ``cas`` raises :class:`CheckAndSetError`, and the caller's transaction
-    rolls the row's write back.  Returns (version, its info).
+    ``old`` is the current row as read (locked) before the write: its
+    envelope becomes the past version's own copy.  The version number is
+    read after the row's write, so concurrent writers of one id, serialised
+    by that row lock, each get their own.  A failed ``cas`` raises
+    :class:`CheckAndSetError`, and the caller's transaction rolls the row's
+    write back.  Returns (version, its info).
     """
     latest = tx.latest_version(keyring, credential_id)
     if cas is not None and cas != latest:
         raise CheckAndSetError(credential_id, cas, latest, counter="version")
+    if latest:
+        if old is None:
+            raise WriteRace(f"credential {credential_id!r} was first written concurrently; writing again")
+        tx.archive_version(keyring, credential_id, latest, old.key_version, old.envelope)
     secret = settings_of(metadata) if metadata is not None and KV_META in metadata else (
         settings_of(old.metadata) if old is not None else KVSettings())
     mount = mount_settings(tx, keyring)
     after = delete_after(secret, mount)
     version = latest + 1
-    row = VersionRow(keyring, credential_id, version, scope, key_version, envelope, now,
+    row = VersionRow(keyring, credential_id, version, scope, key_version, None, now,
                      now + timedelta(seconds=after) if after else None, False)
     tx.add_version(row)
     keep = max_versions(secret, mount)
@@ -291,11 +307,20 @@ __all__ = [
 ]
 
 
-def record_imported(tx: StoreTx, keyring: str, rows: Sequence[tuple[str, str, int, bytes]], now: datetime) -> None:
-    """A bulk import's rows, (id, scope, key version, envelope), each a new version of its credential."""
+def archive_before_import(tx: StoreTx, keyring: str, ids: Sequence[str]) -> None:
+    """Before a bulk import overwrites current rows: each one's envelope becomes its past version's copy."""
+    for credential_id in ids:
+        head = tx.lock_credential(keyring, credential_id)
+        latest = tx.latest_version(keyring, credential_id) if head is not None else 0
+        if head is not None and latest:
+            tx.archive_version(keyring, credential_id, latest, head.key_version, head.envelope)
+
+
+def record_imported(tx: StoreTx, keyring: str, rows: Sequence[tuple[str, str, int]], now: datetime) -> None:
+    """A bulk import's rows, (id, scope, key version), each a new version of its credential."""
     keep = max_versions(KVSettings(), mount_settings(tx, keyring))
-    for credential_id, scope, key_version, envelope in rows:
+    for credential_id, scope, key_version in rows:
         version = tx.latest_version(keyring, credential_id) + 1
-        tx.add_version(VersionRow(keyring, credential_id, version, scope, key_version, envelope, now, None, False))
+        tx.add_version(VersionRow(keyring, credential_id, version, scope, key_version, None, now, None, False))
         if version > keep:
             tx.prune_versions(keyring, credential_id, version - keep)

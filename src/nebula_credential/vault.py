@@ -194,36 +194,55 @@ class Vault:
         keys = self.keys
         plaintext = _encode(value)
         aad = credential_context(kr, credential_id, scope)
-        for _ in range(WRITE_ATTEMPTS):
+        races = 0
+        attempts = 0
+        while attempts < WRITE_ATTEMPTS:
+            attempts += 1
             observer = self.observer
             start = time.perf_counter() if observer is not None else 0.0
             blob = keys.encrypt(plaintext, aad)
             if observer is not None:
                 observer(kr, "encrypt", time.perf_counter() - start, True)
             version = peek_version(blob)
-            with self.store.transaction() as tx:
-                old = tx.lock_credential(kr, credential_id)  # writers of one id serialise here
-                history.check_cas(tx, kr, credential_id, cas, old)
-                now = self.clock()
-                # the write and its version's status check in one statement (see KeyManager.writable)
-                revision = tx.put_credential_checked(kr, credential_id, scope, version, blob,
-                                                     metadata or {}, now, WRITABLE,
-                                                     expected_revision=expected_revision)
-                if revision is None:
-                    if expected_revision is not None:
-                        row = tx.get_credential(kr, credential_id)
-                        actual = row.revision if row is not None else 0
-                        if actual != expected_revision:
-                            raise CheckAndSetError(credential_id, expected_revision, actual)
-                    keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
-                    continue
-                number, info = history.record_write(tx, kr, credential_id, scope=scope, key_version=version,
-                                                    envelope=blob, metadata=metadata, old=old, now=now, cas=cas)
-                if self._audit_credentials:
-                    self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
-                                      version=version, scope=scope, credential_version=number)
-                return revision, info
+            try:
+                done = self._write_once(credential_id, scope, metadata, expected_revision, cas, blob)
+            except history.WriteRace:
+                races += 1  # two first writes crossed: the next attempt locks the row the other made
+                if races > WRITE_ATTEMPTS:
+                    raise
+                attempts -= 1  # not a refused key version: it does not use up an attempt
+                continue
+            if done is not None:
+                return done
+            keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
         raise keys.write_refused((version,))
+
+    def _write_once(self, credential_id: str, scope: str, metadata: dict[str, Any] | None,
+                    expected_revision: int | None, cas: int | None,
+                    blob: bytes) -> tuple[int, history.VersionInfo] | None:
+        """One write transaction: the current row and its new version; None if the key version was retired."""
+        kr = self.keys.keyring
+        version = peek_version(blob)
+        with self.store.transaction() as tx:
+            old = tx.lock_credential(kr, credential_id)  # writers of one id serialise here
+            history.check_cas(tx, kr, credential_id, cas, old)
+            now = self.clock()
+            # the write and its version's status check in one statement (see KeyManager.writable)
+            revision = tx.put_credential_checked(kr, credential_id, scope, version, blob, metadata or {}, now,
+                                                 WRITABLE, expected_revision=expected_revision)
+            if revision is None:
+                if expected_revision is not None:
+                    row = tx.get_credential(kr, credential_id)
+                    actual = row.revision if row is not None else 0
+                    if actual != expected_revision:
+                        raise CheckAndSetError(credential_id, expected_revision, actual)
+                return None
+            number, info = history.record_write(tx, kr, credential_id, scope=scope, key_version=version,
+                                                metadata=metadata, old=old, now=now, cas=cas)
+            if self._audit_credentials:
+                self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
+                                  version=version, scope=scope, credential_version=number)
+            return revision, info
 
     def put_many(
         self,
@@ -282,8 +301,10 @@ class Vault:
                     rows = [r for r in rows if r[0] not in existing]
                 if rows:
                     now = self.clock()
+                    if existing:
+                        history.archive_before_import(tx, kr, [r[0] for r in rows if r[0] in existing])
                     tx.put_credentials(kr, rows, now)
-                    history.record_imported(tx, kr, [(i, sc, v, b) for i, sc, v, b, _ in rows], now)
+                    history.record_imported(tx, kr, [(i, sc, v) for i, sc, v, _, _ in rows], now)
                 if self._audit_credentials:
                     self.audit.record(tx, "credential.import", keyring=kr, count=len(rows))
             if on_existing == "skip":
@@ -326,14 +347,20 @@ class Vault:
         with self.store.read() as tx:
             head = tx.get_credential(kr, credential_id)
             stored = tx.get_version_row(kr, credential_id, version) if head is not None else None
-        if head is None or stored is None or stored.envelope is None or \
-                not history.info(stored).readable(self.clock()):
+            latest = tx.latest_version(kr, credential_id) if stored is not None else 0
+        if head is None or stored is None or not history.info(stored).readable(self.clock()):
             raise CredentialNotFoundError(
                 f"no readable version {version} of credential {credential_id!r} in keyring {kr!r}")
-        row = EncryptedCredential(kr, credential_id, stored.scope, stored.key_version, stored.envelope,
-                                  head.metadata, head.revision, stored.created_at, stored.created_at)
+        if stored.envelope is not None:  # a past version: its own envelope
+            row = EncryptedCredential(kr, credential_id, stored.scope, stored.key_version, stored.envelope,
+                                      head.metadata, head.revision, stored.created_at, stored.created_at)
+        elif version == latest:  # the current version: the current row's envelope
+            row = head
+        else:
+            raise CredentialNotFoundError(
+                f"version {version} of credential {credential_id!r} in keyring {kr!r} has no envelope")
         value = self._open(row)
-        return Credential(row.id, row.scope, peek_version(stored.envelope), value, head.metadata, head.revision,
+        return Credential(row.id, row.scope, peek_version(row.envelope), value, head.metadata, head.revision,
                           stored.created_at, stored.created_at, version)
 
     def _open(self, row: EncryptedCredential) -> Any:

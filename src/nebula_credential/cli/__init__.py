@@ -20,7 +20,7 @@ from ..names import check_keyring
 from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .audit import audit
 from .backup import backup
-from .credentials import delete, get, import_, list_, put
+from .credentials import delete, destroy_versions, get, import_, list_, put, undelete, versions
 from .demo import demo
 from .keys import keys
 from .maintenance import cleanup_cmd, daemon, maintain
@@ -111,6 +111,9 @@ for command in (
     delete,
     list_,
     import_,
+    versions,
+    undelete,
+    destroy_versions,
     keys,
     reencrypt,
     status,

@@ -204,10 +204,12 @@ def schema_v4_server(real: str) -> list[str]:
 def schema_v6_versions(blob: str, real: str) -> list[str]:
     """Version 6: every version of every credential (KV v2 version history).
 
-    Each existing credential becomes its version numbered by its revision
-    (the number the HTTP server answered as its KV version until now), so a
-    client's next check-and-set still matches.  A metadata-only KV
-    placeholder (a ``null`` value written before any data) has no version.
+    Each existing credential becomes its current version, numbered by its
+    revision (the number the HTTP server answered as its KV version until
+    now), so a client's next check-and-set still matches.  A current
+    version's row has no envelope of its own (the ``credentials`` row holds
+    it).  A metadata-only KV placeholder (a ``null`` value written before
+    any data) has no version.
     """
     return [
         f"""CREATE TABLE IF NOT EXISTS credential_versions (
@@ -226,6 +228,6 @@ def schema_v6_versions(blob: str, real: str) -> list[str]:
         "ON credential_versions (keyring, key_version)",
         "INSERT INTO credential_versions "
         "(keyring, id, version, scope, key_version, envelope, created_at, deletion_time, destroyed) "
-        "SELECT keyring, id, revision, scope, key_version, envelope, updated_at, NULL, 0 FROM credentials "
+        "SELECT keyring, id, revision, scope, key_version, NULL, updated_at, NULL, 0 FROM credentials "
         "WHERE metadata NOT LIKE '%\"placeholder\":true%'",
     ]

@@ -21,13 +21,12 @@ class SqlTx(MetaSql, KeysSql, CredentialsSql, VersionsSql, OperationsSql, Server
     """StoreTx over a DB-API connection; subclasses adapt the dialect."""
 
     def versions_referenced(self, keyring: str) -> dict[int, int]:
-        """Envelopes per key version, current rows and every live stored version alike.
+        """Envelopes per key version: current rows and every live past version.
 
-        The current version is stored twice (its ``credentials`` row and its
-        version row), so it counts twice: the count is of envelopes a
-        version's key must still open, which is what the destroy guard,
-        backups and doctor need.  A store copied before schema v6 has no
-        version table; it counts its rows only.
+        The count is of envelopes a version's key must still open, which is
+        what the destroy guard, backups and doctor need (each envelope is
+        stored once: a current version's row has none of its own).  A store
+        copied before schema v6 has no version table; it counts its rows only.
         """
         out = CredentialsSql.versions_referenced(self, keyring)
         if self._table_exists("credential_versions"):

@@ -74,6 +74,14 @@ class VersionsSql(SqlBase, VersionsTx):
              None if row.deletion_time is None else to_epoch(row.deletion_time), int(row.destroyed)),
         )
 
+    def archive_version(self, keyring: str, credential_id: str, version: int, key_version: int,
+                        envelope: bytes) -> bool:
+        cur = self._exec(
+            "UPDATE credential_versions SET envelope = ?, key_version = ? WHERE keyring = ? AND id = ? "
+            "AND version = ? AND destroyed = 0 AND envelope IS NULL",
+            (envelope, key_version, keyring, credential_id, version))
+        return bool(cur.rowcount == 1)
+
     def get_version_row(self, keyring: str, credential_id: str, version: int) -> VersionRow | None:
         row = self._exec(
             f"SELECT {VERSION_COLS} FROM credential_versions WHERE keyring = ? AND id = ? AND version = ?",

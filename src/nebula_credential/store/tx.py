@@ -274,10 +274,12 @@ class VersionsTx(ABC):
     """Every version of every credential (table ``credential_versions``, schema v6).
 
     The ``credentials`` row stays the current version (what get/put/list and
-    re-encryption of the current value use); this table holds every version
-    including the current one, each its own envelope under the keyring's key
-    lifecycle, so version history is encrypted, re-encrypted, counted by the
-    destroy guard and copied by backups like the current value.
+    re-encryption of the current value use).  This table has a row for every
+    version; a past version's row holds its own envelope under the keyring's
+    key lifecycle (so version history is re-encrypted, counted by the
+    destroy guard and copied by backups like the current value), while the
+    current version's row has none: its envelope is the ``credentials``
+    row's, stored once.
     """
 
     @abstractmethod
@@ -300,6 +302,15 @@ class VersionsTx(ABC):
 
     @abstractmethod
     def add_version(self, row: VersionRow) -> None: ...
+
+    @abstractmethod
+    def archive_version(self, keyring: str, credential_id: str, version: int, key_version: int,
+                        envelope: bytes) -> bool:
+        """Give a version that stops being the current one its own copy of the envelope.
+
+        Until then its row has no envelope: the ``credentials`` row holds it.
+        A destroyed version is left as it is.
+        """
 
     @abstractmethod
     def get_version_row(self, keyring: str, credential_id: str, version: int) -> VersionRow | None: ...
