@@ -103,10 +103,13 @@ class Credential:
     version: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "scope": self.scope,
             "key_version": self.key_version,
             "value": self.value,
             "metadata": self.metadata,
         }
+        if self.version is not None:
+            out["version"] = self.version
+        return out

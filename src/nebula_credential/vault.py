@@ -36,7 +36,7 @@ from .models import Credential, EncryptedCredential, utc_now
 from .names import check_credential_id, check_lookup_id, check_scope
 from .providers import KeyProvider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
-from .store import Store, StoreTx
+from .store import Page, Store, StoreTx
 
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
 LEGACY_LAST_META = "legacy_last_fallback"
@@ -488,6 +488,24 @@ class Vault:
                     self.audit.record(tx, "credential.settings", keyring=kr, credential_id=credential_id)
                 return
         raise self.keys.write_refused((peek_version(blob),))
+
+    def past_versions(self, *, page: int = 1000) -> Iterator[EncryptedCredential]:
+        """Every live past version of the keyring's credentials as stored rows (ciphertext, never values),
+        in (id, version) order: for checks that read every envelope back (backup verification)."""
+        kr = self.keys.keyring
+
+        def fetch(tx: StoreTx, after: Any, size: int) -> Page[EncryptedCredential]:
+            rows = tx.versions_for_reencryption(kr, -1, after, size)  # key version -1: none is excluded
+            out: Page[EncryptedCredential] = Page()
+            for r in rows:
+                assert r.envelope is not None
+                out.append(EncryptedCredential(kr, f"{r.id}", r.scope, r.key_version, r.envelope, {}, r.version,
+                                               r.created_at, r.created_at))
+            out.fetched = len(rows)
+            out.last_id = (rows[-1].id, rows[-1].version) if rows else None
+            return out
+
+        return self.store.iter_pages(fetch, page=page)
 
     def kv_config(self) -> history.KVSettings:
         """The keyring's KV settings (Vault's mount ``config``): defaults for its credentials."""
