@@ -277,7 +277,7 @@ class KVEngine:
         found = await self._history(ctx, cid)
         current = found.get(found.current_version) if found is not None else None
         if found is None or current is None or not current.readable(self._now(ctx)):
-            raise HTTPError(404)
+            return Response(status_code=404)  # Vault's PATCH answers an empty 404
         if cas is not None and cas != found.current_version:
             raise bad_request(CAS_MISMATCH)
         try:
@@ -289,7 +289,8 @@ class KVEngine:
 
     # ---- delete/ undelete/ destroy/ ----------------------------------------------
     async def _versions_call(self, request: Request, ctx: Ctx,
-                             method: Callable[[Ctx], Callable[..., list[int]]]) -> Response:
+                             method: Callable[[Ctx], Callable[..., list[int]]],
+                             missing: str = "No version number provided") -> Response:
         ctx.require("update")
         cid = self._id(request)
         body = await read_json(request)
@@ -297,7 +298,7 @@ class KVEngine:
         if isinstance(raw, str | int) and not isinstance(raw, bool):
             raw = [x for x in str(raw).split(",") if x.strip()]
         if not isinstance(raw, list) or not raw:
-            raise bad_request("No version number provided")
+            raise bad_request(missing)
         try:
             versions = parse_versions(raw)
         except InvalidInputError:
@@ -313,7 +314,9 @@ class KVEngine:
         return await self._versions_call(request, ctx, lambda c: self._vault(c).undelete)
 
     async def destroy(self, request: Request, ctx: Ctx) -> Response:
-        return await self._versions_call(request, ctx, lambda c: self._vault(c).destroy_versions)
+        # Vault's destroy words it in lower case, delete and undelete capitalised
+        return await self._versions_call(request, ctx, lambda c: self._vault(c).destroy_versions,
+                                         "no version number provided")
 
     # ---- metadata/ -----------------------------------------------------------------
     async def metadata(self, request: Request, ctx: Ctx) -> Response:
@@ -343,7 +346,7 @@ class KVEngine:
             body = await read_json(request)
             found = await self._history(ctx, cid)
             if found is None:
-                raise HTTPError(404)
+                return Response(status_code=404)  # Vault's PATCH answers an empty 404
             if "custom_metadata" in body:
                 body = {**body, "custom_metadata": _merge(found.settings.custom_metadata,
                                                          body["custom_metadata"] or {})}
