@@ -51,18 +51,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def _sequence(http: httpx.Client, p: str) -> list[tuple[str, int, Any]]:
     out: list[tuple[str, int, Any]] = []
 
-    def step(name: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-             *, secret_data: bool = True) -> dict[str, Any]:
+    def step(name: str, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None) -> dict[str, Any]:
         r = http.request(method, f"/v1/secret/{path}", json=body, headers=headers)
         doc = r.json() if r.content else {}
         shape: Any = None
         if isinstance(doc.get("data"), dict):
             data = dict(doc["data"])
-            if "data" in data and secret_data:  # a read: the secret's data itself must agree
-                shape = {"data": data.pop("data"), **_shape(data)}
-            else:
-                shape = _shape(data)
-            shape = {"top": sorted(doc), **shape}
+            # a read: the secret's data itself must agree
+            secret = {"data": data.pop("data")} if "data" in data else {}
+            shape = {"top": sorted(doc), **secret, **_shape(data)}
         elif "errors" in doc:
             errors = doc["errors"]
             shape = [e for e in errors if e.startswith(_MESSAGES)] or ("errors", bool(errors))
