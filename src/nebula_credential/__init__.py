@@ -40,6 +40,7 @@ from .exceptions import (
     StoreError,
     StoreUnavailableError,
 )
+from .history import KVSettings, SecretVersions, VersionInfo
 from .keys import KeyManager, VersionedKey
 from .metrics import KeyMetrics
 from .models import Credential, EncryptedCredential, KeyStatus, KeyVersion
@@ -75,6 +76,7 @@ __all__ = [
     "Envelope",
     "EnvelopeFormatError",
     "InvalidInputError",
+    "KVSettings",
     "KeyDestroyedError",
     "KeyManagementConfig",
     "KeyManager",
@@ -97,12 +99,14 @@ __all__ = [
     "ReencryptResult",
     "RotationStrategy",
     "ScheduledRotation",
+    "SecretVersions",
     "StoreError",
     "StoreUnavailableError",
     "UntilReEncrypted",
     "UsageRotation",
     "Vault",
     "VersionBased",
+    "VersionInfo",
     "VersionedKey",
     "__version__",
     "aopen",
