@@ -155,6 +155,23 @@ def test_destroy_guard_refuses_a_key_only_an_old_version_uses(keep1_vault: nc.Va
 
 
 # ---- migration ------------------------------------------------------------------------------
+def test_v5_store_migrates_and_keeps_its_data_on_either_store(store_url: str, key_file: Path) -> None:
+    with nc.open(store_url, create=True) as v:
+        v.put("kept", {"x": 1})
+        v.put("kept", {"x": 2})
+        v.set_settings("meta-only", KVSettings(max_versions=2))
+        with v.store.transaction() as tx:  # back to what release 5 left: no version table
+            tx._exec("DROP TABLE credential_versions")  # type: ignore[attr-defined]
+            tx._exec("DELETE FROM schema_version WHERE version = 6")  # type: ignore[attr-defined]
+    with nc.open(store_url) as v:
+        with v.store.read() as tx:
+            assert tx.schema_version() == SCHEMA_VERSION
+        assert v.versions("kept").current_version == 2 and v.get("kept") == {"x": 2}
+        assert v.versions("meta-only").current_version == 0  # a placeholder has no version
+        v.put("kept", {"x": 3})
+        assert v.get("kept", version=2) == {"x": 2} and v.get("kept", version=3) == {"x": 3}
+
+
 def test_v5_store_migrates_and_keeps_its_data(tmp_path: Path, key_file: Path) -> None:
     db = tmp_path / "v5.db"
     with nc.open(f"sqlite:///{db}", create=True) as v:
@@ -287,6 +304,23 @@ def test_concurrent_writers_with_cas_one_winner_per_version(server: Server) -> N
 
         with ThreadPoolExecutor(8) as pool:
             assert sorted(pool.map(again, range(8))) == [200] + [400] * 7
+
+
+def test_concurrent_writers_through_a_postgres_server(tmp_path: Path, postgres_store_url_factory: object) -> None:
+    from .server_proc import serve
+
+    url = postgres_store_url_factory()  # type: ignore[operator]
+    with serve(tmp_path, url) as pg:
+        one = _writers(pg, ["pg/one"], cas=False)
+        assert [s for _, _, s, _ in one if s != 200] == []
+        assert sorted(v for _, _, _, v in one) == list(range(1, WRITERS + 1))
+        many = _writers(pg, [f"pg/many/{i}" for i in range(WRITERS)], cas=False)
+        assert [s for _, _, s, _ in many if s != 200] == [] and {v for _, _, _, v in many} == {1}
+        cas = _writers(pg, ["pg/cas"], cas=True)
+        assert sorted(s for _, _, s, _ in cas) == [200] + [400] * (WRITERS - 1)
+        with pg.http(pg.token("root")) as c:
+            for _, n, _, version in sorted(one, key=lambda r: r[3])[-10:]:
+                assert c.get(f"/v1/secret/data/pg/one?version={version}").json()["data"]["data"] == {"n": n}
 
 
 def test_concurrent_writers_in_process_postgres(postgres_store_url_factory: object, key_file: Path) -> None:

@@ -12,9 +12,10 @@ deliberate differences from Vault are listed in docs/server.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -152,6 +153,21 @@ class KVEngine:
     def __init__(self, mount: str, keyring: str) -> None:
         self.mount = mount
         self.keyring = keyring
+        #: path -> (lock, waiters): writers of one path in this process queue here, on the event loop,
+        #: instead of each holding a store connection while it waits for the row lock
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _path_lock(self, cid: str) -> AsyncIterator[None]:
+        lock, waiters = self._locks.setdefault(cid, (asyncio.Lock(), [0]))
+        waiters[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            waiters[0] -= 1
+            if not waiters[0]:
+                self._locks.pop(cid, None)
 
     def routes(self) -> list[BaseRoute]:
         def route(path: str, handler: Callable[[Request, Ctx], Any], methods: list[str]) -> Route:
@@ -257,7 +273,8 @@ class KVEngine:
         settings = found.settings if found is not None else KVSettings()
         scope = settings.custom_metadata.get("scope") or await self._scope(ctx, cid) or DEFAULT_SCOPE
         try:
-            version = await ctx.backend.write(vault.put_version, cid, value, scope=scope, cas=cas)
+            async with self._path_lock(cid):
+                version = await ctx.backend.write(vault.put_version, cid, value, scope=scope, cas=cas)
         except CheckAndSetError:
             raise bad_request(CAS_MISMATCH) from None
         except CheckAndSetRequiredError:
@@ -304,7 +321,8 @@ class KVEngine:
         except InvalidInputError:
             raise bad_request('error converting input for field "versions": expected integers') from None
         with contextlib.suppress(CredentialNotFoundError):  # Vault answers 204 for a path with nothing stored
-            await ctx.backend.write(method(ctx), cid, versions)
+            async with self._path_lock(cid):
+                await ctx.backend.write(method(ctx), cid, versions)
         return Response(status_code=NO_CONTENT)
 
     async def soft_delete(self, request: Request, ctx: Ctx) -> Response:
