@@ -191,22 +191,36 @@ def is_placeholder(metadata: dict[str, Any]) -> bool:
     return isinstance(kv, dict) and kv.get("placeholder") is True
 
 
-def check_cas(tx: StoreTx, keyring: str, credential_id: str, cas: int | None,
-              old: EncryptedCredential | None) -> None:
-    """Refuse a write whose ``cas`` is missing where required, before anything is encrypted."""
-    if cas is not None:
-        return
-    secret = settings_of(old.metadata) if old is not None else KVSettings()
-    if secret.cas_required or mount_settings(tx, keyring).cas_required:
+@dataclass(frozen=True, slots=True)
+class PlannedWrite:
+    """What a write decided before its row is written: the row's metadata and the new version's lifetime."""
+
+    metadata: dict[str, Any]
+    deletion_time: datetime | None
+    keep: int
+
+
+def plan_write(tx: StoreTx, keyring: str, credential_id: str, *, metadata: dict[str, Any] | None,
+               old: EncryptedCredential | None, now: datetime, cas: int | None) -> PlannedWrite:
+    """Before the current row is written: refuse a missing ``cas`` where required, and work out the
+    row's metadata (settings kept, the new version's flags) so the row is written once."""
+    secret = settings_of(metadata) if metadata is not None and KV_META in metadata else (
+        settings_of(old.metadata) if old is not None else KVSettings())
+    mount = mount_settings(tx, keyring)
+    if cas is None and (secret.cas_required or mount.cas_required):
         raise CheckAndSetRequiredError(
             f"credential {credential_id!r} requires check-and-set: give the version it replaces (cas)")
+    after = delete_after(secret, mount)
+    deletion = now + timedelta(seconds=after) if after else None
+    flags = VersionInfo(0, now, deletion, False)
+    return PlannedWrite(head_metadata(metadata, old, flags), deletion, max_versions(secret, mount))
 
 
 def record_write(tx: StoreTx, keyring: str, credential_id: str, *, scope: str, key_version: int,
-                 metadata: dict[str, Any] | None, old: EncryptedCredential | None,
-                 now: datetime, cas: int | None) -> tuple[int, VersionInfo]:
+                 plan: PlannedWrite, old: EncryptedCredential | None, now: datetime,
+                 cas: int | None) -> tuple[int, VersionInfo]:
     """After the current row was written (which locked it): archive the old current version, append the new
-    one, prune, set the row's flags.
+    one, prune past ``max_versions``.
 
     ``old`` is the current row as read (locked) before the write: its
     envelope becomes the past version's own copy.  The version number is
@@ -222,20 +236,12 @@ def record_write(tx: StoreTx, keyring: str, credential_id: str, *, scope: str, k
         if old is None:
             raise WriteRace(f"credential {credential_id!r} was first written concurrently; writing again")
         tx.archive_version(keyring, credential_id, latest, old.key_version, old.envelope)
-    secret = settings_of(metadata) if metadata is not None and KV_META in metadata else (
-        settings_of(old.metadata) if old is not None else KVSettings())
-    mount = mount_settings(tx, keyring)
-    after = delete_after(secret, mount)
     version = latest + 1
-    row = VersionRow(keyring, credential_id, version, scope, key_version, None, now,
-                     now + timedelta(seconds=after) if after else None, False)
+    row = VersionRow(keyring, credential_id, version, scope, key_version, None, now, plan.deletion_time, False)
     tx.add_version(row)
-    keep = max_versions(secret, mount)
-    if version > keep:
-        tx.prune_versions(keyring, credential_id, version - keep)
-    current = info(row)
-    tx.set_credential_metadata(keyring, credential_id, head_metadata(metadata, old, current))
-    return version, current
+    if version > plan.keep:
+        tx.prune_versions(keyring, credential_id, version - plan.keep)
+    return version, info(row)
 
 
 def history(tx: StoreTx, keyring: str, credential_id: str) -> SecretVersions | None:
@@ -301,9 +307,9 @@ def set_settings(tx: StoreTx, head: EncryptedCredential, settings: KVSettings) -
 
 
 __all__ = [
-    "DEFAULT_MAX_VERSIONS", "KVSettings", "SecretVersions", "VersionInfo", "check_cas", "current_flags",
+    "DEFAULT_MAX_VERSIONS", "KVSettings", "PlannedWrite", "SecretVersions", "VersionInfo", "current_flags",
     "delete_after", "destroy", "history", "is_placeholder", "max_versions", "mount_settings", "parse_versions",
-    "record_write", "set_mount_settings", "set_settings", "settings_of", "soft_delete", "undelete",
+    "plan_write", "record_write", "set_mount_settings", "set_settings", "settings_of", "soft_delete", "undelete",
 ]
 
 

@@ -225,10 +225,10 @@ class Vault:
         version = peek_version(blob)
         with self.store.transaction() as tx:
             old = tx.lock_credential(kr, credential_id)  # writers of one id serialise here
-            history.check_cas(tx, kr, credential_id, cas, old)
             now = self.clock()
+            plan = history.plan_write(tx, kr, credential_id, metadata=metadata, old=old, now=now, cas=cas)
             # the write and its version's status check in one statement (see KeyManager.writable)
-            revision = tx.put_credential_checked(kr, credential_id, scope, version, blob, metadata or {}, now,
+            revision = tx.put_credential_checked(kr, credential_id, scope, version, blob, plan.metadata, now,
                                                  WRITABLE, expected_revision=expected_revision)
             if revision is None:
                 if expected_revision is not None:
@@ -238,7 +238,7 @@ class Vault:
                         raise CheckAndSetError(credential_id, expected_revision, actual)
                 return None
             number, info = history.record_write(tx, kr, credential_id, scope=scope, key_version=version,
-                                                metadata=metadata, old=old, now=now, cas=cas)
+                                                plan=plan, old=old, now=now, cas=cas)
             if self._audit_credentials:
                 self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
                                   version=version, scope=scope, credential_version=number)
