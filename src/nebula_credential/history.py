@@ -245,18 +245,38 @@ def record_write(tx: StoreTx, keyring: str, credential_id: str, *, scope: str, k
 
 
 def history(tx: StoreTx, keyring: str, credential_id: str) -> SecretVersions | None:
+    found = read(tx, keyring, credential_id)
+    return None if found is None else found[1]
+
+
+def read(tx: StoreTx, keyring: str, credential_id: str
+         ) -> tuple[EncryptedCredential, SecretVersions, dict[int, VersionRow]] | None:
+    """The current row, the history, and the version rows by number (two statements)."""
     head = tx.get_credential(keyring, credential_id)
     if head is None:
         return None
     rows = tx.version_rows(keyring, credential_id)
     versions = tuple(info(r) for r in rows)
-    return SecretVersions(
+    found = SecretVersions(
         id=credential_id, settings=settings_of(head.metadata), created_at=head.created_at,
         updated_at=max([head.updated_at, *(v.created_at for v in versions)]),
         current_version=versions[-1].version if versions else 0,
         # as Vault: 0 until versions were removed past max_versions
         oldest_version=versions[0].version if versions and versions[0].version > 1 else 0, versions=versions,
     )
+    return head, found, {r.version: r for r in rows}
+
+
+def stored_row(head: EncryptedCredential, found: SecretVersions, rows: dict[int, VersionRow],
+               version: int, now: datetime) -> EncryptedCredential | None:
+    """The envelope to open for ``version`` (the current row's for the current version), if it is readable."""
+    row = rows.get(version)
+    if row is None or not info(row).readable(now):
+        return None
+    if row.envelope is not None:
+        return EncryptedCredential(head.keyring, head.id, row.scope, row.key_version, row.envelope, head.metadata,
+                                   head.revision, row.created_at, row.created_at)
+    return head if version == found.current_version else None
 
 
 def _sync_head(tx: StoreTx, keyring: str, credential_id: str, changed: Sequence[int]) -> None:
@@ -305,12 +325,6 @@ def set_settings(tx: StoreTx, head: EncryptedCredential, settings: KVSettings) -
     metadata = {**head.metadata, KV_META: {**flags, **settings.to_json()}}
     tx.set_credential_metadata(head.keyring, head.id, metadata)
 
-
-__all__ = [
-    "DEFAULT_MAX_VERSIONS", "KVSettings", "PlannedWrite", "SecretVersions", "VersionInfo", "current_flags",
-    "delete_after", "destroy", "history", "is_placeholder", "max_versions", "mount_settings", "parse_versions",
-    "plan_write", "record_write", "set_mount_settings", "set_settings", "settings_of", "soft_delete", "undelete",
-]
 
 
 def archive_before_import(tx: StoreTx, keyring: str, ids: Sequence[str]) -> None:

@@ -343,25 +343,31 @@ class Vault:
                           row.created_at, row.updated_at)
 
     def _get_version(self, credential_id: str, version: int) -> Credential:
+        _, record = self.read_version(credential_id, version)
+        if record is None:
+            raise CredentialNotFoundError(f"no readable version {version} of credential {credential_id!r} "
+                                          f"in keyring {self.keys.keyring!r}")
+        return record
+
+    def read_version(self, credential_id: str, version: int | None = None
+                     ) -> tuple[history.SecretVersions, Credential | None]:
+        """The history and that version (default: the current one) decrypted, from one read transaction;
+        the credential is None if that version is not readable (deleted, destroyed, removed, never written).
+        What a KV read answers with."""
         kr = self.keys.keyring
         with self.store.read() as tx:
-            head = tx.get_credential(kr, credential_id)
-            stored = tx.get_version_row(kr, credential_id, version) if head is not None else None
-            latest = tx.latest_version(kr, credential_id) if stored is not None else 0
-        if head is None or stored is None or not history.info(stored).readable(self.clock()):
-            raise CredentialNotFoundError(
-                f"no readable version {version} of credential {credential_id!r} in keyring {kr!r}")
-        if stored.envelope is not None:  # a past version: its own envelope
-            row = EncryptedCredential(kr, credential_id, stored.scope, stored.key_version, stored.envelope,
-                                      head.metadata, head.revision, stored.created_at, stored.created_at)
-        elif version == latest:  # the current version: the current row's envelope
-            row = head
-        else:
-            raise CredentialNotFoundError(
-                f"version {version} of credential {credential_id!r} in keyring {kr!r} has no envelope")
+            found = history.read(tx, kr, check_lookup_id(credential_id))
+        if found is None:
+            raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
+        head, versions, rows = found
+        number = version or versions.current_version
+        row = history.stored_row(head, versions, rows, number, self.clock())
+        if row is None:
+            return versions, None
         value = self._open(row)
-        return Credential(row.id, row.scope, peek_version(row.envelope), value, head.metadata, head.revision,
-                          stored.created_at, stored.created_at, version)
+        created = rows[number].created_at
+        return versions, Credential(row.id, row.scope, peek_version(row.envelope), value, head.metadata,
+                                    head.revision, created, created, number)
 
     def _open(self, row: EncryptedCredential) -> Any:
         """Decrypt a stored row (current or past version), counting and auditing as every read does."""

@@ -251,19 +251,15 @@ class KVEngine:
         except ValueError:
             raise bad_request(f"Field validation failed: error converting input for field \"version\": "
                               f"'{raw}' cannot parse value as 'int'") from None
-        found = await self._history(ctx, cid)
-        if found is None or not found.current_version:
-            raise HTTPError(404)
-        number = wanted if wanted > 0 else found.current_version
-        version = found.get(number)
+        try:
+            found, record = await ctx.backend.run(self._vault(ctx).read_version, cid, wanted or None)
+        except CredentialNotFoundError:
+            raise HTTPError(404) from None
+        version = found.get(wanted or found.current_version)
         if version is None:
             raise HTTPError(404)
-        meta = {**_write_json(version, found.settings)}
-        if not version.readable(self._now(ctx)):
-            return ctx.reply({"data": None, "metadata": meta}, status=404)
-        try:
-            record = await ctx.backend.run(self._vault(ctx).get_record, cid, version=number)
-        except CredentialNotFoundError:  # deleted, destroyed or pruned since the history was read
+        meta = _write_json(version, found.settings)
+        if record is None:
             return ctx.reply({"data": None, "metadata": meta}, status=404)
         return ctx.reply({"data": record.value, "metadata": meta})
 
@@ -298,9 +294,11 @@ class KVEngine:
         if cas is not None and cas != found.current_version:
             raise bad_request(CAS_MISMATCH)
         try:
-            record = await ctx.backend.run(self._vault(ctx).get_record, cid, version=found.current_version)
+            _, record = await ctx.backend.run(self._vault(ctx).read_version, cid, found.current_version)
         except CredentialNotFoundError:
-            raise HTTPError(404) from None
+            return Response(status_code=404)
+        if record is None:
+            return Response(status_code=404)
         # the write's own check-and-set: a writer in between makes this a 400, never a lost update
         return await self._put(ctx, cid, _merge(record.value, patch), found.current_version, found)
 
