@@ -351,6 +351,16 @@ class AsyncVault:
     async def set_settings(self, credential_id: str, settings: KVSettings, *, scope: str | None = None) -> None:
         await self._call(self.sync.set_settings, credential_id, settings, scope=scope)
 
+    async def read_version(self, credential_id: str, version: int | None = None
+                           ) -> tuple[SecretVersions, Credential | None]:
+        return await self._call(self.sync.read_version, credential_id, version)
+
+    async def kv_config(self) -> KVSettings:
+        return await self._call(self.sync.kv_config)
+
+    async def set_kv_config(self, settings: KVSettings) -> None:
+        await self._call(self.sync.set_kv_config, settings)
+
     async def delete(self, credential_id: str, **options: Any) -> None:
         """Delete a credential (see :meth:`Vault.delete`; its keyword arguments pass through)."""
         await self._call(self.sync.delete, credential_id, **options)

@@ -427,13 +427,16 @@ class Vault:
 
     def delete_versions(self, credential_id: str, versions: Iterable[Any] | None = None) -> list[int]:
         """Soft-delete versions (default: the latest); undelete brings them back. Returns those changed."""
-        if versions is None:
-            latest = self.versions(credential_id).current_version
-            versions = [latest] if latest else []
-        numbers = history.parse_versions(versions)
+        numbers = None if versions is None else history.parse_versions(versions)
         now = self.clock()
-        return self._versions_change(credential_id, "credential.delete_versions",
-                                     lambda tx, kr, cid: history.soft_delete(tx, kr, cid, numbers, now), numbers)
+
+        def change(tx: StoreTx, kr: str, cid: str) -> list[int]:
+            latest = tx.latest_version(kr, cid)  # "the latest" read under the row lock, not before it
+            wanted = numbers if numbers is not None else [latest] if latest else []
+            return history.soft_delete(tx, kr, cid, wanted, now)
+
+        return self._versions_change(credential_id, "credential.delete_versions", change,
+                                     numbers if numbers is not None else [0])
 
     def undelete(self, credential_id: str, versions: Iterable[Any]) -> list[int]:
         """Undo soft deletes of versions (a destroyed version stays destroyed)."""

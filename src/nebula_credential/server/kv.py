@@ -24,7 +24,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..exceptions import CheckAndSetError, CheckAndSetRequiredError, CredentialNotFoundError, InvalidInputError
-from ..history import MAX_VERSIONS_LIMIT, KVSettings, SecretVersions, VersionInfo, parse_versions
+from ..history import MAX_VERSIONS_LIMIT, KVSettings, SecretVersions, VersionInfo, parse_versions, settings_of
+from ..models import EncryptedCredential
 from ..names import check_scope
 from ..vault import DEFAULT_SCOPE, Vault
 from ._request import Ctx, endpoint, iso, read_json
@@ -201,16 +202,16 @@ class KVEngine:
         except CredentialNotFoundError:
             return None
 
-    async def _authorise_write(self, ctx: Ctx, cid: str) -> SecretVersions | None:
+    async def _authorise_write(self, ctx: Ctx, cid: str) -> EncryptedCredential | None:
         """Vault's create-or-update: ``create`` for a new path, ``update`` for an existing one.
 
         A token with neither is refused before the store is read; with only
-        one of them the existence check decides.
+        one of them the existence check (one row read, never a value) decides.
         """
         ctx.require_any("create", "update")
-        found = await self._history(ctx, cid)
-        ctx.require("update" if found is not None else "create")
-        return found
+        row = await ctx.backend.row(self.keyring, cid)
+        ctx.require("update" if row is not None else "create")
+        return row
 
     @staticmethod
     def _now(ctx: Ctx) -> datetime:
@@ -223,9 +224,9 @@ class KVEngine:
             return await self._read(request, ctx, cid)
         if request.method == "DELETE":
             ctx.require("delete")
-            found = await self._history(ctx, cid)
-            if found is not None and found.current_version:
-                await ctx.backend.write(self._vault(ctx).delete_versions, cid, [found.current_version])
+            with contextlib.suppress(CredentialNotFoundError):  # 204 for a path with nothing stored, as Vault
+                async with self._path_lock(cid):
+                    await ctx.backend.write(self._vault(ctx).delete_versions, cid, None)
             return Response(status_code=NO_CONTENT)
         if request.method == "PATCH":
             content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -264,10 +265,10 @@ class KVEngine:
         return ctx.reply({"data": record.value, "metadata": meta})
 
     async def _put(self, ctx: Ctx, cid: str, value: Any, cas: int | None,
-                   found: SecretVersions | None) -> Response:
+                   row: EncryptedCredential | None) -> Response:
         vault = self._vault(ctx)
-        settings = found.settings if found is not None else KVSettings()
-        scope = settings.custom_metadata.get("scope") or await self._scope(ctx, cid) or DEFAULT_SCOPE
+        settings = settings_of(row.metadata) if row is not None else KVSettings()
+        scope = settings.custom_metadata.get("scope") or (row.scope if row is not None else DEFAULT_SCOPE)
         try:
             async with self._path_lock(cid):
                 version = await ctx.backend.write(vault.put_version, cid, value, scope=scope, cas=cas)
@@ -277,13 +278,8 @@ class KVEngine:
             raise bad_request(CAS_REQUIRED) from None
         return ctx.reply(_write_json(version, settings))
 
-    async def _scope(self, ctx: Ctx, cid: str) -> str | None:
-        row = await ctx.backend.row(self.keyring, cid)
-        return row.scope if row is not None else None
-
     async def _write(self, ctx: Ctx, cid: str, data: dict[str, Any], cas: int | None) -> Response:
-        found = await self._authorise_write(ctx, cid)
-        return await self._put(ctx, cid, data, cas, found)
+        return await self._put(ctx, cid, data, cas, await self._authorise_write(ctx, cid))
 
     async def _patch(self, ctx: Ctx, cid: str, patch: dict[str, Any], cas: int | None) -> Response:
         ctx.require("patch")
@@ -300,7 +296,8 @@ class KVEngine:
         if record is None:
             return Response(status_code=404)
         # the write's own check-and-set: a writer in between makes this a 400, never a lost update
-        return await self._put(ctx, cid, _merge(record.value, patch), found.current_version, found)
+        return await self._put(ctx, cid, _merge(record.value, patch), found.current_version,
+                               await ctx.backend.row(self.keyring, cid))
 
     # ---- delete/ undelete/ destroy/ ----------------------------------------------
     async def _versions_call(self, request: Request, ctx: Ctx,
@@ -368,8 +365,8 @@ class KVEngine:
                                                          body["custom_metadata"] or {})}
             return await self._set_metadata(ctx, cid, _settings(body, found.settings))
         body = await read_json(request)
-        found = await self._authorise_write(ctx, cid)
-        return await self._set_metadata(ctx, cid, _settings(body, found.settings if found else KVSettings()))
+        row = await self._authorise_write(ctx, cid)
+        return await self._set_metadata(ctx, cid, _settings(body, settings_of(row.metadata) if row else KVSettings()))
 
     async def _set_metadata(self, ctx: Ctx, cid: str, settings: KVSettings) -> Response:
         scope = settings.custom_metadata.get("scope")
