@@ -43,6 +43,7 @@ def test_every_write_is_a_version_and_old_ones_stay_readable(vault: nc.Vault) ->
         vault.get("svc/db", version=2)  # removed past max_versions, envelope and all
     with vault.store.read() as tx:
         assert tx.get_version_row(vault.keyring_name, "svc/db", 2) is None
+        assert tx.version_header_mismatches(vault.keyring_name) == []  # the dialect's header SQL runs
 
 
 def test_delete_undelete_destroy(vault: nc.Vault, clock: FakeClock) -> None:
@@ -375,15 +376,13 @@ def test_backup_and_restore_carry_every_version(tmp_path: Path, key_file: Path, 
             assert [restored.get(f"b{j}", version=n) for n in range(1, 11)] == [{"i": i} for i in range(10)]
 
 
-def test_doctor_names_a_past_version_whose_column_lies(tmp_path: Path, key_file: Path) -> None:
+def test_doctor_names_a_past_version_whose_column_lies(vault: nc.Vault) -> None:
     from nebula_credential.doctor import check_records
 
-    with nc.open(f"sqlite:///{tmp_path / 's.db'}", create=True) as v:
-        v.put("d", 1)
-        v.put("d", 2)
-        with v.store.transaction() as tx:
-            assert tx.version_header_mismatches(v.keyring_name) == []
-        with sqlite3.connect(tmp_path / "s.db") as conn:
-            conn.execute("UPDATE credential_versions SET key_version = 7 WHERE id = 'd' AND version = 1")
-        findings = check_records(v.store)
-        assert findings[0].problem and "version 1 of credential 'd'" in findings[0].message
+    vault.put("d", 1)
+    vault.put("d", 2)
+    with vault.store.transaction() as tx:
+        assert tx.version_header_mismatches(vault.keyring_name) == []
+        tx._exec("UPDATE credential_versions SET key_version = 7 WHERE id = 'd' AND version = 1")  # type: ignore[attr-defined]
+    findings = check_records(vault.store)
+    assert findings[0].problem and "version 1 of credential 'd'" in findings[0].message
