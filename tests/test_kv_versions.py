@@ -287,6 +287,24 @@ def test_concurrent_writers_without_cas_all_succeed(server: Server, spread: int)
                 assert got == {"n": n}
 
 
+def test_concurrent_writers_on_a_thousand_paths(server: Server) -> None:
+    token = server.token("root")
+    barrier = threading.Barrier(WRITERS)
+
+    def writer(w: int) -> list[int]:
+        with httpx.Client(base_url=server.url, headers={"X-Vault-Token": token}, timeout=60) as c:
+            barrier.wait()
+            return [c.post(f"/v1/secret/data/k/{w}-{i}", json={"data": {"w": w, "i": i}}).status_code
+                    for i in range(32)]
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        statuses = [s for batch in pool.map(writer, range(WRITERS)) for s in batch]
+    assert len(statuses) == 1024 and set(statuses) == {200}
+    with server.http(token) as c:
+        assert len(c.request("LIST", "/v1/secret/metadata/k").json()["data"]["keys"]) == 1024
+        assert c.get("/v1/secret/data/k/7-31?version=1").json()["data"]["data"] == {"w": 7, "i": 31}
+
+
 def test_concurrent_writers_with_cas_one_winner_per_version(server: Server) -> None:
     results = _writers(server, ["conc/cas"], cas=True)
     statuses = sorted(s for _, _, s, _ in results)
