@@ -286,15 +286,15 @@ class KVEngine:
         found = await self._history(ctx, cid)
         current = found.get(found.current_version) if found is not None else None
         if found is None or current is None or not current.readable(self._now(ctx)):
-            return Response(status_code=404)  # Vault's PATCH answers an empty 404
+            raise HTTPError(404)  # OpenBao's body is empty; ours carries errors, as every error here
         if cas is not None and cas != found.current_version:
             raise bad_request(CAS_MISMATCH)
         try:
             _, record = await ctx.backend.run(self._vault(ctx).read_version, cid, found.current_version)
         except CredentialNotFoundError:
-            return Response(status_code=404)
+            raise HTTPError(404) from None
         if record is None:
-            return Response(status_code=404)
+            raise HTTPError(404)
         # the write's own check-and-set: a writer in between makes this a 400, never a lost update
         return await self._put(ctx, cid, _merge(record.value, patch), found.current_version,
                                await ctx.backend.row(self.keyring, cid))
@@ -359,7 +359,7 @@ class KVEngine:
             body = await read_json(request)
             found = await self._history(ctx, cid)
             if found is None:
-                return Response(status_code=404)  # Vault's PATCH answers an empty 404
+                raise HTTPError(404)  # OpenBao's body is empty; ours carries errors, as every error here
             if "custom_metadata" in body:
                 body = {**body, "custom_metadata": _merge(found.settings.custom_metadata,
                                                          body["custom_metadata"] or {})}
@@ -415,5 +415,6 @@ class KVEngine:
         ctx.require("update")
         body = await read_json(request)
         current = await ctx.backend.run(vault.kv_config)
+        body.pop("custom_metadata", None)  # per secret only, as in Vault
         await ctx.backend.write(vault.set_kv_config, _settings(body, current))
         return Response(status_code=NO_CONTENT)
