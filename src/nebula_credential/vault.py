@@ -165,6 +165,8 @@ class Vault:
         """Store (or replace) a credential; returns its new revision.
 
         Every write is a new version of the credential (see :meth:`put_version`).
+        ``metadata`` replaces the stored metadata, except its ``"kv"`` entry
+        (the credential's version settings), which is kept unless given.
         With ``expected_revision`` the write is a check-and-set: it lands only
         if the stored revision is that number (0: no credential yet), checked
         by the write statement itself, else :class:`CheckAndSetError`.
