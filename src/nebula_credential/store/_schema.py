@@ -210,6 +210,10 @@ def schema_v6_versions(blob: str, real: str) -> list[str]:
     version's row has no envelope of its own (the ``credentials`` row holds
     it).  A metadata-only KV placeholder (a ``null`` value written before
     any data) has no version.
+
+    No secondary index: every query names (keyring, id) or scans a
+    keyring (re-encryption, reference counts), which the primary key
+    serves, and each index page would be one more page every write commits.
     """
     return [
         f"""CREATE TABLE IF NOT EXISTS credential_versions (
@@ -223,9 +227,7 @@ def schema_v6_versions(blob: str, real: str) -> list[str]:
             deletion_time {real},
             destroyed INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (keyring, id, version)
-        )""",
-        "CREATE INDEX IF NOT EXISTS credential_versions_by_key "
-        "ON credential_versions (keyring, key_version)",
+        ){' WITHOUT ROWID' if blob == 'BLOB' else ''}""",
         "INSERT INTO credential_versions "
         "(keyring, id, version, scope, key_version, envelope, created_at, deletion_time, destroyed) "
         "SELECT keyring, id, revision, scope, key_version, NULL, updated_at, NULL, 0 FROM credentials "
