@@ -4,6 +4,8 @@ re-encryption, the destroy guard and migration with past versions."""
 from __future__ import annotations
 
 import asyncio
+import importlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -17,10 +19,10 @@ import pytest
 from hvac import exceptions
 
 import nebula_credential as nc
+from nebula_credential.envelope import credential_context, peek_version
 from nebula_credential.exceptions import CheckAndSetError, CheckAndSetRequiredError, PolicyViolationError
 from nebula_credential.history import KVSettings
 from nebula_credential.store import SCHEMA_VERSION
-from nebula_credential.store._schema import all_migrations
 
 from .helpers import FakeClock
 from .server_proc import Server, sqlite_serve
@@ -156,38 +158,37 @@ def test_destroy_guard_refuses_a_key_only_an_old_version_uses(keep1_vault: nc.Va
 
 
 # ---- migration ------------------------------------------------------------------------------
-def test_v5_store_migrates_and_keeps_its_data_on_either_store(store_url: str, key_file: Path) -> None:
-    with nc.open(store_url, create=True) as v:
-        v.put("kept", {"x": 1})
-        v.put("kept", {"x": 2})
-        v.set_settings("meta-only", KVSettings(max_versions=2))
-        with v.store.transaction() as tx:  # back to what release 5 left: no version table
-            tx._exec("DROP TABLE credential_versions")  # type: ignore[attr-defined]
-            tx._exec("DELETE FROM schema_version WHERE version = 6")  # type: ignore[attr-defined]
-    with nc.open(store_url) as v:
+def _write_v5_rows(v: nc.Vault, rows: dict[str, tuple[object, int, dict[str, object]]]) -> None:
+    """Rows as release 5 wrote them: the credentials table only (id -> value, revision, metadata)."""
+    kr = v.keyring_name
+    with v.store.transaction() as tx:
+        for cid, (value, revision, metadata) in rows.items():
+            blob = v.keys.encrypt(json.dumps(value).encode(), credential_context(kr, cid, "default"))
+            for _ in range(revision):  # each upsert moves the revision on by one
+                tx.put_credential(kr, cid, "default", peek_version(blob), blob, metadata, v.clock())
+
+
+def test_v5_store_migrates_and_keeps_its_data(store_url: str, key_file: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store made by release 5's migrations (no version table) opens, migrates and keeps its data."""
+    backend = "sqlite" if store_url.startswith("sqlite") else "postgres"
+    module = importlib.import_module(f"nebula_credential.store.{backend}")
+    with monkeypatch.context() as patched:
+        patched.setattr(module, "MIGRATIONS", module.MIGRATIONS[:5])
+        with nc.open(store_url, create=True) as v:
+            with v.store.read() as tx:
+                assert tx.schema_version() == 5 and not tx.has_table("credential_versions")
+            _write_v5_rows(v, {"kept": ({"x": 2}, 2, {}),
+                               "meta-only": (None, 1, {"kv": {"custom_metadata": {}, "placeholder": True}})})
+    with nc.open(store_url) as v:  # every migration since, this one included
         with v.store.read() as tx:
             assert tx.schema_version() == SCHEMA_VERSION
-        assert v.versions("kept").current_version == 2 and v.get("kept") == {"x": 2}
-        assert v.versions("meta-only").current_version == 0  # a placeholder has no version
-        v.put("kept", {"x": 3})
+        found = v.versions("kept")  # numbered by revision: a client's next cas still matches
+        assert found.current_version == 2 and [x.version for x in found.versions] == [2]
+        assert v.get("kept") == {"x": 2} and v.get("kept", version=2) == {"x": 2}
+        assert v.versions("meta-only").current_version == 0  # a metadata-only placeholder has no version
+        v.put_version("kept", {"x": 3}, cas=2)
         assert v.get("kept", version=2) == {"x": 2} and v.get("kept", version=3) == {"x": 3}
-
-
-def test_v5_store_migrates_and_keeps_its_data(tmp_path: Path, key_file: Path) -> None:
-    db = tmp_path / "v5.db"
-    with nc.open(f"sqlite:///{db}", create=True) as v:
-        v.put("kept", {"x": 1})
-        v.put("kept", {"x": 2})
-    with sqlite3.connect(db) as conn:  # back to what release 5 left: no version table
-        conn.execute("DROP TABLE credential_versions")
-        conn.execute("DELETE FROM schema_version WHERE version = 6")
-        assert len(all_migrations("BLOB", "REAL")) == SCHEMA_VERSION == 6
-    with nc.open(f"sqlite:///{db}") as v:
-        found = v.versions("kept")
-        assert found.current_version == 2 and [x.version for x in found.versions] == [2]  # numbered by revision
-        assert v.get("kept", version=2) == {"x": 2}
-        v.put("kept", {"x": 3})
-        assert v.versions("kept").current_version == 3
 
 
 # ---- the HTTP server, hvac unmodified ---------------------------------------------------------
