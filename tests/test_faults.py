@@ -29,12 +29,16 @@ VALUE = "x" * 900  # ~1 KB per credential: a 2 MiB disk fills within a few thous
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted for this test (root only; skipped where mounting is not permitted)."""
+    """A 3 MiB tmpfs mounted for this test (root only; skipped where mounting is not permitted).
+
+    3, not 2: every credential also has a version row (schema v6), and the last pass of the
+    re-encryption test rewrites 600 rows through the WAL beside the database.
+    """
     mnt = tmp_path / "small"
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mnt)],
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(mnt)],
                          capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")

@@ -47,8 +47,29 @@ def test_kv_put_get_list_metadata(bao, server: Server) -> None:  # type: ignore[
     listed = json.loads(ok(bao("kv", "list", "-format=json", "-mount=secret", "app")))
     assert listed == ["db", "nested/"]
     meta = json.loads(ok(bao("kv", "metadata", "get", "-format=json", "-mount=secret", "app/db")))
-    assert meta["data"]["current_version"] == 1 and meta["data"]["max_versions"] == 1
+    assert meta["data"]["current_version"] == 1 and meta["data"]["max_versions"] == 0  # 0: Vault's default of 10
     assert "hunter2" not in server.log()
+
+
+def test_kv_version_commands(bao, server: Server) -> None:  # type: ignore[no-untyped-def]
+    """The `bao kv` commands of version history, as a team migrating from Vault runs them."""
+    ok(bao("kv", "metadata", "put", "-mount=secret", "-max-versions=5", "hist/x"))
+    for n in range(1, 4):
+        ok(bao("kv", "put", "-mount=secret", "hist/x", f"n={n}"))
+    ok(bao("kv", "delete", "-mount=secret", "-versions=1,2", "hist/x"))
+    ok(bao("kv", "undelete", "-mount=secret", "-versions=1", "hist/x"))
+    ok(bao("kv", "destroy", "-mount=secret", "-versions=2", "hist/x"))
+    got = json.loads(ok(bao("kv", "get", "-format=json", "-mount=secret", "-version=1", "hist/x")))
+    assert got["data"]["data"] == {"n": "1"}
+    ok(bao("kv", "rollback", "-mount=secret", "-version=1", "hist/x"))  # writes version 1's data as version 4
+    ok(bao("kv", "patch", "-mount=secret", "hist/x", "m=2"))
+    meta = json.loads(ok(bao("kv", "metadata", "get", "-format=json", "-mount=secret", "hist/x")))["data"]
+    assert meta["current_version"] == 5 and meta["max_versions"] == 5
+    assert meta["versions"]["2"]["destroyed"] is True and meta["versions"]["1"]["deletion_time"] == ""
+    latest = json.loads(ok(bao("kv", "get", "-format=json", "-mount=secret", "hist/x")))["data"]["data"]
+    assert latest == {"n": "1", "m": "2"}
+    ok(bao("kv", "metadata", "delete", "-mount=secret", "hist/x"))
+    assert bao("kv", "get", "-mount=secret", "hist/x").returncode != 0
 
 
 def test_token_lookup_and_policy_write(bao, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

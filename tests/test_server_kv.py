@@ -1,4 +1,4 @@
-"""KV v2 semantics over HTTP (latest-only versions, delete/undelete/destroy, scope), errors,
+"""KV v2 semantics over HTTP (version history, delete/undelete/destroy, scope), errors,
 request audit and metrics."""
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ def test_vault_envelope_and_versions(root: httpx.Client) -> None:
     assert root.put("/v1/secret/data/v/one", json={"data": {"a": "2"}}).json()["data"]["version"] == 2
     assert root.get("/v1/secret/data/v/one").json()["data"]["data"] == {"a": "2"}
     assert root.get("/v1/secret/data/v/one?version=2").status_code == 200
-    old = root.get("/v1/secret/data/v/one?version=1")  # only the latest is kept: read as destroyed
-    assert old.status_code == 404 and old.json()["data"]["metadata"] == {
-        **old.json()["data"]["metadata"], "version": 1, "destroyed": True}
+    old = root.get("/v1/secret/data/v/one?version=1")  # every version is kept, as Vault keeps them
+    assert old.status_code == 200 and old.json()["data"]["data"] == {"a": "1"}
+    assert old.json()["data"]["metadata"]["version"] == 1
     assert root.get("/v1/secret/data/v/one?version=3").status_code == 404
-    assert root.get("/v1/secret/config").json()["data"]["max_versions"] == 1
+    assert root.get("/v1/secret/config").json()["data"]["max_versions"] == 0  # 0: Vault's default of 10
 
 
 def test_delete_undelete_destroy(root: httpx.Client) -> None:
@@ -83,10 +83,10 @@ def test_scope_is_the_one_name_rule(root: httpx.Client, scope: str) -> None:
 @pytest.mark.parametrize("method, path, body, status", [
     ("POST", "/v1/secret/data/e", {"data": "not-an-object"}, 400),
     ("POST", "/v1/secret/data/e", {"data": {}, "options": {"cas": -1}}, 400),
-    ("POST", "/v1/secret/data/e", {"data": {}, "options": {"cas": "1"}}, 400),
+    ("POST", "/v1/secret/data/e", {"data": {}, "options": {"cas": "x"}}, 400),
     ("GET", "/v1/secret/data/e?version=x", None, 400),
     ("POST", "/v1/secret/destroy/e", {}, 400),
-    ("POST", "/v1/secret/metadata/e", {"max_versions": 5}, 400),
+    ("POST", "/v1/secret/metadata/e", {"max_versions": "five"}, 400),
     ("GET", "/v1/secret/nothing-here", None, 404),
     ("GET", "/v1/nomount/data/x", None, 404),
     ("DELETE", "/v1/secret/config", None, 405),

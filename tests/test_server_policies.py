@@ -158,8 +158,10 @@ def tokens(server: Server) -> dict[str, str]:
 
 
 def call(server: Server, token: str, method: str, path: str, body: dict[str, object] | None = None) -> int:
+    # PATCH needs Vault's merge-patch content type (415 otherwise, as Vault answers)
+    headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else None
     with server.http(token) as c:
-        return c.request(method, f"/v1/{path}", json=body).status_code
+        return c.request(method, f"/v1/{path}", json=body, headers=headers).status_code
 
 
 # (policy, method, allowed path, denied path, body)

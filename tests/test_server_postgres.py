@@ -58,7 +58,7 @@ def test_cas_across_instances(tmp_path: Path, postgres_store_url_factory: Callab
         token = a.token("root")
         kv_a, kv_b = a.hvac(token).secrets.kv.v2, b.hvac(token).secrets.kv.v2
         kv_a.create_or_update_secret("shared", secret={"n": 0}, cas=0)
-        with pytest.raises(exceptions.UnexpectedError, match="check-and-set"):
+        with pytest.raises(exceptions.InvalidRequest, match="check-and-set"):  # 400, as Vault answers
             kv_b.create_or_update_secret("shared", secret={"n": -1}, cas=0)
 
         # 16 writers, all expecting version 1, half through each server: exactly one wins
@@ -67,7 +67,7 @@ def test_cas_across_instances(tmp_path: Path, postgres_store_url_factory: Callab
             try:
                 kv.create_or_update_secret("shared", secret={"n": i}, cas=1)
                 return True
-            except exceptions.UnexpectedError:
+            except exceptions.InvalidRequest:
                 return False
 
         with ThreadPoolExecutor(16) as pool:

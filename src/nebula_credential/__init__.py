@@ -20,6 +20,7 @@ from ._version import __version__
 from .exceptions import (  # exactly exceptions.__all__ (tests/test_api.py checks)
     BackupError,
     CheckAndSetError,
+    CheckAndSetRequiredError,
     CommitOutcomeUnknownError,
     ConcurrencyError,
     ConfigError,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from .audit import AuditLog
     from .config import KeyManagementConfig
     from .envelope import Envelope, credential_context
+    from .history import KVSettings, SecretVersions, VersionInfo
     from .keys import KeyManager, VersionedKey
     from .metrics import KeyMetrics
     from .models import Credential, EncryptedCredential, KeyStatus, KeyVersion
@@ -76,6 +78,7 @@ _LAZY: dict[str, str] = {
     "AuditLog": "audit",
     "KeyManagementConfig": "config",
     **dict.fromkeys(("Envelope", "credential_context"), "envelope"),
+    **dict.fromkeys(("KVSettings", "SecretVersions", "VersionInfo"), "history"),
     **dict.fromkeys(("KeyManager", "VersionedKey"), "keys"),
     "KeyMetrics": "metrics",
     **dict.fromkeys(("Credential", "EncryptedCredential", "KeyStatus", "KeyVersion"), "models"),
@@ -123,6 +126,7 @@ __all__ = [
     "BackupError",
     "BeforeExpiryRotation",
     "CheckAndSetError",
+    "CheckAndSetRequiredError",
     "CommitOutcomeUnknownError",
     "ConcurrencyError",
     "ConfigError",
@@ -134,6 +138,7 @@ __all__ = [
     "Envelope",
     "EnvelopeFormatError",
     "InvalidInputError",
+    "KVSettings",
     "KeyDestroyedError",
     "KeyManagementConfig",
     "KeyManager",
@@ -156,6 +161,7 @@ __all__ = [
     "ReencryptResult",
     "RotationStrategy",
     "ScheduledRotation",
+    "SecretVersions",
     "StoreError",
     "StoreUnavailableError",
     "TransientStoreError",
@@ -163,6 +169,7 @@ __all__ = [
     "UsageRotation",
     "Vault",
     "VersionBased",
+    "VersionInfo",
     "VersionedKey",
     "__version__",
     "aopen",

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar, Unpack, cas
 from ._bridge import await_only, greenlet_spawn, run_blocking
 from .config import KeyManagementConfig
 from .exceptions import ConfigError
+from .history import KVSettings, SecretVersions, VersionInfo
 from .keys import KeyManager
 from .models import Credential, EncryptedCredential, KeyVersion
 from .opening import load_config, open_on
@@ -320,13 +321,45 @@ class AsyncVault:
             count += await self._call(self.sync.put_many, batch, batch_size=batch_size)
         return count
 
-    async def get_record(self, credential_id: str) -> Credential:
-        """The decrypted credential with its scope, key version and metadata."""
-        return await self._call(self.sync.get_record, credential_id)
+    async def get_record(self, credential_id: str, *, version: int | None = None) -> Credential:
+        """The decrypted credential with its scope, key version and metadata (of that ``version``, if given)."""
+        return await self._call(self.sync.get_record, credential_id, version=version)
 
-    async def get(self, credential_id: str) -> Any:
-        """The decrypted value of a credential."""
-        return (await self.get_record(credential_id)).value
+    async def get(self, credential_id: str, *, version: int | None = None) -> Any:
+        """The decrypted value of a credential (of that ``version`` of it, if given)."""
+        return (await self.get_record(credential_id, version=version)).value
+
+    # ---- version history: the rules are Vault's (sync) methods, run as every call here is -------
+    async def put_version(self, credential_id: str, value: Any, *, scope: str = DEFAULT_SCOPE,
+                          metadata: dict[str, Any] | None = None, cas: int | None = None) -> VersionInfo:
+        """A new version (see :meth:`Vault.put_version`)."""
+        return await self._call(self.sync.put_version, credential_id, value, scope=scope, metadata=metadata,
+                                cas=cas)
+
+    async def versions(self, credential_id: str) -> SecretVersions:
+        return await self._call(self.sync.versions, credential_id)
+
+    async def delete_versions(self, credential_id: str, versions: Iterable[Any] | None = None) -> builtins.list[int]:
+        return await self._call(self.sync.delete_versions, credential_id, versions)
+
+    async def undelete(self, credential_id: str, versions: Iterable[Any]) -> builtins.list[int]:
+        return await self._call(self.sync.undelete, credential_id, versions)
+
+    async def destroy_versions(self, credential_id: str, versions: Iterable[Any]) -> builtins.list[int]:
+        return await self._call(self.sync.destroy_versions, credential_id, versions)
+
+    async def set_settings(self, credential_id: str, settings: KVSettings, *, scope: str | None = None) -> None:
+        await self._call(self.sync.set_settings, credential_id, settings, scope=scope)
+
+    async def read_version(self, credential_id: str, version: int | None = None
+                           ) -> tuple[SecretVersions, Credential | None]:
+        return await self._call(self.sync.read_version, credential_id, version)
+
+    async def kv_config(self) -> KVSettings:
+        return await self._call(self.sync.kv_config)
+
+    async def set_kv_config(self, settings: KVSettings) -> None:
+        await self._call(self.sync.set_kv_config, settings)
 
     async def delete(self, credential_id: str, **options: Any) -> None:
         """Delete a credential (see :meth:`Vault.delete`; its keyword arguments pass through)."""

@@ -250,10 +250,15 @@ def check_records(store: Store) -> list[Finding]:
             scanned += 1
         with store.read() as tx:
             mismatched = tx.version_mismatches(kr)
+            past = tx.version_header_mismatches(kr) if tx.has_table("credential_versions") else []
         corrupt += [str(e) for e in undecodable] + [
             f"credential {cid!r} in keyring {kr!r} is a corrupt record: its key_version column says {column} "
             f"but its envelope header names version {header}"
             for cid, column, header in mismatched
+        ] + [
+            f"version {number} of credential {cid!r} in keyring {kr!r} is a corrupt record: its key_version "
+            f"column says {column} but its envelope header names version {header}"
+            for cid, number, column, header in past
         ]
         undecodable.clear()
     if not corrupt:

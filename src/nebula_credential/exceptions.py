@@ -82,13 +82,20 @@ class ConcurrencyError(NebulaCredentialError):
 class CheckAndSetError(ConcurrencyError):
     """A conditional write expected another revision than the stored one."""
 
-    def __init__(self, credential_id: str, expected: int, actual: int | None = None) -> None:
+    def __init__(self, credential_id: str, expected: int, actual: int | None = None, *,
+                 counter: str = "revision") -> None:
         self.expected = expected
         self.actual = actual
+        #: "revision" (``put(expected_revision=)``) or "version" (``put(cas=)``, Vault's check-and-set)
+        self.counter = counter
         super().__init__(
-            f"check-and-set failed for credential {credential_id!r}: expected revision {expected}"
-            + ("" if actual is None else f", stored revision is {actual}")
+            f"check-and-set failed for credential {credential_id!r}: expected {counter} {expected}"
+            + ("" if actual is None else f", stored {counter} is {actual}")
         )
+
+
+class CheckAndSetRequiredError(NebulaCredentialError):
+    """The credential (or its keyring's KV settings) requires ``cas`` on every write, and none was given."""
 
 
 class StoreError(NebulaCredentialError):
@@ -155,6 +162,7 @@ class MissingDependencyError(NebulaCredentialError, ImportError):
 __all__ = [
     "BackupError",
     "CheckAndSetError",
+    "CheckAndSetRequiredError",
     "CommitOutcomeUnknownError",
     "ConcurrencyError",
     "ConfigError",

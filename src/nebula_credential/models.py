@@ -99,12 +99,17 @@ class Credential:
     #: When the stored record was created and last written (None for a legacy read-through).
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: The version read, when one was asked for (``get_record(id, version=N)``); None for the current one.
+    version: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "scope": self.scope,
             "key_version": self.key_version,
             "value": self.value,
             "metadata": self.metadata,
         }
+        if self.version is not None:
+            out["version"] = self.version
+        return out

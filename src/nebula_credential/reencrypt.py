@@ -85,6 +85,8 @@ class ReencryptResult:
     pending_by_scope: dict[str, int] = field(default_factory=dict)
     stopped: bool = False
     workers: int = 1
+    #: Past versions (``credential_versions``) moved to the active key version.
+    versions_reencrypted: int = 0
 
     @property
     def ok(self) -> bool:
@@ -110,6 +112,7 @@ class ReencryptResult:
             "by_scope": self.by_scope,
             "stopped": self.stopped,
             "workers": self.workers,
+            "versions_reencrypted": self.versions_reencrypted,
         }
 
 
@@ -418,6 +421,8 @@ def run_pass(
                 else:
                     job.run_slice(version, scope, workers)
         if not job.should_stop():
+            move_versions(km, result, batch_size=batch_size, should_stop=job.should_stop)
+        if not job.should_stop():
             result.failures += _mislabelled(km)
     finally:
         result.stopped = job.should_stop()
@@ -426,9 +431,55 @@ def run_pass(
             _audit(km, "reencrypt.finish", active.version,
                    outcome="ok" if result.ok and not result.stopped else "warning",
                    pending=result.total, reencrypted=result.reencrypted,
+                   versions_reencrypted=result.versions_reencrypted,
                    conflicts=result.conflicts, failed=len(result.failures),
                    stopped=result.stopped, seconds=round(result.seconds, 3))
     return result
+
+
+def move_versions(km: KeyManager, result: ReencryptResult, *, batch_size: int,
+                  should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Move every live stored version (version history) to the active key version.
+
+    After the current rows, in id order, a batch per transaction.  Each
+    update is a compare-and-swap on the envelope read, so a version
+    destroyed, pruned or moved by another pass meanwhile is left alone; a
+    version that cannot be opened is reported as ``id#vN``, never
+    rewritten.  Versions under a revoked or destroyed key are reported the
+    same way (their key is not used to decrypt).
+    """
+    kr = km.keyring
+    active = result.active_version
+    after: tuple[str, int] | None = None
+    refused = 0
+    while not should_stop():
+        with km.store.read() as tx:
+            rows = tx.versions_for_reencryption(kr, active, after, batch_size)
+        if not rows:
+            return
+        after = (rows[-1].id, rows[-1].version)
+        updates: list[tuple[str, int, bytes, int, bytes]] = []
+        for row in rows:
+            assert row.envelope is not None
+            aad = credential_context(kr, row.id, row.scope)
+            try:
+                sealed = km.encrypt(km.decrypt(row.envelope, aad), aad)
+            except ROW_ERRORS as exc:
+                result.failures.append(Failure(f"{row.id}#v{row.version}", row.key_version, _reason(exc)))
+                continue
+            updates.append((row.id, row.version, row.envelope, peek_version(sealed), sealed))
+        if not updates:
+            continue
+        with km.store.transaction() as tx:
+            if not km.writable(tx, {u[3] for u in updates}):
+                refused += 1
+                if refused >= 5:
+                    raise km.write_refused({u[3] for u in updates})
+                after = (rows[0].id, rows[0].version - 1)
+                continue  # the active version was retired under us: read and seal again
+            changed = tx.cas_update_version_envelopes(kr, updates)
+        result.versions_reencrypted += changed
+        result.conflicts += len(updates) - changed
 
 
 def _audit(

@@ -367,6 +367,12 @@ def _decrypt_every_row(report: VerifyReport, vault: Vault) -> None:
                 report.decrypted += 1
             except NebulaCredentialError:
                 bad.append(f"{kr}/{row.id}")
+        for row in ring.past_versions():  # version history: every past version's envelope too
+            try:
+                ring.decrypt_row(row)
+                report.decrypted += 1
+            except NebulaCredentialError:
+                bad.append(f"{kr}/{row.id}#v{row.revision}")
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         report.fail(f"{len(bad)} credential(s) of the copy do not decrypt: {shown}")

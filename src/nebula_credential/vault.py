@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from . import history
 from .access import AccessCounter
 from .audit import MAX_KEY_VERSION, AuditLog
 from .config import KeyManagementConfig
@@ -39,7 +40,7 @@ from .models import Credential, EncryptedCredential, utc_now
 from .names import check_credential_id, check_lookup_id, check_scope
 from .providers import KeyProvider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
-from .store import Store, redact_url
+from .store import Page, Store, StoreTx, redact_url
 
 if TYPE_CHECKING:
     from .audit import Event
@@ -189,43 +190,91 @@ class Vault:
         scope: str = DEFAULT_SCOPE,
         metadata: dict[str, Any] | None = None,
         expected_revision: int | None = None,
+        cas: int | None = None,
     ) -> int:
         """Store (or replace) a credential; returns its new revision.
 
+        Every write is a new version of the credential (see :meth:`put_version`).
+        ``metadata`` replaces the stored metadata, except its ``"kv"`` entry
+        (the credential's version settings), which is kept unless given.
         With ``expected_revision`` the write is a check-and-set: it lands only
         if the stored revision is that number (0: no credential yet), checked
         by the write statement itself, else :class:`CheckAndSetError`.
+        ``cas`` is Vault's check-and-set instead: the latest version number.
         """
+        return self._put(credential_id, value, scope, metadata, expected_revision, cas)[0]
+
+    def put_version(
+        self,
+        credential_id: str,
+        value: Any,
+        *,
+        scope: str = DEFAULT_SCOPE,
+        metadata: dict[str, Any] | None = None,
+        cas: int | None = None,
+    ) -> history.VersionInfo:
+        """Write a new version; returns it.  ``cas`` (Vault's check-and-set) is the version this write
+        replaces (0: none yet): if another writer got there first, :class:`CheckAndSetError`
+        (``counter == "version"``).  Writes without ``cas`` never fail for a concurrent writer: they
+        serialise on the credential's row, and each gets its own version number."""
+        return self._put(credential_id, value, scope, metadata, None, cas)[1]
+
+    def _put(self, credential_id: str, value: Any, scope: str, metadata: dict[str, Any] | None,
+             expected_revision: int | None, cas: int | None) -> tuple[int, history.VersionInfo]:
         _check_id(credential_id, scope)
         kr = self.keys.keyring
         keys = self.keys
         plaintext = _encode(value)
         aad = credential_context(kr, credential_id, scope)
-        for _ in range(WRITE_ATTEMPTS):
+        races = 0
+        attempts = 0
+        while attempts < WRITE_ATTEMPTS:
+            attempts += 1
             observer = self.observer
             start = time.perf_counter() if observer is not None else 0.0
             blob = keys.encrypt(plaintext, aad)
             if observer is not None:
                 observer(kr, "encrypt", time.perf_counter() - start, True)
             version = peek_version(blob)
-            with self.store.transaction() as tx:
-                # the write and its version's status check in one statement (see KeyManager.writable)
-                revision = tx.put_credential_checked(kr, credential_id, scope, version, blob,
-                                                     metadata or {}, self.clock(), WRITABLE,
-                                                     expected_revision=expected_revision)
-                if revision is None:
-                    if expected_revision is not None:
-                        row = tx.get_credential(kr, credential_id)
-                        actual = row.revision if row is not None else 0
-                        if actual != expected_revision:
-                            raise CheckAndSetError(credential_id, expected_revision, actual)
-                    keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
-                    continue
-                if self._audit_credentials:
-                    self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
-                                      version=version, scope=scope)
-                return revision
+            try:
+                done = self._write_once(credential_id, scope, metadata, expected_revision, cas, blob)
+            except history.WriteRace:
+                races += 1  # two first writes crossed: the next attempt locks the row the other made
+                if races > WRITE_ATTEMPTS:
+                    raise
+                attempts -= 1  # not a refused key version: it does not use up an attempt
+                continue
+            if done is not None:
+                return done
+            keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
         raise keys.write_refused((version,))
+
+    def _write_once(self, credential_id: str, scope: str, metadata: dict[str, Any] | None,
+                    expected_revision: int | None, cas: int | None,
+                    blob: bytes) -> tuple[int, history.VersionInfo] | None:
+        """One write transaction: the current row and its new version; None if the key version was retired."""
+        kr = self.keys.keyring
+        version = peek_version(blob)
+        with self.store.transaction() as tx:
+            old = tx.lock_credential(kr, credential_id)  # writers of one id serialise here
+            now = self.clock()
+            plan = history.plan_write(tx, kr, credential_id, metadata=metadata, old=old, now=now, cas=cas)
+            # the write and its version's status check in one statement (see KeyManager.writable)
+            revision = tx.put_credential_checked(kr, credential_id, scope, version, blob, plan.metadata, now,
+                                                 WRITABLE, expected_revision=expected_revision)
+            if revision is None:
+                if expected_revision is not None:
+                    row = tx.get_credential(kr, credential_id)
+                    actual = row.revision if row is not None else 0
+                    if actual != expected_revision:
+                        raise CheckAndSetError(credential_id, expected_revision, actual)
+                return None
+            number, info = history.record_write(tx, kr, credential_id, scope=scope, key_version=version,
+                                                plan=plan, old=old, now=now, cas=cas)
+            if self._audit_credentials:
+                self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
+                                  version=version, scope=scope, credential_version=number)
+            return revision, info
 
     def put_many(
         self,
@@ -283,7 +332,11 @@ class Vault:
                 if existing and on_existing == "skip":
                     rows = [r for r in rows if r[0] not in existing]
                 if rows:
-                    tx.put_credentials(kr, rows, self.clock())
+                    now = self.clock()
+                    if existing:
+                        history.archive_before_import(tx, kr, [r[0] for r in rows if r[0] in existing])
+                    tx.put_credentials(kr, rows, now)
+                    history.record_imported(tx, kr, [(i, sc, v) for i, sc, v, _, _ in rows], now)
                 if self._audit_credentials:
                     self.audit.record(tx, "credential.import", keyring=kr, count=len(rows))
             if on_existing == "skip":
@@ -297,14 +350,61 @@ class Vault:
             return
         raise keys.write_refused(versions)
 
-    def get_record(self, credential_id: str) -> Credential:
-        """The decrypted credential with its scope, key version and metadata."""
+    def get_record(self, credential_id: str, *, version: int | None = None) -> Credential:
+        """The decrypted credential with its scope, key version and metadata.
+
+        ``version`` reads that version of the credential's history; without
+        it, the current one.  A version (or the current one) that is
+        soft-deleted, destroyed, removed past ``max_versions`` or never
+        written raises :class:`CredentialNotFoundError`.
+        """
         kr = self.keys.keyring
+        if version is not None:
+            return self._get_version(check_lookup_id(credential_id), version)
         row = self.store.read_credential(kr, check_lookup_id(credential_id))
         if row is None:
             if self._legacy is not None:
                 return self._read_through(credential_id)
             raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
+        deleted_at, destroyed = history.current_flags(row.metadata)
+        if history.is_placeholder(row.metadata) or destroyed or (
+                deleted_at is not None and deleted_at <= self.clock()):
+            raise CredentialNotFoundError(f"credential {credential_id!r} in keyring {kr!r} is deleted")
+        value = self._open(row)
+        return Credential(row.id, row.scope, row.key_version, value, row.metadata, row.revision,
+                          row.created_at, row.updated_at)
+
+    def _get_version(self, credential_id: str, version: int) -> Credential:
+        _, record = self.read_version(credential_id, version)
+        if record is None:
+            raise CredentialNotFoundError(f"no readable version {version} of credential {credential_id!r} "
+                                          f"in keyring {self.keys.keyring!r}")
+        return record
+
+    def read_version(self, credential_id: str, version: int | None = None
+                     ) -> tuple[history.SecretVersions, Credential | None]:
+        """The history and that version (default: the current one) decrypted, from one read transaction;
+        the credential is None if that version is not readable (deleted, destroyed, removed, never written).
+        What a KV read answers with."""
+        kr = self.keys.keyring
+        with self.store.read() as tx:
+            found = history.read(tx, kr, check_lookup_id(credential_id))
+        if found is None:
+            raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
+        head, versions, rows = found
+        number = version or versions.current_version
+        row = history.stored_row(head, versions, rows, number, self.clock())
+        if row is None:
+            return versions, None
+        value = self._open(row)
+        created = rows[number].created_at
+        return versions, Credential(row.id, row.scope, peek_version(row.envelope), value, head.metadata,
+                                    head.revision, created, created, number)
+
+    def _open(self, row: EncryptedCredential) -> Any:
+        """Decrypt a stored row (current or past version), counting and auditing as every read does."""
+        kr = self.keys.keyring
+        credential_id = row.id
         observer = self.observer
         start = time.perf_counter() if observer is not None else 0.0
         try:
@@ -332,8 +432,131 @@ class Vault:
             with self.store.transaction() as tx:
                 self.audit.record(tx, "credential.read", keyring=kr, credential_id=credential_id,
                                   version=row.key_version)
-        return Credential(row.id, row.scope, row.key_version, value, row.metadata, row.revision,
-                          row.created_at, row.updated_at)
+        return value
+
+    # ---- version history (Vault's KV v2 rules live in .history) -------------------
+    def versions(self, credential_id: str) -> history.SecretVersions:
+        """The credential's version history and KV settings (never a value)."""
+        kr = self.keys.keyring
+        with self.store.read() as tx:
+            found = history.history(tx, kr, check_lookup_id(credential_id))
+        if found is None:
+            raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
+        return found
+
+    def _versions_change(self, credential_id: str, action: str,
+                         change: Callable[[StoreTx, str, str], list[int]], versions: Iterable[Any]) -> list[int]:
+        kr = self.keys.keyring
+        check_lookup_id(credential_id)
+        numbers = history.parse_versions(versions)
+        with self.store.transaction() as tx:
+            if tx.lock_credential(kr, credential_id) is None:
+                raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
+            changed = change(tx, kr, credential_id) if numbers else []
+            if changed and self._audit_credentials:
+                self.audit.record(tx, action, keyring=kr, credential_id=credential_id, versions=changed)
+        return changed
+
+    def delete_versions(self, credential_id: str, versions: Iterable[Any] | None = None) -> list[int]:
+        """Soft-delete versions (default: the latest); undelete brings them back. Returns those changed."""
+        numbers = None if versions is None else history.parse_versions(versions)
+        now = self.clock()
+
+        def change(tx: StoreTx, kr: str, cid: str) -> list[int]:
+            latest = tx.latest_version(kr, cid)  # "the latest" read under the row lock, not before it
+            wanted = numbers if numbers is not None else [latest] if latest else []
+            return history.soft_delete(tx, kr, cid, wanted, now)
+
+        return self._versions_change(credential_id, "credential.delete_versions", change,
+                                     numbers if numbers is not None else [0])
+
+    def undelete(self, credential_id: str, versions: Iterable[Any]) -> list[int]:
+        """Undo soft deletes of versions (a destroyed version stays destroyed)."""
+        numbers = history.parse_versions(versions)
+        return self._versions_change(credential_id, "credential.undelete",
+                                     lambda tx, kr, cid: history.undelete(tx, kr, cid, numbers), numbers)
+
+    def destroy_versions(self, credential_id: str, versions: Iterable[Any]) -> list[int]:
+        """Erase versions' envelopes for good; returns those destroyed.
+
+        Destroying the current version also replaces the current row's
+        envelope (its copy of that version) by one of ``null``, so no
+        ciphertext of the destroyed value is left in either table.
+        """
+        numbers = history.parse_versions(versions)
+        now = self.clock()
+        keys = self.keys
+
+        def change(tx: StoreTx, kr: str, cid: str) -> list[int]:
+            latest = tx.latest_version(kr, cid)
+            done = history.destroy(tx, kr, cid, numbers, now)
+            if latest in done:
+                head = tx.get_credential(kr, cid)
+                assert head is not None
+                blob = keys.encrypt(b"null", credential_context(kr, cid, head.scope))
+                if not keys.writable(tx, (peek_version(blob),)):
+                    raise keys.write_refused((peek_version(blob),))
+                tx.replace_envelope(kr, cid, peek_version(blob), blob, head.metadata, now)
+            return done
+
+        return self._versions_change(credential_id, "credential.destroy_versions", change, numbers)
+
+    def set_settings(self, credential_id: str, settings: history.KVSettings, *,
+                     scope: str | None = None) -> None:
+        """Set a credential's KV settings (Vault's ``metadata`` write); creates a metadata-only entry if
+        the credential has no version yet, as Vault does."""
+        kr = self.keys.keyring
+        check_credential_id(credential_id)
+        if scope is not None:
+            check_scope(scope)
+        for _ in range(WRITE_ATTEMPTS):
+            blob = self.keys.encrypt(b"null", credential_context(kr, credential_id, scope or DEFAULT_SCOPE))
+            with self.store.transaction() as tx:
+                head = tx.lock_credential(kr, credential_id)
+                if head is None:
+                    first = history.KVSettings(settings.max_versions, settings.cas_required,
+                                               settings.delete_version_after, settings.custom_metadata, 1)
+                    metadata = {history.KV_META: {**first.to_json(), "placeholder": True}}
+                    written = tx.put_credential_checked(kr, credential_id, scope or DEFAULT_SCOPE,
+                                                        peek_version(blob), blob, metadata, self.clock(), WRITABLE,
+                                                        expected_revision=0)
+                    if written is None:
+                        self.keys.stale()
+                        continue
+                else:
+                    history.set_settings(tx, head, settings)
+                if self._audit_credentials:
+                    self.audit.record(tx, "credential.settings", keyring=kr, credential_id=credential_id)
+                return
+        raise self.keys.write_refused((peek_version(blob),))
+
+    def past_versions(self, *, page: int = 1000) -> Iterator[EncryptedCredential]:
+        """Every live past version of the keyring's credentials as stored rows (ciphertext, never values),
+        in (id, version) order: for checks that read every envelope back (backup verification)."""
+        kr = self.keys.keyring
+
+        def fetch(tx: StoreTx, after: Any, size: int) -> Page[EncryptedCredential]:
+            rows = tx.versions_for_reencryption(kr, -1, after, size)  # key version -1: none is excluded
+            out: Page[EncryptedCredential] = Page()
+            for r in rows:
+                assert r.envelope is not None
+                out.append(EncryptedCredential(kr, f"{r.id}", r.scope, r.key_version, r.envelope, {}, r.version,
+                                               r.created_at, r.created_at))
+            out.fetched = len(rows)
+            out.last_id = (rows[-1].id, rows[-1].version) if rows else None
+            return out
+
+        return self.store.iter_pages(fetch, page=page)
+
+    def kv_config(self) -> history.KVSettings:
+        """The keyring's KV settings (Vault's mount ``config``): defaults for its credentials."""
+        with self.store.read() as tx:
+            return history.mount_settings(tx, self.keys.keyring)
+
+    def set_kv_config(self, settings: history.KVSettings) -> None:
+        with self.store.transaction() as tx:
+            history.set_mount_settings(tx, self.keys.keyring, settings)
+            self.audit.record(tx, "kv.config", keyring=self.keys.keyring, **settings.to_json())
 
     # ---- migration window -----------------------------------------------------
     def enable_read_through(self, keys: LegacyKeySet, lookup: Callable[[str], str | bytes | None]) -> None:
@@ -373,9 +596,9 @@ class Vault:
         except ValueError:
             raise DecryptionError(f"credential {row.id!r} decrypted to something that is not JSON") from None
 
-    def get(self, credential_id: str) -> Any:
-        """The decrypted value of a credential."""
-        return self.get_record(credential_id).value
+    def get(self, credential_id: str, *, version: int | None = None) -> Any:
+        """The decrypted value of a credential (of that ``version`` of it, if given)."""
+        return self.get_record(credential_id, version=version).value
 
     def delete(self, credential_id: str) -> None:
         kr = self.keys.keyring
@@ -383,6 +606,7 @@ class Vault:
         with self.store.transaction() as tx:
             if not tx.delete_credential(kr, credential_id):
                 raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
+            tx.delete_all_versions(kr, credential_id)  # every version goes with it, envelopes and all
             if self._audit_credentials:
                 self.audit.record(tx, "credential.delete", keyring=kr, credential_id=credential_id)
 

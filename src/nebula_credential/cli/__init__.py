@@ -32,7 +32,10 @@ COMMANDS: dict[str, Lazy] = {
                    "Backups that retention knows about: create, register, list, verify, restore."),
     "daemon": Lazy(_M + "maintenance:daemon",
                    "Run maintain every --interval; SIGTERM/SIGINT finish the current batch and exit."),
-    "delete": Lazy(_M + "credentials:delete", "Delete a credential."),
+    "delete": Lazy(_M + "credentials:delete",
+                   "Delete a credential and every version of it (or, with --versions, soft-delete some versions)."),
+    "destroy-versions": Lazy(_M + "credentials:destroy_versions",
+                             "Erase versions of a credential for good: their envelopes are removed from the store."),
     "demo": Lazy(_M + "demo:demo",
                  "The whole lifecycle on a throwaway SQLite store: import, rotate, re-encrypt, tamper."),
     "doctor": Lazy(_M + "migrate:doctor",
@@ -56,6 +59,10 @@ COMMANDS: dict[str, Lazy] = {
     "status": Lazy(_M + "ops:status", "Versions, re-encryption progress and firing alerts."),
     "token": Lazy(_M + "server:token",
                   "Server tokens (only accessors are ever listed; a token is shown once, at creation)."),
+    "undelete": Lazy(_M + "credentials:undelete",
+                     "Bring back soft-deleted versions of a credential (a destroyed version stays destroyed)."),
+    "versions": Lazy(_M + "credentials:versions",
+                     "List a credential's versions: number, created, deleted, destroyed (never values)."),
     "transit": Lazy(_M + "transit:transit", "Transit keys (encryption as a service) without the HTTP server."),
 }
 

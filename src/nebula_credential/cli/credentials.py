@@ -1,4 +1,4 @@
-"""put, get, delete, list, import."""
+"""put, get, delete, list, import; a credential's versions: versions, undelete, destroy-versions."""
 
 from __future__ import annotations
 
@@ -62,14 +62,17 @@ def put(app: AppContext, credential_id: str, scope: str, value: str | None, file
 @click.command()
 @click.argument("credential_id")
 @click.option("--field", "field_name", help="Print only this field of the value.")
+@click.option("--version", "version", type=click.IntRange(1), help="Read this version of the credential "
+              "(see `versions ID`); default: the current one.")
 @pass_app
-def get(app: AppContext, credential_id: str, field_name: str | None) -> None:
+def get(app: AppContext, credential_id: str, field_name: str | None, version: int | None) -> None:
     """Print a credential's value (secrets go to stdout only).
 
     \b
     Example: nebula-credential get github --field token
+             nebula-credential get github --version 3
     """
-    record = app.vault().get_record(credential_id)
+    record = app.vault().get_record(credential_id, version=version)
     if field_name is not None:
         if not isinstance(record.value, dict) or field_name not in record.value:
             raise ConfigError("--field", f"credential {credential_id!r} has no field {field_name!r}")
@@ -82,13 +85,100 @@ def get(app: AppContext, credential_id: str, field_name: str | None) -> None:
     emit(app, record.to_json(), lambda: click.echo(json.dumps(record.to_json(), indent=2)))
 
 
+def _version_list(text: str) -> list[int]:
+    try:
+        numbers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidInputError("--versions", f"expected version numbers separated by commas, got {text!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise InvalidInputError("--versions", "give one or more version numbers (1 or more), e.g. 1,2")
+    return numbers
+
+
+VERSIONS = click.option("--versions", "versions", required=True, metavar="N[,N...]",
+                        help="Version numbers, separated by commas (see `versions ID`).")
+
+
+@click.command()
+@click.argument("credential_id")
+@click.option("--versions", "versions", metavar="N[,N...]",
+              help="Soft-delete only these versions (undelete brings them back) instead of deleting the "
+                   "credential with every version.")
+@pass_app
+def delete(app: AppContext, credential_id: str, versions: str | None) -> None:
+    """Delete a credential and every version of it (or, with --versions, soft-delete some versions)."""
+    if versions is not None:
+        changed = app.vault().delete_versions(credential_id, _version_list(versions))
+        emit(app, {"id": credential_id, "deleted_versions": changed},
+             lambda: console.print(f"soft-deleted versions {changed or 'none'} of {credential_id}"))
+        return
+    app.vault().delete(credential_id)
+    emit(app, {"id": credential_id, "deleted": True}, lambda: console.print(f"deleted {credential_id}"))
+
+
 @click.command()
 @click.argument("credential_id")
 @pass_app
-def delete(app: AppContext, credential_id: str) -> None:
-    """Delete a credential."""
-    app.vault().delete(credential_id)
-    emit(app, {"id": credential_id, "deleted": True}, lambda: console.print(f"deleted {credential_id}"))
+def versions(app: AppContext, credential_id: str) -> None:
+    """List a credential's versions: number, created, deleted, destroyed (never values).
+
+    \b
+    Example: nebula-credential versions github
+    """
+    found = app.vault().versions(credential_id)
+    doc = {
+        "id": credential_id,
+        "current_version": found.current_version,
+        "oldest_version": found.oldest_version,
+        "max_versions": found.settings.max_versions,
+        "cas_required": found.settings.cas_required,
+        "delete_version_after_seconds": found.settings.delete_version_after,
+        "custom_metadata": found.settings.custom_metadata,
+        "versions": [{"version": v.version, "created_at": v.created_at.isoformat(),
+                      "deletion_time": v.deletion_time.isoformat() if v.deletion_time else None,
+                      "destroyed": v.destroyed} for v in found.versions],
+    }
+
+    def show() -> None:
+        click.echo("version\tcreated\tdeleted\tdestroyed")
+        for v in found.versions:
+            click.echo(f"{v.version}\t{v.created_at:%Y-%m-%d %H:%M:%S}\t"
+                       f"{v.deletion_time.strftime('%Y-%m-%d %H:%M:%S') if v.deletion_time else '-'}\t"
+                       f"{'yes' if v.destroyed else 'no'}")
+
+    emit(app, doc, show)
+
+
+@click.command()
+@click.argument("credential_id")
+@VERSIONS
+@pass_app
+def undelete(app: AppContext, credential_id: str, versions: str) -> None:
+    """Bring back soft-deleted versions of a credential (a destroyed version stays destroyed).
+
+    \b
+    Example: nebula-credential undelete github --versions 2,3
+    """
+    changed = app.vault().undelete(credential_id, _version_list(versions))
+    emit(app, {"id": credential_id, "undeleted": changed},
+         lambda: console.print(f"undeleted versions {changed or 'none'} of {credential_id}"))
+
+
+@click.command(name="destroy-versions")
+@click.argument("credential_id")
+@VERSIONS
+@pass_app
+def destroy_versions(app: AppContext, credential_id: str, versions: str) -> None:
+    """Erase versions of a credential for good: their envelopes are removed from the store.
+
+    Backups taken before still hold them until they expire.
+
+    \b
+    Example: nebula-credential destroy-versions github --versions 1
+    """
+    changed = app.vault().destroy_versions(credential_id, _version_list(versions))
+    emit(app, {"id": credential_id, "destroyed": changed},
+         lambda: console.print(f"destroyed versions {changed or 'none'} of {credential_id}"))
 
 
 @click.command(name="list")

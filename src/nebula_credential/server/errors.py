@@ -59,7 +59,7 @@ OUR_WORDS: tuple[tuple[type[BaseException], str], ...] = (
 
 #: Our typed exceptions, most specific first, and the status each one means.
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
-    (CheckAndSetError, 412),
+    (CheckAndSetError, 400),  # Vault answers a failed check-and-set with 400
     (CredentialNotFoundError, 404),
     (PolicyError, 400),
     (BadPathError, 400),

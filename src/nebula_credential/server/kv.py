@@ -1,19 +1,21 @@
-"""The KV version 2 engine, one mount per keyring, over the credential store.
+"""The KV version 2 engine, one mount per keyring, over the credential store and its version history.
 
-A KV path is a credential id; the secret's ``data`` is the credential value.
-We keep only the latest version: ``version`` is the credential's revision
-(which ``options.cas`` checks, inside the write), ``config`` says
-``max_versions = 1``, and an older version reads as Vault answers for a
-destroyed one.  Soft delete, undelete and destroy are flags in the
-credential's metadata; each such change is a write, so it moves the
-revision (the version) on, which Vault does not do.  The credential's scope
-(re-encryption priority) comes from ``custom_metadata.scope``.
+A KV path is a credential id; the secret's ``data`` is the credential
+value, and each write is a new version of it, kept as Vault keeps them
+(:mod:`nebula_credential.history` holds the rules: ``max_versions``,
+``cas``, ``cas_required``, ``delete_version_after``, soft delete, undelete,
+destroy).  Every version is an envelope under the keyring's key lifecycle.
+The credential's scope (re-encryption priority) comes from
+``custom_metadata.scope`` and applies from the next write on.  The
+deliberate differences from Vault are listed in docs/server.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+import re
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,35 +23,67 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..exceptions import CheckAndSetError, CredentialNotFoundError, InvalidInputError
-from ..models import Credential, EncryptedCredential
+from ..exceptions import CheckAndSetError, CheckAndSetRequiredError, CredentialNotFoundError, InvalidInputError
+from ..history import MAX_VERSIONS_LIMIT, KVSettings, SecretVersions, VersionInfo, parse_versions, settings_of
+from ..models import EncryptedCredential
 from ..names import check_scope
-from ..vault import DEFAULT_SCOPE
+from ..vault import DEFAULT_SCOPE, Vault
 from ._request import Ctx, endpoint, iso, read_json
 from .errors import HTTPError, bad_request
 
-_RETRIES = 8
 NO_CONTENT = 204
+CAS_MISMATCH = "check-and-set parameter did not match the current version"
+CAS_REQUIRED = "check-and-set parameter required for this call"
+MERGE_PATCH = "application/merge-patch+json"
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _kv(metadata: dict[str, Any]) -> dict[str, Any]:
-    kv = metadata.get("kv")
-    return dict(kv) if isinstance(kv, dict) else {}
+def go_duration(seconds: float) -> str:
+    """Go's ``time.Duration`` string, as Vault prints ``delete_version_after`` (``0s``, ``1h0m0s``, ``1m30s``)."""
+    whole = int(seconds)
+    if whole <= 0:
+        return "0s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
 
 
-def _int_option(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
+def parse_go_duration(value: Any, name: str) -> float:
+    """A Vault duration field: seconds as a number or digit string, or Go's ``1h30m`` form."""
+    if isinstance(value, bool):
+        raise bad_request(f'error converting input for field "{name}": expected a duration')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise bad_request(f'error converting input for field "{name}": negative duration')
+        return float(value)
+    text = str(value).strip()
+    if text.isdigit():
+        return float(text)
+    if text in ("", "0"):
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _GO_DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        raise bad_request(f'error converting input for field "{name}": time: invalid duration "{text}"')
+    return total
+
+
+def _int_field(value: Any, name: str) -> int:
+    """A non-negative integer field; digit strings accepted as Vault's field parser accepts them."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise bad_request(f"{name} must be a non-negative integer")
+        raise bad_request(f'error converting input for field "{name}": expected a non-negative integer')
     return value
-
-
-def _versions(body: dict[str, Any]) -> list[int]:
-    versions = body.get("versions")
-    if not isinstance(versions, list) or not versions:
-        raise bad_request("no version number provided")
-    return [v for v in (_int_option(x, "versions") for x in versions) if v is not None]
 
 
 def _custom_metadata(value: Any) -> dict[str, str]:
@@ -63,26 +97,55 @@ def _custom_metadata(value: Any) -> dict[str, str]:
     scope = value.get("scope")
     if scope is not None:
         try:
-            check_scope(scope)
-        except InvalidInputError:
-            raise bad_request(
-                "custom_metadata.scope: 1-64 of letters, digits, _ . - starting with a letter or digit") from None
+            check_scope(scope, "custom_metadata.scope")
+        except InvalidInputError as exc:
+            raise bad_request(str(exc)) from None
     return dict(value)
 
 
-def _version_meta(row: EncryptedCredential | Credential, created: datetime | None) -> dict[str, Any]:
-    kv = _kv(row.metadata)
-    return {
-        "created_time": iso(created),
-        "custom_metadata": kv.get("custom_metadata") or None,
-        "deletion_time": kv.get("deletion_time", ""),
-        "destroyed": bool(kv.get("destroyed", False)),
-        "version": row.revision,
-    }
+def _version_json(v: VersionInfo) -> dict[str, Any]:
+    return {"created_time": iso(v.created_at), "deletion_time": iso(v.deletion_time), "destroyed": v.destroyed}
 
 
-def _hidden(kv: dict[str, Any]) -> bool:
-    return bool(kv.get("deletion_time") or kv.get("destroyed") or kv.get("placeholder"))
+def _write_json(v: VersionInfo, settings: KVSettings) -> dict[str, Any]:
+    return {**_version_json(v), "custom_metadata": settings.custom_metadata or None, "version": v.version}
+
+
+def _settings(body: dict[str, Any], base: KVSettings) -> KVSettings:
+    """Vault's metadata (or config) fields of a request body over ``base``; absent fields keep their value."""
+    max_versions = base.max_versions
+    if body.get("max_versions") is not None:
+        max_versions = _int_field(body["max_versions"], "max_versions")
+        if max_versions > MAX_VERSIONS_LIMIT:
+            raise bad_request(f"max_versions must be at most {MAX_VERSIONS_LIMIT}")
+    cas_required = base.cas_required
+    if body.get("cas_required") is not None:
+        flag = body["cas_required"]
+        if isinstance(flag, str) and flag.lower() in ("true", "false", "1", "0"):
+            flag = flag.lower() in ("true", "1")
+        if not isinstance(flag, bool):
+            raise bad_request('error converting input for field "cas_required": expected a boolean')
+        cas_required = flag
+    dva = base.delete_version_after
+    if body.get("delete_version_after") is not None:
+        dva = parse_go_duration(body["delete_version_after"], "delete_version_after")
+    custom = base.custom_metadata
+    if "custom_metadata" in body:
+        custom = _custom_metadata(body["custom_metadata"])
+    return KVSettings(max_versions, cas_required, dva, custom, base.metadata_version)
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """JSON merge patch (RFC 7396), as Vault's PATCH applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result
 
 
 class KVEngine:
@@ -91,6 +154,21 @@ class KVEngine:
     def __init__(self, mount: str, keyring: str) -> None:
         self.mount = mount
         self.keyring = keyring
+        #: path -> (lock, waiters): writers of one path in this process queue here, on the event loop,
+        #: instead of each holding a store connection while it waits for the row lock
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _path_lock(self, cid: str) -> AsyncIterator[None]:
+        lock, waiters = self._locks.setdefault(cid, (asyncio.Lock(), [0]))
+        waiters[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            waiters[0] -= 1
+            if not waiters[0]:
+                self._locks.pop(cid, None)
 
     def routes(self) -> list[BaseRoute]:
         def route(path: str, handler: Callable[[Request, Ctx], Any], methods: list[str]) -> Route:
@@ -98,8 +176,9 @@ class KVEngine:
 
         return [
             route("/data/{path:path}", self.data, ["GET", "POST", "PUT", "PATCH", "DELETE"]),
-            route("/metadata", self.metadata, ["LIST"]),
-            route("/metadata/{path:path}", self.metadata, ["GET", "LIST", "POST", "PUT", "DELETE"]),
+            route("/metadata", self.metadata, ["LIST", "GET"]),
+            route("/metadata/", self.metadata, ["LIST", "GET"]),
+            route("/metadata/{path:path}", self.metadata, ["GET", "LIST", "POST", "PUT", "PATCH", "DELETE"]),
             route("/delete/{path:path}", self.soft_delete, ["POST", "PUT"]),
             route("/undelete/{path:path}", self.undelete, ["POST", "PUT"]),
             route("/destroy/{path:path}", self.destroy, ["POST", "PUT"]),
@@ -114,37 +193,29 @@ class KVEngine:
             raise HTTPError(404)
         return cid
 
+    def _vault(self, ctx: Ctx) -> Vault:
+        return ctx.backend.keyring(self.keyring)
+
+    async def _history(self, ctx: Ctx, cid: str) -> SecretVersions | None:
+        try:
+            return await ctx.backend.run(self._vault(ctx).versions, cid)
+        except CredentialNotFoundError:
+            return None
+
     async def _authorise_write(self, ctx: Ctx, cid: str) -> EncryptedCredential | None:
         """Vault's create-or-update: ``create`` for a new path, ``update`` for an existing one.
 
         A token with neither is refused before the store is read; with only
-        one of them the existence check decides.
+        one of them the existence check (one row read, never a value) decides.
         """
         ctx.require_any("create", "update")
         row = await ctx.backend.row(self.keyring, cid)
         ctx.require("update" if row is not None else "create")
         return row
 
-    async def _rewrite(
-        self, ctx: Ctx, cid: str, change: Callable[[Credential], tuple[Any, str, dict[str, Any]] | None]
-    ) -> Credential | None:
-        """Read, change (value, scope, kv metadata) and write back under a CAS; retried on a race."""
-        for _ in range(_RETRIES):
-            try:
-                record = await ctx.backend.get(self.keyring, cid)
-            except CredentialNotFoundError:
-                return None
-            changed = change(record)
-            if changed is None:
-                return record
-            value, scope, kv = changed
-            try:
-                await ctx.backend.put(self.keyring, cid, value, scope=scope,
-                                      metadata={**record.metadata, "kv": kv}, expected_revision=record.revision)
-                return record
-            except CheckAndSetError:
-                continue
-        raise HTTPError(503, "too many concurrent writers on this path; try again")
+    @staticmethod
+    def _now(ctx: Ctx) -> datetime:
+        return ctx.backend.vault.clock()
 
     # ---- data/ -------------------------------------------------------------------
     async def data(self, request: Request, ctx: Ctx) -> Response:
@@ -153,15 +224,19 @@ class KVEngine:
             return await self._read(request, ctx, cid)
         if request.method == "DELETE":
             ctx.require("delete")
-            now = iso(ctx.backend.vault.clock())
-            await self._rewrite(ctx, cid, lambda r: None if _hidden(_kv(r.metadata)) else
-                                (r.value, r.scope, {**_kv(r.metadata), "deletion_time": now}))
+            with contextlib.suppress(CredentialNotFoundError):  # 204 for a path with nothing stored, as Vault
+                async with self._path_lock(cid):
+                    await ctx.backend.write(self._vault(ctx).delete_versions, cid, None)
             return Response(status_code=NO_CONTENT)
+        if request.method == "PATCH":
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type != MERGE_PATCH:
+                raise HTTPError(415, f"PATCH requires Content-Type of {MERGE_PATCH}, provided {content_type}")
         body = await read_json(request)
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise bad_request("options must be an object")
-        cas = _int_option(options.get("cas"), "options.cas")
+        cas = None if options.get("cas") is None else _int_field(options["cas"], "cas")
         data = body.get("data")
         if not isinstance(data, dict):
             raise bad_request("no data provided")
@@ -171,157 +246,153 @@ class KVEngine:
 
     async def _read(self, request: Request, ctx: Ctx, cid: str) -> Response:
         ctx.require("read")
+        raw = request.query_params.get("version") or "0"
         try:
-            wanted = int(request.query_params.get("version") or 0)
+            wanted = int(raw)
         except ValueError:
-            raise bad_request("version must be an integer") from None
+            raise bad_request(f"Field validation failed: error converting input for field \"version\": "
+                              f"'{raw}' cannot parse value as 'int'") from None
         try:
-            record = await ctx.backend.get(self.keyring, cid)
+            found, record = await ctx.backend.run(self._vault(ctx).read_version, cid, wanted or None)
         except CredentialNotFoundError:
             raise HTTPError(404) from None
-        kv = _kv(record.metadata)
-        if kv.get("placeholder") or wanted > record.revision or wanted < 0:
+        version = found.get(wanted or found.current_version)
+        if version is None:
             raise HTTPError(404)
-        meta = _version_meta(record, record.updated_at)
-        if 0 < wanted < record.revision:  # only the latest is kept: older ones read as destroyed
-            meta.update(version=wanted, destroyed=True, deletion_time="", custom_metadata=None)
-            raise HTTPError(404, data={"data": None, "metadata": meta})
-        if _hidden(kv):
-            raise HTTPError(404, data={"data": None, "metadata": meta})
+        meta = _write_json(version, found.settings)
+        if record is None:
+            return ctx.reply({"data": None, "metadata": meta}, status=404)
         return ctx.reply({"data": record.value, "metadata": meta})
 
+    async def _put(self, ctx: Ctx, cid: str, value: Any, cas: int | None,
+                   row: EncryptedCredential | None) -> Response:
+        vault = self._vault(ctx)
+        settings = settings_of(row.metadata) if row is not None else KVSettings()
+        scope = settings.custom_metadata.get("scope") or (row.scope if row is not None else DEFAULT_SCOPE)
+        try:
+            async with self._path_lock(cid):
+                version = await ctx.backend.write(vault.put_version, cid, value, scope=scope, cas=cas)
+        except CheckAndSetError:
+            raise bad_request(CAS_MISMATCH) from None
+        except CheckAndSetRequiredError:
+            raise bad_request(CAS_REQUIRED) from None
+        return ctx.reply(_write_json(version, settings))
+
     async def _write(self, ctx: Ctx, cid: str, data: dict[str, Any], cas: int | None) -> Response:
-        for _ in range(_RETRIES):
-            row = await self._authorise_write(ctx, cid)
-            kv = _kv(row.metadata) if row is not None else {}
-            kv = {"custom_metadata": kv.get("custom_metadata") or {}}
-            scope = row.scope if row is not None else DEFAULT_SCOPE
-            expected = cas if cas is not None else (row.revision if row is not None else 0)
-            try:
-                revision = await ctx.backend.put(self.keyring, cid, data, scope=scope, metadata={"kv": kv},
-                                                 expected_revision=expected)
-            except CheckAndSetError:
-                if cas is not None:
-                    raise HTTPError(412, "check-and-set parameter did not match the current version") from None
-                continue
-            now = ctx.backend.vault.clock()
-            return ctx.reply({"created_time": iso(now), "custom_metadata": kv["custom_metadata"] or None,
-                              "deletion_time": "", "destroyed": False, "version": revision})
-        raise HTTPError(503, "too many concurrent writers on this path; try again")
+        return await self._put(ctx, cid, data, cas, await self._authorise_write(ctx, cid))
 
     async def _patch(self, ctx: Ctx, cid: str, patch: dict[str, Any], cas: int | None) -> Response:
         ctx.require("patch")
+        found = await self._history(ctx, cid)
+        current = found.get(found.current_version) if found is not None else None
+        if found is None or current is None or not current.readable(self._now(ctx)):
+            raise HTTPError(404)  # OpenBao's body is empty; ours carries errors, as every error here
+        if cas is not None and cas != found.current_version:
+            raise bad_request(CAS_MISMATCH)
         try:
-            record = await ctx.backend.get(self.keyring, cid)
+            _, record = await ctx.backend.run(self._vault(ctx).read_version, cid, found.current_version)
         except CredentialNotFoundError:
             raise HTTPError(404) from None
-        kv = _kv(record.metadata)
-        if _hidden(kv) or not isinstance(record.value, dict):
+        if record is None:
             raise HTTPError(404)
-        if cas is not None and cas != record.revision:
-            raise HTTPError(412, "check-and-set parameter did not match the current version")
-        merged = _merge(record.value, patch)
-        try:
-            revision = await ctx.backend.put(self.keyring, cid, merged, scope=record.scope,
-                                             metadata=record.metadata, expected_revision=record.revision)
-        except CheckAndSetError:
-            raise HTTPError(412, "check-and-set parameter did not match the current version") from None
-        return ctx.reply({"created_time": iso(ctx.backend.vault.clock()),
-                          "custom_metadata": kv.get("custom_metadata") or None,
-                          "deletion_time": "", "destroyed": False, "version": revision})
+        # the write's own check-and-set: a writer in between makes this a 400, never a lost update
+        return await self._put(ctx, cid, _merge(record.value, patch), found.current_version,
+                               await ctx.backend.row(self.keyring, cid))
 
     # ---- delete/ undelete/ destroy/ ----------------------------------------------
-    async def _flag(self, request: Request, ctx: Ctx, flag: Callable[[dict[str, Any]], dict[str, Any] | None],
-                    *, destroy: bool = False) -> Response:
+    async def _versions_call(self, request: Request, ctx: Ctx,
+                             method: Callable[[Ctx], Callable[..., list[int]]],
+                             missing: str = "No version number provided") -> Response:
         ctx.require("update")
         cid = self._id(request)
-        versions = _versions(await read_json(request))
-
-        def change(record: Credential) -> tuple[Any, str, dict[str, Any]] | None:
-            if record.revision not in versions:
-                return None
-            kv = flag(_kv(record.metadata))
-            if kv is None:
-                return None
-            return (None if destroy else record.value), record.scope, kv
-
-        await self._rewrite(ctx, cid, change)
+        body = await read_json(request)
+        raw = body.get("versions")
+        if isinstance(raw, str | int) and not isinstance(raw, bool):
+            raw = [x for x in str(raw).split(",") if x.strip()]
+        if not isinstance(raw, list) or not raw:
+            raise bad_request(missing)
+        try:
+            versions = parse_versions(raw)
+        except InvalidInputError:
+            raise bad_request('error converting input for field "versions": expected integers') from None
+        with contextlib.suppress(CredentialNotFoundError):  # Vault answers 204 for a path with nothing stored
+            async with self._path_lock(cid):
+                await ctx.backend.write(method(ctx), cid, versions)
         return Response(status_code=NO_CONTENT)
 
     async def soft_delete(self, request: Request, ctx: Ctx) -> Response:
-        now = iso(ctx.backend.vault.clock())
-        return await self._flag(request, ctx, lambda kv: None if kv.get("deletion_time") else
-                                {**kv, "deletion_time": now})
+        return await self._versions_call(request, ctx, lambda c: self._vault(c).delete_versions)
 
     async def undelete(self, request: Request, ctx: Ctx) -> Response:
-        return await self._flag(request, ctx, lambda kv: {**kv, "deletion_time": ""}
-                                if kv.get("deletion_time") and not kv.get("destroyed") else None)
+        return await self._versions_call(request, ctx, lambda c: self._vault(c).undelete)
 
     async def destroy(self, request: Request, ctx: Ctx) -> Response:
-        return await self._flag(request, ctx, lambda kv: None if kv.get("destroyed") else
-                                {**kv, "destroyed": True}, destroy=True)
+        # Vault's destroy words it in lower case, delete and undelete capitalised
+        return await self._versions_call(request, ctx, lambda c: self._vault(c).destroy_versions,
+                                         "no version number provided")
 
     # ---- metadata/ -----------------------------------------------------------------
     async def metadata(self, request: Request, ctx: Ctx) -> Response:
-        if request.method == "LIST":
+        listing = request.method == "LIST" or (
+            request.method == "GET" and request.query_params.get("list", "").lower() in ("true", "1"))
+        if listing or not request.path_params.get("path"):
+            if not listing:
+                raise HTTPError(405)
             return await self._list(request, ctx)
         cid = self._id(request)
         if request.method == "GET":
             ctx.require("read")
-            row = await ctx.backend.row(self.keyring, cid)
-            if row is None:
+            found = await self._history(ctx, cid)
+            if found is None:
                 raise HTTPError(404)
-            return ctx.reply(self._metadata_json(row))
+            return ctx.reply(self._metadata_json(found))
         if request.method == "DELETE":
             ctx.require("delete")
             with contextlib.suppress(CredentialNotFoundError):
-                await ctx.backend.delete(self.keyring, cid)
+                await ctx.backend.write(self._vault(ctx).delete, cid)
             return Response(status_code=NO_CONTENT)
+        if request.method == "PATCH":
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type != MERGE_PATCH:
+                raise HTTPError(415, f"PATCH requires Content-Type of {MERGE_PATCH}, provided {content_type}")
+            ctx.require("patch")
+            body = await read_json(request)
+            found = await self._history(ctx, cid)
+            if found is None:
+                raise HTTPError(404)  # OpenBao's body is empty; ours carries errors, as every error here
+            if "custom_metadata" in body:
+                body = {**body, "custom_metadata": _merge(found.settings.custom_metadata,
+                                                         body["custom_metadata"] or {})}
+            return await self._set_metadata(ctx, cid, _settings(body, found.settings))
         body = await read_json(request)
-        custom = _custom_metadata(body.get("custom_metadata")) if "custom_metadata" in body else None
-        if body.get("max_versions") not in (None, 0, 1) or body.get("cas_required") not in (None, False) \
-                or body.get("delete_version_after") not in (None, "", "0s", 0):
-            raise bad_request("this server keeps one version: max_versions 1, cas_required false, "
-                              "delete_version_after 0s")
-        for _ in range(_RETRIES):
-            row = await self._authorise_write(ctx, cid)
-            if custom is None:
-                return Response(status_code=NO_CONTENT)
-            scope: str = custom.get("scope") or DEFAULT_SCOPE
-            if row is None:  # metadata before data: a placeholder that reads as absent
-                try:
-                    await ctx.backend.put(self.keyring, cid, None, scope=scope,
-                                          metadata={"kv": {"custom_metadata": custom, "placeholder": True}},
-                                          expected_revision=0)
-                    return Response(status_code=NO_CONTENT)
-                except CheckAndSetError:
-                    continue
-            done = await self._rewrite(ctx, cid, _set_custom(scope, custom))
-            if done is not None:
-                return Response(status_code=NO_CONTENT)
-        raise HTTPError(503, "too many concurrent writers on this path; try again")
+        row = await self._authorise_write(ctx, cid)
+        return await self._set_metadata(ctx, cid, _settings(body, settings_of(row.metadata) if row else KVSettings()))
 
-    def _metadata_json(self, row: EncryptedCredential) -> dict[str, Any]:
-        kv = _kv(row.metadata)
-        placeholder = bool(kv.get("placeholder"))
-        version = _version_meta(row, row.updated_at)
+    async def _set_metadata(self, ctx: Ctx, cid: str, settings: KVSettings) -> Response:
+        scope = settings.custom_metadata.get("scope")
+        await ctx.backend.write(self._vault(ctx).set_settings, cid, settings, scope=scope)
+        return Response(status_code=NO_CONTENT)
+
+    @staticmethod
+    def _metadata_json(found: SecretVersions) -> dict[str, Any]:
+        s = found.settings
         return {
-            "cas_required": False,
-            "created_time": iso(row.created_at),
-            "current_version": 0 if placeholder else row.revision,
-            "custom_metadata": kv.get("custom_metadata") or None,
-            "delete_version_after": "0s",
-            "max_versions": 1,
-            "oldest_version": 0 if placeholder else row.revision,
-            "updated_time": iso(row.updated_at),
-            "versions": {} if placeholder else {
-                str(row.revision): {k: version[k] for k in ("created_time", "deletion_time", "destroyed")}
-            },
+            "cas_required": s.cas_required,
+            "created_time": iso(found.created_at),
+            "current_metadata_version": s.metadata_version,
+            "current_version": found.current_version,
+            "custom_metadata": s.custom_metadata or None,
+            "delete_version_after": go_duration(s.delete_version_after),
+            "max_versions": s.max_versions,
+            "metadata_cas_required": False,
+            "oldest_version": found.oldest_version,
+            "updated_time": iso(found.updated_at),
+            "versions": {str(v.version): _version_json(v) for v in found.versions},
         }
 
     async def _list(self, request: Request, ctx: Ctx) -> Response:
         ctx.require_list()
-        folder = str(request.path_params.get("path", ""))
+        folder = str(request.path_params.get("path", "")).strip("/")
         prefix = folder + "/" if folder else ""
         keys = set()
         for cid in await ctx.backend.list_ids(self.keyring, prefix):
@@ -334,28 +405,16 @@ class KVEngine:
 
     # ---- config ----------------------------------------------------------------------
     async def config(self, request: Request, ctx: Ctx) -> Response:
+        vault = self._vault(ctx)
         if request.method == "GET":
             ctx.require("read")
-            return ctx.reply({"cas_required": False, "delete_version_after": "0s", "max_versions": 1})
+            s = await ctx.backend.run(vault.kv_config)
+            return ctx.reply({"cas_required": s.cas_required,
+                              "delete_version_after": go_duration(s.delete_version_after),
+                              "max_versions": s.max_versions, "metadata_cas_required": False})
         ctx.require("update")
         body = await read_json(request)
-        if body.get("max_versions") not in (None, 0, 1) or body.get("cas_required") not in (None, False):
-            raise bad_request("this server keeps one version: max_versions is 1 and cas_required false")
+        current = await ctx.backend.run(vault.kv_config)
+        body.pop("custom_metadata", None)  # per secret only, as in Vault
+        await ctx.backend.write(vault.set_kv_config, _settings(body, current))
         return Response(status_code=NO_CONTENT)
-
-
-def _set_custom(scope: str, custom: dict[str, str]) -> Callable[[Credential], tuple[Any, str, dict[str, Any]]]:
-    return lambda r: (r.value, scope, {**_kv(r.metadata), "custom_metadata": custom})
-
-
-def _merge(target: Any, patch: Any) -> Any:
-    """JSON merge patch (RFC 7396), as Vault's PATCH applies it."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge(result.get(key), value)
-    return result

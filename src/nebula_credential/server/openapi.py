@@ -80,19 +80,25 @@ _ROUTES: list[_Route] = [
 ]
 _KV_ROUTES: list[_Route] = [
     ("/{mount}/data/{path}", "get", [_PATH, _VERSION], None, "200", "Read a secret"),
-    ("/{mount}/data/{path}", "post", [_PATH], _KV_WRITE, "200", "Write a secret (options.cas: revision)"),
-    ("/{mount}/data/{path}", "put", [_PATH], _KV_WRITE, "200", "Write a secret"),
-    ("/{mount}/data/{path}", "patch", [_PATH], _KV_WRITE, "200", "Merge-patch a secret"),
+    ("/{mount}/data/{path}", "post", [_PATH], _KV_WRITE, "200",
+     "Write a new version (options.cas: the latest version number)"),
+    ("/{mount}/data/{path}", "put", [_PATH], _KV_WRITE, "200", "Write a new version"),
+    ("/{mount}/data/{path}", "patch", [_PATH], _KV_WRITE, "200",
+     "Merge-patch the latest version (Content-Type: application/merge-patch+json)"),
     ("/{mount}/data/{path}", "delete", [_PATH], None, "204", "Soft-delete the latest version"),
     ("/{mount}/metadata", "get", [_LIST], None, "200", "List the top-level keys"),
     ("/{mount}/metadata/{path}", "get", [_PATH, _LIST_OPTIONAL], None, "200",
      "Read a secret's metadata, or with list=true the keys below it (folders end in /)"),
-    ("/{mount}/metadata/{path}", "post", [_PATH], _METADATA_WRITE, "204", "Write custom_metadata (scope)"),
-    ("/{mount}/metadata/{path}", "delete", [_PATH], None, "204", "Delete a secret and its metadata"),
+    ("/{mount}/metadata/{path}", "post", [_PATH], _METADATA_WRITE, "204",
+     "Write max_versions, cas_required, delete_version_after, custom_metadata (scope)"),
+    ("/{mount}/metadata/{path}", "patch", [_PATH], _METADATA_WRITE, "204",
+     "Merge-patch the settings (Content-Type: application/merge-patch+json)"),
+    ("/{mount}/metadata/{path}", "delete", [_PATH], None, "204", "Delete a secret with every version"),
     ("/{mount}/delete/{path}", "post", [_PATH], _VERSIONS, "204", "Soft-delete versions"),
     ("/{mount}/undelete/{path}", "post", [_PATH], _VERSIONS, "204", "Undelete versions"),
     ("/{mount}/destroy/{path}", "post", [_PATH], _VERSIONS, "204", "Destroy versions"),
-    ("/{mount}/config", "get", [], None, "200", "The engine's configuration (max_versions 1)"),
+    ("/{mount}/config", "get", [], None, "200", "The mount's max_versions, cas_required, delete_version_after"),
+    ("/{mount}/config", "post", [], _METADATA_WRITE, "204", "Set the mount's defaults"),
 ]
 
 
@@ -106,7 +112,7 @@ def _operation(params: list[dict[str, Any]], body: dict[str, Any] | None, ok: st
             **{code: {"description": text, "content": {"application/json": {"schema": _ERRORS}}}
                for code, text in (("400", "bad input"), ("403", "no or bad token, or denied"),
                                   ("404", "unknown path"), ("405", "method not allowed"),
-                                  ("412", "check-and-set failed"), ("413", "body too large"))},
+                                  ("413", "body too large"), ("415", "PATCH without merge-patch JSON"))},
         },
     }
     if body is not None:

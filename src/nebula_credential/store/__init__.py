@@ -16,9 +16,19 @@ from pathlib import Path
 from ..exceptions import ConfigError
 from ._schema import SCHEMA_VERSION
 from .base import Store, redact_url
-from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, TokenRow
+from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, TokenRow, VersionRow
 from .sqlite import SqliteStore, path_from_url, read_file
-from .tx import MOUNTS_GENERATION_META, CredentialsTx, KeysTx, MetaTx, MountsTx, OperationsTx, ServerTx, StoreTx
+from .tx import (
+    MOUNTS_GENERATION_META,
+    CredentialsTx,
+    KeysTx,
+    MetaTx,
+    MountsTx,
+    OperationsTx,
+    ServerTx,
+    StoreTx,
+    VersionsTx,
+)
 
 
 def read_file_copy(path: Path) -> AbstractContextManager[StoreTx]:
@@ -70,6 +80,8 @@ __all__ = [
     "Store",
     "StoreTx",
     "TokenRow",
+    "VersionRow",
+    "VersionsTx",
     "open_store",
     "path_from_url",
     "read_file_copy",

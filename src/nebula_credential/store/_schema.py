@@ -21,7 +21,8 @@ SCHEMA_VERSION = 8
 def all_migrations(blob: str, real: str) -> list[list[str]]:
     """Every migration in order, for a dialect's binary and floating-point type names."""
     return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
-            schema_v5_key_access(), schema_v6_placeholder(), schema_v7_server_rows(real), schema_v8_mounts(real)]
+            schema_v5_key_access(), schema_v6_versions(blob, real), schema_v7_server_rows(real),
+            schema_v8_mounts(real)]
 
 
 class MetaSql(SqlBase, MetaTx):
@@ -201,10 +202,38 @@ def schema_v4_server(real: str) -> list[str]:
 
 
 
-def schema_v6_placeholder() -> list[str]:
-    """Version 6 is another branch's migration."""
-    # v6: credential versions (KV history) — placeholder until merged
-    return []
+def schema_v6_versions(blob: str, real: str) -> list[str]:
+    """Version 6: every version of every credential (KV v2 version history).
+
+    Each existing credential becomes its current version, numbered by its
+    revision (the number the HTTP server answered as its KV version until
+    now), so a client's next check-and-set still matches.  A current
+    version's row has no envelope of its own (the ``credentials`` row holds
+    it).  A metadata-only KV placeholder (a ``null`` value written before
+    any data) has no version.
+
+    No secondary index: every query names (keyring, id) or scans a
+    keyring (re-encryption, reference counts), which the primary key
+    serves, and each index page would be one more page every write commits.
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS credential_versions (
+            keyring TEXT NOT NULL,
+            id TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            scope TEXT NOT NULL,
+            key_version INTEGER NOT NULL,
+            envelope {blob},
+            created_at {real} NOT NULL,
+            deletion_time {real},
+            destroyed INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (keyring, id, version)
+        ){' WITHOUT ROWID' if blob == 'BLOB' else ''}""",
+        "INSERT INTO credential_versions "
+        "(keyring, id, version, scope, key_version, envelope, created_at, deletion_time, destroyed) "
+        "SELECT keyring, id, revision, scope, key_version, NULL, updated_at, NULL, 0 FROM credentials "
+        "WHERE metadata NOT LIKE '%\"placeholder\":true%'",
+    ]
 
 
 def schema_v7_server_rows(real: str) -> list[str]:

@@ -80,6 +80,7 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "GRANT USAGE ON SCHEMA {schema} TO {role}",
         "GRANT SELECT ON {schema}.schema_version, {schema}.meta TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.credentials TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.credential_versions TO {role}",
         "GRANT SELECT, INSERT, UPDATE (encryptions, status, status_changed_at) "
         "ON {schema}.key_versions TO {role}",
         "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",
@@ -94,6 +95,7 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "GRANT SELECT ON {schema}.schema_version TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.meta TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.credentials TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.credential_versions TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.key_versions TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases TO {role}",
         "GRANT SELECT, INSERT ON {schema}.audit_events TO {role}",

@@ -114,3 +114,24 @@ class CredentialPage(Page[EncryptedCredential]):
     carries on.  ``fetched`` counts the rows read (corrupt ones included)
     and ``last_id`` is the keyset cursor for the next page.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    """One stored version of a credential (table ``credential_versions``).
+
+    ``envelope`` is None once the version is destroyed: the ciphertext is
+    gone, only the bookkeeping Vault's metadata shows is kept.
+    ``deletion_time`` is set by a soft delete (or, ahead of time, by
+    ``delete_version_after``); the version reads as deleted once it is past.
+    """
+
+    keyring: str
+    id: str
+    version: int
+    scope: str
+    key_version: int
+    envelope: bytes | None
+    created_at: datetime
+    deletion_time: datetime | None
+    destroyed: bool

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ..models import EncryptedCredential, KeyStatus, KeyVersion
-from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, TokenRow
+from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, TokenRow, VersionRow
 
 
 class MetaTx(ABC):
@@ -270,6 +270,91 @@ class CredentialsTx(ABC):
         """
 
 
+class VersionsTx(ABC):
+    """Every version of every credential (table ``credential_versions``, schema v6).
+
+    The ``credentials`` row stays the current version (what get/put/list and
+    re-encryption of the current value use).  This table has a row for every
+    version; a past version's row holds its own envelope under the keyring's
+    key lifecycle (so version history is re-encrypted, counted by the
+    destroy guard and copied by backups like the current value), while the
+    current version's row has none: its envelope is the ``credentials``
+    row's, stored once.
+    """
+
+    @abstractmethod
+    def lock_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
+        """The current row, locked against other writers until the transaction ends (PostgreSQL:
+        ``FOR UPDATE``; SQLite's single writer serialises already)."""
+
+    @abstractmethod
+    def set_credential_metadata(self, keyring: str, credential_id: str, metadata: dict[str, Any]) -> bool:
+        """Replace a row's metadata only (the envelope and revision stay)."""
+
+    @abstractmethod
+    def replace_envelope(self, keyring: str, credential_id: str, key_version: int, envelope: bytes,
+                         metadata: dict[str, Any], now: datetime) -> bool:
+        """Replace a row's envelope and metadata (a new revision)."""
+
+    @abstractmethod
+    def latest_version(self, keyring: str, credential_id: str) -> int:
+        """The highest version number stored for the credential (0: none)."""
+
+    @abstractmethod
+    def add_version(self, row: VersionRow) -> None: ...
+
+    @abstractmethod
+    def archive_version(self, keyring: str, credential_id: str, version: int, key_version: int,
+                        envelope: bytes) -> bool:
+        """Give a version that stops being the current one its own copy of the envelope.
+
+        Until then its row has no envelope: the ``credentials`` row holds it.
+        A destroyed version is left as it is.
+        """
+
+    @abstractmethod
+    def get_version_row(self, keyring: str, credential_id: str, version: int) -> VersionRow | None: ...
+
+    @abstractmethod
+    def version_rows(self, keyring: str, credential_id: str) -> list[VersionRow]:
+        """Every stored version of a credential, oldest first."""
+
+    @abstractmethod
+    def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> int:
+        """Remove versions numbered ``up_to`` and below (beyond ``max_versions``), envelopes and all."""
+
+    @abstractmethod
+    def set_deletion_time(self, keyring: str, credential_id: str, versions: Sequence[int],
+                          at: datetime | None) -> list[int]:
+        """Soft delete (a time) or undelete (None) versions not destroyed; returns those changed."""
+
+    @abstractmethod
+    def destroy_versions(self, keyring: str, credential_id: str, versions: Sequence[int], at: datetime) -> list[int]:
+        """Erase the envelopes of versions (kept as destroyed); returns those changed."""
+
+    @abstractmethod
+    def delete_all_versions(self, keyring: str, credential_id: str) -> int: ...
+
+    @abstractmethod
+    def version_envelopes_referenced(self, keyring: str) -> dict[int, int]:
+        """Live version envelopes per key version, by envelope header (as :meth:`versions_referenced`)."""
+
+    @abstractmethod
+    def versions_for_reencryption(self, keyring: str, active_version: int, after: tuple[str, int] | None,
+                                  limit: int) -> list[VersionRow]:
+        """A page of live versions whose header names another key version than ``active_version``."""
+
+    @abstractmethod
+    def cas_update_version_envelopes(self, keyring: str,
+                                     updates: Sequence[tuple[str, int, bytes, int, bytes]]) -> int:
+        """Apply (id, version, old envelope, new key version, new envelope); a version whose envelope
+        changed (destroyed, pruned, moved by another worker) since it was read is left untouched."""
+
+    @abstractmethod
+    def version_header_mismatches(self, keyring: str, limit: int = 100) -> list[tuple[str, int, int, int]]:
+        """(id, version, key_version column, header version) of live versions whose column lies."""
+
+
 class OperationsTx(ABC):
     """What operations keep: registered backups, leases and the audit chain."""
 
@@ -431,7 +516,7 @@ class MountsTx(ABC):
 MOUNTS_GENERATION_META = "server.mounts.generation"
 
 
-class StoreTx(MetaTx, KeysTx, CredentialsTx, OperationsTx, ServerTx, MountsTx):
+class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx, MountsTx):
     """Queries inside one transaction, every table family. Obtain from :meth:`.base.Store.transaction`."""
 
     def put_credential_checked(

@@ -1,0 +1,178 @@
+"""SQL of credential versions (``credential_versions``, schema v6).
+
+A version row carries its own scope (the AEAD context binds it, and a
+secret's scope may change between versions) and its key version, which
+readers take from the envelope header as they do for ``credentials``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from ..envelope import key_version_field
+from ..models import EncryptedCredential, to_epoch
+from ._rows import BLOB_TYPES, CRED_COLS, as_blob, as_int, as_text, as_time, decode_credential, row_name
+from ._sql_base import SqlBase, to_json
+from .records import VersionRow
+from .tx import VersionsTx
+
+VERSION_COLS = "keyring, id, version, scope, key_version, envelope, created_at, deletion_time, destroyed"
+
+
+def _decode(row: Any) -> VersionRow:
+    created = as_time(row[6], "created_at")
+    assert created is not None
+    return VersionRow(
+        keyring=as_text(row[0], "keyring"), id=as_text(row[1], "id"), version=as_int(row[2], "version"),
+        scope=as_text(row[3], "scope"), key_version=as_int(row[4], "key_version"),
+        envelope=as_blob(row[5], "envelope", null=True), created_at=created,
+        deletion_time=as_time(row[7], "deletion_time", null=True), destroyed=bool(row[8]),
+    )
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" for _ in range(n))
+
+
+class VersionsSql(SqlBase, VersionsTx):
+    """Version rows: appended by every write, pruned past ``max_versions``, flagged, destroyed, re-encrypted."""
+
+    _HEADER_SQL: str
+    _MISMATCH_SQL: str
+
+    def lock_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
+        row = self._exec(
+            f"SELECT {CRED_COLS} FROM credentials WHERE keyring = ? AND id = ?{self._row_lock('UPDATE')}",
+            (keyring, credential_id),
+        ).fetchone()
+        return None if row is None else decode_credential(row)
+
+    def set_credential_metadata(self, keyring: str, credential_id: str, metadata: dict[str, Any]) -> bool:
+        cur = self._exec("UPDATE credentials SET metadata = ? WHERE keyring = ? AND id = ?",
+                         (to_json(metadata), keyring, credential_id))
+        return bool(cur.rowcount == 1)
+
+    def replace_envelope(self, keyring: str, credential_id: str, key_version: int, envelope: bytes,
+                         metadata: dict[str, Any], now: datetime) -> bool:
+        cur = self._exec(
+            "UPDATE credentials SET key_version = ?, envelope = ?, metadata = ?, revision = revision + 1, "
+            "updated_at = ? WHERE keyring = ? AND id = ?",
+            (key_version, envelope, to_json(metadata), to_epoch(now), keyring, credential_id))
+        return bool(cur.rowcount == 1)
+
+    def latest_version(self, keyring: str, credential_id: str) -> int:
+        row = self._exec("SELECT MAX(version) FROM credential_versions WHERE keyring = ? AND id = ?",
+                         (keyring, credential_id)).fetchone()
+        return int(row[0] or 0)
+
+    def add_version(self, row: VersionRow) -> None:
+        self._exec(
+            f"INSERT INTO credential_versions ({VERSION_COLS}) VALUES ({_marks(9)})",
+            (row.keyring, row.id, row.version, row.scope, row.key_version, row.envelope, to_epoch(row.created_at),
+             None if row.deletion_time is None else to_epoch(row.deletion_time), int(row.destroyed)),
+        )
+
+    def archive_version(self, keyring: str, credential_id: str, version: int, key_version: int,
+                        envelope: bytes) -> bool:
+        cur = self._exec(
+            "UPDATE credential_versions SET envelope = ?, key_version = ? WHERE keyring = ? AND id = ? "
+            "AND version = ? AND destroyed = 0 AND envelope IS NULL",
+            (envelope, key_version, keyring, credential_id, version))
+        return bool(cur.rowcount == 1)
+
+    def get_version_row(self, keyring: str, credential_id: str, version: int) -> VersionRow | None:
+        row = self._exec(
+            f"SELECT {VERSION_COLS} FROM credential_versions WHERE keyring = ? AND id = ? AND version = ?",
+            (keyring, credential_id, version),
+        ).fetchone()
+        return None if row is None else _decode(row)
+
+    def version_rows(self, keyring: str, credential_id: str) -> list[VersionRow]:
+        rows = self._exec(
+            f"SELECT {VERSION_COLS} FROM credential_versions WHERE keyring = ? AND id = ? ORDER BY version",
+            (keyring, credential_id),
+        ).fetchall()
+        return [_decode(r) for r in rows]
+
+    def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> int:
+        if up_to < 1:
+            return 0
+        cur = self._exec("DELETE FROM credential_versions WHERE keyring = ? AND id = ? AND version <= ?",
+                         (keyring, credential_id, up_to))
+        return int(cur.rowcount)
+
+    def _changed(self, sql: str, params: Sequence[Any]) -> list[int]:
+        return sorted(int(r[0]) for r in self._exec(sql + " RETURNING version", params).fetchall())
+
+    def set_deletion_time(self, keyring: str, credential_id: str, versions: Sequence[int],
+                          at: datetime | None) -> list[int]:
+        if not versions:
+            return []
+        return self._changed(
+            f"UPDATE credential_versions SET deletion_time = ? WHERE keyring = ? AND id = ? "
+            f"AND version IN ({_marks(len(versions))}) AND destroyed = 0",
+            (None if at is None else to_epoch(at), keyring, credential_id, *versions))
+
+    def destroy_versions(self, keyring: str, credential_id: str, versions: Sequence[int], at: datetime) -> list[int]:
+        if not versions:
+            return []
+        return self._changed(
+            f"UPDATE credential_versions SET envelope = NULL, destroyed = 1 WHERE keyring = ? AND id = ? "
+            f"AND version IN ({_marks(len(versions))}) AND destroyed = 0",
+            (keyring, credential_id, *versions))
+
+    def delete_all_versions(self, keyring: str, credential_id: str) -> int:
+        cur = self._exec("DELETE FROM credential_versions WHERE keyring = ? AND id = ?", (keyring, credential_id))
+        return int(cur.rowcount)
+
+    def version_envelopes_referenced(self, keyring: str) -> dict[int, int]:
+        rows = self._exec(
+            f"SELECT {self._HEADER_SQL} AS header, key_version, COUNT(*) FROM credential_versions "
+            "WHERE keyring = ? AND envelope IS NOT NULL GROUP BY header, key_version",
+            (keyring,),
+        ).fetchall()
+        out: dict[int, int] = {}
+        for header, column, n in rows:
+            named = key_version_field(header) if isinstance(header, BLOB_TYPES) else None
+            version = named if named is not None else column if isinstance(column, int) else None
+            if version is not None:
+                out[version] = out.get(version, 0) + int(n)
+        return out
+
+    def versions_for_reencryption(self, keyring: str, active_version: int, after: tuple[str, int] | None,
+                                  limit: int) -> list[VersionRow]:
+        # by column first (indexed), then by header: a lying column is reported by doctor, not moved
+        after_id, after_version = after if after is not None else ("", 0)
+        rows = self._exec(
+            f"SELECT {VERSION_COLS} FROM credential_versions WHERE keyring = ? AND envelope IS NOT NULL "
+            "AND key_version <> ? AND (id > ? OR (id = ? AND version > ?)) ORDER BY id, version LIMIT ?",
+            (keyring, active_version, after_id, after_id, after_version, limit),
+        ).fetchall()
+        return [_decode(r) for r in rows]
+
+    def cas_update_version_envelopes(self, keyring: str,
+                                     updates: Sequence[tuple[str, int, bytes, int, bytes]]) -> int:
+        changed = 0
+        for cid, version, old, key_version, envelope in updates:
+            cur = self._exec(
+                "UPDATE credential_versions SET envelope = ?, key_version = ? WHERE keyring = ? AND id = ? "
+                "AND version = ? AND envelope = ?",
+                (envelope, key_version, keyring, cid, version, old))
+            changed += int(cur.rowcount)
+        return changed
+
+    def version_header_mismatches(self, keyring: str, limit: int = 100) -> list[tuple[str, int, int, int]]:
+        rows = self._exec(
+            f"SELECT id, version, key_version, {self._HEADER_SQL} FROM credential_versions WHERE keyring = ? "
+            f"AND envelope IS NOT NULL AND {self._MISMATCH_SQL} ORDER BY id, version LIMIT ?",
+            (keyring, limit),
+        ).fetchall()
+        out = []
+        for cid, version, column, header in rows:
+            named = key_version_field(bytes(header)) if header is not None else None
+            out.append((row_name(cid), int(version), column if isinstance(column, int) else -1,
+                        -1 if named is None else named))
+        return out
+
