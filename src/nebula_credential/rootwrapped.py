@@ -22,7 +22,8 @@ from ._secret import SecretBytes
 from .providers.base import KeyProvider, WrapContext
 
 #: Re-exported: the type of what wraps these secrets, for their users above the facade.
-__all__ = ["SERVER_TOKEN_KEY", "KeyProvider", "MetaTx", "RootWrapped", "register", "registered", "rewrap_all"]
+__all__ = ["AUTH_SECRET_KEY", "SERVER_TOKEN_KEY", "KeyProvider", "MetaTx", "RootWrapped", "register", "registered",
+           "rewrap_all"]
 
 
 class MetaTx(Protocol):
@@ -95,3 +96,7 @@ def rewrap_all(tx: MetaTx, provider: KeyProvider) -> list[str]:
 #: The HTTP server's token-hashing key (see ``server/tokens.py``).
 SERVER_TOKEN_KEY = register(RootWrapped("server_token_key", WrapContext("__server__", 1, "server-tokens"),
                                         lock="(server key)"))
+
+#: The auth methods' secret-hashing key (AppRole secret ids, wrapping tokens' items; see ``server/authstore.py``).
+AUTH_SECRET_KEY = register(RootWrapped("auth_secret_key", WrapContext("__server__", 1, "auth-secrets"),
+                                       lock="(auth key)"))

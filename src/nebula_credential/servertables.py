@@ -18,7 +18,7 @@ from .store import TokenRow
 
 T = TypeVar("T")
 
-__all__ = ["ServerTables", "ServerTx", "TokenRow"]
+__all__ = ["AuthTables", "AuthTx", "ServerTables", "ServerTx", "TokenRow"]
 
 
 class ServerTx(Protocol):
@@ -64,5 +64,40 @@ class ServerTables(Protocol):
     def run(self, fn: Callable[[ServerTx], T], *, write: bool = True, idempotent: bool = False) -> T:
         """``fn`` in a transaction, run again after a lost connection (the store's retry policy)."""
         ...
+
+    def new_lock(self) -> AbstractContextManager[Any]: ...
+
+
+class AuthTx(Protocol):
+    """The auth methods' items (see ``store/_sql_auth.py``), plus the meta rows of their hashing key."""
+
+    def get_meta(self, name: str) -> str | None: ...
+
+    def set_meta(self, name: str, value: str) -> None: ...
+
+    def lock_keyring(self, keyring: str) -> None: ...
+
+    def auth_put(self, mount: str, kind: str, name: str, body: str, now: float, *,
+                 expires_at: float | None = None, uses_left: int | None = None) -> None: ...
+
+    def auth_get(self, mount: str, kind: str, name: str, now: float) -> tuple[str, float | None, int | None] | None: ...
+
+    def auth_names(self, mount: str, kind: str, now: float) -> list[str]: ...
+
+    def auth_delete(self, mount: str, kind: str, name: str) -> bool: ...
+
+    def auth_delete_kind(self, mount: str, kind: str) -> int: ...
+
+    def auth_spend(self, mount: str, kind: str, name: str, now: float) -> str | None: ...
+
+
+class AuthTables(Protocol):
+    """Transactions over :class:`AuthTx`."""
+
+    def transaction(self, *, write: bool = True, autonomous: bool = False) -> AbstractContextManager[AuthTx]: ...
+
+    def read(self) -> AbstractContextManager[AuthTx]: ...
+
+    def run(self, fn: Callable[[AuthTx], T], *, write: bool = True, idempotent: bool = False) -> T: ...
 
     def new_lock(self) -> AbstractContextManager[Any]: ...

@@ -43,7 +43,7 @@ from .store import Store, redact_url
 if TYPE_CHECKING:
     from .audit import Event
     from .models import KeyVersion
-    from .servertables import ServerTables, ServerTx
+    from .servertables import AuthTables, ServerTables, ServerTx
     from .store import AuditRow
 
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
@@ -525,6 +525,10 @@ class Vault:
 
     def server_tables(self) -> ServerTables:
         """The store, typed as the narrow interface of the HTTP server's own tables."""
+        return self.store
+
+    def auth_tables(self) -> AuthTables:
+        """The store, typed as the narrow interface of the auth methods' items."""
         return self.store
 
     def audited_write(self, fn: Callable[[ServerTx], T], action: str,

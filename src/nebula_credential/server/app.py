@@ -26,9 +26,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from ..aio import AsyncVault
 from ..config import KeyManagementConfig
 from ..vault import Vault
-from . import auth, sysroutes
+from . import auth, sysroutes, wrapping
 from ._backend import backend_for
 from ._request import VPATH, audit_unrouted
+from .auth_approle import AppRoleEngine
+from .auth_jwt import JWTEngine
+from .auth_userpass import UserpassEngine
 from .errors import HTTPError
 from .kv import KVEngine
 from .policies import BadPathError, normalise
@@ -143,8 +146,14 @@ def create_app(
         config = vault.config
     server = config.server
     routes: list[BaseRoute] = [
+        Mount("/v1/sys/wrapping", routes=wrapping.wrapping_routes()),
         Mount("/v1/sys", routes=sysroutes.routes()),
         Mount("/v1/auth/token", routes=auth.routes()),
+        # auth methods at their default paths until the mount table (sys/auth) enables them by path
+        Mount("/v1/auth/approle", routes=AppRoleEngine("auth/approle").routes()),
+        Mount("/v1/auth/userpass", routes=UserpassEngine("auth/userpass").routes()),
+        Mount("/v1/auth/jwt", routes=JWTEngine("auth/jwt").routes()),
+        Mount("/v1/cubbyhole", routes=wrapping.CubbyholeEngine().routes()),
     ]
     for mount, keyring in server.kv_mounts.items():
         routes.append(Mount(f"/v1/{mount}", routes=KVEngine(mount, keyring).routes()))
@@ -156,6 +165,7 @@ def create_app(
         app.state.backend = backend_for(vault, config)
     app.state.request_timeout = server.request_timeout.total_seconds()
     app.state.kv_mounts = dict(server.kv_mounts)
+    app.state.wrap_response = wrapping.wrap_response  # X-Vault-Wrap-TTL on any endpoint (see _request)
     app.add_middleware(VaultPathMiddleware, max_body=server.max_request_size)
     app.add_middleware(SourceBudgetMiddleware)  # outside: a spent budget is refused before any work
     return app

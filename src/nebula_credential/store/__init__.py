@@ -18,7 +18,7 @@ from ._schema import SCHEMA_VERSION
 from .base import Store, redact_url
 from .records import AuditRow, BackupRecord, CredentialPage, Page, TokenRow
 from .sqlite import SqliteStore, path_from_url, read_file
-from .tx import CredentialsTx, KeysTx, MetaTx, OperationsTx, ServerTx, StoreTx
+from .tx import AuthTx, CredentialsTx, KeysTx, MetaTx, OperationsTx, ServerTx, StoreTx
 
 
 def read_file_copy(path: Path) -> AbstractContextManager[StoreTx]:
@@ -56,6 +56,7 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
 __all__ = [
     "SCHEMA_VERSION",
     "AuditRow",
+    "AuthTx",
     "BackupRecord",
     "CredentialPage",
     "CredentialsTx",

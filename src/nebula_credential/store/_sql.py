@@ -9,6 +9,7 @@ settings and migrations), row decoding in ``_rows``; a backend subclasses
 from __future__ import annotations
 
 from ._schema import MetaSql
+from ._sql_auth import AuthSql
 from ._sql_credentials import CredentialsSql
 from ._sql_keys import KeysSql
 from ._sql_ops import OperationsSql
@@ -16,5 +17,5 @@ from ._sql_server import ServerSql
 from .tx import StoreTx
 
 
-class SqlTx(MetaSql, KeysSql, CredentialsSql, OperationsSql, ServerSql, StoreTx):
+class SqlTx(MetaSql, KeysSql, CredentialsSql, OperationsSql, ServerSql, AuthSql, StoreTx):
     """StoreTx over a DB-API connection; subclasses adapt the dialect."""
