@@ -153,6 +153,7 @@ def create_app(
         Mount("/v1/auth/approle", routes=AppRoleEngine("auth/approle").routes()),
         Mount("/v1/auth/userpass", routes=UserpassEngine("auth/userpass").routes()),
         Mount("/v1/auth/jwt", routes=JWTEngine("auth/jwt").routes()),
+        wrapping.CubbyholeEngine().root_route(),
         Mount("/v1/cubbyhole", routes=wrapping.CubbyholeEngine().routes()),
     ]
     for mount, keyring in server.kv_mounts.items():

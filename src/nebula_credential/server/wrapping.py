@@ -79,6 +79,8 @@ async def wrap_response(request: Request, response: Response, path: str) -> Resp
         return response
     backend: Backend = request.app.state.backend
     payload = json.loads(bytes(response.body))
+    if isinstance(payload, dict) and payload.get("wrap_info") is not None:
+        return response  # already a wrapping answer (sys/wrapping/wrap, rewrap)
     info = await wrap(backend, auth_store(request), payload, parse_wrap_ttl(header), path)
     return vault_json(str(uuid.uuid4()), None, wrap_info=info)
 
@@ -209,8 +211,11 @@ class CubbyholeEngine:
 
     def routes(self) -> list[BaseRoute]:
         methods = ["GET", "POST", "PUT", "DELETE", "LIST"]
-        return [Route("/", endpoint(self.item), methods=["LIST"]),
-                Route("/{path:path}", endpoint(self.item), methods=methods)]
+        return [Route("/{path:path}", endpoint(self.item), methods=methods)]
+
+    def root_route(self) -> BaseRoute:
+        """LIST at the mount itself (``/v1/cubbyhole``: a Mount would redirect it to a trailing slash)."""
+        return Route(f"/v1/{self.mount}", endpoint(self.item), methods=["LIST"])
 
 
 def prefix_child(rest: str) -> str:
