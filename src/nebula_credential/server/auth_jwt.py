@@ -23,6 +23,7 @@ import time
 import urllib.request
 from typing import Any
 
+import anyio
 import jwt
 from starlette.requests import Request
 from starlette.responses import Response
@@ -91,7 +92,7 @@ class JWTEngine:
 
     method = "jwt"
     #: Seconds between two JWKS refreshes forced by unknown ``kid`` values (a flood of made-up kids is one fetch).
-    refresh_cooldown = 5.0
+    refresh_cooldown = 1.0
 
     def __init__(self, mount: str = "auth/jwt") -> None:
         self.mount = mount.strip("/")
@@ -334,7 +335,8 @@ class JWTEngine:
         role = await backend.run(store.get, self.mount, "role", name)
         if role is None:
             raise invalid(f'role "{name[:128]}" could not be found')
-        claims = await backend.run(self.verify, config, role, token, store.now())
+        # off the event loop: a JWKS fetch blocks (and on PostgreSQL backend.run would run it on the loop)
+        claims = await anyio.to_thread.run_sync(self.verify, config, role, token, store.now())
         if role.get("bound_subject") and claims.get("sub") != role["bound_subject"]:
             raise invalid("sub claim does not match bound subject")
         if role.get("bound_claims") and not claims_match(claims, role["bound_claims"], role["bound_claims_type"]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import anyio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from starlette.requests import Request
@@ -90,7 +91,7 @@ class UserpassEngine:
         body = await read_json(request)
         user = token_settings(body, old)
         if "password" in body or old is None:
-            user["hash"] = await ctx.backend.run(_HASHER.hash, _password(body))
+            user["hash"] = await anyio.to_thread.run_sync(_HASHER.hash, _password(body))
         if "bound_cidrs" in body:
             user["token_bound_cidrs"] = cidrs(body, "bound_cidrs")
         await ctx.backend.write(store.put, self.mount, "user", name, user)
@@ -103,7 +104,7 @@ class UserpassEngine:
         user = await ctx.backend.run(store.get, self.mount, "user", name)
         if user is None:
             raise bad_request("username does not exist")
-        user["hash"] = await ctx.backend.run(_HASHER.hash, _password(await read_json(request)))
+        user["hash"] = await anyio.to_thread.run_sync(_HASHER.hash, _password(await read_json(request)))
         await ctx.backend.write(store.put, self.mount, "user", name, user)
         return Response(status_code=204)
 
@@ -130,7 +131,7 @@ class UserpassEngine:
         name = _username(request)
         password = _password(await read_json(request))
         user = await backend.run(store.get, self.mount, "user", name)
-        ok = await backend.run(verify, None if user is None else user.get("hash"), password)
+        ok = await anyio.to_thread.run_sync(verify, None if user is None else user.get("hash"), password)
         if not ok or user is None:
             raise invalid(INVALID)
         if not source_allowed(source_of(request), user.get("token_bound_cidrs", [])):
