@@ -54,7 +54,7 @@ def jwks(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[tuple
     tls = make_tls(folder)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             keys.fetches += 1
             body = json.dumps({"keys": keys.jwks}).encode()
             self.send_response(200)

@@ -78,10 +78,10 @@ class AppRoleEngine:
             raise bad_request(f"invalid role name {name!r}")
         return name
 
-    async def _role(self, store: AuthStore, ctx: Ctx, name: str) -> dict[str, Any]:
+    async def _role(self, store: AuthStore, ctx: Ctx, name: str, status: int = 400) -> dict[str, Any]:
         role = await ctx.backend.run(store.get, self.mount, "role", name)
         if role is None:
-            raise HTTPError(400, f'role "{name}" does not exist')
+            raise HTTPError(status, f'role "{name}" does not exist')
         return role
 
     # ---- roles ---------------------------------------------------------------------
@@ -148,7 +148,7 @@ class AppRoleEngine:
             **token_read(role),
             "bind_secret_id": role.get("bind_secret_id", True),
             "local_secret_ids": role.get("local_secret_ids", False),
-            "secret_id_bound_cidrs": list(role.get("secret_id_bound_cidrs", [])),
+            "secret_id_bound_cidrs": list(role.get("secret_id_bound_cidrs", [])) or None,
             "secret_id_num_uses": role.get("secret_id_num_uses", 0),
             "secret_id_ttl": role.get("secret_id_ttl", 0),
             "period": role.get("token_period", 0),
@@ -201,7 +201,7 @@ class AppRoleEngine:
         ctx.require("update")
         store = auth_store(request)
         name = self._name(request)
-        role = await self._role(store, ctx, name)
+        role = await self._role(store, ctx, name, 404)
         if not role.get("bind_secret_id", True):
             raise bad_request("bind_secret_id is not set on the role")
         body = await read_json(request)

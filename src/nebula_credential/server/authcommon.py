@@ -141,6 +141,7 @@ def token_read(settings: dict[str, Any]) -> dict[str, Any]:
         "token_bound_cidrs": list(settings.get("token_bound_cidrs", [])),
         "token_no_default_policy": settings.get("token_no_default_policy", False),
         "token_type": settings.get("token_type", "default"),
+        "token_strictly_bind_ip": False,
     }
 
 

@@ -67,8 +67,11 @@ async def wrap(backend: Backend, store: AuthStore, payload: dict[str, Any], ttl:
         "creation_path": path,
     }
     wrapped_auth = payload.get("auth") if isinstance(payload, dict) else None
+    wrapped_data = payload.get("data") if isinstance(payload, dict) else None
     if isinstance(wrapped_auth, dict) and wrapped_auth.get("accessor"):
         info["wrapped_accessor"] = wrapped_auth["accessor"]
+    elif isinstance(wrapped_data, dict) and wrapped_data.get("secret_id_accessor"):
+        info["wrapped_accessor"] = wrapped_data["secret_id_accessor"]  # as Vault does for a wrapped secret id
     return info
 
 
