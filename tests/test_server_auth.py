@@ -186,3 +186,24 @@ def test_cubbyhole_is_per_token(root: hvac.Client, server: Server) -> None:
     assert other.read("cubbyhole/notes/x") is None
     mine.delete("cubbyhole/notes/x")
     assert mine.read("cubbyhole/notes/x") is None
+
+
+def test_cli_approle_and_userpass(server: Server) -> None:
+    written = server.cli("--json", "approle", "role", "write", "cli-role", "--policy", "app", "--token-ttl", "5m",
+                         "--secret-id-num-uses", "1")
+    assert written.returncode == 0, written.stderr
+    role_id = json.loads(written.stdout)["role_id"]
+    read = server.cli("--json", "approle", "role", "read", "cli-role")
+    assert json.loads(read.stdout)["token_ttl"] == 300 and json.loads(read.stdout)["role_id"] == role_id
+    made = server.cli("approle", "secret-id", "cli-role")
+    assert made.returncode == 0, made.stderr
+    secret_id = made.stdout.strip()
+    assert secret_id not in server.cli("--json", "audit", "list", "--limit", "100000").stdout
+    auth = server.hvac().auth.approle.login(role_id=role_id, secret_id=secret_id)["auth"]
+    assert auth["lease_duration"] == 300 and auth["metadata"]["role_name"] == "cli-role"
+
+    user = server.cli("userpass", "user", "write", "dave", "--policy", "app", input="s3cret-pw\n")
+    assert user.returncode == 0, user.stderr
+    assert server.hvac().auth.userpass.login("dave", "s3cret-pw")["auth"]["client_token"]
+    listed = json.loads(server.cli("--json", "auth", "list").stdout)["auth"]
+    assert {r["type"] for r in listed} == {"token", "approle", "userpass", "jwt"}

@@ -20,6 +20,7 @@ from ..exceptions import NebulaCredentialError
 from ..names import check_keyring
 from ._common import CONFIG_ENV, DB_ENV, AppContext
 from .audit import audit
+from .auth import approle, auth, userpass
 from .backup import backup
 from .credentials import delete, get, import_, list_, put
 from .demo import demo
@@ -158,6 +159,9 @@ for command in (
     policy,
     backup,
     transit,
+    auth,
+    approle,
+    userpass,
 ):
     cli.add_command(command)
 

@@ -103,27 +103,15 @@ class AppRoleEngine:
         ctx.require_any("create", "update")
         old = await ctx.backend.run(store.get, self.mount, "role", name)
         ctx.require("update" if old is not None else "create")
-        body = await read_json(request)
-        role = token_settings(body, old)
-        role["bind_secret_id"] = boolean(body, "bind_secret_id", (old or {}).get("bind_secret_id", True))
-        for field in ("secret_id_bound_cidrs", "bound_cidr_list"):
-            if field in body:
-                role["secret_id_bound_cidrs"] = cidrs(body, field)
-        role.setdefault("secret_id_bound_cidrs", [])
-        role["secret_id_num_uses"] = integer(body, "secret_id_num_uses", role.get("secret_id_num_uses", 0))
-        if "secret_id_ttl" in body:
-            role["secret_id_ttl"] = seconds(body, "secret_id_ttl")
-        role.setdefault("secret_id_ttl", 0)
-        role["local_secret_ids"] = boolean(body, "local_secret_ids", role.get("local_secret_ids", False))
-        if "period" in body:
-            role["token_period"] = seconds(body, "period")
-        if not role["bind_secret_id"] and not role["secret_id_bound_cidrs"] and not role["token_bound_cidrs"]:
-            raise bad_request("at least one constraint should be enabled on the role")
-        role_id = body.get("role_id") or role.get("role_id") or str(uuid.uuid4())
-        if not isinstance(role_id, str):
-            raise bad_request("role_id must be a string")
+        role, role_id = build_role(await read_json(request), old)
         await ctx.backend.write(self._save_role, store, name, role, role_id)
         return Response(status_code=204)
+
+    def save_role(self, store: AuthStore, name: str, body: dict[str, Any]) -> str:
+        """Create or update a role from a write's fields (the CLI's way in); returns its role id."""
+        role, role_id = build_role(body, store.get(self.mount, "role", name))
+        self._save_role(store, name, role, role_id)
+        return role_id
 
     def _save_role(self, store: AuthStore, name: str, role: dict[str, Any], role_id: str) -> None:
         owner = store.get(self.mount, "roleid", role_id)
@@ -204,33 +192,26 @@ class AppRoleEngine:
         role = await self._role(store, ctx, name, 404)
         if not role.get("bind_secret_id", True):
             raise bad_request("bind_secret_id is not set on the role")
-        body = await read_json(request)
-        if custom:
-            value = body.get("secret_id")
-            if not isinstance(value, str) or not value:
-                raise bad_request("missing secret_id")
-        else:
-            value = str(uuid.UUID(bytes=secrets.token_bytes(16), version=4))
-        blocks = cidrs(body, "cidr_list")
-        role_blocks = role.get("secret_id_bound_cidrs", [])
-        if blocks and role_blocks and not all(any(_within(b, r) for r in role_blocks) for b in blocks):
-            raise bad_request("failed to verify the CIDR restrictions set on the secret ID: "
-                              "cidr_list must be a subset of the role's secret_id_bound_cidrs")
-        ttl = seconds(body, "ttl") or int(role.get("secret_id_ttl", 0))
-        if role.get("secret_id_ttl") and ttl > role["secret_id_ttl"]:
-            ttl = int(role["secret_id_ttl"])
-        uses = integer(body, "num_uses", int(role.get("secret_id_num_uses", 0)))
-        if role.get("secret_id_num_uses") and (uses == 0 or uses > role["secret_id_num_uses"]):
-            uses = int(role["secret_id_num_uses"])
-        accessor = str(uuid.uuid4())
-        facts = {
-            "accessor": accessor, "metadata": _metadata(body), "cidr_list": blocks,
-            "token_bound_cidrs": cidrs(body, "token_bound_cidrs"), "ttl": ttl, "num_uses": uses,
-        }
+        value, facts = secret_id_facts(role, await read_json(request), custom=custom)
+        accessor = facts["accessor"]
         await ctx.backend.write(self._save_secret_id, store, name, value, facts)
         ctx.details["secret_id_accessor"] = accessor
-        return ctx.reply({"secret_id": value, "secret_id_accessor": accessor, "secret_id_ttl": ttl,
-                          "secret_id_num_uses": uses})
+        return ctx.reply(secret_id_reply(value, facts))
+
+    def new_secret_id(self, store: AuthStore, name: str) -> dict[str, Any]:
+        """Generate a secret id for a role (the CLI's way in): Vault's answer, shown once."""
+        role = store.get(self.mount, "role", name)
+        if role is None:
+            raise HTTPError(404, f'role "{name}" does not exist')
+        if not role.get("bind_secret_id", True):
+            raise bad_request("bind_secret_id is not set on the role")
+        value, facts = secret_id_facts(role, {}, custom=False)
+        self._save_secret_id(store, name, value, facts)
+        return secret_id_reply(value, facts)
+
+    def read_role(self, store: AuthStore, name: str) -> dict[str, Any] | None:
+        role = store.get(self.mount, "role", name)
+        return None if role is None else {**self._role_json(role), "role_id": role["role_id"]}
 
     def _save_secret_id(self, store: AuthStore, role: str, value: str, facts: dict[str, Any]) -> None:
         digest = store.hash(f"{self.mount}\0{role}\0{value}")
@@ -383,6 +364,60 @@ class AppRoleEngine:
             Route("/role/{name}/secret-id-accessor/destroy", endpoint(self.accessor_destroy),
                   methods=["POST", "PUT", "DELETE"]),
         ]
+
+
+def build_role(body: dict[str, Any], old: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """A role's stored settings and role id from a write's fields over the old role (Vault's defaults)."""
+    role = token_settings(body, old)
+    role["bind_secret_id"] = boolean(body, "bind_secret_id", (old or {}).get("bind_secret_id", True))
+    for field in ("secret_id_bound_cidrs", "bound_cidr_list"):
+        if field in body:
+            role["secret_id_bound_cidrs"] = cidrs(body, field)
+    role.setdefault("secret_id_bound_cidrs", [])
+    role["secret_id_num_uses"] = integer(body, "secret_id_num_uses", role.get("secret_id_num_uses", 0))
+    if "secret_id_ttl" in body:
+        role["secret_id_ttl"] = seconds(body, "secret_id_ttl")
+    role.setdefault("secret_id_ttl", 0)
+    role["local_secret_ids"] = boolean(body, "local_secret_ids", role.get("local_secret_ids", False))
+    if "period" in body:
+        role["token_period"] = seconds(body, "period")
+    if not role["bind_secret_id"] and not role["secret_id_bound_cidrs"] and not role["token_bound_cidrs"]:
+        raise bad_request("at least one constraint should be enabled on the role")
+    role_id = body.get("role_id") or role.get("role_id") or str(uuid.uuid4())
+    if not isinstance(role_id, str):
+        raise bad_request("role_id must be a string")
+    return role, role_id
+
+
+def secret_id_facts(role: dict[str, Any], body: dict[str, Any], *, custom: bool) -> tuple[str, dict[str, Any]]:
+    """A new secret id (generated, or the custom one given) and what is kept about it (never the value)."""
+    if custom:
+        value = body.get("secret_id")
+        if not isinstance(value, str) or not value:
+            raise bad_request("missing secret_id")
+    else:
+        value = str(uuid.UUID(bytes=secrets.token_bytes(16), version=4))
+    blocks = cidrs(body, "cidr_list")
+    role_blocks = role.get("secret_id_bound_cidrs", [])
+    if blocks and role_blocks and not all(any(_within(b, r) for r in role_blocks) for b in blocks):
+        raise bad_request("failed to verify the CIDR restrictions set on the secret ID: "
+                          "cidr_list must be a subset of the role's secret_id_bound_cidrs")
+    ttl = seconds(body, "ttl") or int(role.get("secret_id_ttl", 0))
+    if role.get("secret_id_ttl") and ttl > role["secret_id_ttl"]:
+        ttl = int(role["secret_id_ttl"])
+    uses = integer(body, "num_uses", int(role.get("secret_id_num_uses", 0)))
+    if role.get("secret_id_num_uses") and (uses == 0 or uses > role["secret_id_num_uses"]):
+        uses = int(role["secret_id_num_uses"])
+    facts = {
+        "accessor": str(uuid.uuid4()), "metadata": _metadata(body), "cidr_list": blocks,
+        "token_bound_cidrs": cidrs(body, "token_bound_cidrs"), "ttl": ttl, "num_uses": uses,
+    }
+    return value, facts
+
+
+def secret_id_reply(value: str, facts: dict[str, Any]) -> dict[str, Any]:
+    return {"secret_id": value, "secret_id_accessor": facts["accessor"], "secret_id_ttl": facts["ttl"],
+            "secret_id_num_uses": facts["num_uses"]}
 
 
 def _within(block: str, outer: str) -> bool:

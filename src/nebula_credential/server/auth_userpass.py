@@ -33,6 +33,7 @@ from .authcommon import (
     token_read,
     token_settings,
 )
+from .authstore import AuthStore
 from .errors import HTTPError, bad_request
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
@@ -96,6 +97,16 @@ class UserpassEngine:
             user["token_bound_cidrs"] = cidrs(body, "bound_cidrs")
         await ctx.backend.write(store.put, self.mount, "user", name, user)
         return Response(status_code=204)
+
+    def save_user(self, store: AuthStore, name: str, body: dict[str, Any]) -> None:
+        """Create or update a user from a write's fields (the CLI's way in; the password is hashed here)."""
+        if not _NAME.match(name.lower()):
+            raise bad_request(f"invalid username {name!r}")
+        old = store.get(self.mount, "user", name.lower())
+        user = token_settings(body, old)
+        if "password" in body or old is None:
+            user["hash"] = _HASHER.hash(_password(body))
+        store.put(self.mount, "user", name.lower(), user)
 
     async def password(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
