@@ -207,3 +207,21 @@ def test_cli_approle_and_userpass(server: Server) -> None:
     assert server.hvac().auth.userpass.login("dave", "s3cret-pw")["auth"]["client_token"]
     listed = json.loads(server.cli("--json", "auth", "list").stdout)["auth"]
     assert {r["type"] for r in listed} == {"token", "approle", "userpass", "jwt"}
+
+
+def test_the_table_holds_no_secret_in_the_clear(root: hvac.Client, server: Server) -> None:
+    import sqlite3
+
+    root.auth.approle.create_or_update_approle("stored", token_policies=["app"])
+    secret_id = root.auth.approle.generate_secret_id("stored")["data"]["secret_id"]
+    root.auth.userpass.create_or_update_user("erin", password="erins-password", policies=["app"])
+    holder = server.hvac(server.token("app"))
+    holder.write("cubbyhole/k", value="cubby-secret-value")
+    wrapped = root.auth.approle.generate_secret_id("stored", wrap_ttl="1m")["wrap_info"]["token"]
+    with sqlite3.connect(server.db.removeprefix("sqlite:///")) as db:
+        rows = db.execute("SELECT kind, name, body FROM auth_items").fetchall()
+    text = json.dumps(rows)
+    for secret in (secret_id, "erins-password", "cubby-secret-value", wrapped):
+        assert secret not in text
+    users = [json.loads(body) for kind, name, body in rows if kind == "user" and name == "erin"]
+    assert users[0]["hash"].startswith("$argon2id$")

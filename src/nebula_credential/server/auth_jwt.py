@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -115,9 +116,6 @@ class JWTEngine:
             else [body["jwt_validation_pubkeys"]]
         for pem in keys:
             try:
-                jwt.algorithms.RSAAlgorithm  # noqa: B018 - cryptography present
-                from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
                 load_pem_public_key(pem.encode())
             except Exception:
                 raise bad_request("error parsing public key: expected PEM public keys") from None

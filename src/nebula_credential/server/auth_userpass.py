@@ -9,6 +9,7 @@ spend from a budget per source address and per user (429 past either; see
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -39,8 +40,15 @@ from .errors import HTTPError, bad_request
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 INVALID = "invalid username or password"
 _HASHER = PasswordHasher()
-#: Verified against when the user does not exist, so an unknown name costs as much as a wrong password.
-_DUMMY = _HASHER.hash("not a password of anyone")
+#: argon2id needs its memory cost (64 MiB by default) per hash: at most this many at once per process,
+#: so a burst of logins queues instead of taking the thread pool's 40 x 64 MiB.
+HASHING = anyio.CapacityLimiter(4)
+
+
+@functools.cache
+def _dummy() -> str:
+    """Verified against when the user does not exist, so an unknown name costs as much as a wrong password."""
+    return _HASHER.hash("not a password of anyone")
 
 
 def _username(request: Request) -> str:
@@ -59,7 +67,7 @@ def _password(body: dict[str, Any]) -> str:
 
 def verify(stored: str | None, password: str) -> bool:
     try:
-        return _HASHER.verify(stored or _DUMMY, password) and stored is not None
+        return _HASHER.verify(stored or _dummy(), password) and stored is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
@@ -92,7 +100,7 @@ class UserpassEngine:
         body = await read_json(request)
         user = token_settings(body, old)
         if "password" in body or old is None:
-            user["hash"] = await anyio.to_thread.run_sync(_HASHER.hash, _password(body))
+            user["hash"] = await anyio.to_thread.run_sync(_HASHER.hash, _password(body), limiter=HASHING)
         if "bound_cidrs" in body:
             user["token_bound_cidrs"] = cidrs(body, "bound_cidrs")
         await ctx.backend.write(store.put, self.mount, "user", name, user)
@@ -115,7 +123,8 @@ class UserpassEngine:
         user = await ctx.backend.run(store.get, self.mount, "user", name)
         if user is None:
             raise bad_request("username does not exist")
-        user["hash"] = await anyio.to_thread.run_sync(_HASHER.hash, _password(await read_json(request)))
+        user["hash"] = await anyio.to_thread.run_sync(_HASHER.hash, _password(await read_json(request)),
+                                                     limiter=HASHING)
         await ctx.backend.write(store.put, self.mount, "user", name, user)
         return Response(status_code=204)
 
@@ -142,7 +151,8 @@ class UserpassEngine:
         name = _username(request)
         password = _password(await read_json(request))
         user = await backend.run(store.get, self.mount, "user", name)
-        ok = await anyio.to_thread.run_sync(verify, None if user is None else user.get("hash"), password)
+        ok = await anyio.to_thread.run_sync(verify, None if user is None else user.get("hash"), password,
+                                            limiter=HASHING)
         if not ok or user is None:
             raise invalid(INVALID)
         if not source_allowed(source_of(request), user.get("token_bound_cidrs", [])):
