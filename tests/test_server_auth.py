@@ -225,3 +225,19 @@ def test_the_table_holds_no_secret_in_the_clear(root: hvac.Client, server: Serve
         assert secret not in text
     users = [json.loads(body) for kind, name, body in rows if kind == "user" and name == "erin"]
     assert users[0]["hash"].startswith("$argon2id$")
+
+
+def test_secret_id_cidrs_and_ttl(root: hvac.Client, server: Server) -> None:
+    import time
+
+    root.auth.approle.create_or_update_approle("fenced", token_policies=["app"], secret_id_bound_cidrs=["10.0.0.0/8"])
+    role_id = root.auth.approle.read_role_id("fenced")["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id("fenced")["data"]["secret_id"]
+    with pytest.raises(exceptions.InvalidRequest):  # we log in from 127.0.0.1
+        server.hvac().auth.approle.login(role_id=role_id, secret_id=secret_id)
+    root.auth.approle.create_or_update_approle("brief", token_policies=["app"], secret_id_ttl="1s")
+    role_id = root.auth.approle.read_role_id("brief")["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id("brief")["data"]["secret_id"]
+    time.sleep(1.5)
+    with pytest.raises(exceptions.InvalidRequest):
+        server.hvac().auth.approle.login(role_id=role_id, secret_id=secret_id)

@@ -55,8 +55,12 @@ def jwks(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[tuple
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            keys.fetches += 1
-            body = json.dumps({"keys": keys.jwks}).encode()
+            if self.path.endswith("/.well-known/openid-configuration"):
+                base = f"https://127.0.0.1:{self.server.server_address[1]}"
+                body = json.dumps({"issuer": ISSUER, "jwks_uri": f"{base}/jwks.json"}).encode()
+            else:
+                keys.fetches += 1
+                body = json.dumps({"keys": keys.jwks}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -211,3 +215,28 @@ def test_refusal_reasons_are_specific(root: hvac.Client, server: Server, keys: K
     for reason, token in _refusals(keys, public_pem).items():
         message = login(server, token).json()["errors"][0]
         assert expected[reason] in message, (reason, message)
+
+
+def test_oidc_discovery(root: hvac.Client, server: Server, keys: Keys, jwks: tuple[str, str]) -> None:
+    url, ca = jwks
+    base = url.rsplit("/", 1)[0]
+    root.write("auth/jwt/config", oidc_discovery_url=base, oidc_discovery_ca_pem=ca)
+    try:
+        answer = login(server, sign(keys, "ed"))
+        assert answer.status_code == 200, answer.text
+        assert login(server, sign(keys, iss="https://evil.test")).status_code == 400  # the document's issuer
+    finally:
+        root.write("auth/jwt/config", jwks_url=url, jwks_ca_pem=ca, bound_issuer=ISSUER)
+
+
+def test_jwks_needs_its_ca(root: hvac.Client, server: Server, keys: Keys, jwks: tuple[str, str]) -> None:
+    url, ca = jwks
+    root.write("auth/jwt/config", jwks_url=url, bound_issuer=ISSUER)  # no CA: the test CA is not trusted
+    try:
+        answer = login(server, sign(keys))
+        assert answer.status_code == 400, answer.text
+    finally:
+        root.write("auth/jwt/config", jwks_url=url, jwks_ca_pem=ca, bound_issuer=ISSUER)
+    with server.http(root.token) as http:
+        plain = http.post("/v1/auth/jwt/config", json={"jwks_url": url.replace("https", "http")})
+    assert plain.status_code == 400
