@@ -65,3 +65,12 @@ def test_concurrent_spends_of_one_use(store: Store) -> None:
     for t in threads:
         t.join()
     assert results.count('{"x": 1}') == 1
+
+
+def test_purge_expired(store: Store) -> None:
+    store.run(lambda tx: tx.auth_put("m", "w", "old", "{}", 1.0, expires_at=5.0))
+    store.run(lambda tx: tx.auth_put("m", "w", "new", "{}", 1.0, expires_at=50.0))
+    store.run(lambda tx: tx.auth_put("m", "w", "forever", "{}", 1.0))
+    assert store.run(lambda tx: tx.auth_purge_expired(10.0)) == 1
+    with store.transaction() as tx:
+        assert tx.auth_names("m", "w", 10.0) == ["forever", "new"]

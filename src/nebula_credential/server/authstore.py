@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ class AuthStore:
         self._clock = clock
         self._key: SecretBytes | None = None
         self._key_lock = tables.new_lock()
+        self._purged = 0.0
 
     def now(self) -> float:
         ts = to_epoch(self._clock())
@@ -83,6 +85,8 @@ class AuthStore:
     def put(self, mount: str, kind: str, name: str, body: dict[str, Any], *, expires_at: float | None = None,
             uses_left: int | None = None) -> None:
         clean = {k: v for k, v in body.items() if not k.startswith("_")}
+        if expires_at is not None:
+            self.purge_expired()
         now = self.now()
         self._tables.run(lambda tx: tx.auth_put(mount, kind, name, json.dumps(clean), now, expires_at=expires_at,
                                                 uses_left=uses_left))
@@ -97,6 +101,16 @@ class AuthStore:
 
     def delete_kind(self, mount: str, kind: str) -> int:
         return self._tables.run(lambda tx: tx.auth_delete_kind(mount, kind))
+
+    def purge_expired(self, every: float = 60.0) -> int:
+        """Delete expired items, at most once per ``every`` seconds per process (called on writes that
+        make items which may never be used: secret ids, wrapped answers, cubbyhole entries)."""
+        mono = time.monotonic()
+        if mono - self._purged < every:
+            return 0
+        self._purged = mono
+        now = self.now()
+        return self._tables.run(lambda tx: tx.auth_purge_expired(now))
 
     def spend(self, mount: str, kind: str, name: str) -> dict[str, Any] | None:
         """Spend one use of a live item (one conditional UPDATE in one transaction); its body or None."""

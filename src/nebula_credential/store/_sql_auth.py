@@ -43,6 +43,10 @@ class AuthSql(SqlBase, AuthTx):
     def auth_delete_kind(self, mount: str, kind: str) -> int:
         return int(self._exec("DELETE FROM auth_items WHERE mount = ? AND kind = ?", (mount, kind)).rowcount)
 
+    def auth_purge_expired(self, now: float) -> int:
+        cur = self._exec("DELETE FROM auth_items WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
+        return int(cur.rowcount)
+
     def auth_spend(self, mount: str, kind: str, name: str, now: float) -> str | None:
         # the row's own lock (PostgreSQL) or the single writer (SQLite) makes this one decision:
         # two concurrent spends of the last use see rowcount 1 and 0

@@ -397,6 +397,10 @@ class AuthTx(ABC):
     def auth_delete_kind(self, mount: str, kind: str) -> int: ...
 
     @abstractmethod
+    def auth_purge_expired(self, now: float) -> int:
+        """Delete expired items (secret ids, wrapped answers, cubbyholes); returns how many."""
+
+    @abstractmethod
     def auth_spend(self, mount: str, kind: str, name: str, now: float) -> str | None:
         """Spend one use of a live item in one conditional UPDATE; its body, or None when
         absent, expired or used up (the last use deletes the row)."""
