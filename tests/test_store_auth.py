@@ -74,3 +74,19 @@ def test_purge_expired(store: Store) -> None:
     assert store.run(lambda tx: tx.auth_purge_expired(10.0)) == 1
     with store.transaction() as tx:
         assert tx.auth_names("m", "w", 10.0) == ["forever", "new"]
+
+
+def test_purge_removes_cubbyholes_and_wrapped_answers_of_gone_tokens(store: Store) -> None:
+    from nebula_credential.store import TokenRow
+
+    live = TokenRow(accessor="live-acc", token_hash="h1", parent=None, policies=("p",), display_name="t", meta={},
+                    created_at=1.0, expires_at=None, max_expires_at=None, ttl=60.0, renewable=True)
+    store.run(lambda tx: tx.token_insert(live))
+    for owner in ("live-acc", "gone-acc"):
+        store.run(lambda tx, o=owner: tx.auth_put("cubbyhole", o, "k", "{}", 1.0))  # type: ignore[misc]
+        store.run(lambda tx, o=owner: tx.auth_put("sys/wrapping", "wrap", o, "{}", 1.0, uses_left=1))  # type: ignore[misc]
+    assert store.run(lambda tx: tx.auth_purge_expired(2.0)) == 2
+    with store.transaction() as tx:
+        assert tx.auth_names("cubbyhole", "live-acc", 2.0) == ["k"]
+        assert tx.auth_names("cubbyhole", "gone-acc", 2.0) == []
+        assert tx.auth_names("sys/wrapping", "wrap", 2.0) == ["live-acc"]

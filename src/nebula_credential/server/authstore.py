@@ -85,8 +85,7 @@ class AuthStore:
     def put(self, mount: str, kind: str, name: str, body: dict[str, Any], *, expires_at: float | None = None,
             uses_left: int | None = None) -> None:
         clean = {k: v for k, v in body.items() if not k.startswith("_")}
-        if expires_at is not None:
-            self.purge_expired()
+        self.purge_expired()
         now = self.now()
         self._tables.run(lambda tx: tx.auth_put(mount, kind, name, json.dumps(clean), now, expires_at=expires_at,
                                                 uses_left=uses_left))
@@ -103,8 +102,8 @@ class AuthStore:
         return self._tables.run(lambda tx: tx.auth_delete_kind(mount, kind))
 
     def purge_expired(self, every: float = 60.0) -> int:
-        """Delete expired items, at most once per ``every`` seconds per process (called on writes that
-        make items which may never be used: secret ids, wrapped answers, cubbyhole entries)."""
+        """Delete expired items and the cubbyholes and wrapped answers of tokens no longer stored, at
+        most once per ``every`` seconds per process (called on every write of an item)."""
         mono = time.monotonic()
         if mono - self._purged < every:
             return 0

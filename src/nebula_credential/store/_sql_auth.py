@@ -45,7 +45,13 @@ class AuthSql(SqlBase, AuthTx):
 
     def auth_purge_expired(self, now: float) -> int:
         cur = self._exec("DELETE FROM auth_items WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
-        return int(cur.rowcount)
+        # a cubbyhole (kind = its token's accessor) and a wrapped answer (name = the wrapping token's
+        # accessor) go with their token: gone once the token is revoked or expired and removed
+        orphans = self._exec(
+            "DELETE FROM auth_items WHERE ((mount = 'cubbyhole' AND kind NOT IN (SELECT accessor FROM server_tokens)) "
+            "OR (mount = 'sys/wrapping' AND kind = 'wrap' AND name NOT IN (SELECT accessor FROM server_tokens)))"
+        )
+        return int(cur.rowcount) + int(orphans.rowcount)
 
     def auth_spend(self, mount: str, kind: str, name: str, now: float) -> str | None:
         # the row's own lock (PostgreSQL) or the single writer (SQLite) makes this one decision:

@@ -398,7 +398,8 @@ class AuthTx(ABC):
 
     @abstractmethod
     def auth_purge_expired(self, now: float) -> int:
-        """Delete expired items (secret ids, wrapped answers, cubbyholes); returns how many."""
+        """Delete expired items (secret ids, wrapped answers, cubbyholes) and the cubbyholes and wrapped
+        answers of tokens no longer stored; returns how many."""
 
     @abstractmethod
     def auth_spend(self, mount: str, kind: str, name: str, now: float) -> str | None:
