@@ -90,3 +90,26 @@ def test_purge_removes_cubbyholes_and_wrapped_answers_of_gone_tokens(store: Stor
         assert tx.auth_names("cubbyhole", "live-acc", 2.0) == ["k"]
         assert tx.auth_names("cubbyhole", "gone-acc", 2.0) == []
         assert tx.auth_names("sys/wrapping", "wrap", 2.0) == ["live-acc"]
+
+
+def test_auth_key_survives_root_rotation(vault: object, clock: object) -> None:
+    """The secret-id hashing key is root-wrapped and rewrapped by rotation: hashes made before still match,
+    and sealed cubbyhole values still open."""
+    import nebula_credential as nc
+    from nebula_credential.rootkeys import rotate_root_key
+    from nebula_credential.rootwrapped import AUTH_SECRET_KEY
+    from nebula_credential.server.authstore import AuthStore
+
+    assert isinstance(vault, nc.Vault)
+    store = AuthStore(vault.auth_tables(), vault.provider, vault.clock)
+    digest = store.hash("a-secret-id")
+    store.put_sealed("cubbyhole", "acc", "k", {"v": "sealed"})
+    with vault.store.read() as tx:
+        before = tx.get_meta(AUTH_SECRET_KEY.meta_key)
+    assert before is not None and digest not in before
+    rotate_root_key(vault.store, vault.provider, vault.audit)
+    with vault.store.read() as tx:
+        assert tx.get_meta(AUTH_SECRET_KEY.meta_key) != before
+    fresh = AuthStore(vault.auth_tables(), vault.provider, vault.clock)
+    assert fresh.hash("a-secret-id") == digest
+    assert fresh.open_sealed("cubbyhole", "acc", "k", fresh.get("cubbyhole", "acc", "k")) == {"v": "sealed"}
