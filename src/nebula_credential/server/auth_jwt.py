@@ -47,6 +47,7 @@ from .errors import HTTPError, bad_request
 
 ALLOWED_ALGS = ("RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+#: Vault's leeways: 0 (the stored default) means these seconds, -1 means none.
 _DEFAULT_LEEWAY = {"clock_skew_leeway": 60, "expiration_leeway": 150, "not_before_leeway": 150}
 
 
@@ -205,11 +206,11 @@ class JWTEngine:
         if kind not in ("string", "glob"):
             raise bad_request("bound_claims_type must be 'string' or 'glob'")
         role["bound_claims_type"] = kind
-        for field, default in _DEFAULT_LEEWAY.items():
+        for field in _DEFAULT_LEEWAY:
             if field in body:
                 value = body[field]
                 role[field] = -1 if value in (-1, "-1") else integer(body, field)
-            role.setdefault(field, default)
+            role.setdefault(field, 0)
         if role_type == "jwt" and not (role["bound_audiences"] or role["bound_subject"] or role["bound_claims"]):
             raise bad_request("must have at least one bound constraint when creating/updating a role")
         await ctx.backend.write(store.put, self.mount, "role", name, role)
@@ -302,19 +303,22 @@ class JWTEngine:
         return claims
 
     @staticmethod
-    def _check_times(claims: dict[str, Any], role: dict[str, Any], now: float) -> None:
-        skew = max(int(role.get("clock_skew_leeway", 60)), 0)
-        exp_leeway = int(role.get("expiration_leeway", 150))
-        nbf_leeway = int(role.get("not_before_leeway", 150))
+    def leeway(role: dict[str, Any], field: str) -> int:
+        """A leeway in seconds: 0 is Vault's default for the field, -1 none (the claim is still checked)."""
+        value = int(role.get(field, 0))
+        return _DEFAULT_LEEWAY[field] if value == 0 else max(value, 0)
+
+    def _check_times(self, claims: dict[str, Any], role: dict[str, Any], now: float) -> None:
+        skew = self.leeway(role, "clock_skew_leeway")
         exp, nbf = claims.get("exp"), claims.get("nbf")
         for name, value in (("exp", exp), ("nbf", nbf), ("iat", claims.get("iat"))):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise invalid(f"error validating claims: {name} is not a number")
-        if exp is None and exp_leeway != -1:
+        if exp is None:  # a token without an end is refused (a deliberate difference: Vault accepts one)
             raise invalid("error validating claims: no exp claim")
-        if exp is not None and exp_leeway != -1 and now > exp + skew + max(exp_leeway, 0):
+        if now > exp + skew + self.leeway(role, "expiration_leeway"):
             raise invalid("error validating claims: token is expired (exp)")
-        if nbf is not None and nbf_leeway != -1 and now < nbf - skew - max(nbf_leeway, 0):
+        if nbf is not None and now < nbf - skew - self.leeway(role, "not_before_leeway"):
             raise invalid("error validating claims: token not valid yet (nbf)")
 
     async def login(self, request: Request, backend: Backend, details: dict[str, Any]) -> Response:
