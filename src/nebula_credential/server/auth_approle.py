@@ -253,7 +253,8 @@ class AppRoleEngine:
         name = self._name(request)
         await self._role(store, ctx, name)
         value = await self._secret_value(request, "secret_id")
-        facts = await ctx.backend.run(self._facts, store, name, store.hash(f"{self.mount}\0{name}\0{value}"))
+        digest = await ctx.backend.run(store.hash, f"{self.mount}\0{name}\0{value}")  # the key may need the store
+        facts = await ctx.backend.run(self._facts, store, name, digest)
         if facts is None:
             return Response(status_code=204)
         return ctx.reply(facts)
@@ -264,7 +265,8 @@ class AppRoleEngine:
         name = self._name(request)
         await self._role(store, ctx, name)
         value = await self._secret_value(request, "secret_id")
-        await ctx.backend.write(self._destroy, store, name, store.hash(f"{self.mount}\0{name}\0{value}"))
+        digest = await ctx.backend.run(store.hash, f"{self.mount}\0{name}\0{value}")
+        await ctx.backend.write(self._destroy, store, name, digest)
         return Response(status_code=204)
 
     def _destroy(self, store: AuthStore, role: str, digest: str) -> None:
@@ -324,7 +326,8 @@ class AppRoleEngine:
             value = body.get("secret_id")
             if not isinstance(value, str) or not value:
                 raise bad_request("missing secret_id")
-            digest = store.hash(f"{self.mount}\0{name}\0{value}")
+            # through the backend: the first hash of a process reads its key from the store
+            digest = await backend.run(store.hash, f"{self.mount}\0{name}\0{value}")
             facts = await backend.run(store.get, self.mount, f"sid/{name}", digest)
             if facts is None:
                 raise invalid(INVALID)

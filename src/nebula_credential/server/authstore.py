@@ -26,7 +26,11 @@ from ..servertables import AuthTables, AuthTx
 
 
 class AuthStore:
-    """Read, write, list, delete and spend the auth methods' items."""
+    """Read, write, list, delete and spend the auth methods' items.
+
+    Every method may touch the store (the hashing key is read on first use), so the server calls
+    them through its backend (``backend.run``), never straight from a handler on the event loop.
+    """
 
     def __init__(self, tables: AuthTables, provider: KeyProvider, clock: Callable[[], datetime]) -> None:
         self._tables = tables

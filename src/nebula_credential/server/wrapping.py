@@ -114,7 +114,7 @@ async def _take(request: Request, backend: Backend, details: dict[str, Any]) -> 
     if sealed is None:
         raise HTTPError(400, NOT_VALID)
     await backend.write(backend.tokens.revoke, accessor)
-    return dict(store.open_sealed(WRAP_MOUNT, "wrap", accessor, sealed))
+    return dict(await backend.run(store.open_sealed, WRAP_MOUNT, "wrap", accessor, sealed))
 
 
 async def unwrap(request: Request, backend: Backend, details: dict[str, Any]) -> Response:
@@ -132,7 +132,7 @@ async def lookup(request: Request, backend: Backend, details: dict[str, Any]) ->
     sealed = await backend.run(store.get, WRAP_MOUNT, "wrap", accessor)
     if sealed is None:
         raise HTTPError(400, NOT_VALID)
-    held = store.open_sealed(WRAP_MOUNT, "wrap", accessor, sealed)
+    held = await backend.run(store.open_sealed, WRAP_MOUNT, "wrap", accessor, sealed)
     return vault_json(str(uuid.uuid4()), {"creation_path": held["creation_path"],
                                           "creation_time": _iso(held["creation_time"]),
                                           "creation_ttl": held["ttl"]})
@@ -199,7 +199,7 @@ class CubbyholeEngine:
             sealed = await ctx.backend.run(store.get, CUBBY_MOUNT, owner, key)
             if sealed is None:
                 raise HTTPError(404)
-            return ctx.reply(store.open_sealed(CUBBY_MOUNT, owner, key, sealed))
+            return ctx.reply(await ctx.backend.run(store.open_sealed, CUBBY_MOUNT, owner, key, sealed))
         if request.method == "DELETE":
             ctx.operation = "delete"
             await ctx.backend.write(store.delete, CUBBY_MOUNT, owner, key)
