@@ -241,3 +241,20 @@ def test_secret_id_cidrs_and_ttl(root: hvac.Client, server: Server) -> None:
     time.sleep(1.5)
     with pytest.raises(exceptions.InvalidRequest):
         server.hvac().auth.approle.login(role_id=role_id, secret_id=secret_id)
+
+
+
+def test_login_limiter_per_user_and_per_source() -> None:
+    from nebula_credential.server.authcommon import LoginLimiter
+
+    limiter = LoginLimiter()
+    for _ in range(10):
+        assert limiter.spent("10.0.0.1", "alice") == 0
+        limiter.failed("10.0.0.1", "alice")
+    assert limiter.spent("10.0.0.1", "alice") > 0  # that user, from anywhere
+    assert limiter.spent("10.0.0.2", "alice") > 0
+    assert limiter.spent("10.0.0.1", "bob") == 0  # another user from the same address still may
+    for i in range(40):
+        limiter.failed("10.0.0.1", f"user{i}")  # a spray over many names
+    assert limiter.spent("10.0.0.1", "carol") > 0
+    assert limiter.spent("10.0.0.3", "carol") == 0

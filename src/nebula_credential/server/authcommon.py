@@ -192,9 +192,11 @@ async def issue(backend: Backend, settings: dict[str, Any], *, display_name: str
 class LoginLimiter:
     """Failed logins per source address and per (mount, user): a token bucket each, 429 past either."""
 
-    def __init__(self, rate: float = 0.2, burst: int = 10) -> None:
-        self.sources = SourceBuckets(rate, burst)
-        self.users = SourceBuckets(rate, burst)
+    def __init__(self, *, user_rate: float = 0.2, user_burst: int = 10, source_rate: float = 1.0,
+                 source_burst: int = 50) -> None:
+        # one user: 10 failures, then one every 5 s; one address (many users behind one NAT): 50, then 1/s
+        self.users = SourceBuckets(user_rate, user_burst)
+        self.sources = SourceBuckets(source_rate, source_burst)
 
     def spent(self, source: str, user: str | None) -> int:
         """Seconds to wait when either budget is empty, else 0."""
