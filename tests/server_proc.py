@@ -51,6 +51,12 @@ class Server:
         headers = {"X-Vault-Token": token} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, verify=tls_verify(self.verify), timeout=30)
 
+    def enable_auth(self, *kinds: str) -> None:
+        """Enable auth methods at their default paths, as a Vault operator does before first use."""
+        client = self.hvac(self.root or self.token("root"))
+        for kind in kinds:
+            client.sys.enable_auth_method(kind)
+
     def log(self) -> str:
         return (self.folder / "serve.log").read_text(errors="replace")
 

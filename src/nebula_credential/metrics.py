@@ -62,6 +62,11 @@ SERVER_METRICS: tuple[MetricSpec, ...] = (
 )
 
 
+#: Logins to the server's auth methods by method (approle, userpass, jwt) and outcome (ok, error, limited).
+LOGIN_METRIC = MetricSpec("nebula_credential_auth_logins_total", "counter", "Logins by auth method and outcome",
+                          ("method", "outcome"))
+
+
 @dataclass(frozen=True, slots=True)
 class KeyMetrics:
     """A snapshot of one keyring's key state (the seed's ``KeyMetrics``)."""
@@ -299,6 +304,13 @@ def register_server_metrics(exporter: MetricsExporter) -> tuple[Any, Any]:
     histogram = pc.Histogram(duration.name, duration.help, list(duration.labels), registry=exporter.registry,
                              buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
     return counter, histogram
+
+
+def register_login_metric(exporter: MetricsExporter) -> Any:
+    """The login counter (:data:`LOGIN_METRIC`) in ``exporter``'s registry (set on ``app.state.login_metric``)."""
+    pc = _prometheus()
+    return pc.Counter(LOGIN_METRIC.name.removesuffix("_total"), LOGIN_METRIC.help, list(LOGIN_METRIC.labels),
+                      registry=exporter.registry)
 
 
 def exported_metrics(exporter: MetricsExporter) -> list[MetricSpec]:

@@ -22,8 +22,8 @@ from ._secret import SecretBytes
 from .providers.base import KeyProvider, WrapContext
 
 #: Re-exported: the type of what wraps these secrets, for their users above the facade.
-__all__ = ["ROW_MAC_KEY", "SERVER_TOKEN_KEY", "KeyProvider", "MetaTx", "RootWrapped", "register", "registered",
-           "rewrap_all"]
+__all__ = ["AUTH_SECRET_KEY", "ROW_MAC_KEY", "SERVER_TOKEN_KEY", "KeyProvider", "MetaTx", "RootWrapped", "register",
+           "registered", "rewrap_all"]
 
 
 class MetaTx(Protocol):
@@ -99,3 +99,7 @@ SERVER_TOKEN_KEY = register(RootWrapped("server_token_key", WrapContext("__serve
 
 #: The key of the MACs on the rows that grant access (tokens, policies, token roles; see ``rowmac.py``).
 ROW_MAC_KEY = register(RootWrapped("row_mac_key", WrapContext("__server__", 1, "row-mac"), lock="(row mac key)"))
+
+#: The auth methods' secret-hashing key (AppRole secret ids, wrapping tokens' items; see ``server/authstore.py``).
+AUTH_SECRET_KEY = register(RootWrapped("auth_secret_key", WrapContext("__server__", 1, "auth-secrets"),
+                                       lock="(auth key)"))

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .audit import Event
     from .models import KeyVersion
     from .mounttables import MountTables
-    from .servertables import ServerTables, ServerTx
+    from .servertables import AuthTables, ServerTables, ServerTx
     from .store import AuditRow
 
 LEGACY_FALLBACKS_META = "legacy_fallbacks"
@@ -787,6 +787,10 @@ class Vault:
             total += deleted
             if len(ids) < page:
                 return total
+
+    def auth_tables(self) -> AuthTables:
+        """The store, typed as the narrow interface of the auth methods' items."""
+        return self.store
 
     def audited_write(self, fn: Callable[[ServerTx], T], action: str,
                       details: Callable[[T], dict[str, Any]] | None = None) -> T:

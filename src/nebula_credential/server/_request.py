@@ -214,6 +214,9 @@ def endpoint(
                 token = logredact.presented.set((secret,))
                 try:
                     response = await handler(request, ctx)
+                    wrapper = getattr(request.app.state, "wrap_response", None)
+                    if wrapper is not None and request.headers.get("x-vault-wrap-ttl"):
+                        response = await wrapper(request, response, path)  # Vault's response wrapping
                 finally:
                     logredact.presented.reset(token)
         except TimeoutError:

@@ -28,13 +28,40 @@ from starlette.routing import BaseRoute, Mount, Route
 from ..aio import AsyncVault
 from ..config import KeyManagementConfig
 from ..vault import Vault
-from . import auth, sysroutes
-from ._backend import backend_for
+from . import auth, sysroutes, wrapping
+from ._backend import Backend, backend_for
 from ._request import VPATH, audit_unrouted
+from .auth_approle import AppRoleEngine
+from .auth_jwt import JWTEngine
+from .auth_userpass import UserpassEngine
+from .authstore import AuthStore
 from .errors import HTTPError
-from .mounts import MountDispatcher, MountTable, builtin_mounts, sys_routes
+from .mounts import (
+    EngineType,
+    MountDispatcher,
+    MountEntry,
+    MountTable,
+    builtin_mounts,
+    register_auth_method,
+    sys_routes,
+)
 from .policies import BadPathError, normalise
 from .ratelimit import SourceBudgetMiddleware
+
+
+def _purge_auth(backend: Backend, entry: MountEntry) -> None:
+    """A disabled auth method's roles, users and secret ids are gone, as in Vault."""
+    vault = getattr(backend.vault, "sync", backend.vault)
+    AuthStore(vault.auth_tables(), vault.provider, vault.clock).delete_mount(entry.route)
+
+
+# The auth methods ``sys/auth`` enables (at ``auth/<path>``, any path, as often as wanted).
+register_auth_method("approle", EngineType(lambda e: AppRoleEngine(e.route).routes(), purge=_purge_auth,
+                                           description="AppRole: a role id and a secret id"))
+register_auth_method("userpass", EngineType(lambda e: UserpassEngine(e.route).routes(), purge=_purge_auth,
+                                            description="usernames and argon2id-hashed passwords"))
+register_auth_method("jwt", EngineType(lambda e: JWTEngine(e.route).routes(), purge=_purge_auth,
+                                       description="JWT workload identity (no browser flow)"))
 
 #: How much of a refused body is read and dropped before answering 413.
 DRAIN_LIMIT = 16 * 1024 * 1024
@@ -144,8 +171,11 @@ def create_app(
         config = vault.config
     server = config.server
     routes: list[BaseRoute] = [
+        Mount("/v1/sys/wrapping", routes=wrapping.wrapping_routes()),
         Mount("/v1/sys", routes=[*sys_routes(), *sysroutes.routes()]),
         Mount("/v1/auth/token", routes=auth.routes()),
+        wrapping.CubbyholeEngine().root_route(),  # cubbyhole/ is built in, as in Vault
+        Mount("/v1/cubbyhole", routes=wrapping.CubbyholeEngine().routes()),
         *(extra_routes or []),
         Mount("/v1", app=MountDispatcher()),  # every other mount: the longest prefix in the mount table
     ]
@@ -155,6 +185,7 @@ def create_app(
     app.state.request_timeout = server.request_timeout.total_seconds()
     app.state.kv_mounts = dict(server.kv_mounts)
     app.state.mounts = MountTable(builtin_mounts(server))
+    app.state.wrap_response = wrapping.wrap_response  # X-Vault-Wrap-TTL on any endpoint (see _request)
     app.add_middleware(VaultPathMiddleware, max_body=server.max_request_size)
     app.add_middleware(SourceBudgetMiddleware)  # outside: a spent budget is refused before any work
     return app

@@ -25,6 +25,10 @@ ROOT_POLICY = "root"
 DEFAULT_POLICY = "default"
 #: Policies the server defines itself: code, never rows (a database writer cannot widen them).
 BUILTIN = frozenset({ROOT_POLICY, DEFAULT_POLICY})
+#: The policy of response-wrapping tokens: it grants nothing, and no stored policy may take its name
+#: (a wrapping token would gain whatever that policy allowed); not listed, as in Vault.
+WRAP_POLICY = "response-wrapping"
+RESERVED = BUILTIN | {WRAP_POLICY}
 #: Vault's built-in ``default`` policy, attached to every token unless ``no_default_policy``:
 #: a token may look itself up, renew and revoke itself, ask its own capabilities, use its
 #: cubbyhole and response wrapping.  (Vault's identity-templated paths are left out: there

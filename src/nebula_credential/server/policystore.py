@@ -15,7 +15,7 @@ from datetime import datetime
 
 from ..rowmac import RowMac
 from ..servertables import POLICY_TABLE, ServerTables, ServerTx, policy_mac_fields
-from .policies import BUILTIN, DEFAULT_POLICY, DEFAULT_POLICY_TEXT, PolicyError, parse
+from .policies import BUILTIN, DEFAULT_POLICY, DEFAULT_POLICY_TEXT, RESERVED, PolicyError, parse
 
 TABLE = POLICY_TABLE
 #: Called with (table, primary key, reason) for every row refused.
@@ -61,7 +61,7 @@ class PolicyStore:
         """Store ``text`` after parsing it: what could not be enforced is refused before it is kept.
 
         With ``tx`` the write joins that transaction (the CLI audits it in the same one)."""
-        if name in BUILTIN:
+        if name in RESERVED:
             raise PolicyError(f"cannot change the built-in {name} policy")
         parse(text)
         mac = self.rowmac.mac(TABLE, (name,), policy_mac_fields(name, text))
@@ -72,7 +72,7 @@ class PolicyStore:
 
     def delete(self, name: str, tx: ServerTx | None = None) -> bool:
         """Delete a stored policy; False when there was none."""
-        if name in BUILTIN:
+        if name in RESERVED:
             raise PolicyError(f"cannot delete the built-in {name} policy")
         if tx is not None:
             return tx.policy_delete(name)

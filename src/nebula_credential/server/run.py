@@ -106,7 +106,7 @@ def app_from_env() -> Any:
 
     from .. import logredact
     from ..aio import aopen
-    from ..metrics import MetricsExporter, register_server_metrics
+    from ..metrics import MetricsExporter, register_login_metric, register_server_metrics
     from ._backend import backend_for
     from ._httpmetrics import HttpMetricsMiddleware
     from .app import create_app, ops_routes
@@ -131,6 +131,7 @@ def app_from_env() -> Any:
             exporter = MetricsExporter(ops)
             exporter.attach(vault.sync)  # the serving vault feeds this process's histograms
             app.state.http_metrics = register_server_metrics(exporter)
+            app.state.login_metric = register_login_metric(exporter)
             app.state.ops = {"/metrics": exporter.route, "/healthz": _healthz}
             if flags.get("maintain"):
                 from ..daemon import Daemon

@@ -20,6 +20,7 @@ from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, Tok
 from .sqlite import SqliteStore, path_from_url, read_file
 from .tx import (
     MOUNTS_GENERATION_META,
+    AuthTx,
     CredentialsTx,
     KeysTx,
     MetaTx,
@@ -67,6 +68,7 @@ __all__ = [
     "MOUNTS_GENERATION_META",
     "SCHEMA_VERSION",
     "AuditRow",
+    "AuthTx",
     "BackupRecord",
     "CredentialPage",
     "CredentialsTx",

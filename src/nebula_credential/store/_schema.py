@@ -15,14 +15,14 @@ from ..exceptions import StoreError
 from ._sql_base import SqlBase
 from .tx import MetaTx
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def all_migrations(blob: str, real: str) -> list[list[str]]:
     """Every migration in order, for a dialect's binary and floating-point type names."""
     return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
             schema_v5_key_access(), schema_v6_versions(blob, real), schema_v7_server_rows(real),
-            schema_v8_mounts(real)]
+            schema_v8_mounts(real), schema_v9_auth(real)]
 
 
 class MetaSql(SqlBase, MetaTx):
@@ -281,3 +281,24 @@ def schema_v8_mounts(real: str) -> list[str]:
             PRIMARY KEY (kind, path),
             CHECK (kind IN ('secret', 'auth'))
         )"""]
+def schema_v9_auth(real: str) -> list[str]:
+    """Version 9: the auth methods' items (AppRole roles and secret ids, userpass users, JWT
+    config and roles, cubbyholes and wrapped responses), one generic table keyed by mount and kind.
+
+    Secrets are kept only as keyed hashes (secret ids) or argon2id hashes (passwords);
+    ``uses_left`` (NULL: unlimited) is decremented by one conditional UPDATE so concurrent
+    logins never spend a use twice.
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS auth_items (
+            mount TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            expires_at {real},
+            uses_left INTEGER,
+            PRIMARY KEY (mount, kind, name)
+        )""",
+        "CREATE INDEX IF NOT EXISTS auth_items_by_expiry ON auth_items (expires_at)",
+    ]

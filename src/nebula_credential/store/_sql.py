@@ -9,6 +9,7 @@ settings and migrations), row decoding in ``_rows``; a backend subclasses
 from __future__ import annotations
 
 from ._schema import MetaSql
+from ._sql_auth import AuthSql
 from ._sql_credentials import CredentialsSql
 from ._sql_keys import KeysSql
 from ._sql_mounts import MountsSql
@@ -18,7 +19,7 @@ from ._sql_versions import VersionsSql
 from .tx import StoreTx
 
 
-class SqlTx(MetaSql, KeysSql, CredentialsSql, VersionsSql, OperationsSql, ServerSql, MountsSql, StoreTx):
+class SqlTx(MetaSql, KeysSql, CredentialsSql, VersionsSql, OperationsSql, ServerSql, MountsSql, AuthSql, StoreTx):
     """StoreTx over a DB-API connection; subclasses adapt the dialect."""
 
     def versions_referenced(self, keyring: str) -> dict[int, int]:

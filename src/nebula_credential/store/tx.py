@@ -516,7 +516,42 @@ class MountsTx(ABC):
 MOUNTS_GENERATION_META = "server.mounts.generation"
 
 
-class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx, MountsTx):
+class AuthTx(ABC):
+    """The auth methods' items (table ``auth_items``): roles, users, secret-id hashes, cubbyholes."""
+
+    @abstractmethod
+    def auth_put(self, mount: str, kind: str, name: str, body: str, now: float, *,
+                 expires_at: float | None = None, uses_left: int | None = None) -> None: ...
+
+    @abstractmethod
+    def auth_get(self, mount: str, kind: str, name: str, now: float) -> tuple[str, float | None, int | None] | None:
+        """(body, expires_at, uses_left) of a live item; None when absent or expired."""
+
+    @abstractmethod
+    def auth_names(self, mount: str, kind: str, now: float) -> list[str]: ...
+
+    @abstractmethod
+    def auth_delete(self, mount: str, kind: str, name: str) -> bool: ...
+
+    @abstractmethod
+    def auth_delete_kind(self, mount: str, kind: str) -> int: ...
+
+    @abstractmethod
+    def auth_delete_mount(self, mount: str) -> int:
+        """Delete every item of one auth mount (the method was disabled: its data is gone, as in Vault)."""
+
+    @abstractmethod
+    def auth_purge_expired(self, now: float) -> int:
+        """Delete expired items (secret ids, wrapped answers, cubbyholes) and the cubbyholes and wrapped
+        answers of tokens no longer stored; returns how many."""
+
+    @abstractmethod
+    def auth_spend(self, mount: str, kind: str, name: str, now: float) -> str | None:
+        """Spend one use of a live item in one conditional UPDATE; its body, or None when
+        absent, expired or used up (the last use deletes the row)."""
+
+
+class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx, MountsTx, AuthTx):
     """Queries inside one transaction, every table family. Obtain from :meth:`.base.Store.transaction`."""
 
     def put_credential_checked(

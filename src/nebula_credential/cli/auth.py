@@ -1,0 +1,161 @@
+"""``auth``, ``approle`` and ``userpass``: the server's auth methods from the command line.
+
+They write the same items the HTTP API does (through the server's auth
+repository over the store's narrow auth tables), each change and its audit
+event in one transaction.  A secret id is printed once and never kept; a
+password is read from stdin or a hidden prompt, never from the command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ._common import AppContext, console, emit, err_console, pass_app
+
+#: The auth methods served at their default paths (until the mount table enables them by path).
+DEFAULT_MOUNTS = {"token/": "token", "approle/": "approle", "userpass/": "userpass", "jwt/": "jwt"}
+
+
+def _store(app: AppContext):  # type: ignore[no-untyped-def]
+    from ..server.authstore import AuthStore
+
+    vault = app.vault()
+    return vault, AuthStore(vault.auth_tables(), vault.provider, vault.clock)
+
+
+@click.group()
+def auth() -> None:
+    """Auth methods: how machines and people log in to ``serve``."""
+
+
+@auth.command("list")
+@pass_app
+def auth_list(app: AppContext) -> None:
+    """The auth methods and how many roles or users each holds."""
+    _, store = _store(app)
+    rows: list[dict[str, Any]] = []
+    for path, kind in DEFAULT_MOUNTS.items():
+        mount = "auth/" + path.rstrip("/")
+        count = None if kind == "token" else len(store.names(mount, "user" if kind == "userpass" else "role"))
+        rows.append({"path": path, "type": kind, "entries": count})
+
+    def human() -> None:
+        for r in rows:
+            noun = "users" if r["type"] == "userpass" else "roles"
+            entries = "" if r["entries"] is None else f"  {r['entries']} {noun}"
+            console.print(f"{r['path']:<12} {r['type']}{entries}", markup=False)
+
+    emit(app, {"auth": rows}, human)
+
+
+@click.group()
+def approle() -> None:
+    """AppRole roles and secret ids (mount auth/approle)."""
+
+
+@approle.group("role")
+def approle_role() -> None:
+    """AppRole roles."""
+
+
+@approle_role.command("write")
+@click.argument("name")
+@click.option("--policy", "policies", multiple=True, required=True, help="Token policy (repeatable).")
+@click.option("--token-ttl", default=None, help="Token lifetime, e.g. 20m.")
+@click.option("--token-max-ttl", default=None, help="Longest a token may be renewed to, e.g. 1h.")
+@click.option("--secret-id-ttl", default=None, help="Secret id lifetime, e.g. 10m.")
+@click.option("--secret-id-num-uses", type=int, default=None, help="Logins per secret id (0: unlimited).")
+@pass_app
+def approle_role_write(app: AppContext, name: str, policies: tuple[str, ...], token_ttl: str | None,
+                       token_max_ttl: str | None, secret_id_ttl: str | None, secret_id_num_uses: int | None) -> None:
+    """Create or update a role."""
+    from ..server.auth_approle import AppRoleEngine
+
+    body: dict[str, Any] = {"token_policies": list(policies)}
+    for key, value in (("token_ttl", token_ttl), ("token_max_ttl", token_max_ttl),
+                       ("secret_id_ttl", secret_id_ttl), ("secret_id_num_uses", secret_id_num_uses)):
+        if value is not None:
+            body[key] = value
+    vault, store = _store(app)
+    engine = AppRoleEngine()
+    role_id = vault.audited_write(lambda tx: engine.save_role(store, name, body), "auth.approle.role.write",
+                                  lambda _: {"mount": engine.mount, "role": name})
+    emit(app, {"role": name, "role_id": role_id},
+         lambda: console.print(f"role {name} written (role_id {role_id})", markup=False))
+
+
+@approle_role.command("read")
+@click.argument("name")
+@pass_app
+def approle_role_read(app: AppContext, name: str) -> None:
+    """A role's settings and role id."""
+    from ..exceptions import NebulaCredentialError
+    from ..server.auth_approle import AppRoleEngine
+
+    _, store = _store(app)
+    role = AppRoleEngine().read_role(store, name)
+    if role is None:
+        raise NebulaCredentialError(f"no AppRole role named {name}")
+
+    def human() -> None:
+        for key in sorted(role):
+            console.print(f"{key:<24} {role[key]}", markup=False)
+
+    emit(app, role, human)
+
+
+@approle.command("secret-id")
+@click.argument("name")
+@pass_app
+def approle_secret_id(app: AppContext, name: str) -> None:
+    """Generate a secret id for role NAME and print it once (it is stored only as a keyed hash)."""
+    from ..server.auth_approle import AppRoleEngine
+
+    vault, store = _store(app)
+    engine = AppRoleEngine()
+    made = vault.audited_write(lambda tx: engine.new_secret_id(store, name), "auth.approle.secret_id.create",
+                               lambda m: {"mount": engine.mount, "role": name,
+                                          "secret_id_accessor": m["secret_id_accessor"]})
+    emit(app, made, lambda: click.echo(made["secret_id"]))
+    if not app.json:
+        err_console.print(f"accessor {made['secret_id_accessor']}, ttl {made['secret_id_ttl']}s, "
+                          f"uses {made['secret_id_num_uses'] or 'unlimited'}", style="dim", markup=False)
+
+
+@click.group()
+def userpass() -> None:
+    """userpass users (mount auth/userpass)."""
+
+
+@userpass.group("user")
+def userpass_user() -> None:
+    """userpass users."""
+
+
+@userpass_user.command("write")
+@click.argument("name")
+@click.option("--policy", "policies", multiple=True, required=True, help="Token policy (repeatable).")
+@click.option("--token-ttl", default=None, help="Token lifetime, e.g. 1h.")
+@pass_app
+def userpass_user_write(app: AppContext, name: str, policies: tuple[str, ...], token_ttl: str | None) -> None:
+    """Create or update a user; the password comes from stdin (piped) or a hidden prompt."""
+    from ..exceptions import NebulaCredentialError
+    from ..server.auth_userpass import UserpassEngine
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise NebulaCredentialError("an empty password is refused")
+    body: dict[str, Any] = {"token_policies": list(policies), "password": password}
+    if token_ttl:
+        body["token_ttl"] = token_ttl
+    vault, store = _store(app)
+    engine = UserpassEngine()
+    vault.audited_write(lambda tx: engine.save_user(store, name, body), "auth.userpass.user.write",
+                        lambda _: {"mount": engine.mount, "user": name.lower()})
+    emit(app, {"user": name.lower()}, lambda: console.print(f"user {name.lower()} written", markup=False))
