@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 import nebula_credential as nc
+
 from .helpers import cli_env
 
 BOUND = 500
