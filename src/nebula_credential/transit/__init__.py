@@ -34,7 +34,7 @@ retention policy.  Nothing here erases key material by any other path.
 from __future__ import annotations
 
 from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, DataKey, Transit
-from .errors import TransitInputError, TransitKeyNotFoundError
+from .errors import ReinstateRefusedError, TransitInputError, TransitKeyNotFoundError
 from .keys import KeyConfigChange, KeyInfo
 from .requests import hash_input, random_bytes
 from .settings import MaintenancePlan, TransitKeyConfig, check_timezone, maintenance_plan
@@ -57,6 +57,7 @@ __all__ = [
     "KeyConfigChange",
     "KeyInfo",
     "MaintenancePlan",
+    "ReinstateRefusedError",
     "Transit",
     "TransitInputError",
     "TransitKeyConfig",
