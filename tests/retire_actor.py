@@ -74,9 +74,15 @@ def operator(vault: nc.Vault, stop: Path, cycles: int) -> None:
                     break
                 except PolicyViolationError:
                     revoke_retries += 1  # the app wrote under it again since: re-encrypt, try again
-            with vault.store.read() as tx:  # the guard's floor: the largest refresh_interval announced (the app's)
-                floor = destroy_floor(vault.config, stored_refresh_interval(tx))
-            time.sleep((floor + timedelta(milliseconds=20)).total_seconds())
+            while True:  # the guard's floor: the largest refresh_interval announced (the app's, once it opened)
+                with vault.store.read() as tx:
+                    floor = destroy_floor(vault.config, stored_refresh_interval(tx))
+                revoked_at = km.version(old).revoked_at
+                assert revoked_at is not None
+                wait = (revoked_at + floor + timedelta(milliseconds=20) - vault.clock()).total_seconds()
+                if wait <= 0:
+                    break
+                time.sleep(wait)
             try:
                 km.destroy(old)
                 destroyed += 1
