@@ -33,6 +33,7 @@ from ..vault import Vault
 from .acl import AccessControl, access_control_for
 from .policies import ACL
 from .ratelimit import SourceBuckets
+from .tokens import TokenError
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -112,19 +113,22 @@ class TokenSessions(Sessions):
         if parent.expires_at is not None:  # never longer than the token logged in with
             left = parent.expires_at - self.vault.clock().timestamp()
             ttl = min(ttl, timedelta(seconds=max(1.0, left)))
-        secret, row = self.access.tokens.create(
-            list(parent.policies), ttl=ttl, parent=parent, display_name=parent.display_name,
-            meta=SESSION_META, renewable=False)
+        try:
+            secret, row = self.access.tokens.create(
+                list(parent.policies), ttl=ttl, parent=parent, display_name=parent.display_name,
+                meta=SESSION_META, renewable=False)
+        except TokenError as exc:  # e.g. a token with no policy a child could carry
+            self._audit("console.login", "denied", accessor=parent.accessor, source=source, reason=str(exc))
+            return None
+        # the principal names the session's accessor; console.login links it to the parent's
         self._audit("console.login", "ok", accessor=parent.accessor, session_accessor=row.accessor, source=source)
-        return secret, _principal(parent, acl)
+        return secret, _principal(row, acl)
 
     def check(self, session: str) -> Principal | None:
         found = self.access.authorize(session)
         if found is None or found[0].meta.get("nebula_console") != "session":
             return None
-        row, acl = found
-        parent = self.access.tokens.by_accessor(row.parent) if row.parent else None
-        return _principal(parent or row, acl)
+        return _principal(*found)
 
     def logout(self, session: str) -> None:
         row = self.access.tokens.lookup(session)
