@@ -202,11 +202,14 @@ def on_config(config: Any) -> Any:
 
 
 def console_permissions() -> str:
-    from nebula_credential.console import NEEDS
+    from nebula_credential.console import NEEDS, TRANSIT_NEEDS
 
-    out = ["| page or action | capability | policy path |", "|---|---|---|"]
+    out = ["| page or action | KV keyring `<name>` | Transit key `<name>` of mount `<mount>` |", "|---|---|---|"]
     for what, (capability, path) in NEEDS.items():
-        out.append(f"| {what} | `{capability}` | `{path}` |")
+        t_capability, t_path = TRANSIT_NEEDS[what]
+        kv = path.format(keyring="<name>")
+        transit = t_path.format(mount="<mount>", name="<name>")
+        out.append(f"| {what} | `{capability}` on `{kv}` | `{t_capability}` on `{transit}` |")
     return "\n".join(out) + "\n"
 
 

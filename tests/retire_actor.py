@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import nebula_credential as nc
+from nebula_credential.destroy_guard import destroy_floor, stored_refresh_interval
 from nebula_credential.exceptions import ConcurrencyError, PolicyViolationError, StoreUnavailableError
 from nebula_credential.models import KeyStatus
 
@@ -60,7 +61,6 @@ def app(vault: nc.Vault, stop: Path) -> None:
 
 def operator(vault: nc.Vault, stop: Path, cycles: int) -> None:
     km = vault.keys
-    floor = 2 * vault.config.keys.refresh_interval
     revoke_retries = destroyed = refused = 0
     try:
         for _ in range(cycles):
@@ -74,7 +74,15 @@ def operator(vault: nc.Vault, stop: Path, cycles: int) -> None:
                     break
                 except PolicyViolationError:
                     revoke_retries += 1  # the app wrote under it again since: re-encrypt, try again
-            time.sleep((floor + timedelta(milliseconds=20)).total_seconds())
+            while True:  # the guard's floor: the largest refresh_interval announced (the app's, once it opened)
+                with vault.store.read() as tx:
+                    floor = destroy_floor(vault.config, stored_refresh_interval(tx))
+                revoked_at = km.version(old).revoked_at
+                assert revoked_at is not None
+                wait = (revoked_at + floor + timedelta(milliseconds=20) - vault.clock()).total_seconds()
+                if wait <= 0:
+                    break
+                time.sleep(wait)
             try:
                 km.destroy(old)
                 destroyed += 1

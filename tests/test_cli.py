@@ -91,10 +91,17 @@ def test_lifecycle_commands(cli, tmp_path: Path) -> None:  # type: ignore[no-unt
     assert early.returncode == 1 and "floor" in early.stderr  # --force never lowers the floor
     unconfirmed = cli("keys", "destroy", "1", "--force", ok=False)
     assert unconfirmed.returncode == 2 and "--yes-destroy-key-version 1" in unconfirmed.stderr
-    (tmp_path / "fast.toml").write_text('[keys]\nrefresh_interval = "0s"\n')  # floor: 0 s
-    kept = cli("--config", "fast.toml", "keys", "destroy", "1", ok=False)
+    # a process configured with 0 s does not lower the floor the others announced (twice 5 s) ...
+    (tmp_path / "fast.toml").write_text('[keys]\nrefresh_interval = "0s"\n')
+    fast = cli("--config", "fast.toml", "keys", "destroy", "1", "--force", "--yes-destroy-key-version", "1", ok=False)
+    assert fast.returncode == 1 and "floor" in fast.stderr
+    # ... so the destroying process's clock moves past it (libfaketime, no sleep)
+    later = _clock_ahead(tmp_path, "+11s")
+    kept = run_cli("--config", "fast.toml", "keys", "destroy", "1", cwd=tmp_path, env=later)
     assert kept.returncode == 1 and "--force --yes-destroy-key-version 1" in kept.stderr  # 90 days' retention
-    cli("--config", "fast.toml", "keys", "destroy", "1", "--force", "--yes-destroy-key-version", "1")
+    done = run_cli("--config", "fast.toml", "keys", "destroy", "1", "--force", "--yes-destroy-key-version", "1",
+                   cwd=tmp_path, env=later)
+    assert done.returncode == 0, done.stderr
     assert json.loads(cli("--json", "keys", "show", "1").stdout)["status"] == "destroyed"
 
 
@@ -119,3 +126,13 @@ def test_keyrings_are_separate(cli) -> None:  # type: ignore[no-untyped-def]
     cli("put", "a", "--value", '"default"')
     assert json.loads(cli("--keyring", "acme", "--json", "get", "a").stdout)["value"] == "acme"
     assert json.loads(cli("--json", "get", "a").stdout)["value"] == "default"
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def _clock_ahead(tmp_path: Path, shift: str) -> dict[str, str]:
+    """The store runner's environment for a process whose clock runs ``shift`` ahead (libfaketime)."""
+    if not LIBFAKETIME.exists():
+        pytest.fail("libfaketime not found: run scripts/ensure-system-deps.sh (Debian package faketime)")
+    return cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}", LD_PRELOAD=str(LIBFAKETIME), FAKETIME=shift)

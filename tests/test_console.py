@@ -31,7 +31,8 @@ def authorize(token: str) -> Principal | None:
     if token == ROOT:
         return Principal("root", lambda capability, path: True)
     if token == READER:
-        return Principal("reader", lambda capability, path: capability == "read" and path.startswith("transit/"))
+        return Principal("reader", lambda capability, path: capability == "read"
+                         and path.startswith(("transit/", "sys/nebula/keyrings/")))
     return None
 
 

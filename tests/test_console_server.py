@@ -26,7 +26,9 @@ def session(server: Server, token: str) -> tuple[httpx.Client, str]:
     assert r.status_code == 303, r.text
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=strict" in cookie
-    c.headers["cookie"] = f"nc_console={token}"
+    match = re.search(r"nc_console=([^;]+)", cookie)
+    assert match and match.group(1) != token  # the cookie holds a session, never the token
+    c.headers["cookie"] = f"nc_console={match.group(1)}"
     page = c.get("/ui/keyrings/default")
     assert page.status_code == 200, page.text
     match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
@@ -40,7 +42,7 @@ def test_serve_has_the_console_under_its_tokens_and_policies(server: Server, tmp
     assert httpx.post(f"{server.url}/ui/login", data={"token": "ncs.nope"}, timeout=30).status_code == 403
 
     hcl = tmp_path / "auditor.hcl"
-    hcl.write_text('path "transit/keys/*" { capabilities = ["read"] }\n')
+    hcl.write_text('path "sys/nebula/keyrings/*" { capabilities = ["read"] }\n')
     assert server.cli("policy", "write", "auditor", str(hcl)).returncode == 0
     root, auditor = server.token("root"), server.token("auditor")
 
@@ -112,7 +114,9 @@ def test_daemon_ui_serves_the_console_on_loopback_only(tmp_path: Path) -> None:
             time.sleep(0.05)
         r = httpx.post(f"{base}/login", data={"token": token}, timeout=10)
         assert r.status_code == 303 and "HttpOnly" in r.headers["set-cookie"]
-        page = httpx.get(f"{base}/", headers={"cookie": f"nc_console={token}"}, timeout=10)
+        cookie = re.search(r"nc_console=([^;]+)", r.headers["set-cookie"])
+        assert cookie
+        page = httpx.get(f"{base}/", headers={"cookie": f"nc_console={cookie.group(1)}"}, timeout=10)
         assert page.status_code == 200 and 'data-keyring="default"' in page.text
     finally:
         proc.terminate()

@@ -107,7 +107,8 @@ def test_cleanup_never_destroys_a_referenced_version(vault: nc.Vault, clock: Fak
 def test_cli_cleanup_dry_run_names_the_policy(tmp_path: Path) -> None:
     from .helpers import cli_env, run_cli
 
-    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
+    # every process on the store reads c.toml: the floor is the largest refresh_interval any process announced
+    env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}", NEBULA_CREDENTIAL_CONFIG="c.toml")
     # refresh_interval 0s: the destroy floor (twice that) does not hold a test up; keep_versions 1 lets v1 go
     (tmp_path / "c.toml").write_text(
         '[retention]\npolicy = "until-reencrypted"\nkeep_versions = 1\n[keys]\nrefresh_interval = "0s"\n')
@@ -233,9 +234,10 @@ def test_no_time_based_rotation_for_manual_and_usage(tmp_path: Path, key_file: P
 def test_cli_destroy_inside_keep_versions_is_one_error_line_naming_it(tmp_path: Path) -> None:
     from .helpers import store_runner
 
-    run = store_runner(tmp_path)
     # refresh_interval 0s: no destroy floor; the default keep_versions = 2 keeps v1 after one rotation
     (tmp_path / "c.toml").write_text('[retention]\npolicy = "until-reencrypted"\n[keys]\nrefresh_interval = "0s"\n')
+    # every process on the store reads c.toml: the floor is the largest refresh_interval any process announced
+    run = store_runner(tmp_path, NEBULA_CREDENTIAL_CONFIG="c.toml")
     for args in (("init",), ("keys", "rotate"), ("keys", "revoke", "1")):
         run(*args)
     res = run("--config", "c.toml", "keys", "destroy", "1", ok=False)

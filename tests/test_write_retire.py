@@ -196,10 +196,11 @@ def test_max_encryptions_is_enforced_without_auto_rotation(tmp_path: object) -> 
 def race(store_url: str, tmp_path: Path, cycles: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """An app process writing through its cache while an operator process retires versions under it.
 
-    The app re-reads key statuses every second; the operator's floor assumes
-    0.1 s.  So the app keeps writing under a version for up to a second after
-    it was revoked: only the check inside the write transaction saves those
-    writes (the floor alone would not).
+    The app re-reads key statuses every second; the operator's own config
+    says 0.1 s.  So the app keeps writing under a version for up to a second
+    after it was revoked: only the check inside the write transaction saves
+    those writes.  The destroy floor is the app's (2 s): the largest
+    ``refresh_interval`` announced to the store, not the operator's.
     """
     def config_file(name: str, refresh: str) -> Path:
         path = tmp_path / name

@@ -196,6 +196,9 @@ class ServerConfig:
     a size (``"256MiB"``) or a share of the disk (``"5%"``); ``"0"`` turns the check off."""
     audit_path_chars: int = 256
     """How much of the path of an unauthenticated, denied or unrouted request is audited (plus a digest)."""
+    public_addr: str = ""
+    """host[:port] clients use to reach the server when it is not the listen address (a DNS name, a
+    wildcard listen): the console answers only this ``Host`` and the listen address's."""
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|[KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -566,7 +569,7 @@ def _server(raw: dict[str, Any]) -> ServerConfig:
     _check_keys("server", raw, ("listen", "tls_cert_file", "tls_key_file", "max_request_size",
                                 "request_timeout", "workers", "kv_mounts", "default_ttl", "max_ttl",
                                 "cache_ttl", "transit_mounts", "unauthenticated_rate", "unauthenticated_burst",
-                                "min_free_space", "audit_path_chars"))
+                                "min_free_space", "audit_path_chars", "public_addr"))
     d = ServerConfig()
     listen = raw.get("listen", d.listen)
     if not isinstance(listen, str):
@@ -591,7 +594,11 @@ def _server(raw: dict[str, Any]) -> ServerConfig:
         if not is_mount(mount) or mount in ("sys", "auth") or mount in mounts:
             raise ConfigError("server.transit_mounts", f"bad mount {mount!r}: letters, digits, - and _, "
                               "not sys or auth, and not also a KV mount")
+    public = raw.get("public_addr", d.public_addr)
+    if not isinstance(public, str) or any(c in public for c in "/ \t@"):
+        raise ConfigError("server.public_addr", "must be a string host or host:port")
     cfg = ServerConfig(
+        public_addr=public,
         listen=listen,
         tls_cert_file=files["tls_cert_file"],
         tls_key_file=files["tls_key_file"],

@@ -20,17 +20,51 @@ from .policies.retention import KeyRetentionPolicy, RetentionContext, kept_versi
 
 if TYPE_CHECKING:
     from .config import KeyManagementConfig
-    from .store import StoreTx
+    from .store import Store, StoreTx
+
+#: The store's meta entry holding the largest ``refresh_interval`` (seconds) any process announced.
+REFRESH_META = "destroy_guard.max_refresh_interval"
 
 
-def destroy_floor(config: KeyManagementConfig) -> timedelta:
+def stored_refresh_interval(tx: StoreTx) -> timedelta:
+    """The largest ``refresh_interval`` any process opening this store has announced (0 if none)."""
+    try:
+        seconds = float(tx.get_meta(REFRESH_META) or 0)
+    except ValueError:  # a damaged entry must not lower the floor: treat it as unknown
+        seconds = 0.0
+    return timedelta(seconds=max(0.0, seconds))
+
+
+def announce_refresh_interval(store: Store, config: KeyManagementConfig) -> None:
+    """Record this process's ``refresh_interval`` in the store if it is the largest seen so far.
+
+    Called by every process that opens the store.  The value is only ever
+    raised, so a process configured with a short interval (even ``0s``)
+    cannot shorten the floor that protects the versions other processes may
+    still be writing under.  One read when nothing changes; one write the
+    first time a longer interval is seen.
+    """
+    own = config.keys.refresh_interval
+    with store.read() as tx:
+        if stored_refresh_interval(tx) >= own:
+            return
+    with store.transaction() as tx:
+        tx.lock_keyring(REFRESH_META)  # PostgreSQL: two announcers in turn, so the larger value wins
+        if stored_refresh_interval(tx) < own:
+            tx.set_meta(REFRESH_META, repr(own.total_seconds()))
+
+
+def destroy_floor(config: KeyManagementConfig, stored: timedelta = timedelta(0)) -> timedelta:
     """How long a version stays revoked before it may be destroyed: twice ``refresh_interval``.
 
     Every process re-reads key statuses at least once per ``refresh_interval``,
     so after two of them none still holds the version as one to write under.
-    No flag lowers it.
+    The interval is the larger of the destroying process's own and ``stored``
+    (the largest any process announced to the store, see
+    :func:`announce_refresh_interval`): the floor is not the destroyer's to
+    lower.  No flag lowers it.
     """
-    return 2 * config.keys.refresh_interval
+    return 2 * max(config.keys.refresh_interval, stored)
 
 
 def check_destroy(
@@ -77,13 +111,13 @@ def check_destroy(
     if hold is not None:
         raise PolicyViolationError(f"key version {v} is kept: {hold}")
     # 3. the floor: every process has re-read key statuses since the revocation
-    floor = destroy_floor(config)
+    floor = destroy_floor(config, stored_refresh_interval(tx))
     held = now - (kv.revoked_at or kv.status_changed_at or now)
     if held < floor:
         raise PolicyViolationError(
             f"key version {v} was revoked {format_duration(max(held, timedelta(0)))} ago; it can be "
-            f"destroyed {format_duration(floor - held)} from now (floor: twice refresh_interval, "
-            f"{format_duration(floor)}, so no process still writes under it)"
+            f"destroyed {format_duration(floor - held)} from now (floor: twice the largest refresh_interval "
+            f"of any process on this store, {format_duration(floor)}, so no process still writes under it)"
         )
     force_hint = f"`nebula-credential keys destroy {v} --force --yes-destroy-key-version {v}`"
     versions = tx.list_versions(kr)
@@ -115,4 +149,4 @@ def check_destroy(
     return refs, "; ".join(reasons)
 
 
-__all__ = ["check_destroy", "destroy_floor"]
+__all__ = ["announce_refresh_interval", "check_destroy", "destroy_floor", "stored_refresh_interval"]

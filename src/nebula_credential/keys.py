@@ -411,26 +411,31 @@ class KeyManager:
         """Reserve a block of encryptions for ``key`` from the store (one write).
 
         Blocks stop exactly at ``rotation.max_encryptions``: the next
-        reservation rotates (``auto_rotation`` on) or refuses (off), and a
-        block another process shrank by reserving at the same time keeps only
-        what fits the bound.
+        reservation rotates (``auto_rotation`` on) or refuses (off).  The
+        version's row is locked while its counter is read, checked and
+        raised, so the stored counter never passes the bound, whatever the
+        number of processes reserving at once.  The caller has already taken
+        one encryption from ``key``'s count; when ``key`` turns out not to be
+        the one to use, that encryption is taken again (:meth:`next_active`)
+        from the key that is, never handed over uncounted.
         """
         with self._lock:
             if key is not self._active:
-                return self.current_key() if self._active is None else self._reserve(self._active)
+                return self.next_active()
             block = min(self.reservation_block, max(FIRST_RESERVATION, key._limit))
             bound = self.config.rotation.max_encryptions
             auto = self.config.keys.auto_rotation
             total = 0
             with self.store.transaction(autonomous=True) as tx:
-                kv = tx.get_version(self.keyring, key.version)
-                if kv is None or kv.status is not KeyStatus.ACTIVE:
-                    self._refresh_at = 0.0
-                    self._active = None
-                    return self._reserve(self.current_key())
-                if kv.encryptions < bound:
+                kv = tx.lock_version(self.keyring, key.version)
+                retired = kv is None or kv.status is not KeyStatus.ACTIVE
+                if not retired and kv is not None and kv.encryptions < bound:
                     block = min(block, bound - kv.encryptions)
                     total = tx.add_encryptions(self.keyring, key.version, block)
+            if retired:  # another process rotated or revoked it: count this encryption on the active one
+                self._refresh_at = 0.0
+                self._active = None
+                return self.next_active()
             if total > HARD_MAX_ENCRYPTIONS:
                 raise PolicyViolationError(
                     f"key version {key.version} of keyring {self.keyring!r} reached the AES-GCM "

@@ -138,11 +138,58 @@ def check_keyring(value: object, field: str = "keyring") -> str:
     return _check_name(value, field, "keyring name", KEYRING_RE, KEYRING_RULE)
 
 
+# ---- policy paths of keyring actions -------------------------------------------------------
+#: What each console page or action needs on a KV keyring: (capability, policy path), ``{keyring}``
+#: filled in.  A KV keyring is not a Transit key: its paths live under ``sys/nebula/keyrings/``,
+#: so a capability on a Transit key of the same name never acts on it.
+KV_KEYRING_NEEDS: dict[str, tuple[str, str]] = {
+    "view": ("read", "sys/nebula/keyrings/{keyring}"),
+    "rotate": ("update", "sys/nebula/keyrings/{keyring}/rotate"),
+    "revoke": ("update", "sys/nebula/keyrings/{keyring}/revoke"),
+    "reinstate": ("update", "sys/nebula/keyrings/{keyring}/reinstate"),
+    "reencrypt": ("update", "sys/nebula/keyrings/{keyring}/reencrypt"),
+    "audit": ("read", "sys/nebula/audit"),
+}
+#: The same for a Transit key (keyring ``MOUNT/NAME``): Vault's own path where Transit has the
+#: operation (read the key, rotate it), ``sys/nebula/transit/...`` where it does not.  Reinstating
+#: is never implied by ``update`` on the key's paths: lowering ``min_decryption_version`` below a
+#: revoked version needs this ``reinstate`` capability too.
+TRANSIT_KEY_NEEDS: dict[str, tuple[str, str]] = {
+    "view": ("read", "{mount}/keys/{name}"),
+    "rotate": ("update", "{mount}/keys/{name}/rotate"),
+    "revoke": ("update", "sys/nebula/transit/{mount}/keys/{name}/revoke"),
+    "reinstate": ("update", "sys/nebula/transit/{mount}/keys/{name}/reinstate"),
+    "reencrypt": ("update", "sys/nebula/transit/{mount}/keys/{name}/reencrypt"),
+    "audit": ("read", "sys/nebula/audit"),
+}
+
+
+def transit_key_need(what: str, mount: str, name: str) -> tuple[str, str]:
+    """(capability, policy path) that ``what`` needs on the Transit key ``name`` of ``mount``."""
+    capability, path = TRANSIT_KEY_NEEDS[what]
+    return capability, path.format(mount=mount.strip("/"), name=name)
+
+
+def keyring_need(what: str, keyring: str = "") -> tuple[str, str]:
+    """(capability, policy path) that ``what`` (a console page or action) needs on ``keyring``.
+
+    A keyring named ``MOUNT/NAME`` (``#N`` generation ignored) is a Transit
+    key; any other is a KV keyring (KV keyring names have no ``/``).
+    """
+    if "/" in keyring:
+        mount, name = keyring.rsplit("/", 1)
+        return transit_key_need(what, mount, name.split("#", 1)[0])
+    capability, path = KV_KEYRING_NEEDS[what]
+    return capability, path.format(keyring=keyring)
+
+
 __all__ = [
     "KEYRING_RULE",
+    "KV_KEYRING_NEEDS",
     "MAX_ID_LENGTH",
     "MAX_KEYRING_LENGTH",
     "NAME_RULE",
+    "TRANSIT_KEY_NEEDS",
     "TRANSIT_KEY_RULE",
     "check_credential_id",
     "check_keyring",
@@ -152,5 +199,7 @@ __all__ = [
     "is_mount",
     "is_mount_path",
     "is_transit_key_name",
+    "keyring_need",
     "printable",
+    "transit_key_need",
 ]

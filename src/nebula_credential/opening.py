@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import KeyManagementConfig, ProviderConfig
+from .destroy_guard import announce_refresh_interval
 from .exceptions import ConfigError, DecryptionError, StoreError
 from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
 from .models import utc_now
@@ -271,6 +272,7 @@ def open_on(
                 check_fingerprint(_fingerprint(store), provider.name, configured=True)
             vault = make(provider)
         _prove_root_key(vault)
+        announce_refresh_interval(store, config)  # the destroy floor is the largest any process uses
         if create:
             vault.keys.initialize()
         return vault

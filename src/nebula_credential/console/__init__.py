@@ -9,7 +9,8 @@ CDN, no external font, works offline.  Needs the ``server`` extra (Starlette).
 
 from __future__ import annotations
 
-from ._access import NEEDS, Authorizer, Principal
-from .app import create_console
+from ._access import NEEDS, SESSION_TTL, TRANSIT_NEEDS, Authorizer, Principal, Sessions
+from .app import create_console, host_allowed
 
-__all__ = ["NEEDS", "Authorizer", "Principal", "create_console"]
+__all__ = ["NEEDS", "SESSION_TTL", "TRANSIT_NEEDS", "Authorizer", "Principal", "Sessions", "create_console",
+           "host_allowed"]

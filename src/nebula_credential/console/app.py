@@ -1,15 +1,19 @@
 """The console's Starlette app: mount it at ``/ui`` on the server (or the daemon).
 
-``create_console(vault, authorize)`` takes the synchronous vault and the
-server's token check.  Every page re-checks the token through ``authorize``;
-every POST needs the same origin, the session's CSRF value and, for actions,
-the confirmation form's echo of the keyring and version it named.  Store work
-runs in the thread pool.  Destroy is deliberately not offered here.
+``create_console(vault, sessions)`` takes the synchronous vault and where
+sessions live (:class:`~._access.Sessions`; the server's make each one a
+short-lived child token that logout revokes).  The cookie holds the session
+secret, never the token logged in with.  Every page re-checks the session;
+every POST needs the same origin (scheme included), the session's CSRF value
+and, for actions, the confirmation form's echo of the keyring and version it
+named.  With ``hosts`` given, a request whose ``Host`` is not one of them is
+refused before anything else (no page, no redirect).  Store work runs in the
+thread pool.  Destroy is deliberately not offered here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,7 +28,17 @@ from starlette.staticfiles import StaticFiles
 from ..exceptions import NebulaCredentialError
 from ..vault import Vault
 from . import _html as pages
-from ._access import ACTIONS, COOKIE, VERSIONED, Authorizer, Principal, csrf_ok, csrf_token, security_headers
+from ._access import (
+    ACTIONS,
+    COOKIE,
+    VERSIONED,
+    Authorizer,
+    Principal,
+    Sessions,
+    csrf_ok,
+    csrf_token,
+    security_headers,
+)
 from ._state import Jobs, audit_state, keyring_names, keyring_view, provider_health, timeline
 
 STATIC = Path(__file__).with_name("static")
@@ -39,19 +53,29 @@ Handler = Callable[[Request, str, Principal], Awaitable[Response]]
 
 
 class _SecurityHeaders:
-    """Adds the CSP and friends to every response of the console (pure ASGI, no buffering)."""
+    """Adds the CSP and friends to every response of the console (pure ASGI, no buffering), HSTS
+    over TLS; and refuses a ``Host`` outside ``hosts`` before the app (or a redirect) sees it."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hosts: Collection[str] | None = None) -> None:
         self.app = app
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        tls = scope.get("scheme") == "https"
+        if not host_allowed(scope, self.hosts):
+            body = b"unexpected Host header"
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
+                                    *security_headers(tls)]})
+            await send({"type": "http.response.body", "body": body})
+            return
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + security_headers()
+                message["headers"] = list(message.get("headers", [])) + security_headers(tls)
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -67,13 +91,37 @@ def _base(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
+def host_allowed(scope: Scope, hosts: Collection[str] | None) -> bool:
+    """Whether the request's ``Host`` is one the console is served under (any when ``hosts`` is None).
+
+    Compared lower-case; a name without a port also matches with the
+    scheme's default port (``example.com`` is ``example.com:443`` over TLS).
+    """
+    if hosts is None:
+        return True
+    host = next((v for k, v in scope.get("headers") or () if k == b"host"), b"").decode("latin-1").lower()
+    if host in hosts:
+        return True
+    default = "443" if scope.get("scheme") == "https" else "80"
+    if host.endswith(f":{default}"):
+        return host[: -len(default) - 1] in hosts
+    return f"{host}:{default}" in hosts
+
+
 def _same_origin(request: Request) -> bool:
-    """A browser's POST from another site carries Sec-Fetch-Site and Origin; refuse it."""
+    """A browser's POST from another site carries Sec-Fetch-Site and Origin; refuse it.
+
+    The Origin must name this scheme too: ``http://host`` is another origin
+    than ``https://host`` (a page served over plain HTTP on the same name).
+    """
     site = request.headers.get("sec-fetch-site")
     if site not in (None, "same-origin", "none"):
         return False
     origin = request.headers.get("origin")
-    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return (parts.scheme, parts.netloc) == (request.url.scheme, request.headers.get("host", ""))
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -84,16 +132,24 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parsed.items()}
 
 
-def create_console(vault: Vault, authorize: Authorizer, *, secure_cookie: bool = True) -> Starlette:
-    """The console over ``vault``'s store; ``authorize(token)`` gives a :class:`Principal` or None."""
+def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cookie: bool = True,
+                   hosts: Collection[str] | None = None) -> Starlette:
+    """The console over ``vault``'s store.
+
+    ``sessions`` is where sessions live, or a plain ``authorize(token)``
+    giving a :class:`Principal` or None (sessions then kept in memory).
+    ``hosts``: the ``Host`` values the console answers (lower-case
+    ``host:port``); None accepts any (tests, a mount whose server checks).
+    """
     jobs = Jobs()
+    store = sessions if isinstance(sessions, Sessions) else Sessions(sessions)
 
     async def session(request: Request) -> tuple[str, Principal] | None:
-        token = request.cookies.get(COOKIE)
-        if not token:
+        secret = request.cookies.get(COOKIE)
+        if not secret:
             return None
-        principal = await run_in_threadpool(authorize, token)
-        return (token, principal) if principal is not None else None
+        principal = await run_in_threadpool(store.check, secret)
+        return (secret, principal) if principal is not None else None
 
     def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
@@ -135,17 +191,25 @@ def create_console(vault: Vault, authorize: Authorizer, *, secure_cookie: bool =
             return HTMLResponse(pages.login_page(base))
         if not _same_origin(request):
             return HTMLResponse(pages.login_page(base, "cross-site request refused"), status_code=403)
+        source = request.client.host if request.client is not None else ""
+        wait = store.retry_after(source)
+        if wait is not None:
+            return HTMLResponse(pages.login_page(base, "Too many failed logins from this address; try again "
+                                                       f"in {wait} s."), status_code=429,
+                                headers={"Retry-After": str(wait)})
         token = (await _form(request)).get("token", "").strip()
-        principal = await run_in_threadpool(authorize, token) if token else None
-        if principal is None:
+        opened = await run_in_threadpool(store.login, token, source)
+        if opened is None:
             return HTMLResponse(pages.login_page(base, "Unknown, expired or revoked token."), status_code=403)
         response = RedirectResponse(f"{base}/", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, secure=secure_cookie, samesite="strict", path=base or "/")
+        response.set_cookie(COOKIE, opened[0], httponly=True, secure=secure_cookie, samesite="strict",
+                            path=base or "/")
         return response
 
     async def logout(request: Request, token: str, principal: Principal) -> Response:
         if not csrf_ok(token, (await _form(request)).get("csrf", "")):
             raise _Denied(403, "missing or wrong CSRF token")
+        await run_in_threadpool(store.logout, token)
         base = _base(request)
         response = RedirectResponse(f"{base}/login", status_code=303)
         response.delete_cookie(COOKIE, path=base or "/", secure=secure_cookie, httponly=True, samesite="strict")
@@ -243,7 +307,8 @@ def create_console(vault: Vault, authorize: Authorizer, *, secure_cookie: bool =
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes)
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(_SecurityHeaders, hosts=hosts)
+    app.state.hosts = hosts
     return app
 
 

@@ -87,6 +87,8 @@ def _healthz() -> tuple[int, str, bytes]:
 def worker_config(config: KeyManagementConfig, flags: dict[str, Any]) -> KeyManagementConfig:
     """The config with the limits ``serve`` was given on the command line."""
     server = config.server
+    if flags.get("listen"):  # the console checks Host against the address actually served
+        server = replace(server, listen=str(flags["listen"]))
     if flags.get("max_request_size"):
         server = replace(server, max_request_size=int(flags["max_request_size"]))
     if flags.get("request_timeout"):
@@ -102,15 +104,13 @@ def app_from_env() -> Any:
     come from the daemon's handlers, ``--maintain`` runs the daemon's loop in
     a thread beside it.
     """
-    from starlette.routing import Mount
-
     from .. import logredact
     from ..aio import aopen
     from ..metrics import MetricsExporter, register_login_metric, register_server_metrics
     from ._backend import backend_for
     from ._httpmetrics import HttpMetricsMiddleware
     from .app import create_app, ops_routes
-    from .compose import DeferredConsole, console_app
+    from .compose import console_app, console_routes
 
     logredact.install()  # a worker process does not inherit the parent's filters
     config_path = os.environ.get(ENV_CONFIG)
@@ -149,7 +149,7 @@ def app_from_env() -> Any:
             await vault.close()
             await asyncio.to_thread(ops.close)
 
-    routes = [*ops_routes(["/metrics", "/healthz"]), Mount("/ui", app=DeferredConsole())]
+    routes = [*ops_routes(["/metrics", "/healthz"]), *console_routes()]
     app = create_app(None, config, extra_routes=routes, lifespan=lifespan)
     app.add_middleware(HttpMetricsMiddleware)  # outermost: times the whole request
     return app
@@ -174,6 +174,7 @@ def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | N
     if config_path:
         os.environ[ENV_CONFIG] = config_path
     os.environ[ENV_FLAGS] = json.dumps({
+        "listen": options.listen,
         "max_request_size": max_request_size,
         "request_timeout": request_timeout.total_seconds() if request_timeout else None,
         "maintain": options.maintain_interval.total_seconds() if options.maintain else None,

@@ -28,9 +28,11 @@ from ..exceptions import (
     KeyRevokedError,
     PolicyViolationError,
 )
+from ..names import transit_key_need
 from ..transit import (
     BatchResult,
     Handled,
+    ReinstateRefusedError,
     Transit,
     TransitInputError,
     TransitKeyNotFoundError,
@@ -170,7 +172,18 @@ class TransitEngine:
         return await self._key_reply(ctx, name)
 
     async def config(self, request: Request, ctx: Ctx) -> Response:
-        return await self._change(request, ctx, requests.handle_configure)
+        """``keys/:name/config``: lowering ``min_decryption_version`` to a revoked version reinstates
+        it, so that part also needs the reinstate capability the console asks for (403 without it)."""
+        reinstate = transit_key_need("reinstate", self.mount, self._name(request))
+        allowed = ctx.allows(*reinstate)
+
+        def configure(t: Transit, name: str, body: dict[str, Any]) -> Any:
+            try:
+                return requests.handle_configure(t, name, body, reinstate_allowed=allowed)
+            except ReinstateRefusedError as exc:
+                raise HTTPError(403, f"{exc} (update on {reinstate[1]})") from None
+
+        return await self._change(request, ctx, configure)
 
     async def rotate(self, request: Request, ctx: Ctx) -> Response:
         return await self._change(request, ctx, lambda t, name, body: t.rotate(name))

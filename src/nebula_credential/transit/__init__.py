@@ -36,7 +36,7 @@ retention policy.  Nothing here erases key material by any other path.
 from __future__ import annotations
 
 from .engine import DATAKEY_BITS, DEFAULT_MOUNT, SUPPORTED_TYPES, DataKey, SignOptions, Transit, keyring_facts
-from .errors import TransitInputError, TransitKeyNotFoundError
+from .errors import ReinstateRefusedError, TransitInputError, TransitKeyNotFoundError
 from .keys import KeyConfigChange, KeyInfo
 from .requests import hash_input, random_bytes
 from .settings import MaintenancePlan, TransitKeyConfig, check_timezone, maintenance_plan
@@ -59,6 +59,7 @@ __all__ = [
     "KeyConfigChange",
     "KeyInfo",
     "MaintenancePlan",
+    "ReinstateRefusedError",
     "SignOptions",
     "Transit",
     "TransitInputError",

@@ -26,7 +26,7 @@ from ..keys import KeyManager
 from ..models import KeyStatus, KeyVersion
 from ..names import TRANSIT_KEY_RULE, is_mount_path, is_transit_key_name
 from ..providers.base import WrapContext
-from .errors import TransitInputError, TransitKeyNotFoundError
+from .errors import ReinstateRefusedError, TransitInputError, TransitKeyNotFoundError
 from .keytypes import DEFAULT_HMAC_KEY_SIZE, MAX_HMAC_KEY_SIZE, SUPPORTED_TYPES, PrivateKey, key_type
 from .settings import CONFIG_META, KEYRING_META, TransitKeyConfig, check_timezone
 from .wire import MIN_AUTO_ROTATE
@@ -102,6 +102,10 @@ class KeyConfigChange:
     #: Vault's one-way switches: once on, they cannot be turned off.
     exportable: bool | None = None
     allow_plaintext_backup: bool | None = None
+    #: Whether lowering ``min_decryption_version`` may bring revoked versions back (a reinstate).
+    #: The library caller holds the store and may; the server sets it from the token's
+    #: ``reinstate`` capability (:func:`nebula_credential.names.transit_key_need`).
+    reinstate_allowed: bool = True
 
 
 class TransitKeys:
@@ -385,19 +389,27 @@ class TransitKeys:
             if not 1 <= bound <= HARD_MAX_ENCRYPTIONS:
                 raise TransitInputError(f"max_encryptions must be 1..{HARD_MAX_ENCRYPTIONS} (the AES-GCM bound)")
             changes["max_encryptions"] = bound
+        revived = [v.version for v in versions if v.version >= mdv and v.status is KeyStatus.REVOKED
+                   ] if mdv != cfg.min_decryption_version else []
+        if revived and not change.reinstate_allowed:
+            raise ReinstateRefusedError(
+                f"min_decryption_version {mdv} would reinstate revoked version(s) "
+                f"{', '.join(map(str, revived))}: that needs the reinstate capability, not only config")
         if mdv != cfg.min_decryption_version:
             self._apply_min_decryption(key.km, versions, mdv)
         new = self._update(key, **changes)
         if changes:
-            self.audit("transit.key.config", cfg.keyring, None, changed=sorted(changes))
+            self.audit("transit.key.config", cfg.keyring, None, changed=sorted(changes), reinstated=revived)
         return new
 
     def _apply_min_decryption(self, km: KeyManager, versions: Sequence[KeyVersion], mdv: int) -> None:
+        reason = f"transit min_decryption_version {mdv}"
         for kv in versions:
             if kv.version < mdv and kv.status in (KeyStatus.VALID, KeyStatus.GRACE):
-                km.revoke(kv.version, reason=f"transit min_decryption_version {mdv}")
-            elif kv.version >= mdv and kv.status is KeyStatus.REVOKED:
-                km.reinstate(kv.version)
+                km.revoke(kv.version, reason=reason)
+            elif kv.version >= mdv and kv.status is KeyStatus.REVOKED:  # audited as key.reinstate
+                km.transition(kv.version, KeyStatus.VALID, action="key.reinstate", expected=KeyStatus.REVOKED,
+                              reason=reason)
 
 
     def rotate(self, name: str, *, reason: str = "transit rotate") -> KeyVersion:

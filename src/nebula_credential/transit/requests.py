@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..config import validate_cron
@@ -245,10 +246,15 @@ def config_change(body: dict[str, Any]) -> KeyConfigChange:
     )
 
 
-def handle_configure(transit: Transit, name: str, body: dict[str, Any]) -> TransitKeyConfig:
-    """``keys/:name/config``; an unknown key is refused before its body is read."""
+def handle_configure(transit: Transit, name: str, body: dict[str, Any], *,
+                     reinstate_allowed: bool = True) -> TransitKeyConfig:
+    """``keys/:name/config``; an unknown key is refused before its body is read.
+
+    ``reinstate_allowed``: whether the caller holds the key's reinstate
+    capability (a lowered ``min_decryption_version`` may revive revoked versions).
+    """
     transit.key_info(name)
-    return transit.configure(name, config_change(body))
+    return transit.configure(name, replace(config_change(body), reinstate_allowed=reinstate_allowed))
 
 
 def handle_trim(transit: Transit, name: str, body: dict[str, Any]) -> TransitKeyConfig:
