@@ -23,6 +23,9 @@ from .fixtures_transit import OpenBao
 from .server_proc import Server, sqlite_serve
 from .test_diff_sys import _get, _shape_diffs
 
+#: AppRole is enabled here on both sides (other tests use the shared OpenBao's approle/)
+APPROLE_PATH = "approle-diff"
+
 #: Fields only OpenBao has (entities, identity, batch tokens, enterprise knobs), by design.
 BAO_EXTRAS = frozenset({"mfa_requirement", "entity_id", "identity_policies", "local_secret_ids",
                         "secret_id_prefix", "token_bound_cidrs", "alias_metadata"})
@@ -73,57 +76,57 @@ WRAP = (("X-Vault-Wrap-TTL", "120"),)
 
 STEPS: list[Step] = [
     # -- AppRole roles
-    Step("write role", "POST", "auth/approle/role/app",
+    Step("write role", "POST", "auth/approle-diff/role/app",
          {"token_policies": ["p1"], "token_ttl": "10m", "token_max_ttl": "1h", "secret_id_ttl": "1h"}),
-    Step("read role", "GET", "auth/approle/role/app",
+    Step("read role", "GET", "auth/approle-diff/role/app",
          same=("data.token_policies", "data.token_ttl", "data.token_max_ttl", "data.bind_secret_id",
                "data.secret_id_ttl", "data.secret_id_num_uses", "data.token_num_uses")),
-    Step("read missing role", "GET", "auth/approle/role/missing"),
-    Step("list roles", "LIST", "auth/approle/role", same=("data.keys",)),
-    Step("read role-id", "GET", "auth/approle/role/app/role-id", save=(("role_id", "data.role_id"),)),
-    Step("set custom role-id", "POST", "auth/approle/role/app/role-id", {"role_id": "my-role-id"}),
-    Step("read custom role-id", "GET", "auth/approle/role/app/role-id", same=("data.role_id",)),
-    Step("generate secret-id", "POST", "auth/approle/role/app/secret-id", {"metadata": '{"host": "web-1"}'},
+    Step("read missing role", "GET", "auth/approle-diff/role/missing"),
+    Step("list roles", "LIST", "auth/approle-diff/role", same=("data.keys",)),
+    Step("read role-id", "GET", "auth/approle-diff/role/app/role-id", save=(("role_id", "data.role_id"),)),
+    Step("set custom role-id", "POST", "auth/approle-diff/role/app/role-id", {"role_id": "my-role-id"}),
+    Step("read custom role-id", "GET", "auth/approle-diff/role/app/role-id", same=("data.role_id",)),
+    Step("generate secret-id", "POST", "auth/approle-diff/role/app/secret-id", {"metadata": '{"host": "web-1"}'},
          same=("data.secret_id_ttl", "data.secret_id_num_uses"),
          save=(("secret_id", "data.secret_id"), ("secret_accessor", "data.secret_id_accessor"))),
-    Step("secret-id on a missing role", "POST", "auth/approle/role/missing/secret-id", {}),
-    Step("list secret-id accessors", "LIST", "auth/approle/role/app/secret-id"),
-    Step("lookup secret-id", "POST", "auth/approle/role/app/secret-id/lookup", fact("secret_id"),
+    Step("secret-id on a missing role", "POST", "auth/approle-diff/role/missing/secret-id", {}),
+    Step("list secret-id accessors", "LIST", "auth/approle-diff/role/app/secret-id"),
+    Step("lookup secret-id", "POST", "auth/approle-diff/role/app/secret-id/lookup", fact("secret_id"),
          same=("data.metadata", "data.secret_id_num_uses", "data.secret_id_ttl")),
-    Step("lookup unknown secret-id", "POST", "auth/approle/role/app/secret-id/lookup", {"secret_id": "nope"}),
-    Step("lookup by accessor", "POST", "auth/approle/role/app/secret-id-accessor/lookup",
+    Step("lookup unknown secret-id", "POST", "auth/approle-diff/role/app/secret-id/lookup", {"secret_id": "nope"}),
+    Step("lookup by accessor", "POST", "auth/approle-diff/role/app/secret-id-accessor/lookup",
          fact("secret_accessor", "secret_id_accessor"), same=("data.metadata", "data.secret_id_num_uses")),
-    Step("login", "POST", "auth/approle/login", lambda s: {"role_id": "my-role-id", "secret_id": s.facts["secret_id"]},
+    Step("login", "POST", "auth/approle-diff/login", lambda s: {"role_id": "my-role-id", "secret_id": s.facts["secret_id"]},
          token="none", same=AUTH_SAME),
-    Step("login with a wrong secret-id", "POST", "auth/approle/login",
+    Step("login with a wrong secret-id", "POST", "auth/approle-diff/login",
          {"role_id": "my-role-id", "secret_id": "wrong"}, token="none"),
-    Step("login with a wrong role-id", "POST", "auth/approle/login",
+    Step("login with a wrong role-id", "POST", "auth/approle-diff/login",
          lambda s: {"role_id": "wrong", "secret_id": s.facts["secret_id"]}, token="none"),
-    Step("login without a secret-id", "POST", "auth/approle/login", {"role_id": "my-role-id"}, token="none"),
-    Step("custom secret-id", "POST", "auth/approle/role/app/custom-secret-id", {"secret_id": "custom-secret-1"},
+    Step("login without a secret-id", "POST", "auth/approle-diff/login", {"role_id": "my-role-id"}, token="none"),
+    Step("custom secret-id", "POST", "auth/approle-diff/role/app/custom-secret-id", {"secret_id": "custom-secret-1"},
          same=("data.secret_id",)),
-    Step("login with the custom secret-id", "POST", "auth/approle/login",
+    Step("login with the custom secret-id", "POST", "auth/approle-diff/login",
          {"role_id": "my-role-id", "secret_id": "custom-secret-1"}, token="none", same=AUTH_SAME),
-    Step("destroy the custom secret-id", "POST", "auth/approle/role/app/secret-id/destroy",
+    Step("destroy the custom secret-id", "POST", "auth/approle-diff/role/app/secret-id/destroy",
          {"secret_id": "custom-secret-1"}),
-    Step("login with the destroyed secret-id", "POST", "auth/approle/login",
+    Step("login with the destroyed secret-id", "POST", "auth/approle-diff/login",
          {"role_id": "my-role-id", "secret_id": "custom-secret-1"}, token="none"),
-    Step("single-use role", "POST", "auth/approle/role/once", {"token_policies": "p1,p2", "secret_id_num_uses": 1}),
-    Step("single-use role-id", "GET", "auth/approle/role/once/role-id", save=(("once_role", "data.role_id"),)),
-    Step("single-use secret-id", "POST", "auth/approle/role/once/secret-id", {},
+    Step("single-use role", "POST", "auth/approle-diff/role/once", {"token_policies": "p1,p2", "secret_id_num_uses": 1}),
+    Step("single-use role-id", "GET", "auth/approle-diff/role/once/role-id", save=(("once_role", "data.role_id"),)),
+    Step("single-use secret-id", "POST", "auth/approle-diff/role/once/secret-id", {},
          same=("data.secret_id_num_uses",), save=(("once_secret", "data.secret_id"),)),
-    Step("first login with the single-use secret-id", "POST", "auth/approle/login", login("once_role", "once_secret"),
+    Step("first login with the single-use secret-id", "POST", "auth/approle-diff/login", login("once_role", "once_secret"),
          token="none", same=AUTH_SAME),
-    Step("second login with the single-use secret-id", "POST", "auth/approle/login",
+    Step("second login with the single-use secret-id", "POST", "auth/approle-diff/login",
          login("once_role", "once_secret"), token="none"),
-    Step("destroy by accessor", "POST", "auth/approle/role/app/secret-id-accessor/destroy",
+    Step("destroy by accessor", "POST", "auth/approle-diff/role/app/secret-id-accessor/destroy",
          fact("secret_accessor", "secret_id_accessor")),
-    Step("login after destroy by accessor", "POST", "auth/approle/login",
+    Step("login after destroy by accessor", "POST", "auth/approle-diff/login",
          lambda s: {"role_id": "my-role-id", "secret_id": s.facts["secret_id"]}, token="none"),
-    Step("role without any constraint", "POST", "auth/approle/role/loose", {"bind_secret_id": False},
+    Step("role without any constraint", "POST", "auth/approle-diff/role/loose", {"bind_secret_id": False},
          ours_status=400),
-    Step("delete role", "DELETE", "auth/approle/role/once"),
-    Step("read deleted role", "GET", "auth/approle/role/once"),
+    Step("delete role", "DELETE", "auth/approle-diff/role/once"),
+    Step("read deleted role", "GET", "auth/approle-diff/role/once"),
     # -- userpass
     Step("write user", "POST", "auth/userpass/users/alice", {"password": "pw-1", "token_policies": ["p1"]}),
     Step("read user", "GET", "auth/userpass/users/alice", same=("data.token_policies", "data.token_ttl")),
@@ -139,7 +142,7 @@ STEPS: list[Step] = [
     Step("delete user", "DELETE", "auth/userpass/users/alice"),
     Step("read deleted user", "GET", "auth/userpass/users/alice"),
     # -- response wrapping
-    Step("wrapped secret-id", "POST", "auth/approle/role/app/secret-id", {}, headers=WRAP,
+    Step("wrapped secret-id", "POST", "auth/approle-diff/role/app/secret-id", {}, headers=WRAP,
          same=("wrap_info.ttl", "wrap_info.creation_path", "data"), save=(("wrap", "wrap_info.token"),)),
     Step("wrap lookup", "POST", "sys/wrapping/lookup", fact("wrap", "token"),
          same=("data.creation_path", "data.creation_ttl")),
@@ -147,9 +150,9 @@ STEPS: list[Step] = [
          save=(("unwrapped", "data.secret_id"),)),
     Step("unwrap twice", "POST", "sys/wrapping/unwrap", fact("wrap", "token")),
     Step("lookup after unwrap", "POST", "sys/wrapping/lookup", fact("wrap", "token")),
-    Step("login with the unwrapped secret-id", "POST", "auth/approle/login",
+    Step("login with the unwrapped secret-id", "POST", "auth/approle-diff/login",
          lambda s: {"role_id": "my-role-id", "secret_id": s.facts["unwrapped"]}, token="none", same=AUTH_SAME),
-    Step("wrapped read of a role", "GET", "auth/approle/role/app", headers=WRAP,
+    Step("wrapped read of a role", "GET", "auth/approle-diff/role/app", headers=WRAP,
          same=("wrap_info.creation_path",), save=(("wrap2", "wrap_info.token"),)),
     Step("unwrap with the token in the header", "POST", "sys/wrapping/unwrap", {}, token="wrap2",
          same=("data.token_policies", "data.token_ttl")),
@@ -173,7 +176,9 @@ STEPS: list[Step] = [
 def ours(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with sqlite_serve(tmp_path_factory, "serve-diff-auth") as s:
         s.root = s.token("root")
-        s.enable_auth("approle", "userpass", "jwt")  # as in Vault: enabled before first use
+        s.enable_auth("userpass", "jwt")  # as in Vault: enabled before first use
+        # AppRole at a path of its own on both sides: the session's OpenBao is shared with other tests
+        s.hvac(s.root).sys.enable_auth_method("approle", path=APPROLE_PATH)
         yield s
 
 
@@ -181,9 +186,9 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def sides(openbao: OpenBao, ours: Server) -> Iterator[tuple[Side, Side]]:
     client = openbao.client()
     enabled = client.sys.list_auth_methods()["data"]
-    for kind in ("approle", "userpass", "jwt"):
-        if f"{kind}/" not in enabled:
-            client.sys.enable_auth_method(kind)
+    for kind, path in (("approle", APPROLE_PATH), ("userpass", "userpass"), ("jwt", "jwt")):
+        if f"{path}/" not in enabled:
+            client.sys.enable_auth_method(kind, path=path)
     ctx = ssl.create_default_context(cafile=str(openbao.ca_cert))
     with httpx.Client(base_url=openbao.url, verify=ctx, timeout=30) as b, \
             httpx.Client(base_url=ours.url, timeout=30) as o:

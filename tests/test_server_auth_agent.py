@@ -83,7 +83,7 @@ template {{
             time.sleep(max(0.0, 3 * TOKEN_TTL - (time.monotonic() - started)))  # past the first TTL, thrice
             token = (tmp_path / "token").read_text().strip()
             looked = server.hvac(token).auth.token.lookup_self()["data"]
-            assert looked["policies"] == ["agent-kv"] and looked["ttl"] > 0
+            assert looked["policies"] == ["agent-kv", "default"] and looked["ttl"] > 0
         finally:
             ran = time.monotonic() - started
             stop_process(proc)

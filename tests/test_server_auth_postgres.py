@@ -15,7 +15,8 @@ def test_single_use_across_two_processes(tmp_path: Path, postgres_store_url_fact
     with ExitStack() as stack:
         a, b = _pair(tmp_path, postgres_store_url_factory(), stack)
         root = a.hvac(a.token("root"))
-        root.sys.enable_auth_method("approle")  # on one process: the mount table is shared through the store
+        for kind in ("approle", "userpass"):  # on one process: the mount table is shared through the store
+            root.sys.enable_auth_method(kind)
         root.auth.approle.create_or_update_approle("once", token_policies=["p"], secret_id_num_uses=1)
         role_id = root.auth.approle.read_role_id("once")["data"]["role_id"]
         secret_id = root.auth.approle.generate_secret_id("once")["data"]["secret_id"]
