@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 import urllib.request
 from pathlib import Path
 
@@ -94,3 +95,24 @@ def test_daemon_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cleanup_dry_run_names_each_kept_version_with_its_reason_and_date(tmp_path: Path) -> None:
+    env = _setup(tmp_path, '[retention]\npolicy = "minimum-retention"\nmin_retention = "7d"\nkeep_versions = 1\n'
+                           '[keys]\nrefresh_interval = "1h"\n')
+    for args in (("put", "a", "--value", '{"k": 1}'), ("keys", "rotate"), ("reencrypt",), ("keys", "revoke", "1")):
+        assert run_cli(*args, cwd=tmp_path, env=env).returncode == 0, args
+    out = json.loads(run_cli("--json", "keys", "cleanup", "--dry-run", cwd=tmp_path, env=env).stdout)
+    assert out["would_destroy"] == []
+    by_version: dict[int, list[dict[str, str]]] = {}
+    for k in out["kept"]:
+        by_version.setdefault(k["version"], []).append(k)
+    assert [k["reason"].split(":")[0] for k in by_version[2]] == ["active"]
+    v1 = {k["reason"].split(" ")[1]: k for k in by_version[1]}  # "destroy floor ...", "retention minimum ..."
+    assert set(v1) == {"floor", "minimum"}, by_version[1]
+    floor, minimum = (datetime.fromisoformat(v1[k]["until"]) for k in ("floor", "minimum"))
+    assert minimum - floor == timedelta(days=7) - timedelta(hours=2)  # both counted from the revocation
+    assert timedelta(0) < floor - datetime.now(UTC) <= timedelta(hours=2)
+    human = run_cli("keys", "cleanup", "--dry-run", cwd=tmp_path, env=env).stdout
+    assert "v1 kept: retention minimum 7d from revocation until " in human, human
+    assert "v1 kept: destroy floor 2h from revocation" in human and "v2 kept: active" in human

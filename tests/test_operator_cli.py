@@ -145,6 +145,8 @@ def test_daemon_runs_without_the_metrics_extra_and_says_so_once(store, tmp_path:
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert stderr.count("/metrics is disabled") == 1
+    serving = [line for line in stderr.splitlines() if "serving " in line]
+    assert serving and all("/metrics" not in line for line in serving), serving  # not claimed as served
 
 
 # ---- 5. streamed list with paging ---------------------------------------------------

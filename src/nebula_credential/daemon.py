@@ -51,6 +51,7 @@ class Daemon:
         self.last_pass: datetime | None = None
         self.last_error: str | None = None
         self.routes: dict[str, Handler] = {"/healthz": self._healthz}
+        self.disabled: set[str] = set()  # routes that only answer 501 (their extra is missing)
         self.server: Serving | None = None
 
     def _healthz(self) -> tuple[int, str, bytes]:
@@ -116,6 +117,7 @@ class Daemon:
             logger.warning("%s", message)
             body = (message + "\n").encode()
             self.routes["/metrics"] = lambda: (501, "text/plain; charset=utf-8", body)
+            self.disabled.add("/metrics")  # answered (501 names the extra), never announced as served
             return False
         exporter.attach(self.vault)
         self.routes["/metrics"] = exporter.route
@@ -125,7 +127,8 @@ class Daemon:
         if self.metrics_addr:
             host, port = parse_addr(self.metrics_addr, "--metrics-addr")
             self.server = serve_ops(host, port, self.routes)
-            logger.info("serving %s on http://%s:%d", ", ".join(sorted(self.routes)), *self.server.address)
+            served = sorted(set(self.routes) - self.disabled)
+            logger.info("serving %s on http://%s:%d", ", ".join(served), *self.server.address)
 
     def run(self, *, install_signals: bool = True, max_passes: int | None = None) -> int:
         if install_signals:

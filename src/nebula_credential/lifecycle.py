@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .destroy_guard import check_destroy
+from .destroy_guard import KeepReason, check_destroy, keep_reasons
 from .exceptions import ConcurrencyError, PolicyViolationError
 from .keys import KeyManager
-from .models import KeyStatus
+from .models import KeyStatus, KeyVersion
 from .policies.retention import KeyRetentionPolicy, RetentionContext
 from .reencrypt import ReencryptResult
 
@@ -144,3 +144,16 @@ def cleanup(
         out.append(LifecycleAction(kv.version, KeyStatus.REVOKED.value, KeyStatus.DESTROYED.value, reason))
     return out
 
+
+
+def kept(km: KeyManager, policy: KeyRetentionPolicy, now: datetime) -> list[tuple[KeyVersion, KeepReason]]:
+    """Each version with material left and every reason the destroy guard keeps it, oldest first.
+
+    What ``keys cleanup --dry-run`` prints beside what it would destroy, so
+    "nothing to clean up" always says what is waiting, for what, and until when.
+    """
+    out = []
+    with km.store.read() as tx:
+        for kv in sorted(tx.list_versions(km.keyring), key=lambda v: v.version):
+            out += [(kv, r) for r in keep_reasons(tx, kv, now=now, config=km.config, retention=policy)]
+    return out
