@@ -154,7 +154,7 @@ def test_prometheus_rules_file_passes_promtool() -> None:
     res = subprocess.run([promtool, "check", "rules", str(ROOT / "deploy" / "prometheus-rules.yml")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "7 rules found" in res.stdout
+    assert "8 rules found" in res.stdout  # KeyUsageBound added (issue 29 item 7)
 
 
 def promtool_rule_test(tmp_path: Path, evaluation_interval: str, tests: list[dict[str, object]]) -> None:

@@ -23,7 +23,7 @@ from types import FrameType
 
 from ._http import Handler, Serving, serve_ops
 from .config import parse_addr
-from .exceptions import CorruptRecordError, MissingDependencyError, NebulaCredentialError
+from .exceptions import CorruptRecordError, MissingDependencyError, NebulaCredentialError, PolicyViolationError
 from .maintenance import MaintainReport, maintain
 from .models import utc_now
 from .vault import Vault
@@ -94,6 +94,9 @@ class Daemon:
             raise corrupt[0]
         self.passes += 1
         self.last_pass = self.clock()
+        bound = next((r.usage_bound for r in reports if r.usage_bound), None)
+        if bound:  # auto_rotation = false: no rotation; /healthz says degraded until an operator rotates
+            raise PolicyViolationError(bound)
         return reports
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:

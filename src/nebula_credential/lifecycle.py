@@ -43,6 +43,8 @@ class MaintainReport:
     rotated: tuple[int, int] | None = None
     rotation_reason: str | None = None
     rotation_skipped: str | None = None
+    #: With ``auto_rotation = false``: the active version reached max_encryptions (the typed error's text).
+    usage_bound: str | None = None
     reencryption: ReencryptResult | None = None
     lifecycle: list[LifecycleAction] = field(default_factory=list)
     cleanup: list[LifecycleAction] = field(default_factory=list)
@@ -59,6 +61,7 @@ class MaintainReport:
             else {"old_version": self.rotated[0], "new_version": self.rotated[1]},
             "rotation_reason": self.rotation_reason,
             "rotation_skipped": self.rotation_skipped,
+            "usage_bound": self.usage_bound,
             "reencryption": None if self.reencryption is None else self.reencryption.to_json(),
             "lifecycle": [a.to_json() for a in self.lifecycle],
             "cleanup": [a.to_json() for a in self.cleanup],

@@ -7,7 +7,7 @@ import logging
 import click
 
 from ..durations import parse_duration
-from ..exceptions import NebulaCredentialError
+from ..exceptions import NebulaCredentialError, PolicyViolationError
 from ..lifecycle import cleanup as run_cleanup
 from ..lifecycle import kept as kept_versions
 from ..maintenance import maintain as run_maintain
@@ -38,6 +38,9 @@ def maintain(app: AppContext, all_keyrings: bool) -> None:
                 console.print(line)
 
     emit(app, data, human)
+    bound = next((r.usage_bound for r in reports if r.usage_bound), None)
+    if bound:  # auto_rotation = false: the pass did the rest, then fails as `put` does at the bound
+        raise PolicyViolationError(bound)
     failed = sum(len(r.reencryption.failures) for r in reports if r.reencryption)
     if failed:
         raise NebulaCredentialError(f"{failed} credential(s) could not be re-encrypted; see `reencrypt`")
