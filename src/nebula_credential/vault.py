@@ -35,7 +35,7 @@ from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .lifecycle import MaintainReport
 from .models import Credential, EncryptedCredential, utc_now
-from .names import check_credential_id, check_lookup_id, check_scope
+from .names import check_credential_id, check_lookup_id, check_scope_configured
 from .providers import KeyProvider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
 from .store import Store, redact_url
@@ -52,9 +52,10 @@ LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
 
 
-def _check_id(credential_id: str, scope: str) -> None:
+def _check_id(credential_id: str, scope: str, config: KeyManagementConfig) -> None:
+    """The one check of what a write names: every write path (put, import, adopt, the server) comes here."""
     check_credential_id(credential_id)
-    check_scope(scope)
+    check_scope_configured(scope, config.reencryption.priority)
 
 
 def _encode(value: Any) -> bytes:
@@ -185,7 +186,7 @@ class Vault:
         if the stored revision is that number (0: no credential yet), checked
         by the write statement itself, else :class:`CheckAndSetError`.
         """
-        _check_id(credential_id, scope)
+        _check_id(credential_id, scope, self.config)
         kr = self.keys.keyring
         keys = self.keys
         plaintext = _encode(value)
@@ -240,7 +241,7 @@ class Vault:
         counts = counts if counts is not None else ImportCounts()
         batch: list[tuple[str, bytes, str, dict[str, Any]]] = []
         for credential_id, value, scope, metadata in items:
-            _check_id(credential_id, scope)
+            _check_id(credential_id, scope, self.config)
             batch.append((credential_id, _encode(value), scope, metadata or {}))
             if len(batch) >= batch_size:
                 self._flush(batch, on_existing, counts, progress)
