@@ -18,6 +18,7 @@ from typing import Any
 from ..exceptions import NebulaCredentialError
 from ..metrics import keyring_vaults
 from ..models import KeyStatus, KeyVersion, from_epoch, to_epoch
+from ..reencrypt import scope_order
 from ..vault import Vault
 
 #: Statuses in lifecycle order (the timeline's legend and the overview's columns).
@@ -37,6 +38,12 @@ class KeyringView:
     progress: float
     pending_by_scope: dict[str, int]
     alerts: list[dict[str, str]]
+    #: ``[reencryption] priority``: the order the engine re-encrypts scopes in (then the rest alphabetically).
+    priority: tuple[str, ...] = ()
+
+    def scope_order(self, scopes: list[str]) -> list[str]:
+        """Scopes as a re-encryption pass takes them, so the progress table reads top to bottom."""
+        return scope_order(scopes, self.priority)
 
     @property
     def age_share(self) -> float:
@@ -67,6 +74,7 @@ def keyring_view(vault: Vault, name: str) -> KeyringView:
         progress=r["progress"],
         pending_by_scope={s: n for s, n in sorted(by_scope.items()) if n},
         alerts=status["alerts"],
+        priority=kr.config.reencryption.priority,
     )
 
 

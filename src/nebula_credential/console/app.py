@@ -234,11 +234,13 @@ def create_console(vault: Vault, authorize: Authorizer, *, secure_cookie: bool =
         Route("/logout", page(logout), methods=["POST"]),
         Route("/alerts", page(alerts)),
         Route("/health", page(health)),
-        Route("/keyrings/{keyring}", page(keyring)),
-        Route("/keyrings/{keyring}/progress", page(progress)),
-        Route("/keyrings/{keyring}/timeline.json", page(timeline_json)),
-        Route("/keyrings/{keyring}/confirm", page(confirm)),
-        Route("/keyrings/{keyring}/actions/{action}", page(act), methods=["POST"]),
+        # A Transit keyring's name has '/' in it (transit/orders): the path convertor takes it whole,
+        # and the sub-pages come first so their suffix is not read as part of a keyring's name.
+        Route("/keyrings/{keyring:path}/progress", page(progress)),
+        Route("/keyrings/{keyring:path}/timeline.json", page(timeline_json)),
+        Route("/keyrings/{keyring:path}/confirm", page(confirm)),
+        Route("/keyrings/{keyring:path}/actions/{action}", page(act), methods=["POST"]),
+        Route("/keyrings/{keyring:path}", page(keyring)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes)
