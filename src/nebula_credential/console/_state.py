@@ -113,6 +113,25 @@ def timeline(vault: Vault, name: str) -> dict[str, Any]:
     return {"keyring": name, "now": now, "versions": out, "rotations": sorted(rotations)}
 
 
+def _who(actor: str, details: str) -> str:
+    """Who acted: for a server request the token, as ``display_name (accessor)``; else the process's actor.
+
+    Every HTTP request is written by the server process, so its OS user
+    (``actor``) names no one; the request's event carries the token's
+    accessor and display name.  Shown, never re-written: the event stays
+    as the chain verified it.
+    """
+    try:
+        data = json.loads(details) if details else {}
+    except ValueError:
+        return actor
+    accessor = data.get("accessor") if isinstance(data, dict) else None
+    if not isinstance(accessor, str) or not accessor:
+        return actor
+    name = data.get("display_name")
+    return f"{name} ({accessor})" if isinstance(name, str) and name else f"token ({accessor})"
+
+
 def audit_state(vault: Vault, limit: int = 100) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The chain check and the newest events (action, actor, keyring, version, outcome; no details)."""
     result = vault.audit.verify().to_json()
@@ -121,7 +140,7 @@ def audit_state(vault: Vault, limit: int = 100) -> tuple[dict[str, Any], list[di
         {
             "seq": r.seq,
             "time": _iso(from_epoch(r.ts)),
-            "actor": r.actor,
+            "actor": _who(r.actor, r.details),
             "action": r.action,
             "keyring": r.keyring or "",
             "version": r.key_version,
