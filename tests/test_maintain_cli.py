@@ -7,8 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest

@@ -168,7 +168,7 @@ def keep_reasons(
                               "references it)"))
     elif kv.status is KeyStatus.GRACE:
         entered = kv.status_changed_at or kv.created_at
-        out.append(KeepReason("grace: only a revoked version is destroyed; revoked when the grace period ends",
+        out.append(KeepReason("grace: revoked after the grace period (only a revoked version is destroyed)",
                               entered + config.keys.grace_period))
     versions = tx.list_versions(kv.keyring)
     refs = tx.versions_referenced(kv.keyring).get(kv.version, 0)

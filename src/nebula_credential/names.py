@@ -17,8 +17,8 @@ new data tidy, escaping keeps old data (written before these rules) safe.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 import unicodedata
+from collections.abc import Sequence
 
 from .exceptions import InvalidInputError
 
