@@ -224,6 +224,31 @@ def test_backups_stopped_alert_fires_two_days_after_the_newest_backup(tmp_path: 
     }])
 
 
+def test_usage_bound_alert_fires_at_max_encryptions_per_keyring(tmp_path: Path) -> None:
+    """promtool: quiet below the bound, fires at it (where auto_rotation = false stops writes)."""
+    annotations = {
+        "summary": "Active key of keyring default reached max_encryptions",
+        "description": "New writes fail (auto_rotation = false): nebula-credential --keyring default keys rotate",
+    }
+    promtool_rule_test(tmp_path, "1m", [{
+        "interval": "1m",
+        "input_series": [
+            {"series": 'nebula_credential_active_key_encryptions{instance="d",keyring="default"}',
+             "values": "98 99 100 100"},
+            {"series": 'nebula_credential_max_encryptions{instance="d",keyring="default"}', "values": "100+0x3"},
+            {"series": 'nebula_credential_active_key_encryptions{instance="d",keyring="other"}', "values": "1+0x3"},
+            {"series": 'nebula_credential_max_encryptions{instance="d",keyring="other"}', "values": "100+0x3"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "1m", "alertname": "NebulaCredentialKeyUsageBound", "exp_alerts": []},
+            {"eval_time": "2m", "alertname": "NebulaCredentialKeyUsageBound", "exp_alerts": [{
+                "exp_labels": {"severity": "critical", "instance": "d", "keyring": "default"},
+                "exp_annotations": annotations,
+            }]},
+        ],
+    }])
+
+
 def test_daemon_serves_metrics_with_correct_values(tmp_path: Path) -> None:
     env = cli_env(NEBULA_CREDENTIAL_DB=f"sqlite:///{tmp_path / 'c.db'}")
     (tmp_path / "c.toml").write_text('[rotation]\nstrategy = "manual"\n')
