@@ -234,8 +234,7 @@ def create_console(vault: Vault, authorize: Authorizer, *, secure_cookie: bool =
         Route("/logout", page(logout), methods=["POST"]),
         Route("/alerts", page(alerts)),
         Route("/health", page(health)),
-        # A Transit keyring's name has '/' in it (transit/orders): the path convertor takes it whole,
-        # and the sub-pages come first so their suffix is not read as part of a keyring's name.
+        # ``:path``: a Transit key's keyring is ``<mount>/<name>``; the page itself is matched last
         Route("/keyrings/{keyring:path}/progress", page(progress)),
         Route("/keyrings/{keyring:path}/timeline.json", page(timeline_json)),
         Route("/keyrings/{keyring:path}/confirm", page(confirm)),
