@@ -6,6 +6,7 @@ Real store, real Starlette app over ASGI (httpx's transport); the browser test
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -187,3 +188,32 @@ def test_reencryption_started_from_the_console_reaches_100_percent(vault: Any) -
     timeline = c.get("/ui/keyrings/default/timeline.json").json()
     assert [v["status"] for v in timeline["versions"]] == ["valid", "active"]
     assert len(timeline["rotations"]) == 1
+
+
+def test_a_transit_keyrings_pages_answer_under_its_slashed_name(vault: Any) -> None:
+    from nebula_credential.transit import Transit
+
+    Transit(vault).create_key("orders")
+    c = client(vault, ROOT)
+    assert 'href="/ui/keyrings/transit/orders"' in c.get("/ui/").text
+    page = c.get("/ui/keyrings/transit/orders")
+    assert page.status_code == 200 and "transit/orders" in page.text
+    for sub in ("progress", "timeline.json", "confirm?action=rotate"):
+        assert c.get(f"/ui/keyrings/transit/orders/{sub}").status_code == 200, sub
+    assert json.loads(c.get("/ui/keyrings/transit/orders/timeline.json").text)["keyring"] == "transit/orders"
+    r = c.post("/ui/keyrings/transit/orders/actions/rotate",
+               data={"csrf": csrf_of(c, "/ui/keyrings/transit/orders"), "confirm": "transit/orders"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/ui/keyrings/transit/orders?done=rotate")
+    assert c.get("/ui/keyrings/default/progress").status_code == 200  # a plain keyring's sub-pages still route
+
+
+def test_reencryption_progress_lists_scopes_in_priority_order_then_alphabetically(tmp_path: Path) -> None:
+    v = nc.open(f"sqlite:///{tmp_path / 'p.db'}", create=True)
+    try:
+        scopes = ("zeta", "alpha", "development", "user", "production")
+        v.put_many((f"c{i}", {"i": i}, scope, None) for i, scope in enumerate(scopes))
+        v.keys.rotate()
+        page = client(v, ROOT).get("/ui/keyrings/default/progress").text
+        assert re.findall(r'data-scope="([^"]+)"', page) == ["production", "user", "development", "alpha", "zeta"]
+    finally:
+        v.close()

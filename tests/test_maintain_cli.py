@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,45 @@ def test_daemon_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cleanup_dry_run_names_each_kept_version_with_its_reason_and_date(tmp_path: Path) -> None:
+    env = _setup(tmp_path, '[retention]\npolicy = "minimum-retention"\nmin_retention = "7d"\nkeep_versions = 1\n'
+                           '[keys]\nrefresh_interval = "1h"\n')
+    for args in (("put", "a", "--value", '{"k": 1}'), ("keys", "rotate"), ("reencrypt",), ("keys", "revoke", "1")):
+        assert run_cli(*args, cwd=tmp_path, env=env).returncode == 0, args
+    out = json.loads(run_cli("--json", "keys", "cleanup", "--dry-run", cwd=tmp_path, env=env).stdout)
+    assert out["would_destroy"] == []
+    by_version: dict[int, list[dict[str, str]]] = {}
+    for k in out["kept"]:
+        by_version.setdefault(k["version"], []).append(k)
+    assert [k["reason"].split(":")[0] for k in by_version[2]] == ["active"]
+    v1 = {k["reason"].split(" ")[1]: k for k in by_version[1]}  # "destroy floor ...", "retention minimum ..."
+    assert set(v1) == {"floor", "minimum"}, by_version[1]
+    floor, minimum = (datetime.fromisoformat(v1[k]["until"]) for k in ("floor", "minimum"))
+    assert minimum - floor == timedelta(days=7) - timedelta(hours=2)  # both counted from the revocation
+    assert timedelta(0) < floor - datetime.now(UTC) <= timedelta(hours=2)
+    human = run_cli("keys", "cleanup", "--dry-run", cwd=tmp_path, env=env).stdout
+    assert "v1 kept: retention minimum 7d from revocation until " in human, human
+    assert "v1 kept: destroy floor 2h from revocation" in human and "v2 kept: active" in human
+
+
+def test_without_auto_rotation_maintain_stops_at_the_usage_bound_and_alerts_instead_of_rotating(
+        tmp_path: Path) -> None:
+    env = _setup(tmp_path, '[keys]\nauto_rotation = false\n[rotation]\nmax_encryptions = 2\n')
+    # a process reserves its encryptions in blocks: the first put takes both
+    assert run_cli("put", "c0", "--value", '{"k": 1}', cwd=tmp_path, env=env).returncode == 0
+    refused = run_cli("put", "c9", "--value", '{"k": 1}', cwd=tmp_path, env=env)
+    assert refused.returncode == 1 and "reached max_encryptions (2) and auto_rotation is off" in refused.stderr
+    res = run_cli("--json", "maintain", cwd=tmp_path, env=env)
+    assert res.returncode == 1 and res.stderr == refused.stderr, res.stderr  # the same typed error as `put`
+    report = json.loads(res.stdout)
+    assert report["rotated"] is None and "auto_rotation is off" in report["usage_bound"]
+    assert _versions(tmp_path, env) == {1: "active"}  # no automatic rotation
+    alerts = json.loads(run_cli("--json", "status", cwd=tmp_path, env=env).stdout)["alerts"]
+    assert [a["name"] for a in alerts] == ["KeyUsageBound"] and alerts[0]["severity"] == "critical"
+    once = run_cli("daemon", "--once", "--metrics-addr", f"127.0.0.1:{free_port()}", cwd=tmp_path, env=env)
+    assert "reached max_encryptions (2) and auto_rotation is off" in once.stderr, once.stderr
+    assert _versions(tmp_path, env) == {1: "active"}
+    assert run_cli("keys", "rotate", cwd=tmp_path, env=env).returncode == 0  # the operator's rotation clears it
+    assert json.loads(run_cli("--json", "status", cwd=tmp_path, env=env).stdout)["alerts"] == []

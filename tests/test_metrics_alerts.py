@@ -154,7 +154,7 @@ def test_prometheus_rules_file_passes_promtool() -> None:
     res = subprocess.run([promtool, "check", "rules", str(ROOT / "deploy" / "prometheus-rules.yml")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "8 rules found" in res.stdout  # NebulaCredentialRowsRejected joined the seven
+    assert "9 rules found" in res.stdout  # NebulaCredentialRowsRejected and KeyUsageBound joined the seven
 
 
 def promtool_rule_test(tmp_path: Path, evaluation_interval: str, tests: list[dict[str, object]]) -> None:
@@ -219,6 +219,31 @@ def test_backups_stopped_alert_fires_two_days_after_the_newest_backup(tmp_path: 
                     "description": "The newest registered backup is older than two days; check the backup "
                                    "job (nebula-credential backup list)",
                 },
+            }]},
+        ],
+    }])
+
+
+def test_usage_bound_alert_fires_at_max_encryptions_per_keyring(tmp_path: Path) -> None:
+    """promtool: quiet below the bound, fires at it (where auto_rotation = false stops writes)."""
+    annotations = {
+        "summary": "Active key of keyring default reached max_encryptions",
+        "description": "New writes fail (auto_rotation = false): nebula-credential --keyring default keys rotate",
+    }
+    promtool_rule_test(tmp_path, "1m", [{
+        "interval": "1m",
+        "input_series": [
+            {"series": 'nebula_credential_active_key_encryptions{instance="d",keyring="default"}',
+             "values": "98 99 100 100"},
+            {"series": 'nebula_credential_max_encryptions{instance="d",keyring="default"}', "values": "100+0x3"},
+            {"series": 'nebula_credential_active_key_encryptions{instance="d",keyring="other"}', "values": "1+0x3"},
+            {"series": 'nebula_credential_max_encryptions{instance="d",keyring="other"}', "values": "100+0x3"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "1m", "alertname": "NebulaCredentialKeyUsageBound", "exp_alerts": []},
+            {"eval_time": "2m", "alertname": "NebulaCredentialKeyUsageBound", "exp_alerts": [{
+                "exp_labels": {"severity": "critical", "instance": "d", "keyring": "default"},
+                "exp_annotations": annotations,
             }]},
         ],
     }])

@@ -145,6 +145,8 @@ def test_daemon_runs_without_the_metrics_extra_and_says_so_once(store, tmp_path:
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert stderr.count("/metrics is disabled") == 1
+    serving = [line for line in stderr.splitlines() if "serving " in line]
+    assert serving and all("/metrics" not in line for line in serving), serving  # not claimed as served
 
 
 # ---- 5. streamed list with paging ---------------------------------------------------
@@ -305,3 +307,14 @@ def test_the_readme_tour_runs_top_to_bottom(tmp_path: Path) -> None:
         assert res.returncode == 0, f"{line}: {res.stderr}"
         ran.append(words[1])
     assert {"init", "put", "get", "import", "list", "keys", "reencrypt", "doctor"} <= set(ran)
+
+
+# ---- issue 29, 11: a scope that differs from a configured one only by case is refused ----------
+def test_a_scope_differing_from_a_priority_scope_only_by_case_is_refused_naming_it(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    res = store("put", "a", "--value", '{"k": 1}', "--scope", "Production", ok=False)
+    assert res.returncode == 1 and "did you mean 'production'?" in res.stderr, res.stderr
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "b", "scope": "USER", "value": {"k": 1}}) + "\n")
+    res = store("import", "in.jsonl", ok=False)
+    assert res.returncode == 1 and "did you mean 'user'?" in res.stderr, res.stderr
+    store("put", "c", "--value", '{"k": 1}', "--scope", "Staging")  # not a configured scope: any case is a name
+    assert json.loads(store("--json", "list").stdout)["credentials"][0]["id"] == "c"

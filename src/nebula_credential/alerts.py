@@ -3,7 +3,8 @@
 The same rules ship as Prometheus alerting rules in ``deploy/prometheus-rules.yml``
 (over the metrics of :mod:`nebula_credential.metrics`); thresholds come from
 ``[alerts]`` in the config.  Every rule is strict ("more than"): it fires as soon
-as the value passes its threshold and clears at or below it.
+as the value passes its threshold and clears at or below it; ``KeyUsageBound``
+fires *at* ``[rotation] max_encryptions``, where encryption stops.
 """
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ def evaluate(m: KeyMetrics, cfg: AlertsConfig, *, errors: int = 0, requests: int
                 "warning",
                 f"keyring {kr}: {m.active_versions} versions can still decrypt (> {cfg.max_live_versions}); "
                 "let the lifecycle retire them (`maintain`)",
+            )
+        )
+    if m.active_version is not None and 0 < m.max_encryptions <= m.active_encryptions:
+        # the one rule that is not "more than": at the bound encryption stops (auto_rotation = false)
+        out.append(
+            Alert(
+                "KeyUsageBound",
+                "critical",
+                f"keyring {kr}: active version {m.active_version} reached max_encryptions "
+                f"({m.active_encryptions} >= {m.max_encryptions}); new writes fail until "
+                f"`nebula-credential --keyring {kr} keys rotate`",
             )
         )
     if requests > 0 and errors / requests > cfg.access_error_ratio:

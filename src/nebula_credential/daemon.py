@@ -23,7 +23,7 @@ from types import FrameType
 
 from ._http import Handler, Serving, serve_ops
 from .config import parse_addr
-from .exceptions import CorruptRecordError, MissingDependencyError, NebulaCredentialError
+from .exceptions import CorruptRecordError, MissingDependencyError, NebulaCredentialError, PolicyViolationError
 from .maintenance import MaintainReport, maintain
 from .models import utc_now
 from .vault import Vault
@@ -51,6 +51,7 @@ class Daemon:
         self.last_pass: datetime | None = None
         self.last_error: str | None = None
         self.routes: dict[str, Handler] = {"/healthz": self._healthz}
+        self.disabled: set[str] = set()  # routes that only answer 501 (their extra is missing)
         self.server: Serving | None = None
 
     def _healthz(self) -> tuple[int, str, bytes]:
@@ -93,6 +94,9 @@ class Daemon:
             raise corrupt[0]
         self.passes += 1
         self.last_pass = self.clock()
+        bound = next((r.usage_bound for r in reports if r.usage_bound), None)
+        if bound:  # auto_rotation = false: no rotation; /healthz says degraded until an operator rotates
+            raise PolicyViolationError(bound)
         return reports
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -116,6 +120,7 @@ class Daemon:
             logger.warning("%s", message)
             body = (message + "\n").encode()
             self.routes["/metrics"] = lambda: (501, "text/plain; charset=utf-8", body)
+            self.disabled.add("/metrics")  # answered (501 names the extra), never announced as served
             return False
         exporter.attach(self.vault)
         self.routes["/metrics"] = exporter.route
@@ -125,7 +130,8 @@ class Daemon:
         if self.metrics_addr:
             host, port = parse_addr(self.metrics_addr, "--metrics-addr")
             self.server = serve_ops(host, port, self.routes)
-            logger.info("serving %s on http://%s:%d", ", ".join(sorted(self.routes)), *self.server.address)
+            served = sorted(set(self.routes) - self.disabled)
+            logger.info("serving %s on http://%s:%d", ", ".join(served), *self.server.address)
 
     def run(self, *, install_signals: bool = True, max_passes: int | None = None) -> int:
         if install_signals:

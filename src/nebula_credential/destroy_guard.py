@@ -9,8 +9,9 @@ machine, the hot path and this policy decision each have one home.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .durations import format_duration
 from .exceptions import PolicyViolationError
@@ -149,4 +150,83 @@ def check_destroy(
     return refs, "; ".join(reasons)
 
 
-__all__ = ["announce_refresh_interval", "check_destroy", "destroy_floor", "stored_refresh_interval"]
+@dataclass(frozen=True, slots=True)
+class KeepReason:
+    """One reason the guard keeps a version's material, and when it lapses (None: not by time alone)."""
+
+    reason: str
+    until: datetime | None = None
+    backup: str | None = None
+
+    def __str__(self) -> str:
+        if self.backup is not None or self.until is None:  # a backup hold's text already names its date
+            return self.reason
+        return f"{self.reason} until {_when(self.until)}"
+
+    def to_json(self, version: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": version, "reason": str(self)}
+        if self.until is not None:
+            out["until"] = self.until.isoformat()
+        if self.backup is not None:
+            out["backup"] = self.backup
+        return out
+
+
+def _when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def keep_reasons(
+    tx: StoreTx,
+    kv: KeyVersion,
+    *,
+    now: datetime,
+    config: KeyManagementConfig,
+    retention: KeyRetentionPolicy,
+) -> list[KeepReason]:
+    """Every reason :func:`check_destroy` would refuse ``kv`` now (empty: it may be destroyed).
+
+    ``check_destroy`` stops at the first refusal with the command to run;
+    this lists them all, with the date each lapses where one exists, for
+    ``keys cleanup --dry-run``.  Both read the same facts (status, references
+    by envelope header, backup holds, :func:`destroy_floor`, ``keep_versions``,
+    the retention policy), in the same order.
+    """
+    if kv.status is KeyStatus.DESTROYED:
+        return []
+    out: list[KeepReason] = []
+    if kv.status is KeyStatus.ACTIVE:  # the rest (references, backups) is expected of the active version
+        return [KeepReason("active: new credentials are written under it")]
+    if kv.status is KeyStatus.VALID:
+        out.append(KeepReason("valid: only a revoked version is destroyed (it enters grace once nothing "
+                              "references it)"))
+    elif kv.status is KeyStatus.GRACE:
+        entered = kv.status_changed_at or kv.created_at
+        out.append(KeepReason("grace: revoked after the grace period (only a revoked version is destroyed)",
+                              entered + config.keys.grace_period))
+    versions = tx.list_versions(kv.keyring)
+    refs = tx.versions_referenced(kv.keyring).get(kv.version, 0)
+    if refs:
+        out.append(KeepReason(f"used by {refs} credential(s) (by envelope header); run `nebula-credential "
+                              "reencrypt`"))
+    hold = backup_hold(tx, kv.keyring, kv.version, now)
+    if hold is not None:
+        out.append(KeepReason(str(hold), hold.until, hold.backup))
+    if kv.status is KeyStatus.REVOKED:
+        floor = destroy_floor(config, stored_refresh_interval(tx))  # the same floor check_destroy applies
+        revoked = kv.revoked_at or kv.status_changed_at or now
+        if now - revoked < floor:
+            out.append(KeepReason(f"destroy floor {format_duration(floor)} from revocation (twice "
+                                  "refresh_interval)", revoked + floor))
+    keep = config.retention.keep_versions
+    if kv.version in kept_versions(versions, keep):
+        out.append(KeepReason(f"one of the newest {keep} version(s) (`[retention] keep_versions = {keep}`)"))
+    if kv.status is KeyStatus.REVOKED:
+        kept = retention.keeps(kv, RetentionContext(now=now, versions=versions, references={kv.version: refs}))
+        if kept is not None:
+            out.append(KeepReason(*kept))
+    return out
+
+
+__all__ = ["KeepReason", "announce_refresh_interval", "check_destroy", "destroy_floor", "keep_reasons",
+           "stored_refresh_interval"]

@@ -444,13 +444,14 @@ class KeyManager:
             granted = block - max(0, total - bound) if total else 0
             if granted <= 0:
                 if not auto:
-                    raise self._bound_reached(key.version, bound)
+                    raise self.bound_reached(key.version, bound)
                 self.rotate(reason="usage", expected_active=key.version)
                 return self.next_active()
             key._limit += granted
             return key
 
-    def _bound_reached(self, version: int, bound: int) -> PolicyViolationError:
+    def bound_reached(self, version: int, bound: int) -> PolicyViolationError:
+        """The typed error of a write at the usage bound with auto_rotation off (``put``, ``maintain``)."""
         return PolicyViolationError(
             f"key version {version} of keyring {self.keyring!r} reached max_encryptions ({bound}) "
             "and auto_rotation is off; run `nebula-credential keys rotate`"

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .destroy_guard import check_destroy
+from .destroy_guard import KeepReason, check_destroy, keep_reasons
 from .exceptions import ConcurrencyError, PolicyViolationError
 from .keys import KeyManager
-from .models import KeyStatus
+from .models import KeyStatus, KeyVersion
 from .policies.retention import KeyRetentionPolicy, RetentionContext
 from .reencrypt import ReencryptResult
 
@@ -43,6 +43,8 @@ class MaintainReport:
     rotated: tuple[int, int] | None = None
     rotation_reason: str | None = None
     rotation_skipped: str | None = None
+    #: With ``auto_rotation = false``: the active version reached max_encryptions (the typed error's text).
+    usage_bound: str | None = None
     reencryption: ReencryptResult | None = None
     lifecycle: list[LifecycleAction] = field(default_factory=list)
     cleanup: list[LifecycleAction] = field(default_factory=list)
@@ -59,6 +61,7 @@ class MaintainReport:
             else {"old_version": self.rotated[0], "new_version": self.rotated[1]},
             "rotation_reason": self.rotation_reason,
             "rotation_skipped": self.rotation_skipped,
+            "usage_bound": self.usage_bound,
             "reencryption": None if self.reencryption is None else self.reencryption.to_json(),
             "lifecycle": [a.to_json() for a in self.lifecycle],
             "cleanup": [a.to_json() for a in self.cleanup],
@@ -144,3 +147,16 @@ def cleanup(
         out.append(LifecycleAction(kv.version, KeyStatus.REVOKED.value, KeyStatus.DESTROYED.value, reason))
     return out
 
+
+
+def kept(km: KeyManager, policy: KeyRetentionPolicy, now: datetime) -> list[tuple[KeyVersion, KeepReason]]:
+    """Each version with material left and every reason the destroy guard keeps it, oldest first.
+
+    What ``keys cleanup --dry-run`` prints beside what it would destroy, so
+    "nothing to clean up" always says what is waiting, for what, and until when.
+    """
+    out = []
+    with km.store.read() as tx:
+        for kv in sorted(tx.list_versions(km.keyring), key=lambda v: v.version):
+            out += [(kv, r) for r in keep_reasons(tx, kv, now=now, config=km.config, retention=policy)]
+    return out

@@ -59,6 +59,11 @@ def maintain(
     active = None if deleted else km.active_version()
     now = vault.clock()
     reason = strategy.due(active, now) if active is not None else None
+    if reason and active is not None and transit is None and not cfg.keys.auto_rotation:
+        # auto_rotation = false: the usage bound is the only strategy left, and reaching it stops
+        # writes (as ``put`` does) instead of rotating; the KeyUsageBound alert tells the operator.
+        report.usage_bound = str(km.bound_reached(active.version, cfg.rotation.max_encryptions))
+        reason = None
     if reason:
         lease = f"rotate:{km.keyring}"
         with vault.store.transaction() as tx:
@@ -77,7 +82,7 @@ def maintain(
             finally:
                 with vault.store.transaction() as tx:
                     tx.release_lease(lease, holder)
-    if reencrypt and not deleted and not should_stop():
+    if reencrypt and not deleted and report.usage_bound is None and not should_stop():
         report.reencryption = vault.reencrypt(should_stop=should_stop)
     if not should_stop():
         now = vault.clock()

@@ -85,6 +85,9 @@ class KeyMetrics:
     versions_by_status: dict[str, int] = field(default_factory=dict)
     #: The configured ``[keys] max_key_age`` in days: the limit key age is measured against.
     max_key_age_days: float = 0.0
+    #: Encryptions reserved under the active version, and the configured ``[rotation] max_encryptions``.
+    active_encryptions: int = 0
+    max_encryptions: int = 0
 
     @property
     def reencryption_progress(self) -> float:
@@ -117,6 +120,8 @@ def snapshot(vault: Vault, now: datetime | None = None) -> KeyMetrics:
         key_access_errors=sum(n for (a, k), n in audit.items() if a in ACCESS_ERROR_ACTIONS and k == kr),
         versions_by_status={st.value: sum(1 for v in versions if v.status is st) for st in KeyStatus},
         max_key_age_days=vault.config.keys.max_key_age.total_seconds() / 86400,
+        active_encryptions=active.encryptions if active else 0,
+        max_encryptions=vault.config.rotation.max_encryptions,
     )
 
 
@@ -255,11 +260,21 @@ class MetricsExporter:
                 limit = GaugeMetricFamily(
                     "nebula_credential_max_key_age_days", "Configured max_key_age in days", labels=["keyring"]
                 )
+                used = GaugeMetricFamily(
+                    "nebula_credential_active_key_encryptions",
+                    "Encryptions reserved under the active version (alert NebulaCredentialKeyUsageBound)",
+                    labels=["keyring"],
+                )
+                bound = GaugeMetricFamily(
+                    "nebula_credential_max_encryptions", "Configured [rotation] max_encryptions", labels=["keyring"]
+                )
                 for s in snaps:
                     for status, n in s.versions_by_status.items():
                         by_status.add_metric([s.keyring, status], n)
                     limit.add_metric([s.keyring], s.max_key_age_days)
-                yield from (by_status, limit)
+                    used.add_metric([s.keyring], s.active_encryptions)
+                    bound.add_metric([s.keyring], s.max_encryptions)
+                yield from (by_status, limit, used, bound)
 
         self.registry.register(_StoreCollector())
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 
 from .exceptions import InvalidInputError
 
@@ -110,6 +111,24 @@ def check_scope(value: object, field: str = "scope") -> str:
     return _check_name(value, field, "scope")
 
 
+def check_scope_configured(value: object, configured: Sequence[str], field: str = "scope") -> str:
+    """:func:`check_scope`, and refuse a scope that differs from a configured one only by case.
+
+    Scope names are case-sensitive (they are bound into each envelope's AAD),
+    so ``Production`` would silently lose ``production``'s place in
+    ``[reencryption] priority``; the writer is told the configured spelling
+    instead.  An unconfigured scope in any case is still accepted.
+    """
+    scope = check_scope(value, field)
+    if scope not in configured:
+        folded = scope.casefold()
+        match = next((c for c in configured if c.casefold() == folded), None)
+        if match is not None:
+            raise InvalidInputError(field, f"{scope!r} differs only by case from the configured scope "
+                                           f"{match!r} ([reencryption] priority); did you mean {match!r}?")
+    return scope
+
+
 def is_mount(value: object) -> bool:
     """A server mount name (see :data:`MOUNT_RE`); the caller words the error for its setting."""
     return isinstance(value, str) and MOUNT_RE.fullmatch(value) is not None
@@ -196,6 +215,7 @@ __all__ = [
     "check_keyring_bound",
     "check_lookup_id",
     "check_scope",
+    "check_scope_configured",
     "is_mount",
     "is_mount_path",
     "is_transit_key_name",

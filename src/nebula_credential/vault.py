@@ -37,7 +37,7 @@ from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
 from .legacy import LegacyKeySet, decode_value
 from .lifecycle import MaintainReport
 from .models import Credential, EncryptedCredential, utc_now
-from .names import check_credential_id, check_lookup_id, check_scope
+from .names import check_credential_id, check_lookup_id, check_scope_configured
 from .providers import KeyProvider
 from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
 from .store import Page, Store, StoreTx, redact_url
@@ -54,9 +54,10 @@ LEGACY_LAST_META = "legacy_last_fallback"
 DEFAULT_SCOPE = "default"
 
 
-def _check_id(credential_id: str, scope: str) -> None:
+def _check_id(credential_id: str, scope: str, config: KeyManagementConfig) -> None:
+    """The one check of what a write names: every write path (put, import, adopt, the server) comes here."""
     check_credential_id(credential_id)
-    check_scope(scope)
+    check_scope_configured(scope, config.reencryption.priority)
 
 
 def _encode(value: Any) -> bytes:
@@ -221,7 +222,7 @@ class Vault:
 
     def _put(self, credential_id: str, value: Any, scope: str, metadata: dict[str, Any] | None,
              expected_revision: int | None, cas: int | None) -> tuple[int, history.VersionInfo]:
-        _check_id(credential_id, scope)
+        _check_id(credential_id, scope, self.config)
         kr = self.keys.keyring
         keys = self.keys
         plaintext = _encode(value)
@@ -300,7 +301,7 @@ class Vault:
         counts = counts if counts is not None else ImportCounts()
         batch: list[tuple[str, bytes, str, dict[str, Any]]] = []
         for credential_id, value, scope, metadata in items:
-            _check_id(credential_id, scope)
+            _check_id(credential_id, scope, self.config)
             batch.append((credential_id, _encode(value), scope, metadata or {}))
             if len(batch) >= batch_size:
                 self._flush(batch, on_existing, counts, progress)
@@ -508,7 +509,7 @@ class Vault:
         kr = self.keys.keyring
         check_credential_id(credential_id)
         if scope is not None:
-            check_scope(scope)
+            check_scope_configured(scope, self.config.reencryption.priority)
         for _ in range(WRITE_ATTEMPTS):
             blob = self.keys.encrypt(b"null", credential_context(kr, credential_id, scope or DEFAULT_SCOPE))
             with self.store.transaction() as tx:

@@ -7,10 +7,10 @@ import logging
 import click
 
 from ..durations import parse_duration
-from ..exceptions import NebulaCredentialError
+from ..exceptions import NebulaCredentialError, PolicyViolationError
 from ..lifecycle import cleanup as run_cleanup
+from ..lifecycle import kept as kept_versions
 from ..maintenance import maintain as run_maintain
-from ..models import KeyStatus
 from ..policies.retention import retention_from_config
 from ._common import AppContext, console, emit, pass_app
 
@@ -38,6 +38,9 @@ def maintain(app: AppContext, all_keyrings: bool) -> None:
                 console.print(line)
 
     emit(app, data, human)
+    bound = next((r.usage_bound for r in reports if r.usage_bound), None)
+    if bound:  # auto_rotation = false: the pass did the rest, then fails as `put` does at the bound
+        raise PolicyViolationError(bound)
     failed = sum(len(r.reencryption.failures) for r in reports if r.reencryption)
     if failed:
         raise NebulaCredentialError(f"{failed} credential(s) could not be re-encrypted; see `reencrypt`")
@@ -86,12 +89,11 @@ def cleanup_cmd(app: AppContext, dry_run: bool) -> None:
     policy = retention_from_config(app.config)
     now = vault.clock()
     actions = run_cleanup(vault.keys, policy, now, dry_run=dry_run)
-    kept = [(kv, hold) for kv, hold in vault.held_versions(now)
-            if kv.status is KeyStatus.REVOKED]
+    gone = {a.version for a in actions}
+    kept = [(kv, why) for kv, why in kept_versions(vault.keys, policy, now) if kv.version not in gone]
     data = {"keyring": vault.keyring_name, "dry_run": dry_run, "policy": policy.name,
             "destroyed" if not dry_run else "would_destroy": [a.to_json() for a in actions],
-            "kept": [{"version": kv.version, "backup": h.backup, "until": h.until.isoformat(),
-                      "reason": f"kept: {h}"} for kv, h in kept]}
+            "kept": [why.to_json(kv.version) for kv, why in kept]}
 
     def human() -> None:
         verb = "would destroy" if dry_run else "destroyed"
@@ -99,7 +101,7 @@ def cleanup_cmd(app: AppContext, dry_run: bool) -> None:
             console.print(f"nothing to clean up under policy {policy.name}")
         for a in actions:
             console.print(f"{verb} v{a.version}: {a.reason}")
-        for kv, hold in kept:
-            console.print(f"v{kv.version} kept: {hold}", markup=False)
+        for kv, why in kept:
+            console.print(f"v{kv.version} kept: {why}", markup=False)
 
     emit(app, data, human)

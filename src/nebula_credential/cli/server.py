@@ -115,15 +115,28 @@ def token() -> None:
     """Server tokens (only accessors are ever listed; a token is shown once, at creation)."""
 
 
+def default_display_name() -> str:
+    """``cli-<OS user>``: the person who ran ``token create`` (``cli`` when the user cannot be told)."""
+    import getpass
+
+    try:
+        return f"cli-{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
 @token.command("create")
 @click.option("--policy", "policies", multiple=True, required=True,
               help="Policy name (repeatable); root for everything.")
 @click.option("--ttl", default=None, help="Lifetime, e.g. 24h (default server.default_ttl).")
-@click.option("--display-name", default="cli", show_default=True,
-              help="Name shown for the token in lookups and the audit trail.")
+@click.option("--display-name", default=None,
+              help="Name shown for the token in lookups, the audit trail and the console "
+                   "[default: cli-<your OS user>].")
 @pass_app
-def token_create(app: AppContext, policies: tuple[str, ...], ttl: str | None, display_name: str) -> None:
+def token_create(app: AppContext, policies: tuple[str, ...], ttl: str | None, display_name: str | None) -> None:
     """Create a token and print it once."""
+    if display_name is None:  # who made it, so the console's audit view names someone
+        display_name = default_display_name()
     vault, manager = _tokens(app)
     lifetime = parse_duration(ttl, "--ttl") if ttl else None
     secret, row = vault.audited_write(  # the token and its audit event commit together

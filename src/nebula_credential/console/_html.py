@@ -198,7 +198,8 @@ def progress_fragment(base: str, v: KeyringView, job: Job | None) -> str:
         for scope in job.pending_at_start:
             scopes.setdefault(scope, 0)
     rows = []
-    for scope, pending in sorted(scopes.items()):
+    for scope in v.scope_order(list(scopes)):  # priority order, as the engine runs it
+        pending = scopes[scope]
         start = job.pending_at_start.get(scope, 0) if job else 0
         done = job.done_by_scope.get(scope, 0) if job else 0
         share = (start - pending) / start if start else (1.0 if not pending else 0.0)

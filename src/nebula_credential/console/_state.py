@@ -18,6 +18,7 @@ from typing import Any
 from ..exceptions import NebulaCredentialError
 from ..metrics import keyring_vaults
 from ..models import KeyStatus, KeyVersion, from_epoch, to_epoch
+from ..reencrypt import scope_order
 from ..vault import Vault
 
 #: Statuses in lifecycle order (the timeline's legend and the overview's columns).
@@ -40,6 +41,12 @@ class KeyringView:
     #: A Transit key's keyring: Vault's key type, and each readable version's public key (signing types).
     transit_type: str | None = None
     public_keys: dict[int, str] = field(default_factory=dict)
+    #: ``[reencryption] priority``: the order the engine re-encrypts scopes in (then the rest alphabetically).
+    priority: tuple[str, ...] = ()
+
+    def scope_order(self, scopes: list[str]) -> list[str]:
+        """Scopes as a re-encryption pass takes them, so the progress table reads top to bottom."""
+        return scope_order(scopes, self.priority)
 
     @property
     def age_share(self) -> float:
@@ -71,6 +78,7 @@ def keyring_view(vault: Vault, name: str) -> KeyringView:
         pending_by_scope={s: n for s, n in sorted(by_scope.items()) if n},
         alerts=status["alerts"],
         **_transit_facts(vault, name),
+        priority=kr.config.reencryption.priority,
     )
 
 
@@ -116,6 +124,25 @@ def timeline(vault: Vault, name: str) -> dict[str, Any]:
     return {"keyring": name, "now": now, "versions": out, "rotations": sorted(rotations)}
 
 
+def _who(actor: str, details: str) -> str:
+    """Who acted: for a server request the token, as ``display_name (accessor)``; else the process's actor.
+
+    Every HTTP request is written by the server process, so its OS user
+    (``actor``) names no one; the request's event carries the token's
+    accessor and display name.  Shown, never re-written: the event stays
+    as the chain verified it.
+    """
+    try:
+        data = json.loads(details) if details else {}
+    except ValueError:
+        return actor
+    accessor = data.get("accessor") if isinstance(data, dict) else None
+    if not isinstance(accessor, str) or not accessor:
+        return actor
+    name = data.get("display_name")
+    return f"{name} ({accessor})" if isinstance(name, str) and name else f"token ({accessor})"
+
+
 def audit_state(vault: Vault, limit: int = 100) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The chain check and the newest events (action, actor, keyring, version, outcome; no details)."""
     result = vault.audit.verify().to_json()
@@ -124,7 +151,7 @@ def audit_state(vault: Vault, limit: int = 100) -> tuple[dict[str, Any], list[di
         {
             "seq": r.seq,
             "time": _iso(from_epoch(r.ts)),
-            "actor": r.actor,
+            "actor": _who(r.actor, r.details),
             "action": r.action,
             "keyring": r.keyring or "",
             "version": r.key_version,

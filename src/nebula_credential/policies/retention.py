@@ -39,6 +39,19 @@ class KeyRetentionPolicy(ABC):
     def allows(self, kv: KeyVersion, ctx: RetentionContext) -> str | None:
         """The reason destruction is allowed, or None to keep the version."""
 
+    def keeps(self, kv: KeyVersion, ctx: RetentionContext) -> tuple[str, datetime | None] | None:
+        """Why this policy keeps ``kv`` and until when (None for the date when it cannot say), or None.
+
+        ``keys cleanup --dry-run`` names what each kept version waits for;
+        the decision itself stays :meth:`allows`, so the two never disagree.
+        """
+        if self.allows(kv, ctx) is not None:
+            return None
+        return self._keep_reason(kv, ctx)
+
+    def _keep_reason(self, kv: KeyVersion, ctx: RetentionContext) -> tuple[str, datetime | None]:
+        return f"retention policy {self.name!r} keeps it for now", None
+
 
 class MinimumRetention(KeyRetentionPolicy):
     name = "minimum-retention"
@@ -55,6 +68,12 @@ class MinimumRetention(KeyRetentionPolicy):
         if held >= self.min_retention:
             return f"minimum-retention: revoked {format_duration(held)} ago (>= {format_duration(self.min_retention)})"
         return None
+
+    def _keep_reason(self, kv: KeyVersion, ctx: RetentionContext) -> tuple[str, datetime | None]:
+        minimum = format_duration(self.min_retention)
+        if kv.revoked_at is None:
+            return f"minimum-retention ({minimum}) counts from revocation; v{kv.version} is not revoked", None
+        return f"retention minimum {minimum} from revocation", kv.revoked_at + self.min_retention
 
 
 class VersionBased(KeyRetentionPolicy):
@@ -73,6 +92,9 @@ class VersionBased(KeyRetentionPolicy):
             return f"version-based: v{kv.version} is older than the newest {self.max_versions} versions"
         return None
 
+    def _keep_reason(self, kv: KeyVersion, ctx: RetentionContext) -> tuple[str, datetime | None]:
+        return f"version-based retention keeps the newest {self.max_versions} version(s) with material", None
+
 
 class UntilReEncrypted(KeyRetentionPolicy):
     """Destroy as soon as no stored credential references the version."""
@@ -84,6 +106,9 @@ class UntilReEncrypted(KeyRetentionPolicy):
         if refs == 0:
             return "until-reencrypted: no stored credential references it"
         return None
+
+    def _keep_reason(self, kv: KeyVersion, ctx: RetentionContext) -> tuple[str, datetime | None]:
+        return "until-reencrypted keeps it while a stored credential references it", None
 
 
 class CallableRetention(KeyRetentionPolicy):

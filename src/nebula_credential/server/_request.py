@@ -194,6 +194,7 @@ def endpoint(
         audited_path = redact_path(path, secret)  # what the audit trail keeps: no token, whatever its form
         ctx: Ctx | None = None
         accessor: str | None = None
+        who: dict[str, str] = {}  # the token's display name, beside its accessor in the request's event
         if authenticated and not secret and guard.buckets.empty(source):
             return too_many(guard.buckets.retry_after(source))  # spent: no lookup, no audit event
         try:
@@ -206,9 +207,10 @@ def endpoint(
                         return low_space()  # nothing written for an unauthenticated client under the floor
                     raise PermissionDenied()
                 accessor = row.accessor
+                who = {"display_name": row.display_name} if row.display_name else {}
                 if request.method not in READ_METHODS and guard.floor.low():
                     return await _audited(backend, request, low_space(), accessor=accessor,
-                                          path=audited_path, keyring=keyring)
+                                          path=audited_path, keyring=keyring, **who)
                 ctx = Ctx(backend, row, await backend.acl(row.policies), path, request_id, keyring,
                           _secret=secret)
                 token = logredact.presented.set((secret,))
@@ -229,7 +231,7 @@ def endpoint(
         if refused:
             audited_path = bounded_path(audited_path, guard.audit_path_chars)
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
-        extra = ctx.details if ctx is not None else {}
+        extra = {**who, **(ctx.details if ctx is not None else {})}
         # an engine may name the keyring a request used (Transit: the key's)
         audit_keyring = ctx.keyring if ctx is not None and ctx.keyring is not None else keyring
         return await _audited(backend, request, response, accessor=accessor, operation=operation,
@@ -255,11 +257,13 @@ async def audit_request(backend: Backend, request: Request, status: int, *, acce
 
     Successful reads are left out when ``[audit] requests`` is off; writes,
     errors and denials never are.  The event names the token by accessor
-    and holds no data from the request.
+    (and its display name, which the console shows as the actor) and holds
+    no data from the request.
     """
     if status == 403:
+        named = {"display_name": extra["display_name"]} if "display_name" in extra else {}
         await backend.audit("server.denied", keyring=keyring, outcome="denied", accessor=accessor,
-                            operation=operation, path=path, method=request.method, status=status)
+                            operation=operation, path=path, method=request.method, status=status, **named)
     elif status >= 400 or backend.audit_reads or operation not in READ_OPERATIONS:
         await backend.audit("server.request", keyring=keyring, outcome="ok" if status < 400 else "error",
                             accessor=accessor, operation=operation, path=path, method=request.method,
