@@ -135,7 +135,7 @@ def test_rejections_are_counted_in_metrics(server: Server, monkeypatch: pytest.M
     from nebula_credential.metrics import render
 
     token = server.token("health")
-    _sql(server, "UPDATE server_tokens SET display_name = 'edited' WHERE display_name = 'cli'")
+    _sql(server, "UPDATE server_tokens SET display_name = 'edited' WHERE display_name LIKE 'cli%'")  # token create names it cli-<user>
     time.sleep(CACHE_BOUND)
     assert _status(server, token, "sys/health") in (200, 429)
     with server.http(token) as c:
