@@ -518,7 +518,6 @@ async def _enable(request: Request, ctx: Ctx, table: MountTable, kind: str, path
     kv_fields = _kv_config_fields(draft, body)
     if kv_fields:
         await apply_mount_options(ctx, draft.keyring, kv_fields)
-        draft = replace(draft, options=_without_kv_fields(draft.options))
     repo = MountRepository(ctx.backend.vault.mount_tables())
     try:
         inserted = await ctx.backend.write(repo.insert, _row(draft, ctx.backend.vault.clock().timestamp()))
@@ -561,8 +560,8 @@ async def _disable(ctx: Ctx, table: MountTable, kind: str, path: str) -> Respons
 def _kv_config_fields(entry: MountEntry, body: dict[str, Any]) -> dict[str, Any]:
     """The KV config fields (``max_versions``...) a v2 mount's enable/tune body gives in ``options`` or ``config``.
 
-    They are taken out of the stored options: the engine's config (``<mount>/config``) is the one place
-    that holds them, so the two cannot disagree.
+    They stay in the mount's ``options`` too, as Vault shows them there; the engine's config
+    (``<mount>/config``) is what the engine obeys.
     """
     if entry.type != "kv" or (entry.options or {}).get("version") != "2":
         return {}
@@ -571,12 +570,6 @@ def _kv_config_fields(entry: MountEntry, body: dict[str, Any]) -> dict[str, Any]
         if isinstance(source, dict):
             fields.update({k: source[k] for k in MOUNT_KV_FIELDS if source.get(k) not in (None, "")})
     return fields
-
-
-def _without_kv_fields(options: dict[str, Any] | None) -> dict[str, Any] | None:
-    if options is None:
-        return None
-    return {k: v for k, v in options.items() if k not in MOUNT_KV_FIELDS}
 
 
 def _tune_json(entry: MountEntry) -> dict[str, Any]:
@@ -626,7 +619,6 @@ async def tune(request: Request, ctx: Ctx) -> Response:
     kv_fields = _kv_config_fields(changed, body)
     if kv_fields:
         await apply_mount_options(ctx, changed.keyring, kv_fields)
-        changed = replace(changed, options=_without_kv_fields(changed.options))
     repo = MountRepository(ctx.backend.vault.mount_tables())
     if not await ctx.backend.write(repo.update, _row(changed, 0.0)):
         raise bad_request(f'tune of path "{path}/" failed: no mount entry found')
