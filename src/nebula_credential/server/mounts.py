@@ -585,7 +585,10 @@ def _tune_json(entry: MountEntry) -> dict[str, Any]:
 async def tune(request: Request, ctx: Ctx) -> Response:
     kind = _kind(request)
     table = table_of(request)
-    path = _check_path(str(request.path_params["path"]), kind)
+    raw = str(request.path_params["path"])
+    if kind == "secret" and raw.startswith("auth/"):  # as Vault: `bao auth tune` sends sys/mounts/auth/:path/tune
+        kind, raw = "auth", raw.removeprefix("auth/")
+    path = _check_path(raw, kind)
     await table.refresh(ctx.backend, force=True)
     found = table.get(kind, path)
     if request.method == "GET":
