@@ -198,6 +198,27 @@ TABLE: list[Row] = [
     (("secrets", "move", "kvx/", "kvy/"), (), ""),  # a deliberate difference: see DELIBERATE
     (("secrets", "disable", "kvx/"), (), ""),  # moved away on OpenBao, so both end 0
     (("secrets", "disable", "kvy/"), (), ""),
+    (("kv", "get", "-version=2", "kvt/app/db"), (), ""),  # destroyed
+    (("kv", "undelete", "-versions=99", "kvt/app/db"), (), ""),
+    (("kv", "metadata", "get", "kv1/plain"), (), ""),
+    (("kv", "put", "kv1/dir/a", "x=1"), (), ""),
+    (("kv", "list", "-format=json", "kv1/dir"), ("",), ""),
+    (("kv", "get", "-format=json", "kv1/dir/a"), ("data",), ""),
+    (("secrets", "enable", "-path=kvo", "-options=max_versions=3", "kv-v2"), (), ""),
+    (("read", "-format=json", "kvo/config"), ("data.max_versions",), ""),  # see DELIBERATE
+    (("secrets", "tune", "-options=max_versions=4", "kvo/"), (), ""),
+    (("read", "-format=json", "kvo/config"), ("data.max_versions",), ""),  # see DELIBERATE
+    (("read", "-format=json", "sys/mounts/kvo/tune"), ("data.options",), ""),
+    (("secrets", "disable", "kvo/"), (), ""),
+    (("write", "sys/mounts/kvz", "type=kv-v2"), (), ""),
+    (("secrets", "disable", "kvz/"), (), ""),
+    (("policy", "write", "p2", "-"), (), "stdin:policy"),
+    (("token", "create", "-no-default-policy", "-policy=p2", "-format=json"), ("auth.policies",), ""),
+    (("token", "create", "-policy=p2", "-format=json"), ("auth.policies",), ""),
+    (("policy", "read", "default"), (), ""),
+    (("read", "-format=json", "sys/policy"), ("data.policies",), ""),
+    (("list", "-format=json", "auth/token/accessors"), (), ""),
+    (("read", "-format=json", "sys/internal/ui/mounts"), (), ""),
     (("secrets", "disable", "kv1/"), (), ""),
     (("secrets", "disable", "kvt/"), (), ""),
     (("kv", "get", "kvt/app/db"), (), ""),  # mount gone: 2 on both
@@ -207,9 +228,13 @@ TABLE: list[Row] = [
 #: Rows that end differently on purpose (docs/server.md, "Deliberate differences"): (openbao, serve) codes.
 #: ``audit list``: a dev OpenBao has no audit device (exit 2, "No audit devices are enabled"); ``serve``
 #: always records to its own audit log, which ``sys/audit`` lists read-only.
+#: ``kvo/config`` after ``-options=max_versions=N`` at enable or tune: OpenBao keeps the option in the mount
+#: table only (the engine's config stays 0); ``serve`` also writes it to the engine's config, so the
+#: mount keeps N versions as the option says (both exit 0; the field differs).
 #: ``secrets move``: ``sys/remount`` is not served (404 naming it); disable and enable anew instead.
 DELIBERATE: dict[tuple[str, ...], tuple[int, int]] = {("audit", "list"): (2, 0),
-                                                      ("secrets", "move", "kvx/", "kvy/"): (0, 2)}
+                                                      ("secrets", "move", "kvx/", "kvy/"): (0, 2),
+                                                      ("read", "-format=json", "kvo/config"): (0, 0)}
 
 
 def _field(payload: object, dotted: str) -> object:
