@@ -219,6 +219,13 @@ TABLE: list[Row] = [
     (("read", "-format=json", "sys/policy"), ("data.policies",), ""),
     (("list", "-format=json", "auth/token/accessors"), (), ""),
     (("read", "-format=json", "sys/internal/ui/mounts"), (), ""),
+    (("token", "create", "-type=batch", "-policy=p2", "-format=json"), (), ""),  # see DELIBERATE
+    (("kv", "enable-versioning", "kv1/"), (), ""),  # see DELIBERATE
+    (("read", "sys/key-status"), (), ""),  # see DELIBERATE
+    (("list", "sys/policies/acl"), (), ""),
+    (("kv", "put", "secret/agent/x", "a=1"), (), ""),
+    (("kv", "get", "-field=a", "secret/agent/x"), (), ""),
+    (("kv", "delete", "-mount=secret", "agent/x"), (), ""),
     (("secrets", "disable", "kv1/"), (), ""),
     (("secrets", "disable", "kvt/"), (), ""),
     (("kv", "get", "kvt/app/db"), (), ""),  # mount gone: 2 on both
@@ -231,10 +238,18 @@ TABLE: list[Row] = [
 #: ``kvo/config`` after ``-options=max_versions=N`` at enable or tune: OpenBao keeps the option in the mount
 #: table only (the engine's config stays 0); ``serve`` also writes it to the engine's config, so the
 #: mount keeps N versions as the option says (both exit 0; the field differs).
+#: ``token create -type=batch``: batch tokens are not issued here (400 saying so; create service tokens).
+#: ``kv enable-versioning``: a KV v1 mount is not upgraded in place (400 saying so; enable v2 and copy).
+#: ``read sys/key-status``: Vault's barrier key has no counterpart; the store's key versions are the
+#: keyring's own (404 here).
 #: ``secrets move``: ``sys/remount`` is not served (404 naming it); disable and enable anew instead.
 DELIBERATE: dict[tuple[str, ...], tuple[int, int]] = {("audit", "list"): (2, 0),
                                                       ("secrets", "move", "kvx/", "kvy/"): (0, 2),
-                                                      ("read", "-format=json", "kvo/config"): (0, 0)}
+                                                      ("read", "-format=json", "kvo/config"): (0, 0),
+                                                      ("token", "create", "-type=batch", "-policy=p2",
+                                                       "-format=json"): (0, 2),
+                                                      ("kv", "enable-versioning", "kv1/"): (0, 2),
+                                                      ("read", "sys/key-status"): (0, 2)}
 
 
 def _field(payload: object, dotted: str) -> object:
