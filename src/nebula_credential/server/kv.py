@@ -103,6 +103,24 @@ def _custom_metadata(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+#: The KV config fields a mount's ``options`` (or ``config``) may carry at enable/tune time.
+MOUNT_KV_FIELDS = ("max_versions", "cas_required", "delete_version_after")
+
+
+async def apply_mount_options(ctx: Ctx, keyring: str, fields: dict[str, Any]) -> None:
+    """Write KV config fields given through ``sys/mounts`` (enable or tune) to the mount's KV config.
+
+    Why: a tool that sets ``options.max_versions`` on ``sys/mounts/:path/tune`` expects the engine to keep
+    that many versions, as the same field written to ``<mount>/config`` does; storing it only in the mount
+    table would answer 204 and change nothing.
+    """
+    if not fields:
+        return
+    vault = ctx.backend.keyring(keyring)
+    current = await ctx.backend.run(vault.kv_config)
+    await ctx.backend.write(vault.set_kv_config, _settings(fields, current))
+
+
 def _version_json(v: VersionInfo) -> dict[str, Any]:
     return {"created_time": iso(v.created_at), "deletion_time": iso(v.deletion_time), "destroyed": v.destroyed}
 

@@ -51,7 +51,7 @@ from ..transit import KeyConfigChange, Transit
 from ._backend import Backend
 from ._request import VPATH, Ctx, duration_field, endpoint, read_json
 from .errors import HTTPError, bad_request
-from .kv import KVEngine
+from .kv import MOUNT_KV_FIELDS, KVEngine, apply_mount_options
 from .kv1 import KV1Engine
 from .transit import TransitEngine
 
@@ -515,6 +515,9 @@ async def _enable(request: Request, ctx: Ctx, table: MountTable, kind: str, path
                     keyring=f"{route}/{accessor}" if engine.own_keyring else "")
     if draft.keyring:  # the mount's own keyring gets its first key version before anything routes to it
         await ctx.backend.write(ctx.backend.keyring(draft.keyring).keys.initialize)
+    kv_fields = _kv_config_fields(draft, body)
+    if kv_fields:
+        await apply_mount_options(ctx, draft.keyring, kv_fields)
     repo = MountRepository(ctx.backend.vault.mount_tables())
     try:
         inserted = await ctx.backend.write(repo.insert, _row(draft, ctx.backend.vault.clock().timestamp()))
@@ -554,6 +557,21 @@ async def _disable(ctx: Ctx, table: MountTable, kind: str, path: str) -> Respons
     return Response(status_code=NO_CONTENT)
 
 
+def _kv_config_fields(entry: MountEntry, body: dict[str, Any]) -> dict[str, Any]:
+    """The KV config fields (``max_versions``...) a v2 mount's enable/tune body gives in ``options`` or ``config``.
+
+    They stay in the mount's ``options`` too, as Vault shows them there; the engine's config
+    (``<mount>/config``) is what the engine obeys.
+    """
+    if entry.type != "kv" or (entry.options or {}).get("version") != "2":
+        return {}
+    fields: dict[str, Any] = {}
+    for source in (body, body.get("config"), body.get("options")):
+        if isinstance(source, dict):
+            fields.update({k: source[k] for k in MOUNT_KV_FIELDS if source.get(k) not in (None, "")})
+    return fields
+
+
 def _tune_json(entry: MountEntry) -> dict[str, Any]:
     return {
         "default_lease_ttl": int(entry.config.get("default_lease_ttl") or SYSTEM_TTL),
@@ -567,7 +585,10 @@ def _tune_json(entry: MountEntry) -> dict[str, Any]:
 async def tune(request: Request, ctx: Ctx) -> Response:
     kind = _kind(request)
     table = table_of(request)
-    path = _check_path(str(request.path_params["path"]), kind)
+    raw = str(request.path_params["path"])
+    if kind == "secret" and raw.startswith("auth/"):  # as Vault: `bao auth tune` sends sys/mounts/auth/:path/tune
+        kind, raw = "auth", raw.removeprefix("auth/")
+    path = _check_path(raw, kind)
     await table.refresh(ctx.backend, force=True)
     found = table.get(kind, path)
     if request.method == "GET":
@@ -598,6 +619,9 @@ async def tune(request: Request, ctx: Ctx) -> Response:
     elif options:
         new_options = {**(found.options or {}), **{k: str(v) for k, v in options.items()}}
     changed = replace(found, description=description, options=new_options, config=_config_in(body, found.config))
+    kv_fields = _kv_config_fields(changed, body)
+    if kv_fields:
+        await apply_mount_options(ctx, changed.keyring, kv_fields)
     repo = MountRepository(ctx.backend.vault.mount_tables())
     if not await ctx.backend.write(repo.update, _row(changed, 0.0)):
         raise bad_request(f'tune of path "{path}/" failed: no mount entry found')
