@@ -10,7 +10,8 @@ import pytest
 
 import nebula_credential as nc
 
-from . import shared_service
+from . import server_proc, shared_service
+from .fixtures_transit import find_bao
 from .helpers import KEEP_ONE, FakeClock
 
 pytest_plugins: list[str] = [
@@ -37,6 +38,9 @@ SERVICE_PARAMS = frozenset({
 })
 #: Whole files that drive something outside the interpreter besides the CLI (a browser).
 SERVICE_MODULES = frozenset({"test_console_browser"})
+#: Helpers that start a real ``serve`` process or run OpenBao's ``bao`` binary (its CLI, Vault Agent):
+#: a file that uses one is out of the in-process tier too.
+PROCESS_HELPERS = (server_proc.serve, server_proc.sqlite_serve, find_bao)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,14 +63,20 @@ def _needs_a_service(item: pytest.Item) -> bool:
         isinstance(v, str) and v in SERVICE_PARAMS for v in callspec.params.values()
     ):
         return True
-    return item.path.stem in SERVICE_MODULES
+    if item.path.stem in SERVICE_MODULES:
+        return True
+    module = getattr(item, "module", None)
+    return module is not None and any(
+        any(value is helper for helper in PROCESS_HELPERS) for value in vars(module).values()
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``services`` from what a test uses, not from what its author remembered to write.
 
     ``make check`` deselects ``services`` (and ``slow``): the edit-loop tier is the tests that
-    need nothing but this interpreter, a temp folder and the CLI in a subprocess.
+    need nothing but this interpreter, a temp folder and the CLI in a subprocess (not a
+    ``serve`` process, not OpenBao's binary).
     """
     for item in items:
         if _needs_a_service(item) and item.get_closest_marker("services") is None:
