@@ -113,3 +113,22 @@ def test_auth_key_survives_root_rotation(vault: object, clock: object) -> None:
     fresh = AuthStore(vault.auth_tables(), vault.provider, vault.clock)
     assert fresh.hash("a-secret-id") == digest
     assert fresh.open_sealed("cubbyhole", "acc", "k", fresh.get("cubbyhole", "acc", "k")) == {"v": "sealed"}
+
+
+def test_items_and_mounts_keep_their_mac(store: Store) -> None:
+    """Schema v10: the MAC written with an item or a mount comes back with it, on every backend."""
+    from nebula_credential.store import MountRow
+
+    store.run(lambda tx: tx.auth_put("m", "role", "r", '{"p": 1}', 1.0, expires_at=9.0, uses_left=3, mac="ab12"))
+    with store.read() as tx:
+        assert tx.auth_get_signed("m", "role", "r", 2.0) == ('{"p": 1}', 9.0, 3, "ab12")
+        assert tx.auth_list_signed() == [("m", "role", "r", '{"p": 1}', 9.0, "ab12")]
+    assert store.run(lambda tx: tx.auth_spend_signed("m", "role", "r", 2.0)) == ('{"p": 1}', 9.0, 2, "ab12")
+    store.run(lambda tx: tx.auth_put("m", "role", "old", "{}", 1.0))  # as written before v10: no MAC
+    with store.read() as tx:
+        assert tx.auth_get_signed("m", "role", "old", 2.0) == ("{}", None, None, "")
+    row = MountRow(path="kv9", kind="secret", type="kv", description="", accessor="kv_9", uuid="u", options=None,
+                   config={}, keyring="kv9/kv_9", created_at=1.5, mac="cd34")
+    store.run(lambda tx: tx.mount_insert(row))
+    with store.read() as tx:
+        assert tx.mount_get("secret", "kv9") == row

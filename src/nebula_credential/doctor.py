@@ -20,13 +20,16 @@ from .durations import format_duration
 from .exceptions import CorruptRecordError, NebulaCredentialError
 from .fingerprint import PROVIDER_META
 from .models import KeyStatus, utc_now
+from .mounttables import MOUNT_TABLE, mount_mac_fields
 from .opening import provider_config_for
 from .providers import KeyProvider, open_provider
 from .rowmac import ROW_MAC_KEY, RowMac
 from .servertables import (
+    AUTH_TABLE,
     POLICY_TABLE,
     ROLE_TABLE,
     TOKEN_TABLE,
+    auth_mac_fields,
     policy_mac_fields,
     role_mac_fields,
     token_mac_fields,
@@ -428,8 +431,9 @@ def check_backup_registry(store: Store, provider: KeyProvider) -> list[Finding]:
 
 
 def check_rows(store: Store, provider: KeyProvider) -> list[Finding]:
-    """Token, policy and token-role rows whose MAC does not verify (edited in the database, or
-    written before schema v7): the server refuses them; doctor names them."""
+    """Token, policy, token-role, mount and auth-item rows whose MAC does not verify (edited in the
+    database, or written before schema v7 -- v10 for mounts and auth items): the server refuses
+    them; doctor names them."""
     with store.read() as tx:
         if not tx.has_table(ROLE_TABLE):  # type: ignore[attr-defined]
             return []
@@ -437,7 +441,10 @@ def check_rows(store: Store, provider: KeyProvider) -> list[Finding]:
         tokens = tx.token_list()
         policies = [(name, tx.policy_get_signed(name)) for name in tx.policy_list()]
         roles = [(name, tx.role_get(name)) for name in tx.role_list()]
-    if not tokens and not policies and not roles:
+        versioned = tx.schema_version() >= 10  # type: ignore[attr-defined]
+        mounts = tx.mount_list() if versioned else []
+        items = tx.auth_list_signed() if versioned else []
+    if not tokens and not policies and not roles and not mounts and not items:
         return []
     try:
         mac = RowMac.from_key(provider.unwrap(bytes.fromhex(raw), ROW_MAC_KEY.context)) if raw else None
@@ -455,13 +462,21 @@ def check_rows(store: Store, provider: KeyProvider) -> list[Finding]:
     for name, got in roles:
         if got is not None and (mac is None or not mac.verify(ROLE_TABLE, (name,), role_mac_fields(got[0]), got[1])):
             bad.append(f"{ROLE_TABLE} {name!r}")
+    for m in mounts:
+        if mac is None or not mac.verify(MOUNT_TABLE, (m.kind, m.path), mount_mac_fields(m), m.mac):
+            bad.append(f"{MOUNT_TABLE} {m.kind} {m.path!r}")
+    for mount, kind, name, body, expires_at, signature in items:
+        if mac is None or not mac.verify(AUTH_TABLE, (mount, kind, name),
+                                         auth_mac_fields(mount, kind, name, body, expires_at), signature):
+            bad.append(f"{AUTH_TABLE} {mount} {kind} {name!r}")
     if not bad:
-        return [Finding("rows", OK, f"{len(tokens)} token, {len(policies)} policy and {len(roles)} role row(s) "
-                                    "authenticated")]
+        return [Finding("rows", OK, f"{len(tokens)} token, {len(policies)} policy, {len(roles)} role, "
+                                    f"{len(mounts)} mount and {len(items)} auth item row(s) authenticated")]
     shown = "; ".join(bad[:5]) + (f" ... ({len(bad)} in all)" if len(bad) > 5 else "")
     return [Finding("rows", ERROR, f"{len(bad)} row(s) that grant access fail their MAC and are refused: {shown}",
                     "a database writer edited them, or they predate schema v7: revoke and re-create those "
-                    "tokens (`token create`), re-write those policies (`policy write`) and roles")]
+                    "tokens (`token create`), re-write those policies (`policy write`), token roles, auth roles and "
+                    "users; for mounts see the upgrade notes in docs/server.md")]
 
 
 def run(

@@ -10,13 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .store import MountRow
 
 T = TypeVar("T")
 
-__all__ = ["MountRow", "MountTables", "MountTx"]
+__all__ = ["MOUNT_TABLE", "MountRow", "MountTables", "MountTx", "mount_mac_fields"]
+
+#: The table a mount row's MAC (``rowmac``) binds; its key is (kind, path).
+MOUNT_TABLE = "server_mounts"
+
+
+def mount_mac_fields(row: MountRow) -> dict[str, Any]:
+    """Every field of a mount row (all but the MAC): its engine, accessor, keyring and settings
+    all decide what requests routed to it reach."""
+    return {"kind": row.kind, "path": row.path, "type": row.type, "description": row.description,
+            "accessor": row.accessor, "uuid": row.uuid, "options": row.options, "config": dict(row.config),
+            "keyring": row.keyring, "created_at": row.created_at}
 
 
 class MountTx(Protocol):

@@ -18,13 +18,18 @@ from .store import TokenRow
 
 T = TypeVar("T")
 
-__all__ = ["POLICY_TABLE", "ROLE_TABLE", "TOKEN_TABLE", "AuthTables", "AuthTx", "ServerTables", "ServerTx", "TokenRow",
-           "policy_mac_fields", "role_mac_fields", "token_mac_fields"]
+__all__ = ["AUTH_TABLE", "POLICY_TABLE", "ROLE_TABLE", "TOKEN_TABLE", "USES_MAX", "AuthTables", "AuthTx",
+           "ServerTables", "ServerTx", "TokenRow", "auth_mac_fields", "auth_uses_ok", "policy_mac_fields",
+           "role_mac_fields", "token_mac_fields"]
 
 #: The tables whose rows carry a MAC (``rowmac``), as the MAC binds them.
 TOKEN_TABLE = "server_tokens"  # noqa: S105 - a table name
 POLICY_TABLE = "server_policies"
 ROLE_TABLE = "server_token_roles"
+AUTH_TABLE = "auth_items"
+
+#: The body key an auth item with limited uses keeps its initial count under (bound by the MAC).
+USES_MAX = "_uses_max"
 
 
 def token_mac_fields(row: TokenRow) -> dict[str, Any]:
@@ -47,6 +52,27 @@ def policy_mac_fields(name: str, body: str) -> dict[str, Any]:
 def role_mac_fields(body: str) -> dict[str, Any]:
     """A token role row's MAC'd fields: its canonical JSON body (every setting)."""
     return {"body": body}
+
+
+def auth_mac_fields(mount: str, kind: str, name: str, body: str, expires_at: float | None) -> dict[str, Any]:
+    """An auth item's MAC'd fields (its key is (mount, kind, name)).
+
+    ``uses_left`` is not bound: a login spends a use in one conditional UPDATE (exactly once
+    under concurrent logins) that cannot recompute a MAC.  Instead the body binds the item's
+    initial count (:data:`USES_MAX`) and :func:`auth_uses_ok` refuses a count above it or an
+    unlimited count on a limited item, so an edit of ``uses_left`` can only give back uses
+    already spent -- the rollback a database writer can always do by restoring an old row --
+    never more than the item was created with.
+    """
+    return {"mount": mount, "kind": kind, "name": name, "body": body, "expires_at": expires_at}
+
+
+def auth_uses_ok(body: dict[str, Any], uses_left: int | None, spent: bool = False) -> bool:
+    """Whether a verified item's ``uses_left`` (after a spend when ``spent``) is within its bound."""
+    bound = body.get(USES_MAX)
+    if uses_left is None or bound is None:
+        return uses_left is None and bound is None
+    return isinstance(bound, int) and uses_left + (1 if spent else 0) <= bound
 
 
 class ServerTx(Protocol):
@@ -120,9 +146,12 @@ class AuthTx(Protocol):
     def lock_keyring(self, keyring: str) -> None: ...
 
     def auth_put(self, mount: str, kind: str, name: str, body: str, now: float, *,
-                 expires_at: float | None = None, uses_left: int | None = None) -> None: ...
+                 expires_at: float | None = None, uses_left: int | None = None, mac: str = "") -> None: ...
 
     def auth_get(self, mount: str, kind: str, name: str, now: float) -> tuple[str, float | None, int | None] | None: ...
+
+    def auth_get_signed(self, mount: str, kind: str, name: str,
+                        now: float) -> tuple[str, float | None, int | None, str] | None: ...
 
     def auth_names(self, mount: str, kind: str, now: float) -> list[str]: ...
 
@@ -135,6 +164,9 @@ class AuthTx(Protocol):
     def auth_purge_expired(self, now: float) -> int: ...
 
     def auth_spend(self, mount: str, kind: str, name: str, now: float) -> str | None: ...
+
+    def auth_spend_signed(self, mount: str, kind: str, name: str,
+                          now: float) -> tuple[str, float | None, int | None, str] | None: ...
 
 
 class AuthTables(Protocol):

@@ -42,7 +42,8 @@ def auth_store(request: Request) -> AuthStore:
     if found is None:
         backend: Backend = state.backend
         vault = backend.vault
-        found = AuthStore(vault.auth_tables(), vault.provider, vault.clock)
+        found = AuthStore(vault.auth_tables(), vault.provider, vault.clock, rowmac=backend.access.tokens.rowmac,
+                          on_reject=backend.access.rejections.note)
         state.auth_store = found
     return found
 
@@ -261,6 +262,7 @@ def login_endpoint(handler: LoginHandler, *, method: str, mount: str,
         try:
             await backend.audit("auth.login", keyring=None, outcome="ok" if ok else "error",
                                 status=response.status_code, **details)
+            await backend.report_rejections()  # a role or user refused for its MAC, audited now
         except Exception as exc:  # an unaudited answer is not given
             return error_response(exc)
         return response

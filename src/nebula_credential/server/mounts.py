@@ -45,8 +45,9 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 
 from ..config import ServerConfig
 from ..exceptions import PolicyViolationError
-from ..mounttables import MountRow, MountTables
+from ..mounttables import MOUNT_TABLE, MountRow, MountTables, mount_mac_fields
 from ..names import NAME_RE, NAME_RULE, printable
+from ..rowmac import RowMac
 from ..transit import KeyConfigChange, Transit
 from ._backend import Backend
 from ._request import VPATH, Ctx, duration_field, endpoint, read_json
@@ -344,31 +345,61 @@ class MountTable:
         async with self._lock:
             if not force and time.monotonic() - self.checked_at < wait:
                 return
-            repo = MountRepository(backend.vault.mount_tables())
+            repo = repository(backend)
             generation = await backend.run(repo.generation)
             if force or generation != self.generation:
                 generation, rows = await backend.run(repo.snapshot)
                 self._install([_entry(r) for r in rows if _bound(r)])
                 self.generation = generation
+                await backend.report_rejections()
             self.checked_at = time.monotonic()
 
 
-class MountRepository:
-    """The mount table's reads and writes, over the narrow :class:`MountTables`."""
+def repository(backend: Backend) -> MountRepository:
+    """The mount repository over ``backend``'s store, MACs and rejection reports."""
+    return MountRepository(backend.vault.mount_tables(), backend.access.tokens.rowmac,
+                           on_reject=backend.access.rejections.note)
 
-    def __init__(self, tables: MountTables) -> None:
+
+class MountRepository:
+    """The mount table's reads and writes, over the narrow :class:`MountTables`.
+
+    A mount decides where requests are routed and which keyring they reach, so every row carries
+    a MAC (:mod:`~..rowmac`) over all its fields; a row that fails (inserted or edited by a
+    database writer, or written before schema v10) is not routed and is reported through
+    ``on_reject`` (audited as ``server.row_rejected.server_mounts``).
+    """
+
+    def __init__(self, tables: MountTables, rowmac: RowMac,
+                 on_reject: Callable[[str, str, str], None] | None = None) -> None:
         self._tables = tables
+        self.rowmac = rowmac
+        self.on_reject = on_reject
+
+    def _signed(self, row: MountRow) -> MountRow:
+        return replace(row, mac=self.rowmac.mac(MOUNT_TABLE, (row.kind, row.path), mount_mac_fields(row)))
+
+    def verified(self, row: MountRow) -> bool:
+        """Whether a stored row's MAC holds (a failure is reported)."""
+        if self.rowmac.verify(MOUNT_TABLE, (row.kind, row.path), mount_mac_fields(row), row.mac):
+            return True
+        if self.on_reject is not None:
+            self.on_reject(MOUNT_TABLE, f"{row.kind} {row.path}", "MAC mismatch" if row.mac else "missing MAC")
+        return False
 
     def generation(self) -> int:
         with self._tables.read() as tx:
             return tx.mount_generation()
 
     def snapshot(self) -> tuple[int, list[MountRow]]:
+        """The generation and the mounts whose MAC holds (a refused row is not routed)."""
         with self._tables.read() as tx:
-            return tx.mount_generation(), tx.mount_list()
+            generation, rows = tx.mount_generation(), tx.mount_list()
+        return generation, [r for r in rows if self.verified(r)]
 
     def insert(self, row: MountRow) -> bool:
         """Store a new mount; False when its path is already taken (another process won)."""
+        row = self._signed(row)
 
         def go(tx: Any) -> bool:
             if tx.mount_get(row.kind, row.path) is not None:
@@ -379,7 +410,16 @@ class MountRepository:
         return self._tables.run(go)
 
     def update(self, row: MountRow) -> bool:
-        return self._tables.run(lambda tx: tx.mount_update(row))
+        """Tune a stored mount (description, options, config); False when it is absent or refused.
+
+        The new MAC binds the stored row's identity (type, accessor, keyring, created_at), read and
+        verified first: a row edited in between keeps those edited fields and fails its new MAC."""
+        with self._tables.read() as tx:
+            stored = tx.mount_get(row.kind, row.path)
+        if stored is None or not self.verified(stored):
+            return False
+        changed = self._signed(replace(stored, description=row.description, options=row.options, config=row.config))
+        return self._tables.run(lambda tx: tx.mount_update(changed))
 
     def delete(self, kind: str, path: str) -> bool:
         return self._tables.run(lambda tx: tx.mount_delete(kind, path))
@@ -518,7 +558,7 @@ async def _enable(request: Request, ctx: Ctx, table: MountTable, kind: str, path
     kv_fields = _kv_config_fields(draft, body)
     if kv_fields:
         await apply_mount_options(ctx, draft.keyring, kv_fields)
-    repo = MountRepository(ctx.backend.vault.mount_tables())
+    repo = repository(ctx.backend)
     try:
         inserted = await ctx.backend.write(repo.insert, _row(draft, ctx.backend.vault.clock().timestamp()))
     except Exception:  # PostgreSQL: another process inserted the same path between our check and insert
@@ -549,7 +589,7 @@ async def _disable(ctx: Ctx, table: MountTable, kind: str, path: str) -> Respons
     purge = engine.purge if engine is not None else None
     if purge is not None:  # refused (a 400 naming what holds the data): the mount stays
         await ctx.backend.write(purge, ctx.backend, found)
-    repo = MountRepository(ctx.backend.vault.mount_tables())
+    repo = repository(ctx.backend)
     await ctx.backend.write(repo.delete, kind, path)
     if purge is not None:  # a write routed by a process that had not yet seen the change
         await ctx.backend.write(purge, ctx.backend, found)
@@ -622,7 +662,7 @@ async def tune(request: Request, ctx: Ctx) -> Response:
     kv_fields = _kv_config_fields(changed, body)
     if kv_fields:
         await apply_mount_options(ctx, changed.keyring, kv_fields)
-    repo = MountRepository(ctx.backend.vault.mount_tables())
+    repo = repository(ctx.backend)
     if not await ctx.backend.write(repo.update, _row(changed, 0.0)):
         raise bad_request(f'tune of path "{path}/" failed: no mount entry found')
     await table.refresh(ctx.backend, force=True)

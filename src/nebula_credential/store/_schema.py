@@ -15,14 +15,14 @@ from ..exceptions import StoreError
 from ._sql_base import SqlBase
 from .tx import MetaTx
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def all_migrations(blob: str, real: str) -> list[list[str]]:
     """Every migration in order, for a dialect's binary and floating-point type names."""
     return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
             schema_v5_key_access(), schema_v6_versions(blob, real), schema_v7_server_rows(real),
-            schema_v8_mounts(real), schema_v9_auth(real)]
+            schema_v8_mounts(real), schema_v9_auth(real), schema_v10_row_macs()]
 
 
 class MetaSql(SqlBase, MetaTx):
@@ -301,4 +301,17 @@ def schema_v9_auth(real: str) -> list[str]:
             PRIMARY KEY (mount, kind, name)
         )""",
         "CREATE INDEX IF NOT EXISTS auth_items_by_expiry ON auth_items (expires_at)",
+    ]
+
+
+def schema_v10_row_macs() -> list[str]:
+    """Version 10: a MAC on every mount and every auth item (roles, users, secret ids, settings).
+
+    As version 7 did for tokens and policies (:mod:`~nebula_credential.rowmac`): a database
+    writer can no longer add a mount or edit a role's policies.  Rows written before this
+    version have no MAC and are refused until re-written (docs/server.md, upgrade notes).
+    """
+    return [
+        "ALTER TABLE server_mounts ADD COLUMN mac TEXT",
+        "ALTER TABLE auth_items ADD COLUMN mac TEXT",
     ]

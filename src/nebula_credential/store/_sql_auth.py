@@ -12,21 +12,26 @@ class AuthSql(SqlBase, AuthTx):
     """AppRole, userpass, JWT, cubbyhole and wrapping items."""
 
     def auth_put(self, mount: str, kind: str, name: str, body: str, now: float, *,
-                 expires_at: float | None = None, uses_left: int | None = None) -> None:
+                 expires_at: float | None = None, uses_left: int | None = None, mac: str = "") -> None:
         self._exec(
-            "INSERT INTO auth_items (mount, kind, name, body, created_at, expires_at, uses_left) "
-            "VALUES (?,?,?,?,?,?,?) ON CONFLICT (mount, kind, name) DO UPDATE SET body = excluded.body, "
-            "expires_at = excluded.expires_at, uses_left = excluded.uses_left",
-            (mount, kind, name, body, now, expires_at, uses_left),
+            "INSERT INTO auth_items (mount, kind, name, body, created_at, expires_at, uses_left, mac) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (mount, kind, name) DO UPDATE SET body = excluded.body, "
+            "expires_at = excluded.expires_at, uses_left = excluded.uses_left, mac = excluded.mac",
+            (mount, kind, name, body, now, expires_at, uses_left, mac),
         )
 
     def auth_get(self, mount: str, kind: str, name: str, now: float) -> tuple[str, float | None, int | None] | None:
+        found = self.auth_get_signed(mount, kind, name, now)
+        return None if found is None else found[:3]
+
+    def auth_get_signed(self, mount: str, kind: str, name: str,
+                        now: float) -> tuple[str, float | None, int | None, str] | None:
         row = self._exec(
-            f"SELECT body, expires_at, uses_left FROM auth_items WHERE mount = ? AND kind = ? AND name = ? "
+            f"SELECT body, expires_at, uses_left, mac FROM auth_items WHERE mount = ? AND kind = ? AND name = ? "
             f"AND {_LIVE} AND (uses_left IS NULL OR uses_left > 0)",
             (mount, kind, name, now),
         ).fetchone()
-        return None if row is None else (str(row[0]), row[1], row[2])
+        return None if row is None else (str(row[0]), row[1], row[2], str(row[3] or ""))
 
     def auth_names(self, mount: str, kind: str, now: float) -> list[str]:
         rows = self._exec(
@@ -35,6 +40,11 @@ class AuthSql(SqlBase, AuthTx):
             (mount, kind, now),
         ).fetchall()
         return [str(r[0]) for r in rows]
+
+    def auth_list_signed(self) -> list[tuple[str, str, str, str, float | None, str]]:
+        rows = self._exec("SELECT mount, kind, name, body, expires_at, mac FROM auth_items "
+                          "ORDER BY mount, kind, name").fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], str(r[5] or "")) for r in rows]
 
     def auth_delete(self, mount: str, kind: str, name: str) -> bool:
         cur = self._exec("DELETE FROM auth_items WHERE mount = ? AND kind = ? AND name = ?", (mount, kind, name))
@@ -57,6 +67,11 @@ class AuthSql(SqlBase, AuthTx):
         return int(cur.rowcount) + int(orphans.rowcount)
 
     def auth_spend(self, mount: str, kind: str, name: str, now: float) -> str | None:
+        found = self.auth_spend_signed(mount, kind, name, now)
+        return None if found is None else found[0]
+
+    def auth_spend_signed(self, mount: str, kind: str, name: str,
+                          now: float) -> tuple[str, float | None, int | None, str] | None:
         # the row's own lock (PostgreSQL) or the single writer (SQLite) makes this one decision:
         # two concurrent spends of the last use see rowcount 1 and 0
         cur = self._exec(
@@ -67,10 +82,11 @@ class AuthSql(SqlBase, AuthTx):
         if cur.rowcount != 1:
             return None
         row = self._exec(
-            "SELECT body, uses_left FROM auth_items WHERE mount = ? AND kind = ? AND name = ?", (mount, kind, name)
+            "SELECT body, expires_at, uses_left, mac FROM auth_items WHERE mount = ? AND kind = ? AND name = ?",
+            (mount, kind, name),
         ).fetchone()
         if row is None:
             return None
-        if row[1] is not None and int(row[1]) <= 0:
+        if row[2] is not None and int(row[2]) <= 0:
             self.auth_delete(mount, kind, name)
-        return str(row[0])
+        return str(row[0]), row[1], row[2], str(row[3] or "")

@@ -10,7 +10,7 @@ from ._sql_base import SqlBase, to_json
 from .records import MountRow
 from .tx import MOUNTS_GENERATION_META, MountsTx
 
-_COLS = "kind, path, type, description, accessor, uuid, options, config, keyring, created_at"
+_COLS = "kind, path, type, description, accessor, uuid, options, config, keyring, created_at, mac"
 
 
 def _decode(row: Any) -> MountRow:
@@ -22,7 +22,7 @@ def _decode(row: Any) -> MountRow:
         raise CorruptRecordError(f"mount {row[1]!r}: {exc}") from None
     return MountRow(path=str(row[1]), kind=str(row[0]), type=str(row[2]), description=str(row[3]),
                     accessor=str(row[4]), uuid=str(row[5]), options=options, config=config,
-                    keyring=str(row[8]), created_at=float(row[9]))
+                    keyring=str(row[8]), created_at=float(row[9]), mac=str(row[10] or ""))
 
 
 def _options(options: dict[str, Any] | None) -> str:
@@ -54,16 +54,16 @@ class MountsSql(SqlBase, MountsTx):
 
     def mount_insert(self, row: MountRow) -> None:
         self._exec(
-            f"INSERT INTO server_mounts ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO server_mounts ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (row.kind, row.path, row.type, row.description, row.accessor, row.uuid, _options(row.options),
-             to_json(row.config), row.keyring, row.created_at),
+             to_json(row.config), row.keyring, row.created_at, row.mac),
         )
         self._bump()
 
     def mount_update(self, row: MountRow) -> bool:
         cur = self._exec(
-            "UPDATE server_mounts SET description = ?, options = ?, config = ? WHERE kind = ? AND path = ?",
-            (row.description, _options(row.options), to_json(row.config), row.kind, row.path),
+            "UPDATE server_mounts SET description = ?, options = ?, config = ?, mac = ? WHERE kind = ? AND path = ?",
+            (row.description, _options(row.options), to_json(row.config), row.mac, row.kind, row.path),
         )
         changed = bool(cur.rowcount == 1)
         if changed:

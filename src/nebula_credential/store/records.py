@@ -93,6 +93,8 @@ class MountRow:
     config: dict[str, Any]
     keyring: str
     created_at: float
+    #: HMAC of the row under the root-wrapped row key (see ``rowmac``); "" before it is computed.
+    mac: str = ""
 
 
 class Page(list[T], Generic[T]):

@@ -521,14 +521,23 @@ class AuthTx(ABC):
 
     @abstractmethod
     def auth_put(self, mount: str, kind: str, name: str, body: str, now: float, *,
-                 expires_at: float | None = None, uses_left: int | None = None) -> None: ...
+                 expires_at: float | None = None, uses_left: int | None = None, mac: str = "") -> None: ...
 
     @abstractmethod
     def auth_get(self, mount: str, kind: str, name: str, now: float) -> tuple[str, float | None, int | None] | None:
         """(body, expires_at, uses_left) of a live item; None when absent or expired."""
 
     @abstractmethod
+    def auth_get_signed(self, mount: str, kind: str, name: str,
+                        now: float) -> tuple[str, float | None, int | None, str] | None:
+        """As :meth:`auth_get`, with the row's MAC ("" for a row written before schema v10)."""
+
+    @abstractmethod
     def auth_names(self, mount: str, kind: str, now: float) -> list[str]: ...
+
+    @abstractmethod
+    def auth_list_signed(self) -> list[tuple[str, str, str, str, float | None, str]]:
+        """Every item as (mount, kind, name, body, expires_at, mac), for ``doctor``'s rows check."""
 
     @abstractmethod
     def auth_delete(self, mount: str, kind: str, name: str) -> bool: ...
@@ -549,6 +558,11 @@ class AuthTx(ABC):
     def auth_spend(self, mount: str, kind: str, name: str, now: float) -> str | None:
         """Spend one use of a live item in one conditional UPDATE; its body, or None when
         absent, expired or used up (the last use deletes the row)."""
+
+    @abstractmethod
+    def auth_spend_signed(self, mount: str, kind: str, name: str,
+                          now: float) -> tuple[str, float | None, int | None, str] | None:
+        """As :meth:`auth_spend`: (body, expires_at, uses_left after the spend, mac)."""
 
 
 class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx, MountsTx, AuthTx):
