@@ -152,3 +152,15 @@ def test_root_rotation_rewraps_the_server_key_without_importing_the_server(tmp_p
                          env=cli_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_accessors_never_look_like_a_cli_flag() -> None:
+    """An accessor starting with ``-`` made ``bao token lookup -accessor X`` read it as a flag
+    (about one accessor in 64 with base64url); Vault's are letters and digits."""
+    import re
+
+    from nebula_credential.server.tokens import ACCESSOR_LENGTH, new_accessor
+
+    made = {new_accessor() for _ in range(5000)}
+    assert len(made) == 5000
+    assert all(re.fullmatch(rf"[A-Za-z0-9]{{{ACCESSOR_LENGTH}}}", a) for a in made)

@@ -20,6 +20,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import string
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,16 @@ def rewrap_server_key(tx: MetaTx, provider: KeyProvider) -> None:
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+_ACCESSOR_ALPHABET = string.ascii_letters + string.digits
+ACCESSOR_LENGTH = 24
+
+
+def new_accessor() -> str:
+    """24 letters and digits (~143 random bits), as Vault's accessors look: never starting with
+    ``-``, which the ``vault``/``bao`` CLI would read as a flag (``bao token lookup -accessor X``)."""
+    return "".join(secrets.choice(_ACCESSOR_ALPHABET) for _ in range(ACCESSOR_LENGTH))
 
 
 def looks_like_token(value: str) -> bool:
@@ -201,7 +212,7 @@ class TokenManager:
         expires = now + granted if max_expires is None else min(now + granted, max_expires)
         token = token or TOKEN_PREFIX + _b64(secrets.token_bytes(32))
         row = self.sign(TokenRow(
-            accessor=_b64(secrets.token_bytes(18)),
+            accessor=new_accessor(),
             token_hash=self.hash(token),
             parent=parent.accessor if parent is not None else None,
             policies=tuple(names),
