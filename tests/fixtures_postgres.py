@@ -91,7 +91,7 @@ class PostgresCluster:
     def start(self) -> None:
         opts = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100 "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
             "-c shared_buffers=32MB"
         )
         self._checked(
