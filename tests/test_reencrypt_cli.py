@@ -81,7 +81,7 @@ def test_failures_are_listed_and_exit_non_zero(db: tuple[str, nc.Vault], tmp_pat
     with vault.store.transaction() as tx:
         row = tx.get_credential("default", "c00005")
         assert row is not None
-        tx.cas_update_envelopes("default", [(row.id, row.revision, 1, row.envelope[:-1] + b"\0")])
+        tx.cas_update_envelopes("default", [(row.id, row.revision, 1, row.envelope[:-1] + bytes([row.envelope[-1] ^ 1]))])
     proc = _cli(url, "reencrypt", "--priority", "other,user", cwd=tmp_path)
     assert proc.returncode == 1
     assert "re-encrypted 39 of 40" in proc.stdout.replace("\n", " ")
