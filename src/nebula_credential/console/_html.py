@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ..models import KeyStatus
-from ._access import Principal
+from ._access import ACTIONS, Principal
 from ._state import Job, KeyringView
 
 
@@ -22,7 +22,8 @@ def h(value: Any) -> str:
 
 
 def _when(dt: datetime | None) -> str:
-    return dt.strftime("%Y-%m-%d %H:%M") if dt else "—"
+    """Date and time (HTML): a narrow table breaks the line between the two, never inside the date."""
+    return f'<span class="nowrap">{dt:%Y-%m-%d}</span> <span class="nowrap">{dt:%H:%M}</span>' if dt else "—"
 
 
 def _pct(share: float) -> str:
@@ -41,7 +42,7 @@ def _duration(seconds: float | None) -> str:
 
 def layout(title: str, body: str, *, base: str, principal: Principal | None = None, csrf: str = "",
            nav: str = "") -> str:
-    links = ""
+    links = logout = ""
     if principal is not None:
         items = [("overview", f"{base}/", "Keyrings"), ("alerts", f"{base}/alerts", "Alerts")]
         if principal.can("audit"):
@@ -50,7 +51,8 @@ def layout(title: str, body: str, *, base: str, principal: Principal | None = No
             f'<a href="{h(href)}"{" aria-current=page" if key == nav else ""}>{h(label)}</a>'
             for key, href, label in items
         )
-        links += (
+        # beside the nav, not in it: on a narrow screen the nav wraps below, Log out stays on the first line
+        logout = (
             f'<form method="post" action="{h(base)}/logout" class="logout">'
             f'<input type="hidden" name="csrf" value="{h(csrf)}">'
             f'<span class="who">{h(principal.name)}</span><button type="submit">Log out</button></form>'
@@ -69,7 +71,7 @@ def layout(title: str, body: str, *, base: str, principal: Principal | None = No
 <script src="{h(base)}/static/uPlot.iife.min.js" defer></script>
 <script src="{h(base)}/static/console.js" defer></script>
 </head><body>
-<header><a class="brand" href="{h(base)}/">nebula-credential</a><nav>{links}</nav></header>
+<header><a class="brand" href="{h(base)}/">nebula-credential</a><nav>{links}</nav>{logout}</header>
 <main>{body}</main>
 </body></html>"""
 
@@ -148,6 +150,12 @@ def keyring_page(base: str, v: KeyringView, principal: Principal, csrf: str, job
         actions.append(_action_link(base, kr, "rotate", "Rotate"))
     if principal.can("reencrypt", kr) and v.pending:
         actions.append(_action_link(base, kr, "reencrypt", "Re-encrypt now"))
+    if not any(principal.can(action, kr) for action in ACTIONS):
+        # said where the buttons would be, rather than an unexplained gap
+        actions.append('<p class="read-only"><span class="badge">read-only</span>This token may read this keyring '
+                       "but not rotate, revoke, reinstate or re-encrypt it.</p>")
+    # the buttons' column only for a token that may use one
+    per_version = principal.can("revoke", kr) or principal.can("reinstate", kr)
     rows = []
     for kv in v.versions:
         buttons = []
@@ -158,7 +166,8 @@ def keyring_page(base: str, v: KeyringView, principal: Principal, csrf: str, job
         rows.append(
             f'<tr data-version="{kv.version}"><td>v{kv.version}</td><td>{_status_badge(kv.status.value)}</td>'
             f"<td>{_when(kv.created_at)}</td><td>{_when(kv.status_changed_at)}</td>"
-            f'<td class="num">{v.credentials.get(kv.version, 0):,}</td><td>{"".join(buttons)}</td></tr>'
+            f'<td class="num">{v.credentials.get(kv.version, 0):,}</td>'
+            + (f'<td class="actions">{"".join(buttons)}</td>' if per_version else "") + "</tr>"
         )
     body = f"""<h1>Keyring <span class="name">{h(kr)}</span></h1>{banner}
 <div class="toolbar">{"".join(actions)}</div>
@@ -166,7 +175,8 @@ def keyring_page(base: str, v: KeyringView, principal: Principal, csrf: str, job
 <section class="card"><h2>Versions</h2>
 <p>Active: {"v" + h(v.active_version) if v.active_version else "none"} · age {_age_meter(v)}</p>
 <table class="versions"><thead><tr><th>version</th><th>status</th><th>created</th><th>status since</th>
-<th class="num">credentials</th><th></th></tr></thead><tbody>{"".join(rows)}</tbody></table></section>
+<th class="num">credentials</th>{"<th></th>" if per_version else ""}</tr></thead>
+<tbody>{"".join(rows)}</tbody></table></section>
 <section class="card"><h2>Timeline</h2>
 <div class="timeline" data-src="{h(base)}/keyrings/{h(kr)}/timeline.json"></div>
 <p class="legend">{" ".join(_status_badge(s.value) for s in KeyStatus)} <span class="rotation-mark">rotation</span></p>
@@ -225,6 +235,10 @@ def progress_fragment(base: str, v: KeyringView, job: Job | None) -> str:
 {table}</section>"""
 
 
+#: Actions whose confirmation is the red button: they stop credentials from being read.
+#: Rotate, reinstate and re-encrypt are routine and keep every credential readable.
+DESTRUCTIVE = frozenset({"revoke"})
+
 _CONFIRM_TEXT = {
     "rotate": "A new version becomes active and encrypts every new write; the active version {active} becomes "
               "valid and keeps decrypting until re-encryption has moved its credentials.",
@@ -244,12 +258,13 @@ def confirm_page(base: str, v: KeyringView, action: str, version: int | None, pr
     text = _CONFIRM_TEXT[action].format(active=f"v{v.active_version}", refs=v.credentials.get(version or 0, 0),
                                         pending=f"{v.pending:,}")
     hidden = f'<input type="hidden" name="version" value="{h(version)}">' if version is not None else ""
+    style = "danger" if action in DESTRUCTIVE else "primary"
     body = f"""<section class="card confirm"><h1>{h(verb)} {h(target)}?</h1>
 <p>{h(text)}</p>
 <form method="post" action="{h(base)}/keyrings/{h(kr)}/actions/{h(action)}">
 <input type="hidden" name="csrf" value="{h(csrf)}">{hidden}
 <input type="hidden" name="confirm" value="{h(kr)}{"/v" + h(version) if version is not None else ""}">
-<button type="submit" class="danger" id="confirm">{h(verb)} {h(target)}</button>
+<button type="submit" class="{style}" id="confirm">{h(verb)} {h(target)}</button>
 <a class="button secondary" href="{h(base)}/keyrings/{h(kr)}">Cancel</a></form></section>"""
     return layout(f"{verb} {target}", body, base=base, principal=principal, csrf=csrf)
 

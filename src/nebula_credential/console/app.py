@@ -234,14 +234,20 @@ def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cook
     async def keyring(request: Request, token: str, principal: Principal) -> Response:
         name = await visible_keyring(request, principal)
         view = await run_in_threadpool(keyring_view, vault, name)
-        message = _done_message(request.query_params.get("done", ""), request.query_params.get("version", ""))
-        return HTMLResponse(pages.keyring_page(_base(request), view, principal, csrf_token(token), jobs.get(name),
+        job = jobs.get(name)
+        done = request.query_params.get("done", "")
+        # "started" is news only while the pass runs: once it has ended the progress card says how it ended
+        message = "" if done == "reencrypt" and (job is None or not job.running) else _done_message(
+            done, request.query_params.get("version", ""))
+        return HTMLResponse(pages.keyring_page(_base(request), view, principal, csrf_token(token), job,
                                                message=message))
 
     async def progress(request: Request, token: str, principal: Principal) -> Response:
         name = await visible_keyring(request, principal)
         job = jobs.get(name)
         if request.query_params.get("running") and job is not None and not job.running:
+            # the pass has ended: reload the page, so the versions and the timeline show the outcome too
+            # (and the "started" banner goes: the page shows it only while the pass runs)
             return Response(status_code=200, headers={"HX-Refresh": "true"})
         view = await run_in_threadpool(keyring_view, vault, name)
         return HTMLResponse(pages.progress_fragment(_base(request), view, job))
