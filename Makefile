@@ -67,7 +67,7 @@ vendor-ui:
 
 ## Refresh the console screenshots in docs/img/ (the browser test writes them).
 docs-screenshots: $(VENV)/.test system-deps
-	NEBULA_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/test_console_browser.py
+	NEBULA_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/test_console_browser.py tests/test_console_layout.py
 
 ## ruff, and the layer contracts of docs/architecture.md (pyproject.toml [tool.importlinter]).
 lint: $(VENV)/.test

@@ -124,8 +124,12 @@ def csp_violations(driver: Any) -> list[str]:
 
 
 def shoot(driver: Any, folder: Path, name: str) -> None:
-    """A full-page screenshot (Chrome DevTools), not just the viewport."""
-    width = driver.execute_script("return document.documentElement.clientWidth")
+    """A full-page screenshot (Chrome DevTools), not just the viewport.
+
+    The whole window's width: captured beyond the viewport, the page is laid out without
+    its scrollbar, so the document's client width would cut off the right edge.
+    """
+    width = driver.execute_script("return window.innerWidth")
     height = driver.execute_script("return Math.ceil(document.querySelector('main').getBoundingClientRect().bottom)")
     clip = {"x": 0, "y": 0, "width": int(width), "height": min(int(height) + 16, 2400), "scale": 1}
     shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,

@@ -98,11 +98,12 @@ def _header_fits(d: Any) -> None:
         const r = out.getBoundingClientRect();
         const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
         return {headerScroll: header.scrollWidth, headerWidth: header.clientWidth,
-                pageScroll: document.documentElement.scrollWidth, window: window.innerWidth,
+                pageScroll: document.documentElement.scrollWidth, page: document.documentElement.clientWidth,
+                window: window.innerWidth,
                 left: r.left, right: r.right, top: r.top, bottom: r.bottom, hit: hit === out};
     """)
     assert facts["headerScroll"] <= facts["headerWidth"], facts
-    assert facts["pageScroll"] <= facts["window"], facts
+    assert facts["pageScroll"] <= facts["page"], facts  # nothing on the page is wider than the window
     assert 0 <= facts["left"] < facts["right"] <= facts["window"] and facts["bottom"] > facts["top"] >= 0, facts
     assert facts["hit"], facts
 
