@@ -20,7 +20,7 @@ from ..fingerprint import read_fingerprint
 from ..maintenance import status as vault_status
 from ..opening import local_key_file, local_root, open_store, redact_url
 from ..reencrypt import check_workers, scope_order
-from ._common import AppContext, console, emit, err_console, is_tty, pass_app, sqlite_file
+from ._common import AppContext, console, discover_config, emit, err_console, is_tty, pass_app, sqlite_file
 from ._progress import PlainProgress, rich_progress
 from .keys import versions_table
 
@@ -30,8 +30,11 @@ from .keys import versions_table
               help="Root of trust (default: config or local).")
 @click.option("--key-file", type=click.Path(dir_okay=False), default=None,
               help="Local provider: use (or create) this key file; the only way to adopt an existing one.")
+@click.option("--write-config", type=click.Path(dir_okay=False), default=None,
+              help="Write a new config file naming this store and provider (a KMS key init creates included); "
+                   "later commands use it with --config.")
 @pass_app
-def init(app: AppContext, provider_type: str | None, key_file: str | None) -> None:
+def init(app: AppContext, provider_type: str | None, key_file: str | None, write_config: str | None) -> None:
     """Initialise a store and its keyring (creates the root key for the local provider).
 
     On a store whose keyring is already initialised it says so and changes
@@ -41,14 +44,31 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
     refused before anything is created.
 
     \b
+    With --write-config PATH it also writes PATH, a new config file for this
+    store and provider.  On AWS KMS without a key_id, init creates a KMS key:
+    it goes into the config file when that file is one init wrote (its first
+    line says so; the rest of the file is kept as it is), else it is printed
+    with the lines to add.
+
+    \b
     Example: nebula-credential --db sqlite:///var/lib/app/creds.db init
     """
+    if write_config is not None:
+        _check_new_config(app, Path(write_config))
     existing = _initialised(app, key_file)
     if existing is not None:
-        emit(app, existing | {"already_initialised": True}, lambda: console.print(
-            f"keyring {existing['keyring']} in {existing['store']} is already initialised "
-            f"(provider {existing['provider']['type']}, active key version {existing['active_version']}); "
-            "nothing changed"))
+        if write_config is not None:
+            existing["config_written"] = str(_write_new_config(app, Path(write_config), key_file, None))
+
+        def already() -> None:
+            console.print(f"keyring {existing['keyring']} in {existing['store']} is already initialised "
+                          f"(provider {existing['provider']['type']}, active key version "
+                          f"{existing['active_version']}); nothing changed")
+            if write_config is not None:
+                console.print(Text(f"wrote the config file {write_config}; use it with --config {write_config}"),
+                              soft_wrap=True)
+
+        emit(app, existing | {"already_initialised": True}, already)
         return
     cfg = app.config
     if provider_type is not None and provider_type != cfg.provider.type:
@@ -71,15 +91,92 @@ def init(app: AppContext, provider_type: str | None, key_file: str | None) -> No
     created = _created_kms_key(app, described)
     if created is not None:
         data["created_key_id"] = created
+    written = None
+    if write_config is not None:
+        written = _write_new_config(app, Path(write_config), key_file, created)
+        data["config_written"] = str(written)
+    elif created is not None:
+        written, problem = _add_key_id(app, created)
+        if written is not None:
+            data["key_id_written_to"] = str(written)
+        if problem:
+            data["config_not_written"] = problem
 
     def human() -> None:
         console.print(f"initialised keyring {vault.keyring_name} in {data['store']} with provider "
                       f"{vault.provider.name}; active key version {kv.version}")
-        if created is not None:
+        if created is not None and written is not None:
+            kept = "" if write_config is not None else " (a file init wrote; its other lines are unchanged)"
+            console.print(Text(f"created KMS key {created}\nwrote it to {written} as [provider] key_id{kept}"),
+                          soft_wrap=True)
+        elif created is not None:
+            if data.get("config_not_written"):
+                err_console.print(Text(f"could not add key_id to the config file: {data['config_not_written']}"),
+                                  soft_wrap=True)
             console.print(Text(f"created KMS key {created}\nput it in the config, every later command needs it:\n"
                                f'  [provider]\n  key_id = "{created}"'), soft_wrap=True)
+        if write_config is not None:
+            console.print(Text(f"wrote the config file {written}; use it with --config {written}"), soft_wrap=True)
 
     emit(app, data, human)
+
+
+def _check_new_config(app: AppContext, path: Path) -> None:
+    """Refuse --write-config before anything is created: an existing file, or a password to write."""
+    from ._configfile import url_has_password
+
+    if os.path.lexists(path):
+        raise click.UsageError(f"--write-config {path}: the file exists; init writes a new config file only")
+    if not path.parent.is_dir():
+        raise click.UsageError(f"--write-config {path}: no folder {path.parent}")
+    if url_has_password(app.url):
+        raise click.UsageError("--write-config: the store URL carries a password, which init does not write to "
+                               "a file; write the config by hand")
+
+
+def _write_new_config(app: AppContext, path: Path, key_file: str | None, created: str | None) -> Path:
+    """A new config file for the store and provider init just used (paths absolute: they are
+    read relative to the file, which may be anywhere)."""
+    from ._configfile import new_config, write_atomically
+
+    url = app.url
+    db = sqlite_file(url)
+    if db is not None:
+        url = f"sqlite:///{db.resolve()}"
+    settings = dict(app.config.provider.settings)
+    if key_file is not None:
+        settings["key_file"] = str(Path(key_file).resolve())
+    if created is not None:
+        settings["key_id"] = created
+    try:
+        write_atomically(path, new_config(url, app.config.provider.type, settings), exclusive=True)
+    except OSError as exc:  # the store is initialised: say what is missing, and that init again is safe
+        raise ConfigError("--write-config", f"the store is initialised, but {path} could not be written "
+                                            f"({exc.strerror or exc}); run init --write-config again") from None
+    return path
+
+
+def _add_key_id(app: AppContext, created: str) -> tuple[Path | None, str]:
+    """Add ``key_id`` to the config file in use if init wrote it: (that file, "") when done.
+
+    (None, "") for a file the operator wrote (left alone) or no file; (None, why) when
+    an init-written file could not take it.  The store is initialised either way: the
+    key is then printed with the lines to add.
+    """
+    from ._configfile import is_ours, with_provider_setting, write_atomically
+
+    found = app.config_path or discover_config()
+    path = Path(found) if found is not None else None
+    if path is None or not is_ours(path):
+        return None, ""
+    try:
+        text = with_provider_setting(path.read_bytes().decode("utf-8"), "key_id", created, "aws-kms")
+        if text is None:
+            return None, f"{path} has no [provider] table of type aws-kms that init can add one line to"
+        write_atomically(path, text)
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{path}: {getattr(exc, 'strerror', None) or exc}"
+    return path, ""
 
 
 def _created_kms_key(app: AppContext, described: dict[str, Any]) -> str | None:
