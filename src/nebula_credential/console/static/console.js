@@ -67,7 +67,7 @@
       // splits on UTC minutes, hours and days, as the labels are written
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
       width: Math.max(el.clientWidth, 240),
-      height: 60 + 34 * versions.length,
+      height: 82 + 34 * versions.length,  // the time axis, its title, and a row per version
       legend: { show: false },
       cursor: { show: false },
       scales: {
