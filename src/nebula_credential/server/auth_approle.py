@@ -31,6 +31,7 @@ from .authcommon import (
     integer,
     invalid,
     issue,
+    item_endpoint,
     login_endpoint,
     login_reply,
     seconds,
@@ -88,24 +89,13 @@ class AppRoleEngine:
     async def role(self, request: Request, ctx: Ctx) -> Response:
         store = auth_store(request)
         name = self._name(request)
-        if request.method == "GET":
-            ctx.require("read")
-            role = await ctx.backend.run(store.get, self.mount, "role", name)
-            if role is None:
-                raise HTTPError(404)
-            return ctx.reply(self._role_json(role))
-        if request.method == "DELETE":
-            ctx.require("delete")
-            role = await ctx.backend.run(store.get, self.mount, "role", name)
-            if role is not None:
-                await ctx.backend.write(self._delete_role, store, name, role)
-            return Response(status_code=204)
-        ctx.require_any("create", "update")
-        old = await ctx.backend.run(store.get, self.mount, "role", name)
-        ctx.require("update" if old is not None else "create")
-        role, role_id = build_role(await read_json(request), old)
-        await ctx.backend.write(self._save_role, store, name, role, role_id)
-        return Response(status_code=204)
+
+        async def save(old: dict[str, Any] | None) -> None:
+            role, role_id = build_role(await read_json(request), old)
+            await ctx.backend.write(self._save_role, store, name, role, role_id)
+
+        return await item_endpoint(request, ctx, store, self.mount, "role", name, shown=self._role_json, save=save,
+                                   remove=self._delete_role)
 
     def save_role(self, store: AuthStore, name: str, body: dict[str, Any]) -> str:
         """Create or update a role from a write's fields (the CLI's way in); returns its role id."""

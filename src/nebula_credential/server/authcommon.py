@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ._backend import Backend
-from ._request import duration_field, guards, source_of, too_many, vault_json
+from ._request import Ctx, duration_field, guards, source_of, too_many, vault_json
 from .authstore import AuthStore
 from .errors import HTTPError, bad_request, error_response
 from .ratelimit import SourceBuckets
@@ -30,6 +30,11 @@ logger = logging.getLogger("nebula_credential.server")
 
 #: A login handler: the request, the backend, the audit details it fills in.
 LoginHandler = Callable[[Request, Backend, dict[str, Any]], Awaitable[Response]]
+
+#: Stores a create or update of an item, given what was there before (None: a create).
+Saver = Callable[[dict[str, Any] | None], Awaitable[None]]
+#: Removes an existing item and whatever hangs off it (in a write transaction).
+Remover = Callable[[AuthStore, str, dict[str, Any]], None]
 
 #: Token fields a role or user carries (Vault's "tokenutil" fields).
 DURATION_FIELDS = ("token_ttl", "token_max_ttl", "token_explicit_max_ttl", "token_period")
@@ -144,6 +149,39 @@ def token_read(settings: dict[str, Any]) -> dict[str, Any]:
         "token_type": settings.get("token_type", "default"),
         "token_strictly_bind_ip": False,
     }
+
+
+async def item_endpoint(request: Request, ctx: Ctx, store: AuthStore, mount: str, kind: str, name: str, *,
+                        shown: Callable[[dict[str, Any]], dict[str, Any]], save: Saver,
+                        remove: Remover | None = None) -> Response:
+    """One role's or user's ``GET``/``DELETE``/``POST``, as every auth method answers them.
+
+    GET needs ``read`` and answers 404 for no item; DELETE needs ``delete`` and answers 204
+    whether or not the item existed (``remove`` also clears what hangs off an existing one;
+    without it the row goes, even one refused for its MAC); a write needs ``create`` or
+    ``update`` -- which one depends on whether the item exists, as in Vault -- then ``save``
+    gets the old item (None for a create) and the answer is 204.
+    """
+    if request.method == "GET":
+        ctx.require("read")
+        item = await ctx.backend.run(store.get, mount, kind, name)
+        if item is None:
+            raise HTTPError(404)
+        return ctx.reply(shown(item))
+    if request.method == "DELETE":
+        ctx.require("delete")
+        if remove is None:
+            await ctx.backend.write(store.delete, mount, kind, name)
+        else:
+            item = await ctx.backend.run(store.get, mount, kind, name)
+            if item is not None:
+                await ctx.backend.write(remove, store, name, item)
+        return Response(status_code=204)
+    ctx.require_any("create", "update")
+    old = await ctx.backend.run(store.get, mount, kind, name)
+    ctx.require("update" if old is not None else "create")
+    await save(old)
+    return Response(status_code=204)
 
 
 def source_allowed(source: str, blocks: list[str]) -> bool:
