@@ -329,7 +329,9 @@ class AppRoleEngine:
             details["secret_id_accessor"] = spent.get("accessor")
             metadata.update(spent.get("metadata", {}))
             token_blocks = spent.get("token_bound_cidrs", [])
-        auth = await issue(backend, role, display_name=f"{self.mount.split('/')[-1]}", metadata=metadata)
+        # a secret id's own token_bound_cidrs replace the role's, as in Vault
+        auth = await issue(backend, role, display_name=f"{self.mount.split('/')[-1]}", metadata=metadata,
+                           bound_cidrs=token_blocks or None)
         auth["metadata"] = metadata
         if token_blocks:
             auth["token_bound_cidrs"] = token_blocks
@@ -395,6 +397,12 @@ def secret_id_facts(role: dict[str, Any], body: dict[str, Any], *, custom: bool)
     if blocks and role_blocks and not all(any(_within(b, r) for r in role_blocks) for b in blocks):
         raise bad_request("failed to verify the CIDR restrictions set on the secret ID: "
                           "cidr_list must be a subset of the role's secret_id_bound_cidrs")
+    token_blocks = cidrs(body, "token_bound_cidrs")
+    role_token_blocks = role.get("token_bound_cidrs", [])
+    if token_blocks and role_token_blocks and not all(any(_within(b, r) for r in role_token_blocks)
+                                                      for b in token_blocks):
+        raise bad_request("failed to verify the CIDR restrictions set on the secret ID: "
+                          "token_bound_cidrs must be a subset of the role's token_bound_cidrs")
     ttl = seconds(body, "ttl") or int(role.get("secret_id_ttl", 0))
     if role.get("secret_id_ttl") and ttl > role["secret_id_ttl"]:
         ttl = int(role["secret_id_ttl"])
@@ -403,7 +411,7 @@ def secret_id_facts(role: dict[str, Any], body: dict[str, Any], *, custom: bool)
         uses = int(role["secret_id_num_uses"])
     facts = {
         "accessor": str(uuid.uuid4()), "metadata": _metadata(body), "cidr_list": blocks,
-        "token_bound_cidrs": cidrs(body, "token_bound_cidrs"), "ttl": ttl, "num_uses": uses,
+        "token_bound_cidrs": token_blocks, "ttl": ttl, "num_uses": uses,
     }
     return value, facts
 

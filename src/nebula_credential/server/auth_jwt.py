@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ._backend import Backend
-from ._request import Ctx, endpoint, read_json
+from ._request import Ctx, endpoint, read_json, source_of
 from .authcommon import (
     auth_store,
     integer,
@@ -40,11 +40,12 @@ from .authcommon import (
     item_endpoint,
     login_endpoint,
     login_reply,
+    source_allowed,
     strings,
     token_read,
     token_settings,
 )
-from .errors import HTTPError, bad_request
+from .errors import HTTPError, PermissionDenied, bad_request
 
 ALLOWED_ALGS = ("RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
@@ -287,6 +288,8 @@ class JWTEngine:
         role = await backend.run(store.get, self.mount, "role", name)
         if role is None:
             raise invalid(f'role "{name[:128]}" could not be found')
+        if not source_allowed(source_of(request), role.get("token_bound_cidrs", [])):
+            raise PermissionDenied()  # before the JWT is looked at, as Vault
         # off the event loop: a JWKS fetch blocks (and on PostgreSQL backend.run would run it on the loop)
         claims = await anyio.to_thread.run_sync(self.verify, config, role, token, store.now())
         if role.get("bound_subject") and claims.get("sub") != role["bound_subject"]:

@@ -36,7 +36,7 @@ from .authcommon import (
     token_settings,
 )
 from .authstore import AuthStore
-from .errors import HTTPError, bad_request
+from .errors import HTTPError, PermissionDenied, bad_request
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 INVALID = "invalid username or password"
@@ -147,7 +147,7 @@ class UserpassEngine:
         if not ok or user is None:
             raise invalid(INVALID)
         if not source_allowed(source_of(request), user.get("token_bound_cidrs", [])):
-            raise invalid("login request originated from invalid CIDR")
+            raise PermissionDenied()  # after the password, as Vault: 403, not 400
         auth = await issue(backend, user, display_name=f"{self.mount.split('/')[-1]}-{name}",
                            metadata={"username": name})
         return login_reply(auth, details)

@@ -10,7 +10,6 @@ address -- never the secret id, the password or the JWT.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .._net import address_in, cidr_text
 from ._backend import Backend
 from ._request import Ctx, duration_field, guards, source_of, too_many, vault_json
 from .authstore import AuthStore
@@ -71,7 +71,7 @@ def cidrs(body: dict[str, Any], name: str) -> list[str]:
     out = []
     for text in strings(body, name):
         try:
-            out.append(str(ipaddress.ip_network(text, strict=False)))
+            out.append(cidr_text(text))
         except ValueError:
             raise bad_request(f"{name}: {text!r} is not a CIDR block") from None
     return out
@@ -185,18 +185,16 @@ async def item_endpoint(request: Request, ctx: Ctx, store: AuthStore, mount: str
 
 
 def source_allowed(source: str, blocks: list[str]) -> bool:
-    if not blocks:
-        return True
-    try:
-        address = ipaddress.ip_address(source)
-    except ValueError:
-        return False
-    return any(address in ipaddress.ip_network(b, strict=False) for b in blocks)
+    return address_in(source, blocks)
 
 
 async def issue(backend: Backend, settings: dict[str, Any], *, display_name: str,
-                metadata: dict[str, str], extra_policies: list[str] | None = None) -> dict[str, Any]:
-    """A new token for a successful login, as Vault's ``auth`` block."""
+                metadata: dict[str, str], extra_policies: list[str] | None = None,
+                bound_cidrs: list[str] | None = None) -> dict[str, Any]:
+    """A new token for a successful login, as Vault's ``auth`` block.
+
+    The token is bound to the role's or user's ``token_bound_cidrs`` (or ``bound_cidrs``, when
+    the login decides them, as an AppRole secret id's own): used from elsewhere it is refused."""
     from datetime import timedelta
 
     policies = sorted({*settings.get("token_policies", []), *(extra_policies or [])})
@@ -213,6 +211,7 @@ async def issue(backend: Backend, settings: dict[str, Any], *, display_name: str
         num_uses=int(settings.get("token_num_uses") or 0),
         period=timedelta(seconds=period) if period else None,
         no_default_policy=bool(settings.get("token_no_default_policy", False)),
+        bound_cidrs=list(bound_cidrs if bound_cidrs is not None else settings.get("token_bound_cidrs", [])),
     )
     shown = list(row.policies)
     return {
