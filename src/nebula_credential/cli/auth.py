@@ -15,15 +15,24 @@ import click
 
 from ._common import AppContext, console, emit, err_console, pass_app
 
-#: The auth methods served at their default paths (until the mount table enables them by path).
-DEFAULT_MOUNTS = {"token/": "token", "approle/": "approle", "userpass/": "userpass", "jwt/": "jwt"}
-
 
 def _store(app: AppContext):  # type: ignore[no-untyped-def]
     from ..server.authstore import AuthStore
 
     vault = app.vault()
     return vault, AuthStore(vault.auth_tables(), vault.provider, vault.clock)
+
+
+def _mounts(app: AppContext):  # type: ignore[no-untyped-def]
+    from ..server.authmounts import AuthMounts
+
+    return AuthMounts(app.vault(), app.config.server)
+
+
+def _row(mounts: Any, entry: Any) -> dict[str, Any]:
+    names = mounts.entries(entry)
+    return {"path": f"{entry.path}/", "type": entry.type, "accessor": entry.accessor,
+            "description": entry.description, "entries": None if names is None else len(names)}
 
 
 @click.group()
@@ -34,21 +43,45 @@ def auth() -> None:
 @auth.command("list")
 @pass_app
 def auth_list(app: AppContext) -> None:
-    """The auth methods and how many roles or users each holds."""
-    _, store = _store(app)
-    rows: list[dict[str, Any]] = []
-    for path, kind in DEFAULT_MOUNTS.items():
-        mount = "auth/" + path.rstrip("/")
-        count = None if kind == "token" else len(store.names(mount, "user" if kind == "userpass" else "role"))
-        rows.append({"path": path, "type": kind, "entries": count})
+    """The auth methods enabled and how many roles or users each holds."""
+    from ..server.authmounts import ENTRIES
+
+    mounts = _mounts(app)
+    rows = [_row(mounts, e) for e in mounts.mounts()]
 
     def human() -> None:
         for r in rows:
-            noun = "users" if r["type"] == "userpass" else "roles"
+            noun = ENTRIES.get(r["type"], ("role", "roles"))[0 if r["entries"] == 1 else 1]
             entries = "" if r["entries"] is None else f"  {r['entries']} {noun}"
-            console.print(f"{r['path']:<12} {r['type']}{entries}", markup=False)
+            console.print(f"{r['path']:<16} {r['type']:<9} {r['accessor']:<24}{entries}", markup=False)
 
     emit(app, {"auth": rows}, human)
+
+
+@auth.command("enable")
+@click.argument("method")
+@click.option("--path", default=None, help="Mount path under auth/ (default: the method's name).")
+@click.option("--description", default="", help="Shown in auth list and sys/auth.")
+@pass_app
+def auth_enable(app: AppContext, method: str, path: str | None, description: str) -> None:
+    """Enable auth method METHOD (approle, userpass, jwt) at auth/PATH, as POST sys/auth/PATH does."""
+    entry = _mounts(app).enable(path or method, method, description)
+    emit(app, {"path": f"{entry.path}/", "type": entry.type, "accessor": entry.accessor},
+         lambda: console.print(f"enabled {entry.type} at auth/{entry.path}/ (accessor {entry.accessor})",
+                               markup=False))
+
+
+@auth.command("disable")
+@click.argument("path")
+@pass_app
+def auth_disable(app: AppContext, path: str) -> None:
+    """Disable the auth method at auth/PATH and delete its roles, users and secret ids."""
+    entry = _mounts(app).disable(path)
+    shown = path.strip("/")
+    data = {"path": f"{shown}/", "disabled": entry is not None, "type": None if entry is None else entry.type}
+    emit(app, data, lambda: console.print(
+        f"disabled {entry.type} at auth/{shown}/" if entry is not None else f"no auth method at auth/{shown}/",
+        markup=False))
 
 
 @click.group()

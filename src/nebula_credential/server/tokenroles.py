@@ -117,7 +117,7 @@ def role_json(role: Role) -> dict[str, Any]:
         "token_no_default_policy": role.no_default_policy,
         "token_period": doc["period"],
         "token_type": role.token_type,
-        "token_bound_cidrs": list(role.bound_cidrs),
+        "token_bound_cidrs": list(role.bound_cidrs) or None,  # OpenBao: null when none
     }
     if role.num_uses:
         found["token_num_uses"] = role.num_uses
