@@ -331,7 +331,7 @@ class AppRoleEngine:
             token_blocks = spent.get("token_bound_cidrs", [])
         # a secret id's own token_bound_cidrs replace the role's, as in Vault
         auth = await issue(backend, role, display_name=f"{self.mount.split('/')[-1]}", metadata=metadata,
-                           bound_cidrs=token_blocks or None)
+                           bound_cidrs=token_blocks or None, path=f"{self.mount}/login")
         auth["metadata"] = metadata
         if token_blocks:
             auth["token_bound_cidrs"] = token_blocks

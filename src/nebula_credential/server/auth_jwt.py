@@ -306,7 +306,7 @@ class JWTEngine:
             if value is not None and not isinstance(value, dict | list):
                 metadata[key] = str(value)[:512]
         auth = await issue(backend, role, display_name=f"{self.mount.split('/')[-1]}-{str(user)[:64]}",
-                           metadata=metadata)
+                           metadata=metadata, path=f"{self.mount}/login")
         return login_reply(auth, details)
 
     def routes(self) -> list[BaseRoute]:

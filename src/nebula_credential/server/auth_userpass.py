@@ -149,7 +149,7 @@ class UserpassEngine:
         if not source_allowed(source_of(request), user.get("token_bound_cidrs", [])):
             raise PermissionDenied()  # after the password, as Vault: 403, not 400
         auth = await issue(backend, user, display_name=f"{self.mount.split('/')[-1]}-{name}",
-                           metadata={"username": name})
+                           metadata={"username": name}, path=f"{self.mount}/login/{name}")
         return login_reply(auth, details)
 
     def routes(self) -> list[BaseRoute]:

@@ -190,11 +190,12 @@ def source_allowed(source: str, blocks: list[str]) -> bool:
 
 async def issue(backend: Backend, settings: dict[str, Any], *, display_name: str,
                 metadata: dict[str, str], extra_policies: list[str] | None = None,
-                bound_cidrs: list[str] | None = None) -> dict[str, Any]:
+                bound_cidrs: list[str] | None = None, path: str = "") -> dict[str, Any]:
     """A new token for a successful login, as Vault's ``auth`` block.
 
     The token is bound to the role's or user's ``token_bound_cidrs`` (or ``bound_cidrs``, when
-    the login decides them, as an AppRole secret id's own): used from elsewhere it is refused."""
+    the login decides them, as an AppRole secret id's own): used from elsewhere it is refused.
+    ``path`` is the login's (``auth/approle/login``), which a token lookup shows, as Vault's."""
     from datetime import timedelta
 
     policies = sorted({*settings.get("token_policies", []), *(extra_policies or [])})
@@ -212,6 +213,7 @@ async def issue(backend: Backend, settings: dict[str, Any], *, display_name: str
         period=timedelta(seconds=period) if period else None,
         no_default_policy=bool(settings.get("token_no_default_policy", False)),
         bound_cidrs=list(bound_cidrs if bound_cidrs is not None else settings.get("token_bound_cidrs", [])),
+        **({"path": path} if path else {}),
     )
     shown = list(row.policies)
     return {
