@@ -23,7 +23,7 @@ from .test_console_sessions import api_refuses, login
 
 READER = ('path "sys/auth" { capabilities = ["read"] }\n'
           'path "auth/people/users/" { capabilities = ["list"] }\n')
-PASSWORD = "correct horse battery staple"  # noqa: S105 - a test password
+PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
