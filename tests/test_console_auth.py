@@ -174,3 +174,24 @@ def test_a_pasted_token_bound_to_other_networks_opens_no_session(server: Server)
         far = http.post("/v1/auth/token/create/far", json={}).json()["auth"]["client_token"]
     r = httpx.post(f"{server.url}/ui/login", data={"token": far}, timeout=30, follow_redirects=False)
     assert r.status_code == 403 and "set-cookie" not in r.headers
+
+
+def test_a_session_keeps_its_tokens_bound_cidrs(sqlite_url: str) -> None:
+    """In process: the session child of a bound token is bound too, and checked on every page."""
+    import nebula_credential as nc
+    from nebula_credential.config import KeyManagementConfig
+    from nebula_credential.server.compose import TokenSessions
+
+    vault = nc.open(sqlite_url, create=True)
+    try:
+        sessions = TokenSessions(vault, KeyManagementConfig())
+        token, _ = sessions.access.tokens.create(["root"], bound_cidrs=["127.0.0.0/8"])
+        assert sessions.open(token, "10.1.2.3") is None  # the token itself, from elsewhere
+        opened = sessions.open(token, "127.0.0.1")
+        assert opened is not None
+        secret = opened[0]
+        assert sessions.check(secret, "127.0.0.1") is not None
+        assert sessions.check(secret, "10.1.2.3") is None
+        assert sessions.access.tokens.lookup(secret).bound_cidrs == ("127.0.0.0/8",)  # type: ignore[union-attr]
+    finally:
+        vault.close()

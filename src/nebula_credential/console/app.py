@@ -150,7 +150,8 @@ def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cook
         secret = request.cookies.get(COOKIE)
         if not secret:
             return None
-        principal = await run_in_threadpool(store.check, secret)
+        source = request.client.host if request.client is not None else None
+        principal = await run_in_threadpool(store.check, secret, source)
         return (secret, principal) if principal is not None else None
 
     def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:

@@ -140,8 +140,8 @@ class TokenSessions(Sessions):
                     **details)
         return secret, _principal(row, acl)
 
-    def check(self, session: str) -> Principal | None:
-        found = self.access.authorize(session)
+    def check(self, session: str, source: str | None = None) -> Principal | None:
+        found = self.access.authorize(session, source)  # a session keeps its token's bound_cidrs
         if found is None or found[0].meta.get("nebula_console") != "session":
             return None
         return _principal(*found)
