@@ -133,7 +133,9 @@ class TokenSessions(Sessions):
                 list(parent.policies), ttl=ttl, parent=parent, display_name=parent.display_name,
                 meta=OWNED_META if owned else SESSION_META, renewable=False)
         except TokenError as exc:  # e.g. a token with no policy a child could carry
-            self._audit("console.login", "denied", accessor=parent.accessor, source=source, reason=str(exc))
+            if owned:  # nobody else holds the login's token: it goes
+                self.access.tokens.revoke(parent.accessor)
+            self._audit("console.login", "denied", accessor=parent.accessor, source=source, reason=str(exc), **details)
             return None
         # the principal names the session's accessor; console.login links it to the parent's
         self._audit("console.login", "ok", accessor=parent.accessor, session_accessor=row.accessor, source=source,
