@@ -96,3 +96,23 @@ def test_auth_has_enable_list_and_disable() -> None:
     from nebula_credential.cli.auth import auth
 
     assert {"enable", "disable", "list"} <= set(auth.commands)
+
+
+def test_roles_and_users_go_to_an_enabled_mount_of_the_right_type(server: Server) -> None:
+    assert server.cli("auth", "enable", "userpass", "--path", "staff").returncode == 0
+    assert server.cli("auth", "enable", "approle", "--path", "apps").returncode == 0
+    user = server.cli("userpass", "user", "write", "ivy", "--policy", "reader", "--mount", "staff", input="ivy-pw\n")
+    assert user.returncode == 0, user.stderr
+    role = _json(server, "approle", "role", "write", "svc", "--policy", "reader", "--mount", "apps")
+    assert _json(server, "approle", "role", "read", "svc", "--mount", "apps")["role_id"] == role["role_id"]
+    secret = server.cli("approle", "secret-id", "svc", "--mount", "apps")
+    assert secret.returncode == 0, secret.stderr
+    with server.http() as anon:
+        assert anon.post("/v1/auth/staff/login/ivy", json={"password": "ivy-pw"}).status_code == 200
+        r = anon.post("/v1/auth/apps/login", json={"role_id": role["role_id"], "secret_id": secret.stdout.strip()})
+        assert r.status_code == 200, r.text
+    # a mount that is not enabled, or of another type: refused, nothing written
+    for args in (("userpass", "user", "write", "ivy", "--policy", "reader", "--mount", "nowhere"),
+                 ("approle", "role", "write", "svc", "--policy", "reader", "--mount", "staff")):
+        out = server.cli(*args, input="pw\n")
+        assert out.returncode == 1 and "enable it first with `nebula-credential auth enable" in out.stderr, out.stderr

@@ -9,11 +9,14 @@ password is read from stdin or a hidden prompt, never from the command line.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from ._common import AppContext, console, emit, err_console, pass_app
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _store(app: AppContext):  # type: ignore[no-untyped-def]
@@ -27,6 +30,24 @@ def _mounts(app: AppContext):  # type: ignore[no-untyped-def]
     from ..server.authmounts import AuthMounts
 
     return AuthMounts(app.vault(), app.config.server)
+
+
+def _route(app: AppContext, mount: str, kind: str) -> str:
+    """``auth/<mount>`` when an auth method of ``kind`` is enabled there, else a clear error (the
+    roles or users written would be served by nothing, and a later ``auth enable`` there would
+    find them)."""
+    from ..exceptions import NebulaCredentialError
+
+    path = mount.strip("/")
+    if not any(e.path == path and e.type == kind for e in _mounts(app).mounts()):
+        raise NebulaCredentialError(f"no {kind} auth method at auth/{path}/: enable it first with "
+                                    f"`nebula-credential auth enable {kind} --path {path}`")
+    return f"auth/{path}"
+
+
+def _mount_option(kind: str) -> Callable[[F], F]:
+    return click.option("--mount", default=kind, show_default=True, metavar="PATH",
+                        help=f"Path of the {kind} method, under auth/.")
 
 
 def _row(mounts: Any, entry: Any) -> dict[str, Any]:
@@ -101,9 +122,11 @@ def approle_role() -> None:
 @click.option("--token-max-ttl", default=None, help="Longest a token may be renewed to, e.g. 1h.")
 @click.option("--secret-id-ttl", default=None, help="Secret id lifetime, e.g. 10m.")
 @click.option("--secret-id-num-uses", type=int, default=None, help="Logins per secret id (0: unlimited).")
+@_mount_option("approle")
 @pass_app
 def approle_role_write(app: AppContext, name: str, policies: tuple[str, ...], token_ttl: str | None,
-                       token_max_ttl: str | None, secret_id_ttl: str | None, secret_id_num_uses: int | None) -> None:
+                       token_max_ttl: str | None, secret_id_ttl: str | None, secret_id_num_uses: int | None,
+                       mount: str) -> None:
     """Create or update a role."""
     from ..server.auth_approle import AppRoleEngine
 
@@ -112,8 +135,8 @@ def approle_role_write(app: AppContext, name: str, policies: tuple[str, ...], to
                        ("secret_id_ttl", secret_id_ttl), ("secret_id_num_uses", secret_id_num_uses)):
         if value is not None:
             body[key] = value
+    engine = AppRoleEngine(_route(app, mount, "approle"))
     vault, store = _store(app)
-    engine = AppRoleEngine()
     role_id = vault.audited_write(lambda tx: engine.save_role(store, name, body), "auth.approle.role.write",
                                   lambda _: {"mount": engine.mount, "role": name})
     emit(app, {"role": name, "role_id": role_id},
@@ -122,14 +145,16 @@ def approle_role_write(app: AppContext, name: str, policies: tuple[str, ...], to
 
 @approle_role.command("read")
 @click.argument("name")
+@_mount_option("approle")
 @pass_app
-def approle_role_read(app: AppContext, name: str) -> None:
+def approle_role_read(app: AppContext, name: str, mount: str) -> None:
     """A role's settings and role id."""
     from ..exceptions import NebulaCredentialError
     from ..server.auth_approle import AppRoleEngine
 
+    engine = AppRoleEngine(_route(app, mount, "approle"))
     _, store = _store(app)
-    role = AppRoleEngine().read_role(store, name)
+    role = engine.read_role(store, name)
     if role is None:
         raise NebulaCredentialError(f"no AppRole role named {name}")
 
@@ -142,13 +167,14 @@ def approle_role_read(app: AppContext, name: str) -> None:
 
 @approle.command("secret-id")
 @click.argument("name")
+@_mount_option("approle")
 @pass_app
-def approle_secret_id(app: AppContext, name: str) -> None:
+def approle_secret_id(app: AppContext, name: str, mount: str) -> None:
     """Generate a secret id for role NAME and print it once (it is stored only as a keyed hash)."""
     from ..server.auth_approle import AppRoleEngine
 
+    engine = AppRoleEngine(_route(app, mount, "approle"))
     vault, store = _store(app)
-    engine = AppRoleEngine()
     made = vault.audited_write(lambda tx: engine.new_secret_id(store, name), "auth.approle.secret_id.create",
                                lambda m: {"mount": engine.mount, "role": name,
                                           "secret_id_accessor": m["secret_id_accessor"]})
@@ -172,12 +198,15 @@ def userpass_user() -> None:
 @click.argument("name")
 @click.option("--policy", "policies", multiple=True, required=True, help="Token policy (repeatable).")
 @click.option("--token-ttl", default=None, help="Token lifetime, e.g. 1h.")
+@_mount_option("userpass")
 @pass_app
-def userpass_user_write(app: AppContext, name: str, policies: tuple[str, ...], token_ttl: str | None) -> None:
+def userpass_user_write(app: AppContext, name: str, policies: tuple[str, ...], token_ttl: str | None,
+                        mount: str) -> None:
     """Create or update a user; the password comes from stdin (piped) or a hidden prompt."""
     from ..exceptions import NebulaCredentialError
     from ..server.auth_userpass import UserpassEngine
 
+    engine = UserpassEngine(_route(app, mount, "userpass"))
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
@@ -188,7 +217,6 @@ def userpass_user_write(app: AppContext, name: str, policies: tuple[str, ...], t
     if token_ttl:
         body["token_ttl"] = token_ttl
     vault, store = _store(app)
-    engine = UserpassEngine()
     vault.audited_write(lambda tx: engine.save_user(store, name, body), "auth.userpass.user.write",
                         lambda _: {"mount": engine.mount, "user": name.lower()})
     emit(app, {"user": name.lower()}, lambda: console.print(f"user {name.lower()} written", markup=False))
