@@ -33,8 +33,11 @@ USES_MAX = "_uses_max"
 
 
 def token_mac_fields(row: TokenRow) -> dict[str, Any]:
-    """Every field of a token row that decides what it may do, for its MAC (all but the MAC)."""
-    return {
+    """Every field of a token row that decides what it may do, for its MAC (all but the MAC).
+
+    ``bound_cidrs`` is bound when the token has any (a row made before schema v11 has none and
+    keeps the MAC it was given; clearing or widening a token's blocks breaks it)."""
+    fields: dict[str, Any] = {
         "token_hash": row.token_hash, "parent": row.parent, "policies": list(row.policies),
         "display_name": row.display_name, "meta": dict(row.meta), "created_at": row.created_at,
         "expires_at": row.expires_at, "max_expires_at": row.max_expires_at, "ttl": row.ttl,
@@ -42,6 +45,9 @@ def token_mac_fields(row: TokenRow) -> dict[str, Any]:
         "explicit_max_ttl": row.explicit_max_ttl, "token_type": row.token_type, "role": row.role,
         "path": row.path,
     }
+    if row.bound_cidrs:
+        fields["bound_cidrs"] = list(row.bound_cidrs)
+    return fields
 
 
 def policy_mac_fields(name: str, body: str) -> dict[str, Any]:

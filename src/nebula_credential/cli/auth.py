@@ -9,14 +9,14 @@ password is read from stdin or a hidden prompt, never from the command line.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from ._common import AppContext, console, emit, err_console, pass_app
 
-#: The auth methods served at their default paths (until the mount table enables them by path).
-DEFAULT_MOUNTS = {"token/": "token", "approle/": "approle", "userpass/": "userpass", "jwt/": "jwt"}
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _store(app: AppContext):  # type: ignore[no-untyped-def]
@@ -24,6 +24,36 @@ def _store(app: AppContext):  # type: ignore[no-untyped-def]
 
     vault = app.vault()
     return vault, AuthStore(vault.auth_tables(), vault.provider, vault.clock)
+
+
+def _mounts(app: AppContext):  # type: ignore[no-untyped-def]
+    from ..server.authmounts import AuthMounts
+
+    return AuthMounts(app.vault(), app.config.server)
+
+
+def _route(app: AppContext, mount: str, kind: str) -> str:
+    """``auth/<mount>`` when an auth method of ``kind`` is enabled there, else a clear error (the
+    roles or users written would be served by nothing, and a later ``auth enable`` there would
+    find them)."""
+    from ..exceptions import NebulaCredentialError
+
+    path = mount.strip("/")
+    if not any(e.path == path and e.type == kind for e in _mounts(app).mounts()):
+        raise NebulaCredentialError(f"no {kind} auth method at auth/{path}/: enable it first with "
+                                    f"`nebula-credential auth enable {kind} --path {path}`")
+    return f"auth/{path}"
+
+
+def _mount_option(kind: str) -> Callable[[F], F]:
+    return click.option("--mount", default=kind, show_default=True, metavar="PATH",
+                        help=f"Path of the {kind} method, under auth/.")
+
+
+def _row(mounts: Any, entry: Any) -> dict[str, Any]:
+    names = mounts.entries(entry)
+    return {"path": f"{entry.path}/", "type": entry.type, "accessor": entry.accessor,
+            "description": entry.description, "entries": None if names is None else len(names)}
 
 
 @click.group()
@@ -34,21 +64,45 @@ def auth() -> None:
 @auth.command("list")
 @pass_app
 def auth_list(app: AppContext) -> None:
-    """The auth methods and how many roles or users each holds."""
-    _, store = _store(app)
-    rows: list[dict[str, Any]] = []
-    for path, kind in DEFAULT_MOUNTS.items():
-        mount = "auth/" + path.rstrip("/")
-        count = None if kind == "token" else len(store.names(mount, "user" if kind == "userpass" else "role"))
-        rows.append({"path": path, "type": kind, "entries": count})
+    """The auth methods enabled and how many roles or users each holds."""
+    from ..server.authmounts import ENTRIES
+
+    mounts = _mounts(app)
+    rows = [_row(mounts, e) for e in mounts.mounts()]
 
     def human() -> None:
         for r in rows:
-            noun = "users" if r["type"] == "userpass" else "roles"
+            noun = ENTRIES.get(r["type"], ("role", "roles"))[0 if r["entries"] == 1 else 1]
             entries = "" if r["entries"] is None else f"  {r['entries']} {noun}"
-            console.print(f"{r['path']:<12} {r['type']}{entries}", markup=False)
+            console.print(f"{r['path']:<16} {r['type']:<9} {r['accessor']:<24}{entries}", markup=False)
 
     emit(app, {"auth": rows}, human)
+
+
+@auth.command("enable")
+@click.argument("method")
+@click.option("--path", default=None, help="Mount path under auth/ (default: the method's name).")
+@click.option("--description", default="", help="Shown in auth list and sys/auth.")
+@pass_app
+def auth_enable(app: AppContext, method: str, path: str | None, description: str) -> None:
+    """Enable auth method METHOD (approle, userpass, jwt) at auth/PATH, as POST sys/auth/PATH does."""
+    entry = _mounts(app).enable(path or method, method, description)
+    emit(app, {"path": f"{entry.path}/", "type": entry.type, "accessor": entry.accessor},
+         lambda: console.print(f"enabled {entry.type} at auth/{entry.path}/ (accessor {entry.accessor})",
+                               markup=False))
+
+
+@auth.command("disable")
+@click.argument("path")
+@pass_app
+def auth_disable(app: AppContext, path: str) -> None:
+    """Disable the auth method at auth/PATH and delete its roles, users and secret ids."""
+    entry = _mounts(app).disable(path)
+    shown = path.strip("/")
+    data = {"path": f"{shown}/", "disabled": entry is not None, "type": None if entry is None else entry.type}
+    emit(app, data, lambda: console.print(
+        f"disabled {entry.type} at auth/{shown}/" if entry is not None else f"no auth method at auth/{shown}/",
+        markup=False))
 
 
 @click.group()
@@ -68,9 +122,11 @@ def approle_role() -> None:
 @click.option("--token-max-ttl", default=None, help="Longest a token may be renewed to, e.g. 1h.")
 @click.option("--secret-id-ttl", default=None, help="Secret id lifetime, e.g. 10m.")
 @click.option("--secret-id-num-uses", type=int, default=None, help="Logins per secret id (0: unlimited).")
+@_mount_option("approle")
 @pass_app
 def approle_role_write(app: AppContext, name: str, policies: tuple[str, ...], token_ttl: str | None,
-                       token_max_ttl: str | None, secret_id_ttl: str | None, secret_id_num_uses: int | None) -> None:
+                       token_max_ttl: str | None, secret_id_ttl: str | None, secret_id_num_uses: int | None,
+                       mount: str) -> None:
     """Create or update a role."""
     from ..server.auth_approle import AppRoleEngine
 
@@ -79,8 +135,8 @@ def approle_role_write(app: AppContext, name: str, policies: tuple[str, ...], to
                        ("secret_id_ttl", secret_id_ttl), ("secret_id_num_uses", secret_id_num_uses)):
         if value is not None:
             body[key] = value
+    engine = AppRoleEngine(_route(app, mount, "approle"))
     vault, store = _store(app)
-    engine = AppRoleEngine()
     role_id = vault.audited_write(lambda tx: engine.save_role(store, name, body), "auth.approle.role.write",
                                   lambda _: {"mount": engine.mount, "role": name})
     emit(app, {"role": name, "role_id": role_id},
@@ -89,14 +145,16 @@ def approle_role_write(app: AppContext, name: str, policies: tuple[str, ...], to
 
 @approle_role.command("read")
 @click.argument("name")
+@_mount_option("approle")
 @pass_app
-def approle_role_read(app: AppContext, name: str) -> None:
+def approle_role_read(app: AppContext, name: str, mount: str) -> None:
     """A role's settings and role id."""
     from ..exceptions import NebulaCredentialError
     from ..server.auth_approle import AppRoleEngine
 
+    engine = AppRoleEngine(_route(app, mount, "approle"))
     _, store = _store(app)
-    role = AppRoleEngine().read_role(store, name)
+    role = engine.read_role(store, name)
     if role is None:
         raise NebulaCredentialError(f"no AppRole role named {name}")
 
@@ -109,13 +167,14 @@ def approle_role_read(app: AppContext, name: str) -> None:
 
 @approle.command("secret-id")
 @click.argument("name")
+@_mount_option("approle")
 @pass_app
-def approle_secret_id(app: AppContext, name: str) -> None:
+def approle_secret_id(app: AppContext, name: str, mount: str) -> None:
     """Generate a secret id for role NAME and print it once (it is stored only as a keyed hash)."""
     from ..server.auth_approle import AppRoleEngine
 
+    engine = AppRoleEngine(_route(app, mount, "approle"))
     vault, store = _store(app)
-    engine = AppRoleEngine()
     made = vault.audited_write(lambda tx: engine.new_secret_id(store, name), "auth.approle.secret_id.create",
                                lambda m: {"mount": engine.mount, "role": name,
                                           "secret_id_accessor": m["secret_id_accessor"]})
@@ -139,12 +198,15 @@ def userpass_user() -> None:
 @click.argument("name")
 @click.option("--policy", "policies", multiple=True, required=True, help="Token policy (repeatable).")
 @click.option("--token-ttl", default=None, help="Token lifetime, e.g. 1h.")
+@_mount_option("userpass")
 @pass_app
-def userpass_user_write(app: AppContext, name: str, policies: tuple[str, ...], token_ttl: str | None) -> None:
+def userpass_user_write(app: AppContext, name: str, policies: tuple[str, ...], token_ttl: str | None,
+                        mount: str) -> None:
     """Create or update a user; the password comes from stdin (piped) or a hidden prompt."""
     from ..exceptions import NebulaCredentialError
     from ..server.auth_userpass import UserpassEngine
 
+    engine = UserpassEngine(_route(app, mount, "userpass"))
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
@@ -155,7 +217,6 @@ def userpass_user_write(app: AppContext, name: str, policies: tuple[str, ...], t
     if token_ttl:
         body["token_ttl"] = token_ttl
     vault, store = _store(app)
-    engine = UserpassEngine()
     vault.audited_write(lambda tx: engine.save_user(store, name, body), "auth.userpass.user.write",
                         lambda _: {"mount": engine.mount, "user": name.lower()})
     emit(app, {"user": name.lower()}, lambda: console.print(f"user {name.lower()} written", markup=False))

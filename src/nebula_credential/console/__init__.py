@@ -10,7 +10,8 @@ CDN, no external font, works offline.  Needs the ``server`` extra (Starlette).
 from __future__ import annotations
 
 from ._access import NEEDS, SESSION_TTL, TRANSIT_NEEDS, Authorizer, Principal, Sessions
+from ._auth import AuthConsole, AuthMountInfo, PasswordOutcome
 from .app import create_console, host_allowed
 
-__all__ = ["NEEDS", "SESSION_TTL", "TRANSIT_NEEDS", "Authorizer", "Principal", "Sessions", "create_console",
-           "host_allowed"]
+__all__ = ["NEEDS", "SESSION_TTL", "TRANSIT_NEEDS", "AuthConsole", "AuthMountInfo", "Authorizer", "PasswordOutcome",
+           "Principal", "Sessions", "create_console", "host_allowed"]

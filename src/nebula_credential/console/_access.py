@@ -92,8 +92,9 @@ class Sessions:
             self._open[_digest(session)] = (token, now + self._ttl)
         return session, principal
 
-    def check(self, session: str) -> Principal | None:
-        """The principal of a live session; None once it expired, was closed or its token revoked."""
+    def check(self, session: str, source: str | None = None) -> Principal | None:
+        """The principal of a live session; None once it expired, was closed or its token revoked
+        (the server's also when the token is bound to networks ``source`` is not in)."""
         with self._lock:
             found = self._open.get(_digest(session))
         if found is None or found[1] <= time.monotonic():

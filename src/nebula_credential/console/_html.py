@@ -47,6 +47,8 @@ def layout(title: str, body: str, *, base: str, principal: Principal | None = No
         items = [("overview", f"{base}/", "Keyrings"), ("alerts", f"{base}/alerts", "Alerts")]
         if principal.can("audit"):
             items.append(("health", f"{base}/health", "Health & audit"))
+        if principal.allowed("read", "sys/auth"):
+            items.append(("auth", f"{base}/auth", "Auth methods"))
         links = "".join(
             f'<a href="{h(href)}"{" aria-current=page" if key == nav else ""}>{h(label)}</a>'
             for key, href, label in items
@@ -76,14 +78,14 @@ def layout(title: str, body: str, *, base: str, principal: Principal | None = No
 </body></html>"""
 
 
-def login_page(base: str, error: str = "") -> str:
+def login_page(base: str, error: str = "", extra: str = "") -> str:
     err = f'<p class="error" role="alert">{h(error)}</p>' if error else ""
     body = f"""<section class="login card"><h1>Log in</h1>
 <p>Paste a server token. It is kept in an HttpOnly cookie for this tab's session only.</p>{err}
 <form method="post" action="{h(base)}/login" autocomplete="off">
 <label for="token">Token</label>
 <input id="token" name="token" type="password" required autofocus spellcheck="false" autocomplete="off">
-<button type="submit">Log in</button></form></section>"""
+<button type="submit">Log in</button></form></section>{extra}"""
     return layout("Log in", body, base=base)
 
 

@@ -27,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..exceptions import NebulaCredentialError
 from ..vault import Vault
+from . import _auth as auth_pages
 from . import _html as pages
 from ._access import (
     ACTIONS,
@@ -133,13 +134,14 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cookie: bool = True,
-                   hosts: Collection[str] | None = None) -> Starlette:
+                   hosts: Collection[str] | None = None, auth: auth_pages.AuthConsole | None = None) -> Starlette:
     """The console over ``vault``'s store.
 
     ``sessions`` is where sessions live, or a plain ``authorize(token)``
     giving a :class:`Principal` or None (sessions then kept in memory).
     ``hosts``: the ``Host`` values the console answers (lower-case
     ``host:port``); None accepts any (tests, a mount whose server checks).
+    ``auth``: the server's auth methods (:mod:`._auth`): the auth page and the username login.
     """
     jobs = Jobs()
     store = sessions if isinstance(sessions, Sessions) else Sessions(sessions)
@@ -148,7 +150,8 @@ def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cook
         secret = request.cookies.get(COOKIE)
         if not secret:
             return None
-        principal = await run_in_threadpool(store.check, secret)
+        source = request.client.host if request.client is not None else None
+        principal = await run_in_threadpool(store.check, secret, source)
         return (secret, principal) if principal is not None else None
 
     def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -185,10 +188,20 @@ def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cook
         return [await run_in_threadpool(keyring_view, vault, n) for n in names]
 
     # ---- login ---------------------------------------------------------------
+    async def login_html(base: str, error: str = "", username_error: str = "") -> str:
+        mounts = await run_in_threadpool(auth.password_mounts) if auth is not None else []
+        return pages.login_page(base, error, auth_pages.password_form(base, mounts, username_error))
+
+    def opened(base: str, session_secret: str) -> Response:
+        response = RedirectResponse(f"{base}/", status_code=303)
+        response.set_cookie(COOKIE, session_secret, httponly=True, secure=secure_cookie, samesite="strict",
+                            path=base or "/")
+        return response
+
     async def login(request: Request) -> Response:
         base = _base(request)
         if request.method == "GET":
-            return HTMLResponse(pages.login_page(base))
+            return HTMLResponse(await login_html(base))
         if not _same_origin(request):
             return HTMLResponse(pages.login_page(base, "cross-site request refused"), status_code=403)
         source = request.client.host if request.client is not None else ""
@@ -198,13 +211,30 @@ def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cook
                                                        f"in {wait} s."), status_code=429,
                                 headers={"Retry-After": str(wait)})
         token = (await _form(request)).get("token", "").strip()
-        opened = await run_in_threadpool(store.login, token, source)
-        if opened is None:
-            return HTMLResponse(pages.login_page(base, "Unknown, expired or revoked token."), status_code=403)
-        response = RedirectResponse(f"{base}/", status_code=303)
-        response.set_cookie(COOKIE, opened[0], httponly=True, secure=secure_cookie, samesite="strict",
-                            path=base or "/")
-        return response
+        session = await run_in_threadpool(store.login, token, source)
+        if session is None:
+            return HTMLResponse(await login_html(base, "Unknown, expired or revoked token."), status_code=403)
+        return opened(base, session[0])
+
+    async def login_userpass(request: Request) -> Response:
+        """A username and password, checked by the server's own userpass login (see :mod:`._auth`)."""
+        base = _base(request)
+        if auth is None:
+            return HTMLResponse(pages.error_page(base, 404, "no username login here"), status_code=404)
+        if not _same_origin(request):
+            return HTMLResponse(await login_html(base, username_error="cross-site request refused"), status_code=403)
+        form = await _form(request)
+        mount, username = form.get("mount", "").strip("/"), form.get("username", "").strip()
+        refused = auth_pages.PasswordOutcome(None, 400)
+        if auth_pages.USERNAME.match(username) and mount in await run_in_threadpool(auth.password_mounts):
+            source = request.client.host if request.client is not None else ""
+            outcome = await auth.password_login(mount, username, form.get("password", ""), source, request.scope)
+            if outcome.session is not None:
+                return opened(base, outcome.session[0])
+            refused = outcome
+        headers = {"Retry-After": str(refused.retry_after or 1)} if refused.status == 429 else None
+        return HTMLResponse(await login_html(base, username_error=auth_pages.refusal(refused)),
+                            status_code=429 if refused.status == 429 else 403, headers=headers)
 
     async def logout(request: Request, token: str, principal: Principal) -> Response:
         if not csrf_ok(token, (await _form(request)).get("csrf", "")):
@@ -216,6 +246,12 @@ def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cook
         return response
 
     # ---- pages ---------------------------------------------------------------
+    async def auth_methods(request: Request, token: str, principal: Principal) -> Response:
+        if not auth_pages.can_list_mounts(principal):
+            raise _Denied(403, "this token may not read sys/auth")
+        views = None if auth is None else await run_in_threadpool(auth_pages.mount_views, auth, principal)
+        return HTMLResponse(auth_pages.auth_page(_base(request), views, principal, csrf_token(token)))
+
     async def overview(request: Request, token: str, principal: Principal) -> Response:
         views = await readable_views(principal)
         return HTMLResponse(pages.overview_page(_base(request), views, principal, csrf_token(token)))
@@ -301,6 +337,8 @@ def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cook
     routes = [
         Route("/", page(overview)),
         Route("/login", login, methods=["GET", "POST"]),
+        Route("/login/userpass", login_userpass, methods=["POST"]),
+        Route("/auth", page(auth_methods)),
         Route("/logout", page(logout), methods=["POST"]),
         Route("/alerts", page(alerts)),
         Route("/health", page(health)),

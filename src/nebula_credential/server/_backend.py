@@ -104,12 +104,13 @@ class Backend:
         return await self.run(self.keyring(keyring).ids_under, prefix)
 
     # ---- tokens and policies --------------------------------------------------
-    async def lookup(self, token: str) -> TokenRow | None:
-        """The live row of the request's token, spending one use of a use-limited token."""
+    async def lookup(self, token: str, source: str | None = None) -> TokenRow | None:
+        """The live row of the request's token, spending one use of a use-limited token; None for a
+        token bound to networks ``source`` is not in (see :meth:`.tokens.TokenManager.use`)."""
         known, row = self.tokens.cached(token)
         if known:
-            return row
-        row = await self.run(self.tokens.use, token)
+            return row if row is None or source is None or self.tokens.usable_from(row, source) else None
+        row = await self.run(self.tokens.use, token, source)
         await self.report_rejections()
         return row
 

@@ -201,7 +201,7 @@ def endpoint(
             with anyio.fail_after(timeout):
                 if not authenticated:
                     return await handler(request, None)  # type: ignore[arg-type]
-                row = await backend.lookup(secret) if secret else None
+                row = await backend.lookup(secret, source) if secret else None
                 if row is None:
                     if guard.floor.low():
                         return low_space()  # nothing written for an unauthenticated client under the floor

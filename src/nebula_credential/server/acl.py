@@ -128,10 +128,11 @@ class AccessControl:
             self._rules.pop(name, None)
             self._acls.clear()
 
-    def authorize(self, token: str) -> tuple[TokenRow, ACL] | None:
-        """A live token's row and ACL; None for an unknown, revoked, expired or refused token."""
+    def authorize(self, token: str, source: str | None = None) -> tuple[TokenRow, ACL] | None:
+        """A live token's row and ACL; None for an unknown, revoked, expired or refused token, or
+        one bound to networks ``source`` is not in (None: no address to check)."""
         try:
-            row = self.tokens.use(token)
+            row = self.tokens.use(token, source)
             return None if row is None else (row, self.acl(row.policies))
         finally:
             self.report_rejections()

@@ -28,40 +28,18 @@ from starlette.routing import BaseRoute, Mount, Route
 from ..aio import AsyncVault
 from ..config import KeyManagementConfig
 from ..vault import Vault
-from . import auth, sysroutes, wrapping
-from ._backend import Backend, backend_for
-from ._request import VPATH, audit_unrouted
-from .auth_approle import AppRoleEngine
-from .auth_jwt import JWTEngine
-from .auth_userpass import UserpassEngine
-from .authstore import AuthStore
-from .errors import HTTPError
-from .mounts import (
-    EngineType,
-    MountDispatcher,
-    MountEntry,
-    MountTable,
-    builtin_mounts,
-    register_auth_method,
-    sys_routes,
+from . import (
+    auth,
+    authmounts,  # noqa: F401 - registers AppRole, userpass and JWT with sys/auth
+    sysroutes,
+    wrapping,
 )
+from ._backend import backend_for
+from ._request import VPATH, audit_unrouted
+from .errors import HTTPError
+from .mounts import MountDispatcher, MountTable, builtin_mounts, sys_routes
 from .policies import BadPathError, normalise
 from .ratelimit import SourceBudgetMiddleware
-
-
-def _purge_auth(backend: Backend, entry: MountEntry) -> None:
-    """A disabled auth method's roles, users and secret ids are gone, as in Vault."""
-    vault = getattr(backend.vault, "sync", backend.vault)
-    AuthStore(vault.auth_tables(), vault.provider, vault.clock).delete_mount(entry.route)
-
-
-# The auth methods ``sys/auth`` enables (at ``auth/<path>``, any path, as often as wanted).
-register_auth_method("approle", EngineType(lambda e: AppRoleEngine(e.route).routes(), purge=_purge_auth,
-                                           description="AppRole: a role id and a secret id"))
-register_auth_method("userpass", EngineType(lambda e: UserpassEngine(e.route).routes(), purge=_purge_auth,
-                                            description="usernames and argon2id-hashed passwords"))
-register_auth_method("jwt", EngineType(lambda e: JWTEngine(e.route).routes(), purge=_purge_auth,
-                                       description="JWT workload identity (no browser flow)"))
 
 #: How much of a refused body is read and dropped before answering 413.
 DRAIN_LIMIT = 16 * 1024 * 1024

@@ -165,6 +165,7 @@ async def _create(request: Request, ctx: Ctx, *, orphan: bool, role: Role | None
             display_name=f"token-{display}" if display != "token" else display, meta=meta, renewable=renewable,
             num_uses=num_uses, period=period, no_default_policy=no_default, role=role.name if role else "",
             path=path, check_subset=check_subset,
+            bound_cidrs=role.bound_cidrs if role is not None and role.bound_cidrs else None,  # else the parent's
         )
     except TokenError as exc:
         raise bad_request(str(exc)) from None

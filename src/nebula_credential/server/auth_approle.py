@@ -31,6 +31,7 @@ from .authcommon import (
     integer,
     invalid,
     issue,
+    item_endpoint,
     login_endpoint,
     login_reply,
     seconds,
@@ -88,24 +89,13 @@ class AppRoleEngine:
     async def role(self, request: Request, ctx: Ctx) -> Response:
         store = auth_store(request)
         name = self._name(request)
-        if request.method == "GET":
-            ctx.require("read")
-            role = await ctx.backend.run(store.get, self.mount, "role", name)
-            if role is None:
-                raise HTTPError(404)
-            return ctx.reply(self._role_json(role))
-        if request.method == "DELETE":
-            ctx.require("delete")
-            role = await ctx.backend.run(store.get, self.mount, "role", name)
-            if role is not None:
-                await ctx.backend.write(self._delete_role, store, name, role)
-            return Response(status_code=204)
-        ctx.require_any("create", "update")
-        old = await ctx.backend.run(store.get, self.mount, "role", name)
-        ctx.require("update" if old is not None else "create")
-        role, role_id = build_role(await read_json(request), old)
-        await ctx.backend.write(self._save_role, store, name, role, role_id)
-        return Response(status_code=204)
+
+        async def save(old: dict[str, Any] | None) -> None:
+            role, role_id = build_role(await read_json(request), old)
+            await ctx.backend.write(self._save_role, store, name, role, role_id)
+
+        return await item_endpoint(request, ctx, store, self.mount, "role", name, shown=self._role_json, save=save,
+                                   remove=self._delete_role)
 
     def save_role(self, store: AuthStore, name: str, body: dict[str, Any]) -> str:
         """Create or update a role from a write's fields (the CLI's way in); returns its role id."""
@@ -339,7 +329,9 @@ class AppRoleEngine:
             details["secret_id_accessor"] = spent.get("accessor")
             metadata.update(spent.get("metadata", {}))
             token_blocks = spent.get("token_bound_cidrs", [])
-        auth = await issue(backend, role, display_name=f"{self.mount.split('/')[-1]}", metadata=metadata)
+        # a secret id's own token_bound_cidrs replace the role's, as in Vault
+        auth = await issue(backend, role, display_name=f"{self.mount.split('/')[-1]}", metadata=metadata,
+                           bound_cidrs=token_blocks or None, path=f"{self.mount}/login")
         auth["metadata"] = metadata
         if token_blocks:
             auth["token_bound_cidrs"] = token_blocks
@@ -405,6 +397,12 @@ def secret_id_facts(role: dict[str, Any], body: dict[str, Any], *, custom: bool)
     if blocks and role_blocks and not all(any(_within(b, r) for r in role_blocks) for b in blocks):
         raise bad_request("failed to verify the CIDR restrictions set on the secret ID: "
                           "cidr_list must be a subset of the role's secret_id_bound_cidrs")
+    token_blocks = cidrs(body, "token_bound_cidrs")
+    role_token_blocks = role.get("token_bound_cidrs", [])
+    if token_blocks and role_token_blocks and not all(any(_within(b, r) for r in role_token_blocks)
+                                                      for b in token_blocks):
+        raise bad_request("failed to verify the CIDR restrictions set on the secret ID: "
+                          "token_bound_cidrs must be a subset of the role's token_bound_cidrs")
     ttl = seconds(body, "ttl") or int(role.get("secret_id_ttl", 0))
     if role.get("secret_id_ttl") and ttl > role["secret_id_ttl"]:
         ttl = int(role["secret_id_ttl"])
@@ -413,7 +411,7 @@ def secret_id_facts(role: dict[str, Any], body: dict[str, Any], *, custom: bool)
         uses = int(role["secret_id_num_uses"])
     facts = {
         "accessor": str(uuid.uuid4()), "metadata": _metadata(body), "cidr_list": blocks,
-        "token_bound_cidrs": cidrs(body, "token_bound_cidrs"), "ttl": ttl, "num_uses": uses,
+        "token_bound_cidrs": token_blocks, "ttl": ttl, "num_uses": uses,
     }
     return value, facts
 

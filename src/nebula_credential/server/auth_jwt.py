@@ -31,19 +31,21 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ._backend import Backend
-from ._request import Ctx, endpoint, read_json
+from ._request import Ctx, endpoint, read_json, source_of
 from .authcommon import (
     auth_store,
     integer,
     invalid,
     issue,
+    item_endpoint,
     login_endpoint,
     login_reply,
+    source_allowed,
     strings,
     token_read,
     token_settings,
 )
-from .errors import HTTPError, bad_request
+from .errors import HTTPError, PermissionDenied, bad_request
 
 ALLOWED_ALGS = ("RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
@@ -158,63 +160,12 @@ class JWTEngine:
     async def role(self, request: Request, ctx: Ctx) -> Response:
         store = auth_store(request)
         name = self._name(request)
-        if request.method == "GET":
-            ctx.require("read")
-            role = await ctx.backend.run(store.get, self.mount, "role", name)
-            if role is None:
-                raise HTTPError(404)
-            return ctx.reply(self._role_json(role))
-        if request.method == "DELETE":
-            ctx.require("delete")
-            await ctx.backend.write(store.delete, self.mount, "role", name)
-            return Response(status_code=204)
-        ctx.require_any("create", "update")
-        old = await ctx.backend.run(store.get, self.mount, "role", name)
-        ctx.require("update" if old is not None else "create")
-        body = await read_json(request)
-        role = token_settings(body, old)
-        role_type = str(body.get("role_type") or role.get("role_type") or "jwt")
-        if role_type != "jwt":
-            raise bad_request("only role_type=jwt is served here (no OIDC browser flow)")
-        role["role_type"] = role_type
-        for field in ("bound_audiences", "allowed_redirect_uris"):
-            if field in body:
-                role[field] = strings(body, field)
-            role.setdefault(field, [])
-        for field in ("bound_subject", "user_claim", "groups_claim"):
-            if field in body:
-                role[field] = str(body.get(field) or "")
-        role.setdefault("bound_subject", "")
-        role.setdefault("groups_claim", "")
-        if not role.get("user_claim"):
-            raise bad_request("a user claim must be defined on the role")
-        for field in ("bound_claims", "claim_mappings"):
-            if field in body:
-                value = body.get(field) or {}
-                if isinstance(value, str):
-                    try:
-                        value = json.loads(value)
-                    except ValueError:
-                        raise bad_request(f"{field}: expected a JSON object") from None
-                if not isinstance(value, dict):
-                    raise bad_request(f"{field}: expected an object")
-                role[field] = value
-            role.setdefault(field, {})
-        if not all(isinstance(v, str) for v in role["claim_mappings"].values()):
-            raise bad_request("claim_mappings: values must be strings")
-        kind = str(body.get("bound_claims_type") or role.get("bound_claims_type") or "string")
-        if kind not in ("string", "glob"):
-            raise bad_request("bound_claims_type must be 'string' or 'glob'")
-        role["bound_claims_type"] = kind
-        for field in _DEFAULT_LEEWAY:
-            if field in body:
-                value = body[field]
-                role[field] = -1 if value in (-1, "-1") else integer(body, field)
-            role.setdefault(field, 0)
-        if role_type == "jwt" and not (role["bound_audiences"] or role["bound_subject"] or role["bound_claims"]):
-            raise bad_request("must have at least one bound constraint when creating/updating a role")
-        await ctx.backend.write(store.put, self.mount, "role", name, role)
-        return Response(status_code=204)
+
+        async def save(old: dict[str, Any] | None) -> None:
+            role = build_role(await read_json(request), old)
+            await ctx.backend.write(store.put, self.mount, "role", name, role)
+
+        return await item_endpoint(request, ctx, store, self.mount, "role", name, shown=self._role_json, save=save)
 
     @staticmethod
     def _role_json(role: dict[str, Any]) -> dict[str, Any]:
@@ -337,6 +288,8 @@ class JWTEngine:
         role = await backend.run(store.get, self.mount, "role", name)
         if role is None:
             raise invalid(f'role "{name[:128]}" could not be found')
+        if not source_allowed(source_of(request), role.get("token_bound_cidrs", [])):
+            raise PermissionDenied()  # before the JWT is looked at, as Vault
         # off the event loop: a JWKS fetch blocks (and on PostgreSQL backend.run would run it on the loop)
         claims = await anyio.to_thread.run_sync(self.verify, config, role, token, store.now())
         if role.get("bound_subject") and claims.get("sub") != role["bound_subject"]:
@@ -353,7 +306,7 @@ class JWTEngine:
             if value is not None and not isinstance(value, dict | list):
                 metadata[key] = str(value)[:512]
         auth = await issue(backend, role, display_name=f"{self.mount.split('/')[-1]}-{str(user)[:64]}",
-                           metadata=metadata)
+                           metadata=metadata, path=f"{self.mount}/login")
         return login_reply(auth, details)
 
     def routes(self) -> list[BaseRoute]:
@@ -364,3 +317,49 @@ class JWTEngine:
             Route("/role", endpoint(self.list_roles), methods=["LIST"]),
             Route("/role/{name}", endpoint(self.role), methods=["GET", "POST", "PUT", "DELETE"]),
         ]
+
+
+def build_role(body: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    """A JWT role's stored settings from a write's fields over the old role (Vault's defaults and checks)."""
+    role = token_settings(body, old)
+    role_type = str(body.get("role_type") or role.get("role_type") or "jwt")
+    if role_type != "jwt":
+        raise bad_request("only role_type=jwt is served here (no OIDC browser flow)")
+    role["role_type"] = role_type
+    for field in ("bound_audiences", "allowed_redirect_uris"):
+        if field in body:
+            role[field] = strings(body, field)
+        role.setdefault(field, [])
+    for field in ("bound_subject", "user_claim", "groups_claim"):
+        if field in body:
+            role[field] = str(body.get(field) or "")
+    role.setdefault("bound_subject", "")
+    role.setdefault("groups_claim", "")
+    if not role.get("user_claim"):
+        raise bad_request("a user claim must be defined on the role")
+    for field in ("bound_claims", "claim_mappings"):
+        if field in body:
+            value = body.get(field) or {}
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    raise bad_request(f"{field}: expected a JSON object") from None
+            if not isinstance(value, dict):
+                raise bad_request(f"{field}: expected an object")
+            role[field] = value
+        role.setdefault(field, {})
+    if not all(isinstance(v, str) for v in role["claim_mappings"].values()):
+        raise bad_request("claim_mappings: values must be strings")
+    kind = str(body.get("bound_claims_type") or role.get("bound_claims_type") or "string")
+    if kind not in ("string", "glob"):
+        raise bad_request("bound_claims_type must be 'string' or 'glob'")
+    role["bound_claims_type"] = kind
+    for field in _DEFAULT_LEEWAY:
+        if field in body:
+            value = body[field]
+            role[field] = -1 if value in (-1, "-1") else integer(body, field)
+        role.setdefault(field, 0)
+    if role_type == "jwt" and not (role["bound_audiences"] or role["bound_subject"] or role["bound_claims"]):
+        raise bad_request("must have at least one bound constraint when creating/updating a role")
+    return role

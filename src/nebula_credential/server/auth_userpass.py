@@ -28,6 +28,7 @@ from .authcommon import (
     cidrs,
     invalid,
     issue,
+    item_endpoint,
     login_endpoint,
     login_reply,
     source_allowed,
@@ -35,7 +36,7 @@ from .authcommon import (
     token_settings,
 )
 from .authstore import AuthStore
-from .errors import HTTPError, bad_request
+from .errors import HTTPError, PermissionDenied, bad_request
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 INVALID = "invalid username or password"
@@ -84,27 +85,17 @@ class UserpassEngine:
     async def user(self, request: Request, ctx: Ctx) -> Response:
         store = auth_store(request)
         name = _username(request)
-        if request.method == "GET":
-            ctx.require("read")
-            user = await ctx.backend.run(store.get, self.mount, "user", name)
-            if user is None:
-                raise HTTPError(404)
-            return ctx.reply({**token_read(user), "token_bound_cidrs": user.get("token_bound_cidrs", [])})
-        if request.method == "DELETE":
-            ctx.require("delete")
-            await ctx.backend.write(store.delete, self.mount, "user", name)
-            return Response(status_code=204)
-        ctx.require_any("create", "update")
-        old = await ctx.backend.run(store.get, self.mount, "user", name)
-        ctx.require("update" if old is not None else "create")
-        body = await read_json(request)
-        user = token_settings(body, old)
-        if "password" in body or old is None:
-            user["hash"] = await anyio.to_thread.run_sync(_HASHER.hash, _password(body), limiter=HASHING)
-        if "bound_cidrs" in body:
-            user["token_bound_cidrs"] = cidrs(body, "bound_cidrs")
-        await ctx.backend.write(store.put, self.mount, "user", name, user)
-        return Response(status_code=204)
+
+        async def save(old: dict[str, Any] | None) -> None:
+            body = await read_json(request)
+            user = token_settings(body, old)
+            if "password" in body or old is None:
+                user["hash"] = await anyio.to_thread.run_sync(_HASHER.hash, _password(body), limiter=HASHING)
+            if "bound_cidrs" in body:
+                user["token_bound_cidrs"] = cidrs(body, "bound_cidrs")
+            await ctx.backend.write(store.put, self.mount, "user", name, user)
+
+        return await item_endpoint(request, ctx, store, self.mount, "user", name, shown=token_read, save=save)
 
     def save_user(self, store: AuthStore, name: str, body: dict[str, Any]) -> None:
         """Create or update a user from a write's fields (the CLI's way in; the password is hashed here)."""
@@ -156,9 +147,9 @@ class UserpassEngine:
         if not ok or user is None:
             raise invalid(INVALID)
         if not source_allowed(source_of(request), user.get("token_bound_cidrs", [])):
-            raise invalid("login request originated from invalid CIDR")
+            raise PermissionDenied()  # after the password, as Vault: 403, not 400
         auth = await issue(backend, user, display_name=f"{self.mount.split('/')[-1]}-{name}",
-                           metadata={"username": name})
+                           metadata={"username": name}, path=f"{self.mount}/login/{name}")
         return login_reply(auth, details)
 
     def routes(self) -> list[BaseRoute]:

@@ -10,7 +10,6 @@ address -- never the secret id, the password or the JWT.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,8 +19,9 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .._net import address_in, cidr_text
 from ._backend import Backend
-from ._request import duration_field, guards, source_of, too_many, vault_json
+from ._request import Ctx, duration_field, guards, source_of, too_many, vault_json
 from .authstore import AuthStore
 from .errors import HTTPError, bad_request, error_response
 from .ratelimit import SourceBuckets
@@ -30,6 +30,11 @@ logger = logging.getLogger("nebula_credential.server")
 
 #: A login handler: the request, the backend, the audit details it fills in.
 LoginHandler = Callable[[Request, Backend, dict[str, Any]], Awaitable[Response]]
+
+#: Stores a create or update of an item, given what was there before (None: a create).
+Saver = Callable[[dict[str, Any] | None], Awaitable[None]]
+#: Removes an existing item and whatever hangs off it (in a write transaction).
+Remover = Callable[[AuthStore, str, dict[str, Any]], None]
 
 #: Token fields a role or user carries (Vault's "tokenutil" fields).
 DURATION_FIELDS = ("token_ttl", "token_max_ttl", "token_explicit_max_ttl", "token_period")
@@ -66,7 +71,7 @@ def cidrs(body: dict[str, Any], name: str) -> list[str]:
     out = []
     for text in strings(body, name):
         try:
-            out.append(str(ipaddress.ip_network(text, strict=False)))
+            out.append(cidr_text(text))
         except ValueError:
             raise bad_request(f"{name}: {text!r} is not a CIDR block") from None
     return out
@@ -146,19 +151,51 @@ def token_read(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def item_endpoint(request: Request, ctx: Ctx, store: AuthStore, mount: str, kind: str, name: str, *,
+                        shown: Callable[[dict[str, Any]], dict[str, Any]], save: Saver,
+                        remove: Remover | None = None) -> Response:
+    """One role's or user's ``GET``/``DELETE``/``POST``, as every auth method answers them.
+
+    GET needs ``read`` and answers 404 for no item; DELETE needs ``delete`` and answers 204
+    whether or not the item existed (``remove`` also clears what hangs off an existing one;
+    without it the row goes, even one refused for its MAC); a write needs ``create`` or
+    ``update`` -- which one depends on whether the item exists, as in Vault -- then ``save``
+    gets the old item (None for a create) and the answer is 204.
+    """
+    if request.method == "GET":
+        ctx.require("read")
+        item = await ctx.backend.run(store.get, mount, kind, name)
+        if item is None:
+            raise HTTPError(404)
+        return ctx.reply(shown(item))
+    if request.method == "DELETE":
+        ctx.require("delete")
+        if remove is None:
+            await ctx.backend.write(store.delete, mount, kind, name)
+        else:
+            item = await ctx.backend.run(store.get, mount, kind, name)
+            if item is not None:
+                await ctx.backend.write(remove, store, name, item)
+        return Response(status_code=204)
+    ctx.require_any("create", "update")
+    old = await ctx.backend.run(store.get, mount, kind, name)
+    ctx.require("update" if old is not None else "create")
+    await save(old)
+    return Response(status_code=204)
+
+
 def source_allowed(source: str, blocks: list[str]) -> bool:
-    if not blocks:
-        return True
-    try:
-        address = ipaddress.ip_address(source)
-    except ValueError:
-        return False
-    return any(address in ipaddress.ip_network(b, strict=False) for b in blocks)
+    return address_in(source, blocks)
 
 
 async def issue(backend: Backend, settings: dict[str, Any], *, display_name: str,
-                metadata: dict[str, str], extra_policies: list[str] | None = None) -> dict[str, Any]:
-    """A new token for a successful login, as Vault's ``auth`` block."""
+                metadata: dict[str, str], extra_policies: list[str] | None = None,
+                bound_cidrs: list[str] | None = None, path: str = "") -> dict[str, Any]:
+    """A new token for a successful login, as Vault's ``auth`` block.
+
+    The token is bound to the role's or user's ``token_bound_cidrs`` (or ``bound_cidrs``, when
+    the login decides them, as an AppRole secret id's own): used from elsewhere it is refused.
+    ``path`` is the login's (``auth/approle/login``), which a token lookup shows, as Vault's."""
     from datetime import timedelta
 
     policies = sorted({*settings.get("token_policies", []), *(extra_policies or [])})
@@ -175,6 +212,8 @@ async def issue(backend: Backend, settings: dict[str, Any], *, display_name: str
         num_uses=int(settings.get("token_num_uses") or 0),
         period=timedelta(seconds=period) if period else None,
         no_default_policy=bool(settings.get("token_no_default_policy", False)),
+        bound_cidrs=list(bound_cidrs if bound_cidrs is not None else settings.get("token_bound_cidrs", [])),
+        **({"path": path} if path else {}),
     )
     shown = list(row.policies)
     return {

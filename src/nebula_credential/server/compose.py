@@ -1,6 +1,7 @@
 """Where the HTTP server meets the console: the one module of ``server`` that imports it.
 
-The console takes a session store and never imports the server; here its
+The console takes a session store and never imports the server; here (with
+:mod:`.authconsole`, the adapter of its auth pages) its
 logins are checked with the server's tokens and HCL policies, through the
 same :mod:`.acl` as the HTTP API (:class:`TokenSessions`): a session is a
 short-lived child token of the token logged in with, so it works across
@@ -42,15 +43,23 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Marks a console session's child token (a raw API token in the cookie opens nothing).
 SESSION_META = {"nebula_console": "session"}
+#: Also on a session opened by a console login (username and password): its parent, the login's
+#: token, was made for this session alone and is revoked with it at logout.
+OWNED_META = {**SESSION_META, "nebula_console_parent": "owned"}
 
 
-def console_app(vault: Vault, config: KeyManagementConfig, *, listen: str | None = None) -> ASGIApp:
+def console_app(vault: Vault, config: KeyManagementConfig, *, listen: str | None = None,
+                api: ASGIApp | None = None) -> ASGIApp:
     """The console over ``vault``, its logins checked as the HTTP API checks tokens, answering only
-    the ``Host`` of ``listen`` (default ``[server] listen``) and ``[server] public_addr``."""
+    the ``Host`` of ``listen`` (default ``[server] listen``) and ``[server] public_addr``.  With the
+    server's ``api`` app, it also lists the auth methods and takes username logins through it."""
     from ..console import create_console
+    from .authconsole import ServerAuthConsole
 
-    app: ASGIApp = create_console(vault, TokenSessions(vault, config),
-                                  hosts=console_hosts(listen or config.server.listen, config.server.public_addr))
+    sessions = TokenSessions(vault, config)
+    app: ASGIApp = create_console(vault, sessions,
+                                  hosts=console_hosts(listen or config.server.listen, config.server.public_addr),
+                                  auth=ServerAuthConsole(vault, config, sessions, api))
     return app
 
 
@@ -103,10 +112,16 @@ class TokenSessions(Sessions):
         return self.buckets.retry_after(source) if self.buckets.empty(source) else None
 
     def login(self, token: str, source: str) -> tuple[str, Principal] | None:
-        found = self.access.authorize(token) if token else None
+        return self.open(token, source)
+
+    def open(self, token: str, source: str, *, owned: bool = False,
+             **details: Any) -> tuple[str, Principal] | None:
+        """A session for ``token`` (a child of it; ``owned``: the token was made for this session,
+        by a console login, and logout revokes it too); None when the token is refused."""
+        found = self.access.authorize(token, source) if token else None
         if found is None:
             self.buckets.take(source)  # spent only by failures, as the API's refused requests
-            self._audit("console.login", "denied", source=source)
+            self._audit("console.login", "denied", source=source, **details)
             return None
         parent, acl = found
         ttl = self.session_ttl
@@ -116,16 +131,19 @@ class TokenSessions(Sessions):
         try:
             secret, row = self.access.tokens.create(
                 list(parent.policies), ttl=ttl, parent=parent, display_name=parent.display_name,
-                meta=SESSION_META, renewable=False)
+                meta=OWNED_META if owned else SESSION_META, renewable=False)
         except TokenError as exc:  # e.g. a token with no policy a child could carry
-            self._audit("console.login", "denied", accessor=parent.accessor, source=source, reason=str(exc))
+            if owned:  # nobody else holds the login's token: it goes
+                self.access.tokens.revoke(parent.accessor)
+            self._audit("console.login", "denied", accessor=parent.accessor, source=source, reason=str(exc), **details)
             return None
         # the principal names the session's accessor; console.login links it to the parent's
-        self._audit("console.login", "ok", accessor=parent.accessor, session_accessor=row.accessor, source=source)
+        self._audit("console.login", "ok", accessor=parent.accessor, session_accessor=row.accessor, source=source,
+                    **details)
         return secret, _principal(row, acl)
 
-    def check(self, session: str) -> Principal | None:
-        found = self.access.authorize(session)
+    def check(self, session: str, source: str | None = None) -> Principal | None:
+        found = self.access.authorize(session, source)  # a session keeps its token's bound_cidrs
         if found is None or found[0].meta.get("nebula_console") != "session":
             return None
         return _principal(*found)
@@ -134,8 +152,10 @@ class TokenSessions(Sessions):
         row = self.access.tokens.lookup(session)
         if row is None or row.meta.get("nebula_console") != "session":
             return
-        self.access.tokens.revoke(row.accessor)
-        self._audit("console.logout", "ok", accessor=row.parent, session_accessor=row.accessor)
+        owned = row.meta.get("nebula_console_parent") == "owned" and row.parent is not None
+        self.access.tokens.revoke(row.parent if owned and row.parent is not None else row.accessor)
+        self._audit("console.logout", "ok", accessor=row.parent, session_accessor=row.accessor,
+                    **({"revoked_parent": True} if owned else {}))
 
     def _audit(self, action: str, outcome: str, **details: Any) -> None:
         self.vault.record_events([Event(action, outcome=outcome, details=details)])

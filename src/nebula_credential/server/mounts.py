@@ -293,6 +293,10 @@ class MountTable:
         live = {_router_key(e) for e in by_route.values()}
         self._routers = {k: v for k, v in self._routers.items() if k in live}
 
+    def load(self, rows: list[MountRow]) -> None:
+        """Route exactly ``rows`` (verified stored mounts) beside the built-in ones."""
+        self._install([_entry(r) for r in rows if _bound(r)])
+
     def entries(self, kind: str) -> list[MountEntry]:
         return sorted((e for e in self._by_route.values() if e.kind == kind), key=lambda e: e.path)
 
@@ -349,7 +353,7 @@ class MountTable:
             generation = await backend.run(repo.generation)
             if force or generation != self.generation:
                 generation, rows = await backend.run(repo.snapshot)
-                self._install([_entry(r) for r in rows if _bound(r)])
+                self.load(rows)
                 self.generation = generation
                 await backend.report_rejections()
             self.checked_at = time.monotonic()
@@ -519,11 +523,9 @@ async def mount(request: Request, ctx: Ctx) -> Response:
     return await _enable(request, ctx, table, kind, path)
 
 
-async def _enable(request: Request, ctx: Ctx, table: MountTable, kind: str, path: str) -> Response:
-    if kind == "auth":
-        ctx.require("sudo")
-    ctx.require("update")
-    body = await read_json(request)
+def draft_mount(kind: str, path: str, body: dict[str, Any], table: MountTable) -> MountEntry:
+    """The mount ``POST sys/mounts/:path`` or ``sys/auth/:path`` would add, checked against
+    ``table``: a registered type, its options and config, a free path.  Raises a 400 otherwise."""
     type_ = body.get("type")
     if not isinstance(type_, str) or not type_:
         raise bad_request("backend type must be specified as a string")
@@ -551,23 +553,73 @@ async def _enable(request: Request, ctx: Ctx, table: MountTable, kind: str, path
         raise bad_request("description must be a string")
     draft = MountEntry(kind, path, type_, description, accessor, str(uuid.uuid4()),
                        config=_config_in(config, {}))
-    draft = replace(draft, options=engine.options(options, None),
-                    keyring=f"{route}/{accessor}" if engine.own_keyring else "")
-    if draft.keyring:  # the mount's own keyring gets its first key version before anything routes to it
-        await ctx.backend.write(ctx.backend.keyring(draft.keyring).keys.initialize)
-    kv_fields = _kv_config_fields(draft, body)
-    if kv_fields:
-        await apply_mount_options(ctx, draft.keyring, kv_fields)
+    return replace(draft, options=engine.options(options, None),
+                   keyring=f"{route}/{accessor}" if engine.own_keyring else "")
+
+
+def insert_mount(repo: MountRepository, draft: MountEntry, now: float) -> MountEntry:
+    """Store a drafted mount; a 400 when another process took its path first."""
+    if not repo.insert(_row(draft, now)):
+        raise bad_request(f"path is already in use at {draft.route}/")
+    return draft
+
+
+def enable_mount(repo: MountRepository, table: MountTable, kind: str, path: str, body: dict[str, Any],
+                 now: float) -> MountEntry:
+    """Enable a mount that needs nothing prepared first (every auth method): the operation
+    ``POST sys/auth/:path`` and ``nebula-credential auth enable`` both run."""
+    draft = draft_mount(kind, _check_path(path, kind), body, table)
+    if draft.keyring:
+        raise bad_request(f"{draft.type} mounts are enabled through the HTTP API (sys/mounts)")
+    return insert_mount(repo, draft, now)
+
+
+def disable_mount(repo: MountRepository, table: MountTable, kind: str, path: str,
+                  purge: Callable[[MountEntry], None] | None) -> MountEntry | None:
+    """Disable a mount and remove its data (``purge``, which may refuse with a 400: then the
+    mount stays); None when there was none (Vault: disabling nothing succeeds).  The operation
+    ``DELETE sys/mounts/:path``, ``sys/auth/:path`` and ``nebula-credential auth disable`` run."""
+    found = table.get(kind, _check_path(path, kind, "unmount"))
+    if found is None:
+        return None
+    if found.type == "token":
+        raise bad_request("token credential backend cannot be disabled")
+    if found.builtin:
+        verb = "unmount" if kind == "secret" else "disable"
+        raise bad_request(f'cannot {verb} "{found.route}/": {found.builtin}')
+    if purge is not None:
+        purge(found)
+    repo.delete(kind, found.path)
+    if purge is not None:  # a write routed by a process that had not yet seen the change
+        purge(found)
+    return found
+
+
+async def _enable(request: Request, ctx: Ctx, table: MountTable, kind: str, path: str) -> Response:
+    if kind == "auth":
+        ctx.require("sudo")
+    ctx.require("update")
+    body = await read_json(request)
     repo = repository(ctx.backend)
+    now = ctx.backend.vault.clock().timestamp()
     try:
-        inserted = await ctx.backend.write(repo.insert, _row(draft, ctx.backend.vault.clock().timestamp()))
+        if kind == "auth":
+            await ctx.backend.write(enable_mount, repo, table, kind, path, body, now)
+        else:
+            draft = draft_mount(kind, path, body, table)
+            if draft.keyring:  # the mount's own keyring gets its first key version before anything routes to it
+                await ctx.backend.write(ctx.backend.keyring(draft.keyring).keys.initialize)
+            kv_fields = _kv_config_fields(draft, body)
+            if kv_fields:
+                await apply_mount_options(ctx, draft.keyring, kv_fields)
+            await ctx.backend.write(insert_mount, repo, draft, now)
+    except HTTPError:
+        raise
     except Exception:  # PostgreSQL: another process inserted the same path between our check and insert
         await table.refresh(ctx.backend, force=True)
         if table.get(kind, path) is None:
             raise
-        inserted = False
-    if not inserted:
-        raise bad_request(f"path is already in use at {route}/")
+        raise bad_request(f"path is already in use at {'auth/' if kind == 'auth' else ''}{path}/") from None
     await table.refresh(ctx.backend, force=True)
     return Response(status_code=NO_CONTENT)
 
@@ -577,22 +629,12 @@ async def _disable(ctx: Ctx, table: MountTable, kind: str, path: str) -> Respons
         ctx.require("sudo")
     ctx.require("delete")
     found = table.get(kind, path)
-    if found is None:
-        return Response(status_code=NO_CONTENT)  # Vault: disabling nothing succeeds
-    if found.type == "token":
-        raise bad_request("token credential backend cannot be disabled")
-    if found.builtin:
-        verb = "unmount" if kind == "secret" else "disable"
-        raise bad_request(f'cannot {verb} "{found.route}/": {found.builtin}')
     registry = AUTH_METHODS if kind == "auth" else SECRET_ENGINES
-    engine = registry.get(found.type)
+    engine = registry.get(found.type) if found is not None else None
+    backend = ctx.backend
     purge = engine.purge if engine is not None else None
-    if purge is not None:  # refused (a 400 naming what holds the data): the mount stays
-        await ctx.backend.write(purge, ctx.backend, found)
-    repo = repository(ctx.backend)
-    await ctx.backend.write(repo.delete, kind, path)
-    if purge is not None:  # a write routed by a process that had not yet seen the change
-        await ctx.backend.write(purge, ctx.backend, found)
+    await backend.write(disable_mount, repository(backend), table, kind, path,
+                        None if purge is None else lambda entry: purge(backend, entry))
     await table.refresh(ctx.backend, force=True)
     return Response(status_code=NO_CONTENT)
 
@@ -708,6 +750,10 @@ __all__ = [
     "MountEntry",
     "MountTable",
     "builtin_mounts",
+    "disable_mount",
+    "draft_mount",
+    "enable_mount",
+    "insert_mount",
     "register_auth_method",
     "register_secret_engine",
     "sys_routes",

@@ -141,7 +141,7 @@ def app_from_env() -> Any:
                 threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="nebula-maintain",
                                  daemon=True).start()
             app.state.backend = backend_for(vault, config)
-            app.state.console = console_app(ops, config)  # /ui
+            app.state.console = console_app(ops, config, api=app)  # /ui; username logins go through the API
             yield
         finally:
             if daemon is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .._net import cidr_text
 from ..rowmac import RowMac
 from ..servertables import ROLE_TABLE, ServerTables, role_mac_fields
 from .policies import DEFAULT_POLICY, ROOT_POLICY, check_name
@@ -43,6 +44,8 @@ class Role:
     no_default_policy: bool = False
     num_uses: int = 0
     path_suffix: str = ""
+    #: Where tokens created with the role may be used from (Vault's ``token_bound_cidrs``).
+    bound_cidrs: tuple[str, ...] = ()
 
     def policies_for(self, requested: list[str] | None, parent: tuple[str, ...]) -> tuple[list[str], bool]:
         """The policies a token created with this role gets, and whether the parent-subset rule
@@ -76,6 +79,7 @@ class Role:
             "explicit_max_ttl": secs(self.explicit_max_ttl), "token_type": self.token_type,
             "token_no_default_policy": self.no_default_policy, "token_num_uses": self.num_uses,
             "path_suffix": self.path_suffix,
+            **({"token_bound_cidrs": list(self.bound_cidrs)} if self.bound_cidrs else {}),
         }
 
     @classmethod
@@ -90,6 +94,7 @@ class Role:
             explicit_max_ttl=td(doc.get("explicit_max_ttl")), token_type=str(doc.get("token_type", "default-service")),
             no_default_policy=bool(doc.get("token_no_default_policy")), num_uses=int(doc.get("token_num_uses", 0)),
             path_suffix=str(doc.get("path_suffix", "")),
+            bound_cidrs=tuple(doc.get("token_bound_cidrs", ())),
         )
 
 
@@ -112,6 +117,7 @@ def role_json(role: Role) -> dict[str, Any]:
         "token_no_default_policy": role.no_default_policy,
         "token_period": doc["period"],
         "token_type": role.token_type,
+        "token_bound_cidrs": list(role.bound_cidrs) or None,  # OpenBao: null when none
     }
     if role.num_uses:
         found["token_num_uses"] = role.num_uses
@@ -125,6 +131,18 @@ def _names(value: Any, field: str) -> tuple[str, ...]:
     if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
         raise TokenError(f"{field} must be a list of policy names")
     return tuple(sorted({check_name(p.strip()) for p in items if p.strip()}))
+
+
+def _cidrs(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(b, str) for b in items):
+        raise TokenError("token_bound_cidrs must be a list of CIDR blocks")
+    try:
+        return [cidr_text(b) for b in items if b.strip()]
+    except ValueError:
+        raise TokenError("token_bound_cidrs: invalid CIDR block") from None
 
 
 class TokenRoles:
@@ -195,6 +213,8 @@ class TokenRoles:
             doc["token_num_uses"] = uses
         if "path_suffix" in body:
             doc["path_suffix"] = str(body["path_suffix"])[:128]
+        if "token_bound_cidrs" in body:
+            doc["token_bound_cidrs"] = _cidrs(body["token_bound_cidrs"])
         role = Role.from_json(doc)
         text = json.dumps(role.to_json(), sort_keys=True)
         mac = self.rowmac.mac(TABLE, (name,), role_mac_fields(text))

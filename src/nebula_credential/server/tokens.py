@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from .._net import address_in
 from .._secret import SecretBytes
 from ..exceptions import NebulaCredentialError
 from ..models import to_epoch, utc_now
@@ -169,6 +170,7 @@ class TokenManager:
         path: str = "auth/token/create",
         check_subset: bool = True,
         token: str | None = None,
+        bound_cidrs: Sequence[str] | None = None,
     ) -> tuple[str, TokenRow]:
         """A new token and its row; the token itself is returned here once and never stored.
 
@@ -178,6 +180,8 @@ class TokenManager:
         on paper, as in Vault, but dies with it: a token whose parent chain
         holds an expired or revoked token is refused at lookup.  ``token`` fixes the token
         itself (``serve --dev --dev-root-token-id``); it must look like one of ours.
+        ``bound_cidrs`` limits where the token may be used from (None: a child keeps its
+        parent's, as OpenBao copies them, so a bound token cannot mint an unbound one).
         """
         if token is not None and not looks_like_token(token):
             raise TokenError(f"a token must start with {TOKEN_PREFIX} and be 40-64 characters long")
@@ -210,6 +214,8 @@ class TokenManager:
         if granted <= 0:
             raise TokenError("ttl must be positive")
         expires = now + granted if max_expires is None else min(now + granted, max_expires)
+        if bound_cidrs is None:
+            bound_cidrs = parent.bound_cidrs if parent is not None else ()
         token = token or TOKEN_PREFIX + _b64(secrets.token_bytes(32))
         row = self.sign(TokenRow(
             accessor=new_accessor(),
@@ -229,6 +235,7 @@ class TokenManager:
             token_type=token_type,
             role=role,
             path=path,
+            bound_cidrs=tuple(bound_cidrs),
         ))
         self._tables.run(lambda tx: tx.token_insert(row))
         return token, row
@@ -294,13 +301,17 @@ class TokenManager:
                 self._cache[digest] = hit
         return hit.row if self._entry_live(hit) else None
 
-    def use(self, token: str) -> TokenRow | None:
+    def use(self, token: str, source: str | None = None) -> TokenRow | None:
         """:meth:`lookup`, spending one use of a use-limited token (the last use revokes it).
 
         The counter is a compare-and-swap in the store, so N concurrent
         requests with a token of N uses succeed exactly N times together.
+        ``source`` is the client's address: a token bound to networks it is not in is
+        refused (None, no use spent), as Vault refuses it; None skips the check (no network).
         """
         row = self.lookup(token)
+        if row is not None and source is not None and not self.usable_from(row, source):
+            return None
         if row is None or row.num_uses == 0:
             return row
 
@@ -320,6 +331,11 @@ class TokenManager:
         spent = self._tables.run(spend)
         self._forget(row.token_hash)
         return replace(row, num_uses=row.num_uses - 1) if spent else None  # as Vault shows it: uses left
+
+    @staticmethod
+    def usable_from(row: TokenRow, source: str) -> bool:
+        """Whether the token may be used from ``source`` (its ``bound_cidrs``; any when it has none)."""
+        return address_in(source, row.bound_cidrs)
 
     def live(self, row: TokenRow, now: float | None = None) -> bool:
         return row.expires_at is None or row.expires_at > (self._now() if now is None else now)
@@ -435,6 +451,8 @@ def token_json(row: TokenRow, now: float, token: str = "") -> dict[str, Any]:
         data["period"] = round(row.period)
     if row.role:
         data["role"] = row.role
+    if row.bound_cidrs:
+        data["bound_cidrs"] = list(row.bound_cidrs)
     return data
 
 

@@ -24,7 +24,8 @@ VERSION_COLS = (
 CRED_COLS = "keyring, id, scope, key_version, envelope, metadata, revision, created_at, updated_at"
 TOKEN_COLS = (
     "accessor, token_hash, parent, policies, display_name, meta, created_at, expires_at, "  # noqa: S105
-    "max_expires_at, ttl, renewable, num_uses, period, explicit_max_ttl, token_type, role, path, mac"
+    "max_expires_at, ttl, renewable, num_uses, period, explicit_max_ttl, token_type, role, path, mac, "
+    "bound_cidrs"
 )
 BACKUP_COLS = "name, kind, taken_at, expires_at, registered_at, location, manifest"
 AUDIT_COLS = "seq, ts, actor, action, keyring, key_version, credential_id, outcome, details, mac"
@@ -240,6 +241,7 @@ def decode_token(row: Sequence[Any]) -> TokenRow:
         role=str(row[15]),
         path=str(row[16]),
         mac=row[17] or "",
+        bound_cidrs=tuple(json.loads(row[18] or "[]")),
     )
 
 

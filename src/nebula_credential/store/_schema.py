@@ -15,14 +15,15 @@ from ..exceptions import StoreError
 from ._sql_base import SqlBase
 from .tx import MetaTx
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def all_migrations(blob: str, real: str) -> list[list[str]]:
     """Every migration in order, for a dialect's binary and floating-point type names."""
     return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
             schema_v5_key_access(), schema_v6_versions(blob, real), schema_v7_server_rows(real),
-            schema_v8_mounts(real), schema_v9_auth(real), schema_v10_row_macs()]
+            schema_v8_mounts(real), schema_v9_auth(real), schema_v10_row_macs(),
+            schema_v11_token_cidrs()]
 
 
 class MetaSql(SqlBase, MetaTx):
@@ -315,3 +316,13 @@ def schema_v10_row_macs() -> list[str]:
         "ALTER TABLE server_mounts ADD COLUMN mac TEXT",
         "ALTER TABLE auth_items ADD COLUMN mac TEXT",
     ]
+
+
+def schema_v11_token_cidrs() -> list[str]:
+    """Version 11: the networks a token may be used from (Vault's ``bound_cidrs``), a JSON list.
+
+    Set from an auth method's ``token_bound_cidrs`` (AppRole, userpass, JWT, token roles) and
+    bound by the token row's MAC: a database writer cannot widen or clear them.  Existing rows
+    get ``[]`` (no binding), which their MAC, computed without the field, still covers.
+    """
+    return ["ALTER TABLE server_tokens ADD COLUMN bound_cidrs TEXT NOT NULL DEFAULT '[]'"]

@@ -24,10 +24,11 @@ class ServerSql(SqlBase, ServerTx):
 
     def token_insert(self, row: TokenRow) -> None:
         self._exec(
-            f"INSERT INTO server_tokens ({TOKEN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO server_tokens ({TOKEN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (row.accessor, row.token_hash, row.parent, json.dumps(list(row.policies)), row.display_name,
              to_json(row.meta), row.created_at, row.expires_at, row.max_expires_at, row.ttl, int(row.renewable),
-             row.num_uses, row.period, row.explicit_max_ttl, row.token_type, row.role, row.path, row.mac or None),
+             row.num_uses, row.period, row.explicit_max_ttl, row.token_type, row.role, row.path, row.mac or None,
+             json.dumps(list(row.bound_cidrs))),
         )
 
     def token_by_hash(self, token_hash: str) -> TokenRow | None:

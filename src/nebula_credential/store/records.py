@@ -40,6 +40,8 @@ class TokenRow:
     token_type: str = "service"  # noqa: S105 - a token kind, not a secret
     role: str = ""
     path: str = "auth/token/create"
+    #: The networks the token may be used from (CIDR blocks; empty: anywhere), Vault's ``bound_cidrs``.
+    bound_cidrs: tuple[str, ...] = ()
     #: HMAC of the row under the root-wrapped row key (see ``rowmac``); "" before it is computed.
     mac: str = ""
 
