@@ -23,7 +23,6 @@ from . import envelope as env
 from ._nonce import refill as _refill_nonces
 from ._nonce import take as _take_nonce
 from .config import HARD_MAX_ENCRYPTIONS, KeyManagementConfig
-from .destroy_guard import check_destroy
 from .exceptions import (
     ConcurrencyError,
     DecryptionError,
@@ -36,11 +35,11 @@ from .exceptions import (
 )
 from .models import KeyStatus, KeyVersion, to_epoch, utc_now
 from .names import check_keyring, check_keyring_bound
-from .policies.retention import KeyRetentionPolicy, retention_from_config
 from .providers.base import Aead, KeyProvider, WrapContext
 
 if TYPE_CHECKING:
     from .audit import AuditLog
+    from .policies.retention import KeyRetentionPolicy
     from .store import Store, StoreTx
 
 _monotonic = time.monotonic  # one global load on the hot path instead of a module attribute walk
@@ -563,6 +562,10 @@ class KeyManager:
                     f"key version {version} is {kv.status.value}, expected {expected.value}"
                 )
             if new is KeyStatus.DESTROYED:
+                # the destroy guard and retention load here: the hot path and start-up never need them
+                from .destroy_guard import check_destroy
+                from .policies.retention import retention_from_config
+
                 refs, allowed_by = check_destroy(
                     tx, kv, now=now, config=self.config,
                     retention=retention or retention_from_config(self.config),
