@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._sleep import sleep
 from .config import DEFAULT_PRIORITY
-from .envelope import credential_context, header_version, peek_version
+from .envelope import credential_context, credential_contexts, peek_version, version_prefix
 from .exceptions import (
     ConfigError,
     DecryptionError,
@@ -215,17 +215,27 @@ class _Pass:
         updates: list[Update] = []
         failures: list[Failure] = []
         append = updates.append
+        # a batch is one keyring and scope: their context fields are encoded once (re-done if a row differs)
+        keyring = scope = ""
+        context = credential_contexts(keyring, scope)
+        # the version of each new envelope, read per envelope (a usage-bound rotation may change it
+        # mid-batch): one prefix compare while it stays the same, the full header check when it changes
+        prefix, version = b"\x00", 0  # no envelope starts with a NUL byte: the first row reads its header
         for row in rows:
+            kr, cid, sc, _, envelope, revision = row
+            if sc != scope or kr != keyring:
+                keyring, scope = kr, sc
+                context = credential_contexts(kr, sc)
             try:
-                aad = credential_context(row.keyring, row.id, row.scope)
-                blob = encrypt(decrypt(row.envelope, aad), aad)
+                aad = context(cid)
+                blob = encrypt(decrypt(envelope, aad), aad)
             except ROW_ERRORS as exc:
-                failures.append(Failure(row.id, row.key_version, _reason(exc)))
+                failures.append(Failure(cid, row.key_version, _reason(exc)))
                 continue
-            # per envelope (a usage-bound rotation may change it mid-batch); our own fresh
-            # envelope, so the copy-free header read, with the full check only if it fails
-            version = header_version(blob)
-            append((row.id, row.revision, peek_version(blob) if version is None else version, blob))
+            if not blob.startswith(prefix):
+                version = peek_version(blob)
+                prefix = version_prefix(version)
+            append((cid, revision, version, blob))
         return updates, failures
 
     def write(self, tx: StoreTx, updates: list[Update], failures: list[Failure]) -> int:
