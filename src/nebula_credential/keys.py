@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     from .store import Store, StoreTx
 
 _monotonic = time.monotonic  # one global load on the hot path instead of a module attribute walk
+# The envelope's fields as slice objects made once: on Python 3.11 ``blob[8:20]`` builds a
+# new slice object per call, and decrypt cuts four (about 0.1 us of a 1 us call).
+_PREFIX = slice(None, env.KEY_VERSION_END)  # magic, format, algorithm, key version: the key's dict key
+_NONCE = slice(env.KEY_VERSION_END, env.HEADER_SIZE)
+_BODY = slice(env.HEADER_SIZE, None)  # ciphertext || tag
+_HEADER = slice(None, env.HEADER_SIZE)  # bound as AAD ahead of the caller's context
 
 #: Encryptions reserved from the store per round trip (one write per block). Blocks
 #: start small and grow, so short-lived processes do not burn the usage bound.
@@ -365,11 +371,11 @@ class KeyManager:
         if _monotonic() >= self._refresh_at:
             self._refresh()
         try:
-            decrypt = self._decrypts[blob[:8]]  # a subscript, not .get(): no method call on the hot path
+            decrypt = self._decrypts[blob[_PREFIX]]  # a subscript, not .get(): no method call on the hot path
         except (KeyError, TypeError):  # not cached, or a bytearray's unhashable slice: the slow path
             return self._decrypt_slow(blob, aad)
         try:
-            return decrypt(blob[8:20], blob[20:], blob[:20] + aad)
+            return decrypt(blob[_NONCE], blob[_BODY], blob[_HEADER] + aad)
         except InvalidTag:
             raise DecryptionError(
                 f"envelope failed authentication under key version {env.header_version(blob)} "
