@@ -229,7 +229,7 @@ def decode_page(rows: Sequence[Sequence[Any]], skip_corrupt: bool) -> Credential
 
 
 #: Timestamps certainly inside ``datetime``'s range (years 1970-9999): checked without building one.
-_TIME_OK_BELOW = 253402300800
+_TIME_OK_BELOW = 253402300799  # 9999-12-31T23:59:59 UTC; a value just below still rounds inside
 
 
 def decode_reencrypt_page(rows: Sequence[Sequence[Any]], skip_corrupt: bool) -> ReencryptPage:
