@@ -243,6 +243,7 @@ def decode_reencrypt_page(rows: Sequence[Sequence[Any]], skip_corrupt: bool) -> 
     """
     page = ReencryptPage()
     append = page.append
+    new = tuple.__new__  # the named tuple built in C: its generated __new__ is a Python call (~0.3 us a row)
     for r in rows:
         kr, cid, scope, column, envelope, meta, revision, created, updated = r
         if (
@@ -252,8 +253,8 @@ def decode_reencrypt_page(rows: Sequence[Sequence[Any]], skip_corrupt: bool) -> 
             and 0 <= created < _TIME_OK_BELOW and 0 <= updated < _TIME_OK_BELOW
             and (meta == "{}" or not meta)
         ):
-            append(ReencryptRow(kr, cid, scope, column, envelope if type(envelope) is bytes else bytes(envelope),
-                                revision))
+            append(new(ReencryptRow, (kr, cid, scope, column,
+                                      envelope if type(envelope) is bytes else bytes(envelope), revision)))
             continue
         try:
             record = decode_credential(r)  # metadata to parse, an unusual timestamp, or a corrupt row
