@@ -62,6 +62,11 @@ def test_get_imports_neither_rich_nor_the_server_nor_asyncio(tmp_path) -> None: 
     for heavy in ("rich", "asyncio", "nebula_credential.server", "nebula_credential.maintenance",
                   "nebula_credential.cli.ops", "nebula_credential.transit"):
         assert heavy not in modules, heavy
+    # what only a destroy, a re-encryption, a retry, a legacy read or a mistyped command needs
+    for unused in ("greenlet", "nebula_credential._bridge", "socket", "difflib", "random",
+                   "nebula_credential.destroy_guard", "nebula_credential.policies", "nebula_credential.holds",
+                   "nebula_credential.reencrypt", "nebula_credential.lifecycle", "nebula_credential.legacy"):
+        assert unused not in modules, unused
 
 
 def _groups() -> list[tuple[str, LazyGroup]]:

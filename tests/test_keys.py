@@ -153,3 +153,32 @@ def test_refresh_sees_rotation_by_another_process(vault: nc.Vault, tmp_path: Pat
         assert other.get_record("after").key_version == 2
     finally:
         other.close()
+
+
+def test_revocation_by_another_process_stops_a_cached_decrypt(vault: nc.Vault) -> None:
+    """The hot path's per-version decrypt map is dropped with the version (issue 27, target 4)."""
+    other = nc.open(vault.store.url)
+    try:
+        vault.put("a", {"x": 1})
+        assert other.get("a") == {"x": 1}  # v1 cached in the other instance, decrypt bound
+        vault.keys.rotate()
+        vault.keys.revoke(1)
+        assert other.get("a") == {"x": 1}  # within refresh_interval: the cached version still serves
+        other.keys._refresh_at = 0.0  # the refresh interval elapsed
+        with pytest.raises(nc.KeyRevokedError):
+            other.get("a")
+        vault.keys.reinstate(1)
+        other.keys._refresh_at = 0.0
+        assert other.get("a") == {"x": 1}
+    finally:
+        other.close()
+
+
+def test_failed_authentication_names_the_version_and_short_blobs_too() -> None:
+    km = nc.KeyManager.ephemeral()
+    km.rotate()
+    blob = km.encrypt(b"secret", aad=b"ctx")
+    with pytest.raises(nc.DecryptionError, match="key version 2"):
+        km.decrypt(blob[:-1] + bytes([blob[-1] ^ 1]), aad=b"ctx")
+    with pytest.raises(nc.DecryptionError, match="key version 2"):
+        km.decrypt(blob[:30], aad=b"ctx")  # a cached version's header, too short for a tag

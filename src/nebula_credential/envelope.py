@@ -19,6 +19,7 @@ envelope raises :class:`EnvelopeFormatError`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -139,6 +140,22 @@ def credential_context(keyring: str, credential_id: str, scope: str) -> bytes:
     Each field is length-prefixed so ("ab", "c") and ("a", "bc") differ.
     """
     return _cred_head(keyring) + _field(credential_id) + _scope_field(scope)
+
+
+def credential_contexts(keyring: str, scope: str) -> Callable[[str], bytes]:
+    """:func:`credential_context` with the keyring and scope fixed: ``id -> context bytes``.
+
+    For a loop over many ids of one keyring and scope (a re-encryption
+    batch): the fixed fields are encoded once and each call only encodes
+    the id.  The bytes are exactly :func:`credential_context`'s.
+    """
+    head, tail, pack = _cred_head(keyring), _scope_field(scope), _U32.pack
+
+    def context(credential_id: str) -> bytes:
+        raw = credential_id.encode("utf-8")
+        return head + pack(len(raw)) + raw + tail
+
+    return context
 
 
 def dek_context(keyring: str, version: int, purpose: str = "dek") -> bytes:

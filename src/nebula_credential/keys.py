@@ -23,7 +23,6 @@ from . import envelope as env
 from ._nonce import refill as _refill_nonces
 from ._nonce import take as _take_nonce
 from .config import HARD_MAX_ENCRYPTIONS, KeyManagementConfig
-from .destroy_guard import check_destroy
 from .exceptions import (
     ConcurrencyError,
     DecryptionError,
@@ -36,14 +35,20 @@ from .exceptions import (
 )
 from .models import KeyStatus, KeyVersion, to_epoch, utc_now
 from .names import check_keyring, check_keyring_bound
-from .policies.retention import KeyRetentionPolicy, retention_from_config
 from .providers.base import Aead, KeyProvider, WrapContext
 
 if TYPE_CHECKING:
     from .audit import AuditLog
+    from .policies.retention import KeyRetentionPolicy
     from .store import Store, StoreTx
 
 _monotonic = time.monotonic  # one global load on the hot path instead of a module attribute walk
+# The envelope's fields as slice objects made once: on Python 3.11 ``blob[8:20]`` builds a
+# new slice object per call, and decrypt cuts four (about 0.1 us of a 1 us call).
+_PREFIX = slice(None, env.KEY_VERSION_END)  # magic, format, algorithm, key version: the key's dict key
+_NONCE = slice(env.KEY_VERSION_END, env.HEADER_SIZE)
+_BODY = slice(env.HEADER_SIZE, None)  # ciphertext || tag
+_HEADER = slice(None, env.HEADER_SIZE)  # bound as AAD ahead of the caller's context
 
 #: Encryptions reserved from the store per round trip (one write per block). Blocks
 #: start small and grow, so short-lived processes do not burn the usage bound.
@@ -136,12 +141,28 @@ class KeyManager:
         self._lock = store.new_lock()
         # Keyed by the 8 fixed header bytes (magic, format, algorithm, version): one
         # slice of the envelope finds the key and validates the prefix at once.
-        self._keys: dict[bytes, VersionedKey] = {}
+        self._keys = {}
         self._active: VersionedKey | None = None
         self._ttl = self.config.keys.dek_cache_ttl.total_seconds()
         # dek_cache_ttl = 0 means no cache: every operation re-reads and re-unwraps.
         self._refresh_every = self.config.keys.refresh_interval.total_seconds() if self._ttl else 0.0
         self._refresh_at = 0.0
+
+    @property
+    def _keys(self) -> dict[bytes, VersionedKey]:
+        """The usable versions this process holds, by header prefix (replaced, never changed in place)."""
+        return self._cached
+
+    @_keys.setter
+    def _keys(self, keys: dict[bytes, VersionedKey]) -> None:
+        # Published with each version's bound decrypt beside it: decrypt() looks the
+        # function up directly (one attribute load less per call, issue 27 target 4).
+        # Every change to the cached versions goes through here, so the two maps name
+        # the same versions: a version dropped (revoked, expired) is gone from both.
+        self._decrypts: dict[bytes, Callable[[bytes, bytes, bytes | None], bytes]] = {
+            vb: key._decrypt for vb, key in keys.items()
+        }
+        self._cached = keys
 
     # ---- construction ----------------------------------------------------
     @classmethod
@@ -350,14 +371,14 @@ class KeyManager:
         if _monotonic() >= self._refresh_at:
             self._refresh()
         try:
-            key = self._keys[blob[:8]]  # a subscript, not .get(): no method call on the hot path
+            decrypt = self._decrypts[blob[_PREFIX]]  # a subscript, not .get(): no method call on the hot path
         except (KeyError, TypeError):  # not cached, or a bytearray's unhashable slice: the slow path
             return self._decrypt_slow(blob, aad)
         try:
-            return key._decrypt(blob[8:20], blob[20:], blob[:20] + aad)
+            return decrypt(blob[_NONCE], blob[_BODY], blob[_HEADER] + aad)
         except InvalidTag:
             raise DecryptionError(
-                f"envelope failed authentication under key version {key.version} "
+                f"envelope failed authentication under key version {env.header_version(blob)} "
                 "(tampered, truncated, or bound to another credential)"
             ) from None
         except (TypeError, ValueError):  # a memoryview, or too short to hold a nonce: parse and say why
@@ -563,6 +584,10 @@ class KeyManager:
                     f"key version {version} is {kv.status.value}, expected {expected.value}"
                 )
             if new is KeyStatus.DESTROYED:
+                # the destroy guard and retention load here: the hot path and start-up never need them
+                from .destroy_guard import check_destroy
+                from .policies.retention import retention_from_config
+
                 refs, allowed_by = check_destroy(
                     tx, kv, now=now, config=self.config,
                     retention=retention or retention_from_config(self.config),

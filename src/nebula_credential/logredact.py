@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import quote
 
 REDACTED = "<redacted>"
 
@@ -45,6 +44,8 @@ def replace_value(text: str, secret: str) -> str:
     """``text`` with ``secret`` replaced wherever it appears, as sent or percent-encoded."""
     if len(secret) < MIN_VALUE_CHARS:
         return text
+    from urllib.parse import quote  # here: only the server's logging needs it, not start-up (issue 27)
+
     for form in {secret, quote(secret, safe=""), quote(secret)}:
         if form in text:
             text = text.replace(form, REDACTED)

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from .config import KeyManagementConfig, ProviderConfig
-from .destroy_guard import announce_refresh_interval
 from .exceptions import ConfigError, DecryptionError, StoreError
 from .fingerprint import Fingerprint, read_fingerprint, write_fingerprint
 from .models import utc_now
 from .names import check_keyring
 from .providers import KeyProvider, open_provider
+from .refresh_floor import announce_refresh_interval
 from .store import Store, open_store, redact_url
 from .vault import Vault
 

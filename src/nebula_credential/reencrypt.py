@@ -31,9 +31,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._bridge import sleep
+from ._sleep import sleep
 from .config import DEFAULT_PRIORITY
-from .envelope import credential_context, header_version, peek_version
+from .envelope import credential_context, credential_contexts, peek_version, version_prefix
 from .exceptions import (
     ConfigError,
     DecryptionError,
@@ -47,7 +47,7 @@ from .models import EncryptedCredential, KeyStatus
 
 if TYPE_CHECKING:
     from .keys import KeyManager
-    from .store import CredentialPage, StoreTx
+    from .store import ReencryptPage, ReencryptRow, StoreTx
 
 #: What is wrong with one row (or its key) and is reported and skipped.  Anything
 #: else -- store or provider unavailable, the usage bound -- stops the pass with
@@ -116,7 +116,7 @@ class ReencryptResult:
         }
 
 
-_Outcome = tuple["CredentialPage", list[Update], list["Failure"], int]
+_Outcome = tuple["ReencryptPage", list[Update], list["Failure"], int]
 
 Progress = Callable[[str, int], None]
 """(scope, rows handled in this batch) -> None; called once per batch, never concurrently."""
@@ -137,7 +137,7 @@ def pending_counts(km: KeyManager) -> tuple[int, int, int]:
     return active, total - counts.get(active, 0), total
 
 
-def reencrypt_row(km: KeyManager, row: EncryptedCredential) -> bytes:
+def reencrypt_row(km: KeyManager, row: EncryptedCredential | ReencryptRow) -> bytes:
     """The whole idea in two lines: open with the old version, seal with the active one."""
     aad = credential_context(row.keyring, row.id, row.scope)
     return km.encrypt(km.decrypt(row.envelope, aad), aad)
@@ -209,23 +209,33 @@ class _Pass:
         return self.error is not None or self.user_stop()
 
     # ---- one batch -----------------------------------------------------------
-    def crypt(self, rows: Sequence[EncryptedCredential]) -> tuple[list[Update], list[Failure]]:
+    def crypt(self, rows: Sequence[ReencryptRow]) -> tuple[list[Update], list[Failure]]:
         """:func:`reencrypt_row` for each row, written out: this loop is the pass's CPU."""
         decrypt, encrypt = self.km.decrypt, self.km.encrypt
         updates: list[Update] = []
         failures: list[Failure] = []
         append = updates.append
+        # a batch is one keyring and scope: their context fields are encoded once (re-done if a row differs)
+        keyring = scope = ""
+        context = credential_contexts(keyring, scope)
+        # the version of each new envelope, read per envelope (a usage-bound rotation may change it
+        # mid-batch): one prefix compare while it stays the same, the full header check when it changes
+        prefix, version = b"\x00", 0  # no envelope starts with a NUL byte: the first row reads its header
         for row in rows:
+            kr, cid, sc, _, envelope, revision = row
+            if sc != scope or kr != keyring:
+                keyring, scope = kr, sc
+                context = credential_contexts(kr, sc)
             try:
-                aad = credential_context(row.keyring, row.id, row.scope)
-                blob = encrypt(decrypt(row.envelope, aad), aad)
+                aad = context(cid)
+                blob = encrypt(decrypt(envelope, aad), aad)
             except ROW_ERRORS as exc:
-                failures.append(Failure(row.id, row.key_version, _reason(exc)))
+                failures.append(Failure(cid, row.key_version, _reason(exc)))
                 continue
-            # per envelope (a usage-bound rotation may change it mid-batch); our own fresh
-            # envelope, so the copy-free header read, with the full check only if it fails
-            version = header_version(blob)
-            append((row.id, row.revision, peek_version(blob) if version is None else version, blob))
+            if not blob.startswith(prefix):
+                version = peek_version(blob)
+                prefix = version_prefix(version)
+            append((cid, revision, version, blob))
         return updates, failures
 
     def write(self, tx: StoreTx, updates: list[Update], failures: list[Failure]) -> int:
@@ -245,7 +255,7 @@ class _Pass:
                              credential_id=f.id, outcome="error", reason=f.reason)
         return changed
 
-    def claim(self, tx: StoreTx, version: int, scope: str, start: list[Any]) -> CredentialPage:
+    def claim(self, tx: StoreTx, version: int, scope: str, start: list[Any]) -> ReencryptPage:
         """The next batch after the shared cursor; with row locks where the store has them.
 
         Fetches are serialised so every worker reads from the newest cursor:
@@ -496,7 +506,7 @@ def _reason(exc: NebulaCredentialError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _corrupt_failures(page: CredentialPage) -> list[Failure]:
+def _corrupt_failures(page: ReencryptPage) -> list[Failure]:
     """Rows the store could not decode: reported by id, never rewritten (a person must look)."""
     return [Failure(e.record, e.key_version or 0, _reason(e)) for e in page.corrupt]
 

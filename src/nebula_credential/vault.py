@@ -32,20 +32,22 @@ from .exceptions import (
     InvalidInputError,
     NebulaCredentialError,
 )
-from .holds import Hold, held_versions
 from .keys import WRITABLE, WRITE_ATTEMPTS, KeyManager
-from .legacy import LegacyKeySet, decode_value
-from .lifecycle import MaintainReport
 from .models import Credential, EncryptedCredential, utc_now
 from .names import check_credential_id, check_lookup_id, check_scope_configured
 from .providers import KeyProvider
-from .reencrypt import Progress, ReencryptResult, pending_counts, run_pass
 from .store import Page, Store, StoreTx, redact_url
 
 if TYPE_CHECKING:
+    # For annotations only; the code that runs them imports them where it is used, so a
+    # get or put does not load re-encryption, legacy keys, holds or the lifecycle (issue 27).
     from .audit import Event
+    from .holds import Hold
+    from .legacy import LegacyKeySet
+    from .lifecycle import MaintainReport
     from .models import KeyVersion
     from .mounttables import MountTables
+    from .reencrypt import Progress, ReencryptResult
     from .servertables import AuthTables, ServerTables, ServerTx
     from .store import AuditRow
 
@@ -576,6 +578,8 @@ class Vault:
         token = lookup(credential_id)
         if token is None:
             raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r} nor in the legacy store")
+        from .legacy import decode_value
+
         value = decode_value(keys.decrypt(token))
         with self.store.transaction() as tx:
             count = int(tx.get_meta(f"{LEGACY_FALLBACKS_META}:{kr}") or 0) + 1
@@ -663,6 +667,8 @@ class Vault:
         workers: int | None = None,
     ) -> ReencryptResult:
         """Move every credential to the active key version (one pass; see ``reencrypt.run_pass``)."""
+        from .reencrypt import run_pass
+
         cfg = self.config.reencryption
         return run_pass(
             self.keys,
@@ -688,6 +694,8 @@ class Vault:
         return _registered(_operations.status, "status")(self)
 
     def pending(self) -> tuple[int, int, int]:
+        from .reencrypt import pending_counts
+
         return pending_counts(self.keys)
 
     # ---- named reads and writes for the surfaces (server, console, daemon) ---------
@@ -748,6 +756,8 @@ class Vault:
 
     def held_versions(self, now: datetime) -> Sequence[tuple[KeyVersion, Hold]]:
         """This keyring's versions an unexpired registered backup still needs, with the hold on each."""
+        from .holds import held_versions
+
         return held_versions(self.store, self.keys.keyring, now)
 
     @property

@@ -7,7 +7,6 @@ stderr and exit status 1 (2 for usage errors); tracebacks only with
 
 from __future__ import annotations
 
-import difflib
 import logging
 import sys
 import traceback
@@ -117,6 +116,8 @@ class GlobalOptionsGroup(LazyGroup):
         try:
             return super().resolve_command(ctx, args)
         except click.NoSuchCommand as exc:
+            import difflib  # a mistyped command only: start-up does without it (issue 27)
+
             guesses = self.nested_guesses(ctx, args[0])
             if not guesses or difflib.get_close_matches(args[0], self.list_commands(ctx)):
                 raise  # click's own suggestion (a close top-level name) comes first
@@ -134,6 +135,8 @@ class GlobalOptionsGroup(LazyGroup):
                     nested.setdefault(sub, []).append(f"{group_name} {sub}")
         if name in nested:
             return nested[name]
+        import difflib
+
         close = difflib.get_close_matches(name, list(nested), n=2, cutoff=0.8)
         return [full for sub in close for full in nested[sub]]
 

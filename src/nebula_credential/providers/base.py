@@ -11,7 +11,6 @@ backend implements only the small private hooks (``_wrap``, ``_unwrap``,
 from __future__ import annotations
 
 import logging
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -21,8 +20,8 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .._bridge import sleep
 from .._secret import SecretBytes
+from .._sleep import sleep
 from ..envelope import dek_context
 from ..exceptions import (
     NebulaCredentialError,
@@ -82,6 +81,8 @@ class RetryPolicy:
     max_delay: float = 1.0
 
     def delays(self) -> list[float]:
+        import random  # here: only a failed call needs it (start-up skips its import, issue 27)
+
         out = []
         for i in range(self.attempts - 1):
             d = min(self.max_delay, self.base_delay * (2**i))
@@ -184,7 +185,7 @@ class KeyProvider(ABC):
     # ---- template ----------------------------------------------------
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         self.calls[op] = self.calls.get(op, 0) + 1
-        delays = self.retry.delays()
+        delays: list[float] | None = None  # drawn at the first failure: most calls never need them
         start = time.perf_counter()
         ok = False
         try:
@@ -194,6 +195,8 @@ class KeyProvider(ABC):
                     ok = True
                     return result
                 except TransientProviderError as exc:
+                    if delays is None:
+                        delays = self.retry.delays()
                     attempt = self.retry.attempts - len(delays)
                     if not delays:
                         raise ProviderUnavailableError(

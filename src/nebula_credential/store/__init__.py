@@ -16,7 +16,17 @@ from pathlib import Path
 from ..exceptions import ConfigError
 from ._schema import SCHEMA_VERSION
 from .base import Store, redact_url
-from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, TokenRow, VersionRow
+from .records import (
+    AuditRow,
+    BackupRecord,
+    CredentialPage,
+    MountRow,
+    Page,
+    ReencryptPage,
+    ReencryptRow,
+    TokenRow,
+    VersionRow,
+)
 from .sqlite import SqliteStore, path_from_url, read_file
 from .tx import (
     MOUNTS_GENERATION_META,
@@ -78,6 +88,8 @@ __all__ = [
     "MountsTx",
     "OperationsTx",
     "Page",
+    "ReencryptPage",
+    "ReencryptRow",
     "ServerTx",
     "Store",
     "StoreTx",

@@ -25,12 +25,13 @@ from ._rows import (
     corrupt_credential,
     decode_credential,
     decode_page,
+    decode_reencrypt_page,
     header_version,
     kind_of,
     row_name,
 )
 from ._sql_base import SqlBase, to_json, where_clause
-from .records import CredentialPage, Page
+from .records import CredentialPage, Page, ReencryptPage
 from .tx import CredentialsTx
 
 #: SQL substring arguments of the header's key version: 1-based start, length.
@@ -258,13 +259,13 @@ class CredentialsSql(SqlBase, CredentialsTx):
         *,
         skip_locked: bool = False,
         skip_corrupt: bool = False,
-    ) -> CredentialPage:
+    ) -> ReencryptPage:
         rows = self._exec(
             f"SELECT {CRED_COLS} FROM credentials WHERE keyring = ? AND key_version = ? "
             "AND scope = ? AND id > ? ORDER BY id LIMIT ?" + self._lock_suffix(skip_locked),
             (keyring, key_version, scope, after_id or "", limit),
         ).fetchall()
-        return decode_page(rows, skip_corrupt)
+        return decode_reencrypt_page(rows, skip_corrupt)
 
     def count_pending_by_scope(self, keyring: str, active_version: int) -> dict[str, int]:
         rows = self._exec(

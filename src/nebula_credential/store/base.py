@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .._bridge import sleep
+from .._sleep import sleep
 from ..exceptions import (
     CommitOutcomeUnknownError,
     CorruptRecordError,
@@ -133,7 +133,7 @@ class Store(ABC):
         After the bounded attempts a
         :class:`StoreUnavailableError` names the store (password redacted).
         """
-        delays = self.retry.delays()
+        delays: list[float] | None = None  # drawn at the first failure: most transactions never need them
         while True:
             try:
                 with self.transaction(write=write) as tx:
@@ -144,6 +144,8 @@ class Store(ABC):
                 )
                 if not retryable:
                     raise
+                if delays is None:
+                    delays = self.retry.delays()
                 if not delays:
                     raise StoreUnavailableError(
                         f"store {redact_url(self.url)} unavailable after "

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._bridge import sleep
 from .._extras import extra
+from .._sleep import sleep
 from ..envelope import KEY_VERSION_END
 from ..exceptions import (
     CommitOutcomeUnknownError,

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
+from ..envelope import header_version
 from ..exceptions import CorruptRecordError
 from ..models import EncryptedCredential
 
 T = TypeVar("T")
+
+#: The largest key version a ``key_versions`` row holds (a 32-bit signed INTEGER column).
+MAX_STORED_KEY_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,37 @@ class CredentialPage(Page[EncryptedCredential]):
     carries on.  ``fetched`` counts the rows read (corrupt ones included)
     and ``last_id`` is the keyset cursor for the next page.
     """
+
+
+class ReencryptRow(NamedTuple):
+    """What re-encryption keeps of a credential: the AAD's fields, the envelope, the CAS revision.
+
+    A named tuple, not an :class:`EncryptedCredential`: a pass builds one per
+    row it moves, and the full record (frozen dataclass, two ``datetime``
+    objects, parsed metadata) cost about as much per row as the database
+    work itself (issue 27, target 5).  The row is still judged in full
+    (:func:`~nebula_credential.store._rows.decode_reencrypt_page`).  ``column_version`` is the
+    ``key_version`` column the scan selected on; :attr:`key_version`, the
+    version the envelope's header names (what decryption goes by), is read
+    only when asked: a pass asks for it of a row that fails.
+    """
+
+    keyring: str
+    id: str
+    scope: str
+    column_version: int
+    envelope: bytes
+    revision: int
+
+    @property
+    def key_version(self) -> int:
+        """The version the header names, as :class:`EncryptedCredential` has it; else the column's."""
+        named = header_version(self.envelope)
+        return self.column_version if named is None or named > MAX_STORED_KEY_VERSION else named
+
+
+class ReencryptPage(Page[ReencryptRow]):
+    """One page of :class:`ReencryptRow`; ``corrupt``, ``fetched``, ``last_id`` as in :class:`CredentialPage`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ..models import EncryptedCredential, KeyStatus, KeyVersion
-from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, TokenRow, VersionRow
+from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, ReencryptPage, TokenRow, VersionRow
 
 
 class MetaTx(ABC):
@@ -250,10 +250,12 @@ class CredentialsTx(ABC):
         *,
         skip_locked: bool = False,
         skip_corrupt: bool = False,
-    ) -> CredentialPage:
-        """A page of credentials under ``key_version`` in ``scope``, ordered by id.
+    ) -> ReencryptPage:
+        """A page of credentials under ``key_version`` in ``scope``, ordered by id, as re-encryption reads them.
 
-        With ``skip_locked`` (where supported) the rows are locked for this
+        Narrow rows (:class:`~.records.ReencryptRow`: the AAD's fields, envelope,
+        revision), judged corrupt exactly as :meth:`get_credential` judges a
+        row, without building the full record.  With ``skip_locked`` (where supported) the rows are locked for this
         transaction and rows locked by another worker are skipped;
         ``skip_corrupt`` as for :meth:`list_credentials`.
         """
