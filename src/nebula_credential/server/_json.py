@@ -32,7 +32,7 @@ from typing import Any
 try:
     import orjson
 except ImportError:  # pragma: no cover - the server extra installs it
-    orjson = None
+    orjson = None  # type: ignore[assignment]
 
 from starlette.responses import JSONResponse
 
