@@ -116,3 +116,57 @@ def test_writers_of_two_stores_on_one_file_queue_without_losing_a_write(tmp_path
     finally:
         a.close()
         b.close()
+
+
+def test_writer_free_only_when_no_writer_holds_the_queue(sq: nc.Vault) -> None:
+    store = sq.store
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.transaction():
+            entered.set()
+            leave.wait(10)
+
+    with store.writer_free() as free:  # nobody writes: held at once, and a write in it begins at once
+        assert free
+        sq.put("x", 1)
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert entered.wait(10)
+        with store.writer_free() as free:
+            assert not free  # never waits for the other writer
+    finally:
+        leave.set()
+        t.join()
+    with store.writer_free() as free:
+        assert free
+
+
+def test_backend_write_short_runs_on_the_loop_or_queues_behind_a_writer(sq: nc.Vault) -> None:
+    backend: Backend = create_app(sq).state.backend
+    entered, leave = threading.Event(), threading.Event()
+
+    def where() -> int:
+        sq.put_version("p", {"at": threading.get_ident()})
+        return threading.get_ident()
+
+    def hold() -> None:
+        with sq.store.transaction():
+            entered.set()
+            leave.wait(10)
+
+    async def main() -> tuple[int, int, int]:
+        here = threading.get_ident()
+        free = await backend.write_short(where)
+        t = threading.Thread(target=hold)
+        t.start()
+        assert entered.wait(10)
+        asyncio.get_running_loop().call_later(0.2, leave.set)
+        busy = await backend.write_short(where)  # the queue is held: a worker waits for it, not the loop
+        t.join()
+        return here, free, busy
+
+    here, free, busy = asyncio.run(main())
+    assert free == here and busy != here
+    assert sq.versions("p").current_version == 2

@@ -289,7 +289,7 @@ class KVEngine:
         scope = settings.custom_metadata.get("scope") or (row.scope if row is not None else DEFAULT_SCOPE)
         try:
             async with self._path_lock(cid):
-                version = await ctx.backend.write(vault.put_version, cid, value, scope=scope, cas=cas)
+                version = await ctx.backend.write_short(vault.put_version, cid, value, scope=scope, cas=cas)
         except CheckAndSetError:
             raise bad_request(CAS_MISMATCH) from None
         except CheckAndSetRequiredError:

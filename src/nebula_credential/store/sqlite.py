@@ -128,6 +128,32 @@ class _WriterQueue:
                     fcntl.flock(self.fd, fcntl.LOCK_UN)
             self.threads.release()
 
+    @contextmanager
+    def taken_now(self) -> Iterator[bool]:
+        """Hold the queue if nobody does (never waits): True; False if a writer holds or waits for it."""
+        if not self.threads.acquire(blocking=False):
+            yield False
+            return
+        try:
+            if self.depth == 0:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    yield False
+                    return
+                self.flocked = True
+            self.depth += 1
+            try:
+                yield True
+            finally:
+                self.depth -= 1
+                if self.depth == 0 and self.flocked:
+                    self.flocked = False
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self.threads.release()
+
     def _flock(self, deadline: float) -> bool:
         while True:
             try:
@@ -280,6 +306,17 @@ class SqliteStore(Store):
             queue = _WriterQueue.of(self._real_path) if write and not self._memory else None
             with queue.held(self._busy_timeout) if queue is not None else _NULL:
                 yield from self._transaction(conn, write)
+
+    @contextmanager
+    def writer_free(self) -> Iterator[bool]:
+        """Hold this file's writer queue if no writer of this process or, through the queue, of another
+        holds it (never waits): True, and the caller's write begins at once; False otherwise."""
+        queue = None if self._memory else _WriterQueue.of(self._real_path)
+        if queue is None:
+            yield False
+            return
+        with queue.taken_now() as free:
+            yield free
 
     def _transaction(self, conn: sqlite3.Connection, write: bool) -> Iterator[StoreTx]:
         """One transaction on this thread's connection, rolled back on any error."""
