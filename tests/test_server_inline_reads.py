@@ -170,3 +170,17 @@ def test_backend_write_short_runs_on_the_loop_or_queues_behind_a_writer(sq: nc.V
     here, free, busy = asyncio.run(main())
     assert free == here and busy != here
     assert sq.versions("p").current_version == 2
+
+
+def test_bodies_parse_the_same_by_the_fast_path() -> None:
+    """orjson turns an integer past 64 bits into a float: such a body is parsed again by json."""
+    from nebula_credential.server import _json
+    from nebula_credential.server.errors import HTTPError
+
+    big = 123456789012345678901234567890
+    assert _json.loads(b'{"data": {"n": %d}}' % big) == {"data": {"n": big}}
+    assert _json.loads(b'{"data": {"n": 18446744073709551615, "f": 1.5e300}}') == {
+        "data": {"n": 18446744073709551615, "f": 1.5e300}}
+    deep_and_out_of_range = b'{"options": {"cas": 99999999999999999999}, "x": ' + b"[" * 600 + b"]" * 600 + b"}"
+    with pytest.raises(HTTPError, match="nested deeper than 512"):  # the original path's first refusal
+        _json.loads(deep_and_out_of_range)

@@ -18,15 +18,15 @@ body is parsed by ``orjson`` first when it is installed, and the depth is
 measured on the parsed value in the walk that checks the numbers anyway.
 orjson would turn an integer of more than 64 bits into a float and refuses
 what ``json`` takes and we then name (``NaN``, ``1e999``, lone surrogates):
-a body with a run of 19 or more digits, or one orjson refuses, takes the
-original path, so every answer is the same as before, only sooner.
+a body where the walk finds a float of 2**64 or more (what such an integer
+becomes; every smaller integer stays one), or one orjson refuses, is parsed
+again the original way, so every answer is the same as before, only sooner.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 try:
@@ -83,8 +83,12 @@ def _field(path: list[str]) -> str:
     return ".".join(path) or "(body)"
 
 
-#: A digit run orjson may not keep exact (more than 64 bits): such a body is parsed by ``json``.
-_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
+#: orjson keeps integers below 2**64 and turns bigger ones into floats: a float this big may have been one.
+_MAYBE_BIG_INT = float(2**64)
+
+
+class _ParsedAgain(Exception):
+    """The orjson parse may have changed a number: parse with ``json``."""
 _TOO_DEEP = f"failed to parse JSON input: nested deeper than {MAX_DEPTH} levels"
 
 
@@ -106,6 +110,8 @@ def _check_numbers(body: Any, *, check_depth: bool = False) -> None:
             stack.extend((item, [*path, str(i)], payload) for i, item in enumerate(value))
         elif isinstance(value, float) and not math.isfinite(value):
             raise HTTPError(400, f"{_field(path)}: NaN and Infinity are not valid JSON numbers")
+        elif check_depth and isinstance(value, float) and abs(value) >= _MAYBE_BIG_INT:
+            raise _ParsedAgain()
         elif isinstance(value, int) and not isinstance(value, bool) and not payload and abs(value) > INT_BOUND:
             raise HTTPError(400, f"{_field(path)}: number out of range (at most {INT_BOUND})")
 
@@ -113,14 +119,13 @@ def _check_numbers(body: Any, *, check_depth: bool = False) -> None:
 def loads(raw: bytes | str) -> Any:
     """Parse a request body within the bounds above; any refusal is a 400 naming the problem."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if orjson is not None and _LONG_DIGITS.search(data) is None:
+    if orjson is not None:
         try:
             parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass  # the original path gives the original answer (or parses what orjson refuses)
-        else:
             _check_numbers(parsed, check_depth=True)
             return parsed
+        except (orjson.JSONDecodeError, _ParsedAgain, HTTPError):
+            pass  # the original path gives the original answer (its refusal first, or what orjson refuses)
     if nesting_depth(data) > MAX_DEPTH:
         raise HTTPError(400, _TOO_DEEP)
     try:
