@@ -22,9 +22,7 @@ from ..aio import AsyncVault
 from ..audit import Event
 from ..config import KeyManagementConfig
 from ..models import Credential, EncryptedCredential
-from ..providers.local import LocalKeyProvider
 from ..servertables import TokenRow
-from ..store.sqlite import SqliteStore, WriteNeedsWorker, reads_only
 from ..vault import Vault
 from .acl import AccessControl, access_control_for
 from .policies import ACL
@@ -64,9 +62,7 @@ class Backend:
         # A read on SQLite with a local key costs less than the hop to a thread (the hop was ~20 % of a KV
         # read's CPU): run it on the loop.  A remote provider (a KMS call on a DEK cache miss) and per-read
         # credential audit events (a write each) keep the thread; see :meth:`read`.
-        store = vault.store
-        self.inline_reads = (isinstance(store, SqliteStore) and store.path != ":memory:"
-                             and isinstance(vault.provider, LocalKeyProvider)
+        self.inline_reads = (vault.store.reads_without_waiting and vault.provider.name == "local"
                              and not vault.config.audit.credentials)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -80,11 +76,9 @@ class Backend:
         counted block and then not used is never handed out again.
         """
         if self.inline_reads:
-            try:
-                with reads_only():
-                    return fn(*args, **kwargs)
-            except WriteNeedsWorker:
-                pass
+            done, result = self.vault.store.read_here(fn, *args, **kwargs)
+            if done:
+                return cast(T, result)
         return await self.run(fn, *args, **kwargs)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -103,10 +97,8 @@ class Backend:
         """:meth:`write` for a short write (a KV version, a batch of audit events): on the loop when
         :attr:`inline_reads` and no other writer of the file holds or waits for the writer queue, so its
         ``BEGIN IMMEDIATE`` starts at once (the loop never waits for a lock); else as :meth:`write`."""
-        store = self.vault.store
-        if (self.inline_reads and isinstance(store, SqliteStore) and self._write_gate is not None
-                and not self._write_gate.locked()):
-            with store.writer_free() as free:
+        if self.inline_reads and self._write_gate is not None and not self._write_gate.locked():
+            with self.vault.store.writer_free() as free:
                 if free:
                     return fn(*args, **kwargs)
         return await self.write(fn, *args, **kwargs)

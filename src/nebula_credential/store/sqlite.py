@@ -15,9 +15,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..exceptions import ConcurrencyError, NebulaCredentialError, StoreError, StoreUnavailableError
 from ._schema import all_migrations
@@ -25,6 +26,7 @@ from ._sql import SqlTx
 from .base import Store
 from .tx import StoreTx
 
+T = TypeVar("T")
 MIGRATIONS = all_migrations("BLOB", "REAL")
 
 
@@ -306,6 +308,19 @@ class SqliteStore(Store):
             queue = _WriterQueue.of(self._real_path) if write and not self._memory else None
             with queue.held(self._busy_timeout) if queue is not None else _NULL:
                 yield from self._transaction(conn, write)
+
+    @property
+    def reads_without_waiting(self) -> bool:  # type: ignore[override]
+        return not self._memory  # WAL: a reader never waits for a writer; :memory: shares one locked connection
+
+    def read_here(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[bool, T | None]:
+        if self._memory:
+            return False, None
+        try:
+            with reads_only():
+                return True, fn(*args, **kwargs)
+        except WriteNeedsWorker:
+            return False, None
 
     @contextmanager
     def writer_free(self) -> Iterator[bool]:
