@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large", action="store_true", help="also 100k vs 1M: time and peak memory")
     ap.add_argument("--aio", action="store_true", help="also the asyncio API: PostgreSQL get, SQLite options")
     ap.add_argument("--server", action="store_true",
-                    help="also the HTTP server beside OpenBao (KV v2 and Transit, wrk at 32 connections)")
+                    help="also the HTTP server beside OpenBao, alternated, and the framework floor (server_perf.py)")
+    ap.add_argument("--server-seconds", type=int, default=5, help="wrk seconds per server run")
+    ap.add_argument("--server-rounds", type=int, default=2, help="alternated rounds per server case")
     ap.add_argument("--startup-runs", type=int, default=15, help="runs of each command for CLI start-up")
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where the page and PNG go")
     args = ap.parse_args(argv)
@@ -66,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
                    f"{aio_get.report()}\n\n### SQLite options\n\n{aio_sqlite.report()}\n")
         page.write_text(page.read_text() + section)
     if args.server:
-        from . import server_kv, server_transit
+        from . import server_perf, server_profile
 
-        say("HTTP server beside OpenBao: KV v2, then Transit (docs/server.md, docs/transit.md explain them)")
-        section = ("\n## HTTP server beside OpenBao\n\nwrk, 32 connections, 10 s per case, 256-byte values; "
-                   "both servers on this machine in this run.\n\n### KV v2\n\n"
-                   f"{server_kv.table(server_kv.run())}\n\n### Transit\n\n"
-                   f"{server_transit.table(server_transit.run())}\n")
+        say("HTTP server beside OpenBao (SQLite vs dev, PostgreSQL vs its postgresql backend) and the floor")
+        rows = server_perf.run(args.server_seconds, args.server_rounds, say=say)
+        say("where one request's CPU goes (one worker, py-spy)")
+        profiles = server_profile.run(["KV v2 read", "KV v2 write, one", "Transit encrypt", "Transit decrypt"],
+                                      seconds=args.server_seconds)
+        section = (server_perf.section(rows, args.server_seconds, args.server_rounds)
+                   + "\n### Where one request's CPU goes\n\n`benchmarks/server_profile.py`: one worker, "
+                   "CPU per request from /proc, split by py-spy samples (GIL held) into stages; "
+                   "µs (share).\n\n" + server_profile.table(profiles) + "\n")
         page.write_text(page.read_text() + section)
     say(f"wrote {page}")
     return 0

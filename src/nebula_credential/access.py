@@ -74,13 +74,15 @@ class AccessCounter:
             with self.store.transaction() as tx:
                 for (keyring, version, bucket), (accesses, failures) in taken.items():
                     tx.add_key_access(keyring, version, bucket, accesses, failures)
-        except (NebulaCredentialError, NotImplementedError) as exc:
+        except BaseException as exc:  # whatever stopped the write, the counts stay for the next flush
             with self._lock:
                 for key, (accesses, failures) in taken.items():
                     entry = self._counts.setdefault(key, [0, 0])
                     entry[0] += accesses
                     entry[1] += failures
                     self._pending += accesses
+            if not isinstance(exc, NebulaCredentialError | NotImplementedError):
+                raise  # e.g. a cancellation, or a read on the server's loop that must not write
             if not self._warned:
                 self._warned = True
                 log.warning("key access counters not saved (%s); kept in memory for the next flush",

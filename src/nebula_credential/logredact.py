@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -44,9 +44,14 @@ def replace_value(text: str, secret: str) -> str:
     """``text`` with ``secret`` replaced wherever it appears, as sent or percent-encoded."""
     if len(secret) < MIN_VALUE_CHARS:
         return text
-    from urllib.parse import quote  # here: only the server's logging needs it, not start-up (issue 27)
+    # a percent-encoded form needs a '%' in the text: without one, skip the two quote() calls (every request
+    # redacts its path by the token it presented)
+    forms: Iterable[str] = (secret,)
+    if "%" in text:
+        from urllib.parse import quote  # here: only the server's logging needs it, not start-up (issue 27)
 
-    for form in {secret, quote(secret, safe=""), quote(secret)}:
+        forms = {secret, quote(secret, safe=""), quote(secret)}
+    for form in forms:
         if form in text:
             text = text.replace(form, REDACTED)
     return text

@@ -271,7 +271,7 @@ class KVEngine:
             raise bad_request(f"Field validation failed: error converting input for field \"version\": "
                               f"'{raw}' cannot parse value as 'int'") from None
         try:
-            found, record = await ctx.backend.run(self._vault(ctx).read_version, cid, wanted or None)
+            found, record = await ctx.backend.read(self._vault(ctx).read_version, cid, wanted or None)
         except CredentialNotFoundError:
             raise HTTPError(404) from None
         version = found.get(wanted or found.current_version)
@@ -289,7 +289,7 @@ class KVEngine:
         scope = settings.custom_metadata.get("scope") or (row.scope if row is not None else DEFAULT_SCOPE)
         try:
             async with self._path_lock(cid):
-                version = await ctx.backend.write(vault.put_version, cid, value, scope=scope, cas=cas)
+                version = await ctx.backend.write_short(vault.put_version, cid, value, scope=scope, cas=cas)
         except CheckAndSetError:
             raise bad_request(CAS_MISMATCH) from None
         except CheckAndSetRequiredError:
@@ -308,7 +308,7 @@ class KVEngine:
         if cas is not None and cas != found.current_version:
             raise bad_request(CAS_MISMATCH)
         try:
-            _, record = await ctx.backend.run(self._vault(ctx).read_version, cid, found.current_version)
+            _, record = await ctx.backend.read(self._vault(ctx).read_version, cid, found.current_version)
         except CredentialNotFoundError:
             raise HTTPError(404) from None
         if record is None:

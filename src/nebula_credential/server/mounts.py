@@ -283,6 +283,7 @@ class MountTable:
         self.checked_at = 0.0
         self._by_route: dict[str, MountEntry] = {}
         self._routers: dict[tuple[str, str, str], Mount] = {}
+        self._last: dict[str, tuple[MountEntry, Mount]] = {}
         self._lock = asyncio.Lock()
         self._install([])
 
@@ -292,6 +293,7 @@ class MountTable:
         self._by_route = by_route
         live = {_router_key(e) for e in by_route.values()}
         self._routers = {k: v for k, v in self._routers.items() if k in live}
+        self._last = {r: v for r, v in self._last.items() if by_route.get(r) is v[0]}
 
     def load(self, rows: list[MountRow]) -> None:
         """Route exactly ``rows`` (verified stored mounts) beside the built-in ones."""
@@ -329,7 +331,10 @@ class MountTable:
         return next((e for r, e in self._by_route.items() if r.startswith(route + "/")), None)
 
     def router(self, entry: MountEntry) -> Mount | None:
-        key = _router_key(entry)
+        last = self._last.get(entry.route)
+        if last is not None and last[0] is entry:  # the same entry object: its key cannot have changed
+            return last[1]
+        key = _router_key(entry)  # a JSON dump of the mount's options: not once per request
         router = self._routers.get(key)
         if router is None:
             registry = AUTH_METHODS if entry.kind == "auth" else SECRET_ENGINES
@@ -338,6 +343,7 @@ class MountTable:
                 return None
             router = Mount("/" + entry.route, routes=engine.factory(entry))
             self._routers[key] = router
+        self._last[entry.route] = (entry, router)
         return router
 
     async def refresh(self, backend: Backend, *, force: bool = False, miss: bool = False) -> None:

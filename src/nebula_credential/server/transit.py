@@ -100,11 +100,14 @@ class TransitEngine:
 
     # ---- plumbing ---------------------------------------------------------------------
     async def _call(self, ctx: Ctx, fn: Callable[..., Any], *args: Any, key_path: bool = False,
-                    missing: HTTPError | None = None, write: bool = False, **kw: Any) -> Any:
-        """Run one facade call off the event loop (key changes through the backend's write queue)."""
+                    missing: HTTPError | None = None, write: bool = False, read: bool = False, **kw: Any) -> Any:
+        """Run one facade call off the event loop (key changes through the backend's write queue;
+        ``read``: a call that only reads, which the backend may run on the loop, see ``Backend.read``)."""
         try:
             if write:
                 return await ctx.backend.write(fn, *args, **kw)
+            if read:
+                return await ctx.backend.read(fn, *args, **kw)
             return await ctx.backend.run(fn, *args, **kw)
         except TransitKeyNotFoundError:
             if missing is not None:
@@ -203,14 +206,14 @@ class TransitEngine:
             raise PermissionDenied()  # create alone does not allow using an existing key
         body = await read_json(request)
         handled = await self._call(ctx, requests.handle_encrypt, transit, name, body, create=can_create,
-                                   missing=PermissionDenied())
+                                   missing=PermissionDenied(), read=True)  # a first use or a counter block: a worker
         return self._batch_reply(ctx, name, body, handled)
 
     async def decrypt(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
         body = await read_json(request)
         name = self._name(request)
-        handled = await self._call(ctx, requests.handle_decrypt, self.transit(ctx), name, body)
+        handled = await self._call(ctx, requests.handle_decrypt, self.transit(ctx), name, body, read=True)
         return self._batch_reply(ctx, name, body, handled)
 
     async def rewrap(self, request: Request, ctx: Ctx) -> Response:

@@ -12,7 +12,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,6 +97,21 @@ class Store(ABC):
 
     def read(self) -> AbstractContextManager[StoreTx]:
         return self.transaction(write=False)
+
+    #: Whether :meth:`read_here` may answer: a read never waits for a lock (SQLite's WAL file).
+    reads_without_waiting = False
+
+    def read_here(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[bool, T | None]:
+        """Run ``fn`` on this thread if it only reads: ``(True, result)``; ``(False, None)`` when this
+        store cannot, or ``fn`` asked for a write (refused before it began: nothing written), and the
+        caller runs it again where it may wait (the server: on a worker thread, not its event loop)."""
+        return False, None
+
+    @contextmanager
+    def writer_free(self) -> Iterator[bool]:
+        """True, holding this store's writer queue, if no writer holds or waits for it (never waits);
+        False if there is none or it is busy."""
+        yield False
 
     def read_one(self, fn: Callable[[StoreTx], T]) -> T:
         """Run ``fn``, a read that sends exactly ONE statement, in the cheapest consistent way.
