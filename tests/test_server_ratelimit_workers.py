@@ -1,0 +1,80 @@
+"""The budget of unauthenticated and denied requests holds across the workers of one ``serve``.
+
+Before: each granian worker kept its own token bucket per source address,
+so with ``--workers 2`` a client flooding from one address got twice the
+configured burst and rate (its connections land on whichever worker
+accepts them first).  Now the buckets live in a small table all workers of
+one ``serve`` map; the number of answers other than 429 to a flood from one
+address stays within ``burst + rate x seconds`` (+1 for the token being
+refilled when the flood starts).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import cli_env
+from .server_proc import Server, serve
+
+RATE = 5.0
+BURST = 40
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: Any) -> Iterator[Server]:
+    folder: Path = tmp_path_factory.mktemp("ratelimit-workers")
+    config = folder / "nebula.toml"
+    config.write_text(f"[server]\nunauthenticated_rate = {RATE}\nunauthenticated_burst = {BURST}\n")
+    env = cli_env(NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(folder / "master.key"),
+                  NEBULA_CREDENTIAL_CONFIG=str(config))
+    with serve(folder, f"sqlite:///{folder / 'store.db'}", "--workers", "2", env=env) as server:
+        server.root = server.token("root")
+        yield server
+
+
+def _get(server: Server, path: str, token: str) -> int:
+    """One GET on a connection of its own (so the flood's connections spread over the workers): its status."""
+    host, port = server.url.split("//")[1].rsplit(":", 1)
+    auth = f"X-Vault-Token: {token}\r\n" if token else ""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n".encode())
+        head = sock.recv(64)
+    return int(head.split(b" ", 2)[1])
+
+
+def _flood(server: Server, seconds: float, path: str, token: str = "") -> tuple[int, int, float]:
+    """(answers other than 429, 429s, elapsed) from 8 threads for ``seconds``."""
+    deadline = time.monotonic() + seconds
+
+    def one_thread(_: int) -> tuple[int, int]:
+        allowed = refused = 0
+        while time.monotonic() < deadline:
+            if _get(server, path, token) == 429:
+                refused += 1
+            else:
+                allowed += 1
+        return allowed, refused
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one_thread, range(8)))
+    elapsed = time.monotonic() - started
+    return sum(r[0] for r in results), sum(r[1] for r in results), elapsed
+
+
+def _bound(elapsed: float) -> float:
+    return BURST + RATE * elapsed + 1
+
+
+def test_a_flood_without_a_token_gets_one_budget_across_two_workers(two_workers: Server) -> None:
+    allowed, refused, elapsed = _flood(two_workers, 3.0, "/v1/x/" + "a" * 2000)
+    assert refused > 0, ("the flood never reached the budget", allowed, elapsed)
+    assert allowed <= _bound(elapsed), (allowed, refused, elapsed)
+    time.sleep(BURST / RATE + 0.5)  # refilled for the next test
