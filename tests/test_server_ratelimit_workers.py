@@ -12,6 +12,7 @@ refilled when the flood starts).
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -78,3 +79,27 @@ def test_a_flood_without_a_token_gets_one_budget_across_two_workers(two_workers:
     assert refused > 0, ("the flood never reached the budget", allowed, elapsed)
     assert allowed <= _bound(elapsed), (allowed, refused, elapsed)
     time.sleep(BURST / RATE + 0.5)  # refilled for the next test
+
+
+def test_the_refusals_are_counted_for_the_whole_serve(two_workers: Server) -> None:
+    """Any worker's /metrics gives the serve's count of 429s, from a fixed set of reasons."""
+    before = _refused_metric(two_workers)
+    _, refused, _ = _flood(two_workers, 1.5, "/v1/nothing/here")
+    assert refused > 0
+    time.sleep(2 / RATE)  # /metrics is not an open path: it waits for a token like the flood
+    counts = [_refused_metric(two_workers) for _ in range(6)]  # new connections: both workers answer some
+    assert all(c["unauthenticated_or_denied"] - before["unauthenticated_or_denied"] >= refused for c in counts)
+    assert set(counts[0]) == {"unauthenticated_or_denied", "login_source", "login_user", "console_login"}
+    time.sleep(BURST / RATE + 0.5)
+
+
+def _refused_metric(server: Server) -> dict[str, float]:
+    host, port = server.url.split("//")[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        body = b""
+        while chunk := sock.recv(65536):
+            body += chunk
+    found = re.findall(r'^nebula_credential_http_rate_limited_total\{reason="(\w+)"\} (\S+)$',
+                       body.decode(), re.MULTILINE)
+    return {reason: float(value) for reason, value in found}
