@@ -111,7 +111,7 @@ def app_from_env() -> Any:
     from ._httpmetrics import HttpMetricsMiddleware
     from .app import create_app, ops_routes
     from .compose import console_app, console_routes
-    from .ratelimit import RefusalCollector
+    from .ratelimit import REFUSAL_DELAY, RefusalCollector
 
     logredact.install()  # a worker process does not inherit the parent's filters
     config_path = os.environ.get(ENV_CONFIG)
@@ -134,6 +134,7 @@ def app_from_env() -> Any:
             app.state.http_metrics = register_server_metrics(exporter)
             app.state.login_metric = register_login_metric(exporter)
             exporter.registry.register(RefusalCollector())  # 429s of the whole serve
+            app.state.refusal_delay = REFUSAL_DELAY  # a flood past its budget waits for its 429s
             app.state.ops = {"/metrics": exporter.route, "/healthz": _healthz}
             if flags.get("maintain"):
                 from ..daemon import Daemon
