@@ -55,7 +55,7 @@ def test_processes_racing_for_one_bucket_get_its_burst_together(table_file: str)
     """Four processes take as fast as they can: together they get the burst, not four times it."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    procs = [context.Process(target=_drain, args=(table_file, "192.0.2.7", 400, out)) for _ in range(4)]
+    procs = [context.Process(target=_drain, args=(table_file, "192.0.2.7", 5_000, out)) for _ in range(4)]
     for proc in procs:
         proc.start()
     got = [out.get(timeout=60) for _ in procs]
@@ -118,3 +118,28 @@ def test_refusals_and_the_floor_check_are_the_serves(monkeypatch: pytest.MonkeyP
         ratelimit._shared.close()  # type: ignore[union-attr]
         monkeypatch.setattr(ratelimit, "_shared", None)
     assert not Path(path).exists() and ENV_TABLE not in os.environ
+
+
+def _drain_inherited(source: str, tries: int, out: Any) -> None:
+    buckets = SourceBuckets(0.001, 50)  # the table named by the environment, as a worker opens it
+    out.put(sum(buckets.take(source) for _ in range(tries)))
+
+
+def test_a_forked_worker_opens_the_table_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock is per open file: a worker forked after its parent opened the table must not reuse
+    the parent's descriptor, or the workers' locks would not exclude each other."""
+    monkeypatch.setattr(ratelimit, "_shared", None)
+    with serve_table():
+        parent = ratelimit.shared_table()
+        assert parent is not None
+        context = multiprocessing.get_context("fork")
+        out = context.Queue()
+        procs = [context.Process(target=_drain_inherited, args=("203.0.113.9", 20_000, out)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        got = [out.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        assert sum(got) == 50, got
+        parent.close()
+        monkeypatch.setattr(ratelimit, "_shared", None)

@@ -233,20 +233,21 @@ class SharedTable:
 
 
 _shared: SharedTable | None = None
+_shared_pid = 0  # the process that opened it: a forked worker opens its own (flock is per open file)
 _shared_lock = threading.Lock()
 _local_counts = LocalTable()  # the refusal counters of a process with no shared table
 
 
 def shared_table() -> SharedTable | None:
     """This worker's view of its serve's table (opened once), or None outside ``serve``."""
-    global _shared
+    global _shared, _shared_pid
     path = os.environ.get(ENV_TABLE)
     if not path:
         return None
     with _shared_lock:
-        if _shared is None:
+        if _shared is None or _shared_pid != os.getpid():
             try:
-                _shared = SharedTable(path)
+                _shared, _shared_pid = SharedTable(path), os.getpid()
             except (OSError, ValueError) as exc:
                 logger.warning("cannot open the shared rate-limit table %s (%s): this worker keeps its own, "
                                "so the budget of unauthenticated requests is per worker", path, exc)
