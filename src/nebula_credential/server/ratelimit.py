@@ -409,8 +409,10 @@ class Guards:
                    FreeSpaceFloor(directory, floor_bytes, floor_share), server.audit_path_chars)
 
 
-#: Paths served without a token (probes); never refused by the early check.
-OPEN_PATHS = frozenset({"/v1/sys/health", "/v1/sys/internal/specs/openapi"})
+#: Paths served without a token and never audited (probes, the scrape); never refused by the early
+#: check, which only moves forward the 429 of a request that would spend: a flood from a load
+#: balancer's or a scraper's address (a proxy in front) must not take the server out of rotation.
+OPEN_PATHS = frozenset({"/v1/sys/health", "/v1/sys/internal/specs/openapi", "/healthz", "/metrics"})
 
 
 class SourceBudgetMiddleware:
