@@ -46,6 +46,7 @@ SECRET_PATH = "/v1/secret/data/flood/read"
 class Flood:
     seconds: float
     connections: int
+    workers: int
     path_chars: int
     flood_requests: int
     refused_429: int
@@ -115,12 +116,12 @@ def _reads(host: str, port: int, token: str, seconds: float) -> tuple[float, int
     return ok / (time.monotonic() - started), bad
 
 
-def run(seconds: float = 10.0, connections: int = 16, path_chars: int = 65_000) -> Flood:
+def run(seconds: float = 10.0, connections: int = 16, path_chars: int = 65_000, workers: int = 1) -> Flood:
     info = machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         db = folder / "store.db"
-        with ours(f"sqlite:///{db}", folder) as (url, token):
+        with ours(f"sqlite:///{db}", folder, workers=workers) as (url, token):
             host, port_text = url.split("//")[1].rsplit(":", 1)
             port = int(port_text)
             conn = http.client.HTTPConnection(host, port, timeout=30)
@@ -145,7 +146,7 @@ def run(seconds: float = 10.0, connections: int = 16, path_chars: int = 65_000) 
             refused = _refused(host, port) - refused_before
             _, flood_events, row_bytes = _audit(db, seq)
             added = _store_bytes(db) - bytes_before
-    return Flood(seconds, connections, path_chars, int(total.group(1)) if total else 0, refused, flood_events,
+    return Flood(seconds, connections, workers, path_chars, int(total.group(1)) if total else 0, refused, flood_events,
                  added, row_bytes, round(alone, 1), round(during[0][0], 1), bad_alone + during[0][1],
                  f"{info['CPU']}, {os.cpu_count()} cores, load average {info['load average at start']} at start")
 
@@ -161,7 +162,7 @@ def table(result: Flood) -> str:
         f"| {result.flood_event_bytes / mb:.2f} MB | {result.store_bytes_added / mb:.2f} MB "
         f"| {result.reads_per_s_alone:,.0f} | {result.reads_per_s_during:,.0f} |",
         "",
-        f"Measured by `make flood` on {result.machine}; one worker, SQLite, defaults "
+        f"Measured by `make flood` on {result.machine}; {result.workers} worker(s), SQLite, defaults "
         f"(`unauthenticated_rate` 20, `unauthenticated_burst` 100). The store's bytes include the "
         f"authorised reader's audited reads during the flood; {result.read_errors} reads failed.",
     ])
@@ -180,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.flood", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="alone, then during the flood")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers (the budget is the serve's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--docs", type=Path, help="replace the flood table of this page")
     args = parser.parse_args(argv)
-    result = run(args.seconds, args.connections)
+    result = run(args.seconds, args.connections, workers=args.workers)
     text = json.dumps(asdict(result), indent=2)
     print(text)
     print(table(result), file=sys.stderr)
