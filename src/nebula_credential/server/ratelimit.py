@@ -22,8 +22,9 @@ land on whichever worker accepts first, and a bucket per worker gave a
 flood N times the budget with N workers.  Dividing the rate and burst by N
 would be wrong both ways (a client on one keep-alive connection would get
 1/N of its budget, a flood spread unevenly more than it).  So ``serve``
-creates one small file (:class:`SharedTable`, ~400 KB, in the temporary
-folder, mode 0600) before the workers start, and every worker maps it:
+creates one small file (:class:`SharedTable`, ~400 KB, mode 0600, in
+``/dev/shm`` or else the temporary folder) before the workers start, and
+every worker maps it:
 buckets, the floor's last check and the refusal counters live there, each
 change under a file lock.  A server built in-process (tests, embedding)
 keeps them in the process (:class:`LocalTable`).
@@ -165,7 +166,11 @@ class SharedTable:
     @classmethod
     def create(cls, slots: int = SLOTS) -> str:
         """A new table file (mode 0600) for one ``serve``; the caller removes it when the serve ends."""
-        fd, path = tempfile.mkstemp(prefix="nebula-credential-limits-")
+        # shared memory when the system has it (no disk writes, nothing left in the user's TMPDIR);
+        # mkstemp: a random name, O_EXCL, mode 0600
+        shm = "/dev/shm"  # noqa: S108
+        folder = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+        fd, path = tempfile.mkstemp(prefix="nebula-credential-limits-", dir=folder)
         try:
             os.ftruncate(fd, _HEADER_SIZE + slots * _ROW.size)
             header = _HEADER.pack(_MAGIC, slots, secrets.token_bytes(16), 0.0, 0.0, 0.0, *([0] * len(REASONS)))
