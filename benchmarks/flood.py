@@ -47,6 +47,7 @@ class Flood:
     seconds: float
     connections: int
     workers: int
+    token: str
     path_chars: int
     flood_requests: int
     refused_429: int
@@ -73,12 +74,13 @@ def _store_bytes(db: Path) -> int:
 
 def _audit(db: Path, after_seq: int) -> tuple[int, int, int]:
     """(last seq, the flood's events after ``after_seq``, their bytes: columns + 64 a row), read-only.
-    The flood's are the 404s; the authorised reader's reads are audited too, as outcome ``ok``."""
+    The flood's are the 404s and 403s; the authorised reader's reads are audited too, as outcome ``ok``."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
         last = conn.execute("SELECT coalesce(max(seq), 0) FROM audit_events").fetchone()[0]
         count, size = conn.execute(
             "SELECT count(*), coalesce(sum(length(details) + length(actor) + length(action) + length(mac) + 64), 0) "
-            "FROM audit_events WHERE seq > ? AND action = 'server.request' AND outcome = 'error'",
+            "FROM audit_events WHERE seq > ? AND action IN ('server.request', 'server.denied') "
+            "AND outcome IN ('error', 'denied')",
             (after_seq,)).fetchone()
     conn.close()
     return int(last), int(count), int(size)
@@ -116,7 +118,23 @@ def _reads(host: str, port: int, token: str, seconds: float) -> tuple[float, int
     return ok / (time.monotonic() - started), bad
 
 
-def run(seconds: float = 10.0, connections: int = 16, path_chars: int = 65_000, workers: int = 1) -> Flood:
+def _flood_token(host: str, port: int, root: str, kind: str) -> str:
+    """The flood's token: none, one the store does not know, or a real one whose policy allows nothing here."""
+    if kind == "none":
+        return ""
+    if kind == "unknown":
+        return "hvs.CAESIFloodFloodFloodFloodFloodFlood"
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("POST", "/v1/auth/token/create", body=json.dumps({"policies": ["default"]}),
+                     headers={"X-Vault-Token": root, "Content-Type": "application/json"})
+        return str(json.loads(conn.getresponse().read())["auth"]["client_token"])
+    finally:
+        conn.close()
+
+
+def run(seconds: float = 10.0, connections: int = 16, path_chars: int = 65_000, workers: int = 1,
+        kind: str = "none") -> Flood:
     info = machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -133,7 +151,9 @@ def run(seconds: float = 10.0, connections: int = 16, path_chars: int = 65_000, 
             seq, _, _ = _audit(db, 0)
             bytes_before = _store_bytes(db)
             refused_before = _refused(host, port)
-            wrk = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s",
+            flood_token = _flood_token(host, port, token, kind)
+            header = ["-H", f"X-Vault-Token: {flood_token}"] if flood_token else []
+            wrk = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", *header,
                                     f"{url}/v1/x/{'a' * path_chars}"], stdout=subprocess.PIPE, text=True)
             during: list[tuple[float, int]] = []
             reader = threading.Thread(target=lambda: during.append(_reads(host, port, token, seconds)))
@@ -146,9 +166,12 @@ def run(seconds: float = 10.0, connections: int = 16, path_chars: int = 65_000, 
             refused = _refused(host, port) - refused_before
             _, flood_events, row_bytes = _audit(db, seq)
             added = _store_bytes(db) - bytes_before
-    return Flood(seconds, connections, workers, path_chars, int(total.group(1)) if total else 0, refused, flood_events,
-                 added, row_bytes, round(alone, 1), round(during[0][0], 1), bad_alone + during[0][1],
+    return Flood(seconds, connections, workers, kind, path_chars, int(total.group(1)) if total else 0, refused,
+                 flood_events, added, row_bytes, round(alone, 1), round(during[0][0], 1), bad_alone + during[0][1],
                  f"{info['CPU']}, {os.cpu_count()} cores, load average {info['load average at start']} at start")
+
+
+_TOKEN_TEXT = {"none": "no token", "unknown": "an unknown token", "denied": "a token allowed nothing"}
 
 
 def table(result: Flood) -> str:
@@ -157,7 +180,8 @@ def table(result: Flood) -> str:
         "| flood | requests | 429 | flood events audited | their bytes | store bytes added (all) "
         "| reads/s alone | reads/s during |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| `wrk -c{result.connections} -d{result.seconds:g}s`, `/v1/x/<{result.path_chars:,} a>`, no token "
+        f"| `wrk -c{result.connections} -d{result.seconds:g}s`, `/v1/x/<{result.path_chars:,} a>`, "
+        f"{_TOKEN_TEXT[result.token]} "
         f"| {result.flood_requests:,} | {result.refused_429:,} | {result.flood_events_audited:,} "
         f"| {result.flood_event_bytes / mb:.2f} MB | {result.store_bytes_added / mb:.2f} MB "
         f"| {result.reads_per_s_alone:,.0f} | {result.reads_per_s_during:,.0f} |",
@@ -182,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="alone, then during the flood")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="serve --workers (the budget is the serve's)")
+    parser.add_argument("--token", choices=("none", "unknown", "denied"), default="none",
+                        help="the flood's token: none, one the store does not know, or a valid one allowed nothing")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--docs", type=Path, help="replace the flood table of this page")
     args = parser.parse_args(argv)
-    result = run(args.seconds, args.connections, workers=args.workers)
+    result = run(args.seconds, args.connections, workers=args.workers, kind=args.token)
     text = json.dumps(asdict(result), indent=2)
     print(text)
     print(table(result), file=sys.stderr)

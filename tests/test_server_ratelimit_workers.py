@@ -105,13 +105,19 @@ def _refused_metric(server: Server) -> dict[str, float]:
     return {reason: float(value) for reason, value in found}
 
 
-@pytest.mark.parametrize("kind", ["denied", "unknown"])
-def test_a_flood_with_a_refused_token_gets_the_same_budget(two_workers: Server, kind: str) -> None:
-    """A token with no policy for the path (403) or no token the store knows: bucketed the same way,
-    across the workers, though the early check (for requests without a token) lets them through."""
+@pytest.mark.parametrize(("kind", "path", "status"), [
+    ("denied", "/v1/secret/data/denied", 403),
+    ("unknown", "/v1/secret/data/denied", 403),
+    ("denied", "/v1/x/" + "a" * 2000, 404),  # unrouted with a valid token: audited, unbounded before
+])
+def test_a_flood_with_a_refused_token_gets_the_same_budget(two_workers: Server, kind: str, path: str,
+                                                           status: int) -> None:
+    """A token with no policy for the path (403, or 404 where nothing is routed) or no token the store
+    knows: bucketed the same way, across the workers, though the early check (for requests without a
+    token) lets them through."""
     token = two_workers.token("default") if kind == "denied" else "hvs.CAESIJunkJunkJunkJunkJunkJunk"
-    assert _get(two_workers, "/v1/secret/data/denied", token) == 403
-    allowed, refused, elapsed = _flood(two_workers, 2.0, "/v1/secret/data/denied", token)
+    assert _get(two_workers, path, token) == status
+    allowed, refused, elapsed = _flood(two_workers, 2.0, path, token)
     assert refused > 0, (allowed, elapsed)
     assert allowed + 1 <= _bound(elapsed), (allowed, refused, elapsed)
     time.sleep(BURST / RATE + 0.5)

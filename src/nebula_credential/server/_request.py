@@ -309,9 +309,11 @@ async def audit_unrouted(request: Request, response: Response) -> Response:
 
     A valid token is recorded by its accessor, any other as none; the body
     is never read.  Outside /v1/ the path is recorded as sent, tokens
-    redacted and cut to ``[server] audit_path_chars``.  Without a valid
-    token the request spends from its source's bucket (429 past it, not
-    audited) and, under the free-space floor, gets 503 unaudited.
+    redacted and cut to ``[server] audit_path_chars``.  Every such answer
+    is an error, so the request spends from its source's bucket whatever
+    its token (429 past it, not audited: a valid token allowed nothing
+    flooded 404s unbounded before) and, without a valid token, under the
+    free-space floor gets 503 unaudited.
     """
     try:
         backend: Backend = request.app.state.backend
@@ -322,11 +324,10 @@ async def audit_unrouted(request: Request, response: Response) -> Response:
             return too_many(guard.buckets.retry_after(source))
         with anyio.fail_after(request.app.state.request_timeout):
             row = await backend.peek(secret) if secret else None  # no endpoint ran: no use is spent
-            if row is None:
-                if guard.floor.low():
-                    return low_space()
-                if not guard.buckets.take(source):
-                    return too_many(guard.buckets.retry_after(source))
+            if row is None and guard.floor.low():
+                return low_space()
+            if not guard.buckets.take(source):
+                return too_many(guard.buckets.retry_after(source))
             path = redact_path(request.scope.get(VPATH, request.url.path), secret)
             await audit_request(backend, request, response.status_code,
                                 accessor=row.accessor if row is not None else None,
