@@ -24,9 +24,8 @@ would be wrong both ways (a client on one keep-alive connection would get
 1/N of its budget, a flood spread unevenly more than it).  So ``serve``
 creates one small file (:class:`SharedTable`, ~400 KB, mode 0600, in
 ``/dev/shm`` or else the temporary folder) before the workers start, and
-every worker maps it:
-buckets, the floor's last check and the refusal counters live there, each
-change under a file lock.  A server built in-process (tests, embedding)
+every worker maps it: buckets, the floor's last check and the refusal
+counters live there, each change under a file lock.  A server built in-process (tests, embedding)
 keeps them in the process (:class:`LocalTable`).
 """
 
