@@ -172,6 +172,15 @@ def too_many(retry_after: int) -> JSONResponse:
                         status_code=429, headers={"Retry-After": str(retry_after)})
 
 
+async def too_many_later(request: Request, retry_after: int) -> JSONResponse:
+    """:func:`too_many`, held back ``app.state.refusal_delay`` seconds under ``serve`` (the tarpit of
+    :class:`~.ratelimit.SourceBudgetMiddleware`, for refusals that needed the token looked up first)."""
+    delay: float = getattr(request.app.state, "refusal_delay", 0.0)
+    if delay:
+        await anyio.sleep(delay)
+    return too_many(retry_after)
+
+
 def low_space() -> JSONResponse:
     return JSONResponse({"errors": ["the server is low on disk space: writes are refused, reads still answer"]},
                         status_code=503)
@@ -227,7 +236,7 @@ def endpoint(
             response = error_response(exc)
         refused = accessor is None or response.status_code == 403
         if refused and not guard.buckets.take(source):
-            return too_many(guard.buckets.retry_after(source))
+            return await too_many_later(request, guard.buckets.retry_after(source))
         if refused:
             audited_path = bounded_path(audited_path, guard.audit_path_chars)
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
@@ -327,7 +336,7 @@ async def audit_unrouted(request: Request, response: Response) -> Response:
             if row is None and guard.floor.low():
                 return low_space()
             if not guard.buckets.take(source):
-                return too_many(guard.buckets.retry_after(source))
+                return await too_many_later(request, guard.buckets.retry_after(source))
             path = redact_path(request.scope.get(VPATH, request.url.path), secret)
             await audit_request(backend, request, response.status_code,
                                 accessor=row.accessor if row is not None else None,
