@@ -7,6 +7,7 @@ real two-worker ``serve`` is in ``test_server_ratelimit_workers.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -14,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
+import nebula_credential as nc
 from nebula_credential.server import ratelimit
+from nebula_credential.server.app import create_app
 from nebula_credential.server.ratelimit import (
     ENV_TABLE,
     FreeSpaceFloor,
+    Guards,
     SharedTable,
     SourceBuckets,
     refusal_counts,
@@ -143,3 +148,31 @@ def test_a_forked_worker_opens_the_table_again(monkeypatch: pytest.MonkeyPatch) 
         assert sum(got) == 50, got
         parent.close()
         monkeypatch.setattr(ratelimit, "_shared", None)
+
+
+@pytest.mark.parametrize("token", ["", "hvs.CAESIUnknownUnknownUnknownUnknown"])
+@pytest.mark.parametrize("path", ["/v1/x/nothing", "/v1/secret/data/x"])
+def test_a_refusal_past_the_budget_waits_under_serve(tmp_path: Path, key_file: Path, token: str, path: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``serve`` (``app.state.refusal_delay``) every 429 past a source's budget is held back, with
+    a token or without, routed or not; answers within the budget are not (a flood on a fixed number of
+    connections left an authorised reader ~1/17 of the worker before)."""
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(ratelimit.anyio, "sleep", sleep)  # the module both callers use
+    vault = nc.open(f"sqlite:///{tmp_path / 's.db'}", create=True)
+    try:
+        app = create_app(vault)
+        app.state.guards = Guards.from_config(
+            dataclasses.replace(vault.config.server, unauthenticated_rate=0.001, unauthenticated_burst=3), None)
+        app.state.refusal_delay = ratelimit.REFUSAL_DELAY
+        headers = {"X-Vault-Token": token} if token else {}
+        with TestClient(app) as client:
+            statuses = [client.get(path, headers=headers).status_code for _ in range(6)]
+        assert statuses[3:] == [429] * 3 and 429 not in statuses[:3]
+        assert waited == [ratelimit.REFUSAL_DELAY] * 3
+    finally:
+        vault.close()
