@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo drill check test test-all lint typecheck bench soak clean system-deps docs vendor-ui docs-screenshots
+.PHONY: demo drill check test test-all lint typecheck bench flood soak clean system-deps docs vendor-ui docs-screenshots
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,12 @@ typecheck: $(VENV)/.test
 ## Benchmarks beside the alternatives; writes docs/benchmarks.md.
 bench: $(VENV)/.bench system-deps
 	$(PY) -m benchmarks --aio --server
+
+## Issue 28's flood, measured: serve with its defaults on SQLite, an authorised reader alone for 10 s, then
+## during wrk -c16 -d10s on /v1/x/<65,000 a> without a token; store bytes added, 429s, events audited, the
+## reader's rates. JSON in docs/flood.json, the table in docs/server.md (Limits). Run it on a quiet machine.
+flood: $(VENV)/.test system-deps
+	$(PY) -m benchmarks.flood --seconds 10 --json docs/flood.json --docs docs/server.md
 
 ## Long runs kept out of `make check` and `make test` (crash-injection loops, soak, the wheel build).
 soak: $(VENV)/.test system-deps

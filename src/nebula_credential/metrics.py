@@ -63,6 +63,13 @@ SERVER_METRICS: tuple[MetricSpec, ...] = (
 
 
 #: Logins to the server's auth methods by method (approle, userpass, jwt) and outcome (ok, error, limited).
+#: 429s by the budget that was spent (``server.ratelimit.REASONS``), counted for the whole ``serve``.
+RATE_LIMIT_METRIC = MetricSpec(
+    "nebula_credential_http_rate_limited_total", "counter",
+    "Requests refused with 429 by the budget they spent: unauthenticated_or_denied (per source address), "
+    "login_source, login_user (failed API logins), console_login (failed console logins)",
+    ("reason",))
+
 LOGIN_METRIC = MetricSpec("nebula_credential_auth_logins_total", "counter", "Logins by auth method and outcome",
                           ("method", "outcome"))
 
@@ -329,7 +336,7 @@ def register_login_metric(exporter: MetricsExporter) -> Any:
 
 
 def exported_metrics(exporter: MetricsExporter) -> list[MetricSpec]:
-    """Every metric ``exporter`` collects, then :data:`SERVER_METRICS`."""
+    """Every metric ``exporter`` collects, then :data:`SERVER_METRICS` and :data:`RATE_LIMIT_METRIC`."""
     # Label names before any sample exists: store families keep them, per-process wrappers too.
     declared = {
         getattr(m, "_name", ""): tuple(getattr(m, "_labelnames", ()))
@@ -343,7 +350,7 @@ def exported_metrics(exporter: MetricsExporter) -> list[MetricSpec]:
         for sample in family.samples[:1]:
             labels = tuple(k for k in sample.labels if k != "le")
         specs.append(MetricSpec(name, family.type, family.documentation, labels))
-    return specs + list(SERVER_METRICS)
+    return specs + list(SERVER_METRICS) + [RATE_LIMIT_METRIC]
 
 
 def render(vaults: Sequence[Vault] | Vault) -> tuple[bytes, str]:

@@ -172,6 +172,15 @@ def too_many(retry_after: int) -> JSONResponse:
                         status_code=429, headers={"Retry-After": str(retry_after)})
 
 
+async def too_many_later(request: Request, retry_after: int) -> JSONResponse:
+    """:func:`too_many`, held back ``app.state.refusal_delay`` seconds under ``serve`` (the tarpit of
+    :class:`~.ratelimit.SourceBudgetMiddleware`, for refusals that needed the token looked up first)."""
+    delay: float = getattr(request.app.state, "refusal_delay", 0.0)
+    if delay:
+        await asyncio.sleep(delay)
+    return too_many(retry_after)
+
+
 def low_space() -> JSONResponse:
     return JSONResponse({"errors": ["the server is low on disk space: writes are refused, reads still answer"]},
                         status_code=503)
@@ -227,7 +236,7 @@ def endpoint(
             response = error_response(exc)
         refused = accessor is None or response.status_code == 403
         if refused and not guard.buckets.take(source):
-            return too_many(guard.buckets.retry_after(source))
+            return await too_many_later(request, guard.buckets.retry_after(source))
         if refused:
             audited_path = bounded_path(audited_path, guard.audit_path_chars)
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
@@ -309,9 +318,11 @@ async def audit_unrouted(request: Request, response: Response) -> Response:
 
     A valid token is recorded by its accessor, any other as none; the body
     is never read.  Outside /v1/ the path is recorded as sent, tokens
-    redacted and cut to ``[server] audit_path_chars``.  Without a valid
-    token the request spends from its source's bucket (429 past it, not
-    audited) and, under the free-space floor, gets 503 unaudited.
+    redacted and cut to ``[server] audit_path_chars``.  Every such answer
+    is an error, so the request spends from its source's bucket whatever
+    its token (429 past it, not audited: a valid token allowed nothing
+    flooded 404s unbounded before) and, without a valid token, under the
+    free-space floor gets 503 unaudited.
     """
     try:
         backend: Backend = request.app.state.backend
@@ -322,11 +333,10 @@ async def audit_unrouted(request: Request, response: Response) -> Response:
             return too_many(guard.buckets.retry_after(source))
         async with asyncio.timeout(request.app.state.request_timeout):
             row = await backend.peek(secret) if secret else None  # no endpoint ran: no use is spent
-            if row is None:
-                if guard.floor.low():
-                    return low_space()
-                if not guard.buckets.take(source):
-                    return too_many(guard.buckets.retry_after(source))
+            if row is None and guard.floor.low():
+                return low_space()
+            if not guard.buckets.take(source):
+                return await too_many_later(request, guard.buckets.retry_after(source))
             path = redact_path(request.scope.get(VPATH, request.url.path), secret)
             await audit_request(backend, request, response.status_code,
                                 accessor=row.accessor if row is not None else None,

@@ -239,8 +239,8 @@ class LoginLimiter:
     def __init__(self, *, user_rate: float = 0.2, user_burst: int = 10, source_rate: float = 1.0,
                  source_burst: int = 50) -> None:
         # one user: 10 failures, then one every 5 s; one address (many users behind one NAT): 50, then 1/s
-        self.users = SourceBuckets(user_rate, user_burst)
-        self.sources = SourceBuckets(source_rate, source_burst)
+        self.users = SourceBuckets(user_rate, user_burst, reason="login_user")
+        self.sources = SourceBuckets(source_rate, source_burst, reason="login_source")
 
     def spent(self, source: str, user: str | None) -> int:
         """Seconds to wait when either budget is empty, else 0."""
@@ -251,9 +251,9 @@ class LoginLimiter:
         return 0
 
     def failed(self, source: str, user: str | None) -> None:
-        self.sources.take(source)
+        self.sources.spend(source)
         if user is not None:
-            self.users.take(user)
+            self.users.spend(user)
 
 
 def count_login(request: Request, method: str, outcome: str) -> None:
@@ -296,7 +296,7 @@ def login_endpoint(handler: LoginHandler, *, method: str, mount: str,
         if not ok and limiter is not None:
             limiter.failed(source, user_key)
         if not ok:
-            guards(request).buckets.take(source)
+            guards(request).buckets.spend(source)
         count_login(request, method, "ok" if ok else "error")
         try:
             await backend.audit("auth.login", keyring=None, outcome="ok" if ok else "error",

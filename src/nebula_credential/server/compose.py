@@ -106,7 +106,8 @@ class TokenSessions(Sessions):
         self.vault = vault
         self.access: AccessControl = access_control_for(vault, config)
         self.session_ttl = ttl
-        self.buckets = SourceBuckets(config.server.unauthenticated_rate, config.server.unauthenticated_burst)
+        self.buckets = SourceBuckets(config.server.unauthenticated_rate, config.server.unauthenticated_burst,
+                                     reason="console_login")
 
     def retry_after(self, source: str) -> int | None:
         return self.buckets.retry_after(source) if self.buckets.empty(source) else None
@@ -120,7 +121,7 @@ class TokenSessions(Sessions):
         by a console login, and logout revokes it too); None when the token is refused."""
         found = self.access.authorize(token, source) if token else None
         if found is None:
-            self.buckets.take(source)  # spent only by failures, as the API's refused requests
+            self.buckets.spend(source)  # spent only by failures, as the API's refused requests
             self._audit("console.login", "denied", source=source, **details)
             return None
         parent, acl = found

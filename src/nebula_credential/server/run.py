@@ -111,6 +111,7 @@ def app_from_env() -> Any:
     from ._httpmetrics import HttpMetricsMiddleware
     from .app import create_app, ops_routes
     from .compose import console_app, console_routes
+    from .ratelimit import REFUSAL_DELAY, RefusalCollector
 
     logredact.install()  # a worker process does not inherit the parent's filters
     config_path = os.environ.get(ENV_CONFIG)
@@ -132,6 +133,8 @@ def app_from_env() -> Any:
             exporter.attach(vault.sync)  # the serving vault feeds this process's histograms
             app.state.http_metrics = register_server_metrics(exporter)
             app.state.login_metric = register_login_metric(exporter)
+            exporter.registry.register(RefusalCollector())  # 429s of the whole serve
+            app.state.refusal_delay = REFUSAL_DELAY  # a flood past its budget waits for its 429s
             app.state.ops = {"/metrics": exporter.route, "/healthz": _healthz}
             if flags.get("maintain"):
                 from ..daemon import Daemon
@@ -166,6 +169,7 @@ def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | N
     from granian import Granian
 
     from .._http import check_address_free
+    from .ratelimit import serve_table
 
     host, port = check_tls(options)
     check_address_free(host, port, "--listen")  # granian's SO_REUSEPORT would let a second serve share the port
@@ -186,6 +190,7 @@ def serve(vault: Vault, options: ServeOptions, *, url: str, config_path: str | N
                "ssl_protocol_min": "tls1.2"}
     logger.info("serving the Vault-compatible API on %s://%s:%d (%d worker(s))",
                 "https" if tls else "http", host, port, options.workers)
-    Granian("nebula_credential.server.run:app_from_env", address=host, port=port, interface="asgi",  # type: ignore[arg-type]
-            workers=options.workers, factory=True, websockets=False, log_access=False,
-            workers_kill_timeout=10, **tls).serve()
+    with serve_table():  # the rate limits and the free-space floor hold for all workers together
+        Granian("nebula_credential.server.run:app_from_env", address=host, port=port, interface="asgi",  # type: ignore[arg-type]
+                workers=options.workers, factory=True, websockets=False, log_access=False,
+                workers_kill_timeout=10, **tls).serve()
