@@ -29,7 +29,7 @@ from . import _json
 from ._backend import Backend
 from .errors import HTTPError, PermissionDenied, bad_request, error_response
 from .policies import ACL
-from .ratelimit import Guards
+from .ratelimit import Guards, hold_back
 
 #: Set by the path middleware: the normalised path below /v1/.
 VPATH = "nc.vpath"
@@ -175,9 +175,7 @@ def too_many(retry_after: int) -> JSONResponse:
 async def too_many_later(request: Request, retry_after: int) -> JSONResponse:
     """:func:`too_many`, held back ``app.state.refusal_delay`` seconds under ``serve`` (the tarpit of
     :class:`~.ratelimit.SourceBudgetMiddleware`, for refusals that needed the token looked up first)."""
-    delay: float = getattr(request.app.state, "refusal_delay", 0.0)
-    if delay:
-        await asyncio.sleep(delay)
+    await hold_back(request.app.state)
     return too_many(retry_after)
 
 

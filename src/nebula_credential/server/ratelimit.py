@@ -451,12 +451,17 @@ class SourceBudgetMiddleware:
             if guard is not None and not _has_token(scope) and scope.get("path") not in OPEN_PATHS:
                 source = scope["client"][0] if scope.get("client") else ""
                 if guard.buckets.empty(source):
-                    delay: float = getattr(state, "refusal_delay", 0.0)
-                    if delay:
-                        await anyio.sleep(delay)
+                    await hold_back(state)
                     await _too_many(send, guard.buckets.retry_after(source))
                     return
         await self.app(scope, receive, send)
+
+
+async def hold_back(state: Any) -> None:
+    """Wait ``state.refusal_delay`` seconds (set under ``serve`` only) before a 429 past the budget."""
+    delay: float = getattr(state, "refusal_delay", 0.0)
+    if delay:
+        await anyio.sleep(delay)
 
 
 def _has_token(scope: Any) -> bool:
