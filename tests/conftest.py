@@ -19,6 +19,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures_hsm_kms",
     "tests.fixtures_transit",
     "tests.fixtures_azure",
+    "tests.fixtures_pgauth",
 ]
 
 STORE_KINDS = ["sqlite", "postgres"]
@@ -27,7 +28,7 @@ STORE_KINDS = ["sqlite", "postgres"]
 #: of them, directly or through another fixture, is marked ``services``.
 SERVICE_FIXTURES = frozenset({
     "postgres_cluster", "postgres_store_url_factory",
-    "softhsm", "moto_kms", "aws_test_env", "openbao", "azure_vault",
+    "softhsm", "moto_kms", "aws_test_env", "openbao", "azure_vault", "pgauth",
     "pkcs11_wrap_provider_factory", "pkcs11_direct_provider_factory",
     "aws_kms_provider_factory", "vault_transit_provider_factory", "azure_keyvault_provider_factory",
 })

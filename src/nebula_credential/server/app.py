@@ -28,13 +28,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from ..aio import AsyncVault
 from ..config import KeyManagementConfig
 from ..vault import Vault
-from . import auth, sysroutes, wrapping
+from . import auth, leaseroutes, sysroutes, wrapping
 from ._backend import Backend, backend_for
 from ._request import VPATH, audit_unrouted
 from .auth_approle import AppRoleEngine
 from .auth_jwt import JWTEngine
 from .auth_userpass import UserpassEngine
 from .authstore import AuthStore
+from .database import DatabaseMount, purge_mount
 from .errors import HTTPError
 from .mounts import (
     EngineType,
@@ -43,6 +44,7 @@ from .mounts import (
     MountTable,
     builtin_mounts,
     register_auth_method,
+    register_secret_engine,
     sys_routes,
 )
 from .policies import BadPathError, normalise
@@ -60,6 +62,9 @@ register_auth_method("approle", EngineType(lambda e: AppRoleEngine(e.route).rout
                                            description="AppRole: a role id and a secret id"))
 register_auth_method("userpass", EngineType(lambda e: UserpassEngine(e.route).routes(), purge=_purge_auth,
                                             description="usernames and argon2id-hashed passwords"))
+register_secret_engine("database", EngineType(lambda e: DatabaseMount(e.path).routes(),
+                                             purge=lambda backend, e: purge_mount(backend, e.path),
+                                             description="database credentials: PostgreSQL"))
 register_auth_method("jwt", EngineType(lambda e: JWTEngine(e.route).routes(), purge=_purge_auth,
                                        description="JWT workload identity (no browser flow)"))
 
@@ -172,7 +177,7 @@ def create_app(
     server = config.server
     routes: list[BaseRoute] = [
         Mount("/v1/sys/wrapping", routes=wrapping.wrapping_routes()),
-        Mount("/v1/sys", routes=[*sys_routes(), *sysroutes.routes()]),
+        Mount("/v1/sys", routes=[*sys_routes(), *sysroutes.routes(), *leaseroutes.routes()]),
         Mount("/v1/auth/token", routes=auth.routes()),
         wrapping.CubbyholeEngine().root_route(),  # cubbyhole/ is built in, as in Vault
         Mount("/v1/cubbyhole", routes=wrapping.CubbyholeEngine().routes()),

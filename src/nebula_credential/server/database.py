@@ -1,0 +1,244 @@
+"""The database secrets engine mount: Vault's ``/v1/<mount>/...`` over :mod:`nebula_credential.database`.
+
+A thin router, as the Transit mount is: each handler authorises first
+(``ctx.require``), then runs one :class:`~nebula_credential.database.DatabaseEngine`
+call off the event loop and shapes Vault's answer.  Paths and capabilities
+follow Vault's: ``config/:name``, ``reset/:name``, ``rotate-root/:name``,
+``roles/:name``, ``creds/:name`` (read), ``static-roles/:name``,
+``static-creds/:name`` (read), ``rotate-role/:name``; a write to a name that
+does not exist yet needs ``create`` or ``update``, to an existing one
+``update``, as Vault's existence check decides.
+
+Status codes are OpenBao's (recorded by ``tests/test_diff_database.py``): a
+write answers 204 (200 with ``warnings`` when there are some), a read of an
+absent connection or role 404 with no message, ``creds``/``static-creds`` of an
+absent role 400 ``unknown role: <name>``.  Where OpenBao answers 500 for the
+caller's mistake (an unknown connection name, a role not in
+``allowed_roles``), we answer 400 with the same words; PostgreSQL unreachable
+is 502, never a 5xx dressed as bad input and never the password or URL.
+
+``creds/:name`` answers with ``lease_id``, ``lease_duration`` and ``renewable``
+as Vault does; the lease belongs to the requesting token (its accessor), so
+revoking the token revokes the lease.  The generated password is added to the
+request's redaction set (:data:`~nebula_credential.logredact.presented`), so no
+log line written while the request runs can show it; audit events never carry
+response data at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from .. import logredact
+from ..database import (
+    DatabaseEngine,
+    DatabaseInputError,
+    DatabaseNotFoundError,
+    DatabaseUnavailableError,
+)
+from ._backend import Backend
+from ._request import Ctx, endpoint, read_json
+from .errors import HTTPError
+
+NO_CONTENT = 204
+#: Answered when PostgreSQL could not be reached or failed: an upstream fault, not the caller's and not ours.
+BAD_GATEWAY = 502
+Handler = Callable[[Request, Ctx], Awaitable[Response]]
+
+
+def _protect(*values: Any) -> None:
+    """Redact ``values`` from every log line written for the rest of this request."""
+    extra = tuple(v for v in values if isinstance(v, str) and v)
+    if extra:
+        logredact.presented.set((*logredact.presented.get(), *extra))
+
+
+class DatabaseMount:
+    """Routes of one ``database`` mount; the mount table mounts them at ``/v1/<mount>``."""
+
+    def __init__(self, mount: str = "database") -> None:
+        self.mount = mount
+        self._engine: DatabaseEngine | None = None
+        self._lock = threading.Lock()
+
+    def engine(self, backend: Backend) -> DatabaseEngine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = DatabaseEngine(backend.vault, mount=self.mount)
+        return self._engine
+
+    def routes(self) -> list[BaseRoute]:
+        def route(path: str, handler: Handler, methods: list[str]) -> Route:
+            return Route(path, endpoint(handler), methods=methods)
+
+        post = ["POST", "PUT"]
+        item = ["GET", "POST", "PUT", "DELETE"]
+        return [
+            route("/config", self.list_connections, ["LIST"]),
+            route("/config/{name}", self.connection, item),
+            route("/reset/{name}", self.reset, post),
+            route("/rotate-root/{name}", self.rotate_root, post),
+            route("/roles", self.list_roles, ["LIST"]),
+            route("/roles/{name}", self.role, item),
+            route("/creds/{name}", self.creds, ["GET"]),
+            route("/static-roles", self.list_static_roles, ["LIST"]),
+            route("/static-roles/{name}", self.static_role, item),
+            route("/static-creds/{name}", self.static_creds, ["GET"]),
+            route("/rotate-role/{name}", self.rotate_role, post),
+        ]
+
+    # ---- plumbing ---------------------------------------------------------------------
+    async def _call(self, ctx: Ctx, fn: Callable[..., Any], *args: Any, missing: HTTPError | None = None,
+                    write: bool = False, **kw: Any) -> Any:
+        """One engine call off the event loop, its typed errors turned into Vault's answers."""
+        try:
+            if write:
+                return await ctx.backend.write(fn, *args, **kw)
+            return await ctx.backend.run(fn, *args, **kw)
+        except DatabaseNotFoundError as exc:
+            if missing is not None:
+                raise missing from None
+            raise HTTPError(400, str(exc)) from None
+        except DatabaseInputError as exc:
+            raise HTTPError(400, str(exc)) from None
+        except DatabaseUnavailableError as exc:
+            raise HTTPError(BAD_GATEWAY, str(exc) or "the database could not be reached") from None
+
+    @staticmethod
+    def _name(request: Request) -> str:
+        return str(request.path_params["name"])
+
+    async def _require_write(self, ctx: Ctx, exists: Callable[[str], Any], name: str) -> None:
+        """``update`` on an existing item, ``create`` (or ``update``) on a new one: Vault's existence check."""
+        if ctx.allows("update"):
+            ctx.require("update")
+            return
+        if not ctx.allows("create"):
+            ctx.require("update")  # raises 403
+        try:
+            await ctx.backend.run(exists, name)
+        except DatabaseNotFoundError:
+            ctx.require("create")
+            return
+        ctx.require("update")  # it exists: create alone does not allow overwriting it
+
+    async def _list(self, ctx: Ctx, folder: str, fn: Callable[[], list[str]]) -> Response:
+        ctx.require("list", f"{self.mount}/{folder}/")
+        names = await self._call(ctx, fn)
+        if not names:
+            raise HTTPError(404)
+        return ctx.reply({"keys": sorted(names)})
+
+    @staticmethod
+    def _written(ctx: Ctx, warnings: Any) -> Response:
+        """204, or 200 with ``data`` null and the warnings, as Vault answers a write that has some."""
+        if not warnings:
+            return Response(status_code=NO_CONTENT)
+        return ctx.reply(None, warnings=[str(w) for w in warnings])
+
+    async def _item(self, request: Request, ctx: Ctx, *, read: Callable[[str], dict[str, Any]],
+                    write: Callable[[str, dict[str, Any]], Any], delete: Callable[[str], None]) -> Response:
+        name = self._name(request)
+        if request.method == "GET":
+            ctx.require("read")
+            return ctx.reply(await self._call(ctx, read, name, missing=HTTPError(404)))
+        if request.method == "DELETE":
+            ctx.require("delete")
+            try:
+                await self._call(ctx, delete, name, missing=_Absent(404), write=True)
+            except _Absent:
+                pass  # deleting nothing succeeds, as in Vault
+            return Response(status_code=NO_CONTENT)
+        await self._require_write(ctx, read, name)
+        body = await read_json(request)
+        return self._written(ctx, await self._call(ctx, write, name, body, write=True))
+
+    # ---- connections ------------------------------------------------------------------
+    async def list_connections(self, request: Request, ctx: Ctx) -> Response:
+        return await self._list(ctx, "config", self.engine(ctx.backend).list_connections)
+
+    async def connection(self, request: Request, ctx: Ctx) -> Response:
+        eng = self.engine(ctx.backend)
+        if request.method not in ("GET", "DELETE"):
+            body = await read_json(request)
+            _protect(body.get("password"))
+        return await self._item(request, ctx, read=eng.read_connection, write=eng.write_connection,
+                                delete=eng.delete_connection)
+
+    async def reset(self, request: Request, ctx: Ctx) -> Response:
+        ctx.require("update")
+        await self._call(ctx, self.engine(ctx.backend).reset_connection, self._name(request), write=True)
+        return Response(status_code=NO_CONTENT)
+
+    async def rotate_root(self, request: Request, ctx: Ctx) -> Response:
+        ctx.require("update")
+        await self._call(ctx, self.engine(ctx.backend).rotate_root, self._name(request), write=True)
+        return Response(status_code=NO_CONTENT)
+
+    # ---- dynamic roles ----------------------------------------------------------------
+    async def list_roles(self, request: Request, ctx: Ctx) -> Response:
+        return await self._list(ctx, "roles", self.engine(ctx.backend).list_roles)
+
+    async def role(self, request: Request, ctx: Ctx) -> Response:
+        eng = self.engine(ctx.backend)
+        return await self._item(request, ctx, read=eng.read_role, write=eng.write_role, delete=eng.delete_role)
+
+    async def creds(self, request: Request, ctx: Ctx) -> Response:
+        """A new PostgreSQL user under a lease owned by the requesting token."""
+        ctx.require("read")
+        name = self._name(request)
+        token = ctx.token
+        data, lease = await self._call(
+            ctx, self.engine(ctx.backend).creds, name, token_accessor=token.accessor,
+            token_expires_at=token.expires_at, missing=HTTPError(400, f"unknown role: {name}"), write=True)
+        _protect(data.get("password"))
+        ctx.details.update(lease_id=lease.lease_id)
+        return ctx.reply(data, lease_id=lease.lease_id, renewable=lease.renewable,
+                         lease_duration=max(0, round(lease.expire_time - lease.issue_time)))
+
+    # ---- static roles -----------------------------------------------------------------
+    async def list_static_roles(self, request: Request, ctx: Ctx) -> Response:
+        return await self._list(ctx, "static-roles", self.engine(ctx.backend).list_static_roles)
+
+    async def static_role(self, request: Request, ctx: Ctx) -> Response:
+        eng = self.engine(ctx.backend)
+        return await self._item(request, ctx, read=eng.read_static_role, write=eng.write_static_role,
+                                delete=eng.delete_static_role)
+
+    async def static_creds(self, request: Request, ctx: Ctx) -> Response:
+        ctx.require("read")
+        name = self._name(request)
+        data = await self._call(ctx, self.engine(ctx.backend).static_creds, name,
+                                missing=HTTPError(400, f"unknown role: {name}"))
+        previous = data.get("previous")
+        _protect(data.get("password"), previous.get("password") if isinstance(previous, dict) else None)
+        return ctx.reply(data)
+
+    async def rotate_role(self, request: Request, ctx: Ctx) -> Response:
+        ctx.require("update")
+        await self._call(ctx, self.engine(ctx.backend).rotate_role, self._name(request),
+                         missing=HTTPError(400, "no static role found for role name"), write=True)
+        return Response(status_code=NO_CONTENT)
+
+
+class _Absent(HTTPError):
+    """Raised by :meth:`DatabaseMount._call` for an absent item where that is not an error."""
+
+
+
+
+def purge_mount(backend: Backend, mount: str) -> None:
+    """A disabled mount's leases are revoked (their users dropped) and its connections and roles deleted,
+    as Vault does; runs in a worker thread."""
+    backend.leases().revoke_prefix(f"{mount}/")
+    DatabaseEngine(backend.vault, mount=mount).purge()
+
+
+__all__ = ["DatabaseMount", "purge_mount"]
