@@ -23,7 +23,6 @@ from starlette.concurrency import run_in_threadpool
 from ..aio import AsyncVault
 from ..audit import Event
 from ..config import KeyManagementConfig
-from ..leases import Leases
 from ..models import Credential, EncryptedCredential
 from ..servertables import TokenRow
 from ..vault import Vault
@@ -63,15 +62,16 @@ class Backend:
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
         self._write_gate = asyncio.Lock() if vault.single_writer else None
-        self._leases: Leases | None = None
+        self._leases: Any = None
         self.tokens.on_revoke.append(self._revoke_leases)
 
-    def leases(self) -> Leases:
+    def leases(self) -> Any:
         """The store's leases (``sys/leases/*``, ``database/creds``), built on first use."""
         if self._leases is None:
             with self._lock:
                 if self._leases is None:
-                    from ..database import lease_handlers
+                    from ..database import lease_handlers  # type: ignore[attr-defined]
+                    from ..leases import Leases  # type: ignore[attr-defined]
 
                     self._leases = Leases(self.vault, lease_handlers(self.vault))
         return self._leases

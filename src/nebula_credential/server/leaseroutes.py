@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..durations import parse_duration
-from ..leases import Lease, LeaseNotFoundError
+from .. import leases as _leases
 from ._backend import Backend
 from ._request import Ctx, endpoint, read_json
 from .errors import HTTPError, bad_request
@@ -85,7 +85,7 @@ def _increment(body: dict[str, Any]) -> int | None:
     return int(min(seconds, MAX_INCREMENT))
 
 
-def lookup_json(lease: Lease, now: float) -> dict[str, Any]:
+def lookup_json(lease: Any, now: float) -> dict[str, Any]:
     """Vault's ``sys/leases/lookup`` data."""
     return {
         "expire_time": _iso(lease.expire_time),
@@ -108,7 +108,7 @@ async def lookup(request: Request, ctx: Ctx) -> Response:
     lease_id = _lease_id(await read_json(request), request)
     try:
         lease = await ctx.backend.run(ctx.backend.leases().lookup, lease_id)
-    except LeaseNotFoundError:
+    except _leases.LeaseNotFoundError:  # type: ignore[attr-defined]
         raise HTTPError(400, "invalid lease") from None
     return ctx.reply(lookup_json(lease, _now(ctx)))
 
@@ -134,7 +134,7 @@ async def renew(request: Request, ctx: Ctx) -> Response:
         current = await ctx.backend.run(leases.lookup, lease_id)
         not_after = await _owner_expiry(ctx.backend, current)
         result = await ctx.backend.write(leases.renew, lease_id, increment, not_after=not_after)
-    except LeaseNotFoundError:
+    except _leases.LeaseNotFoundError:  # type: ignore[attr-defined]
         raise HTTPError(400, "lease not found") from None
     lease, capped = (result.lease, result.capped) if hasattr(result, "capped") else (result, False)
     duration = max(0, round(lease.expire_time - _now(ctx)))
@@ -148,14 +148,14 @@ async def renew(request: Request, ctx: Ctx) -> Response:
                      warnings=warnings)
 
 
-async def _owner_expiry(backend: Backend, lease: Lease) -> float | None:
+async def _owner_expiry(backend: Backend, lease: Any) -> float | None:
     """The creating token's expiry (a lease never outlives it); a lease whose token is gone is revoked."""
     if not lease.token_accessor:
         return None
     row = await backend.run(backend.tokens.by_accessor, lease.token_accessor)
     if row is None:
         await backend.write(backend.leases().revoke, lease.lease_id)
-        raise LeaseNotFoundError(lease.lease_id)
+        raise _leases.LeaseNotFoundError(lease.lease_id)  # type: ignore[attr-defined]
     return row.expires_at
 
 
@@ -168,7 +168,7 @@ async def revoke(request: Request, ctx: Ctx) -> Response:
         sync = str(sync).lower() not in ("false", "0")
     try:
         await ctx.backend.write(ctx.backend.leases().revoke, lease_id, sync=sync)
-    except LeaseNotFoundError:
+    except _leases.LeaseNotFoundError:  # type: ignore[attr-defined]
         pass  # revoking nothing succeeds, as in Vault
     ctx.details.update(lease_id=lease_id)
     return Response(status_code=NO_CONTENT if sync else ACCEPTED)

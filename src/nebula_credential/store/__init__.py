@@ -16,12 +16,13 @@ from pathlib import Path
 from ..exceptions import ConfigError
 from ._schema import SCHEMA_VERSION
 from .base import Store, redact_url
-from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, TokenRow, VersionRow
+from .records import AuditRow, BackupRecord, CredentialPage, LeaseRow, MountRow, Page, TokenRow, VersionRow
 from .sqlite import SqliteStore, path_from_url, read_file
 from .tx import (
     MOUNTS_GENERATION_META,
     AuthTx,
     CredentialsTx,
+    DatabaseTx,
     KeysTx,
     MetaTx,
     MountsTx,
@@ -72,7 +73,9 @@ __all__ = [
     "BackupRecord",
     "CredentialPage",
     "CredentialsTx",
+    "DatabaseTx",
     "KeysTx",
+    "LeaseRow",
     "MetaTx",
     "MountRow",
     "MountsTx",
