@@ -43,6 +43,9 @@ DELIBERATE = {
     "creds-not-allowed": (500, 400),
     "creds-unknowndb": (500, 400),
 }
+#: Our message -> OpenBao's, where ours says more on purpose (we also take ``rotation_schedule``).
+MESSAGE_ALIASES = {"one of rotation_schedule or rotation_period must be provided":
+                   "rotation_period is required to create static accounts"}
 #: Fields only we answer (alternating rotation, schedules): left out of the comparison.
 EXTENSIONS = frozenset({"rotation_strategy", "grace_period", "username_b", "rotation_schedule", "rotation_window",
                         "next_vault_rotation", "previous", "verify_connection"})
@@ -123,6 +126,7 @@ def _sequence(http: httpx.Client, pg: PasswordCluster, side: Side, mount: str) -
         if "errors" in doc:
             # OpenBao wraps some messages in a multierror ("1 error occurred:\n\t* ..."): compare the inner one
             errors = [_placeholders(e, names).split("* ", 1)[-1].strip() for e in doc["errors"]]
+            errors = [MESSAGE_ALIASES.get(e, e) for e in errors]
             shape = [e for e in errors if any(m in e for m in MESSAGES)] or ("errors", bool(errors))
         elif doc:
             doc.pop("request_id", None)
@@ -135,7 +139,12 @@ def _sequence(http: httpx.Client, pg: PasswordCluster, side: Side, mount: str) -
         out.append((name, status, shape))
         return doc
 
-    def fact(name: str, value: bool) -> None:
+    def fact(name: str, check: Callable[[], bool]) -> None:
+        """A PostgreSQL fact after a step; False (not an exception) when the step gave no credentials."""
+        try:
+            value = bool(check())
+        except (KeyError, TypeError):
+            value = False
         out.append((name, 0, value))
 
     db, m = side.database, mount
@@ -156,7 +165,7 @@ def _sequence(http: httpx.Client, pg: PasswordCluster, side: Side, mount: str) -
     step("reset", "POST", f"{m}/reset/pg")
     step("reset-missing", "POST", f"{m}/reset/nope")
     step("rotate-root", "POST", f"{m}/rotate-root/pg")
-    fact("root-old-password-refused", not pg.can_login(side.admin, side.admin_password, db))
+    fact("root-old-password-refused", lambda: not pg.can_login(side.admin, side.admin_password, db))
     step("rotate-root-missing", "POST", f"{m}/rotate-root/nope")
     step("config-read-after-rotate", "GET", f"{m}/config/pg")
     # static roles
@@ -165,12 +174,12 @@ def _sequence(http: httpx.Client, pg: PasswordCluster, side: Side, mount: str) -
     step("static-read", "GET", f"{m}/static-roles/app")
     step("static-list", "LIST", f"{m}/static-roles")
     c1 = step("static-creds", "GET", f"{m}/static-creds/app")
-    fact("static-password-works", pg.can_login(side.app, c1["data"]["password"], db))
-    fact("static-initial-refused", not pg.can_login(side.app, "initial-pw-123", db))
+    fact("static-password-works", lambda: pg.can_login(side.app, c1["data"]["password"], db))
+    fact("static-initial-refused", lambda: not pg.can_login(side.app, "initial-pw-123", db))
     step("rotate-role", "POST", f"{m}/rotate-role/app")
     c2 = step("static-creds-2", "GET", f"{m}/static-creds/app")
-    fact("rotated-password-works", pg.can_login(side.app, c2["data"]["password"], db))
-    fact("previous-password-refused", not pg.can_login(side.app, c1["data"]["password"], db))
+    fact("rotated-password-works", lambda: pg.can_login(side.app, c2["data"]["password"], db))
+    fact("previous-password-refused", lambda: not pg.can_login(side.app, c1["data"]["password"], db))
     step("static-creds-missing", "GET", f"{m}/static-creds/nope")
     step("rotate-role-missing", "POST", f"{m}/rotate-role/nope")
     step("static-read-missing", "GET", f"{m}/static-roles/nope")
@@ -208,10 +217,10 @@ def _sequence(http: httpx.Client, pg: PasswordCluster, side: Side, mount: str) -
     step("role-write-other", "POST", f"{m}/roles/other", {"db_name": "narrow", "creation_statements": create})
     step("creds-not-allowed", "GET", f"{m}/creds/other")
     cr = step("creds", "GET", f"{m}/creds/ro")
-    fact("dynamic-user-logs-in", pg.can_login(cr["data"]["username"], cr["data"]["password"], db))
+    fact("dynamic-user-logs-in", lambda: pg.can_login(cr["data"]["username"], cr["data"]["password"], db))
     step("creds-missing", "GET", f"{m}/creds/nope")
     step("creds-post", "POST", f"{m}/creds/ro")
-    lid = cr["lease_id"]
+    lid = cr.get("lease_id", "")
     # leases
     step("lookup", "PUT", "sys/leases/lookup", {"lease_id": lid})
     step("lookup-missing", "PUT", "sys/leases/lookup", {"lease_id": f"{m}/creds/ro/nope"})
@@ -233,25 +242,26 @@ def _sequence(http: httpx.Client, pg: PasswordCluster, side: Side, mount: str) -
     step("renew-negative", "PUT", "sys/leases/renew", {"lease_id": lid, "increment": -5})
     step("lookup-after-renew", "PUT", "sys/leases/lookup", {"lease_id": lid})
     step("revoke", "PUT", "sys/leases/revoke", {"lease_id": lid})
-    fact("revoked-user-refused", not pg.can_login(cr["data"]["username"], cr["data"]["password"], db))
-    fact("revoked-user-dropped", cr["data"]["username"] not in pg.roles(cr["data"]["username"][:20]))
+    fact("revoked-user-refused", lambda: not pg.can_login(cr["data"]["username"], cr["data"]["password"], db))
+    fact("revoked-user-dropped", lambda: cr["data"]["username"] not in pg.roles(cr["data"]["username"][:20]))
     step("lookup-revoked", "PUT", "sys/leases/lookup", {"lease_id": lid})
     step("revoke-again", "PUT", "sys/leases/revoke", {"lease_id": lid})
     step("revoke-nofield", "PUT", "sys/leases/revoke", {})
     step("renew-revoked", "PUT", "sys/leases/renew", {"lease_id": lid})
     b = step("creds-b", "GET", f"{m}/creds/ro")
-    step("revoke-path", "PUT", f"sys/leases/revoke/{b['lease_id']}")
+    step("revoke-path", "PUT", f"sys/leases/revoke/{b.get('lease_id', '')}")
     c = step("creds-c", "GET", f"{m}/creds/ro")
     d = step("creds-d", "GET", f"{m}/creds/ro")
     step("revoke-prefix", "PUT", f"sys/leases/revoke-prefix/{m}/creds/ro")
     fact("prefix-revoked-users-refused",
-         not any(pg.can_login(x["data"]["username"], x["data"]["password"], db) for x in (b, c, d)))
+         lambda: not any(pg.can_login(x["data"]["username"], x["data"]["password"], db) for x in (b, c, d)))
     step("revoke-prefix-empty", "PUT", f"sys/leases/revoke-prefix/{m}/creds/zz")
     step("revoke-force", "PUT", f"sys/leases/revoke-force/{m}/creds/zz")
-    step("lookup-after-prefix", "PUT", "sys/leases/lookup", {"lease_id": c["lease_id"]})
+    step("lookup-after-prefix", "PUT", "sys/leases/lookup", {"lease_id": c.get("lease_id", "")})
     e = step("creds-e", "GET", f"{m}/creds/ro")
-    step("revoke-async", "PUT", "sys/leases/revoke", {"lease_id": e["lease_id"], "sync": False})
-    fact("async-revoke-done", _eventually(lambda: not pg.can_login(e["data"]["username"], e["data"]["password"], db)))
+    step("revoke-async", "PUT", "sys/leases/revoke", {"lease_id": e.get("lease_id", ""), "sync": False})
+    fact("async-revoke-done",
+         lambda: _eventually(lambda: not pg.can_login(e["data"]["username"], e["data"]["password"], db)))
     step("tidy", "POST", "sys/leases/tidy")
     # removal
     step("role-delete", "DELETE", f"{m}/roles/ro")
@@ -289,7 +299,6 @@ def test_database_engine_and_leases_differential(server: Server, openbao: OpenBa
     with server.http(server.token("root")) as ours_http:
         ours = _sequence(ours_http, pgauth, _side(pgauth, "n"), mount)
     assert len(ours) >= 100
-    assert [(s, c) for s, c, _ in ours] == [(s, c) for s, c, _ in theirs]
     differing = [(mine, bao) for mine, bao in zip(ours, theirs, strict=True) if mine != bao]
     assert differing == [], "\n".join(map(repr, differing))
     assert all(value is True for _, code, value in theirs if code == 0)  # the PostgreSQL facts hold on OpenBao

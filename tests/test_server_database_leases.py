@@ -47,7 +47,7 @@ def test_hundred_leases_expire_across_two_serves_each_revoked_once(
             connection_url=pgauth.template_url(database), username=admin, password=admin_pw, mount_point=m)
         root.secrets.database.create_role(
             "short", db_name="pg", mount_point=m, default_ttl=TTL, max_ttl=TTL,
-            creation_statements=[f"CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}';"],
+            creation_statements=["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';"],
             revocation_statements=["INSERT INTO revocations VALUES ('{{name}}', clock_timestamp());",
                                    'DROP ROLE IF EXISTS "{{name}}";'])
         clients = [a.hvac(token), b.hvac(token)]

@@ -27,6 +27,7 @@ response data at all.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -144,21 +145,31 @@ class DatabaseMount:
         return ctx.reply(None, warnings=[str(w) for w in warnings])
 
     async def _item(self, request: Request, ctx: Ctx, *, read: Callable[[str], dict[str, Any]],
-                    write: Callable[[str, dict[str, Any]], Any], delete: Callable[[str], None]) -> Response:
+                    write: Callable[[str, dict[str, Any]], Any], delete: Callable[[str], None],
+                    hidden: frozenset[str] = frozenset(), unavailable: int = BAD_GATEWAY) -> Response:
+        """GET/POST/PUT/DELETE of one item; ``hidden`` fields are left out of the read (Vault has none
+        there), ``unavailable`` is the status of a PostgreSQL failure during the write."""
         name = self._name(request)
         if request.method == "GET":
             ctx.require("read")
-            return ctx.reply(await self._call(ctx, read, name, missing=HTTPError(404)))
+            found = await self._call(ctx, read, name, missing=HTTPError(404))
+            return ctx.reply({k: v for k, v in found.items() if k not in hidden})
         if request.method == "DELETE":
             ctx.require("delete")
-            try:
+            with contextlib.suppress(_Absent):  # deleting nothing succeeds, as in Vault
                 await self._call(ctx, delete, name, missing=_Absent(404), write=True)
-            except _Absent:
-                pass  # deleting nothing succeeds, as in Vault
             return Response(status_code=NO_CONTENT)
         await self._require_write(ctx, read, name)
         body = await read_json(request)
-        return self._written(ctx, await self._call(ctx, write, name, body, write=True))
+        db_name = body.get("db_name")
+        missing = _no_connection(db_name) if isinstance(db_name, str) else None
+        try:
+            warnings = await self._call(ctx, write, name, body, missing=missing, write=True)
+        except HTTPError as exc:
+            if exc.status == BAD_GATEWAY and unavailable != BAD_GATEWAY:
+                raise HTTPError(unavailable, *exc.messages) from None
+            raise
+        return self._written(ctx, warnings)
 
     # ---- connections ------------------------------------------------------------------
     async def list_connections(self, request: Request, ctx: Ctx) -> Response:
@@ -169,17 +180,22 @@ class DatabaseMount:
         if request.method not in ("GET", "DELETE"):
             body = await read_json(request)
             _protect(body.get("password"))
+        # a write verifies the connection: a failure there is the request's (a wrong password, a bad URL),
+        # answered 400 as OpenBao does
         return await self._item(request, ctx, read=eng.read_connection, write=eng.write_connection,
-                                delete=eng.delete_connection)
+                                delete=eng.delete_connection, unavailable=400)
 
     async def reset(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
-        await self._call(ctx, self.engine(ctx.backend).reset_connection, self._name(request), write=True)
+        name = self._name(request)
+        await self._call(ctx, self.engine(ctx.backend).reset_connection, name, missing=_no_connection(name),
+                         write=True)
         return Response(status_code=NO_CONTENT)
 
     async def rotate_root(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
-        await self._call(ctx, self.engine(ctx.backend).rotate_root, self._name(request), write=True)
+        name = self._name(request)
+        await self._call(ctx, self.engine(ctx.backend).rotate_root, name, missing=_no_connection(name), write=True)
         return Response(status_code=NO_CONTENT)
 
     # ---- dynamic roles ----------------------------------------------------------------
@@ -195,9 +211,16 @@ class DatabaseMount:
         ctx.require("read")
         name = self._name(request)
         token = ctx.token
-        data, lease = await self._call(
-            ctx, self.engine(ctx.backend).creds, name, token_accessor=token.accessor,
-            token_expires_at=token.expires_at, missing=HTTPError(400, f"unknown role: {name}"), write=True)
+        eng = self.engine(ctx.backend)
+        try:
+            data, lease = await self._call(ctx, eng.creds, name, token_accessor=token.accessor,
+                                           token_expires_at=token.expires_at, missing=_Absent(404), write=True)
+        except _Absent:  # the role, or the connection it names: OpenBao's words for each
+            try:
+                role = await ctx.backend.run(eng.read_role, name)
+            except DatabaseNotFoundError:
+                raise HTTPError(400, f"unknown role: {name}") from None
+            raise _no_connection(str(role.get("db_name", ""))) from None
         _protect(data.get("password"))
         ctx.details.update(lease_id=lease.lease_id)
         return ctx.reply(data, lease_id=lease.lease_id, renewable=lease.renewable,
@@ -210,7 +233,7 @@ class DatabaseMount:
     async def static_role(self, request: Request, ctx: Ctx) -> Response:
         eng = self.engine(ctx.backend)
         return await self._item(request, ctx, read=eng.read_static_role, write=eng.write_static_role,
-                                delete=eng.delete_static_role)
+                                delete=eng.delete_static_role, hidden=frozenset({"ttl"}))
 
     async def static_creds(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("read")
@@ -226,6 +249,11 @@ class DatabaseMount:
         await self._call(ctx, self.engine(ctx.backend).rotate_role, self._name(request),
                          missing=HTTPError(400, "no static role found for role name"), write=True)
         return Response(status_code=NO_CONTENT)
+
+
+def _no_connection(name: str) -> HTTPError:
+    """OpenBao's words for a connection name that is not configured (it answers them with 500; we, 400)."""
+    return HTTPError(400, f'failed to find entry for connection with name: "{name[:200]}"')
 
 
 class _Absent(HTTPError):

@@ -21,6 +21,7 @@ Vault's legacy ``sys/renew``, ``sys/revoke``, ``sys/revoke-prefix`` and
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..durations import parse_duration
 from .. import leases as _leases
+from ..durations import parse_duration
 from ._backend import Backend
 from ._request import Ctx, endpoint, read_json
 from .errors import HTTPError, bad_request
@@ -65,15 +66,10 @@ def _increment(body: dict[str, Any]) -> int | None:
     if isinstance(value, bool):
         raise bad_request('Field validation failed: error converting input for field "increment": not a duration')
     try:
-        if isinstance(value, int | float):
-            seconds = float(value)
-        elif isinstance(value, str) and value.lstrip("-").isdigit():
+        if isinstance(value, int | float) or (isinstance(value, str) and value.lstrip("-").isdigit()):
             seconds = float(value)
         elif isinstance(value, str):
-            if value.startswith("-"):
-                seconds = -1.0
-            else:
-                seconds = parse_duration(value, "increment").total_seconds()
+            seconds = -1.0 if value.startswith("-") else parse_duration(value, "increment").total_seconds()
         else:
             raise ValueError
     except Exception:
@@ -141,8 +137,9 @@ async def renew(request: Request, ctx: Ctx) -> Response:
     warnings = None
     if capped and increment is not None:
         asked = body.get("increment")
-        warnings = [f'TTL of "{asked if isinstance(asked, str) else f"{increment}s"}" exceeded the effective max_ttl of "{duration}s"; TTL value is '
-                    "capped accordingly"]
+        shown = asked if isinstance(asked, str) else f"{increment}s"
+        warnings = [f'TTL of "{shown}" exceeded the effective max_ttl of "{duration}s"; TTL value is capped '
+                    "accordingly"]
     ctx.details.update(lease_id=lease.lease_id)
     return ctx.reply(None, lease_id=lease.lease_id, renewable=lease.renewable, lease_duration=duration,
                      warnings=warnings)
@@ -166,10 +163,8 @@ async def revoke(request: Request, ctx: Ctx) -> Response:
     sync = body.get("sync", True)
     if not isinstance(sync, bool):
         sync = str(sync).lower() not in ("false", "0")
-    try:
+    with contextlib.suppress(_leases.LeaseNotFoundError):  # type: ignore[attr-defined]  # revoking nothing succeeds
         await ctx.backend.write(ctx.backend.leases().revoke, lease_id, sync=sync)
-    except _leases.LeaseNotFoundError:  # type: ignore[attr-defined]
-        pass  # revoking nothing succeeds, as in Vault
     ctx.details.update(lease_id=lease_id)
     return Response(status_code=NO_CONTENT if sync else ACCEPTED)
 

@@ -17,9 +17,9 @@ itself is checked on every use against the clock.
 from __future__ import annotations
 
 import base64
-import logging
 import hashlib
 import hmac
+import logging
 import secrets
 import string
 import threading
