@@ -299,6 +299,13 @@ def test_console_lists_database_roles(server: Server, root_token: str, target: T
     target.configure(client)
     client.secrets.database.create_static_role("app", db_name="pg", username=target.app, rotation_statements=[],
                                                rotation_period=3600, mount_point=target.mount)
+    target.pg.admin(f"CREATE ROLE {target.app}_b LOGIN")
+    with server.http(root_token) as http:  # ours: two users that take turns, the previous one kept for a grace
+        r = http.post(f"/v1/{target.mount}/static-roles/alt", json={
+            "db_name": "pg", "username": target.app, "username_b": f"{target.app}_b", "rotation_period": "1h",
+            "rotation_strategy": "alternating", "grace_period": "30m"})
+        assert r.status_code == 204, r.text
+        assert http.post(f"/v1/{target.mount}/rotate-role/alt").status_code == 204
     with httpx.Client(base_url=server.url, follow_redirects=False, timeout=30) as browser:
         login = browser.post("/ui/login", data={"token": root_token}, headers={"Origin": server.url})
         assert login.status_code == 303, login.text[:300]
@@ -306,5 +313,7 @@ def test_console_lists_database_roles(server: Server, root_token: str, target: T
         cookie = login.headers["set-cookie"].split(";", 1)[0]
         page = browser.get("/ui/database", headers={"Cookie": cookie})
     assert page.status_code == 200, page.text[:500]
-    assert target.mount in page.text and 'data-role="app"' in page.text
+    assert target.mount in page.text and 'data-role="app"' in page.text and 'data-role="alt"' in page.text
+    timeline = page.text.split('data-role="alt"', 1)[1]
+    assert "timeline-table" in timeline and "s-current" in timeline and "s-grace" in timeline
     assert "initial-pw-123" not in page.text
