@@ -162,3 +162,14 @@ def make_target(cluster: ScramCluster) -> DbTarget:
 @pytest.fixture
 def db_target(scram_postgres: ScramCluster) -> DbTarget:
     return make_target(scram_postgres)
+
+
+
+def clock_at_now() -> Any:
+    """A fake clock that starts at the real time: PostgreSQL compares VALID UNTIL with its own clock.
+    A test module of the engine overrides ``clock`` with it."""
+    from datetime import UTC, datetime
+
+    from .helpers import FakeClock
+
+    return FakeClock(datetime.now(UTC).replace(microsecond=0))

@@ -11,13 +11,18 @@ import pytest
 import nebula_credential as nc
 from nebula_credential.database import DatabaseEngine, DatabaseInputError, DatabaseNotFoundError
 
-from .fixtures_dbengine import DbTarget
+from .fixtures_dbengine import DbTarget, clock_at_now
 from .helpers import FakeClock
 
 
 @pytest.fixture
 def store_url(sqlite_url: str) -> str:
     return sqlite_url
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return clock_at_now()  # type: ignore[no-any-return]
 
 
 @pytest.fixture

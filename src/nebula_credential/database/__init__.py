@@ -14,7 +14,7 @@ and ``errors``.
 
 from __future__ import annotations
 
-from .engine import DEFAULT_MOUNT, DatabaseEngine, default_keyring
+from .engine import DEFAULT_MOUNT, DatabaseEngine, DatabaseLeaseHandler, default_keyring, lease_handlers
 from .errors import DatabaseConnectError, DatabaseInputError, DatabaseNotFoundError, DatabaseUnavailableError
 from .plugin import PLUGIN_NAME
 from .static import RotationResult
@@ -25,8 +25,10 @@ __all__ = [
     "DatabaseConnectError",
     "DatabaseEngine",
     "DatabaseInputError",
+    "DatabaseLeaseHandler",
     "DatabaseNotFoundError",
     "DatabaseUnavailableError",
     "RotationResult",
     "default_keyring",
+    "lease_handlers",
 ]

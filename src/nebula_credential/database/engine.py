@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..leases import Lease, LeaseHandler, Leases
 from .connections import Connections
+from .dynamic import DynamicRoles
 from .items import Items
 from .secrets_store import Secrets
 from .static import RotationResult, StaticRoles
@@ -41,9 +43,8 @@ class DatabaseEngine:
         self.secrets = Secrets(self.vault)
         self.connections = Connections(self.vault, self.items, self.secrets)
         self.static = StaticRoles(self.vault, self.items, self.secrets, self.connections, holder=holder)
-        from .dynamic import DynamicRoles
-
-        self.dynamic = DynamicRoles(self.vault, self.items, self.connections)
+        self.leases = Leases(vault, lease_handlers(vault, self), rowmac=self.items.rowmac, holder=holder)
+        self.dynamic = DynamicRoles(self.vault, self.items, self.connections, self.leases)
 
     def _registered_keyring(self) -> str | None:
         found = self.items.get(MOUNT_KIND, "")
@@ -108,6 +109,51 @@ class DatabaseEngine:
     def overview(self) -> list[dict[str, Any]]:
         return [self.static.overview_of(n) for n in self.static.names()]
 
+    # ---- dynamic roles ----------------------------------------------------------------------
+    def write_role(self, name: str, fields: dict[str, Any]) -> None:
+        self._register()
+        self.dynamic.write(name, fields)
+
+    def read_role(self, name: str) -> dict[str, Any]:
+        return self.dynamic.get(name).vault_shape()
+
+    def list_roles(self) -> list[str]:
+        return self.dynamic.names()
+
+    def delete_role(self, name: str) -> None:
+        self.dynamic.delete(name)
+
+    def creds(self, role: str, *, token_accessor: str | None = None, token_expires_at: float | None = None,
+              display_name: str = "token") -> tuple[dict[str, Any], Lease]:
+        """A new PostgreSQL user and its lease (the lease's life clipped to the token's, as Vault)."""
+        return self.dynamic.creds(role, token_accessor=token_accessor, token_expires_at=token_expires_at,
+                                  display_name=display_name)
+
+    # ---- the scheduler ----------------------------------------------------------------------
     def run_due(self) -> list[RotationResult]:
         """Settle, retire and rotate the static roles that need it (the scheduler's pass)."""
         return self.static.run_due()
+
+
+class DatabaseLeaseHandler:
+    """Revokes and renews the database engine's leases, finding each lease's mount by its row."""
+
+    def __init__(self, vault: Vault, engine: DatabaseEngine | None = None) -> None:
+        self.vault = vault
+        self._engines: dict[str, DatabaseEngine] = {} if engine is None else {engine.mount: engine}
+
+    def _engine(self, mount: str) -> DatabaseEngine:
+        if mount not in self._engines:
+            self._engines[mount] = DatabaseEngine(self.vault, mount)
+        return self._engines[mount]
+
+    def revoke(self, mount: str, body: dict[str, Any]) -> None:
+        self._engine(mount).dynamic.revoke_user(body)
+
+    def renew(self, mount: str, body: dict[str, Any], expire_time: float) -> None:
+        self._engine(mount).dynamic.renew_user(body, expire_time)
+
+
+def lease_handlers(vault: Vault, engine: DatabaseEngine | None = None) -> dict[str, LeaseHandler]:
+    """The handlers a :class:`~nebula_credential.leases.Leases` needs for this engine's leases."""
+    return {"database": DatabaseLeaseHandler(vault, engine)}
