@@ -22,6 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from ..aio import AsyncVault
 from ..audit import Event
 from ..config import KeyManagementConfig
+from ..database import lease_handlers
+from ..leases import Leases
 from ..models import Credential, EncryptedCredential
 from ..servertables import TokenRow
 from ..vault import Vault
@@ -61,17 +63,14 @@ class Backend:
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
         self._write_gate = asyncio.Lock() if vault.single_writer else None
-        self._leases: Any = None
+        self._leases: Leases | None = None
         self.tokens.on_revoke.append(self._revoke_leases)
 
-    def leases(self) -> Any:
+    def leases(self) -> Leases:
         """The store's leases (``sys/leases/*``, ``database/creds``), built on first use."""
         if self._leases is None:
             with self._lock:
                 if self._leases is None:
-                    from ..database import lease_handlers  # type: ignore[attr-defined]
-                    from ..leases import Leases  # type: ignore[attr-defined]
-
                     self._leases = Leases(self.vault, lease_handlers(self.vault))
         return self._leases
 

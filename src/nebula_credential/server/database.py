@@ -263,10 +263,16 @@ class _Absent(HTTPError):
 
 
 def purge_mount(backend: Backend, mount: str) -> None:
-    """A disabled mount's leases are revoked (their users dropped) and its connections and roles deleted,
-    as Vault does; runs in a worker thread."""
+    """A disabled mount's leases are revoked (their users dropped), then its roles and connections
+    deleted, as Vault does; runs in a worker thread.  A lease whose revocation fails stays queued."""
     backend.leases().revoke_prefix(f"{mount}/")
-    DatabaseEngine(backend.vault, mount=mount).purge()
+    engine = DatabaseEngine(backend.vault, mount=mount)
+    for name in engine.list_static_roles():
+        engine.delete_static_role(name)
+    for name in engine.list_roles():
+        engine.delete_role(name)
+    for name in engine.list_connections():
+        engine.delete_connection(name)
 
 
 __all__ = ["DatabaseMount", "purge_mount"]

@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .. import leases as _leases
 from ..durations import parse_duration
+from ..leases import Lease, LeaseInputError, LeaseNotFoundError
 from ._backend import Backend
 from ._request import Ctx, endpoint, read_json
 from .errors import HTTPError, bad_request
@@ -81,7 +81,7 @@ def _increment(body: dict[str, Any]) -> int | None:
     return int(min(seconds, MAX_INCREMENT))
 
 
-def lookup_json(lease: Any, now: float) -> dict[str, Any]:
+def lookup_json(lease: Lease, now: float) -> dict[str, Any]:
     """Vault's ``sys/leases/lookup`` data."""
     return {
         "expire_time": _iso(lease.expire_time),
@@ -104,7 +104,7 @@ async def lookup(request: Request, ctx: Ctx) -> Response:
     lease_id = _lease_id(await read_json(request), request)
     try:
         lease = await ctx.backend.run(ctx.backend.leases().lookup, lease_id)
-    except _leases.LeaseNotFoundError:  # type: ignore[attr-defined]
+    except LeaseNotFoundError:
         raise HTTPError(400, "invalid lease") from None
     return ctx.reply(lookup_json(lease, _now(ctx)))
 
@@ -129,15 +129,21 @@ async def renew(request: Request, ctx: Ctx) -> Response:
     try:
         current = await ctx.backend.run(leases.lookup, lease_id)
         not_after = await _owner_expiry(ctx.backend, current)
-        result = await ctx.backend.write(leases.renew, lease_id, increment, not_after=not_after)
-    except _leases.LeaseNotFoundError:  # type: ignore[attr-defined]
+        asked = increment
+        if not_after is not None:  # never past the token that created it
+            room = max(1, int(not_after - _now(ctx)))
+            default = max(1, round(current.expire_time - current.issue_time))
+            asked = min(increment if increment is not None else default, room)
+        lease = await ctx.backend.write(leases.renew, lease_id, asked)
+    except LeaseNotFoundError:
         raise HTTPError(400, "lease not found") from None
-    lease, capped = (result.lease, result.capped) if hasattr(result, "capped") else (result, False)
+    except LeaseInputError as exc:
+        raise HTTPError(400, str(exc)) from None
     duration = max(0, round(lease.expire_time - _now(ctx)))
     warnings = None
-    if capped and increment is not None:
-        asked = body.get("increment")
-        shown = asked if isinstance(asked, str) else f"{increment}s"
+    if increment is not None and duration + 1 < increment:  # capped at the role's max_ttl (or the token)
+        raw = body.get("increment")
+        shown = raw if isinstance(raw, str) else f"{increment}s"
         warnings = [f'TTL of "{shown}" exceeded the effective max_ttl of "{duration}s"; TTL value is capped '
                     "accordingly"]
     ctx.details.update(lease_id=lease.lease_id)
@@ -145,14 +151,14 @@ async def renew(request: Request, ctx: Ctx) -> Response:
                      warnings=warnings)
 
 
-async def _owner_expiry(backend: Backend, lease: Any) -> float | None:
+async def _owner_expiry(backend: Backend, lease: Lease) -> float | None:
     """The creating token's expiry (a lease never outlives it); a lease whose token is gone is revoked."""
     if not lease.token_accessor:
         return None
     row = await backend.run(backend.tokens.by_accessor, lease.token_accessor)
     if row is None:
         await backend.write(backend.leases().revoke, lease.lease_id)
-        raise _leases.LeaseNotFoundError(lease.lease_id)  # type: ignore[attr-defined]
+        raise LeaseNotFoundError(lease.lease_id)
     return row.expires_at
 
 
@@ -163,7 +169,7 @@ async def revoke(request: Request, ctx: Ctx) -> Response:
     sync = body.get("sync", True)
     if not isinstance(sync, bool):
         sync = str(sync).lower() not in ("false", "0")
-    with contextlib.suppress(_leases.LeaseNotFoundError):  # type: ignore[attr-defined]  # revoking nothing succeeds
+    with contextlib.suppress(LeaseNotFoundError):  # revoking nothing succeeds
         await ctx.backend.write(ctx.backend.leases().revoke, lease_id, sync=sync)
     ctx.details.update(lease_id=lease_id)
     return Response(status_code=NO_CONTENT if sync else ACCEPTED)
