@@ -20,6 +20,7 @@ serve (legacy ``sys/renew``...) are not in the sequence.
 
 from __future__ import annotations
 
+import re
 import secrets
 import ssl
 import time
@@ -48,7 +49,8 @@ MESSAGE_ALIASES = {"one of rotation_schedule or rotation_period must be provided
                    "rotation_period is required to create static accounts"}
 #: Fields only we answer (alternating rotation, schedules): left out of the comparison.
 EXTENSIONS = frozenset({"rotation_strategy", "grace_period", "username_b", "rotation_schedule", "rotation_window",
-                        "next_vault_rotation", "previous", "verify_connection"})
+                        "next_vault_rotation", "previous", "verify_connection",
+                        "credential_config"})  # Vault's newer role field, which OpenBao 2.7.2 lacks
 #: Values compared as they are (after the side's names are replaced by placeholders).
 VALUES = frozenset({"keys", "allowed_roles", "plugin_name", "plugin_version", "db_name", "rotation_period",
                     "default_ttl", "max_ttl", "credential_type", "renewable", "lease_duration", "creation_statements",
@@ -108,6 +110,8 @@ def _shape(value: Any, names: dict[str, str], key: str = "") -> Any:
         return ("lease", value.rsplit("/", 1)[0], len(value.rsplit("/", 1)[1]) > 0)
     if key == "username" and isinstance(value, str) and value not in names:
         return ("generated", value.startswith("v-"))  # a dynamic user's name: Vault's v-... form
+    if key == "keys" and isinstance(value, list):  # a lease listing: ids' random tails by their form
+        return [re.sub(r"^[A-Za-z0-9]{24}$", "<lease>", str(k)) for k in value]
     if key in VALUES:
         return _placeholders(value, names)
     if isinstance(value, dict):

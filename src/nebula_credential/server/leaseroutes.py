@@ -22,6 +22,7 @@ Vault's legacy ``sys/renew``, ``sys/revoke``, ``sys/revoke-prefix`` and
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ..database import DatabaseInputError, DatabaseUnavailableError
 from ..durations import parse_duration
 from ..leases import Lease, LeaseInputError, LeaseNotFoundError
 from ._backend import Backend
@@ -37,6 +39,7 @@ from .errors import HTTPError, bad_request
 
 NO_CONTENT = 204
 ACCEPTED = 202
+BAD_GATEWAY = 502
 TIDY_WARNING = ("Tidy operation successfully started. Any information from the operation will be printed to "
                 "the server's logs.")
 #: The longest increment accepted (ten years): anything longer is clipped to the role's max_ttl anyway.
@@ -137,8 +140,10 @@ async def renew(request: Request, ctx: Ctx) -> Response:
         lease = await ctx.backend.write(leases.renew, lease_id, asked)
     except LeaseNotFoundError:
         raise HTTPError(400, "lease not found") from None
-    except LeaseInputError as exc:
+    except (LeaseInputError, DatabaseInputError) as exc:
         raise HTTPError(400, str(exc)) from None
+    except DatabaseUnavailableError as exc:
+        raise HTTPError(BAD_GATEWAY, f"failed to renew the lease: {exc}") from None
     duration = max(0, round(lease.expire_time - _now(ctx)))
     warnings = None
     if increment is not None and duration + 1 < increment:  # capped at the role's max_ttl (or the token)
@@ -162,6 +167,18 @@ async def _owner_expiry(backend: Backend, lease: Lease) -> float | None:
     return row.expires_at
 
 
+@contextlib.contextmanager
+def _revocation_errors(what: str) -> Iterator[None]:
+    """A revocation PostgreSQL refused (400, as OpenBao answers ``failed to revoke``) or could not be reached
+    (502); either way the lease stays queued and the scheduler retries it."""
+    try:
+        yield
+    except (LeaseInputError, DatabaseInputError) as exc:
+        raise HTTPError(400, f'failed to revoke "{what[:200]}": {exc}') from None
+    except DatabaseUnavailableError as exc:
+        raise HTTPError(BAD_GATEWAY, f'failed to revoke "{what[:200]}": {exc}; it stays queued for retry') from None
+
+
 async def revoke(request: Request, ctx: Ctx) -> Response:
     ctx.require("update")
     body = await read_json(request)
@@ -169,7 +186,7 @@ async def revoke(request: Request, ctx: Ctx) -> Response:
     sync = body.get("sync", True)
     if not isinstance(sync, bool):
         sync = str(sync).lower() not in ("false", "0")
-    with contextlib.suppress(LeaseNotFoundError):  # revoking nothing succeeds
+    with _revocation_errors(lease_id), contextlib.suppress(LeaseNotFoundError):  # revoking nothing succeeds
         await ctx.backend.write(ctx.backend.leases().revoke, lease_id, sync=sync)
     ctx.details.update(lease_id=lease_id)
     return Response(status_code=NO_CONTENT if sync else ACCEPTED)
@@ -182,7 +199,8 @@ async def revoke_prefix(request: Request, ctx: Ctx) -> Response:
     prefix = str(request.path_params.get("prefix", "")).strip("/")
     if not prefix:
         raise HTTPError(404, "unsupported path")
-    count = await ctx.backend.write(ctx.backend.leases().revoke_prefix, prefix)
+    with _revocation_errors(prefix):
+        count = await ctx.backend.write(ctx.backend.leases().revoke_prefix, prefix)
     ctx.details.update(prefix=prefix, revoked=int(count))
     return Response(status_code=NO_CONTENT)
 
