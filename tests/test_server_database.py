@@ -99,7 +99,8 @@ def test_hvac_static_and_dynamic_roles(server: Server, root_token: str, target: 
     assert db.list_connections(mount_point=m)["data"]["keys"] == ["pg"]
     db.rotate_root_credentials("pg", mount_point=m)
     assert not target.login(target.admin, target.admin_password)  # only the new root password works now
-    assert "password" not in json.dumps(db.read_connection("pg", mount_point=m)["data"])
+    details = db.read_connection("pg", mount_point=m)["data"]["connection_details"]
+    assert "password" not in details and target.admin_password not in json.dumps(details)
 
     db.create_static_role("app", db_name="pg", username=target.app,
                           rotation_statements=["ALTER USER \"{{name}}\" WITH PASSWORD '{{password}}';"],

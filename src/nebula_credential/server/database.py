@@ -43,6 +43,7 @@ from ..database import (
     DatabaseNotFoundError,
     DatabaseUnavailableError,
 )
+from ..leases import LeaseInputError
 from ._backend import Backend
 from ._request import Ctx, endpoint, read_json
 from .errors import HTTPError
@@ -265,7 +266,11 @@ class _Absent(HTTPError):
 def purge_mount(backend: Backend, mount: str) -> None:
     """A disabled mount's leases are revoked (their users dropped), then its roles and connections
     deleted, as Vault does; runs in a worker thread.  A lease whose revocation fails stays queued."""
-    backend.leases().revoke_prefix(f"{mount}/")
+    try:
+        backend.leases().revoke_prefix(f"{mount}/")
+    except (DatabaseInputError, DatabaseUnavailableError, LeaseInputError) as exc:  # the mount stays, as in OpenBao
+        raise HTTPError(400, f"failed to revoke the leases of {mount}/: {exc}; they stay queued for retry and the "
+                             "mount stays enabled") from None
     engine = DatabaseEngine(backend.vault, mount=mount)
     for name in engine.list_static_roles():
         engine.delete_static_role(name)
