@@ -45,6 +45,8 @@ CLAIM_TTL = 60.0
 #: Back-off of a failed revocation: doubles per attempt from the first value, up to the second (seconds).
 BACKOFF = (5.0, 600.0)
 SWEEP_BATCH = 200
+#: The audit action of a failed revocation attempt (the lease stays queued).
+REVOKE_FAILED_ACTION = "lease.revoke_failed"
 
 
 class LeaseNotFoundError(NebulaCredentialError):
@@ -248,8 +250,8 @@ class Leases:
             delay = min(BACKOFF[1], BACKOFF[0] * 2 ** row.attempts)
             with self.vault.store.transaction() as tx:
                 tx.lease_failed(lease_id, self.holder, str(exc), now + delay)
-                self.vault.audit.record(tx, "lease.revoke", outcome="failed", lease=lease_id, engine=row.engine,
-                                        attempts=row.attempts + 1)
+                self.vault.audit.record(tx, REVOKE_FAILED_ACTION, outcome="failed", lease=lease_id,
+                                        engine=row.engine, attempts=row.attempts + 1)
             logger.warning("lease %s: revocation failed (attempt %d, next in %.0fs): %s", lease_id,
                            row.attempts + 1, delay, exc)
             if raise_errors:

@@ -66,6 +66,8 @@ CONNECT_PAUSE = 0.2
 #: Scheduler back-off after a failed rotation: doubles per failure from the first value, up to the second.
 BACKOFF = (10.0, 600.0)
 TIMELINE_KEEP = 20
+#: The audit action of a failed rotation attempt (counted by ``nebula_credential_database_rotation_failures``).
+ROTATE_FAILED_ACTION = "database.static_role.rotate_failed"
 _KNOWN = frozenset({"db_name", "username", "rotation_period", "rotation_schedule", "rotation_window",
                     "rotation_timezone", "rotation_statements", "credential_type", "credential_config",
                     "rotation_strategy", "grace_period", "username_b", "skip_import_rotation",
@@ -483,7 +485,7 @@ class StaticRoles:
         state.last_error = str(exc)[:300]
         state.next_try = now + min(BACKOFF[1], BACKOFF[0] * 2 ** (state.failures - 1))
         self._save(role.name, state, revision)
-        self._audit("database.static_role.rotate", role.name, outcome="failed", failures=state.failures)
+        self._audit(ROTATE_FAILED_ACTION, role.name, outcome="failed", failures=state.failures)
         logger.warning("static role %s: rotation failed (%d in a row): %s", role.name, state.failures, exc)
         return RotationResult(role.name, "failed", error=state.last_error)
 
