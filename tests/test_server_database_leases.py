@@ -42,6 +42,7 @@ def test_hundred_leases_expire_across_two_serves_each_revoked_once(
         root = a.hvac(token)
         m = f"db{tag}"
         root.sys.enable_secrets_engine("database", path=m)
+        stack.callback(lambda: print(a.log()[-4000:], b.log()[-4000:]))  # shown when the test fails
         root.secrets.database.configure(
             name="pg", plugin_name="postgresql-database-plugin", allowed_roles=["*"],
             connection_url=pgauth.template_url(database), username=admin, password=admin_pw, mount_point=m)

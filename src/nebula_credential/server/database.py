@@ -69,11 +69,13 @@ class DatabaseMount:
         self._engine: DatabaseEngine | None = None
         self._lock = threading.Lock()
 
-    def engine(self, backend: Backend) -> DatabaseEngine:
+    async def engine(self, backend: Backend) -> DatabaseEngine:
+        """The mount's engine, built on first use off the event loop (its constructor reads the store)."""
         if self._engine is None:
+            engine = await backend.run(DatabaseEngine, backend.vault, mount=self.mount)
             with self._lock:
                 if self._engine is None:
-                    self._engine = DatabaseEngine(backend.vault, mount=self.mount)
+                    self._engine = engine
         return self._engine
 
     def routes(self) -> list[BaseRoute]:
@@ -97,9 +99,14 @@ class DatabaseMount:
         ]
 
     # ---- plumbing ---------------------------------------------------------------------
-    async def _call(self, ctx: Ctx, fn: Callable[..., Any], *args: Any, missing: HTTPError | None = None,
-                    write: bool = False, **kw: Any) -> Any:
-        """One engine call off the event loop, its typed errors turned into Vault's answers."""
+    async def _call(self, ctx: Ctx, op: str, *args: Any, missing: HTTPError | None = None, write: bool = False,
+                    **kw: Any) -> Any:
+        """Engine operation ``op`` off the event loop, its typed errors turned into Vault's answers.
+
+        Called only after the handler authorised the request: the engine is built here, on first use,
+        and building it reads the store.
+        """
+        fn = getattr(await self.engine(ctx.backend), op)
         try:
             if write:
                 return await ctx.backend.write(fn, *args, **kw)
@@ -117,23 +124,24 @@ class DatabaseMount:
     def _name(request: Request) -> str:
         return str(request.path_params["name"])
 
-    async def _require_write(self, ctx: Ctx, exists: Callable[[str], Any], name: str) -> None:
-        """``update`` on an existing item, ``create`` (or ``update``) on a new one: Vault's existence check."""
+    async def _require_write(self, ctx: Ctx, exists: str, name: str) -> None:
+        """``update`` on an existing item, ``create`` (or ``update``) on a new one: Vault's existence check.
+        The existence read runs only for a token that may create (so it is authorised to learn it)."""
         if ctx.allows("update"):
             ctx.require("update")
             return
         if not ctx.allows("create"):
             ctx.require("update")  # raises 403
         try:
-            await ctx.backend.run(exists, name)
-        except DatabaseNotFoundError:
+            await self._call(ctx, exists, name, missing=_Absent(404))
+        except _Absent:
             ctx.require("create")
             return
         ctx.require("update")  # it exists: create alone does not allow overwriting it
 
-    async def _list(self, ctx: Ctx, folder: str, fn: Callable[[], list[str]]) -> Response:
+    async def _list(self, ctx: Ctx, folder: str, op: str) -> Response:
         ctx.require("list", f"{self.mount}/{folder}/")
-        names = await self._call(ctx, fn)
+        names = await self._call(ctx, op)
         if not names:
             raise HTTPError(404)
         return ctx.reply({"keys": sorted(names)})
@@ -145,27 +153,29 @@ class DatabaseMount:
             return Response(status_code=NO_CONTENT)
         return ctx.reply(None, warnings=[str(w) for w in warnings])
 
-    async def _item(self, request: Request, ctx: Ctx, *, read: Callable[[str], dict[str, Any]],
-                    write: Callable[[str, dict[str, Any]], Any], delete: Callable[[str], None],
-                    hidden: frozenset[str] = frozenset(), unavailable: int = BAD_GATEWAY) -> Response:
-        """GET/POST/PUT/DELETE of one item; ``hidden`` fields are left out of the read (Vault has none
-        there), ``unavailable`` is the status of a PostgreSQL failure during the write."""
+    async def _item(self, request: Request, ctx: Ctx, kind: str, *, hidden: frozenset[str] = frozenset(),
+                    unavailable: int = BAD_GATEWAY) -> Response:
+        """GET/POST/PUT/DELETE of one ``kind`` (``connection``, ``role``, ``static_role``): the engine's
+        ``read_<kind>``, ``write_<kind>``, ``delete_<kind>``.  ``hidden`` fields are left out of the read
+        (Vault has none there), ``unavailable`` is the status of a PostgreSQL failure during the write."""
         name = self._name(request)
         if request.method == "GET":
             ctx.require("read")
-            found = await self._call(ctx, read, name, missing=HTTPError(404))
+            found = await self._call(ctx, f"read_{kind}", name, missing=HTTPError(404))
             return ctx.reply({k: v for k, v in found.items() if k not in hidden})
         if request.method == "DELETE":
             ctx.require("delete")
             with contextlib.suppress(_Absent):  # deleting nothing succeeds, as in Vault
-                await self._call(ctx, delete, name, missing=_Absent(404), write=True)
+                await self._call(ctx, f"delete_{kind}", name, missing=_Absent(404), write=True)
             return Response(status_code=NO_CONTENT)
-        await self._require_write(ctx, read, name)
+        await self._require_write(ctx, f"read_{kind}", name)
         body = await read_json(request)
+        if kind == "connection":
+            _protect(body.get("password"))
         db_name = body.get("db_name")
         missing = _no_connection(db_name) if isinstance(db_name, str) else None
         try:
-            warnings = await self._call(ctx, write, name, body, missing=missing, write=True)
+            warnings = await self._call(ctx, f"write_{kind}", name, body, missing=missing, write=True)
         except HTTPError as exc:
             if exc.status == BAD_GATEWAY and unavailable != BAD_GATEWAY:
                 raise HTTPError(unavailable, *exc.messages) from None
@@ -174,53 +184,42 @@ class DatabaseMount:
 
     # ---- connections ------------------------------------------------------------------
     async def list_connections(self, request: Request, ctx: Ctx) -> Response:
-        return await self._list(ctx, "config", self.engine(ctx.backend).list_connections)
+        return await self._list(ctx, "config", "list_connections")
 
     async def connection(self, request: Request, ctx: Ctx) -> Response:
-        eng = self.engine(ctx.backend)
-        if request.method not in ("GET", "DELETE"):
-            body = await read_json(request)
-            _protect(body.get("password"))
         # a write verifies the connection: a failure there is the request's (a wrong password, a bad URL),
         # answered 400 as OpenBao does
-        return await self._item(request, ctx, read=eng.read_connection, write=eng.write_connection,
-                                delete=eng.delete_connection, unavailable=400)
+        return await self._item(request, ctx, "connection", unavailable=400)
 
     async def reset(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
         name = self._name(request)
-        await self._call(ctx, self.engine(ctx.backend).reset_connection, name, missing=_no_connection(name),
-                         write=True)
+        await self._call(ctx, "reset_connection", name, missing=_no_connection(name), write=True)
         return Response(status_code=NO_CONTENT)
 
     async def rotate_root(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
         name = self._name(request)
-        await self._call(ctx, self.engine(ctx.backend).rotate_root, name, missing=_no_connection(name), write=True)
+        await self._call(ctx, "rotate_root", name, missing=_no_connection(name), write=True)
         return Response(status_code=NO_CONTENT)
 
     # ---- dynamic roles ----------------------------------------------------------------
     async def list_roles(self, request: Request, ctx: Ctx) -> Response:
-        return await self._list(ctx, "roles", self.engine(ctx.backend).list_roles)
+        return await self._list(ctx, "roles", "list_roles")
 
     async def role(self, request: Request, ctx: Ctx) -> Response:
-        eng = self.engine(ctx.backend)
-        return await self._item(request, ctx, read=eng.read_role, write=eng.write_role, delete=eng.delete_role)
+        return await self._item(request, ctx, "role")
 
     async def creds(self, request: Request, ctx: Ctx) -> Response:
         """A new PostgreSQL user under a lease owned by the requesting token."""
         ctx.require("read")
         name = self._name(request)
         token = ctx.token
-        eng = self.engine(ctx.backend)
         try:
-            data, lease = await self._call(ctx, eng.creds, name, token_accessor=token.accessor,
+            data, lease = await self._call(ctx, "creds", name, token_accessor=token.accessor,
                                            token_expires_at=token.expires_at, missing=_Absent(404), write=True)
         except _Absent:  # the role, or the connection it names: OpenBao's words for each
-            try:
-                role = await ctx.backend.run(eng.read_role, name)
-            except DatabaseNotFoundError:
-                raise HTTPError(400, f"unknown role: {name}") from None
+            role = await self._call(ctx, "read_role", name, missing=HTTPError(400, f"unknown role: {name}"))
             raise _no_connection(str(role.get("db_name", ""))) from None
         _protect(data.get("password"))
         ctx.details.update(lease_id=lease.lease_id)
@@ -229,25 +228,22 @@ class DatabaseMount:
 
     # ---- static roles -----------------------------------------------------------------
     async def list_static_roles(self, request: Request, ctx: Ctx) -> Response:
-        return await self._list(ctx, "static-roles", self.engine(ctx.backend).list_static_roles)
+        return await self._list(ctx, "static-roles", "list_static_roles")
 
     async def static_role(self, request: Request, ctx: Ctx) -> Response:
-        eng = self.engine(ctx.backend)
-        return await self._item(request, ctx, read=eng.read_static_role, write=eng.write_static_role,
-                                delete=eng.delete_static_role, hidden=frozenset({"ttl"}))
+        return await self._item(request, ctx, "static_role", hidden=frozenset({"ttl"}))
 
     async def static_creds(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("read")
         name = self._name(request)
-        data = await self._call(ctx, self.engine(ctx.backend).static_creds, name,
-                                missing=HTTPError(400, f"unknown role: {name}"))
+        data = await self._call(ctx, "static_creds", name, missing=HTTPError(400, f"unknown role: {name}"))
         previous = data.get("previous")
         _protect(data.get("password"), previous.get("password") if isinstance(previous, dict) else None)
         return ctx.reply(data)
 
     async def rotate_role(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("update")
-        await self._call(ctx, self.engine(ctx.backend).rotate_role, self._name(request),
+        await self._call(ctx, "rotate_role", self._name(request),
                          missing=HTTPError(400, "no static role found for role name"), write=True)
         return Response(status_code=NO_CONTENT)
 
