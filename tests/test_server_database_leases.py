@@ -50,6 +50,13 @@ def test_hundred_leases_expire_across_two_serves_each_revoked_once(
             "short", db_name="pg", mount_point=m, default_ttl=TTL, max_ttl=TTL,
             creation_statements=["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';"],
             revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'])
+        # a token revoked through one process takes its leases issued through the other with it
+        child = root.auth.token.create(policies=["root"], ttl="1h")["auth"]["client_token"]
+        held = a.hvac(child).secrets.database.generate_credentials("short", mount_point=m)
+        assert pgauth.can_login(held["data"]["username"], held["data"]["password"], database)
+        b.hvac(token).auth.token.revoke(child)
+        assert not pgauth.can_login(held["data"]["username"], held["data"]["password"], database)
+        assert pgauth.roles(held["data"]["username"]) == []
         clients = [a.hvac(token), b.hvac(token)]
         issued: dict[str, str] = {}  # lease id -> user
         started = time.monotonic()
