@@ -79,7 +79,7 @@ class Lease:
     last_error: str = ""
 
     def ttl(self, now: float) -> int:
-        return max(0, int(self.expire_time - now))
+        return max(0, round(self.expire_time - now))
 
     @classmethod
     def of(cls, row: LeaseRow) -> Lease:

@@ -34,6 +34,7 @@ COMMANDS: dict[str, Lazy] = {
                    "Backups that retention knows about: create, register, list, verify, restore."),
     "daemon": Lazy(_M + "maintenance:daemon",
                    "Run maintain every --interval; SIGTERM/SIGINT finish the current batch and exit."),
+    "db": Lazy(_M + "database:db", "Database credentials (PostgreSQL): connections, static and dynamic roles, leases."),
     "delete": Lazy(_M + "credentials:delete",
                    "Delete a credential and every version of it (or, with --versions, soft-delete some versions)."),
     "destroy-versions": Lazy(_M + "credentials:destroy_versions",

@@ -12,6 +12,7 @@ back).  The root password is never returned by any read.
 from __future__ import annotations
 
 import secrets as _secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,8 @@ class Connections:
         self.vault = vault
         self.items = items
         self.secrets = secrets
+        #: As :attr:`.static.StaticRoles.on_phase`, for the root credential's rotation.
+        self.on_phase: Callable[[str], None] = lambda _phase: None
 
     # ---- config -----------------------------------------------------------------------------
     def get(self, name: str) -> Connection:
@@ -191,6 +194,7 @@ class Connections:
         # phase 1: the new password is stored before PostgreSQL hears of it
         self.secrets.put(secret_id(name), {"password": old, "gen": record.get("gen"), "pending": new,
                                            "pending_gen": gen})
+        self.on_phase("stored")
         plugin = PostgresPlugin(conn.connection_url, conn.username, old)
         stmts = conn.root_rotation_statements or DEFAULT_ROOT_ROTATION
         try:
@@ -203,6 +207,7 @@ class Connections:
             self._settle(conn)  # the statement may or may not have committed: ask PostgreSQL
             self._audit("database.rotate_root", name, outcome="failed")
             raise
+        self.on_phase("applied")
         # phase 2: PostgreSQL has the new password; only it is kept
         self.secrets.put(secret_id(name), {"password": new, "gen": gen})
         self._audit("database.rotate_root", name)

@@ -16,6 +16,7 @@ user remains.  The password of a dynamic user is never stored.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -80,6 +81,8 @@ class DynamicRoles:
         self.items = items
         self.connections = connections
         self.leases = leases
+        #: Called with "leased" (lease row written, no user yet) and "created" (user made): crash tests.
+        self.on_phase: Callable[[str], None] = lambda _phase: None
 
     def _now(self) -> float:
         return self.vault.clock().timestamp()
@@ -148,6 +151,7 @@ class DynamicRoles:
         values = {"name": username, "username": username, "password": password,
                   "expiration": expiration(lease.expire_time)}
         plugin = self.connections.plugin(role.db_name)
+        self.on_phase("leased")
         try:
             plugin.execute(role.creation_statements, values)
         except Exception:
@@ -157,6 +161,7 @@ class DynamicRoles:
             self.leases.revoke(lease.lease_id, sync=False)
             self._audit("database.creds", name, outcome="failed", lease=lease.lease_id)
             raise
+        self.on_phase("created")
         self._audit("database.creds", name, username=username, lease=lease.lease_id)
         return {"username": username, "password": password}, lease
 

@@ -163,6 +163,9 @@ class StaticRoles:
         self.connections = connections
         self.holder = holder or holder_id()
         self._sleep = sleep
+        #: Called with "claimed" (rotation recorded, no password stored yet), "stored" (phase 1 done) and
+        #: "applied" (PostgreSQL changed, phase 2 not yet): the crash tests kill the process there.
+        self.on_phase: Callable[[str], None] = lambda _phase: None
 
     def _now(self) -> float:
         return self.vault.clock().timestamp()
@@ -462,8 +465,10 @@ class StaticRoles:
         # phase 1: the store learns of the rotation, then holds the new password, before PostgreSQL does
         state.pending = {"username": target, "gen": gen, "since": now}
         revision = self._save(role.name, state, revision)
+        self.on_phase("claimed")
         self.secrets.put(sid, {"password": record.get("password"), "gen": record.get("gen"), "pending": new,
                                "pending_gen": gen})
+        self.on_phase("stored")
         try:
             self._apply(role, target, new)
         except DatabaseConnectError as exc:
@@ -474,6 +479,7 @@ class StaticRoles:
         except DatabaseUnavailableError as exc:
             # the statements may have committed: keep the pending password; the next pass applies it again
             return self._failed(role, state, revision, exc)
+        self.on_phase("applied")
         # phase 2
         self.secrets.put(sid, {"password": new, "gen": gen})
         self._finish(role, state, revision, target, gen)
