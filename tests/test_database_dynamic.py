@@ -117,3 +117,27 @@ def test_unknown_role(engine: DatabaseEngine) -> None:
         engine.creds("nope")
     assert engine.list_roles() == ["readonly"]
     assert engine.read_role("readonly")["default_ttl"] == 3600
+
+
+def test_failed_revocation_is_retried_with_backoff_never_forgotten(engine: DatabaseEngine, db_target: DbTarget,
+                                                                   clock: FakeClock) -> None:
+    gate = f'"{db_target.schema}".revoke_gate'
+    engine.write_role("gated", {"db_name": "pg", "default_ttl": "1h", "creation_statements": [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'"],
+        "revocation_statements": [f"DELETE FROM {gate}", "DROP ROLE IF EXISTS \"{{name}}\""]})
+    data, lease = engine.creds("gated")
+    with pytest.raises(nc.NebulaCredentialError) as err:
+        engine.leases.revoke(lease.lease_id)
+    assert data["password"] not in str(err.value)
+    assert engine.leases.counts()["failing"] == 1
+    assert engine.leases.lookup(lease.lease_id).attempts == 1
+    assert engine.leases.sweep().revoked == 0  # backing off
+    clock.advance(timedelta(seconds=6))
+    report = engine.leases.sweep()
+    assert (report.revoked, report.failed) == (0, 1)  # retried, still failing, still queued
+    assert engine.leases.lookup(lease.lease_id).attempts == 2
+    db_target.admin(f"CREATE TABLE {gate} (id int)")
+    clock.advance(timedelta(seconds=11))
+    assert engine.leases.sweep().revoked == 1
+    assert not db_target.role_exists(data["username"])
+    assert engine.leases.counts() == {"active": 0, "failing": 0, "overdue": 0}

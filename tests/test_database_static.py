@@ -1,8 +1,8 @@
-"""The database engine's connections and static roles against a PostgreSQL that checks passwords."""
+"""The database engine's connections and static roles against a PostgreSQL that checks passwords
+(on both store kinds: the engine's rows and envelopes are store semantics)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,11 +13,6 @@ from nebula_credential.database import DatabaseEngine, DatabaseInputError, Datab
 
 from .fixtures_dbengine import DbTarget, clock_at_now
 from .helpers import FakeClock
-
-
-@pytest.fixture
-def store_url(sqlite_url: str) -> str:
-    return sqlite_url
 
 
 @pytest.fixture
@@ -137,8 +132,3 @@ def test_secrets_stay_out_of_audit(engine: DatabaseEngine, db_target: DbTarget, 
     assert "database.static_role.rotate" in text
     assert creds["password"] not in text and db_target.root_password not in text
     assert creds["password"] not in repr(engine)
-
-
-@pytest.fixture
-def vault_iter(vault: nc.Vault) -> Iterator[nc.Vault]:
-    yield vault
