@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from ..database import DatabaseEngine
+from ..database.scheduler import mounts_of
 from ..vault import Vault
 from ._access import Principal, csrf_token
 from ._html import h, layout
@@ -29,10 +30,12 @@ STATES = ("current", "grace", "retired")
 
 
 def database_mounts(vault: Vault) -> list[str]:
-    """The paths of the store's ``database`` mounts (shared by every ``serve``)."""
+    """The paths of the store's enabled ``database`` mounts that hold anything: in the shared mount table
+    and registered by the engine (a MAC'd row, so a row written into the database by hand shows nothing)."""
     with vault.mount_tables().read() as tx:
         rows = tx.mount_list()
-    return sorted(r.path for r in rows if r.kind == "secret" and r.type == "database")
+    enabled = {r.path for r in rows if r.kind == "secret" and r.type == "database"}
+    return sorted(m for m, _ in mounts_of(vault) if m in enabled)
 
 
 def database_state(vault: Vault, principal: Principal) -> list[dict[str, Any]]:
