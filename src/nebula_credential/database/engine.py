@@ -41,7 +41,7 @@ class DatabaseEngine:
         self.vault = vault if vault.keyring_name == self.keyring else vault.keyring(self.keyring)
         self.items.vault = self.vault
         self.secrets = Secrets(self.vault)
-        self.connections = Connections(self.vault, self.items, self.secrets)
+        self.connections = Connections(self.vault, self.items, self.secrets, holder=holder)
         self.static = StaticRoles(self.vault, self.items, self.secrets, self.connections, holder=holder)
         self.leases = Leases(vault, lease_handlers(vault, self), rowmac=self.items.rowmac, holder=holder)
         self.dynamic = DynamicRoles(self.vault, self.items, self.connections, self.leases)
