@@ -129,6 +129,22 @@ class DatabaseEngine:
         return self.dynamic.creds(role, token_accessor=token_accessor, token_expires_at=token_expires_at,
                                   display_name=display_name)
 
+    # ---- the mount --------------------------------------------------------------------------
+    def purge(self) -> int:
+        """The mount is being disabled: revoke every lease it issued, then delete its rows and its keyring's
+        passwords; returns how many leases were revoked.  A revocation that fails raises (as Vault's unmount
+        fails) and nothing is deleted: the connection is still needed to drop those users."""
+        with self.vault.store.read() as tx:
+            ids = tx.lease_ids(f"{self.mount}/")
+        for lease_id in ids:
+            self.leases.revoke(lease_id)
+        with self.vault.store.transaction() as tx:
+            for kind in (MOUNT_KIND, "config", "static", "static-state", "role", "lock"):
+                for name in tx.db_item_names(self.mount, kind):
+                    tx.db_item_delete(self.mount, kind, name)
+        self.vault.purge_credentials(reason=f"database mount {self.mount}/ disabled")
+        return len(ids)
+
     # ---- the scheduler ----------------------------------------------------------------------
     def run_due(self) -> list[RotationResult]:
         """Settle, retire and rotate the static roles that need it (the scheduler's pass)."""
