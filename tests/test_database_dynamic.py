@@ -141,3 +141,13 @@ def test_failed_revocation_is_retried_with_backoff_never_forgotten(engine: Datab
     assert engine.leases.sweep().revoked == 1
     assert not db_target.role_exists(data["username"])
     assert engine.leases.counts() == {"active": 0, "failing": 0, "overdue": 0}
+
+
+def test_purge_revokes_every_lease_and_forgets_the_mount(engine: DatabaseEngine, db_target: DbTarget,
+                                                         vault: nc.Vault) -> None:
+    made = [engine.creds("readonly")[0]["username"] for _ in range(2)]
+    assert engine.purge() == 2
+    assert not any(db_target.role_exists(u) for u in made)
+    fresh = DatabaseEngine(vault, "database")
+    assert fresh.list_connections() == [] and fresh.list_roles() == []
+    assert fresh.secrets.get("config/pg") is None

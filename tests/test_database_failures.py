@@ -13,6 +13,7 @@ import pytest
 
 import nebula_credential as nc
 from nebula_credential.database import DatabaseEngine, DatabaseUnavailableError
+from nebula_credential.database.connections import LOCK_TTL
 from nebula_credential.database.static import CLAIM_TTL
 
 from .fixtures_dbengine import DbTarget, ScramCluster, clock_at_now, make_target
@@ -78,12 +79,15 @@ def test_static_rotation_killed_between_phases(vault: nc.Vault, db_target: DbTar
 
 @pytest.mark.parametrize("phase", ["stored", "applied"])
 def test_root_rotation_killed_between_phases(vault: nc.Vault, db_target: DbTarget, store_url: str,
-                                             phase: str) -> None:
+                                             phase: str, clock: FakeClock) -> None:
     engine = DatabaseEngine(vault, "database")
     engine.write_connection("pg", db_target.connection_fields())
     _killed_at(store_url, "root", phase, "pg")
     record = engine.secrets.get("config/pg")
     assert record is not None and record.get("pending")  # the store knows both passwords
+    engine.connections.plugin("pg").verify()  # the dead process's lock still holds: nothing settled
+    assert (engine.secrets.get("config/pg") or {}).get("pending")
+    clock.advance(timedelta(seconds=LOCK_TTL + 30))
     engine.connections.plugin("pg").verify()  # settles by logging in
     record = engine.secrets.get("config/pg")
     assert record is not None and not record.get("pending")
@@ -159,3 +163,26 @@ def test_clock_jumps(vault: nc.Vault, db_target: DbTarget, clock: FakeClock) -> 
     clock.advance(timedelta(hours=6))  # forward again past the due time: rotates once
     assert [r.outcome for r in engine.run_due()] == ["rotated"]
     assert engine.static.overview_of("app")["rotations"] == 3
+
+
+def test_a_root_rotation_in_progress_is_not_rolled_back_by_another_process(vault: nc.Vault,
+                                                                            db_target: DbTarget) -> None:
+    """Another instance using the connection while a rotation has stored its pending password but not yet
+    sent it must not settle it: it would roll the pending password back, and the rotation would then give
+    PostgreSQL a password the store no longer has."""
+    engine = DatabaseEngine(vault, "database")
+    engine.write_connection("pg", db_target.connection_fields())
+    other = DatabaseEngine(vault, "database")  # another process's engine: another holder
+    seen = []
+
+    def meanwhile(phase: str) -> None:
+        if phase == "stored":
+            other.connections.plugin("pg").verify()  # works with the current (old) password
+            seen.append((other.secrets.get("config/pg") or {}).get("pending") is not None)
+
+    engine.connections.on_phase = meanwhile
+    engine.rotate_root("pg")
+    assert seen == [True]  # the pending password was left alone
+    record = engine.secrets.get("config/pg")
+    assert record is not None and db_target.can_login(db_target.root, record["password"])
+    assert not db_target.can_login(db_target.root, db_target.root_password)

@@ -132,3 +132,41 @@ def test_secrets_stay_out_of_audit(engine: DatabaseEngine, db_target: DbTarget, 
     assert "database.static_role.rotate" in text
     assert creds["password"] not in text and db_target.root_password not in text
     assert creds["password"] not in repr(engine)
+
+
+def test_one_rotation_per_due_time_across_instances(vault: nc.Vault, db_target: DbTarget, clock: FakeClock) -> None:
+    import threading
+
+    first = DatabaseEngine(vault, "database")
+    first.write_connection("pg", db_target.connection_fields())
+    first.write_static_role("app", {"db_name": "pg", "username": db_target.app_user, "rotation_period": "1h"})
+    clock.advance(timedelta(hours=1, seconds=1))
+    engines = [DatabaseEngine(vault, "database") for _ in range(3)]  # three instances, three holders
+    barrier = threading.Barrier(3)
+    outcomes: list[str] = []
+
+    def run(engine: DatabaseEngine) -> None:
+        barrier.wait()
+        outcomes.extend(r.outcome for r in engine.run_due())
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("rotated") == 1 and set(outcomes) <= {"rotated", "busy", "not-due"}
+    assert first.static.overview_of("app")["rotations"] == 2
+    creds = first.static_creds("app")
+    assert db_target.can_login(creds["username"], creds["password"])
+
+
+def test_rotation_schedule_role(engine: DatabaseEngine, db_target: DbTarget) -> None:
+    engine.write_connection("pg", db_target.connection_fields())
+    engine.write_static_role("app", {"db_name": "pg", "username": db_target.app_user,
+                                     "rotation_schedule": "0 3 * * *", "rotation_timezone": "Europe/Berlin",
+                                     "rotation_window": "1h"})
+    read = engine.read_static_role("app")
+    assert read["rotation_schedule"] == "0 3 * * *" and read["rotation_window"] == 3600
+    assert "rotation_period" not in read and 0 < read["ttl"] <= 86400
+    with pytest.raises(DatabaseInputError, match="mutually exclusive"):
+        engine.write_static_role("app", {"rotation_period": 60, "rotation_schedule": "0 3 * * *"})

@@ -11,7 +11,9 @@ back).  The root password is never returned by any read.
 
 from __future__ import annotations
 
+import os
 import secrets as _secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from ..vault import Vault
 
 KIND = "config"
+#: How long a root rotation's lock holds before another process may settle what it left.
+LOCK_TTL = 120.0
 DEFAULT_ROOT_ROTATION = ["ALTER ROLE \"{{username}}\" WITH PASSWORD '{{password}}'"]
 _KNOWN = frozenset({"plugin_name", "plugin_version", "verify_connection", "allowed_roles", "password_policy",
                     "root_rotation_statements", "connection_url", "username", "password", "max_open_connections",
@@ -82,10 +86,11 @@ class Connection:
 class Connections:
     """The connections of one mount."""
 
-    def __init__(self, vault: Vault, items: Items, secrets: Secrets) -> None:
+    def __init__(self, vault: Vault, items: Items, secrets: Secrets, *, holder: str | None = None) -> None:
         self.vault = vault
         self.items = items
         self.secrets = secrets
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{_secrets.token_hex(4)}"
         #: As :attr:`.static.StaticRoles.on_phase`, for the root credential's rotation.
         self.on_phase: Callable[[str], None] = lambda _phase: None
 
@@ -156,10 +161,33 @@ class Connections:
         """A plugin logged in as the root user, after settling any interrupted root rotation."""
         conn = self.get(name)
         record = self._settle(conn)
-        return PostgresPlugin(conn.connection_url, conn.username, str(record.get("password") or ""))
+        plugin = PostgresPlugin(conn.connection_url, conn.username, str(record.get("password") or ""))
+        if record.get("pending"):  # a rotation is under way elsewhere (or died in it): use what logs in
+            try:
+                plugin.verify()
+            except DatabaseConnectError:
+                return PostgresPlugin(conn.connection_url, conn.username, str(record["pending"]))
+        return plugin
 
-    def _settle(self, conn: Connection) -> dict[str, Any]:
-        """The root password record with no pending password left, if PostgreSQL can tell which one it holds."""
+    def _settle(self, conn: Connection, *, locked: bool = False) -> dict[str, Any]:
+        """The root password record with no pending password left, if PostgreSQL can tell which one it holds.
+
+        Only under the connection's rotation lock: a rotation in progress elsewhere has stored its
+        pending password but may not have sent it yet, and must not be rolled back under its feet."""
+        record = self.secrets.get(secret_id(conn.name)) or {"password": ""}
+        if not record.get("pending"):
+            return record
+        if locked:
+            return self._settle_locked(conn)
+        lock = f"root/{conn.name}"
+        if not self.items.acquire(lock, self.holder, LOCK_TTL):
+            return record  # being rotated right now: its current password is still the stored one
+        try:
+            return self._settle_locked(conn)
+        finally:
+            self.items.release(lock, self.holder)
+
+    def _settle_locked(self, conn: Connection) -> dict[str, Any]:
         record = self.secrets.get(secret_id(conn.name)) or {"password": ""}
         pending = record.get("pending")
         if not pending:
@@ -184,7 +212,17 @@ class Connections:
         conn = self.get(name)
         if not conn.username:
             raise DatabaseInputError("unable to rotate root credentials: no username in configuration")
-        record = self._settle(conn)
+        lock = f"root/{name}"
+        if not self.items.acquire(lock, self.holder, LOCK_TTL):
+            raise DatabaseUnavailableError(f"the root credential of {name!r} is being rotated by another process")
+        try:
+            self._rotate_root(conn)
+        finally:
+            self.items.release(lock, self.holder)
+
+    def _rotate_root(self, conn: Connection) -> None:
+        name = conn.name
+        record = self._settle(conn, locked=True)
         if record.get("pending"):
             raise DatabaseUnavailableError("unable to rotate root credentials: an earlier rotation is unsettled "
                                            "and PostgreSQL cannot be reached to settle it")
@@ -204,7 +242,7 @@ class Connections:
             self._audit("database.rotate_root", name, outcome="failed")
             raise
         except DatabaseUnavailableError:
-            self._settle(conn)  # the statement may or may not have committed: ask PostgreSQL
+            self._settle(conn, locked=True)  # the statement may or may not have committed: ask PostgreSQL
             self._audit("database.rotate_root", name, outcome="failed")
             raise
         self.on_phase("applied")

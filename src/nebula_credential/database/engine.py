@@ -41,7 +41,7 @@ class DatabaseEngine:
         self.vault = vault if vault.keyring_name == self.keyring else vault.keyring(self.keyring)
         self.items.vault = self.vault
         self.secrets = Secrets(self.vault)
-        self.connections = Connections(self.vault, self.items, self.secrets)
+        self.connections = Connections(self.vault, self.items, self.secrets, holder=holder)
         self.static = StaticRoles(self.vault, self.items, self.secrets, self.connections, holder=holder)
         self.leases = Leases(vault, lease_handlers(vault, self), rowmac=self.items.rowmac, holder=holder)
         self.dynamic = DynamicRoles(self.vault, self.items, self.connections, self.leases)
@@ -128,6 +128,22 @@ class DatabaseEngine:
         """A new PostgreSQL user and its lease (the lease's life clipped to the token's, as Vault)."""
         return self.dynamic.creds(role, token_accessor=token_accessor, token_expires_at=token_expires_at,
                                   display_name=display_name)
+
+    # ---- the mount --------------------------------------------------------------------------
+    def purge(self) -> int:
+        """The mount is being disabled: revoke every lease it issued, then delete its rows and its keyring's
+        passwords; returns how many leases were revoked.  A revocation that fails raises (as Vault's unmount
+        fails) and nothing is deleted: the connection is still needed to drop those users."""
+        with self.vault.store.read() as tx:
+            ids = tx.lease_ids(f"{self.mount}/")
+        for lease_id in ids:
+            self.leases.revoke(lease_id)
+        with self.vault.store.transaction() as tx:
+            for kind in (MOUNT_KIND, "config", "static", "static-state", "role", "lock"):
+                for name in tx.db_item_names(self.mount, kind):
+                    tx.db_item_delete(self.mount, kind, name)
+        self.vault.purge_credentials(reason=f"database mount {self.mount}/ disabled")
+        return len(ids)
 
     # ---- the scheduler ----------------------------------------------------------------------
     def run_due(self) -> list[RotationResult]:

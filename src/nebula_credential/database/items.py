@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..vault import Vault
 
 TABLE = "db_items"
+LOCK_KIND = "lock"
 
 
 def _dumps(body: dict[str, Any]) -> str:
@@ -80,3 +81,23 @@ class Items:
             return tx.db_item_delete(self.mount, kind, name)
         with self.vault.store.transaction() as wtx:
             return wtx.db_item_delete(self.mount, kind, name)
+
+    # ---- locks: a row per lock, taken and released by check-and-set ----------------------------
+    def acquire(self, name: str, holder: str, ttl: float) -> bool:
+        """Take lock ``name`` for ``ttl`` seconds (or renew it if ``holder`` has it); False if another
+        holder's claim has not run out.  A row of kind ``lock``, so every runtime role that may use the
+        engine may take it (the store's own lease table is the operators')."""
+        now = self._now()
+        found = self.get(LOCK_KIND, name)
+        body = {"holder": holder, "until": now + ttl}
+        if found is None:
+            return self.put(LOCK_KIND, name, body, expected_revision=0) is not None
+        held, revision = found
+        if held.get("holder") != holder and float(held.get("until") or 0) > now:
+            return False
+        return self.put(LOCK_KIND, name, body, expected_revision=revision) is not None
+
+    def release(self, name: str, holder: str) -> None:
+        found = self.get(LOCK_KIND, name)
+        if found is not None and found[0].get("holder") == holder:
+            self.put(LOCK_KIND, name, {"holder": "", "until": 0}, expected_revision=found[1])

@@ -1,7 +1,8 @@
 """Static roles: one PostgreSQL user (or two, alternating) whose password the engine rotates.
 
-Rotation is two-phase and crash-safe.  Under a rotation lease in the store
-(one rotation per due time across every process, as key rotation):
+Rotation is two-phase and crash-safe.  Under a rotation lock in the store (a
+``db_items`` row taken by check-and-set: one rotation per due time across
+every process, as key rotation's lease):
 
 1. the state row records a *pending* rotation (user, generation) and the
    new password is stored, encrypted, beside the current one;
@@ -41,7 +42,7 @@ from . import schedule
 from .connections import Connections
 from .errors import DatabaseConnectError, DatabaseInputError, DatabaseNotFoundError, DatabaseUnavailableError
 from .fields import check_name, seconds, statements, text
-from .items import Items
+from .items import LOCK_KIND, Items
 from .passwords import generate_password
 from .plugin import PostgresPlugin, role_exists
 from .secrets_store import Secrets
@@ -58,7 +59,7 @@ DEFAULT_ROTATION = ["ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}'"]
 CREATE_SECOND_USER = ["CREATE ROLE \"{{name}}\" WITH LOGIN INHERIT IN ROLE \"{{username}}\""]
 STRATEGIES = ("plain", "alternating")
 MIN_PERIOD = 5
-#: How long a rotation lease holds before another process may take over an unfinished rotation.
+#: How long a rotation lock holds before another process may take over an unfinished rotation.
 CLAIM_TTL = 120.0
 #: Connection attempts within one rotation, and the pause between them (seconds).
 CONNECT_ATTEMPTS = 3
@@ -277,6 +278,7 @@ class StaticRoles:
         with self.vault.store.transaction() as tx:
             self.items.delete(KIND, name, tx)
             self.items.delete(STATE_KIND, name, tx)
+            self.items.delete(LOCK_KIND, f"rotate/{name}", tx)
         for user in role.users:
             self.secrets.delete(secret_id(name, user))
         self._audit("database.static_role.delete", name)
@@ -405,16 +407,13 @@ class StaticRoles:
         return self._state(role.name)[0]
 
     def _locked(self, role: StaticRole, *, force: bool, settle_only: bool = False) -> RotationResult:
-        lease = f"db-rotate:{self.items.mount}:{role.name}"
-        with self.vault.store.transaction() as tx:
-            got = tx.acquire_lease(lease, self.holder, CLAIM_TTL, self.vault.clock())
-        if not got:
+        lock = f"rotate/{role.name}"
+        if not self.items.acquire(lock, self.holder, CLAIM_TTL):
             return RotationResult(role.name, "busy")
         try:
             return self._step(role, force=force, settle_only=settle_only)
         finally:
-            with self.vault.store.transaction() as tx:
-                tx.release_lease(lease, self.holder)
+            self.items.release(lock, self.holder)
 
     def _step(self, role: StaticRole, *, force: bool, settle_only: bool) -> RotationResult:
         state, revision = self._state(role.name)

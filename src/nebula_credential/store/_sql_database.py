@@ -86,11 +86,11 @@ class DatabaseSql(SqlBase, DatabaseTx):
         return None if row is None else _lease(row)
 
     def lease_ids(self, prefix: str, *, live_only: bool = True) -> list[str]:
-        # a range, not LIKE: ids may hold '%' or '_' and the range uses the primary key
+        # substr, not LIKE (ids may hold '%' or '_') nor a range (a collation may not order bytewise)
         live = " AND state <> 'revoked'" if live_only else ""
         rows = self._exec(
-            f"SELECT lease_id FROM secret_leases WHERE lease_id >= ? AND lease_id < ?{live} ORDER BY lease_id",
-            (prefix, prefix + "\U0010ffff")).fetchall()
+            f"SELECT lease_id FROM secret_leases WHERE substr(lease_id, 1, ?) = ?{live} ORDER BY lease_id",
+            (len(prefix), prefix)).fetchall()
         return [str(r[0]) for r in rows if str(r[0]).startswith(prefix)]
 
     def lease_ids_for_token(self, accessor: str) -> list[str]:
