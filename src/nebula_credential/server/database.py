@@ -260,20 +260,14 @@ class _Absent(HTTPError):
 
 
 def purge_mount(backend: Backend, mount: str) -> None:
-    """A disabled mount's leases are revoked (their users dropped), then its roles and connections
-    deleted, as Vault does; runs in a worker thread.  A lease whose revocation fails stays queued."""
+    """A disabled mount's leases are revoked (their users dropped), then its connections, roles and
+    passwords deleted, as Vault does; runs in a worker thread.  A revocation that fails keeps the mount
+    (400, OpenBao's answer too): its connection is still needed to drop those users."""
     try:
-        backend.leases().revoke_prefix(f"{mount}/")
-    except (DatabaseInputError, DatabaseUnavailableError, LeaseInputError) as exc:  # the mount stays, as in OpenBao
+        DatabaseEngine(backend.vault, mount=mount).purge()
+    except (DatabaseInputError, DatabaseUnavailableError, LeaseInputError) as exc:
         raise HTTPError(400, f"failed to revoke the leases of {mount}/: {exc}; they stay queued for retry and the "
                              "mount stays enabled") from None
-    engine = DatabaseEngine(backend.vault, mount=mount)
-    for name in engine.list_static_roles():
-        engine.delete_static_role(name)
-    for name in engine.list_roles():
-        engine.delete_role(name)
-    for name in engine.list_connections():
-        engine.delete_connection(name)
 
 
 __all__ = ["DatabaseMount", "purge_mount"]
