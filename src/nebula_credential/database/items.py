@@ -12,6 +12,8 @@ processes never both take the same rotation.
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import CorruptRecordError
@@ -29,14 +31,27 @@ def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
+_ROWMACS: weakref.WeakKeyDictionary[Any, RowMac] = weakref.WeakKeyDictionary()
+_ROWMACS_LOCK = threading.Lock()
+
+
+def rowmac_for(vault: Vault) -> RowMac:
+    """One MAC helper per store (its key is unwrapped once, not by every engine object or scrape)."""
+    store = vault.store
+    with _ROWMACS_LOCK:
+        found = _ROWMACS.get(store)
+        if found is None:
+            found = _ROWMACS[store] = RowMac(store.transaction, vault.provider, lock=store.new_lock())
+        return found
+
+
 class Items:
     """One mount's items, by kind (``config``, ``static``, ``static-state``, ``role``, ``mount``)."""
 
     def __init__(self, vault: Vault, mount: str, rowmac: RowMac | None = None) -> None:
         self.vault = vault
         self.mount = mount
-        store = vault.store
-        self.rowmac = rowmac or RowMac(store.transaction, vault.provider, lock=store.new_lock())
+        self.rowmac = rowmac or rowmac_for(vault)
 
     def _mac(self, kind: str, name: str, body: str) -> str:
         return self.rowmac.mac(TABLE, (self.mount, kind, name), {"body": body})
