@@ -170,3 +170,14 @@ def test_rotation_schedule_role(engine: DatabaseEngine, db_target: DbTarget) -> 
     assert "rotation_period" not in read and 0 < read["ttl"] <= 86400
     with pytest.raises(DatabaseInputError, match="mutually exclusive"):
         engine.write_static_role("app", {"rotation_period": 60, "rotation_schedule": "0 3 * * *"})
+
+
+def test_a_static_role_whose_first_rotation_fails_is_not_created(engine: DatabaseEngine, db_target: DbTarget) -> None:
+    engine.write_connection("pg", db_target.connection_fields())
+    with pytest.raises(nc.NebulaCredentialError):
+        engine.write_static_role("ghost", {"db_name": "pg", "username": "no_such_user", "rotation_period": 60})
+    assert engine.list_static_roles() == []
+    with pytest.raises(DatabaseInputError, match="does not exist"):
+        engine.write_static_role("ghost", {"db_name": "pg", "username": "no_such_user", "rotation_period": 60,
+                                           "rotation_strategy": "alternating", "grace_period": 10})
+    assert engine.list_static_roles() == []

@@ -188,14 +188,16 @@ class StaticRoles:
             raise DatabaseInputError(f"{name!r} is not an allowed role")
         if old is not None and old.username != role.username:
             raise DatabaseInputError("cannot update static account username")
+        if old is None and role.rotation_strategy == "alternating":
+            self._prepare_second_user(role)
         self.items.put(KIND, name, asdict(role))
+        if old is None and fields.get("skip_import_rotation") not in (True, "true", "1"):
+            try:
+                self.rotate(name)  # as Vault: a new static role's password is rotated at once
+            except Exception:
+                self._forget(name)  # and the role is not created when that fails
+                raise
         self._audit("database.static_role.write", name, strategy=role.rotation_strategy)
-        if old is None:
-            skip = fields.get("skip_import_rotation") in (True, "true", "1")
-            if role.rotation_strategy == "alternating":
-                self._prepare_second_user(role)
-            if not skip:
-                self.rotate(name)
 
     def _parse(self, name: str, fields: dict[str, Any], old: StaticRole | None) -> StaticRole:
         def pick(key: str, default: Any) -> Any:
@@ -274,6 +276,10 @@ class StaticRoles:
         return self.items.names(KIND)
 
     def delete(self, name: str) -> None:
+        self._forget(name)
+        self._audit("database.static_role.delete", name)
+
+    def _forget(self, name: str) -> None:
         role = self.get(name)
         with self.vault.store.transaction() as tx:
             self.items.delete(KIND, name, tx)
@@ -281,7 +287,6 @@ class StaticRoles:
             self.items.delete(LOCK_KIND, f"rotate/{name}", tx)
         for user in role.users:
             self.secrets.delete(secret_id(name, user))
-        self._audit("database.static_role.delete", name)
 
     # ---- state ------------------------------------------------------------------------------
     def _state(self, name: str) -> tuple[RotationState, int]:
