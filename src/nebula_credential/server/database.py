@@ -231,7 +231,8 @@ class DatabaseMount:
         return await self._list(ctx, "static-roles", "list_static_roles")
 
     async def static_role(self, request: Request, ctx: Ctx) -> Response:
-        return await self._item(request, ctx, "static_role", hidden=frozenset({"ttl"}))
+        # its first rotation runs inside the write: a failure there (no such user) refuses the role, 400
+        return await self._item(request, ctx, "static_role", hidden=frozenset({"ttl"}), unavailable=400)
 
     async def static_creds(self, request: Request, ctx: Ctx) -> Response:
         ctx.require("read")

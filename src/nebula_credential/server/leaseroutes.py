@@ -22,6 +22,7 @@ Vault's legacy ``sys/renew``, ``sys/revoke``, ``sys/revoke-prefix`` and
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -144,7 +145,8 @@ async def renew(request: Request, ctx: Ctx) -> Response:
         raise HTTPError(400, str(exc)) from None
     except DatabaseUnavailableError as exc:
         raise HTTPError(BAD_GATEWAY, f"failed to renew the lease: {exc}") from None
-    duration = max(0, round(lease.expire_time - _now(ctx)))
+    # the TTL granted, in whole seconds rounded up (a cap at max_ttl leaves a fraction of a second less)
+    duration = max(0, math.ceil(lease.expire_time - _now(ctx) - 0.01))
     warnings = None
     if increment is not None and duration + 1 < increment:  # capped at the role's max_ttl (or the token)
         raw = body.get("increment")
