@@ -319,10 +319,10 @@ def private_openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("openbao-db")
     port = free_port()
     token = secrets.token_hex(16)
+    log = (folder / "bao.log").open("ab")
     proc = subprocess.Popen([binary, "server", "-dev", f"-dev-root-token-id={token}",
                              f"-dev-listen-address=127.0.0.1:{port}"], cwd=folder, stdin=subprocess.DEVNULL,
-                            stdout=(folder / "bao.log").open("ab"), stderr=subprocess.STDOUT,
-                            env={"HOME": str(folder), "PATH": "/usr/bin:/bin"})
+                            stdout=log, stderr=subprocess.STDOUT, env={"HOME": str(folder), "PATH": "/usr/bin:/bin"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -337,6 +337,7 @@ def private_openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"{url} {token}"
     finally:
         stop_process(proc)
+        log.close()
 
 
 def test_database_engine_and_leases_differential(server: Server, private_openbao: str,
