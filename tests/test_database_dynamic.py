@@ -81,6 +81,7 @@ def test_creds_grant_exactly_the_privileges_then_revoke_leaves_no_user_no_sessio
 def test_expiry_sweep_revokes_once_and_renew_is_clipped(engine: DatabaseEngine, db_target: DbTarget,
                                                          clock: FakeClock, vault: nc.Vault) -> None:
     data, lease = engine.creds("readonly")
+    session = _connect(db_target, data)  # a session open when the lease expires
     renewed = engine.leases.renew(lease.lease_id, 7200)
     assert renewed.expire_time == lease.max_expire_time  # clipped to max_ttl
     other = Leases(vault, {"database": engine.leases.handlers["database"]})
@@ -92,6 +93,9 @@ def test_expiry_sweep_revokes_once_and_renew_is_clipped(engine: DatabaseEngine, 
     second = engine.leases.sweep()
     assert (first.revoked, second.revoked) == (1, 0)
     assert not db_target.role_exists(data["username"])
+    assert db_target.sessions_of(data["username"]) == 0
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
     assert engine.leases.tidy() == 1
 
 

@@ -181,3 +181,23 @@ def test_a_static_role_whose_first_rotation_fails_is_not_created(engine: Databas
         engine.write_static_role("ghost", {"db_name": "pg", "username": "no_such_user", "rotation_period": 60,
                                            "rotation_strategy": "alternating", "grace_period": 10})
     assert engine.list_static_roles() == []
+
+
+def test_maintain_rotates_due_static_roles_and_sweeps_leases(engine: DatabaseEngine, db_target: DbTarget,
+                                                              clock: FakeClock) -> None:
+    from nebula_credential.maintenance import maintain
+
+    engine.write_connection("pg", db_target.connection_fields())
+    engine.write_static_role("app", {"db_name": "pg", "username": db_target.app_user, "rotation_period": "1h"})
+    engine.write_role("ro", {"db_name": "pg", "default_ttl": "10m", "creation_statements": [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'"]})
+    made, _ = engine.creds("ro")
+    clock.advance(timedelta(hours=1, seconds=1))
+    report = maintain(engine.vault)
+    assert report.database is not None
+    entry = report.database["database"]
+    assert [r["outcome"] for r in entry["rotations"]] == ["rotated"]
+    assert entry["leases"]["revoked"] == 1 and not db_target.role_exists(made["username"])
+    assert any("static role app rotated" in line for line in report.actions())
+    assert maintain(engine.vault).database == {"database": {"rotations": [], "leases": {
+        "revoked": 0, "failed": 0, "lost_races": 0}}}

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from .store import StoreTx
     from .vault import Vault
 
-__all__ = ["Lease", "LeaseHandler", "LeaseInputError", "LeaseNotFoundError", "Leases", "SweepReport", "new_lease_id"]
+__all__ = ["TABLE", "Lease", "LeaseHandler", "LeaseInputError", "LeaseNotFoundError", "Leases", "SweepReport",
+           "lease_mac_fields", "new_lease_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def new_lease_id(prefix: str) -> str:
     return f"{prefix.rstrip('/')}/" + "".join(secrets.choice(alphabet) for _ in range(24))
 
 
-def _mac_fields(row: LeaseRow) -> dict[str, Any]:
+def lease_mac_fields(row: LeaseRow) -> dict[str, Any]:
     return {"mount": row.mount, "engine": row.engine, "body": row.body, "token_accessor": row.token_accessor,
             "issue_time": row.issue_time, "expire_time": row.expire_time, "max_expire_time": row.max_expire_time,
             "renewable": row.renewable}
@@ -124,10 +125,10 @@ class Leases:
         return self.vault.clock().timestamp()
 
     def _mac(self, row: LeaseRow) -> str:
-        return self.rowmac.mac(TABLE, (row.lease_id,), _mac_fields(row))
+        return self.rowmac.mac(TABLE, (row.lease_id,), lease_mac_fields(row))
 
     def _verified(self, row: LeaseRow) -> bool:
-        if self.rowmac.verify(TABLE, (row.lease_id,), _mac_fields(row), row.mac):
+        if self.rowmac.verify(TABLE, (row.lease_id,), lease_mac_fields(row), row.mac):
             return True
         with self.vault.store.transaction() as tx:
             self.vault.audit.record(tx, rejected_action(TABLE), outcome="refused", table=TABLE,

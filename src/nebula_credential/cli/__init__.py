@@ -130,7 +130,9 @@ class GlobalOptionsGroup(LazyGroup):
         nested: dict[str, list[str]] = {}
         for group_name in self.list_commands(ctx):
             group = self.get_command(ctx, group_name)
-            if isinstance(group, click.Group):
+            # an engine's group (``db``) opts out: its ``rotate`` acts on a mount's roles, while a bare
+            # ``nebula-credential rotate`` is someone looking for key rotation
+            if isinstance(group, click.Group) and getattr(group, "suggest_nested", True):
                 for sub in group.list_commands(ctx):
                     nested.setdefault(sub, []).append(f"{group_name} {sub}")
         if name in nested:

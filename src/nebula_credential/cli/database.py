@@ -71,6 +71,10 @@ def db() -> None:
     """Database credentials (PostgreSQL): connections, static and dynamic roles, leases."""
 
 
+#: Not searched when an unknown top-level command is guessed (see ``GlobalOptionsGroup.nested_guesses``).
+db.suggest_nested = False  # type: ignore[attr-defined]
+
+
 # ---- connections -------------------------------------------------------------------------------
 @db.group()
 def config() -> None:

@@ -70,6 +70,13 @@ class DatabaseSql(SqlBase, DatabaseTx):
         cur = self._exec("DELETE FROM db_items WHERE mount = ? AND kind = ? AND name = ?", (mount, kind, name))
         return bool(cur.rowcount == 1)
 
+    def db_item_list_signed(self) -> list[tuple[str, str, str, str, str]]:
+        rows = self._exec("SELECT mount, kind, name, body, mac FROM db_items ORDER BY mount, kind, name").fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4] or "")) for r in rows]
+
+    def lease_list_all(self) -> list[LeaseRow]:
+        return [_lease(r) for r in self._exec(f"SELECT {_LEASE_COLS} FROM secret_leases ORDER BY lease_id").fetchall()]
+
     def db_item_mounts(self) -> list[str]:
         return [str(r[0]) for r in self._exec("SELECT DISTINCT mount FROM db_items ORDER BY mount").fetchall()]
 

@@ -585,6 +585,14 @@ class DatabaseTx(ABC):
     def db_item_delete(self, mount: str, kind: str, name: str) -> bool: ...
 
     @abstractmethod
+    def db_item_list_signed(self) -> list[tuple[str, str, str, str, str]]:
+        """Every item as (mount, kind, name, body, mac), for ``doctor``'s rows check."""
+
+    @abstractmethod
+    def lease_list_all(self) -> list[LeaseRow]:
+        """Every lease row, revoked ones included (``doctor``)."""
+
+    @abstractmethod
     def db_item_mounts(self) -> list[str]:
         """Every mount that has an item (the scheduler's list)."""
 
