@@ -16,9 +16,11 @@ from .helpers import KEEP_ONE, FakeClock
 
 pytest_plugins: list[str] = [
     "tests.fixtures_postgres",
+    "tests.fixtures_dbengine",
     "tests.fixtures_hsm_kms",
     "tests.fixtures_transit",
     "tests.fixtures_azure",
+    "tests.fixtures_pgauth",
 ]
 
 STORE_KINDS = ["sqlite", "postgres"]
@@ -26,8 +28,8 @@ STORE_KINDS = ["sqlite", "postgres"]
 #: Fixtures that start (or stand for) a real external service: a test that uses any
 #: of them, directly or through another fixture, is marked ``services``.
 SERVICE_FIXTURES = frozenset({
-    "postgres_cluster", "postgres_store_url_factory",
-    "softhsm", "moto_kms", "aws_test_env", "openbao", "azure_vault",
+    "postgres_cluster", "postgres_store_url_factory", "scram_postgres", "private_scram_postgres", "db_target",
+    "softhsm", "moto_kms", "aws_test_env", "openbao", "azure_vault", "pgauth",
     "pkcs11_wrap_provider_factory", "pkcs11_direct_provider_factory",
     "aws_kms_provider_factory", "vault_transit_provider_factory", "azure_keyvault_provider_factory",
 })

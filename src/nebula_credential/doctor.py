@@ -16,9 +16,12 @@ from typing import Any
 
 from .audit import AuditLog
 from .config import KeyManagementConfig
+from .database.items import TABLE as DB_ITEMS_TABLE
 from .durations import format_duration
 from .exceptions import CorruptRecordError, NebulaCredentialError
 from .fingerprint import PROVIDER_META
+from .leases import TABLE as LEASE_TABLE
+from .leases import lease_mac_fields
 from .models import KeyStatus, utc_now
 from .mounttables import MOUNT_TABLE, mount_mac_fields
 from .opening import provider_config_for
@@ -444,7 +447,10 @@ def check_rows(store: Store, provider: KeyProvider) -> list[Finding]:
         versioned = tx.schema_version() >= 10  # type: ignore[attr-defined]
         mounts = tx.mount_list() if versioned else []
         items = tx.auth_list_signed() if versioned else []
-    if not tokens and not policies and not roles and not mounts and not items:
+        engine = tx.has_table(DB_ITEMS_TABLE)  # type: ignore[attr-defined]
+        db_items = tx.db_item_list_signed() if engine else []
+        leases = tx.lease_list_all() if engine else []
+    if not tokens and not policies and not roles and not mounts and not items and not db_items and not leases:
         return []
     try:
         mac = RowMac.from_key(provider.unwrap(bytes.fromhex(raw), ROW_MAC_KEY.context)) if raw else None
@@ -469,9 +475,17 @@ def check_rows(store: Store, provider: KeyProvider) -> list[Finding]:
         if mac is None or not mac.verify(AUTH_TABLE, (mount, kind, name),
                                          auth_mac_fields(mount, kind, name, body, expires_at), signature):
             bad.append(f"{AUTH_TABLE} {mount} {kind} {name!r}")
+    for db_mount, kind, name, body, signature in db_items:
+        if mac is None or not mac.verify(DB_ITEMS_TABLE, (db_mount, kind, name), {"body": body}, signature):
+            bad.append(f"{DB_ITEMS_TABLE} {db_mount} {kind} {name!r}")
+    for lease in leases:
+        if mac is None or not mac.verify(LEASE_TABLE, (lease.lease_id,), lease_mac_fields(lease), lease.mac):
+            bad.append(f"{LEASE_TABLE} {lease.lease_id!r}")
     if not bad:
+        engine_rows = f", {len(db_items)} database engine and {len(leases)} lease" if db_items or leases else ""
         return [Finding("rows", OK, f"{len(tokens)} token, {len(policies)} policy, {len(roles)} role, "
-                                    f"{len(mounts)} mount and {len(items)} auth item row(s) authenticated")]
+                                    f"{len(mounts)} mount{engine_rows} and {len(items)} auth item row(s) "
+                                    "authenticated")]
     shown = "; ".join(bad[:5]) + (f" ... ({len(bad)} in all)" if len(bad) > 5 else "")
     return [Finding("rows", ERROR, f"{len(bad)} row(s) that grant access fail their MAC and are refused: {shown}",
                     "a database writer edited them, or they predate schema v7: revoke and re-create those "

@@ -48,6 +48,8 @@ class MaintainReport:
     reencryption: ReencryptResult | None = None
     lifecycle: list[LifecycleAction] = field(default_factory=list)
     cleanup: list[LifecycleAction] = field(default_factory=list)
+    #: The database engine's pass over the mounts of this keyring (rotations, lease sweep), if any.
+    database: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,7 @@ class MaintainReport:
             "reencryption": None if self.reencryption is None else self.reencryption.to_json(),
             "lifecycle": [a.to_json() for a in self.lifecycle],
             "cleanup": [a.to_json() for a in self.cleanup],
+            **({"database": self.database} if self.database is not None else {}),
         }
 
     def actions(self) -> list[str]:
@@ -77,6 +80,12 @@ class MaintainReport:
             out.append(f"re-encrypted {r.reencrypted} of {r.total} in {self.keyring} ({len(r.failures)} failed)")
         out += [f"{self.keyring} v{a.version}: {a.old_status} -> {a.new_status} ({a.reason})" for a in self.lifecycle]
         out += [f"{self.keyring} v{a.version}: destroyed ({a.reason})" for a in self.cleanup]
+        for mount, entry in (self.database or {}).items():
+            out += [f"database {mount}: static role {r['role']} {r['outcome']}" + (f" ({r['error']})" if r["error"]
+                    else "") for r in entry.get("rotations", [])]
+            swept = entry.get("leases") or {}
+            if swept.get("revoked") or swept.get("failed"):
+                out.append(f"database {mount}: {swept['revoked']} lease(s) revoked, {swept['failed']} failed")
         return out
 
 

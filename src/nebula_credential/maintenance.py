@@ -89,6 +89,10 @@ def maintain(
         if transit is None:
             report.lifecycle = advance(km, now, cfg.keys.grace_period)
         report.cleanup = cleanup(km, retention, now)
+    if not should_stop():
+        from .database.scheduler import run as run_database
+
+        report.database = run_database(vault)
     return report
 
 

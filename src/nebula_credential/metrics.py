@@ -261,6 +261,8 @@ class MetricsExporter:
                     for version, n in sorted(s.credentials_per_version.items()):
                         per.add_metric([s.keyring, str(version)], n)
                 yield from (active, rot, prog, age, per, pending, errors, reads, failed, head, rejected)
+                if vaults:
+                    yield from _database_metrics(vaults[0], GaugeMetricFamily, CounterMetricFamily)
                 by_status = GaugeMetricFamily(
                     "nebula_credential_key_versions", "Key versions by lifecycle status", labels=["keyring", "status"]
                 )
@@ -387,3 +389,38 @@ def _backup_metrics(vaults: list[Vault], gauge: Any) -> Iterator[Any]:
         for v in vaults:
             held.add_metric([v.keyring_name], len(held_versions(v.store, v.keyring_name, now)))
     yield from (last, live, held)
+
+
+def _database_metrics(vault: Vault, gauge: Any, counter: Any) -> Iterator[Any]:
+    """The database engine's health, from the store: failed rotations (audit trail), static roles overdue
+    or failing, leases live and leases whose revocation keeps failing (alerts in deploy/prometheus-rules.yml)."""
+    from .database.scheduler import health
+    from .database.static import ROTATE_FAILED_ACTION
+    from .leases import REVOKE_FAILED_ACTION
+
+    failures = counter("nebula_credential_database_rotation_failures",
+                       "Failed static-role rotation attempts recorded in the audit trail", labels=["keyring"])
+    revoke_failures = counter("nebula_credential_lease_revocation_failures",
+                              "Failed lease revocation attempts recorded in the audit trail")
+    overdue = gauge("nebula_credential_database_rotations_overdue",
+                    "Static roles past their rotation time (plus slack)", labels=["mount"])
+    failing = gauge("nebula_credential_database_rotations_failing",
+                    "Static roles whose last rotation attempt failed or is unsettled", labels=["mount"])
+    live = gauge("nebula_credential_leases_active", "Leases not yet revoked")
+    stuck = gauge("nebula_credential_lease_revocations_failing", "Leases whose revocation failed and is being retried")
+    with vault.store.read() as tx:
+        counts = tx.audit_counts([ROTATE_FAILED_ACTION, REVOKE_FAILED_ACTION])
+        leases = tx.lease_counts(vault.clock().timestamp())
+    by_keyring: dict[str, int] = {}
+    for (action, keyring), n in counts.items():
+        if action == ROTATE_FAILED_ACTION:
+            by_keyring[keyring or ""] = by_keyring.get(keyring or "", 0) + n
+    for keyring, n in sorted(by_keyring.items()):
+        failures.add_metric([keyring], n)
+    revoke_failures.add_metric([], sum(n for (a, _), n in counts.items() if a == REVOKE_FAILED_ACTION))
+    for mount, h in sorted(health(vault).items()):
+        overdue.add_metric([mount], h["overdue"])
+        failing.add_metric([mount], h["failing"])
+    live.add_metric([], leases["active"])
+    stuck.add_metric([], leases["failing"])
+    yield from (failures, revoke_failures, overdue, failing, live, stuck)

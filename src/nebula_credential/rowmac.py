@@ -38,7 +38,7 @@ __all__ = ["AUTHENTICATED_TABLES", "ROW_MAC_KEY", "RowMac", "canonical", "reject
 #: Tables whose rows carry a MAC; a refused row is audited as :func:`rejected_action` of its table
 #: and counted per table in ``nebula_credential_rows_rejected_total``.  Add a table here with its MAC.
 AUTHENTICATED_TABLES: tuple[str, ...] = ("server_tokens", "server_policies", "server_token_roles", "server_mounts",
-                                         "auth_items")
+                                         "auth_items", "db_items", "secret_leases")
 
 
 def rejected_action(table: str) -> str:

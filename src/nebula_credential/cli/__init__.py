@@ -33,6 +33,7 @@ COMMANDS: dict[str, Lazy] = {
                    "Backups that retention knows about: create, register, list, verify, restore."),
     "daemon": Lazy(_M + "maintenance:daemon",
                    "Run maintain every --interval; SIGTERM/SIGINT finish the current batch and exit."),
+    "db": Lazy(_M + "database:db", "Database credentials (PostgreSQL): connections, static and dynamic roles, leases."),
     "delete": Lazy(_M + "credentials:delete",
                    "Delete a credential and every version of it (or, with --versions, soft-delete some versions)."),
     "destroy-versions": Lazy(_M + "credentials:destroy_versions",
@@ -130,7 +131,9 @@ class GlobalOptionsGroup(LazyGroup):
         nested: dict[str, list[str]] = {}
         for group_name in self.list_commands(ctx):
             group = self.get_command(ctx, group_name)
-            if isinstance(group, click.Group):
+            # an engine's group (``db``) opts out: its ``rotate`` acts on a mount's roles, while a bare
+            # ``nebula-credential rotate`` is someone looking for key rotation
+            if isinstance(group, click.Group) and getattr(group, "suggest_nested", True):
                 for sub in group.list_commands(ctx):
                     nested.setdefault(sub, []).append(f"{group_name} {sub}")
         if name in nested:

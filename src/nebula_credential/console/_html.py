@@ -44,7 +44,8 @@ def layout(title: str, body: str, *, base: str, principal: Principal | None = No
            nav: str = "") -> str:
     links = logout = ""
     if principal is not None:
-        items = [("overview", f"{base}/", "Keyrings"), ("alerts", f"{base}/alerts", "Alerts")]
+        items = [("overview", f"{base}/", "Keyrings"), ("alerts", f"{base}/alerts", "Alerts"),
+                 ("database", f"{base}/database", "Database")]
         if principal.can("audit"):
             items.append(("health", f"{base}/health", "Health & audit"))
         if principal.allowed("read", "sys/auth"):

@@ -40,6 +40,7 @@ from ._access import (
     csrf_token,
     security_headers,
 )
+from ._database import database_handler
 from ._state import Jobs, audit_state, keyring_names, keyring_view, provider_health, timeline
 
 STATIC = Path(__file__).with_name("static")
@@ -342,6 +343,7 @@ def create_console(vault: Vault, sessions: Sessions | Authorizer, *, secure_cook
         Route("/logout", page(logout), methods=["POST"]),
         Route("/alerts", page(alerts)),
         Route("/health", page(health)),
+        Route("/database", page(database_handler(vault))),
         # ``:path``: a Transit key's keyring is ``<mount>/<name>``; the page itself is matched last
         Route("/keyrings/{keyring:path}/progress", page(progress)),
         Route("/keyrings/{keyring:path}/timeline.json", page(timeline_json)),

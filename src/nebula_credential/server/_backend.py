@@ -12,8 +12,9 @@ Handlers never touch a store or a vault directly.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from ..aio import AsyncVault
 from ..audit import Event
 from ..config import KeyManagementConfig
+from ..database import lease_handlers
+from ..leases import Leases
 from ..models import Credential, EncryptedCredential
 from ..servertables import TokenRow
 from ..vault import Vault
@@ -30,6 +33,7 @@ from .tokenroles import TokenRoles
 from .tokens import TokenManager
 
 T = TypeVar("T")
+logger = logging.getLogger("nebula_credential.server")
 
 
 def backend_for(vault: Vault | AsyncVault, config: KeyManagementConfig) -> Backend:
@@ -80,6 +84,29 @@ class Backend:
             if done:
                 return cast(T, result)
         return await self.run(fn, *args, **kwargs)
+        self._leases: Leases | None = None
+        self.tokens.on_revoke.append(self._revoke_leases)
+
+    def leases(self) -> Leases:
+        """The store's leases (``sys/leases/*``, ``database/creds``), built on first use."""
+        if self._leases is None:
+            with self._lock:
+                if self._leases is None:
+                    self._leases = Leases(self.vault, lease_handlers(self.vault))
+        return self._leases
+
+    def _revoke_leases(self, accessors: Sequence[str]) -> None:
+        """Revoking a token (and its children) revokes the leases they created, as in Vault.
+
+        Called by the token manager after the tokens are gone, in the revoking
+        request's worker.  A lease whose revocation fails stays queued by the
+        lease library for the sweeper's retries: logged here by type, never lost.
+        """
+        for accessor in accessors:
+            try:
+                self.leases().revoke_for_token(accessor)
+            except Exception as exc:
+                logger.warning("revoking the leases of a revoked token failed: %s", type(exc).__name__)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return cast(T, await self._runner(fn, *args, **kwargs))

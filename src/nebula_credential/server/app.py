@@ -31,15 +31,22 @@ from ..vault import Vault
 from . import (
     auth,
     authmounts,  # noqa: F401 - registers AppRole, userpass and JWT with sys/auth
+    leaseroutes,
     sysroutes,
     wrapping,
 )
 from ._backend import backend_for
 from ._request import VPATH, audit_unrouted
+from .database import DatabaseMount, purge_mount
 from .errors import HTTPError
-from .mounts import MountDispatcher, MountTable, builtin_mounts, sys_routes
+from .mounts import EngineType, MountDispatcher, MountTable, builtin_mounts, register_secret_engine, sys_routes
 from .policies import BadPathError, normalise
 from .ratelimit import SourceBudgetMiddleware
+
+# The secret engines beside kv and transit that ``sys/mounts`` enables (auth methods: authmounts).
+register_secret_engine("database", EngineType(lambda e: DatabaseMount(e.path).routes(),
+                                             purge=lambda backend, e: purge_mount(backend, e.path),
+                                             description="database credentials: PostgreSQL"))
 
 #: How much of a refused body is read and dropped before answering 413.
 DRAIN_LIMIT = 16 * 1024 * 1024
@@ -150,7 +157,7 @@ def create_app(
     server = config.server
     routes: list[BaseRoute] = [
         Mount("/v1/sys/wrapping", routes=wrapping.wrapping_routes()),
-        Mount("/v1/sys", routes=[*sys_routes(), *sysroutes.routes()]),
+        Mount("/v1/sys", routes=[*sys_routes(), *sysroutes.routes(), *leaseroutes.routes()]),
         Mount("/v1/auth/token", routes=auth.routes()),
         wrapping.CubbyholeEngine().root_route(),  # cubbyhole/ is built in, as in Vault
         Mount("/v1/cubbyhole", routes=wrapping.CubbyholeEngine().routes()),

@@ -48,6 +48,8 @@ _TOKEN_CREATE = {
 _ACCESSOR = {"type": "object", "properties": {"accessor": {"type": "string"}}, "required": ["accessor"]}
 _POLICY = {"type": "object", "properties": {"policy": {"type": "string"}}, "required": ["policy"]}
 _INCREMENT = {"type": "object", "properties": {"increment": {"type": "string"}}}
+_LEASE = {"type": "object", "properties": {"lease_id": {"type": "string"}, "increment": {"type": "integer"},
+                                           "sync": {"type": "boolean"}}}
 _PATHS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 _CAPS = {"type": "object", "properties": {"paths": _PATHS, "path": _PATHS, "token": {"type": "string"}}}
 _CAPS_ACCESSOR = {"type": "object", "properties": {"paths": _PATHS, "path": _PATHS, "accessor": {"type": "string"}}}
@@ -71,6 +73,10 @@ _ROUTES: list[_Route] = [
     ("/sys/policies/acl/{name}", "put", [_NAME], _POLICY, "204", "Write an ACL policy (HCL)"),
     ("/sys/policies/acl/{name}", "delete", [_NAME], None, "204", "Delete an ACL policy"),
     ("/sys/internal/ui/mounts/{path}", "get", [_PATH], None, "200", "Which engine serves a path"),
+    ("/sys/leases/lookup", "put", [], _LEASE, "200", "Look up a lease (lease_id in the body)"),
+    ("/sys/leases/renew", "put", [], _LEASE, "200", "Renew a lease by increment seconds (capped at max_ttl)"),
+    ("/sys/leases/revoke", "put", [], _LEASE, "204", "Revoke a lease (idempotent; 202 with sync false)"),
+    ("/sys/leases/tidy", "post", [], None, "202", "Remove the rows of revoked leases"),
     ("/auth/token/create", "post", [], _TOKEN_CREATE, "200", "Create a child token"),
     ("/auth/token/lookup-self", "get", [], None, "200", "Look up the request's token"),
     ("/auth/token/lookup-accessor", "post", [], _ACCESSOR, "200", "Look up a token by accessor"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 import string
 import threading
@@ -37,6 +38,7 @@ from ..rowmac import RowMac
 from ..servertables import TOKEN_TABLE, ServerTables, ServerTx, TokenRow, token_mac_fields
 from .policies import DEFAULT_POLICY, ROOT_POLICY, check_name
 
+logger = logging.getLogger("nebula_credential.server")
 TOKEN_PREFIX = "ncs."  # noqa: S105 - a prefix, not a secret
 SERVER_KEY_META = SERVER_TOKEN_KEY.meta_key
 SERVER_KEY_CONTEXT = SERVER_TOKEN_KEY.context
@@ -121,6 +123,9 @@ class TokenManager:
         self.on_reject = on_reject
         self._cache: dict[str, _Entry] = {}
         self._cache_lock = threading.Lock()
+        #: Called with the accessors of the tokens just revoked (after the commit): the server revokes
+        #: their leases here.  A hook never undoes or fails the revocation (see :meth:`_revoked`).
+        self.on_revoke: list[Callable[[Sequence[str]], None]] = []
 
     # ---- hashing and MACs --------------------------------------------------------
     def _hash_key(self) -> bytearray:
@@ -394,7 +399,17 @@ class TokenManager:
         doomed = self._tables.run(lambda tx: self._revoke_tree(tx, accessor))
         with self._cache_lock:  # children's hashes are unknown here: drop the whole local cache
             self._cache.clear()
+        self._revoked(doomed)
         return len(doomed) if row is not None else 0
+
+    def _revoked(self, accessors: Sequence[str]) -> None:
+        """Tell the hooks which tokens are gone; a failing hook is logged by type, never raised: the
+        tokens are revoked either way, and what a hook could not do it leaves queued for its own retry."""
+        for hook in self.on_revoke:
+            try:
+                hook(accessors)
+            except Exception as exc:
+                logger.warning("a token revocation hook failed: %s", type(exc).__name__)
 
     def revoke_orphan(self, accessor: str) -> int:
         """Revoke one token and make its children orphans (Vault's ``revoke-orphan``)."""
@@ -410,6 +425,8 @@ class TokenManager:
         count = self._tables.run(run)
         with self._cache_lock:
             self._cache.clear()
+        if count:
+            self._revoked([accessor])
         return count
 
     def _forget(self, digest: str) -> None:

@@ -15,7 +15,7 @@ from ..exceptions import StoreError
 from ._sql_base import SqlBase
 from .tx import MetaTx
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 def all_migrations(blob: str, real: str) -> list[list[str]]:
@@ -23,7 +23,7 @@ def all_migrations(blob: str, real: str) -> list[list[str]]:
     return [schema_v1(blob, real), schema_v2(), schema_v3_backups(real), schema_v4_server(real),
             schema_v5_key_access(), schema_v6_versions(blob, real), schema_v7_server_rows(real),
             schema_v8_mounts(real), schema_v9_auth(real), schema_v10_row_macs(),
-            schema_v11_token_cidrs()]
+            schema_v11_token_cidrs(), schema_v12_database(real)]
 
 
 class MetaSql(SqlBase, MetaTx):
@@ -326,3 +326,47 @@ def schema_v11_token_cidrs() -> list[str]:
     get ``[]`` (no binding), which their MAC, computed without the field, still covers.
     """
     return ["ALTER TABLE server_tokens ADD COLUMN bound_cidrs TEXT NOT NULL DEFAULT '[]'"]
+
+
+def schema_v12_database(real: str) -> list[str]:
+    """Version 12: the database secrets engine's config and role items (MAC'd, with a revision for
+    check-and-set) and the secret leases of its dynamic users.
+
+    Passwords are never here: they are envelopes in the credential tables under the mount's
+    keyring.  A lease row is claimed for revocation by a conditional UPDATE of ``claimed_by`` and
+    ``claim_until``, so expired leases are revoked once across every process on the store.
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS db_items (
+            mount TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            updated_at {real} NOT NULL,
+            mac TEXT NOT NULL,
+            PRIMARY KEY (mount, kind, name)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS secret_leases (
+            lease_id TEXT NOT NULL PRIMARY KEY,
+            mount TEXT NOT NULL,
+            engine TEXT NOT NULL,
+            body TEXT NOT NULL,
+            token_accessor TEXT,
+            issue_time {real} NOT NULL,
+            expire_time {real} NOT NULL,
+            max_expire_time {real} NOT NULL,
+            renewable BOOLEAN NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt {real},
+            last_error TEXT NOT NULL DEFAULT '',
+            revoked_at {real},
+            claimed_by TEXT,
+            claim_until {real},
+            mac TEXT NOT NULL,
+            CHECK (state IN ('active', 'revoking', 'revoked'))
+        )""",
+        "CREATE INDEX IF NOT EXISTS secret_leases_by_expiry ON secret_leases (state, expire_time)",
+        "CREATE INDEX IF NOT EXISTS secret_leases_by_token ON secret_leases (token_accessor)",
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._schema import MetaSql
 from ._sql_auth import AuthSql
 from ._sql_credentials import CredentialsSql
+from ._sql_database import DatabaseSql
 from ._sql_keys import KeysSql
 from ._sql_mounts import MountsSql
 from ._sql_ops import OperationsSql
@@ -19,7 +20,8 @@ from ._sql_versions import VersionsSql
 from .tx import StoreTx
 
 
-class SqlTx(MetaSql, KeysSql, CredentialsSql, VersionsSql, OperationsSql, ServerSql, MountsSql, AuthSql, StoreTx):
+class SqlTx(MetaSql, KeysSql, CredentialsSql, VersionsSql, OperationsSql, ServerSql, MountsSql, AuthSql, DatabaseSql,
+            StoreTx):
     """StoreTx over a DB-API connection; subclasses adapt the dialect."""
 
     def versions_referenced(self, keyring: str) -> dict[int, int]:

@@ -89,6 +89,8 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "{schema}.server_token_roles TO {role}",
         "GRANT SELECT ON {schema}.backups, {schema}.backup_keys TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.key_access TO {role}",
+        # the database engine: its rows (rotation locks included) and leases
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.db_items, {schema}.secret_leases TO {role}",
     ),
     "operator": (
         "GRANT USAGE ON SCHEMA {schema} TO {role}",
@@ -104,6 +106,7 @@ GRANTS: dict[str, tuple[str, ...]] = {
         "{schema}.server_token_roles TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.backups, {schema}.backup_keys TO {role}",
         "GRANT SELECT, INSERT, UPDATE ON {schema}.key_access TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.db_items, {schema}.secret_leases TO {role}",
     ),
 }
 

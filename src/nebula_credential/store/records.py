@@ -174,3 +174,30 @@ class VersionRow:
     created_at: datetime
     deletion_time: datetime | None
     destroyed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRow:
+    """One secret lease (a dynamic database user): what to revoke, when, and the revocation's progress.
+
+    ``body`` is the engine's JSON (role, user name, statements); it and the times are bound by
+    ``mac``.  ``state`` is ``active``, ``revoking`` (claimed or failed, retried) or ``revoked``.
+    """
+
+    lease_id: str
+    mount: str
+    engine: str
+    body: str
+    token_accessor: str | None
+    issue_time: float
+    expire_time: float
+    max_expire_time: float
+    renewable: bool
+    state: str = "active"
+    attempts: int = 0
+    next_attempt: float | None = None
+    last_error: str = ""
+    revoked_at: float | None = None
+    claimed_by: str | None = None
+    claim_until: float | None = None
+    mac: str = ""

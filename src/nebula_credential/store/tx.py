@@ -16,7 +16,17 @@ from datetime import datetime
 from typing import Any
 
 from ..models import EncryptedCredential, KeyStatus, KeyVersion
-from .records import AuditRow, BackupRecord, CredentialPage, MountRow, Page, ReencryptPage, TokenRow, VersionRow
+from .records import (
+    AuditRow,
+    BackupRecord,
+    CredentialPage,
+    LeaseRow,
+    MountRow,
+    Page,
+    ReencryptPage,
+    TokenRow,
+    VersionRow,
+)
 
 
 class MetaTx(ABC):
@@ -567,7 +577,80 @@ class AuthTx(ABC):
         """As :meth:`auth_spend`: (body, expires_at, uses_left after the spend, mac)."""
 
 
-class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx, MountsTx, AuthTx):
+class DatabaseTx(ABC):
+    """The database secrets engine's rows (``store/_sql_database.py``): MAC'd config and role items with a
+    revision for check-and-set, and the secret leases, claimed for revocation by conditional UPDATEs."""
+
+    @abstractmethod
+    def db_item_get(self, mount: str, kind: str, name: str) -> tuple[str, int, str] | None:
+        """(body, revision, mac) of one item; None when absent."""
+
+    @abstractmethod
+    def db_item_put(self, mount: str, kind: str, name: str, body: str, mac: str, now: float,
+                    expected_revision: int | None = None) -> int | None:
+        """Write an item; its new revision, or None when ``expected_revision`` (0: absent) did not hold."""
+
+    @abstractmethod
+    def db_item_names(self, mount: str, kind: str) -> list[str]: ...
+
+    @abstractmethod
+    def db_item_delete(self, mount: str, kind: str, name: str) -> bool: ...
+
+    @abstractmethod
+    def db_item_list_signed(self) -> list[tuple[str, str, str, str, str]]:
+        """Every item as (mount, kind, name, body, mac), for ``doctor``'s rows check."""
+
+    @abstractmethod
+    def lease_list_all(self) -> list[LeaseRow]:
+        """Every lease row, revoked ones included (``doctor``)."""
+
+    @abstractmethod
+    def db_item_mounts(self) -> list[str]:
+        """Every mount that has an item (the scheduler's list)."""
+
+    @abstractmethod
+    def lease_insert(self, row: LeaseRow) -> None: ...
+
+    @abstractmethod
+    def lease_get(self, lease_id: str) -> LeaseRow | None: ...
+
+    @abstractmethod
+    def lease_ids(self, prefix: str, *, live_only: bool = True) -> list[str]:
+        """Lease ids starting with ``prefix`` (not yet revoked, with ``live_only``)."""
+
+    @abstractmethod
+    def lease_ids_for_token(self, accessor: str) -> list[str]: ...
+
+    @abstractmethod
+    def lease_extend(self, lease_id: str, expire_time: float, mac: str) -> bool:
+        """Set a live lease's expiry (renewal); False when it is no longer active."""
+
+    @abstractmethod
+    def lease_due(self, mount: str | None, now: float, limit: int) -> list[str]:
+        """Ids of leases to revoke now: active and expired, or revoking and due a retry, and unclaimed."""
+
+    @abstractmethod
+    def lease_claim(self, lease_id: str, holder: str, now: float, claim_until: float, *,
+                    force: bool = False) -> bool:
+        """Claim a lease for revocation in one conditional UPDATE (one winner across processes); ``force``
+        claims a live lease before its expiry (an explicit revoke)."""
+
+    @abstractmethod
+    def lease_revoked(self, lease_id: str, holder: str, now: float) -> bool: ...
+
+    @abstractmethod
+    def lease_failed(self, lease_id: str, holder: str, error: str, next_attempt: float) -> None: ...
+
+    @abstractmethod
+    def lease_tidy(self, revoked_before: float) -> int:
+        """Delete leases revoked before that time; returns how many."""
+
+    @abstractmethod
+    def lease_counts(self, now: float) -> dict[str, int]:
+        """{"active", "failing", "overdue"} counts (the metrics' gauges)."""
+
+
+class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx, MountsTx, AuthTx, DatabaseTx):
     """Queries inside one transaction, every table family. Obtain from :meth:`.base.Store.transaction`."""
 
     def put_credential_checked(
