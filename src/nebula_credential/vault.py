@@ -13,6 +13,7 @@ import importlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -709,6 +710,19 @@ class Vault:
     def single_writer(self) -> bool:
         """True when the store takes one writer at a time (SQLite), so callers may queue writes themselves."""
         return self.store.scheme == "sqlite"
+
+    @property
+    def reads_without_waiting(self) -> bool:
+        """True when a read of this store never waits for a lock, so an event loop may run it itself."""
+        return self.store.reads_without_waiting
+
+    def read_here(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[bool, T | None]:
+        """Run ``fn`` on this thread if it only reads the store (see :meth:`Store.read_here`)."""
+        return self.store.read_here(fn, *args, **kwargs)
+
+    def writer_free(self) -> AbstractContextManager[bool]:
+        """Hold the store's writer queue if nobody holds or waits for it (see :meth:`Store.writer_free`)."""
+        return self.store.writer_free()
 
     def head(self, credential_id: str) -> EncryptedCredential | None:
         """The stored record of this keyring (metadata, revision) without decrypting it; None if absent."""

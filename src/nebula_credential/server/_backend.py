@@ -66,8 +66,10 @@ class Backend:
         # A read on SQLite with a local key costs less than the hop to a thread (the hop was ~20 % of a KV
         # read's CPU): run it on the loop.  A remote provider (a KMS call on a DEK cache miss) and per-read
         # credential audit events (a write each) keep the thread; see :meth:`read`.
-        self.inline_reads = (vault.store.reads_without_waiting and vault.provider.name == "local"
+        self.inline_reads = (vault.reads_without_waiting and vault.provider.name == "local"
                              and not vault.config.audit.credentials)
+        self._leases: Leases | None = None
+        self.tokens.on_revoke.append(self._revoke_leases)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a call that mostly only reads the store: on the loop when :attr:`inline_reads`, else as :meth:`run`.
@@ -80,12 +82,10 @@ class Backend:
         counted block and then not used is never handed out again.
         """
         if self.inline_reads:
-            done, result = self.vault.store.read_here(fn, *args, **kwargs)
+            done, result = self.vault.read_here(fn, *args, **kwargs)
             if done:
                 return cast(T, result)
         return await self.run(fn, *args, **kwargs)
-        self._leases: Leases | None = None
-        self.tokens.on_revoke.append(self._revoke_leases)
 
     def leases(self) -> Leases:
         """The store's leases (``sys/leases/*``, ``database/creds``), built on first use."""
@@ -125,7 +125,7 @@ class Backend:
         :attr:`inline_reads` and no other writer of the file holds or waits for the writer queue, so its
         ``BEGIN IMMEDIATE`` starts at once (the loop never waits for a lock); else as :meth:`write`."""
         if self.inline_reads and self._write_gate is not None and not self._write_gate.locked():
-            with self.vault.store.writer_free() as free:
+            with self.vault.writer_free() as free:
                 if free:
                     return fn(*args, **kwargs)
         return await self.write(fn, *args, **kwargs)
