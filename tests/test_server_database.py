@@ -163,6 +163,23 @@ def test_revoking_a_token_revokes_its_leases_and_its_childrens(server: Server, r
             client.sys.read_lease(c["lease_id"])
 
 
+def test_a_token_revoked_from_the_cli_takes_its_leases(server: Server, root_token: str, target: Target) -> None:
+    """``nebula-credential token revoke`` revokes the token's leases too, as the API does (the CLI's
+    token manager had no lease hook: the user lived on until its lease expired)."""
+    client = server.hvac(root_token)
+    target.configure(client)
+    client.secrets.database.create_role("ro", db_name="pg", creation_statements=CREATE, revocation_statements=REVOKE,
+                                        default_ttl=600, mount_point=target.mount)
+    made = client.auth.token.create(policies=["root"], ttl="1h")["auth"]
+    creds = server.hvac(made["client_token"]).secrets.database.generate_credentials("ro", mount_point=target.mount)
+    assert target.login(creds["data"]["username"], creds["data"]["password"])
+    out = server.cli("token", "revoke", made["accessor"])
+    assert out.returncode == 0, out.stderr
+    assert not target.login(creds["data"]["username"], creds["data"]["password"])
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        client.sys.read_lease(creds["lease_id"])
+
+
 def test_a_lease_never_outlives_its_token(server: Server, root_token: str, target: Target) -> None:
     client = server.hvac(root_token)
     target.configure(client)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
@@ -22,12 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from ..aio import AsyncVault
 from ..audit import Event
 from ..config import KeyManagementConfig
-from ..database import lease_handlers
 from ..leases import Leases
 from ..models import Credential, EncryptedCredential
 from ..servertables import TokenRow
 from ..vault import Vault
-from .acl import AccessControl, access_control_for
+from .acl import AccessControl, access_control_for, store_leases
 from .policies import ACL
 from .tokenroles import TokenRoles
 from .tokens import TokenManager
@@ -69,7 +68,6 @@ class Backend:
         self.inline_reads = (vault.reads_without_waiting and vault.provider.name == "local"
                              and not vault.config.audit.credentials)
         self._leases: Leases | None = None
-        self.tokens.on_revoke.append(self._revoke_leases)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a call that mostly only reads the store: on the loop when :attr:`inline_reads`, else as :meth:`run`.
@@ -92,21 +90,8 @@ class Backend:
         if self._leases is None:
             with self._lock:
                 if self._leases is None:
-                    self._leases = Leases(self.vault, lease_handlers(self.vault))
+                    self._leases = store_leases(self.vault)
         return self._leases
-
-    def _revoke_leases(self, accessors: Sequence[str]) -> None:
-        """Revoking a token (and its children) revokes the leases they created, as in Vault.
-
-        Called by the token manager after the tokens are gone, in the revoking
-        request's worker.  A lease whose revocation fails stays queued by the
-        lease library for the sweeper's retries: logged here by type, never lost.
-        """
-        for accessor in accessors:
-            try:
-                self.leases().revoke_for_token(accessor)
-            except Exception as exc:
-                logger.warning("revoking the leases of a revoked token failed: %s", type(exc).__name__)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return cast(T, await self._runner(fn, *args, **kwargs))

@@ -19,10 +19,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 
 from ..audit import Event
 from ..config import KeyManagementConfig
+from ..database import lease_handlers
+from ..leases import Leases
 from ..rowmac import RowMac, rejected_action
 from ..servertables import TokenRow
 from ..vault import Vault
@@ -154,13 +157,50 @@ def row_mac_for(vault: Vault) -> RowMac:
     return RowMac(tables.transaction, vault.provider, lock=tables.new_lock())
 
 
+def store_leases(vault: Vault) -> Leases:
+    """The leases of ``vault``'s store, with the engines that issue them (``database``)."""
+    return Leases(vault, lease_handlers(vault))
+
+
 def token_manager_for(vault: Vault, config: KeyManagementConfig, rowmac: RowMac | None = None,
                       rejections: Rejections | None = None) -> TokenManager:
-    """The token manager over ``vault``'s server tables, with ``[server]``'s lifetimes."""
+    """The token manager over ``vault``'s server tables, with ``[server]``'s lifetimes.
+
+    Revoking a token (and its children) revokes the leases they created, as in Vault, whoever
+    revokes it: the API, the console or the CLI.
+    """
     server = config.server
-    return TokenManager(vault.server_tables(), vault.provider, rowmac=rowmac or row_mac_for(vault), clock=vault.clock,
-                        default_ttl=server.default_ttl, max_ttl=server.max_ttl, cache_ttl=server.cache_ttl,
-                        on_reject=rejections.note if rejections is not None else None)
+    manager = TokenManager(vault.server_tables(), vault.provider, rowmac=rowmac or row_mac_for(vault),
+                           clock=vault.clock, default_ttl=server.default_ttl, max_ttl=server.max_ttl,
+                           cache_ttl=server.cache_ttl,
+                           on_reject=rejections.note if rejections is not None else None)
+    manager.on_revoke.append(_LeaseRevoker(vault))
+    return manager
+
+
+class _LeaseRevoker:
+    """The token manager's revocation hook: the revoked tokens' leases are revoked too.
+
+    Called after the tokens are gone, in the revoking caller's thread.  A lease
+    whose revocation fails stays queued by the lease library for the sweeper's
+    retries: logged here by type, never lost.  The lease table is opened on the
+    first revocation, not at start-up.
+    """
+
+    def __init__(self, vault: Vault) -> None:
+        self._vault = vault
+        self._leases: Leases | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, accessors: Sequence[str]) -> None:
+        with self._lock:
+            if self._leases is None:
+                self._leases = store_leases(self._vault)
+        for accessor in accessors:
+            try:
+                self._leases.revoke_for_token(accessor)
+            except Exception as exc:
+                log.warning("revoking the leases of a revoked token failed: %s", type(exc).__name__)
 
 
 def policy_store_for(vault: Vault, rowmac: RowMac | None = None, rejections: Rejections | None = None) -> PolicyStore:
