@@ -315,7 +315,8 @@ def test_encrypt_upsert_follows_create_and_update_capabilities(root: hvac.Client
     crt = server.hvac(server.token("crt")).secrets.transit
     with pytest.raises(exceptions.Forbidden):
         upd.encrypt_data("upsert-a", plaintext=b64(b"x"))  # no create: the key is not made
-    assert "upsert-a" not in root.secrets.transit.list_keys()["data"]["keys"]
+    with pytest.raises(exceptions.InvalidPath):  # not listed: a LIST of an empty mount is a 404 itself
+        root.secrets.transit.read_key("upsert-a")
     assert crt.encrypt_data("upsert-a", plaintext=b64(b"x"))["data"]["key_version"] == 1  # create makes it
     with pytest.raises(exceptions.Forbidden):
         crt.encrypt_data("upsert-a", plaintext=b64(b"x"))  # create alone does not use an existing key
