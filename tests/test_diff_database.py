@@ -42,7 +42,6 @@ DELIBERATE = {
     "rotate-root-missing": (500, 400),
     "static-write-unknowndb": (500, 400),
     "static-write-ghost-user": (500, 400),
-    "creds-not-allowed": (500, 400),
     "creds-unknowndb": (500, 400),
     # ours refuses a role naming an unknown connection when it is written; OpenBao accepts it and fails at creds
     "role-write-unknowndb": (204, 400),
@@ -52,11 +51,6 @@ STATUS_ONLY = frozenset({"role-write-unknowndb"})
 #: Steps that differ until the database library changes (each asked of it, named here); a listed step that
 #: agrees passes too, any other difference fails.  Remove an entry once the library does it.
 AWAITING_LIBRARY = {
-    "static-name-clash": "a static role may not take a dynamic role's name (Role and Static Role names must be unique)",
-    "creds-not-allowed": 'the message quotes the role as "other", not repr',
-    "renew-noinc": "a renewal without increment grants the role's default_ttl again",
-    "renew-path": "a renewal without increment grants the role's default_ttl again",
-    "lookup-after-renew": "the lease records last_renewal",
 }
 #: Our message -> OpenBao's, where ours says more on purpose (we also take ``rotation_schedule``).
 MESSAGE_ALIASES = {"one of rotation_schedule or rotation_period must be provided":
