@@ -42,6 +42,7 @@ DELIBERATE = {
     "rotate-root-missing": (500, 400),
     "static-write-unknowndb": (500, 400),
     "static-write-ghost-user": (500, 400),
+    "creds-not-allowed": (500, 400),
     "creds-unknowndb": (500, 400),
     # ours refuses a role naming an unknown connection when it is written; OpenBao accepts it and fails at creds
     "role-write-unknowndb": (204, 400),
@@ -229,6 +230,8 @@ def _sequence(http: httpx.Client, pg: PasswordCluster, side: Side, mount: str) -
     step("role-read-s2", "GET", f"{m}/roles/s2")
     step("static-name-clash", "POST", f"{m}/static-roles/ro",
          {"db_name": "pg", "username": side.app, "rotation_period": 3600})
+    step("role-name-clash", "POST", f"{m}/roles/app", {"db_name": "pg", "creation_statements": create})
+    step("role-read-clash", "GET", f"{m}/roles/app")
     step("role-write-unknowndb", "POST", f"{m}/roles/nodb", {"db_name": "zz", "creation_statements": create})
     step("config-gone-soon", "POST", f"{m}/config/gone", {**cfg, "verify_connection": False})
     step("role-write-gone", "POST", f"{m}/roles/nodb", {"db_name": "gone", "creation_statements": create})

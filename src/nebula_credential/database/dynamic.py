@@ -135,7 +135,7 @@ class DynamicRoles:
         role = self.get(name)
         conn = self.connections.get(role.db_name)
         if not conn.allows(name):
-            raise DatabaseInputError(f"{name!r} is not an allowed role")
+            raise DatabaseInputError(f'"{name}" is not an allowed role')
         max_ttl = role.max_ttl or DEFAULT_MAX_TTL
         ttl = min(role.default_ttl or DEFAULT_TTL, max_ttl)
         now = self._now()
