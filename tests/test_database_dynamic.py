@@ -78,6 +78,26 @@ def test_creds_grant_exactly_the_privileges_then_revoke_leaves_no_user_no_sessio
     assert "database.creds" in text and "lease.revoke" in text and data["password"] not in text
 
 
+def test_renew_without_increment_grants_the_default_ttl_again(engine: DatabaseEngine, clock: FakeClock) -> None:
+    """As Vault: the role's default_ttl, not the previous renewal's; within max_ttl and the token's life."""
+    _, lease = engine.creds("readonly")
+    assert lease.last_renewal is None and engine.leases.lookup(lease.lease_id).last_renewal is None
+    clock.advance(timedelta(seconds=10))
+    short = engine.leases.renew(lease.lease_id, 600)
+    assert round(short.expire_time - short.issue_time) == 610
+    clock.advance(timedelta(seconds=10))
+    again = engine.leases.renew(lease.lease_id)
+    now = clock().timestamp()
+    assert round(again.expire_time - now) == 3600
+    assert engine.leases.lookup(lease.lease_id).last_renewal == pytest.approx(now)
+    capped = engine.leases.renew(lease.lease_id, not_after=now + 300)  # the creating token ends sooner
+    assert round(capped.expire_time - now) == 300
+    for _ in range(2):
+        engine.leases.renew(lease.lease_id)
+        clock.advance(timedelta(minutes=59))
+    assert engine.leases.renew(lease.lease_id).expire_time == lease.max_expire_time  # max_ttl still caps
+
+
 def test_expiry_sweep_revokes_once_and_renew_is_clipped(engine: DatabaseEngine, db_target: DbTarget,
                                                          clock: FakeClock, vault: nc.Vault) -> None:
     data, lease = engine.creds("readonly")

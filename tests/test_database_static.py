@@ -84,7 +84,7 @@ def test_static_plain_rotation(engine: DatabaseEngine, db_target: DbTarget, cloc
 
 def test_static_role_errors(engine: DatabaseEngine, db_target: DbTarget) -> None:
     engine.write_connection("pg", db_target.connection_fields(allowed_roles=["only"]))
-    with pytest.raises(DatabaseInputError, match="not an allowed role"):
+    with pytest.raises(DatabaseInputError, match='^"app" is not an allowed role$'):  # Vault's words
         engine.write_static_role("app", {"db_name": "pg", "username": db_target.app_user, "rotation_period": 60})
     with pytest.raises(DatabaseInputError, match="rotation_period"):
         engine.write_static_role("only", {"db_name": "pg", "username": db_target.app_user, "rotation_period": 1})
@@ -181,6 +181,20 @@ def test_a_static_role_whose_first_rotation_fails_is_not_created(engine: Databas
         engine.write_static_role("ghost", {"db_name": "pg", "username": "no_such_user", "rotation_period": 60,
                                            "rotation_strategy": "alternating", "grace_period": 10})
     assert engine.list_static_roles() == []
+
+
+def test_static_and_dynamic_roles_may_not_share_a_name(engine: DatabaseEngine, db_target: DbTarget) -> None:
+    """As Vault, both ways: one name is one kind of credentials."""
+    engine.write_connection("pg", db_target.connection_fields())
+    engine.write_role("dyn", {"db_name": "pg", "creation_statements": ['CREATE ROLE "{{name}}"']})
+    with pytest.raises(DatabaseInputError, match="^Role and Static Role names must be unique$"):
+        engine.write_static_role("dyn", {"db_name": "pg", "username": db_target.app_user, "rotation_period": 60})
+    assert engine.list_static_roles() == []
+    engine.write_static_role("app", {"db_name": "pg", "username": db_target.app_user, "rotation_period": 60})
+    with pytest.raises(DatabaseInputError, match="^Role and Static Role names must be unique$"):
+        engine.write_role("app", {"db_name": "pg", "creation_statements": ['CREATE ROLE "{{name}}"']})
+    assert engine.list_roles() == ["dyn"]
+    engine.write_role("dyn", {"default_ttl": 60})  # an update of the same kind is no clash
 
 
 def test_maintain_rotates_due_static_roles_and_sweeps_leases(engine: DatabaseEngine, db_target: DbTarget,

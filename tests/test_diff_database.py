@@ -52,11 +52,6 @@ STATUS_ONLY = frozenset({"role-write-unknowndb"})
 #: Steps that differ until the database library changes (each asked of it, named here); a listed step that
 #: agrees passes too, any other difference fails.  Remove an entry once the library does it.
 AWAITING_LIBRARY = {
-    "static-name-clash": "a static role may not take a dynamic role's name (Role and Static Role names must be unique)",
-    "creds-not-allowed": 'the message quotes the role as "other", not repr',
-    "renew-noinc": "a renewal without increment grants the role's default_ttl again",
-    "renew-path": "a renewal without increment grants the role's default_ttl again",
-    "lookup-after-renew": "the lease records last_renewal",
 }
 #: Our message -> OpenBao's, where ours says more on purpose (we also take ``rotation_schedule``).
 MESSAGE_ALIASES = {"one of rotation_schedule or rotation_period must be provided":
@@ -235,6 +230,8 @@ def _sequence(http: httpx.Client, pg: PasswordCluster, side: Side, mount: str) -
     step("role-read-s2", "GET", f"{m}/roles/s2")
     step("static-name-clash", "POST", f"{m}/static-roles/ro",
          {"db_name": "pg", "username": side.app, "rotation_period": 3600})
+    step("role-name-clash", "POST", f"{m}/roles/app", {"db_name": "pg", "creation_statements": create})
+    step("role-read-clash", "GET", f"{m}/roles/app")
     step("role-write-unknowndb", "POST", f"{m}/roles/nodb", {"db_name": "zz", "creation_statements": create})
     step("config-gone-soon", "POST", f"{m}/config/gone", {**cfg, "verify_connection": False})
     step("role-write-gone", "POST", f"{m}/roles/nodb", {"db_name": "gone", "creation_statements": create})

@@ -24,7 +24,7 @@ import secrets
 import socket
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .exceptions import NebulaCredentialError
@@ -48,6 +48,8 @@ BACKOFF = (5.0, 600.0)
 SWEEP_BATCH = 200
 #: The audit action of a failed revocation attempt (the lease stays queued).
 REVOKE_FAILED_ACTION = "lease.revoke_failed"
+#: The lease body's key for the last renewal's time (set by :meth:`Leases.renew`, not by engines).
+RENEWED_KEY = "last_renewal"
 
 
 class LeaseNotFoundError(NebulaCredentialError):
@@ -78,14 +80,26 @@ class Lease:
     revoked_at: float | None = None
     attempts: int = 0
     last_error: str = ""
+    #: When it was last renewed (Vault's ``last_renewal``), None until then.
+    last_renewal: float | None = None
 
     def ttl(self, now: float) -> int:
         return max(0, round(self.expire_time - now))
 
     @classmethod
     def of(cls, row: LeaseRow) -> Lease:
+        renewed = _last_renewal(row.body)
         return cls(row.lease_id, row.issue_time, row.expire_time, row.max_expire_time, row.renewable,
-                   row.token_accessor, row.engine, row.revoked_at, row.attempts, row.last_error)
+                   row.token_accessor, row.engine, row.revoked_at, row.attempts, row.last_error, renewed)
+
+
+def _last_renewal(body: str) -> float | None:
+    """The renewal time kept in the lease's MAC'd body (no column of its own: the body is the lease's record)."""
+    try:
+        value = json.loads(body).get(RENEWED_KEY)
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 @dataclass
@@ -194,7 +208,10 @@ class Leases:
             return tx.lease_counts(self._now())
 
     # ---- renew ------------------------------------------------------------------------------
-    def renew(self, lease_id: str, increment: int | None = None) -> Lease:
+    def renew(self, lease_id: str, increment: int | None = None, *, not_after: float | None = None) -> Lease:
+        """Extend a live lease by ``increment`` seconds, or, without one, by its engine's default TTL again
+        (a database role's ``default_ttl``, as Vault), never past its ``max_ttl`` nor ``not_after`` (the
+        expiry of the token that created it: a lease never outlives its token)."""
         row = self._row(lease_id)
         now = self._now()
         if row.state != "active":
@@ -205,13 +222,15 @@ class Leases:
             raise LeaseInputError("lease expired")
         body = json.loads(row.body)
         ttl = float(increment) if increment else float(body.get("ttl") or (row.expire_time - row.issue_time))
-        expire = min(now + ttl, row.max_expire_time)
+        limit = row.max_expire_time if not_after is None else min(row.max_expire_time, max(not_after, now + 1))
+        expire = min(now + ttl, limit)
         handler = self._handler(row)
         handler.renew(row.mount, body, expire)  # PostgreSQL first: a user never outlives its lease
-        renewed = _with_expiry(row, expire)
+        body[RENEWED_KEY] = now
+        renewed = replace(row, expire_time=expire, body=json.dumps(body, sort_keys=True))
         renewed = _with_mac(renewed, self._mac(renewed))
         with self.vault.store.transaction() as tx:
-            if not tx.lease_extend(lease_id, expire, renewed.mac):
+            if not tx.lease_extend(lease_id, expire, renewed.mac, body=renewed.body):
                 raise LeaseNotFoundError("invalid lease")
             self.vault.audit.record(tx, "lease.renew", outcome="ok", lease=lease_id, engine=row.engine)
         return Lease.of(renewed)
@@ -317,12 +336,5 @@ class Leases:
 
 
 def _with_mac(row: LeaseRow, mac: str) -> LeaseRow:
-    from dataclasses import replace
-
     return replace(row, mac=mac)
 
-
-def _with_expiry(row: LeaseRow, expire: float) -> LeaseRow:
-    from dataclasses import replace
-
-    return replace(row, expire_time=expire)

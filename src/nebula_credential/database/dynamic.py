@@ -29,7 +29,7 @@ from .errors import DatabaseInputError, DatabaseNotFoundError
 from .fields import check_name, seconds, statements, text
 from .items import Items
 from .passwords import dynamic_username, generate_password
-from .plugin import role_exists, terminate_sessions
+from .plugin import default_drop_user, role_exists, terminate_sessions
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -39,8 +39,6 @@ ENGINE = "database"
 #: Vault's system defaults for a role without TTLs (768 h).
 DEFAULT_TTL = 768 * 3600
 DEFAULT_MAX_TTL = 768 * 3600
-DEFAULT_REVOCATION = ["REASSIGN OWNED BY \"{{name}}\" TO CURRENT_USER", "DROP OWNED BY \"{{name}}\"",
-                      "DROP ROLE IF EXISTS \"{{name}}\""]
 DEFAULT_RENEW = ["ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'"]
 #: How long a revocation waits for terminated sessions to be gone (seconds).
 SESSION_DRAIN = 5.0
@@ -137,7 +135,7 @@ class DynamicRoles:
         role = self.get(name)
         conn = self.connections.get(role.db_name)
         if not conn.allows(name):
-            raise DatabaseInputError(f"{name!r} is not an allowed role")
+            raise DatabaseInputError(f'"{name}" is not an allowed role')
         max_ttl = role.max_ttl or DEFAULT_MAX_TTL
         ttl = min(role.default_ttl or DEFAULT_TTL, max_ttl)
         now = self._now()
@@ -181,8 +179,11 @@ class DynamicRoles:
         deadline = time.monotonic() + SESSION_DRAIN
         while plugin.run(lambda conn: terminate_sessions(conn, username)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        stmts = list(body.get("revocation_statements") or []) or DEFAULT_REVOCATION
-        plugin.execute(stmts, {"name": username, "username": username})
+        stmts = list(body.get("revocation_statements") or [])
+        if stmts:
+            plugin.execute(stmts, {"name": username, "username": username})
+        else:
+            plugin.run(lambda conn: default_drop_user(conn, username))
 
     def renew_user(self, body: dict[str, Any], expire_time: float) -> None:
         username = str(body["username"])

@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..leases import Lease, LeaseHandler, Leases
 from .connections import Connections
+from .dynamic import KIND as DYNAMIC_KIND
 from .dynamic import DynamicRoles
+from .errors import DatabaseInputError
 from .items import Items
 from .secrets_store import Secrets
+from .static import KIND as STATIC_KIND
 from .static import RotationResult, StaticRoles
 
 if TYPE_CHECKING:
@@ -85,6 +88,7 @@ class DatabaseEngine:
 
     # ---- static roles -----------------------------------------------------------------------
     def write_static_role(self, name: str, fields: dict[str, Any]) -> None:
+        self._unique(name, DYNAMIC_KIND)
         self._register()
         self.static.write(name, fields)
 
@@ -111,8 +115,15 @@ class DatabaseEngine:
 
     # ---- dynamic roles ----------------------------------------------------------------------
     def write_role(self, name: str, fields: dict[str, Any]) -> None:
+        self._unique(name, STATIC_KIND)
         self._register()
         self.dynamic.write(name, fields)
+
+    def _unique(self, name: str, other_kind: str) -> None:
+        """A static and a dynamic role may not share a name (Vault refuses it both ways: one name, one
+        kind of credentials)."""
+        if isinstance(name, str) and self.items.get(other_kind, name) is not None:
+            raise DatabaseInputError("Role and Static Role names must be unique")
 
     def read_role(self, name: str) -> dict[str, Any]:
         return self.dynamic.get(name).vault_shape()

@@ -14,7 +14,7 @@ statement, which may hold a password literal).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 from . import templates
@@ -123,3 +123,50 @@ def login_check(connection_url: str, username: str, password: str) -> bool:
     except DatabaseUnavailableError:
         return False
     return True
+
+
+def default_drop_user(conn: Any, name: str) -> None:
+    """Revoke what ``name`` was granted and drop it, when its role has no revocation statements.
+
+    Vault's PostgreSQL plugin does this with an admin that is not a superuser
+    (``CREATEROLE`` only): ``REASSIGN``/``DROP OWNED`` need the dropped role's
+    privileges, which PostgreSQL 15 refuses such an admin.  So, as Vault: revoke
+    the privileges on every table and sequence of each schema the user holds a
+    grant in, and on ``public``, the schemas' usage and the database's
+    ``CONNECT``; a revocation that fails is reported after the others were tried
+    (the lease is retried), then ``DROP ROLE``.  Where the admin may (a
+    superuser), ``REASSIGN``/``DROP OWNED`` run first, so objects the user made
+    do not block the drop; refused, they are skipped.  Revocations take turns
+    (an advisory lock): PostgreSQL fails concurrent grants on one object.
+    """
+    import psycopg
+    from psycopg import sql
+
+    user = sql.Identifier(name)
+    # two GRANT/REVOKEs on one object at once fail ("tuple concurrently updated"): revocations of this
+    # cluster (sweepers in several processes) take turns, until this transaction ends
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('nebula-credential: default revocation'))")
+    with suppress(psycopg.Error), conn.transaction():  # a savepoint: refused to a CREATEROLE admin
+        conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(user))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(user))
+    rows = conn.execute("SELECT DISTINCT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "CROSS JOIN LATERAL aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee "
+                        "WHERE r.rolname = %s ORDER BY 1", (name,)).fetchall()
+    statements = []
+    for schema in [str(r[0]) for r in rows if r[0] != "public"] + ["public"]:
+        ident = sql.Identifier(schema)
+        statements += [sql.SQL("REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA {} FROM {}").format(ident, user),
+                       sql.SQL("REVOKE ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA {} FROM {}").format(ident, user),
+                       sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(ident, user)]
+    statements.append(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(
+        sql.Identifier(str(conn.execute("SELECT current_database()").fetchone()[0])), user))
+    failed: psycopg.Error | None = None
+    for statement in statements:
+        try:
+            with conn.transaction():
+                conn.execute(statement)
+        except psycopg.Error as exc:
+            failed = exc
+    if failed is not None:
+        raise DatabaseUnavailableError(f"could not perform all revocation statements: {str(failed).strip()}")
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(user))

@@ -185,7 +185,7 @@ class StaticRoles:
         role = self._parse(name, fields, old)
         conn = self.connections.get(role.db_name)
         if not conn.allows(name):
-            raise DatabaseInputError(f"{name!r} is not an allowed role")
+            raise DatabaseInputError(f'"{name}" is not an allowed role')
         if old is not None and old.username != role.username:
             raise DatabaseInputError("cannot update static account username")
         if old is None and role.rotation_strategy == "alternating":

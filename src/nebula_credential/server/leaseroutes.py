@@ -132,13 +132,8 @@ async def renew(request: Request, ctx: Ctx) -> Response:
     leases = ctx.backend.leases()
     try:
         current = await ctx.backend.run(leases.lookup, lease_id)
-        not_after = await _owner_expiry(ctx.backend, current)
-        asked = increment
-        if not_after is not None:  # never past the token that created it
-            room = max(1, int(not_after - _now(ctx)))
-            default = max(1, round(current.expire_time - current.issue_time))
-            asked = min(increment if increment is not None else default, room)
-        lease = await ctx.backend.write(leases.renew, lease_id, asked)
+        not_after = await _owner_expiry(ctx.backend, current)  # never past the token that created it
+        lease = await ctx.backend.write(leases.renew, lease_id, increment, not_after=not_after)
     except LeaseNotFoundError:
         raise HTTPError(400, "lease not found") from None
     except (LeaseInputError, DatabaseInputError) as exc:

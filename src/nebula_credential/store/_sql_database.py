@@ -105,9 +105,13 @@ class DatabaseSql(SqlBase, DatabaseTx):
                           "ORDER BY lease_id", (accessor,)).fetchall()
         return [str(r[0]) for r in rows]
 
-    def lease_extend(self, lease_id: str, expire_time: float, mac: str) -> bool:
-        cur = self._exec("UPDATE secret_leases SET expire_time = ?, mac = ? WHERE lease_id = ? AND state = 'active'",
-                         (expire_time, mac, lease_id))
+    def lease_extend(self, lease_id: str, expire_time: float, mac: str, *, body: str | None = None) -> bool:
+        if body is None:
+            cur = self._exec("UPDATE secret_leases SET expire_time = ?, mac = ? WHERE lease_id = ? "
+                             "AND state = 'active'", (expire_time, mac, lease_id))
+        else:
+            cur = self._exec("UPDATE secret_leases SET expire_time = ?, mac = ?, body = ? WHERE lease_id = ? "
+                             "AND state = 'active'", (expire_time, mac, body, lease_id))
         return bool(cur.rowcount == 1)
 
     def lease_due(self, mount: str | None, now: float, limit: int) -> list[str]:

@@ -622,8 +622,8 @@ class DatabaseTx(ABC):
     def lease_ids_for_token(self, accessor: str) -> list[str]: ...
 
     @abstractmethod
-    def lease_extend(self, lease_id: str, expire_time: float, mac: str) -> bool:
-        """Set a live lease's expiry (renewal); False when it is no longer active."""
+    def lease_extend(self, lease_id: str, expire_time: float, mac: str, *, body: str | None = None) -> bool:
+        """Set a live lease's expiry (renewal), and its body when given; False when it is no longer active."""
 
     @abstractmethod
     def lease_due(self, mount: str | None, now: float, limit: int) -> list[str]:
