@@ -131,3 +131,18 @@ def test_a_token_in_an_unrouted_path_is_not_audited(
     with vault.store.read() as tx:
         stored = json.dumps([(r.action, r.details) for r in tx.audit_rows()])
     assert token not in stored and vault_style not in stored
+
+
+def test_an_allowed_token_s_errors_cost_the_audit_trail_a_bounded_path(vault: nc.Vault) -> None:
+    """A token allowed to read that reads missing secrets at 60,000-character paths got
+    404s audited with the whole path (~60 KB an event, no budget: an insider could fill the disk);
+    an error answer's path is now cut as a refused request's is, with its length and digest."""
+    app = create_app(vault)
+    token, _ = app.state.backend.tokens.create(["root"])  # allowed everything: nothing is refused
+    long = "a" * 60_000
+    with TestClient(app) as client:
+        r = client.get(f"/v1/secret/data/{long}", headers={"X-Vault-Token": token})
+    assert 400 <= r.status_code < 500
+    event = _last(vault)
+    assert event["status"] == r.status_code
+    assert len(event["path"]) < 400 and "60012 chars, sha256:" in event["path"], event["path"][:120]

@@ -235,7 +235,9 @@ def endpoint(
         refused = accessor is None or response.status_code == 403
         if refused and not guard.buckets.take(source):
             return await too_many_later(request, guard.buckets.retry_after(source))
-        if refused:
+        if refused or response.status_code >= 400:
+            # an error's path is the client's, not a stored secret's: cut it whoever asked (an allowed
+            # token reading missing secrets at 60 KB paths filled the trail with no budget before)
             audited_path = bounded_path(audited_path, guard.audit_path_chars)
         operation = ctx.operation if ctx is not None and ctx.operation else request.method.lower()
         extra = {**who, **(ctx.details if ctx is not None else {})}
@@ -302,7 +304,7 @@ def redact_tokens(path: str) -> str:
 
 
 def bounded_path(path: str, limit: int) -> str:
-    """What an unauthenticated, denied or unrouted request's path costs the audit trail: at most
+    """What a refused, unrouted or failed request's path costs the audit trail: at most
     ``limit`` characters, plus the length and a SHA-256 digest of the whole when cut."""
     if len(path) <= limit:
         return path
