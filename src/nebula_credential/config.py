@@ -174,9 +174,11 @@ class ServerConfig:
     """Largest request body in bytes; a bigger one gets 413."""
     request_timeout: timedelta = timedelta(seconds=30)
     """How long one request may take before the server gives up on it."""
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """Server worker processes (``serve --workers``); by default one per core, as a
-    single Python process uses one core and the request path is CPU-bound."""
+    workers: int = 1
+    """Server worker processes (``serve --workers``).  One by default: a revocation, a policy
+    change or a new mount made through one worker is seen by the others only within
+    ``cache_ttl`` (as by another ``serve``), while Vault's clients expect it at once; more
+    workers trade that for throughput (one Python process uses one core)."""
     #: KV v2 mounts: mount path -> keyring.
     kv_mounts: dict[str, str] = field(default_factory=lambda: {"secret": "default"})
     #: Transit mounts (each key of a mount is a keyring ``<mount>/<name>``).
