@@ -175,10 +175,10 @@ class ServerConfig:
     request_timeout: timedelta = timedelta(seconds=30)
     """How long one request may take before the server gives up on it."""
     workers: int = 1
-    """Server worker processes (``serve --workers``).  One by default: a revocation, a policy
-    change or a new mount made through one worker is seen by the others only within
-    ``cache_ttl`` (as by another ``serve``), while Vault's clients expect it at once; more
-    workers trade that for throughput (one Python process uses one core)."""
+    """Server worker processes (``serve --workers``).  One by default: workers see each other's
+    revocations, policy and mount changes at once, but other per-worker caches (a Transit
+    key's settings, token roles) only within their bounds, as two ``serve`` processes do;
+    one per core is the fast setting (one Python process uses one core)."""
     #: KV v2 mounts: mount path -> keyring.
     kv_mounts: dict[str, str] = field(default_factory=lambda: {"secret": "default"})
     #: Transit mounts (each key of a mount is a keyring ``<mount>/<name>``).

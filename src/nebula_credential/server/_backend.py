@@ -28,6 +28,7 @@ from ..servertables import TokenRow
 from ..vault import Vault
 from .acl import AccessControl, access_control_for, store_leases
 from .policies import ACL
+from .ratelimit import note_change
 from .tokenroles import TokenRoles
 from .tokens import TokenManager
 
@@ -182,6 +183,12 @@ class Backend:
 
     def forget_policy(self, name: str) -> None:
         self.access.forget_policy(name)
+        note_change()  # the serve's other workers drop theirs before their next request
+
+    def forget_cached(self) -> None:
+        """Drop every cached token and ACL: another worker of this serve revoked or changed one."""
+        self.tokens.forget_cached()
+        self.access.forget_policies()
 
     async def policy_get(self, name: str) -> str | None:
         """A policy's text (the built-in ``default``'s too; ``root`` has none)."""

@@ -31,6 +31,7 @@ from ..servertables import TokenRow
 from ..vault import Vault
 from .policies import ACL, ROOT_POLICY, Rule, parse
 from .policystore import PolicyStore
+from .ratelimit import note_change
 from .tokenroles import TokenRoles
 from .tokens import TokenManager
 
@@ -131,6 +132,12 @@ class AccessControl:
             self._rules.pop(name, None)
             self._acls.clear()
 
+    def forget_policies(self) -> None:
+        """Drop every cached policy and ACL (another worker changed one)."""
+        with self._lock:
+            self._rules.clear()
+            self._acls.clear()
+
     def authorize(self, token: str, source: str | None = None) -> tuple[TokenRow, ACL] | None:
         """A live token's row and ACL; None for an unknown, revoked, expired or refused token, or
         one bound to networks ``source`` is not in (None: no address to check)."""
@@ -175,6 +182,7 @@ def token_manager_for(vault: Vault, config: KeyManagementConfig, rowmac: RowMac 
                            cache_ttl=server.cache_ttl,
                            on_reject=rejections.note if rejections is not None else None)
     manager.on_revoke.append(_LeaseRevoker(vault))
+    manager.on_revoke.append(lambda accessors: note_change())  # the serve's other workers forget them at once
     return manager
 
 

@@ -41,7 +41,7 @@ from .database import DatabaseMount, purge_mount
 from .errors import HTTPError
 from .mounts import EngineType, MountDispatcher, MountTable, builtin_mounts, register_secret_engine, sys_routes
 from .policies import BadPathError, normalise
-from .ratelimit import SourceBudgetMiddleware
+from .ratelimit import ChangeWatch, SourceBudgetMiddleware
 
 # The secret engines beside kv and transit that ``sys/mounts`` enables (auth methods: authmounts).
 register_secret_engine("database", EngineType(lambda e: DatabaseMount(e.path).routes(),
@@ -82,6 +82,14 @@ class VaultPathMiddleware:
             except BadPathError as exc:
                 await _refuse(scope, receive, send, 400, str(exc))
                 return
+            state = getattr(scope.get("app"), "state", None)
+            watch: ChangeWatch | None = getattr(state, "changes", None) if state is not None else None
+            if state is not None and watch is not None and watch.moved():
+                # another worker of this serve revoked a token or changed a policy or a mount
+                backend = getattr(state, "backend", None)
+                if backend is not None:
+                    backend.forget_cached()
+                state.mounts.stale()
             scope = dict(scope)
             scope["path"] = "/v1/" + vpath
             scope["raw_path"] = scope["path"].encode("utf-8")
@@ -170,6 +178,7 @@ def create_app(
     app.state.request_timeout = server.request_timeout.total_seconds()
     app.state.kv_mounts = dict(server.kv_mounts)
     app.state.mounts = MountTable(builtin_mounts(server))
+    app.state.changes = ChangeWatch()  # the other workers' revocations and policy and mount changes
     app.state.wrap_response = wrapping.wrap_response  # X-Vault-Wrap-TTL on any endpoint (see _request)
     app.add_middleware(VaultPathMiddleware, max_body=server.max_request_size)
     app.add_middleware(SourceBudgetMiddleware)  # outside: a spent budget is refused before any work

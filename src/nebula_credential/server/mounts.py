@@ -32,6 +32,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -54,6 +55,7 @@ from ._request import VPATH, Ctx, duration_field, endpoint, read_json
 from .errors import HTTPError, bad_request
 from .kv import MOUNT_KV_FIELDS, KVEngine, apply_mount_options
 from .kv1 import KV1Engine
+from .ratelimit import note_change
 from .transit import TransitEngine
 
 logger = logging.getLogger("nebula_credential.server")
@@ -363,6 +365,12 @@ class MountTable:
                 self.generation = generation
                 await backend.report_rejections()
             self.checked_at = time.monotonic()
+        if force:  # a mount changed here: the serve's other workers re-read before their next request
+            note_change()
+
+    def stale(self) -> None:
+        """Check the store's generation on the next request (another worker changed the table)."""
+        self.checked_at = -math.inf
 
 
 def repository(backend: Backend) -> MountRepository:

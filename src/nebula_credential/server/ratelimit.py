@@ -130,6 +130,8 @@ _FLOOR_AT = 8 + 8 + 16
 _FLOOR = struct.Struct("<ddd")
 _COUNTS_AT = _FLOOR_AT + _FLOOR.size
 _COUNT = struct.Struct("<Q")
+#: The serve's change counter (see :func:`note_change`), after the refusal counters.
+_CHANGES_AT = _COUNTS_AT + len(REASONS) * _COUNT.size
 #: Rows of the shared table (a power of two); a key probes :data:`_PROBES` rows from its hash.
 SLOTS = 16_384
 _PROBES = 8
@@ -235,6 +237,14 @@ class SharedTable:
         return {reason: _COUNT.unpack_from(self._map, _COUNTS_AT + i * _COUNT.size)[0]
                 for i, reason in enumerate(REASONS)}
 
+    def changes(self) -> int:
+        """The serve's change counter: read without the lock (one aligned 8-byte word)."""
+        return int(_COUNT.unpack_from(self._map, _CHANGES_AT)[0])
+
+    def note_change(self) -> None:
+        with self.locked():
+            _COUNT.pack_into(self._map, _CHANGES_AT, _COUNT.unpack_from(self._map, _CHANGES_AT)[0] + 1)
+
 
 _shared: SharedTable | None = None
 _shared_pid = 0  # the process that opened it: a forked worker opens its own (flock is per open file)
@@ -271,6 +281,36 @@ def count_refusal(reason: str) -> None:
 def refusal_counts() -> dict[str, int]:
     """429s given so far, per reason: the whole serve's, or this process's outside ``serve``."""
     return (shared_table() or _local_counts).counts()
+
+
+def note_change() -> None:
+    """Tell the other workers of this ``serve`` that a token was revoked, a policy changed or the
+    mount table moved, so they drop their caches before their next request (:class:`ChangeWatch`).
+
+    Without it a worker honoured a token revoked through another for up to ``cache_ttl`` and
+    did not know a mount enabled through another for up to a second, where Vault's clients
+    expect both at once.  Outside ``serve`` (one process) there is nothing to tell.
+    """
+    table = shared_table()
+    if table is not None:
+        table.note_change()
+
+
+class ChangeWatch:
+    """One worker's view of its serve's change counter: :meth:`moved` is True once per change."""
+
+    def __init__(self) -> None:
+        self._table = shared_table()
+        self._seen = self._table.changes() if self._table is not None else 0
+
+    def moved(self) -> bool:
+        if self._table is None:
+            return False
+        now = self._table.changes()
+        if now == self._seen:
+            return False
+        self._seen = now
+        return True
 
 
 @contextmanager

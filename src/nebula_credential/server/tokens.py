@@ -402,6 +402,11 @@ class TokenManager:
         self._revoked(doomed)
         return len(doomed) if row is not None else 0
 
+    def forget_cached(self) -> None:
+        """Drop every cached token (another worker of this serve revoked some)."""
+        with self._cache_lock:
+            self._cache.clear()
+
     def _revoked(self, accessors: Sequence[str]) -> None:
         """Tell the hooks which tokens are gone; a failing hook is logged by type, never raised: the
         tokens are revoked either way, and what a hook could not do it leaves queued for its own retry."""
