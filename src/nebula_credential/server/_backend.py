@@ -26,7 +26,7 @@ from ..leases import Leases
 from ..models import Credential, EncryptedCredential
 from ..servertables import TokenRow
 from ..vault import Vault
-from .acl import AccessControl, access_control_for, store_leases
+from .acl import AccessControl, StoreLeases, access_control_for
 from .policies import ACL
 from .ratelimit import note_change
 from .tokenroles import TokenRoles
@@ -56,6 +56,8 @@ class Backend:
         self.tokens: TokenManager = access.tokens
         assert access.roles is not None
         self.roles: TokenRoles = access.roles
+        assert access.leases is not None
+        self._leases: StoreLeases = access.leases
         self.audit_reads = audit_reads
         self._vaults: dict[str, Vault] = {vault.keyring_name: vault}
         self._lock = threading.Lock()
@@ -68,7 +70,6 @@ class Backend:
         # credential audit events (a write each) keep the thread; see :meth:`read`.
         self.inline_reads = (vault.reads_without_waiting and vault.provider.name == "local"
                              and not vault.config.audit.credentials)
-        self._leases: Leases | None = None
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a call that mostly only reads the store: on the loop when :attr:`inline_reads`, else as :meth:`run`.
@@ -87,12 +88,8 @@ class Backend:
         return await self.run(fn, *args, **kwargs)
 
     def leases(self) -> Leases:
-        """The store's leases (``sys/leases/*``, ``database/creds``), built on first use."""
-        if self._leases is None:
-            with self._lock:
-                if self._leases is None:
-                    self._leases = store_leases(self.vault)
-        return self._leases
+        """The store's leases (``sys/leases/*``, ``database/creds``), the token manager's hook's own."""
+        return self._leases.get()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return cast(T, await self._runner(fn, *args, **kwargs))

@@ -77,9 +77,11 @@ class AccessControl:
 
     def __init__(self, tokens: TokenManager, policies: PolicyStore, *, cache_ttl: timedelta,
                  roles: TokenRoles | None = None, rejections: Rejections | None = None,
-                 vault: Vault | None = None) -> None:
+                 vault: Vault | None = None, leases: StoreLeases | None = None) -> None:
         self.tokens = tokens
         self.policies = policies
+        #: the store's leases, shared with the token manager's revocation hook
+        self.leases = leases
         self.roles = roles
         self.rejections = rejections if rejections is not None else Rejections(cache_ttl.total_seconds())
         self._vault = vault
@@ -164,35 +166,14 @@ def row_mac_for(vault: Vault) -> RowMac:
     return RowMac(tables.transaction, vault.provider, lock=tables.new_lock())
 
 
-def store_leases(vault: Vault) -> Leases:
-    """The leases of ``vault``'s store, with the engines that issue them (``database``)."""
-    return Leases(vault, lease_handlers(vault))
+class StoreLeases:
+    """The leases of one vault's store (``sys/leases/*``, ``database/creds``), opened on first use,
+    and the token manager's revocation hook over them: revoking a token (and its children)
+    revokes the leases they created, as in Vault, whoever revokes it (API, console or CLI).
 
-
-def token_manager_for(vault: Vault, config: KeyManagementConfig, rowmac: RowMac | None = None,
-                      rejections: Rejections | None = None) -> TokenManager:
-    """The token manager over ``vault``'s server tables, with ``[server]``'s lifetimes.
-
-    Revoking a token (and its children) revokes the leases they created, as in Vault, whoever
-    revokes it: the API, the console or the CLI.
-    """
-    server = config.server
-    manager = TokenManager(vault.server_tables(), vault.provider, rowmac=rowmac or row_mac_for(vault),
-                           clock=vault.clock, default_ttl=server.default_ttl, max_ttl=server.max_ttl,
-                           cache_ttl=server.cache_ttl,
-                           on_reject=rejections.note if rejections is not None else None)
-    manager.on_revoke.append(_LeaseRevoker(vault))
-    manager.on_revoke.append(lambda accessors: note_change())  # the serve's other workers forget them at once
-    return manager
-
-
-class _LeaseRevoker:
-    """The token manager's revocation hook: the revoked tokens' leases are revoked too.
-
-    Called after the tokens are gone, in the revoking caller's thread.  A lease
-    whose revocation fails stays queued by the lease library for the sweeper's
-    retries: logged here by type, never lost.  The lease table is opened on the
-    first revocation, not at start-up.
+    The hook runs after the tokens are gone, in the revoking caller's thread.  A
+    lease whose revocation fails stays queued by the lease library for the
+    sweeper's retries: logged here by type, never lost.
     """
 
     def __init__(self, vault: Vault) -> None:
@@ -200,15 +181,33 @@ class _LeaseRevoker:
         self._leases: Leases | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, accessors: Sequence[str]) -> None:
+    def get(self) -> Leases:
         with self._lock:
             if self._leases is None:
-                self._leases = store_leases(self._vault)
+                self._leases = Leases(self._vault, lease_handlers(self._vault))
+            return self._leases
+
+    def revoke_for_tokens(self, accessors: Sequence[str]) -> None:
+        leases = self.get()
         for accessor in accessors:
             try:
-                self._leases.revoke_for_token(accessor)
+                leases.revoke_for_token(accessor)
             except Exception as exc:
                 log.warning("revoking the leases of a revoked token failed: %s", type(exc).__name__)
+
+
+def token_manager_for(vault: Vault, config: KeyManagementConfig, rowmac: RowMac | None = None,
+                      rejections: Rejections | None = None, leases: StoreLeases | None = None) -> TokenManager:
+    """The token manager over ``vault``'s server tables, with ``[server]``'s lifetimes; revoking a
+    token revokes its leases (:class:`StoreLeases`) and tells the serve's other workers."""
+    server = config.server
+    manager = TokenManager(vault.server_tables(), vault.provider, rowmac=rowmac or row_mac_for(vault),
+                           clock=vault.clock, default_ttl=server.default_ttl, max_ttl=server.max_ttl,
+                           cache_ttl=server.cache_ttl,
+                           on_reject=rejections.note if rejections is not None else None)
+    manager.on_revoke.append((leases or StoreLeases(vault)).revoke_for_tokens)
+    manager.on_revoke.append(lambda accessors: note_change())  # the serve's other workers forget them at once
+    return manager
 
 
 def policy_store_for(vault: Vault, rowmac: RowMac | None = None, rejections: Rejections | None = None) -> PolicyStore:
@@ -222,8 +221,9 @@ def access_control_for(vault: Vault, config: KeyManagementConfig) -> AccessContr
     rowmac = row_mac_for(vault)
     rejections = Rejections(config.server.cache_ttl.total_seconds())
     tables = vault.server_tables()
+    leases = StoreLeases(vault)
     return AccessControl(
-        token_manager_for(vault, config, rowmac, rejections), policy_store_for(vault, rowmac, rejections),
+        token_manager_for(vault, config, rowmac, rejections, leases), policy_store_for(vault, rowmac, rejections),
         cache_ttl=config.server.cache_ttl,
         roles=TokenRoles(tables, vault.clock, rowmac, on_reject=rejections.note),
-        rejections=rejections, vault=vault)
+        rejections=rejections, vault=vault, leases=leases)
