@@ -15,7 +15,6 @@ import itertools
 import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .fixtures_postgres import PG_BIN, PostgresCluster
+from .fixtures_postgres import PG_BIN, PostgresCluster, start_cluster, stop_cluster
 from .shared_service import register_stopper, shared
 
 APP_DB = "apps"
@@ -59,20 +58,7 @@ class ScramCluster(PostgresCluster):
 
 def _start() -> ScramCluster:
     cluster = ScramCluster(Path(tempfile.mkdtemp(prefix="nebula-pg-scram-")))
-    try:
-        cluster.init()
-        cluster.start()
-        cluster.admin(f"CREATE DATABASE {APP_DB}", database="postgres")
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        _stop(cluster)
-        pytest.fail(f"could not start the password-checking PostgreSQL cluster: {exc}", pytrace=False)
-    return cluster
-
-
-def _stop(cluster: PostgresCluster) -> None:
-    if cluster.data.joinpath("postmaster.pid").exists():
-        cluster.stop("immediate")
-    shutil.rmtree(cluster.root, ignore_errors=True)
+    return start_cluster(cluster, APP_DB, "password-checking")
 
 
 def _attach(record: dict[str, Any]) -> ScramCluster:
@@ -81,7 +67,7 @@ def _attach(record: dict[str, Any]) -> ScramCluster:
     return cluster
 
 
-register_stopper("postgres-scram", lambda record: _stop(_attach(record)))
+register_stopper("postgres-scram", lambda record: stop_cluster(_attach(record)))
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +83,7 @@ def private_scram_postgres() -> Iterator[ScramCluster]:
     try:
         yield cluster
     finally:
-        _stop(cluster)
+        stop_cluster(cluster)
 
 
 @dataclass

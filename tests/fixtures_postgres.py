@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import pytest
@@ -137,26 +137,32 @@ class PostgresCluster:
         return int(str(rows[0][0]))
 
 
-def _start_cluster() -> PostgresCluster:
-    """initdb, start, create the test database; fails the calling test with the reason."""
-    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="nebula-pg-")))
+C = TypeVar("C", bound=PostgresCluster)
+
+
+def start_cluster(cluster: C, database: str, what: str) -> C:
+    """initdb, start, create ``database``; fails the calling test with the reason (``what``: which cluster)."""
     try:
         cluster.init()
         cluster.start()
-        cluster.admin(f"CREATE DATABASE {DATABASE}", database="postgres")
+        cluster.admin(f"CREATE DATABASE {database}", database="postgres")
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        _stop_cluster(cluster)
-        pytest.fail(f"could not start the throwaway PostgreSQL cluster: {exc}", pytrace=False)
+        stop_cluster(cluster)
+        pytest.fail(f"could not start the {what} PostgreSQL cluster: {exc}", pytrace=False)
     return cluster
 
 
-def _stop_cluster(cluster: PostgresCluster) -> None:
+def _start_cluster() -> PostgresCluster:
+    return start_cluster(PostgresCluster(Path(tempfile.mkdtemp(prefix="nebula-pg-"))), DATABASE, "throwaway")
+
+
+def stop_cluster(cluster: PostgresCluster) -> None:
     if cluster.data.joinpath("postmaster.pid").exists():
         cluster.stop("immediate")
     shutil.rmtree(cluster.root, ignore_errors=True)
 
 
-register_stopper("postgres", lambda record: _stop_cluster(PostgresCluster.attach(record)))
+register_stopper("postgres", lambda record: stop_cluster(PostgresCluster.attach(record)))
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +182,7 @@ def private_postgres_cluster() -> Iterator[PostgresCluster]:
     try:
         yield cluster
     finally:
-        _stop_cluster(cluster)
+        stop_cluster(cluster)
 
 
 @pytest.fixture
