@@ -42,6 +42,7 @@ from .errors import HTTPError
 from .mounts import EngineType, MountDispatcher, MountTable, builtin_mounts, register_secret_engine, sys_routes
 from .policies import BadPathError, normalise
 from .ratelimit import ChangeWatch, SourceBudgetMiddleware
+from .workers import follow_changes
 
 # The secret engines beside kv and transit that ``sys/mounts`` enables (auth methods: authmounts).
 register_secret_engine("database", EngineType(lambda e: DatabaseMount(e.path).routes(),
@@ -83,13 +84,8 @@ class VaultPathMiddleware:
                 await _refuse(scope, receive, send, 400, str(exc))
                 return
             state = getattr(scope.get("app"), "state", None)
-            watch: ChangeWatch | None = getattr(state, "changes", None) if state is not None else None
-            if state is not None and watch is not None and watch.moved():
-                # another worker of this serve revoked a token or changed a policy or a mount
-                backend = getattr(state, "backend", None)
-                if backend is not None:
-                    backend.forget_cached()
-                state.mounts.stale()
+            if state is not None:
+                follow_changes(state)  # another worker of this serve revoked or changed something
             scope = dict(scope)
             scope["path"] = "/v1/" + vpath
             scope["raw_path"] = scope["path"].encode("utf-8")
