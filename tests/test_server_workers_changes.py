@@ -53,3 +53,58 @@ def test_a_new_mount_and_a_new_policy_are_known_to_every_worker_at_once(server: 
     server.hvac(root).sys.create_or_update_acl_policy("later", 'path "kvw0/data/*" { capabilities = ["read"] }')
     statuses = [_status(server, "GET", "/v1/kvw0/data/x0", reader) for _ in range(TRIES)]
     assert statuses == [200] * TRIES, statuses
+
+
+def _encrypt(server: Server, token: str, key: str) -> tuple[int, str]:
+    with httpx.Client(base_url=server.url, headers={"X-Vault-Token": token}, timeout=10) as http:
+        answer = http.post(f"/v1/transit/encrypt/{key}", json={"plaintext": "aGVsbG8="})
+        return answer.status_code, answer.json().get("data", {}).get("ciphertext", "") if answer.is_success else ""
+
+
+def test_a_transit_key_changed_through_one_worker_is_used_as_changed_by_every_worker_at_once(server: Server) -> None:
+    """Vault: after ``keys/:name/rotate`` the next encrypt uses the new version; after ``config`` raises
+    ``min_decryption_version`` an old ciphertext is refused; after a delete the key is gone.  Before,
+    the other worker kept its loaded key for ``refresh_interval`` (5 s): v1 ciphertexts, decrypts of
+    versions below the minimum, encrypts with a deleted key."""
+    root = server.token("root")
+    with httpx.Client(base_url=server.url, headers={"X-Vault-Token": root}, timeout=10) as http:
+        assert http.post("/v1/transit/keys/spread").status_code in (200, 204)
+        answers = [_encrypt(server, root, "spread") for _ in range(8)]  # loaded on both workers
+        assert {c.split(":")[1] for _, c in answers} == {"v1"}
+        old = answers[0][1]
+        for version in (2, 3):
+            assert http.post("/v1/transit/keys/spread/rotate").status_code == 200
+            seen = {c.split(":")[1] for _, c in (_encrypt(server, root, "spread") for _ in range(TRIES))}
+            assert seen == {f"v{version}"}, seen
+        assert http.post("/v1/transit/keys/spread/config", json={"min_decryption_version": 2}).status_code == 200
+        statuses = []
+        for _ in range(TRIES):
+            with httpx.Client(base_url=server.url, headers={"X-Vault-Token": root}, timeout=10) as fresh:
+                statuses.append(fresh.post("/v1/transit/decrypt/spread", json={"ciphertext": old}).status_code)
+        assert statuses == [400] * TRIES, statuses
+        assert http.post("/v1/transit/keys/spread/config", json={"deletion_allowed": True}).status_code == 200
+        assert http.delete("/v1/transit/keys/spread").status_code == 204
+    reader = server.hvac(root).auth.token.create(policies=["transit-user"], ttl="1h")["auth"]["client_token"]
+    server.hvac(root).sys.create_or_update_acl_policy(
+        "transit-user", 'path "transit/encrypt/*" { capabilities = ["update"] }')  # update only: no upsert
+    statuses = [_encrypt(server, reader, "spread")[0] for _ in range(TRIES)]
+    assert statuses == [403] * TRIES, statuses  # the key is gone everywhere (Vault: no create, 403)
+
+
+def test_serve_starts_one_worker_per_core_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27: ``serve``'s default is one worker per core (at most 8); a number given is kept."""
+    import os
+
+    from nebula_credential.config import KeyManagementConfig
+    from nebula_credential.exceptions import ConfigError
+    from nebula_credential.server.run import MAX_DEFAULT_WORKERS, worker_count
+
+    assert KeyManagementConfig.from_dict({}).server.workers == 0
+    assert KeyManagementConfig.from_dict({"server": {"workers": 3}}).server.workers == 3
+    with pytest.raises(ConfigError):
+        KeyManagementConfig.from_dict({"server": {"workers": -1}})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert worker_count(0) == 2
+    assert worker_count(5) == 5
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert worker_count(0) == MAX_DEFAULT_WORKERS

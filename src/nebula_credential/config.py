@@ -174,11 +174,12 @@ class ServerConfig:
     """Largest request body in bytes; a bigger one gets 413."""
     request_timeout: timedelta = timedelta(seconds=30)
     """How long one request may take before the server gives up on it."""
-    workers: int = 1
-    """Server worker processes (``serve --workers``).  One by default: workers see each other's
-    revocations, policy and mount changes at once, but other per-worker caches (a Transit
-    key's settings, token roles) only within their bounds, as two ``serve`` processes do;
-    one per core is the fast setting (one Python process uses one core)."""
+    workers: int = 0
+    """Server worker processes (``serve --workers``); 0, the default, is one per core the process may
+    run on, at most 8 (one Python process uses one core).  The workers of
+    one serve see each other's revocations, policy, mount and Transit key changes at once (a
+    counter in the table they share); the store's own keyrings follow ``refresh_interval``, as
+    two ``serve`` processes do."""
     #: KV v2 mounts: mount path -> keyring.
     kv_mounts: dict[str, str] = field(default_factory=lambda: {"secret": "default"})
     #: Transit mounts (each key of a mount is a keyring ``<mount>/<name>``).
@@ -607,7 +608,7 @@ def _server(raw: dict[str, Any]) -> ServerConfig:
         tls_key_file=files["tls_key_file"],
         max_request_size=_int("server", raw, "max_request_size", d.max_request_size, 1024),
         request_timeout=_dur("server", raw, "request_timeout", d.request_timeout),
-        workers=_int("server", raw, "workers", d.workers, 1),
+        workers=_int("server", raw, "workers", d.workers, 0, 64),
         kv_mounts=dict(mounts),
         transit_mounts=tuple(transit),
         default_ttl=_dur("server", raw, "default_ttl", d.default_ttl),

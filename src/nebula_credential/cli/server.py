@@ -41,7 +41,8 @@ def _policies(app: AppContext):  # type: ignore[no-untyped-def]
 @click.option("--tls-key", default=None, type=click.Path(dir_okay=False),
               help="PEM key, mode 0600 (server.tls_key_file).")
 @click.option("--insecure-no-tls", is_flag=True, help="Allow plain HTTP on a non-loopback address (warned at start).")
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (server.workers).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Worker processes (server.workers; default: one per core, at most 8).")
 @click.option("--max-request-size", type=click.IntRange(1024), default=None,
               help="Request body limit in bytes (server.max_request_size).")
 @click.option("--request-timeout", default=None, help="Per-request time limit, e.g. 30s (server.request_timeout).")
@@ -60,7 +61,7 @@ def serve(app: AppContext, listen: str | None, tls_cert: str | None, tls_key: st
 
     for module in ("starlette", "granian"):  # the extra named before anything starts
         require(module, "server")
-    from ..server.run import ServeOptions
+    from ..server.run import ServeOptions, worker_count
     from ..server.run import serve as run_server
 
     logging.basicConfig(level=logging.DEBUG if app.debug else logging.INFO,
@@ -76,7 +77,7 @@ def serve(app: AppContext, listen: str | None, tls_cert: str | None, tls_key: st
         tls_cert_file=tls_cert or cfg.tls_cert_file,
         tls_key_file=tls_key or cfg.tls_key_file,
         insecure_no_tls=insecure_no_tls,
-        workers=workers or cfg.workers,
+        workers=worker_count(workers or cfg.workers),
         maintain=maintain,
         maintain_interval=parse_duration(interval, "--interval"),
     )

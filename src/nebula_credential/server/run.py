@@ -39,6 +39,23 @@ ENV_KEYRING = "NEBULA_CREDENTIAL_SERVE_KEYRING"
 ENV_FLAGS = "NEBULA_CREDENTIAL_SERVE_FLAGS"
 
 
+#: The most workers ``serve`` starts by default, however many cores (each is a Python process
+#: with its own caches and store connections); more is a setting away.
+MAX_DEFAULT_WORKERS = 8
+
+
+def worker_count(configured: int) -> int:
+    """``configured`` workers, or for 0 one per core this process may run on (at most
+    :data:`MAX_DEFAULT_WORKERS`)."""
+    if configured > 0:
+        return configured
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     listen: str

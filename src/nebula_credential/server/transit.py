@@ -43,6 +43,7 @@ from ..transit import (
 from ..transit.wire import is_decimal
 from ._request import Ctx, endpoint, read_json
 from .errors import HTTPError, PermissionDenied
+from .workers import note_change, on_change
 
 NO_CONTENT = 204
 #: Errors that are the caller's: Vault answers them with 400 and the message.
@@ -63,7 +64,13 @@ class TransitEngine:
             with self._lock:
                 if self._transit is None:
                     self._transit = Transit(ctx.backend.vault, self.mount)
+                    on_change(self.forget_keys)  # a key changed through another worker of this serve
         return self._transit
+
+    def forget_keys(self) -> None:
+        """Drop this worker's loaded keys: the next use of each reads its settings and versions."""
+        if self._transit is not None:
+            self._transit.forget_all()
 
     def routes(self) -> list[BaseRoute]:
         def route(path: str, handler: Callable[[Request, Ctx], Awaitable[Response]], methods: list[str]) -> Route:
@@ -105,7 +112,9 @@ class TransitEngine:
         ``read``: a call that only reads, which the backend may run on the loop, see ``Backend.read``)."""
         try:
             if write:
-                return await ctx.backend.write(fn, *args, **kw)
+                result = await ctx.backend.write(fn, *args, **kw)
+                note_change()  # a key's settings or versions changed: the serve's other workers reload it
+                return result
             if read:
                 return await ctx.backend.read(fn, *args, **kw)
             return await ctx.backend.run(fn, *args, **kw)

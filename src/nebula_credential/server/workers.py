@@ -10,18 +10,24 @@ by one of the request paths.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .ratelimit import ChangeWatch
+from .ratelimit import ChangeWatch, note_change
 
-#: Engines' forgetters, called (in this worker) when another worker noted a change.
-_forgetters: list[Callable[[], None]] = []
+#: Engines' forgetters (weakly held: an engine of an old mount table goes away with it), called in
+#: this worker when another worker noted a change.
+_forgetters: list[weakref.WeakMethod[Callable[[], None]]] = []
+
+__all__ = ["follow_changes", "note_change", "on_change"]
 
 
 def on_change(forget: Callable[[], None]) -> None:
-    """Call ``forget`` in this worker whenever another worker of the serve notes a change."""
-    _forgetters.append(forget)
+    """Call the bound method ``forget`` in this worker whenever another worker of the serve notes a
+    change (held weakly: it stops when its object is dropped)."""
+    _forgetters[:] = [ref for ref in _forgetters if ref() is not None]
+    _forgetters.append(weakref.WeakMethod(forget))
 
 
 def follow_changes(state: Any) -> None:
@@ -35,5 +41,7 @@ def follow_changes(state: Any) -> None:
     mounts = getattr(state, "mounts", None)
     if mounts is not None:
         mounts.stale()
-    for forget in list(_forgetters):
-        forget()
+    for ref in list(_forgetters):
+        forget = ref()
+        if forget is not None:
+            forget()

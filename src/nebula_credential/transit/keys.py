@@ -174,6 +174,13 @@ class TransitKeys:
         if old is not None:
             old.wipe()
 
+    def forget_all(self) -> None:
+        """Drop every loaded key (another process changed a key: the next use of each reads the store)."""
+        with self._lock:
+            old, self._keys = self._keys, {}
+        for key in old.values():
+            key.wipe()
+
     def _write_config(self, cfg: TransitKeyConfig) -> None:
         with self.vault.store.transaction() as tx:
             self.write_config_in(tx, cfg)
