@@ -240,16 +240,18 @@ def compare(section: str, ours_t: Target, theirs: Target, cases: tuple[Case, ...
 
 def run(seconds: int = 5, rounds: int = 2, *, pg: bool = True, floor_rows: bool = True,
         cases: tuple[Case, ...] = CASES, say: Callable[[str], None] = print) -> list[Row]:
-    workers = os.cpu_count() or 1
+    from nebula_credential.server.run import worker_count
+
+    workers = worker_count(0)  # what serve starts by default: the floor apps get as many
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         os.chmod(tmp, 0o755)
         with ExitStack() as stack:
-            a = stack.enter_context(ours(f"sqlite:///{base / 'ours' / 'store.db'}", base / "ours", workers=workers))
+            a = stack.enter_context(ours(f"sqlite:///{base / 'ours' / 'store.db'}", base / "ours"))
             b = stack.enter_context(openbao(base / "bao-dev"))
             b.label = "OpenBao dev (in-memory, no audit)"
-            rows += compare("SQLite, serve defaults + one worker per core", a, b, cases, seconds, rounds, base, say)
+            rows += compare("SQLite, serve defaults", a, b, cases, seconds, rounds, base, say)
             if floor_rows:
                 for interface in ("asgi", "rsgi"):
                     with floor(interface, workers, base / interface) as bare:
@@ -264,7 +266,7 @@ def run(seconds: int = 5, rounds: int = 2, *, pg: bool = True, floor_rows: bool 
                     with ExitStack() as stack:
                         schema = cluster.new_schema()
                         a = stack.enter_context(ours(cluster.url(schema=schema), base / f"ours-pg-{audit}",
-                                                     audit=audit, workers=workers))
+                                                     audit=audit))
                         bao_db = f"bao_{'on' if audit else 'off'}"
                         cluster.admin(f"CREATE DATABASE {bao_db}", database="postgres")
                         storage = pg_storage(cluster.url(bao_db), lambda sql, db=bao_db: cluster.admin(sql, db))
@@ -295,11 +297,17 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _default_workers() -> int:
+    from nebula_credential.server.run import worker_count
+
+    return worker_count(0)
+
+
 def section(rows: list[Row], seconds: int, rounds: int) -> str:
     return ("\n## HTTP server beside OpenBao\n\n"
             f"`benchmarks/server_perf.py`: wrk -t2, {seconds} s per run, {rounds} alternated rounds per case, "
-            f"our `serve` with default settings but `--workers {os.cpu_count()}` (one per core; the default is 1, "
-            "which keeps Vault's at-once revocation across workers); medians over the rounds, "
+            "our `serve` with its default settings (one worker per core: "
+            f"{_default_workers()} here; every request audited), medians over the rounds, "
             "ratio = median of the per-round ratios of requests/s, load = 1-minute load average before each run.\n\n"
             f"{table(rows)}\n")
 
