@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,14 +82,14 @@ def _worker_pid(port: int) -> int:
 
 
 @contextmanager
-def one_worker(src: Path, folder: Path) -> Iterator[Target]:
-    """``serve --workers 1`` from the source tree ``src`` on a new SQLite store."""
+def one_worker(src: Path, folder: Path, db: str | None = None) -> Iterator[Target]:
+    """``serve --workers 1`` from the source tree ``src`` on a new SQLite store (or the store ``db``)."""
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(src), "NEBULA_CREDENTIAL_MASTER_KEY_FILE": str(folder / "master.key"),
            "NEBULA_CREDENTIAL_CONFIG": str(folder / "server.toml")}
     env.pop("NEBULA_CREDENTIAL_DB", None)
     (folder / "server.toml").write_text("")
-    cli = [sys.executable, "-m", "nebula_credential", "--db", f"sqlite:///{folder / 'store.db'}"]
+    cli = [sys.executable, "-m", "nebula_credential", "--db", db or f"sqlite:///{folder / 'store.db'}"]
     subprocess.run([*cli, "init"], env=env, cwd=folder, check=True, capture_output=True)
     token = json.loads(subprocess.run([*cli, "--json", "token", "create", "--policy", "root"], env=env, cwd=folder,
                                       check=True, capture_output=True, text=True).stdout)["token"]
@@ -142,17 +142,27 @@ def measure(target: Target, case: Case, seconds: int, folder: Path, label: str) 
 
 
 def run(case_names: list[str], seconds: int = 8, sources: list[tuple[str, Path]] | None = None,
-        rounds: int = 1) -> list[Profile]:
+        rounds: int = 1, pg: bool = False) -> list[Profile]:
+    """Profile each case on each source tree; ``pg``: on a throwaway PostgreSQL cluster, a new schema each."""
     sources = sources or [("this tree", ROOT / "src")]
     out = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         base = Path(tmp)
+        cluster = None
+        if pg:
+            from ._pg import throwaway_cluster
+
+            os.chmod(tmp, 0o755)  # the cluster's own user walks into it
+            (base / "pgroot").mkdir()
+            cluster = throwaway_cluster(str(base / "pgroot"))
+            stack.callback(cluster.stop, "immediate")
         for name in case_names:
             case = next(c for c in CASES if c.name.startswith(name))
             for r in range(rounds):
                 for label, src in sources:
                     folder = base / f"{label.replace(' ', '_')}-{r}-{len(out)}"
-                    with one_worker(src, folder) as target:
+                    db = None if cluster is None else cluster.url(schema=cluster.new_schema())
+                    with one_worker(src, folder, db) as target:
                         p = measure(target, case, seconds, folder, label.replace(" ", "_"))
                     p.label = label
                     out.append(p)
@@ -179,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--src", type=Path, help="also profile this source tree (labelled 'before')")
+    ap.add_argument("--pg", action="store_true", help="on a throwaway PostgreSQL cluster instead of SQLite")
     args = ap.parse_args(argv)
     sources = [("after", ROOT / "src")] + ([("before", args.src.resolve())] if args.src else [])
-    print(table(run(args.case or ["KV v2 read", "Transit encrypt"], args.seconds, sources, args.rounds)))
+    print(table(run(args.case or ["KV v2 read", "Transit encrypt"], args.seconds, sources, args.rounds, args.pg)))
     return 0
 
 
