@@ -34,11 +34,11 @@ def _bao_missing() -> bool:
 def test_server_perf_produces_rows_beside_openbao_and_the_floor() -> None:
     rows = server_perf.run(seconds=1, rounds=1, pg=False, cases=server_perf.CASES[:1], say=lambda _: None)
     assert [(r.section, r.theirs.split(" ")[0]) for r in rows] == [
-        ("SQLite, serve defaults + one worker per core", "OpenBao"), ("framework floor", "bare"), ("framework floor", "bare")]
+        ("SQLite, serve defaults", "OpenBao"), ("framework floor", "bare"), ("framework floor", "bare")]
     for row in rows:
         assert row.ours_runs and row.theirs_runs and row.ratio >= 0
     text = server_perf.section(rows, 1, 1)
-    assert "| SQLite, serve defaults + one worker per core | KV v2 read" in text and "bare RSGI" in text
+    assert "| SQLite, serve defaults | KV v2 read" in text and "bare RSGI" in text
 
 
 def test_profile_stages_take_the_innermost_known_frame(tmp_path: Path) -> None:
