@@ -209,3 +209,47 @@ def test_no_free_connection_fails_a_batch_once_not_once_per_reader(pg_vault: nc.
     results, stats = asyncio.run(main())
     assert all(isinstance(r, StoreUnavailableError) for r in results), results
     assert stats["errors"] == 1
+
+
+def _history_the_old_way(vault: nc.Vault, cid: str) -> tuple[Any, list[Any]] | None:
+    kr = vault.keys.keyring
+    with vault.store.read() as tx:
+        head = tx.get_credential(kr, cid)
+        return None if head is None else (head, tx.version_rows(kr, cid))
+
+
+def test_a_kv_read_is_one_statement_and_sees_what_two_did(pg_vault: nc.Vault, statements: list[str]) -> None:
+    """Issue 27: a KV v2 read (``read_version``) was BEGIN, two SELECTs and COMMIT on PostgreSQL, four
+    round trips; now one statement returns the current row and every version row."""
+    for n in range(4):
+        pg_vault.put_version("app", {"n": n})
+    pg_vault.read_version("app")  # keys loaded, counters settled
+    statements.clear()
+    versions, current = pg_vault.read_version("app")
+    assert statements == ["SELECT"]
+    assert current is not None and current.value == {"n": 3} and versions.current_version == 4
+    _, old = pg_vault.read_version("app", 2)
+    assert old is not None and old.value == {"n": 1}
+    pg_vault.delete_versions("app", [1])
+    pg_vault.destroy_versions("app", [4])  # the current version destroyed: the head row keeps its place
+    kr = pg_vault.keys.keyring
+    assert pg_vault.store.read_one(lambda tx: tx.credential_history(kr, "app")) == _history_the_old_way(pg_vault, "app")
+    assert pg_vault.read_version("app")[1] is None
+    assert pg_vault.read_version("app", 3)[1].value == {"n": 2}  # type: ignore[union-attr]
+    assert pg_vault.store.read_one(lambda tx: tx.credential_history(kr, "nope")) is None
+    with pytest.raises(CredentialNotFoundError):
+        pg_vault.read_version("nope")
+
+
+def test_the_one_statement_history_is_the_two_statement_history_on_sqlite(tmp_path: Path, key_file: Path,
+                                                                            clock: FakeClock) -> None:
+    with nc.open(f"sqlite:///{tmp_path / 's.db'}", create=True, clock=clock) as vault:
+        kr = vault.keys.keyring
+        vault.put("plain", {"a": 1})  # written without versions by the plain API
+        for n in range(3):
+            vault.put_version("kv", {"n": n})
+        vault.destroy_versions("kv", [2])
+        for cid in ("plain", "kv", "none"):
+            assert vault.store.read_one(lambda tx, c=cid: tx.credential_history(kr, c)) == \
+                _history_the_old_way(vault, cid)
+        assert vault.read_version("kv")[1].value == {"n": 2}  # type: ignore[union-attr]

@@ -251,11 +251,12 @@ def history(tx: StoreTx, keyring: str, credential_id: str) -> SecretVersions | N
 
 def read(tx: StoreTx, keyring: str, credential_id: str
          ) -> tuple[EncryptedCredential, SecretVersions, dict[int, VersionRow]] | None:
-    """The current row, the history, and the version rows by number (two statements)."""
-    head = tx.get_credential(keyring, credential_id)
-    if head is None:
+    """The current row, the history, and the version rows by number (one statement: a KV read may
+    run it as :meth:`~.store.base.Store.read_one` runs a read)."""
+    found_rows = tx.credential_history(keyring, credential_id)
+    if found_rows is None:
         return None
-    rows = tx.version_rows(keyring, credential_id)
+    head, rows = found_rows
     versions = tuple(info(r) for r in rows)
     found = SecretVersions(
         id=credential_id, settings=settings_of(head.metadata), created_at=head.created_at,

@@ -391,8 +391,8 @@ class Vault:
         the credential is None if that version is not readable (deleted, destroyed, removed, never written).
         What a KV read answers with."""
         kr = self.keys.keyring
-        with self.store.read() as tx:
-            found = history.read(tx, kr, check_lookup_id(credential_id))
+        cid = check_lookup_id(credential_id)
+        found = self.store.read_one(lambda tx: history.read(tx, kr, cid))  # one statement
         if found is None:
             raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
         head, versions, rows = found

@@ -96,6 +96,28 @@ class VersionsSql(SqlBase, VersionsTx):
         ).fetchall()
         return [_decode(r) for r in rows]
 
+    #: The current row's columns, then a version row's; the current row's envelope only beside the
+    #: newest version (the current one) or alone when there is none, so it crosses the wire once.
+    _HISTORY_SQL = (
+        "SELECT c.keyring, c.id, c.scope, c.key_version, "
+        "CASE WHEN v.version IS NULL OR v.version = (SELECT MAX(m.version) FROM credential_versions m "
+        "WHERE m.keyring = c.keyring AND m.id = c.id) THEN c.envelope END, "
+        "c.metadata, c.revision, c.created_at, c.updated_at, "
+        "v.keyring, v.id, v.version, v.scope, v.key_version, v.envelope, v.created_at, v.deletion_time, v.destroyed "
+        "FROM credentials c LEFT JOIN credential_versions v ON v.keyring = c.keyring AND v.id = c.id "
+        "WHERE c.keyring = ? AND c.id = ? ORDER BY v.version"
+    )
+
+    def credential_history(self, keyring: str, credential_id: str
+                           ) -> tuple[EncryptedCredential, list[VersionRow]] | None:
+        rows = self._exec(self._HISTORY_SQL, (keyring, credential_id)).fetchall()
+        if not rows:
+            return None
+        head = decode_credential(rows[-1][:9])  # the newest version's row carries the current envelope
+        if rows[-1][11] is None:  # LEFT JOIN: no version row at all
+            return head, []
+        return head, [_decode(r[9:]) for r in rows]
+
     def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> int:
         if up_to < 1:
             return 0

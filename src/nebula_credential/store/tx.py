@@ -332,6 +332,13 @@ class VersionsTx(ABC):
         """Every stored version of a credential, oldest first."""
 
     @abstractmethod
+    def credential_history(self, keyring: str, credential_id: str
+                           ) -> tuple[EncryptedCredential, list[VersionRow]] | None:
+        """The current row and every version row, oldest first, in ONE statement (None: no such
+        credential), so a KV read can run as :meth:`~.base.Store.read_one` reads: on PostgreSQL one
+        round trip instead of four (BEGIN, two SELECTs, COMMIT), from one snapshot all the same."""
+
+    @abstractmethod
     def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> int:
         """Remove versions numbered ``up_to`` and below (beyond ``max_versions``), envelopes and all."""
 
