@@ -23,7 +23,13 @@ from nebula_credential import envelope as env
 from nebula_credential.config import KeyManagementConfig
 from nebula_credential.exceptions import NebulaCredentialError
 from nebula_credential.transit import Transit, TransitInputError
-from nebula_credential.transit.requests import handle_configure, handle_decrypt, handle_encrypt, read_key
+from nebula_credential.transit.requests import (
+    handle_configure,
+    handle_decrypt,
+    handle_encrypt,
+    handle_rewrap,
+    read_key,
+)
 from nebula_credential.transit.wire import _parse_ciphertext_checked, parse_ciphertext, strict_b64decode
 
 from .helpers import FakeClock
@@ -236,3 +242,32 @@ def test_each_decrypt_item_answers_as_its_own_request(transit: Transit, derived:
         assert answer == {**single, "reference": item.get("reference", "")}, item
     assert answers[0]["plaintext"] == b64(b"good") and answers[6]["plaintext"] == b64(b"ad")
     assert result.versions == {3}
+
+
+# ---- rewrap --------------------------------------------------------------------------------------------
+def test_each_rewrap_item_answers_as_its_own_request(transit: Transit, vault: nc.Vault) -> None:
+    transit.create_key("app")
+    old = transit.encrypt("app", b"old")
+    old_ad = transit.encrypt("app", b"old", associated_data=b"a")
+    transit.rotate("app")
+    current = transit.encrypt("app", b"new")
+    items: list[dict[str, Any]] = [
+        {"ciphertext": old}, {"ciphertext": old_ad, "associated_data": b64(b"a")}, {"ciphertext": old_ad},
+        {"ciphertext": current, "reference": "r"}, {"ciphertext": "x"}, {"ciphertext": old, "context": "%%"}, {},
+    ]
+    seen: list[str] = []
+    vault.observer = lambda keyring, op, seconds, ok: seen.append(op)
+    data, result = handle_rewrap(transit, "app", {"batch_input": items})
+    assert seen == ["rewrap"]
+    answers = data["batch_results"]
+    assert result.failed == 4 and result.versions == {2}
+    assert answers[3] == {"ciphertext": current, "key_version": 2, "reference": "r"}  # current: left as it is
+    for item, answer in zip(items, answers, strict=True):
+        single = alone(handle_rewrap, transit, "app", item)
+        if "error" in single:
+            assert answer == {**single, "reference": item.get("reference", "")}
+            continue
+        assert answer["key_version"] == single["key_version"] == 2
+        back = {k: item[k] for k in ("associated_data",) if k in item}
+        assert alone(handle_decrypt, transit, "app", {"ciphertext": answer["ciphertext"], **back}) == \
+            alone(handle_decrypt, transit, "app", item)
