@@ -100,8 +100,9 @@ def test_ciphertext_fast_parse_answers_as_every_check_does(transit: Transit, dat
         st.just(good),
         st.text(max_size=3).map(lambda s: good[:cut] + s + good[cut:]),
         st.just(good[:cut] + good[cut + 1:]),
-        st.sampled_from(["vault:v01:", "vault:v0:", "vault:v-1:", "vault:v4294967296:", "vault:v1", "vault:v²:"]).map(
-            lambda head: head + good.split(":", 2)[2]),
+        st.sampled_from(["vault:v01:", "vault:v0:", "vault:v-1:", "vault:v4294967296:", "vault:v1", "vault:v²:",
+                         "vault:v0000000001:", "vault:v00000000001:", "vault:v:", "vault:v1::", "vault:v 1:",
+                         "vault:v1:=", "vault:v+1:"]).map(lambda head: head + good.split(":", 2)[2]),
         st.sampled_from(["vault:v2:", "vault:v1:"]).map(lambda head: head + b64(env.version_prefix(2) + bytes(28))),
     ))
     assert _outcome(parse_ciphertext, text) == _outcome(_parse_ciphertext_checked, text)

@@ -146,12 +146,13 @@ def parse_ciphertext(text: Any) -> tuple[int, bytes]:
     checked in a few C calls; anything else goes through every check in turn for its message.
     """
     if text.__class__ is str and text.startswith(CIPHERTEXT_PREFIX):
-        head, sep, body = text[_PREFIX_LEN:].partition(":")
-        if sep and head.isdigit() and head.isascii() and len(head) <= 10:
+        colon = text.find(":", _PREFIX_LEN, _PREFIX_LEN + 11)  # at most 10 digits
+        head = text[_PREFIX_LEN:colon] if colon > 0 else ""
+        if head.isdigit() and head.isascii():
             version = int(head)
             if 1 <= version <= env.MAX_KEY_VERSION:
                 try:
-                    blob = strict_b64decode(body)
+                    blob = strict_b64decode(text[colon + 1:])
                 except (binascii.Error, ValueError):
                     blob = b""
                 if len(blob) >= env.MIN_SIZE and blob.startswith(_envelope_prefix(version)):
