@@ -30,6 +30,7 @@ ABSENT = b"\xff\xff\xff\xff"
 _a2b = binascii.a2b_base64
 _b2a = binascii.b2a_base64
 
+
 def _binascii_decode(text: str) -> bytes:
     return _a2b(text, strict_mode=True)
 
