@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +25,17 @@ import nebula_credential as nc
 from nebula_credential import envelope as env
 from nebula_credential.config import KeyManagementConfig
 from nebula_credential.exceptions import NebulaCredentialError
-from nebula_credential.transit import Transit, TransitInputError
+from nebula_credential.transit import Transit, TransitInputError, crypto
 from nebula_credential.transit.requests import (
     handle_configure,
     handle_decrypt,
     handle_encrypt,
+    handle_hmac,
     handle_rewrap,
+    handle_verify,
     read_key,
 )
-from nebula_credential.transit.wire import _parse_ciphertext_checked, parse_ciphertext, strict_b64decode
+from nebula_credential.transit.wire import HASHES, _parse_ciphertext_checked, parse_ciphertext, strict_b64decode
 
 from .helpers import FakeClock
 
@@ -272,3 +277,25 @@ def test_each_rewrap_item_answers_as_its_own_request(transit: Transit, vault: nc
         back = {k: item[k] for k in ("associated_data",) if k in item}
         assert alone(handle_decrypt, transit, "app", {"ciphertext": answer["ciphertext"], **back}) == \
             alone(handle_decrypt, transit, "app", item)
+
+
+# ---- hmac ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key_type", ["aes256-gcm96", "hmac"])
+def test_hmacs_are_the_versions_keyed_hash_from_any_thread(transit: Transit, key_type: str) -> None:
+    transit.create_key("m", type=key_type)
+    transit.rotate("m")
+    key = transit.live_key("m")
+    inputs = [os.urandom(n) for n in range(1, 300, 7)]  # an empty input is an error, as in Vault
+    for algorithm in ("sha2-256", "sha2-512", "sha3-256"):
+        for version in (1, 2):
+            mac_key = crypto.hmac_key(key, version)
+            expected = [f"vault:v{version}:{b64(hmac.new(mac_key, d, HASHES[algorithm]).digest())}" for d in inputs]
+            body = {"batch_input": [{"input": b64(d)} for d in inputs], "key_version": version}
+
+            def answers(body: dict[str, Any] = body, algorithm: str = algorithm) -> list[str]:
+                return [r["hmac"] for r in handle_hmac(transit, "m", body, algorithm)[0]["batch_results"]]
+
+            with ThreadPoolExecutor(4) as pool:
+                assert all(got == expected for got in pool.map(lambda _: answers(), range(8)))
+            verify = {"batch_input": [{"input": b64(d), "hmac": h} for d, h in zip(inputs, expected, strict=True)]}
+            assert all(r["valid"] for r in handle_verify(transit, "m", verify, algorithm)[0]["batch_results"])

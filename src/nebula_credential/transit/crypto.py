@@ -195,9 +195,14 @@ def mac(key: LiveKey, data: bytes, algorithm: str = "sha2-256", key_version: int
     if not checked and version < key.config.min_encryption_version:
         raise TransitInputError("cannot use key version below the minimum encryption version")
     key.km.get_key(version)  # the lifecycle says whether this version may still be used
-    mac_key = hmac_key(key, version)
-    digest = _hmac.new(mac_key, data, HASHES[algorithm]).digest()
-    return f"{CIPHERTEXT_PREFIX}{version}:{b64(digest)}"
+    state = key.macs.get((version, algorithm))
+    if state is None:  # keyed once per version and algorithm (an HKDF), then copied per use
+        state = _hmac.new(hmac_key(key, version), digestmod=HASHES[algorithm])
+        with key.lock:
+            key.macs[(version, algorithm)] = state
+    one = state.copy()
+    one.update(data)
+    return f"{CIPHERTEXT_PREFIX}{version}:{b64(one.digest())}"
 
 
 def hmac_key(key: LiveKey, version: int) -> bytes:
