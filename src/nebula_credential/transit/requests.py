@@ -45,8 +45,6 @@ from .wire import (
 )
 
 MAX_RANDOM_BYTES = 128 * 1024
-_MISSING: Any = object()
-
 MAX_PERIOD_DAYS = 100 * 366
 
 
@@ -274,6 +272,7 @@ def handle_trim(transit: Transit, name: str, body: dict[str, Any]) -> TransitKey
 # ---- data -----------------------------------------------------------------------------------------
 _ENCRYPT_FIELDS = ("plaintext", "context", "associated_data", "key_version")
 _DECRYPT_FIELDS = ("ciphertext", "context", "associated_data")
+_MISSING: Any = object()  # an item without the field, not one whose value is null
 
 
 def handle_encrypt(transit: Transit, name: str, body: dict[str, Any], *, create: bool = True) -> Handled:
