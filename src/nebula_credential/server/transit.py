@@ -107,9 +107,11 @@ class TransitEngine:
 
     # ---- plumbing ---------------------------------------------------------------------
     async def _call(self, ctx: Ctx, fn: Callable[..., Any], *args: Any, key_path: bool = False,
-                    missing: HTTPError | None = None, write: bool = False, read: bool = False, **kw: Any) -> Any:
+                    missing: Callable[[], HTTPError] | None = None, write: bool = False, read: bool = False,
+                    **kw: Any) -> Any:
         """Run one facade call off the event loop (key changes through the backend's write queue;
-        ``read``: a call that only reads, which the backend may run on the loop, see ``Backend.read``)."""
+        ``read``: a call that only reads, which the backend may run on the loop, see ``Backend.read``;
+        ``missing``: the error of an unknown key, made only when one is)."""
         try:
             if write:
                 result = await ctx.backend.write(fn, *args, **kw)
@@ -120,7 +122,7 @@ class TransitEngine:
             return await ctx.backend.run(fn, *args, **kw)
         except TransitKeyNotFoundError:
             if missing is not None:
-                raise missing from None
+                raise missing() from None
             if key_path:
                 raise HTTPError(404) from None
             raise HTTPError(400, "encryption key not found") from None
@@ -210,12 +212,14 @@ class TransitEngine:
         # Vault's existence check: update on an existing key, create (upsert) on a new one.  The
         # capabilities are checked first, so a token with neither never makes us read the store.
         can_update, can_create = ctx.allows("update"), ctx.allows("create")
-        ctx.require("update" if can_update or not can_create else "create")
+        ctx.operation = "update" if can_update or not can_create else "create"  # ctx.require, answered above
+        if not (can_update or can_create):
+            raise PermissionDenied()
         if not can_update and await ctx.backend.run(transit.exists, name):
             raise PermissionDenied()  # create alone does not allow using an existing key
         body = await read_json(request)
         handled = await self._call(ctx, requests.handle_encrypt, transit, name, body, create=can_create,
-                                   missing=PermissionDenied(), read=True)  # a first use or a counter block: a worker
+                                   missing=PermissionDenied, read=True)  # a first use or a counter block: a worker
         return self._batch_reply(ctx, name, body, handled)
 
     async def decrypt(self, request: Request, ctx: Ctx) -> Response:

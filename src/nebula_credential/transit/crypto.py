@@ -26,7 +26,19 @@ from . import asym
 from .errors import TransitInputError
 from .keys import LiveKey, material
 from .keytypes import hkdf, key_type, symmetric_key
-from .wire import CIPHERTEXT_PREFIX, HASHES, b64, format_ciphertext, lp, parse_ciphertext, transit_aad
+from .wire import (
+    ABSENT,
+    CIPHERTEXT_PREFIX,
+    HASHES,
+    aad_prefix,
+    b64,
+    format_ciphertext,
+    lp,
+    parse_ciphertext,
+    transit_aad,
+    version_of,
+    versioned_ciphertext,
+)
 
 _U32 = struct.Struct(">I")
 DERIVE_DOMAIN = b"nebula-credential transit derive v1\x00"
@@ -79,47 +91,98 @@ def check_encrypt_version(key: LiveKey, key_version: int, active: int) -> None:
         f"version {active} does (older versions only decrypt)")
 
 
+class Sealer:
+    """The encryptions of one request under one loaded key, with what its items share worked out once.
+
+    A 1,000-item batch is 1,000 AES-GCM calls under one key: the key's type and
+    derivation, its keyring's associated-data prefix and the AAD of an item with
+    neither ``associated_data`` nor ``context`` are the same for every item, so an
+    item costs its AES-GCM call (the keyring's reused cipher, a nonce from the
+    buffered CSPRNG, the usage count of :meth:`KeyManager.encrypt`) and its base64.
+    Every rule is still checked per item, in the order Vault checks them.
+    """
+
+    __slots__ = ("_bare", "_base", "_derived", "_encrypt", "_typed", "key")
+
+    def __init__(self, key: LiveKey) -> None:
+        cfg = key.config
+        self.key = key
+        self._typed = cfg.type != "aes256-gcm96"
+        self._derived = cfg.derived
+        self._base = aad_prefix(cfg.binding)
+        self._bare = self._base + ABSENT + ABSENT
+        self._encrypt = key.km.encrypt
+
+    def seal(self, plaintext: bytes, associated_data: bytes | None, context: bytes | None,
+             key_version: int = 0) -> tuple[str, int]:
+        """(``vault:v<N>:...``, N) under the active version (or ``key_version``, which must be it)."""
+        key = self.key
+        if self._typed:
+            text = _seal_typed(key, plaintext, associated_data, context, key_version)
+            return text, version_of(text)
+        ctx = derivation_context(key, context) if self._derived else None  # Vault ignores it otherwise
+        if key_version:
+            check_encrypt_version(key, key_version, key.km.current_key().version)
+        if ctx is None:
+            aad = self._bare if associated_data is None else self._base + lp(associated_data) + ABSENT
+            return versioned_ciphertext(self._encrypt(plaintext, aad))
+        vk = key.km.next_active()
+        aad = self._base + lp(associated_data) + lp(ctx)
+        return versioned_ciphertext(aead_seal(subkey(key, vk.version, ctx), env.version_prefix(vk.version),
+                                              plaintext, aad))
+
+
+class Opener:
+    """The decryptions of one request under one loaded key (what :class:`Sealer` is to encryptions)."""
+
+    __slots__ = ("_bare", "_base", "_decrypt", "_derived", "_typed", "key")
+
+    def __init__(self, key: LiveKey) -> None:
+        cfg = key.config
+        self.key = key
+        self._typed = cfg.type != "aes256-gcm96"
+        self._derived = cfg.derived
+        self._base = aad_prefix(cfg.binding)
+        self._bare = self._base + ABSENT + ABSENT
+        self._decrypt = key.km.decrypt
+
+    def open(self, ciphertext: Any, associated_data: bytes | None, context: bytes | None) -> tuple[bytes, int]:
+        """(plaintext, key version) of a ``vault:v<N>:...`` string; every authentication failure is one error."""
+        key = self.key
+        if self._typed:
+            return _unseal_typed(key, ciphertext, associated_data, context)
+        version, blob = parse_ciphertext(ciphertext)
+        ctx = derivation_context(key, context) if self._derived else None
+        if version < key.config.min_decryption_version:
+            raise TransitInputError("ciphertext or signature version is disallowed by policy (too old)")
+        try:
+            if ctx is None:
+                aad = self._bare if associated_data is None else self._base + lp(associated_data) + ABSENT
+                return self._decrypt(blob, aad), version
+            aad = self._base + lp(associated_data) + lp(ctx)
+            key.km.get_key(version)  # the lifecycle says whether this version may decrypt
+            parsed = env.parse(blob)
+            try:
+                return subkey(key, version, ctx).decrypt(parsed.nonce, parsed.ciphertext,
+                                                         parsed.header + aad), version
+            except InvalidTag:
+                raise DecryptionError("cipher: message authentication failed") from None
+        except DecryptionError:
+            raise DecryptionError("cipher: message authentication failed") from None
+        except KeyNotFoundError:
+            raise TransitInputError("invalid ciphertext: version is too new") from None
+
+
 def seal(key: LiveKey, plaintext: bytes, associated_data: bytes | None, context: bytes | None,
          key_version: int = 0) -> str:
     """``vault:v<N>:...`` under the active version (or ``key_version``, which must be it)."""
-    if key.config.type != "aes256-gcm96":
-        return _seal_typed(key, plaintext, associated_data, context, key_version)
-    ctx = derivation_context(key, context)
-    if key_version:
-        check_encrypt_version(key, key_version, key.km.current_key().version)
-    aad = transit_aad(key.config.binding, associated_data, ctx)
-    if ctx is None:
-        return format_ciphertext(key.km.encrypt(plaintext, aad))
-    vk = key.km.next_active()
-    return format_ciphertext(aead_seal(subkey(key, vk.version, ctx), env.version_prefix(vk.version),
-                                       plaintext, aad))
+    return Sealer(key).seal(plaintext, associated_data, context, key_version)[0]
 
 
 def unseal(key: LiveKey, ciphertext: Any, associated_data: bytes | None,
            context: bytes | None) -> tuple[bytes, int]:
     """(plaintext, key version) of a ``vault:v<N>:...`` string; every authentication failure is one error."""
-    if key.config.type != "aes256-gcm96":
-        return _unseal_typed(key, ciphertext, associated_data, context)
-    version, blob = parse_ciphertext(ciphertext)
-    ctx = derivation_context(key, context)
-    cfg = key.config
-    if version < cfg.min_decryption_version:
-        raise TransitInputError("ciphertext or signature version is disallowed by policy (too old)")
-    aad = transit_aad(cfg.binding, associated_data, ctx)
-    try:
-        if ctx is None:
-            return key.km.decrypt(blob, aad), version
-        key.km.get_key(version)  # the lifecycle says whether this version may decrypt
-        parsed = env.parse(blob)
-        try:
-            return subkey(key, version, ctx).decrypt(parsed.nonce, parsed.ciphertext,
-                                                     parsed.header + aad), version
-        except InvalidTag:
-            raise DecryptionError("cipher: message authentication failed") from None
-    except DecryptionError:
-        raise DecryptionError("cipher: message authentication failed") from None
-    except KeyNotFoundError:
-        raise TransitInputError("invalid ciphertext: version is too new") from None
+    return Opener(key).open(ciphertext, associated_data, context)
 
 
 def mac(key: LiveKey, data: bytes, algorithm: str = "sha2-256", key_version: int = 0, *,
@@ -132,9 +195,14 @@ def mac(key: LiveKey, data: bytes, algorithm: str = "sha2-256", key_version: int
     if not checked and version < key.config.min_encryption_version:
         raise TransitInputError("cannot use key version below the minimum encryption version")
     key.km.get_key(version)  # the lifecycle says whether this version may still be used
-    mac_key = hmac_key(key, version)
-    digest = _hmac.new(mac_key, data, HASHES[algorithm]).digest()
-    return f"{CIPHERTEXT_PREFIX}{version}:{b64(digest)}"
+    state = key.macs.get((version, algorithm))
+    if state is None:  # keyed once per version and algorithm (an HKDF), then copied per use
+        state = _hmac.new(hmac_key(key, version), digestmod=HASHES[algorithm])
+        with key.lock:
+            key.macs[(version, algorithm)] = state
+    one = state.copy()
+    one.update(data)
+    return f"{CIPHERTEXT_PREFIX}{version}:{b64(one.digest())}"
 
 
 def hmac_key(key: LiveKey, version: int) -> bytes:

@@ -10,6 +10,7 @@ destroy guard (:mod:`~nebula_credential.destroy_guard`, via :meth:`KeyManager.de
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 from collections import OrderedDict
@@ -49,6 +50,8 @@ class LiveKey:
     material: dict[int, SecretBytes] = field(default_factory=dict)
     derived: OrderedDict[tuple[int, bytes], AESGCM | ChaCha20Poly1305] = field(default_factory=OrderedDict)
     private: dict[tuple[int, bytes], PrivateKey] = field(default_factory=dict)
+    #: Keyed HMAC states per (version, algorithm), copied per use: the key stays inside OpenSSL.
+    macs: dict[tuple[int, str], hmac.HMAC] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def wipe(self) -> None:
@@ -57,6 +60,7 @@ class LiveKey:
         self.material.clear()
         self.derived.clear()
         self.private.clear()
+        self.macs.clear()
 
 
 

@@ -10,11 +10,13 @@ HTTP mount is a thin router over them.  A malformed field raises
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from time import perf_counter
 from typing import Any
 
 from ..config import validate_cron
@@ -25,7 +27,7 @@ from . import asym, crypto
 from .asym import SignOptions
 from .engine import Transit
 from .errors import TransitInputError, TransitKeyNotFoundError
-from .keys import KeyConfigChange, KeyInfo
+from .keys import KeyConfigChange, KeyInfo, LiveKey
 from .keytypes import key_type
 from .settings import TransitKeyConfig, check_timezone
 from .wire import (
@@ -37,6 +39,7 @@ from .wire import (
     b64,
     b64decode,
     is_decimal,
+    strict_b64decode,
     version_of,
     with_version,
 )
@@ -109,15 +112,17 @@ def run_batch(body: dict[str, Any], fields: Sequence[str], one: Callable[[dict[s
         return data, BatchResult([data], False, {version})
     results = []
     versions = set()
+    errors = 0
     for item in items:
         try:
             out, version = one(item)
             versions.add(version)
         except NebulaCredentialError as exc:
             out = {**(failed or {}), "error": str(exc)}
+            errors += 1
         out["reference"] = item.get("reference", "")
         results.append(out)
-    return {"batch_results": results}, BatchResult(results, True, versions)
+    return {"batch_results": results}, BatchResult(results, True, versions, errors)
 
 
 # ---- keys -----------------------------------------------------------------------------------------
@@ -265,6 +270,11 @@ def handle_trim(transit: Transit, name: str, body: dict[str, Any]) -> TransitKey
 
 
 # ---- data -----------------------------------------------------------------------------------------
+_ENCRYPT_FIELDS = ("plaintext", "context", "associated_data", "key_version")
+_DECRYPT_FIELDS = ("ciphertext", "context", "associated_data")
+_MISSING: Any = object()  # an item without the field, not one whose value is null
+
+
 def handle_encrypt(transit: Transit, name: str, body: dict[str, Any], *, create: bool = True) -> Handled:
     """``encrypt/:name``: creates the key on first use when ``create`` (the policy allows it).
 
@@ -273,61 +283,144 @@ def handle_encrypt(transit: Transit, name: str, body: dict[str, Any], *, create:
     request refused as a whole writes nothing.
     """
     top_version = int_field(body, "key_version")
-    fields = ("plaintext", "context", "associated_data", "key_version")
-
-    def parse(item: dict[str, Any]) -> tuple[bytes, bytes | None, bytes | None, int]:
-        if "plaintext" not in item:
-            raise TransitInputError("missing plaintext to encrypt")
-        return (b64decode(item["plaintext"], "plaintext") or b"",
-                b64decode(item.get("associated_data"), "associated_data"),
-                b64decode(item.get("context"), "context"),
-                int_field(item, "key_version", top_version))
-
     try:
         key = transit.live_key(name)
     except TransitKeyNotFoundError:
         if not create:
             raise
-        items, _ = batch_items(body, fields)
+        items, _ = batch_items(body, _ENCRYPT_FIELDS)
         valid = []
         for item in items:
             with contextlib.suppress(NebulaCredentialError):
-                valid.append(parse(item))
+                valid.append(_encrypt_item(item, top_version))
         if not valid:
-            parse(items[0])  # raises the first item's error
+            _encrypt_item(items[0], top_version)  # raises the first item's error
         handle_create(transit, name, body | {"derived": body.get("derived") or any(v[2] for v in valid)})
         key = transit.live_key(name)
+    items, batched = batch_items(body, _ENCRYPT_FIELDS)
+    if not batched:
+        ciphertext, version = transit.encrypt_item(key, *_encrypt_item(items[0], top_version))
+        data = {"ciphertext": ciphertext, "key_version": version}
+        return data, BatchResult([data], False, {version})
+    return _encrypt_batch(transit, key, items, top_version)
 
-    def one(item: dict[str, Any]) -> Item:
-        plaintext, ad, context, version = parse(item)
-        return with_version(transit.encrypt_under(key, plaintext, ad, context, version))
 
-    return run_batch(body, fields, one)
+def _encrypt_item(item: dict[str, Any], top_version: int) -> tuple[bytes, bytes | None, bytes | None, int]:
+    """An item's (plaintext, associated_data, context, key_version), checked in Vault's order."""
+    if "plaintext" not in item:
+        raise TransitInputError("missing plaintext to encrypt")
+    return (b64decode(item["plaintext"], "plaintext") or b"",
+            b64decode(item.get("associated_data"), "associated_data"),
+            b64decode(item.get("context"), "context"),
+            int_field(item, "key_version", top_version))
+
+
+def _encrypt_batch(transit: Transit, key: LiveKey, items: list[dict[str, Any]], top_version: int) -> Handled:
+    """Every item under one key: :func:`_encrypt_item` and :meth:`Sealer.seal` in one loop.
+
+    What costs per item is its base64, its AES-GCM call and its answer: the
+    parsing of a plain ``{"plaintext": ...}`` item is done here in line (a
+    field the item does not carry is not looked at twice), and the metrics
+    observer sees the batch once, as one request (:meth:`Transit.observe`).
+    """
+    seal = crypto.Sealer(key).seal
+    results: list[dict[str, Any]] = []
+    append = results.append
+    versions: set[int] = set()
+    failed = 0
+    start = perf_counter()
+    for item in items:
+        try:
+            text = item.get("plaintext", _MISSING)
+            if text.__class__ is str and text:
+                try:
+                    plaintext = strict_b64decode(text)
+                except (binascii.Error, ValueError):
+                    raise TransitInputError("plaintext is not valid base64") from None
+            elif text is _MISSING:
+                raise TransitInputError("missing plaintext to encrypt")
+            else:
+                plaintext = b64decode(text, "plaintext") or b""
+            ad = item.get("associated_data")
+            if ad is not None:
+                ad = b64decode(ad, "associated_data")
+            context = item.get("context")
+            if context is not None:
+                context = b64decode(context, "context")
+            ciphertext, version = seal(plaintext, ad, context, int_field(item, "key_version", top_version)
+                                       if "key_version" in item else top_version)
+        except NebulaCredentialError as exc:
+            failed += 1
+            append({"error": str(exc), "reference": item.get("reference", "")})
+            continue
+        versions.add(version)
+        append({"ciphertext": ciphertext, "key_version": version, "reference": item.get("reference", "")})
+    transit.observe(key, "encrypt", perf_counter() - start, not failed)
+    return {"batch_results": results}, BatchResult(results, True, versions, failed)
 
 
 def handle_decrypt(transit: Transit, name: str, body: dict[str, Any]) -> Handled:
     """``decrypt/:name``."""
     key = transit.key_for_data(name)
-
-    def one(item: dict[str, Any]) -> Item:
+    items, batched = batch_items(body, _DECRYPT_FIELDS)
+    if not batched:
+        item = items[0]
         plaintext, version = transit.decrypt_under(key, item.get("ciphertext"),
                                                    b64decode(item.get("associated_data"), "associated_data"),
                                                    b64decode(item.get("context"), "context"))
-        return {"plaintext": b64(plaintext)}, version
-
-    return run_batch(body, ("ciphertext", "context", "associated_data"), one)
+        data = {"plaintext": b64(plaintext)}
+        return data, BatchResult([data], False, {version})
+    open_ = crypto.Opener(key).open
+    results: list[dict[str, Any]] = []
+    append = results.append
+    versions: set[int] = set()
+    failed = 0
+    start = perf_counter()
+    for item in items:
+        try:
+            ad = item.get("associated_data")
+            if ad is not None:
+                ad = b64decode(ad, "associated_data")
+            context = item.get("context")
+            if context is not None:
+                context = b64decode(context, "context")
+            plaintext, version = open_(item.get("ciphertext"), ad, context)
+        except NebulaCredentialError as exc:
+            failed += 1
+            append({"error": str(exc), "reference": item.get("reference", "")})
+            continue
+        versions.add(version)
+        append({"plaintext": b64(plaintext), "reference": item.get("reference", "")})
+    transit.observe(key, "decrypt", perf_counter() - start, not failed)
+    return {"batch_results": results}, BatchResult(results, True, versions, failed)
 
 
 def handle_rewrap(transit: Transit, name: str, body: dict[str, Any]) -> Handled:
-    """``rewrap/:name``."""
+    """``rewrap/:name`` (a batch shares one :class:`Opener` and :class:`Sealer`, observed once)."""
     key = transit.key_for_data(name)
+    items, batched = batch_items(body, _DECRYPT_FIELDS)
+    if not batched:
+        item = items[0]
+        data, version = with_version(transit.rewrap_under(
+            key, item.get("ciphertext"), b64decode(item.get("associated_data"), "associated_data"),
+            b64decode(item.get("context"), "context")))
+        return data, BatchResult([data], False, {version})
+    open_, seal = crypto.Opener(key).open, crypto.Sealer(key).seal
 
     def one(item: dict[str, Any]) -> Item:
-        return with_version(transit.rewrap_under(key, item.get("ciphertext"),
-                                                 b64decode(item.get("associated_data"), "associated_data"),
-                                                 b64decode(item.get("context"), "context")))
+        ciphertext = item.get("ciphertext")
+        ad = b64decode(item.get("associated_data"), "associated_data")
+        context = b64decode(item.get("context"), "context")
+        plaintext, version = open_(ciphertext, ad, context)
+        if version == key.km.current_key().version:
+            return {"ciphertext": str(ciphertext), "key_version": version}, version  # current: no new nonce
+        out, version = seal(plaintext, ad, context)
+        return {"ciphertext": out, "key_version": version}, version
 
-    return run_batch(body, ("ciphertext", "context", "associated_data"), one)
+    start = perf_counter()
+    handled = run_batch(body, _DECRYPT_FIELDS, one)
+    transit.observe(key, "rewrap", perf_counter() - start, not handled[1].failed)
+    return handled
 
 
 def handle_datakey(transit: Transit, name: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -348,11 +441,11 @@ def handle_hmac(transit: Transit, name: str, body: dict[str, Any], algorithm: st
     """``hmac/:name[/:algorithm]``."""
     key_version = int_field(body, "key_version")
     algo = algorithm or str(body.get("algorithm", "sha2-256"))
-    transit.key_for_data(name)
+    key = transit.key_for_data(name)  # one lookup for the batch
 
     def one(item: dict[str, Any]) -> Item:
         data = b64decode(item.get("input"), "input", required=True) or b""
-        mac = transit.hmac(name, data, algorithm=algo, key_version=key_version)
+        mac = crypto.mac(key, data, algo, key_version)
         return {"hmac": mac}, version_of(mac)
 
     return run_batch(body, ("input",), one)
