@@ -57,6 +57,24 @@ def test_default_deny_and_exact_match() -> None:
     assert not a.allows("other", "read")
 
 
+def test_remembered_answers_are_the_rules_answers_past_the_memo_bound() -> None:
+    """An ACL remembers each path's capabilities (issue 27: two or three matches per request); past
+    its bound it starts again, and every answer stays the rules' own."""
+    from nebula_credential.server import policies
+
+    text = ('path "secret/data/*" { capabilities = ["read"] }\n'
+            'path "secret/data/x/*" { capabilities = ["deny"] }\n'
+            'path "secret/data/+/y" { capabilities = ["update"] }')
+    remembered = acl(text)
+    paths = [f"secret/data/{'x' if i % 3 == 0 else 'a'}/{'y' if i % 2 else i}" for i in range(policies._MEMO_MAX + 50)]
+    for _ in range(2):
+        for path in paths:
+            fresh = acl(text)
+            assert remembered.capabilities(path) == fresh.capabilities(path), path
+    assert remembered.allows("secret/data/a/y", "update") and not remembered.allows("secret/data/x/y", "update")
+    assert len(remembered._memo) <= policies._MEMO_MAX
+
+
 def test_glob_is_a_prefix() -> None:
     a = acl('path "secret/data/app*" { capabilities = ["read"] }')
     assert a.allows("secret/data/app", "read") and a.allows("secret/data/app2/x", "read")

@@ -142,6 +142,10 @@ def _prometheus() -> Any:
     return require("prometheus_client", "metrics")
 
 
+#: Label sets whose children :meth:`MetricsExporter.observe_vault` keeps at hand (a cache, cleared when full).
+_CHILDREN_MAX = 4096
+
+
 class MetricsExporter:
     """A private CollectorRegistry with store-backed gauges and per-process histograms."""
 
@@ -178,6 +182,7 @@ class MetricsExporter:
             ["keyring", "operation"],
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         exporter = self
 
         class _StoreCollector:
@@ -296,10 +301,19 @@ class MetricsExporter:
                     yield target
 
     def observe_vault(self, keyring: str, operation: str, seconds: float, ok: bool) -> None:
-        self.requests.labels(keyring, operation).inc()
-        if not ok:
+        # the children of one label set, looked up once: ``.labels()`` cost ~5 µs of a ~10 µs Transit
+        # encrypt; the label values are the ones ``.labels()`` would have made (same series, same bound)
+        children = self._children.get((keyring, operation))
+        if children is None:
+            if len(self._children) >= _CHILDREN_MAX:
+                self._children.clear()
+            children = self._children[(keyring, operation)] = (
+                self.requests.labels(keyring, operation), self.op_latency.labels(keyring, operation))
+        requests, latency = children
+        requests.inc()
+        if not ok:  # rare: the error series appears with its first error, as before
             self.request_errors.labels(keyring, operation).inc()
-        self.op_latency.labels(keyring, operation).observe(seconds)
+        latency.observe(seconds)
 
     def observe_provider(self, provider: str, operation: str, seconds: float, ok: bool) -> None:
         self.provider_latency.labels(provider, operation).observe(seconds)

@@ -224,11 +224,18 @@ def parse(text: str) -> list[Rule]:
     return rules
 
 
+_ROOT_CAPABILITIES = frozenset(c for c in CAPABILITIES if c != "deny")
+_NOTHING: frozenset[str] = frozenset()
+#: Paths whose capabilities one ACL remembers before it starts again.
+_MEMO_MAX = 2048
+
+
 class ACL:
     """The combined rules of a token's policies."""
 
     def __init__(self, rules: list[Rule], *, root: bool = False) -> None:
         self.root = root
+        self._memo: dict[str, frozenset[str]] = {}
         merged: dict[str, set[str]] = {}
         for rule in rules:
             merged.setdefault(rule.pattern, set()).update(rule.capabilities)
@@ -237,13 +244,25 @@ class ACL:
         )
 
     def capabilities(self, path: str) -> frozenset[str]:
-        """What the most specific matching pattern grants on ``path`` (empty: nothing)."""
+        """What the most specific matching pattern grants on ``path`` (empty: nothing).
+
+        Remembered per path for this ACL's life (its rules never change; a changed policy is a new
+        ACL): a request asks two or three times, and a client asks for the same paths again and again.
+        """
         if self.root:
-            return frozenset(c for c in CAPABILITIES if c != "deny")
+            return _ROOT_CAPABILITIES
+        found = self._memo.get(path)
+        if found is not None:
+            return found
+        found = _NOTHING
         for rule in self._rules:
             if rule.regex.fullmatch(path):
-                return frozenset() if "deny" in rule.capabilities else rule.capabilities
-        return frozenset()
+                found = _NOTHING if "deny" in rule.capabilities else rule.capabilities
+                break
+        if len(self._memo) >= _MEMO_MAX:  # paths are the client's: a bounded memo
+            self._memo.clear()
+        self._memo[path] = found
+        return found
 
     def allows(self, path: str, capability: str) -> bool:
         return capability in self.capabilities(path)
