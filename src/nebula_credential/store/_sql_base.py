@@ -8,10 +8,15 @@ overridable methods, so the logic is not written twice.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
+
+#: Savepoint names: unique within any transaction (names are SQL identifiers, never parameters).
+_SAVEPOINTS = itertools.count(1)
 
 
 @lru_cache(maxsize=256)
@@ -45,6 +50,18 @@ class SqlBase:
 
     def _many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(self._q(sql), seq)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        name = f"sp{next(_SAVEPOINTS)}"
+        self._exec(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._exec(f"ROLLBACK TO SAVEPOINT {name}")
+            self._exec(f"RELEASE SAVEPOINT {name}")
+            raise
+        self._exec(f"RELEASE SAVEPOINT {name}")
 
     def _lock_suffix(self, skip_locked: bool) -> str:
         return ""

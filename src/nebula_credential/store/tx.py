@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -652,6 +653,15 @@ class DatabaseTx(ABC):
 
 class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx, MountsTx, AuthTx, DatabaseTx):
     """Queries inside one transaction, every table family. Obtain from :meth:`.base.Store.transaction`."""
+
+    @abstractmethod
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested part of this transaction: undone alone if its block raises (the exception goes on).
+
+        Why: a group commit writes several callers' changes in one
+        transaction, each in its own savepoint, so one caller's refused
+        write (a check-and-set mismatch) takes back only its own statements.
+        """
 
     def put_credential_checked(
         self,
