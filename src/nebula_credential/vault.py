@@ -348,8 +348,9 @@ class Vault:
                     except NebulaCredentialError as exc:
                         results[i] = exc
                     else:
-                        if done is None:
-                            again.append(i)  # its key version was retired: nothing of it was written
+                        if done is None:  # its key version was retired: nothing of it was written
+                            put.vault.keys.stale()
+                            again.append(i)
                         else:
                             results[i] = done[1]
                 if events:
