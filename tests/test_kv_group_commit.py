@@ -165,9 +165,12 @@ def sq(tmp_path: Path, key_file: Path) -> Any:
         v.close()
 
 
-def test_a_concurrent_burst_is_grouped_and_every_answer_is_right(sq: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_concurrent_burst_is_grouped_and_every_answer_is_right(vault: Vault,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: every write of the burst in one stream of groups, with the events; PostgreSQL: one path's
+    writers grouped, other paths concurrently."""
+    sq = vault
     backend: Backend = create_app(sq).state.backend
-    assert backend.groups_writes
     sq.set_kv_config(KVSettings(max_versions=100))
     sizes: list[int] = []
     real = sq.put_versions
@@ -199,7 +202,9 @@ def test_a_concurrent_burst_is_grouped_and_every_answer_is_right(sq: Vault, monk
     assert sum(isinstance(a, VersionInfo) for a in cas) == 1
     assert sum(isinstance(a, CheckAndSetError) for a in cas) == 19  # one winner, the others told so
     assert all(isinstance(a, VersionInfo) and a.version == 1 for a in many)
-    assert max(sizes) > 1 and sum(sizes) == 125  # grouped, every write in exactly one group
+    assert max(sizes) > 1  # grouped
+    if sq.single_writer:
+        assert sum(sizes) == 125  # every write in exactly one group
     result = sq.audit.verify()
     assert result.ok, result
     paths = [r for r in sq.audit.rows() if r.action == "server.request"]

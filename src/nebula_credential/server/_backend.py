@@ -67,6 +67,9 @@ class Backend:
         self._lock = threading.Lock()
         self._pending: list[tuple[_AuditArgs, asyncio.Future[None]]] = []
         self._puts: list[tuple[VersionPut, asyncio.Future[VersionInfo]]] = []
+        #: PostgreSQL: each path's writes waiting for its group in flight, and the task writing them
+        self._path_puts: dict[tuple[str, str], list[tuple[VersionPut, asyncio.Future[VersionInfo]]]] = {}
+        self._path_flushers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
         self._write_gate = asyncio.Lock() if vault.single_writer else None
@@ -210,28 +213,55 @@ class Backend:
         return await self.run(self.access.policies.names)
 
     # ---- KV writes --------------------------------------------------------------
-    @property
-    def groups_writes(self) -> bool:
-        """KV writes go through :meth:`put_version`'s group commit (one writer at a time: SQLite)."""
-        return self._write_gate is not None
-
     async def put_version(self, vault: Vault, credential_id: str, value: Any, *, scope: str,
                           cas: int | None) -> VersionInfo:
         """A new KV version (:meth:`.vault.Vault.put_version`), answered once it is committed.
 
-        On SQLite (one writer at a time) the writes in flight while a group
-        is being written go together into the next one, one transaction with
-        the pending request audit events, each write in its own savepoint
-        (:meth:`.vault.Vault.put_versions`): each gets the answer it would
-        have had alone, and the file's writer lock, the ``BEGIN`` and the
-        commit are paid once per group.  PostgreSQL writers run concurrently.
+        Group commit (:meth:`.vault.Vault.put_versions`: one transaction,
+        each write in its own savepoint, in arrival order, each answered as
+        it would have been alone).  On SQLite (one writer at a time) the
+        writes in flight while a group is being written go together into the
+        next one, with the pending request audit events: the file's writer
+        lock, the ``BEGIN`` and the commit are paid once per group.  On
+        PostgreSQL writers of different paths run concurrently, and those of
+        one path, which would wait for each other's row lock and commit one
+        at a time, queue here and go together into that path's next group.
         """
-        if self._write_gate is None:
-            return await self.run(vault.put_version, credential_id, value, scope=scope, cas=cas)
+        put = VersionPut(vault, credential_id, value, scope, cas)
         done: asyncio.Future[VersionInfo] = asyncio.get_running_loop().create_future()
-        self._puts.append((VersionPut(vault, credential_id, value, scope, cas), done))
-        self._start_flusher()
+        if self._write_gate is not None:
+            self._puts.append((put, done))
+            self._start_flusher()
+            return await done
+        key = (vault.keyring_name, credential_id)
+        queue = self._path_puts.get(key)
+        if queue is None:
+            queue = self._path_puts[key] = []
+            self._path_flushers[key] = asyncio.get_running_loop().create_task(self._flush_path(key, queue))
+        queue.append((put, done))
         return await done
+
+    async def _flush_path(self, key: tuple[str, str], queue: list[tuple[VersionPut, asyncio.Future[VersionInfo]]]
+                          ) -> None:
+        """Write one path's queued writes, a group at a time, until none is left (PostgreSQL)."""
+        try:
+            while queue:
+                puts = queue[:GROUP_LIMIT]
+                del queue[:GROUP_LIMIT]
+                try:
+                    if len(puts) == 1:
+                        put = puts[0][0]
+                        answers: list[VersionInfo | Exception] = [await self.run(
+                            put.vault.put_version, put.credential_id, put.value, scope=put.scope, cas=put.cas)]
+                    else:
+                        answers = (await self.run(self.vault.put_versions, [p for p, _ in puts])).puts
+                except Exception as exc:
+                    answers = [exc] * len(puts)
+                for (_, waiter), answer in zip(puts, answers, strict=True):
+                    _settle(waiter, answer)
+        finally:
+            self._path_puts.pop(key, None)
+            self._path_flushers.pop(key, None)
 
     # ---- audit ------------------------------------------------------------------
     async def audit(self, action: str, *, keyring: str | None, outcome: str, **details: Any) -> None:
