@@ -267,3 +267,21 @@ def test_a_process_killed_mid_group_leaves_the_store_as_before_the_group(tmp_pat
         assert sum(1 for _ in v.audit.rows()) == events_before
         assert v.audit.verify().ok
         assert v.put_version("kept", {"n": 3}).version == 2  # and the store takes writes again
+
+
+def test_savepoints_nest_and_each_takes_back_only_its_own_statements(vault: Vault) -> None:
+    with vault.store.transaction() as tx:
+        tx.set_meta("sp:outer", "1")
+        with tx.savepoint():
+            tx.set_meta("sp:a", "1")
+            with pytest.raises(KeyError), tx.savepoint():
+                tx.set_meta("sp:b", "1")
+                raise KeyError("refused")
+            tx.set_meta("sp:c", "1")
+        with pytest.raises(KeyError), tx.savepoint():
+            tx.set_meta("sp:d", "1")
+            raise KeyError("refused")
+        tx.set_meta("sp:e", "1")
+    with vault.store.read() as tx:
+        assert {k: tx.get_meta(f"sp:{k}") for k in "outer a b c d e".split()} == {
+            "outer": "1", "a": "1", "b": None, "c": "1", "d": None, "e": "1"}

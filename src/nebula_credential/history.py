@@ -201,12 +201,15 @@ class PlannedWrite:
 
 
 def plan_write(tx: StoreTx, keyring: str, credential_id: str, *, metadata: dict[str, Any] | None,
-               old: EncryptedCredential | None, now: datetime, cas: int | None) -> PlannedWrite:
+               old: EncryptedCredential | None, now: datetime, cas: int | None,
+               mount: KVSettings | None = None) -> PlannedWrite:
     """Before the current row is written: refuse a missing ``cas`` where required, and work out the
-    row's metadata (settings kept, the new version's flags) so the row is written once."""
+    row's metadata (settings kept, the new version's flags) so the row is written once.  ``mount``: the
+    keyring's settings as already read in this transaction (a group commit reads them once)."""
     secret = settings_of(metadata) if metadata is not None and KV_META in metadata else (
         settings_of(old.metadata) if old is not None else KVSettings())
-    mount = mount_settings(tx, keyring)
+    if mount is None:
+        mount = mount_settings(tx, keyring)
     if cas is None and (secret.cas_required or mount.cas_required):
         raise CheckAndSetRequiredError(
             f"credential {credential_id!r} requires check-and-set: give the version it replaces (cas)")

@@ -283,15 +283,16 @@ class Vault:
             return self._write_in(tx, credential_id, scope, metadata, expected_revision, cas, blob)
 
     def _write_in(self, tx: StoreTx, credential_id: str, scope: str, metadata: dict[str, Any] | None,
-                  expected_revision: int | None, cas: int | None,
-                  blob: bytes) -> tuple[int, history.VersionInfo] | None:
+                  expected_revision: int | None, cas: int | None, blob: bytes,
+                  mount: history.KVSettings | None = None) -> tuple[int, history.VersionInfo] | None:
         """A write's statements inside ``tx``: the current row and its new version; None if the key version
-        was retired (then nothing was written)."""
+        was retired (then nothing was written).  ``mount``: the keyring's KV settings if already read in ``tx``."""
         kr = self.keys.keyring
         version = peek_version(blob)
         old = tx.lock_credential(kr, credential_id)  # writers of one id serialise here
         now = self.clock()
-        plan = history.plan_write(tx, kr, credential_id, metadata=metadata, old=old, now=now, cas=cas)
+        plan = history.plan_write(tx, kr, credential_id, metadata=metadata, old=old, now=now, cas=cas,
+                                  mount=mount)
         # the write and its version's status check in one statement (see KeyManager.writable)
         revision = tx.put_credential_checked(kr, credential_id, scope, version, blob, plan.metadata, now,
                                              WRITABLE, expected_revision=expected_revision)
@@ -339,10 +340,15 @@ class Vault:
         again: list[int] = []
         try:
             with self.store.transaction() as tx:
+                mounts: dict[str, history.KVSettings] = {}  # each keyring's settings, read once per group
                 for i, put, blob in sealed:
+                    kr = put.vault.keys.keyring
+                    if kr not in mounts:
+                        mounts[kr] = history.mount_settings(tx, kr)
                     try:
                         with tx.savepoint():
-                            done = put.vault._write_in(tx, put.credential_id, put.scope, None, None, put.cas, blob)
+                            done = put.vault._write_in(tx, put.credential_id, put.scope, None, None, put.cas, blob,
+                                                       mounts[kr])
                     except history.WriteRace:
                         again.append(i)
                     except NebulaCredentialError as exc:

@@ -8,16 +8,11 @@ overridable methods, so the logic is not written twice.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
-
-#: Savepoint names: unique within any transaction (names are SQL identifiers, never parameters).
-_SAVEPOINTS = itertools.count(1)
-
 
 @lru_cache(maxsize=256)
 def pyformat(sql: str) -> str:
@@ -53,15 +48,17 @@ class SqlBase:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        name = f"sp{next(_SAVEPOINTS)}"
-        self._exec(f"SAVEPOINT {name}")
+        # One name for every savepoint: nested ones are strictly last in, first out, and both dialects
+        # take a repeated name as the innermost one.  A name per savepoint would make each statement
+        # new text, a miss in the connection's statement cache pushing out the hot path's statements.
+        self._exec("SAVEPOINT nc_part")
         try:
             yield
         except BaseException:
-            self._exec(f"ROLLBACK TO SAVEPOINT {name}")
-            self._exec(f"RELEASE SAVEPOINT {name}")
+            self._exec("ROLLBACK TO SAVEPOINT nc_part")
+            self._exec("RELEASE SAVEPOINT nc_part")
             raise
-        self._exec(f"RELEASE SAVEPOINT {name}")
+        self._exec("RELEASE SAVEPOINT nc_part")
 
     def _lock_suffix(self, skip_locked: bool) -> str:
         return ""
