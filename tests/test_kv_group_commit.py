@@ -283,5 +283,5 @@ def test_savepoints_nest_and_each_takes_back_only_its_own_statements(vault: Vaul
             raise KeyError("refused")
         tx.set_meta("sp:e", "1")
     with vault.store.read() as tx:
-        assert {k: tx.get_meta(f"sp:{k}") for k in "outer a b c d e".split()} == {
+        assert {k: tx.get_meta(f"sp:{k}") for k in ["outer", "a", "b", "c", "d", "e"]} == {
             "outer": "1", "a": "1", "b": None, "c": "1", "d": None, "e": "1"}

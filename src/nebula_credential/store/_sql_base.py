@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+
 @lru_cache(maxsize=256)
 def pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
