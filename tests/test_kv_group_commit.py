@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -24,12 +25,14 @@ from nebula_credential.audit import Event
 from nebula_credential.exceptions import (
     CheckAndSetError,
     CheckAndSetRequiredError,
+    ConcurrencyError,
     InvalidInputError,
     StoreError,
 )
 from nebula_credential.history import KVSettings, VersionInfo
 from nebula_credential.server._backend import Backend
 from nebula_credential.server.app import create_app
+from nebula_credential.store import VersionRow
 from nebula_credential.vault import DEFAULT_SCOPE, GroupCommit, Vault, VersionPut
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,3 +288,31 @@ def test_savepoints_nest_and_each_takes_back_only_its_own_statements(vault: Vaul
     with vault.store.read() as tx:
         assert {k: tx.get_meta(f"sp:{k}") for k in ["outer", "a", "b", "c", "d", "e"]} == {
             "outer": "1", "a": "1", "b": None, "c": "1", "d": None, "e": "1"}
+
+
+def _duplicate_version(vault: Vault, credential_id: str) -> VersionRow:
+    """Version 1 of an id that has it already: the insert breaks the table's key (sent deferred on PostgreSQL)."""
+    return VersionRow(vault.keyring_name, credential_id, 1, DEFAULT_SCOPE, 1, None, vault.clock(), None, False)
+
+
+def test_a_deferred_statement_that_fails_fails_its_transaction(vault: Vault) -> None:
+    vault.put_version("d/a", {"n": 1})
+    with pytest.raises(ConcurrencyError), vault.store.transaction() as tx:
+        tx.set_meta("deferred:before", "1")
+        tx.add_version(_duplicate_version(vault, "d/a"))  # on PostgreSQL it fails at COMMIT
+    with vault.store.read() as tx:
+        assert tx.get_meta("deferred:before") is None  # nothing of the transaction was committed
+    assert vault.versions("d/a").current_version == 1
+
+
+def test_a_deferred_statement_that_fails_in_a_savepoint_is_that_parts_error(vault: Vault) -> None:
+    vault.put_version("d/b", {"n": 1})
+    with vault.store.transaction() as tx:
+        tx.set_meta("deferred:kept", "1")
+        # SQLite raises its own error inside a transaction (translated when the transaction ends)
+        with pytest.raises((ConcurrencyError, sqlite3.IntegrityError)), tx.savepoint():
+            tx.set_meta("deferred:gone", "1")
+            tx.add_version(_duplicate_version(vault, "d/b"))  # on PostgreSQL it fails at RELEASE
+        tx.set_meta("deferred:after", "1")  # the transaction goes on
+    with vault.store.read() as tx:
+        assert [tx.get_meta(f"deferred:{k}") for k in ("kept", "gone", "after")] == ["1", None, "1"]

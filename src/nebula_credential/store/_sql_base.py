@@ -47,19 +47,25 @@ class SqlBase:
     def _many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(self._q(sql), seq)
 
+    def _defer(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose result nobody reads: a backend may send it with the next one, in one round
+        trip (PostgreSQL); its error then surfaces there, still inside this transaction."""
+        self._exec(sql, params)
+
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         # One name for every savepoint: nested ones are strictly last in, first out, and both dialects
         # take a repeated name as the innermost one.  A name per savepoint would make each statement
         # new text, a miss in the connection's statement cache pushing out the hot path's statements.
-        self._exec("SAVEPOINT nc_part")
+        self._defer("SAVEPOINT nc_part")
         try:
             yield
+            # sends the part's deferred statements: an error of theirs is the part's, undone with it
+            self._exec("RELEASE SAVEPOINT nc_part")
         except BaseException:
             self._exec("ROLLBACK TO SAVEPOINT nc_part")
             self._exec("RELEASE SAVEPOINT nc_part")
             raise
-        self._exec("RELEASE SAVEPOINT nc_part")
 
     def _lock_suffix(self, skip_locked: bool) -> str:
         return ""

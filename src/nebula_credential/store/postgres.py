@@ -156,12 +156,41 @@ class PostgresTx(SqlTx):
     def __init__(self, conn: Connection, url: str) -> None:
         super().__init__(conn)
         self._url = url
+        #: statements nobody reads the result of, sent with the next statement in one pipeline
+        self._deferred: list[tuple[str, Sequence[Any]]] = []
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         try:
+            if self._deferred:
+                return self._send([*self._take_deferred(), (self._q(sql), params)])
             return self._conn.execute(self._q(sql), params)
         except psycopg.Error as exc:
             raise _translate(exc, self._conn, self._url) from exc
+
+    def _defer(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._deferred.append((self._q(sql), params))
+
+    def _take_deferred(self) -> list[tuple[str, Sequence[Any]]]:
+        deferred, self._deferred = self._deferred, []
+        return deferred
+
+    def _send(self, statements: list[tuple[str, Sequence[Any]]]) -> Any:
+        """Statements in one pipeline (one round trip); the last one's result.  An error of any of them
+        is raised here (psycopg's), and the ones after it did not run."""
+        pipelined = getattr(self._conn, "execute_pipeline", None)  # the asyncio bridge's connection
+        if pipelined is not None:
+            return pipelined(statements)
+        with self._conn.pipeline():
+            cursors = [self._conn.execute(sql, params) for sql, params in statements]
+        return cursors[-1]
+
+    def commit(self) -> None:
+        """``COMMIT``, with the statements still deferred in the same round trip (psycopg's error if any
+        fails: then nothing of the transaction was committed)."""
+        if self._deferred:
+            self._send([*self._take_deferred(), ("COMMIT", ())])
+        else:
+            self._conn.execute("COMMIT")
 
     def _many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         self._executemany(sql, seq)
@@ -347,7 +376,7 @@ class PostgresStore(Store):
                     raise _translate(exc, conn, self.url) from exc
                 raise
             try:
-                conn.execute("COMMIT")
+                tx.commit()
             except psycopg.Error as exc:
                 if conn.closed:
                     raise CommitOutcomeUnknownError(

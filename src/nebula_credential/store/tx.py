@@ -318,11 +318,13 @@ class VersionsTx(ABC):
 
     @abstractmethod
     def archive_version(self, keyring: str, credential_id: str, version: int, key_version: int,
-                        envelope: bytes) -> bool:
+                        envelope: bytes) -> None:
         """Give a version that stops being the current one its own copy of the envelope.
 
         Until then its row has no envelope: the ``credentials`` row holds it.
-        A destroyed version is left as it is.
+        A destroyed version is left as it is.  Like :meth:`add_version` and
+        :meth:`prune_versions` it answers nothing, so PostgreSQL sends it with
+        the transaction's next statement, one round trip for several.
         """
 
     @abstractmethod
@@ -333,7 +335,7 @@ class VersionsTx(ABC):
         """Every stored version of a credential, oldest first."""
 
     @abstractmethod
-    def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> int:
+    def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> None:
         """Remove versions numbered ``up_to`` and below (beyond ``max_versions``), envelopes and all."""
 
     @abstractmethod
