@@ -10,13 +10,15 @@ it was before the group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -316,3 +318,52 @@ def test_a_deferred_statement_that_fails_in_a_savepoint_is_that_parts_error(vaul
         tx.set_meta("deferred:after", "1")  # the transaction goes on
     with vault.store.read() as tx:
         assert [tx.get_meta(f"deferred:{k}") for k in ("kept", "gone", "after")] == ["1", None, "1"]
+
+
+class _CountingConnection:
+    """A psycopg connection that counts round trips: a statement outside a pipeline, or a whole pipeline."""
+
+    def __init__(self, conn: Any, trips: list[str]) -> None:
+        self._conn = conn
+        self._trips = trips
+        self._piped = False
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        if not self._piped:
+            self._trips.append(sql.split()[0])
+        return self._conn.execute(sql, params)
+
+    @contextlib.contextmanager
+    def pipeline(self) -> Iterator[None]:
+        self._trips.append("pipeline")
+        self._piped = True
+        try:
+            with self._conn.pipeline():
+                yield
+        finally:
+            self._piped = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_write_on_postgresql_is_three_round_trips_after_begin(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
+    if vault.single_writer:
+        pytest.skip("PostgreSQL only: SQLite has no round trips")
+    from nebula_credential.store.postgres import PostgresTx
+
+    for n in range(12):  # past max_versions: the write archives, adds and prunes
+        vault.put_version("rt/a", {"n": n})
+    trips: list[str] = []
+    real_init = PostgresTx.__init__
+
+    def counting(self: PostgresTx, conn: Any, url: str) -> None:
+        real_init(self, cast(Any, _CountingConnection(conn, trips)), url)
+
+    monkeypatch.setattr(PostgresTx, "__init__", counting)
+    assert vault.put_version("rt/a", {"n": 12}, cas=12).version == 13
+    # the row lock with the settings; the checked write with the latest version; archive, add, prune and COMMIT
+    assert len(trips) == 3, trips
+    monkeypatch.setattr(PostgresTx, "__init__", real_init)
+    assert vault.get("rt/a") == {"n": 12} and vault.get("rt/a", version=12) == {"n": 11}
+    assert [v.version for v in vault.versions("rt/a").versions] == list(range(4, 14))

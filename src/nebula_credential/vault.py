@@ -289,13 +289,18 @@ class Vault:
         was retired (then nothing was written).  ``mount``: the keyring's KV settings if already read in ``tx``."""
         kr = self.keys.keyring
         version = peek_version(blob)
-        old = tx.lock_credential(kr, credential_id)  # writers of one id serialise here
+        if mount is None:  # writers of one id serialise on the row lock; its settings read with it
+            old, raw = tx.lock_credential_and_meta(kr, credential_id, history.mount_key(kr))
+            mount = history.settings_from(raw)
+        else:
+            old = tx.lock_credential(kr, credential_id)
         now = self.clock()
         plan = history.plan_write(tx, kr, credential_id, metadata=metadata, old=old, now=now, cas=cas,
                                   mount=mount)
-        # the write and its version's status check in one statement (see KeyManager.writable)
-        revision = tx.put_credential_checked(kr, credential_id, scope, version, blob, plan.metadata, now,
-                                             WRITABLE, expected_revision=expected_revision)
+        # the write and its version's status check in one statement (see KeyManager.writable); the latest
+        # version number is read after it (the row lock orders concurrent first writes), in one round trip
+        revision, latest = tx.put_credential_checked_then_latest(
+            kr, credential_id, scope, version, blob, plan.metadata, now, WRITABLE, expected_revision=expected_revision)
         if revision is None:
             if expected_revision is not None:
                 row = tx.get_credential(kr, credential_id)
@@ -304,7 +309,7 @@ class Vault:
                     raise CheckAndSetError(credential_id, expected_revision, actual)
             return None
         number, info = history.record_write(tx, kr, credential_id, scope=scope, key_version=version,
-                                            plan=plan, old=old, now=now, cas=cas)
+                                            plan=plan, old=old, now=now, cas=cas, latest=latest)
         if self._audit_credentials:
             self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
                               version=version, scope=scope, credential_version=number)

@@ -47,6 +47,11 @@ class SqlBase:
     def _many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(self._q(sql), seq)
 
+    def _exec_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Statements in this order; each one's cursor.  A backend may send them in one round trip
+        (PostgreSQL's pipeline): they still run one after the other, each seeing the ones before."""
+        return [self._exec(sql, params) for sql, params in statements]
+
     def _defer(self, sql: str, params: Sequence[Any] = ()) -> None:
         """A statement whose result nobody reads: a backend may send it with the next one, in one round
         trip (PostgreSQL); its error then surfaces there, still inside this transaction."""

@@ -49,6 +49,16 @@ class VersionsSql(SqlBase, VersionsTx):
         ).fetchone()
         return None if row is None else decode_credential(row)
 
+    def lock_credential_and_meta(self, keyring: str, credential_id: str,
+                                 name: str) -> tuple[EncryptedCredential | None, str | None]:
+        head, meta = self._exec_all([  # one round trip on PostgreSQL
+            (f"SELECT {CRED_COLS} FROM credentials WHERE keyring = ? AND id = ?{self._row_lock('UPDATE')}",
+             (keyring, credential_id)),
+            ("SELECT value FROM meta WHERE name = ?", (name,)),
+        ])
+        row, value = head.fetchone(), meta.fetchone()
+        return None if row is None else decode_credential(row), None if value is None else str(value[0])
+
     def set_credential_metadata(self, keyring: str, credential_id: str, metadata: dict[str, Any]) -> bool:
         cur = self._exec("UPDATE credentials SET metadata = ? WHERE keyring = ? AND id = ?",
                          (to_json(metadata), keyring, credential_id))

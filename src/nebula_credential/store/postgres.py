@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._extras import extra
 from .._sleep import sleep
@@ -162,10 +162,17 @@ class PostgresTx(SqlTx):
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         try:
             if self._deferred:
-                return self._send([*self._take_deferred(), (self._q(sql), params)])
+                return self._send([*self._take_deferred(), (self._q(sql), params)])[-1]
             return self._conn.execute(self._q(sql), params)
         except psycopg.Error as exc:
             raise _translate(exc, self._conn, self._url) from exc
+
+    def _exec_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        try:
+            sent = self._send([*self._take_deferred(), *((self._q(sql), params) for sql, params in statements)])
+        except psycopg.Error as exc:
+            raise _translate(exc, self._conn, self._url) from exc
+        return sent[len(sent) - len(statements):]
 
     def _defer(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._deferred.append((self._q(sql), params))
@@ -174,15 +181,15 @@ class PostgresTx(SqlTx):
         deferred, self._deferred = self._deferred, []
         return deferred
 
-    def _send(self, statements: list[tuple[str, Sequence[Any]]]) -> Any:
-        """Statements in one pipeline (one round trip); the last one's result.  An error of any of them
-        is raised here (psycopg's), and the ones after it did not run."""
+    def _send(self, statements: list[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Statements in one pipeline (one round trip), run in order; each one's result.  An error of any
+        of them is raised here (psycopg's), and the ones after it did not run."""
         pipelined = getattr(self._conn, "execute_pipeline", None)  # the asyncio bridge's connection
         if pipelined is not None:
-            return pipelined(statements)
+            return cast(list[Any], pipelined(statements))
         with self._conn.pipeline():
             cursors = [self._conn.execute(sql, params) for sql, params in statements]
-        return cursors[-1]
+        return cursors
 
     def commit(self) -> None:
         """``COMMIT``, with the statements still deferred in the same round trip (psycopg's error if any

@@ -656,6 +656,23 @@ class DatabaseTx(ABC):
 class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx, MountsTx, AuthTx, DatabaseTx):
     """Queries inside one transaction, every table family. Obtain from :meth:`.base.Store.transaction`."""
 
+    def lock_credential_and_meta(self, keyring: str, credential_id: str,
+                                 name: str) -> tuple[EncryptedCredential | None, str | None]:
+        """:meth:`lock_credential` and :meth:`get_meta` in this order (one round trip where the backend
+        pipelines them): the first two reads of a write."""
+        return self.lock_credential(keyring, credential_id), self.get_meta(name)
+
+    def put_credential_checked_then_latest(
+        self, keyring: str, credential_id: str, scope: str, key_version: int, envelope: bytes,
+        metadata: dict[str, Any], now: datetime, statuses: Collection[KeyStatus],
+        expected_revision: int | None = None,
+    ) -> tuple[int | None, int]:
+        """:meth:`put_credential_checked`, then :meth:`latest_version` read after it (as a write's version
+        number must be), in one round trip where the backend pipelines them."""
+        revision = self.put_credential_checked(keyring, credential_id, scope, key_version, envelope, metadata, now,
+                                               statuses, expected_revision)
+        return revision, self.latest_version(keyring, credential_id)
+
     @abstractmethod
     def savepoint(self) -> AbstractContextManager[None]:
         """A nested part of this transaction: undone alone if its block raises (the exception goes on).
