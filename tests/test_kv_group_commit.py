@@ -27,6 +27,7 @@ from nebula_credential.audit import Event
 from nebula_credential.exceptions import (
     CheckAndSetError,
     CheckAndSetRequiredError,
+    CommitOutcomeUnknownError,
     ConcurrencyError,
     InvalidInputError,
     StoreError,
@@ -367,3 +368,22 @@ def test_a_write_on_postgresql_is_three_round_trips_after_begin(vault: Vault, mo
     monkeypatch.setattr(PostgresTx, "__init__", real_init)
     assert vault.get("rt/a") == {"n": 12} and vault.get("rt/a", version=12) == {"n": 11}
     assert [v.version for v in vault.versions("rt/a").versions] == list(range(4, 14))
+
+
+def test_a_group_whose_commit_outcome_is_unknown_is_not_run_again(vault: Vault,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real = vault.audit.record_many
+
+    def lost(tx: Any, events: Any) -> int:
+        real(tx, events)
+        raise CommitOutcomeUnknownError("connection lost during COMMIT")
+
+    monkeypatch.setattr(vault.audit, "record_many", lost)
+    group = vault.put_versions([VersionPut(vault, "u/a", {"n": 1}, DEFAULT_SCOPE, None),
+                                VersionPut(vault, "", {"n": 2}, DEFAULT_SCOPE, None)], [_event(1)])
+    assert isinstance(group.puts[0], CommitOutcomeUnknownError)  # told, never written a second time
+    assert isinstance(group.puts[1], InvalidInputError)  # refused before the group: its own answer
+    assert isinstance(group.events_error, CommitOutcomeUnknownError)
+    monkeypatch.setattr(vault.audit, "record_many", real)
+    with pytest.raises(nc.CredentialNotFoundError):
+        vault.get("u/a")  # (here the failure was raised before COMMIT: nothing applied)

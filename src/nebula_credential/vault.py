@@ -26,6 +26,7 @@ from .config import KeyManagementConfig
 from .envelope import credential_context, peek_version
 from .exceptions import (
     CheckAndSetError,
+    CommitOutcomeUnknownError,
     CorruptRecordError,
     CredentialNotFoundError,
     DecryptionError,
@@ -366,6 +367,12 @@ class Vault:
                             results[i] = done[1]
                 if events:
                     self.audit.record_many(tx, list(events))
+        except CommitOutcomeUnknownError as exc:
+            # the group may have been applied: running it again could apply a write twice, so every
+            # caller is told, as a write alone would have been, and re-reads before acting on it
+            for i, _, _ in sealed:
+                results[i] = exc
+            return GroupCommit([r for r in results if r is not None], exc)
         except Exception:  # nothing of the group was written: each alone, as if there had been no group
             again = [i for i, _, _ in sealed]
             events_error = self._events_alone(events)
