@@ -125,7 +125,16 @@ def settings_of(metadata: dict[str, Any]) -> KVSettings:
 
 def mount_settings(tx: StoreTx, keyring: str) -> KVSettings:
     """The keyring's KV settings (Vault's mount ``config``)."""
-    raw = tx.get_meta(_MOUNT_META + keyring)
+    return settings_from(tx.get_meta(mount_key(keyring)))
+
+
+def mount_key(keyring: str) -> str:
+    """The ``meta`` row of a keyring's KV settings."""
+    return _MOUNT_META + keyring
+
+
+def settings_from(raw: str | None) -> KVSettings:
+    """A keyring's KV settings from its ``meta`` row (None: never set)."""
     return KVSettings.from_json(json.loads(raw)) if raw else KVSettings()
 
 
@@ -201,12 +210,15 @@ class PlannedWrite:
 
 
 def plan_write(tx: StoreTx, keyring: str, credential_id: str, *, metadata: dict[str, Any] | None,
-               old: EncryptedCredential | None, now: datetime, cas: int | None) -> PlannedWrite:
+               old: EncryptedCredential | None, now: datetime, cas: int | None,
+               mount: KVSettings | None = None) -> PlannedWrite:
     """Before the current row is written: refuse a missing ``cas`` where required, and work out the
-    row's metadata (settings kept, the new version's flags) so the row is written once."""
+    row's metadata (settings kept, the new version's flags) so the row is written once.  ``mount``: the
+    keyring's settings as already read in this transaction (a group commit reads them once)."""
     secret = settings_of(metadata) if metadata is not None and KV_META in metadata else (
         settings_of(old.metadata) if old is not None else KVSettings())
-    mount = mount_settings(tx, keyring)
+    if mount is None:
+        mount = mount_settings(tx, keyring)
     if cas is None and (secret.cas_required or mount.cas_required):
         raise CheckAndSetRequiredError(
             f"credential {credential_id!r} requires check-and-set: give the version it replaces (cas)")
@@ -218,7 +230,7 @@ def plan_write(tx: StoreTx, keyring: str, credential_id: str, *, metadata: dict[
 
 def record_write(tx: StoreTx, keyring: str, credential_id: str, *, scope: str, key_version: int,
                  plan: PlannedWrite, old: EncryptedCredential | None, now: datetime,
-                 cas: int | None) -> tuple[int, VersionInfo]:
+                 cas: int | None, latest: int | None = None) -> tuple[int, VersionInfo]:
     """After the current row was written (which locked it): archive the old current version, append the new
     one, prune past ``max_versions``.
 
@@ -227,9 +239,11 @@ def record_write(tx: StoreTx, keyring: str, credential_id: str, *, scope: str, k
     read after the row's write, so concurrent writers of one id, serialised
     by that row lock, each get their own.  A failed ``cas`` raises
     :class:`CheckAndSetError`, and the caller's transaction rolls the row's
-    write back.  Returns (version, its info).
+    write back.  ``latest``: the latest version number as read after the row's write, if the caller
+    read it with that write.  Returns (version, its info).
     """
-    latest = tx.latest_version(keyring, credential_id)
+    if latest is None:
+        latest = tx.latest_version(keyring, credential_id)
     if cas is not None and cas != latest:
         raise CheckAndSetError(credential_id, cas, latest, counter="version")
     if latest:

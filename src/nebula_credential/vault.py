@@ -26,6 +26,7 @@ from .config import KeyManagementConfig
 from .envelope import credential_context, peek_version
 from .exceptions import (
     CheckAndSetError,
+    CommitOutcomeUnknownError,
     CorruptRecordError,
     CredentialNotFoundError,
     DecryptionError,
@@ -71,6 +72,23 @@ def _encode(value: Any) -> bytes:
 
 
 ON_EXISTING = ("fail", "skip", "overwrite")
+
+
+class VersionPut(NamedTuple):
+    """One KV write of a group commit (:meth:`Vault.put_versions`): what :meth:`Vault.put_version` takes."""
+
+    vault: Vault
+    credential_id: str
+    value: Any
+    scope: str
+    cas: int | None
+
+
+class GroupCommit(NamedTuple):
+    """What a group commit did: each write's new version or its error, in order; the events' error, if any."""
+
+    puts: list[history.VersionInfo | Exception]
+    events_error: Exception | None
 
 
 @dataclass(slots=True)
@@ -226,19 +244,14 @@ class Vault:
     def _put(self, credential_id: str, value: Any, scope: str, metadata: dict[str, Any] | None,
              expected_revision: int | None, cas: int | None) -> tuple[int, history.VersionInfo]:
         _check_id(credential_id, scope, self.config)
-        kr = self.keys.keyring
         keys = self.keys
         plaintext = _encode(value)
-        aad = credential_context(kr, credential_id, scope)
+        aad = credential_context(keys.keyring, credential_id, scope)
         races = 0
         attempts = 0
         while attempts < WRITE_ATTEMPTS:
             attempts += 1
-            observer = self.observer
-            start = time.perf_counter() if observer is not None else 0.0
-            blob = keys.encrypt(plaintext, aad)
-            if observer is not None:
-                observer(kr, "encrypt", time.perf_counter() - start, True)
+            blob = self._seal(plaintext, aad)
             version = peek_version(blob)
             try:
                 done = self._write_once(credential_id, scope, metadata, expected_revision, cas, blob)
@@ -253,32 +266,138 @@ class Vault:
             keys.stale()  # revoked or destroyed under us: nothing written, encrypt again
         raise keys.write_refused((version,))
 
+    def _seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        """The envelope of one write under the keyring's active version (timed for the observer)."""
+        observer = self.observer
+        if observer is None:
+            return self.keys.encrypt(plaintext, aad)
+        start = time.perf_counter()
+        blob = self.keys.encrypt(plaintext, aad)
+        observer(self.keys.keyring, "encrypt", time.perf_counter() - start, True)
+        return blob
+
     def _write_once(self, credential_id: str, scope: str, metadata: dict[str, Any] | None,
                     expected_revision: int | None, cas: int | None,
                     blob: bytes) -> tuple[int, history.VersionInfo] | None:
         """One write transaction: the current row and its new version; None if the key version was retired."""
+        with self.store.transaction() as tx:
+            return self._write_in(tx, credential_id, scope, metadata, expected_revision, cas, blob)
+
+    def _write_in(self, tx: StoreTx, credential_id: str, scope: str, metadata: dict[str, Any] | None,
+                  expected_revision: int | None, cas: int | None, blob: bytes,
+                  mount: history.KVSettings | None = None) -> tuple[int, history.VersionInfo] | None:
+        """A write's statements inside ``tx``: the current row and its new version; None if the key version
+        was retired (then nothing was written).  ``mount``: the keyring's KV settings if already read in ``tx``."""
         kr = self.keys.keyring
         version = peek_version(blob)
-        with self.store.transaction() as tx:
-            old = tx.lock_credential(kr, credential_id)  # writers of one id serialise here
-            now = self.clock()
-            plan = history.plan_write(tx, kr, credential_id, metadata=metadata, old=old, now=now, cas=cas)
-            # the write and its version's status check in one statement (see KeyManager.writable)
-            revision = tx.put_credential_checked(kr, credential_id, scope, version, blob, plan.metadata, now,
-                                                 WRITABLE, expected_revision=expected_revision)
-            if revision is None:
-                if expected_revision is not None:
-                    row = tx.get_credential(kr, credential_id)
-                    actual = row.revision if row is not None else 0
-                    if actual != expected_revision:
-                        raise CheckAndSetError(credential_id, expected_revision, actual)
-                return None
-            number, info = history.record_write(tx, kr, credential_id, scope=scope, key_version=version,
-                                                plan=plan, old=old, now=now, cas=cas)
-            if self._audit_credentials:
-                self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
-                                  version=version, scope=scope, credential_version=number)
-            return revision, info
+        if mount is None:  # writers of one id serialise on the row lock; its settings read with it
+            old, raw = tx.lock_credential_and_meta(kr, credential_id, history.mount_key(kr))
+            mount = history.settings_from(raw)
+        else:
+            old = tx.lock_credential(kr, credential_id)
+        now = self.clock()
+        plan = history.plan_write(tx, kr, credential_id, metadata=metadata, old=old, now=now, cas=cas,
+                                  mount=mount)
+        # the write and its version's status check in one statement (see KeyManager.writable); the latest
+        # version number is read after it (the row lock orders concurrent first writes), in one round trip
+        revision, latest = tx.put_credential_checked_then_latest(
+            kr, credential_id, scope, version, blob, plan.metadata, now, WRITABLE, expected_revision=expected_revision)
+        if revision is None:
+            if expected_revision is not None:
+                row = tx.get_credential(kr, credential_id)
+                actual = row.revision if row is not None else 0
+                if actual != expected_revision:
+                    raise CheckAndSetError(credential_id, expected_revision, actual)
+            return None
+        number, info = history.record_write(tx, kr, credential_id, scope=scope, key_version=version,
+                                            plan=plan, old=old, now=now, cas=cas, latest=latest)
+        if self._audit_credentials:
+            self.audit.record(tx, "credential.write", keyring=kr, credential_id=credential_id,
+                              version=version, scope=scope, credential_version=number)
+        return revision, info
+
+    def put_versions(self, puts: Sequence[VersionPut], events: Sequence[Event] = ()) -> GroupCommit:
+        """Several KV writes (of any keyrings of this store) and a batch of audit events in one transaction.
+
+        Why: a server's writers each paid a transaction (its ``BEGIN``, its
+        commit, the file's writer lock) and their request audit events
+        another; a group pays one.  The writes run in order, each in its own
+        savepoint, so each sees the ones before it exactly as if they had
+        been committed just before it (several versions of one path go in
+        that order), and a refused write (check-and-set, ``cas_required``, a
+        bad id) takes back only its own statements and gets its own error.
+        A write whose key version was retired under it, or whose first write
+        crossed another process's, is run again alone after the commit, as
+        :meth:`put_version` runs it again.  If the group fails as a whole
+        (the store, the commit) nothing of it was written, and each write and
+        the events are run alone: every caller gets the answer it would have
+        had alone, and none before the commit that holds its write.
+        """
+        results: list[history.VersionInfo | Exception | None] = [None] * len(puts)
+        sealed: list[tuple[int, VersionPut, bytes]] = []
+        for i, put in enumerate(puts):
+            try:
+                member = put.vault
+                _check_id(put.credential_id, put.scope, member.config)
+                aad = credential_context(member.keys.keyring, put.credential_id, put.scope)
+                sealed.append((i, put, member._seal(_encode(put.value), aad)))  # outside the transaction
+            except Exception as exc:  # as put_version would have raised it, before any statement
+                results[i] = exc
+        again: list[int] = []
+        try:
+            with self.store.transaction() as tx:
+                mounts: dict[str, history.KVSettings] = {}  # each keyring's settings, read once per group
+                for i, put, blob in sealed:
+                    kr = put.vault.keys.keyring
+                    if kr not in mounts:
+                        mounts[kr] = history.mount_settings(tx, kr)
+                    try:
+                        with tx.savepoint():
+                            done = put.vault._write_in(tx, put.credential_id, put.scope, None, None, put.cas, blob,
+                                                       mounts[kr])
+                    except history.WriteRace:
+                        again.append(i)
+                    except NebulaCredentialError as exc:
+                        results[i] = exc
+                    else:
+                        if done is None:  # its key version was retired: nothing of it was written
+                            put.vault.keys.stale()
+                            again.append(i)
+                        else:
+                            results[i] = done[1]
+                if events:
+                    self.audit.record_many(tx, list(events))
+        except CommitOutcomeUnknownError as exc:
+            # the group may have been applied: running it again could apply a write twice, so every
+            # caller is told, as a write alone would have been, and re-reads before acting on it
+            for i, _, _ in sealed:
+                results[i] = exc
+            return GroupCommit([r for r in results if r is not None], exc)
+        except Exception:  # nothing of the group was written: each alone, as if there had been no group
+            again = [i for i, _, _ in sealed]
+            events_error = self._events_alone(events)
+        else:
+            events_error = None
+        for i in again:
+            put = puts[i]
+            try:
+                results[i] = put.vault.put_version(put.credential_id, put.value, scope=put.scope, cas=put.cas)
+            except Exception as exc:
+                results[i] = exc
+        answers: list[history.VersionInfo | Exception] = []
+        for result in results:
+            assert result is not None  # every write was sealed and written, or refused, or run again
+            answers.append(result)
+        return GroupCommit(answers, events_error)
+
+    def _events_alone(self, events: Sequence[Event]) -> Exception | None:
+        if not events:
+            return None
+        try:
+            self.record_events(events)
+        except Exception as exc:
+            return exc
+        return None
 
     def put_many(
         self,

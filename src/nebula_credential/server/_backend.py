@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
@@ -22,10 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from ..aio import AsyncVault
 from ..audit import Event
 from ..config import KeyManagementConfig
+from ..history import VersionInfo
 from ..leases import Leases
 from ..models import Credential, EncryptedCredential
 from ..servertables import TokenRow
-from ..vault import Vault
+from ..vault import Vault, VersionPut
 from .acl import AccessControl, StoreLeases, access_control_for
 from .policies import ACL
 from .ratelimit import note_change
@@ -33,6 +34,9 @@ from .tokenroles import TokenRoles
 from .tokens import TokenManager
 
 T = TypeVar("T")
+_AuditArgs = tuple[str, str | None, str, dict[str, Any]]
+#: The most KV writes (and, apart, request audit events) one group commit takes: bounds its transaction's length.
+GROUP_LIMIT = 64
 logger = logging.getLogger("nebula_credential.server")
 
 
@@ -61,7 +65,11 @@ class Backend:
         self.audit_reads = audit_reads
         self._vaults: dict[str, Vault] = {vault.keyring_name: vault}
         self._lock = threading.Lock()
-        self._pending: list[tuple[tuple[str, str | None, str, dict[str, Any]], asyncio.Future[None]]] = []
+        self._pending: list[tuple[_AuditArgs, asyncio.Future[None]]] = []
+        self._puts: list[tuple[VersionPut, asyncio.Future[VersionInfo]]] = []
+        #: PostgreSQL: each path's writes waiting for its group in flight, and the task writing them
+        self._path_puts: dict[tuple[str, str], list[tuple[VersionPut, asyncio.Future[VersionInfo]]]] = {}
+        self._path_flushers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
         self._write_gate = asyncio.Lock() if vault.single_writer else None
@@ -204,43 +212,119 @@ class Backend:
     async def policy_list(self) -> list[str]:
         return await self.run(self.access.policies.names)
 
+    # ---- KV writes --------------------------------------------------------------
+    async def put_version(self, vault: Vault, credential_id: str, value: Any, *, scope: str,
+                          cas: int | None) -> VersionInfo:
+        """A new KV version (:meth:`.vault.Vault.put_version`), answered once it is committed.
+
+        Group commit (:meth:`.vault.Vault.put_versions`: one transaction,
+        each write in its own savepoint, in arrival order, each answered as
+        it would have been alone).  On SQLite (one writer at a time) the
+        writes in flight while a group is being written go together into the
+        next one, with the pending request audit events: the file's writer
+        lock, the ``BEGIN`` and the commit are paid once per group.  On
+        PostgreSQL writers of different paths run concurrently, and those of
+        one path, which would wait for each other's row lock and commit one
+        at a time, queue here and go together into that path's next group.
+        """
+        put = VersionPut(vault, credential_id, value, scope, cas)
+        done: asyncio.Future[VersionInfo] = asyncio.get_running_loop().create_future()
+        if self._write_gate is not None:
+            self._puts.append((put, done))
+            self._start_flusher()
+            return await done
+        key = (vault.keyring_name, credential_id)
+        queue = self._path_puts.get(key)
+        if queue is None:
+            queue = self._path_puts[key] = []
+            self._path_flushers[key] = asyncio.get_running_loop().create_task(self._flush_path(key, queue))
+        queue.append((put, done))
+        return await done
+
+    async def _flush_path(self, key: tuple[str, str], queue: list[tuple[VersionPut, asyncio.Future[VersionInfo]]]
+                          ) -> None:
+        """Write one path's queued writes, a group at a time, until none is left (PostgreSQL)."""
+        try:
+            while queue:
+                puts = queue[:GROUP_LIMIT]
+                del queue[:GROUP_LIMIT]
+                try:
+                    if len(puts) == 1:
+                        put = puts[0][0]
+                        answers: list[VersionInfo | Exception] = [await self.run(
+                            put.vault.put_version, put.credential_id, put.value, scope=put.scope, cas=put.cas)]
+                    else:
+                        answers = (await self.run(self.vault.put_versions, [p for p, _ in puts])).puts
+                except Exception as exc:
+                    answers = [exc] * len(puts)
+                for (_, waiter), answer in zip(puts, answers, strict=True):
+                    _settle(waiter, answer)
+        finally:
+            self._path_puts.pop(key, None)
+            self._path_flushers.pop(key, None)
+
     # ---- audit ------------------------------------------------------------------
     async def audit(self, action: str, *, keyring: str | None, outcome: str, **details: Any) -> None:
         """Append one request event; returns once it is committed.
 
         Group commit: events of requests in flight while a batch is being
-        written go into the next batch, one transaction each, so the chain
-        (one writer at a time by design) costs one commit per batch instead
-        of one per request.  No answer leaves before its event is stored.
+        written go into the next batch, one transaction each (with the KV
+        writes queued meanwhile, see :meth:`put_version`), so the chain (one
+        writer at a time by design) costs one commit per batch instead of
+        one per request.  No answer leaves before its event is stored.
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(((action, keyring, outcome, details), done))
+        self._start_flusher()
+        await done
+
+    def _start_flusher(self) -> None:
         if not self._flushing:
             self._flushing = True
             self._flusher = asyncio.get_running_loop().create_task(self._flush())  # keep a reference
-        await done
 
     async def _flush(self) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
+            while self._pending or self._puts:
+                events, self._pending = self._pending[:GROUP_LIMIT * 4], self._pending[GROUP_LIMIT * 4:]
+                puts, self._puts = self._puts[:GROUP_LIMIT], self._puts[GROUP_LIMIT:]
                 try:
-                    await self.write_short(self._write_events, [event for event, _ in batch])
+                    if puts:
+                        group = await self.write_short(self.vault.put_versions, [put for put, _ in puts],
+                                                       _events(event for event, _ in events))
+                        for (_, put_waiter), answer in zip(puts, group.puts, strict=True):
+                            _settle(put_waiter, answer)
+                        events_error = group.events_error
+                    else:
+                        await self.write_short(self._write_events, [event for event, _ in events])
+                        events_error = None
                 except Exception as exc:  # every waiter sees the failure; none is lost silently
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                else:
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_result(None)
+                    for _, put_waiter in puts:
+                        _settle(put_waiter, exc)
+                    events_error = exc
+                for _, waiter in events:
+                    _settle(waiter, events_error)
         finally:
             self._flushing = False
 
-    def _write_events(self, events: list[tuple[str, str | None, str, dict[str, Any]]]) -> None:
-        batch = []
-        for action, keyring, outcome, details in events:
-            rest = dict(details)
-            batch.append(Event(action, keyring, rest.pop("version", None), rest.pop("credential_id", None),
-                               outcome, rest))
-        self.vault.record_events(batch)
+    def _write_events(self, events: list[_AuditArgs]) -> None:
+        self.vault.record_events(_events(events))
+
+
+def _events(events: Iterable[_AuditArgs]) -> list[Event]:
+    batch = []
+    for action, keyring, outcome, details in events:
+        rest = dict(details)
+        batch.append(Event(action, keyring, rest.pop("version", None), rest.pop("credential_id", None),
+                           outcome, rest))
+    return batch
+
+
+def _settle(waiter: asyncio.Future[Any], answer: Any) -> None:
+    """Give a waiter its answer (an exception is raised in it), unless it was cancelled meanwhile."""
+    if waiter.done():
+        return
+    if isinstance(answer, Exception):
+        waiter.set_exception(answer)
+    else:
+        waiter.set_result(answer)

@@ -288,8 +288,8 @@ class KVEngine:
         settings = settings_of(row.metadata) if row is not None else KVSettings()
         scope = settings.custom_metadata.get("scope") or (row.scope if row is not None else DEFAULT_SCOPE)
         try:
-            async with self._path_lock(cid):
-                version = await ctx.backend.write_short(vault.put_version, cid, value, scope=scope, cas=cas)
+            # in arrival order through the backend's group commit, which queues one path's writers
+            version = await ctx.backend.put_version(vault, cid, value, scope=scope, cas=cas)
         except CheckAndSetError:
             raise bad_request(CAS_MISMATCH) from None
         except CheckAndSetRequiredError:

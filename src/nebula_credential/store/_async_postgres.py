@@ -63,6 +63,18 @@ async def _execute(conn: psycopg.AsyncConnection[Any], sql: str, params: Any) ->
     return _Result(rows, cur.rowcount)
 
 
+async def _pipeline(conn: psycopg.AsyncConnection[Any], statements: Sequence[tuple[str, Any]]) -> list[_Result]:
+    # several statements, one round trip: the results are read once the pipeline is synced at its end
+    async with conn.pipeline():
+        cursors = [await conn.execute(sql, params) for sql, params in statements]
+    out = []
+    for cur in cursors:
+        res = cur.pgresult
+        rows = await cur.fetchall() if res is not None and (res.nfields or res.status == TUPLES_OK) else []
+        out.append(_Result(rows, cur.rowcount))
+    return out
+
+
 async def _executemany(conn: psycopg.AsyncConnection[Any], sql: str, seq: Any) -> int:
     async with conn.cursor() as cur:
         await cur.executemany(sql, seq)
@@ -190,6 +202,10 @@ class _BridgedConnection:
 
     def execute(self, sql: str, params: Any = None) -> _Result:
         return cast(_Result, self.wait(_execute(self.aconn, sql, params)))
+
+    def execute_pipeline(self, statements: Sequence[tuple[str, Any]]) -> list[_Result]:
+        """Several statements in one pipeline; each one's result (see ``PostgresTx._send``)."""
+        return cast(list[_Result], self.wait(_pipeline(self.aconn, statements)))
 
     def cursor(self) -> _Cursor:
         return _Cursor(self)

@@ -9,7 +9,8 @@ overridable methods, so the logic is not written twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -45,6 +46,31 @@ class SqlBase:
 
     def _many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(self._q(sql), seq)
+
+    def _exec_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Statements in this order; each one's cursor.  A backend may send them in one round trip
+        (PostgreSQL's pipeline): they still run one after the other, each seeing the ones before."""
+        return [self._exec(sql, params) for sql, params in statements]
+
+    def _defer(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose result nobody reads: a backend may send it with the next one, in one round
+        trip (PostgreSQL); its error then surfaces there, still inside this transaction."""
+        self._exec(sql, params)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        # One name for every savepoint: nested ones are strictly last in, first out, and both dialects
+        # take a repeated name as the innermost one.  A name per savepoint would make each statement
+        # new text, a miss in the connection's statement cache pushing out the hot path's statements.
+        self._defer("SAVEPOINT nc_part")
+        try:
+            yield
+            # sends the part's deferred statements: an error of theirs is the part's, undone with it
+            self._exec("RELEASE SAVEPOINT nc_part")
+        except BaseException:
+            self._exec("ROLLBACK TO SAVEPOINT nc_part")
+            self._exec("RELEASE SAVEPOINT nc_part")
+            raise
 
     def _lock_suffix(self, skip_locked: bool) -> str:
         return ""

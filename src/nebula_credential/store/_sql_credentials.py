@@ -127,6 +127,32 @@ class CredentialsSql(SqlBase, CredentialsTx):
         statuses: Collection[KeyStatus],
         expected_revision: int | None = None,
     ) -> int | None:
+        put = self._checked_put(keyring, credential_id, scope, key_version, envelope, metadata, now, statuses,
+                                expected_revision)
+        if put is None:
+            return None
+        row = self._exec(*put).fetchone()
+        return None if row is None else int(row[0])
+
+    def put_credential_checked_then_latest(
+        self, keyring: str, credential_id: str, scope: str, key_version: int, envelope: bytes,
+        metadata: dict[str, Any], now: datetime, statuses: Collection[KeyStatus],
+        expected_revision: int | None = None,
+    ) -> tuple[int | None, int]:
+        put = self._checked_put(keyring, credential_id, scope, key_version, envelope, metadata, now, statuses,
+                                expected_revision)
+        latest = ("SELECT MAX(version) FROM credential_versions WHERE keyring = ? AND id = ?",
+                  (keyring, credential_id))
+        if put is None:
+            return None, int(self._exec(*latest).fetchone()[0] or 0)
+        written, newest = self._exec_all([put, latest])  # one round trip on PostgreSQL, in this order
+        row = written.fetchone()
+        return None if row is None else int(row[0]), int(newest.fetchone()[0] or 0)
+
+    def _checked_put(
+        self, keyring: str, credential_id: str, scope: str, key_version: int, envelope: bytes,
+        metadata: dict[str, Any], now: datetime, statuses: Collection[KeyStatus], expected_revision: int | None,
+    ) -> tuple[str, tuple[Any, ...]] | None:
         # One statement: the row is written only if the version's row (share-locked on
         # PostgreSQL) has one of ``statuses`` -- and, for a check-and-set, only if the
         # stored revision is ``expected_revision`` (0: no row yet); RETURNING says whether it was.
@@ -151,8 +177,7 @@ class CredentialsSql(SqlBase, CredentialsTx):
             )
             params = (scope, key_version, envelope, to_json(metadata), ts, keyring, credential_id, expected_revision,
                       *status_params)
-        row = self._exec(sql, params).fetchone()
-        return None if row is None else int(row[0])
+        return sql, params
 
     def put_credentials(
         self,

@@ -49,6 +49,16 @@ class VersionsSql(SqlBase, VersionsTx):
         ).fetchone()
         return None if row is None else decode_credential(row)
 
+    def lock_credential_and_meta(self, keyring: str, credential_id: str,
+                                 name: str) -> tuple[EncryptedCredential | None, str | None]:
+        head, meta = self._exec_all([  # one round trip on PostgreSQL
+            (f"SELECT {CRED_COLS} FROM credentials WHERE keyring = ? AND id = ?{self._row_lock('UPDATE')}",
+             (keyring, credential_id)),
+            ("SELECT value FROM meta WHERE name = ?", (name,)),
+        ])
+        row, value = head.fetchone(), meta.fetchone()
+        return None if row is None else decode_credential(row), None if value is None else str(value[0])
+
     def set_credential_metadata(self, keyring: str, credential_id: str, metadata: dict[str, Any]) -> bool:
         cur = self._exec("UPDATE credentials SET metadata = ? WHERE keyring = ? AND id = ?",
                          (to_json(metadata), keyring, credential_id))
@@ -68,19 +78,18 @@ class VersionsSql(SqlBase, VersionsTx):
         return int(row[0] or 0)
 
     def add_version(self, row: VersionRow) -> None:
-        self._exec(
+        self._defer(
             f"INSERT INTO credential_versions ({VERSION_COLS}) VALUES ({_marks(9)})",
             (row.keyring, row.id, row.version, row.scope, row.key_version, row.envelope, to_epoch(row.created_at),
              None if row.deletion_time is None else to_epoch(row.deletion_time), int(row.destroyed)),
         )
 
     def archive_version(self, keyring: str, credential_id: str, version: int, key_version: int,
-                        envelope: bytes) -> bool:
-        cur = self._exec(
+                        envelope: bytes) -> None:
+        self._defer(
             "UPDATE credential_versions SET envelope = ?, key_version = ? WHERE keyring = ? AND id = ? "
             "AND version = ? AND destroyed = 0 AND envelope IS NULL",
             (envelope, key_version, keyring, credential_id, version))
-        return bool(cur.rowcount == 1)
 
     def get_version_row(self, keyring: str, credential_id: str, version: int) -> VersionRow | None:
         row = self._exec(
@@ -118,12 +127,10 @@ class VersionsSql(SqlBase, VersionsTx):
             return head, []
         return head, [_decode(r[9:]) for r in rows]
 
-    def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> int:
-        if up_to < 1:
-            return 0
-        cur = self._exec("DELETE FROM credential_versions WHERE keyring = ? AND id = ? AND version <= ?",
-                         (keyring, credential_id, up_to))
-        return int(cur.rowcount)
+    def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> None:
+        if up_to >= 1:
+            self._defer("DELETE FROM credential_versions WHERE keyring = ? AND id = ? AND version <= ?",
+                        (keyring, credential_id, up_to))
 
     def _changed(self, sql: str, params: Sequence[Any]) -> list[int]:
         return sorted(int(r[0]) for r in self._exec(sql + " RETURNING version", params).fetchall())

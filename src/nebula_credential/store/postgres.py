@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._extras import extra
 from .._sleep import sleep
@@ -156,12 +156,48 @@ class PostgresTx(SqlTx):
     def __init__(self, conn: Connection, url: str) -> None:
         super().__init__(conn)
         self._url = url
+        #: statements nobody reads the result of, sent with the next statement in one pipeline
+        self._deferred: list[tuple[str, Sequence[Any]]] = []
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         try:
+            if self._deferred:
+                return self._send([*self._take_deferred(), (self._q(sql), params)])[-1]
             return self._conn.execute(self._q(sql), params)
         except psycopg.Error as exc:
             raise _translate(exc, self._conn, self._url) from exc
+
+    def _exec_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        try:
+            sent = self._send([*self._take_deferred(), *((self._q(sql), params) for sql, params in statements)])
+        except psycopg.Error as exc:
+            raise _translate(exc, self._conn, self._url) from exc
+        return sent[len(sent) - len(statements):]
+
+    def _defer(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._deferred.append((self._q(sql), params))
+
+    def _take_deferred(self) -> list[tuple[str, Sequence[Any]]]:
+        deferred, self._deferred = self._deferred, []
+        return deferred
+
+    def _send(self, statements: list[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Statements in one pipeline (one round trip), run in order; each one's result.  An error of any
+        of them is raised here (psycopg's), and the ones after it did not run."""
+        pipelined = getattr(self._conn, "execute_pipeline", None)  # the asyncio bridge's connection
+        if pipelined is not None:
+            return cast(list[Any], pipelined(statements))
+        with self._conn.pipeline():
+            cursors = [self._conn.execute(sql, params) for sql, params in statements]
+        return cursors
+
+    def commit(self) -> None:
+        """``COMMIT``, with the statements still deferred in the same round trip (psycopg's error if any
+        fails: then nothing of the transaction was committed)."""
+        if self._deferred:
+            self._send([*self._take_deferred(), ("COMMIT", ())])
+        else:
+            self._conn.execute("COMMIT")
 
     def _many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         self._executemany(sql, seq)
@@ -347,7 +383,7 @@ class PostgresStore(Store):
                     raise _translate(exc, conn, self.url) from exc
                 raise
             try:
-                conn.execute("COMMIT")
+                tx.commit()
             except psycopg.Error as exc:
                 if conn.closed:
                     raise CommitOutcomeUnknownError(

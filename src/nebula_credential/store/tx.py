@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -317,11 +318,13 @@ class VersionsTx(ABC):
 
     @abstractmethod
     def archive_version(self, keyring: str, credential_id: str, version: int, key_version: int,
-                        envelope: bytes) -> bool:
+                        envelope: bytes) -> None:
         """Give a version that stops being the current one its own copy of the envelope.
 
         Until then its row has no envelope: the ``credentials`` row holds it.
-        A destroyed version is left as it is.
+        A destroyed version is left as it is.  Like :meth:`add_version` and
+        :meth:`prune_versions` it answers nothing, so PostgreSQL sends it with
+        the transaction's next statement, one round trip for several.
         """
 
     @abstractmethod
@@ -339,7 +342,7 @@ class VersionsTx(ABC):
         round trip instead of four (BEGIN, two SELECTs, COMMIT), from one snapshot all the same."""
 
     @abstractmethod
-    def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> int:
+    def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> None:
         """Remove versions numbered ``up_to`` and below (beyond ``max_versions``), envelopes and all."""
 
     @abstractmethod
@@ -659,6 +662,32 @@ class DatabaseTx(ABC):
 
 class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx, MountsTx, AuthTx, DatabaseTx):
     """Queries inside one transaction, every table family. Obtain from :meth:`.base.Store.transaction`."""
+
+    def lock_credential_and_meta(self, keyring: str, credential_id: str,
+                                 name: str) -> tuple[EncryptedCredential | None, str | None]:
+        """:meth:`lock_credential` and :meth:`get_meta` in this order (one round trip where the backend
+        pipelines them): the first two reads of a write."""
+        return self.lock_credential(keyring, credential_id), self.get_meta(name)
+
+    def put_credential_checked_then_latest(
+        self, keyring: str, credential_id: str, scope: str, key_version: int, envelope: bytes,
+        metadata: dict[str, Any], now: datetime, statuses: Collection[KeyStatus],
+        expected_revision: int | None = None,
+    ) -> tuple[int | None, int]:
+        """:meth:`put_credential_checked`, then :meth:`latest_version` read after it (as a write's version
+        number must be), in one round trip where the backend pipelines them."""
+        revision = self.put_credential_checked(keyring, credential_id, scope, key_version, envelope, metadata, now,
+                                               statuses, expected_revision)
+        return revision, self.latest_version(keyring, credential_id)
+
+    @abstractmethod
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested part of this transaction: undone alone if its block raises (the exception goes on).
+
+        Why: a group commit writes several callers' changes in one
+        transaction, each in its own savepoint, so one caller's refused
+        write (a check-and-set mismatch) takes back only its own statements.
+        """
 
     def put_credential_checked(
         self,
