@@ -405,3 +405,24 @@ def test_doctor_names_a_past_version_whose_column_lies(vault: nc.Vault) -> None:
         tx._exec("UPDATE credential_versions SET key_version = 7 WHERE id = 'd' AND version = 1")  # type: ignore[attr-defined]
     findings = check_records(vault.store)
     assert findings[0].problem and "version 1 of credential 'd'" in findings[0].message
+
+
+def test_a_kv_read_and_a_get_on_sqlite_send_one_select_and_no_transaction(tmp_path: Path, key_file: Path) -> None:
+    """Issue 27: a single SELECT reads one snapshot on its own, so ``read_one`` skips BEGIN and COMMIT
+    on SQLite too (they were two of a KV read's four statements); the answers are unchanged."""
+    with nc.open(f"sqlite:///{tmp_path / 's.db'}", create=True) as vault:
+        for n in range(3):
+            vault.put_version("app", {"n": n})
+        vault.put("plain", {"a": 1})
+        vault.read_version("app"), vault.get("plain")  # keys loaded, counters settled
+        sent: list[str] = []
+        conn = vault.store._conn()  # type: ignore[attr-defined]  # this thread's connection
+        conn.set_trace_callback(lambda sql: sent.append(sql.split()[0].upper()))
+        try:
+            versions, current = vault.read_version("app")
+            value = vault.get("plain")
+        finally:
+            conn.set_trace_callback(None)
+    assert sent == ["SELECT", "SELECT"]
+    assert current is not None and current.value == {"n": 2} and versions.current_version == 3
+    assert value == {"a": 1}

@@ -309,6 +309,19 @@ class SqliteStore(Store):
             with queue.held(self._busy_timeout) if queue is not None else _NULL:
                 yield from self._transaction(conn, write)
 
+    def read_one(self, fn: Callable[[StoreTx], T]) -> T:
+        """One statement in autocommit (no BEGIN, no COMMIT): a single SELECT reads one snapshot on
+        its own in SQLite too.  ``:memory:`` shares one locked connection and keeps :meth:`read`."""
+        if self._memory:
+            return super().read_one(fn)
+        conn = self._conn()
+        if conn.in_transaction:  # inside this thread's transaction: read in it
+            return fn(SqliteTx(conn))
+        try:
+            return fn(SqliteTx(conn))
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+
     @property
     def reads_without_waiting(self) -> bool:  # type: ignore[override]
         return not self._memory  # WAL: a reader never waits for a writer; :memory: shares one locked connection
