@@ -174,7 +174,7 @@ def too_many(retry_after: int) -> JSONResponse:
 
 async def too_many_later(request: Request, retry_after: int) -> JSONResponse:
     """:func:`too_many`, held back ``app.state.refusal_delay`` seconds under ``serve`` (the tarpit of
-    :class:`~.ratelimit.SourceBudgetMiddleware`, for refusals that needed the token looked up first)."""
+    :func:`~.ratelimit.refuse_spent_source`, for refusals that needed the token looked up first)."""
     await hold_back(request.app.state)
     return too_many(retry_after)
 
