@@ -400,6 +400,9 @@ class FreeSpaceFloor:
         if self.directory is None or (self.floor_bytes == 0 and self.floor_share == 0):
             return False
         now = time.monotonic()
+        checked, low, _ = self.table.floor_state()  # a fresh answer needs no lock (a flock per write before)
+        if now - checked < 1.0:
+            return low
         log: tuple[int, int] | None = None
         with self.table.locked():
             checked, low, logged = self.table.floor_state()
