@@ -195,3 +195,23 @@ def test_an_endpoints_exception_is_answered_by_the_apps_handlers(
     assert teapot.status_code == 418 and teapot.body == b"short and stout"
     with pytest.raises(KeyError):
         asyncio.run(dispatch._handled(app, request, KeyError("x")))
+
+
+def test_an_opaque_route_under_v1_is_left_to_starlette(vault: nc.Vault) -> None:
+    """A route the tables cannot call directly (a Mount of a plain ASGI app) still gets its requests,
+    the path rules applied first; the routes after it are still answered directly."""
+    from starlette.routing import Mount
+
+    seen: list[str] = []
+
+    async def custom(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"custom"})
+
+    app = create_app(vault, extra_routes=[Mount("/v1/custom", app=custom)])
+    token, _ = app.state.backend.tokens.create(["root"])
+    with TestClient(app) as client:
+        assert client.get("/v1//custom/x/").text == "custom"
+        assert seen == ["/v1/custom/x"]
+        assert client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}).status_code == 200

@@ -66,9 +66,14 @@ class Handoff:
 
 @dataclass(frozen=True, slots=True)
 class Opaque:
-    """Any other route: when its own ``matches()`` says anything but NONE, Starlette routes the request."""
+    """Any other route: when its own ``matches()`` says anything but NONE, Starlette routes the request.
+
+    ``regex`` is a plain Route's or Mount's path pattern (their ``matches()`` is NONE without a match
+    of it, so most requests are told apart without a copy of the scope); None for any other kind.
+    """
 
     route: BaseRoute
+    regex: re.Pattern[str] | None
 
 
 Entry = Leaf | Branch | Handoff | Opaque
@@ -121,7 +126,8 @@ def compile_routes(routes: list[BaseRoute], handoff: Callable[[Any], bool] = lam
             out.append(Branch(route, route.path_regex, route.param_convertors,
                               compile_routes(route.routes, handoff)))
         else:
-            out.append(Opaque(route))
+            plain = type(route) in (Route, Mount)
+            out.append(Opaque(route, route.path_regex if plain else None))  # type: ignore[attr-defined]
     return tuple(out)
 
 
@@ -145,6 +151,8 @@ def walk(entries: tuple[Entry, ...], scope: Mapping[str, Any], path_params: dict
         here = route_path(path, root_path)
         for entry in entries:
             if isinstance(entry, Opaque):
+                if entry.regex is not None and entry.regex.match(here) is None:
+                    continue
                 if entry.route.matches({**scope, "path_params": path_params, "root_path": root_path})[0].value:
                     return STARLETTE
                 continue
