@@ -215,3 +215,18 @@ def test_an_opaque_route_under_v1_is_left_to_starlette(vault: nc.Vault) -> None:
         assert client.get("/v1//custom/x/").text == "custom"
         assert seen == ["/v1/custom/x"]
         assert client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}).status_code == 200
+
+
+def test_a_route_added_after_the_first_request_is_routed(served: tuple[Any, TestClient, dict[str, str]]) -> None:
+    """The app's route list is compiled again when it grows, as Starlette's Router reads it each time."""
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    app, client, h = served
+    assert client.get("/v1/added", headers=h).status_code == 404
+
+    async def added(request: Any) -> Response:
+        return Response("added")
+
+    app.router.routes.insert(0, Route("/v1/added", added))
+    assert client.get("/v1/added", headers=h).text == "added"

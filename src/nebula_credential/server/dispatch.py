@@ -63,7 +63,7 @@ class VaultRequestPath:
     def __init__(self, app: ASGIApp, *, max_body: int) -> None:
         self.app = app
         self.max_body = max_body
-        self._compiled: tuple[Any, tuple[Entry, ...]] | None = None
+        self._compiled: tuple[Any, int, tuple[Entry, ...]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,9 +114,11 @@ class VaultRequestPath:
         if routes is None:
             return False
         compiled = self._compiled
-        if compiled is None or compiled[0] is not routes:  # the app's route list, compiled once
-            compiled = self._compiled = (routes, compile_routes(routes, lambda a: isinstance(a, MountDispatcher)))
-        found = walk(compiled[1], scope, scope.get("path_params") or {}, scope.get("root_path", ""),
+        if compiled is None or compiled[0] is not routes or compiled[1] != len(routes):  # compiled once (again
+            # if a route was added to the app since)
+            compiled = self._compiled = (routes, len(routes),
+                                         compile_routes(routes, lambda a: isinstance(a, MountDispatcher)))
+        found = walk(compiled[2], scope, scope.get("path_params") or {}, scope.get("root_path", ""),
                      scope.get("app_root_path"))
         if type(found) is Reached:  # under the mount dispatcher: the mount table's longest prefix
             table: MountTable = app.state.mounts  # type: ignore[union-attr]
