@@ -42,6 +42,7 @@ class Leaf:
     convertors: dict[str, Any]
     methods: frozenset[str] | None
     endpoint: Endpoint
+    prefix: str  # the pattern's literal start: a path without it cannot match (checked before the regex)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class Branch:
     regex: re.Pattern[str]
     convertors: dict[str, Any]
     routes: tuple[Entry, ...]
+    prefix: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,7 @@ class Handoff:
     regex: re.Pattern[str]
     convertors: dict[str, Any]
     app: Any
+    prefix: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,7 @@ class Opaque:
 Entry = Leaf | Branch | Handoff | Opaque
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Found:
     """A full match on a Leaf and the scope keys Starlette's routing would have set on the way
     (``app_root_path`` None: no Mount passed, the root paths are the scope's own)."""
@@ -90,7 +93,7 @@ class Found:
     app_root_path: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reached:
     """A full match on a Handoff: the caller continues below it with :func:`walk`."""
 
@@ -113,18 +116,25 @@ def _plain(route: Route) -> bool:
     return plain and inspect.iscoroutinefunction(route.endpoint)
 
 
+def _literal(path: str) -> str:
+    """The start of a route's path before its first parameter (Starlette compiles it into the
+    regex as an escaped literal right after ``^``)."""
+    return path.split("{", 1)[0]
+
+
 def compile_routes(routes: list[BaseRoute], handoff: Callable[[Any], bool] = lambda app: False) -> tuple[Entry, ...]:
     """``routes`` as :func:`walk` reads them; a Mount whose app ``handoff`` accepts becomes a Handoff."""
     out: list[Entry] = []
     for route in routes:
         if isinstance(route, Route) and _plain(route):
             methods = frozenset(route.methods) if route.methods else None
-            out.append(Leaf(route, route.path_regex, route.param_convertors, methods, route.endpoint))
+            out.append(Leaf(route, route.path_regex, route.param_convertors, methods, route.endpoint,
+                            _literal(route.path)))
         elif type(route) is Mount and handoff(route.app):
-            out.append(Handoff(route, route.path_regex, route.param_convertors, route.app))
+            out.append(Handoff(route, route.path_regex, route.param_convertors, route.app, _literal(route.path + "/")))
         elif type(route) is Mount and type(route.app) is Router:
             out.append(Branch(route, route.path_regex, route.param_convertors,
-                              compile_routes(route.routes, handoff)))
+                              compile_routes(route.routes, handoff), _literal(route.path + "/")))
         else:
             plain = type(route) in (Route, Mount)
             out.append(Opaque(route, route.path_regex if plain else None))  # type: ignore[attr-defined]
@@ -156,16 +166,24 @@ def walk(entries: tuple[Entry, ...], scope: Mapping[str, Any], path_params: dict
                 if entry.route.matches({**scope, "path_params": path_params, "root_path": root_path})[0].value:
                     return STARLETTE
                 continue
+            if not here.startswith(entry.prefix):
+                continue
             match = entry.regex.match(here)
             if match is None:
                 continue
-            params = {key: entry.convertors[key].convert(value) for key, value in match.groupdict().items()}
             if type(entry) is Leaf:
                 if entry.methods is not None and method not in entry.methods:
                     continue  # a partial match: Starlette looks further for a full one, else answers 405
-                return Found(entry, {**path_params, **params}, root_path, app_root_path)
-            remaining = "/" + params.pop("path")
-            path_params = {**path_params, **params}
+                if entry.convertors:
+                    params = {key: entry.convertors[key].convert(value) for key, value in match.groupdict().items()}
+                    return Found(entry, {**path_params, **params}, root_path, app_root_path)
+                return Found(entry, dict(path_params), root_path, app_root_path)
+            if len(entry.convertors) == 1:  # a Mount without parameters of its own: only its "path"
+                remaining = "/" + entry.convertors["path"].convert(match["path"])
+            else:
+                params = {key: entry.convertors[key].convert(value) for key, value in match.groupdict().items()}
+                remaining = "/" + params.pop("path")
+                path_params = {**path_params, **params}
             app_root_path = root_path if app_root_path is None else app_root_path
             root_path = root_path + here[: -len(remaining)]
             if type(entry) is Handoff:
