@@ -230,3 +230,27 @@ def test_a_route_added_after_the_first_request_is_routed(served: tuple[Any, Test
 
     app.router.routes.insert(0, Route("/v1/added", added))
     assert client.get("/v1/added", headers=h).text == "added"
+
+
+def test_a_directly_called_endpoint_keeps_the_request_timeout(vault: nc.Vault) -> None:
+    """``request_timeout`` still bounds an endpoint called by the request path: 503, audited."""
+    import asyncio
+
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from nebula_credential.server._request import Ctx, endpoint
+
+    async def slow(request: Any, ctx: Ctx) -> Response:
+        ctx.require("read")
+        await asyncio.sleep(5)
+        return ctx.reply({})
+
+    app = create_app(vault, extra_routes=[Route("/v1/slow", endpoint(slow), methods=["GET"])])
+    app.state.request_timeout = 0.1
+    token, _ = app.state.backend.tokens.create(["root"])
+    with TestClient(app) as client:
+        response = client.get("/v1/slow", headers={"X-Vault-Token": token})
+    assert (response.status_code, response.json()) == (503, {"errors": ["request timed out"]})
+    action, event = _events(vault)[-1]
+    assert (action, event["path"], event["status"]) == ("server.request", "slow", 503)
