@@ -176,3 +176,26 @@ def test_a_refusal_past_the_budget_waits_under_serve(tmp_path: Path, key_file: P
         assert waited == [ratelimit.REFUSAL_DELAY] * 3
     finally:
         vault.close()
+
+
+def test_a_fresh_floor_answer_takes_no_lock(tmp_path: Path) -> None:
+    """Within a second of the last check the floor's answer is read without the table's lock (a flock
+    under ``serve``, taken by every write before); a due check takes it."""
+    from nebula_credential.server.ratelimit import FreeSpaceFloor, LocalTable
+
+    table = LocalTable()
+    floor = FreeSpaceFloor(str(tmp_path), 1, 0.0, table)
+    assert floor.low() is False  # the first check: under the lock
+    taken: list[int] = []
+    locked = table.locked
+
+    def counting() -> Any:
+        taken.append(1)
+        return locked()
+
+    table.locked = counting  # type: ignore[method-assign]
+    assert [floor.low() for _ in range(5)] == [False] * 5
+    assert taken == []
+    checked, low, logged = table.floor_state()
+    table.set_floor_state(checked - 2.0, low, logged)  # the check is due again
+    assert floor.low() is False and taken == [1]

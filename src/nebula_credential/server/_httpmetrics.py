@@ -53,6 +53,10 @@ def route_label(path: str, patterns: tuple[str, ...]) -> str:
 class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # (method, route, status) -> the counter's and the histogram's child: ``labels()`` takes a lock
+        # and checks its values on every call; the label sets are fixed and few, so each is looked up once
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._sink: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app: Any = scope.get("app")
@@ -81,5 +85,11 @@ class HttpMetricsMiddleware:
             mounts = getattr(app.state, "mounts", None)
             if route == "/v1" and mounts is not None:  # the mount dispatcher: label by the mount it routed to
                 route = mounts.label(str(scope.get("path", ""))) or OTHER
-            counter.labels(method, route, str(status)).inc()
-            histogram.labels(method, route).observe(time.perf_counter() - started)
+            if sink is not self._sink:  # new metrics (tests register their own): new children
+                self._children, self._sink = {}, sink
+            key = (method, route, str(status))
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (counter.labels(*key), histogram.labels(method, route))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,6 +98,16 @@ def vault_json(request_id: str, data: Any = None, *, auth: Any = None, status: i
     return _json.JSONAnswer(body, status_code=status)
 
 
+def new_request_id() -> str:
+    """A random (version 4) UUID in its text form, as ``str(uuid.uuid4())`` gives, at a quarter of its
+    cost (every request has one: the UUID object's checks and formatting were ~3 µs of a request)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def request_token(request: Request) -> str:
     token = request.headers.get("x-vault-token", "")
     if not token:
@@ -174,7 +184,7 @@ def too_many(retry_after: int) -> JSONResponse:
 
 async def too_many_later(request: Request, retry_after: int) -> JSONResponse:
     """:func:`too_many`, held back ``app.state.refusal_delay`` seconds under ``serve`` (the tarpit of
-    :class:`~.ratelimit.SourceBudgetMiddleware`, for refusals that needed the token looked up first)."""
+    :func:`~.ratelimit.refuse_spent_source`, for refusals that needed the token looked up first)."""
     await hold_back(request.app.state)
     return too_many(retry_after)
 
@@ -195,7 +205,7 @@ def endpoint(
         timeout: float = request.app.state.request_timeout
         guard = guards(request)
         source = source_of(request)
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         secret = request_token(request) if authenticated else ""
         path = request.scope.get(VPATH, "")
         audited_path = redact_path(path, secret)  # what the audit trail keeps: no token, whatever its form

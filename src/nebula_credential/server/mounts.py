@@ -16,9 +16,11 @@ Vault routes a request by the longest mount path that prefixes it.  Here:
   enabled on another process is routed here within that bound.  The
   ``[server] kv_mounts`` and ``transit_mounts`` of the config file are merged
   in read-only: they cannot be disabled or tuned over HTTP.
-- **Dispatch.**  :class:`MountDispatcher` is one ASGI app under ``/v1``: it
-  finds the longest mount prefix by a dictionary lookup per path segment
-  and hands the request to that mount's router, built once per mount.
+- **Dispatch.**  :meth:`MountTable.resolve` finds the longest mount prefix
+  by a dictionary lookup per path segment; the mount's router is built (and
+  compiled for the /v1 request path, :mod:`._routes`) once per mount.
+  :class:`MountDispatcher`, one ASGI app under ``/v1``, hands a request the
+  request path leaves to Starlette to that router.
 - **Disable** removes the mount's data, as Vault does: a KV mount's
   credentials are deleted (its keyring is the mount's own); a Transit
   mount's keys are deleted through :meth:`Transit.delete_key`, whose guard
@@ -52,6 +54,7 @@ from ..rowmac import RowMac
 from ..transit import KeyConfigChange, Transit
 from ._backend import Backend
 from ._request import VPATH, Ctx, duration_field, endpoint, read_json
+from ._routes import Entry, compile_routes
 from .errors import HTTPError, bad_request
 from .kv import MOUNT_KV_FIELDS, KVEngine, apply_mount_options
 from .kv1 import KV1Engine
@@ -71,6 +74,8 @@ RUNNING_VERSION = "builtin"
 RESERVED = frozenset({"sys", "auth", "cubbyhole", "identity"})
 MAX_DEPTH = 4
 NO_CONTENT = 204
+#: Set by the /v1 request path: the (entry, router, compiled routes) it resolved the request's mount to.
+RESOLVED = "nc.mount"
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -284,8 +289,8 @@ class MountTable:
         self.generation = -1
         self.checked_at = 0.0
         self._by_route: dict[str, MountEntry] = {}
-        self._routers: dict[tuple[str, str, str], Mount] = {}
-        self._last: dict[str, tuple[MountEntry, Mount]] = {}
+        self._routers: dict[tuple[str, str, str], tuple[Mount, tuple[Entry, ...]]] = {}
+        self._last: dict[str, tuple[MountEntry, tuple[Mount, tuple[Entry, ...]]]] = {}
         self._lock = asyncio.Lock()
         self._install([])
 
@@ -333,20 +338,38 @@ class MountTable:
         return next((e for r, e in self._by_route.items() if r.startswith(route + "/")), None)
 
     def router(self, entry: MountEntry) -> Mount | None:
+        found = self.routed(entry)
+        return None if found is None else found[0]
+
+    def routed(self, entry: MountEntry) -> tuple[Mount, tuple[Entry, ...]] | None:
+        """The mount's router and its routes compiled for the /v1 request path (:mod:`._routes`),
+        built once per mount (and again when it is re-enabled or tuned)."""
         last = self._last.get(entry.route)
         if last is not None and last[0] is entry:  # the same entry object: its key cannot have changed
             return last[1]
         key = _router_key(entry)  # a JSON dump of the mount's options: not once per request
-        router = self._routers.get(key)
-        if router is None:
+        routed = self._routers.get(key)
+        if routed is None:
             registry = AUTH_METHODS if entry.kind == "auth" else SECRET_ENGINES
             engine = registry.get(entry.type)
             if engine is None or engine.factory is None:
                 return None
             router = Mount("/" + entry.route, routes=engine.factory(entry))
-            self._routers[key] = router
-        self._last[entry.route] = (entry, router)
-        return router
+            routed = self._routers[key] = (router, compile_routes([router]))
+        self._last[entry.route] = (entry, routed)
+        return routed
+
+    async def resolve(self, backend: Backend, vpath: str) -> tuple[MountEntry | None, Mount | None,
+                                                                  tuple[Entry, ...]]:
+        """The mount serving ``vpath`` (the table re-read first when due, and at once, rate-limited, on a
+        miss), its router and compiled routes; (None, None, ()) for no routed mount."""
+        await self.refresh(backend)
+        entry = self.find(vpath)
+        if entry is None:
+            await self.refresh(backend, miss=True)
+            entry = self.find(vpath)
+        routed = self.routed(entry) if entry is not None else None
+        return (entry, None, ()) if routed is None else (entry, *routed)
 
     async def refresh(self, backend: Backend, *, force: bool = False, miss: bool = False) -> None:
         """Re-read the store's table if its generation moved (checked at most once per interval)."""
@@ -450,22 +473,22 @@ def table_of(request: Request) -> MountTable:
 
 # ---- dispatch -----------------------------------------------------------------------------------
 class MountDispatcher:
-    """The ASGI app under ``/v1`` for every mount outside ``sys/`` and ``auth/token/``."""
+    """The ASGI app under ``/v1`` for every mount outside ``sys/`` and ``auth/token/``.
+
+    The /v1 request path (:mod:`.dispatch`) finds the mount first and leaves
+    it in the scope (:data:`RESOLVED`) when Starlette routes the request after
+    all, so both route to the same mount.
+    """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        app = scope["app"]
-        table: MountTable = app.state.mounts
-        backend: Backend = app.state.backend
-        vpath = str(scope.get(VPATH, ""))
-        await table.refresh(backend)
-        entry = table.find(vpath)
-        if entry is None:
-            await table.refresh(backend, miss=True)
-            entry = table.find(vpath)
-        router = table.router(entry) if entry is not None else None
+        resolved = scope.get(RESOLVED)
+        if resolved is None:
+            app = scope["app"]
+            resolved = await app.state.mounts.resolve(app.state.backend, str(scope.get(VPATH, "")))
+        entry, router, _ = resolved
         if entry is None or router is None:
             raise HTTPException(404)
-        if vpath == entry.route:  # the mount itself (LIST kv/): its router's "/" route
+        if str(scope.get(VPATH, "")) == entry.route:  # the mount itself (LIST kv/): its router's "/" route
             scope["path"] = scope["path"] + "/"
         match, child = router.matches(scope)
         if match is Match.NONE:

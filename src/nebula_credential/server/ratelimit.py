@@ -62,7 +62,7 @@ MAX_SOURCES = 10_000
 #: The environment variable naming the shared table's file (set by ``serve`` for its workers).
 ENV_TABLE = "NEBULA_CREDENTIAL_SERVE_LIMITS"
 
-#: Seconds a request past its source's budget waits for its 429 (see :class:`SourceBudgetMiddleware`).
+#: Seconds a request past its source's budget waits for its 429 (see :func:`refuse_spent_source`).
 REFUSAL_DELAY = 0.25
 
 #: The budgets whose refusals are counted, the ``reason`` label's fixed set.
@@ -400,6 +400,9 @@ class FreeSpaceFloor:
         if self.directory is None or (self.floor_bytes == 0 and self.floor_share == 0):
             return False
         now = time.monotonic()
+        checked, low, _ = self.table.floor_state()  # a fresh answer needs no lock (a flock per write before)
+        if now - checked < 1.0:
+            return low
         log: tuple[int, int] | None = None
         with self.table.locked():
             checked, low, logged = self.table.floor_state()
@@ -459,15 +462,18 @@ class Guards:
 OPEN_PATHS = frozenset({"/v1/sys/health", "/v1/sys/internal/specs/openapi", "/healthz", "/metrics"})
 
 
-class SourceBudgetMiddleware:
-    """Answer 429 before any work when a request without a token comes from a source whose budget is spent.
+async def refuse_spent_source(scope: Any, send: Any) -> bool:
+    """Answer 429 before any work when a request without a token comes from a source whose budget is
+    spent; True when it did.
 
     The endpoint and the unrouted handler spend the budget and answer 429
-    themselves; this check only moves that answer in front of path
-    normalisation and routing, which cost milliseconds on a 65 kB path, so
-    a flood past its budget costs next to nothing and an authorised client
-    keeps its share of the worker.  It needs ``app.state.guards``, which
-    the first audited request sets; before that it lets everything through.
+    themselves; this check (the first step of the request path,
+    :class:`~.dispatch.VaultRequestPath`) only moves that answer in front of
+    path normalisation and routing, which cost milliseconds on a 65 kB path,
+    so a flood past its budget costs next to nothing and an authorised
+    client keeps its share of the worker.  It needs ``app.state.guards``,
+    which the first audited request sets; before that it lets everything
+    through.
 
     Under ``serve`` (``app.state.refusal_delay``, set to :data:`REFUSAL_DELAY`
     by :func:`~.run.app_from_env`; an app built in-process answers at
@@ -480,21 +486,16 @@ class SourceBudgetMiddleware:
     no thread and a few kilobytes; a client that honours ``Retry-After``
     never notices.
     """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            state = getattr(scope.get("app"), "state", None)
-            guard: Guards | None = getattr(state, "guards", None)
-            if guard is not None and not _has_token(scope) and scope.get("path") not in OPEN_PATHS:
-                source = scope["client"][0] if scope.get("client") else ""
-                if guard.buckets.empty(source):
-                    await hold_back(state)
-                    await _too_many(send, guard.buckets.retry_after(source))
-                    return
-        await self.app(scope, receive, send)
+    state = getattr(scope.get("app"), "state", None)
+    guard: Guards | None = getattr(state, "guards", None)
+    if guard is None or scope.get("path") in OPEN_PATHS or _has_token(scope):
+        return False
+    source = scope["client"][0] if scope.get("client") else ""
+    if not guard.buckets.empty(source):
+        return False
+    await hold_back(state)
+    await _too_many(send, guard.buckets.retry_after(source))
+    return True
 
 
 async def hold_back(state: Any) -> None:

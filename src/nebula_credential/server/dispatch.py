@@ -1,0 +1,210 @@
+"""The request path under ``/v1/``: one pure-ASGI pass from the socket to the endpoint.
+
+Before, a KV read went through two middlewares (the source budget, the
+path rules), Starlette's Router, a Mount, the mount dispatcher, a second
+Router and Mount and the ``request_response`` wrapper, each a coroutine and
+most with a scope copy or a send wrapper: about 40 % of its CPU
+(docs/benchmarks.md, issue 27).  :class:`VaultRequestPath` does in one pass:
+
+1. the source budget: a request without a token from a source whose budget
+   of unauthenticated or denied requests is spent gets its 429 before any
+   work (:func:`.ratelimit.refuse_spent_source`, the 0.25 s tarpit under
+   ``serve``);
+2. under ``/v1`` the path rules: the path normalised once
+   (:func:`.policies.normalise`, 400 when refused) and written back into
+   the scope, so routing and authorisation see the same path; the other
+   workers' changes followed (:func:`.workers.follow_changes`); ``GET
+   ?list=true`` mapped to Vault's ``LIST``;
+3. for every path, the body limit: 413 for a declared length past
+   ``max_request_size`` (the body drained first, up to a bound), and a body
+   that grows past it while read fails with 413 inside the endpoint;
+4. under ``/v1`` the route, from tables compiled once (:mod:`._routes`; a
+   mount's below the mount table's longest prefix,
+   :meth:`.mounts.MountTable.resolve`), and its endpoint called directly.
+
+Whatever the compiled tables do not answer (404, 405, a redirect, a route
+that is not a plain endpoint) and every path outside ``/v1`` (console,
+``/metrics``, ``/healthz``) goes on through Starlette's Router exactly as
+before, with the same scope; an exception from an endpoint goes to the
+app's exception handlers as Starlette's would.  404, 405, 400 and 413 are
+audited by :func:`._request.audit_unrouted`, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from ._request import VPATH, audit_unrouted
+from ._routes import Entry, Found, Reached, compile_routes, walk
+from .errors import HTTPError
+from .mounts import RESOLVED, MountDispatcher, MountTable
+from .policies import BadPathError, normalise
+from .ratelimit import refuse_spent_source
+from .workers import follow_changes
+
+#: How much of a refused body is read and dropped before answering 413.
+DRAIN_LIMIT = 16 * 1024 * 1024
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class VaultRequestPath:
+    """The app's innermost middleware: the steps above, then Starlette's Router for the rest."""
+
+    def __init__(self, app: ASGIApp, *, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self._compiled: tuple[Any, int, tuple[Entry, ...]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if await refuse_spent_source(scope, send):
+            return
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        raw = raw.split(b"?", 1)[0]
+        v1 = raw.startswith(b"/v1/") or raw == b"/v1"
+        if v1:
+            try:
+                vpath = normalise(raw[4:])
+            except BadPathError as exc:
+                await _refuse(scope, receive, send, 400, str(exc))
+                return
+            state = getattr(scope.get("app"), "state", None)
+            if state is not None:
+                follow_changes(state)  # another worker of this serve revoked or changed something
+            scope = dict(scope)  # the outer middlewares (metrics) keep the path as sent
+            scope["path"] = "/v1/" + vpath
+            scope["raw_path"] = scope["path"].encode("utf-8")
+            scope[VPATH] = vpath
+            if scope["method"] == "GET" and scope.get("query_string"):
+                query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+                if query.get("list", "").lower() in ("true", "1"):
+                    scope["method"] = "LIST"
+        length = expect = None
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length":
+                length = value
+            elif name == b"expect":
+                expect = value
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            if (expect or b"").lower() != b"100-continue":  # else the client sends nothing yet
+                await _drain(receive)
+            await _refuse(scope, receive, send, 413, f"request body larger than {self.max_body} bytes")
+            return
+        receive = self._limited(receive)
+        if v1 and await self._answer(scope, receive, send):
+            return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer a /v1 request whose route the compiled tables find; False leaves it to Starlette."""
+        app = scope.get("app")
+        routes = getattr(app, "routes", None)
+        if routes is None:
+            return False
+        compiled = self._compiled
+        if compiled is None or compiled[0] is not routes or compiled[1] != len(routes):  # compiled once (again
+            # if a route was added to the app since)
+            compiled = self._compiled = (routes, len(routes),
+                                         compile_routes(routes, lambda a: isinstance(a, MountDispatcher)))
+        found = walk(compiled[2], scope, scope.get("path_params") or {}, scope.get("root_path", ""),
+                     scope.get("app_root_path"))
+        if type(found) is Reached:  # under the mount dispatcher: the mount table's longest prefix
+            table: MountTable = app.state.mounts  # type: ignore[union-attr]
+            vpath: str = scope[VPATH]
+            resolved = await table.resolve(app.state.backend, vpath)  # type: ignore[union-attr]
+            scope[RESOLVED] = resolved  # Starlette's dispatcher, if it routes after all, uses the same mount
+            entry, _, entries = resolved
+            if entry is None or not entries:
+                return False
+            path = scope["path"] + "/" if vpath == entry.route else scope["path"]  # LIST kv/: the "/" route
+            found = walk(entries, {"path": path, "method": scope["method"], "type": "http"}, found.path_params,
+                         found.root_path, found.app_root_path)
+            if type(found) is not Found:
+                return False
+            scope["path"] = path
+        if type(found) is not Found:
+            return False
+        leaf = found.leaf
+        scope["router"] = app.router  # type: ignore[union-attr]
+        scope["route"] = leaf.route
+        scope["endpoint"] = leaf.endpoint
+        scope["path_params"] = found.path_params
+        if found.app_root_path is not None:
+            scope["root_path"] = found.root_path
+            scope["app_root_path"] = found.app_root_path
+        request = Request(scope, receive, send)
+        try:
+            response = await leaf.endpoint(request)
+        except Exception as exc:
+            response = await _handled(app, request, exc)
+        await response(scope, receive, send)
+        return True
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                if message.get("more_body"):
+                    await _drain(receive)
+                raise HTTPError(413, f"request body larger than {self.max_body} bytes")
+            return message
+
+        return wrapped
+
+
+async def _handled(app: Any, request: Request, exc: Exception) -> Response:
+    """An endpoint's exception answered as Starlette's exception middleware would (the app's handlers
+    by status, then by class; its own default for an HTTPException); anything else is raised on."""
+    handlers: dict[Any, Any] = getattr(app, "exception_handlers", {})
+    handler = None
+    if isinstance(exc, HTTPException) and exc.status_code != 500:
+        handler = handlers.get(exc.status_code)
+    if handler is None:
+        handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers and c is not Exception), None)
+    if handler is not None:
+        response: Response = await handler(request, exc)
+        exc.__traceback__ = None
+        return response
+    if isinstance(exc, HTTPException):
+        if exc.status_code in {204, 304}:
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    raise exc
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+    """Answer a request refused before routing (bad path, body too large), audited as any refusal."""
+    response = await audit_unrouted(Request(scope, receive), JSONResponse({"errors": [message]}, status_code=status))
+    await response(scope, receive, send)
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop the rest of a refused body (up to a bound), so the client reads our 413
+    instead of a reset connection; a bigger body is cut off."""
+    dropped = 0
+    while dropped < DRAIN_LIMIT:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
+
+
+__all__ = ["DRAIN_LIMIT", "VaultRequestPath"]
