@@ -184,3 +184,21 @@ def test_bodies_parse_the_same_by_the_fast_path() -> None:
     deep_and_out_of_range = b'{"options": {"cas": 99999999999999999999}, "x": ' + b"[" * 600 + b"]" * 600 + b"}"
     with pytest.raises(HTTPError, match="nested deeper than 512"):  # the original path's first refusal
         _json.loads(deep_and_out_of_range)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b'{"options": {"cas": 9223372036854775808}}', "options.cas"),
+    (b'{"batch_input": [{"plaintext": "x"}, {"key_version": -9223372036854775809}]}', "batch_input.1.key_version"),
+    (b'{"a": [[1, 2], [3, [4, 99999999999999999999]]]}', "a.1.1.1"),
+    (b'{"n": 18446744073709551616}', "n"),  # past 64 bits: orjson's float, parsed again by json
+])
+def test_a_number_out_of_range_is_named_by_its_field(body: bytes, field: str) -> None:
+    """The field path of a refused number is spelled out only on refusal (issue 27: building it for
+    every value was ~1.2 ms of a 1,000-item batch); it still names the exact field."""
+    from nebula_credential.server import _json
+    from nebula_credential.server.errors import HTTPError
+
+    with pytest.raises(HTTPError, match=rf"^{field}: number out of range"):
+        _json.loads(body)
+    payload = b'{"data": %s, "batch_input": [{"plaintext": "x", "context": ""}]}' % body
+    assert _json.loads(payload)["data"] == _json.loads(b'{"data": %s}' % body)["data"]  # payload: as given

@@ -83,8 +83,9 @@ def _field(path: list[str]) -> str:
     return ".".join(path) or "(body)"
 
 
-#: orjson keeps integers below 2**64 and turns bigger ones into floats: a float this big may have been one.
-_MAYBE_BIG_INT = float(2**64)
+#: orjson keeps integers in [-2**63, 2**64) and turns the others into floats: a float this big may have
+#: been one (2**63, not 2**64: a negative integer past -2**63 became a float that passed unchecked).
+_MAYBE_BIG_INT = float(2**63)
 
 
 class _ParsedAgain(Exception):
@@ -96,24 +97,46 @@ def _check_numbers(body: Any, *, check_depth: bool = False) -> None:
     """Refuse non-finite floats anywhere and out-of-range integers outside the payload, naming the field;
     with ``check_depth``, also a value nested deeper than :data:`MAX_DEPTH` (the byte scan's answer).
 
-    Iterative (an explicit stack), so a body of :data:`MAX_DEPTH` levels costs no recursion.
+    Iterative (an explicit stack), so a body of :data:`MAX_DEPTH` levels costs no recursion.  A value's
+    field path is kept as a link to its parent's and spelled out only for a refusal: building it for
+    every value was ~1.2 ms of a 1,000-item Transit batch.  Bodies come from a JSON parser, so the
+    exact types (``type(v) is dict``) are the whole set.
     """
-    stack: list[tuple[Any, list[str], bool]] = [(body, [], False)]
+    stack: list[tuple[Any, int, tuple[Any, ...] | None, bool]] = [(body, 0, None, False)]
+    pop, push = stack.pop, stack.append
     while stack:
-        value, path, payload = stack.pop()
-        if check_depth and isinstance(value, dict | list) and len(path) >= MAX_DEPTH:
-            raise HTTPError(400, _TOO_DEEP)
-        if isinstance(value, dict):
-            for key, item in value.items():
-                stack.append((item, [*path, str(key)], payload or (not path and key in PAYLOAD_FIELDS)))
-        elif isinstance(value, list):
-            stack.extend((item, [*path, str(i)], payload) for i, item in enumerate(value))
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise HTTPError(400, f"{_field(path)}: NaN and Infinity are not valid JSON numbers")
-        elif check_depth and isinstance(value, float) and abs(value) >= _MAYBE_BIG_INT:
-            raise _ParsedAgain()
-        elif isinstance(value, int) and not isinstance(value, bool) and not payload and abs(value) > INT_BOUND:
-            raise HTTPError(400, f"{_field(path)}: number out of range (at most {INT_BOUND})")
+        value, depth, link, payload = pop()
+        kind = type(value)
+        if kind is str or kind is bool or value is None:
+            continue
+        if kind is dict or kind is list:
+            if check_depth and depth >= MAX_DEPTH:
+                raise HTTPError(400, _TOO_DEEP)
+            child = depth + 1
+            if kind is dict:
+                for key, item in value.items():
+                    if type(item) is not str:
+                        push((item, child, (key, link), payload or (not depth and key in PAYLOAD_FIELDS)))
+            else:
+                for i, item in enumerate(value):
+                    if type(item) is not str:
+                        push((item, child, (i, link), payload))
+        elif kind is float:
+            if not math.isfinite(value):
+                raise HTTPError(400, f"{_field(_path(link))}: NaN and Infinity are not valid JSON numbers")
+            if check_depth and abs(value) >= _MAYBE_BIG_INT:
+                raise _ParsedAgain()
+        elif kind is int and not payload and abs(value) > INT_BOUND:
+            raise HTTPError(400, f"{_field(_path(link))}: number out of range (at most {INT_BOUND})")
+
+
+def _path(link: tuple[Any, ...] | None) -> list[str]:
+    """The field path a :func:`_check_numbers` link stands for, outermost first."""
+    path: list[str] = []
+    while link is not None:
+        path.append(str(link[0]))
+        link = link[1]
+    return path[::-1]
 
 
 def loads(raw: bytes | str) -> Any:
