@@ -111,7 +111,7 @@ def breakdown(raw: Path) -> tuple[int, dict[str, float]]:
     counts: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack:
+        if stack and count.isdigit():  # py-spy may cut a line short when the process is busy
             counts[stage_of(stack.split(";"))] += int(count)
     total = sum(counts.values())
     return total, {stage: n / total for stage, n in counts.most_common()} if total else {}

@@ -176,14 +176,21 @@ def test_secret_like_details_are_refused(vault: nc.Vault) -> None:
 
 
 def test_events_appended_together_chain_like_single_ones(vault: nc.Vault, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``record_many`` (the server's group commit): one INSERT for all rows, the chain intact,
-    a garbage version kept in the details as ``record`` keeps it."""
+    """``record_many`` (the server's group commit): one INSERT for all rows (on PostgreSQL a row each,
+    all deferred to go with the COMMIT in one pipeline), the chain intact, a garbage version kept in the
+    details as ``record`` keeps it."""
     from nebula_credential.audit import Event
 
     inserts: list[int] = []
     with vault.store.read() as tx:
         tx_class = type(tx)
-    real_many, real_exec = tx_class._many, tx_class._exec
+    real_many, real_exec, real_defer = tx_class._many, tx_class._exec, tx_class._defer
+    deferred: list[int] = []
+
+    def defer(self: Any, sql: str, params: Any = ()) -> Any:
+        if sql.startswith("INSERT INTO audit_events"):
+            deferred.append(1)
+        return real_defer(self, sql, params)
 
     def many(self: Any, sql: str, seq: Any) -> Any:
         if sql.startswith("INSERT INTO audit_events"):
@@ -197,12 +204,16 @@ def test_events_appended_together_chain_like_single_ones(vault: nc.Vault, monkey
 
     monkeypatch.setattr(tx_class, "_many", many)
     monkeypatch.setattr(tx_class, "_exec", execute)
+    monkeypatch.setattr(tx_class, "_defer", defer)
     events = [Event("server.request", "default", None, f"c{i}", "ok", {"status": 200}) for i in range(20)]
     events.append(Event("decrypt.failed", "default", 2**32 - 1, "bad", "error", {}))
     with vault.store.transaction() as tx:
         last = vault.audit.record_many(tx, events)
         assert vault.audit.record(tx, "after") == last + 1
-    assert inserts == [21, 1]
+    if "Postgres" in tx_class.__name__:
+        assert (inserts, len(deferred)) == ([], 22)
+    else:
+        assert (inserts, deferred) == ([21, 1], [])
     rows = list(vault.audit.rows())[-22:]
     assert [r.seq for r in rows] == list(range(last - 20, last + 2))
     assert [r.credential_id for r in rows[:20]] == [f"c{i}" for i in range(20)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -387,3 +388,36 @@ def test_a_group_whose_commit_outcome_is_unknown_is_not_run_again(vault: Vault,
     monkeypatch.setattr(vault.audit, "record_many", real)
     with pytest.raises(nc.CredentialNotFoundError):
         vault.get("u/a")  # (here the failure was raised before COMMIT: nothing applied)
+
+
+def test_an_audit_batch_on_postgresql_is_two_round_trips_after_begin(vault: Vault,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27: the chain's lock went alone, then the tail, the rows and the head each in their own round
+    trip; now the lock goes with the tail, and the rows and the head with the COMMIT."""
+    if vault.single_writer:
+        pytest.skip("PostgreSQL only: SQLite has no round trips")
+    from nebula_credential.store.postgres import PostgresTx
+
+    vault.record_events([_event(0)])  # the audit key unwrapped
+    trips: list[str] = []
+    real_init = PostgresTx.__init__
+
+    def counting(self: PostgresTx, conn: Any, url: str) -> None:
+        real_init(self, cast(Any, _CountingConnection(conn, trips)), url)
+
+    monkeypatch.setattr(PostgresTx, "__init__", counting)
+    vault.record_events([_event(i) for i in range(1, 6)])
+    assert trips == ["pipeline", "pipeline"], trips
+    monkeypatch.setattr(PostgresTx, "__init__", real_init)
+    assert vault.audit.verify().ok
+    assert [json.loads(r.details)["path"] for r in list(vault.audit.rows())[-5:]] == [f"p/{i}" for i in range(1, 6)]
+
+
+def test_statements_deferred_before_an_executemany_run_before_it(vault: Vault) -> None:
+    """A batch (executemany) after deferred statements sends them first, in order, in one pipeline."""
+    with vault.store.transaction() as tx:
+        tx._defer("INSERT INTO meta (name, value) VALUES (?, ?)", ("order:a", "inserted"))  # type: ignore[attr-defined]
+        tx._many(  # type: ignore[attr-defined]
+            "UPDATE meta SET value = ? WHERE name = ?", [("updated", "order:a"), ("none", "order:missing")])
+    with vault.store.read() as tx:
+        assert tx.get_meta("order:a") == "updated"

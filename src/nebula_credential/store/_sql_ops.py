@@ -89,9 +89,13 @@ class OperationsSql(SqlBase, OperationsTx):
 
     _AUDIT_INSERT = f"INSERT INTO audit_events ({AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 
+    @staticmethod
+    def _audit_params(row: AuditRow) -> tuple[Any, ...]:
+        return (row.seq, row.ts, row.actor, row.action, row.keyring, row.key_version, row.credential_id,
+                row.outcome, row.details, row.mac)
+
     def audit_append(self, *rows: AuditRow) -> None:
-        params = [(row.seq, row.ts, row.actor, row.action, row.keyring, row.key_version, row.credential_id,
-                   row.outcome, row.details, row.mac) for row in rows]
+        params = [self._audit_params(row) for row in rows]
         if len(params) == 1:
             self._exec(self._AUDIT_INSERT, params[0])
         else:
@@ -101,12 +105,11 @@ class OperationsSql(SqlBase, OperationsTx):
         row = self._exec("SELECT value FROM audit_head WHERE name = 'chain'").fetchone()
         return None if row is None else str(row[0])
 
+    _AUDIT_HEAD_SET = ("INSERT INTO audit_head (name, value) VALUES ('chain', ?) "
+                       "ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+
     def set_audit_head(self, value: str) -> None:
-        self._exec(
-            "INSERT INTO audit_head (name, value) VALUES ('chain', ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            (value,),
-        )
+        self._exec(self._AUDIT_HEAD_SET, (value,))
 
     def audit_rows(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
         rows = self._exec(

@@ -50,6 +50,7 @@ from ._schema import all_migrations
 from ._sql import SqlTx
 from ._sql_credentials import VERSION_LEN, VERSION_START_SQL
 from .base import Store, redact_url
+from .records import AuditRow
 from .tx import StoreTx
 
 with extra("postgres"):  # names the missing one: psycopg or psycopg_pool
@@ -203,9 +204,17 @@ class PostgresTx(SqlTx):
         self._executemany(sql, seq)
 
     def _executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
-        """One round trip for the batch (libpq pipeline mode); returns rows affected."""
+        """One round trip for the batch (libpq pipeline mode); returns rows affected.  Statements still
+        deferred go first, in the same pipeline, so the order the caller wrote them in holds."""
         if not seq:
             return 0
+        if self._deferred:
+            query = self._q(sql)
+            try:
+                sent = self._send([*self._take_deferred(), *((query, params) for params in seq)])
+            except psycopg.Error as exc:
+                raise _translate(exc, self._conn, self._url) from exc
+            return sum(int(cursor.rowcount) for cursor in sent[len(sent) - len(seq):])
         try:
             with self._conn.cursor() as cur:
                 cur.executemany(self._q(sql), seq)
@@ -230,7 +239,18 @@ class PostgresTx(SqlTx):
         return f" FOR {mode}"
 
     def _lock_audit_head(self) -> None:
-        self._exec(_lock_sql("audit"), ("chain",))
+        # sent with the chain tail's SELECT, in one round trip: taken before that (or any) statement runs
+        self._defer(_lock_sql("audit"), ("chain",))
+
+    def audit_append(self, *rows: AuditRow) -> None:
+        """The rows (and, from :meth:`set_audit_head`, the new head) go with the COMMIT in one pipeline:
+        an audit batch is BEGIN, the lock with the tail, then the rows with COMMIT (three round trips,
+        six before).  A row that fails fails the COMMIT's round trip: nothing of the batch is kept."""
+        for row in rows:
+            self._defer(self._AUDIT_INSERT, self._audit_params(row))
+
+    def set_audit_head(self, value: str) -> None:
+        self._defer(self._AUDIT_HEAD_SET, (value,))
 
     def lock_keyring(self, keyring: str) -> None:
         self._exec(_lock_sql("keyring"), (keyring,))
