@@ -110,19 +110,36 @@ def run_batch(body: dict[str, Any], fields: Sequence[str], one: Callable[[dict[s
     if not batched:
         data, version = one(items[0])
         return data, BatchResult([data], False, {version})
-    results = []
-    versions = set()
+    return answer_items(items, one, failed)
+
+
+def answer_items(items: list[dict[str, Any]], one: Callable[[dict[str, Any]], Item],
+                 failed: dict[str, Any] | None = None) -> Handled:
+    """A batch's answers: each item's ``one`` answer or its error, in order, with its ``reference``."""
+    results: list[dict[str, Any]] = []
+    append = results.append
+    versions: set[int] = set()
     errors = 0
     for item in items:
         try:
             out, version = one(item)
             versions.add(version)
         except NebulaCredentialError as exc:
-            out = {**(failed or {}), "error": str(exc)}
+            out = {**failed, "error": str(exc)} if failed else {"error": str(exc)}
             errors += 1
         out["reference"] = item.get("reference", "")
-        results.append(out)
+        append(out)
     return {"batch_results": results}, BatchResult(results, True, versions, errors)
+
+
+def observed_batch(transit: Transit, key: LiveKey, operation: str, items: list[dict[str, Any]],
+                   one: Callable[[dict[str, Any]], Item]) -> Handled:
+    """:func:`answer_items`, seen by the metrics observer once, as one request (observing each item
+    cost ~4 µs an item, as much as the item itself)."""
+    start = perf_counter()
+    handled = answer_items(items, one)
+    transit.observe(key, operation, perf_counter() - start, not handled[1].failed)
+    return handled
 
 
 # ---- keys -----------------------------------------------------------------------------------------
@@ -316,47 +333,39 @@ def _encrypt_item(item: dict[str, Any], top_version: int) -> tuple[bytes, bytes 
 
 
 def _encrypt_batch(transit: Transit, key: LiveKey, items: list[dict[str, Any]], top_version: int) -> Handled:
-    """Every item under one key: :func:`_encrypt_item` and :meth:`Sealer.seal` in one loop.
+    """Every item under one key, each through :meth:`Sealer.seal`.
 
     What costs per item is its base64, its AES-GCM call and its answer: the
     parsing of a plain ``{"plaintext": ...}`` item is done here in line (a
-    field the item does not carry is not looked at twice), and the metrics
-    observer sees the batch once, as one request (:meth:`Transit.observe`).
+    field the item does not carry is not looked at twice).
     """
     seal = crypto.Sealer(key).seal
-    results: list[dict[str, Any]] = []
-    append = results.append
-    versions: set[int] = set()
-    failed = 0
-    start = perf_counter()
-    for item in items:
-        try:
-            text = item.get("plaintext", _MISSING)
-            if text.__class__ is str and text:
-                try:
-                    plaintext = strict_b64decode(text)
-                except (binascii.Error, ValueError):
-                    raise TransitInputError("plaintext is not valid base64") from None
-            elif text is _MISSING:
-                raise TransitInputError("missing plaintext to encrypt")
-            else:
-                plaintext = b64decode(text, "plaintext") or b""
-            ad = item.get("associated_data")
-            if ad is not None:
-                ad = b64decode(ad, "associated_data")
-            context = item.get("context")
-            if context is not None:
-                context = b64decode(context, "context")
-            ciphertext, version = seal(plaintext, ad, context, int_field(item, "key_version", top_version)
-                                       if "key_version" in item else top_version)
-        except NebulaCredentialError as exc:
-            failed += 1
-            append({"error": str(exc), "reference": item.get("reference", "")})
-            continue
-        versions.add(version)
-        append({"ciphertext": ciphertext, "key_version": version, "reference": item.get("reference", "")})
-    transit.observe(key, "encrypt", perf_counter() - start, not failed)
-    return {"batch_results": results}, BatchResult(results, True, versions, failed)
+
+    def one(item: dict[str, Any]) -> Item:
+        text = item.get("plaintext", _MISSING)
+        if text.__class__ is str and text:
+            try:
+                plaintext = strict_b64decode(text)
+            except (binascii.Error, ValueError):
+                raise TransitInputError("plaintext is not valid base64") from None
+        elif text is _MISSING:
+            raise TransitInputError("missing plaintext to encrypt")
+        else:
+            plaintext = b64decode(text, "plaintext") or b""
+        ciphertext, version = seal(plaintext, *_ad_and_context(item),
+                                   int_field(item, "key_version", top_version) if "key_version" in item
+                                   else top_version)
+        return {"ciphertext": ciphertext, "key_version": version}, version
+
+    return observed_batch(transit, key, "encrypt", items, one)
+
+
+def _ad_and_context(item: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
+    """An item's ``associated_data`` and ``context``, decoded (a field it does not carry: None, no call)."""
+    ad = item.get("associated_data")
+    context = item.get("context")
+    return (None if ad is None else b64decode(ad, "associated_data"),
+            None if context is None else b64decode(context, "context"))
 
 
 def handle_decrypt(transit: Transit, name: str, body: dict[str, Any]) -> Handled:
@@ -371,28 +380,12 @@ def handle_decrypt(transit: Transit, name: str, body: dict[str, Any]) -> Handled
         data = {"plaintext": b64(plaintext)}
         return data, BatchResult([data], False, {version})
     open_ = crypto.Opener(key).open
-    results: list[dict[str, Any]] = []
-    append = results.append
-    versions: set[int] = set()
-    failed = 0
-    start = perf_counter()
-    for item in items:
-        try:
-            ad = item.get("associated_data")
-            if ad is not None:
-                ad = b64decode(ad, "associated_data")
-            context = item.get("context")
-            if context is not None:
-                context = b64decode(context, "context")
-            plaintext, version = open_(item.get("ciphertext"), ad, context)
-        except NebulaCredentialError as exc:
-            failed += 1
-            append({"error": str(exc), "reference": item.get("reference", "")})
-            continue
-        versions.add(version)
-        append({"plaintext": b64(plaintext), "reference": item.get("reference", "")})
-    transit.observe(key, "decrypt", perf_counter() - start, not failed)
-    return {"batch_results": results}, BatchResult(results, True, versions, failed)
+
+    def one(item: dict[str, Any]) -> Item:
+        plaintext, version = open_(item.get("ciphertext"), *_ad_and_context(item))
+        return {"plaintext": b64(plaintext)}, version
+
+    return observed_batch(transit, key, "decrypt", items, one)
 
 
 def handle_rewrap(transit: Transit, name: str, body: dict[str, Any]) -> Handled:
@@ -409,18 +402,14 @@ def handle_rewrap(transit: Transit, name: str, body: dict[str, Any]) -> Handled:
 
     def one(item: dict[str, Any]) -> Item:
         ciphertext = item.get("ciphertext")
-        ad = b64decode(item.get("associated_data"), "associated_data")
-        context = b64decode(item.get("context"), "context")
+        ad, context = _ad_and_context(item)
         plaintext, version = open_(ciphertext, ad, context)
         if version == key.km.current_key().version:
             return {"ciphertext": str(ciphertext), "key_version": version}, version  # current: no new nonce
         out, version = seal(plaintext, ad, context)
         return {"ciphertext": out, "key_version": version}, version
 
-    start = perf_counter()
-    handled = run_batch(body, _DECRYPT_FIELDS, one)
-    transit.observe(key, "rewrap", perf_counter() - start, not handled[1].failed)
-    return handled
+    return observed_batch(transit, key, "rewrap", items, one)  # the items batch_items read above
 
 
 def handle_datakey(transit: Transit, name: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
