@@ -91,7 +91,28 @@ def check_encrypt_version(key: LiveKey, key_version: int, active: int) -> None:
         f"version {active} does (older versions only decrypt)")
 
 
-class Sealer:
+class _KeyUse:
+    """What every item of one request under one loaded key shares, worked out once: the key's type
+    and derivation, its keyring's associated-data prefix, the AAD of an item with neither
+    ``associated_data`` nor ``context``."""
+
+    __slots__ = ("_bare", "_base", "_derived", "_typed", "key")
+
+    def __init__(self, key: LiveKey) -> None:
+        cfg = key.config
+        self.key = key
+        self._typed = cfg.type != "aes256-gcm96"
+        self._derived = cfg.derived
+        self._base = aad_prefix(cfg.binding)
+        self._bare = self._base + ABSENT + ABSENT
+
+    def _aad(self, associated_data: bytes | None, ctx: bytes | None) -> bytes:
+        if ctx is None:
+            return self._bare if associated_data is None else self._base + lp(associated_data) + ABSENT
+        return self._base + lp(associated_data) + lp(ctx)
+
+
+class Sealer(_KeyUse):
     """The encryptions of one request under one loaded key, with what its items share worked out once.
 
     A 1,000-item batch is 1,000 AES-GCM calls under one key: the key's type and
@@ -102,15 +123,10 @@ class Sealer:
     Every rule is still checked per item, in the order Vault checks them.
     """
 
-    __slots__ = ("_bare", "_base", "_derived", "_encrypt", "_typed", "key")
+    __slots__ = ("_encrypt",)
 
     def __init__(self, key: LiveKey) -> None:
-        cfg = key.config
-        self.key = key
-        self._typed = cfg.type != "aes256-gcm96"
-        self._derived = cfg.derived
-        self._base = aad_prefix(cfg.binding)
-        self._bare = self._base + ABSENT + ABSENT
+        super().__init__(key)
         self._encrypt = key.km.encrypt
 
     def seal(self, plaintext: bytes, associated_data: bytes | None, context: bytes | None,
@@ -123,27 +139,21 @@ class Sealer:
         ctx = derivation_context(key, context) if self._derived else None  # Vault ignores it otherwise
         if key_version:
             check_encrypt_version(key, key_version, key.km.current_key().version)
+        aad = self._aad(associated_data, ctx)
         if ctx is None:
-            aad = self._bare if associated_data is None else self._base + lp(associated_data) + ABSENT
             return versioned_ciphertext(self._encrypt(plaintext, aad))
         vk = key.km.next_active()
-        aad = self._base + lp(associated_data) + lp(ctx)
         return versioned_ciphertext(aead_seal(subkey(key, vk.version, ctx), env.version_prefix(vk.version),
                                               plaintext, aad))
 
 
-class Opener:
+class Opener(_KeyUse):
     """The decryptions of one request under one loaded key (what :class:`Sealer` is to encryptions)."""
 
-    __slots__ = ("_bare", "_base", "_decrypt", "_derived", "_typed", "key")
+    __slots__ = ("_decrypt",)
 
     def __init__(self, key: LiveKey) -> None:
-        cfg = key.config
-        self.key = key
-        self._typed = cfg.type != "aes256-gcm96"
-        self._derived = cfg.derived
-        self._base = aad_prefix(cfg.binding)
-        self._bare = self._base + ABSENT + ABSENT
+        super().__init__(key)
         self._decrypt = key.km.decrypt
 
     def open(self, ciphertext: Any, associated_data: bytes | None, context: bytes | None) -> tuple[bytes, int]:
@@ -155,11 +165,10 @@ class Opener:
         ctx = derivation_context(key, context) if self._derived else None
         if version < key.config.min_decryption_version:
             raise TransitInputError("ciphertext or signature version is disallowed by policy (too old)")
+        aad = self._aad(associated_data, ctx)
         try:
             if ctx is None:
-                aad = self._bare if associated_data is None else self._base + lp(associated_data) + ABSENT
                 return self._decrypt(blob, aad), version
-            aad = self._base + lp(associated_data) + lp(ctx)
             key.km.get_key(version)  # the lifecycle says whether this version may decrypt
             parsed = env.parse(blob)
             try:
