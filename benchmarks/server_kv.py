@@ -109,17 +109,22 @@ def running(argv: list[str], folder: Path, env: dict[str, str], url: str,
 
 
 @contextmanager
-def ours(db: str, folder: Path, *, audit_reads: bool = True, workers: int = 1) -> Iterator[tuple[str, str]]:
+def ours(db: str, folder: Path, *, audit_reads: bool = True, workers: int | None = 1,
+         src: Path | None = None) -> Iterator[tuple[str, str]]:
+    """``serve`` on a new store at ``db``: its URL and a root token (``workers`` None: serve's default;
+    ``src``: run that source tree, e.g. the code before a change, instead of this one)."""
+    folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"server-{uuid.uuid4().hex[:6]}.toml"
     config.write_text("" if audit_reads else "[audit]\nrequests = false\n")
-    env = cli_env(NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(folder / "master.key"), NEBULA_CREDENTIAL_CONFIG=str(config))
+    env = cli_env(NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(folder / "master.key"), NEBULA_CREDENTIAL_CONFIG=str(config),
+                  **({} if src is None else {"PYTHONPATH": str(src)}))
     cli = [sys.executable, "-m", "nebula_credential", "--db", db]
     subprocess.run([*cli, "init"], env=env, cwd=folder, check=True, capture_output=True)
     token = json.loads(subprocess.run([*cli, "--json", "token", "create", "--policy", "root"], env=env, cwd=folder,
                                       check=True, capture_output=True, text=True).stdout)["token"]
     port = free_port()
-    with running([*cli, "serve", "--listen", f"127.0.0.1:{port}", "--workers", str(workers)], folder, env,
-                 f"http://127.0.0.1:{port}") as url:
+    argv = [*cli, "serve", "--listen", f"127.0.0.1:{port}"] + ([] if workers is None else ["--workers", str(workers)])
+    with running(argv, folder, env, f"http://127.0.0.1:{port}") as url:
         yield url, token
 
 

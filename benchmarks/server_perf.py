@@ -33,7 +33,6 @@ import base64
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,13 +43,14 @@ from pathlib import Path
 
 import httpx
 
+from . import server_kv
 from .server_kv import running, wrk
 from .server_transit import _bao
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import cli_env, free_port  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 PLAINTEXT = base64.b64encode(os.urandom(256)).decode()
 SECRET = {"value": "x" * 244}
@@ -139,19 +139,8 @@ def prepare(target: Target, batch: int = 1000) -> Target:
 @contextmanager
 def ours(db: str, folder: Path, *, audit: bool = True, workers: int | None = None) -> Iterator[Target]:
     """``serve`` with its defaults (no ``--workers`` unless given) on a new store."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "server.toml"
-    config.write_text("" if audit else "[audit]\nrequests = false\n")
-    env = cli_env(NEBULA_CREDENTIAL_MASTER_KEY_FILE=str(folder / "master.key"), NEBULA_CREDENTIAL_CONFIG=str(config))
-    cli = [sys.executable, "-m", "nebula_credential", "--db", db]
-    subprocess.run([*cli, "init"], env=env, cwd=folder, check=True, capture_output=True)
-    token = json.loads(subprocess.run([*cli, "--json", "token", "create", "--policy", "root"], env=env, cwd=folder,
-                                      check=True, capture_output=True, text=True).stdout)["token"]
-    port = free_port()
-    argv = [*cli, "serve", "--listen", f"127.0.0.1:{port}"] + ([] if workers is None else ["--workers", str(workers)])
-    label = f"ours ({'audit on' if audit else 'audit off'})"
-    with running(argv, folder, env, f"http://127.0.0.1:{port}") as url:
-        yield prepare(Target(label, url, token))
+    with server_kv.ours(db, folder, audit_reads=audit, workers=workers) as (url, token):
+        yield prepare(Target(f"ours ({'audit on' if audit else 'audit off'})", url, token))
 
 
 @contextmanager

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import shutil
@@ -33,13 +32,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .server_kv import running, wrk
+from . import server_kv
+from .server_kv import wrk
 from .server_perf import CASES, Case, Target, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import free_port  # noqa: E402
 
 #: (stage, pattern on a frame "function (file:line)"), tried from the innermost frame outwards.
 STAGES: tuple[tuple[str, str], ...] = (
@@ -84,18 +83,7 @@ def _worker_pid(port: int) -> int:
 @contextmanager
 def one_worker(src: Path, folder: Path, db: str | None = None) -> Iterator[Target]:
     """``serve --workers 1`` from the source tree ``src`` on a new SQLite store (or the store ``db``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(src), "NEBULA_CREDENTIAL_MASTER_KEY_FILE": str(folder / "master.key"),
-           "NEBULA_CREDENTIAL_CONFIG": str(folder / "server.toml")}
-    env.pop("NEBULA_CREDENTIAL_DB", None)
-    (folder / "server.toml").write_text("")
-    cli = [sys.executable, "-m", "nebula_credential", "--db", db or f"sqlite:///{folder / 'store.db'}"]
-    subprocess.run([*cli, "init"], env=env, cwd=folder, check=True, capture_output=True)
-    token = json.loads(subprocess.run([*cli, "--json", "token", "create", "--policy", "root"], env=env, cwd=folder,
-                                      check=True, capture_output=True, text=True).stdout)["token"]
-    port = free_port()
-    with running([*cli, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "1"], folder, env,
-                 f"http://127.0.0.1:{port}") as url:
+    with server_kv.ours(db or f"sqlite:///{folder / 'store.db'}", folder, workers=1, src=src) as (url, token):
         yield prepare(Target(str(src), url, token))
 
 
