@@ -123,11 +123,7 @@ class _WriterQueue:
                 self.flocked = self._flock(deadline)
             yield
         finally:
-            self.depth -= 1
-            if self.depth == 0 and self.flocked:
-                self.flocked = False
-                with contextlib.suppress(OSError):
-                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self._leave()
             self.threads.release()
 
     @contextmanager
@@ -148,13 +144,17 @@ class _WriterQueue:
             try:
                 yield True
             finally:
-                self.depth -= 1
-                if self.depth == 0 and self.flocked:
-                    self.flocked = False
-                    with contextlib.suppress(OSError):
-                        fcntl.flock(self.fd, fcntl.LOCK_UN)
+                self._leave()
         finally:
             self.threads.release()
+
+    def _leave(self) -> None:
+        """One holder of this thread's turn is done: the last one lets the file's lock go."""
+        self.depth -= 1
+        if self.depth == 0 and self.flocked:
+            self.flocked = False
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def _flock(self, deadline: float) -> bool:
         while True:
