@@ -44,6 +44,14 @@ def test_db_commands(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatc
     assert not db_target.can_login(db_target.root, db_target.root_password)
     failed = run("db", "static-role", "read", "missing", ok=False)
     assert failed.returncode != 0 and "missing" in failed.stderr
+    # read, list and delete of each kind of item (one factory makes them for all three)
+    assert json.loads(run("--json", "db", "role", "list").stdout) == ["ro"]
+    assert json.loads(run("--json", "db", "role", "read", "ro").stdout)["db_name"] == "pg"
+    assert json.loads(run("--json", "db", "config", "list").stdout) == ["pg"]
+    assert json.loads(run("--json", "db", "role", "delete", "ro").stdout) == {"deleted": "ro"}
+    assert "static role app deleted" in run("db", "static-role", "delete", "app").stdout
+    assert json.loads(run("--json", "db", "role", "list").stdout) == []
+    assert run("db", "static-role", "read", "app", ok=False).returncode != 0
     # the maintain pass of the database keyring runs the engine's scheduler
     report = json.loads(run("--json", "--keyring", "database/database", "maintain").stdout)
     assert "database" in report["database"]

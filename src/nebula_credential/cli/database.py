@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +56,34 @@ def _show(app: AppContext, data: Any) -> None:
                 console.print(f"{key}: {value if not isinstance(value, dict | list) else json.dumps(value)}")
 
     emit(app, data, human)
+
+
+def _item_commands(group: click.Group, label: str, read: Callable[[DatabaseEngine, str], Any],
+                   delete: Callable[[DatabaseEngine, str], None],
+                   listing: Callable[[DatabaseEngine], list[str]] | None = None, read_help: str | None = None) -> None:
+    """``read NAME``, ``delete NAME`` and (given ``listing``) ``list`` of one kind of item of a mount."""
+
+    @group.command(name="read", help=read_help)
+    @click.argument("name")
+    @mount_option
+    @pass_app
+    def read_item(app: AppContext, name: str, mount: str) -> None:
+        _show(app, read(_engine(app, mount), name))
+
+    @group.command(name="delete")
+    @click.argument("name")
+    @mount_option
+    @pass_app
+    def delete_item(app: AppContext, name: str, mount: str) -> None:
+        delete(_engine(app, mount), name)
+        emit(app, {"deleted": name}, lambda: console.print(f"{label} {name} deleted"))
+
+    if listing is not None:
+        @group.command(name="list")
+        @mount_option
+        @pass_app
+        def list_items(app: AppContext, mount: str) -> None:
+            _show(app, listing(_engine(app, mount)))
 
 
 def _lease_json(lease: Lease, now: float | None = None) -> dict[str, Any]:
@@ -110,29 +139,8 @@ def config_write(app: AppContext, name: str, connection_url: str | None, usernam
         f"connection {name} written" + "".join(f"\nwarning: {w}" for w in warnings)))
 
 
-@config.command(name="read")
-@click.argument("name")
-@mount_option
-@pass_app
-def config_read(app: AppContext, name: str, mount: str) -> None:
-    """A connection's settings (never its password)."""
-    _show(app, _engine(app, mount).read_connection(name))
-
-
-@config.command(name="list")
-@mount_option
-@pass_app
-def config_list(app: AppContext, mount: str) -> None:
-    _show(app, _engine(app, mount).list_connections())
-
-
-@config.command(name="delete")
-@click.argument("name")
-@mount_option
-@pass_app
-def config_delete(app: AppContext, name: str, mount: str) -> None:
-    _engine(app, mount).delete_connection(name)
-    emit(app, {"deleted": name}, lambda: console.print(f"connection {name} deleted"))
+_item_commands(config, "connection", DatabaseEngine.read_connection, DatabaseEngine.delete_connection,
+               DatabaseEngine.list_connections, read_help="A connection's settings (never its password).")
 
 
 @config.command(name="rotate-root")
@@ -177,28 +185,7 @@ def role_write(app: AppContext, name: str, db_name: str | None, creation: tuple[
     emit(app, {"name": name}, lambda: console.print(f"role {name} written"))
 
 
-@role.command(name="read")
-@click.argument("name")
-@mount_option
-@pass_app
-def role_read(app: AppContext, name: str, mount: str) -> None:
-    _show(app, _engine(app, mount).read_role(name))
-
-
-@role.command(name="list")
-@mount_option
-@pass_app
-def role_list(app: AppContext, mount: str) -> None:
-    _show(app, _engine(app, mount).list_roles())
-
-
-@role.command(name="delete")
-@click.argument("name")
-@mount_option
-@pass_app
-def role_delete(app: AppContext, name: str, mount: str) -> None:
-    _engine(app, mount).delete_role(name)
-    emit(app, {"deleted": name}, lambda: console.print(f"role {name} deleted"))
+_item_commands(role, "role", DatabaseEngine.read_role, DatabaseEngine.delete_role, DatabaseEngine.list_roles)
 
 
 @db.command()
@@ -250,14 +237,6 @@ def static_write(app: AppContext, name: str, db_name: str | None, username: str 
     emit(app, {"name": name}, lambda: console.print(f"static role {name} written"))
 
 
-@static_role.command(name="read")
-@click.argument("name")
-@mount_option
-@pass_app
-def static_read(app: AppContext, name: str, mount: str) -> None:
-    _show(app, _engine(app, mount).read_static_role(name))
-
-
 @static_role.command(name="list")
 @mount_option
 @pass_app
@@ -274,13 +253,7 @@ def static_list(app: AppContext, mount: str) -> None:
     emit(app, rows, human)
 
 
-@static_role.command(name="delete")
-@click.argument("name")
-@mount_option
-@pass_app
-def static_delete(app: AppContext, name: str, mount: str) -> None:
-    _engine(app, mount).delete_static_role(name)
-    emit(app, {"deleted": name}, lambda: console.print(f"static role {name} deleted"))
+_item_commands(static_role, "static role", DatabaseEngine.read_static_role, DatabaseEngine.delete_static_role)
 
 
 @static_role.command(name="creds")
