@@ -108,3 +108,44 @@ def test_serve_starts_one_worker_per_core_by_default(monkeypatch: pytest.MonkeyP
     assert worker_count(5) == 5
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     assert worker_count(0) == MAX_DEFAULT_WORKERS
+
+
+def test_a_revocation_reloads_no_key_and_a_key_change_keeps_the_token_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each kind of change drops only its own caches: a revocation (``access``) used to make every worker
+    reload every Transit key, an unwrap each (a provider round trip for KMS or an HSM)."""
+    from types import SimpleNamespace
+
+    from nebula_credential.server import ratelimit, workers
+
+    class Caches:
+        def __init__(self) -> None:
+            self.dropped: list[str] = []
+
+        def forget_cached(self) -> None:
+            self.dropped.append("tokens")
+
+        def stale(self) -> None:
+            self.dropped.append("mounts")
+
+        def forget_keys(self) -> None:
+            self.dropped.append("keys")
+
+    with ratelimit.serve_table():
+        monkeypatch.setattr(ratelimit, "_shared", None)
+        caches = Caches()
+        workers.on_change(caches.forget_keys)
+        state = SimpleNamespace(changes=ratelimit.ChangeWatch(), backend=caches, mounts=caches)
+        workers.follow_changes(state)
+        assert caches.dropped == []
+        ratelimit.note_change()  # a revocation, a policy, a mount
+        workers.follow_changes(state)
+        assert caches.dropped == ["tokens", "mounts"]
+        ratelimit.note_change("keys")
+        workers.follow_changes(state)
+        assert caches.dropped == ["tokens", "mounts", "keys"]
+        ratelimit.note_change("keys")
+        ratelimit.note_change("access")
+        workers.follow_changes(state)
+        workers.follow_changes(state)  # once per change
+        assert caches.dropped == ["tokens", "mounts", "keys", "tokens", "mounts", "keys"]
+    monkeypatch.setattr(ratelimit, "_shared", None)

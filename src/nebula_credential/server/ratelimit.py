@@ -130,7 +130,10 @@ _FLOOR_AT = 8 + 8 + 16
 _FLOOR = struct.Struct("<ddd")
 _COUNTS_AT = _FLOOR_AT + _FLOOR.size
 _COUNT = struct.Struct("<Q")
-#: The serve's change counter (see :func:`note_change`), after the refusal counters.
+#: What a change is about, one counter each (see :func:`note_change`), after the refusal counters:
+#: ``access`` (tokens, policies, mounts: caches re-read cheaply) and ``keys`` (Transit keys: reloading
+#: one unwraps it again, a provider round trip for KMS or an HSM), so a revocation reloads no key.
+CHANGE_KINDS = ("access", "keys")
 _CHANGES_AT = _COUNTS_AT + len(REASONS) * _COUNT.size
 #: Rows of the shared table (a power of two); a key probes :data:`_PROBES` rows from its hash.
 SLOTS = 16_384
@@ -237,13 +240,14 @@ class SharedTable:
         return {reason: _COUNT.unpack_from(self._map, _COUNTS_AT + i * _COUNT.size)[0]
                 for i, reason in enumerate(REASONS)}
 
-    def changes(self) -> int:
-        """The serve's change counter: read without the lock (one aligned 8-byte word)."""
-        return int(_COUNT.unpack_from(self._map, _CHANGES_AT)[0])
+    def changes(self, kind: str) -> int:
+        """The serve's counter of ``kind`` changes: read without the lock (one aligned 8-byte word)."""
+        return int(_COUNT.unpack_from(self._map, _CHANGES_AT + CHANGE_KINDS.index(kind) * _COUNT.size)[0])
 
-    def note_change(self) -> None:
+    def note_change(self, kind: str) -> None:
+        offset = _CHANGES_AT + CHANGE_KINDS.index(kind) * _COUNT.size
         with self.locked():
-            _COUNT.pack_into(self._map, _CHANGES_AT, _COUNT.unpack_from(self._map, _CHANGES_AT)[0] + 1)
+            _COUNT.pack_into(self._map, offset, _COUNT.unpack_from(self._map, offset)[0] + 1)
 
 
 _shared: SharedTable | None = None
@@ -283,34 +287,38 @@ def refusal_counts() -> dict[str, int]:
     return (shared_table() or _local_counts).counts()
 
 
-def note_change() -> None:
+def note_change(kind: str = "access") -> None:
     """Tell the other workers of this ``serve`` that a token was revoked, a policy changed or the
-    mount table moved, so they drop their caches before their next request (:class:`ChangeWatch`).
+    mount table moved (``access``), or a Transit key changed (``keys``), so they drop those caches
+    before their next request (:class:`ChangeWatch`).
 
-    Without it a worker honoured a token revoked through another for up to ``cache_ttl`` and
-    did not know a mount enabled through another for up to a second, where Vault's clients
-    expect both at once.  Outside ``serve`` (one process) there is nothing to tell.
+    Without it a worker honoured a token revoked through another for up to ``cache_ttl``, did not
+    know a mount enabled through another for up to a second, and encrypted with a rotated key's
+    old version for up to ``refresh_interval``, where Vault's clients expect each at once.  Outside
+    ``serve`` (one process) there is nothing to tell.
     """
     table = shared_table()
     if table is not None:
-        table.note_change()
+        table.note_change(kind)
 
 
 class ChangeWatch:
-    """One worker's view of its serve's change counter: :meth:`moved` is True once per change."""
+    """One worker's view of its serve's change counters: :meth:`moved` names each kind once per change."""
 
     def __init__(self) -> None:
         self._table = shared_table()
-        self._seen = self._table.changes() if self._table is not None else 0
+        self._seen = [self._table.changes(k) if self._table is not None else 0 for k in CHANGE_KINDS]
 
-    def moved(self) -> bool:
+    def moved(self) -> tuple[str, ...]:
+        """The kinds changed since the last call (empty: nothing)."""
         if self._table is None:
-            return False
-        now = self._table.changes()
+            return ()
+        now = [self._table.changes(k) for k in CHANGE_KINDS]
         if now == self._seen:
-            return False
+            return ()
+        moved = tuple(k for k, before, after in zip(CHANGE_KINDS, self._seen, now, strict=True) if before != after)
         self._seen = now
-        return True
+        return moved
 
 
 @contextmanager

@@ -115,7 +115,7 @@ class TransitEngine:
         try:
             if write:
                 result = await ctx.backend.write(fn, *args, **kw)
-                note_change()  # a key's settings or versions changed: the serve's other workers reload it
+                note_change("keys")  # a key's settings or versions changed: the serve's other workers reload it
                 return result
             if read:
                 return await ctx.backend.read(fn, *args, **kw)
