@@ -112,14 +112,60 @@ def test_the_compiled_tables_answer_as_starlette_does(vault: nc.Vault, served: t
     before = len(_events(vault))
     fast = client.request(method, path, headers=headers)
     between = len(_events(vault))
+    again = client.request(method, path, headers=headers)  # routed from the remembered route
+    third = len(_events(vault))
     monkeypatch.setattr(VaultRequestPath, "_answer", _never)  # everything through Starlette's Router
     slow = client.request(method, path, headers=headers)
     events = _events(vault)
-    assert _comparable(fast) == _comparable(slow)
-    assert events[before:between] == events[between:]  # the same audit event, or none, for both
+    assert _comparable(fast) == _comparable(again) == _comparable(slow)
+    # the same audit event, or none, for all three
+    assert events[before:between] == events[between:third] == events[third:]
 
 
-async def _never(self: Any, scope: Any, receive: Any, send: Any) -> bool:
+def test_a_remembered_route_follows_the_mount_table(served: tuple[Any, TestClient, dict[str, str]]) -> None:
+    """A path routed once is not routed from memory after its mount was disabled, moved or replaced by
+    another engine: the next request goes where the mount table says now."""
+    _, client, h = served
+    assert client.post("/v1/sys/mounts/m", json={"type": "kv", "options": {"version": "2"}}, headers=h).status_code == 204
+    assert client.post("/v1/m/data/s", json={"data": {"v": 1}}, headers=h).status_code == 200
+    assert client.get("/v1/m/data/s", headers=h).json()["data"]["data"] == {"v": 1}
+    assert client.get("/v1/m/keys/k", headers=h).status_code == 404  # no such KV route
+    assert client.delete("/v1/sys/mounts/m", headers=h).status_code == 204
+    assert client.get("/v1/m/data/s", headers=h).status_code == 404  # gone, not served from memory
+    assert client.post("/v1/sys/mounts/m", json={"type": "transit"}, headers=h).status_code == 204
+    assert client.post("/v1/m/keys/k", json={}, headers=h).status_code in (200, 204)
+    assert client.get("/v1/m/data/s", headers=h).status_code == 404  # transit has no data/ route
+    assert client.get("/v1/m/keys/k", headers=h).json()["data"]["name"] == "k"
+    assert client.delete("/v1/sys/mounts/m", headers=h).status_code == 204
+    assert client.post("/v1/sys/mounts/m", json={"type": "kv", "options": {"version": "2"}}, headers=h).status_code == 204
+    assert client.put("/v1/m/data/s", json={"data": {"v": 2}}, headers=h).status_code == 200  # PUT: not yet seen
+    assert client.get("/v1/m/data/s", headers=h).json()["data"]["data"] == {"v": 2}  # the new mount's
+
+
+def test_remembered_routes_are_bounded(served: tuple[Any, TestClient, dict[str, str]],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made-up paths cost a worker at most :data:`dispatch.KNOWN_LIMIT` remembered routes, and a path
+    longer than :data:`dispatch.KNOWN_PATH_LIMIT` is never remembered."""
+    app, client, h = served
+    monkeypatch.setattr(dispatch, "KNOWN_LIMIT", 8)
+    path_router = _path_router(app)
+    for i in range(30):
+        assert client.get(f"/v1/secret/data/made-up-{i}", headers=h).status_code == 404
+        assert len(path_router._known) <= 8
+    long = "/v1/secret/data/" + "x" * dispatch.KNOWN_PATH_LIMIT
+    path_router._known.clear()
+    assert client.get(long, headers=h).status_code == 404
+    assert not path_router._known
+
+
+def _path_router(app: Any) -> VaultRequestPath:
+    layer = app.middleware_stack
+    while not isinstance(layer, VaultRequestPath):
+        layer = layer.app
+    return layer
+
+
+async def _never(self: Any, *args: Any) -> bool:
     return False
 
 

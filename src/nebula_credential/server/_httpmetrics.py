@@ -50,6 +50,24 @@ def route_label(path: str, patterns: tuple[str, ...]) -> str:
     return OTHER
 
 
+#: Set on the scope by the /v1 request path: the request's route label, as :func:`route_label_of` gives.
+ROUTE_LABEL = "nc.route_label"
+
+
+def route_label_of(app: Any, scope: Scope) -> str:
+    """The route label of a request (``scope`` as sent): a pattern of the app's route table, or under
+    the mount dispatcher the mount it routes to."""
+    state = app.state
+    patterns = getattr(state, "route_patterns", None)
+    if patterns is None:
+        patterns = state.route_patterns = route_patterns(getattr(app, "routes", ()))
+    route = route_label(str(scope.get("path", "")), patterns)
+    mounts = getattr(state, "mounts", None)
+    if route == "/v1" and mounts is not None:  # the mount dispatcher: label by the mount it routed to
+        route = mounts.label(str(scope.get("path", ""))) or OTHER
+    return route
+
+
 class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -77,14 +95,8 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, record_status)
         finally:
             counter, histogram = sink
-            patterns = getattr(app.state, "route_patterns", None)
-            if patterns is None:
-                patterns = app.state.route_patterns = route_patterns(getattr(app, "routes", ()))
             method = method_label(str(scope.get("method", "")))
-            route = route_label(str(scope.get("path", "")), patterns)
-            mounts = getattr(app.state, "mounts", None)
-            if route == "/v1" and mounts is not None:  # the mount dispatcher: label by the mount it routed to
-                route = mounts.label(str(scope.get("path", ""))) or OTHER
+            route = scope.get(ROUTE_LABEL) or route_label_of(app, scope)  # the /v1 path's remembered one
             if sink is not self._sink:  # new metrics (tests register their own): new children
                 self._children, self._sink = {}, sink
             key = (method, route, str(status))

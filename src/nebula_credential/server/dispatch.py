@@ -33,6 +33,7 @@ audited by :func:`._request.audit_unrouted`, as before.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -40,6 +41,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from ._httpmetrics import ROUTE_LABEL, route_label_of
 from ._request import VPATH, audit_unrouted
 from ._routes import Entry, Found, Reached, compile_routes, walk
 from .errors import HTTPError
@@ -57,6 +59,24 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+#: Routes remembered per worker, and the longest path remembered (longer ones are routed each time).
+KNOWN_LIMIT = 4096
+KNOWN_PATH_LIMIT = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A request path routed once: what routing it again would give while nothing it depends on moved."""
+
+    tables: tuple[Entry, ...]  # the compiled route tables it was found in
+    version: int  # the mount table's version (when under a mount)
+    vpath: str  # the path normalised
+    path: str  # the scope's path for the endpoint (a mount's own path gets its "/")
+    found: Found
+    resolved: tuple[Any, Any, tuple[Entry, ...]] | None  # under a mount: (entry, router, compiled routes)
+    label: str  # the metrics route label
+
+
 class VaultRequestPath:
     """The app's innermost middleware: the steps above, then Starlette's Router for the rest."""
 
@@ -64,6 +84,10 @@ class VaultRequestPath:
         self.app = app
         self.max_body = max_body
         self._compiled: tuple[Any, int, tuple[Entry, ...]] | None = None
+        #: (method, path as sent) -> where it was routed, while the route tables and the mount table
+        #: stay the same: a KV read's routing (normalise, two walks, the mount's longest prefix, the
+        #: metrics label) was ~10 % of its CPU
+        self._known: dict[tuple[str, bytes], _Known] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,12 +98,23 @@ class VaultRequestPath:
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
         raw = raw.split(b"?", 1)[0]
         v1 = raw.startswith(b"/v1/") or raw == b"/v1"
+        known: _Known | None = None
+        outer = scope
         if v1:
-            try:
-                vpath = normalise(raw[4:])
-            except BadPathError as exc:
-                await _refuse(scope, receive, send, 400, str(exc))
-                return
+            method = scope["method"]
+            if method == "GET" and scope.get("query_string"):
+                query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+                if query.get("list", "").lower() in ("true", "1"):
+                    method = "LIST"
+            known = self._known.get((method, raw)) if not scope.get("root_path") else None
+            if known is not None:
+                vpath = known.vpath
+            else:
+                try:
+                    vpath = normalise(raw[4:])
+                except BadPathError as exc:
+                    await _refuse(scope, receive, send, 400, str(exc))
+                    return
             state = getattr(scope.get("app"), "state", None)
             if state is not None:
                 follow_changes(state)  # another worker of this serve revoked or changed something
@@ -87,10 +122,7 @@ class VaultRequestPath:
             scope["path"] = "/v1/" + vpath
             scope["raw_path"] = scope["path"].encode("utf-8")
             scope[VPATH] = vpath
-            if scope["method"] == "GET" and scope.get("query_string"):
-                query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
-                if query.get("list", "").lower() in ("true", "1"):
-                    scope["method"] = "LIST"
+            scope["method"] = method
         length = expect = None
         for name, value in scope.get("headers") or ():
             if name == b"content-length":
@@ -103,47 +135,58 @@ class VaultRequestPath:
             await _refuse(scope, receive, send, 413, f"request body larger than {self.max_body} bytes")
             return
         receive = self._limited(receive)
-        if v1 and await self._answer(scope, receive, send):
+        if v1 and await self._answer(scope, receive, send, raw, known, outer):
             return
         await self.app(scope, receive, send)
 
-    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Answer a /v1 request whose route the compiled tables find; False leaves it to Starlette."""
-        app = scope.get("app")
+    def _tables(self, app: Any) -> tuple[Any, int, tuple[Entry, ...]] | None:
+        """The app's routes compiled (once, and again if a route was added to the app since)."""
         routes = getattr(app, "routes", None)
         if routes is None:
-            return False
+            return None
         compiled = self._compiled
-        if compiled is None or compiled[0] is not routes or compiled[1] != len(routes):  # compiled once (again
-            # if a route was added to the app since)
+        if compiled is None or compiled[0] is not routes or compiled[1] != len(routes):
             compiled = self._compiled = (routes, len(routes),
                                          compile_routes(routes, lambda a: isinstance(a, MountDispatcher)))
-        found = walk(compiled[2], scope, scope.get("path_params") or {}, scope.get("root_path", ""),
-                     scope.get("app_root_path"))
-        if type(found) is Reached:  # under the mount dispatcher: the mount table's longest prefix
-            table: MountTable = app.state.mounts  # type: ignore[union-attr]
-            vpath: str = scope[VPATH]
-            resolved = await table.resolve(app.state.backend, vpath)  # type: ignore[union-attr]
-            scope[RESOLVED] = resolved  # Starlette's dispatcher, if it routes after all, uses the same mount
-            entry, _, entries = resolved
-            if entry is None or not entries:
-                return False
-            path = scope["path"] + "/" if vpath == entry.route else scope["path"]  # LIST kv/: the "/" route
-            found = walk(entries, {"path": path, "method": scope["method"], "type": "http"}, found.path_params,
-                         found.root_path, found.app_root_path)
-            if type(found) is not Found:
-                return False
-            scope["path"] = path
-        if type(found) is not Found:
+            self._known.clear()
+        return compiled
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, raw: bytes, known: _Known | None,
+                      outer: Scope) -> bool:
+        """Answer a /v1 request whose route the compiled tables find; False leaves it to Starlette."""
+        app = scope.get("app")
+        compiled = self._tables(app)
+        if compiled is None:
             return False
+        if known is not None and known.tables is compiled[2]:
+            if known.resolved is not None:
+                table: MountTable = app.state.mounts  # type: ignore[union-attr]
+                await table.refresh(app.state.backend)  # type: ignore[union-attr]  # as resolve() does
+                if table.version != known.version:
+                    known = None
+        else:
+            known = None
+        if known is None:
+            known = await self._find(app, compiled[2], scope, outer)
+            if known is None:
+                return False
+            if len(raw) <= KNOWN_PATH_LIMIT and not scope.get("root_path"):
+                if len(self._known) >= KNOWN_LIMIT:
+                    self._known.clear()  # a client making up paths costs what it did before, no more
+                self._known[(scope["method"], raw)] = known
+        found = known.found
+        if known.resolved is not None:
+            scope[RESOLVED] = known.resolved  # Starlette's dispatcher, if it routes after all, uses the same mount
+            scope["path"] = known.path
         leaf = found.leaf
         scope["router"] = app.router  # type: ignore[union-attr]
         scope["route"] = leaf.route
         scope["endpoint"] = leaf.endpoint
-        scope["path_params"] = found.path_params
+        scope["path_params"] = dict(found.path_params)
         if found.app_root_path is not None:
             scope["root_path"] = found.root_path
             scope["app_root_path"] = found.app_root_path
+        outer[ROUTE_LABEL] = known.label
         request = Request(scope, receive, send)
         try:
             response = await leaf.endpoint(request)
@@ -151,6 +194,29 @@ class VaultRequestPath:
             response = await _handled(app, request, exc)
         await response(scope, receive, send)
         return True
+
+    async def _find(self, app: Any, entries: tuple[Entry, ...], scope: Scope, outer: Scope) -> _Known | None:
+        """Where the compiled tables send this request (None: Starlette routes it)."""
+        found = walk(entries, scope, scope.get("path_params") or {}, scope.get("root_path", ""),
+                     scope.get("app_root_path"))
+        resolved = None
+        version = -1
+        path: str = scope["path"]
+        if type(found) is Reached:  # under the mount dispatcher: the mount table's longest prefix
+            table: MountTable = app.state.mounts
+            vpath: str = scope[VPATH]
+            resolved = await table.resolve(app.state.backend, vpath)
+            version = table.version
+            scope[RESOLVED] = resolved  # Starlette's dispatcher, if it routes after all, uses the same mount
+            entry, _, mount_entries = resolved
+            if entry is None or not mount_entries:
+                return None
+            path = path + "/" if vpath == entry.route else path  # LIST kv/: the "/" route
+            found = walk(mount_entries, {"path": path, "method": scope["method"], "type": "http"},
+                         found.path_params, found.root_path, found.app_root_path)
+        if type(found) is not Found:
+            return None
+        return _Known(entries, version, scope[VPATH], path, found, resolved, route_label_of(app, outer))
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0

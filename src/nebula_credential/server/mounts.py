@@ -288,6 +288,9 @@ class MountTable:
         self.builtin = builtin
         self.generation = -1
         self.checked_at = 0.0
+        #: moves whenever what :meth:`find` or :meth:`routed` answer could change (a request path's
+        #: cached route is checked against it)
+        self.version = 0
         self._by_route: dict[str, MountEntry] = {}
         self._routers: dict[tuple[str, str, str], tuple[Mount, tuple[Entry, ...]]] = {}
         self._last: dict[str, tuple[MountEntry, tuple[Mount, tuple[Entry, ...]]]] = {}
@@ -301,6 +304,7 @@ class MountTable:
         live = {_router_key(e) for e in by_route.values()}
         self._routers = {k: v for k, v in self._routers.items() if k in live}
         self._last = {r: v for r, v in self._last.items() if by_route.get(r) is v[0]}
+        self.version += 1
 
     def load(self, rows: list[MountRow]) -> None:
         """Route exactly ``rows`` (verified stored mounts) beside the built-in ones."""
