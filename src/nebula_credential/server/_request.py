@@ -109,12 +109,24 @@ def new_request_id() -> str:
 
 
 def request_token(request: Request) -> str:
-    token = request.headers.get("x-vault-token", "")
-    if not token:
-        auth = request.headers.get("authorization", "")
-        if auth[:7].lower() == "bearer ":
-            token = auth[7:].strip()
-    return token
+    return _token_in(request.scope)
+
+
+def _token_in(scope: Any) -> str:
+    """The token a request presents: ``X-Vault-Token``, else ``Authorization: Bearer`` (the first of
+    each, as Starlette's ``headers.get`` gives), read from the scope's raw headers in one pass."""
+    vault_token: bytes | None = None
+    bearer: bytes | None = None
+    for name, value in scope["headers"]:
+        if vault_token is None and name == b"x-vault-token":
+            vault_token = value
+        elif bearer is None and name == b"authorization":
+            bearer = value
+    if vault_token:
+        return vault_token.decode("latin-1")
+    if bearer is not None and bearer[:7].lower() == b"bearer ":
+        return bearer[7:].decode("latin-1").strip()
+    return ""
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -201,13 +213,18 @@ def endpoint(
     authenticated: bool = True,
 ) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
-        backend: Backend = request.app.state.backend
-        timeout: float = request.app.state.request_timeout
-        guard = guards(request)
-        source = source_of(request)
+        scope = request.scope
+        state = scope["app"].state
+        backend: Backend = state.backend
+        timeout: float = state.request_timeout
+        guard: Guards | None = getattr(state, "guards", None)
+        if guard is None:
+            guard = guards(request)
+        client = scope.get("client")
+        source = client[0] if client else ""
         request_id = new_request_id()
-        secret = request_token(request) if authenticated else ""
-        path = request.scope.get(VPATH, "")
+        secret = _token_in(scope) if authenticated else ""
+        path = scope.get(VPATH, "")
         audited_path = redact_path(path, secret)  # what the audit trail keeps: no token, whatever its form
         ctx: Ctx | None = None
         accessor: str | None = None
@@ -233,7 +250,7 @@ def endpoint(
                 token = logredact.presented.set((secret,))
                 try:
                     response = await handler(request, ctx)
-                    wrapper = getattr(request.app.state, "wrap_response", None)
+                    wrapper = getattr(state, "wrap_response", None)
                     if wrapper is not None and request.headers.get("x-vault-wrap-ttl"):
                         response = await wrapper(request, response, path)  # Vault's response wrapping
                 finally:
