@@ -69,6 +69,10 @@ class Store(ABC):
     def ensure_connections(self, count: int) -> None:  # noqa: B027 - optional hook
         """Make room for ``count`` concurrent transactions (a pooled backend grows its pool)."""
 
+    def checkpoint_in_background(self) -> None:  # noqa: B027 - optional hook
+        """For a long-lived process: do the store's periodic housekeeping of its write log off the
+        committing thread (SQLite's WAL checkpoints); nothing for a store without one."""
+
     def new_lock(self) -> AbstractContextManager[Any]:
         """A reentrant lock for the callers of this store (the key manager's).
 
