@@ -8,6 +8,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from nebula_credential.transit import (
     Transit,
     TransitInputError,
     TransitKeyNotFoundError,
+    crypto,
     parse_ciphertext,
 )
 from nebula_credential.transit.crypto import derive
@@ -123,6 +125,21 @@ def test_encrypt_decrypt_and_the_envelope_inside(transit: Transit) -> None:
     version, blob = parse_ciphertext(ct)
     assert version == 1 and env.parse(blob).key_version == 1
     assert transit.decrypt("app", ct) == b"secret"
+
+
+def test_a_keys_sealer_and_opener_are_kept_until_its_settings_change(transit: Transit) -> None:
+    """Built once per loaded settings, not per request; a reload that replaces the settings
+    (another worker changed them) is followed at the next use."""
+    transit.create_key("app")
+    key = transit.live_key("app")
+    sealer, opener = crypto.sealer(key), crypto.opener(key)
+    assert crypto.sealer(key) is sealer and crypto.opener(key) is opener
+    ct = transit.encrypt("app", b"secret")
+    key.config = replace(key.config, derived=True)  # settings read again, here ones the old pair would ignore
+    with pytest.raises(TransitInputError, match="missing 'context'"):
+        crypto.sealer(key).seal(b"secret", None, None)
+    with pytest.raises(TransitInputError, match="missing 'context'"):
+        crypto.opener(key).open(ct, None, None)
 
 
 def test_ciphertext_of_another_key_or_context_fails(transit: Transit) -> None:

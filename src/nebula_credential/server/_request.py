@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from .. import logredact
@@ -129,9 +129,52 @@ def _token_in(scope: Any) -> str:
     return ""
 
 
+async def read_body(request: Request) -> bytes:
+    """The request body, as ``await request.body()`` gives it (and kept on the request as Starlette keeps it).
+
+    Read from the ASGI ``receive`` channel directly, and done once the
+    declared ``Content-Length`` has arrived: the server sends a whole small
+    body as one message with ``more_body`` set and only says it is over in a
+    second, empty one, and each ``receive`` is a task on the server's
+    runtime handed back to the loop (~15 us of a Transit call's CPU each).
+    A body without a length (chunked) is read to its last message.  The
+    receive channel is the body-limit wrapper's, so an over-limit body is
+    still its 413; a client gone mid-body is Starlette's ClientDisconnect.
+    """
+    known: bytes | None = getattr(request, "_body", None)
+    if known is not None:
+        return known
+    expected = -1
+    for name, value in request.scope["headers"]:
+        if name == b"content-length":
+            expected = int(value) if value.isdigit() and len(value) < 19 else -1
+        elif name == b"transfer-encoding":  # the framing is the chunks, whatever a length says
+            expected = -2
+            break
+    receive = request.receive
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+                size += len(chunk)
+            if not message.get("more_body", False) or size == expected:
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body  # what Request.body() returns from now on
+    request._stream_consumed = True
+    return body
+
+
 async def read_json(request: Request) -> dict[str, Any]:
     """The body as a JSON object, parsed within :mod:`._json`'s bounds (depth, integers, no NaN)."""
-    raw = await request.body()
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     body = _json.loads(raw)

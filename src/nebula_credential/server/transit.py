@@ -145,7 +145,9 @@ class TransitEngine:
         ``per_item`` (``sign``, ``verify``): as Vault, a batch answers 200 whatever its items' errors.
         """
         data, result = handled
-        self._note(ctx, name, key_versions=sorted(result.versions) or None)
+        self._note(ctx, name)
+        if result.versions:  # no empty list made and then filtered out
+            ctx.details["key_versions"] = sorted(result.versions)
         if result.batched:
             ctx.details.update(items=len(result.items), failed=result.failed)
         return ctx.reply(data, status=200 if per_item else _batch_status(body, result))

@@ -96,11 +96,12 @@ class _KeyUse:
     and derivation, its keyring's associated-data prefix, the AAD of an item with neither
     ``associated_data`` nor ``context``."""
 
-    __slots__ = ("_bare", "_base", "_derived", "_typed", "key")
+    __slots__ = ("_bare", "_base", "_derived", "_typed", "config", "key")
 
     def __init__(self, key: LiveKey) -> None:
         cfg = key.config
         self.key = key
+        self.config = cfg  #: the settings this was worked out from (a reload replaces the key's)
         self._typed = cfg.type != "aes256-gcm96"
         self._derived = cfg.derived
         self._base = aad_prefix(cfg.binding)
@@ -182,16 +183,37 @@ class Opener(_KeyUse):
             raise TransitInputError("invalid ciphertext: version is too new") from None
 
 
+def sealer(key: LiveKey) -> Sealer:
+    """The key's :class:`Sealer`, kept on the key while its settings are the same.
+
+    What a Sealer works out (type, derivation, AAD prefix) depends on the
+    settings alone, so a single encryption no longer builds one per request;
+    a reload that replaces the settings gets a new one at its next use.
+    """
+    found: Sealer | None = key.sealer
+    if found is None or found.config is not key.config:
+        found = key.sealer = Sealer(key)
+    return found
+
+
+def opener(key: LiveKey) -> Opener:
+    """The key's :class:`Opener`, kept as :func:`sealer` keeps its Sealer."""
+    found: Opener | None = key.opener
+    if found is None or found.config is not key.config:
+        found = key.opener = Opener(key)
+    return found
+
+
 def seal(key: LiveKey, plaintext: bytes, associated_data: bytes | None, context: bytes | None,
          key_version: int = 0) -> str:
     """``vault:v<N>:...`` under the active version (or ``key_version``, which must be it)."""
-    return Sealer(key).seal(plaintext, associated_data, context, key_version)[0]
+    return sealer(key).seal(plaintext, associated_data, context, key_version)[0]
 
 
 def unseal(key: LiveKey, ciphertext: Any, associated_data: bytes | None,
            context: bytes | None) -> tuple[bytes, int]:
     """(plaintext, key version) of a ``vault:v<N>:...`` string; every authentication failure is one error."""
-    return Opener(key).open(ciphertext, associated_data, context)
+    return opener(key).open(ciphertext, associated_data, context)
 
 
 def mac(key: LiveKey, data: bytes, algorithm: str = "sha2-256", key_version: int = 0, *,

@@ -115,10 +115,10 @@ class Transit(TransitKeys):
         """(``vault:v<N>:...``, N): :meth:`encrypt_under` with the version it used."""
         observer = self.vault.observer
         if observer is None:
-            return crypto.Sealer(key).seal(plaintext, associated_data, context, key_version)
+            return crypto.sealer(key).seal(plaintext, associated_data, context, key_version)
         start, ok = time.perf_counter(), False
         try:
-            out = crypto.Sealer(key).seal(plaintext, associated_data, context, key_version)
+            out = crypto.sealer(key).seal(plaintext, associated_data, context, key_version)
             ok = True
             return out
         finally:
@@ -129,10 +129,10 @@ class Transit(TransitKeys):
         """(plaintext, the key version that decrypted it)."""
         observer = self.vault.observer
         if observer is None:
-            return crypto.Opener(key).open(ciphertext, associated_data, context)
+            return crypto.opener(key).open(ciphertext, associated_data, context)
         start, ok = time.perf_counter(), False
         try:
-            out = crypto.Opener(key).open(ciphertext, associated_data, context)
+            out = crypto.opener(key).open(ciphertext, associated_data, context)
             ok = True
             return out
         finally:

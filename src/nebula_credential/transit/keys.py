@@ -53,6 +53,10 @@ class LiveKey:
     #: Keyed HMAC states per (version, algorithm), copied per use: the key stays inside OpenSSL.
     macs: dict[tuple[int, str], hmac.HMAC] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The key's :class:`~.crypto.Sealer` and :class:`~.crypto.Opener` for its current settings, built
+    #: at first use rather than per request (:func:`~.crypto.sealer`, :func:`~.crypto.opener`).
+    sealer: Any = None
+    opener: Any = None
 
     def wipe(self) -> None:
         for secret in self.material.values():
@@ -61,6 +65,7 @@ class LiveKey:
         self.derived.clear()
         self.private.clear()
         self.macs.clear()
+        self.sealer = self.opener = None
 
 
 
