@@ -84,6 +84,18 @@ class VersionPut(NamedTuple):
     cas: int | None
 
 
+class KVRead(NamedTuple):
+    """One version as a KV v2 read answers it (:meth:`Vault.read_kv`)."""
+
+    #: The version's metadata; None if there is no such version (never written, or removed).
+    info: history.VersionInfo | None
+    settings: history.KVSettings
+    #: The latest version number (0: none).
+    current_version: int
+    #: The version decrypted; None if it is not readable (deleted, destroyed, no such version).
+    record: Credential | None
+
+
 class GroupCommit(NamedTuple):
     """What a group commit did: each write's new version or its error, in order; the events' error, if any."""
 
@@ -498,7 +510,7 @@ class Vault:
                           row.created_at, row.updated_at)
 
     def _get_version(self, credential_id: str, version: int) -> Credential:
-        _, record = self.read_version(credential_id, version)
+        record = self.read_kv(credential_id, version).record
         if record is None:
             raise CredentialNotFoundError(f"no readable version {version} of credential {credential_id!r} "
                                           f"in keyring {self.keys.keyring!r}")
@@ -523,6 +535,32 @@ class Vault:
         created = rows[number].created_at
         return versions, Credential(row.id, row.scope, peek_version(row.envelope), value, head.metadata,
                                     head.revision, created, created, number)
+
+    def read_kv(self, credential_id: str, version: int | None = None) -> KVRead:
+        """One version (None or 0: the current one) as a KV v2 read answers it, from one statement.
+
+        Why not :meth:`read_version`: a KV read shows one version's metadata,
+        so reading and decoding every version of the history (up to
+        ``max_versions`` rows) and building the whole :class:`~.history.SecretVersions`
+        was most of its store side.  The answer is the same: the version's
+        info (None: no such version), the secret's settings, the latest
+        version number, and the value decrypted (None: not readable).
+        """
+        kr = self.keys.keyring
+        found = self.store.read_credential_version(kr, check_lookup_id(credential_id), version or None)
+        if found is None:
+            raise CredentialNotFoundError(f"no credential {credential_id!r} in keyring {kr!r}")
+        head, row, latest = found
+        settings = history.settings_of(head.metadata)
+        if row is None:
+            return KVRead(None, settings, latest, None)
+        shown = history.info(row)
+        stored = history.envelope_of(head, row, latest) if shown.readable(self.clock()) else None
+        if stored is None:
+            return KVRead(shown, settings, latest, None)
+        record = Credential(stored.id, stored.scope, peek_version(stored.envelope), self._open(stored), head.metadata,
+                            head.revision, row.created_at, row.created_at, row.version)
+        return KVRead(shown, settings, latest, record)
 
     def _open(self, row: EncryptedCredential) -> Any:
         """Decrypt a stored row (current or past version), counting and auditing as every read does."""

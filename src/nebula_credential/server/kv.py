@@ -271,16 +271,15 @@ class KVEngine:
             raise bad_request(f"Field validation failed: error converting input for field \"version\": "
                               f"'{raw}' cannot parse value as 'int'") from None
         try:
-            found, record = await ctx.backend.read(self._vault(ctx).read_version, cid, wanted or None)
+            found = await ctx.backend.read(self._vault(ctx).read_kv, cid, wanted or None)
         except CredentialNotFoundError:
             raise HTTPError(404) from None
-        version = found.get(wanted or found.current_version)
-        if version is None:
+        if found.info is None:
             raise HTTPError(404)
-        meta = _write_json(version, found.settings)
-        if record is None:
+        meta = _write_json(found.info, found.settings)
+        if found.record is None:
             return ctx.reply({"data": None, "metadata": meta}, status=404)
-        return ctx.reply({"data": record.value, "metadata": meta})
+        return ctx.reply({"data": found.record.value, "metadata": meta})
 
     async def _put(self, ctx: Ctx, cid: str, value: Any, cas: int | None,
                    row: EncryptedCredential | None) -> Response:
@@ -308,7 +307,7 @@ class KVEngine:
         if cas is not None and cas != found.current_version:
             raise bad_request(CAS_MISMATCH)
         try:
-            _, record = await ctx.backend.read(self._vault(ctx).read_version, cid, found.current_version)
+            record = (await ctx.backend.read(self._vault(ctx).read_kv, cid, found.current_version)).record
         except CredentialNotFoundError:
             raise HTTPError(404) from None
         if record is None:

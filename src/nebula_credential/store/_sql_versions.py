@@ -32,6 +32,12 @@ def _decode(row: Any) -> VersionRow:
     )
 
 
+def decode_credential_version(row: Sequence[Any]) -> tuple[EncryptedCredential, VersionRow | None, int]:
+    """A row of :attr:`VersionsSql._VERSION_SQL`: the current row, the version's row (None: no such
+    version) and the latest version number (0: none)."""
+    return decode_credential(row[:9]), None if row[11] is None else _decode(row[9:18]), int(row[18] or 0)
+
+
 def _marks(n: int) -> str:
     return ", ".join("?" for _ in range(n))
 
@@ -126,6 +132,28 @@ class VersionsSql(SqlBase, VersionsTx):
         if rows[-1][11] is None:  # LEFT JOIN: no version row at all
             return head, []
         return head, [_decode(r[9:]) for r in rows]
+
+    #: The current row, one version row (or NULLs) and the latest version number: one row, one statement.
+    #: ``{version}`` is ``?`` for a given version, the latest's number for the current one.
+    _VERSION_SQL = (
+        "SELECT c.keyring, c.id, c.scope, c.key_version, c.envelope, c.metadata, c.revision, c.created_at, "
+        "c.updated_at, v.keyring, v.id, v.version, v.scope, v.key_version, v.envelope, v.created_at, "
+        "v.deletion_time, v.destroyed, "
+        "(SELECT MAX(m.version) FROM credential_versions m WHERE m.keyring = c.keyring AND m.id = c.id) "
+        "FROM credentials c LEFT JOIN credential_versions v ON v.keyring = c.keyring AND v.id = c.id "
+        "AND v.version = {version} WHERE c.keyring = ? AND c.id = ?"
+    )
+    _LATEST = "(SELECT MAX(m.version) FROM credential_versions m WHERE m.keyring = c.keyring AND m.id = c.id)"
+    _CURRENT_VERSION_SQL = _VERSION_SQL.format(version=_LATEST)
+    _GIVEN_VERSION_SQL = _VERSION_SQL.format(version="?")
+
+    def credential_version(self, keyring: str, credential_id: str, version: int | None
+                           ) -> tuple[EncryptedCredential, VersionRow | None, int] | None:
+        if version is None:
+            row = self._exec(self._CURRENT_VERSION_SQL, (keyring, credential_id)).fetchone()
+        else:
+            row = self._exec(self._GIVEN_VERSION_SQL, (version, keyring, credential_id)).fetchone()
+        return None if row is None else decode_credential_version(row)
 
     def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> None:
         if up_to >= 1:
