@@ -90,6 +90,9 @@ class CredentialsSql(SqlBase, CredentialsTx):
     """Credential rows: the checked upsert of the hot path, paging, re-encryption batches."""
 
     _UPSERT = f"INSERT INTO credentials ({CRED_COLS}) VALUES (?,?,?,?,?,?,1,?,?) " + _ON_CONFLICT
+    #: A checked write's RETURNING may also read the latest version number (SQLite, one writer at a time);
+    #: PostgreSQL reads it in a statement of its own, after the row lock (see ``put_credential_checked_then_latest``).
+    latest_in_returning = False
 
     def get_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
         row = self._exec(
@@ -144,6 +147,13 @@ class CredentialsSql(SqlBase, CredentialsTx):
         latest = ("SELECT MAX(version) FROM credential_versions WHERE keyring = ? AND id = ?",
                   (keyring, credential_id))
         if put is None:
+            return None, int(self._exec(*latest).fetchone()[0] or 0)
+        if self.latest_in_returning:
+            # SQLite: the write's RETURNING reads the number after the write, as the next statement would;
+            # one statement fewer (nothing can come between: this connection holds the file's write lock)
+            row = self._exec(put[0] + ", " + latest[0].join("()"), (*put[1], *latest[1])).fetchone()
+            if row is not None:
+                return int(row[0]), int(row[1] or 0)
             return None, int(self._exec(*latest).fetchone()[0] or 0)
         written, newest = self._exec_all([put, latest])  # one round trip on PostgreSQL, in this order
         row = written.fetchone()

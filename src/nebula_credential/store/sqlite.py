@@ -41,6 +41,7 @@ def path_from_url(url: str) -> str:
 
 class SqliteTx(SqlTx):
     paramstyle_qmark = True
+    latest_in_returning = True
 
 
 class WriteNeedsWorker(BaseException):
