@@ -264,7 +264,8 @@ class KVEngine:
 
     async def _read(self, request: Request, ctx: Ctx, cid: str) -> Response:
         ctx.require("read")
-        raw = request.query_params.get("version") or "0"
+        # most reads have no query string: do not build (parse) Starlette's QueryParams for them
+        raw = (request.query_params.get("version") if request.scope.get("query_string") else None) or "0"
         try:
             wanted = int(raw)
         except ValueError:
