@@ -72,6 +72,7 @@ def _encode(value: Any) -> bytes:
 
 
 ON_EXISTING = ("fail", "skip", "overwrite")
+_json_decode = json.JSONDecoder().decode
 
 
 class VersionPut(NamedTuple):
@@ -782,7 +783,8 @@ class Vault:
     def decrypt_row(self, row: EncryptedCredential) -> Any:
         plaintext = self.keys.decrypt(row.envelope, credential_context(row.keyring, row.id, row.scope))
         try:
-            return json.loads(plaintext)
+            # values are written as UTF-8 (_encode): json.loads of bytes would first guess the encoding
+            return _json_decode(plaintext.decode("utf-8"))
         except ValueError:
             raise DecryptionError(f"credential {row.id!r} decrypted to something that is not JSON") from None
 
