@@ -146,11 +146,27 @@ def test_a_lone_write_on_sqlite_sends_no_savepoint_and_reads_the_latest_version_
     finally:
         conn.set_trace_callback(None)
     assert _shape(group.puts[0]) == ("VersionInfo", 12)
-    assert sent == ["BEGIN IMMEDIATE", "SELECT VALUE FROM", "SELECT KEYRING, ID,", "INSERT INTO CREDENTIALS",
+    # the row keeps its scope and key version: UPDATE of the other columns (no rewrite of their index entry)
+    assert sent == ["BEGIN IMMEDIATE", "SELECT VALUE FROM", "SELECT KEYRING, ID,", "UPDATE CREDENTIALS SET",
                     "UPDATE CREDENTIAL_VERSIONS SET", "INSERT INTO CREDENTIAL_VERSIONS", "DELETE FROM CREDENTIAL_VERSIONS",
                     "COMMIT"]
     assert sq.get("t/a") == {"n": 11} and sq.get("t/a", version=11) == {"n": 10}
     assert [v.version for v in sq.versions("t/a").versions] == list(range(3, 13))
+    # a new key version or a new scope: the upsert, which moves the row in the index
+    first = sq.keys.active_version().version
+    sq.keys.rotate()
+    sq.set_settings("t/a", KVSettings(custom_metadata={"scope": "other"}), scope="other")
+    conn.set_trace_callback(lambda sql: sent.append(" ".join(sql.split()[:3]).upper()))
+    try:
+        sent.clear()
+        sq.put_versions([VersionPut(sq, "t/a", {"n": 12}, "other", None)])
+        rewritten = [s for s in sent if s.endswith("CREDENTIALS SET") or s.endswith("INTO CREDENTIALS")]
+    finally:
+        conn.set_trace_callback(None)
+    assert rewritten == ["INSERT INTO CREDENTIALS"]
+    assert [(r.id, r.scope) for r in sq.list(key_version=first + 1)] == [("t/a", "other")]
+    assert [r.id for r in sq.list(key_version=first)] == [] and sq.get("t/a") == {"n": 12}
+    assert sq.store._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"  # type: ignore[attr-defined]
 
 
 def test_a_group_that_fails_whole_runs_each_write_and_the_events_alone(vault: Vault,

@@ -322,7 +322,8 @@ class Vault:
         # the write and its version's status check in one statement (see KeyManager.writable); the latest
         # version number is read after it (the row lock orders concurrent first writes), in one round trip
         revision, latest = tx.put_credential_checked_then_latest(
-            kr, credential_id, scope, version, blob, plan.metadata, now, WRITABLE, expected_revision=expected_revision)
+            kr, credential_id, scope, version, blob, plan.metadata, now, WRITABLE, expected_revision=expected_revision,
+            unchanged=old is not None and old.scope == scope and old.key_version == version)
         if revision is None:
             if expected_revision is not None:
                 row = tx.get_credential(kr, credential_id)

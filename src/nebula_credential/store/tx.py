@@ -689,10 +689,12 @@ class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx,
     def put_credential_checked_then_latest(
         self, keyring: str, credential_id: str, scope: str, key_version: int, envelope: bytes,
         metadata: dict[str, Any], now: datetime, statuses: Collection[KeyStatus],
-        expected_revision: int | None = None,
+        expected_revision: int | None = None, *, unchanged: bool = False,
     ) -> tuple[int | None, int]:
         """:meth:`put_credential_checked`, then :meth:`latest_version` read after it (as a write's version
-        number must be), in one round trip where the backend pipelines them."""
+        number must be), in one round trip where the backend pipelines them.  ``unchanged``: a hint that
+        the row as read in this transaction has this scope and key version already (a store may then
+        write only the columns that change; the answer is the same)."""
         revision = self.put_credential_checked(keyring, credential_id, scope, key_version, envelope, metadata, now,
                                                statuses, expected_revision)
         return revision, self.latest_version(keyring, credential_id)
