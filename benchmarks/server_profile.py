@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 STAGES: tuple[tuple[str, str], ...] = (
     ("audit", r"Backend\.audit|Backend\._flush|_write_events|record_events|/audit\.py|audit_request|_audited"),
     ("crypto", r"keys\.py|envelope\.py|_nonce\.py|transit/crypto\.py|cryptography|encrypt_under|decrypt_under"),
-    ("store (SQL)", r"/store/|history\.py|sqlite3|Vault\.(head|read_version|get_record|put_version|_put)"),
+    ("store (SQL)", r"/store/|history\.py|sqlite3|Vault\.(head|read_version|read_kv|get_record|put_version|_put)"),
     ("token lookup", r"tokens\.py|Backend\.lookup|Backend\.peek|request_token|servertables"),
     ("policy match", r"policies\.py|acl\.py|Ctx\.(require|allows)|Backend\.acl"),
     ("serialisation", r"_json\.py.*dumps|JSONAnswer|JSONResponse|json/encoder|vault_json|Ctx\.reply|_batch_reply"),

@@ -113,6 +113,62 @@ def test_cas_required_and_refusals_take_back_only_their_own_statements(vault: Va
     assert [v.version for v in vault.versions("r/x").versions] == [1]
 
 
+def test_a_group_of_one_refused_write_leaves_nothing_of_it_and_keeps_the_events(vault: Vault) -> None:
+    """A group of one write takes no savepoint (issue 27): refused after its row was written (a
+    check-and-set that no longer matches), the transaction is rolled back whole and the events are
+    written alone; the answers are those of a group with savepoints."""
+    vault.put_version("one/a", {"n": 1})
+    vault.set_kv_config(KVSettings(cas_required=True))
+    for put, error in ((VersionPut(vault, "one/a", {"n": 2}, DEFAULT_SCOPE, 5), CheckAndSetError),
+                       (VersionPut(vault, "one/a", {"n": 3}, DEFAULT_SCOPE, None), CheckAndSetRequiredError),
+                       (VersionPut(vault, "one/b", {"n": 4}, DEFAULT_SCOPE, 1), CheckAndSetError)):
+        group = vault.put_versions([put], [_event(7)])
+        assert isinstance(group.puts[0], error) and group.events_error is None
+    assert vault.get("one/a") == {"n": 1} and vault.head("one/a").revision == 1  # type: ignore[union-attr]
+    assert [v.version for v in vault.versions("one/a").versions] == [1] and vault.head("one/b") is None
+    assert [json.loads(e.details)["path"] for e in vault.audit_events(limit=10, action="server.request")] == ["p/7"] * 3
+    assert vault.audit.verify().ok
+    group = vault.put_versions([VersionPut(vault, "one/a", {"n": 5}, DEFAULT_SCOPE, 1)], [_event(8)])
+    assert _shape(group.puts[0]) == ("VersionInfo", 2) and vault.get("one/a") == {"n": 5}
+
+
+def test_a_lone_write_on_sqlite_sends_no_savepoint_and_reads_the_latest_version_in_its_returning(
+        sq: Vault) -> None:
+    """Issue 27: on SQLite a group of one KV write is two statements shorter than before (SAVEPOINT and
+    RELEASE) and its checked write returns the latest version number (no SELECT of its own)."""
+    for n in range(11):
+        sq.put_version("t/a", {"n": n})
+    conn = sq.store._conn()  # type: ignore[attr-defined]  # this thread's connection
+    sent: list[str] = []
+    conn.set_trace_callback(lambda sql: sent.append(" ".join(sql.split()[:3]).upper()))
+    try:
+        group = sq.put_versions([VersionPut(sq, "t/a", {"n": 11}, DEFAULT_SCOPE, 11)])
+    finally:
+        conn.set_trace_callback(None)
+    assert _shape(group.puts[0]) == ("VersionInfo", 12)
+    # the row keeps its scope and key version: UPDATE of the other columns (no rewrite of their index entry)
+    assert sent == ["BEGIN IMMEDIATE", "SELECT VALUE FROM", "SELECT KEYRING, ID,", "UPDATE CREDENTIALS SET",
+                    "UPDATE CREDENTIAL_VERSIONS SET", "INSERT INTO CREDENTIAL_VERSIONS", "DELETE FROM CREDENTIAL_VERSIONS",
+                    "COMMIT"]
+    assert sq.get("t/a") == {"n": 11} and sq.get("t/a", version=11) == {"n": 10}
+    assert [v.version for v in sq.versions("t/a").versions] == list(range(3, 13))
+    # a new key version or a new scope: the upsert, which moves the row in the index
+    first = sq.keys.active_version().version
+    sq.keys.rotate()
+    sq.set_settings("t/a", KVSettings(custom_metadata={"scope": "other"}), scope="other")
+    conn.set_trace_callback(lambda sql: sent.append(" ".join(sql.split()[:3]).upper()))
+    try:
+        sent.clear()
+        sq.put_versions([VersionPut(sq, "t/a", {"n": 12}, "other", None)])
+        rewritten = [s for s in sent if s.endswith("CREDENTIALS SET") or s.endswith("INTO CREDENTIALS")]
+    finally:
+        conn.set_trace_callback(None)
+    assert rewritten == ["INSERT INTO CREDENTIALS"]
+    assert [(r.id, r.scope) for r in sq.list(key_version=first + 1)] == [("t/a", "other")]
+    assert [r.id for r in sq.list(key_version=first)] == [] and sq.get("t/a") == {"n": 12}
+    assert sq.store._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"  # type: ignore[attr-defined]
+
+
 def test_a_group_that_fails_whole_runs_each_write_and_the_events_alone(vault: Vault,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     real = vault.audit.record_many

@@ -23,6 +23,7 @@ from nebula_credential.envelope import credential_context, peek_version
 from nebula_credential.exceptions import CheckAndSetError, CheckAndSetRequiredError, PolicyViolationError
 from nebula_credential.history import KVSettings
 from nebula_credential.store import SCHEMA_VERSION
+from nebula_credential.store.tx import VersionsTx
 
 from .helpers import FakeClock
 from .server_proc import Server, sqlite_serve
@@ -73,6 +74,42 @@ def test_delete_undelete_destroy(vault: nc.Vault, clock: FakeClock) -> None:
     vault.delete("a")  # every version goes with the credential
     with vault.store.read() as tx:
         assert tx.version_rows(vault.keyring_name, "a") == []
+
+
+def test_a_kv_read_of_one_version_answers_as_the_whole_history_does(vault: nc.Vault) -> None:
+    """Issue 27: ``read_kv`` reads one version's row, not every version of the history; every version
+    (current, past, soft-deleted, destroyed, removed past max_versions, never written) answers as
+    ``read_version`` (the whole history) does, and the SQL's one row as the generic derivation does."""
+    for i in range(12):
+        vault.put_version("h", {"n": i}, metadata={"kv": {"custom_metadata": {"team": "a"}}} if i == 3 else None)
+    vault.delete_versions("h", [5])
+    vault.destroy_versions("h", [7])
+    kr = vault.keyring_name
+    for step in ("all readable", "current deleted", "current destroyed"):
+        for number in (None, 0, -1, 1, 2, 3, 5, 6, 7, 11, 12, 13):
+            versions, record = vault.read_version("h", number)
+            got = vault.read_kv("h", number)
+            assert got.info == versions.get(number or versions.current_version), (step, number)
+            assert got.settings == versions.settings and got.settings.custom_metadata == {"team": "a"}
+            assert got.current_version == versions.current_version == 12
+            assert got.record == record, (step, number)
+            with vault.store.read() as tx:
+                assert tx.credential_version(kr, "h", number or None) == VersionsTx.credential_version(
+                    tx, kr, "h", number or None)
+        assert vault.read_kv("h", 6).record is not None and vault.read_kv("h", 6).record.value == {"n": 5}
+        if step == "all readable":
+            assert vault.read_kv("h").record.value == {"n": 11}  # type: ignore[union-attr]
+            vault.delete_versions("h", [12])
+        elif step == "current deleted":
+            assert vault.read_kv("h").record is None and vault.read_kv("h").info is not None
+            vault.undelete("h", [12])
+            vault.destroy_versions("h", [12])
+    with pytest.raises(nc.CredentialNotFoundError):
+        vault.read_kv("nothing")
+    vault.set_settings("meta-only", KVSettings(max_versions=3))  # a path with settings and no version
+    with vault.store.read() as tx:
+        assert tx.credential_version(kr, "meta-only", None) == VersionsTx.credential_version(tx, kr, "meta-only", None)
+    assert vault.read_kv("meta-only") == (None, vault.versions("meta-only").settings, 0, None)
 
 
 def test_cas_and_settings(vault: nc.Vault, clock: FakeClock) -> None:
@@ -421,8 +458,10 @@ def test_a_kv_read_and_a_get_on_sqlite_send_one_select_and_no_transaction(tmp_pa
         try:
             versions, current = vault.read_version("app")
             value = vault.get("plain")
+            read = vault.read_kv("app")
         finally:
             conn.set_trace_callback(None)
-    assert sent == ["SELECT", "SELECT"]
+    assert sent == ["SELECT", "SELECT", "SELECT"]
+    assert read.record == current and read.current_version == 3
     assert current is not None and current.value == {"n": 2} and versions.current_version == 3
     assert value == {"a": 1}

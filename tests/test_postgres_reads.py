@@ -16,6 +16,7 @@ import pytest
 
 import nebula_credential as nc
 from nebula_credential.exceptions import CredentialNotFoundError, NebulaCredentialError
+from nebula_credential.history import KVSettings
 
 from .fixtures_postgres import PostgresCluster
 from .helpers import FakeClock
@@ -239,6 +240,44 @@ def test_a_kv_read_is_one_statement_and_sees_what_two_did(pg_vault: nc.Vault, st
     assert pg_vault.store.read_one(lambda tx: tx.credential_history(kr, "nope")) is None
     with pytest.raises(CredentialNotFoundError):
         pg_vault.read_version("nope")
+
+
+def test_concurrent_async_kv_reads_share_one_statement_and_each_gets_its_own_answer(
+        pg_vault: nc.Vault, pg_url: str, statements: list[str]) -> None:
+    """Issue 27: a KV read of the current version joins the shared statement of its loop turn, as ``get``
+    does; each reader's answer is the one ``read_kv`` gives alone (a given version still reads alone)."""
+    for i in range(20):
+        for n in range(i % 4 + 1):
+            pg_vault.put_version(f"k{i}", {"i": i, "n": n})
+    pg_vault.delete_versions("k5")  # the current version soft-deleted: metadata, no data
+    pg_vault.destroy_versions("k6", [1])
+    pg_vault.set_settings("meta-only", KVSettings(max_versions=3))  # settings, no version yet
+    ids = [f"k{i}" for i in range(20)] + ["meta-only", "missing"]
+    alone = []
+    for cid in ids:
+        try:
+            alone.append(pg_vault.read_kv(cid))
+        except CredentialNotFoundError as exc:
+            alone.append(exc)
+
+    async def main() -> tuple[list[Any], list[str], Any]:
+        async with await nc.aopen(pg_url) as vault:
+            await vault.read_kv("k1")
+            statements.clear()
+            shared = await asyncio.gather(*(vault.read_kv(cid) for cid in ids), return_exceptions=True)
+            sent = list(statements)
+            return shared, sent, await vault.read_kv("k3", 2)
+
+    shared, sent, given = asyncio.run(main())
+    assert sent.count("SELECT") == 1  # 22 reads, one round trip
+    for cid, mine, theirs in zip(ids, shared, alone, strict=True):
+        if isinstance(theirs, Exception):
+            assert isinstance(mine, CredentialNotFoundError), cid
+        else:
+            assert mine == theirs, cid
+    assert shared[3].record.value == {"i": 3, "n": 3} and shared[5].record is None and shared[5].info is not None
+    assert shared[20].info is None and shared[20].current_version == 0 and shared[20].settings.max_versions == 3
+    assert given.record.value == {"i": 3, "n": 1} and given.info.version == 2
 
 
 def test_the_one_statement_history_is_the_two_statement_history_on_sqlite(tmp_path: Path, key_file: Path,

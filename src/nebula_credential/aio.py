@@ -53,7 +53,7 @@ from .opening import load_config, open_on
 from .opening import open as open_vault
 from .providers import KeyProvider
 from .reencrypt import Progress, ReencryptResult
-from .vault import DEFAULT_SCOPE, Vault
+from .vault import DEFAULT_SCOPE, KVRead, Vault
 
 if TYPE_CHECKING:
     from .lifecycle import MaintainReport
@@ -354,6 +354,11 @@ class AsyncVault:
     async def read_version(self, credential_id: str, version: int | None = None
                            ) -> tuple[SecretVersions, Credential | None]:
         return await self._call(self.sync.read_version, credential_id, version)
+
+    async def read_kv(self, credential_id: str, version: int | None = None) -> KVRead:
+        """One version as a KV v2 read answers it (:meth:`.vault.Vault.read_kv`); on PostgreSQL concurrent
+        reads of the current version share one statement."""
+        return await self._call(self.sync.read_kv, credential_id, version)
 
     async def kv_config(self) -> KVSettings:
         return await self._call(self.sync.kv_config)

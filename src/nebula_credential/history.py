@@ -288,10 +288,16 @@ def stored_row(head: EncryptedCredential, found: SecretVersions, rows: dict[int,
     row = rows.get(version)
     if row is None or not info(row).readable(now):
         return None
+    return envelope_of(head, row, found.current_version)
+
+
+def envelope_of(head: EncryptedCredential, row: VersionRow, current_version: int) -> EncryptedCredential | None:
+    """The envelope that holds version ``row``: its own once archived, else the current row's if it is the
+    current version (None: destroyed or never archived).  Readability (deleted, destroyed) is the caller's."""
     if row.envelope is not None:
         return EncryptedCredential(head.keyring, head.id, row.scope, row.key_version, row.envelope, head.metadata,
                                    head.revision, row.created_at, row.created_at)
-    return head if version == found.current_version else None
+    return head if row.version == current_version else None
 
 
 def _sync_head(tx: StoreTx, keyring: str, credential_id: str, changed: Sequence[int]) -> None:

@@ -122,6 +122,9 @@ class Backend:
         return await self.write(fn, *args, **kwargs)
 
     def keyring(self, name: str) -> Vault:
+        found = self._vaults.get(name)  # every request asks; only a keyring's first use takes the lock
+        if found is not None:
+            return found
         with self._lock:
             if name not in self._vaults:
                 self._vaults[name] = self.vault.keyring(name)

@@ -126,7 +126,9 @@ def _version_json(v: VersionInfo) -> dict[str, Any]:
 
 
 def _write_json(v: VersionInfo, settings: KVSettings) -> dict[str, Any]:
-    return {**_version_json(v), "custom_metadata": settings.custom_metadata or None, "version": v.version}
+    # every KV read and write answers with it: one dict, built once (the keys in _version_json's order)
+    return {"created_time": iso(v.created_at), "deletion_time": iso(v.deletion_time), "destroyed": v.destroyed,
+            "custom_metadata": settings.custom_metadata or None, "version": v.version}
 
 
 def _settings(body: dict[str, Any], base: KVSettings) -> KVSettings:
@@ -264,23 +266,23 @@ class KVEngine:
 
     async def _read(self, request: Request, ctx: Ctx, cid: str) -> Response:
         ctx.require("read")
-        raw = request.query_params.get("version") or "0"
+        # most reads have no query string: do not build (parse) Starlette's QueryParams for them
+        raw = (request.query_params.get("version") if request.scope.get("query_string") else None) or "0"
         try:
             wanted = int(raw)
         except ValueError:
             raise bad_request(f"Field validation failed: error converting input for field \"version\": "
                               f"'{raw}' cannot parse value as 'int'") from None
         try:
-            found, record = await ctx.backend.read(self._vault(ctx).read_version, cid, wanted or None)
+            found = await ctx.backend.read(self._vault(ctx).read_kv, cid, wanted or None)
         except CredentialNotFoundError:
             raise HTTPError(404) from None
-        version = found.get(wanted or found.current_version)
-        if version is None:
+        if found.info is None:
             raise HTTPError(404)
-        meta = _write_json(version, found.settings)
-        if record is None:
+        meta = _write_json(found.info, found.settings)
+        if found.record is None:
             return ctx.reply({"data": None, "metadata": meta}, status=404)
-        return ctx.reply({"data": record.value, "metadata": meta})
+        return ctx.reply({"data": found.record.value, "metadata": meta})
 
     async def _put(self, ctx: Ctx, cid: str, value: Any, cas: int | None,
                    row: EncryptedCredential | None) -> Response:
@@ -308,7 +310,7 @@ class KVEngine:
         if cas is not None and cas != found.current_version:
             raise bad_request(CAS_MISMATCH)
         try:
-            _, record = await ctx.backend.read(self._vault(ctx).read_version, cid, found.current_version)
+            record = (await ctx.backend.read(self._vault(ctx).read_kv, cid, found.current_version)).record
         except CredentialNotFoundError:
             raise HTTPError(404) from None
         if record is None:

@@ -32,7 +32,10 @@ with extra("postgres"):
 from .._bridge import GreenletLocal, GreenletRLock, await_only, in_bridge
 from ..models import EncryptedCredential
 from ._rows import CRED_COLS, decode_credential
+from ._sql_base import pyformat
+from ._sql_versions import VersionsSql, decode_credential_version
 from .postgres import PostgresStore, message_of
+from .records import VersionRow
 
 TUPLES_OK = ExecStatus.TUPLES_OK
 log = logging.getLogger(__name__)
@@ -116,11 +119,16 @@ class _ReadBatcher:
 
     #: ids per statement (PostgreSQL plans ``= ANY`` of a few hundred as an index scan).
     MAX_IDS = 256
+    #: The current rows (``get``, a KV write's existence check).
     SQL = f"SELECT {CRED_COLS} FROM credentials WHERE keyring = %s AND id = ANY(%s)"
+    #: The current rows with their latest version's row and number (a KV read of the current version).
+    KV_SQL = pyformat(VersionsSql._CURRENT_VERSION_SQL.replace("c.id = ?", "c.id = ANY(?)"))
 
-    def __init__(self, pool: AsyncConnectionPool[Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], loop: asyncio.AbstractEventLoop, sql: str = SQL) -> None:
         self._pool = pool
         self._loop = loop
+        #: a statement of ``keyring = %s`` and ``id = ANY(%s)`` whose rows carry the id as their second column
+        self._sql = sql
         self._pending: dict[str, list[tuple[str, asyncio.Future[Any]]]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
 
@@ -144,7 +152,7 @@ class _ReadBatcher:
         try:
             async with self._pool.connection() as conn:
                 try:
-                    cur = await conn.execute(self.SQL, (keyring, list({cid for cid, _ in readers})))
+                    cur = await conn.execute(self._sql, (keyring, list({cid for cid, _ in readers})))
                     rows = {row[1]: row for row in await cur.fetchall()}
                 except Exception as exc:
                     # the statement failed (a connection the server dropped, a bad id): each
@@ -253,20 +261,38 @@ class BridgedPostgresStore(PostgresStore):
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(self.url, **self._pool_options())
         await_only(pool.open(wait=False), self._loop)
         self._reads = _ReadBatcher(pool, self._loop)
+        self._kv_reads = _ReadBatcher(pool, self._loop, _ReadBatcher.KV_SQL)
         # the store only calls getconn/putconn/resize/close, which _BridgedPool provides
         return cast("ConnectionPool[Any]", _BridgedPool(pool, self._loop))
 
     def read_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
         """Joined to the reads of other tasks in the same loop turn (see :class:`_ReadBatcher`)."""
+        shared, row = self._shared_read(self._reads, keyring, credential_id)
+        if not shared:
+            return super().read_credential(keyring, credential_id)
+        return None if row is None else decode_credential(row)
+
+    def read_credential_version(self, keyring: str, credential_id: str, version: int | None
+                                ) -> tuple[EncryptedCredential, VersionRow | None, int] | None:
+        """A KV read of the current version joined to the others of the same loop turn, as
+        :meth:`read_credential` (a given version, rarer, reads alone)."""
+        shared, row = (False, None) if version is not None else self._shared_read(
+            self._kv_reads, keyring, credential_id)
+        if not shared:
+            return super().read_credential_version(keyring, credential_id, version)
+        return None if row is None else decode_credential_version(row)
+
+    def _shared_read(self, reads: _ReadBatcher, keyring: str, credential_id: str) -> tuple[bool, Any]:
+        """(True, the raw row or None) from the shared statement; (False, None): the caller reads alone
+        (another thread, inside a transaction, or the shared statement failed)."""
         if not in_bridge() or getattr(self._local, "tx", None) is not None:
-            return super().read_credential(keyring, credential_id)  # another thread, or inside a transaction
+            return False, None
         try:
-            row = await_only(self._reads.submit(keyring, credential_id))
+            return True, await_only(reads.submit(keyring, credential_id))
         except _BatchFailed as failed:
             if failed.no_connection is not None:
                 raise self._no_connection(failed.no_connection) from None
-            return super().read_credential(keyring, credential_id)
-        return None if row is None else decode_credential(row)
+            return False, None
 
     def _after_fork(self) -> None:
         """An event loop and its pool do not survive a fork; nothing to adopt."""

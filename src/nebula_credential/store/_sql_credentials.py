@@ -90,6 +90,9 @@ class CredentialsSql(SqlBase, CredentialsTx):
     """Credential rows: the checked upsert of the hot path, paging, re-encryption batches."""
 
     _UPSERT = f"INSERT INTO credentials ({CRED_COLS}) VALUES (?,?,?,?,?,?,1,?,?) " + _ON_CONFLICT
+    #: A checked write's RETURNING may also read the latest version number (SQLite, one writer at a time);
+    #: PostgreSQL reads it in a statement of its own, after the row lock (see ``put_credential_checked_then_latest``).
+    latest_in_returning = False
 
     def get_credential(self, keyring: str, credential_id: str) -> EncryptedCredential | None:
         row = self._exec(
@@ -137,13 +140,35 @@ class CredentialsSql(SqlBase, CredentialsTx):
     def put_credential_checked_then_latest(
         self, keyring: str, credential_id: str, scope: str, key_version: int, envelope: bytes,
         metadata: dict[str, Any], now: datetime, statuses: Collection[KeyStatus],
-        expected_revision: int | None = None,
+        expected_revision: int | None = None, *, unchanged: bool = False,
     ) -> tuple[int | None, int]:
-        put = self._checked_put(keyring, credential_id, scope, key_version, envelope, metadata, now, statuses,
-                                expected_revision)
         latest = ("SELECT MAX(version) FROM credential_versions WHERE keyring = ? AND id = ?",
                   (keyring, credential_id))
+        if self.latest_in_returning and unchanged and expected_revision is None and statuses:
+            # SQLite: the upsert assigns scope and key_version, so SQLite rewrites their index entry even
+            # when they keep their value (one more page in every commit); the row keeping both (the
+            # usual write), an UPDATE of the other columns only, with the same status check in it
+            marks = ", ".join("?" for _ in statuses)
+            row = self._exec(
+                "UPDATE credentials SET envelope = ?, metadata = ?, revision = revision + 1, updated_at = ? "
+                "WHERE keyring = ? AND id = ? AND scope = ? AND key_version = ? AND EXISTS (SELECT 1 FROM "
+                f"key_versions WHERE keyring = ? AND version = ? AND status IN ({marks})) RETURNING revision, "
+                + latest[0].join("()"),
+                (envelope, to_json(metadata), to_epoch(now), keyring, credential_id, scope, key_version, keyring,
+                 key_version, *(s.value for s in statuses), *latest[1])).fetchone()
+            if row is not None:
+                return int(row[0]), int(row[1] or 0)
+            # not written (a retired key version, or the columns were not as read): the general statement
+        put = self._checked_put(keyring, credential_id, scope, key_version, envelope, metadata, now, statuses,
+                                expected_revision)
         if put is None:
+            return None, int(self._exec(*latest).fetchone()[0] or 0)
+        if self.latest_in_returning:
+            # SQLite: the write's RETURNING reads the number after the write, as the next statement would;
+            # one statement fewer (nothing can come between: this connection holds the file's write lock)
+            row = self._exec(put[0] + ", " + latest[0].join("()"), (*put[1], *latest[1])).fetchone()
+            if row is not None:
+                return int(row[0]), int(row[1] or 0)
             return None, int(self._exec(*latest).fetchone()[0] or 0)
         written, newest = self._exec_all([put, latest])  # one round trip on PostgreSQL, in this order
         row = written.fetchone()

@@ -8,7 +8,7 @@ readers take from the envelope header as they do for ``credentials``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..envelope import key_version_field
@@ -21,7 +21,25 @@ from .tx import VersionsTx
 VERSION_COLS = "keyring, id, version, scope, key_version, envelope, created_at, deletion_time, destroyed"
 
 
+_NUMBER = (int, float)
+
+
 def _decode(row: Any) -> VersionRow:
+    kr, cid, version, scope, key_version, envelope, created, deletion, destroyed = row
+    if (  # the fast path (every read decodes one): each column of the type the schema promises
+        type(kr) is str and type(cid) is str and type(version) is int and type(scope) is str
+        and type(key_version) is int and (envelope is None or type(envelope) is bytes)
+        and type(created) in _NUMBER and (deletion is None or type(deletion) in _NUMBER)
+    ):
+        try:
+            return VersionRow(kr, cid, version, scope, key_version, envelope, datetime.fromtimestamp(created, UTC),
+                              None if deletion is None else datetime.fromtimestamp(deletion, UTC), bool(destroyed))
+        except (OverflowError, OSError, ValueError):  # a timestamp out of range: the slow path names it
+            pass
+    return _decode_checked(row)
+
+
+def _decode_checked(row: Any) -> VersionRow:
     created = as_time(row[6], "created_at")
     assert created is not None
     return VersionRow(
@@ -30,6 +48,12 @@ def _decode(row: Any) -> VersionRow:
         envelope=as_blob(row[5], "envelope", null=True), created_at=created,
         deletion_time=as_time(row[7], "deletion_time", null=True), destroyed=bool(row[8]),
     )
+
+
+def decode_credential_version(row: Sequence[Any]) -> tuple[EncryptedCredential, VersionRow | None, int]:
+    """A row of :attr:`VersionsSql._VERSION_SQL`: the current row, the version's row (None: no such
+    version) and the latest version number (0: none)."""
+    return decode_credential(row[:9]), None if row[11] is None else _decode(row[9:18]), int(row[18] or 0)
 
 
 def _marks(n: int) -> str:
@@ -126,6 +150,28 @@ class VersionsSql(SqlBase, VersionsTx):
         if rows[-1][11] is None:  # LEFT JOIN: no version row at all
             return head, []
         return head, [_decode(r[9:]) for r in rows]
+
+    #: The current row, one version row (or NULLs) and the latest version number: one row, one statement.
+    #: ``{version}`` is ``?`` for a given version, the latest's number for the current one.
+    _VERSION_SQL = (
+        "SELECT c.keyring, c.id, c.scope, c.key_version, c.envelope, c.metadata, c.revision, c.created_at, "
+        "c.updated_at, v.keyring, v.id, v.version, v.scope, v.key_version, v.envelope, v.created_at, "
+        "v.deletion_time, v.destroyed, "
+        "(SELECT MAX(m.version) FROM credential_versions m WHERE m.keyring = c.keyring AND m.id = c.id) "
+        "FROM credentials c LEFT JOIN credential_versions v ON v.keyring = c.keyring AND v.id = c.id "
+        "AND v.version = {version} WHERE c.keyring = ? AND c.id = ?"
+    )
+    _LATEST = "(SELECT MAX(m.version) FROM credential_versions m WHERE m.keyring = c.keyring AND m.id = c.id)"
+    _CURRENT_VERSION_SQL = _VERSION_SQL.format(version=_LATEST)
+    _GIVEN_VERSION_SQL = _VERSION_SQL.format(version="?")
+
+    def credential_version(self, keyring: str, credential_id: str, version: int | None
+                           ) -> tuple[EncryptedCredential, VersionRow | None, int] | None:
+        if version is None:
+            row = self._exec(self._CURRENT_VERSION_SQL, (keyring, credential_id)).fetchone()
+        else:
+            row = self._exec(self._GIVEN_VERSION_SQL, (version, keyring, credential_id)).fetchone()
+        return None if row is None else decode_credential_version(row)
 
     def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> None:
         if up_to >= 1:

@@ -26,7 +26,7 @@ from ..exceptions import (
 )
 from ..models import EncryptedCredential
 from ..providers.base import RetryPolicy
-from .records import Page
+from .records import Page, VersionRow
 from .tx import StoreTx
 
 T = TypeVar("T")
@@ -137,6 +137,15 @@ class Store(ABC):
         answers the reads of concurrent tasks with one statement.
         """
         return self.read_one(lambda tx: tx.get_credential(keyring, credential_id))
+
+    def read_credential_version(self, keyring: str, credential_id: str, version: int | None
+                                ) -> tuple[EncryptedCredential, VersionRow | None, int] | None:
+        """What a KV read needs (:meth:`~.tx.VersionsTx.credential_version`), read as :meth:`read_one` reads.
+
+        Like :meth:`read_credential`, the one entry point, so the asyncio
+        PostgreSQL store can answer concurrent tasks' reads with one statement.
+        """
+        return self.read_one(lambda tx: tx.credential_version(keyring, credential_id, version))
 
     def run(
         self, fn: Callable[[StoreTx], T], *, write: bool = True, idempotent: bool = False

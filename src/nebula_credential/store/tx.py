@@ -341,6 +341,23 @@ class VersionsTx(ABC):
         credential), so a KV read can run as :meth:`~.base.Store.read_one` reads: on PostgreSQL one
         round trip instead of four (BEGIN, two SELECTs, COMMIT), from one snapshot all the same."""
 
+    def credential_version(self, keyring: str, credential_id: str, version: int | None
+                           ) -> tuple[EncryptedCredential, VersionRow | None, int] | None:
+        """The current row, the row of ``version`` (None: the latest one; None if there is no such
+        version) and the latest version number (0: none), in ONE statement (None: no such credential).
+
+        What a KV read needs and no more: the history's other rows (up to
+        ``max_versions``, each decoded) are not read.  This default derives
+        it from :meth:`credential_history`; the SQL stores read one row.
+        """
+        found = self.credential_history(keyring, credential_id)
+        if found is None:
+            return None
+        head, rows = found
+        latest = rows[-1].version if rows else 0
+        wanted = latest if version is None else version
+        return head, next((r for r in rows if r.version == wanted), None), latest
+
     @abstractmethod
     def prune_versions(self, keyring: str, credential_id: str, up_to: int) -> None:
         """Remove versions numbered ``up_to`` and below (beyond ``max_versions``), envelopes and all."""
@@ -672,10 +689,12 @@ class StoreTx(MetaTx, KeysTx, CredentialsTx, VersionsTx, OperationsTx, ServerTx,
     def put_credential_checked_then_latest(
         self, keyring: str, credential_id: str, scope: str, key_version: int, envelope: bytes,
         metadata: dict[str, Any], now: datetime, statuses: Collection[KeyStatus],
-        expected_revision: int | None = None,
+        expected_revision: int | None = None, *, unchanged: bool = False,
     ) -> tuple[int | None, int]:
         """:meth:`put_credential_checked`, then :meth:`latest_version` read after it (as a write's version
-        number must be), in one round trip where the backend pipelines them."""
+        number must be), in one round trip where the backend pipelines them.  ``unchanged``: a hint that
+        the row as read in this transaction has this scope and key version already (a store may then
+        write only the columns that change; the answer is the same)."""
         revision = self.put_credential_checked(keyring, credential_id, scope, key_version, envelope, metadata, now,
                                                statuses, expected_revision)
         return revision, self.latest_version(keyring, credential_id)
