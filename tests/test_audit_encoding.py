@@ -8,10 +8,12 @@ before, copied verbatim; every event written now must verify with them.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import enum
 import hmac
 import json
+import types
 from typing import Any
 
 import pytest
@@ -73,6 +75,11 @@ def test_details_are_encoded_as_json_dumps_encoded_them(details: dict[str, Any])
 ])
 def test_details_of_every_kind_a_caller_passes_are_encoded_as_before(details: dict[str, Any]) -> None:
     assert encode_details(details) == _old_details(details)
+
+
+def test_mappings_that_are_not_plain_dicts_are_encoded_as_before() -> None:
+    for details in (collections.OrderedDict([("b", 1), ("a", "x")]), types.MappingProxyType({"a": 1})):
+        assert encode_details(details) == _old_details(details)  # type: ignore[arg-type]
 
 
 def test_details_refuse_secret_names_and_bytes_as_before() -> None:

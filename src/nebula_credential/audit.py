@@ -159,35 +159,34 @@ def encode_details(details: dict[str, Any]) -> str:
     default=_detail_default)`` gives, byte for byte (the MAC covers it).  A
     flat dict of strings, ints, booleans and None -- a request event's -- is
     written directly, as that call writes each of them; anything else
-    (nested values, floats, datetimes, non-string names) goes through the
-    JSON encoder.
+    (nested values, floats, datetimes, non-string names, a mapping that is
+    not a dict) goes through the JSON encoder.
     """
-    parts: list[str] | None = []
-    for name in sorted(details):  # json's sort_keys sorts (name, value) pairs: the same order, names being unique
+    for name in details:
         if name.lower() in FORBIDDEN_DETAILS:
             raise ValueError(f"audit detail {name!r} is not allowed: secrets never enter the audit trail")
-        value = details[name]
-        kind = type(value)
-        if kind is str:
-            text = _json_str(value)
-        elif kind is int:
-            text = int.__repr__(value)
-        elif value is None:
-            text = "null"
-        elif value is True:
-            text = "true"
-        elif value is False:
-            text = "false"
+    if type(details) is dict:
+        parts = []
+        for name in sorted(details):  # json's sort_keys sorts (name, value) pairs: the same order, names being unique
+            value = details[name]
+            kind = type(value)
+            if type(name) is not str:
+                break
+            if kind is str:
+                parts.append(f"{_json_str(name)}:{_json_str(value)}")
+            elif kind is int:
+                parts.append(f"{_json_str(name)}:{int.__repr__(value)}")
+            elif value is None:
+                parts.append(f"{_json_str(name)}:null")
+            elif value is True:
+                parts.append(f"{_json_str(name)}:true")
+            elif value is False:
+                parts.append(f"{_json_str(name)}:false")
+            else:
+                break
         else:
-            parts = None
-            continue  # keep checking every name; the encoder writes the whole dict below
-        if parts is not None and type(name) is str:
-            parts.append(f"{_json_str(name)}:{text}")
-        else:
-            parts = None
-    if parts is None:
-        return _DETAILS_JSON.encode(details)
-    return "{" + ",".join(parts) + "}"
+            return "{" + ",".join(parts) + "}"
+    return _DETAILS_JSON.encode(details)
 
 
 class Event(NamedTuple):
