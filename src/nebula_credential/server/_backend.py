@@ -315,11 +315,15 @@ class Backend:
 
 
 def _events(events: Iterable[_AuditArgs]) -> list[Event]:
+    """The batch's events; ``version`` and ``credential_id`` in a request's details become the event's own
+    fields (a copy is made only then: a request event's details, which have neither, are used as they are)."""
     batch = []
     for action, keyring, outcome, details in events:
-        rest = dict(details)
-        batch.append(Event(action, keyring, rest.pop("version", None), rest.pop("credential_id", None),
-                           outcome, rest))
+        version = credential_id = None
+        if "version" in details or "credential_id" in details:
+            details = dict(details)
+            version, credential_id = details.pop("version", None), details.pop("credential_id", None)
+        batch.append(Event(action, keyring, version, credential_id, outcome, details))
     return batch
 
 
