@@ -45,13 +45,15 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("audit", r"Backend\.audit|Backend\._flush|_write_events|record_events|/audit\.py|audit_request|_audited"),
     ("crypto", r"keys\.py|envelope\.py|_nonce\.py|transit/crypto\.py|cryptography|encrypt_under|decrypt_under"),
     ("store (SQL)", r"/store/|history\.py|sqlite3|Vault\.(head|read_version|read_kv|get_record|put_version|_put)"),
-    ("token lookup", r"tokens\.py|Backend\.lookup|Backend\.peek|request_token|servertables"),
+    ("token lookup", r"tokens\.py|Backend\.lookup|Backend\.peek|request_token|_token_in|servertables"),
     ("policy match", r"policies\.py|acl\.py|Ctx\.(require|allows)|Backend\.acl"),
     ("serialisation", r"_json\.py.*dumps|JSONAnswer|JSONResponse|json/encoder|vault_json|Ctx\.reply|_batch_reply"),
-    ("parsing", r"read_json|_json\.py|json/decoder|Request\.(body|stream)|_limited|normalise|parse_qsl|b64decode"),
+    ("parsing", r"read_json|read_body|_json\.py|json/decoder|Request\.(body|stream)|_limited|normalise|parse_qsl|"
+                r"b64decode"),
     ("thread hop", r"run_in_executor|ThreadPoolExecutor|futures/|_ThreadRunner|run_sync|Backend\.(run|write)|"
                    r"wrap_future|shield|_chain_future|call_soon_threadsafe"),
-    ("middleware, routing", r"starlette|Middleware|MountDispatcher|MountTable|_router_key|route_label|ratelimit"),
+    ("middleware, routing", r"starlette|Middleware|MountDispatcher|MountTable|_router_key|route_label|ratelimit|"
+                            r"dispatch\.py|_routes\.py"),
     ("handler", r"server/kv\.py|server/transit\.py|transit/requests\.py|_request\.py"),
 )
 
