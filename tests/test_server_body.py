@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from starlette.requests import ClientDisconnect, Request
 
-from nebula_credential.server._request import read_body, read_json
+from nebula_credential.server._request import read_body, read_json, request_token
+from nebula_credential.server.dispatch import VaultRequestPath
 from nebula_credential.server.errors import HTTPError
 
 
@@ -80,13 +81,34 @@ def test_a_client_gone_mid_body_is_a_client_disconnect() -> None:
 
 
 def test_the_receive_channel_limit_still_answers_413() -> None:
-    """The body-limit wrapper is the request's receive: its 413 comes through the lean read."""
+    """The request path's body-limit wrapper is the request's receive: a body that grows past the
+    limit while read (no Content-Length: chunked) fails with its 413 through the lean read."""
+    chunks = iter([_body(b'{"a": "', True), _body(b"0123456789", True), _body(b'"}', False)])
 
-    async def over_limit() -> dict[str, Any]:
-        raise HTTPError(413, "request body larger than 10 bytes")
+    async def receive() -> dict[str, Any]:
+        return next(chunks)
 
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"11")],
+    limited = VaultRequestPath(lambda *a: None, max_body=10)._limited(receive)  # type: ignore[arg-type]
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"transfer-encoding", b"chunked")],
              "query_string": b""}
     with pytest.raises(HTTPError) as refused:
-        asyncio.run(read_json(Request(scope, over_limit)))
+        asyncio.run(read_json(Request(scope, limited)))
     assert refused.value.status == 413
+
+
+@pytest.mark.parametrize(("headers", "token"), [
+    ([(b"x-vault-token", b"ncs.first"), (b"x-vault-token", b"ncs.second")], "ncs.first"),
+    ([(b"x-vault-token", b""), (b"authorization", b"Bearer ncs.bearer")], "ncs.bearer"),  # empty: the Bearer one
+    ([(b"authorization", b"BEARER  ncs.caps ")], "ncs.caps"),
+    ([(b"authorization", b"Basic dXNlcjpwYXNz")], ""),
+    ([(b"x-vault-token", b"ncs.vault"), (b"authorization", b"Bearer ncs.bearer")], "ncs.vault"),
+    ([], ""),
+])
+def test_the_token_is_read_as_starlettes_headers_gave_it(headers: list[tuple[bytes, bytes]], token: str) -> None:
+    """The token comes from the raw headers in one pass, with the answers ``request.headers.get`` gave:
+    the first X-Vault-Token, else a Bearer token (any case, stripped)."""
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": headers, "query_string": b""})
+    assert request_token(request) == token
+    vault = request.headers.get("x-vault-token", "")
+    auth = request.headers.get("authorization", "")
+    assert token == (vault or (auth[7:].strip() if auth[:7].lower() == "bearer " else ""))

@@ -55,6 +55,27 @@ def test_a_new_mount_and_a_new_policy_are_known_to_every_worker_at_once(server: 
     assert statuses == [200] * TRIES, statuses
 
 
+def test_a_route_remembered_by_a_worker_follows_a_mount_changed_through_another(server: Server) -> None:
+    """Each worker remembers where a path was routed; a mount disabled and enabled again through any
+    worker makes every worker route the path to the new mount before its next request."""
+    root = server.token("root")
+    kv2 = {"type": "kv", "options": {"version": "2"}}
+    assert _status(server, "POST", "/v1/sys/mounts/kvmoved", root, kv2) == 204
+    assert _status(server, "POST", "/v1/kvmoved/data/s", root, {"data": {"v": 1}}) == 200
+    assert [_read(server, root, "/v1/kvmoved/data/s") for _ in range(TRIES)] == [(200, {"v": 1})] * TRIES
+    assert _status(server, "DELETE", "/v1/sys/mounts/kvmoved", root) == 204
+    assert _status(server, "POST", "/v1/sys/mounts/kvmoved", root, kv2) == 204
+    assert _status(server, "PUT", "/v1/kvmoved/data/s", root, {"data": {"v": 2}}) == 200  # PUT: not remembered
+    assert [_read(server, root, "/v1/kvmoved/data/s") for _ in range(TRIES)] == [(200, {"v": 2})] * TRIES
+
+
+def _read(server: Server, token: str, path: str) -> tuple[int, object]:
+    """A KV read on a new connection (the kernel spreads new connections over both workers)."""
+    with httpx.Client(base_url=server.url, headers={"X-Vault-Token": token}, timeout=10) as http:
+        answer = http.get(path)
+        return answer.status_code, answer.json().get("data", {}).get("data") if answer.is_success else None
+
+
 def _encrypt(server: Server, token: str, key: str) -> tuple[int, str]:
     with httpx.Client(base_url=server.url, headers={"X-Vault-Token": token}, timeout=10) as http:
         answer = http.post(f"/v1/transit/encrypt/{key}", json={"plaintext": "aGVsbG8="})

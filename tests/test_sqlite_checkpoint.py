@@ -28,8 +28,19 @@ def test_connections_leave_checkpoints_to_the_background_thread(tmp_path: Path) 
     try:
         store.migrate()
         store.checkpoint_in_background(interval=0.05)
-        with store.read() as tx:  # a connection opened after the call
+        with store.read() as tx:  # this thread's connection, opened by migrate() before the call
             assert tx._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == SAFETY_AUTOCHECKPOINT  # type: ignore[attr-defined]
+        seen: list[int] = []
+
+        def new_connection() -> None:  # another thread's, opened after it
+            with store.read() as tx:
+                seen.append(tx._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])  # type: ignore[attr-defined]
+                seen.append(tx._conn.execute("PRAGMA journal_size_limit").fetchone()[0])  # type: ignore[attr-defined]
+
+        reader = threading.Thread(target=new_connection)
+        reader.start()
+        reader.join()
+        assert seen == [SAFETY_AUTOCHECKPOINT, SAFETY_AUTOCHECKPOINT * 4096]
         threads = [t for t in threading.enumerate() if t.name == "nebula-sqlite-checkpoint"]
         assert len(threads) == 1
         size_before = (tmp_path / "a.db").stat().st_size
@@ -44,6 +55,7 @@ def test_connections_leave_checkpoints_to_the_background_thread(tmp_path: Path) 
 
 
 def test_a_plain_store_keeps_sqlites_own_checkpoints(tmp_path: Path) -> None:
+    """A store opened by the CLI or the library starts no thread and leaves SQLite's checkpoints as they are."""
     store = SqliteStore(f"sqlite:///{tmp_path / 'a.db'}")
     try:
         store.migrate()

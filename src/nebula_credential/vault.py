@@ -560,10 +560,7 @@ class Vault:
         row = history.stored_row(head, versions, rows, number, self.clock())
         if row is None:
             return versions, None
-        value = self._open(row)
-        created = rows[number].created_at
-        return versions, Credential(row.id, row.scope, peek_version(row.envelope), value, head.metadata,
-                                    head.revision, created, created, number)
+        return versions, self._version_record(head, row, rows[number].created_at, number)
 
     def read_kv(self, credential_id: str, version: int | None = None) -> KVRead:
         """One version (None or 0: the current one) as a KV v2 read answers it, from one statement.
@@ -587,9 +584,14 @@ class Vault:
         stored = history.envelope_of(head, row, latest) if shown.readable(self.clock()) else None
         if stored is None:
             return KVRead(shown, settings, latest, None)
-        record = Credential(stored.id, stored.scope, peek_version(stored.envelope), self._open(stored), head.metadata,
-                            head.revision, row.created_at, row.created_at, row.version)
-        return KVRead(shown, settings, latest, record)
+        return KVRead(shown, settings, latest, self._version_record(head, stored, row.created_at, row.version))
+
+    def _version_record(self, head: EncryptedCredential, stored: EncryptedCredential, created: datetime,
+                        number: int) -> Credential:
+        """Version ``number`` of a secret decrypted (``stored``: the envelope that holds it), as
+        :meth:`read_version` and :meth:`read_kv` answer it."""
+        return Credential(stored.id, stored.scope, peek_version(stored.envelope), self._open(stored), head.metadata,
+                          head.revision, created, created, number)
 
     def _open(self, row: EncryptedCredential) -> Any:
         """Decrypt a stored row (current or past version), counting and auditing as every read does."""

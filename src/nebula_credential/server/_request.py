@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -208,18 +208,28 @@ def duration_field(body: dict[str, Any], name: str) -> Any:
 
 def iso(dt: datetime | None) -> str:
     """Vault's RFC 3339 timestamps (empty string for none)."""
-    return "" if dt is None else _iso(dt)
+    if dt is None:
+        return ""
+    # remembered only for UTC times: aware datetimes of one instant compare (and hash) equal whatever
+    # their offset, so another offset's string could otherwise come back
+    return _iso(dt) if dt.tzinfo is UTC else dt.strftime(_ISO)
+
+
+_ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 @functools.lru_cache(maxsize=4096)
 def _iso(dt: datetime) -> str:
     """A KV read answers the same few timestamps again and again: strftime cost ~2 us each, a hit 0.1."""
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.strftime(_ISO)
 
 
 def guards(request: Request) -> Guards:
     """This worker's rate limit and free-space floor, built on first use from the served store's config."""
-    state = request.app.state
+    return _guards_of(request.scope["app"].state)
+
+
+def _guards_of(state: Any) -> Guards:
     found: Guards | None = getattr(state, "guards", None)
     if found is None:
         backend: Backend = state.backend
@@ -231,7 +241,13 @@ def guards(request: Request) -> Guards:
 
 
 def source_of(request: Request) -> str:
-    return request.client.host if request.client is not None else ""
+    return _source_in(request.scope)
+
+
+def _source_in(scope: Any) -> str:
+    """The client's address, as Starlette's ``request.client.host`` gives it, without building the Address."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 #: Methods that only read: still answered under the free-space floor when authenticated.
@@ -267,11 +283,8 @@ def endpoint(
         state = scope["app"].state
         backend: Backend = state.backend
         timeout: float = state.request_timeout
-        guard: Guards | None = getattr(state, "guards", None)
-        if guard is None:
-            guard = guards(request)
-        client = scope.get("client")
-        source = client[0] if client else ""
+        guard = _guards_of(state)
+        source = _source_in(scope)
         request_id = new_request_id()
         secret = _token_in(scope) if authenticated else ""
         path = scope.get(VPATH, "")
@@ -373,6 +386,11 @@ def redact_path(path: str, *secrets: str) -> str:
     for secret in secrets:
         path = logredact.replace_value(path, secret)
     return _TOKENISH.sub(REDACTED, path)
+
+
+def has_token(path: str) -> bool:
+    """Whether ``path`` holds a token-looking value (what :func:`redact_path` would replace)."""
+    return _TOKENISH.search(path) is not None
 
 
 def redact_tokens(path: str) -> str:

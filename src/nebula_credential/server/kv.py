@@ -126,9 +126,11 @@ def _version_json(v: VersionInfo) -> dict[str, Any]:
 
 
 def _write_json(v: VersionInfo, settings: KVSettings) -> dict[str, Any]:
-    # every KV read and write answers with it: one dict, built once (the keys in _version_json's order)
-    return {"created_time": iso(v.created_at), "deletion_time": iso(v.deletion_time), "destroyed": v.destroyed,
-            "custom_metadata": settings.custom_metadata or None, "version": v.version}
+    """What every KV read and write answers with: a version's fields, its secret's custom metadata, its number."""
+    answer = _version_json(v)
+    answer["custom_metadata"] = settings.custom_metadata or None
+    answer["version"] = v.version
+    return answer
 
 
 def _settings(body: dict[str, Any], base: KVSettings) -> KVSettings:

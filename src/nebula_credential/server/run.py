@@ -141,12 +141,12 @@ def app_from_env() -> Any:
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         vault = await aopen(url, config=config, keyring=keyring)
-        vault.sync.store.checkpoint_in_background()  # SQLite: no request's commit copies the WAL back
         # /metrics scrapes and the scheduler run on threads of their own: they get a plain
         # Vault with its own connections rather than sharing the loop's bridged store
         ops = await asyncio.to_thread(open_vault, url, config=config, keyring=keyring)
         daemon = None
         try:
+            vault.sync.store.checkpoint_in_background()  # SQLite: no request's commit copies the WAL back
             exporter = MetricsExporter(ops)
             exporter.attach(vault.sync)  # the serving vault feeds this process's histograms
             app.state.http_metrics = register_server_metrics(exporter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from ..models import from_epoch, to_epoch
@@ -11,6 +12,12 @@ from ._rows import AUDIT_COLS, BACKUP_COLS, decode_audit, decode_backup
 from ._sql_base import SqlBase, where_clause
 from .records import AuditRow, BackupRecord
 from .tx import OperationsTx
+
+
+@cache
+def audit_insert(rows: int) -> str:
+    """The ``INSERT`` of ``rows`` chain rows in one statement."""
+    return f"INSERT INTO audit_events ({AUDIT_COLS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * rows)
 
 
 class OperationsSql(SqlBase, OperationsTx):
@@ -87,7 +94,7 @@ class OperationsSql(SqlBase, OperationsTx):
         ).fetchone()
         return (0, b"") if row is None else (int(row[0]), bytes(row[1]))
 
-    _AUDIT_INSERT = f"INSERT INTO audit_events ({AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    _AUDIT_INSERT = audit_insert(1)
 
     @staticmethod
     def _audit_params(row: AuditRow) -> tuple[Any, ...]:

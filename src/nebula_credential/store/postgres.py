@@ -33,7 +33,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._extras import extra
@@ -47,10 +46,10 @@ from ..exceptions import (
     TransientStoreError,
 )
 from ..providers.base import RetryPolicy
-from ._rows import AUDIT_COLS
 from ._schema import all_migrations
 from ._sql import SqlTx
 from ._sql_credentials import VERSION_LEN, VERSION_START_SQL
+from ._sql_ops import audit_insert
 from .base import Store, redact_url
 from .records import AuditRow
 from .tx import StoreTx
@@ -159,12 +158,6 @@ def message_of(exc: psycopg.Error) -> str:
 AUDIT_ROWS_PER_INSERT = 4
 
 
-@cache
-def _audit_insert(rows: int) -> str:
-    """The ``INSERT`` of ``rows`` chain rows in one statement (``rows`` a power of two)."""
-    return f"INSERT INTO audit_events ({AUDIT_COLS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * rows)
-
-
 class PostgresTx(SqlTx):
     paramstyle_qmark = False
 
@@ -262,7 +255,7 @@ class PostgresTx(SqlTx):
         six before).  A row that fails fails the COMMIT's round trip: nothing of the batch is kept.
 
         The rows go as a few multi-row ``INSERT``\ s, of 1, 2, 4 ... :data:`AUDIT_ROWS_PER_INSERT` rows
-        (13 rows: 8, 4 and 1), not one statement each: every statement of a pipeline costs the
+        (13 rows: 4, 4, 4 and 1), not one statement each: every statement of a pipeline costs the
         client a cursor, its own send and its result, which for a server's batch of request events was
         most of the batch's CPU.  Powers of two keep the statement texts few, so each is prepared once
         per connection.
@@ -271,7 +264,7 @@ class PostgresTx(SqlTx):
         at = 0
         while at < len(params):
             size = min(AUDIT_ROWS_PER_INSERT, 1 << ((len(params) - at).bit_length() - 1))
-            self._defer(_audit_insert(size), [value for row in params[at:at + size] for value in row])
+            self._defer(audit_insert(size), [value for row in params[at:at + size] for value in row])
             at += size
 
     def set_audit_head(self, value: str) -> None:

@@ -65,12 +65,18 @@ def reads_only() -> Iterator[None]:
     lock, which the loop must not do; a call that turns out to write (an
     access-counter flush, a failed-decrypt audit) is run again on a worker.
     """
-    before = getattr(_here, "reads_only", False)
-    _here.reads_only = True
+    before = _refuse_writes()
     try:
         yield
     finally:
         _here.reads_only = before
+
+
+def _refuse_writes() -> bool:
+    """Refuse write transactions on this thread from now on; returns the flag as it was, to put back."""
+    before: bool = getattr(_here, "reads_only", False)
+    _here.reads_only = True
+    return before
 
 
 class _WriterQueue:
@@ -198,9 +204,8 @@ class SqliteStore(Store):
         # threads (an HTTP server's handlers) do not leak file descriptors
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._all_lock = threading.Lock()
-        #: set by :meth:`checkpoint_in_background`: the WAL size (pages) past which a connection of
-        #: this store checkpoints in its own commit (SQLite's default is 1,000)
-        self._autocheckpoint: int | None = None
+        #: set by :meth:`checkpoint_in_background`: the thread that copies the WAL back (in the process that
+        #: started it; a forked child's connections checkpoint themselves again)
         self._checkpointer: _Checkpointer | None = None
         #: (pid, this file's writer queue): a forked child finds its own (see _WriterQueue)
         self._queue: tuple[int, _WriterQueue] | None = None
@@ -271,8 +276,8 @@ class SqliteStore(Store):
             if not self._memory:
                 self._enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
-                if self._autocheckpoint is not None:
-                    conn.execute(f"PRAGMA wal_autocheckpoint={int(self._autocheckpoint)}")
+                if self._checkpointer is not None and self._checkpointer.pid == os.getpid():
+                    self._leave_checkpoints(conn)  # a forked child has no thread: it keeps SQLite's own
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
@@ -375,9 +380,8 @@ class SqliteStore(Store):
     def read_here(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[bool, T | None]:
         if self._memory:
             return False, None
-        # :func:`reads_only` written out: its generator and context manager were ~5 % of a KV read's store side
-        before = getattr(_here, "reads_only", False)
-        _here.reads_only = True
+        # :func:`reads_only` without its generator and context manager (~5 % of a KV read's store side)
+        before = _refuse_writes()
         try:
             return True, fn(*args, **kwargs)
         except WriteNeedsWorker:
@@ -435,17 +439,26 @@ class SqliteStore(Store):
         pages, so the WAL stays bounded if this thread falls behind.  For a
         long-lived process (``serve``); nothing for an in-memory store.
         """
-        if self._memory or self._checkpointer is not None:
+        if self._memory or (self._checkpointer is not None and self._checkpointer.pid == os.getpid()):
             return
-        self._autocheckpoint = SAFETY_AUTOCHECKPOINT
+        try:
+            self._checkpointer = _Checkpointer(self.path, interval, self._busy_timeout)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
         with self._all_lock:
             for _, conn in self._all:  # opened before this call (start-up: none is in use yet)
                 with contextlib.suppress(sqlite3.Error):
-                    conn.execute(f"PRAGMA wal_autocheckpoint={SAFETY_AUTOCHECKPOINT}")
-        self._checkpointer = _Checkpointer(self.path, interval, self._busy_timeout)
+                    self._leave_checkpoints(conn)
+
+    @staticmethod
+    def _leave_checkpoints(conn: sqlite3.Connection) -> None:
+        """This connection checkpoints in its own commits only past the safety bound, and a WAL that
+        grew that far is cut back to it when it starts over."""
+        conn.execute(f"PRAGMA wal_autocheckpoint={SAFETY_AUTOCHECKPOINT}")
+        conn.execute(f"PRAGMA journal_size_limit={SAFETY_AUTOCHECKPOINT * 4096}")
 
     def close(self) -> None:
-        if self._checkpointer is not None:
+        if self._checkpointer is not None and self._checkpointer.pid == os.getpid():
             self._checkpointer.stop()
             self._checkpointer = None
         with self._all_lock:
@@ -461,6 +474,7 @@ class _Checkpointer:
     """A daemon thread with its own connection running ``PRAGMA wal_checkpoint(PASSIVE)``."""
 
     def __init__(self, path: str, interval: float, busy_timeout: float) -> None:
+        self.pid = os.getpid()
         self._stopped = threading.Event()
         self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         self._thread = threading.Thread(target=self._run, args=(interval,), name="nebula-sqlite-checkpoint",
