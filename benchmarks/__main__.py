@@ -56,30 +56,31 @@ def main(argv: list[str] | None = None) -> int:
     starts = startup.run(runs=args.startup_runs)
     for st in starts:
         say(f"  {st.name}: wall median {st.wall_median:.3f} s (min {st.wall_min:.3f}), CPU {st.cpu_median:.3f} s")
-    settings = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
-    page = report.write(
-        args.out, rows, rot, steps, big, info, settings.strip(), time.perf_counter() - start, starts
-    )
+    extra = ""  # the asyncio and server sections, after the library's
     if args.aio:
         from . import aio_get, aio_sqlite
 
         say("asyncio API: get on PostgreSQL, SQLite options (docs/asyncio.md explains them)")
-        section = ("\n## asyncio API\n\nSee [asyncio.md](asyncio.md) for what each row is.\n\n### get on PostgreSQL\n\n"
-                   f"{aio_get.report()}\n\n### SQLite options\n\n{aio_sqlite.report()}\n")
-        page.write_text(page.read_text() + section)
+        extra += ("\n## asyncio API\n\nSee [asyncio.md](asyncio.md) for what each row is.\n\n### get on PostgreSQL\n\n"
+                  f"{aio_get.report()}\n\n### SQLite options\n\n{aio_sqlite.report()}\n")
     if args.server:
         from . import server_perf, server_profile
 
         say("HTTP server beside OpenBao (SQLite vs dev, PostgreSQL vs its postgresql backend) and the floor")
-        rows = server_perf.run(args.server_seconds, args.server_rounds, say=say)
+        server_rows = server_perf.run(args.server_seconds, args.server_rounds, say=say)
         say("where one request's CPU goes (one worker, py-spy)")
         profiles = server_profile.run(["KV v2 read", "KV v2 write, one", "Transit encrypt", "Transit decrypt"],
                                       seconds=args.server_seconds)
-        section = (server_perf.section(rows, args.server_seconds, args.server_rounds)
-                   + "\n### Where one request's CPU goes\n\n`benchmarks/server_profile.py`: one worker, "
-                   "CPU per request from /proc, split by py-spy samples (GIL held) into stages; "
-                   "µs (share).\n\n" + server_profile.table(profiles) + "\n")
-        page.write_text(page.read_text() + section)
+        extra += (server_perf.section(server_rows, args.server_seconds, args.server_rounds)
+                  + "\n### Where one request's CPU goes\n\n`benchmarks/server_profile.py`: one worker, "
+                  "CPU per request from /proc, split by py-spy samples (GIL held) into stages; "
+                  "µs (share).\n\n" + server_profile.table(profiles) + "\n")
+    settings = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
+    page = report.write(  # the whole run's time, the asyncio and server parts included
+        args.out, rows, rot, steps, big, info, settings.strip(), time.perf_counter() - start, starts
+    )
+    if extra:
+        page.write_text(page.read_text() + extra)
     say(f"wrote {page}")
     return 0
 
