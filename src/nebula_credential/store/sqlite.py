@@ -322,25 +322,26 @@ class SqliteStore(Store):
 
     @contextmanager
     def transaction(self, *, write: bool = True, autonomous: bool = False) -> Iterator[StoreTx]:
-        if self._memory:
+        if self._memory:  # one shared connection, one thread at a time
             with self._shared_lock:
-                conn = self._conn()
-                if conn.in_transaction:  # nested use from the same thread: join it
-                    yield SqliteTx(conn)
-                    return
-                if write and getattr(_here, "reads_only", False):
-                    raise WriteNeedsWorker()
-                yield from self._transaction(conn, write)
+                yield from self._begin(write)
             return
-        # one generator for the whole transaction (the writer queue's turn taken and left by method calls):
-        # each request pays at least one (its audit event), and the layers of context managers were ~6 us
+        yield from self._begin(write)
+
+    def _begin(self, write: bool) -> Iterator[StoreTx]:
+        """The transaction's body for both kinds of store: join this thread's open transaction, refuse a
+        write under :func:`reads_only`, take the file's writer queue (a file's writers), then BEGIN.
+
+        Generators delegated to, not context managers nested (the writer queue's turn is taken and left
+        by method calls): each request pays at least one transaction (its audit event), and the layers of
+        context managers were ~6 us of it."""
         conn = self._conn()
         if conn.in_transaction:  # nested use from the same thread: join it
             yield SqliteTx(conn)
             return
         if write and getattr(_here, "reads_only", False):
             raise WriteNeedsWorker()
-        queue = self._writer_queue() if write else None
+        queue = self._writer_queue() if write and not self._memory else None
         if queue is None or not queue.enter(self._busy_timeout):
             yield from self._transaction(conn, write)
             return
